@@ -1,0 +1,68 @@
+//! Where a call runs, and the entry points that send a checked [`Plan`](crate::plan::Plan) there.
+
+use crate::cpu;
+use crate::error::Result;
+use crate::input::Batch;
+use crate::options::{BinaryCrossEntropy, CrossEntropy};
+use crate::output::{Output, Request};
+use crate::plan;
+
+/// The device a loss runs on.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// The SIMD CPU path on rayon's current pool, at the SIMD level chosen once per process
+    /// (or forced with `XENT_SIMD`).
+    #[default]
+    Cpu,
+    /// The SIMD CPU path at an explicit level (tests use it to run every level the host has).
+    CpuWith(cpu::SimdLevel),
+}
+
+impl CrossEntropy {
+    /// Computes the loss and whatever `request` asks for on `backend`.
+    ///
+    /// ```
+    /// use xent::{Backend, Batch, CrossEntropy, Logits, Request};
+    /// let logits = [0.0f32; 4]; // uniform over 4 classes: loss = ln 4
+    /// let out = CrossEntropy::new().compute(&Backend::Cpu, Batch::new(Logits::new(&logits, 1, 4), &[3i32][..]), Request::new())?;
+    /// assert!((out.loss.unwrap() - 4f32.ln()).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn compute(
+        &self,
+        backend: &Backend,
+        batch: Batch<'_>,
+        request: Request<'_>,
+    ) -> Result<Output> {
+        let plan = plan::softmax(self, &batch, &request)?;
+        match backend {
+            Backend::Cpu => cpu::run(cpu::SimdLevel::detected(), &plan, batch, request),
+            Backend::CpuWith(level) => cpu::run(*level, &plan, batch, request),
+        }
+    }
+}
+
+impl BinaryCrossEntropy {
+    /// Computes binary cross-entropy with logits on `backend`.
+    ///
+    /// ```
+    /// use xent::{Backend, Batch, BinaryCrossEntropy, Logits, Request};
+    /// let logits = [0.0f32, 0.0];
+    /// let targets = [1.0f32, 0.0];
+    /// let out = BinaryCrossEntropy::new().compute(&Backend::Cpu, Batch::new(Logits::new(&logits, 1, 2), &targets[..]), Request::new())?;
+    /// assert!((out.loss.unwrap() - 2f32.ln()).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn compute(
+        &self,
+        backend: &Backend,
+        batch: Batch<'_>,
+        request: Request<'_>,
+    ) -> Result<Output> {
+        let plan = plan::binary(self, &batch, &request)?;
+        match backend {
+            Backend::Cpu => cpu::run(cpu::SimdLevel::detected(), &plan, batch, request),
+            Backend::CpuWith(level) => cpu::run(*level, &plan, batch, request),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Validation, done once per call before any backend runs, and the reduction's row scales.
+//!
+//! A backend receives a [`Plan`]: every shape, option and target has been checked, and the
+//! numbers the reduction needs (`D`, `V`, `W`) are known, so forward and backward can be fused.
+
+use crate::error::{Error, Result};
+use crate::input::{Batch, Layout, Logits, Storage, Targets};
+use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
+use crate::output::{Gradient, Request};
+
+/// Which loss the plan is for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Loss {
+    /// Softmax cross-entropy with these options.
+    Softmax(CrossEntropy),
+    /// Binary cross-entropy with logits.
+    Binary(BinaryCrossEntropy),
+}
+
+/// A checked call, ready for a backend.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The loss and its options.
+    pub loss: Loss,
+    /// Rows of the flattened batch.
+    pub rows: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Memory layout of logits, dense targets and gradients.
+    pub layout: Layout,
+    /// The reduction.
+    pub reduction: Reduction,
+    /// `V`: rows whose target is not `ignore_index` (all rows for dense targets).
+    pub valid_rows: usize,
+    /// The mean's denominator for the cross-entropy terms: `D = Σ_valid w[y]` for index
+    /// targets, `N` for soft targets, `N·C` for BCE.
+    pub denominator: f64,
+    /// `W = Σ_c w[c]`.
+    pub class_weight_sum: f64,
+    /// The scalar upstream gradient for sum/mean (1 when absent).
+    pub upstream_scalar: f32,
+}
+
+impl Plan {
+    /// Softmax options (panics never: BCE plans return the defaults, unused).
+    pub fn softmax(&self) -> CrossEntropy {
+        match self.loss {
+            Loss::Softmax(o) => o,
+            Loss::Binary(_) => CrossEntropy::new(),
+        }
+    }
+
+    /// Scales of the cross-entropy part and of the z-loss part of row `row`'s gradient,
+    /// given the per-row (or per-element) upstream of `Reduction::None`.
+    #[inline]
+    pub fn row_scales(&self, upstream: Option<&[f32]>, row: usize) -> (f32, f32) {
+        match self.reduction {
+            Reduction::None => {
+                let g = upstream.map_or(1.0, |u| u[row]);
+                (g, g)
+            }
+            Reduction::Sum => (self.upstream_scalar, self.upstream_scalar),
+            Reduction::Mean => {
+                let u = self.upstream_scalar as f64;
+                (
+                    (u / self.denominator) as f32,
+                    (u / self.valid_rows as f64) as f32,
+                )
+            }
+        }
+    }
+
+    /// Combines the per-row cross-entropy and z-loss sums into the reduced loss.
+    pub fn reduce(&self, ce_sum: f64, z_sum: f64) -> Option<f64> {
+        match self.reduction {
+            Reduction::None => None,
+            Reduction::Sum => Some(ce_sum + z_sum),
+            Reduction::Mean if z_sum == 0.0 => Some(ce_sum / self.denominator),
+            Reduction::Mean => Some(ce_sum / self.denominator + z_sum / self.valid_rows as f64),
+        }
+    }
+}
+
+/// Checks a softmax cross-entropy call (SEMANTICS.md section 7).
+pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Result<Plan> {
+    options.validate()?;
+    let logits = &batch.logits;
+    logits.check()?;
+    let (rows, classes) = (logits.rows(), logits.classes());
+    let class_weight_sum = check_weights("class_weights", batch.class_weights, classes)?;
+    let mut plan = Plan {
+        loss: Loss::Softmax(*options),
+        rows,
+        classes,
+        layout: logits.layout(),
+        reduction: options.reduction,
+        valid_rows: rows,
+        denominator: rows as f64,
+        class_weight_sum,
+        upstream_scalar: 1.0,
+    };
+    match batch.targets {
+        Targets::Dense(t) => {
+            check_len("targets", t.len(), rows * classes, logits)?;
+            check_dense(
+                t,
+                logits,
+                "soft target",
+                |v| v >= 0.0,
+                "must be finite and >= 0",
+            )?;
+        }
+        targets => {
+            check_len("targets", targets.len(), rows, logits)?;
+            let (mut valid, mut weight) = (0usize, 0f64);
+            for row in 0..rows {
+                let y = targets.index(row).unwrap_or_default();
+                if y == options.ignore_index {
+                    continue;
+                }
+                if y < 0 || y as u64 >= classes as u64 {
+                    return Err(Error::TargetOutOfRange {
+                        row,
+                        value: y,
+                        classes,
+                        ignore_index: options.ignore_index,
+                    });
+                }
+                valid += 1;
+                weight += batch.class_weights.map_or(1.0, |w| w[y as usize] as f64);
+            }
+            plan.valid_rows = valid;
+            plan.denominator = weight;
+        }
+    }
+    if let InputKind::Probabilities { .. } = options.input {
+        check_probabilities(logits)?;
+    }
+    check_request(&mut plan, request, logits, rows)?;
+    Ok(plan)
+}
+
+/// Checks a binary cross-entropy call.
+pub fn binary(options: &BinaryCrossEntropy, batch: &Batch, request: &Request) -> Result<Plan> {
+    let logits = &batch.logits;
+    logits.check()?;
+    let (rows, classes) = (logits.rows(), logits.classes());
+    check_weights("class_weights", batch.class_weights, classes)?;
+    check_weights("pos_weight", batch.pos_weight, classes)?;
+    let Targets::Dense(t) = batch.targets else {
+        return Err(Error::Unsupported(
+            "binary cross-entropy needs dense f32 targets (rows × classes)".into(),
+        ));
+    };
+    check_len("targets", t.len(), rows * classes, logits)?;
+    check_dense(
+        t,
+        logits,
+        "BCE target",
+        |v| (0.0..=1.0).contains(&v),
+        "must be in [0, 1]",
+    )?;
+    let mut plan = Plan {
+        loss: Loss::Binary(*options),
+        rows,
+        classes,
+        layout: logits.layout(),
+        reduction: options.reduction,
+        valid_rows: rows,
+        denominator: rows as f64 * classes as f64,
+        class_weight_sum: classes as f64,
+        upstream_scalar: 1.0,
+    };
+    check_request(&mut plan, request, logits, rows * classes)?;
+    Ok(plan)
+}
+
+fn check_request(
+    plan: &mut Plan,
+    request: &Request,
+    logits: &Logits,
+    none_len: usize,
+) -> Result<()> {
+    let elements = plan.rows * plan.classes;
+    match &request.gradient {
+        Gradient::None => {}
+        Gradient::Into(g) => check_len("gradient", g.len(), elements, logits)?,
+        Gradient::InPlace if !logits.is_writable() => {
+            return Err(Error::Unsupported(
+                "an in-place gradient needs logits built with Logits::new_mut or class_dim1_mut"
+                    .into(),
+            ))
+        }
+        Gradient::InPlace => {}
+    }
+    if let Some(u) = request.upstream {
+        if plan.reduction == Reduction::None {
+            check_len("upstream", u.len(), none_len, logits)?;
+        } else {
+            check_len("upstream", u.len(), 1, logits)?;
+            plan.upstream_scalar = u[0];
+        }
+    }
+    Ok(())
+}
+
+fn check_len(what: &'static str, actual: usize, expected: usize, logits: &Logits) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            what,
+            expected,
+            actual,
+            shape: logits.shape_string(),
+        })
+    }
+}
+
+/// Checks a per-class weight vector and returns its sum (C when absent).
+fn check_weights(what: &'static str, weights: Option<&[f32]>, classes: usize) -> Result<f64> {
+    let Some(w) = weights else {
+        return Ok(classes as f64);
+    };
+    if w.len() != classes {
+        return Err(Error::Shape {
+            what,
+            expected: classes,
+            actual: w.len(),
+            shape: format!("classes {classes}"),
+        });
+    }
+    if let Some((index, &value)) = w
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+    {
+        return Err(Error::BadWeight { what, index, value });
+    }
+    Ok(w.iter().map(|&v| v as f64).sum())
+}
+
+/// Checks dense targets in the logits' layout; names the first bad (row, class).
+fn check_dense(
+    t: &[f32],
+    logits: &Logits,
+    what: &'static str,
+    ok: impl Fn(f32) -> bool,
+    why: &'static str,
+) -> Result<()> {
+    match t.iter().position(|&v| !(v.is_finite() && ok(v))) {
+        None => Ok(()),
+        Some(i) => {
+            let (row, class) = locate(i, logits);
+            Err(Error::BadValue {
+                what,
+                row,
+                class,
+                value: t[i],
+                why,
+            })
+        }
+    }
+}
+
+fn check_probabilities(logits: &Logits) -> Result<()> {
+    let bad = |v: f32| !(0.0..=1.0).contains(&v);
+    let found = match &logits.storage {
+        Storage::F32(d) => d.iter().position(|&v| bad(v)),
+        Storage::F32Mut(d) => d.iter().position(|&v| bad(v)),
+        Storage::F16(d) => d.iter().position(|v| bad(v.to_f32())),
+        Storage::F16Mut(d) => d.iter().position(|v| bad(v.to_f32())),
+        Storage::Bf16(d) => d.iter().position(|v| bad(v.to_f32())),
+        Storage::Bf16Mut(d) => d.iter().position(|v| bad(v.to_f32())),
+    };
+    match found {
+        None => Ok(()),
+        Some(i) => {
+            let (row, class) = locate(i, logits);
+            let value = logits.get(row, class);
+            Err(Error::BadValue {
+                what: "probability input",
+                row,
+                class,
+                value,
+                why: "must be in [0, 1]",
+            })
+        }
+    }
+}
+
+/// (row, class) of storage offset `i`.
+fn locate(i: usize, logits: &Logits) -> (usize, usize) {
+    let classes = logits.classes();
+    match logits.layout() {
+        Layout::Rows => (i / classes, i % classes),
+        Layout::ClassDim1 { spatial } => {
+            let (n, rest) = (i / (classes * spatial), i % (classes * spatial));
+            (n * spatial + rest % spatial, rest / spatial)
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The f64 oracle: deliberately naive, written line by line from `SEMANTICS.md`.
+//!
+//! Every fast path is tested against these functions. They favour being obviously right over
+//! being fast: each row is widened to f64, transformed, and every quantity computed from its
+//! definition. Users can test against them too.
+
+use crate::error::Result;
+use crate::input::{Batch, Targets};
+use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
+use crate::output::Request;
+use crate::plan;
+
+/// Everything the reference computes for one call, in f64.
+#[derive(Debug, Clone, Default)]
+pub struct Reference {
+    /// The reduced loss (`None` for `Reduction::None`).
+    pub loss: Option<f64>,
+    /// Per-row losses (softmax) or per-element losses in the logits' layout (BCE).
+    pub row_losses: Vec<f64>,
+    /// Per-row log-sum-exp of the transformed logits (softmax; 0 for probability inputs).
+    pub lse: Vec<f64>,
+    /// d loss / d logits (with the reduction and upstream applied), in the logits' layout.
+    pub gradient: Vec<f64>,
+    /// Per-row argmax (softmax).
+    pub argmax: Vec<u32>,
+    /// Per-row `argmax == target` (false when ignored).
+    pub correct: Vec<bool>,
+    /// Per-row probability of the target (`Σ t·p` for soft targets).
+    pub target_prob: Vec<f64>,
+    /// Per-row entropy `lse − Σ p·z`.
+    pub entropy: Vec<f64>,
+    /// Per-row `max p`.
+    pub confidence: Vec<f64>,
+    /// Per-row: not ignored.
+    pub valid: Vec<bool>,
+}
+
+/// Softmax cross-entropy (SEMANTICS.md sections 1, 2, 2b, 3, 5, 6).
+/// `upstream`: per-row values for `Reduction::None`, or one scalar for sum/mean.
+pub fn cross_entropy(
+    options: &CrossEntropy,
+    batch: &Batch,
+    upstream: Option<&[f32]>,
+) -> Result<Reference> {
+    let request = Request {
+        upstream,
+        ..Request::default()
+    };
+    let plan = plan::softmax(options, batch, &request)?;
+    let (rows, classes) = (plan.rows, plan.classes);
+    let logits = &batch.logits;
+    let eps = options.label_smoothing as f64;
+    let lambda = options.z_loss as f64;
+    let c_f = classes as f64;
+    let w = |c: usize| batch.class_weights.map_or(1.0, |w| w[c] as f64);
+    let w_sum: f64 = (0..classes).map(w).sum();
+    let mut out = Reference {
+        gradient: vec![0.0; rows * classes],
+        ..Default::default()
+    };
+    let (mut ce_sum, mut z_sum) = (0.0f64, 0.0f64);
+
+    for n in 0..rows {
+        let x: Vec<f64> = (0..classes).map(|c| logits.get(n, c) as f64).collect();
+        let target = batch.targets.index(n);
+        let valid = target != Some(options.ignore_index);
+        // Soft targets t'[c] (with smoothing), or None for index targets.
+        let soft: Option<Vec<f64>> = match batch.targets {
+            Targets::Dense(t) => {
+                let t = |c: usize| t[plan.layout.offset(n, c, classes)] as f64;
+                Some(
+                    (0..classes)
+                        .map(|c| (1.0 - eps) * t(c) + eps / c_f)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+
+        // Section 1 / 2b: transformed logits z, dz/dx, log-probabilities.
+        let (z, dzdx, lse, logp, clamped) = match options.input {
+            InputKind::Logits => {
+                let s = options.logit_scale as f64;
+                let (z, dzdx): (Vec<f64>, Vec<f64>) = match options.softcap {
+                    None => x.iter().map(|&v| (s * v, s)).unzip(),
+                    Some(cap) => {
+                        let cap = cap as f64;
+                        x.iter()
+                            .map(|&v| {
+                                let z = cap * (s * v / cap).tanh();
+                                (z, s * (1.0 - (z / cap) * (z / cap)))
+                            })
+                            .unzip()
+                    }
+                };
+                let lse = log_sum_exp(&z);
+                // A +inf logit makes the whole row's log-softmax NaN, as in PyTorch.
+                let logp: Vec<f64> = z
+                    .iter()
+                    .map(|&v| {
+                        if lse == f64::INFINITY {
+                            f64::NAN
+                        } else {
+                            v - lse
+                        }
+                    })
+                    .collect();
+                (z, dzdx, lse, logp, vec![false; classes])
+            }
+            InputKind::Probabilities { eps: floor } => {
+                let floor = floor as f64;
+                let logp: Vec<f64> = x.iter().map(|&q| q.clamp(floor, 1.0).ln()).collect();
+                let clamped = x.iter().map(|&q| q < floor).collect();
+                (logp.clone(), vec![1.0; classes], 0.0, logp, clamped)
+            }
+        };
+        let is_prob = matches!(options.input, InputKind::Probabilities { .. });
+        let p: Vec<f64> = logp.iter().map(|&v| v.exp()).collect();
+
+        // Section 5: metrics from z.
+        let argmax = first_max(&z);
+        let entropy = if is_prob {
+            -(0..classes)
+                .filter(|&c| p[c] > 0.0)
+                .map(|c| p[c] * logp[c])
+                .sum::<f64>()
+        } else {
+            lse - (0..classes)
+                .filter(|&c| p[c] > 0.0)
+                .map(|c| p[c] * z[c])
+                .sum::<f64>()
+        };
+        let (target_prob, correct) = match (&soft, target) {
+            (Some(_), _) => {
+                let Targets::Dense(t) = batch.targets else {
+                    unreachable!()
+                };
+                let t = |c: usize| t[plan.layout.offset(n, c, classes)] as f64;
+                let tp = (0..classes).map(|c| t(c) * p[c]).sum();
+                (
+                    tp,
+                    first_max(&(0..classes).map(t).collect::<Vec<_>>()) == argmax,
+                )
+            }
+            (None, Some(y)) if valid => (p[y as usize], argmax == y as u32),
+            _ => (0.0, false),
+        };
+        out.argmax.push(argmax);
+        out.correct.push(correct);
+        out.target_prob.push(target_prob);
+        out.entropy.push(entropy);
+        out.confidence
+            .push(
+                (z[argmax as usize] - lse)
+                    .exp()
+                    .min(if is_prob { 1.0 } else { f64::INFINITY }),
+            );
+        out.valid.push(valid);
+        out.lse.push(lse);
+
+        if !valid {
+            out.row_losses.push(0.0);
+            continue;
+        }
+
+        // Sections 2 / 3: the loss, split into the cross-entropy part and the z-loss part.
+        let ce = match (&soft, target) {
+            (Some(t), _) => -(0..classes).map(|c| w(c) * t[c] * logp[c]).sum::<f64>(),
+            (None, Some(y)) => {
+                let y = y as usize;
+                let nll = -w(y) * logp[y];
+                let mut ce = (1.0 - eps) * nll;
+                if eps > 0.0 {
+                    let smooth = -(0..classes).map(|c| w(c) * logp[c]).sum::<f64>();
+                    ce += eps / c_f * smooth;
+                }
+                ce
+            }
+            (None, None) => unreachable!("index targets always have an index"),
+        };
+        let zl = if lambda > 0.0 && !is_prob {
+            lambda * lse * lse
+        } else {
+            0.0
+        };
+        let loss = ce + zl;
+        out.row_losses.push(loss);
+        ce_sum += ce;
+        z_sum += zl;
+
+        // The gradient, before the reduction's scale, with respect to z (or q).
+        let (a, b) = plan.row_scales(upstream, n);
+        let (a, b) = (a as f64, b as f64);
+        for c in 0..classes {
+            let d_ce = match (&soft, target) {
+                (Some(t), _) if is_prob => -w(c) * t[c] / x[c],
+                (Some(t), _) => p[c] * (0..classes).map(|k| w(k) * t[k]).sum::<f64>() - w(c) * t[c],
+                (None, Some(y)) if is_prob => {
+                    let hit = if c == y as usize {
+                        (1.0 - eps) * w(c) / x[c]
+                    } else {
+                        0.0
+                    };
+                    -hit - eps / c_f * w(c) / x[c]
+                }
+                (None, Some(y)) => {
+                    let hit = if c == y as usize { 1.0 } else { 0.0 };
+                    (1.0 - eps) * w(y as usize) * (p[c] - hit) + eps / c_f * (w_sum * p[c] - w(c))
+                }
+                (None, None) => unreachable!(),
+            };
+            let d_z = if lambda > 0.0 && !is_prob {
+                2.0 * lambda * lse * p[c]
+            } else {
+                0.0
+            };
+            let g = if clamped[c] {
+                0.0
+            } else {
+                (a * d_ce + b * d_z) * dzdx[c]
+            };
+            out.gradient[plan.layout.offset(n, c, classes)] =
+                if loss.is_nan() { f64::NAN } else { g };
+        }
+    }
+    out.loss = match plan.reduction {
+        Reduction::None => None,
+        Reduction::Sum => Some(ce_sum + z_sum),
+        Reduction::Mean => Some(
+            ce_sum / plan.denominator
+                + if z_sum != 0.0 {
+                    z_sum / plan.valid_rows as f64
+                } else {
+                    0.0
+                },
+        ),
+    };
+    Ok(out)
+}
+
+/// Binary cross-entropy with logits (SEMANTICS.md section 4).
+/// `upstream`: per-element values (logits' layout) for `Reduction::None`, or one scalar.
+pub fn binary_cross_entropy(
+    options: &BinaryCrossEntropy,
+    batch: &Batch,
+    upstream: Option<&[f32]>,
+) -> Result<Reference> {
+    let request = Request {
+        upstream,
+        ..Request::default()
+    };
+    let plan = plan::binary(options, batch, &request)?;
+    let (rows, classes) = (plan.rows, plan.classes);
+    let Targets::Dense(targets) = batch.targets else {
+        unreachable!("checked by the plan")
+    };
+    let weight = |c: usize| batch.class_weights.map_or(1.0, |w| w[c] as f64);
+    let pos_weight = |c: usize| batch.pos_weight.map_or(1.0, |w| w[c] as f64);
+    let mut out = Reference {
+        gradient: vec![0.0; rows * classes],
+        row_losses: vec![0.0; rows * classes],
+        ..Default::default()
+    };
+    let mut sum = 0.0;
+    for n in 0..rows {
+        for c in 0..classes {
+            let i = plan.layout.offset(n, c, classes);
+            let x = batch.logits.get(n, c) as f64;
+            let y = targets[i] as f64;
+            let (wc, pw) = (weight(c), pos_weight(c));
+            let loss = wc * (pw * y * softplus(-x) + (1.0 - y) * softplus(x));
+            let grad = wc * ((pw * y + 1.0 - y) * sigmoid(x) - pw * y);
+            let (g, _) = plan.row_scales(upstream, i);
+            out.row_losses[i] = loss;
+            out.gradient[i] = grad * g as f64;
+            sum += loss;
+        }
+    }
+    out.loss = plan.reduce(sum, 0.0);
+    Ok(out)
+}
+
+/// `log Σ exp(z)`: −inf for an all −inf row, +inf with any +inf, NaN with any NaN.
+pub fn log_sum_exp(z: &[f64]) -> f64 {
+    if z.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if m.is_infinite() {
+        return m;
+    }
+    m + z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
+}
+
+/// Lowest index of the maximum, a NaN counting as maximal (`torch.argmax`).
+pub fn first_max(z: &[f64]) -> u32 {
+    if let Some(i) = z.iter().position(|v| v.is_nan()) {
+        return i as u32;
+    }
+    let mut best = 0;
+    for (i, &v) in z.iter().enumerate() {
+        if v > z[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// `log(1 + exp(v))`, stable for large |v|.
+pub fn softplus(v: f64) -> f64 {
+    v.max(0.0) + (-v.abs()).exp().ln_1p()
+}
+
+/// `1 / (1 + exp(−v))`.
+pub fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
+}

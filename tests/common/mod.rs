@@ -1,0 +1,520 @@
+//! Shared test helpers: hard test data, owned cases, and NaN/inf-exact tolerance checks that
+//! report the worst element. Used by the CPU and GPU test files alike.
+#![allow(dead_code)]
+
+use half::{bf16, f16};
+use xent::reference::{self, Reference};
+use xent::{Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Logits, Output, Request};
+
+/// SplitMix64: a small, seedable generator so failures reproduce.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Roughly normal (sum of uniforms), unit variance.
+    pub fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.uniform()).sum::<f32>() * 1.732 - 3.464
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// What to sprinkle into the logits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hardness {
+    /// A few logits ×20 so probabilities are not all ~1/C.
+    pub outliers: bool,
+    /// Some −inf (masked) logits, never all of a row.
+    pub masked: bool,
+    /// One row with a NaN, one with +inf, one all −inf (when rows allow).
+    pub non_finite: bool,
+}
+
+impl Hardness {
+    pub const ALL: Hardness = Hardness {
+        outliers: true,
+        masked: true,
+        non_finite: true,
+    };
+}
+
+/// An owned test case: logits in a dtype and layout, index or dense targets, weights.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub rows: usize,
+    pub classes: usize,
+    /// `Some(spatial)` for the (N, C, spatial) layout.
+    pub spatial: Option<usize>,
+    pub dtype: Dtype,
+    /// Logits as f32, already rounded to `dtype`, in layout order.
+    pub logits: Vec<f32>,
+    pub index_targets: Vec<i64>,
+    pub dense_targets: Option<Vec<f32>>,
+    pub class_weights: Option<Vec<f32>>,
+    pub pos_weight: Option<Vec<f32>>,
+    /// Store index targets as i32.
+    pub i32_targets: bool,
+}
+
+impl Case {
+    /// Random logits (scale 3) with index targets; `ignore` marks some rows with −100.
+    pub fn new(seed: u64, rows: usize, classes: usize, hard: Hardness) -> Case {
+        let mut rng = Rng(seed);
+        let mut logits: Vec<f32> = (0..rows * classes).map(|_| 3.0 * rng.normal()).collect();
+        let index_targets = (0..rows)
+            .map(|_| rng.below(classes) as i64)
+            .collect::<Vec<_>>();
+        if hard.outliers {
+            for _ in 0..(rows * classes / 50).max(1).min(rows * classes) {
+                let i = rng.below(rows * classes);
+                logits[i] *= 20.0;
+            }
+        }
+        if hard.masked && classes > 1 {
+            for _ in 0..(rows * classes / 20).max(1).min(rows * classes) {
+                let i = rng.below(rows * classes);
+                logits[i] = f32::NEG_INFINITY;
+            }
+            // Keep one finite logit per row.
+            for r in 0..rows {
+                if logits[r * classes..(r + 1) * classes]
+                    .iter()
+                    .all(|v| *v == f32::NEG_INFINITY)
+                {
+                    logits[r * classes] = 0.0;
+                }
+            }
+        }
+        if hard.non_finite && rows >= 4 {
+            logits[rng.below(classes)] = f32::NAN; // row 0
+            logits[classes + rng.below(classes)] = f32::INFINITY; // row 1
+            logits[2 * classes..3 * classes].fill(f32::NEG_INFINITY); // row 2
+        }
+        Case {
+            rows,
+            classes,
+            spatial: None,
+            dtype: Dtype::F32,
+            logits,
+            index_targets,
+            dense_targets: None,
+            class_weights: None,
+            pos_weight: None,
+            i32_targets: false,
+        }
+    }
+
+    /// Marks every `every`-th row ignored (target −100, or `ignore_index`).
+    pub fn ignore_every(mut self, every: usize, ignore_index: i64) -> Case {
+        for r in (0..self.rows).step_by(every.max(1)) {
+            self.index_targets[r] = ignore_index;
+        }
+        self
+    }
+
+    /// Random positive class weights.
+    pub fn weighted(mut self, seed: u64) -> Case {
+        let mut rng = Rng(seed ^ 0xABCD);
+        self.class_weights = Some(
+            (0..self.classes)
+                .map(|_| 0.25 + 2.0 * rng.uniform())
+                .collect(),
+        );
+        self
+    }
+
+    /// Soft targets: random non-negative rows summing to 1 (softmax CE).
+    pub fn soft(mut self, seed: u64) -> Case {
+        let mut rng = Rng(seed ^ 0x50F7);
+        let mut t = vec![0f32; self.rows * self.classes];
+        for r in 0..self.rows {
+            let row = &mut t[r * self.classes..(r + 1) * self.classes];
+            row.iter_mut().for_each(|v| *v = rng.uniform().powi(3));
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= s.max(1e-30));
+        }
+        self.dense_targets = Some(t);
+        self
+    }
+
+    /// Multi-label targets in [0, 1] (BCE) and positive weights.
+    pub fn multi_label(mut self, seed: u64, with_weights: bool) -> Case {
+        let mut rng = Rng(seed ^ 0xB0CE);
+        let t = (0..self.rows * self.classes)
+            .map(|_| match rng.below(4) {
+                0 => rng.uniform(),
+                1 | 2 => 0.0,
+                _ => 1.0,
+            })
+            .collect();
+        self.dense_targets = Some(t);
+        if with_weights {
+            self.class_weights = Some((0..self.classes).map(|_| 0.5 + rng.uniform()).collect());
+            self.pos_weight = Some(
+                (0..self.classes)
+                    .map(|_| 0.5 + 3.0 * rng.uniform())
+                    .collect(),
+            );
+        }
+        self
+    }
+
+    /// Probabilities instead of logits: a softmax of the logits (finite rows only), with some
+    /// exact zeros so the clamp is hit.
+    pub fn probabilities(mut self) -> Case {
+        for r in 0..self.rows {
+            let row = &mut self.logits[r * self.classes..(r + 1) * self.classes];
+            let m = row
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(f32::MIN, f32::max);
+            row.iter_mut().for_each(|v| {
+                *v = if v.is_finite() {
+                    ((*v - m) / 4.0).exp()
+                } else {
+                    0.0
+                }
+            });
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+        self
+    }
+
+    /// Rounds the logits to `dtype` (the reference then sees the same rounded values).
+    pub fn dtype(mut self, dtype: Dtype) -> Case {
+        self.dtype = dtype;
+        for v in &mut self.logits {
+            *v = match dtype {
+                Dtype::F32 => *v,
+                Dtype::F16 => f16::from_f32(*v).to_f32(),
+                Dtype::Bf16 => bf16::from_f32(*v).to_f32(),
+            };
+        }
+        self
+    }
+
+    /// Reinterprets the rows as (rows/spatial, C, spatial): permutes logits and dense targets.
+    pub fn class_dim1(mut self, spatial: usize) -> Case {
+        assert!(spatial > 0 && self.rows % spatial == 0);
+        let permute = |v: &[f32]| {
+            let mut out = vec![0f32; v.len()];
+            let layout = xent::Layout::ClassDim1 { spatial };
+            for r in 0..self.rows {
+                for c in 0..self.classes {
+                    out[layout.offset(r, c, self.classes)] = v[r * self.classes + c];
+                }
+            }
+            out
+        };
+        self.logits = permute(&self.logits);
+        if let Some(t) = &self.dense_targets {
+            self.dense_targets = Some(permute(t));
+        }
+        self.spatial = Some(spatial);
+        self
+    }
+
+    pub fn i32_targets(mut self) -> Case {
+        self.i32_targets = true;
+        self
+    }
+
+    /// Logits in their dtype.
+    pub fn storage(&self) -> Storage {
+        match self.dtype {
+            Dtype::F32 => Storage::F32(self.logits.clone()),
+            Dtype::F16 => Storage::F16(self.logits.iter().map(|&v| f16::from_f32(v)).collect()),
+            Dtype::Bf16 => Storage::Bf16(self.logits.iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+
+    /// A batch over `storage` (which must come from [`Case::storage`]).
+    pub fn batch<'a>(
+        &'a self,
+        storage: &'a mut Storage,
+        targets_i32: &'a [i32],
+        writable: bool,
+    ) -> Batch<'a> {
+        let (rows, classes) = (self.rows, self.classes);
+        let logits = match (storage, self.spatial, writable) {
+            (Storage::F32(d), None, false) => Logits::new(&d[..], rows, classes),
+            (Storage::F32(d), None, true) => Logits::new_mut(&mut d[..], rows, classes),
+            (Storage::F16(d), None, false) => Logits::new(&d[..], rows, classes),
+            (Storage::F16(d), None, true) => Logits::new_mut(&mut d[..], rows, classes),
+            (Storage::Bf16(d), None, false) => Logits::new(&d[..], rows, classes),
+            (Storage::Bf16(d), None, true) => Logits::new_mut(&mut d[..], rows, classes),
+            (Storage::F32(d), Some(s), false) => Logits::class_dim1(&d[..], rows / s, classes, s),
+            (Storage::F32(d), Some(s), true) => {
+                Logits::class_dim1_mut(&mut d[..], rows / s, classes, s)
+            }
+            (Storage::F16(d), Some(s), false) => Logits::class_dim1(&d[..], rows / s, classes, s),
+            (Storage::F16(d), Some(s), true) => {
+                Logits::class_dim1_mut(&mut d[..], rows / s, classes, s)
+            }
+            (Storage::Bf16(d), Some(s), false) => Logits::class_dim1(&d[..], rows / s, classes, s),
+            (Storage::Bf16(d), Some(s), true) => {
+                Logits::class_dim1_mut(&mut d[..], rows / s, classes, s)
+            }
+        };
+        let mut batch = match (&self.dense_targets, self.i32_targets) {
+            (Some(t), _) => Batch::new(logits, &t[..]),
+            (None, true) => Batch::new(logits, targets_i32),
+            (None, false) => Batch::new(logits, &self.index_targets[..]),
+        };
+        batch.class_weights = self.class_weights.as_deref();
+        batch.pos_weight = self.pos_weight.as_deref();
+        batch
+    }
+
+    /// The transformed logit z of (row, class), in f64.
+    pub fn transformed(&self, options: &CrossEntropy, row: usize, class: usize) -> f64 {
+        let layout = self
+            .spatial
+            .map_or(xent::Layout::Rows, |spatial| xent::Layout::ClassDim1 {
+                spatial,
+            });
+        let x = self.logits[layout.offset(row, class, self.classes)] as f64;
+        let s = options.logit_scale as f64;
+        match (options.input, options.softcap) {
+            (xent::InputKind::Probabilities { .. }, _) => x,
+            (_, None) => s * x,
+            (_, Some(cap)) => cap as f64 * (s * x / cap as f64).tanh(),
+        }
+    }
+
+    pub fn targets_i32(&self) -> Vec<i32> {
+        self.index_targets.iter().map(|&v| v as i32).collect()
+    }
+
+    /// The f64 reference for softmax cross-entropy.
+    pub fn reference(&self, options: &CrossEntropy, upstream: Option<&[f32]>) -> Reference {
+        let mut storage = self.storage();
+        let t32 = self.targets_i32();
+        reference::cross_entropy(options, &self.batch(&mut storage, &t32, false), upstream)
+            .expect("reference")
+    }
+
+    /// The f64 reference for BCE.
+    pub fn reference_bce(
+        &self,
+        options: &BinaryCrossEntropy,
+        upstream: Option<&[f32]>,
+    ) -> Reference {
+        let mut storage = self.storage();
+        let t32 = self.targets_i32();
+        reference::binary_cross_entropy(options, &self.batch(&mut storage, &t32, false), upstream)
+            .expect("reference")
+    }
+}
+
+/// Owned logits storage in a dtype.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Storage {
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Storage::F32(d) => d.clone(),
+            Storage::F16(d) => d.iter().map(|v| v.to_f32()).collect(),
+            Storage::Bf16(d) => d.iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+}
+
+/// Gradient mode to exercise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradMode {
+    None,
+    OutOfPlace,
+    InPlace,
+}
+
+/// Everything one backend call returned, with the gradient as f32.
+pub struct Run {
+    pub output: Output,
+    pub gradient: Option<Vec<f32>>,
+}
+
+/// Runs a softmax case through `run` (a backend call) with the given gradient mode.
+pub fn run_softmax(
+    case: &Case,
+    options: &CrossEntropy,
+    upstream: Option<&[f32]>,
+    mode: GradMode,
+    run: impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<Output>,
+) -> Run {
+    let mut storage = case.storage();
+    let t32 = case.targets_i32();
+    let mut grad = vec![0f32; case.rows * case.classes];
+    let mut request = Request::new().row_losses().lse().metrics();
+    request.upstream = upstream;
+    let output = match mode {
+        GradMode::None => {
+            run(options, case.batch(&mut storage, &t32, false), request).expect("softmax call")
+        }
+        GradMode::OutOfPlace => run(
+            options,
+            case.batch(&mut storage, &t32, false),
+            request.gradient_into(&mut grad),
+        )
+        .expect("softmax call"),
+        GradMode::InPlace => {
+            let out = run(
+                options,
+                case.batch(&mut storage, &t32, true),
+                request.gradient_in_place(),
+            )
+            .expect("softmax call");
+            grad = storage.to_f32();
+            out
+        }
+    };
+    Run {
+        output,
+        gradient: (mode != GradMode::None).then_some(grad),
+    }
+}
+
+/// `|a − r| ≤ abs + rel·|r|`, with NaN = NaN and ±inf = same inf. Panics naming the worst.
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], abs: f64, rel: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&a, &r)) in actual.iter().zip(expected).enumerate() {
+        let a = a as f64;
+        let ok = if r.is_nan() || a.is_nan() {
+            r.is_nan() && a.is_nan()
+        } else if r.is_infinite() || a.is_infinite() {
+            a == r
+        } else {
+            (a - r).abs() <= abs + rel * r.abs()
+        };
+        if !ok {
+            let excess = if a.is_finite() && r.is_finite() {
+                (a - r).abs() / (abs + rel * r.abs())
+            } else {
+                f64::INFINITY
+            };
+            if worst.is_none_or(|(_, e)| excess > e) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    if let Some((i, excess)) = worst {
+        panic!(
+            "{what}: element {i} is {} but the reference says {} ({}× the tolerance {abs} + {rel}·|ref|)",
+            actual[i], expected[i], excess
+        );
+    }
+}
+
+/// Per-row loss tolerance of SEMANTICS.md section 8: `1e-5·max(1, |ref|)`.
+pub fn assert_losses(what: &str, actual: &[f32], expected: &[f64]) {
+    let scaled: Vec<f64> = expected.to_vec();
+    let actual_scaled: Vec<f32> = actual.to_vec();
+    // |a − r| ≤ 1e-5·max(1, |r|) is abs 1e-5 when |r| ≤ 1 and rel 1e-5 above.
+    assert_close(what, &actual_scaled, &scaled, 1e-5, 1e-5);
+}
+
+/// Compares a softmax run with the reference: reduced loss, rows, LSE, metrics, gradient.
+pub fn check_softmax(
+    label: &str,
+    case: &Case,
+    options: &CrossEntropy,
+    run: &Run,
+    reference: &Reference,
+) {
+    let out = &run.output;
+    match (out.loss, reference.loss) {
+        (Some(a), Some(r)) => assert_close(&format!("{label}: loss"), &[a], &[r], 1e-5, 1e-5),
+        (None, None) => {}
+        (a, r) => panic!("{label}: loss {a:?} vs reference {r:?}"),
+    }
+    assert_losses(
+        &format!("{label}: row losses"),
+        out.row_losses.as_ref().unwrap(),
+        &reference.row_losses,
+    );
+    assert_close(
+        &format!("{label}: lse"),
+        out.lse.as_ref().unwrap(),
+        &reference.lse,
+        1e-5,
+        1e-5,
+    );
+    let m = out.metrics.as_ref().unwrap();
+    for r in 0..case.rows {
+        let finite = reference.row_losses[r].is_finite() && reference.lse[r].is_finite();
+        assert_eq!(m.valid[r], reference.valid[r], "{label}: valid[{r}]");
+        if !finite {
+            continue;
+        }
+        // Argmax may differ only between transformed logits equal within f32 rounding
+        // (soft-capping saturates many outliers to exactly `cap` in f32).
+        if m.argmax[r] != reference.argmax[r] {
+            let z = |c: u32| case.transformed(options, r, c as usize);
+            let (a, b) = (z(m.argmax[r]), z(reference.argmax[r]));
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs(),
+                "{label}: argmax[{r}] {} (z = {a}) vs {} (z = {b})",
+                m.argmax[r],
+                reference.argmax[r]
+            );
+        } else {
+            assert_eq!(m.correct[r], reference.correct[r], "{label}: correct[{r}]");
+        }
+        assert_close(
+            &format!("{label}: target_prob[{r}]"),
+            &[m.target_prob[r]],
+            &[reference.target_prob[r]],
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{label}: entropy[{r}]"),
+            &[m.entropy[r]],
+            &[reference.entropy[r]],
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("{label}: confidence[{r}]"),
+            &[m.confidence[r]],
+            &[reference.confidence[r]],
+            1e-5,
+            1e-4,
+        );
+    }
+    if let Some(g) = &run.gradient {
+        let tol = match case.dtype {
+            Dtype::F32 => 0.0,
+            // In place in f16/bf16 the gradient itself is rounded to the dtype.
+            Dtype::F16 => 1e-3,
+            Dtype::Bf16 => 8e-3,
+        };
+        assert_close(
+            &format!("{label}: gradient"),
+            g,
+            &reference.gradient,
+            1e-6,
+            1e-4 + tol,
+        );
+    }
+}

@@ -1,0 +1,826 @@
+//! The SIMD CPU path against the f64 reference, at every SIMD level this host has.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use xent::cpu::SimdLevel;
+use xent::{
+    Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Logits, Reduction,
+    Request,
+};
+
+fn cpu(level: SimdLevel) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> {
+    move |o, b, r| o.compute(&Backend::CpuWith(level), b, r)
+}
+
+/// Runs `case` at every level and gradient mode and checks each against the reference.
+fn check_all_levels(label: &str, case: &Case, options: &CrossEntropy, upstream: Option<&[f32]>) {
+    let reference = case.reference(options, upstream);
+    for level in SimdLevel::supported() {
+        for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
+            let run = run_softmax(case, options, upstream, mode, cpu(level));
+            check_softmax(
+                &format!("{label} [{level}, {mode:?}]"),
+                case,
+                options,
+                &run,
+                &reference,
+            );
+        }
+    }
+}
+
+fn option_grid() -> Vec<(&'static str, CrossEntropy)> {
+    let base = CrossEntropy::new();
+    vec![
+        ("plain", base),
+        ("sum", base.reduction(Reduction::Sum)),
+        ("none", base.reduction(Reduction::None)),
+        ("smoothing", base.label_smoothing(0.1)),
+        ("z-loss", base.z_loss(1e-3)),
+        ("softcap", base.softcap(15.0)),
+        ("scale", base.logit_scale(0.7)),
+        (
+            "everything",
+            base.label_smoothing(0.2)
+                .z_loss(1e-4)
+                .softcap(30.0)
+                .logit_scale(1.3)
+                .ignore_index(3),
+        ),
+        (
+            "everything-sum",
+            base.label_smoothing(1.0)
+                .z_loss(2e-2)
+                .logit_scale(0.5)
+                .reduction(Reduction::Sum),
+        ),
+    ]
+}
+
+#[test]
+fn levels_detected() {
+    let levels = SimdLevel::supported();
+    eprintln!(
+        "SIMD levels on this host: {levels:?}; in force: {}",
+        SimdLevel::detected()
+    );
+    assert!(levels.contains(&SimdLevel::Portable));
+}
+
+#[test]
+fn uniform_logits_give_log_c() {
+    for classes in [1usize, 2, 3, 7, 10, 100, 1000, 4097, 32000] {
+        let logits = vec![0.25f32; 3 * classes];
+        let targets = [0i64, (classes - 1) as i64, (classes / 2) as i64];
+        for level in SimdLevel::supported() {
+            let out = CrossEntropy::new()
+                .compute(
+                    &Backend::CpuWith(level),
+                    Batch::new(Logits::new(&logits, 3, classes), &targets[..]),
+                    Request::new().lse(),
+                )
+                .unwrap();
+            let expected = (classes as f64).ln();
+            assert!(
+                (out.loss.unwrap() as f64 - expected).abs() <= 1e-5 * expected.max(1.0),
+                "C={classes} {level}"
+            );
+            for &lse in out.lse.as_ref().unwrap() {
+                assert!((lse as f64 - (0.25 + expected)).abs() < 1e-5 * (0.25 + expected));
+            }
+        }
+    }
+}
+
+#[test]
+fn log_probabilities_give_minus_log_p() {
+    // logits = ln p for p = [0.33, 0.42, 0.25], target 0: loss = −ln 0.33 = 1.1087.
+    let logits = [0.33f32.ln(), 0.42f32.ln(), 0.25f32.ln()];
+    for level in SimdLevel::supported() {
+        let out = CrossEntropy::new()
+            .compute(
+                &Backend::CpuWith(level),
+                Batch::new(Logits::new(&logits, 1, 3), &[0i32][..]),
+                Request::new().metrics(),
+            )
+            .unwrap();
+        assert!(
+            (out.loss.unwrap() - 1.1087).abs() < 1e-4,
+            "{level}: {:?}",
+            out.loss
+        );
+        let m = out.metrics.unwrap();
+        assert_eq!(m.argmax, vec![1]);
+        assert!((m.target_prob[0] - 0.33).abs() < 1e-6);
+    }
+    // The same numbers through probability inputs.
+    let probs = [0.33f32, 0.42, 0.25];
+    let out = CrossEntropy::new()
+        .input(InputKind::PROBABILITIES)
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&probs, 1, 3), &[0i32][..]),
+            Request::new(),
+        )
+        .unwrap();
+    assert!((out.loss.unwrap() - 1.1087).abs() < 1e-4);
+}
+
+#[test]
+fn mean_gradient_rows_sum_to_zero() {
+    let case = Case::new(
+        7,
+        64,
+        1000,
+        Hardness {
+            outliers: true,
+            ..Hardness::default()
+        },
+    );
+    for (label, options) in [
+        ("plain", CrossEntropy::new()),
+        ("smoothing", CrossEntropy::new().label_smoothing(0.3)),
+    ] {
+        let run = run_softmax(
+            &case,
+            &options,
+            None,
+            GradMode::OutOfPlace,
+            cpu(SimdLevel::detected()),
+        );
+        let g = run.gradient.unwrap();
+        for r in 0..case.rows {
+            let s: f64 = g[r * 1000..(r + 1) * 1000].iter().map(|&v| v as f64).sum();
+            assert!(s.abs() < 1e-7, "{label}: row {r} sums to {s}");
+        }
+    }
+}
+
+#[test]
+fn options_dtypes_layouts_against_reference() {
+    for (label, options) in option_grid() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            for (rows, classes) in [(7usize, 3usize), (16, 100), (5, 4097), (3, 1)] {
+                let case = Case::new(
+                    rows as u64 * 31 + classes as u64,
+                    rows,
+                    classes,
+                    Hardness::ALL,
+                )
+                .weighted(5)
+                .ignore_every(4, options.ignore_index)
+                .dtype(dtype);
+                check_all_levels(
+                    &format!("{label} {dtype:?} {rows}×{classes}"),
+                    &case,
+                    &options,
+                    None,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn class_dim1_layout_against_reference() {
+    for (label, options) in option_grid() {
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            let case = Case::new(
+                11,
+                4 * 9,
+                21,
+                Hardness {
+                    outliers: true,
+                    masked: true,
+                    non_finite: false,
+                },
+            )
+            .weighted(3)
+            .ignore_every(5, options.ignore_index)
+            .dtype(dtype)
+            .class_dim1(9);
+            check_all_levels(
+                &format!("{label} (N, C, d) {dtype:?}"),
+                &case,
+                &options,
+                None,
+            );
+        }
+        let soft = Case::new(12, 2 * 6, 5, Hardness::default())
+            .soft(1)
+            .class_dim1(6);
+        check_all_levels(&format!("{label} (N, C, d) soft"), &soft, &options, None);
+    }
+}
+
+#[test]
+fn soft_targets_against_reference() {
+    for (label, options) in option_grid() {
+        for (rows, classes) in [(9usize, 10usize), (4, 3000)] {
+            let case = Case::new(
+                3,
+                rows,
+                classes,
+                Hardness {
+                    outliers: true,
+                    masked: false,
+                    non_finite: true,
+                },
+            )
+            .soft(9)
+            .weighted(2);
+            check_all_levels(
+                &format!("soft {label} {rows}×{classes}"),
+                &case,
+                &options,
+                None,
+            );
+        }
+    }
+}
+
+#[test]
+fn probability_inputs_against_reference() {
+    for (label, options) in option_grid() {
+        let options = options
+            .input(InputKind::Probabilities { eps: 1e-6 })
+            .softcap(1.0)
+            .logit_scale(1.0);
+        let mut options = options;
+        options.softcap = None;
+        let case = Case::new(
+            21,
+            12,
+            50,
+            Hardness {
+                outliers: true,
+                masked: true,
+                non_finite: false,
+            },
+        )
+        .probabilities()
+        .weighted(4)
+        .ignore_every(3, options.ignore_index);
+        check_all_levels(&format!("probabilities {label}"), &case, &options, None);
+        let soft = Case::new(22, 6, 9, Hardness::default())
+            .probabilities()
+            .soft(2);
+        check_all_levels(
+            &format!("probabilities soft {label}"),
+            &soft,
+            &options,
+            None,
+        );
+    }
+}
+
+#[test]
+fn upstream_gradients_against_reference() {
+    let case = Case::new(4, 10, 33, Hardness::default())
+        .weighted(1)
+        .ignore_every(3, -100);
+    let per_row: Vec<f32> = (0..10).map(|r| 0.5 + r as f32 * 0.25).collect();
+    check_all_levels(
+        "none with upstream",
+        &case,
+        &CrossEntropy::new()
+            .reduction(Reduction::None)
+            .label_smoothing(0.1),
+        Some(&per_row),
+    );
+    check_all_levels(
+        "mean with upstream",
+        &case,
+        &CrossEntropy::new().z_loss(1e-2),
+        Some(&[2.5]),
+    );
+}
+
+#[test]
+fn bce_against_reference() {
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        for weights in [false, true] {
+            for spatial in [None, Some(4)] {
+                let options = BinaryCrossEntropy::new().reduction(reduction);
+                let mut case = Case::new(
+                    8,
+                    12,
+                    37,
+                    Hardness {
+                        outliers: true,
+                        ..Hardness::default()
+                    },
+                )
+                .multi_label(2, weights);
+                if let Some(s) = spatial {
+                    case = case.class_dim1(s);
+                }
+                let upstream: Option<Vec<f32>> = (reduction == Reduction::None)
+                    .then(|| (0..12 * 37).map(|i| (i % 5) as f32 * 0.5).collect());
+                let reference = case.reference_bce(&options, upstream.as_deref());
+                let mut storage = case.storage();
+                let t32 = case.targets_i32();
+                let mut grad = vec![0f32; 12 * 37];
+                let mut request = Request::new().row_losses().gradient_into(&mut grad);
+                request.upstream = upstream.as_deref();
+                let out = options
+                    .compute(
+                        &Backend::Cpu,
+                        case.batch(&mut storage, &t32, false),
+                        request,
+                    )
+                    .unwrap();
+                let label = format!("bce {reduction:?} weights={weights} spatial={spatial:?}");
+                match (out.loss, reference.loss) {
+                    (Some(a), Some(r)) => assert_close(&label, &[a], &[r], 1e-5, 1e-5),
+                    (None, None) => {}
+                    other => panic!("{label}: {other:?}"),
+                }
+                assert_losses(
+                    &label,
+                    out.row_losses.as_ref().unwrap(),
+                    &reference.row_losses,
+                );
+                assert_close(
+                    &format!("{label} gradient"),
+                    &grad,
+                    &reference.gradient,
+                    1e-6,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn in_place_and_out_of_place_agree() {
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let case = Case::new(99, 33, 517, Hardness::ALL)
+            .weighted(1)
+            .dtype(dtype);
+        let options = CrossEntropy::new().label_smoothing(0.05).z_loss(1e-3);
+        let a = run_softmax(
+            &case,
+            &options,
+            None,
+            GradMode::OutOfPlace,
+            cpu(SimdLevel::detected()),
+        );
+        let b = run_softmax(
+            &case,
+            &options,
+            None,
+            GradMode::InPlace,
+            cpu(SimdLevel::detected()),
+        );
+        let rounded: Vec<f64> = a
+            .gradient
+            .unwrap()
+            .iter()
+            .map(|&v| {
+                if dtype == Dtype::F16 {
+                    half::f16::from_f32(v).to_f32() as f64
+                } else {
+                    v as f64
+                }
+            })
+            .collect();
+        assert_close(
+            &format!("in place vs out of place {dtype:?}"),
+            &b.gradient.unwrap(),
+            &rounded,
+            0.0,
+            0.0,
+        );
+        assert_eq!(format!("{:?}", a.output), format!("{:?}", b.output));
+    }
+}
+
+#[test]
+fn same_bits_across_thread_counts() {
+    let case = Case::new(
+        5,
+        777,
+        1531,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    );
+    let options = CrossEntropy::new().label_smoothing(0.1);
+    let runs: Vec<_> = [1usize, 2, 8]
+        .into_iter()
+        .map(|threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                run_softmax(
+                    &case,
+                    &options,
+                    None,
+                    GradMode::OutOfPlace,
+                    cpu(SimdLevel::detected()),
+                )
+            })
+        })
+        .collect();
+    for run in &runs[1..] {
+        assert_eq!(
+            run.output.loss.unwrap().to_bits(),
+            runs[0].output.loss.unwrap().to_bits()
+        );
+        assert_eq!(format!("{:?}", run.output), format!("{:?}", runs[0].output));
+        assert_eq!(run.gradient, runs[0].gradient);
+    }
+}
+
+#[test]
+fn degenerate_shapes() {
+    // N = 0: none is empty, sum is 0, mean is NaN.
+    let empty: [f32; 0] = [];
+    let no_targets: [i64; 0] = [];
+    let call = |reduction| {
+        CrossEntropy::new()
+            .reduction(reduction)
+            .compute(
+                &Backend::Cpu,
+                Batch::new(Logits::new(&empty, 0, 5), &no_targets[..]),
+                Request::new(),
+            )
+            .unwrap()
+    };
+    assert_eq!(call(Reduction::None).row_losses, Some(vec![]));
+    assert_eq!(call(Reduction::Sum).loss, Some(0.0));
+    assert!(call(Reduction::Mean).loss.unwrap().is_nan());
+    // All rows ignored.
+    let logits = [1.0f32, 2.0, 3.0, 4.0];
+    let ignored = [-100i64, -100];
+    let out = CrossEntropy::new()
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&logits, 2, 2), &ignored[..]),
+            Request::new(),
+        )
+        .unwrap();
+    assert!(out.loss.unwrap().is_nan());
+    // C = 1: loss 0 plus z-loss λ·z².
+    let one = [3.0f32];
+    let out = CrossEntropy::new()
+        .z_loss(0.5)
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&one, 1, 1), &[0i64][..]),
+            Request::new(),
+        )
+        .unwrap();
+    assert!((out.loss.unwrap() - 4.5).abs() < 1e-6);
+}
+
+#[test]
+fn non_finite_rows_follow_pytorch() {
+    let inf = f32::INFINITY;
+    let rows: [([f32; 3], i64, f32); 5] = [
+        (
+            [f32::NEG_INFINITY, 1.0, 2.0],
+            1,
+            1.0f32.exp().recip() * 0.0 + (1.0 + 1f32.exp()).ln(),
+        ), // masked class: fine
+        ([f32::NEG_INFINITY, 1.0, 2.0], 0, inf), // target masked: +inf
+        ([f32::NEG_INFINITY; 3], 0, f32::NAN),   // all masked: NaN
+        ([inf, 1.0, 2.0], 1, f32::NAN),          // +inf: NaN
+        ([f32::NAN, 1.0, 2.0], 1, f32::NAN),     // NaN: NaN
+    ];
+    for level in SimdLevel::supported() {
+        for (x, y, expected) in rows {
+            let out = CrossEntropy::new()
+                .reduction(Reduction::None)
+                .compute(
+                    &Backend::CpuWith(level),
+                    Batch::new(Logits::new(&x, 1, 3), &[y][..]),
+                    Request::new(),
+                )
+                .unwrap();
+            let got = out.row_losses.unwrap()[0];
+            assert!(
+                got.to_bits() == expected.to_bits()
+                    || (got.is_nan() && expected.is_nan())
+                    || (got - expected).abs() < 1e-5,
+                "{x:?} → {got}, expected {expected}"
+            );
+        }
+        // ε > 0 with a masked class: +inf loss, finite gradient −(ε/C)·w on the masked class.
+        let x = [f32::NEG_INFINITY, 1.0, 2.0];
+        let mut grad = [0f32; 3];
+        let out = CrossEntropy::new()
+            .label_smoothing(0.3)
+            .compute(
+                &Backend::CpuWith(level),
+                Batch::new(Logits::new(&x, 1, 3), &[1i64][..]),
+                Request::new().gradient_into(&mut grad),
+            )
+            .unwrap();
+        assert_eq!(out.loss, Some(inf));
+        assert!((grad[0] + 0.1).abs() < 1e-7, "{grad:?}");
+    }
+}
+
+#[test]
+fn errors_name_what_is_wrong() {
+    let x = [0f32; 6];
+    let go = |options: CrossEntropy, batch: Batch| {
+        options
+            .compute(&Backend::Cpu, batch, Request::new())
+            .unwrap_err()
+    };
+    let e = go(
+        CrossEntropy::new(),
+        Batch::new(Logits::new(&x, 2, 4), &[0i64, 1][..]),
+    );
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                what: "logits",
+                expected: 8,
+                actual: 6,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        go(
+            CrossEntropy::new(),
+            Batch::new(Logits::new(&x, 2, 3), &[0i64][..])
+        ),
+        Error::Shape {
+            what: "targets",
+            ..
+        }
+    ));
+    assert!(matches!(
+        go(
+            CrossEntropy::new(),
+            Batch::new(Logits::new(&x, 6, 0), &[0i64; 6][..])
+        ),
+        Error::NoClasses
+    ));
+    let e = go(
+        CrossEntropy::new(),
+        Batch::new(Logits::new(&x, 2, 3), &[0i64, 3][..]),
+    );
+    assert_eq!(
+        e,
+        Error::TargetOutOfRange {
+            row: 1,
+            value: 3,
+            classes: 3,
+            ignore_index: -100
+        }
+    );
+    assert!(e.to_string().contains("row 1"), "{e}");
+    assert!(matches!(
+        go(
+            CrossEntropy::new(),
+            Batch::new(Logits::new(&x, 2, 3), &[-1i32, 0][..])
+        ),
+        Error::TargetOutOfRange {
+            row: 0,
+            value: -1,
+            ..
+        }
+    ));
+    // ignore_index inside [0, C) is allowed and ignores that class's rows.
+    assert!(CrossEntropy::new()
+        .ignore_index(2)
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&x, 2, 3), &[2i64, 0][..]),
+            Request::new()
+        )
+        .is_ok());
+    for bad in [
+        CrossEntropy::new().label_smoothing(1.5),
+        CrossEntropy::new().label_smoothing(f32::NAN),
+        CrossEntropy::new().z_loss(-1.0),
+        CrossEntropy::new().softcap(0.0),
+        CrossEntropy::new().softcap(f32::INFINITY),
+        CrossEntropy::new().logit_scale(f32::NAN),
+    ] {
+        assert!(
+            matches!(
+                go(bad, Batch::new(Logits::new(&x, 2, 3), &[0i64, 0][..])),
+                Error::BadOption { .. }
+            ),
+            "{bad:?}"
+        );
+    }
+    let w = [1.0f32, -1.0, 1.0];
+    assert_eq!(
+        go(
+            CrossEntropy::new(),
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 0][..]).class_weights(&w)
+        ),
+        Error::BadWeight {
+            what: "class_weights",
+            index: 1,
+            value: -1.0
+        }
+    );
+    assert!(matches!(
+        go(
+            CrossEntropy::new(),
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 0][..]).class_weights(&w[..2])
+        ),
+        Error::Shape {
+            what: "class_weights",
+            ..
+        }
+    ));
+    let soft = [0.5f32, 0.5, 0.0, 0.1, f32::NAN, 0.2];
+    assert!(matches!(
+        go(
+            CrossEntropy::new(),
+            Batch::new(Logits::new(&x, 2, 3), &soft[..])
+        ),
+        Error::BadValue {
+            row: 1,
+            class: 1,
+            ..
+        }
+    ));
+    let probs = [0.5f32, 0.5, 0.0, 0.1, 1.2, 0.2];
+    assert!(matches!(
+        go(
+            CrossEntropy::new().input(InputKind::PROBABILITIES),
+            Batch::new(Logits::new(&probs, 2, 3), &[0i64, 0][..])
+        ),
+        Error::BadValue {
+            row: 1,
+            class: 1,
+            ..
+        }
+    ));
+    // Gradient buffer and upstream lengths; in place on read-only logits.
+    let mut g = [0f32; 5];
+    let e = CrossEntropy::new()
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 0][..]),
+            Request::new().gradient_into(&mut g),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Shape {
+            what: "gradient",
+            expected: 6,
+            actual: 5,
+            ..
+        }
+    ));
+    let e = CrossEntropy::new()
+        .reduction(Reduction::None)
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 0][..]),
+            Request::new().upstream(&[1.0]),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Shape {
+            what: "upstream",
+            expected: 2,
+            ..
+        }
+    ));
+    let e = CrossEntropy::new()
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 0][..]),
+            Request::new().gradient_in_place(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)));
+    // Sizes whose byte count overflows.
+    let e = go(
+        CrossEntropy::new(),
+        Batch::new(Logits::new(&x, usize::MAX / 2, 3), &[0i64; 6][..]),
+    );
+    assert!(matches!(e, Error::Overflow { .. }), "{e}");
+    // BCE: targets outside [0, 1], index targets.
+    let bad_t = [0.0f32, 1.0, 2.0, 0.0, 0.0, 0.0];
+    assert!(matches!(
+        BinaryCrossEntropy::new()
+            .compute(
+                &Backend::Cpu,
+                Batch::new(Logits::new(&x, 2, 3), &bad_t[..]),
+                Request::new()
+            )
+            .unwrap_err(),
+        Error::BadValue {
+            row: 0,
+            class: 2,
+            ..
+        }
+    ));
+    let pw = [1.0f32, f32::INFINITY, 1.0];
+    assert!(matches!(
+        BinaryCrossEntropy::new()
+            .compute(
+                &Backend::Cpu,
+                Batch::new(Logits::new(&x, 2, 3), &soft[..3].repeat(2)[..]).pos_weight(&pw),
+                Request::new()
+            )
+            .unwrap_err(),
+        Error::BadWeight {
+            what: "pos_weight",
+            index: 1,
+            ..
+        }
+    ));
+}
+
+fn options_strategy() -> impl Strategy<Value = CrossEntropy> {
+    (
+        prop_oneof![
+            Just(Reduction::Mean),
+            Just(Reduction::Sum),
+            Just(Reduction::None)
+        ],
+        prop_oneof![Just(0.0f32), 0.0f32..=1.0],
+        prop_oneof![Just(0.0f32), 0.0f32..0.01],
+        prop_oneof![Just(None), (1.0f32..50.0).prop_map(Some)],
+        prop_oneof![Just(1.0f32), 0.1f32..2.0],
+        prop_oneof![Just(-100i64), 0i64..3],
+    )
+        .prop_map(|(reduction, eps, lambda, cap, scale, ignore)| {
+            let mut o = CrossEntropy::new()
+                .reduction(reduction)
+                .label_smoothing(eps)
+                .z_loss(lambda)
+                .logit_scale(scale)
+                .ignore_index(ignore);
+            o.softcap = cap;
+            o
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_cases_match_reference(
+        seed in any::<u64>(),
+        rows in 0usize..300,
+        classes in prop_oneof![1usize..20, 20usize..2000, 2000usize..70_000],
+        options in options_strategy(),
+        dtype in prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::Bf16)],
+        hard in (any::<bool>(), any::<bool>(), any::<bool>()),
+        weighted in any::<bool>(),
+        soft in any::<bool>(),
+        i32_targets in any::<bool>(),
+    ) {
+        // Keep each case under ~1.5 M logits so the f64 reference stays quick.
+        let rows = rows.min(1_500_000 / classes);
+        let hard = Hardness { outliers: hard.0, masked: hard.1, non_finite: hard.2 };
+        let mut case = Case::new(seed, rows, classes, hard).dtype(dtype).ignore_every(7, options.ignore_index);
+        if weighted { case = case.weighted(seed); }
+        if soft { case = case.soft(seed); }
+        if i32_targets { case = case.i32_targets(); }
+        let reference = case.reference(&options, None);
+        let level = SimdLevel::supported()[(seed % SimdLevel::supported().len() as u64) as usize];
+        let mode = [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace][(seed / 7 % 3) as usize];
+        let run = run_softmax(&case, &options, None, mode, cpu(level));
+        check_softmax(&format!("seed {seed} {rows}×{classes} {level} {mode:?}"), &case, &options, &run, &reference);
+    }
+}
+
+#[test]
+fn llama3_vocabulary_rows() {
+    // A few rows at C = 128 256, every level.
+    let case = Case::new(
+        128,
+        3,
+        128_256,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    )
+    .weighted(8);
+    check_all_levels(
+        "C=128256",
+        &case,
+        &CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4),
+        None,
+    );
+}
