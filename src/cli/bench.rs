@@ -1,0 +1,827 @@
+//! `xent bench`: xent on the GPU, xent on the CPU and the [naive](super::naive) unfused CPU
+//! implementation side by side on generated data, against this machine's measured memory
+//! bandwidth ([probe](super::probe)).
+//!
+//! Every implementation does the same work (mean cross-entropy with class-index targets, and
+//! for `forward-backward` also the gradient of the logits), so they are credited with the same
+//! *bytes moved*, the least traffic the work needs:
+//! - forward: the logits once (`rows × classes × dtype size`) and the targets (`rows × 8`);
+//! - forward-backward: that, plus the f32 gradient written once (`rows × classes × 4`).
+//!
+//! GB/s is bytes moved over the median time. "% bw" divides it by the probe of the same device
+//! and buffer size: the read probe for forward (a read-only stream), the copy probe for
+//! forward-backward (a read and a write stream). Times are wall-clock around the whole call,
+//! which returns only when the result is on the host, after one warm-up run.
+
+use super::device::{self, Device};
+use super::files::write_text;
+use super::naive::{self, Scratch};
+use super::probe::{self, Timing};
+use super::CliError;
+use crate::input::Element;
+use crate::{Backend, Batch, CrossEntropy, Logits, Request};
+use half::{bf16, f16};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// `--device` of `bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BenchDevice {
+    /// The CPU implementations only (xent and naive).
+    Cpu,
+    /// xent on the GPU only; an error when there is none.
+    Gpu,
+    /// Everything there is; the GPU is skipped, with a note, when there is none.
+    #[default]
+    All,
+}
+
+/// Element type of the generated logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDtype {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl BenchDtype {
+    fn name(self) -> &'static str {
+        match self {
+            BenchDtype::F32 => "f32",
+            BenchDtype::F16 => "f16",
+            BenchDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What is timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BenchMode {
+    /// The loss only.
+    Forward,
+    /// The loss and the gradient of the logits.
+    ForwardBackward,
+    /// Both.
+    #[default]
+    All,
+}
+
+/// A measured mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    ForwardBackward,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Forward => "forward",
+            Mode::ForwardBackward => "forward-backward",
+        }
+    }
+}
+
+/// A `ROWSxCLASSES` benchmark shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Rows (batch × sequence positions).
+    pub rows: usize,
+    /// Classes (vocabulary size).
+    pub classes: usize,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (r, c) = s
+            .split_once(['x', 'X'])
+            .ok_or_else(|| format!("{s:?} is not ROWSxCLASSES (e.g. 4096x32000)"))?;
+        let parse = |v: &str, what: &str| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{what} in {s:?} must be a positive integer"))
+        };
+        let shape = Shape {
+            rows: parse(r, "rows")?,
+            classes: parse(c, "classes")?,
+        };
+        shape
+            .rows
+            .checked_mul(shape.classes)
+            .and_then(|n| n.checked_mul(8))
+            .ok_or_else(|| format!("{s:?} is too large"))?;
+        Ok(shape)
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.rows, self.classes)
+    }
+}
+
+/// Classification and language-model vocabularies at full size (`--full`): 10 classes, 1000
+/// (ImageNet), 32000 (Llama 2), 50257 (GPT-2), 128256 (Llama 3).
+pub const FULL_SHAPES: [Shape; 5] = [
+    Shape {
+        rows: 65536,
+        classes: 10,
+    },
+    Shape {
+        rows: 16384,
+        classes: 1000,
+    },
+    Shape {
+        rows: 4096,
+        classes: 32000,
+    },
+    Shape {
+        rows: 2048,
+        classes: 50257,
+    },
+    Shape {
+        rows: 1024,
+        classes: 128256,
+    },
+];
+
+/// The default shapes: [`FULL_SHAPES`] with rows cut so each is 0.6–8 M logits (at most
+/// 32 MB in f32), so the default run takes well under a minute on two cores.
+pub const DEFAULT_SHAPES: [Shape; 5] = [
+    Shape {
+        rows: 65536,
+        classes: 10,
+    },
+    Shape {
+        rows: 4096,
+        classes: 1000,
+    },
+    Shape {
+        rows: 256,
+        classes: 32000,
+    },
+    Shape {
+        rows: 128,
+        classes: 50257,
+    },
+    Shape {
+        rows: 64,
+        classes: 128256,
+    },
+];
+
+/// Arguments of `xent bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Which implementations to run.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: BenchDevice,
+    /// A ROWSxCLASSES shape; repeat for several [default: 65536x10, 4096x1000, 256x32000,
+    /// 128x50257, 64x128256].
+    #[arg(long = "shape", value_name = "NxC")]
+    pub shapes: Vec<Shape>,
+    /// Use the full-size shapes 65536x10, 16384x1000, 4096x32000, 2048x50257, 1024x128256
+    /// (needs a few GB of memory and minutes).
+    #[arg(long, conflicts_with = "shapes")]
+    pub full: bool,
+    /// Element type of the logits; repeat for several [default: f32].
+    #[arg(long = "dtype", value_enum)]
+    pub dtypes: Vec<BenchDtype>,
+    /// What to time.
+    #[arg(long, value_enum, default_value_t)]
+    pub mode: BenchMode,
+    /// Timed runs per measurement (after one warm-up run).
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub iters: usize,
+    /// Write one JSON record per measurement to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+    /// Draw GB/s per shape per implementation, with the bandwidth probes, as an SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<String>,
+}
+
+/// One measurement (or one bandwidth probe), as `--json` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// `xent-gpu`, `xent-cpu`, `naive-cpu`, `read-bandwidth` or `copy-bandwidth`.
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// `cpu`, or the GPU adapter's name.
+    pub device: String,
+    /// Rows of the shape.
+    pub rows: usize,
+    /// Classes of the shape.
+    pub classes: usize,
+    /// `f32`, `f16` or `bf16`.
+    pub dtype: String,
+    /// `forward`, `forward-backward`, or `probe` for the bandwidth probes.
+    pub mode: String,
+    /// Median time of one run, in milliseconds.
+    pub median_ms: f64,
+    /// Fastest run, in milliseconds.
+    pub min_ms: f64,
+    /// Bytes moved per second at the median time, in GB/s (10⁹ bytes).
+    pub gbps: f64,
+    /// Bytes credited to one run (see the module docs; the probes: buffer read, or read + write).
+    pub bytes: u64,
+    /// `gbps` over the matching probe of the same device (none for the probes themselves).
+    pub bandwidth_fraction: Option<f64>,
+    /// The loss the run computed (none for the probes).
+    pub loss: Option<f32>,
+    /// Timed runs.
+    pub iters: usize,
+}
+
+/// Deterministic logits and targets: SplitMix64 → roughly normal logits (σ ≈ 2) with one
+/// logit in 1000 scaled ×20, so probabilities are not all about 1/C.
+fn generate(shape: Shape, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let n = shape.rows * shape.classes;
+    let logits = (0..n)
+        .map(|_| {
+            let u = next();
+            // Four 16-bit uniforms summed: mean 2, variance 1/3 → scale to σ ≈ 2.
+            let s: f32 = (0..4)
+                .map(|k| ((u >> (16 * k)) & 0xFFFF) as f32 / 65536.0)
+                .sum();
+            let v = (s - 2.0) * 3.46;
+            if u % 1000 == 0 {
+                v * 20.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    let targets = (0..shape.rows)
+        .map(|_| (next() % shape.classes as u64) as i64)
+        .collect();
+    (logits, targets)
+}
+
+/// Everything a run shares.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    cpu: bool,
+    gpu: Option<&'a Device>,
+    gpu_name: String,
+    modes: Vec<Mode>,
+    bar: &'a ProgressBar,
+    records: Vec<Record>,
+    notes: Vec<String>,
+}
+
+impl Bench<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        implementation: &str,
+        device: &str,
+        shape: Shape,
+        dtype: BenchDtype,
+        mode: &str,
+        timing: Timing,
+        bytes: u64,
+        reference_gbps: Option<f64>,
+        loss: Option<f32>,
+    ) {
+        let gbps = timing.gbps(bytes);
+        self.records.push(Record {
+            implementation: implementation.into(),
+            device: device.into(),
+            rows: shape.rows,
+            classes: shape.classes,
+            dtype: dtype.name().into(),
+            mode: mode.into(),
+            median_ms: timing.median * 1e3,
+            min_ms: timing.min * 1e3,
+            gbps,
+            bytes,
+            bandwidth_fraction: reference_gbps.map(|r| gbps / r),
+            loss,
+            iters: self.args.iters,
+        });
+    }
+
+    fn step(&self, what: String) {
+        self.bar.set_message(what);
+    }
+
+    fn shape<T: Element>(&mut self, shape: Shape, dtype: BenchDtype) -> Result<(), CliError> {
+        let (rows, classes) = (shape.rows, shape.classes);
+        let iters = self.args.iters;
+        let label = format!("{shape} {}", dtype.name());
+        self.step(format!("{label}: generating data"));
+        let (wide, targets) = generate(shape, 0x5EED ^ (rows * 31 + classes) as u64);
+        let mut logits = vec![T::from_f32(0.0); wide.len()];
+        T::narrow(&wide, &mut logits);
+        drop(wide);
+        let logit_bytes = (rows * classes * std::mem::size_of::<T>()) as u64;
+        let grad_bytes = (rows * classes * 4) as u64;
+        let target_bytes = (rows * 8) as u64;
+
+        // Probes, same buffer size as the logits.
+        let (mut cpu_read, mut cpu_copy) = (None, None);
+        if self.cpu {
+            self.step(format!("{label}: cpu bandwidth"));
+            let p = probe::cpu(logit_bytes as usize, iters);
+            self.bar.inc(2);
+            self.record(
+                "read-bandwidth",
+                "cpu",
+                shape,
+                dtype,
+                "probe",
+                p.read,
+                p.bytes,
+                None,
+                None,
+            );
+            self.record(
+                "copy-bandwidth",
+                "cpu",
+                shape,
+                dtype,
+                "probe",
+                p.copy,
+                2 * p.bytes,
+                None,
+                None,
+            );
+            cpu_read = Some(p.read_gbps());
+            cpu_copy = Some(p.copy_gbps());
+        }
+        let (mut gpu_read, mut gpu_copy) = (None, None);
+        if let Some(gpu) = self.gpu {
+            self.step(format!("{label}: gpu bandwidth"));
+            let probed = device::gpu_probe(gpu, logit_bytes as usize, iters);
+            self.bar.inc(2);
+            match probed {
+                Ok((read, copy)) => {
+                    let name = self.gpu_name.clone();
+                    self.record(
+                        "read-bandwidth",
+                        &name,
+                        shape,
+                        dtype,
+                        "probe",
+                        read,
+                        logit_bytes,
+                        None,
+                        None,
+                    );
+                    self.record(
+                        "copy-bandwidth",
+                        &name,
+                        shape,
+                        dtype,
+                        "probe",
+                        copy,
+                        2 * logit_bytes,
+                        None,
+                        None,
+                    );
+                    gpu_read = Some(read.gbps(logit_bytes));
+                    gpu_copy = Some(copy.gbps(2 * logit_bytes));
+                }
+                Err(e) => {
+                    self.note(format!("gpu bandwidth probe skipped: {e}"));
+                }
+            }
+        }
+
+        let mut grad = vec![0.0f32; rows * classes];
+        let mut scratch = Scratch::default();
+        for mode in self.modes.clone() {
+            let backward = mode == Mode::ForwardBackward;
+            let bytes = logit_bytes + target_bytes + if backward { grad_bytes } else { 0 };
+            let (read_ref, copy_ref) = (cpu_read, cpu_copy);
+            let cpu_ref = if backward { copy_ref } else { read_ref };
+            let mut losses = Vec::new();
+            if self.cpu {
+                self.step(format!("{label} {}: xent-cpu", mode.name()));
+                let (t, loss) = time_xent(
+                    &Backend::Cpu,
+                    &logits,
+                    &targets,
+                    shape,
+                    backward.then_some(&mut grad[..]),
+                    iters,
+                )?;
+                self.bar.inc(1);
+                losses.push(("xent-cpu", loss));
+                self.record(
+                    "xent-cpu",
+                    "cpu",
+                    shape,
+                    dtype,
+                    mode.name(),
+                    t,
+                    bytes,
+                    cpu_ref,
+                    Some(loss),
+                );
+                self.step(format!("{label} {}: naive-cpu", mode.name()));
+                let mut loss = 0.0;
+                let t = Timing::measure(iters, || {
+                    loss = if backward {
+                        naive::forward_backward(
+                            &logits,
+                            rows,
+                            classes,
+                            &targets,
+                            &mut scratch,
+                            &mut grad,
+                        )
+                    } else {
+                        naive::forward(&logits, rows, classes, &targets, &mut scratch)
+                    };
+                });
+                self.bar.inc(1);
+                losses.push(("naive-cpu", loss));
+                self.record(
+                    "naive-cpu",
+                    "cpu",
+                    shape,
+                    dtype,
+                    mode.name(),
+                    t,
+                    bytes,
+                    cpu_ref,
+                    Some(loss),
+                );
+            }
+            if let Some(gpu) = self.gpu {
+                self.step(format!("{label} {}: xent-gpu", mode.name()));
+                let (t, loss) = time_xent(
+                    &gpu.backend,
+                    &logits,
+                    &targets,
+                    shape,
+                    backward.then_some(&mut grad[..]),
+                    iters,
+                )?;
+                self.bar.inc(1);
+                losses.push(("xent-gpu", loss));
+                let name = self.gpu_name.clone();
+                let gpu_ref = if backward { gpu_copy } else { gpu_read };
+                self.record(
+                    "xent-gpu",
+                    &name,
+                    shape,
+                    dtype,
+                    mode.name(),
+                    t,
+                    bytes,
+                    gpu_ref,
+                    Some(loss),
+                );
+            }
+            // All implementations computed the same loss; say so if they did not.
+            if let Some(&(_, first)) = losses.first() {
+                for &(name, loss) in &losses[1..] {
+                    let diff = (loss - first).abs() / first.abs().max(1.0);
+                    if diff.is_nan() || diff > 1e-3 {
+                        self.note(format!(
+                            "{label} {}: {name} loss {loss} differs from {} {first}",
+                            mode.name(),
+                            losses[0].0
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+}
+
+/// Times xent's mean cross-entropy (with the gradient into `grad` when given) on `backend`.
+fn time_xent<T: Element>(
+    backend: &Backend,
+    logits: &[T],
+    targets: &[i64],
+    shape: Shape,
+    mut grad: Option<&mut [f32]>,
+    iters: usize,
+) -> Result<(Timing, f32), CliError> {
+    let mut result: Result<f32, crate::Error> = Ok(0.0);
+    let loss = CrossEntropy::new();
+    let t = Timing::measure(iters, || {
+        if result.is_err() {
+            return;
+        }
+        let batch = Batch::new(Logits::new(logits, shape.rows, shape.classes), targets);
+        let request = match grad.as_deref_mut() {
+            Some(g) => Request::new().gradient_into(g),
+            None => Request::new(),
+        };
+        result = loss
+            .compute(backend, batch, request)
+            .map(|o| o.loss.unwrap_or(f32::NAN));
+    });
+    let loss = result.map_err(|e| CliError::runtime(format!("{shape}: {e}")))?;
+    Ok((t, loss))
+}
+
+/// Runs `xent bench`.
+pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+    if args.iters == 0 {
+        return Err(CliError::usage("--iters must be at least 1"));
+    }
+    let cpu = matches!(args.device, BenchDevice::Cpu | BenchDevice::All);
+    let mut notes = Vec::new();
+    let gpu = match args.device {
+        BenchDevice::Cpu => None,
+        BenchDevice::Gpu => Some(device::gpu().map_err(CliError::runtime)?),
+        BenchDevice::All => match device::gpu() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                notes.push(format!("xent-gpu skipped: {e}"));
+                None
+            }
+        },
+    };
+    let shapes: Vec<Shape> = if !args.shapes.is_empty() {
+        args.shapes.clone()
+    } else if args.full {
+        FULL_SHAPES.to_vec()
+    } else {
+        DEFAULT_SHAPES.to_vec()
+    };
+    let dtypes = if args.dtypes.is_empty() {
+        vec![BenchDtype::F32]
+    } else {
+        args.dtypes.clone()
+    };
+    let modes = match args.mode {
+        BenchMode::Forward => vec![Mode::Forward],
+        BenchMode::ForwardBackward => vec![Mode::ForwardBackward],
+        BenchMode::All => vec![Mode::Forward, Mode::ForwardBackward],
+    };
+    let per_mode = 2 * cpu as u64 + gpu.is_some() as u64;
+    let per_shape = 2 * cpu as u64 + 2 * gpu.is_some() as u64 + per_mode * modes.len() as u64;
+    let bar = ProgressBar::with_draw_target(
+        Some(per_shape * (shapes.len() * dtypes.len()) as u64),
+        ProgressDrawTarget::stderr(),
+    )
+    .with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    let mut bench = Bench {
+        args,
+        cpu,
+        gpu: gpu.as_ref(),
+        gpu_name: gpu.as_ref().map(|g| g.label.clone()).unwrap_or_default(),
+        modes,
+        bar: &bar,
+        records: Vec::new(),
+        notes,
+    };
+    for &shape in &shapes {
+        for &dtype in &dtypes {
+            match dtype {
+                BenchDtype::F32 => bench.shape::<f32>(shape, dtype)?,
+                BenchDtype::F16 => bench.shape::<f16>(shape, dtype)?,
+                BenchDtype::Bf16 => bench.shape::<bf16>(shape, dtype)?,
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let Bench { records, notes, .. } = bench;
+
+    let header = format!(
+        "xent bench: {}{}; median of {} runs after one warm-up\n",
+        device::cpu_label(),
+        gpu.as_ref()
+            .map(|g| format!(", gpu {}", g.label))
+            .unwrap_or_default(),
+        args.iters
+    );
+    print!("{header}{}", table(&records));
+    for note in &notes {
+        println!("note: {note}");
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&records).expect("records serialize");
+        write_text(path, &(text + "\n"))?;
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &records, &shapes).map_err(|e| CliError::output(path, e))?;
+    }
+    Ok(())
+}
+
+/// The table on stdout: one line per measurement, probes first for each shape.
+pub fn table(records: &[Record]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:<5} {:<16} {:<14} {:<10} {:>10} {:>10} {:>8} {:>6}",
+        "shape", "dtype", "mode", "impl", "device", "median ms", "min ms", "GB/s", "% bw"
+    );
+    for r in records {
+        let device: String = r.device.chars().take(10).collect();
+        let fraction = r
+            .bandwidth_fraction
+            .map_or("-".into(), |f| format!("{:.0}%", f * 100.0));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<5} {:<16} {:<14} {:<10} {:>10.3} {:>10.3} {:>8.2} {:>6}",
+            format!("{}x{}", r.rows, r.classes),
+            r.dtype,
+            r.mode,
+            r.implementation,
+            device,
+            r.median_ms,
+            r.min_ms,
+            r.gbps,
+            fraction
+        );
+    }
+    out
+}
+
+/// One line of a plot panel: an implementation (or probe) on a device, GB/s per shape index.
+struct PlotLine {
+    name: String,
+    probe: bool,
+    points: Vec<(usize, f64)>,
+}
+
+/// Draws GB/s per shape: one panel per (mode, dtype), one line per implementation and device,
+/// the probes dashed.
+pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), String> {
+    use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
+    use plotters::prelude::*;
+
+    let mut panels: Vec<(String, String)> = Vec::new();
+    for r in records.iter().filter(|r| r.mode != "probe") {
+        let key = (r.mode.clone(), r.dtype.clone());
+        if !panels.contains(&key) {
+            panels.push(key);
+        }
+    }
+    if panels.is_empty() {
+        return Err("nothing was measured".into());
+    }
+    let index = |r: &Record| {
+        shapes
+            .iter()
+            .position(|s| s.rows == r.rows && s.classes == r.classes)
+    };
+    let root = SVGBackend::new(path, (1000, 420 * panels.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((panels.len(), 1));
+    let palette = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0x8c, 0x56, 0x4b),
+        RGBColor(0xff, 0x7f, 0x0e),
+    ];
+    for (area, (mode, dtype)) in areas.iter().zip(&panels) {
+        // The lines of this panel: measurements of this mode, probes of this dtype.
+        let mut lines: Vec<PlotLine> = Vec::new();
+        for r in records
+            .iter()
+            .filter(|r| &r.dtype == dtype && (&r.mode == mode || r.mode == "probe"))
+        {
+            let Some(i) = index(r) else { continue };
+            let probe = r.mode == "probe";
+            let name = if r.device == "cpu" || probe {
+                format!("{} ({})", r.implementation, r.device)
+            } else {
+                r.implementation.clone()
+            };
+            match lines.iter_mut().find(|l| l.name == name) {
+                Some(line) => line.points.push((i, r.gbps)),
+                None => lines.push(PlotLine {
+                    name,
+                    probe,
+                    points: vec![(i, r.gbps)],
+                }),
+            }
+        }
+        let top = lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|&(_, g)| g))
+            .filter(|g| g.is_finite())
+            .fold(0.0f64, f64::max)
+            .max(1e-3)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{mode}, {dtype}: GB/s moved per shape (higher is better)"),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..shapes.len()).into_segmented(), 0.0..top)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc("rows x classes")
+            .y_desc("GB/s")
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => {
+                    shapes.get(*i).map(|s| s.to_string()).unwrap_or_default()
+                }
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (
+            k,
+            PlotLine {
+                name,
+                probe,
+                points,
+            },
+        ) in lines.iter().enumerate()
+        {
+            let color = palette[k % palette.len()];
+            let coords: Vec<_> = points
+                .iter()
+                .map(|&(i, g)| (SegmentValue::CenterOf(i), g))
+                .collect();
+            let style = color.stroke_width(2);
+            if *probe {
+                chart
+                    .draw_series(DashedLineSeries::new(coords, 8, 5, style))
+                    .map_err(|e| e.to_string())?
+            } else {
+                chart
+                    .draw_series(LineSeries::new(coords, style).point_size(4))
+                    .map_err(|e| e.to_string())?
+            }
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_parse() {
+        assert_eq!(
+            "64x100".parse::<Shape>(),
+            Ok(Shape {
+                rows: 64,
+                classes: 100
+            })
+        );
+        assert!("64".parse::<Shape>().is_err());
+        assert!("0x5".parse::<Shape>().is_err());
+        assert!("99999999999x99999999999".parse::<Shape>().is_err());
+    }
+
+    #[test]
+    fn generated_data_is_deterministic_and_in_range() {
+        let shape = Shape {
+            rows: 10,
+            classes: 7,
+        };
+        let (a, ta) = generate(shape, 1);
+        let (b, tb) = generate(shape, 1);
+        assert_eq!((a.clone(), ta.clone()), (b, tb));
+        assert!(ta.iter().all(|&t| (0..7).contains(&t)));
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
+}

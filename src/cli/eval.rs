@@ -1,0 +1,565 @@
+//! `xent eval`: the loss and metrics of a logits file against a targets file.
+//!
+//! Shapes (PyTorch's conventions):
+//! - softmax cross-entropy (`--loss ce`): logits `(N, C)` with index targets `(N,)`; logits
+//!   `(C,)` as one row with a target of shape `()` or `(1,)`; logits `(N, C, d1, …)` with the
+//!   class dimension at 1 and targets `(N, d1, …)`, read in place. Soft targets have the
+//!   logits' shape. Per-row losses have the index targets' shape.
+//! - binary cross-entropy with logits (`--loss bce`): targets have the logits' shape; the last
+//!   dimension is the class dimension that `--weights` and `--pos-weight` (length C) broadcast
+//!   over, as PyTorch broadcasts them. Per-element losses have the logits' shape.
+//!
+//! `float64` logits are converted to `float32` (the loss is computed in f32 or wider either
+//! way); `float16` and `bfloat16` are read in place.
+
+use super::device::DeviceChoice;
+use super::files::{read_tensor, shape_string, write_npy_f32, Buf, Data, Tensor};
+use super::{json_number, CliError};
+use crate::input::Element;
+use crate::{
+    Batch, BinaryCrossEntropy, CrossEntropy, Error, InputKind, Logits, Output, Reduction, Request,
+    Targets,
+};
+use clap::ArgGroup;
+use std::time::Instant;
+
+/// Which loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LossKind {
+    /// Softmax cross-entropy (`torch.nn.functional.cross_entropy`).
+    #[default]
+    Ce,
+    /// Binary cross-entropy with logits (`binary_cross_entropy_with_logits`).
+    Bce,
+}
+
+/// `--reduction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReductionArg {
+    /// Weighted mean (PyTorch's default).
+    #[default]
+    Mean,
+    /// Sum.
+    Sum,
+    /// No reduction: per-row (per-element for BCE) losses only.
+    None,
+}
+
+impl From<ReductionArg> for Reduction {
+    fn from(r: ReductionArg) -> Self {
+        match r {
+            ReductionArg::Mean => Reduction::Mean,
+            ReductionArg::Sum => Reduction::Sum,
+            ReductionArg::None => Reduction::None,
+        }
+    }
+}
+
+/// `--input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InputArg {
+    /// Unnormalized logits.
+    #[default]
+    Logits,
+    /// Probabilities (a softmax already applied): `log(clamp(q, eps, 1))`.
+    Probabilities,
+}
+
+/// Arguments of `xent eval`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["targets", "soft_targets"])))]
+pub struct EvalArgs {
+    /// Logits: (N, C), (C,) for one row, or (N, C, d1, …); float32, float16, float64 (converted
+    /// to float32) or bfloat16. A `.npy` file, or `FILE.safetensors:TENSOR`.
+    #[arg(long, value_name = "FILE")]
+    pub logits: String,
+    /// Targets: class indices (int32/int64) of shape (N,), () or (N, d1, …) for `ce`; float
+    /// targets in [0, 1] with the logits' shape for `bce`.
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<String>,
+    /// Probability targets (float32) with the logits' shape.
+    #[arg(long, value_name = "FILE")]
+    pub soft_targets: Option<String>,
+    /// The loss.
+    #[arg(long, value_enum, default_value_t)]
+    pub loss: LossKind,
+    /// How per-row losses are reduced.
+    #[arg(long, value_enum, default_value_t)]
+    pub reduction: ReductionArg,
+    /// Index target value whose rows are ignored [default: -100].
+    #[arg(long, value_name = "I", allow_negative_numbers = true)]
+    pub ignore_index: Option<i64>,
+    /// Per-class weights, float32 of shape (C,).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<String>,
+    /// BCE's per-class positive weights, float32 of shape (C,).
+    #[arg(long, value_name = "FILE")]
+    pub pos_weight: Option<String>,
+    /// Label smoothing ε in [0, 1].
+    #[arg(long, value_name = "E", default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// z-loss coefficient λ ≥ 0 (adds λ·lse² per row).
+    #[arg(long, value_name = "L", default_value_t = 0.0)]
+    pub z_loss: f32,
+    /// Logit soft-capping: z = S·tanh(x / S).
+    #[arg(long, value_name = "S")]
+    pub softcap: Option<f32>,
+    /// Logit scale K: z = K·x.
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub logit_scale: f32,
+    /// What the logits file holds.
+    #[arg(long, value_enum, default_value_t)]
+    pub input: InputArg,
+    /// Lower clamp of probability inputs.
+    #[arg(long, value_name = "E", default_value_t = 1e-7)]
+    pub eps: f32,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+    /// Write per-row (per-element for BCE) losses here, as float32 `.npy`.
+    #[arg(long, value_name = "FILE")]
+    pub losses_out: Option<String>,
+    /// Write d loss / d logits for the chosen reduction here, as float32 `.npy` with the
+    /// logits' shape.
+    #[arg(long, value_name = "FILE")]
+    pub grad_out: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Confidence bins of the expected calibration error.
+    #[arg(long, value_name = "B", default_value_t = 15)]
+    pub ece_bins: usize,
+}
+
+/// How the logits are laid out, from their shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Geometry {
+    rows: usize,
+    classes: usize,
+    /// `Some(spatial)` for the `(N, C, d1, …)` layout (softmax only).
+    spatial: Option<usize>,
+    /// Shape of the per-row (per-element for BCE) losses.
+    loss_shape: Vec<usize>,
+}
+
+fn geometry(logits: &Tensor, loss: LossKind) -> Result<Geometry, CliError> {
+    let shape = &logits.shape;
+    let g = match (shape.len(), loss) {
+        (0, _) => {
+            return Err(logits
+                .error("logits have shape (), a scalar; expected (N, C), (C,) or (N, C, d1, …)"))
+        }
+        (1, LossKind::Ce) => Geometry {
+            rows: 1,
+            classes: shape[0],
+            spatial: None,
+            loss_shape: vec![],
+        },
+        (2, LossKind::Ce) => Geometry {
+            rows: shape[0],
+            classes: shape[1],
+            spatial: None,
+            loss_shape: vec![shape[0]],
+        },
+        (_, LossKind::Ce) => {
+            let spatial: usize = shape[2..].iter().product();
+            let mut loss_shape = vec![shape[0]];
+            loss_shape.extend_from_slice(&shape[2..]);
+            Geometry {
+                rows: shape[0] * spatial,
+                classes: shape[1],
+                spatial: Some(spatial),
+                loss_shape,
+            }
+        }
+        (n, LossKind::Bce) => Geometry {
+            rows: shape[..n - 1].iter().product(),
+            classes: shape[n - 1],
+            spatial: None,
+            loss_shape: shape.clone(),
+        },
+    };
+    if g.classes == 0 {
+        return Err(logits.error(format!(
+            "logits of shape {} have no classes",
+            logits.shape_string()
+        )));
+    }
+    Ok(g)
+}
+
+/// Per-row index targets: int32 or int64, with the shape the logits imply.
+fn check_index_targets(targets: &Tensor, logits: &Tensor, g: &Geometry) -> Result<(), CliError> {
+    if !matches!(targets.data, Data::I32(_) | Data::I64(_)) {
+        return Err(targets.error(format!(
+            "dtype {} is not allowed for class-index targets: expected int32 or int64 \
+             (probability targets go in --soft-targets)",
+            targets.file_dtype
+        )));
+    }
+    let fits = targets.shape == g.loss_shape || (g.loss_shape.is_empty() && targets.shape == [1]);
+    if !fits {
+        return Err(targets.error(format!(
+            "targets have shape {} but logits {} need {}",
+            targets.shape_string(),
+            logits.shape_string(),
+            shape_string(&g.loss_shape)
+        )));
+    }
+    Ok(())
+}
+
+fn same_shape(t: &Tensor, logits: &Tensor, what: &str) -> Result<(), CliError> {
+    if t.shape != logits.shape {
+        return Err(t.error(format!(
+            "{what} have shape {} but the logits have {}; they must match",
+            t.shape_string(),
+            logits.shape_string()
+        )));
+    }
+    Ok(())
+}
+
+fn per_class(t: &Tensor, g: &Geometry, what: &str) -> Result<Buf<f32>, CliError> {
+    if t.shape != [g.classes] {
+        return Err(t.error(format!(
+            "{what} have shape {} but there are {} classes; expected ({},)",
+            t.shape_string(),
+            g.classes,
+            g.classes
+        )));
+    }
+    t.to_f32(what)
+}
+
+/// The input files that go into one call, for naming them in errors.
+struct Sources<'a> {
+    logits: &'a str,
+    targets: &'a str,
+    weights: Option<&'a str>,
+    pos_weight: Option<&'a str>,
+}
+
+/// Turns a library error into a one-line CLI error naming the file at fault.
+fn name_file(e: Error, s: &Sources) -> CliError {
+    let file = match &e {
+        Error::TargetOutOfRange { .. } => Some(s.targets),
+        Error::BadValue { what, .. } if what.contains("target") => Some(s.targets),
+        Error::BadValue { .. } | Error::NoClasses | Error::Overflow { .. } => Some(s.logits),
+        Error::BadWeight { what, .. } | Error::Shape { what, .. } => match *what {
+            "class_weights" => s.weights,
+            "pos_weight" => s.pos_weight,
+            "targets" => Some(s.targets),
+            "logits" => Some(s.logits),
+            _ => None,
+        },
+        _ => None,
+    };
+    match (file, &e) {
+        (Some(f), _) => CliError::file(f, &e),
+        (
+            None,
+            Error::BadOption {
+                option, value, why, ..
+            },
+        ) => CliError::usage(format!(
+            "--{} {value} is invalid: {why}",
+            option.replace('_', "-")
+        )),
+        (None, Error::Unsupported(_)) => CliError::usage(&e),
+        (None, _) => CliError::runtime(&e),
+    }
+}
+
+/// What one evaluation produced.
+struct Evaluation {
+    output: Output,
+    gradient: Option<Vec<f32>>,
+    seconds: f64,
+}
+
+fn logits_view<'a>(t: &'a Tensor, g: &Geometry) -> Logits<'a> {
+    fn view<'a, T: Element>(d: &'a [T], g: &Geometry) -> Logits<'a> {
+        match g.spatial {
+            None => Logits::new(d, g.rows, g.classes),
+            Some(s) => Logits::class_dim1(d, g.rows.checked_div(s).unwrap_or(0), g.classes, s),
+        }
+    }
+    match &t.data {
+        Data::F32(b) => view(b.as_slice(), g),
+        Data::F16(b) => view(b.as_slice(), g),
+        Data::Bf16(b) => view(b.as_slice(), g),
+        Data::I32(_) | Data::I64(_) => unreachable!("checked by the caller"),
+    }
+}
+
+/// Runs `xent eval`.
+pub fn run(args: &EvalArgs) -> Result<(), CliError> {
+    check_options(args)?;
+    let device = args.device.resolve()?;
+    let load_start = Instant::now();
+    let logits = read_tensor(&args.logits)?;
+    if matches!(logits.data, Data::I32(_) | Data::I64(_)) {
+        return Err(logits.error(format!(
+            "dtype {} is not allowed for logits: expected float32, float16, float64 or bfloat16",
+            logits.file_dtype
+        )));
+    }
+    let g = geometry(&logits, args.loss)?;
+    let (target_arg, soft) = match (&args.targets, &args.soft_targets) {
+        (Some(t), _) => (t.as_str(), false),
+        (None, Some(t)) => (t.as_str(), true),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let targets = read_tensor(target_arg)?;
+    let dense = soft || args.loss == LossKind::Bce;
+    let dense_targets = if dense {
+        let what = if soft { "soft targets" } else { "BCE targets" };
+        same_shape(&targets, &logits, what)?;
+        Some(targets.to_f32(what)?)
+    } else {
+        check_index_targets(&targets, &logits, &g)?;
+        None
+    };
+    let weights = match &args.weights {
+        Some(w) => Some(per_class(&read_tensor(w)?, &g, "weights")?),
+        None => None,
+    };
+    let pos_weight = match &args.pos_weight {
+        Some(w) => Some(per_class(&read_tensor(w)?, &g, "pos-weight")?),
+        None => None,
+    };
+    let load_seconds = load_start.elapsed().as_secs_f64();
+
+    let target_view = match (&dense_targets, &targets.data) {
+        (Some(d), _) => Targets::Dense(d.as_slice()),
+        (None, Data::I32(b)) => Targets::I32(b.as_slice()),
+        (None, Data::I64(b)) => Targets::I64(b.as_slice()),
+        (None, _) => unreachable!("checked above"),
+    };
+    let mut batch = Batch::new(logits_view(&logits, &g), target_view);
+    if let Some(w) = &weights {
+        batch = batch.class_weights(w.as_slice());
+    }
+    if let Some(w) = &pos_weight {
+        batch = batch.pos_weight(w.as_slice());
+    }
+    let sources = Sources {
+        logits: &args.logits,
+        targets: target_arg,
+        weights: args.weights.as_deref(),
+        pos_weight: args.pos_weight.as_deref(),
+    };
+    let eval = evaluate(args, &device.backend, batch, &g).map_err(|e| name_file(e, &sources))?;
+
+    if let Some(path) = &args.losses_out {
+        let losses = eval.output.row_losses.as_deref().unwrap_or_default();
+        write_npy_f32(path, &g.loss_shape, losses)?;
+    }
+    if let (Some(path), Some(grad)) = (&args.grad_out, &eval.gradient) {
+        write_npy_f32(path, &logits.shape, grad)?;
+    }
+    let report = Report::new(args, &g, &eval, &device.label, load_seconds);
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
+fn check_options(args: &EvalArgs) -> Result<(), CliError> {
+    if args.loss == LossKind::Bce {
+        let unused = [
+            (args.label_smoothing != 0.0, "--label-smoothing"),
+            (args.z_loss != 0.0, "--z-loss"),
+            (args.softcap.is_some(), "--softcap"),
+            (args.logit_scale != 1.0, "--logit-scale"),
+            (args.input != InputArg::Logits, "--input"),
+            (args.ignore_index.is_some(), "--ignore-index"),
+        ];
+        if let Some((_, flag)) = unused.iter().find(|(set, _)| *set) {
+            return Err(CliError::usage(format!(
+                "{flag} does not apply to --loss bce"
+            )));
+        }
+    } else if args.pos_weight.is_some() {
+        return Err(CliError::usage("--pos-weight applies to --loss bce only"));
+    }
+    if args.soft_targets.is_some() && args.ignore_index.is_some() {
+        return Err(CliError::usage(
+            "--ignore-index does not apply to --soft-targets",
+        ));
+    }
+    if args.ece_bins == 0 {
+        return Err(CliError::usage("--ece-bins must be at least 1"));
+    }
+    Ok(())
+}
+
+fn evaluate(
+    args: &EvalArgs,
+    backend: &crate::Backend,
+    batch: Batch<'_>,
+    g: &Geometry,
+) -> Result<Evaluation, Error> {
+    let mut gradient = args
+        .grad_out
+        .as_ref()
+        .map(|_| vec![0.0f32; g.rows * g.classes]);
+    let mut request = Request::new();
+    if args.losses_out.is_some() {
+        request = request.row_losses();
+    }
+    if let Some(grad) = gradient.as_deref_mut() {
+        request = request.gradient_into(grad);
+    }
+    let start = Instant::now();
+    let output = match args.loss {
+        LossKind::Ce => {
+            let mut options = CrossEntropy::new()
+                .reduction(args.reduction.into())
+                .ignore_index(args.ignore_index.unwrap_or(-100))
+                .label_smoothing(args.label_smoothing)
+                .z_loss(args.z_loss)
+                .logit_scale(args.logit_scale);
+            if let Some(cap) = args.softcap {
+                options = options.softcap(cap);
+            }
+            if args.input == InputArg::Probabilities {
+                options = options.input(InputKind::Probabilities { eps: args.eps });
+            }
+            options.compute(backend, batch, request.metrics())?
+        }
+        LossKind::Bce => BinaryCrossEntropy::new()
+            .reduction(args.reduction.into())
+            .compute(backend, batch, request)?,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Evaluation {
+        output,
+        gradient,
+        seconds,
+    })
+}
+
+/// The figures `eval` prints.
+struct Report {
+    loss: Option<f64>,
+    reduction: ReductionArg,
+    loss_kind: LossKind,
+    rows: usize,
+    classes: usize,
+    valid_rows: usize,
+    accuracy: Option<f64>,
+    mean_entropy: Option<f64>,
+    ece: Option<f64>,
+    ece_bins: usize,
+    device: String,
+    seconds: f64,
+    load_seconds: f64,
+}
+
+impl Report {
+    fn new(args: &EvalArgs, g: &Geometry, eval: &Evaluation, device: &str, load: f64) -> Self {
+        let metrics = eval.output.metrics.as_ref();
+        Report {
+            loss: eval.output.loss.map(|l| l as f64),
+            reduction: args.reduction,
+            loss_kind: args.loss,
+            rows: g.rows,
+            classes: g.classes,
+            valid_rows: metrics.map_or(g.rows, |m| m.valid_rows()),
+            accuracy: metrics.map(|m| m.accuracy()),
+            mean_entropy: metrics.map(|m| m.mean_entropy()),
+            ece: metrics.map(|m| m.ece(args.ece_bins)),
+            ece_bins: args.ece_bins,
+            device: device.to_string(),
+            seconds: eval.seconds,
+            load_seconds: load,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let opt = |v: Option<f64>| v.map_or(serde_json::Value::Null, json_number);
+        serde_json::json!({
+            "loss": opt(self.loss),
+            "loss_kind": match self.loss_kind { LossKind::Ce => "ce", LossKind::Bce => "bce" },
+            "reduction": format!("{:?}", self.reduction).to_lowercase(),
+            "rows": self.rows,
+            "classes": self.classes,
+            "valid_rows": self.valid_rows,
+            "accuracy": opt(self.accuracy),
+            "mean_entropy": opt(self.mean_entropy),
+            "ece": opt(self.ece),
+            "ece_bins": self.ece_bins,
+            "device": self.device,
+            "seconds": self.seconds,
+            "load_seconds": self.load_seconds,
+        })
+    }
+
+    fn text(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.6}"));
+        let loss = match self.loss {
+            Some(l) => format!("{}", l as f32),
+            None => "none (reduction none; per-row losses go to --losses-out)".into(),
+        };
+        let ece = format!("ECE ({} bins)", self.ece_bins);
+        let lines = [
+            ("loss", loss),
+            ("rows", self.rows.to_string()),
+            ("classes", self.classes.to_string()),
+            ("valid rows", self.valid_rows.to_string()),
+            ("accuracy", num(self.accuracy)),
+            ("mean entropy", num(self.mean_entropy)),
+            (ece.as_str(), num(self.ece)),
+            ("device", self.device.clone()),
+            (
+                "time",
+                format!(
+                    "{:.3} ms (loading {:.3} ms)",
+                    self.seconds * 1e3,
+                    self.load_seconds * 1e3
+                ),
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(k, v)| format!("{k:<14} {v}\n"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: &[usize]) -> Tensor {
+        Tensor {
+            source: "x.npy".into(),
+            shape: shape.to_vec(),
+            file_dtype: "float32".into(),
+            data: Data::F32(Buf::Owned(vec![0.0; shape.iter().product()])),
+        }
+    }
+
+    #[test]
+    fn shapes_follow_pytorch() {
+        let g = geometry(&tensor(&[7]), LossKind::Ce).unwrap();
+        assert_eq!((g.rows, g.classes, g.spatial), (1, 7, None));
+        assert!(g.loss_shape.is_empty());
+        let g = geometry(&tensor(&[2, 5, 3, 4]), LossKind::Ce).unwrap();
+        assert_eq!((g.rows, g.classes, g.spatial), (24, 5, Some(12)));
+        assert_eq!(g.loss_shape, [2, 3, 4]);
+        let g = geometry(&tensor(&[2, 3, 4]), LossKind::Bce).unwrap();
+        assert_eq!((g.rows, g.classes), (6, 4));
+        assert!(geometry(&tensor(&[]), LossKind::Ce).is_err());
+        assert!(geometry(&tensor(&[3, 0]), LossKind::Ce).is_err());
+    }
+}

@@ -1,0 +1,502 @@
+//! Reading tensors from `.npy` and `.safetensors` files, and writing `.npy` results.
+//!
+//! A file is memory-mapped (memmap2) and its header parsed by the format's own crate (npyz,
+//! safetensors). The header's claims are checked against the file size *before* anything is
+//! allocated, so a truncated file or a header that promises more data than the file holds is
+//! an error, never an allocation of what the header claims. Little-endian `f32`, `f16`, `bf16`,
+//! `i32` and `i64` data is then used in place, straight from the mapping; `f64` is converted to
+//! `f32` (one owned copy), and big-endian data is converted by npyz.
+//!
+//! A file argument is `path.npy`, or `path.safetensors:tensor_name` (the name may be left out
+//! when the file holds exactly one tensor).
+
+use super::CliError;
+use bytemuck::Pod;
+use half::{bf16, f16};
+use memmap2::Mmap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Element values of a tensor: mapped from the file in place, or converted into an owned buffer.
+#[derive(Debug)]
+pub enum Buf<T> {
+    /// `len` elements at byte `offset` of a mapping (offset aligned for `T`).
+    Mapped {
+        /// The file's mapping, shared by every tensor read from it.
+        map: Arc<Mmap>,
+        /// Byte offset of the first element.
+        offset: usize,
+        /// Number of elements.
+        len: usize,
+        /// The element type.
+        kind: PhantomData<T>,
+    },
+    /// Converted values.
+    Owned(Vec<T>),
+}
+
+impl<T: Pod> Buf<T> {
+    /// The elements.
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Buf::Mapped {
+                map, offset, len, ..
+            } => {
+                let bytes = &map[*offset..*offset + *len * std::mem::size_of::<T>()];
+                bytemuck::cast_slice(bytes)
+            }
+            Buf::Owned(v) => v,
+        }
+    }
+}
+
+/// The values of a tensor, by element type as stored (f64 is already converted to f32).
+#[derive(Debug)]
+pub enum Data {
+    /// 32-bit floats (or 64-bit floats converted).
+    F32(Buf<f32>),
+    /// IEEE half floats.
+    F16(Buf<f16>),
+    /// bfloat16 (safetensors only: NumPy has no such dtype).
+    Bf16(Buf<bf16>),
+    /// 32-bit integers.
+    I32(Buf<i32>),
+    /// 64-bit integers.
+    I64(Buf<i64>),
+}
+
+/// A tensor read from a file argument.
+#[derive(Debug)]
+pub struct Tensor {
+    /// The file argument as the user wrote it (used in every message about this tensor).
+    pub source: String,
+    /// Dimensions, outermost first (row-major).
+    pub shape: Vec<usize>,
+    /// The dtype as the file spells it, NumPy-style (`float64`, `int32`, ...).
+    pub file_dtype: String,
+    /// The values.
+    pub data: Data,
+}
+
+impl Tensor {
+    /// Number of elements (the product of the shape).
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// An error about this tensor: `"<source>: <problem>"`, exit code 2.
+    pub fn error(&self, problem: impl std::fmt::Display) -> CliError {
+        CliError::file(&self.source, problem)
+    }
+
+    /// The values as f32, converting f16/bf16 (for targets and weights). Integers are an error
+    /// naming `role` (e.g. "soft targets").
+    pub fn to_f32(&self, role: &str) -> Result<Buf<f32>, CliError> {
+        match &self.data {
+            Data::F32(Buf::Mapped {
+                map, offset, len, ..
+            }) => Ok(Buf::Mapped {
+                map: map.clone(),
+                offset: *offset,
+                len: *len,
+                kind: PhantomData,
+            }),
+            Data::F32(Buf::Owned(v)) => Ok(Buf::Owned(v.clone())),
+            Data::F16(b) => Ok(Buf::Owned(
+                b.as_slice().iter().map(|v| v.to_f32()).collect(),
+            )),
+            Data::Bf16(b) => Ok(Buf::Owned(
+                b.as_slice().iter().map(|v| v.to_f32()).collect(),
+            )),
+            Data::I32(_) | Data::I64(_) => Err(self.error(format_args!(
+                "dtype {} is not allowed for {role}: expected float32 (or float16/float64)",
+                self.file_dtype
+            ))),
+        }
+    }
+
+    /// `(3, 4)`-style shape string.
+    pub fn shape_string(&self) -> String {
+        shape_string(&self.shape)
+    }
+}
+
+/// `(3, 4)`, `(5,)`, `()`.
+pub fn shape_string(shape: &[usize]) -> String {
+    match shape {
+        [] => "()".into(),
+        [d] => format!("({d},)"),
+        _ => {
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", dims.join(", "))
+        }
+    }
+}
+
+/// Reads the tensor a file argument names (`file.npy` or `file.safetensors[:tensor]`).
+pub fn read_tensor(arg: &str) -> Result<Tensor, CliError> {
+    let (path, tensor) = split_safetensors(arg);
+    let err = |problem: String| CliError::file(arg, problem);
+    let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let size = file
+        .metadata()
+        .map_err(|e| err(format!("cannot stat: {e}")))?
+        .len();
+    if size == 0 {
+        return Err(err("the file is empty".into()));
+    }
+    // SAFETY: the mapping is read-only; as with any mmap, a file truncated or rewritten by
+    // another process while this one runs is undefined behaviour, which the CLI documents.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;
+    let map = Arc::new(map);
+    if path.ends_with(".safetensors") {
+        read_safetensors(arg, map, tensor)
+    } else {
+        read_npy(arg, map)
+    }
+}
+
+/// `("a.safetensors", Some("x"))` for `a.safetensors:x`; `(arg, None)` otherwise.
+fn split_safetensors(arg: &str) -> (&str, Option<&str>) {
+    if let Some((path, name)) = arg.rsplit_once(':') {
+        if path.ends_with(".safetensors") {
+            return (path, Some(name));
+        }
+    }
+    (arg, None)
+}
+
+/// Element kinds the CLI reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    F64,
+    F32,
+    F16,
+    Bf16,
+    I32,
+    I64,
+}
+
+impl Kind {
+    fn size(self) -> usize {
+        match self {
+            Kind::F64 | Kind::I64 => 8,
+            Kind::F32 | Kind::I32 => 4,
+            Kind::F16 | Kind::Bf16 => 2,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::F64 => "float64",
+            Kind::F32 => "float32",
+            Kind::F16 => "float16",
+            Kind::Bf16 => "bfloat16",
+            Kind::I32 => "int32",
+            Kind::I64 => "int64",
+        }
+    }
+}
+
+const READABLE: &str = "float32, float16, float64, bfloat16, int32 or int64";
+
+/// Checks `shape` × `item` bytes against what the file holds after the header.
+fn check_size(shape: &[usize], item: usize, held: usize, what: &str) -> Result<usize, String> {
+    let bytes = shape
+        .iter()
+        .try_fold(item, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            format!(
+                "{what} claims shape {} of {item}-byte elements, which overflows the address space",
+                shape_string(shape)
+            )
+        })?;
+    if bytes > held {
+        return Err(format!(
+            "{what} claims shape {} ({bytes} bytes of data) but the file holds only {held} \
+             (truncated file?)",
+            shape_string(shape)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The magic string and the header length field, checked against the file size before npyz
+/// reads (and allocates) the header text.
+fn check_npy_preamble(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\x93NUMPY";
+    if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
+        return Err("not a .npy file (no NumPy magic string at the start)".into());
+    }
+    let (len_field, header_len) = match bytes[6] {
+        1 => (2, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 if bytes.len() >= 12 => (
+            4,
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        ),
+        2 | 3 => return Err("truncated .npy header".into()),
+        v => return Err(format!("unsupported .npy format version {v}")),
+    };
+    let end = 8 + len_field + header_len;
+    if end > bytes.len() {
+        return Err(format!(
+            "the .npy header claims {header_len} bytes of header text but the file holds only {} \
+             (truncated file?)",
+            bytes.len() - 8 - len_field
+        ));
+    }
+    Ok(())
+}
+
+fn read_npy(arg: &str, map: Arc<Mmap>) -> Result<Tensor, CliError> {
+    let err = |problem: String| CliError::file(arg, problem);
+    check_npy_preamble(&map).map_err(err)?;
+    let mut rest: &[u8] = &map;
+    let header = npyz::NpyHeader::from_reader(&mut rest)
+        .map_err(|e| err(format!("bad .npy header: {e}")))?;
+    let offset = map.len() - rest.len();
+    let npyz::DType::Plain(ty) = header.dtype() else {
+        return Err(err(format!(
+            "dtype {} is a structured or sub-array type; expected {READABLE}",
+            header.dtype().descr()
+        )));
+    };
+    use npyz::TypeChar;
+    let kind = match (ty.type_char(), ty.size_field()) {
+        (TypeChar::Float, 8) => Kind::F64,
+        (TypeChar::Float, 4) => Kind::F32,
+        (TypeChar::Float, 2) => Kind::F16,
+        (TypeChar::Int, 4) => Kind::I32,
+        (TypeChar::Int, 8) => Kind::I64,
+        _ => {
+            return Err(err(format!(
+                "dtype {} ({}) is not supported; expected {READABLE}",
+                ty,
+                numpy_name(&ty)
+            )))
+        }
+    };
+    let shape: Vec<usize> = header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| err("a dimension of the header does not fit in memory".into()))?;
+    let bytes = check_size(&shape, kind.size(), rest.len(), "the .npy header").map_err(err)?;
+    if bytes < rest.len() {
+        return Err(err(format!(
+            "the file holds {} bytes after the data that shape {} of {} describes",
+            rest.len() - bytes,
+            shape_string(&shape),
+            kind.name()
+        )));
+    }
+    if shape.len() > 1 && header.order() == npyz::Order::Fortran {
+        return Err(err(
+            "Fortran-order arrays are not supported; save with np.ascontiguousarray(x)".into(),
+        ));
+    }
+    let little = match ty.endianness() {
+        npyz::Endianness::Little => true,
+        npyz::Endianness::Big => false,
+        npyz::Endianness::Irrelevant => true,
+    } == cfg!(target_endian = "little");
+    let len = bytes / kind.size();
+    let data = if little {
+        in_place(kind, map, offset, len)
+    } else {
+        // Byte-swapped data: npyz converts it (allocation bounded by the checked size above).
+        let file = npyz::NpyFile::with_header(header, &map[offset..offset + bytes]);
+        let io = |e: std::io::Error| err(format!("cannot read the data: {e}"));
+        match kind {
+            Kind::F64 => Data::F32(Buf::Owned(
+                file.into_vec::<f64>()
+                    .map_err(io)?
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect(),
+            )),
+            Kind::F32 => Data::F32(Buf::Owned(file.into_vec().map_err(io)?)),
+            Kind::F16 => Data::F16(Buf::Owned(file.into_vec().map_err(io)?)),
+            Kind::I32 => Data::I32(Buf::Owned(file.into_vec().map_err(io)?)),
+            Kind::I64 => Data::I64(Buf::Owned(file.into_vec().map_err(io)?)),
+            Kind::Bf16 => unreachable!("NumPy has no bfloat16 type string"),
+        }
+    };
+    Ok(Tensor {
+        source: arg.to_string(),
+        shape,
+        file_dtype: kind.name().into(),
+        data,
+    })
+}
+
+fn numpy_name(ty: &npyz::TypeStr) -> String {
+    use npyz::TypeChar;
+    let bits = ty.size_field() * 8;
+    match ty.type_char() {
+        TypeChar::Bool => "bool".into(),
+        TypeChar::Int => format!("int{bits}"),
+        TypeChar::Uint => format!("uint{bits}"),
+        TypeChar::Float => format!("float{bits}"),
+        TypeChar::Complex => format!("complex{bits}"),
+        _ => "not numeric".into(),
+    }
+}
+
+/// Little-endian data used where it lies in the mapping (f64 converted to f32).
+fn in_place(kind: Kind, map: Arc<Mmap>, offset: usize, len: usize) -> Data {
+    fn buf<T: Pod>(map: Arc<Mmap>, offset: usize, len: usize) -> Buf<T> {
+        let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
+        if bytemuck::try_cast_slice::<u8, T>(bytes).is_ok() {
+            Buf::Mapped {
+                map,
+                offset,
+                len,
+                kind: PhantomData,
+            }
+        } else {
+            // Unaligned (possible in .safetensors, whose header length is arbitrary): one copy.
+            Buf::Owned(bytemuck::pod_collect_to_vec(bytes))
+        }
+    }
+    match kind {
+        Kind::F64 => {
+            let bytes = &map[offset..offset + len * 8];
+            Data::F32(Buf::Owned(
+                bytes
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                    .collect(),
+            ))
+        }
+        Kind::F32 => Data::F32(buf(map, offset, len)),
+        Kind::F16 => Data::F16(buf(map, offset, len)),
+        Kind::Bf16 => Data::Bf16(buf(map, offset, len)),
+        Kind::I32 => Data::I32(buf(map, offset, len)),
+        Kind::I64 => Data::I64(buf(map, offset, len)),
+    }
+}
+
+fn read_safetensors(arg: &str, map: Arc<Mmap>, name: Option<&str>) -> Result<Tensor, CliError> {
+    let err = |problem: String| CliError::file(arg, problem);
+    if !cfg!(target_endian = "little") {
+        return Err(err(
+            "safetensors data is little-endian; this host is not".into()
+        ));
+    }
+    // The safetensors crate checks the header length and every tensor's byte range against
+    // the buffer before handing out views.
+    let st = safetensors::SafeTensors::deserialize(&map)
+        .map_err(|e| err(format!("bad .safetensors file: {e}")))?;
+    let mut names = st.names();
+    names.sort();
+    let name = match name {
+        Some(n) => n,
+        None if names.len() == 1 => names[0],
+        None => {
+            return Err(err(format!(
+                "holds {} tensors; name one as FILE.safetensors:NAME (tensors: {})",
+                names.len(),
+                names.join(", ")
+            )))
+        }
+    };
+    let view = st.tensor(name).map_err(|_| {
+        err(format!(
+            "no tensor named {name:?} (tensors: {})",
+            names.join(", ")
+        ))
+    })?;
+    use safetensors::Dtype as D;
+    let kind = match view.dtype() {
+        D::F64 => Kind::F64,
+        D::F32 => Kind::F32,
+        D::F16 => Kind::F16,
+        D::BF16 => Kind::Bf16,
+        D::I32 => Kind::I32,
+        D::I64 => Kind::I64,
+        other => {
+            return Err(err(format!(
+                "tensor {name:?} has dtype {other:?}; expected {READABLE}"
+            )))
+        }
+    };
+    let shape = view.shape().to_vec();
+    let data = view.data();
+    check_size(&shape, kind.size(), data.len(), "the tensor's header").map_err(err)?;
+    let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+    let len = data.len() / kind.size();
+    let file_dtype = kind.name().to_string();
+    drop(st);
+    Ok(Tensor {
+        source: arg.to_string(),
+        shape,
+        file_dtype,
+        data: in_place(kind, map, offset, len),
+    })
+}
+
+/// Writes `values` (row-major, `shape`) as a little-endian f32 `.npy` file.
+pub fn write_npy_f32(path: &str, shape: &[usize], values: &[f32]) -> Result<(), CliError> {
+    let err = |e: std::io::Error| CliError::output(path, format!("cannot write: {e}"));
+    let file = File::create(Path::new(path)).map_err(err)?;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    use npyz::WriterBuilder;
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(file))
+        .begin_nd()
+        .map_err(err)?;
+    writer.extend(values.iter().copied()).map_err(err)?;
+    writer.finish().map_err(err)
+}
+
+/// Writes `text` to `path`.
+pub fn write_text(path: &str, text: &str) -> Result<(), CliError> {
+    let err = |e: std::io::Error| CliError::output(path, format!("cannot write: {e}"));
+    let mut file = BufWriter::new(File::create(path).map_err(err)?);
+    file.write_all(text.as_bytes()).map_err(err)?;
+    file.flush().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_strings_follow_python() {
+        assert_eq!(shape_string(&[]), "()");
+        assert_eq!(shape_string(&[5]), "(5,)");
+        assert_eq!(shape_string(&[2, 3]), "(2, 3)");
+    }
+
+    #[test]
+    fn safetensors_arguments_split_at_the_last_colon() {
+        assert_eq!(
+            split_safetensors("a.safetensors:x"),
+            ("a.safetensors", Some("x"))
+        );
+        assert_eq!(split_safetensors("a.safetensors"), ("a.safetensors", None));
+        assert_eq!(split_safetensors("c:/a.npy"), ("c:/a.npy", None));
+    }
+
+    #[test]
+    fn sizes_are_checked_before_use() {
+        assert!(check_size(&[2, 3], 4, 24, "h").is_ok());
+        assert!(check_size(&[2, 3], 4, 23, "h")
+            .unwrap_err()
+            .contains("24 bytes"));
+        assert!(check_size(&[usize::MAX, 2], 4, 10, "h")
+            .unwrap_err()
+            .contains("overflows"));
+    }
+}

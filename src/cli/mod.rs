@@ -1,0 +1,152 @@
+//! The `xent` command: `eval` a logits file, `bench` the GPU and CPU paths against a naive
+//! implementation, list `devices`. `src/bin/xent.rs` only calls [`main`].
+//!
+//! Layout: [`files`] (reading `.npy`/`.safetensors`, writing `.npy`), [`eval`], [`bench`] (with
+//! the unfused baseline in [`naive`] and the bandwidth probes in [`probe`]), [`devices`], and
+//! [`device`] (the `--device` choice, the one place that knows whether a GPU backend exists).
+//!
+//! Errors print one line, `xent: <file>: <problem>`, to stderr. Exit codes: 0 success, 2 a bad
+//! input file or argument, 1 anything else (a device that can't be used, an output file that
+//! can't be written).
+
+pub mod bench;
+pub mod device;
+pub mod devices;
+pub mod eval;
+pub mod files;
+pub mod naive;
+pub mod probe;
+
+use clap::{Parser, Subcommand};
+use std::fmt;
+use std::process::ExitCode;
+
+/// Fused cross-entropy losses: evaluate real logits files, benchmark GPU vs CPU, list devices.
+#[derive(Debug, Parser)]
+#[command(name = "xent", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Loss, metrics, per-row losses and gradients of a logits file.
+    Eval(eval::EvalArgs),
+    /// GPU vs CPU vs naive unfused cross-entropy on generated data, against measured bandwidth.
+    Bench(bench::BenchArgs),
+    /// GPU adapters, the one `--device auto` picks, and the CPU's SIMD level.
+    Devices,
+}
+
+/// A failure of the command: a one-line message and an exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// Exit code: 2 for bad input files and arguments, 1 otherwise.
+    pub code: u8,
+    /// The message, without the `xent: ` prefix.
+    pub message: String,
+}
+
+impl CliError {
+    /// A problem with an input file (exit code 2): `"<file>: <problem>"`.
+    pub fn file(file: &str, problem: impl fmt::Display) -> Self {
+        CliError {
+            code: 2,
+            message: format!("{file}: {problem}"),
+        }
+    }
+    /// A bad argument combination (exit code 2).
+    pub fn usage(problem: impl fmt::Display) -> Self {
+        CliError {
+            code: 2,
+            message: problem.to_string(),
+        }
+    }
+    /// An output file that can't be written (exit code 1).
+    pub fn output(file: &str, problem: impl fmt::Display) -> Self {
+        CliError {
+            code: 1,
+            message: format!("{file}: {problem}"),
+        }
+    }
+    /// Any other failure (exit code 1).
+    pub fn runtime(problem: impl fmt::Display) -> Self {
+        CliError {
+            code: 1,
+            message: problem.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Always one line.
+        f.write_str(&self.message.replace(['\n', '\r'], " "))
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Eval(args) => eval::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Devices => devices::run(),
+    }
+}
+
+/// Parses `std::env::args`, runs, prints any error as one line and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xent: {e}");
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// A number for JSON output: finite values as numbers, NaN and infinities as the strings
+/// `"NaN"`, `"inf"`, `"-inf"` (JSON has no literals for them).
+pub fn json_number(v: f64) -> serde_json::Value {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-inf".into()
+    } else {
+        v.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn non_finite_numbers_become_strings() {
+        assert_eq!(json_number(f64::NAN), "NaN");
+        assert_eq!(json_number(f64::INFINITY), "inf");
+        assert_eq!(json_number(f64::NEG_INFINITY), "-inf");
+        assert_eq!(json_number(1.5), 1.5);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let e = CliError::file("a.npy", "x\ny");
+        assert_eq!(e.to_string(), "a.npy: x y");
+        assert_eq!(e.code, 2);
+    }
+}

@@ -1,0 +1,145 @@
+//! Memory-bandwidth probes: how fast this machine can stream a buffer the size of the logits.
+//!
+//! `xent bench` divides each implementation's bytes per second by these, so "% bw" says how
+//! close a loss comes to the memory system's limit on the same run, the same machine and the
+//! same buffer size (small buffers sit in cache and probe the cache instead, as the loss does).
+//!
+//! - read: sum every f32 of a buffer (bytes moved = the buffer).
+//! - copy: copy a buffer into another of the same size (bytes moved = twice the buffer: one
+//!   read, one write).
+//!
+//! Both run in parallel over 256 KiB chunks on rayon's pool. The read pass keeps 16
+//! independent accumulators so the compiler vectorizes it and no add waits on the previous one.
+
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// f32 values per parallel task (256 KiB).
+const CHUNK: usize = 1 << 16;
+
+/// Median and minimum wall time of repeated runs, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Median over the timed runs.
+    pub median: f64,
+    /// Fastest timed run.
+    pub min: f64,
+}
+
+impl Timing {
+    /// Runs `f` once to warm up, then `iters` (at least 1) timed times.
+    pub fn measure(iters: usize, mut f: impl FnMut()) -> Timing {
+        f();
+        let mut times: Vec<f64> = (0..iters.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        let median = if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            (times[n / 2 - 1] + times[n / 2]) / 2.0
+        };
+        Timing {
+            median,
+            min: times[0],
+        }
+    }
+    /// Bytes per second at the median time, in GB/s (10⁹ bytes).
+    pub fn gbps(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.median / 1e9
+    }
+}
+
+/// The two CPU probes over one buffer size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuProbe {
+    /// Buffer size in bytes.
+    pub bytes: u64,
+    /// The read pass.
+    pub read: Timing,
+    /// The copy pass (moves `2 × bytes`).
+    pub copy: Timing,
+}
+
+impl CpuProbe {
+    /// Read bandwidth in GB/s.
+    pub fn read_gbps(&self) -> f64 {
+        self.read.gbps(self.bytes)
+    }
+    /// Copy bandwidth in GB/s, counting the read and the write.
+    pub fn copy_gbps(&self) -> f64 {
+        self.copy.gbps(2 * self.bytes)
+    }
+}
+
+/// Measures the CPU read and copy passes over a buffer of `bytes` bytes (rounded up to whole
+/// f32s), `iters` timed runs each.
+pub fn cpu(bytes: usize, iters: usize) -> CpuProbe {
+    let len = bytes.div_ceil(4).max(1);
+    let src = vec![1.0f32; len];
+    let mut dst = vec![0.0f32; len];
+    let read = Timing::measure(iters, || {
+        black_box(read_pass(black_box(&src)));
+    });
+    let copy = Timing::measure(iters, || {
+        copy_pass(black_box(&src), black_box(&mut dst));
+    });
+    CpuProbe {
+        bytes: (len * 4) as u64,
+        read,
+        copy,
+    }
+}
+
+/// Sums `data` in parallel (the read probe).
+pub fn read_pass(data: &[f32]) -> f32 {
+    data.par_chunks(CHUNK).map(sum_chunk).sum()
+}
+
+fn sum_chunk(chunk: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut blocks = chunk.chunks_exact(16);
+    for block in &mut blocks {
+        for (a, v) in acc.iter_mut().zip(block) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>()
+}
+
+/// Copies `src` into `dst` in parallel (the copy probe).
+pub fn copy_pass(src: &[f32], dst: &mut [f32]) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_do_what_they_say() {
+        let src: Vec<f32> = (0..100_003).map(|i| (i % 7) as f32).collect();
+        let expected: f64 = src.iter().map(|&v| v as f64).sum();
+        assert_eq!(read_pass(&src) as f64, expected);
+        let mut dst = vec![0.0; src.len()];
+        copy_pass(&src, &mut dst);
+        assert_eq!(src, dst);
+    }
+
+    #[test]
+    fn timing_takes_the_median() {
+        let t = Timing::measure(3, || {});
+        assert!(t.min <= t.median);
+        let probe = cpu(4096, 2);
+        assert_eq!(probe.bytes, 4096);
+        assert!(probe.read_gbps() > 0.0 && probe.copy_gbps() > 0.0);
+    }
+}

@@ -1,0 +1,980 @@
+//! The `xent` command end to end: small generated `.npy` and `.safetensors` files, the built
+//! binary, and its numbers checked against the f64 reference (`xent::reference`). Every
+//! malformed-file case must exit with code 2 and one line naming the file.
+
+use half::f16;
+use serde_json::Value;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tempfile::TempDir;
+use xent::reference::{self, Reference};
+use xent::{Batch, BinaryCrossEntropy, CrossEntropy, Logits, Metrics, Reduction};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// SplitMix64, so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Logits with a spread, a few large ones so probabilities are not all about 1/C.
+    fn logits(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let v = (self.uniform() - 0.5) * 6.0;
+                if i % 11 == 3 {
+                    v * 4.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+fn xent(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_xent"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+struct Dir(TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().unwrap())
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+    fn npy<T: npyz::AutoSerialize + Copy>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        data: &[T],
+    ) -> String {
+        write_npy(&self.path(name), shape, data);
+        self.arg(name)
+    }
+    fn bytes(&self, name: &str, bytes: &[u8]) -> String {
+        std::fs::write(self.path(name), bytes).unwrap();
+        self.arg(name)
+    }
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], data: &[T]) {
+    use npyz::WriterBuilder;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(File::create(path).unwrap()))
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let file = npyz::NpyFile::new(std::io::BufReader::new(File::open(path).unwrap())).unwrap();
+    let shape = file.shape().iter().map(|&d| d as usize).collect();
+    (shape, file.into_vec::<f32>().unwrap())
+}
+
+/// A `.npy` file written byte by byte, for headers no writer would produce.
+fn raw_npy(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = dict.to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+fn close(actual: f64, expected: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+        "{what}: got {actual}, reference {expected}"
+    );
+}
+
+fn close_all(actual: &[f32], expected: &[f64], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let tol = 1e-6 + 1e-4 * e.abs();
+        assert!(
+            (a as f64 - e).abs() <= tol,
+            "{what}[{i}]: got {a}, reference {e}"
+        );
+    }
+}
+
+/// Accuracy, mean entropy and ECE of the reference's per-row figures.
+fn reference_metrics(r: &Reference) -> (usize, f64, f64, f64) {
+    let m = Metrics {
+        argmax: r.argmax.clone(),
+        correct: r.correct.clone(),
+        target_prob: r.target_prob.iter().map(|&v| v as f32).collect(),
+        entropy: r.entropy.iter().map(|&v| v as f32).collect(),
+        confidence: r.confidence.iter().map(|&v| v as f32).collect(),
+        valid: r.valid.clone(),
+    };
+    let valid = m.valid_rows();
+    let entropy: f64 = (0..r.valid.len())
+        .filter(|&n| r.valid[n])
+        .map(|n| r.entropy[n])
+        .sum::<f64>()
+        / valid as f64;
+    (valid, m.accuracy(), entropy, m.ece(15))
+}
+
+fn check_metrics(json: &Value, r: &Reference) {
+    let (valid, accuracy, entropy, ece) = reference_metrics(r);
+    assert_eq!(json["valid_rows"], valid);
+    close(num(json, "accuracy"), accuracy, "accuracy");
+    close(num(json, "mean_entropy"), entropy, "mean_entropy");
+    assert!(
+        (num(json, "ece") - ece).abs() < 1e-4,
+        "ece {} vs {ece}",
+        json["ece"]
+    );
+}
+
+fn assert_file_error(run: &Run, file: &str, contains: &str) {
+    assert_eq!(run.code, 2, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    let line = run.stderr.trim_end();
+    assert_eq!(line.lines().count(), 1, "one line: {line:?}");
+    assert!(line.starts_with("xent: "), "{line}");
+    assert!(line.contains(file), "names {file}: {line}");
+    assert!(
+        line.to_lowercase().contains(&contains.to_lowercase()),
+        "says {contains:?}: {line}"
+    );
+    assert!(!line.contains("panicked"), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// eval: numbers against the reference
+
+#[test]
+fn eval_index_targets_i64_mean() {
+    let dir = Dir::new();
+    let (n, c) = (37, 11);
+    let mut rng = Rng(1);
+    let x = rng.logits(n * c);
+    let mut y: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    y[5] = -100;
+    y[20] = -100;
+    let logits = dir.npy("logits.npy", &[n, c], &x);
+    let targets = dir.npy("targets.npy", &[n], &y);
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &logits,
+        "--targets",
+        &targets,
+        "--device",
+        "cpu",
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&x, n, c), &y[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    assert_eq!(json["rows"], n);
+    assert_eq!(json["classes"], c);
+    assert_eq!(json["valid_rows"], n - 2);
+    check_metrics(&json, &r);
+    assert!(json["device"].as_str().unwrap().starts_with("cpu"));
+    assert!(num(&json, "seconds") >= 0.0);
+}
+
+#[test]
+fn eval_index_targets_i32_with_options_and_gradient() {
+    let dir = Dir::new();
+    let (n, c) = (19, 7);
+    let mut rng = Rng(2);
+    let x = rng.logits(n * c);
+    let y: Vec<i32> = (0..n)
+        .map(|i| if i == 4 { 3 } else { rng.below(c) as i32 })
+        .collect();
+    let w: Vec<f32> = (0..c).map(|k| 0.5 + k as f32 * 0.25).collect();
+    let logits = dir.npy("logits.npy", &[n, c], &x);
+    let targets = dir.npy("targets.npy", &[n], &y);
+    let weights = dir.npy("w.npy", &[c], &w);
+    let grad = dir.arg("grad.npy");
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &logits,
+        "--targets",
+        &targets,
+        "--weights",
+        &weights,
+        "--label-smoothing",
+        "0.1",
+        "--z-loss",
+        "0.001",
+        "--softcap",
+        "5",
+        "--logit-scale",
+        "1.5",
+        "--ignore-index",
+        "3",
+        "--grad-out",
+        &grad,
+        "--json",
+    ])
+    .json();
+    let options = CrossEntropy::new()
+        .label_smoothing(0.1)
+        .z_loss(0.001)
+        .softcap(5.0)
+        .logit_scale(1.5)
+        .ignore_index(3);
+    let r = reference::cross_entropy(
+        &options,
+        &Batch::new(Logits::new(&x, n, c), &y[..]).class_weights(&w),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    check_metrics(&json, &r);
+    let (shape, g) = read_npy_f32(Path::new(&grad));
+    assert_eq!(shape, [n, c]);
+    close_all(&g, &r.gradient, "gradient");
+}
+
+#[test]
+fn eval_sum_reduction() {
+    let dir = Dir::new();
+    let (n, c) = (9, 4);
+    let x = Rng(3).logits(n * c);
+    let y: Vec<i64> = (0..n as i64).map(|i| i % c as i64).collect();
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[n, c], &x),
+        "--targets",
+        &dir.npy("t.npy", &[n], &y),
+        "--reduction",
+        "sum",
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new().reduction(Reduction::Sum),
+        &Batch::new(Logits::new(&x, n, c), &y[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+}
+
+#[test]
+fn eval_single_row_of_shape_c() {
+    let dir = Dir::new();
+    let x = Rng(4).logits(13);
+    let logits = dir.npy("row.npy", &[13], &x);
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&x, 1, 13), &[6i64][..]),
+        None,
+    )
+    .unwrap();
+    // A 0-d target, as PyTorch takes for a 1-d input, and a (1,) one.
+    for (name, shape) in [("t0.npy", &[][..]), ("t1.npy", &[1][..])] {
+        let targets = dir.npy(name, shape, &[6i64]);
+        let json = xent(&["eval", "--logits", &logits, "--targets", &targets, "--json"]).json();
+        close(num(&json, "loss"), r.loss.unwrap(), "loss");
+        assert_eq!(json["rows"], 1);
+        assert_eq!(json["classes"], 13);
+    }
+}
+
+#[test]
+fn eval_spatial_class_dim_1_reduction_none() {
+    let dir = Dir::new();
+    let (b, c, h, w) = (3, 5, 2, 4);
+    let mut rng = Rng(5);
+    let x = rng.logits(b * c * h * w);
+    let y: Vec<i64> = (0..b * h * w).map(|_| rng.below(c) as i64).collect();
+    let losses = dir.arg("losses.npy");
+    let grad = dir.arg("grad.npy");
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[b, c, h, w], &x),
+        "--targets",
+        &dir.npy("t.npy", &[b, h, w], &y),
+        "--reduction",
+        "none",
+        "--losses-out",
+        &losses,
+        "--grad-out",
+        &grad,
+        "--json",
+    ])
+    .json();
+    assert!(json["loss"].is_null());
+    assert_eq!(json["rows"], b * h * w);
+    let options = CrossEntropy::new().reduction(Reduction::None);
+    let r = reference::cross_entropy(
+        &options,
+        &Batch::new(Logits::class_dim1(&x, b, c, h * w), &y[..]),
+        None,
+    )
+    .unwrap();
+    let (shape, l) = read_npy_f32(Path::new(&losses));
+    assert_eq!(shape, [b, h, w]);
+    close_all(&l, &r.row_losses, "row losses");
+    let (shape, g) = read_npy_f32(Path::new(&grad));
+    assert_eq!(shape, [b, c, h, w]);
+    close_all(&g, &r.gradient, "gradient");
+    check_metrics(&json, &r);
+}
+
+#[test]
+fn eval_soft_targets_with_gradient() {
+    let dir = Dir::new();
+    let (n, c) = (8, 6);
+    let mut rng = Rng(6);
+    let x = rng.logits(n * c);
+    let mut t: Vec<f32> = (0..n * c).map(|_| rng.uniform()).collect();
+    for row in t.chunks_mut(c) {
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    let grad = dir.arg("g.npy");
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[n, c], &x),
+        "--soft-targets",
+        &dir.npy("t.npy", &[n, c], &t),
+        "--grad-out",
+        &grad,
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&x, n, c), &t[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
+}
+
+#[test]
+fn eval_bce_with_pos_weight() {
+    let dir = Dir::new();
+    let (n, c) = (6, 5);
+    let mut rng = Rng(7);
+    let x = rng.logits(n * c);
+    let y: Vec<f32> = (0..n * c).map(|i| [0.0, 1.0, 0.3][i % 3]).collect();
+    let pw: Vec<f32> = (0..c).map(|k| 1.0 + k as f32).collect();
+    let w: Vec<f32> = (0..c).map(|k| 0.5 + 0.1 * k as f32).collect();
+    let losses = dir.arg("losses.npy");
+    let grad = dir.arg("grad.npy");
+    let json = xent(&[
+        "eval",
+        "--loss",
+        "bce",
+        "--logits",
+        &dir.npy("l.npy", &[n, c], &x),
+        "--targets",
+        &dir.npy("t.npy", &[n, c], &y),
+        "--pos-weight",
+        &dir.npy("pw.npy", &[c], &pw),
+        "--weights",
+        &dir.npy("w.npy", &[c], &w),
+        "--losses-out",
+        &losses,
+        "--grad-out",
+        &grad,
+        "--json",
+    ])
+    .json();
+    let r = reference::binary_cross_entropy(
+        &BinaryCrossEntropy::new(),
+        &Batch::new(Logits::new(&x, n, c), &y[..])
+            .class_weights(&w)
+            .pos_weight(&pw),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    assert!(json["accuracy"].is_null());
+    let (shape, l) = read_npy_f32(Path::new(&losses));
+    assert_eq!(shape, [n, c]);
+    close_all(&l, &r.row_losses, "element losses");
+    close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
+}
+
+#[test]
+fn eval_f16_and_f64_logits() {
+    let dir = Dir::new();
+    let (n, c) = (10, 9);
+    let mut rng = Rng(8);
+    let x = rng.logits(n * c);
+    let y: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let targets = dir.npy("t.npy", &[n], &y);
+
+    let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("h.npy", &[n, c], &h),
+        "--targets",
+        &targets,
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&h, n, c), &y[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "f16 loss");
+
+    // f64 is converted to f32: the reference runs on the f32-rounded values.
+    let d: Vec<f64> = x.iter().map(|&v| v as f64 + 1e-9).collect();
+    let rounded: Vec<f32> = d.iter().map(|&v| v as f32).collect();
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("d.npy", &[n, c], &d),
+        "--targets",
+        &targets,
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&rounded, n, c), &y[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "f64 loss");
+}
+
+#[test]
+fn eval_safetensors_tensors() {
+    let dir = Dir::new();
+    let (n, c) = (12, 10);
+    let mut rng = Rng(9);
+    let x = rng.logits(n * c);
+    let y: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let path = dir.path("batch.safetensors");
+    let xb: &[u8] = bytemuck::cast_slice(&x);
+    let yb: &[u8] = bytemuck::cast_slice(&y);
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    safetensors::serialize_to_file(
+        [
+            (
+                "logits",
+                TensorView::new(Dtype::F32, vec![n, c], xb).unwrap(),
+            ),
+            ("labels", TensorView::new(Dtype::I64, vec![n], yb).unwrap()),
+        ],
+        None,
+        &path,
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &format!("{file}:logits"),
+        "--targets",
+        &format!("{file}:labels"),
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&x, n, c), &y[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    check_metrics(&json, &r);
+
+    // A tensor that isn't there.
+    let run = xent(&[
+        "eval",
+        "--logits",
+        &format!("{file}:logitz"),
+        "--targets",
+        &format!("{file}:labels"),
+    ]);
+    assert_file_error(&run, "batch.safetensors:logitz", "no tensor named");
+    // No name, but two tensors.
+    let run = xent(&[
+        "eval",
+        "--logits",
+        file,
+        "--targets",
+        &format!("{file}:labels"),
+    ]);
+    assert_file_error(&run, "batch.safetensors", "name one");
+}
+
+#[test]
+fn eval_prints_a_human_summary() {
+    let dir = Dir::new();
+    let x = [0.0f32; 8];
+    let run = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[2, 4], &x),
+        "--targets",
+        &dir.npy("t.npy", &[2], &[1i64, 2]),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for key in [
+        "loss",
+        "rows",
+        "valid rows",
+        "accuracy",
+        "mean entropy",
+        "ECE",
+        "device",
+        "time",
+    ] {
+        assert!(run.stdout.contains(key), "{key} missing: {}", run.stdout);
+    }
+    // Uniform logits: ln 4.
+    assert!(
+        run.stdout.contains(&format!("{}", 4f32.ln())),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn eval_reports_nan_as_a_string() {
+    let dir = Dir::new();
+    // Every row ignored: mean is NaN, as PyTorch gives.
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[2, 3], &[0.0f32; 6]),
+        "--targets",
+        &dir.npy("t.npy", &[2], &[-100i64, -100]),
+        "--json",
+    ])
+    .json();
+    assert_eq!(json["loss"], "NaN");
+    assert_eq!(json["valid_rows"], 0);
+}
+
+#[test]
+fn eval_on_the_gpu_agrees_or_says_why_not() {
+    let dir = Dir::new();
+    let (n, c) = (16, 33);
+    let mut rng = Rng(10);
+    let x = rng.logits(n * c);
+    let y: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let run = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[n, c], &x),
+        "--targets",
+        &dir.npy("t.npy", &[n], &y),
+        "--device",
+        "gpu",
+        "--json",
+    ]);
+    if run.code == 0 {
+        let r = reference::cross_entropy(
+            &CrossEntropy::new(),
+            &Batch::new(Logits::new(&x, n, c), &y[..]),
+            None,
+        )
+        .unwrap();
+        close(num(&run.json(), "loss"), r.loss.unwrap(), "gpu loss");
+    } else {
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.starts_with("xent: "), "{}", run.stderr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// eval: malformed and mismatched files
+
+/// A valid (4, 3) problem; returns (logits, targets) arguments.
+fn good_pair(dir: &Dir) -> (String, String) {
+    let x = Rng(11).logits(12);
+    (
+        dir.npy("logits.npy", &[4, 3], &x),
+        dir.npy("targets.npy", &[4], &[0i64, 1, 2, 1]),
+    )
+}
+
+#[test]
+fn malformed_wrong_dtype() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    // Integer logits.
+    let int_logits = dir.npy("int_logits.npy", &[4, 3], &[1i32; 12]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &int_logits, "--targets", &targets]),
+        "int_logits.npy",
+        "dtype int32",
+    );
+    // Float targets where class indices are expected.
+    let float_targets = dir.npy("float_targets.npy", &[4], &[0.0f32; 4]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--targets", &float_targets]),
+        "float_targets.npy",
+        "dtype float32",
+    );
+    // A dtype the CLI doesn't read at all.
+    let bytes = dir.npy("u8.npy", &[4, 3], &[1u8; 12]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &bytes, "--targets", &targets]),
+        "u8.npy",
+        "uint8",
+    );
+}
+
+#[test]
+fn malformed_wrong_shape() {
+    let dir = Dir::new();
+    let (logits, _) = good_pair(&dir);
+    let targets = dir.npy("t5.npy", &[5], &[0i64; 5]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--targets", &targets]),
+        "t5.npy",
+        "shape (5,)",
+    );
+    let weights = dir.npy("w.npy", &[4], &[1.0f32; 4]);
+    let (_, good_targets) = good_pair(&dir);
+    assert_file_error(
+        &xent(&[
+            "eval",
+            "--logits",
+            &logits,
+            "--targets",
+            &good_targets,
+            "--weights",
+            &weights,
+        ]),
+        "w.npy",
+        "3 classes",
+    );
+    let soft = dir.npy("soft.npy", &[4, 4], &[0.25f32; 16]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--soft-targets", &soft]),
+        "soft.npy",
+        "shape (4, 4)",
+    );
+}
+
+#[test]
+fn malformed_truncated_file() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    let mut bytes = std::fs::read(&logits).unwrap();
+    bytes.truncate(bytes.len() - 5);
+    let cut = dir.bytes("cut.npy", &bytes);
+    assert_file_error(
+        &xent(&["eval", "--logits", &cut, "--targets", &targets]),
+        "cut.npy",
+        "truncated",
+    );
+    // Cut inside the header.
+    let cut = dir.bytes("cut_header.npy", &bytes[..40]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &cut, "--targets", &targets]),
+        "cut_header.npy",
+        "header",
+    );
+    // Not a .npy file at all, and an empty one.
+    let text = dir.bytes("text.npy", b"hello, this is not numpy\n");
+    assert_file_error(
+        &xent(&["eval", "--logits", &text, "--targets", &targets]),
+        "text.npy",
+        "not a .npy file",
+    );
+    let empty = dir.bytes("empty.npy", b"");
+    assert_file_error(
+        &xent(&["eval", "--logits", &empty, "--targets", &targets]),
+        "empty.npy",
+        "empty",
+    );
+    let missing = dir.arg("missing.npy");
+    assert_file_error(
+        &xent(&["eval", "--logits", &missing, "--targets", &targets]),
+        "missing.npy",
+        "cannot open",
+    );
+}
+
+#[test]
+fn malformed_header_claims_more_than_the_file_holds() {
+    let dir = Dir::new();
+    let (_, targets) = good_pair(&dir);
+    // 2^40 × 3 float32 claimed, 48 bytes present: must fail without trying to allocate 12 TB.
+    let huge = dir.bytes(
+        "huge.npy",
+        &raw_npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 3), }",
+            &[0u8; 48],
+        ),
+    );
+    assert_file_error(
+        &xent(&["eval", "--logits", &huge, "--targets", &targets]),
+        "huge.npy",
+        "file holds only 48",
+    );
+    // A shape whose element count overflows 64 bits.
+    let overflow = dir.bytes(
+        "overflow.npy",
+        &raw_npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }",
+            &[0u8; 48],
+        ),
+    );
+    assert_file_error(
+        &xent(&["eval", "--logits", &overflow, "--targets", &targets]),
+        "overflow.npy",
+        "overflows",
+    );
+    // A version-2 header whose length field claims 4 GB of header text.
+    let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+    bytes.extend(u32::MAX.to_le_bytes());
+    bytes.extend(b"{'descr': '<f4'");
+    let liar = dir.bytes("liar.npy", &bytes);
+    assert_file_error(
+        &xent(&["eval", "--logits", &liar, "--targets", &targets]),
+        "liar.npy",
+        "header",
+    );
+    // Extra bytes after the data the header describes.
+    let mut good = raw_npy(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3), }",
+        &[0u8; 48],
+    );
+    good.extend([0u8; 8]);
+    let long = dir.bytes("long.npy", &good);
+    assert_file_error(
+        &xent(&["eval", "--logits", &long, "--targets", &targets]),
+        "long.npy",
+        "after the data",
+    );
+    // A safetensors header whose offsets run past the end of the file.
+    let x = [0f32; 12];
+    let mut st = safetensors::serialize(
+        [(
+            "x",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![4, 3],
+                bytemuck::cast_slice(&x),
+            )
+            .unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    st.truncate(st.len() - 8);
+    let st_path = dir.path("cut.safetensors");
+    std::fs::write(&st_path, &st).unwrap();
+    assert_file_error(
+        &xent(&[
+            "eval",
+            "--logits",
+            st_path.to_str().unwrap(),
+            "--targets",
+            &targets,
+        ]),
+        "cut.safetensors",
+        "bad .safetensors",
+    );
+}
+
+#[test]
+fn malformed_target_out_of_range() {
+    let dir = Dir::new();
+    let (logits, _) = good_pair(&dir);
+    let targets = dir.npy("bad_targets.npy", &[4], &[0i64, 1, 3, 1]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--targets", &targets]),
+        "bad_targets.npy",
+        "target 3 at row 2 is out of range for 3 classes",
+    );
+    let targets = dir.npy("neg_targets.npy", &[4], &[0i32, -1, 2, 1]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--targets", &targets]),
+        "neg_targets.npy",
+        "out of range",
+    );
+    // BCE targets outside [0, 1].
+    let bce = dir.npy("bce.npy", &[4, 3], &[2.0f32; 12]);
+    assert_file_error(
+        &xent(&[
+            "eval",
+            "--loss",
+            "bce",
+            "--logits",
+            &logits,
+            "--targets",
+            &bce,
+        ]),
+        "bce.npy",
+        "must be in [0, 1]",
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    let run = xent(&[
+        "eval",
+        "--logits",
+        &logits,
+        "--targets",
+        &targets,
+        "--label-smoothing",
+        "2",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--label-smoothing 2"), "{}", run.stderr);
+    let run = xent(&["eval", "--logits", &logits]);
+    assert_eq!(run.code, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench and devices
+
+#[test]
+fn bench_tiny_shape_writes_json_and_svg() {
+    let dir = Dir::new();
+    let json = dir.arg("out.json");
+    let svg = dir.arg("out.svg");
+    let run = xent(&[
+        "bench", "--shape", "64x100", "--iters", "2", "--device", "cpu", "--json", &json, "--plot",
+        &svg,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("xent-cpu") && run.stdout.contains("naive-cpu"));
+    let records: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let find = |imp: &str, mode: &str| {
+        records
+            .iter()
+            .find(|r| r["impl"] == imp && r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {imp} {mode} record in {records:?}"))
+    };
+    for mode in ["forward", "forward-backward"] {
+        for imp in ["xent-cpu", "naive-cpu"] {
+            let r = find(imp, mode);
+            assert_eq!(r["device"], "cpu");
+            assert_eq!(r["rows"], 64);
+            assert_eq!(r["classes"], 100);
+            assert_eq!(r["dtype"], "f32");
+            for key in ["median_ms", "min_ms", "gbps"] {
+                assert!(num(r, key) > 0.0, "{key} in {r}");
+            }
+            assert!(num(r, "min_ms") <= num(r, "median_ms"));
+        }
+        // Both implementations computed the same mean loss.
+        let (a, b) = (
+            num(find("xent-cpu", mode), "loss"),
+            num(find("naive-cpu", mode), "loss"),
+        );
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    for probe in ["read-bandwidth", "copy-bandwidth"] {
+        let r = find(probe, "probe");
+        assert_eq!(r["device"], "cpu");
+        assert!(num(r, "gbps") > 0.0);
+    }
+    assert!(records.iter().all(|r| r["impl"] != "xent-gpu"));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("xent-cpu"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
+}
+
+#[test]
+fn bench_rejects_bad_shapes() {
+    let run = xent(&["bench", "--shape", "64by100"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("ROWSxCLASSES"), "{}", run.stderr);
+}
+
+#[test]
+fn devices_lists_the_simd_level() {
+    let run = xent(&["devices"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let level = xent::cpu::SimdLevel::detected().name();
+    assert!(
+        run.stdout.contains(&format!("SIMD level {level}")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("--device auto picks"), "{}", run.stdout);
+}
