@@ -9,8 +9,8 @@
 //! - forward-backward: that, plus the f32 gradient written once (`rows × classes × 4`).
 //!
 //! GB/s is bytes moved over the median time. "% bw" divides it by the probe of the same device
-//! and buffer size: the read probe for forward (a read-only stream), the copy probe for
-//! forward-backward (a read and a write stream). Times are wall-clock around the whole call,
+//! and buffer size (the probe's fastest run): the read probe for forward (a read-only stream),
+//! the copy probe for forward-backward (a read and a write stream). Times are wall-clock around the whole call,
 //! which returns only when the result is on the host, after one warm-up run.
 
 use super::device::{self, Device};
@@ -228,7 +228,8 @@ pub struct Record {
     pub median_ms: f64,
     /// Fastest run, in milliseconds.
     pub min_ms: f64,
-    /// Bytes moved per second at the median time, in GB/s (10⁹ bytes).
+    /// Bytes moved per second at the median time, in GB/s (10⁹ bytes); for the probes, at
+    /// the fastest run (the rate the machine reached).
     pub gbps: f64,
     /// Bytes credited to one run (see the module docs; the probes: buffer read, or read + write).
     pub bytes: u64,
@@ -299,7 +300,11 @@ impl Bench<'_> {
         reference_gbps: Option<f64>,
         loss: Option<f32>,
     ) {
-        let gbps = timing.gbps(bytes);
+        let gbps = if mode == "probe" {
+            timing.peak_gbps(bytes)
+        } else {
+            timing.gbps(bytes)
+        };
         self.records.push(Record {
             implementation: implementation.into(),
             device: device.into(),
@@ -395,8 +400,8 @@ impl Bench<'_> {
                         None,
                         None,
                     );
-                    gpu_read = Some(read.gbps(logit_bytes));
-                    gpu_copy = Some(copy.gbps(2 * logit_bytes));
+                    gpu_read = Some(read.peak_gbps(logit_bytes));
+                    gpu_copy = Some(copy.peak_gbps(2 * logit_bytes));
                 }
                 Err(e) => {
                     self.note(format!("gpu bandwidth probe skipped: {e}"));
@@ -672,7 +677,6 @@ struct PlotLine {
 /// Draws GB/s per shape: one panel per (mode, dtype), one line per implementation and device,
 /// the probes dashed.
 pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), String> {
-    use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
     use plotters::prelude::*;
 
     let mut panels: Vec<(String, String)> = Vec::new();
@@ -739,18 +743,21 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..shapes.len()).into_segmented(), 0.0..top)
+            .build_cartesian_2d(-0.5..shapes.len() as f64 - 0.5, 0.0..top)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_desc("rows x classes")
             .y_desc("GB/s")
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => {
-                    shapes.get(*i).map(|s| s.to_string()).unwrap_or_default()
+            // Shape i sits at x = i; with at most one label per shape the ticks fall on them.
+            .x_labels(shapes.len())
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                match shapes.get(i as usize) {
+                    Some(s) if (x - i).abs() < 1e-6 && i >= 0.0 => s.to_string(),
+                    _ => String::new(),
                 }
-                _ => String::new(),
             })
             .draw()
             .map_err(|e| e.to_string())?;
@@ -764,10 +771,7 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
         ) in lines.iter().enumerate()
         {
             let color = palette[k % palette.len()];
-            let coords: Vec<_> = points
-                .iter()
-                .map(|&(i, g)| (SegmentValue::CenterOf(i), g))
-                .collect();
+            let coords: Vec<_> = points.iter().map(|&(i, g)| (i as f64, g)).collect();
             let style = color.stroke_width(2);
             if *probe {
                 chart

@@ -13,7 +13,7 @@
 //! way); `float16` and `bfloat16` are read in place.
 
 use super::device::DeviceChoice;
-use super::files::{read_tensor, shape_string, write_npy_f32, Buf, Data, Tensor};
+use super::files::{read_tensor, shape_string, write_npy_f32, Data, Tensor};
 use super::{json_number, CliError};
 use crate::input::Element;
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
     Targets,
 };
 use clap::ArgGroup;
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// Which loss.
@@ -225,7 +226,7 @@ fn same_shape(t: &Tensor, logits: &Tensor, what: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn per_class(t: &Tensor, g: &Geometry, what: &str) -> Result<Buf<f32>, CliError> {
+fn per_class<'a>(t: &'a Tensor, g: &Geometry, what: &str) -> Result<Cow<'a, [f32]>, CliError> {
     if t.shape != [g.classes] {
         return Err(t.error(format!(
             "{what} have shape {} but there are {} classes; expected ({},)",
@@ -326,28 +327,30 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         check_index_targets(&targets, &logits, &g)?;
         None
     };
-    let weights = match &args.weights {
-        Some(w) => Some(per_class(&read_tensor(w)?, &g, "weights")?),
+    let weight_file = args.weights.as_deref().map(read_tensor).transpose()?;
+    let weights = match &weight_file {
+        Some(w) => Some(per_class(w, &g, "weights")?),
         None => None,
     };
-    let pos_weight = match &args.pos_weight {
-        Some(w) => Some(per_class(&read_tensor(w)?, &g, "pos-weight")?),
+    let pos_weight_file = args.pos_weight.as_deref().map(read_tensor).transpose()?;
+    let pos_weight = match &pos_weight_file {
+        Some(w) => Some(per_class(w, &g, "pos-weight")?),
         None => None,
     };
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let target_view = match (&dense_targets, &targets.data) {
-        (Some(d), _) => Targets::Dense(d.as_slice()),
+        (Some(d), _) => Targets::Dense(d),
         (None, Data::I32(b)) => Targets::I32(b.as_slice()),
         (None, Data::I64(b)) => Targets::I64(b.as_slice()),
         (None, _) => unreachable!("checked above"),
     };
     let mut batch = Batch::new(logits_view(&logits, &g), target_view);
     if let Some(w) = &weights {
-        batch = batch.class_weights(w.as_slice());
+        batch = batch.class_weights(w);
     }
     if let Some(w) = &pos_weight {
-        batch = batch.pos_weight(w.as_slice());
+        batch = batch.pos_weight(w);
     }
     let sources = Sources {
         logits: &args.logits,
@@ -545,7 +548,10 @@ mod tests {
             source: "x.npy".into(),
             shape: shape.to_vec(),
             file_dtype: "float32".into(),
-            data: Data::F32(Buf::Owned(vec![0.0; shape.iter().product()])),
+            data: Data::F32(super::super::files::Buf::Owned(vec![
+                0.0;
+                shape.iter().product()
+            ])),
         }
     }
 

@@ -14,6 +14,7 @@ use super::CliError;
 use bytemuck::Pod;
 use half::{bf16, f16};
 use memmap2::Mmap;
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::marker::PhantomData;
@@ -97,23 +98,15 @@ impl Tensor {
         CliError::file(&self.source, problem)
     }
 
-    /// The values as f32, converting f16/bf16 (for targets and weights). Integers are an error
-    /// naming `role` (e.g. "soft targets").
-    pub fn to_f32(&self, role: &str) -> Result<Buf<f32>, CliError> {
+    /// The values as f32: borrowed when they are f32 already, converted from f16/bf16 (for
+    /// targets and weights). Integers are an error naming `role` (e.g. "soft targets").
+    pub fn to_f32(&self, role: &str) -> Result<Cow<'_, [f32]>, CliError> {
         match &self.data {
-            Data::F32(Buf::Mapped {
-                map, offset, len, ..
-            }) => Ok(Buf::Mapped {
-                map: map.clone(),
-                offset: *offset,
-                len: *len,
-                kind: PhantomData,
-            }),
-            Data::F32(Buf::Owned(v)) => Ok(Buf::Owned(v.clone())),
-            Data::F16(b) => Ok(Buf::Owned(
+            Data::F32(b) => Ok(Cow::Borrowed(b.as_slice())),
+            Data::F16(b) => Ok(Cow::Owned(
                 b.as_slice().iter().map(|v| v.to_f32()).collect(),
             )),
-            Data::Bf16(b) => Ok(Buf::Owned(
+            Data::Bf16(b) => Ok(Cow::Owned(
                 b.as_slice().iter().map(|v| v.to_f32()).collect(),
             )),
             Data::I32(_) | Data::I64(_) => Err(self.error(format_args!(

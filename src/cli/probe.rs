@@ -15,6 +15,9 @@ use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
 
+/// Fewest timed runs of a probe.
+pub const MIN_PROBE_RUNS: usize = 10;
+
 /// f32 values per parallel task (256 KiB).
 const CHUNK: usize = 1 << 16;
 
@@ -54,6 +57,11 @@ impl Timing {
     pub fn gbps(&self, bytes: u64) -> f64 {
         bytes as f64 / self.median / 1e9
     }
+    /// Bytes per second at the fastest run, in GB/s: what a probe reports, the rate the
+    /// machine reached.
+    pub fn peak_gbps(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.min / 1e9
+    }
 }
 
 /// The two CPU probes over one buffer size.
@@ -68,19 +76,20 @@ pub struct CpuProbe {
 }
 
 impl CpuProbe {
-    /// Read bandwidth in GB/s.
+    /// Read bandwidth in GB/s (fastest run).
     pub fn read_gbps(&self) -> f64 {
-        self.read.gbps(self.bytes)
+        self.read.peak_gbps(self.bytes)
     }
-    /// Copy bandwidth in GB/s, counting the read and the write.
+    /// Copy bandwidth in GB/s (fastest run), counting the read and the write.
     pub fn copy_gbps(&self) -> f64 {
-        self.copy.gbps(2 * self.bytes)
+        self.copy.peak_gbps(2 * self.bytes)
     }
 }
 
 /// Measures the CPU read and copy passes over a buffer of `bytes` bytes (rounded up to whole
-/// f32s), `iters` timed runs each.
+/// f32s), `iters` (at least [`MIN_PROBE_RUNS`]) timed runs each.
 pub fn cpu(bytes: usize, iters: usize) -> CpuProbe {
+    let iters = iters.max(MIN_PROBE_RUNS);
     let len = bytes.div_ceil(4).max(1);
     let src = vec![1.0f32; len];
     let mut dst = vec![0.0f32; len];
