@@ -556,6 +556,35 @@ fn eval_safetensors_tensors() {
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
     check_metrics(&json, &r);
 
+    // bfloat16 logits (NumPy has no bfloat16; safetensors does).
+    let b: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let bpath = dir.path("bf16.safetensors");
+    safetensors::serialize_to_file(
+        [(
+            "logits",
+            TensorView::new(Dtype::BF16, vec![n, c], bytemuck::cast_slice(&b)).unwrap(),
+        )],
+        None,
+        &bpath,
+    )
+    .unwrap();
+    let json = xent(&[
+        "eval",
+        "--logits",
+        bpath.to_str().unwrap(),
+        "--targets",
+        &format!("{file}:labels"),
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&b, n, c), &y[..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "bf16 loss");
+
     // A tensor that isn't there.
     let run = xent(&[
         "eval",
@@ -574,6 +603,71 @@ fn eval_safetensors_tensors() {
         &format!("{file}:labels"),
     ]);
     assert_file_error(&run, "batch.safetensors", "name one");
+}
+
+#[test]
+fn eval_big_endian_npy() {
+    let dir = Dir::new();
+    let x = [1.0f32, 2.0, 3.0, 0.5, -0.5, 0.25];
+    let data: Vec<u8> = x.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let logits = dir.bytes(
+        "be.npy",
+        &raw_npy(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }",
+            &data,
+        ),
+    );
+    let y: Vec<u8> = [2i64, 0].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let targets = dir.bytes(
+        "be_t.npy",
+        &raw_npy(
+            "{'descr': '>i8', 'fortran_order': False, 'shape': (2,), }",
+            &y,
+        ),
+    );
+    let json = xent(&["eval", "--logits", &logits, "--targets", &targets, "--json"]).json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new(),
+        &Batch::new(Logits::new(&x, 2, 3), &[2i64, 0][..]),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+}
+
+#[test]
+fn eval_probability_inputs() {
+    let dir = Dir::new();
+    let (n, c) = (5, 4);
+    let mut rng = Rng(12);
+    let mut q: Vec<f32> = (0..n * c).map(|_| rng.uniform()).collect();
+    for row in q.chunks_mut(c) {
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    q[3] = 0.0; // clamped to eps
+    let y: Vec<i64> = vec![0, 1, 2, 3, 0];
+    let grad = dir.arg("g.npy");
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("q.npy", &[n, c], &q),
+        "--targets",
+        &dir.npy("t.npy", &[n], &y),
+        "--input",
+        "probabilities",
+        "--eps",
+        "1e-6",
+        "--grad-out",
+        &grad,
+        "--json",
+    ])
+    .json();
+    let options = CrossEntropy::new().input(xent::InputKind::Probabilities { eps: 1e-6 });
+    let r = reference::cross_entropy(&options, &Batch::new(Logits::new(&q, n, c), &y[..]), None)
+        .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
 }
 
 #[test]
@@ -623,6 +717,8 @@ fn eval_reports_nan_as_a_string() {
     .json();
     assert_eq!(json["loss"], "NaN");
     assert_eq!(json["valid_rows"], 0);
+    assert_eq!(json["accuracy"], "NaN");
+    assert_eq!(json["ece"], "NaN");
 }
 
 #[test]

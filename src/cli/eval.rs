@@ -480,7 +480,14 @@ impl Report {
             valid_rows: metrics.map_or(g.rows, |m| m.valid_rows()),
             accuracy: metrics.map(|m| m.accuracy()),
             mean_entropy: metrics.map(|m| m.mean_entropy()),
-            ece: metrics.map(|m| m.ece(args.ece_bins)),
+            // No valid rows: NaN like the other averages (not the empty sum, −0).
+            ece: metrics.map(|m| {
+                if m.valid_rows() == 0 {
+                    f64::NAN
+                } else {
+                    m.ece(args.ece_bins) + 0.0
+                }
+            }),
             ece_bins: args.ece_bins,
             device: device.to_string(),
             seconds: eval.seconds,

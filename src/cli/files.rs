@@ -347,6 +347,9 @@ fn numpy_name(ty: &npyz::TypeStr) -> String {
 /// Little-endian data used where it lies in the mapping (f64 converted to f32).
 fn in_place(kind: Kind, map: Arc<Mmap>, offset: usize, len: usize) -> Data {
     fn buf<T: Pod>(map: Arc<Mmap>, offset: usize, len: usize) -> Buf<T> {
+        if len == 0 {
+            return Buf::Owned(Vec::new());
+        }
         let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
         if bytemuck::try_cast_slice::<u8, T>(bytes).is_ok() {
             Buf::Mapped {
@@ -425,7 +428,11 @@ fn read_safetensors(arg: &str, map: Arc<Mmap>, name: Option<&str>) -> Result<Ten
     let shape = view.shape().to_vec();
     let data = view.data();
     check_size(&shape, kind.size(), data.len(), "the tensor's header").map_err(err)?;
-    let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+    // The view is a slice of the mapping (the crate slices the buffer it was given).
+    let offset = (data.as_ptr() as usize)
+        .checked_sub(map.as_ptr() as usize)
+        .filter(|o| o + data.len() <= map.len())
+        .ok_or_else(|| err("tensor data lies outside the file".into()))?;
     let len = data.len() / kind.size();
     let file_dtype = kind.name().to_string();
     drop(st);
