@@ -2,10 +2,12 @@
 
 use crate::cpu;
 use crate::error::Result;
+use crate::gpu::Gpu;
 use crate::input::Batch;
 use crate::options::{BinaryCrossEntropy, CrossEntropy};
 use crate::output::{Output, Request};
 use crate::plan;
+use std::sync::Arc;
 
 /// The device a loss runs on.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +18,47 @@ pub enum Backend {
     Cpu,
     /// The SIMD CPU path at an explicit level (tests use it to run every level the host has).
     CpuWith(cpu::SimdLevel),
+    /// The WGSL kernels on a wgpu device.
+    Gpu(Arc<Gpu>),
+}
+
+impl Backend {
+    /// A GPU if wgpu finds a hardware adapter, else the CPU. A software adapter (llvmpipe,
+    /// WARP, SwiftShader) loses to the SIMD CPU path, so `auto` doesn't pick it.
+    pub fn auto() -> Backend {
+        match Gpu::new() {
+            Ok(gpu)
+                if gpu
+                    .adapter_info()
+                    .is_some_and(|i| i.device_type != wgpu::DeviceType::Cpu) =>
+            {
+                Backend::Gpu(Arc::new(gpu))
+            }
+            _ => Backend::Cpu,
+        }
+    }
+
+    /// A short name: `cpu (avx512)` or the adapter's name and backend.
+    pub fn name(&self) -> String {
+        match self {
+            Backend::Cpu => format!("cpu ({})", cpu::SimdLevel::detected()),
+            Backend::CpuWith(level) => format!("cpu ({level})"),
+            Backend::Gpu(gpu) => format!("gpu: {}", gpu.name()),
+        }
+    }
+
+    fn run(
+        &self,
+        plan: &crate::plan::Plan,
+        batch: Batch<'_>,
+        request: Request<'_>,
+    ) -> Result<Output> {
+        match self {
+            Backend::Cpu => cpu::run(cpu::SimdLevel::detected(), plan, batch, request),
+            Backend::CpuWith(level) => cpu::run(*level, plan, batch, request),
+            Backend::Gpu(gpu) => gpu.run(plan, batch, request),
+        }
+    }
 }
 
 impl CrossEntropy {
@@ -35,10 +78,7 @@ impl CrossEntropy {
         request: Request<'_>,
     ) -> Result<Output> {
         let plan = plan::softmax(self, &batch, &request)?;
-        match backend {
-            Backend::Cpu => cpu::run(cpu::SimdLevel::detected(), &plan, batch, request),
-            Backend::CpuWith(level) => cpu::run(*level, &plan, batch, request),
-        }
+        backend.run(&plan, batch, request)
     }
 }
 
@@ -60,9 +100,6 @@ impl BinaryCrossEntropy {
         request: Request<'_>,
     ) -> Result<Output> {
         let plan = plan::binary(self, &batch, &request)?;
-        match backend {
-            Backend::Cpu => cpu::run(cpu::SimdLevel::detected(), &plan, batch, request),
-            Backend::CpuWith(level) => cpu::run(*level, &plan, batch, request),
-        }
+        backend.run(&plan, batch, request)
     }
 }

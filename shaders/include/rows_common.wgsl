@@ -1,0 +1,25 @@
+// Per-row records shared by the softmax row pass, the backward pass and the host.
+
+struct RowOut {
+    loss: f32,
+    lse: f32,
+    argmax: u32,
+    flags: u32,        // bit 0: valid (not ignored), bit 1: correct
+    target_prob: f32,
+    entropy: f32,
+    confidence: f32,
+    _pad: u32,
+}
+
+// What the backward pass needs of a row: dz[c] = (a·kce + b·zcoef)·p[c] − a·w[c]·(B·t[c] + ε/C)
+// − a·wy·[c = target], with a, b the reduction's scales.
+struct RowCoef {
+    lse: f32,
+    kce: f32,     // coefficient of p in the cross-entropy part
+    wy: f32,      // (1−ε)·w[y]
+    y: i32,       // the target class, or −1
+    fill: u32,    // 0: compute, 1: zero (ignored row), 2: NaN (NaN loss)
+    zcoef: f32,   // 2λ·lse
+    _pad0: u32,
+    _pad1: u32,
+}

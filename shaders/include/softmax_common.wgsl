@@ -1,0 +1,149 @@
+// Shared by the softmax kernels: launch parameters, the logit transform, element addressing
+// and the online-softmax partial (running max `m`, rescaled sum `s`, and the sums that ride
+// along) with its merge.
+
+struct Params {
+    rows: u32,          // rows in this chunk
+    classes: u32,       // C
+    spatial: u32,       // S of the (N, C, S) layout; 0 for contiguous rows
+    row0: u32,          // global index of the chunk's first row
+    elem_offset: u32,   // element index, in the bound logits window, of the chunk's first element
+    f32_offset: u32, // the same for the bound dense-target window
+    splits: u32,        // column splits per row
+    span: u32,          // classes per split
+    tpr: u32,           // invocations per row segment (power of two, ≤ WG)
+    flags: u32,         // FLAG_* below
+    elems: u32,         // elements in this chunk (backward, BCE)
+    reduction: u32,     // 0 none, 1 sum, 2 mean
+    scale: f32,         // logit scale s
+    cap: f32,           // softcap (0: off)
+    prob_eps: f32,      // probability clamp (0: logits)
+    smoothing: f32,     // ε
+    z_loss: f32,        // λ
+    _unused: f32,
+    ignore_lo: u32,     // ignore_index, low and high words of the i64
+    ignore_hi: u32,
+    upstream: f32,      // scalar upstream gradient for sum / mean
+    denominator: f32,   // mean's denominator when the host knows it (BCE: N·C)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const FLAG_WEIGHTS: u32 = 1u;     // class weights bound
+const FLAG_DENSE: u32 = 2u;       // dense targets
+const FLAG_WANT_WZ: u32 = 4u;     // accumulate Σ w·z (smoothing, index targets)
+const FLAG_ENTROPY: u32 = 8u;     // accumulate Σ e·z
+const FLAG_UPSTREAM: u32 = 16u;   // per-row (per-element) upstream buffer bound
+const FLAG_POS_WEIGHT: u32 = 32u; // BCE pos_weight bound
+
+// Infinities and NaN from their bits (WGSL has no literals for them).
+fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
+fn pos_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
+fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+const LOWEST: f32 = -3.40282347e38;
+const NONE: u32 = 0xffffffffu;
+
+fn has(flag: u32) -> bool { return (p.flags & flag) != 0u; }
+
+// NaN test on the bits, so fast-math compilers can't fold it away.
+fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
+
+// Index of (row, class) in the logits window, for contiguous rows or the (N, C, S) layout.
+fn elem_index(row: u32, c: u32) -> u32 {
+    if (p.spatial == 0u) { return p.elem_offset + row * p.classes + c; }
+    let n = row / p.spatial;
+    let s = row - n * p.spatial;
+    return p.elem_offset + (n * p.classes + c) * p.spatial + s;
+}
+
+// The same position in the dense-target window.
+fn target_index(row: u32, c: u32) -> u32 {
+    return elem_index(row, c) - p.elem_offset + p.f32_offset;
+}
+
+// Section 1 of SEMANTICS.md: z = s·x, or cap·tanh(s·x / cap); probability inputs give
+// z = ln(clamp(q, eps, 1)). `v` is s·x (or q).
+fn transform(v: f32) -> f32 {
+    if (p.prob_eps > 0.0) { return log(clamp(v, p.prob_eps, 1.0)); }
+    if (p.cap > 0.0) { return p.cap * tanh(clamp(v / p.cap, -16.0, 16.0)); }
+    return v;
+}
+
+// dz/dx at x (with z = transform(s·x)).
+fn slope(x: f32, z: f32) -> f32 {
+    if (p.prob_eps > 0.0) { return select(1.0 / x, 0.0, x < p.prob_eps); }
+    if (p.cap > 0.0) { let r = z / p.cap; return p.scale * (1.0 - r * r); }
+    return p.scale;
+}
+
+struct Partial {
+    m: f32,        // running max of z
+    s: f32,        // Σ exp(z − m)
+    arg: u32,      // lowest index of the max
+    nan_arg: u32,  // lowest index of a NaN (NONE if none)
+    wz: f32,       // Σ w·z
+    wt: f32,       // Σ w·t
+    wtz: f32,      // Σ w·t·z
+    ez: f32,       // Σ exp(z − m)·z
+    te: f32,       // Σ t·exp(z − m)
+    tmax: f32,     // max t
+    targ: u32,     // lowest index of max t
+    w_all: f32,    // Σ w over the classes seen (W, computed on the device)
+}
+
+fn empty_partial() -> Partial {
+    return Partial(neg_inf(), 0.0, 0u, NONE, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0u, 0.0);
+}
+
+// Adds element `c` with raw value `x` (and dense target `t`, weight `w`) to a partial.
+fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
+    (*st).w_all += w;
+    let v = select(p.scale * x, x, p.prob_eps > 0.0);
+    if (is_nan(v)) {
+        (*st).nan_arg = min((*st).nan_arg, c);
+        return;
+    }
+    let z = transform(v);
+    if (z > (*st).m) {
+        let r = exp((*st).m - z);
+        (*st).s *= r;
+        (*st).ez *= r;
+        (*st).te *= r;
+        (*st).m = z;
+        (*st).arg = c;
+    }
+    // exp(−inf − (−inf)) would be NaN: a masked class adds exactly 0.
+    let e = select(exp(z - (*st).m), 0.0, z == neg_inf());
+    (*st).s += e;
+    if (has(FLAG_ENTROPY)) { (*st).ez += e * max(z, LOWEST); }
+    if (has(FLAG_WANT_WZ)) { (*st).wz += w * z; }
+    if (has(FLAG_DENSE)) {
+        (*st).wt += w * t;
+        (*st).wtz += w * t * z;
+        (*st).te += t * e;
+        if (t > (*st).tmax) { (*st).tmax = t; (*st).targ = c; }
+    }
+}
+
+// Scale of a partial's exp-sums when its max `m` is replaced by `to` (≥ m).
+fn rescale(m: f32, to: f32) -> f32 { return select(exp(m - to), 1.0, m == to); }
+
+// Merges two partials of the same row (order-independent up to rounding; callers use a fixed order).
+fn merge(a: Partial, b: Partial) -> Partial {
+    var o: Partial;
+    o.m = max(a.m, b.m);
+    let ra = rescale(a.m, o.m);
+    let rb = rescale(b.m, o.m);
+    o.s = a.s * ra + b.s * rb;
+    o.ez = a.ez * ra + b.ez * rb;
+    o.te = a.te * ra + b.te * rb;
+    if (a.m > b.m) { o.arg = a.arg; } else if (b.m > a.m) { o.arg = b.arg; } else { o.arg = min(a.arg, b.arg); }
+    o.nan_arg = min(a.nan_arg, b.nan_arg);
+    o.wz = a.wz + b.wz;
+    o.wt = a.wt + b.wt;
+    o.wtz = a.wtz + b.wtz;
+    if (a.tmax > b.tmax) { o.targ = a.targ; } else if (b.tmax > a.tmax) { o.targ = b.targ; } else { o.targ = min(a.targ, b.targ); }
+    o.tmax = max(a.tmax, b.tmax);
+    o.w_all = a.w_all + b.w_all;
+    return o;
+}

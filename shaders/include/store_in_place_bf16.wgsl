@@ -1,0 +1,20 @@
+// Gradient written in place over bf16 logits, rounded to nearest even. `i` is a multiple of 4,
+// so an invocation owns whole words; a word half past the end is kept.
+fn to_bf16(v: f32) -> u32 {
+    let u = bitcast<u32>(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { return 0x7fc0u; }
+    return (u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u;
+}
+fn store_dx(i: u32, dx: vec4<f32>, n: u32) {
+    let w = (p.elem_offset + i) >> 1u;
+    if (n >= 2u) {
+        logits[w] = to_bf16(dx.x) | (to_bf16(dx.y) << 16u);
+    } else if (n == 1u) {
+        logits[w] = to_bf16(dx.x) | (logits[w] & 0xffff0000u);
+    }
+    if (n == 4u) {
+        logits[w + 1u] = to_bf16(dx.z) | (to_bf16(dx.w) << 16u);
+    } else if (n == 3u) {
+        logits[w + 1u] = to_bf16(dx.z) | (logits[w + 1u] & 0xffff0000u);
+    }
+}

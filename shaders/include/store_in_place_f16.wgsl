@@ -1,0 +1,15 @@
+// Gradient written in place over f16 logits. `i` is a multiple of 4 (chunks start on 4-element
+// boundaries), so an invocation owns whole words; a word half past the end is kept.
+fn store_dx(i: u32, dx: vec4<f32>, n: u32) {
+    let w = (p.elem_offset + i) >> 1u;
+    if (n >= 2u) {
+        logits[w] = pack2x16float(dx.xy);
+    } else if (n == 1u) {
+        logits[w] = (pack2x16float(vec2(dx.x, 0.0)) & 0xffffu) | (logits[w] & 0xffff0000u);
+    }
+    if (n == 4u) {
+        logits[w + 1u] = pack2x16float(dx.zw);
+    } else if (n == 3u) {
+        logits[w + 1u] = (pack2x16float(vec2(dx.z, 0.0)) & 0xffffu) | (logits[w + 1u] & 0xffff0000u);
+    }
+}

@@ -1,0 +1,67 @@
+// Softmax forward, pass 1 of 3: online-softmax partials of each (row, split).
+//
+// Math (SEMANTICS.md sections 1-3, 5): for z = transform(s·x) over the split's classes,
+//   m = max z,  s = Σ exp(z − m)  (rescaled whenever m grows: online softmax),
+// and in the same read: the lowest argmax, the first NaN, Σ w·z (smoothing), Σ w·t, Σ w·t·z,
+// Σ t·exp(z − m), max t (dense targets) and Σ exp(z − m)·z (entropy).
+//
+// Launch: one workgroup of WG invocations holds WG / tpr row segments; a segment of tpr
+// invocations owns one (row, split) and strides over its classes, tpr apart, so neighbouring
+// invocations read neighbouring words (coalesced; 16-byte vec4 loads when the row is aligned).
+// Segments are merged by a tree in workgroup memory, or (SUBGROUPS) by subgroupShuffleXor
+// butterflies within a subgroup and the tree above it. For the (N, C, S) layout tpr = 1:
+// one invocation per row, neighbours on neighbouring spatial positions (coalesced again).
+// Grid: x (and z past 65 535) = row segments / (WG / tpr) workgroups, y = splits.
+//
+// Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, plus 4 per dense target; writes
+// 48 bytes per (row, split), nothing per logit.
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<Partial>;
+
+var<workgroup> shared_partials: array<Partial, WG>;
+
+fn element(st: ptr<function, Partial>, row: u32, c: u32, x: f32) {
+    let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
+    let t = select(0.0, dense_target(target_index(row, c)), has(FLAG_DENSE));
+    accumulate(st, c, x, t, w);
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(local_invocation_index) local: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    SUBGROUP_BUILTINS
+) {
+    let segments = WG / p.tpr;
+    let lane = local % p.tpr;
+    let row = (group.x + group.z * groups.x) * segments + local / p.tpr;
+    let split = group.y;
+    let c0 = split * p.span;
+    let c1 = select(c0, min(c0 + p.span, p.classes), row < p.rows);
+
+    var st = empty_partial();
+    let aligned = VEC4 && p.spatial == 0u && (p.classes & 3u) == 0u && (p.span & 3u) == 0u;
+    if (aligned) {
+        let base4 = elem_index(row, c0) >> 2u;
+        for (var j = lane; c0 + 4u * j < c1; j += p.tpr) {
+            let x = load4(base4 + j);
+            for (var k = 0u; k < 4u; k++) {
+                let c = c0 + 4u * j + k;
+                if (c < c1) { element(&st, row, c, x[k]); }
+            }
+        }
+    } else {
+        for (var c = c0 + lane; c < c1; c += p.tpr) {
+            element(&st, row, c, load_x(elem_index(row, c)));
+        }
+    }
+
+    REDUCE_SEGMENT
+
+    if (lane == 0u && row < p.rows) {
+        partials[(p.row0 + row) * p.splits + split] = st;
+    }
+}

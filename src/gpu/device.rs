@@ -1,0 +1,87 @@
+//! Device-resident inputs and outputs: for trainers whose logits already live in a
+//! `wgpu::Buffer` and who record the loss into their own command encoder.
+
+use crate::input::{Dtype, Layout};
+
+/// Targets already on the device. Buffers need `STORAGE` usage.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceTargets<'a> {
+    /// `rows` i32 class indices.
+    I32(&'a wgpu::Buffer),
+    /// `rows` i64 class indices (little-endian word pairs).
+    I64(&'a wgpu::Buffer),
+    /// `rows × classes` f32, the logits' layout (soft targets, or BCE targets).
+    Dense(&'a wgpu::Buffer),
+}
+
+/// Where a recorded call writes d loss / d logits.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum DeviceGradient<'a> {
+    /// No gradient.
+    #[default]
+    None,
+    /// Into this f32 buffer (`rows × classes`, the logits' layout; `STORAGE`).
+    Into(&'a wgpu::Buffer),
+    /// Over the logits buffer, in its dtype.
+    InPlace,
+}
+
+/// The inputs of a recorded call.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceBatch<'a> {
+    /// Logits: `rows × classes` values of `dtype` (`STORAGE`; size a multiple of 4 bytes).
+    pub logits: &'a wgpu::Buffer,
+    /// Element type of `logits`.
+    pub dtype: Dtype,
+    /// Rows.
+    pub rows: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Layout of logits, dense targets and gradient.
+    pub layout: Layout,
+    /// Targets.
+    pub targets: DeviceTargets<'a>,
+    /// Per-class weights (`classes` f32), or BCE's `weight`.
+    pub class_weights: Option<&'a wgpu::Buffer>,
+    /// BCE's `pos_weight` (`classes` f32).
+    pub pos_weight: Option<&'a wgpu::Buffer>,
+}
+
+/// The outputs of a recorded call. Nothing is read back.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceOutputs<'a> {
+    /// Receives the reduced loss as one f32 at offset 0 (`STORAGE`, at least 4 bytes). For
+    /// `Reduction::None` it receives the sum, unused.
+    pub loss: &'a wgpu::Buffer,
+    /// Softmax: receives one [`GpuRow`] per row (`STORAGE`, `rows × 32` bytes). BCE: receives
+    /// the per-element losses as f32 in the logits' layout. Optional.
+    pub rows: Option<&'a wgpu::Buffer>,
+    /// Gradient destination.
+    pub gradient: DeviceGradient<'a>,
+    /// `Reduction::None`: per-row (softmax) or per-element (BCE) upstream gradient, f32.
+    pub upstream: Option<&'a wgpu::Buffer>,
+    /// `Sum`/`Mean`: the scalar upstream gradient (1 for a plain loss).
+    pub upstream_scalar: f32,
+}
+
+/// One row's results as the softmax kernels store them (32 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GpuRow {
+    /// The row's loss (0 when ignored).
+    pub loss: f32,
+    /// Log-sum-exp of the transformed logits.
+    pub lse: f32,
+    /// Argmax.
+    pub argmax: u32,
+    /// Bit 0: valid (not ignored); bit 1: correct.
+    pub flags: u32,
+    /// Probability of the target.
+    pub target_prob: f32,
+    /// Entropy.
+    pub entropy: f32,
+    /// Max probability.
+    pub confidence: f32,
+    /// Padding.
+    pub _pad: u32,
+}

@@ -1,0 +1,381 @@
+//! The shader source table, how a kernel variant's source is put together, its bind-group
+//! layout, and the pipeline cache. The workgroup size lives here and only here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Invocations per workgroup for every kernel (injected into each shader as `WG`).
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// The kernels, one WGSL file each under `shaders/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Online-softmax partials per (row, split).
+    SoftmaxPartials,
+    /// Per-row loss, LSE, metrics, gradient coefficients.
+    SoftmaxRows,
+    /// Gradient from the saved LSE.
+    SoftmaxBackward,
+    /// Binary cross-entropy, loss and gradient.
+    Bce,
+    /// Fixed-order reduction to the batch loss.
+    Reduce,
+    /// Bandwidth probe: read.
+    ProbeRead,
+    /// Bandwidth probe: copy.
+    ProbeCopy,
+}
+
+impl Kernel {
+    fn source(self) -> &'static str {
+        match self {
+            Kernel::SoftmaxPartials => include_str!("../../shaders/softmax_partials.wgsl"),
+            Kernel::SoftmaxRows => include_str!("../../shaders/softmax_rows.wgsl"),
+            Kernel::SoftmaxBackward => include_str!("../../shaders/softmax_backward.wgsl"),
+            Kernel::Bce => include_str!("../../shaders/bce.wgsl"),
+            Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
+            Kernel::ProbeCopy => include_str!("../../shaders/probe_copy.wgsl"),
+        }
+    }
+}
+
+/// How a kernel reads the logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogitLoad {
+    /// f32, one word each.
+    F32,
+    /// f32 viewed as vec4 (rows 16-byte aligned).
+    F32x4,
+    /// f16 pairs in u32 words.
+    F16,
+    /// bf16 pairs in u32 words.
+    Bf16,
+}
+
+/// How a kernel reads targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetLoad {
+    /// i32 class indices.
+    I32,
+    /// i64 class indices.
+    I64,
+    /// Dense f32 targets in the logits' layout.
+    Dense,
+}
+
+/// Where a kernel writes the gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Store {
+    /// Into a separate f32 buffer (binding 2).
+    Separate,
+    /// Over the logits, in their dtype.
+    InPlace,
+}
+
+/// One compiled kernel variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Logit dtype and load width.
+    pub load: LogitLoad,
+    /// Target kind.
+    pub targets: TargetLoad,
+    /// Gradient destination (backward and BCE).
+    pub store: Store,
+    /// Use subgroup operations (softmax partials only).
+    pub subgroups: bool,
+}
+
+impl Variant {
+    /// A variant of `kernel` with f32 loads, i32 targets, separate store, no subgroups.
+    pub fn plain(kernel: Kernel) -> Variant {
+        Variant {
+            kernel,
+            load: LogitLoad::F32,
+            targets: TargetLoad::I32,
+            store: Store::Separate,
+            subgroups: false,
+        }
+    }
+
+    /// The complete WGSL source of this variant: constants, the includes it needs, the kernel.
+    pub fn source(&self) -> String {
+        let mut src = format!("const WG: u32 = {WORKGROUP_SIZE}u;\n");
+        let softmax_like = matches!(
+            self.kernel,
+            Kernel::SoftmaxPartials | Kernel::SoftmaxRows | Kernel::SoftmaxBackward | Kernel::Bce
+        );
+        if softmax_like {
+            let access = if self.store == Store::InPlace
+                && matches!(self.kernel, Kernel::SoftmaxBackward | Kernel::Bce)
+            {
+                "read_write"
+            } else {
+                "read"
+            };
+            let logits = match self.load {
+                LogitLoad::F32 => include_str!("../../shaders/include/logits_f32.wgsl"),
+                LogitLoad::F32x4 => include_str!("../../shaders/include/logits_f32x4.wgsl"),
+                LogitLoad::F16 => include_str!("../../shaders/include/logits_f16.wgsl"),
+                LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
+            };
+            src += &logits.replace("ACCESS", access);
+            src += match self.targets {
+                TargetLoad::I32 => include_str!("../../shaders/include/targets_i32.wgsl"),
+                TargetLoad::I64 => include_str!("../../shaders/include/targets_i64.wgsl"),
+                TargetLoad::Dense => include_str!("../../shaders/include/targets_dense.wgsl"),
+            };
+        }
+        if softmax_like || self.kernel == Kernel::Reduce {
+            src += include_str!("../../shaders/include/softmax_common.wgsl");
+            src += include_str!("../../shaders/include/rows_common.wgsl");
+        }
+        if matches!(self.kernel, Kernel::SoftmaxBackward | Kernel::Bce) {
+            src += match (self.store, self.load) {
+                (Store::Separate, _) => include_str!("../../shaders/include/store_separate.wgsl"),
+                (Store::InPlace, LogitLoad::F32 | LogitLoad::F32x4) => {
+                    include_str!("../../shaders/include/store_in_place_f32.wgsl")
+                }
+                (Store::InPlace, LogitLoad::F16) => {
+                    include_str!("../../shaders/include/store_in_place_f16.wgsl")
+                }
+                (Store::InPlace, LogitLoad::Bf16) => {
+                    include_str!("../../shaders/include/store_in_place_bf16.wgsl")
+                }
+            };
+        }
+        let mut body = self.kernel.source().to_string();
+        if self.kernel == Kernel::SoftmaxPartials {
+            if self.subgroups {
+                src += include_str!("../../shaders/include/segment_subgroup.wgsl");
+                body = body
+                    .replace(
+                        "SUBGROUP_BUILTINS",
+                        "@builtin(subgroup_size) subgroup_size: u32,",
+                    )
+                    .replace(
+                        "REDUCE_SEGMENT",
+                        "st = reduce_segment(st, local, lane, subgroup_size);",
+                    );
+            } else {
+                src += include_str!("../../shaders/include/segment_tree.wgsl");
+                body = body
+                    .replace("SUBGROUP_BUILTINS", "")
+                    .replace("REDUCE_SEGMENT", "st = reduce_segment(st, local, lane);");
+            }
+        }
+        src + &body
+    }
+
+    /// The bindings of this variant: (binding, kind).
+    pub fn bindings(&self) -> &'static [(u32, Slot)] {
+        use Slot::*;
+        match (self.kernel, self.store) {
+            (Kernel::SoftmaxPartials, _) => {
+                &[(0, Uniform), (1, Read), (3, Read), (4, Read), (5, Write)]
+            }
+            (Kernel::SoftmaxRows, _) => &[
+                (0, Uniform),
+                (1, Read),
+                (3, Read),
+                (4, Read),
+                (5, Read),
+                (6, Write),
+                (7, Write),
+                (8, Write),
+                (9, Write),
+            ],
+            (Kernel::SoftmaxBackward, Store::Separate) => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Write),
+                (3, Read),
+                (4, Read),
+                (8, Read),
+                (10, Read),
+                (11, Read),
+            ],
+            (Kernel::SoftmaxBackward, Store::InPlace) => &[
+                (0, Uniform),
+                (1, Write),
+                (2, Write),
+                (3, Read),
+                (4, Read),
+                (8, Read),
+                (10, Read),
+                (11, Read),
+            ],
+            (Kernel::Bce, Store::Separate) => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Write),
+                (3, Read),
+                (4, Read),
+                (7, Write),
+                (11, Read),
+                (12, Read),
+                (13, Write),
+            ],
+            (Kernel::Bce, Store::InPlace) => &[
+                (0, Uniform),
+                (1, Write),
+                (2, Write),
+                (3, Read),
+                (4, Read),
+                (7, Write),
+                (11, Read),
+                (12, Read),
+                (13, Write),
+            ],
+            (Kernel::Reduce, _) => &[(0, Uniform), (14, Read), (15, Write), (16, Write)],
+            (Kernel::ProbeRead | Kernel::ProbeCopy, _) => &[(0, Read), (1, Write)],
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("xent {self:?}")
+    }
+}
+
+/// What a binding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Uniform buffer.
+    Uniform,
+    /// Read-only storage buffer.
+    Read,
+    /// Read-write storage buffer.
+    Write,
+}
+
+/// A compiled pipeline and its bind-group layout.
+pub struct Pipeline {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// Its only bind-group layout (group 0).
+    pub layout: wgpu::BindGroupLayout,
+    /// The variant it was built from.
+    pub variant: Variant,
+}
+
+/// Pipelines built once per device and variant.
+#[derive(Default)]
+pub struct PipelineCache {
+    pipelines: Mutex<HashMap<Variant, Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    /// The pipeline for `variant`, built on first use.
+    pub fn get(&self, device: &wgpu::Device, variant: Variant) -> Arc<Pipeline> {
+        let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(variant)
+            .or_insert_with(|| Arc::new(build(device, variant)))
+            .clone()
+    }
+}
+
+fn build(device: &wgpu::Device, variant: Variant) -> Pipeline {
+    let label = variant.label();
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = variant
+        .bindings()
+        .iter()
+        .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match slot {
+                    Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::Write => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&label),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&label),
+        source: wgpu::ShaderSource::Wgsl(variant.source().into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&label),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Pipeline {
+        pipeline,
+        layout,
+        variant,
+    }
+}
+
+/// Every variant the crate can build (for validation tests).
+pub fn all_variants() -> Vec<Variant> {
+    let mut out = Vec::new();
+    let loads = [
+        LogitLoad::F32,
+        LogitLoad::F32x4,
+        LogitLoad::F16,
+        LogitLoad::Bf16,
+    ];
+    let targets = [TargetLoad::I32, TargetLoad::I64, TargetLoad::Dense];
+    for load in loads {
+        for t in targets {
+            for subgroups in [false, true] {
+                out.push(Variant {
+                    kernel: Kernel::SoftmaxPartials,
+                    load,
+                    targets: t,
+                    store: Store::Separate,
+                    subgroups,
+                });
+            }
+            out.push(Variant {
+                kernel: Kernel::SoftmaxRows,
+                load,
+                targets: t,
+                store: Store::Separate,
+                subgroups: false,
+            });
+            if load != LogitLoad::F32x4 {
+                for store in [Store::Separate, Store::InPlace] {
+                    out.push(Variant {
+                        kernel: Kernel::SoftmaxBackward,
+                        load,
+                        targets: t,
+                        store,
+                        subgroups: false,
+                    });
+                }
+            }
+        }
+        if load != LogitLoad::F32x4 {
+            for store in [Store::Separate, Store::InPlace] {
+                out.push(Variant {
+                    kernel: Kernel::Bce,
+                    load,
+                    targets: TargetLoad::Dense,
+                    store,
+                    subgroups: false,
+                });
+            }
+        }
+    }
+    out.extend([Kernel::Reduce, Kernel::ProbeRead, Kernel::ProbeCopy].map(Variant::plain));
+    out
+}

@@ -1,0 +1,113 @@
+//! Launch shapes and row chunks: the one place that decides how work is cut up.
+
+use super::kernels::WORKGROUP_SIZE;
+use crate::input::Layout;
+
+/// How the softmax partials kernel covers the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Invocations per row segment (a power of two, ≤ the workgroup size).
+    pub tpr: u32,
+    /// Column splits per row (combined by the rows pass).
+    pub splits: u32,
+    /// Classes per split (a multiple of 4).
+    pub span: u32,
+}
+
+/// Elements each invocation should loop over at least, so short rows don't waste lanes.
+const ELEMENTS_PER_INVOCATION: usize = 8;
+/// Workgroups that keep a large GPU busy; rows are split when there are fewer.
+const FILL_WORKGROUPS: usize = 256;
+/// Smallest split worth a workgroup of its own.
+const MIN_SPLIT: usize = 16 * WORKGROUP_SIZE as usize;
+
+/// The shape for `rows × classes` in `layout`: a few invocations per row for short rows, a
+/// workgroup per row for long ones, and column splits when long rows are too few to fill the
+/// device. The (N, C, d…) layout uses one invocation per row so neighbours read neighbouring
+/// spatial positions.
+pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
+    let whole = Shape {
+        tpr: 1,
+        splits: 1,
+        span: classes.next_multiple_of(4) as u32,
+    };
+    if layout != Layout::Rows {
+        return whole;
+    }
+    let tpr = classes
+        .div_ceil(ELEMENTS_PER_INVOCATION)
+        .next_power_of_two()
+        .min(WORKGROUP_SIZE as usize) as u32;
+    let mut splits = 1usize;
+    if tpr == WORKGROUP_SIZE && rows < FILL_WORKGROUPS {
+        splits = FILL_WORKGROUPS
+            .div_ceil(rows.max(1))
+            .min(classes / MIN_SPLIT)
+            .max(1);
+    }
+    let span = classes.div_ceil(splits).next_multiple_of(4);
+    let splits = classes.div_ceil(span).max(1);
+    Shape {
+        tpr,
+        splits: splits as u32,
+        span: span as u32,
+    }
+}
+
+/// A run of whole rows processed with one set of bindings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// First row.
+    pub row0: usize,
+    /// Rows.
+    pub rows: usize,
+}
+
+/// Cuts `rows` into chunks whose logits (and f32 companions) fit a binding of `max_binding`
+/// bytes, less the alignment slack of a window. Chunks hold a multiple of 4 rows (so every
+/// chunk starts on a 4-element boundary, whole words for f16/bf16) and whole samples of the
+/// (N, C, d…) layout. `None` when a single unit is larger than a binding.
+pub fn chunks(
+    rows: usize,
+    classes: usize,
+    layout: Layout,
+    bytes_per_element: u64,
+    max_binding: u64,
+    alignment: u64,
+) -> Option<Vec<Chunk>> {
+    // lcm(spatial, 4): whole samples, and a multiple of 4 rows.
+    let unit = match layout {
+        Layout::Rows => 4,
+        Layout::ClassDim1 { spatial } => spatial / gcd(spatial, 4) * 4,
+    };
+    let unit_bytes = unit as u64 * classes as u64 * bytes_per_element;
+    let room = max_binding.saturating_sub(alignment + 16);
+    if rows == 0 {
+        return Some(vec![Chunk { row0: 0, rows: 0 }]);
+    }
+    if unit_bytes > room {
+        return if rows as u64 * classes as u64 * bytes_per_element <= room {
+            Some(vec![Chunk { row0: 0, rows }])
+        } else {
+            None
+        };
+    }
+    let per_chunk = ((room / unit_bytes) as usize * unit).max(unit);
+    Some(
+        (0..rows)
+            .step_by(per_chunk)
+            .map(|row0| Chunk {
+                row0,
+                rows: per_chunk.min(rows - row0),
+            })
+            .collect(),
+    )
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}

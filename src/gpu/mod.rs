@@ -1,0 +1,337 @@
+//! The GPU backend: WGSL kernels on wgpu.
+//!
+//! [`Gpu`] owns (or borrows from a trainer) a device and queue, the pipeline cache and a pool
+//! of scratch buffers reused across calls. Host-slice calls go through
+//! [`Backend::Gpu`](crate::Backend::Gpu); trainers that keep logits on the device record the
+//! same kernels into their own encoder with [`Gpu::record_cross_entropy`] and
+//! [`Gpu::record_binary_cross_entropy`].
+//!
+//! A softmax call is three passes ([`kernels::Kernel`]): partials (one read of the logits),
+//! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
+//! pass (one more read, one write). Inputs larger than a storage binding are processed in
+//! row chunks, each bound as its own window.
+
+pub mod device;
+pub mod kernels;
+mod launch;
+mod pool;
+mod run;
+
+pub use device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
+pub use launch::{launch_shape, Shape};
+
+use crate::error::{Error, Result};
+use kernels::{Kernel, PipelineCache, Variant};
+use pool::Pool;
+use std::sync::Mutex;
+
+/// Which segment reduction the softmax partials use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShaderVariant {
+    /// Workgroup-memory trees only: runs on every adapter.
+    Portable,
+    /// Subgroup shuffles, then trees (needs `Features::SUBGROUP`).
+    Subgroup,
+}
+
+/// How to set up a [`Gpu`].
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Force a shader variant (default: subgroups when the adapter has them).
+    pub variant: Option<ShaderVariant>,
+    /// Cap the storage-binding and buffer sizes below the adapter's (tests use it to force
+    /// chunked dispatch).
+    pub max_binding_size: Option<u64>,
+}
+
+/// A wgpu device ready to run xent's kernels.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: Option<wgpu::AdapterInfo>,
+    variant: ShaderVariant,
+    /// Largest window we bind (bytes).
+    max_binding: u64,
+    /// Largest buffer we create (bytes).
+    max_buffer: u64,
+    storage_alignment: u64,
+    uniform_alignment: u64,
+    pipelines: PipelineCache,
+    pool: Mutex<Pool>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.name())
+            .field("variant", &self.variant)
+            .finish()
+    }
+}
+
+/// One adapter wgpu can see, as `xent devices` lists it.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    /// Name, backend, device type, driver.
+    pub info: wgpu::AdapterInfo,
+    /// Adapter features.
+    pub features: wgpu::Features,
+    /// Adapter limits.
+    pub limits: wgpu::Limits,
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if wgpu::Backends::from_env().is_none() {
+        desc.backends = wgpu::Backends::all();
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu finds (honouring `WGPU_BACKEND`).
+pub fn adapters() -> Vec<AdapterSummary> {
+    let instance = instance();
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .map(|a| AdapterSummary {
+            info: a.get_info(),
+            features: a.features(),
+            limits: a.limits(),
+        })
+        .collect()
+}
+
+impl Gpu {
+    /// Picks an adapter (`WGPU_ADAPTER_NAME` if set, else high performance; `WGPU_BACKEND`
+    /// limits the backends) and opens a device with the adapter's real limits.
+    pub fn new() -> Result<Gpu> {
+        Self::with_options(GpuOptions::default())
+    }
+
+    /// As [`Gpu::new`], with options.
+    pub fn with_options(options: GpuOptions) -> Result<Gpu> {
+        let instance = instance();
+        let adapter = pollster::block_on(pick_adapter(&instance))?;
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        let mut limits = adapter.limits();
+        if let Some(cap) = options.max_binding_size {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("xent"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::NoGpu(format!("{} refused a device: {e}", adapter.get_info().name)))?;
+        let mut gpu = Self::from_device(device, queue)?;
+        gpu.info = Some(adapter.get_info());
+        if let Some(cap) = options.max_binding_size {
+            gpu.max_binding = gpu.max_binding.min(cap);
+            gpu.max_buffer = gpu.max_buffer.max(cap);
+        }
+        if let Some(variant) = options.variant {
+            if variant == ShaderVariant::Subgroup && !gpu.has_subgroups() {
+                return Err(Error::NoGpu(format!(
+                    "{} has no subgroup operations",
+                    gpu.name()
+                )));
+            }
+            gpu.variant = variant;
+        }
+        Ok(gpu)
+    }
+
+    /// Uses a trainer's own device and queue (their limits and features as they are).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
+        let limits = device.limits();
+        if limits.max_compute_invocations_per_workgroup < kernels::WORKGROUP_SIZE
+            || limits.max_compute_workgroup_size_x < kernels::WORKGROUP_SIZE
+            || limits.max_storage_buffers_per_shader_stage < 8
+        {
+            return Err(Error::NoGpu(format!(
+                "the device can't run {}-invocation compute workgroups with 8 storage buffers (limits: {limits:?})",
+                kernels::WORKGROUP_SIZE
+            )));
+        }
+        let variant = if device.features().contains(wgpu::Features::SUBGROUP) {
+            ShaderVariant::Subgroup
+        } else {
+            ShaderVariant::Portable
+        };
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            & !255;
+        Ok(Gpu {
+            info: None,
+            variant,
+            max_binding,
+            max_buffer: limits.max_buffer_size,
+            storage_alignment: limits.min_storage_buffer_offset_alignment as u64,
+            uniform_alignment: limits.min_uniform_buffer_offset_alignment as u64,
+            pipelines: PipelineCache::default(),
+            pool: Mutex::new(Pool::default()),
+            device,
+            queue,
+        })
+    }
+
+    /// The adapter's name, backend, type and driver (`None` for a caller's device).
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.info.as_ref()
+    }
+    /// `"name (backend)"`, or a note that the device is the caller's.
+    pub fn name(&self) -> String {
+        match &self.info {
+            Some(i) => format!("{} ({:?})", i.name, i.backend),
+            None => "caller's device".into(),
+        }
+    }
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+    /// The shader variant in use.
+    pub fn variant(&self) -> ShaderVariant {
+        self.variant
+    }
+    /// Whether the device has subgroup operations.
+    pub fn has_subgroups(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+    /// Largest storage window bound per dispatch (bytes).
+    pub fn max_binding_size(&self) -> u64 {
+        self.max_binding
+    }
+
+    fn pipeline(&self, variant: Variant) -> std::sync::Arc<kernels::Pipeline> {
+        self.pipelines.get(&self.device, variant)
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes; device errors become
+    /// [`Error::Device`] instead of a panic.
+    fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        match (validation, oom) {
+            (Some(e), _) | (None, Some(e)) => Err(Error::Device(e.to_string())),
+            (None, None) => result,
+        }
+    }
+
+    /// Measures read and copy bandwidth of this adapter over `bytes` (rounded to 16) with the
+    /// probe kernels: returns (read GB/s, copy GB/s) as the best of `iters` runs.
+    pub fn probe_bandwidth(&self, bytes: u64, iters: usize) -> Result<(f64, f64)> {
+        let bytes = (bytes.max(16) + 15) & !15;
+        self.scoped(|| {
+            let usage = wgpu::BufferUsages::STORAGE;
+            let src = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("xent probe src"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            });
+            let dst = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("xent probe dst"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            });
+            let time = |kernel: Kernel| -> Result<f64> {
+                let pipeline = self.pipeline(Variant::plain(kernel));
+                let group = self.bind(
+                    &pipeline,
+                    &[(0, run::Window::whole(&src)), (1, run::Window::whole(&dst))],
+                );
+                let mut best = f64::INFINITY;
+                for _ in 0..iters.max(1) {
+                    let mut encoder = self.device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = encoder.begin_compute_pass(&Default::default());
+                        pass.set_pipeline(&pipeline.pipeline);
+                        pass.set_bind_group(0, &group, &[]);
+                        pass.dispatch_workgroups(
+                            ((bytes / 16).div_ceil(kernels::WORKGROUP_SIZE as u64 * 8))
+                                .clamp(1, 4096) as u32,
+                            1,
+                            1,
+                        );
+                    }
+                    let start = std::time::Instant::now();
+                    self.queue.submit([encoder.finish()]);
+                    self.wait()?;
+                    best = best.min(start.elapsed().as_secs_f64());
+                }
+                Ok(best)
+            };
+            let read = time(Kernel::ProbeRead)?;
+            let copy = time(Kernel::ProbeCopy)?;
+            Ok((bytes as f64 / read / 1e9, 2.0 * bytes as f64 / copy / 1e9))
+        })
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+
+    fn bind(
+        &self,
+        pipeline: &kernels::Pipeline,
+        windows: &[(u32, run::Window)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = windows
+            .iter()
+            .map(|(binding, w)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: w.buffer,
+                    offset: w.offset,
+                    size: std::num::NonZeroU64::new(w.size),
+                }),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("xent"),
+            layout: &pipeline.layout,
+            entries: &entries,
+        })
+    }
+}
+
+async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let wanted = name.to_lowercase();
+        return instance
+            .enumerate_adapters(backends)
+            .await
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| Error::NoGpu(format!("no adapter matches WGPU_ADAPTER_NAME={name:?}")));
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            Error::NoGpu(format!(
+                "no adapter found ({e}); set WGPU_BACKEND to choose one"
+            ))
+        })
+}

@@ -1,0 +1,963 @@
+//! Recording the kernels for one call, and the host-slice path (upload, record, read back).
+
+use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
+use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
+use super::launch::{chunks, launch_shape};
+use super::pool::Pool;
+use super::Gpu;
+use crate::error::{Error, Result};
+use crate::input::{Batch, Dtype, Layout, Storage, Targets};
+use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
+use crate::output::{Gradient, Metrics, Output, Request};
+use crate::plan::{Loss, Plan};
+use wgpu::util::DeviceExt;
+
+/// A bound range of a buffer.
+#[derive(Clone, Copy)]
+pub struct Window<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl<'a> Window<'a> {
+    /// The whole buffer.
+    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Window {
+            buffer,
+            offset: 0,
+            size: buffer.size(),
+        }
+    }
+}
+
+/// Launch parameters, mirrored by `Params` in `shaders/include/softmax_common.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    classes: u32,
+    spatial: u32,
+    row0: u32,
+    elem_offset: u32,
+    f32_offset: u32,
+    splits: u32,
+    span: u32,
+    tpr: u32,
+    flags: u32,
+    elems: u32,
+    reduction: u32,
+    scale: f32,
+    cap: f32,
+    prob_eps: f32,
+    smoothing: f32,
+    z_loss: f32,
+    _unused: f32,
+    ignore_lo: u32,
+    ignore_hi: u32,
+    upstream: f32,
+    denominator: f32,
+    _pad: [u32; 2],
+}
+
+const FLAG_WEIGHTS: u32 = 1;
+const FLAG_DENSE: u32 = 2;
+const FLAG_WANT_WZ: u32 = 4;
+const FLAG_ENTROPY: u32 = 8;
+const FLAG_UPSTREAM: u32 = 16;
+const FLAG_POS_WEIGHT: u32 = 32;
+const FLAG_KEEP_LOSSES: u32 = 64;
+const FLAG_GRADIENT: u32 = 128;
+
+/// Bytes of one `Partial` (`softmax_common.wgsl`).
+const PARTIAL_BYTES: u64 = 48;
+/// Bytes of one `RowCoef`.
+const COEF_BYTES: u64 = 32;
+/// Largest piece read back at once.
+const STAGING_BYTES: u64 = 64 << 20;
+
+/// The loss a recorded call computes.
+#[derive(Debug, Clone, Copy)]
+pub enum Job {
+    /// Softmax cross-entropy.
+    Softmax(CrossEntropy),
+    /// Binary cross-entropy.
+    Binary(BinaryCrossEntropy),
+}
+
+/// Which of the row chunks a window covers, and the element offset inside it.
+fn window<'a>(
+    buffer: &'a wgpu::Buffer,
+    first: u64,
+    count: u64,
+    element: u64,
+    alignment: u64,
+    round: u64,
+) -> (Window<'a>, u32) {
+    let start = first * element;
+    let aligned = start - start % alignment;
+    let end = ((start + count * element).next_multiple_of(round))
+        .min(buffer.size())
+        .max(aligned + 4);
+    (
+        Window {
+            buffer,
+            offset: aligned,
+            size: end - aligned,
+        },
+        ((start - aligned) / element) as u32,
+    )
+}
+
+/// Workgroups for `invocations` as a 2D grid (x ≤ 65 535).
+fn grid(invocations: u64) -> (u32, u32) {
+    let groups = invocations.div_ceil(WORKGROUP_SIZE as u64).max(1);
+    let x = groups.min(65_535);
+    (x as u32, groups.div_ceil(x) as u32)
+}
+
+fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+impl Gpu {
+    /// Checks a device batch's buffers against its shape.
+    fn check_device(&self, batch: &DeviceBatch, out: &DeviceOutputs, job: &Job) -> Result<()> {
+        let (rows, classes) = (batch.rows, batch.classes);
+        if classes == 0 {
+            return Err(Error::NoClasses);
+        }
+        let elements = rows.checked_mul(classes).ok_or_else(|| Error::Overflow {
+            shape: format!("rows {rows} × classes {classes}"),
+        })? as u64;
+        let shape = || format!("rows {rows} × classes {classes}");
+        let need = |what: &'static str, buffer: &wgpu::Buffer, bytes: u64| -> Result<()> {
+            if buffer.size() < bytes {
+                Err(Error::Shape {
+                    what,
+                    expected: bytes as usize,
+                    actual: buffer.size() as usize,
+                    shape: shape(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        need(
+            "logits buffer (bytes, padded to 4)",
+            batch.logits,
+            (elements * batch.dtype.size() as u64).next_multiple_of(4),
+        )?;
+        match batch.targets {
+            DeviceTargets::I32(t) => need("targets buffer (bytes)", t, rows as u64 * 4)?,
+            DeviceTargets::I64(t) => need("targets buffer (bytes)", t, rows as u64 * 8)?,
+            DeviceTargets::Dense(t) => need("targets buffer (bytes)", t, elements * 4)?,
+        }
+        if let Some(w) = batch.class_weights {
+            need("class_weights buffer (bytes)", w, classes as u64 * 4)?;
+        }
+        if let Some(w) = batch.pos_weight {
+            need("pos_weight buffer (bytes)", w, classes as u64 * 4)?;
+        }
+        if let DeviceGradient::Into(g) = out.gradient {
+            need("gradient buffer (bytes)", g, elements * 4)?;
+        }
+        need("loss buffer (bytes)", out.loss, 4)?;
+        let (per_row, row_what) = match job {
+            Job::Softmax(_) => (rows as u64 * 32, "rows buffer (bytes)"),
+            Job::Binary(_) => (elements * 4, "element losses buffer (bytes)"),
+        };
+        if let Some(r) = out.rows {
+            need(row_what, r, per_row)?;
+        }
+        if let Some(u) = out.upstream {
+            let n = if matches!(job, Job::Binary(_)) {
+                elements
+            } else {
+                rows as u64
+            };
+            need("upstream buffer (bytes)", u, n * 4)?;
+        }
+        let reduction = match job {
+            Job::Softmax(o) => {
+                o.validate()?;
+                o.reduction
+            }
+            Job::Binary(o) => o.reduction,
+        };
+        if matches!(job, Job::Binary(_)) != matches!(batch.targets, DeviceTargets::Dense(_))
+            && matches!(job, Job::Binary(_))
+        {
+            return Err(Error::Unsupported(
+                "binary cross-entropy needs dense f32 targets".into(),
+            ));
+        }
+        if out.upstream.is_some() && reduction != Reduction::None {
+            return Err(Error::Unsupported(
+                "a per-row upstream buffer goes with Reduction::None; use upstream_scalar".into(),
+            ));
+        }
+        if let Layout::ClassDim1 { spatial } = batch.layout {
+            if spatial == 0 || rows % spatial != 0 {
+                return Err(Error::Shape {
+                    what: "rows (a multiple of spatial)",
+                    expected: spatial,
+                    actual: rows,
+                    shape: shape(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one call into `encoder`, using the pool's scratch buffers.
+    pub(crate) fn record(
+        &self,
+        pool: &mut Pool,
+        encoder: &mut wgpu::CommandEncoder,
+        job: Job,
+        batch: &DeviceBatch,
+        out: &DeviceOutputs,
+        want_entropy: bool,
+    ) -> Result<()> {
+        self.check_device(batch, out, &job)?;
+        let (rows, classes, layout) = (batch.rows, batch.classes, batch.layout);
+        let device = &self.device;
+        let elem = batch.dtype.size() as u64;
+        let dense = matches!(batch.targets, DeviceTargets::Dense(_));
+        let f32_windows = dense
+            || matches!(out.gradient, DeviceGradient::Into(_))
+            || matches!(job, Job::Binary(_));
+        let bytes_per_element = if f32_windows { 4 } else { elem };
+        let chunk_list = chunks(
+            rows,
+            classes,
+            layout,
+            bytes_per_element,
+            self.max_binding,
+            self.storage_alignment,
+        )
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "one row ({} bytes) is larger than the device's storage binding limit ({} bytes)",
+                classes as u64 * bytes_per_element,
+                self.max_binding
+            ))
+        })?;
+        let shape = launch_shape(rows, classes, layout);
+        let spatial = match layout {
+            Layout::Rows => 0,
+            Layout::ClassDim1 { spatial } => spatial as u32,
+        };
+        let scalar_load = match batch.dtype {
+            Dtype::F32 => LogitLoad::F32,
+            Dtype::F16 => LogitLoad::F16,
+            Dtype::Bf16 => LogitLoad::Bf16,
+        };
+        let target_load = match batch.targets {
+            DeviceTargets::I32(_) => TargetLoad::I32,
+            DeviceTargets::I64(_) => TargetLoad::I64,
+            DeviceTargets::Dense(_) => TargetLoad::Dense,
+        };
+        let store = if matches!(out.gradient, DeviceGradient::InPlace) {
+            Store::InPlace
+        } else {
+            Store::Separate
+        };
+        let targets_buffer = match batch.targets {
+            DeviceTargets::I32(t) | DeviceTargets::I64(t) | DeviceTargets::Dense(t) => t,
+        };
+
+        // Scratch, reused across calls.
+        let (reduce_items, is_softmax) = match job {
+            Job::Softmax(_) => (rows as u64, true),
+            Job::Binary(_) => ((rows as u64 * classes as u64).div_ceil(4), false),
+        };
+        let per_row_limit = |what: &'static str, bytes: u64| -> Result<()> {
+            if bytes > self.max_binding {
+                Err(Error::Unsupported(format!(
+                    "{what} for {rows} rows needs {bytes} bytes, over the binding limit {}",
+                    self.max_binding
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        per_row_limit(
+            "per-row partials",
+            rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
+        )?;
+        per_row_limit("per-row sums", reduce_items * 16)?;
+        let partials = pool.get(
+            device,
+            "xent partials",
+            rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
+            storage_usage(),
+        );
+        let coefs = pool.get(
+            device,
+            "xent row coefficients",
+            rows as u64 * COEF_BYTES,
+            storage_usage(),
+        );
+        let row_sums = pool.get(device, "xent row sums", reduce_items * 16, storage_usage());
+        let ping = pool.get(
+            device,
+            "xent reduce ping",
+            reduce_items.div_ceil(4 * WORKGROUP_SIZE as u64) * 16,
+            storage_usage(),
+        );
+        let pong = pool.get(
+            device,
+            "xent reduce pong",
+            reduce_items.div_ceil(16 * WORKGROUP_SIZE as u64) * 16,
+            storage_usage(),
+        );
+        let totals = pool.get(device, "xent totals", 16, storage_usage());
+        let error = pool.get(device, "xent target error", 16, storage_usage());
+        let dummy_read = pool.get(device, "xent unused input", 16, storage_usage());
+        let dummy_write = pool.get(device, "xent unused output", 16, storage_usage());
+        let row_out = match out.rows {
+            Some(r) if is_softmax => r.clone(),
+            _ => pool.get(device, "xent rows out", rows as u64 * 32, storage_usage()),
+        };
+
+        // Parameters: one block per chunk, then one per reduction pass, at the uniform stride.
+        let mut base = Params {
+            classes: classes as u32,
+            spatial,
+            splits: shape.splits,
+            span: shape.span,
+            tpr: shape.tpr,
+            upstream: out.upstream_scalar,
+            ..Params::default()
+        };
+        let mut flags = 0;
+        if batch.class_weights.is_some() {
+            flags |= FLAG_WEIGHTS;
+        }
+        if dense {
+            flags |= FLAG_DENSE;
+        }
+        if out.upstream.is_some() {
+            flags |= FLAG_UPSTREAM;
+        }
+        let reduction = match job {
+            Job::Softmax(o) => {
+                base.scale = o.logit_scale;
+                base.cap = o.softcap.unwrap_or(0.0);
+                base.prob_eps = match o.input {
+                    InputKind::Logits => 0.0,
+                    InputKind::Probabilities { eps } => eps,
+                };
+                base.smoothing = o.label_smoothing;
+                base.z_loss = o.z_loss;
+                base.ignore_lo = o.ignore_index as u64 as u32;
+                base.ignore_hi = ((o.ignore_index as u64) >> 32) as u32;
+                if o.label_smoothing > 0.0 {
+                    flags |= FLAG_WANT_WZ;
+                }
+                if want_entropy {
+                    flags |= FLAG_ENTROPY;
+                }
+                o.reduction
+            }
+            Job::Binary(o) => {
+                if batch.pos_weight.is_some() {
+                    flags |= FLAG_POS_WEIGHT;
+                }
+                if out.rows.is_some() {
+                    flags |= FLAG_KEEP_LOSSES;
+                }
+                if !matches!(out.gradient, DeviceGradient::None) {
+                    flags |= FLAG_GRADIENT;
+                }
+                base.denominator = (rows as f64 * classes as f64) as f32;
+                o.reduction
+            }
+        };
+        base.flags = flags;
+        base.reduction = match reduction {
+            Reduction::None => 0,
+            Reduction::Sum => 1,
+            Reduction::Mean => 2,
+        };
+        let mut params: Vec<Params> = Vec::new();
+        for chunk in &chunk_list {
+            let first = chunk.row0 as u64 * classes as u64;
+            let count = chunk.rows as u64 * classes as u64;
+            let (_, elem_offset) =
+                window(batch.logits, first, count, elem, self.storage_alignment, 4);
+            let (_, f32_offset) =
+                window(targets_buffer, first, count, 4, self.storage_alignment, 4);
+            params.push(Params {
+                rows: chunk.rows as u32,
+                row0: if is_softmax {
+                    chunk.row0 as u32
+                } else {
+                    (first / 4) as u32
+                },
+                elem_offset,
+                f32_offset,
+                elems: count as u32,
+                ..base
+            });
+        }
+        let mut count = reduce_items;
+        loop {
+            params.push(Params {
+                elems: count as u32,
+                ..base
+            });
+            count = count.div_ceil(4 * WORKGROUP_SIZE as u64);
+            if count <= 1 {
+                break;
+            }
+        }
+        let stride =
+            (std::mem::size_of::<Params>() as u64).next_multiple_of(self.uniform_alignment);
+        let mut bytes = vec![0u8; stride as usize * params.len()];
+        for (i, p) in params.iter().enumerate() {
+            bytes[i * stride as usize..][..std::mem::size_of::<Params>()]
+                .copy_from_slice(bytemuck::bytes_of(p));
+        }
+        let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("xent params"),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let params_window = |i: usize| Window {
+            buffer: &uniforms,
+            offset: i as u64 * stride,
+            size: std::mem::size_of::<Params>() as u64,
+        };
+        let weights = batch.class_weights.unwrap_or(&dummy_read);
+
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("xent"),
+            timestamp_writes: None,
+        });
+        for (i, chunk) in chunk_list.iter().enumerate() {
+            let p = &params[i];
+            let first = chunk.row0 as u64 * classes as u64;
+            let count = chunk.rows as u64 * classes as u64;
+            let (logits_scalar, _) =
+                window(batch.logits, first, count, elem, self.storage_alignment, 4);
+            let (f32_targets, _) =
+                window(targets_buffer, first, count, 4, self.storage_alignment, 4);
+            let targets_window = if dense {
+                f32_targets
+            } else {
+                Window::whole(targets_buffer)
+            };
+            if chunk.rows == 0 {
+                continue;
+            }
+            if is_softmax {
+                // Pass 1: partials.
+                let x4 = batch.dtype == Dtype::F32
+                    && layout == Layout::Rows
+                    && classes % 4 == 0
+                    && logits_scalar.size % 16 == 0
+                    && p.elem_offset % 4 == 0;
+                let variant = Variant {
+                    kernel: Kernel::SoftmaxPartials,
+                    load: if x4 { LogitLoad::F32x4 } else { scalar_load },
+                    targets: target_load,
+                    store: Store::Separate,
+                    subgroups: self.variant == super::ShaderVariant::Subgroup,
+                };
+                let pipeline = self.pipeline(variant);
+                let group = self.bind(
+                    &pipeline,
+                    &[
+                        (0, params_window(i)),
+                        (1, logits_scalar),
+                        (3, targets_window),
+                        (4, Window::whole(weights)),
+                        (5, Window::whole(&partials)),
+                    ],
+                );
+                let segments = (WORKGROUP_SIZE / shape.tpr) as u64;
+                let row_groups = (chunk.rows as u64).div_ceil(segments);
+                let x = row_groups.min(65_535);
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(x as u32, shape.splits, row_groups.div_ceil(x) as u32);
+
+                // Pass 2: rows.
+                let variant = Variant {
+                    kernel: Kernel::SoftmaxRows,
+                    load: scalar_load,
+                    targets: target_load,
+                    store: Store::Separate,
+                    subgroups: false,
+                };
+                let pipeline = self.pipeline(variant);
+                let group = self.bind(
+                    &pipeline,
+                    &[
+                        (0, params_window(i)),
+                        (1, logits_scalar),
+                        (3, targets_window),
+                        (4, Window::whole(weights)),
+                        (5, Window::whole(&partials)),
+                        (6, Window::whole(&row_out)),
+                        (7, Window::whole(&row_sums)),
+                        (8, Window::whole(&coefs)),
+                        (9, Window::whole(&error)),
+                    ],
+                );
+                let (x, y) = grid(chunk.rows as u64);
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            } else {
+                // BCE: loss and gradient in one pass.
+                let (grad_window, logits_window) = match out.gradient {
+                    DeviceGradient::Into(g) => (
+                        window(g, first, count, 4, self.storage_alignment, 4).0,
+                        logits_scalar,
+                    ),
+                    _ => (Window::whole(&dummy_write), logits_scalar),
+                };
+                let losses = match out.rows {
+                    Some(r) => window(r, first, count, 4, self.storage_alignment, 4).0,
+                    None => Window::whole(&dummy_write),
+                };
+                let upstream = match out.upstream {
+                    Some(u) => window(u, first, count, 4, self.storage_alignment, 4).0,
+                    None => Window::whole(&dummy_read),
+                };
+                let variant = Variant {
+                    kernel: Kernel::Bce,
+                    load: scalar_load,
+                    targets: TargetLoad::Dense,
+                    store,
+                    subgroups: false,
+                };
+                let pipeline = self.pipeline(variant);
+                let group = self.bind(
+                    &pipeline,
+                    &[
+                        (0, params_window(i)),
+                        (1, logits_window),
+                        (2, grad_window),
+                        (3, f32_targets),
+                        (4, Window::whole(weights)),
+                        (7, Window::whole(&row_sums)),
+                        (11, upstream),
+                        (12, Window::whole(batch.pos_weight.unwrap_or(&dummy_read))),
+                        (13, losses),
+                    ],
+                );
+                let (x, y) = grid(count.div_ceil(4));
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+
+        // The fixed-order reduction: row sums → … → totals and the loss.
+        let reduce = self.pipeline(Variant::plain(Kernel::Reduce));
+        let mut source = &row_sums;
+        for (pass_index, p) in params[chunk_list.len()..].iter().enumerate() {
+            let last = pass_index + chunk_list.len() + 1 == params.len();
+            let target = if last {
+                &totals
+            } else if pass_index % 2 == 0 {
+                &ping
+            } else {
+                &pong
+            };
+            let group = self.bind(
+                &reduce,
+                &[
+                    (0, params_window(chunk_list.len() + pass_index)),
+                    (14, Window::whole(source)),
+                    (15, Window::whole(target)),
+                    (16, Window::whole(out.loss)),
+                ],
+            );
+            pass.set_pipeline(&reduce.pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(
+                (p.elems as u64).div_ceil(4 * WORKGROUP_SIZE as u64).max(1) as u32,
+                1,
+                1,
+            );
+            source = target;
+        }
+
+        // Pass 3: the softmax gradient, from the saved LSE and the reduced totals.
+        if is_softmax && !matches!(out.gradient, DeviceGradient::None) {
+            let variant = Variant {
+                kernel: Kernel::SoftmaxBackward,
+                load: scalar_load,
+                targets: target_load,
+                store,
+                subgroups: false,
+            };
+            let pipeline = self.pipeline(variant);
+            for (i, chunk) in chunk_list.iter().enumerate() {
+                if chunk.rows == 0 {
+                    continue;
+                }
+                let first = chunk.row0 as u64 * classes as u64;
+                let count = chunk.rows as u64 * classes as u64;
+                let (logits_window, _) =
+                    window(batch.logits, first, count, elem, self.storage_alignment, 4);
+                let (f32_targets, _) =
+                    window(targets_buffer, first, count, 4, self.storage_alignment, 4);
+                let grad_window = match out.gradient {
+                    DeviceGradient::Into(g) => {
+                        window(g, first, count, 4, self.storage_alignment, 4).0
+                    }
+                    _ => Window::whole(&dummy_write),
+                };
+                let group = self.bind(
+                    &pipeline,
+                    &[
+                        (0, params_window(i)),
+                        (1, logits_window),
+                        (2, grad_window),
+                        (
+                            3,
+                            if dense {
+                                f32_targets
+                            } else {
+                                Window::whole(targets_buffer)
+                            },
+                        ),
+                        (4, Window::whole(weights)),
+                        (8, Window::whole(&coefs)),
+                        (10, Window::whole(&totals)),
+                        (11, Window::whole(out.upstream.unwrap_or(&dummy_read))),
+                    ],
+                );
+                let (x, y) = grid(count.div_ceil(4));
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        drop(pass);
+        Ok(())
+    }
+
+    /// Reads `len` bytes of `buffer` back to the host, in staging pieces.
+    fn read_back(&self, pool: &mut Pool, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        let mut offset = 0;
+        while offset < len {
+            let piece = (len - offset).min(STAGING_BYTES);
+            let copy = piece.next_multiple_of(4);
+            let staging = pool.get(
+                &self.device,
+                "xent staging",
+                copy,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            );
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, copy);
+            self.queue.submit([encoder.finish()]);
+            let slice = staging.slice(0..copy);
+            let (sender, receiver) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = sender.send(r);
+            });
+            self.wait()?;
+            receiver
+                .recv()
+                .map_err(|e| Error::Device(e.to_string()))?
+                .map_err(|e| Error::Device(format!("mapping the staging buffer: {e}")))?;
+            {
+                let view = slice
+                    .get_mapped_range()
+                    .map_err(|e| Error::Device(e.to_string()))?;
+                out.extend_from_slice(&view[..piece as usize]);
+            }
+            staging.unmap();
+            offset += piece;
+        }
+        Ok(out)
+    }
+
+    /// Uploads `bytes` (padded to 4) into the pool buffer `role`.
+    fn upload(&self, pool: &mut Pool, role: &'static str, bytes: &[u8]) -> wgpu::Buffer {
+        let buffer = pool.get(&self.device, role, bytes.len() as u64 + 16, storage_usage());
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buffer, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue.write_buffer(&buffer, whole as u64, &tail);
+        }
+        buffer
+    }
+
+    /// The host-slice path: upload, record, run, read back what `request` asks for.
+    pub(crate) fn run(
+        &self,
+        plan: &Plan,
+        batch: Batch<'_>,
+        request: Request<'_>,
+    ) -> Result<Output> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = &mut *pool;
+        let (rows, classes) = (plan.rows, plan.classes);
+        let elements = rows * classes;
+        let Batch {
+            logits,
+            targets,
+            class_weights,
+            pos_weight,
+        } = batch;
+        let dtype = logits.dtype();
+        let in_place = matches!(request.gradient, Gradient::InPlace);
+        self.scoped(|| {
+            let logit_bytes: &[u8] = match &logits.storage {
+                Storage::F32(d) => bytemuck::cast_slice(d),
+                Storage::F16(d) => bytemuck::cast_slice(d),
+                Storage::Bf16(d) => bytemuck::cast_slice(d),
+                Storage::F32Mut(d) => bytemuck::cast_slice(d),
+                Storage::F16Mut(d) => bytemuck::cast_slice(d),
+                Storage::Bf16Mut(d) => bytemuck::cast_slice(d),
+            };
+            let logits_buffer = self.upload(pool, "xent upload logits", logit_bytes);
+            let target_bytes: &[u8] = match targets {
+                Targets::I32(t) => bytemuck::cast_slice(t),
+                Targets::I64(t) => bytemuck::cast_slice(t),
+                Targets::Dense(t) => bytemuck::cast_slice(t),
+            };
+            let targets_buffer = self.upload(pool, "xent upload targets", target_bytes);
+            let weights_buffer = class_weights
+                .map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
+            let pos_weight_buffer = pos_weight
+                .map(|w| self.upload(pool, "xent upload pos_weight", bytemuck::cast_slice(w)));
+            let per_item_upstream = plan.reduction == Reduction::None;
+            let upstream_buffer = request
+                .upstream
+                .filter(|_| per_item_upstream)
+                .map(|u| self.upload(pool, "xent upload upstream", bytemuck::cast_slice(u)));
+            let loss_buffer = pool.get(&self.device, "xent loss", 16, storage_usage());
+            let is_softmax = matches!(plan.loss, Loss::Softmax(_));
+            let want_rows = request.row_losses
+                || request.lse
+                || request.metrics
+                || plan.reduction == Reduction::None;
+            let rows_buffer = want_rows.then(|| {
+                let bytes = if is_softmax {
+                    rows as u64 * 32
+                } else {
+                    elements as u64 * 4
+                };
+                pool.get(&self.device, "xent rows out", bytes, storage_usage())
+            });
+            let grad_buffer = matches!(request.gradient, Gradient::Into(_)).then(|| {
+                pool.get(
+                    &self.device,
+                    "xent gradient",
+                    elements as u64 * 4,
+                    storage_usage(),
+                )
+            });
+            let device_batch = DeviceBatch {
+                logits: &logits_buffer,
+                dtype,
+                rows,
+                classes,
+                layout: plan.layout,
+                targets: match targets {
+                    Targets::I32(_) => DeviceTargets::I32(&targets_buffer),
+                    Targets::I64(_) => DeviceTargets::I64(&targets_buffer),
+                    Targets::Dense(_) => DeviceTargets::Dense(&targets_buffer),
+                },
+                class_weights: weights_buffer.as_ref(),
+                pos_weight: pos_weight_buffer.as_ref(),
+            };
+            let outputs = DeviceOutputs {
+                loss: &loss_buffer,
+                rows: rows_buffer.as_ref(),
+                gradient: match (&grad_buffer, in_place) {
+                    (Some(g), _) => DeviceGradient::Into(g),
+                    (None, true) => DeviceGradient::InPlace,
+                    (None, false) => DeviceGradient::None,
+                },
+                upstream: upstream_buffer.as_ref(),
+                upstream_scalar: plan.upstream_scalar,
+            };
+            let job = match plan.loss {
+                Loss::Softmax(o) => Job::Softmax(o),
+                Loss::Binary(o) => Job::Binary(o),
+            };
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("xent call"),
+                });
+            let error = pool.get(&self.device, "xent target error", 16, storage_usage());
+            encoder.clear_buffer(&error, 0, None);
+            self.record(
+                pool,
+                &mut encoder,
+                job,
+                &device_batch,
+                &outputs,
+                request.metrics,
+            )?;
+            self.queue.submit([encoder.finish()]);
+
+            let flag = u32::from_le_bytes(
+                self.read_back(pool, &error, 4)?[..4]
+                    .try_into()
+                    .unwrap_or_default(),
+            );
+            if flag != 0 {
+                let row = (u32::MAX - flag) as usize;
+                let options = plan.softmax();
+                return Err(Error::TargetOutOfRange {
+                    row,
+                    value: targets.index(row).unwrap_or(-1),
+                    classes,
+                    ignore_index: options.ignore_index,
+                });
+            }
+            let mut output = Output::default();
+            if plan.reduction != Reduction::None {
+                let bytes = self.read_back(pool, &loss_buffer, 4)?;
+                output.loss = Some(f32::from_le_bytes(
+                    bytes[..4].try_into().unwrap_or_default(),
+                ));
+            }
+            if let Some(buffer) = &rows_buffer {
+                let bytes = self.read_back(
+                    pool,
+                    buffer,
+                    if is_softmax {
+                        rows as u64 * 32
+                    } else {
+                        elements as u64 * 4
+                    },
+                )?;
+                if is_softmax {
+                    let records: Vec<GpuRow> = bytemuck::pod_collect_to_vec(&bytes);
+                    if request.row_losses || plan.reduction == Reduction::None {
+                        output.row_losses = Some(records.iter().map(|r| r.loss).collect());
+                    }
+                    if request.lse {
+                        output.lse = Some(records.iter().map(|r| r.lse).collect());
+                    }
+                    if request.metrics {
+                        output.metrics = Some(Metrics {
+                            argmax: records.iter().map(|r| r.argmax).collect(),
+                            correct: records.iter().map(|r| r.flags & 2 != 0).collect(),
+                            target_prob: records.iter().map(|r| r.target_prob).collect(),
+                            entropy: records.iter().map(|r| r.entropy).collect(),
+                            confidence: records.iter().map(|r| r.confidence).collect(),
+                            valid: records.iter().map(|r| r.flags & 1 != 0).collect(),
+                        });
+                    }
+                } else {
+                    output.row_losses = Some(bytemuck::pod_collect_to_vec(&bytes));
+                }
+            }
+            match request.gradient {
+                Gradient::Into(g) => {
+                    let bytes = self.read_back(
+                        pool,
+                        grad_buffer.as_ref().expect("allocated above"),
+                        elements as u64 * 4,
+                    )?;
+                    g.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+                }
+                Gradient::InPlace => {
+                    let bytes =
+                        self.read_back(pool, &logits_buffer, (elements * dtype.size()) as u64)?;
+                    let mut logits = logits;
+                    match &mut logits.storage {
+                        Storage::F32Mut(d) => {
+                            bytemuck::cast_slice_mut::<f32, u8>(d).copy_from_slice(&bytes)
+                        }
+                        Storage::F16Mut(d) => {
+                            bytemuck::cast_slice_mut::<half::f16, u8>(d).copy_from_slice(&bytes)
+                        }
+                        Storage::Bf16Mut(d) => {
+                            bytemuck::cast_slice_mut::<half::bf16, u8>(d).copy_from_slice(&bytes)
+                        }
+                        _ => {
+                            return Err(Error::Unsupported(
+                                "in-place gradient on read-only logits".into(),
+                            ))
+                        }
+                    }
+                }
+                Gradient::None => {}
+            }
+            Ok(output)
+        })
+    }
+
+    /// Records softmax cross-entropy on device buffers into `encoder`: loss (and per-row
+    /// records, gradient) land in `outputs`' buffers; nothing is read back. Reuses the scratch
+    /// buffers of earlier calls; allocates one small uniform buffer and the bind groups. A
+    /// target out of range is reported by [`Gpu::take_target_error`].
+    pub fn record_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        options: &CrossEntropy,
+        batch: &DeviceBatch,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        self.scoped(|| {
+            self.record(
+                &mut pool,
+                encoder,
+                Job::Softmax(*options),
+                batch,
+                outputs,
+                outputs.rows.is_some(),
+            )
+        })
+    }
+
+    /// Records binary cross-entropy with logits on device buffers into `encoder`.
+    pub fn record_binary_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        options: &BinaryCrossEntropy,
+        batch: &DeviceBatch,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        self.scoped(|| {
+            self.record(
+                &mut pool,
+                encoder,
+                Job::Binary(*options),
+                batch,
+                outputs,
+                false,
+            )
+        })
+    }
+
+    /// The lowest row whose target was out of range in any recorded call since the last
+    /// check (reads 4 bytes back, then clears the flag).
+    pub fn take_target_error(&self) -> Result<Option<usize>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let error = pool.get(&self.device, "xent target error", 16, storage_usage());
+        let flag = u32::from_le_bytes(
+            self.read_back(&mut pool, &error, 4)?[..4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&error, 0, None);
+        self.queue.submit([encoder.finish()]);
+        Ok((flag != 0).then(|| (u32::MAX - flag) as usize))
+    }
+}

@@ -1,0 +1,596 @@
+//! The WGSL kernels against the f64 reference and the CPU path, on whatever adapter wgpu finds
+//! (Mesa llvmpipe in CI, on Vulkan and on GL). Without an adapter these tests fail when
+//! `XENT_REQUIRE_GPU=1` and otherwise say loudly that the GPU part was not run.
+
+mod common;
+
+use common::*;
+use std::sync::{Arc, OnceLock};
+use wgpu::util::DeviceExt;
+use xent::gpu::{
+    launch_shape, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions,
+    ShaderVariant,
+};
+use xent::{
+    Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
+    Reduction, Request,
+};
+
+/// The shared device, or `None` (after a loud message) when there is no adapter.
+fn gpu() -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(gpu) => {
+            eprintln!(
+                "GPU tests run on {} (variant {:?})",
+                gpu.name(),
+                gpu.variant()
+            );
+            Some(Arc::new(gpu))
+        }
+        Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("\n!!!!!!!! NO GPU ADAPTER ({e}): THE GPU TESTS WERE NOT RUN !!!!!!!!\n");
+            None
+        }
+    })
+    .clone()
+}
+
+/// Both shader variants this adapter can run.
+fn variants() -> Vec<Arc<Gpu>> {
+    let Some(default) = gpu() else { return vec![] };
+    let mut out = vec![default.clone()];
+    if default.has_subgroups() {
+        let other = if default.variant() == ShaderVariant::Subgroup {
+            ShaderVariant::Portable
+        } else {
+            ShaderVariant::Subgroup
+        };
+        out.push(Arc::new(
+            Gpu::with_options(GpuOptions {
+                variant: Some(other),
+                ..Default::default()
+            })
+            .expect("second variant"),
+        ));
+    }
+    out
+}
+
+fn on(gpu: &Arc<Gpu>) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> + '_ {
+    move |o, b, r| o.compute(&Backend::Gpu(gpu.clone()), b, r)
+}
+
+fn cpu(o: &CrossEntropy, b: Batch, r: Request) -> xent::Result<xent::Output> {
+    o.compute(&Backend::Cpu, b, r)
+}
+
+/// GPU vs reference, and GPU vs CPU, for every gradient mode.
+fn check(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy, modes: &[GradMode]) {
+    let reference = case.reference(options, None);
+    for &mode in modes {
+        let run = run_softmax(case, options, None, mode, on(gpu));
+        let label = format!("{label} [{:?}, {mode:?}]", gpu.variant());
+        check_softmax(&label, case, options, &run, &reference);
+        let cpu_run = run_softmax(case, options, None, mode, cpu);
+        let gpu_losses = run.output.row_losses.as_ref().unwrap();
+        let cpu_losses: Vec<f64> = cpu_run
+            .output
+            .row_losses
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        assert_close(
+            &format!("{label}: GPU vs CPU row losses"),
+            gpu_losses,
+            &cpu_losses,
+            2e-5,
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn shapes_against_reference_and_cpu() {
+    let options = [
+        CrossEntropy::new(),
+        CrossEntropy::new()
+            .label_smoothing(0.1)
+            .z_loss(1e-3)
+            .reduction(Reduction::Sum),
+    ];
+    for gpu in variants() {
+        for classes in [
+            1usize, 2, 3, 7, 10, 100, 1000, 4097, 32_000, 50_257, 128_256,
+        ] {
+            for rows in [0usize, 1, 7, 64, 1000] {
+                if rows * classes > 3_000_000 {
+                    continue;
+                }
+                let case = Case::new((rows * 7 + classes) as u64, rows, classes, Hardness::ALL)
+                    .ignore_every(5, -100);
+                for o in &options {
+                    check(
+                        &format!("{rows}×{classes}"),
+                        &gpu,
+                        &case,
+                        o,
+                        &[GradMode::OutOfPlace],
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn options_dtypes_and_gradient_modes() {
+    let base = CrossEntropy::new();
+    let grid = [
+        base,
+        base.reduction(Reduction::None),
+        base.label_smoothing(0.2),
+        base.z_loss(1e-3),
+        base.softcap(20.0),
+        base.logit_scale(0.6),
+        base.label_smoothing(0.1)
+            .z_loss(1e-4)
+            .softcap(30.0)
+            .logit_scale(1.2)
+            .ignore_index(2)
+            .reduction(Reduction::Sum),
+    ];
+    for gpu in variants() {
+        for options in &grid {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+                let case = Case::new(3, 37, 333, Hardness::ALL)
+                    .weighted(1)
+                    .ignore_every(4, options.ignore_index)
+                    .dtype(dtype);
+                check(
+                    &format!("{options:?} {dtype:?}"),
+                    &gpu,
+                    &case,
+                    options,
+                    &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace],
+                );
+                let i32_case = case.clone().i32_targets();
+                check(
+                    &format!("{options:?} {dtype:?} i32"),
+                    &gpu,
+                    &i32_case,
+                    options,
+                    &[GradMode::OutOfPlace],
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_targets_probabilities_and_layouts() {
+    for gpu in variants() {
+        for options in [
+            CrossEntropy::new(),
+            CrossEntropy::new()
+                .label_smoothing(0.3)
+                .z_loss(1e-3)
+                .reduction(Reduction::Sum),
+        ] {
+            let soft = Case::new(
+                5,
+                19,
+                77,
+                Hardness {
+                    outliers: true,
+                    masked: false,
+                    non_finite: true,
+                },
+            )
+            .soft(2)
+            .weighted(3);
+            check(
+                "soft",
+                &gpu,
+                &soft,
+                &options,
+                &[GradMode::OutOfPlace, GradMode::InPlace],
+            );
+            let spatial = Case::new(
+                6,
+                3 * 10,
+                21,
+                Hardness {
+                    outliers: true,
+                    masked: true,
+                    non_finite: false,
+                },
+            )
+            .weighted(1)
+            .ignore_every(3, -100)
+            .dtype(Dtype::F16)
+            .class_dim1(10);
+            check(
+                "(N, C, d)",
+                &gpu,
+                &spatial,
+                &options,
+                &[GradMode::OutOfPlace, GradMode::InPlace],
+            );
+            let spatial_soft = Case::new(7, 2 * 6, 5, Hardness::default())
+                .soft(1)
+                .class_dim1(6);
+            check(
+                "(N, C, d) soft",
+                &gpu,
+                &spatial_soft,
+                &options,
+                &[GradMode::OutOfPlace],
+            );
+            let mut prob_options = options.input(InputKind::Probabilities { eps: 1e-6 });
+            prob_options.z_loss = 0.0;
+            let probs = Case::new(
+                8,
+                23,
+                40,
+                Hardness {
+                    outliers: true,
+                    masked: true,
+                    non_finite: false,
+                },
+            )
+            .probabilities()
+            .weighted(2)
+            .ignore_every(4, -100);
+            check(
+                "probabilities",
+                &gpu,
+                &probs,
+                &prob_options,
+                &[GradMode::OutOfPlace],
+            );
+        }
+    }
+}
+
+#[test]
+fn few_long_rows_are_split() {
+    assert!(launch_shape(8, 256_000, Layout::Rows).splits > 1);
+    for gpu in variants() {
+        let case = Case::new(
+            9,
+            8,
+            256_000,
+            Hardness {
+                outliers: true,
+                masked: true,
+                non_finite: false,
+            },
+        )
+        .weighted(4);
+        check(
+            "8×256000 split",
+            &gpu,
+            &case,
+            &CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4),
+            &[GradMode::OutOfPlace],
+        );
+    }
+}
+
+#[test]
+fn chunked_dispatch_matches_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    // 64 KiB bindings force many chunks (and windows that don't start on 256-byte boundaries).
+    let small = Arc::new(
+        Gpu::with_options(GpuOptions {
+            max_binding_size: Some(64 << 10),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let case = Case::new(10, 203, 301, Hardness::ALL)
+            .weighted(2)
+            .dtype(dtype);
+        check(
+            &format!("chunked {dtype:?}"),
+            &small,
+            &case,
+            &CrossEntropy::new().label_smoothing(0.05),
+            &[GradMode::OutOfPlace, GradMode::InPlace],
+        );
+    }
+    let spatial = Case::new(11, 40 * 12, 9, Hardness::default()).class_dim1(12);
+    check(
+        "chunked (N, C, d)",
+        &small,
+        &spatial,
+        &CrossEntropy::new(),
+        &[GradMode::OutOfPlace],
+    );
+    let soft = Case::new(12, 150, 130, Hardness::default()).soft(3);
+    check(
+        "chunked soft",
+        &small,
+        &soft,
+        &CrossEntropy::new().label_smoothing(0.1),
+        &[GradMode::OutOfPlace],
+    );
+}
+
+#[test]
+fn bce_against_reference() {
+    for gpu in variants() {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            for (weights, spatial, dtype) in [
+                (false, None, Dtype::F32),
+                (true, None, Dtype::Bf16),
+                (true, Some(5), Dtype::F16),
+            ] {
+                let options = BinaryCrossEntropy::new().reduction(reduction);
+                let mut case = Case::new(
+                    13,
+                    15,
+                    41,
+                    Hardness {
+                        outliers: true,
+                        ..Hardness::default()
+                    },
+                )
+                .multi_label(4, weights)
+                .dtype(dtype);
+                if let Some(s) = spatial {
+                    case = case.class_dim1(s);
+                }
+                let upstream: Option<Vec<f32>> = (reduction == Reduction::None)
+                    .then(|| (0..15 * 41).map(|i| (i % 7) as f32 * 0.25).collect());
+                let reference = case.reference_bce(&options, upstream.as_deref());
+                let label = format!("bce {reduction:?} weights={weights} {spatial:?} {dtype:?}");
+                for in_place in [false, true] {
+                    let mut storage = case.storage();
+                    let t32 = case.targets_i32();
+                    let mut grad = vec![0f32; 15 * 41];
+                    let mut request = Request::new().row_losses();
+                    request = if in_place {
+                        request.gradient_in_place()
+                    } else {
+                        request.gradient_into(&mut grad)
+                    };
+                    request.upstream = upstream.as_deref();
+                    let out = options
+                        .compute(
+                            &Backend::Gpu(gpu.clone()),
+                            case.batch(&mut storage, &t32, in_place),
+                            request,
+                        )
+                        .unwrap();
+                    if in_place {
+                        grad = storage.to_f32();
+                    }
+                    match (out.loss, reference.loss) {
+                        (Some(a), Some(r)) => assert_close(&label, &[a], &[r], 1e-5, 1e-5),
+                        (None, None) => {}
+                        other => panic!("{label}: {other:?}"),
+                    }
+                    assert_losses(
+                        &label,
+                        out.row_losses.as_ref().unwrap(),
+                        &reference.row_losses,
+                    );
+                    let rel = match (in_place, dtype) {
+                        (true, Dtype::F16) => 1e-3,
+                        (true, Dtype::Bf16) => 8e-3,
+                        _ => 1e-4,
+                    };
+                    assert_close(
+                        &format!("{label} gradient in_place={in_place}"),
+                        &grad,
+                        &reference.gradient,
+                        1e-6,
+                        rel,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn two_runs_give_the_same_bits() {
+    for gpu in variants() {
+        let case = Case::new(
+            14,
+            300,
+            2000,
+            Hardness {
+                outliers: true,
+                masked: true,
+                non_finite: false,
+            },
+        )
+        .weighted(1);
+        let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4);
+        let a = run_softmax(&case, &options, None, GradMode::OutOfPlace, on(&gpu));
+        let b = run_softmax(&case, &options, None, GradMode::OutOfPlace, on(&gpu));
+        assert_eq!(
+            a.output.loss.unwrap().to_bits(),
+            b.output.loss.unwrap().to_bits()
+        );
+        assert_eq!(format!("{:?}", a.output), format!("{:?}", b.output));
+        assert_eq!(a.gradient, b.gradient);
+    }
+}
+
+#[test]
+fn host_checks_come_first_and_the_device_stays_usable() {
+    let Some(gpu) = gpu() else { return };
+    let backend = Backend::Gpu(gpu.clone());
+    let x = [0.5f32; 6];
+    let e = CrossEntropy::new()
+        .compute(
+            &backend,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 7][..]),
+            Request::new(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::TargetOutOfRange {
+            row: 1,
+            value: 7,
+            classes: 3,
+            ignore_index: -100
+        }
+    );
+    let out = CrossEntropy::new()
+        .compute(
+            &backend,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 2][..]),
+            Request::new(),
+        )
+        .unwrap();
+    assert!((out.loss.unwrap() - 3f32.ln()).abs() < 1e-6);
+}
+
+/// Uploads f32 data as a storage buffer.
+fn buffer(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
+    gpu.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test"),
+            contents: data,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
+    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    gpu.queue().submit([encoder.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    gpu.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
+    v
+}
+
+#[test]
+fn device_resident_calls_and_bad_targets_on_the_device() {
+    let Some(gpu) = gpu() else { return };
+    let case = Case::new(15, 50, 129, Hardness::default())
+        .weighted(2)
+        .ignore_every(6, -100);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+    let reference = case.reference(&options, None);
+    let logits = buffer(&gpu, bytemuck::cast_slice(&case.logits));
+    let targets = buffer(&gpu, bytemuck::cast_slice(&case.index_targets));
+    let weights = buffer(
+        &gpu,
+        bytemuck::cast_slice(case.class_weights.as_ref().unwrap()),
+    );
+    let loss = buffer(&gpu, &[0u8; 16]);
+    let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
+    let batch = DeviceBatch {
+        logits: &logits,
+        dtype: Dtype::F32,
+        rows: 50,
+        classes: 129,
+        layout: Layout::Rows,
+        targets: DeviceTargets::I64(&targets),
+        class_weights: Some(&weights),
+        pos_weight: None,
+    };
+    let outputs = DeviceOutputs {
+        loss: &loss,
+        rows: None,
+        gradient: DeviceGradient::Into(&grad),
+        upstream: None,
+        upstream_scalar: 1.0,
+    };
+    // Two steps recorded into one encoder (scratch reused), nothing read back in between.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
+        .unwrap();
+    gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_close(
+        "device loss",
+        &read(&gpu, &loss)[..1],
+        &[reference.loss.unwrap()],
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        "device gradient",
+        &read(&gpu, &grad),
+        &reference.gradient,
+        1e-6,
+        1e-4,
+    );
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+
+    // A bad target, only on the device: flagged, nothing read out of bounds, device fine.
+    let mut bad = case.index_targets.clone();
+    bad[17] = 129;
+    bad[31] = -5;
+    let bad_targets = buffer(&gpu, bytemuck::cast_slice(&bad));
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_cross_entropy(
+        &mut encoder,
+        &options,
+        &DeviceBatch {
+            targets: DeviceTargets::I64(&bad_targets),
+            ..batch
+        },
+        &outputs,
+    )
+    .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(gpu.take_target_error().unwrap(), Some(17));
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+    assert_close(
+        "device loss after a bad call",
+        &read(&gpu, &loss)[..1],
+        &[reference.loss.unwrap()],
+        1e-5,
+        1e-5,
+    );
+
+    // Shape errors are typed, not panics.
+    let short = buffer(&gpu, &[0u8; 64]);
+    let e = gpu
+        .record_cross_entropy(
+            &mut gpu.device().create_command_encoder(&Default::default()),
+            &options,
+            &DeviceBatch {
+                logits: &short,
+                ..batch
+            },
+            &outputs,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
