@@ -29,6 +29,7 @@ pub mod backend;
 pub mod cli;
 pub mod cpu;
 pub mod error;
+pub mod gpu;
 pub mod input;
 pub mod options;
 pub mod output;
