@@ -1,6 +1,6 @@
-//! `xent bench`: xent on the GPU, xent on the CPU and the [naive](super::naive) unfused CPU
+//! `xent bench`: xent on the GPU, xent on the CPU and the [`naive`] unfused CPU
 //! implementation side by side on generated data, against this machine's measured memory
-//! bandwidth ([probe](super::probe)).
+//! bandwidth ([`probe`]).
 //!
 //! Every implementation does the same work (mean cross-entropy with class-index targets, and
 //! for `forward-backward` also the gradient of the logits), so they are credited with the same
@@ -597,7 +597,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         args,
         cpu,
         gpu: gpu.as_ref(),
-        gpu_name: gpu.as_ref().map(|g| g.label.clone()).unwrap_or_default(),
+        gpu_name: gpu.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
         modes,
         bar: &bar,
         records: Vec::new(),
@@ -615,13 +615,18 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     let Bench { records, notes, .. } = bench;
 
+    let mut devices: Vec<String> = Vec::new();
+    if cpu {
+        devices.push(device::cpu_label());
+    }
+    if let Some(g) = &gpu {
+        devices.push(g.label.clone());
+    }
     let header = format!(
-        "xent bench: {}{}; median of {} runs after one warm-up\n",
-        device::cpu_label(),
-        gpu.as_ref()
-            .map(|g| format!(", gpu {}", g.label))
-            .unwrap_or_default(),
-        args.iters
+        "xent bench: {}; median of {} run{} after one warm-up\n",
+        devices.join(", "),
+        args.iters,
+        if args.iters == 1 { "" } else { "s" }
     );
     print!("{header}{}", table(&records));
     for note in &notes {
@@ -646,7 +651,15 @@ pub fn table(records: &[Record]) -> String {
         "shape", "dtype", "mode", "impl", "device", "median ms", "min ms", "GB/s", "% bw"
     );
     for r in records {
-        let device: String = r.device.chars().take(10).collect();
+        // "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)" → "llvmpipe"; the header has it all.
+        let device: String = r
+            .device
+            .split(" (")
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(10)
+            .collect();
         let fraction = r
             .bandwidth_fraction
             .map_or("-".into(), |f| format!("{:.0}%", f * 100.0));

@@ -1,22 +1,26 @@
 //! `--device auto|cpu|gpu`: which [`Backend`] a command runs on.
 //!
-//! This is the one module of the CLI that knows whether the crate has a GPU backend. While
-//! `xent::gpu` does not exist yet, [`gpu`] reports that, `--device gpu` fails with that message,
-//! `auto` falls back to the CPU, and `bench` leaves its GPU columns out with a note.
+//! The one module of the CLI that opens a GPU. `gpu` is [`Gpu::new`]'s adapter (high
+//! performance, or `WGPU_ADAPTER_NAME` / `WGPU_BACKEND`); `auto` follows [`Backend::auto`]: a
+//! hardware GPU when there is one, else the CPU (a software adapter such as llvmpipe loses to
+//! the SIMD CPU path, so `auto` does not pick it; `--device gpu` still runs on it).
 
+use super::probe::Timing;
 use super::CliError;
 use crate::cpu::SimdLevel;
+use crate::gpu::Gpu;
 use crate::Backend;
+use std::sync::Arc;
 
 /// Where the user asked a command to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DeviceChoice {
-    /// The GPU when one is usable, else the CPU.
+    /// A hardware GPU when there is one, else the CPU.
     #[default]
     Auto,
     /// The SIMD CPU path.
     Cpu,
-    /// The GPU (wgpu); an error when there is none.
+    /// The GPU (wgpu), software adapters included; an error when there is none.
     Gpu,
 }
 
@@ -25,23 +29,29 @@ pub enum DeviceChoice {
 pub struct Device {
     /// The backend.
     pub backend: Backend,
-    /// `"cpu (avx2, 2 threads)"`, or the GPU adapter's name and wgpu backend.
+    /// `"cpu"`, or the adapter's name and wgpu backend (`--json` records' `device`).
+    pub name: String,
+    /// `"cpu (avx2, 2 threads)"` or `"gpu: <adapter> (<backend>)"`, for people.
     pub label: String,
-    /// Whether this is a GPU.
-    pub is_gpu: bool,
 }
 
-/// Why the GPU is not used, while the crate has no GPU backend.
-pub const GPU_NOT_BUILT: &str =
-    "the GPU backend is not built yet (xent::gpu does not exist in this build); use --device cpu";
+impl Device {
+    /// Whether this is a GPU.
+    pub fn is_gpu(&self) -> bool {
+        matches!(self.backend, Backend::Gpu(_))
+    }
+}
 
 impl DeviceChoice {
-    /// Resolves the choice: `gpu` fails when no GPU can be used, `auto` falls back to the CPU.
+    /// Resolves the choice: `gpu` fails when no GPU can be opened, `auto` falls back to the CPU.
     pub fn resolve(self) -> Result<Device, CliError> {
         match self {
             DeviceChoice::Cpu => Ok(cpu()),
             DeviceChoice::Gpu => gpu().map_err(CliError::runtime),
-            DeviceChoice::Auto => Ok(gpu().unwrap_or_else(|_| cpu())),
+            DeviceChoice::Auto => Ok(match Backend::auto() {
+                Backend::Gpu(g) => gpu_device(g),
+                _ => cpu(),
+            }),
         }
     }
 }
@@ -50,8 +60,8 @@ impl DeviceChoice {
 pub fn cpu() -> Device {
     Device {
         backend: Backend::Cpu,
+        name: "cpu".into(),
         label: cpu_label(),
-        is_gpu: false,
     }
 }
 
@@ -64,18 +74,36 @@ pub fn cpu_label() -> String {
     )
 }
 
-/// The GPU backend on the adapter `Gpu::new` picks, or why there is none.
-pub fn gpu() -> Result<Device, String> {
-    Err(GPU_NOT_BUILT.to_string())
+fn gpu_device(gpu: Arc<Gpu>) -> Device {
+    Device {
+        name: gpu.name(),
+        label: format!("gpu: {}", gpu.name()),
+        backend: Backend::Gpu(gpu),
+    }
 }
 
-/// The GPU read and copy probes (the same two passes as [`probe`](super::probe), as WGSL
-/// kernels on the adapter `gpu` runs on) over `bytes` bytes: `(read, copy)` timings, or why
-/// they can't run.
-pub fn gpu_probe(
-    _device: &Device,
-    _bytes: usize,
-    _iters: usize,
-) -> Result<(super::probe::Timing, super::probe::Timing), String> {
-    Err(GPU_NOT_BUILT.to_string())
+/// The GPU backend on the adapter [`Gpu::new`] picks, or why there is none.
+pub fn gpu() -> Result<Device, String> {
+    Gpu::new()
+        .map(|g| gpu_device(Arc::new(g)))
+        .map_err(|e| e.to_string())
+}
+
+/// The GPU read and copy probes ([`Gpu::probe_bandwidth`]: the CPU probes' two passes as WGSL
+/// kernels on the same adapter) over `bytes` bytes: `(read, copy)` timings of the fastest run,
+/// which is all the GPU probe reports (so median = min), or why they can't run.
+pub fn gpu_probe(device: &Device, bytes: usize, iters: usize) -> Result<(Timing, Timing), String> {
+    let Backend::Gpu(gpu) = &device.backend else {
+        return Err("not a GPU".into());
+    };
+    let iters = iters.max(super::probe::MIN_PROBE_RUNS);
+    let (read, copy) = gpu
+        .probe_bandwidth(bytes as u64, iters)
+        .map_err(|e| e.to_string())?;
+    // The probe rounds the buffer up to 16 bytes; the rate is what matters.
+    let time = |moved: f64, gbps: f64| {
+        let t = moved / (gbps * 1e9);
+        Timing { median: t, min: t }
+    };
+    Ok((time(bytes as f64, read), time(2.0 * bytes as f64, copy)))
 }

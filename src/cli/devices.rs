@@ -1,5 +1,5 @@
-//! `xent devices`: every adapter wgpu finds, what matters to xent on each, which one
-//! `--device auto` picks, and the CPU's SIMD level.
+//! `xent devices`: every adapter wgpu finds ([`crate::gpu::adapters`]), what matters to xent on
+//! each, which device `--device auto` and `--device gpu` pick, and the CPU's SIMD level.
 
 use super::device::{self, DeviceChoice};
 use super::CliError;
@@ -33,10 +33,8 @@ pub struct AdapterSummary {
 }
 
 impl AdapterSummary {
-    fn of(adapter: &wgpu::Adapter) -> Self {
-        let info = adapter.get_info();
-        let features = adapter.features();
-        let limits = adapter.limits();
+    fn of(adapter: &crate::gpu::AdapterSummary) -> Self {
+        let (info, features, limits) = (&adapter.info, adapter.features, &adapter.limits);
         let driver = [info.driver.as_str(), info.driver_info.as_str()]
             .iter()
             .filter(|s| !s.is_empty())
@@ -106,19 +104,12 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// Every adapter wgpu finds on every backend (honouring `WGPU_BACKEND` and the other wgpu
-/// environment variables), and the one wgpu's high-performance request picks.
-pub fn adapters() -> (Vec<AdapterSummary>, Option<String>) {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    let preferred = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))
-    .ok()
-    .map(|a| a.get_info().name);
-    (found.iter().map(AdapterSummary::of).collect(), preferred)
+/// Every adapter wgpu finds (honouring `WGPU_BACKEND`).
+pub fn adapters() -> Vec<AdapterSummary> {
+    crate::gpu::adapters()
+        .iter()
+        .map(AdapterSummary::of)
+        .collect()
 }
 
 /// Runs `xent devices`.
@@ -131,7 +122,7 @@ pub fn run() -> Result<(), CliError> {
         supported.join(", "),
         rayon::current_num_threads()
     );
-    let (adapters, preferred) = adapters();
+    let adapters = adapters();
     if adapters.is_empty() {
         println!("gpu adapters: none found by wgpu");
     } else {
@@ -140,16 +131,17 @@ pub fn run() -> Result<(), CliError> {
             print!("  [{i}] {}", a.describe());
         }
     }
-    match (DeviceChoice::Auto.resolve(), device::gpu()) {
-        (Ok(d), Ok(_)) => println!("--device auto picks: {}", d.label),
-        (Ok(d), Err(why)) => {
-            println!("--device auto picks: {} ({why})", d.label);
-            if let Some(name) = preferred {
-                println!("wgpu's high-performance adapter would be: {name}");
-            }
-        }
-        (Err(e), _) => return Err(e),
+    match device::gpu() {
+        Ok(d) => println!("--device gpu picks: {}", d.label),
+        Err(why) => println!("--device gpu: unavailable ({why})"),
     }
+    let auto = DeviceChoice::Auto.resolve()?;
+    let why = if auto.is_gpu() {
+        ""
+    } else {
+        " (no hardware GPU; a software adapter is slower than the SIMD CPU path)"
+    };
+    println!("--device auto picks: {}{why}", auto.label);
     Ok(())
 }
 

@@ -302,7 +302,6 @@ fn logits_view<'a>(t: &'a Tensor, g: &Geometry) -> Logits<'a> {
 /// Runs `xent eval`.
 pub fn run(args: &EvalArgs) -> Result<(), CliError> {
     check_options(args)?;
-    let device = args.device.resolve()?;
     let load_start = Instant::now();
     let logits = read_tensor(&args.logits)?;
     if matches!(logits.data, Data::I32(_) | Data::I64(_)) {
@@ -358,7 +357,13 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         weights: args.weights.as_deref(),
         pos_weight: args.pos_weight.as_deref(),
     };
-    let eval = evaluate(args, &device.backend, batch, &g).map_err(|e| name_file(e, &sources))?;
+    // Every check of the data (target ranges, values, weights) runs before a device is opened,
+    // so a bad file is reported at once, and alone.
+    let loss = Loss::from_args(args);
+    loss.check(&batch).map_err(|e| name_file(e, &sources))?;
+    let device = args.device.resolve()?;
+    let eval =
+        evaluate(args, &loss, &device.backend, batch, &g).map_err(|e| name_file(e, &sources))?;
 
     if let Some(path) = &args.losses_out {
         let losses = eval.output.row_losses.as_deref().unwrap_or_default();
@@ -405,8 +410,49 @@ fn check_options(args: &EvalArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The loss a command line asks for, options checked by [`Loss::check`].
+enum Loss {
+    Softmax(CrossEntropy),
+    Binary(BinaryCrossEntropy),
+}
+
+impl Loss {
+    fn from_args(args: &EvalArgs) -> Loss {
+        match args.loss {
+            LossKind::Ce => {
+                let mut options = CrossEntropy::new()
+                    .reduction(args.reduction.into())
+                    .ignore_index(args.ignore_index.unwrap_or(-100))
+                    .label_smoothing(args.label_smoothing)
+                    .z_loss(args.z_loss)
+                    .logit_scale(args.logit_scale);
+                if let Some(cap) = args.softcap {
+                    options = options.softcap(cap);
+                }
+                if args.input == InputArg::Probabilities {
+                    options = options.input(InputKind::Probabilities { eps: args.eps });
+                }
+                Loss::Softmax(options)
+            }
+            LossKind::Bce => {
+                Loss::Binary(BinaryCrossEntropy::new().reduction(args.reduction.into()))
+            }
+        }
+    }
+
+    /// The library's own checks of options and data ([`plan`](crate::plan)), on the host.
+    fn check(&self, batch: &Batch<'_>) -> Result<(), Error> {
+        let request = Request::new();
+        match self {
+            Loss::Softmax(o) => crate::plan::softmax(o, batch, &request).map(drop),
+            Loss::Binary(o) => crate::plan::binary(o, batch, &request).map(drop),
+        }
+    }
+}
+
 fn evaluate(
     args: &EvalArgs,
+    loss: &Loss,
     backend: &crate::Backend,
     batch: Batch<'_>,
     g: &Geometry,
@@ -423,25 +469,9 @@ fn evaluate(
         request = request.gradient_into(grad);
     }
     let start = Instant::now();
-    let output = match args.loss {
-        LossKind::Ce => {
-            let mut options = CrossEntropy::new()
-                .reduction(args.reduction.into())
-                .ignore_index(args.ignore_index.unwrap_or(-100))
-                .label_smoothing(args.label_smoothing)
-                .z_loss(args.z_loss)
-                .logit_scale(args.logit_scale);
-            if let Some(cap) = args.softcap {
-                options = options.softcap(cap);
-            }
-            if args.input == InputArg::Probabilities {
-                options = options.input(InputKind::Probabilities { eps: args.eps });
-            }
-            options.compute(backend, batch, request.metrics())?
-        }
-        LossKind::Bce => BinaryCrossEntropy::new()
-            .reduction(args.reduction.into())
-            .compute(backend, batch, request)?,
+    let output = match loss {
+        Loss::Softmax(options) => options.compute(backend, batch, request.metrics())?,
+        Loss::Binary(options) => options.compute(backend, batch, request)?,
     };
     let seconds = start.elapsed().as_secs_f64();
     Ok(Evaluation {

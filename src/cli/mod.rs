@@ -1,9 +1,9 @@
 //! The `xent` command: `eval` a logits file, `bench` the GPU and CPU paths against a naive
 //! implementation, list `devices`. `src/bin/xent.rs` only calls [`main`].
 //!
-//! Layout: [`files`] (reading `.npy`/`.safetensors`, writing `.npy`), [`eval`], [`bench`] (with
+//! Layout: [`files`] (reading `.npy`/`.safetensors`, writing `.npy`), [`eval`], [`bench`](mod@bench) (with
 //! the unfused baseline in [`naive`] and the bandwidth probes in [`probe`]), [`devices`], and
-//! [`device`] (the `--device` choice, the one place that knows whether a GPU backend exists).
+//! [`device`] (the `--device` choice, the one place that opens a GPU).
 //!
 //! Errors print one line, `xent: <file>: <problem>`, to stderr. Exit codes: 0 success, 2 a bad
 //! input file or argument, 1 anything else (a device that can't be used, an output file that
