@@ -593,6 +593,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .expect("a valid template"),
     );
+    // Keep the spinner and clock moving through long single measurements.
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let mut bench = Bench {
         args,
         cpu,

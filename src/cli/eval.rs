@@ -174,7 +174,8 @@ fn geometry(logits: &Tensor, loss: LossKind) -> Result<Geometry, CliError> {
             Geometry {
                 rows: shape[0] * spatial,
                 classes: shape[1],
-                spatial: Some(spatial),
+                // No positions at all: an empty batch, as contiguous rows.
+                spatial: (spatial > 0).then_some(spatial),
                 loss_shape,
             }
         }
