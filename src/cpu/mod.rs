@@ -206,6 +206,7 @@ impl Ctx<'_> {
         let wants_grad = in_place || grad.is_some();
         let (mut x_buf, mut t_buf, mut g_buf) =
             (vec![0f32; classes], vec![0f32; classes], Vec::new());
+        let mut z_buf = vec![0f32; row::CHUNK];
         let mut out = BlockOut {
             rows: Vec::with_capacity(rows),
             elements: Vec::new(),
@@ -264,7 +265,7 @@ impl Ctx<'_> {
                 continue;
             }
 
-            let result = self.forward(row, x, t);
+            let result = self.forward(row, x, t, &mut z_buf);
             out.rows.push(result);
             if !wants_grad {
                 continue;
@@ -328,7 +329,7 @@ impl Ctx<'_> {
     }
 
     /// Forward of one softmax row (logits or probabilities).
-    fn forward(&self, row: usize, x: &[f32], t: Option<&[f32]>) -> RowResult {
+    fn forward(&self, row: usize, x: &[f32], t: Option<&[f32]>, z_buf: &mut [f32]) -> RowResult {
         let opts = self.plan.softmax();
         let classes = self.plan.classes;
         let eps = opts.label_smoothing as f64;
@@ -388,6 +389,7 @@ impl Ctx<'_> {
                 transform,
                 want_wz: valid && eps > 0.0,
                 want_entropy: self.want_metrics,
+                z_buf,
             },
         );
         let lse = st.lse();

@@ -118,6 +118,8 @@ pub struct Forward<'a> {
     pub want_wz: bool,
     /// Accumulate `Σ exp(z − m)·z` (entropy).
     pub want_entropy: bool,
+    /// Room for one chunk of `z` (at least [`CHUNK`] values), reused across rows.
+    pub z_buf: &'a mut [f32],
 }
 
 impl SimdOp for Forward<'_> {
@@ -130,7 +132,7 @@ impl SimdOp for Forward<'_> {
         let (zero, one) = (ops.zero(), ops.one());
         let neg_inf = ops.splat(f32::NEG_INFINITY);
         let lowest = ops.splat(f32::MIN);
-        let mut z_buf = [0f32; CHUNK];
+        let z_buf = &mut self.z_buf[..CHUNK];
         let mut st = RowStats {
             max: f32::NEG_INFINITY,
             ..RowStats::default()

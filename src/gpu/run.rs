@@ -457,9 +457,9 @@ impl Gpu {
                 // Pass 1: partials.
                 let x4 = batch.dtype == Dtype::F32
                     && layout == Layout::Rows
-                    && classes % 4 == 0
-                    && logits_scalar.size % 16 == 0
-                    && p.elem_offset % 4 == 0;
+                    && classes.is_multiple_of(4)
+                    && logits_scalar.size.is_multiple_of(16)
+                    && p.elem_offset.is_multiple_of(4);
                 let variant = Variant {
                     kernel: Kernel::SoftmaxPartials,
                     load: if x4 { LogitLoad::F32x4 } else { scalar_load },

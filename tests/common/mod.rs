@@ -209,7 +209,7 @@ impl Case {
 
     /// Reinterprets the rows as (rows/spatial, C, spatial): permutes logits and dense targets.
     pub fn class_dim1(mut self, spatial: usize) -> Case {
-        assert!(spatial > 0 && self.rows % spatial == 0);
+        assert!(spatial > 0 && self.rows.is_multiple_of(spatial));
         let permute = |v: &[f32]| {
             let mut out = vec![0f32; v.len()];
             let layout = xent::Layout::ClassDim1 { spatial };

@@ -1,0 +1,277 @@
+//! Criterion benchmarks: xent's fused CPU path against a plain SIMD read / copy of the same
+//! logits (the memory-bandwidth bound) and against the naive unfused implementation; and the
+//! GPU kernels against both on the same shapes.
+//!
+//! Run: `cargo bench --bench loss` (`XENT_BENCH_ROWS=…` scales the CPU shape down). After the
+//! groups run it prints forward / read and forward+backward / copy, the ratios issue #2 targets
+//! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32).
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wgpu::util::DeviceExt;
+use xent::cli::{naive, probe};
+use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu};
+use xent::{Backend, Batch, CrossEntropy, Dtype, Layout, Logits, Request};
+
+/// Fastest time per iteration seen for each benchmark, for the ratios printed at the end.
+fn fastest() -> &'static Mutex<HashMap<String, Duration>> {
+    static BEST: OnceLock<Mutex<HashMap<String, Duration>>> = OnceLock::new();
+    BEST.get_or_init(Default::default)
+}
+
+/// Times `f` the criterion way, remembering the fastest per-iteration time under `name`.
+fn timed(name: &str, iters: u64, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    let total = start.elapsed();
+    let per = total / iters.max(1) as u32;
+    let mut best = fastest().lock().unwrap();
+    let entry = best.entry(name.to_string()).or_insert(per);
+    *entry = (*entry).min(per);
+    total
+}
+
+struct Data {
+    rows: usize,
+    classes: usize,
+    logits: Vec<f32>,
+    targets: Vec<i64>,
+}
+
+fn data(rows: usize, classes: usize) -> Data {
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let logits = (0..rows * classes).map(|_| 6.0 * next() - 3.0).collect();
+    let targets = (0..rows).map(|i| ((i * 7919) % classes) as i64).collect();
+    Data {
+        rows,
+        classes,
+        logits,
+        targets,
+    }
+}
+
+fn cpu(c: &mut Criterion) {
+    let rows: usize = std::env::var("XENT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let d = data(rows, 32_000);
+    let bytes = (d.logits.len() * 4) as u64;
+    let mut group = c.benchmark_group(format!("cpu {}x{} f32", d.rows, d.classes));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Bytes(bytes));
+    let mut grad = vec![0f32; d.logits.len()];
+    let loss = CrossEntropy::new();
+
+    group.bench_function("read (SIMD sum)", |b| {
+        b.iter_custom(|n| timed("read", n, || _ = black_box(probe::read_pass(&d.logits))))
+    });
+    group.bench_function("copy", |b| {
+        b.iter_custom(|n| timed("copy", n, || probe::copy_pass(&d.logits, &mut grad)))
+    });
+    group.bench_function("xent forward", |b| {
+        b.iter_custom(|n| {
+            timed("forward", n, || {
+                let batch = Batch::new(Logits::new(&d.logits, d.rows, d.classes), &d.targets[..]);
+                black_box(loss.compute(&Backend::Cpu, batch, Request::new()).unwrap());
+            })
+        })
+    });
+    group.bench_function("xent forward+backward", |b| {
+        b.iter_custom(|n| {
+            timed("forward+backward", n, || {
+                let batch = Batch::new(Logits::new(&d.logits, d.rows, d.classes), &d.targets[..]);
+                black_box(
+                    loss.compute(
+                        &Backend::Cpu,
+                        batch,
+                        Request::new().gradient_into(&mut grad),
+                    )
+                    .unwrap(),
+                );
+            })
+        })
+    });
+    let mut scratch = naive::Scratch::default();
+    group.bench_function("naive forward", |b| {
+        b.iter_custom(|n| {
+            timed("naive forward", n, || {
+                _ = black_box(naive::forward(
+                    &d.logits,
+                    d.rows,
+                    d.classes,
+                    &d.targets,
+                    &mut scratch,
+                ))
+            })
+        })
+    });
+    group.bench_function("naive forward+backward", |b| {
+        b.iter_custom(|n| {
+            timed("naive forward+backward", n, || {
+                _ = black_box(naive::forward_backward(
+                    &d.logits,
+                    d.rows,
+                    d.classes,
+                    &d.targets,
+                    &mut scratch,
+                    &mut grad,
+                ))
+            })
+        })
+    });
+    group.finish();
+}
+
+/// GPU vs CPU vs naive on shapes llvmpipe finishes quickly; GPU work is timed from submit to
+/// the device going idle, with the logits already resident (as in training).
+fn gpu(c: &mut Criterion) {
+    let gpu = match Gpu::new() {
+        Ok(g) => Arc::new(g),
+        Err(e) => {
+            eprintln!("!!! no GPU adapter ({e}): GPU benchmarks skipped !!!");
+            return;
+        }
+    };
+    for (rows, classes) in [(16_384usize, 1000usize), (512, 32_000)] {
+        let d = data(rows, classes);
+        let mut group = c.benchmark_group(format!("{rows}x{classes} f32 forward+backward"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2));
+        group.throughput(Throughput::Bytes((d.logits.len() * 4 * 3) as u64));
+        let device = gpu.device();
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let logits = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&d.logits),
+            usage,
+        });
+        let targets = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&d.targets),
+            usage,
+        });
+        let loss_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 16,
+            usage,
+            mapped_at_creation: false,
+        });
+        let grad_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: (d.logits.len() * 4) as u64,
+            usage,
+            mapped_at_creation: false,
+        });
+        let batch = DeviceBatch {
+            logits: &logits,
+            dtype: Dtype::F32,
+            rows,
+            classes,
+            layout: Layout::Rows,
+            targets: DeviceTargets::I64(&targets),
+            class_weights: None,
+            pos_weight: None,
+        };
+        let outputs = DeviceOutputs {
+            loss: &loss_buffer,
+            rows: None,
+            gradient: DeviceGradient::Into(&grad_buffer),
+            upstream: None,
+            upstream_scalar: 1.0,
+        };
+        group.bench_function(BenchmarkId::new("xent-gpu", gpu.name()), |b| {
+            b.iter_custom(|n| {
+                timed(&format!("gpu {rows}x{classes}"), n, || {
+                    let mut encoder = device.create_command_encoder(&Default::default());
+                    gpu.record_cross_entropy(&mut encoder, &CrossEntropy::new(), &batch, &outputs)
+                        .unwrap();
+                    gpu.queue().submit([encoder.finish()]);
+                    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                })
+            })
+        });
+        let mut grad = vec![0f32; d.logits.len()];
+        group.bench_function("xent-cpu", |b| {
+            b.iter_custom(|n| {
+                timed(&format!("cpu {rows}x{classes}"), n, || {
+                    let batch = Batch::new(Logits::new(&d.logits, rows, classes), &d.targets[..]);
+                    black_box(
+                        CrossEntropy::new()
+                            .compute(
+                                &Backend::Cpu,
+                                batch,
+                                Request::new().gradient_into(&mut grad),
+                            )
+                            .unwrap(),
+                    );
+                })
+            })
+        });
+        let mut scratch = naive::Scratch::default();
+        group.bench_function("naive-cpu", |b| {
+            b.iter_custom(|n| {
+                timed(&format!("naive {rows}x{classes}"), n, || {
+                    _ = black_box(naive::forward_backward(
+                        &d.logits,
+                        rows,
+                        classes,
+                        &d.targets,
+                        &mut scratch,
+                        &mut grad,
+                    ))
+                })
+            })
+        });
+        group.finish();
+    }
+}
+
+fn ratios(_: &mut Criterion) {
+    let best = fastest().lock().unwrap();
+    let ratio = |a: &str, b: &str| match (best.get(a), best.get(b)) {
+        (Some(a), Some(b)) => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "n/a".into(),
+    };
+    println!(
+        "\nforward / read:            {} (target ≤ 1.25)",
+        ratio("forward", "read")
+    );
+    println!(
+        "forward+backward / copy:   {} (target ≤ 1.40)",
+        ratio("forward+backward", "copy")
+    );
+    println!(
+        "naive forward / xent:      {}",
+        ratio("naive forward", "forward")
+    );
+    println!(
+        "naive fwd+bwd / xent:      {}",
+        ratio("naive forward+backward", "forward+backward")
+    );
+}
+
+criterion_group!(benches, cpu, gpu, ratios);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
