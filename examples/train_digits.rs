@@ -67,7 +67,7 @@ struct Args {
     /// Update rule.
     #[arg(long, value_enum, default_value = "adam")]
     optimizer: OptimizerArg,
-    /// Learning rate (default 0.003 for Adam, 0.1 for SGD).
+    /// Learning rate (default 0.01 for Adam, 0.3 for SGD).
     #[arg(long)]
     lr: Option<f32>,
     /// Seed of the initialization and the shuffles.
@@ -107,10 +107,7 @@ fn run(args: Args) -> Result<(), digits::Error> {
         hidden: args.hidden,
         epochs: args.epochs,
         batch: args.batch,
-        lr: args.lr.unwrap_or(match optimizer {
-            Optimizer::Adam => 3e-3,
-            Optimizer::Sgd => 0.1,
-        }),
+        lr: args.lr.unwrap_or(optimizer.default_lr()),
         optimizer,
         seed: args.seed,
         steps_per_log: args.steps_per_log,

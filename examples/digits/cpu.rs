@@ -51,8 +51,9 @@ pub fn dense_backward_input(
             for j in 0..outputs {
                 acc += dy[n * outputs + j] * theta[k * outputs + j];
             }
-            // `!(x > 0)` rather than `x <= 0`: NaN is masked too, as in the shader.
-            if relu_input && !(x[n * inputs + k] > 0.0) {
+            // `x > 0` is false for NaN too, so NaN is masked, as in the shader.
+            let passed = x[n * inputs + k] > 0.0;
+            if relu_input && !passed {
                 acc = 0.0;
             }
             dx[n * inputs + k] = acc;
