@@ -1,5 +1,21 @@
 //! Device-resident inputs and outputs: for trainers whose logits already live in a
 //! `wgpu::Buffer` and who record the loss into their own command encoder.
+//!
+//! What the caller's side needs (`examples/train_digits.rs` is a whole trainer built this way):
+//! - A device allowing 256-invocation workgroups and 8 storage buffers per shader stage:
+//!   `wgpu::Limits::default()` or the adapter's own limits. `Limits::downlevel_defaults()`
+//!   allows only 4 storage buffers, and [`Gpu::from_device`](super::Gpu::from_device) refuses it.
+//! - Buffers with `STORAGE` usage and nothing else: a recorded call neither copies nor clears
+//!   the caller's buffers (add `COPY_SRC` only to copy results out yourself).
+//! - Every buffer is used from byte 0 (there are no offsets): a minibatch that is a slice of a
+//!   larger buffer is copied or gathered into a buffer of its own first.
+//! - Scratch buffers are xent's and are reused by the next call; recorded calls run in the
+//!   order they were recorded (in one encoder or across submits), so reuse is safe, and each
+//!   call allocates only a small uniform buffer and its bind groups.
+//! - A target out of range sets one flag shared by every recorded call on that
+//!   [`Gpu`](super::Gpu) until [`Gpu::take_target_error`](super::Gpu::take_target_error) reads
+//!   it (the lowest such row of any of those calls). A host-slice call on the same `Gpu`
+//!   clears the flag first, so take it before making one.
 
 use crate::input::{Dtype, Layout};
 
