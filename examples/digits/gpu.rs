@@ -108,13 +108,14 @@ enum Slot {
 
 /// A compiled kernel with its explicit bind-group layout.
 struct Kernel {
+    name: &'static str,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
 }
 
 impl Kernel {
     /// Compiles `source` (with `const WG` prepended); binding `i` of group 0 is `slots[i]`.
-    fn new(device: &wgpu::Device, name: &str, source: &str, slots: &[Slot]) -> Kernel {
+    fn new(device: &wgpu::Device, name: &'static str, source: &str, slots: &[Slot]) -> Kernel {
         let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
             .iter()
             .enumerate()
@@ -157,7 +158,11 @@ impl Kernel {
             compilation_options: Default::default(),
             cache: None,
         });
-        Kernel { pipeline, layout }
+        Kernel {
+            name,
+            pipeline,
+            layout,
+        }
     }
 }
 
@@ -214,9 +219,11 @@ impl Kernels {
 
 /// One recorded dispatch, built once and replayed every step.
 struct Dispatch {
+    name: &'static str,
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
-    workgroups: u32,
+    /// A 1D grid; checked against the device's limit once, in `Trainer::new`.
+    workgroups: u64,
 }
 
 impl Dispatch {
@@ -253,9 +260,10 @@ impl Dispatch {
             entries: &entries,
         });
         Dispatch {
+            name: kernel.name,
             pipeline: kernel.pipeline.clone(),
             group,
-            workgroups: (invocations as u32).div_ceil(WG).max(1),
+            workgroups: (invocations as u64).div_ceil(WG as u64).max(1),
         }
     }
 }
@@ -269,7 +277,7 @@ fn record(encoder: &mut wgpu::CommandEncoder, label: &str, dispatches: &[Dispatc
     for d in dispatches {
         pass.set_pipeline(&d.pipeline);
         pass.set_bind_group(0, &d.group, &[]);
-        pass.dispatch_workgroups(d.workgroups, 1, 1);
+        pass.dispatch_workgroups(d.workgroups as u32, 1, 1);
     }
 }
 
@@ -547,6 +555,21 @@ impl Trainer {
                     ));
                 }
             }
+        }
+
+        let limit = device.limits().max_compute_workgroups_per_dimension as u64;
+        if let Some(d) = forward
+            .iter()
+            .chain(&backward)
+            .chain(&held_forward)
+            .find(|d| d.workgroups > limit)
+        {
+            return Err(format!(
+                "{} would need {} workgroups, over the device's {limit} per dimension \
+                 (use a smaller --batch or --hidden)",
+                d.name, d.workgroups
+            )
+            .into());
         }
 
         Ok(Trainer {
