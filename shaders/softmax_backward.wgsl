@@ -6,6 +6,8 @@
 // where a (cross-entropy part) and b (z-loss part) are the reduction's scales: the upstream
 // value per row for `none`, the scalar upstream for `sum`, and upstream/D, upstream/V for
 // `mean`, D and V read from the reduced totals, so device-resident calls need no readback.
+// Vocab-parallel shards pass the scales already folded into the row coefficients
+// (reduction 3) and ε/C with the global C.
 // Probability inputs: kce = 0 and dz/dq = 1/q (0 where q was clamped). Ignored rows get 0,
 // rows whose loss is NaN get NaN.
 //
@@ -54,10 +56,18 @@ fn gradient(f: u32) -> f32 {
     let z = transform(select(p.scale * x, x, p.prob_eps > 0.0));
     let prob = select(exp(z - k.lse), 0.0, p.prob_eps > 0.0);
     let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
-    var per_class = p.smoothing / f32(p.classes);
+    var per_class = p.uniform;
     if (has(FLAG_DENSE)) { per_class += (1.0 - p.smoothing) * dense_target(p.f32_offset + f); }
-    var dz = (ab.x * k.kce + ab.y * k.zcoef) * prob - ab.x * w * per_class;
-    if (i32(c) == k.y) { dz -= ab.x * k.wy; }
+    var p_coef = ab.x * k.kce + ab.y * k.zcoef;
+    var a = ab.x;
+    var target_term = ab.x * k.wy;
+    if (p.reduction == 3u) {
+        p_coef = k.kce;
+        a = k.scale;
+        target_term = k.wy;
+    }
+    var dz = p_coef * prob - a * w * per_class;
+    if (i32(c) == k.y) { dz -= target_term; }
     return dz * slope(x, z);
 }
 

@@ -35,6 +35,7 @@ pub mod options;
 pub mod output;
 pub mod plan;
 pub mod reference;
+pub mod shard;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

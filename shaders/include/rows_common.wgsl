@@ -20,6 +20,6 @@ struct RowCoef {
     y: i32,       // the target class, or −1
     fill: u32,    // 0: compute, 1: zero (ignored row), 2: NaN (NaN loss)
     zcoef: f32,   // 2λ·lse
-    _pad0: u32,
+    scale: f32,   // a, when the reduction is 3 (prescaled: kce and wy already carry a)
     _pad1: u32,
 }

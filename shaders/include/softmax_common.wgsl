@@ -14,13 +14,13 @@ struct Params {
     tpr: u32,           // invocations per row segment (power of two, ≤ WG)
     flags: u32,         // FLAG_* below
     elems: u32,         // elements in this chunk (backward, BCE)
-    reduction: u32,     // 0 none, 1 sum, 2 mean
+    reduction: u32,     // 0 none, 1 sum, 2 mean, 3 scales already in the row coefficients
     scale: f32,         // logit scale s
     cap: f32,           // softcap (0: off)
     prob_eps: f32,      // probability clamp (0: logits)
     smoothing: f32,     // ε
     z_loss: f32,        // λ
-    _unused: f32,
+    uniform: f32,       // ε / C, C the global class count (vocab-parallel shards differ)
     ignore_lo: u32,     // ignore_index, low and high words of the i64
     ignore_hi: u32,
     upstream: f32,      // scalar upstream gradient for sum / mean

@@ -12,7 +12,10 @@
 
 pub mod row;
 pub mod scalar;
+mod shard;
 pub mod simd;
+
+pub use shard::{shard_backward, shard_partials};
 
 pub use simd::SimdLevel;
 

@@ -16,6 +16,7 @@ pub mod kernels;
 mod launch;
 mod pool;
 mod run;
+mod shard;
 
 pub use device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
 pub use launch::{launch_shape, Shape};

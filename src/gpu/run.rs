@@ -34,43 +34,43 @@ impl<'a> Window<'a> {
 /// Launch parameters, mirrored by `Params` in `shaders/include/softmax_common.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    classes: u32,
-    spatial: u32,
-    row0: u32,
-    elem_offset: u32,
-    f32_offset: u32,
-    splits: u32,
-    span: u32,
-    tpr: u32,
-    flags: u32,
-    elems: u32,
-    reduction: u32,
-    scale: f32,
-    cap: f32,
-    prob_eps: f32,
-    smoothing: f32,
-    z_loss: f32,
-    _unused: f32,
-    ignore_lo: u32,
-    ignore_hi: u32,
-    upstream: f32,
-    denominator: f32,
-    _pad: [u32; 2],
+pub(super) struct Params {
+    pub(super) rows: u32,
+    pub(super) classes: u32,
+    pub(super) spatial: u32,
+    pub(super) row0: u32,
+    pub(super) elem_offset: u32,
+    pub(super) f32_offset: u32,
+    pub(super) splits: u32,
+    pub(super) span: u32,
+    pub(super) tpr: u32,
+    pub(super) flags: u32,
+    pub(super) elems: u32,
+    pub(super) reduction: u32,
+    pub(super) scale: f32,
+    pub(super) cap: f32,
+    pub(super) prob_eps: f32,
+    pub(super) smoothing: f32,
+    pub(super) z_loss: f32,
+    pub(super) uniform: f32,
+    pub(super) ignore_lo: u32,
+    pub(super) ignore_hi: u32,
+    pub(super) upstream: f32,
+    pub(super) denominator: f32,
+    pub(super) _pad: [u32; 2],
 }
 
-const FLAG_WEIGHTS: u32 = 1;
+pub(super) const FLAG_WEIGHTS: u32 = 1;
 const FLAG_DENSE: u32 = 2;
-const FLAG_WANT_WZ: u32 = 4;
-const FLAG_ENTROPY: u32 = 8;
+pub(super) const FLAG_WANT_WZ: u32 = 4;
+pub(super) const FLAG_ENTROPY: u32 = 8;
 const FLAG_UPSTREAM: u32 = 16;
 const FLAG_POS_WEIGHT: u32 = 32;
 const FLAG_KEEP_LOSSES: u32 = 64;
 const FLAG_GRADIENT: u32 = 128;
 
 /// Bytes of one `Partial` (`softmax_common.wgsl`).
-const PARTIAL_BYTES: u64 = 48;
+pub(super) const PARTIAL_BYTES: u64 = 48;
 /// Bytes of one `RowCoef`.
 const COEF_BYTES: u64 = 32;
 /// Largest piece read back at once.
@@ -86,7 +86,7 @@ pub enum Job {
 }
 
 /// Which of the row chunks a window covers, and the element offset inside it.
-fn window<'a>(
+pub(super) fn window<'a>(
     buffer: &'a wgpu::Buffer,
     first: u64,
     count: u64,
@@ -110,13 +110,13 @@ fn window<'a>(
 }
 
 /// Workgroups for `invocations` as a 2D grid (x ≤ 65 535).
-fn grid(invocations: u64) -> (u32, u32) {
+pub(super) fn grid(invocations: u64) -> (u32, u32) {
     let groups = invocations.div_ceil(WORKGROUP_SIZE as u64).max(1);
     let x = groups.min(65_535);
     (x as u32, groups.div_ceil(x) as u32)
 }
 
-fn storage_usage() -> wgpu::BufferUsages {
+pub(super) fn storage_usage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
 }
 
@@ -351,6 +351,7 @@ impl Gpu {
                     InputKind::Probabilities { eps } => eps,
                 };
                 base.smoothing = o.label_smoothing;
+                base.uniform = o.label_smoothing / classes as f32;
                 base.z_loss = o.z_loss;
                 base.ignore_lo = o.ignore_index as u64 as u32;
                 base.ignore_hi = ((o.ignore_index as u64) >> 32) as u32;
@@ -646,7 +647,12 @@ impl Gpu {
     }
 
     /// Reads `len` bytes of `buffer` back to the host, in staging pieces.
-    fn read_back(&self, pool: &mut Pool, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+    pub(super) fn read_back(
+        &self,
+        pool: &mut Pool,
+        buffer: &wgpu::Buffer,
+        len: u64,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len as usize);
         let mut offset = 0;
         while offset < len {
@@ -684,7 +690,7 @@ impl Gpu {
     }
 
     /// Uploads `bytes` (padded to 4) into the pool buffer `role`.
-    fn upload(&self, pool: &mut Pool, role: &'static str, bytes: &[u8]) -> wgpu::Buffer {
+    pub(super) fn upload(&self, pool: &mut Pool, role: &'static str, bytes: &[u8]) -> wgpu::Buffer {
         let buffer = pool.get(&self.device, role, bytes.len() as u64 + 16, storage_usage());
         let whole = bytes.len() / 4 * 4;
         if whole > 0 {

@@ -1,0 +1,149 @@
+//! The CPU side of vocabulary-parallel cross-entropy: one shard's partials and its gradient,
+//! with the same fused row kernels as the unsharded path.
+
+use super::row::{Backward, Forward, RowIo, Transform, CHUNK};
+use super::simd::{dispatch, SimdLevel};
+use crate::input::{Element, Logits, Storage, Targets};
+use crate::options::CrossEntropy;
+use crate::shard::{Combined, RowPartial, Shard};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Row `row` of row-major logits as f32: borrowed for f32, widened into `buf` otherwise.
+pub(crate) fn row_f32<'a>(logits: &'a Logits<'_>, row: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    let c = logits.classes();
+    let span = row * c..(row + 1) * c;
+    fn widen<'b, T: Element>(src: &[T], buf: &'b mut [f32]) -> &'b [f32] {
+        T::widen(src, buf);
+        buf
+    }
+    match &logits.storage {
+        Storage::F32(d) => &d[span],
+        Storage::F32Mut(d) => &d[span],
+        Storage::F16(d) => widen::<f16>(&d[span], buf),
+        Storage::F16Mut(d) => widen::<f16>(&d[span], buf),
+        Storage::Bf16(d) => widen::<bf16>(&d[span], buf),
+        Storage::Bf16Mut(d) => widen::<bf16>(&d[span], buf),
+    }
+}
+
+fn transform(options: &CrossEntropy) -> Transform {
+    Transform {
+        scale: options.logit_scale,
+        softcap: options.softcap,
+    }
+}
+
+/// Per-row partials of one shard (inputs already checked).
+pub fn shard_partials(
+    level: SimdLevel,
+    options: &CrossEntropy,
+    shard: Shard,
+    logits: &Logits<'_>,
+    targets: Targets<'_>,
+    w: Option<&[f32]>,
+) -> Vec<RowPartial> {
+    let transform = transform(options);
+    let weight_sum = w.map_or(shard.width as f64, |w| w.iter().map(|&v| v as f64).sum()) as f32;
+    let end = (shard.start + shard.width) as i64;
+    (0..logits.rows())
+        .into_par_iter()
+        .map_init(
+            || (vec![0f32; shard.width], vec![0f32; CHUNK]),
+            |(x_buf, z_buf), row| {
+                let x = row_f32(logits, row, x_buf);
+                let st = dispatch(
+                    level,
+                    Forward {
+                        x,
+                        t: None,
+                        w,
+                        transform,
+                        want_wz: options.label_smoothing > 0.0,
+                        want_entropy: true,
+                        z_buf,
+                    },
+                );
+                let y = targets.index(row).unwrap_or_default();
+                let mine = y != options.ignore_index && (shard.start as i64..end).contains(&y);
+                let local = (y - shard.start as i64).max(0) as usize;
+                RowPartial {
+                    max: st.max,
+                    sum_exp: st.sum_exp as f32,
+                    sum_ez: st.sum_ez as f32,
+                    sum_wz: st.sum_wz as f32,
+                    weight_sum,
+                    target_z: if mine {
+                        transform.scalar(x[local])
+                    } else {
+                        0.0
+                    },
+                    target_weight: if mine {
+                        w.map_or(1.0, |w| w[local])
+                    } else {
+                        0.0
+                    },
+                    has_target: mine as u32,
+                    argmax: (shard.start + st.argmax as usize) as u32,
+                    nan_index: if st.nans > 0 {
+                        (shard.start
+                            + x.iter()
+                                .position(|&v| transform.scalar(v).is_nan())
+                                .unwrap_or(0)) as u32
+                    } else {
+                        u32::MAX
+                    },
+                    _pad: [0; 2],
+                }
+            },
+        )
+        .collect()
+}
+
+/// The gradient of one shard's columns (inputs already checked).
+pub fn shard_backward(
+    level: SimdLevel,
+    options: &CrossEntropy,
+    shard: Shard,
+    logits: &Logits<'_>,
+    w: Option<&[f32]>,
+    combined: &Combined,
+    gradient: &mut [f32],
+) {
+    let transform = transform(options);
+    let e = options.label_smoothing / shard.classes as f32;
+    gradient
+        .par_chunks_mut(shard.width)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; shard.width],
+            |x_buf, (row, g)| {
+                let r = &combined.rows[row];
+                match r.fill {
+                    1 => g.fill(0.0),
+                    2 => g.fill(f32::NAN),
+                    _ => {
+                        let x = row_f32(logits, row, x_buf);
+                        let local = r.target - shard.start as i64;
+                        let target_fix = (0..shard.width as i64).contains(&local).then(|| {
+                            let zy = transform.scalar(x[local as usize]);
+                            (local as usize, r.target_term * transform.scalar_slope(zy))
+                        });
+                        let op = Backward {
+                            io: RowIo::Separate(x, g),
+                            t: None,
+                            w,
+                            transform,
+                            lse: r.lse,
+                            k: r.p_coefficient,
+                            a: r.scale,
+                            b: 0.0,
+                            e,
+                            target_fix,
+                        };
+                        dispatch(level, op);
+                    }
+                }
+            },
+        );
+}

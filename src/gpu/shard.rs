@@ -1,0 +1,397 @@
+//! The GPU side of vocabulary-parallel cross-entropy: the partials kernel over one shard's
+//! columns, and the backward kernel driven by the combined (global) row coefficients.
+
+use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
+use super::launch::{chunks, launch_shape};
+use super::run::{
+    grid, storage_usage, window, Params, Window, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
+    PARTIAL_BYTES,
+};
+use super::Gpu;
+use crate::error::{Error, Result};
+use crate::input::{Dtype, Layout, Logits, Storage, Targets};
+use crate::options::CrossEntropy;
+use crate::shard::{Combined, RowPartial, Shard};
+use wgpu::util::DeviceExt;
+
+/// `Partial` of `shaders/include/softmax_common.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Partial {
+    m: f32,
+    s: f32,
+    arg: u32,
+    nan_arg: u32,
+    wz: f32,
+    wt: f32,
+    wtz: f32,
+    ez: f32,
+    te: f32,
+    tmax: f32,
+    targ: u32,
+    w_all: f32,
+}
+
+/// `RowCoef` of `shaders/include/rows_common.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct RowCoef {
+    lse: f32,
+    kce: f32,
+    wy: f32,
+    y: i32,
+    fill: u32,
+    zcoef: f32,
+    scale: f32,
+    _pad: u32,
+}
+
+fn logit_bytes<'a>(logits: &'a Logits<'_>) -> &'a [u8] {
+    match &logits.storage {
+        Storage::F32(d) => bytemuck::cast_slice(d),
+        Storage::F16(d) => bytemuck::cast_slice(d),
+        Storage::Bf16(d) => bytemuck::cast_slice(d),
+        Storage::F32Mut(d) => bytemuck::cast_slice(d),
+        Storage::F16Mut(d) => bytemuck::cast_slice(d),
+        Storage::Bf16Mut(d) => bytemuck::cast_slice(d),
+    }
+}
+
+fn scalar_load(dtype: Dtype) -> LogitLoad {
+    match dtype {
+        Dtype::F32 => LogitLoad::F32,
+        Dtype::F16 => LogitLoad::F16,
+        Dtype::Bf16 => LogitLoad::Bf16,
+    }
+}
+
+impl Gpu {
+    /// Launch parameters shared by both shard kernels.
+    fn shard_params(&self, options: &CrossEntropy, shard: Shard, weighted: bool) -> Params {
+        Params {
+            classes: shard.width as u32,
+            scale: options.logit_scale,
+            cap: options.softcap.unwrap_or(0.0),
+            smoothing: options.label_smoothing,
+            uniform: options.label_smoothing / shard.classes as f32,
+            z_loss: options.z_loss,
+            flags: if weighted { FLAG_WEIGHTS } else { 0 },
+            ..Params::default()
+        }
+    }
+
+    /// One shard's per-row partials (inputs already checked): the partials kernel on the
+    /// device, the split merge and the target's logit on the host.
+    pub(crate) fn shard_partials(
+        &self,
+        options: &CrossEntropy,
+        shard: Shard,
+        logits: &Logits<'_>,
+        targets: Targets<'_>,
+        w: Option<&[f32]>,
+    ) -> Result<Vec<RowPartial>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = &mut *pool;
+        let rows = logits.rows();
+        let dtype = logits.dtype();
+        let elem = dtype.size() as u64;
+        let shape = launch_shape(rows, shard.width, Layout::Rows);
+        let chunk_list = chunks(
+            rows,
+            shard.width,
+            Layout::Rows,
+            elem,
+            self.max_binding,
+            self.storage_alignment,
+        )
+        .ok_or_else(|| {
+            Error::Unsupported(
+                "one shard row is larger than the device's storage binding limit".into(),
+            )
+        })?;
+        let records: Vec<Partial> = self.scoped(|| {
+            let logits_buffer = self.upload(pool, "xent upload logits", logit_bytes(logits));
+            let weights =
+                w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
+            let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
+            let partials = pool.get(
+                &self.device,
+                "xent partials",
+                (rows as u64 * shape.splits as u64 * PARTIAL_BYTES).max(16),
+                storage_usage(),
+            );
+            let mut base = self.shard_params(options, shard, w.is_some());
+            base.flags |= FLAG_ENTROPY
+                | if options.label_smoothing > 0.0 {
+                    FLAG_WANT_WZ
+                } else {
+                    0
+                };
+            base.splits = shape.splits;
+            base.span = shape.span;
+            base.tpr = shape.tpr;
+            let x4 = dtype == Dtype::F32 && shard.width.is_multiple_of(4);
+            let variant = Variant {
+                kernel: Kernel::SoftmaxPartials,
+                load: if x4 {
+                    LogitLoad::F32x4
+                } else {
+                    scalar_load(dtype)
+                },
+                targets: TargetLoad::I32,
+                store: Store::Separate,
+                subgroups: self.variant == super::ShaderVariant::Subgroup,
+            };
+            let pipeline = self.pipeline(variant);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            for chunk in chunk_list.iter().filter(|c| c.rows > 0) {
+                let first = chunk.row0 as u64 * shard.width as u64;
+                let count = chunk.rows as u64 * shard.width as u64;
+                let (logits_window, elem_offset) = window(
+                    &logits_buffer,
+                    first,
+                    count,
+                    elem,
+                    self.storage_alignment,
+                    if x4 { 16 } else { 4 },
+                );
+                let params = Params {
+                    rows: chunk.rows as u32,
+                    row0: chunk.row0 as u32,
+                    elem_offset,
+                    ..base
+                };
+                let uniform = self
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("xent shard params"),
+                        contents: bytemuck::bytes_of(&params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                let group = self.bind(
+                    &pipeline,
+                    &[
+                        (0, Window::whole(&uniform)),
+                        (1, logits_window),
+                        (3, Window::whole(&dummy)),
+                        (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
+                        (5, Window::whole(&partials)),
+                    ],
+                );
+                let row_groups = (chunk.rows as u64).div_ceil((WORKGROUP_SIZE / shape.tpr) as u64);
+                let x = row_groups.min(65_535);
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(x as u32, shape.splits, row_groups.div_ceil(x) as u32);
+            }
+            self.queue.submit([encoder.finish()]);
+            let bytes = self.read_back(
+                pool,
+                &partials,
+                rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
+            )?;
+            Ok(bytemuck::pod_collect_to_vec(&bytes))
+        })?;
+
+        let transform = |x: f32| match options.softcap {
+            None => x * options.logit_scale,
+            Some(cap) => cap * (x * (options.logit_scale / cap)).tanh(),
+        };
+        let end = (shard.start + shard.width) as i64;
+        Ok((0..rows)
+            .map(|row| {
+                let splits =
+                    &records[row * shape.splits as usize..(row + 1) * shape.splits as usize];
+                let p = splits[1..].iter().fold(splits[0], |a, b| merge(&a, b));
+                let y = targets.index(row).unwrap_or_default();
+                let mine = y != options.ignore_index && (shard.start as i64..end).contains(&y);
+                let local = (y - shard.start as i64).max(0) as usize;
+                RowPartial {
+                    max: p.m,
+                    sum_exp: p.s,
+                    sum_ez: p.ez,
+                    sum_wz: p.wz,
+                    weight_sum: p.w_all,
+                    target_z: if mine {
+                        transform(logits.get(row, local))
+                    } else {
+                        0.0
+                    },
+                    target_weight: if mine {
+                        w.map_or(1.0, |w| w[local])
+                    } else {
+                        0.0
+                    },
+                    has_target: mine as u32,
+                    argmax: shard.start as u32 + p.arg,
+                    nan_index: if p.nan_arg == u32::MAX {
+                        u32::MAX
+                    } else {
+                        shard.start as u32 + p.nan_arg
+                    },
+                    _pad: [0; 2],
+                }
+            })
+            .collect())
+    }
+
+    /// One shard's gradient from the combined coefficients (inputs already checked).
+    pub(crate) fn shard_backward(
+        &self,
+        options: &CrossEntropy,
+        shard: Shard,
+        logits: &Logits<'_>,
+        w: Option<&[f32]>,
+        combined: &Combined,
+        gradient: &mut [f32],
+    ) -> Result<()> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = &mut *pool;
+        let rows = logits.rows();
+        let dtype = logits.dtype();
+        let elem = dtype.size() as u64;
+        let chunk_list = chunks(
+            rows,
+            shard.width,
+            Layout::Rows,
+            4,
+            self.max_binding,
+            self.storage_alignment,
+        )
+        .ok_or_else(|| {
+            Error::Unsupported(
+                "one shard row is larger than the device's storage binding limit".into(),
+            )
+        })?;
+        let coefs: Vec<RowCoef> = combined
+            .rows
+            .iter()
+            .map(|r| {
+                let local = r.target - shard.start as i64;
+                RowCoef {
+                    lse: r.lse,
+                    kce: r.p_coefficient,
+                    wy: r.target_term,
+                    y: if (0..shard.width as i64).contains(&local) {
+                        local as i32
+                    } else {
+                        -1
+                    },
+                    fill: r.fill as u32,
+                    zcoef: 0.0,
+                    scale: r.scale,
+                    _pad: 0,
+                }
+            })
+            .collect();
+        self.scoped(|| {
+            let logits_buffer = self.upload(pool, "xent upload logits", logit_bytes(logits));
+            let weights =
+                w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
+            let coef_buffer = self.upload(
+                pool,
+                "xent upload coefficients",
+                bytemuck::cast_slice(&coefs),
+            );
+            let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
+            let grad = pool.get(
+                &self.device,
+                "xent gradient",
+                gradient.len() as u64 * 4,
+                storage_usage(),
+            );
+            let variant = Variant {
+                kernel: Kernel::SoftmaxBackward,
+                load: scalar_load(dtype),
+                targets: TargetLoad::I32,
+                store: Store::Separate,
+                subgroups: false,
+            };
+            let pipeline = self.pipeline(variant);
+            let base = Params {
+                reduction: 3,
+                ..self.shard_params(options, shard, w.is_some())
+            };
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            for chunk in chunk_list.iter().filter(|c| c.rows > 0) {
+                let first = chunk.row0 as u64 * shard.width as u64;
+                let count = chunk.rows as u64 * shard.width as u64;
+                let (logits_window, elem_offset) = window(
+                    &logits_buffer,
+                    first,
+                    count,
+                    elem,
+                    self.storage_alignment,
+                    4,
+                );
+                let (grad_window, f32_offset) =
+                    window(&grad, first, count, 4, self.storage_alignment, 4);
+                let params = Params {
+                    rows: chunk.rows as u32,
+                    row0: chunk.row0 as u32,
+                    elem_offset,
+                    f32_offset,
+                    elems: count as u32,
+                    ..base
+                };
+                let uniform = self
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("xent shard params"),
+                        contents: bytemuck::bytes_of(&params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                let group = self.bind(
+                    &pipeline,
+                    &[
+                        (0, Window::whole(&uniform)),
+                        (1, logits_window),
+                        (2, grad_window),
+                        (3, Window::whole(&dummy)),
+                        (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
+                        (8, Window::whole(&coef_buffer)),
+                        (10, Window::whole(&dummy)),
+                        (11, Window::whole(&dummy)),
+                    ],
+                );
+                let (x, y) = grid(count.div_ceil(4));
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            self.queue.submit([encoder.finish()]);
+            let bytes = self.read_back(pool, &grad, gradient.len() as u64 * 4)?;
+            gradient.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+            Ok(())
+        })
+    }
+}
+
+/// The WGSL `merge`, on the host, for the splits of one row (lower split first).
+fn merge(a: &Partial, b: &Partial) -> Partial {
+    let m = a.m.max(b.m);
+    let scale = |x: f32| if x == m { 1.0 } else { (x - m).exp() };
+    let (ra, rb) = (scale(a.m), scale(b.m));
+    Partial {
+        m,
+        s: a.s * ra + b.s * rb,
+        arg: if b.m > a.m {
+            b.arg
+        } else if a.m > b.m {
+            a.arg
+        } else {
+            a.arg.min(b.arg)
+        },
+        nan_arg: a.nan_arg.min(b.nan_arg),
+        wz: a.wz + b.wz,
+        wt: a.wt + b.wt,
+        wtz: a.wtz + b.wtz,
+        ez: a.ez * ra + b.ez * rb,
+        te: a.te * ra + b.te * rb,
+        tmax: a.tmax.max(b.tmax),
+        targ: a.targ,
+        w_all: a.w_all + b.w_all,
+    }
+}
