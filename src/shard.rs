@@ -162,6 +162,18 @@ impl RowPartial {
     }
 }
 
+/// One shard's inputs: its logits (`rows × shard.width`, row-major), the global class-index
+/// targets (`rows`), and its slice of the class weights (`shard.width`), if weighted.
+#[derive(Debug)]
+pub struct ShardInput<'a> {
+    /// The shard's columns of the logits.
+    pub logits: Logits<'a>,
+    /// Global targets.
+    pub targets: Targets<'a>,
+    /// The shard's class weights.
+    pub class_weights: Option<&'a [f32]>,
+}
+
 /// What the backward pass needs of one row.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RowGradient {
@@ -189,17 +201,18 @@ pub struct Combined {
 }
 
 impl CrossEntropy {
-    /// Step 1: this shard's per-row partials. `logits`: `rows × shard.width` (row-major);
-    /// `targets`: the global class indices (`rows`); `class_weights`: this shard's slice
-    /// (`shard.width`), if weighted.
+    /// Step 1: this shard's per-row partials.
     pub fn shard_partials(
         &self,
         backend: &Backend,
         shard: Shard,
-        logits: Logits<'_>,
-        targets: Targets<'_>,
-        class_weights: Option<&[f32]>,
+        input: ShardInput<'_>,
     ) -> Result<Vec<RowPartial>> {
+        let ShardInput {
+            logits,
+            targets,
+            class_weights,
+        } = input;
         self.check_shard(shard, &logits, targets, class_weights)?;
         match backend {
             Backend::Cpu => Ok(crate::cpu::shard_partials(
@@ -389,12 +402,15 @@ impl CrossEntropy {
         &self,
         backend: &Backend,
         shard: Shard,
-        logits: Logits<'_>,
-        targets: Targets<'_>,
-        class_weights: Option<&[f32]>,
+        input: ShardInput<'_>,
         combined: &Combined,
         gradient: &mut [f32],
     ) -> Result<()> {
+        let ShardInput {
+            logits,
+            targets,
+            class_weights,
+        } = input;
         self.check_shard(shard, &logits, targets, class_weights)?;
         if combined.rows.len() != logits.rows() {
             return Err(Error::Shape {

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use xent::gpu::Gpu;
-use xent::shard::{RowPartial, Shard};
+use xent::shard::{RowPartial, Shard, ShardInput};
 use xent::{Backend, CrossEntropy, Dtype, Error, Logits, Reduction, Targets};
 
 fn backends() -> Vec<Backend> {
@@ -83,9 +83,11 @@ fn check_sharded(
                 .shard_partials(
                     backend,
                     s,
-                    Logits::new(x, rows, s.width),
-                    targets,
-                    w.as_deref(),
+                    ShardInput {
+                        logits: Logits::new(x, rows, s.width),
+                        targets,
+                        class_weights: w.as_deref(),
+                    },
                 )
                 .expect("partials")
         })
@@ -119,9 +121,11 @@ fn check_sharded(
             .shard_backward(
                 backend,
                 s,
-                Logits::new(x, rows, s.width),
-                targets,
-                w.as_deref(),
+                ShardInput {
+                    logits: Logits::new(x, rows, s.width),
+                    targets,
+                    class_weights: w.as_deref(),
+                },
                 &combined,
                 &mut g,
             )
@@ -216,7 +220,15 @@ fn half_precision_shards() {
                     .map(|&v| half::bf16::from_f32(v))
                     .collect();
                 options
-                    .shard_partials(&backend, s, Logits::new(&x, 16, s.width), targets, None)
+                    .shard_partials(
+                        &backend,
+                        s,
+                        ShardInput {
+                            logits: Logits::new(&x, 16, s.width),
+                            targets,
+                            class_weights: None,
+                        },
+                    )
                     .unwrap()
             })
             .collect();
@@ -245,9 +257,11 @@ fn shard_errors() {
                 width: 3,
                 classes: 10,
             },
-            Logits::new(&x, 2, 3),
-            Targets::I64(&t),
-            None,
+            ShardInput {
+                logits: Logits::new(&x, 2, 3),
+                targets: Targets::I64(&t),
+                class_weights: None,
+            },
         )
         .unwrap_err();
     assert!(matches!(e, Error::Shape { what: "shard", .. }), "{e}");
@@ -259,9 +273,11 @@ fn shard_errors() {
                 width: 3,
                 classes: 10,
             },
-            Logits::new(&x, 2, 3),
-            Targets::I64(&[0, 10]),
-            None,
+            ShardInput {
+                logits: Logits::new(&x, 2, 3),
+                targets: Targets::I64(&[0, 10]),
+                class_weights: None,
+            },
         )
         .unwrap_err();
     assert!(matches!(
@@ -281,9 +297,11 @@ fn shard_errors() {
                 width: 3,
                 classes: 10,
             },
-            Logits::new(&x, 2, 3),
-            Targets::I64(&t),
-            None,
+            ShardInput {
+                logits: Logits::new(&x, 2, 3),
+                targets: Targets::I64(&t),
+                class_weights: None,
+            },
         )
         .unwrap();
     let e = o.combine(10, &[&p], Targets::I64(&t), None).unwrap_err();
