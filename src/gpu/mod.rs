@@ -288,6 +288,33 @@ impl Gpu {
             .map_err(|e| Error::Device(e.to_string()))
     }
 
+    /// Records one dispatch: `params` in a fresh uniform buffer at binding 0, `windows` at
+    /// their bindings, `workgroups` as (x, y, z).
+    fn dispatch<P: bytemuck::Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &kernels::Pipeline,
+        params: &P,
+        windows: &[(u32, run::Window)],
+        workgroups: (u32, u32, u32),
+    ) {
+        use wgpu::util::DeviceExt;
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("xent params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![(0, run::Window::whole(&uniform))];
+        entries.extend_from_slice(windows);
+        let group = self.bind(pipeline, &entries);
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+    }
+
     fn bind(
         &self,
         pipeline: &kernels::Pipeline,

@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout, Logits, Storage, Targets};
 use crate::options::CrossEntropy;
 use crate::shard::{Combined, RowPartial, Shard};
-use wgpu::util::DeviceExt;
 
 /// `Partial` of `shaders/include/softmax_common.wgsl`.
 #[repr(C)]
@@ -161,29 +160,16 @@ impl Gpu {
                     elem_offset,
                     ..base
                 };
-                let uniform = self
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("xent shard params"),
-                        contents: bytemuck::bytes_of(&params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
-                let group = self.bind(
-                    &pipeline,
-                    &[
-                        (0, Window::whole(&uniform)),
-                        (1, logits_window),
-                        (3, Window::whole(&dummy)),
-                        (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
-                        (5, Window::whole(&partials)),
-                    ],
-                );
                 let row_groups = (chunk.rows as u64).div_ceil((WORKGROUP_SIZE / shape.tpr) as u64);
                 let x = row_groups.min(65_535);
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(x as u32, shape.splits, row_groups.div_ceil(x) as u32);
+                let windows = [
+                    (1, logits_window),
+                    (3, Window::whole(&dummy)),
+                    (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
+                    (5, Window::whole(&partials)),
+                ];
+                let groups = (x as u32, shape.splits, row_groups.div_ceil(x) as u32);
+                self.dispatch(&mut encoder, &pipeline, &params, &windows, groups);
             }
             self.queue.submit([encoder.finish()]);
             let bytes = self.read_back(
@@ -335,31 +321,17 @@ impl Gpu {
                     elems: count as u32,
                     ..base
                 };
-                let uniform = self
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("xent shard params"),
-                        contents: bytemuck::bytes_of(&params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
-                let group = self.bind(
-                    &pipeline,
-                    &[
-                        (0, Window::whole(&uniform)),
-                        (1, logits_window),
-                        (2, grad_window),
-                        (3, Window::whole(&dummy)),
-                        (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
-                        (8, Window::whole(&coef_buffer)),
-                        (10, Window::whole(&dummy)),
-                        (11, Window::whole(&dummy)),
-                    ],
-                );
+                let windows = [
+                    (1, logits_window),
+                    (2, grad_window),
+                    (3, Window::whole(&dummy)),
+                    (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
+                    (8, Window::whole(&coef_buffer)),
+                    (10, Window::whole(&dummy)),
+                    (11, Window::whole(&dummy)),
+                ];
                 let (x, y) = grid(count.div_ceil(4));
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
+                self.dispatch(&mut encoder, &pipeline, &params, &windows, (x, y, 1));
             }
             self.queue.submit([encoder.finish()]);
             let bytes = self.read_back(pool, &grad, gradient.len() as u64 * 4)?;
