@@ -18,6 +18,77 @@
 //!
 //! Index targets, row-major logits (f32, f16, bf16); the options of section 2 of SEMANTICS.md
 //! (ignore_index, class weights, smoothing, z-loss, softcap, scale, reductions).
+//!
+//! # Example
+//!
+//! Two shards of a 5-class vocabulary on the CPU (in a real job, two devices or processes, each
+//! holding only its columns), checked against the unsharded call:
+//!
+//! ```
+//! use xent::shard::{RowPartial, Shard, ShardInput};
+//! use xent::{Backend, Batch, CrossEntropy, Logits, Request, Targets};
+//!
+//! let (rows, classes) = (2, 5);
+//! let logits = [0.1f32, 2.0, -1.0, 0.5, 3.0,
+//!               1.0, 1.0, 0.0, -2.0, 0.25];
+//! let targets = [4i64, 1];
+//! let weights = [1.0f32, 2.0, 1.0, 0.5, 1.0];
+//! let ce = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4);
+//!
+//! let shards = Shard::split(classes, 2); // columns [0, 2) and [2, 5)
+//! let columns = |s: Shard| -> Vec<f32> {
+//!     logits.chunks(classes).flat_map(|r| &r[s.start..s.start + s.width]).copied().collect()
+//! };
+//! let pieces: Vec<Vec<f32>> = shards.iter().map(|&s| columns(s)).collect();
+//! let input = |k: usize| ShardInput {
+//!     logits: Logits::new(&pieces[k], rows, shards[k].width),
+//!     targets: Targets::I64(&targets), // global class indices, on every shard
+//!     class_weights: Some(&weights[shards[k].start..shards[k].start + shards[k].width]),
+//! };
+//!
+//! // 1. Each shard's partials: one 48-byte `RowPartial` per row, what goes over the wire.
+//! let partials = (0..2)
+//!     .map(|k| ce.shard_partials(&Backend::Cpu, shards[k], input(k)))
+//!     .collect::<Result<Vec<Vec<RowPartial>>, _>>()?;
+//! // 2. After an all-gather, every shard merges all of them, in column order.
+//! let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
+//! let combined = ce.combine(classes, &views, Targets::I64(&targets), None)?;
+//! // 3. Each shard writes the gradient of its own columns (here shard 1: columns 2..5).
+//! let mut grad1 = vec![0f32; rows * shards[1].width];
+//! ce.shard_backward(&Backend::Cpu, shards[1], input(1), &combined, &mut grad1)?;
+//!
+//! // The same batch in one call.
+//! let mut grad = vec![0f32; rows * classes];
+//! let whole = ce.compute(
+//!     &Backend::Cpu,
+//!     Batch::new(Logits::new(&logits, rows, classes), &targets[..]).class_weights(&weights),
+//!     Request::new().gradient_into(&mut grad),
+//! )?;
+//! assert!((combined.output.loss.unwrap() - whole.loss.unwrap()).abs() < 1e-6);
+//! for r in 0..rows {
+//!     for c in 0..shards[1].width {
+//!         assert!((grad1[r * shards[1].width + c] - grad[r * classes + 2 + c]).abs() < 1e-6);
+//!     }
+//! }
+//! # Ok::<(), xent::Error>(())
+//! ```
+//!
+//! `examples/vocab_parallel_mpi.rs` runs the same steps across MPI processes.
+//!
+//! # What the calls allocate
+//! - [`CrossEntropy::shard_partials`] returns a new `Vec<RowPartial>` (`rows` entries). On the
+//!   CPU it also allocates scratch (a `width`-sized row and one chunk of f32) per rayon work
+//!   split (rayon's `map_init`: a few per thread, not one per row). On the GPU it reuses the
+//!   [`Gpu`](crate::gpu::Gpu)'s pooled buffers (logits and weights upload, per-split partials,
+//!   staging for the read-back), grown only when a larger shard arrives, and allocates one
+//!   small uniform buffer and a bind group per row chunk plus the host copy of the read-back.
+//! - [`CrossEntropy::combine`] allocates the merged rows and the output vectors (per-row
+//!   losses, LSE, metrics, one [`RowGradient`] per row); it touches no device.
+//! - [`CrossEntropy::shard_backward`] writes into the caller's `gradient` slice. On the CPU it
+//!   allocates one `width`-sized row per rayon work split (f16/bf16 logits are widened into
+//!   it); on the GPU it reuses the pooled upload, coefficient, gradient and staging buffers and
+//!   allocates a uniform buffer and bind group per row chunk, the per-row coefficients and the
+//!   host copy of the read-back.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -458,6 +529,14 @@ impl CrossEntropy {
         if !matches!(self.input, InputKind::Logits) {
             return Err(Error::Unsupported(
                 "vocab-parallel partials take logits, not probabilities".into(),
+            ));
+        }
+        if self.is_focal() {
+            return Err(Error::Unsupported(
+                "vocab-parallel partials do not compute focal loss (focal_gamma > 0): with \
+                 smoothing every class's (1 − p)^γ needs the global log-sum-exp, which the \
+                 shards don't have during step 1"
+                    .into(),
             ));
         }
         Ok(())
