@@ -372,7 +372,8 @@ impl<'a> From<&'a [f32]> for Targets<'a> {
     }
 }
 
-/// Everything one loss call reads: logits, targets and the optional per-class weights.
+/// Everything one loss call reads: logits, targets, the optional per-class weights and the
+/// optional per-row sample weights.
 ///
 /// ```
 /// use xent::{Batch, Logits};
@@ -392,6 +393,9 @@ pub struct Batch<'a> {
     pub class_weights: Option<&'a [f32]>,
     /// BCE's `pos_weight[c]`; all 1 when absent. Not used by softmax cross-entropy.
     pub pos_weight: Option<&'a [f32]>,
+    /// Per-row sample weights `s[n]` (length `rows`; BCE: every element of row `n`); all 1
+    /// when absent (SEMANTICS.md sections 2c and 4).
+    pub sample_weights: Option<&'a [f32]>,
 }
 
 impl<'a> Batch<'a> {
@@ -402,6 +406,7 @@ impl<'a> Batch<'a> {
             targets: targets.into(),
             class_weights: None,
             pos_weight: None,
+            sample_weights: None,
         }
     }
     /// Sets per-class weights (length `classes`).
@@ -412,6 +417,11 @@ impl<'a> Batch<'a> {
     /// Sets BCE's per-class positive weights (length `classes`).
     pub fn pos_weight(mut self, weights: &'a [f32]) -> Self {
         self.pos_weight = Some(weights);
+        self
+    }
+    /// Sets per-row sample weights `s[n]` (length `rows`, finite and non-negative).
+    pub fn sample_weights(mut self, weights: &'a [f32]) -> Self {
+        self.sample_weights = Some(weights);
         self
     }
 }

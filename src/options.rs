@@ -55,6 +55,9 @@ pub struct CrossEntropy {
     pub logit_scale: f32,
     /// Logits (default) or probabilities.
     pub input: InputKind,
+    /// Focal-loss focusing parameter `γ ≥ 0` (default 0: plain cross-entropy). Each class's
+    /// term is multiplied by `(1 − p[c])^γ` (SEMANTICS.md section 2c); class weights act as `α`.
+    pub focal_gamma: f32,
 }
 
 impl Default for CrossEntropy {
@@ -74,6 +77,7 @@ impl CrossEntropy {
             softcap: None,
             logit_scale: 1.0,
             input: InputKind::Logits,
+            focal_gamma: 0.0,
         }
     }
     /// Sets the reduction.
@@ -111,6 +115,15 @@ impl CrossEntropy {
         self.input = input;
         self
     }
+    /// Sets the focal-loss focusing parameter `γ` (0 turns focal loss off).
+    pub const fn focal_gamma(mut self, gamma: f32) -> Self {
+        self.focal_gamma = gamma;
+        self
+    }
+    /// Whether the focal factor is on (`γ > 0`).
+    pub fn is_focal(&self) -> bool {
+        self.focal_gamma > 0.0
+    }
 
     /// Checks every option against its domain (SEMANTICS.md section 7).
     pub fn validate(&self) -> Result<()> {
@@ -134,36 +147,93 @@ impl CrossEntropy {
                 return Err(bad("eps", eps, "must be finite and in (0, 1)"));
             }
         }
+        check_gamma(self.focal_gamma)?;
+        if self.is_focal() && self.input != InputKind::Logits {
+            return Err(Error::Unsupported(
+                "focal loss takes logits, not probability inputs".into(),
+            ));
+        }
         Ok(())
     }
 }
 
-/// Binary cross-entropy with logits options (`binary_cross_entropy_with_logits`).
+/// Binary cross-entropy with logits options (`binary_cross_entropy_with_logits`), with Keras's
+/// label smoothing and torchvision's sigmoid focal loss (SEMANTICS.md section 4).
 ///
-/// Per-class `weight` and `pos_weight` are data, passed in the [`Batch`](crate::Batch).
+/// Per-class `weight` and `pos_weight` and per-row sample weights are data, passed in the
+/// [`Batch`](crate::Batch).
 ///
 /// ```
 /// use xent::{BinaryCrossEntropy, Reduction};
-/// let loss = BinaryCrossEntropy::new().reduction(Reduction::Sum);
+/// let loss = BinaryCrossEntropy::new().reduction(Reduction::Sum).focal_gamma(2.0).focal_alpha(0.25);
 /// assert_eq!(loss.reduction, Reduction::Sum);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct BinaryCrossEntropy {
     /// Reduction (default mean, over all N·C elements).
     pub reduction: Reduction,
+    /// Label smoothing `ε` in `[0, 1]` (default 0): targets become `y·(1−ε) + ε/2` (Keras).
+    pub label_smoothing: f32,
+    /// Sigmoid focal loss focusing parameter `γ ≥ 0` (default 0: plain BCE): each element is
+    /// multiplied by `(1 − p_t)^γ` (torchvision's `sigmoid_focal_loss`).
+    pub focal_gamma: f32,
+    /// Focal balance `α` in `[0, 1]` (default off): each element is multiplied by
+    /// `α·y + (1−α)·(1−y)`. torchvision's default is 0.25.
+    pub focal_alpha: Option<f32>,
 }
 
 impl BinaryCrossEntropy {
-    /// PyTorch's defaults: mean reduction.
+    /// PyTorch's defaults: mean reduction, no smoothing, no focal factor.
     pub const fn new() -> Self {
         BinaryCrossEntropy {
             reduction: Reduction::Mean,
+            label_smoothing: 0.0,
+            focal_gamma: 0.0,
+            focal_alpha: None,
         }
     }
     /// Sets the reduction.
     pub const fn reduction(mut self, reduction: Reduction) -> Self {
         self.reduction = reduction;
         self
+    }
+    /// Sets label smoothing `ε`: targets become `y·(1−ε) + ε/2`.
+    pub const fn label_smoothing(mut self, epsilon: f32) -> Self {
+        self.label_smoothing = epsilon;
+        self
+    }
+    /// Sets the focal focusing parameter `γ`.
+    pub const fn focal_gamma(mut self, gamma: f32) -> Self {
+        self.focal_gamma = gamma;
+        self
+    }
+    /// Turns on the focal balance `α`.
+    pub const fn focal_alpha(mut self, alpha: f32) -> Self {
+        self.focal_alpha = Some(alpha);
+        self
+    }
+
+    /// Checks every option against its domain.
+    pub fn validate(&self) -> Result<()> {
+        let eps = self.label_smoothing;
+        if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
+            return Err(bad("label_smoothing", eps, "must be finite and in [0, 1]"));
+        }
+        check_gamma(self.focal_gamma)?;
+        if let Some(alpha) = self.focal_alpha {
+            if !(alpha.is_finite() && (0.0..=1.0).contains(&alpha)) {
+                return Err(bad("focal_alpha", alpha, "must be finite and in [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_gamma(gamma: f32) -> Result<()> {
+    if gamma.is_finite() && gamma >= 0.0 {
+        Ok(())
+    } else {
+        Err(bad("focal_gamma", gamma, "must be finite and >= 0"))
     }
 }
 

@@ -32,9 +32,12 @@ pub struct Plan {
     pub reduction: Reduction,
     /// `V`: rows whose target is not `ignore_index` (all rows for dense targets).
     pub valid_rows: usize,
-    /// The mean's denominator for the cross-entropy terms: `D = Σ_valid w[y]` for index
-    /// targets, `N` for soft targets, `N·C` for BCE.
+    /// The mean's denominator for the cross-entropy terms: `D = Σ_valid s[n]·w[y[n]]` for
+    /// index targets, `Σ_n s[n]` for soft targets (`N` without sample weights), `N·C` for BCE.
     pub denominator: f64,
+    /// The mean's denominator for the z-loss term: `Σ_valid s[n]`, which is `V` without
+    /// sample weights (so the mean does not change when every `s[n]` is scaled alike).
+    pub z_denominator: f64,
     /// `W = Σ_c w[c]`.
     pub class_weight_sum: f64,
     /// The scalar upstream gradient for sum/mean (1 when absent).
@@ -50,33 +53,44 @@ impl Plan {
         }
     }
 
-    /// Scales of the cross-entropy part and of the z-loss part of row `row`'s gradient,
-    /// given the per-row (or per-element) upstream of `Reduction::None`.
+    /// Scales of the cross-entropy part and of the z-loss part of one row's gradient: `index`
+    /// picks the per-row (per-element for BCE) upstream of `Reduction::None`, and
+    /// `sample_weight` is the row's `s[n]` (1 without sample weights).
     #[inline]
-    pub fn row_scales(&self, upstream: Option<&[f32]>, row: usize) -> (f32, f32) {
+    pub fn row_scales(
+        &self,
+        upstream: Option<&[f32]>,
+        index: usize,
+        sample_weight: f32,
+    ) -> (f32, f32) {
+        let s = sample_weight as f64;
         match self.reduction {
             Reduction::None => {
-                let g = upstream.map_or(1.0, |u| u[row]);
-                (g, g)
+                let g = upstream.map_or(1.0, |u| u[index]) as f64 * s;
+                (g as f32, g as f32)
             }
-            Reduction::Sum => (self.upstream_scalar, self.upstream_scalar),
+            Reduction::Sum => {
+                let g = self.upstream_scalar as f64 * s;
+                (g as f32, g as f32)
+            }
             Reduction::Mean => {
-                let u = self.upstream_scalar as f64;
+                let u = self.upstream_scalar as f64 * s;
                 (
                     (u / self.denominator) as f32,
-                    (u / self.valid_rows as f64) as f32,
+                    (u / self.z_denominator) as f32,
                 )
             }
         }
     }
 
-    /// Combines the per-row cross-entropy and z-loss sums into the reduced loss.
+    /// Combines the per-row cross-entropy and z-loss sums (sample weights applied) into the
+    /// reduced loss.
     pub fn reduce(&self, ce_sum: f64, z_sum: f64) -> Option<f64> {
         match self.reduction {
             Reduction::None => None,
             Reduction::Sum => Some(ce_sum + z_sum),
             Reduction::Mean if z_sum == 0.0 => Some(ce_sum / self.denominator),
-            Reduction::Mean => Some(ce_sum / self.denominator + z_sum / self.valid_rows as f64),
+            Reduction::Mean => Some(ce_sum / self.denominator + z_sum / self.z_denominator),
         }
     }
 }
@@ -88,6 +102,12 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
     logits.check()?;
     let (rows, classes) = (logits.rows(), logits.classes());
     let class_weight_sum = check_weights("class_weights", batch.class_weights, classes)?;
+    check_sample_weights(batch.sample_weights, rows, logits)?;
+    let s = |row: usize| batch.sample_weights.map_or(1.0, |s| s[row] as f64);
+    let all_rows: f64 = match batch.sample_weights {
+        None => rows as f64,
+        Some(w) => w.iter().map(|&v| v as f64).sum(),
+    };
     let mut plan = Plan {
         loss: Loss::Softmax(*options),
         rows,
@@ -95,7 +115,8 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
         layout: logits.layout(),
         reduction: options.reduction,
         valid_rows: rows,
-        denominator: rows as f64,
+        denominator: all_rows,
+        z_denominator: all_rows,
         class_weight_sum,
         upstream_scalar: 1.0,
     };
@@ -112,7 +133,7 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
         }
         targets => {
             check_len("targets", targets.len(), rows, logits)?;
-            let (mut valid, mut weight) = (0usize, 0f64);
+            let (mut valid, mut weight, mut count) = (0usize, 0f64, 0f64);
             for row in 0..rows {
                 let y = targets.index(row).unwrap_or_default();
                 if y == options.ignore_index {
@@ -127,10 +148,12 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
                     });
                 }
                 valid += 1;
-                weight += batch.class_weights.map_or(1.0, |w| w[y as usize] as f64);
+                weight += s(row) * batch.class_weights.map_or(1.0, |w| w[y as usize] as f64);
+                count += s(row);
             }
             plan.valid_rows = valid;
             plan.denominator = weight;
+            plan.z_denominator = count;
         }
     }
     if let InputKind::Probabilities { .. } = options.input {
@@ -142,11 +165,13 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
 
 /// Checks a binary cross-entropy call.
 pub fn binary(options: &BinaryCrossEntropy, batch: &Batch, request: &Request) -> Result<Plan> {
+    options.validate()?;
     let logits = &batch.logits;
     logits.check()?;
     let (rows, classes) = (logits.rows(), logits.classes());
     check_weights("class_weights", batch.class_weights, classes)?;
     check_weights("pos_weight", batch.pos_weight, classes)?;
+    check_sample_weights(batch.sample_weights, rows, logits)?;
     let Targets::Dense(t) = batch.targets else {
         return Err(Error::Unsupported(
             "binary cross-entropy needs dense f32 targets (rows × classes)".into(),
@@ -168,6 +193,7 @@ pub fn binary(options: &BinaryCrossEntropy, batch: &Batch, request: &Request) ->
         reduction: options.reduction,
         valid_rows: rows,
         denominator: rows as f64 * classes as f64,
+        z_denominator: rows as f64,
         class_weight_sum: classes as f64,
         upstream_scalar: 1.0,
     };
@@ -238,6 +264,20 @@ fn check_weights(what: &'static str, weights: Option<&[f32]>, classes: usize) ->
         return Err(Error::BadWeight { what, index, value });
     }
     Ok(w.iter().map(|&v| v as f64).sum())
+}
+
+/// Checks per-row sample weights: one per row, finite and non-negative.
+fn check_sample_weights(weights: Option<&[f32]>, rows: usize, logits: &Logits) -> Result<()> {
+    let Some(w) = weights else { return Ok(()) };
+    check_len("sample_weights", w.len(), rows, logits)?;
+    match w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        None => Ok(()),
+        Some(index) => Err(Error::BadWeight {
+            what: "sample_weights",
+            index,
+            value: w[index],
+        }),
+    }
 }
 
 /// Checks dense targets in the logits' layout; names the first bad (row, class).

@@ -35,7 +35,7 @@ pub struct Reference {
     pub valid: Vec<bool>,
 }
 
-/// Softmax cross-entropy (SEMANTICS.md sections 1, 2, 2b, 3, 5, 6).
+/// Softmax cross-entropy (SEMANTICS.md sections 1, 2, 2b, 2c, 3, 5, 6).
 /// `upstream`: per-row values for `Reduction::None`, or one scalar for sum/mean.
 pub fn cross_entropy(
     options: &CrossEntropy,
@@ -164,14 +164,22 @@ pub fn cross_entropy(
         }
 
         // Sections 2 / 3: the loss, split into the cross-entropy part and the z-loss part.
+        let gamma = options.focal_gamma as f64;
+        // Section 2c: the focal factor f[c] = (1 − p[c])^γ and its gradient factor g[c].
+        let focal: Option<Vec<(f64, f64)>> =
+            (gamma > 0.0).then(|| logp.iter().map(|&l| focal_factors(l, gamma)).collect());
+        let f = |c: usize| focal.as_ref().map_or(1.0, |v| v[c].0);
         let ce = match (&soft, target) {
+            (Some(t), _) if focal.is_some() => -(0..classes)
+                .map(|c| w(c) * t[c] * f(c) * logp[c])
+                .sum::<f64>(),
             (Some(t), _) => -(0..classes).map(|c| w(c) * t[c] * logp[c]).sum::<f64>(),
             (None, Some(y)) => {
                 let y = y as usize;
-                let nll = -w(y) * logp[y];
+                let nll = -w(y) * f(y) * logp[y];
                 let mut ce = (1.0 - eps) * nll;
                 if eps > 0.0 {
-                    let smooth = -(0..classes).map(|c| w(c) * logp[c]).sum::<f64>();
+                    let smooth = -(0..classes).map(|c| w(c) * f(c) * logp[c]).sum::<f64>();
                     ce += eps / c_f * smooth;
                 }
                 ce
@@ -183,16 +191,41 @@ pub fn cross_entropy(
         } else {
             0.0
         };
+        let sw = batch.sample_weights.map_or(1.0, |s| s[n] as f64);
         let loss = ce + zl;
-        out.row_losses.push(loss);
-        ce_sum += ce;
-        z_sum += zl;
+        out.row_losses.push(sw * loss);
+        ce_sum += sw * ce;
+        z_sum += sw * zl;
 
-        // The gradient, before the reduction's scale, with respect to z (or q).
-        let (a, b) = plan.row_scales(upstream, n);
+        // The gradient, before the reduction's scale, with respect to z (or q). The scales
+        // carry the sample weight s[n].
+        let (a, b) = plan.row_scales(upstream, n, sw as f32);
         let (a, b) = (a as f64, b as f64);
+        // Focal (section 2c): with a[c] = w[c]·t'[c] the per-class target weight, the loss is
+        // −Σ_c a[c]·f[c]·logp[c], and (see `focal_factors`)
+        //   dloss/dz[j] = p[j]·Σ_c a[c]·g[c] − a[j]·g[j].
+        let target_weight = |c: usize| match (&soft, target) {
+            (Some(t), _) => w(c) * t[c],
+            (None, Some(y)) => {
+                let hit = if c == y as usize {
+                    (1.0 - eps) * w(c)
+                } else {
+                    0.0
+                };
+                hit + eps / c_f * w(c)
+            }
+            (None, None) => unreachable!(),
+        };
+        let g_sum: f64 = match &focal {
+            Some(v) => (0..classes).map(|c| target_weight(c) * v[c].1).sum(),
+            None => 0.0,
+        };
         for c in 0..classes {
             let d_ce = match (&soft, target) {
+                _ if focal.is_some() => {
+                    let g = focal.as_ref().map_or(1.0, |v| v[c].1);
+                    p[c] * g_sum - target_weight(c) * g
+                }
                 (Some(t), _) if is_prob => -w(c) * t[c] / x[c],
                 (Some(t), _) => p[c] * (0..classes).map(|k| w(k) * t[k]).sum::<f64>() - w(c) * t[c],
                 (None, Some(y)) if is_prob => {
@@ -229,7 +262,7 @@ pub fn cross_entropy(
         Reduction::Mean => Some(
             ce_sum / plan.denominator
                 + if z_sum != 0.0 {
-                    z_sum / plan.valid_rows as f64
+                    z_sum / plan.z_denominator
                 } else {
                     0.0
                 },
@@ -238,7 +271,40 @@ pub fn cross_entropy(
     Ok(out)
 }
 
-/// Binary cross-entropy with logits (SEMANTICS.md section 4).
+/// The focal factor of one class and its gradient factor, from `l = logp[c]` (SEMANTICS.md
+/// section 2c): returns `(f, g)` with
+/// ```text
+/// f = (1 − p)^γ,    g = f − γ·p·logp·(1 − p)^(γ−1).
+/// ```
+/// Derivation. One class's term is `ℓ_c = −a_c·f_c·L_c` with `L_c = logp[c]`, `a_c` the
+/// per-class target weight (`w[c]·t'[c]`) and `f_c = (1 − p_c)^γ`. With
+/// `∂L_c/∂z_j = [c = j] − p_j` and `∂p_c/∂z_j = p_c·([c = j] − p_j)`:
+/// ```text
+/// ∂ℓ_c/∂z_j = −a_c·( f_c'·p_c·L_c + f_c )·([c = j] − p_j),   f_c' = −γ·(1 − p_c)^(γ−1)
+///           = −a_c·g_c·([c = j] − p_j)
+/// dloss/dz_j = Σ_c ∂ℓ_c/∂z_j = p_j·Σ_c a_c·g_c − a_j·g_j.
+/// ```
+/// At `γ = 0`, `g = 1` and this is section 3's `p_j·Σ a − a_j`. Index targets without
+/// smoothing have `a_c = w[y]·[c = y]`, so `dloss/dz_j = w[y]·g_y·(p_j − [j = y])`: plain
+/// cross-entropy's gradient with `w[y]` replaced by `w[y]·g_y`, which needs only `p[y]`.
+///
+/// `1 − p` is computed as `−expm1(logp)` (exact for p near 1), and `p·logp·(1 − p)^(γ−1)`,
+/// whose limits at `p = 0` and `p = 1` are 0 for every `γ > 0`, is taken as 0 there (a masked
+/// class, `logp = −inf`, has `f = g = 1`).
+pub fn focal_factors(l: f64, gamma: f64) -> (f64, f64) {
+    let p = l.exp();
+    let q = -l.exp_m1();
+    let f = q.powf(gamma);
+    let h = if p == 0.0 || q == 0.0 {
+        0.0
+    } else {
+        p * l * q.powf(gamma - 1.0)
+    };
+    (f, f - gamma * h)
+}
+
+/// Binary cross-entropy with logits (SEMANTICS.md section 4, with its extensions: label
+/// smoothing, sample weights, sigmoid focal loss).
 /// `upstream`: per-element values (logits' layout) for `Reduction::None`, or one scalar.
 pub fn binary_cross_entropy(
     options: &BinaryCrossEntropy,
@@ -256,6 +322,9 @@ pub fn binary_cross_entropy(
     };
     let weight = |c: usize| batch.class_weights.map_or(1.0, |w| w[c] as f64);
     let pos_weight = |c: usize| batch.pos_weight.map_or(1.0, |w| w[c] as f64);
+    let eps = options.label_smoothing as f64;
+    let gamma = options.focal_gamma as f64;
+    let alpha = options.focal_alpha.map(|a| a as f64);
     let mut out = Reference {
         gradient: vec![0.0; rows * classes],
         row_losses: vec![0.0; rows * classes],
@@ -263,14 +332,37 @@ pub fn binary_cross_entropy(
     };
     let mut sum = 0.0;
     for n in 0..rows {
+        let sw = batch.sample_weights.map_or(1.0, |s| s[n] as f64);
         for c in 0..classes {
             let i = plan.layout.offset(n, c, classes);
             let x = batch.logits.get(n, c) as f64;
-            let y = targets[i] as f64;
+            // Keras's label smoothing: y' = y·(1−ε) + ε/2 replaces y everywhere below.
+            let y = targets[i] as f64 * (1.0 - eps) + eps / 2.0;
             let (wc, pw) = (weight(c), pos_weight(c));
-            let loss = wc * (pw * y * softplus(-x) + (1.0 - y) * softplus(x));
-            let grad = wc * ((pw * y + 1.0 - y) * sigmoid(x) - pw * y);
-            let (g, _) = plan.row_scales(upstream, i);
+            let ce = pw * y * softplus(-x) + (1.0 - y) * softplus(x);
+            let d_ce = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
+            // Sigmoid focal loss (torchvision): ce·(1 − p_t)^γ·α_t with p = σ(x),
+            // 1 − p_t = y·(1 − p) + (1 − y)·p = y·σ(−x) + (1 − y)·σ(x), and
+            // d(1 − p_t)/dx = (1 − 2y)·σ(x)·σ(−x), so
+            //   d/dx [ce·m^γ] = d_ce·m^γ + ce·γ·m^(γ−1)·(1 − 2y)·σ(x)·σ(−x)   (m = 1 − p_t),
+            // the second term taken as 0 at m = 0 (its limit for every γ > 0).
+            let (focal, d_focal) = if gamma > 0.0 {
+                let m = y * sigmoid(-x) + (1.0 - y) * sigmoid(x);
+                let dm = (1.0 - 2.0 * y) * sigmoid(x) * sigmoid(-x);
+                let d = if m == 0.0 {
+                    0.0
+                } else {
+                    gamma * m.powf(gamma - 1.0) * dm
+                };
+                (m.powf(gamma), d)
+            } else {
+                (1.0, 0.0)
+            };
+            let alpha_t = alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
+            let k = sw * wc * alpha_t;
+            let loss = k * ce * focal;
+            let grad = k * (d_ce * focal + ce * d_focal);
+            let (g, _) = plan.row_scales(upstream, i, 1.0);
             out.row_losses[i] = loss;
             out.gradient[i] = grad * g as f64;
             sum += loss;

@@ -44,6 +44,7 @@ pub fn run(
         targets,
         class_weights,
         pos_weight,
+        sample_weights,
     } = batch;
     let want_rows = request.row_losses || plan.reduction == crate::Reduction::None;
     let ctx = Ctx {
@@ -52,6 +53,7 @@ pub fn run(
         targets,
         w: class_weights,
         pos_weight,
+        sample_weights,
         upstream: request.upstream,
         want_metrics: request.metrics,
     };
@@ -86,6 +88,9 @@ struct RowResult {
     valid: bool,
     /// The cross-entropy part's coefficient of `p[c]` in the gradient (before scaling).
     p_coefficient: f32,
+    /// Focal loss with index targets and no smoothing: `w[y]·g[y]`, the target's coefficient
+    /// in place of `(1−ε)·w[y]` (0 otherwise).
+    focal_target: f32,
 }
 
 /// What one block gives: its rows in order, and BCE's per-element losses (row-major).
@@ -116,6 +121,7 @@ struct Ctx<'a> {
     targets: Targets<'a>,
     w: Option<&'a [f32]>,
     pos_weight: Option<&'a [f32]>,
+    sample_weights: Option<&'a [f32]>,
     upstream: Option<&'a [f32]>,
     want_metrics: bool,
 }
@@ -240,7 +246,8 @@ impl Ctx<'_> {
                 &x_buf
             };
 
-            if let Loss::Binary(_) = self.plan.loss {
+            let sample_weight = self.sample_weights.map_or(1.0, |s| s[row]);
+            if let Loss::Binary(options) = self.plan.loss {
                 let losses = &mut out.elements[span.clone()];
                 let g = wants_grad.then_some(&mut g_buf[..]);
                 let ce = scalar::binary_row(
@@ -248,11 +255,17 @@ impl Ctx<'_> {
                     t.unwrap_or(&[]),
                     self.w,
                     self.pos_weight,
+                    scalar::BinaryOptions {
+                        smoothing: options.label_smoothing,
+                        gamma: options.focal_gamma,
+                        alpha: options.focal_alpha,
+                        sample_weight,
+                    },
                     losses,
                     g,
                     |c| {
                         self.plan
-                            .row_scales(self.upstream, layout.offset(row, c, classes))
+                            .row_scales(self.upstream, layout.offset(row, c, classes), 1.0)
                             .0
                     },
                 );
@@ -268,15 +281,26 @@ impl Ctx<'_> {
                 continue;
             }
 
-            let result = self.forward(row, x, t, &mut z_buf);
+            let mut result = self.forward(row, x, t, &mut z_buf);
+            // NaN rows are decided before the sample weight (0·inf must not turn a row NaN).
+            let nan_row = result.loss.is_nan();
+            if sample_weight != 1.0 {
+                result.ce *= sample_weight as f64;
+                result.z_loss *= sample_weight as f64;
+                result.loss = if nan_row {
+                    f32::NAN
+                } else {
+                    (result.ce + result.z_loss) as f32
+                };
+            }
             out.rows.push(result);
             if !wants_grad {
                 continue;
             }
-            let (a, b) = self.plan.row_scales(self.upstream, row);
+            let (a, b) = self.plan.row_scales(self.upstream, row, sample_weight);
             let fill = if !result.valid {
                 Some(0.0)
-            } else if result.loss.is_nan() {
+            } else if nan_row {
                 Some(f32::NAN)
             } else {
                 None
@@ -376,6 +400,7 @@ impl Ctx<'_> {
                 confidence: r.confidence as f32,
                 valid,
                 p_coefficient: 0.0,
+                focal_target: 0.0,
             };
         }
 
@@ -448,6 +473,11 @@ impl Ctx<'_> {
             }
             _ => return RowResult { loss: 0.0, ..r },
         };
+        let ce = if opts.is_focal() {
+            self.focal_forward(row, x, t, lse, &mut r)
+        } else {
+            ce
+        };
         let lambda = opts.z_loss as f64;
         r.z_loss = if lambda > 0.0 {
             lambda * lse * lse
@@ -506,7 +536,12 @@ impl Ctx<'_> {
             softcap: opts.softcap,
         };
         let k = a * r.p_coefficient + b * 2.0 * opts.z_loss * r.lse;
-        // Index targets: the −(1−ε)·w[y] at the target, added after the vector pass.
+        if opts.is_focal() && (t.is_some() || eps > 0.0) {
+            self.focal_backward(io, t, index, transform, r, k as f64, a as f64);
+            return;
+        }
+        // Index targets: the −(1−ε)·w[y] at the target (focal: −w[y]·g[y]), added after the
+        // vector pass.
         let target_fix = match (t, index) {
             (None, Some(y)) => {
                 let zy = transform.scalar(match &io {
@@ -514,7 +549,12 @@ impl Ctx<'_> {
                     RowIo::Separate(x, _) => x[y],
                 });
                 let w_y = self.w.map_or(1.0, |w| w[y]);
-                Some((y, a * (1.0 - eps) * w_y * transform.scalar_slope(zy)))
+                let coefficient = if opts.is_focal() {
+                    r.focal_target
+                } else {
+                    (1.0 - eps) * w_y
+                };
+                Some((y, a * coefficient * transform.scalar_slope(zy)))
             }
             _ => None,
         };
@@ -534,6 +574,113 @@ impl Ctx<'_> {
                 target_fix,
             },
         );
+    }
+}
+
+impl Ctx<'_> {
+    /// Focal loss (SEMANTICS.md section 2c) of one valid row whose log-sum-exp is known: the
+    /// cross-entropy part, and the row's gradient coefficients in `r`.
+    ///
+    /// Index targets without smoothing need only `p[y]`: `ce = −w[y]·f[y]·logp[y]` and the
+    /// gradient is plain cross-entropy's with `w[y]` replaced by `w[y]·g[y]`
+    /// ([`scalar::focal_factors`] has the derivation). With smoothing or soft targets every
+    /// class's `(1 − p[c])^γ` needs the final `lse`: one more (scalar) pass over the row, which
+    /// is still in cache, accumulating in f64
+    /// `ce = −Σ_c a[c]·f[c]·logp[c]` and `G = Σ_c a[c]·g[c]` (`a[c] = w[c]·t'[c]`), and the
+    /// backward pass ([`Ctx::focal_backward`]) writes `dz[c] = G·p[c] − a[c]·g[c]`.
+    fn focal_forward(
+        &self,
+        row: usize,
+        x: &[f32],
+        t: Option<&[f32]>,
+        lse: f64,
+        r: &mut RowResult,
+    ) -> f64 {
+        let opts = self.plan.softmax();
+        let gamma = opts.focal_gamma as f64;
+        let eps = opts.label_smoothing as f64;
+        let uniform = eps / self.plan.classes as f64;
+        let transform = Transform {
+            scale: opts.logit_scale,
+            softcap: opts.softcap,
+        };
+        let w = |c: usize| self.w.map_or(1.0, |w| w[c] as f64);
+        let logp = |c: usize| {
+            if lse == f64::INFINITY {
+                f64::NAN
+            } else {
+                transform.scalar(x[c]) as f64 - lse
+            }
+        };
+        let index = self.targets.index(row).map(|y| y as usize);
+        if let (None, Some(y), true) = (t, index, eps == 0.0) {
+            let l = logp(y);
+            let (f, g) = scalar::focal_factors(l, gamma);
+            r.p_coefficient = (w(y) * g) as f32;
+            r.focal_target = r.p_coefficient;
+            return -w(y) * f * l;
+        }
+        // The loss mirrors the reference's sums term by term (so 0·(−inf) is NaN exactly where
+        // plain cross-entropy's is).
+        let (mut loss_sum, mut smooth_sum, mut g_sum) = (0f64, 0f64, 0f64);
+        for c in 0..x.len() {
+            let l = logp(c);
+            let (f, g) = scalar::focal_factors(l, gamma);
+            let a = match t {
+                Some(t) => {
+                    let a = w(c) * ((1.0 - eps) * t[c] as f64 + uniform);
+                    loss_sum += a * f * l;
+                    a
+                }
+                None => {
+                    let hit = if Some(c) == index {
+                        loss_sum += (1.0 - eps) * w(c) * f * l;
+                        (1.0 - eps) * w(c)
+                    } else {
+                        0.0
+                    };
+                    smooth_sum += w(c) * f * l;
+                    hit + uniform * w(c)
+                }
+            };
+            g_sum += a * g;
+        }
+        r.p_coefficient = g_sum as f32;
+        -loss_sum - uniform * smooth_sum
+    }
+
+    /// The backward pass of focal loss with smoothing or soft targets (scalar, over the row in
+    /// cache): `dz[c] = k·p[c] − a·a[c]·g[c]`, `k` the row's coefficient of `p` (scales and
+    /// z-loss included), `a` the scale of the cross-entropy part.
+    #[allow(clippy::too_many_arguments)]
+    fn focal_backward(
+        &self,
+        mut io: RowIo<'_>,
+        t: Option<&[f32]>,
+        index: Option<usize>,
+        transform: Transform,
+        r: &RowResult,
+        k: f64,
+        a: f64,
+    ) {
+        let opts = self.plan.softmax();
+        let gamma = opts.focal_gamma as f64;
+        let eps = opts.label_smoothing as f64;
+        let uniform = eps / self.plan.classes as f64;
+        let lse = r.lse as f64;
+        for c in 0..io.src().len() {
+            let z = transform.scalar(io.src()[c]);
+            let l = z as f64 - lse;
+            let (_, g) = scalar::focal_factors(l, gamma);
+            let w = self.w.map_or(1.0, |w| w[c] as f64);
+            let target = match t {
+                Some(t) => (1.0 - eps) * t[c] as f64,
+                None if Some(c) == index => 1.0 - eps,
+                None => 0.0,
+            };
+            let dz = k * l.exp() - a * w * (target + uniform) * g;
+            io.dst()[c] = (dz * transform.scalar_slope(z) as f64) as f32;
+        }
     }
 }
 

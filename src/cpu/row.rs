@@ -220,13 +220,13 @@ pub enum RowIo<'a> {
 }
 
 impl RowIo<'_> {
-    fn src(&self) -> &[f32] {
+    pub(crate) fn src(&self) -> &[f32] {
         match self {
             RowIo::InPlace(b) => b,
             RowIo::Separate(s, _) => s,
         }
     }
-    fn dst(&mut self) -> &mut [f32] {
+    pub(crate) fn dst(&mut self) -> &mut [f32] {
         match self {
             RowIo::InPlace(b) => b,
             RowIo::Separate(_, d) => d,

@@ -4,31 +4,109 @@
 
 use crate::reference::first_max;
 
+/// BCE options that act per element: Keras's label smoothing, torchvision's focal factor and
+/// the row's sample weight.
+#[derive(Debug, Clone, Copy)]
+pub struct BinaryOptions {
+    /// `ε`: targets become `y·(1−ε) + ε/2`.
+    pub smoothing: f32,
+    /// Focal `γ` (0: off).
+    pub gamma: f32,
+    /// Focal `α`, when on.
+    pub alpha: Option<f32>,
+    /// The row's `s[n]`.
+    pub sample_weight: f32,
+}
+
 /// BCE for one row: per-element losses into `losses`, returns their f64 sum.
-/// `x` is read from `io_src`; when `grad` is given, `scale(c)` is the element's upstream scale.
+/// When `grad` is given, `scale(c)` is the element's upstream scale (the reduction's).
+///
+/// With `y' = y·(1−ε) + ε/2`, `p = σ(x)`, `m = 1 − p_t = y'·σ(−x) + (1−y')·σ(x)`:
+/// ```text
+/// ce   = pos_weight·y'·softplus(−x) + (1−y')·softplus(x)
+/// loss = s·weight·α_t·ce·m^γ
+/// dx   = s·weight·α_t·( dce·m^γ + ce·γ·m^(γ−1)·(1−2y')·σ(x)·σ(−x) )
+/// ```
+/// with `dce = (pos_weight·y' + 1 − y')·σ(x) − pos_weight·y'`, `α_t = α·y' + (1−α)·(1−y')`
+/// (1 without `α`), and the second term 0 where `m = 0`.
 #[allow(clippy::too_many_arguments)]
 pub fn binary_row(
     x: &[f32],
     t: &[f32],
     weight: Option<&[f32]>,
     pos_weight: Option<&[f32]>,
+    options: BinaryOptions,
     losses: &mut [f32],
     mut grad: Option<&mut [f32]>,
     scale: impl Fn(usize) -> f32,
 ) -> f64 {
+    let BinaryOptions {
+        smoothing,
+        gamma,
+        alpha,
+        sample_weight,
+    } = options;
+    let plain = gamma == 0.0 && alpha.is_none() && smoothing == 0.0;
     let mut sum = 0.0f64;
     for c in 0..x.len() {
-        let (x, y) = (x[c], t[c]);
-        let wc = weight.map_or(1.0, |w| w[c]);
+        let x = x[c];
+        let wc = sample_weight * weight.map_or(1.0, |w| w[c]);
         let pw = pos_weight.map_or(1.0, |w| w[c]);
-        let loss = wc * (pw * y * softplus(-x) + (1.0 - y) * softplus(x));
+        if plain {
+            let y = t[c];
+            let loss = wc * (pw * y * softplus(-x) + (1.0 - y) * softplus(x));
+            losses[c] = loss;
+            sum += loss as f64;
+            if let Some(g) = grad.as_deref_mut() {
+                g[c] = scale(c) * wc * ((pw * y + 1.0 - y) * sigmoid(x) - pw * y);
+            }
+            continue;
+        }
+        let y = t[c] * (1.0 - smoothing) + smoothing / 2.0;
+        let ce = pw * y * softplus(-x) + (1.0 - y) * softplus(x);
+        let d_ce = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
+        let (focal, d_focal) = if gamma > 0.0 {
+            let (p, q) = (sigmoid(x), sigmoid(-x));
+            let m = y * q + (1.0 - y) * p;
+            let d = if m == 0.0 {
+                0.0
+            } else {
+                gamma * m.powf(gamma - 1.0) * (1.0 - 2.0 * y) * p * q
+            };
+            (m.powf(gamma), d)
+        } else {
+            (1.0, 0.0)
+        };
+        let k = wc * alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
+        let loss = k * ce * focal;
         losses[c] = loss;
         sum += loss as f64;
         if let Some(g) = grad.as_deref_mut() {
-            g[c] = scale(c) * wc * ((pw * y + 1.0 - y) * sigmoid(x) - pw * y);
+            g[c] = scale(c) * k * (d_ce * focal + ce * d_focal);
         }
     }
     sum
+}
+
+/// The focal factor `f = (1 − p)^γ` of one class and its gradient factor
+/// `g = f − γ·p·logp·(1 − p)^(γ−1)`, from `l = logp` (SEMANTICS.md section 2c).
+///
+/// Where they come from: one class's term of the loss is `−a·f·logp`, and with
+/// `∂logp_c/∂z_j = [c = j] − p_j`, `∂p_c/∂z_j = p_c·([c = j] − p_j)`, its gradient is
+/// `−a·g·([c = j] − p_j)`; summing over classes, `dz_j = p_j·Σ_c a_c·g_c − a_j·g_j`
+/// (`reference::focal_factors` has the whole derivation). `1 − p = −expm1(logp)`, exact near
+/// `p = 1`; `p·logp·(1 − p)^(γ−1)` is taken as its limit 0 at `p = 0` and `p = 1`.
+#[inline]
+pub fn focal_factors(l: f64, gamma: f64) -> (f64, f64) {
+    let p = l.exp();
+    let q = -l.exp_m1();
+    let f = q.powf(gamma);
+    let h = if p == 0.0 || q == 0.0 {
+        0.0
+    } else {
+        p * l * q.powf(gamma - 1.0)
+    };
+    (f, f - gamma * h)
 }
 
 fn softplus(v: f32) -> f32 {

@@ -720,7 +720,19 @@ impl Gpu {
             targets,
             class_weights,
             pos_weight,
+            sample_weights,
         } = batch;
+        let focal = match plan.loss {
+            Loss::Softmax(o) => o.is_focal(),
+            Loss::Binary(o) => {
+                o.focal_gamma > 0.0 || o.focal_alpha.is_some() || o.label_smoothing > 0.0
+            }
+        };
+        if focal || sample_weights.is_some() {
+            return Err(Error::Unsupported(
+                "focal loss, BCE label smoothing and sample weights are not on the GPU yet".into(),
+            ));
+        }
         let dtype = logits.dtype();
         let in_place = matches!(request.gradient, Gradient::InPlace);
         self.scoped(|| {

@@ -64,6 +64,8 @@ pub struct Case {
     pub dense_targets: Option<Vec<f32>>,
     pub class_weights: Option<Vec<f32>>,
     pub pos_weight: Option<Vec<f32>>,
+    /// Per-row sample weights.
+    pub sample_weights: Option<Vec<f32>>,
     /// Store index targets as i32.
     pub i32_targets: bool,
 }
@@ -112,6 +114,7 @@ impl Case {
             dense_targets: None,
             class_weights: None,
             pos_weight: None,
+            sample_weights: None,
             i32_targets: false,
         }
     }
@@ -130,6 +133,23 @@ impl Case {
         self.class_weights = Some(
             (0..self.classes)
                 .map(|_| 0.25 + 2.0 * rng.uniform())
+                .collect(),
+        );
+        self
+    }
+
+    /// Random per-row sample weights in [0, 2), with some exact zeros.
+    pub fn sample_weighted(mut self, seed: u64) -> Case {
+        let mut rng = Rng(seed ^ 0x5A3B);
+        self.sample_weights = Some(
+            (0..self.rows)
+                .map(|_| {
+                    if rng.below(7) == 0 {
+                        0.0
+                    } else {
+                        2.0 * rng.uniform()
+                    }
+                })
                 .collect(),
         );
         self
@@ -277,6 +297,7 @@ impl Case {
         };
         batch.class_weights = self.class_weights.as_deref();
         batch.pos_weight = self.pos_weight.as_deref();
+        batch.sample_weights = self.sample_weights.as_deref();
         batch
     }
 

@@ -1,0 +1,779 @@
+//! Focal loss, per-sample weights and BCE label smoothing (SEMANTICS.md sections 2c and 4).
+//!
+//! First the f64 reference on its own: γ = 0 is plain cross-entropy, worked examples done by
+//! hand, and its gradients against central finite differences of its own loss. Then the CPU
+//! path (every SIMD level, every gradient mode) and the GPU kernels against the reference for
+//! every option combination. GPU tests follow `tests/gpu.rs`: without an adapter they fail when
+//! `XENT_REQUIRE_GPU=1` and otherwise say loudly that they were not run.
+
+mod common;
+
+use common::*;
+use xent::cpu::SimdLevel;
+use xent::reference::{self, Reference};
+use xent::{
+    Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Logits, Reduction,
+    Request,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The reference on its own.
+// ---------------------------------------------------------------------------------------------
+
+/// Logits on a 2^-8 grid, so that `x ± 2^-12` is exact in f32 and finite differences see the
+/// step they were given.
+fn grid_case(seed: u64, rows: usize, classes: usize) -> Case {
+    let mut case = Case::new(seed, rows, classes, Hardness::default());
+    for v in &mut case.logits {
+        *v = (*v * 0.7 * 256.0).round() / 256.0;
+    }
+    case
+}
+
+fn max_rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1.0)
+}
+
+/// Every reduced loss, row loss and gradient of two references agree to `tol` (relative).
+fn assert_same(label: &str, a: &Reference, b: &Reference, tol: f64) {
+    match (a.loss, b.loss) {
+        (Some(x), Some(y)) => assert!(
+            max_rel(x, y) <= tol || (x.is_nan() && y.is_nan()),
+            "{label}: loss {x} vs {y}"
+        ),
+        (None, None) => {}
+        other => panic!("{label}: {other:?}"),
+    }
+    for (i, (x, y)) in a.row_losses.iter().zip(&b.row_losses).enumerate() {
+        assert!(
+            max_rel(*x, *y) <= tol || (x.is_nan() && y.is_nan()) || x == y,
+            "{label}: row {i}: {x} vs {y}"
+        );
+    }
+    for (i, (x, y)) in a.gradient.iter().zip(&b.gradient).enumerate() {
+        assert!(
+            max_rel(*x, *y) <= tol || (x.is_nan() && y.is_nan()),
+            "{label}: gradient {i}: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn gamma_zero_is_plain_cross_entropy() {
+    // γ = 0 is the default, so the same options; and a vanishing γ goes through the focal
+    // formulas (every class's (1 − p)^γ, the gradient factor g) and must land on plain
+    // cross-entropy to rounding.
+    assert_eq!(CrossEntropy::new().focal_gamma(0.0), CrossEntropy::new());
+    let index = Case::new(1, 9, 13, Hardness::ALL)
+        .weighted(2)
+        .sample_weighted(3)
+        .ignore_every(4, -100);
+    let soft = Case::new(
+        2,
+        8,
+        11,
+        Hardness {
+            outliers: true,
+            masked: false,
+            non_finite: true,
+        },
+    )
+    .soft(1)
+    .weighted(4)
+    .sample_weighted(5);
+    let options = [
+        CrossEntropy::new(),
+        CrossEntropy::new().label_smoothing(0.2),
+        CrossEntropy::new()
+            .label_smoothing(0.1)
+            .z_loss(1e-3)
+            .softcap(12.0)
+            .logit_scale(0.8)
+            .reduction(Reduction::Sum),
+        CrossEntropy::new().reduction(Reduction::None),
+    ];
+    for case in [&index, &soft] {
+        for o in &options {
+            let plain = case.reference(o, None);
+            let tiny = case.reference(&o.focal_gamma(1e-30), None);
+            assert_same(&format!("{o:?}"), &plain, &tiny, 1e-12);
+        }
+    }
+}
+
+#[test]
+fn worked_examples_softmax() {
+    // 1. Two classes, z = (0, ln 3): p = (1/4, 3/4), target 1, γ = 2.
+    //    loss = −(1 − 3/4)²·ln(3/4) = 0.0625·0.287682… = 0.0179801295
+    //    g[1] = (1/4)² − 2·(3/4)·ln(3/4)·(1/4) = 0.0625 + 0.107880… = 0.1703807772
+    //    dz = g[1]·(p − onehot) = (0.0425951943, −0.0425951943)
+    let z = [0.0f32, 3f32.ln()];
+    let r = reference::cross_entropy(
+        &CrossEntropy::new().focal_gamma(2.0),
+        &Batch::new(Logits::new(&z, 1, 2), &[1i64][..]),
+        None,
+    )
+    .unwrap();
+    assert_close(
+        "example 1 loss",
+        &[r.loss.unwrap() as f32],
+        &[0.0179801295],
+        0.0,
+        1e-6,
+    );
+    assert_close(
+        "example 1 gradient",
+        &r.gradient.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &[0.0425951943, -0.0425951943],
+        0.0,
+        1e-6,
+    );
+
+    // 2. Three classes, z = ln(1, 1, 2): p = (1/4, 1/4, 1/2), target 2, ε = 0.3 (ε/C = 0.1),
+    //    γ = 1: t' = (0.1, 0.1, 0.8), f = 1 − p = (3/4, 3/4, 1/2).
+    //    loss = −(2·0.1·(3/4)·ln(1/4) + 0.8·(1/2)·ln(1/2)) = 0.2079442 + 0.2772589 = 0.4852030264
+    //    g = f − p·ln p = (1.0965736, 1.0965736, 0.8465736), G = Σ t'·g = 0.8965736
+    //    dz = p·G − t'·g = (0.1144860385, 0.1144860385, −0.2289720771), summing to 0.
+    let z = [0.0f32, 0.0, 2f32.ln()];
+    let r = reference::cross_entropy(
+        &CrossEntropy::new().focal_gamma(1.0).label_smoothing(0.3),
+        &Batch::new(Logits::new(&z, 1, 3), &[2i64][..]),
+        None,
+    )
+    .unwrap();
+    assert_close(
+        "example 2 loss",
+        &[r.loss.unwrap() as f32],
+        &[0.4852030264],
+        0.0,
+        1e-6,
+    );
+    assert_close(
+        "example 2 gradient",
+        &r.gradient.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &[0.1144860385, 0.1144860385, -0.2289720771],
+        0.0,
+        1e-6,
+    );
+    // The same row as a soft target t = onehot(2) smoothed by 0.3 gives the same numbers.
+    let t = [0.0f32, 0.0, 1.0];
+    let soft = reference::cross_entropy(
+        &CrossEntropy::new().focal_gamma(1.0).label_smoothing(0.3),
+        &Batch::new(Logits::new(&z, 1, 3), &t[..]),
+        None,
+    )
+    .unwrap();
+    assert_same("example 2 as soft targets", &r, &soft, 1e-12);
+
+    // 3. Sample weights and the mean: rows with targets (0, 1, ignored), class weights (1, 3),
+    //    sample weights (2, 0.5, 7), uniform logits (loss ln 2 per valid row):
+    //    D = 2·1 + 0.5·3 = 3.5 (the ignored row counts for nothing), Σ s·loss = (2 + 1.5)·ln 2,
+    //    mean = ln 2.  Sum = 3.5·ln 2.  z-loss λ = 0.1, lse = ln 2: adds λ·(2 + 0.5)·ln²2 / 2.5.
+    let x = [0.0f32; 6];
+    let y = [0i64, 1, -100];
+    let w = [1.0f32, 3.0];
+    let s = [2.0f32, 0.5, 7.0];
+    let batch = || {
+        Batch::new(Logits::new(&x, 3, 2), &y[..])
+            .class_weights(&w)
+            .sample_weights(&s)
+    };
+    let ln2 = 2f64.ln();
+    let mean = reference::cross_entropy(&CrossEntropy::new(), &batch(), None).unwrap();
+    assert!((mean.loss.unwrap() - ln2).abs() < 1e-12);
+    let sum = reference::cross_entropy(
+        &CrossEntropy::new().reduction(Reduction::Sum),
+        &batch(),
+        None,
+    )
+    .unwrap();
+    assert!((sum.loss.unwrap() - 3.5 * ln2).abs() < 1e-12);
+    let z = reference::cross_entropy(&CrossEntropy::new().z_loss(0.1), &batch(), None).unwrap();
+    let lambda = 0.1f32 as f64;
+    assert!((z.loss.unwrap() - (ln2 + lambda * ln2 * ln2)).abs() < 1e-12);
+    let none = reference::cross_entropy(
+        &CrossEntropy::new().reduction(Reduction::None),
+        &batch(),
+        None,
+    )
+    .unwrap();
+    for (a, b) in none.row_losses.iter().zip([2.0 * ln2, 1.5 * ln2, 0.0]) {
+        assert!((a - b).abs() < 1e-12, "{:?}", none.row_losses);
+    }
+}
+
+#[test]
+fn worked_examples_bce() {
+    // torchvision's sigmoid_focal_loss(x, y, α = 0.25, γ = 2), element by element:
+    //   x = 0, y = 1: p = 1/2, ce = ln 2, p_t = 1/2, α_t = 0.25: 0.25·ln 2·(1/2)² = 0.0433216988
+    //   x = 2, y = 0: p = σ(2) = 0.880797, ce = softplus(2) = 2.126928, p_t = 0.119203,
+    //                 α_t = 0.75: 0.75·2.126928·0.880797² = 1.2375586346
+    let x = [0.0f32, 2.0];
+    let y = [1.0f32, 0.0];
+    let options = BinaryCrossEntropy::new()
+        .focal_gamma(2.0)
+        .focal_alpha(0.25)
+        .reduction(Reduction::None);
+    let r =
+        reference::binary_cross_entropy(&options, &Batch::new(Logits::new(&x, 1, 2), &y[..]), None)
+            .unwrap();
+    assert_close(
+        "torchvision focal",
+        &r.row_losses.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &[0.0433216988, 1.2375586346],
+        0.0,
+        1e-6,
+    );
+    // Keras's label smoothing: x = 1, y = 1, ε = 0.2 → y' = 0.9:
+    //   0.9·softplus(−1) + 0.1·softplus(1) = 0.9·0.313262 + 0.1·1.313262 = 0.4132616875
+    let r = reference::binary_cross_entropy(
+        &BinaryCrossEntropy::new().label_smoothing(0.2),
+        &Batch::new(Logits::new(&[1.0f32], 1, 1), &[1.0f32][..]),
+        None,
+    )
+    .unwrap();
+    assert_close(
+        "smoothing",
+        &[r.loss.unwrap() as f32],
+        &[0.4132616875],
+        0.0,
+        1e-6,
+    );
+    // Sample weights multiply every element of their row; the mean still divides by N·C:
+    //   rows (0, 0) and (0, 0) with targets 1: ln 2 each; s = (3, 1): (6 + 2)·ln 2 / 4 = 2·ln 2.
+    let r = reference::binary_cross_entropy(
+        &BinaryCrossEntropy::new(),
+        &Batch::new(Logits::new(&[0.0f32; 4], 2, 2), &[1.0f32; 4][..]).sample_weights(&[3.0, 1.0]),
+        None,
+    )
+    .unwrap();
+    assert!((r.loss.unwrap() - 2.0 * 2f64.ln()).abs() < 1e-12);
+    // γ = 0 and no α is plain BCE, bit for bit.
+    let case = Case::new(3, 6, 7, Hardness::default()).multi_label(1, true);
+    let plain = case.reference_bce(&BinaryCrossEntropy::new(), None);
+    let zero = case.reference_bce(&BinaryCrossEntropy::new().focal_gamma(0.0), None);
+    assert_eq!(plain.row_losses, zero.row_losses);
+    assert_eq!(plain.gradient, zero.gradient);
+}
+
+/// The scalar the reference's gradient differentiates: the loss, or Σ u·loss for `none`.
+fn objective(r: &Reference, upstream: Option<&[f32]>) -> f64 {
+    match r.loss {
+        Some(l) => l * upstream.map_or(1.0, |u| u[0] as f64),
+        None => r
+            .row_losses
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| l * upstream.map_or(1.0, |u| u[i] as f64))
+            .sum(),
+    }
+}
+
+/// Central differences with the exact step 2^-12 against the reference's gradient.
+fn finite_differences(
+    label: &str,
+    case: &Case,
+    upstream: Option<&[f32]>,
+    reference: impl Fn(&Case) -> Reference,
+) {
+    let h = 1.0f32 / 4096.0;
+    let analytic = reference(case);
+    let mut worst = (0usize, 0f64, 0f64, 0f64);
+    for i in 0..case.logits.len() {
+        let at = |v: f32| {
+            let mut c = case.clone();
+            c.logits[i] = v;
+            objective(&reference(&c), upstream)
+        };
+        let x = case.logits[i];
+        assert_eq!((x + h) - h, x, "step not exact");
+        let fd = (at(x + h) - at(x - h)) / (2.0 * h as f64);
+        let g = analytic.gradient[i];
+        let excess = (fd - g).abs() / (1e-7 + 1e-5 * g.abs());
+        if excess > worst.1 {
+            worst = (i, excess, fd, g);
+        }
+    }
+    let (i, excess, fd, g) = worst;
+    assert!(
+        excess <= 1.0,
+        "{label}: element {i}: finite differences {fd}, reference gradient {g} ({excess}× the tolerance)"
+    );
+}
+
+#[test]
+fn reference_gradient_matches_finite_differences() {
+    let base = CrossEntropy::new();
+    let mut grid = vec![];
+    for gamma in [0.5f32, 1.0, 2.0, 3.5] {
+        let f = base.focal_gamma(gamma);
+        grid.extend([
+            f,
+            f.label_smoothing(0.2),
+            f.label_smoothing(0.1)
+                .z_loss(1e-2)
+                .softcap(4.0)
+                .logit_scale(1.3),
+            f.label_smoothing(0.3).reduction(Reduction::Sum),
+            f.z_loss(1e-2).reduction(Reduction::None).ignore_index(2),
+        ]);
+    }
+    grid.push(base.label_smoothing(0.2).z_loss(1e-2));
+    for (k, options) in grid.iter().enumerate() {
+        let index = grid_case(10 + k as u64, 5, 6)
+            .weighted(k as u64)
+            .sample_weighted(k as u64)
+            .ignore_every(3, options.ignore_index);
+        let soft = grid_case(40 + k as u64, 4, 5)
+            .soft(k as u64)
+            .weighted(k as u64 + 1)
+            .sample_weighted(k as u64 + 2);
+        let upstream: Vec<f32> = match options.reduction {
+            Reduction::None => (0..5).map(|i| 0.5 + 0.25 * i as f32).collect(),
+            _ => vec![0.75],
+        };
+        for (what, case) in [("index", &index), ("soft", &soft)] {
+            let up = &upstream[..upstream.len().min(case.rows)];
+            finite_differences(&format!("{what} {options:?}"), case, Some(up), |c| {
+                c.reference(options, Some(up))
+            });
+        }
+    }
+}
+
+#[test]
+fn bce_reference_gradient_matches_finite_differences() {
+    let base = BinaryCrossEntropy::new();
+    let grid = [
+        base.label_smoothing(0.1),
+        base.focal_gamma(2.0).focal_alpha(0.25),
+        base.focal_gamma(0.5),
+        base.focal_alpha(0.7),
+        base.focal_gamma(1.5)
+            .focal_alpha(0.4)
+            .label_smoothing(0.2)
+            .reduction(Reduction::Sum),
+        base.focal_gamma(3.0).reduction(Reduction::None),
+    ];
+    for (k, options) in grid.iter().enumerate() {
+        let case = grid_case(70 + k as u64, 4, 5)
+            .multi_label(k as u64, true)
+            .sample_weighted(k as u64);
+        let upstream: Vec<f32> = match options.reduction {
+            Reduction::None => (0..20).map(|i| 0.5 + 0.1 * i as f32).collect(),
+            _ => vec![1.5],
+        };
+        finite_differences(&format!("{options:?}"), &case, Some(&upstream), |c| {
+            c.reference_bce(options, Some(&upstream))
+        });
+    }
+}
+
+#[test]
+fn bad_values_are_errors_naming_the_option() {
+    let x = [0.0f32; 6];
+    let y = [0i64, 1];
+    let run = |o: CrossEntropy, s: Option<&[f32]>| {
+        let mut batch = Batch::new(Logits::new(&x, 2, 3), &y[..]);
+        batch.sample_weights = s;
+        o.compute(&Backend::Cpu, batch, Request::new())
+    };
+    for gamma in [-0.5f32, f32::NAN, f32::INFINITY] {
+        let e = run(CrossEntropy::new().focal_gamma(gamma), None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::BadOption {
+                    option: "focal_gamma",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    let e = run(CrossEntropy::new(), Some(&[1.0, -1.0])).unwrap_err();
+    assert_eq!(
+        e,
+        Error::BadWeight {
+            what: "sample_weights",
+            index: 1,
+            value: -1.0
+        }
+    );
+    let e = run(CrossEntropy::new(), Some(&[1.0, f32::NAN])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BadWeight {
+                what: "sample_weights",
+                index: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = run(CrossEntropy::new(), Some(&[1.0, 1.0, 1.0])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                what: "sample_weights",
+                expected: 2,
+                actual: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = run(
+        CrossEntropy::new()
+            .focal_gamma(2.0)
+            .input(InputKind::PROBABILITIES),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+
+    let t = [0.5f32; 6];
+    let bce = |o: BinaryCrossEntropy| {
+        o.compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&x, 2, 3), &t[..]),
+            Request::new(),
+        )
+    };
+    for (o, name) in [
+        (BinaryCrossEntropy::new().focal_gamma(-1.0), "focal_gamma"),
+        (BinaryCrossEntropy::new().focal_alpha(1.5), "focal_alpha"),
+        (BinaryCrossEntropy::new().focal_alpha(-0.1), "focal_alpha"),
+        (
+            BinaryCrossEntropy::new().label_smoothing(2.0),
+            "label_smoothing",
+        ),
+    ] {
+        let e = bce(o).unwrap_err();
+        assert!(
+            matches!(e, Error::BadOption { option, .. } if option == name),
+            "{e}"
+        );
+    }
+    let e = BinaryCrossEntropy::new()
+        .compute(
+            &Backend::Cpu,
+            Batch::new(Logits::new(&x, 2, 3), &t[..]).sample_weights(&[1.0]),
+            Request::new(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                what: "sample_weights",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Option grids shared by the CPU and GPU tests.
+// ---------------------------------------------------------------------------------------------
+
+/// Focal options with every option of section 2 around them.
+fn focal_grid() -> Vec<CrossEntropy> {
+    let mut out = vec![];
+    for gamma in [0.5f32, 2.0] {
+        let f = CrossEntropy::new().focal_gamma(gamma);
+        out.extend([
+            f,
+            f.label_smoothing(0.1),
+            f.z_loss(1e-3)
+                .softcap(15.0)
+                .logit_scale(0.7)
+                .ignore_index(3)
+                .reduction(Reduction::Sum),
+            f.label_smoothing(0.2).reduction(Reduction::None),
+            f.label_smoothing(1.0)
+                .z_loss(2e-2)
+                .reduction(Reduction::Sum),
+        ]);
+    }
+    out
+}
+
+/// Plain options, for sample weights without focal loss.
+fn sample_weight_grid() -> Vec<CrossEntropy> {
+    let base = CrossEntropy::new();
+    vec![
+        base,
+        base.reduction(Reduction::Sum),
+        base.reduction(Reduction::None),
+        base.label_smoothing(0.1).z_loss(1e-3),
+        base.softcap(20.0).logit_scale(1.2).ignore_index(2),
+    ]
+}
+
+fn bce_grid() -> Vec<BinaryCrossEntropy> {
+    let base = BinaryCrossEntropy::new();
+    let mut out = vec![];
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        let b = base.reduction(reduction);
+        out.extend([
+            b.label_smoothing(0.1),
+            b.focal_gamma(2.0).focal_alpha(0.25),
+            b.focal_gamma(0.5),
+            b.focal_alpha(0.6).label_smoothing(0.05),
+        ]);
+    }
+    out
+}
+
+/// Upstream values for `Reduction::None` (one per row), else none.
+fn row_upstream(options: &CrossEntropy, rows: usize) -> Option<Vec<f32>> {
+    (options.reduction == Reduction::None).then(|| {
+        (0..rows)
+            .map(|i| (i % 5) as f32 * 0.3 - 0.2)
+            .collect::<Vec<_>>()
+    })
+}
+
+/// The softmax cases of one option set: index targets in three dtypes (hard data, class and
+/// sample weights, ignored rows), the (N, C, d) layout, soft targets.
+fn softmax_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
+    let mut out = vec![];
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        out.push((
+            format!("index {dtype:?}"),
+            Case::new(seed, 37, 133, Hardness::ALL)
+                .weighted(seed)
+                .sample_weighted(seed)
+                .ignore_every(4, options.ignore_index)
+                .dtype(dtype),
+        ));
+    }
+    out.push((
+        "(N, C, d) f16".into(),
+        Case::new(
+            seed + 1,
+            3 * 10,
+            21,
+            Hardness {
+                outliers: true,
+                masked: true,
+                non_finite: false,
+            },
+        )
+        .weighted(seed)
+        .sample_weighted(seed + 1)
+        .ignore_every(3, options.ignore_index)
+        .dtype(Dtype::F16)
+        .class_dim1(10),
+    ));
+    out.push((
+        "soft".into(),
+        Case::new(
+            seed + 2,
+            19,
+            77,
+            Hardness {
+                outliers: true,
+                masked: false,
+                non_finite: true,
+            },
+        )
+        .soft(seed)
+        .weighted(seed + 2)
+        .sample_weighted(seed + 2),
+    ));
+    out.push((
+        "(N, C, d) soft".into(),
+        Case::new(seed + 3, 2 * 6, 5, Hardness::default())
+            .soft(seed + 1)
+            .sample_weighted(seed + 3)
+            .class_dim1(6),
+    ));
+    out
+}
+
+fn bce_cases(seed: u64) -> Vec<(String, Case)> {
+    let hard = Hardness {
+        outliers: true,
+        ..Hardness::default()
+    };
+    vec![
+        (
+            "f32".into(),
+            Case::new(seed, 15, 41, hard)
+                .multi_label(seed, false)
+                .sample_weighted(seed),
+        ),
+        (
+            "bf16 weighted".into(),
+            Case::new(seed + 1, 15, 41, hard)
+                .multi_label(seed, true)
+                .sample_weighted(seed + 1)
+                .dtype(Dtype::Bf16),
+        ),
+        (
+            "(N, C, d) f16".into(),
+            Case::new(seed + 2, 15, 41, hard)
+                .multi_label(seed, true)
+                .sample_weighted(seed + 2)
+                .dtype(Dtype::F16)
+                .class_dim1(5),
+        ),
+    ]
+}
+
+/// Runs BCE through `backend` in both gradient modes and checks it against the reference.
+fn check_bce(label: &str, backend: &Backend, case: &Case, options: &BinaryCrossEntropy) {
+    let elements = case.rows * case.classes;
+    let upstream: Option<Vec<f32>> = (options.reduction == Reduction::None)
+        .then(|| (0..elements).map(|i| (i % 7) as f32 * 0.25).collect());
+    let reference = case.reference_bce(options, upstream.as_deref());
+    for in_place in [false, true] {
+        let mut storage = case.storage();
+        let t32 = case.targets_i32();
+        let mut grad = vec![0f32; elements];
+        let mut request = Request::new().row_losses();
+        request = if in_place {
+            request.gradient_in_place()
+        } else {
+            request.gradient_into(&mut grad)
+        };
+        request.upstream = upstream.as_deref();
+        let out = options
+            .compute(backend, case.batch(&mut storage, &t32, in_place), request)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        if in_place {
+            grad = storage.to_f32();
+        }
+        let label = format!("{label} in_place={in_place}");
+        match (out.loss, reference.loss) {
+            (Some(a), Some(r)) => assert_close(&label, &[a], &[r], 1e-5, 1e-5),
+            (None, None) => {}
+            other => panic!("{label}: {other:?}"),
+        }
+        assert_losses(
+            &format!("{label}: losses"),
+            out.row_losses.as_ref().unwrap(),
+            &reference.row_losses,
+        );
+        let rel = match (in_place, case.dtype) {
+            (true, Dtype::F16) => 1e-3,
+            (true, Dtype::Bf16) => 8e-3,
+            _ => 1e-4,
+        };
+        assert_close(
+            &format!("{label}: gradient"),
+            &grad,
+            &reference.gradient,
+            1e-6,
+            rel,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU.
+// ---------------------------------------------------------------------------------------------
+
+fn cpu_at(
+    level: SimdLevel,
+) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> {
+    move |o, b, r| o.compute(&Backend::CpuWith(level), b, r)
+}
+
+/// Every SIMD level and gradient mode against the reference.
+fn check_cpu(label: &str, case: &Case, options: &CrossEntropy) {
+    let upstream = row_upstream(options, case.rows);
+    let reference = case.reference(options, upstream.as_deref());
+    for level in SimdLevel::supported() {
+        for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
+            let run = run_softmax(case, options, upstream.as_deref(), mode, cpu_at(level));
+            check_softmax(
+                &format!("{label} [{level}, {mode:?}]"),
+                case,
+                options,
+                &run,
+                &reference,
+            );
+        }
+    }
+}
+
+#[test]
+fn cpu_focal_against_reference() {
+    for (k, options) in focal_grid().iter().enumerate() {
+        for (what, case) in softmax_cases(options, 100 + k as u64) {
+            check_cpu(&format!("{what} {options:?}"), &case, options);
+        }
+    }
+}
+
+#[test]
+fn cpu_sample_weights_against_reference() {
+    for (k, options) in sample_weight_grid().iter().enumerate() {
+        for (what, case) in softmax_cases(options, 200 + k as u64) {
+            check_cpu(&format!("{what} {options:?}"), &case, options);
+        }
+    }
+    // Probability inputs take sample weights too.
+    let mut options = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-6 });
+    options.label_smoothing = 0.1;
+    let probs = Case::new(
+        8,
+        23,
+        40,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    )
+    .probabilities()
+    .weighted(2)
+    .sample_weighted(3)
+    .ignore_every(4, -100);
+    check_cpu("probabilities", &probs, &options);
+}
+
+#[test]
+fn cpu_long_rows() {
+    // Rows longer than one SIMD chunk, where the focal pass re-reads the row from cache.
+    let case = Case::new(
+        21,
+        5,
+        5000,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    )
+    .weighted(1)
+    .sample_weighted(2);
+    for options in [
+        CrossEntropy::new().focal_gamma(2.0),
+        CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+    ] {
+        check_cpu("5×5000", &case, &options);
+    }
+}
+
+#[test]
+fn cpu_bce_against_reference() {
+    for (k, options) in bce_grid().iter().enumerate() {
+        for (what, case) in bce_cases(300 + k as u64) {
+            for level in SimdLevel::supported() {
+                check_bce(
+                    &format!("bce {what} {options:?} [{level}]"),
+                    &Backend::CpuWith(level),
+                    &case,
+                    options,
+                );
+            }
+        }
+    }
+}
