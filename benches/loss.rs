@@ -190,6 +190,7 @@ fn gpu(c: &mut Criterion) {
             targets: DeviceTargets::I64(&targets),
             class_weights: None,
             pos_weight: None,
+            sample_weights: None,
         };
         let outputs = DeviceOutputs {
             loss: &loss_buffer,

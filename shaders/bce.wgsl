@@ -1,22 +1,28 @@
 // Binary cross-entropy with logits, loss and gradient in one read (SEMANTICS.md section 4).
 //
-// Math, per element with softplus(v) = max(v, 0) + ln(1 + exp(−|v|)):
-//   loss = weight[c]·(pos_weight[c]·y·softplus(−x) + (1−y)·softplus(x))
-//   dx   = weight[c]·((pos_weight[c]·y + 1 − y)·σ(x) − pos_weight[c]·y) · scale
-// with scale the per-element upstream (`none`), the scalar upstream (`sum`) or upstream/(N·C)
-// (`mean`).
+// Math, per element with softplus(v) = max(v, 0) + ln(1 + exp(−|v|)), y' = y·(1−ε) + ε/2
+// (Keras's label smoothing; y' = y when ε = 0) and (weight, pos_weight) = class_params[c]:
+//   ce   = pos_weight·y'·softplus(−x) + (1−y')·softplus(x)
+//   dce  = (pos_weight·y' + 1 − y')·σ(x) − pos_weight·y'
+//   loss = s[n]·weight·α_t·ce·m^γ
+//   dx   = s[n]·weight·α_t·(dce·m^γ + ce·γ·m^(γ−1)·(1 − 2y')·σ(x)·σ(−x)) · scale
+// with the sigmoid focal factor (torchvision) m = 1 − p_t = y'·σ(−x) + (1−y')·σ(x) (γ = 0:
+// m^γ = 1 and no second term), α_t = α·y' + (1−α)·(1−y') when α is on (else 1), s[n] the
+// row's sample weight, and scale the per-element upstream (`none`), the scalar upstream
+// (`sum`) or upstream/(N·C) (`mean`).
 //
 // Launch: flat over the chunk's elements; one invocation owns 4 consecutive elements and
 // writes their loss sum to `row_sums` (one vec4 per invocation) for the fixed-order reduction.
 // Bytes per logit: reads 4 or 2 plus 4 (target), writes 4 (loss, when kept) and 4 or 2
-// (gradient, when asked).
+// (gradient, when asked). Per-class weights come gathered in `class_params` (bce_classes.wgsl)
+// so that the sample weights fit in the 8 storage bindings a device must allow.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(7) var<storage, read_write> row_sums: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> upstream: array<f32>;
-@group(0) @binding(12) var<storage, read> pos_weights: array<f32>;
 @group(0) @binding(13) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
+@group(0) @binding(18) var<storage, read> class_params: array<vec2<f32>>;
 
 const FLAG_KEEP_LOSSES: u32 = 64u;
 const FLAG_GRADIENT: u32 = 128u;
@@ -33,28 +39,54 @@ fn class_of(f: u32) -> u32 {
     return (f / p.spatial) % p.classes;
 }
 
+// Global row of chunk element f (chunks start on whole samples of the (N, C, S) layout).
+fn row_of(f: u32) -> u32 {
+    if (p.spatial == 0u) { return p.first_row + f / p.classes; }
+    let plane = p.classes * p.spatial;
+    return p.first_row + (f / plane) * p.spatial + f % p.spatial;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let group_index = id.x + id.y * groups.x * WG;
     let first = 4u * group_index;
     if (first >= p.elems) { return; }
     let n = min(4u, p.elems - first);
+    let gamma = p.focal_gamma;
     var dx = vec4(0.0);
     var sum = 0.0;
     for (var k = 0u; k < n; k++) {
         let f = first + k;
         let c = class_of(f);
         let x = load_x(p.elem_offset + f);
-        let y = dense_target(p.f32_offset + f);
-        let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
-        let pw = select(1.0, pos_weights[c], has(FLAG_POS_WEIGHT));
-        let loss = w * (pw * y * softplus(-x) + (1.0 - y) * softplus(x));
+        let y = dense_target(p.f32_offset + f) * (1.0 - p.smoothing) + 0.5 * p.smoothing;
+        let wp = class_params[c];
+        let pw = wp.y;
+        var w = wp.x;
+        if (has(FLAG_SAMPLE_WEIGHTS)) { w *= sample_weights[row_of(f)]; }
+        if (has(FLAG_ALPHA)) { w *= p.focal_alpha * y + (1.0 - p.focal_alpha) * (1.0 - y); }
+        let ce = pw * y * softplus(-x) + (1.0 - y) * softplus(x);
+        var d = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
+        var loss = w * ce;
+        if (gamma > 0.0) {
+            let sp = sigmoid(x);
+            let sq = sigmoid(-x);
+            let m = y * sq + (1.0 - y) * sp;
+            var focal = 0.0;
+            var d_focal = 0.0;
+            if (m > 0.0) {
+                focal = pow(m, gamma);
+                d_focal = gamma * pow(m, gamma - 1.0) * (1.0 - 2.0 * y) * sp * sq;
+            }
+            loss = w * ce * focal;
+            d = d * focal + ce * d_focal;
+        }
         sum += loss;
         if (has(FLAG_KEEP_LOSSES)) { losses[p.f32_offset + f] = loss; }
         var scale = p.upstream / p.denominator;
         if (p.reduction == 1u) { scale = p.upstream; }
         if (p.reduction == 0u) { scale = select(1.0, upstream[p.f32_offset + f], has(FLAG_UPSTREAM)); }
-        dx[k] = scale * w * ((pw * y + 1.0 - y) * sigmoid(x) - pw * y);
+        dx[k] = scale * w * d;
     }
     row_sums[p.row0 + group_index] = vec4(sum, 0.0, f32(n), f32(n));
     if (has(FLAG_GRADIENT)) { store_dx(first, dx, n); }

@@ -3,9 +3,12 @@
 // Math (SEMANTICS.md sections 1-3): with p = exp(z − lse) and the row's coefficients,
 //   dz[c] = (a·kce + b·2λ·lse)·p[c] − a·w[c]·(B·t[c] + ε/C) − a·(1−ε)·w[y]·[c = y],
 //   dx[c] = dz[c]·dz/dx,
-// where a (cross-entropy part) and b (z-loss part) are the reduction's scales: the upstream
-// value per row for `none`, the scalar upstream for `sum`, and upstream/D, upstream/V for
-// `mean`, D and V read from the reduced totals, so device-resident calls need no readback.
+// where a (cross-entropy part) and b (z-loss part) are the reduction's scales times the row's
+// sample weight s[n]: the upstream value per row for `none`, the scalar upstream for `sum`, and
+// upstream/D, upstream/Σs for `mean`, D and Σs read from the reduced totals, so
+// device-resident calls need no readback. Focal loss (section 2c): the two subtracted terms
+// are multiplied by the class's g[c] = focal_factors(z[c] − lse).y, and kce is the row's
+// Σ_k a[k]·g[k] (from the rows or the focal pass).
 // Vocab-parallel shards pass the scales already folded into the row coefficients
 // (reduction 3) and ε/C with the global C.
 // Probability inputs: kce = 0 and dz/dq = 1/q (0 where q was clamped). Ignored rows get 0,
@@ -51,7 +54,7 @@ fn gradient(f: u32) -> f32 {
     let k = coefs[row];
     if (k.fill == 1u) { return 0.0; }
     if (k.fill == 2u) { return nan(); }
-    let ab = scales(row);
+    let ab = scales(row) * k.sample;
     let x = load_x(p.elem_offset + f);
     let z = transform(select(p.scale * x, x, p.prob_eps > 0.0));
     let prob = select(exp(z - k.lse), 0.0, p.prob_eps > 0.0);
@@ -68,6 +71,11 @@ fn gradient(f: u32) -> f32 {
     }
     var dz = p_coef * prob - a * w * per_class;
     if (i32(c) == k.y) { dz -= target_term; }
+    if (p.focal_gamma > 0.0) {
+        var subtracted = a * w * per_class;
+        if (i32(c) == k.y) { subtracted += target_term; }
+        dz = p_coef * prob - subtracted * focal_factors(z - k.lse).y;
+    }
     return dz * slope(x, z);
 }
 

@@ -15,10 +15,15 @@
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, plus 4 per dense target; writes
 // 48 bytes per (row, split), nothing per logit.
+//
+// Index targets (CHECK_TARGETS): lane 0 of split 0 reads the row's target, and a valid target
+// outside [0, C) is recorded in `error` as NONE − row (atomicMax keeps the lowest row; 0 is
+// none). The rows pass then treats that row as ignored, so a bad target is never read through.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<Partial>;
+@group(0) @binding(9) var<storage, read_write> error: array<atomic<u32>>;
 
 var<workgroup> shared_partials: array<Partial, WG>;
 
@@ -63,5 +68,11 @@ fn main(
 
     if (lane == 0u && row < p.rows) {
         partials[(p.row0 + row) * p.splits + split] = st;
+        if (split == 0u && has(FLAG_CHECK_TARGETS)) {
+            let y = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
+            if (y.y == 0 && (y.x < 0 || u32(y.x) >= p.classes)) {
+                atomicMax(&error[0], NONE - (p.row0 + row));
+            }
+        }
     }
 }

@@ -4,13 +4,20 @@
 //   lse = m + ln s (−inf if every z is −inf, +inf with a +inf, NaN with a NaN),
 //   index targets: ce = −(1−ε)·w[y]·(z[y] − lse) + (ε/C)·(W·lse − Σ w·z),
 //   dense targets: ce = lse·Σ w·t' − Σ w·t'·z  with t' = (1−ε)·t + ε/C,
-//   loss = ce + λ·lse²;  a +inf logit or a NaN makes the row NaN (PyTorch).
+//   loss = s[n]·(ce + λ·lse²);  a +inf logit or a NaN makes the row NaN (PyTorch).
+// Focal loss (section 2c) with index targets and no smoothing needs only p[y]:
+//   ce = −w[y]·(1 − p[y])^γ·logp[y], and the gradient coefficients of plain cross-entropy
+//   with w[y] replaced by w[y]·g[y] (`focal_factors`). With smoothing or soft targets this pass
+//   writes plain cross-entropy and the focal pass (`softmax_focal.wgsl`) overwrites the loss.
+// Sample weights s[n] multiply the row's loss and its (ce, z, weight, count) sums, and are kept
+// in the row's coefficients for the backward pass; a row is NaN by its unweighted loss.
 // Probability inputs use lse = 0 and z = ln clamp(q). A valid row whose target is outside
-// [0, C) is not read: it is recorded in `error` (as NONE − row, so atomicMax keeps the lowest row; 0 is none) and treated as ignored, so a
-// bad target can't make the kernel read out of bounds.
+// [0, C) (flagged by the partials pass) is not read: it is treated as ignored, so a bad target
+// can't make the kernel read out of bounds.
 //
 // Launch: one invocation per row; WG rows per workgroup.
-// Bytes per row: reads 48 per split, one logit, the target and w[y]; writes 96. Nothing per logit.
+// Bytes per row: reads 48 per split, one logit, the target, w[y] and s[n]; writes 96. Nothing
+// per logit.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -18,7 +25,7 @@
 @group(0) @binding(6) var<storage, read_write> row_out: array<RowOut>;
 @group(0) @binding(7) var<storage, read_write> row_sums: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> coefs: array<RowCoef>;
-@group(0) @binding(9) var<storage, read_write> error: array<atomic<u32>>;
+@group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
 
 fn weight(c: u32) -> f32 { return select(1.0, weights[c], has(FLAG_WEIGHTS)); }
 
@@ -64,11 +71,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         coef.kce = wt;
     } else {
         let y = load_target(global_row, p.ignore_lo, p.ignore_hi);
-        valid = y.y == 0;
-        if (valid && (y.x < 0 || u32(y.x) >= p.classes)) {
-            atomicMax(&error[0], NONE - global_row);
-            valid = false;
-        }
+        valid = y.y == 0 && y.x >= 0 && u32(y.x) < p.classes;
         if (valid) {
             let c = u32(y.x);
             let x = load_x(elem_index(row, c));
@@ -83,6 +86,12 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
             coef.wy = (1.0 - eps) * wy;
             coef.kce = (1.0 - eps) * wy + uniform * weight_sum;
             weight_of_row = wy;
+            if (p.focal_gamma > 0.0 && !has(FLAG_FOCAL_ALL)) {
+                // ε = 0: coef.wy stays w[y]; the backward pass multiplies it by g[y].
+                let fg = focal_factors(logp);
+                ce = -wy * fg.x * logp;
+                coef.kce = wy * fg.y;
+            }
         } else {
             out.target_prob = 0.0;
         }
@@ -91,12 +100,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     let use_z = p.z_loss > 0.0 && !probabilities;
     let z_term = select(0.0, p.z_loss * lse * lse, use_z && valid);
     ce = select(0.0, ce, valid);
-    out.loss = select(ce + z_term, nan(), is_nan(ce));
+    let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
+    let unweighted = select(ce + z_term, nan(), is_nan(ce));
+    out.loss = sw * unweighted;
     out.flags = select(0u, 1u, valid) | select(0u, 2u, correct && valid);
     row_out[global_row] = out;
-    row_sums[global_row] = select(vec4(0.0), vec4(ce, z_term, weight_of_row, 1.0), valid);
+    row_sums[global_row] =
+        select(vec4(0.0), sw * vec4(ce, z_term, weight_of_row, 1.0), valid);
     coef.lse = lse;
     coef.zcoef = select(0.0, 2.0 * p.z_loss * lse, use_z);
-    coef.fill = select(select(0u, 2u, is_nan(out.loss)), 1u, !valid);
+    coef.fill = select(select(0u, 2u, is_nan(unweighted)), 1u, !valid);
+    coef.sample = sw;
     coefs[global_row] = coef;
 }

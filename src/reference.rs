@@ -361,7 +361,11 @@ pub fn binary_cross_entropy(
             let alpha_t = alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
             let k = sw * wc * alpha_t;
             let loss = k * ce * focal;
-            let grad = k * (d_ce * focal + ce * d_focal);
+            let grad = if gamma > 0.0 {
+                k * (d_ce * focal + ce * d_focal)
+            } else {
+                k * d_ce
+            };
             let (g, _) = plan.row_scales(upstream, i, 1.0);
             out.row_losses[i] = loss;
             out.gradient[i] = grad * g as f64;

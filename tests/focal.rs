@@ -9,11 +9,16 @@
 mod common;
 
 use common::*;
+use std::sync::{Arc, OnceLock};
+use wgpu::util::DeviceExt;
 use xent::cpu::SimdLevel;
+use xent::gpu::{
+    DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions, ShaderVariant,
+};
 use xent::reference::{self, Reference};
 use xent::{
-    Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Logits, Reduction,
-    Request,
+    Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
+    Reduction, Request,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -776,4 +781,392 @@ fn cpu_bce_against_reference() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU.
+// ---------------------------------------------------------------------------------------------
+
+/// The shared device, or `None` (after a loud message) when there is no adapter.
+fn gpu() -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(gpu) => {
+            eprintln!(
+                "GPU tests run on {} (variant {:?})",
+                gpu.name(),
+                gpu.variant()
+            );
+            Some(Arc::new(gpu))
+        }
+        Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n!!!!!!!! NO GPU ADAPTER ({e}): THE GPU FOCAL TESTS WERE NOT RUN !!!!!!!!\n"
+            );
+            None
+        }
+    })
+    .clone()
+}
+
+/// The default device and, when the adapter has subgroups, the other shader variant.
+fn gpu_variants() -> Vec<Arc<Gpu>> {
+    let Some(default) = gpu() else { return vec![] };
+    let mut out = vec![default.clone()];
+    if default.has_subgroups() {
+        let other = if default.variant() == ShaderVariant::Subgroup {
+            ShaderVariant::Portable
+        } else {
+            ShaderVariant::Subgroup
+        };
+        out.push(Arc::new(
+            Gpu::with_options(GpuOptions {
+                variant: Some(other),
+                ..Default::default()
+            })
+            .expect("second variant"),
+        ));
+    }
+    out
+}
+
+fn on(gpu: &Arc<Gpu>) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> + '_ {
+    move |o, b, r| o.compute(&Backend::Gpu(gpu.clone()), b, r)
+}
+
+/// GPU against the reference in every gradient mode.
+fn check_gpu(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy) {
+    let upstream = row_upstream(options, case.rows);
+    let reference = case.reference(options, upstream.as_deref());
+    for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
+        let run = run_softmax(case, options, upstream.as_deref(), mode, on(gpu));
+        check_softmax(
+            &format!("{label} [{:?}, {mode:?}]", gpu.variant()),
+            case,
+            options,
+            &run,
+            &reference,
+        );
+    }
+}
+
+#[test]
+fn gpu_focal_against_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (k, options) in focal_grid().iter().enumerate() {
+        for (what, case) in softmax_cases(options, 100 + k as u64) {
+            check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+        }
+    }
+}
+
+#[test]
+fn gpu_sample_weights_against_reference() {
+    for gpu in gpu_variants() {
+        for (k, options) in sample_weight_grid().iter().enumerate() {
+            for (what, case) in softmax_cases(options, 200 + k as u64) {
+                check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+            }
+        }
+        let mut options = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-6 });
+        options.label_smoothing = 0.1;
+        let probs = Case::new(
+            8,
+            23,
+            40,
+            Hardness {
+                outliers: true,
+                masked: true,
+                non_finite: false,
+            },
+        )
+        .probabilities()
+        .weighted(2)
+        .sample_weighted(3)
+        .ignore_every(4, -100);
+        check_gpu("probabilities", &gpu, &probs, &options);
+    }
+}
+
+#[test]
+fn gpu_bce_against_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (k, options) in bce_grid().iter().enumerate() {
+        for (what, case) in bce_cases(300 + k as u64) {
+            check_bce(
+                &format!("bce {what} {options:?}"),
+                &Backend::Gpu(gpu.clone()),
+                &case,
+                options,
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_long_rows_split_and_chunked() {
+    let Some(gpu) = gpu() else { return };
+    // Few long rows: the partials pass splits them, the focal pass takes each row whole.
+    assert!(xent::gpu::launch_shape(4, 70_000, Layout::Rows).splits > 1);
+    let long = Case::new(
+        21,
+        4,
+        70_000,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    )
+    .weighted(1)
+    .sample_weighted(2);
+    for options in [
+        CrossEntropy::new().focal_gamma(2.0),
+        CrossEntropy::new().focal_gamma(0.5).label_smoothing(0.1),
+    ] {
+        check_gpu("4×70000", &gpu, &long, &options);
+    }
+    // 64 KiB bindings force many chunks: every pass's row offsets.
+    let small = Arc::new(
+        Gpu::with_options(GpuOptions {
+            max_binding_size: Some(64 << 10),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let case = Case::new(10, 203, 301, Hardness::ALL)
+        .weighted(2)
+        .sample_weighted(3)
+        .dtype(Dtype::F16);
+    for options in [
+        CrossEntropy::new().focal_gamma(2.0),
+        CrossEntropy::new().focal_gamma(1.5).label_smoothing(0.05),
+        CrossEntropy::new().z_loss(1e-3),
+    ] {
+        check_gpu("chunked", &small, &case, &options);
+    }
+    let soft = Case::new(12, 150, 130, Hardness::default())
+        .soft(3)
+        .sample_weighted(4);
+    check_gpu(
+        "chunked soft",
+        &small,
+        &soft,
+        &CrossEntropy::new().focal_gamma(2.0),
+    );
+    let spatial = Case::new(11, 40 * 12, 9, Hardness::default())
+        .sample_weighted(5)
+        .class_dim1(12);
+    check_gpu(
+        "chunked (N, C, d)",
+        &small,
+        &spatial,
+        &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+    );
+    // (BCE is not chunked here: its per-element sums take as many bytes as f32 logits, so a
+    // BCE call that needs chunks is refused before it runs.)
+}
+
+/// Uploads bytes as a storage buffer.
+fn buffer(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
+    gpu.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test"),
+            contents: data,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
+    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    gpu.queue().submit([encoder.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    gpu.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
+    v
+}
+
+#[test]
+fn gpu_device_resident_calls_take_the_new_options() {
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: host-slice calls of other tests clear the shared target-error flag.
+    let gpu = Gpu::new().unwrap();
+    let case = Case::new(15, 50, 129, Hardness::default())
+        .weighted(2)
+        .sample_weighted(3)
+        .ignore_every(6, -100);
+    let logits = buffer(&gpu, bytemuck::cast_slice(&case.logits));
+    let targets = buffer(&gpu, bytemuck::cast_slice(&case.index_targets));
+    let weights = buffer(
+        &gpu,
+        bytemuck::cast_slice(case.class_weights.as_ref().unwrap()),
+    );
+    let samples = buffer(
+        &gpu,
+        bytemuck::cast_slice(case.sample_weights.as_ref().unwrap()),
+    );
+    let loss = buffer(&gpu, &[0u8; 16]);
+    let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
+    let batch = DeviceBatch {
+        logits: &logits,
+        dtype: Dtype::F32,
+        rows: 50,
+        classes: 129,
+        layout: Layout::Rows,
+        targets: DeviceTargets::I64(&targets),
+        class_weights: Some(&weights),
+        pos_weight: None,
+        sample_weights: Some(&samples),
+    };
+    let outputs = DeviceOutputs {
+        loss: &loss,
+        rows: None,
+        gradient: DeviceGradient::Into(&grad),
+        upstream: None,
+        upstream_scalar: 1.0,
+    };
+    for options in [
+        CrossEntropy::new().focal_gamma(2.0),
+        CrossEntropy::new()
+            .focal_gamma(1.0)
+            .label_smoothing(0.1)
+            .z_loss(1e-3),
+        CrossEntropy::new().label_smoothing(0.1),
+    ] {
+        let reference = case.reference(&options, None);
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
+            .unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        let label = format!("device {options:?}");
+        assert_close(
+            &format!("{label} loss"),
+            &read(&gpu, &loss)[..1],
+            &[reference.loss.unwrap()],
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{label} gradient"),
+            &read(&gpu, &grad),
+            &reference.gradient,
+            1e-6,
+            1e-4,
+        );
+    }
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+    // A bad target is still flagged (by the partials pass now), with focal loss on.
+    let mut bad = case.index_targets.clone();
+    bad[17] = 129;
+    bad[31] = -5;
+    let bad_targets = buffer(&gpu, bytemuck::cast_slice(&bad));
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_cross_entropy(
+        &mut encoder,
+        &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+        &DeviceBatch {
+            targets: DeviceTargets::I64(&bad_targets),
+            ..batch
+        },
+        &outputs,
+    )
+    .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(gpu.take_target_error().unwrap(), Some(17));
+    // A sample-weight buffer shorter than the rows is a typed error.
+    let short = buffer(&gpu, &[0u8; 64]);
+    let e = gpu
+        .record_cross_entropy(
+            &mut gpu.device().create_command_encoder(&Default::default()),
+            &CrossEntropy::new(),
+            &DeviceBatch {
+                sample_weights: Some(&short),
+                ..batch
+            },
+            &outputs,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+
+    // BCE on the device: smoothing, focal γ and α, sample weights.
+    let bce_case = Case::new(16, 20, 33, Hardness::default())
+        .multi_label(3, true)
+        .sample_weighted(4);
+    let options = BinaryCrossEntropy::new()
+        .label_smoothing(0.1)
+        .focal_gamma(2.0)
+        .focal_alpha(0.25);
+    let reference = bce_case.reference_bce(&options, None);
+    let x = buffer(&gpu, bytemuck::cast_slice(&bce_case.logits));
+    let t = buffer(
+        &gpu,
+        bytemuck::cast_slice(bce_case.dense_targets.as_ref().unwrap()),
+    );
+    let w = buffer(
+        &gpu,
+        bytemuck::cast_slice(bce_case.class_weights.as_ref().unwrap()),
+    );
+    let pw = buffer(
+        &gpu,
+        bytemuck::cast_slice(bce_case.pos_weight.as_ref().unwrap()),
+    );
+    let s = buffer(
+        &gpu,
+        bytemuck::cast_slice(bce_case.sample_weights.as_ref().unwrap()),
+    );
+    let g = buffer(&gpu, &vec![0u8; 20 * 33 * 4]);
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_binary_cross_entropy(
+        &mut encoder,
+        &options,
+        &DeviceBatch {
+            logits: &x,
+            dtype: Dtype::F32,
+            rows: 20,
+            classes: 33,
+            layout: Layout::Rows,
+            targets: DeviceTargets::Dense(&t),
+            class_weights: Some(&w),
+            pos_weight: Some(&pw),
+            sample_weights: Some(&s),
+        },
+        &DeviceOutputs {
+            gradient: DeviceGradient::Into(&g),
+            ..outputs
+        },
+    )
+    .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_close(
+        "device bce loss",
+        &read(&gpu, &loss)[..1],
+        &[reference.loss.unwrap()],
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        "device bce gradient",
+        &read(&gpu, &g),
+        &reference.gradient,
+        1e-6,
+        1e-4,
+    );
 }

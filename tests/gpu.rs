@@ -517,6 +517,7 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
         targets: DeviceTargets::I64(&targets),
         class_weights: Some(&weights),
         pos_weight: None,
+        sample_weights: None,
     };
     let outputs = DeviceOutputs {
         loss: &loss,

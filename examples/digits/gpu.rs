@@ -628,6 +628,7 @@ impl Trainer {
                 targets: DeviceTargets::I32(&self.batch_labels),
                 class_weights: None,
                 pos_weight: None,
+                sample_weights: None,
             },
             &DeviceOutputs {
                 loss: &self.loss,
@@ -672,6 +673,7 @@ impl Trainer {
                 targets: DeviceTargets::I32(&self.held_labels),
                 class_weights: None,
                 pos_weight: None,
+                sample_weights: None,
             },
             &DeviceOutputs {
                 loss: &self.held_loss,

@@ -12,7 +12,8 @@ struct RowOut {
 }
 
 // What the backward pass needs of a row: dz[c] = (a·kce + b·zcoef)·p[c] − a·w[c]·(B·t[c] + ε/C)
-// − a·wy·[c = target], with a, b the reduction's scales.
+// − a·wy·[c = target], with a, b the reduction's scales times the row's sample weight; with
+// focal loss the two subtracted terms are multiplied by the class's g[c] (`focal_factors`).
 struct RowCoef {
     lse: f32,
     kce: f32,     // coefficient of p in the cross-entropy part
@@ -21,5 +22,5 @@ struct RowCoef {
     fill: u32,    // 0: compute, 1: zero (ignored row), 2: NaN (NaN loss)
     zcoef: f32,   // 2λ·lse
     scale: f32,   // a, when the reduction is 3 (prescaled: kce and wy already carry a)
-    _pad1: u32,
+    sample: f32,  // the row's sample weight s[n] (1 without sample weights)
 }

@@ -25,8 +25,12 @@ struct Params {
     ignore_hi: u32,
     upstream: f32,      // scalar upstream gradient for sum / mean
     denominator: f32,   // mean's denominator when the host knows it (BCE: N·C)
+    focal_gamma: f32,   // focal γ (0: off)
+    focal_alpha: f32,   // BCE's focal α (used when FLAG_ALPHA)
+    first_row: u32,     // BCE: global row of the chunk's first element (for sample weights)
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const FLAG_WEIGHTS: u32 = 1u;     // class weights bound
@@ -35,6 +39,10 @@ const FLAG_WANT_WZ: u32 = 4u;     // accumulate Σ w·z (smoothing, index target
 const FLAG_ENTROPY: u32 = 8u;     // accumulate Σ e·z
 const FLAG_UPSTREAM: u32 = 16u;   // per-row (per-element) upstream buffer bound
 const FLAG_POS_WEIGHT: u32 = 32u; // BCE pos_weight bound
+const FLAG_SAMPLE_WEIGHTS: u32 = 256u; // per-row sample weights bound
+const FLAG_CHECK_TARGETS: u32 = 512u;  // partials: flag index targets outside [0, C)
+const FLAG_FOCAL_ALL: u32 = 1024u;     // softmax focal loss needs the focal pass (ε > 0 or soft)
+const FLAG_ALPHA: u32 = 2048u;         // BCE focal α on
 
 // Infinities and NaN from their bits (WGSL has no literals for them).
 fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
@@ -123,6 +131,33 @@ fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
         (*st).te += t * e;
         if (t > (*st).tmax) { (*st).tmax = t; (*st).targ = c; }
     }
+}
+
+// 1 − exp(l) for l ≤ 0, without the cancellation of 1 − exp(l) near 0 (WGSL has no expm1):
+// the Taylor series −l·(1 + l/2 + l²/6 + …) through l⁷ above −1/4 (truncation below 2e-9
+// relative), 1 − exp(l) below (relative error under 3e-7).
+fn one_minus_exp(l: f32) -> f32 {
+    if (l > -0.25) {
+        let s = 1.0 + l * (1.0 / 2.0 + l * (1.0 / 6.0 + l * (1.0 / 24.0 + l * (1.0 / 120.0
+            + l * (1.0 / 720.0 + l * (1.0 / 5040.0))))));
+        return -l * s;
+    }
+    return 1.0 - exp(l);
+}
+
+// Focal loss (SEMANTICS.md section 2c) of a class with log-probability l: the focal factor
+// f = (1 − p)^γ and the gradient factor g = f − γ·p·l·(1 − p)^(γ−1), so that the loss is
+// −Σ_c a[c]·f[c]·l[c] and dz[c] = p[c]·Σ_k a[k]·g[k] − a[c]·g[c] (a[c] = w[c]·t'[c]; the
+// derivation is at `reference::focal_factors`). p·l·(1 − p)^(γ−1) → 0 at p = 0 and p = 1.
+fn focal_factors(l: f32) -> vec2<f32> {
+    let gamma = p.focal_gamma;
+    let q = one_minus_exp(l);
+    if (q <= 0.0) { return vec2(0.0, 0.0); }
+    let prob = exp(l);
+    let f = pow(q, gamma);
+    var h = 0.0;
+    if (prob > 0.0) { h = prob * l * pow(q, gamma - 1.0); }
+    return vec2(f, f - gamma * h);
 }
 
 // Scale of a partial's exp-sums when its max `m` is replaced by `to` (≥ m).

@@ -82,7 +82,12 @@ pub fn binary_row(
         losses[c] = loss;
         sum += loss as f64;
         if let Some(g) = grad.as_deref_mut() {
-            g[c] = scale(c) * k * (d_ce * focal + ce * d_focal);
+            let d = if gamma > 0.0 {
+                d_ce * focal + ce * d_focal
+            } else {
+                d_ce
+            };
+            g[c] = scale(c) * k * d;
         }
     }
     sum

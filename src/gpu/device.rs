@@ -61,6 +61,9 @@ pub struct DeviceBatch<'a> {
     pub class_weights: Option<&'a wgpu::Buffer>,
     /// BCE's `pos_weight` (`classes` f32).
     pub pos_weight: Option<&'a wgpu::Buffer>,
+    /// Per-row sample weights `s[n]` (`rows` f32; for BCE they scale every element of the
+    /// row). They are not checked on the device: pass finite, non-negative values.
+    pub sample_weights: Option<&'a wgpu::Buffer>,
 }
 
 /// The outputs of a recorded call. Nothing is read back.

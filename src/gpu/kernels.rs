@@ -14,8 +14,12 @@ pub enum Kernel {
     SoftmaxPartials,
     /// Per-row loss, LSE, metrics, gradient coefficients.
     SoftmaxRows,
+    /// Focal loss with smoothing or soft targets: a second read of each row with its LSE.
+    SoftmaxFocal,
     /// Gradient from the saved LSE.
     SoftmaxBackward,
+    /// Binary cross-entropy: the per-class weights gathered into one buffer.
+    BceClasses,
     /// Binary cross-entropy, loss and gradient.
     Bce,
     /// Fixed-order reduction to the batch loss.
@@ -31,7 +35,9 @@ impl Kernel {
         match self {
             Kernel::SoftmaxPartials => include_str!("../../shaders/softmax_partials.wgsl"),
             Kernel::SoftmaxRows => include_str!("../../shaders/softmax_rows.wgsl"),
+            Kernel::SoftmaxFocal => include_str!("../../shaders/softmax_focal.wgsl"),
             Kernel::SoftmaxBackward => include_str!("../../shaders/softmax_backward.wgsl"),
+            Kernel::BceClasses => include_str!("../../shaders/bce_classes.wgsl"),
             Kernel::Bce => include_str!("../../shaders/bce.wgsl"),
             Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
@@ -105,7 +111,11 @@ impl Variant {
         let mut src = format!("const WG: u32 = {WORKGROUP_SIZE}u;\n");
         let softmax_like = matches!(
             self.kernel,
-            Kernel::SoftmaxPartials | Kernel::SoftmaxRows | Kernel::SoftmaxBackward | Kernel::Bce
+            Kernel::SoftmaxPartials
+                | Kernel::SoftmaxRows
+                | Kernel::SoftmaxFocal
+                | Kernel::SoftmaxBackward
+                | Kernel::Bce
         );
         if softmax_like {
             let access = if self.store == Store::InPlace
@@ -128,7 +138,7 @@ impl Variant {
                 TargetLoad::Dense => include_str!("../../shaders/include/targets_dense.wgsl"),
             };
         }
-        if softmax_like || self.kernel == Kernel::Reduce {
+        if softmax_like || matches!(self.kernel, Kernel::Reduce | Kernel::BceClasses) {
             src += include_str!("../../shaders/include/softmax_common.wgsl");
             src += include_str!("../../shaders/include/rows_common.wgsl");
         }
@@ -173,9 +183,14 @@ impl Variant {
     pub fn bindings(&self) -> &'static [(u32, Slot)] {
         use Slot::*;
         match (self.kernel, self.store) {
-            (Kernel::SoftmaxPartials, _) => {
-                &[(0, Uniform), (1, Read), (3, Read), (4, Read), (5, Write)]
-            }
+            (Kernel::SoftmaxPartials, _) => &[
+                (0, Uniform),
+                (1, Read),
+                (3, Read),
+                (4, Read),
+                (5, Write),
+                (9, Write),
+            ],
             (Kernel::SoftmaxRows, _) => &[
                 (0, Uniform),
                 (1, Read),
@@ -185,7 +200,16 @@ impl Variant {
                 (6, Write),
                 (7, Write),
                 (8, Write),
-                (9, Write),
+                (17, Read),
+            ],
+            (Kernel::SoftmaxFocal, _) => &[
+                (0, Uniform),
+                (1, Read),
+                (3, Read),
+                (4, Read),
+                (6, Write),
+                (7, Write),
+                (8, Write),
             ],
             (Kernel::SoftmaxBackward, Store::Separate) => &[
                 (0, Uniform),
@@ -207,27 +231,28 @@ impl Variant {
                 (10, Read),
                 (11, Read),
             ],
+            (Kernel::BceClasses, _) => &[(0, Uniform), (4, Read), (12, Read), (18, Write)],
             (Kernel::Bce, Store::Separate) => &[
                 (0, Uniform),
                 (1, Read),
                 (2, Write),
                 (3, Read),
-                (4, Read),
                 (7, Write),
                 (11, Read),
-                (12, Read),
                 (13, Write),
+                (17, Read),
+                (18, Read),
             ],
             (Kernel::Bce, Store::InPlace) => &[
                 (0, Uniform),
                 (1, Write),
                 (2, Write),
                 (3, Read),
-                (4, Read),
                 (7, Write),
                 (11, Read),
-                (12, Read),
                 (13, Write),
+                (17, Read),
+                (18, Read),
             ],
             (Kernel::Reduce, _) => &[(0, Uniform), (14, Read), (15, Write), (16, Write)],
             (Kernel::ProbeRead | Kernel::ProbeCopy, _) => &[(0, Read), (1, Write)],
@@ -353,6 +378,15 @@ pub fn all_variants() -> Vec<Variant> {
                 subgroups: false,
             });
             if load != LogitLoad::F32x4 {
+                out.push(Variant {
+                    kernel: Kernel::SoftmaxFocal,
+                    load,
+                    targets: t,
+                    store: Store::Separate,
+                    subgroups: false,
+                });
+            }
+            if load != LogitLoad::F32x4 {
                 for store in [Store::Separate, Store::InPlace] {
                     out.push(Variant {
                         kernel: Kernel::SoftmaxBackward,
@@ -376,6 +410,14 @@ pub fn all_variants() -> Vec<Variant> {
             }
         }
     }
-    out.extend([Kernel::Reduce, Kernel::ProbeRead, Kernel::ProbeCopy].map(Variant::plain));
+    out.extend(
+        [
+            Kernel::BceClasses,
+            Kernel::Reduce,
+            Kernel::ProbeRead,
+            Kernel::ProbeCopy,
+        ]
+        .map(Variant::plain),
+    );
     out
 }

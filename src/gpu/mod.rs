@@ -8,7 +8,10 @@
 //!
 //! A softmax call is three passes ([`kernels::Kernel`]): partials (one read of the logits),
 //! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
-//! pass (one more read, one write). Inputs larger than a storage binding are processed in
+//! pass (one more read, one write). Focal loss with smoothing or soft targets adds a focal pass
+//! after rows (one more read: every class's `(1 − p)^γ` needs the row's final LSE); without
+//! smoothing the rows pass needs only `p[y]`. BCE is one element pass (after a tiny per-class
+//! gather). Inputs larger than a storage binding are processed in
 //! row chunks, each bound as its own window.
 
 pub mod device;

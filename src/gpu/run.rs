@@ -29,6 +29,15 @@ impl<'a> Window<'a> {
             size: buffer.size(),
         }
     }
+    /// The first `bytes` of the buffer (rounded up to 4, at least 4, at most the buffer): a
+    /// pooled or caller's buffer may be larger than the binding limit while its data is not.
+    pub fn head(buffer: &'a wgpu::Buffer, bytes: u64) -> Self {
+        Window {
+            buffer,
+            offset: 0,
+            size: bytes.next_multiple_of(4).max(4).min(buffer.size()),
+        }
+    }
 }
 
 /// Launch parameters, mirrored by `Params` in `shaders/include/softmax_common.wgsl`.
@@ -57,7 +66,10 @@ pub(super) struct Params {
     pub(super) ignore_hi: u32,
     pub(super) upstream: f32,
     pub(super) denominator: f32,
-    pub(super) _pad: [u32; 2],
+    pub(super) focal_gamma: f32,
+    pub(super) focal_alpha: f32,
+    pub(super) first_row: u32,
+    pub(super) _pad: [u32; 3],
 }
 
 pub(super) const FLAG_WEIGHTS: u32 = 1;
@@ -68,6 +80,10 @@ const FLAG_UPSTREAM: u32 = 16;
 const FLAG_POS_WEIGHT: u32 = 32;
 const FLAG_KEEP_LOSSES: u32 = 64;
 const FLAG_GRADIENT: u32 = 128;
+const FLAG_SAMPLE_WEIGHTS: u32 = 256;
+const FLAG_CHECK_TARGETS: u32 = 512;
+const FLAG_FOCAL_ALL: u32 = 1024;
+const FLAG_ALPHA: u32 = 2048;
 
 /// Bytes of one `Partial` (`softmax_common.wgsl`).
 pub(super) const PARTIAL_BYTES: u64 = 48;
@@ -159,6 +175,9 @@ impl Gpu {
         if let Some(w) = batch.pos_weight {
             need("pos_weight buffer (bytes)", w, classes as u64 * 4)?;
         }
+        if let Some(w) = batch.sample_weights {
+            need("sample_weights buffer (bytes)", w, rows as u64 * 4)?;
+        }
         if let DeviceGradient::Into(g) = out.gradient {
             need("gradient buffer (bytes)", g, elements * 4)?;
         }
@@ -183,7 +202,10 @@ impl Gpu {
                 o.validate()?;
                 o.reduction
             }
-            Job::Binary(o) => o.reduction,
+            Job::Binary(o) => {
+                o.validate()?;
+                o.reduction
+            }
         };
         if matches!(job, Job::Binary(_)) != matches!(batch.targets, DeviceTargets::Dense(_))
             && matches!(job, Job::Binary(_))
@@ -288,6 +310,7 @@ impl Gpu {
             rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
         )?;
         per_row_limit("per-row sums", reduce_items * 16)?;
+        per_row_limit("sample weights", rows as u64 * 4)?;
         let partials = pool.get(
             device,
             "xent partials",
@@ -317,6 +340,14 @@ impl Gpu {
         let error = pool.get(device, "xent target error", 16, storage_usage());
         let dummy_read = pool.get(device, "xent unused input", 16, storage_usage());
         let dummy_write = pool.get(device, "xent unused output", 16, storage_usage());
+        let class_params = (!is_softmax).then(|| {
+            pool.get(
+                device,
+                "xent bce class params",
+                classes as u64 * 8,
+                storage_usage(),
+            )
+        });
         let row_out = match out.rows {
             Some(r) if is_softmax => r.clone(),
             _ => pool.get(device, "xent rows out", rows as u64 * 32, storage_usage()),
@@ -342,6 +373,9 @@ impl Gpu {
         if out.upstream.is_some() {
             flags |= FLAG_UPSTREAM;
         }
+        if batch.sample_weights.is_some() {
+            flags |= FLAG_SAMPLE_WEIGHTS;
+        }
         let reduction = match job {
             Job::Softmax(o) => {
                 base.scale = o.logit_scale;
@@ -361,6 +395,13 @@ impl Gpu {
                 if want_entropy {
                     flags |= FLAG_ENTROPY;
                 }
+                if !dense {
+                    flags |= FLAG_CHECK_TARGETS;
+                }
+                base.focal_gamma = o.focal_gamma;
+                if o.is_focal() && (dense || o.label_smoothing > 0.0) {
+                    flags |= FLAG_FOCAL_ALL;
+                }
                 o.reduction
             }
             Job::Binary(o) => {
@@ -373,6 +414,12 @@ impl Gpu {
                 if !matches!(out.gradient, DeviceGradient::None) {
                     flags |= FLAG_GRADIENT;
                 }
+                if let Some(alpha) = o.focal_alpha {
+                    flags |= FLAG_ALPHA;
+                    base.focal_alpha = alpha;
+                }
+                base.smoothing = o.label_smoothing;
+                base.focal_gamma = o.focal_gamma;
                 base.denominator = (rows as f64 * classes as f64) as f32;
                 o.reduction
             }
@@ -401,6 +448,7 @@ impl Gpu {
                 elem_offset,
                 f32_offset,
                 elems: count as u32,
+                first_row: chunk.row0 as u32,
                 ..base
             });
         }
@@ -432,7 +480,18 @@ impl Gpu {
             offset: i as u64 * stride,
             size: std::mem::size_of::<Params>() as u64,
         };
-        let weights = batch.class_weights.unwrap_or(&dummy_read);
+        let weights = Window::head(
+            batch.class_weights.unwrap_or(&dummy_read),
+            classes as u64 * 4,
+        );
+        let sample_weights =
+            Window::head(batch.sample_weights.unwrap_or(&dummy_read), rows as u64 * 4);
+        // Index targets are bound whole (every chunk reads them by global row).
+        let index_targets = Window::head(
+            targets_buffer,
+            rows as u64 * if target_load == TargetLoad::I64 { 8 } else { 4 },
+        );
+        let focal_all = base.flags & FLAG_FOCAL_ALL != 0;
 
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("xent"),
@@ -446,11 +505,7 @@ impl Gpu {
                 window(batch.logits, first, count, elem, self.storage_alignment, 4);
             let (f32_targets, _) =
                 window(targets_buffer, first, count, 4, self.storage_alignment, 4);
-            let targets_window = if dense {
-                f32_targets
-            } else {
-                Window::whole(targets_buffer)
-            };
+            let targets_window = if dense { f32_targets } else { index_targets };
             if chunk.rows == 0 {
                 continue;
             }
@@ -475,8 +530,9 @@ impl Gpu {
                         (0, params_window(i)),
                         (1, logits_scalar),
                         (3, targets_window),
-                        (4, Window::whole(weights)),
+                        (4, weights),
                         (5, Window::whole(&partials)),
+                        (9, Window::whole(&error)),
                     ],
                 );
                 let segments = (WORKGROUP_SIZE / shape.tpr) as u64;
@@ -501,18 +557,47 @@ impl Gpu {
                         (0, params_window(i)),
                         (1, logits_scalar),
                         (3, targets_window),
-                        (4, Window::whole(weights)),
+                        (4, weights),
                         (5, Window::whole(&partials)),
                         (6, Window::whole(&row_out)),
                         (7, Window::whole(&row_sums)),
                         (8, Window::whole(&coefs)),
-                        (9, Window::whole(&error)),
+                        (17, sample_weights),
                     ],
                 );
                 let (x, y) = grid(chunk.rows as u64);
                 pass.set_pipeline(&pipeline.pipeline);
                 pass.set_bind_group(0, &group, &[]);
                 pass.dispatch_workgroups(x, y, 1);
+
+                // Focal loss with smoothing or soft targets: every class's (1 − p)^γ, from
+                // the row's final LSE (one more read of the row).
+                if focal_all {
+                    let variant = Variant {
+                        kernel: Kernel::SoftmaxFocal,
+                        load: scalar_load,
+                        targets: target_load,
+                        store: Store::Separate,
+                        subgroups: false,
+                    };
+                    let pipeline = self.pipeline(variant);
+                    let group = self.bind(
+                        &pipeline,
+                        &[
+                            (0, params_window(i)),
+                            (1, logits_scalar),
+                            (3, targets_window),
+                            (4, weights),
+                            (6, Window::whole(&row_out)),
+                            (7, Window::whole(&row_sums)),
+                            (8, Window::whole(&coefs)),
+                        ],
+                    );
+                    let x = row_groups.min(65_535);
+                    pass.set_pipeline(&pipeline.pipeline);
+                    pass.set_bind_group(0, &group, &[]);
+                    pass.dispatch_workgroups(x as u32, 1, row_groups.div_ceil(x) as u32);
+                }
             } else {
                 // BCE: loss and gradient in one pass.
                 let (grad_window, logits_window) = match out.gradient {
@@ -530,6 +615,30 @@ impl Gpu {
                     Some(u) => window(u, first, count, 4, self.storage_alignment, 4).0,
                     None => Window::whole(&dummy_read),
                 };
+                let class_params = class_params.as_ref().expect("allocated for BCE");
+                if i == 0 {
+                    // Per-class weights gathered once per call.
+                    let pipeline = self.pipeline(Variant::plain(Kernel::BceClasses));
+                    let group = self.bind(
+                        &pipeline,
+                        &[
+                            (0, params_window(i)),
+                            (4, weights),
+                            (
+                                12,
+                                Window::head(
+                                    batch.pos_weight.unwrap_or(&dummy_read),
+                                    classes as u64 * 4,
+                                ),
+                            ),
+                            (18, Window::whole(class_params)),
+                        ],
+                    );
+                    let (x, y) = grid(classes as u64);
+                    pass.set_pipeline(&pipeline.pipeline);
+                    pass.set_bind_group(0, &group, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
                 let variant = Variant {
                     kernel: Kernel::Bce,
                     load: scalar_load,
@@ -545,11 +654,11 @@ impl Gpu {
                         (1, logits_window),
                         (2, grad_window),
                         (3, f32_targets),
-                        (4, Window::whole(weights)),
                         (7, Window::whole(&row_sums)),
                         (11, upstream),
-                        (12, Window::whole(batch.pos_weight.unwrap_or(&dummy_read))),
                         (13, losses),
+                        (17, sample_weights),
+                        (18, Window::whole(class_params)),
                     ],
                 );
                 let (x, y) = grid(count.div_ceil(4));
@@ -622,15 +731,8 @@ impl Gpu {
                         (0, params_window(i)),
                         (1, logits_window),
                         (2, grad_window),
-                        (
-                            3,
-                            if dense {
-                                f32_targets
-                            } else {
-                                Window::whole(targets_buffer)
-                            },
-                        ),
-                        (4, Window::whole(weights)),
+                        (3, if dense { f32_targets } else { index_targets }),
+                        (4, weights),
                         (8, Window::whole(&coefs)),
                         (10, Window::whole(&totals)),
                         (11, Window::whole(out.upstream.unwrap_or(&dummy_read))),
@@ -722,17 +824,6 @@ impl Gpu {
             pos_weight,
             sample_weights,
         } = batch;
-        let focal = match plan.loss {
-            Loss::Softmax(o) => o.is_focal(),
-            Loss::Binary(o) => {
-                o.focal_gamma > 0.0 || o.focal_alpha.is_some() || o.label_smoothing > 0.0
-            }
-        };
-        if focal || sample_weights.is_some() {
-            return Err(Error::Unsupported(
-                "focal loss, BCE label smoothing and sample weights are not on the GPU yet".into(),
-            ));
-        }
         let dtype = logits.dtype();
         let in_place = matches!(request.gradient, Gradient::InPlace);
         self.scoped(|| {
@@ -755,6 +846,8 @@ impl Gpu {
                 .map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
             let pos_weight_buffer = pos_weight
                 .map(|w| self.upload(pool, "xent upload pos_weight", bytemuck::cast_slice(w)));
+            let sample_weights_buffer = sample_weights
+                .map(|w| self.upload(pool, "xent upload sample weights", bytemuck::cast_slice(w)));
             let per_item_upstream = plan.reduction == Reduction::None;
             let upstream_buffer = request
                 .upstream
@@ -795,6 +888,7 @@ impl Gpu {
                 },
                 class_weights: weights_buffer.as_ref(),
                 pos_weight: pos_weight_buffer.as_ref(),
+                sample_weights: sample_weights_buffer.as_ref(),
             };
             let outputs = DeviceOutputs {
                 loss: &loss_buffer,

@@ -42,7 +42,7 @@ struct RowCoef {
     fill: u32,
     zcoef: f32,
     scale: f32,
-    _pad: u32,
+    sample: f32,
 }
 
 fn logit_bytes<'a>(logits: &'a Logits<'_>) -> &'a [u8] {
@@ -113,6 +113,7 @@ impl Gpu {
             let weights =
                 w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
             let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
+            let no_error = pool.get(&self.device, "xent unused output", 16, storage_usage());
             let partials = pool.get(
                 &self.device,
                 "xent partials",
@@ -167,6 +168,7 @@ impl Gpu {
                     (3, Window::whole(&dummy)),
                     (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
                     (5, Window::whole(&partials)),
+                    (9, Window::whole(&no_error)),
                 ];
                 let groups = (x as u32, shape.splits, row_groups.div_ceil(x) as u32);
                 self.dispatch(&mut encoder, &pipeline, &params, &windows, groups);
@@ -267,7 +269,7 @@ impl Gpu {
                     fill: r.fill as u32,
                     zcoef: 0.0,
                     scale: r.scale,
-                    _pad: 0,
+                    sample: 1.0,
                 }
             })
             .collect();
