@@ -17,7 +17,10 @@
 //! the result is one merged [`RowPartial`] per row, which `combine` takes as a single shard.
 //!
 //! Index targets, row-major logits (f32, f16, bf16); the options of section 2 of SEMANTICS.md
-//! (ignore_index, class weights, smoothing, z-loss, softcap, scale, reductions).
+//! (ignore_index, class weights, smoothing, z-loss, softcap, scale, reductions) and per-row
+//! sample weights ([`CrossEntropy::combine_weighted`]). Focal loss (`focal_gamma > 0`) is
+//! refused with [`Error::Unsupported`]: with smoothing it needs every class's `(1 − p)^γ` from
+//! the global LSE, a second exchange this API does not have.
 //!
 //! # Example
 //!
@@ -316,12 +319,46 @@ impl CrossEntropy {
         targets: Targets<'_>,
         upstream: Option<&[f32]>,
     ) -> Result<Combined> {
+        self.combine_weighted(classes, partials, targets, None, upstream)
+    }
+
+    /// [`combine`](Self::combine) with per-row sample weights `s[n]` (length `rows`, finite
+    /// and non-negative; SEMANTICS.md section 2c): each row's loss and gradient coefficients
+    /// are multiplied by `s[n]`, and the mean divides by `Σ_valid s[n]·w[y[n]]` (the z-loss
+    /// term by `Σ_valid s[n]`). The shards' partials and backward passes need nothing more:
+    /// the weights ride in the combined row coefficients.
+    pub fn combine_weighted(
+        &self,
+        classes: usize,
+        partials: &[&[RowPartial]],
+        targets: Targets<'_>,
+        sample_weights: Option<&[f32]>,
+        upstream: Option<&[f32]>,
+    ) -> Result<Combined> {
         self.validate()?;
         self.check_supported()?;
         if classes == 0 {
             return Err(Error::NoClasses);
         }
         let rows = targets.len();
+        if let Some(s) = sample_weights {
+            if s.len() != rows {
+                return Err(Error::Shape {
+                    what: "sample_weights",
+                    expected: rows,
+                    actual: s.len(),
+                    shape: format!("rows {rows}"),
+                });
+            }
+            if let Some(index) = s.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(Error::BadWeight {
+                    what: "sample_weights",
+                    index,
+                    value: s[index],
+                });
+            }
+        }
+        let sample = |row: usize| sample_weights.map_or(1.0, |s| s[row] as f64);
         if matches!(targets, Targets::Dense(_)) {
             return Err(Error::Unsupported(
                 "vocab-parallel partials take class-index targets".into(),
@@ -340,7 +377,7 @@ impl CrossEntropy {
         let eps = self.label_smoothing as f64;
         let lambda = self.z_loss as f64;
         let mut merged = Vec::with_capacity(rows);
-        let (mut valid_rows, mut denominator) = (0usize, 0f64);
+        let (mut valid_weight, mut denominator) = (0f64, 0f64);
         for row in 0..rows {
             let m = partials
                 .iter()
@@ -356,8 +393,8 @@ impl CrossEntropy {
                 });
             }
             if valid {
-                valid_rows += 1;
-                denominator += m.target_weight as f64;
+                valid_weight += sample(row);
+                denominator += sample(row) * m.target_weight as f64;
             }
             merged.push((m, y, valid));
         }
@@ -406,9 +443,10 @@ impl CrossEntropy {
                 }
             }
             let loss = if ce.is_nan() { f64::NAN } else { ce + z_term };
-            ce_sum += ce;
-            z_sum += z_term;
-            losses.push(loss as f32);
+            let sw = sample(row);
+            ce_sum += sw * ce;
+            z_sum += sw * z_term;
+            losses.push((sw * loss) as f32);
             lse_out.push(lse as f32);
             let argmax = if m.nan_index != u32::MAX {
                 m.nan_index
@@ -427,11 +465,11 @@ impl CrossEntropy {
             metrics.valid.push(valid);
             let (a, b) = match self.reduction {
                 Reduction::None => {
-                    let g = upstream.map_or(1.0, |u| u[row] as f64);
+                    let g = upstream.map_or(1.0, |u| u[row] as f64) * sw;
                     (g, g)
                 }
-                Reduction::Sum => (u, u),
-                Reduction::Mean => (u / denominator, u / valid_rows as f64),
+                Reduction::Sum => (u * sw, u * sw),
+                Reduction::Mean => (u * sw / denominator, u * sw / valid_weight),
             };
             let kce = (1.0 - eps) * m.target_weight as f64 + eps / classes_f * w_sum;
             out.rows.push(RowGradient {
@@ -455,7 +493,7 @@ impl CrossEntropy {
             Reduction::Mean => Some(
                 (ce_sum / denominator
                     + if z_sum != 0.0 {
-                        z_sum / valid_rows as f64
+                        z_sum / valid_weight
                     } else {
                         0.0
                     }) as f32,

@@ -94,7 +94,13 @@ fn check_sharded(
         .collect();
     let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
     let combined = options
-        .combine(classes, &views, targets, None)
+        .combine_weighted(
+            classes,
+            &views,
+            targets,
+            case.sample_weights.as_deref(),
+            None,
+        )
         .expect("combine");
     let out = &combined.output;
     match (out.loss, reference.loss) {
@@ -193,6 +199,84 @@ fn shards_match_the_unsharded_reference() {
             }
         }
     }
+}
+
+#[test]
+fn sample_weights_ride_in_the_combined_coefficients() {
+    let base = CrossEntropy::new();
+    for backend in backends() {
+        for o in [
+            base,
+            base.reduction(Reduction::Sum),
+            base.reduction(Reduction::None),
+            base.label_smoothing(0.1).z_loss(1e-3),
+        ] {
+            let case = Case::new(7, 23, 1031, Hardness::ALL)
+                .weighted(3)
+                .sample_weighted(4)
+                .ignore_every(5, o.ignore_index);
+            check_sharded(
+                &format!("{} sample weights {o:?}", backend.name()),
+                &backend,
+                &case,
+                &o,
+                &uneven(1031, 3),
+            );
+        }
+    }
+    // Focal loss is not computed by the shards: a clear error, not a wrong number.
+    let o = base.focal_gamma(2.0);
+    let p = vec![RowPartial::default(); 2];
+    let t = [0i64, 1];
+    let e = o.combine(10, &[&p], Targets::I64(&t), None).unwrap_err();
+    assert!(
+        matches!(&e, Error::Unsupported(m) if m.contains("focal")),
+        "{e}"
+    );
+    let x = [0f32; 10];
+    let e = o
+        .shard_partials(
+            &Backend::Cpu,
+            Shard::split(10, 2)[0],
+            ShardInput {
+                logits: Logits::new(&x, 2, 5),
+                targets: Targets::I64(&t),
+                class_weights: None,
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Unsupported(m) if m.contains("focal")),
+        "{e}"
+    );
+    // Bad sample weights are typed errors.
+    let e = base
+        .combine_weighted(10, &[&p], Targets::I64(&t), Some(&[1.0]), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                what: "sample_weights",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = base
+        .combine_weighted(10, &[&p], Targets::I64(&t), Some(&[1.0, -2.0]), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BadWeight {
+                what: "sample_weights",
+                index: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
