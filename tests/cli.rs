@@ -1119,3 +1119,196 @@ fn devices_lists_the_simd_level() {
     assert!(run.stdout.contains("--device auto picks"), "{}", run.stdout);
     assert!(run.stdout.contains("--device gpu"), "{}", run.stdout);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Focal loss, sample weights, BCE smoothing
+
+#[test]
+fn eval_focal_loss_with_sample_weights() {
+    let dir = Dir::new();
+    let (n, c) = (23, 9);
+    let mut rng = Rng(21);
+    let x = rng.logits(n * c);
+    let y: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let w: Vec<f32> = (0..c).map(|k| 0.5 + k as f32 * 0.2).collect();
+    let s: Vec<f32> = (0..n).map(|i| (i % 4) as f32 * 0.5).collect();
+    let grad = dir.arg("grad.npy");
+    let losses = dir.arg("losses.npy");
+    let json = xent(&[
+        "eval",
+        "--logits",
+        &dir.npy("l.npy", &[n, c], &x),
+        "--targets",
+        &dir.npy("t.npy", &[n], &y),
+        "--weights",
+        &dir.npy("w.npy", &[c], &w),
+        "--sample-weights",
+        &dir.npy("s.npy", &[n], &s),
+        "--focal-gamma",
+        "2",
+        "--label-smoothing",
+        "0.1",
+        "--grad-out",
+        &grad,
+        "--losses-out",
+        &losses,
+        "--json",
+    ])
+    .json();
+    let r = reference::cross_entropy(
+        &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+        &Batch::new(Logits::new(&x, n, c), &y[..])
+            .class_weights(&w)
+            .sample_weights(&s),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    close_all(
+        &read_npy_f32(Path::new(&losses)).1,
+        &r.row_losses,
+        "row losses",
+    );
+    close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
+}
+
+#[test]
+fn eval_bce_focal_smoothing_and_sample_weights() {
+    let dir = Dir::new();
+    let (n, c) = (6, 5);
+    let mut rng = Rng(22);
+    let x = rng.logits(n * c);
+    let y: Vec<f32> = (0..n * c).map(|i| [0.0, 1.0, 0.3][i % 3]).collect();
+    let s: Vec<f32> = (0..n).map(|i| 0.25 + i as f32).collect();
+    let grad = dir.arg("grad.npy");
+    let json = xent(&[
+        "eval",
+        "--loss",
+        "bce",
+        "--logits",
+        &dir.npy("l.npy", &[n, c], &x),
+        "--targets",
+        &dir.npy("t.npy", &[n, c], &y),
+        "--sample-weights",
+        &dir.npy("s.npy", &[n], &s),
+        "--focal-gamma",
+        "2",
+        "--focal-alpha",
+        "0.25",
+        "--label-smoothing",
+        "0.1",
+        "--reduction",
+        "sum",
+        "--grad-out",
+        &grad,
+        "--json",
+    ])
+    .json();
+    let r = reference::binary_cross_entropy(
+        &BinaryCrossEntropy::new()
+            .focal_gamma(2.0)
+            .focal_alpha(0.25)
+            .label_smoothing(0.1)
+            .reduction(Reduction::Sum),
+        &Batch::new(Logits::new(&x, n, c), &y[..]).sample_weights(&s),
+        None,
+    )
+    .unwrap();
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
+}
+
+/// Exit code 2, one line, naming `option`.
+fn assert_option_error(run: &Run, option: &str) {
+    assert_eq!(run.code, 2, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    let line = run.stderr.trim_end();
+    assert_eq!(line.lines().count(), 1, "one line: {line:?}");
+    assert!(
+        line.starts_with("xent: ") && line.contains(option),
+        "{line}"
+    );
+    assert!(!line.contains("panicked"), "{line}");
+}
+
+#[test]
+fn focal_and_sample_weight_errors_name_the_option() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--logits", &logits, "--targets", &targets];
+        args.extend_from_slice(extra);
+        xent(&args)
+    };
+    assert_option_error(&eval(&["--focal-gamma", "-1"]), "--focal-gamma");
+    assert_option_error(&eval(&["--focal-gamma", "nan"]), "--focal-gamma");
+    assert_option_error(&eval(&["--focal-alpha", "0.25"]), "--focal-alpha");
+    let negative = dir.npy("neg.npy", &[4], &[1.0f32, -1.0, 1.0, 1.0]);
+    let run = eval(&["--sample-weights", &negative]);
+    assert_option_error(&run, "--sample-weights");
+    assert!(run.stderr.contains("[1]"), "{}", run.stderr);
+    let nan = dir.npy("nan.npy", &[4], &[1.0f32, 1.0, f32::NAN, 1.0]);
+    assert_option_error(&eval(&["--sample-weights", &nan]), "--sample-weights");
+    let short = dir.npy("short.npy", &[3], &[1.0f32; 3]);
+    let run = eval(&["--sample-weights", &short]);
+    assert_option_error(&run, "--sample-weights");
+    assert!(run.stderr.contains("(4,)"), "{}", run.stderr);
+    let ints = dir.npy("ints.npy", &[4], &[1i64; 4]);
+    assert_option_error(&eval(&["--sample-weights", &ints]), "--sample-weights");
+
+    let bce_targets = dir.npy("bt.npy", &[4, 3], &[0.5f32; 12]);
+    let bce = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--loss",
+            "bce",
+            "--logits",
+            &logits,
+            "--targets",
+            &bce_targets,
+        ];
+        args.extend_from_slice(extra);
+        xent(&args)
+    };
+    assert_option_error(&bce(&["--focal-alpha", "1.5"]), "--focal-alpha");
+    assert_option_error(&bce(&["--focal-gamma", "-0.5"]), "--focal-gamma");
+    assert_option_error(&bce(&["--label-smoothing", "1.5"]), "--label-smoothing");
+    assert_option_error(&bce(&["--sample-weights", &short]), "--sample-weights");
+    assert_eq!(
+        bce(&["--focal-alpha", "0.25", "--focal-gamma", "2"]).code,
+        0
+    );
+}
+
+#[test]
+fn bench_times_focal_loss_next_to_plain_cross_entropy() {
+    let dir = Dir::new();
+    let json = dir.arg("out.json");
+    let run = xent(&[
+        "bench",
+        "--shape",
+        "32x300",
+        "--iters",
+        "1",
+        "--device",
+        "cpu",
+        "--mode",
+        "forward",
+        "--focal-gamma",
+        "2",
+        "--json",
+        &json,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let records: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for imp in ["xent-cpu", "xent-cpu-focal", "xent-cpu-focal-ls"] {
+        let r = records
+            .iter()
+            .find(|r| r["impl"] == imp)
+            .unwrap_or_else(|| panic!("no {imp} in {records:?}"));
+        assert!(num(r, "median_ms") > 0.0 && num(r, "loss") > 0.0, "{r}");
+    }
+    assert!(run.stdout.contains("xent-cpu-focal-ls"), "{}", run.stdout);
+    let run = xent(&["bench", "--shape", "8x10", "--focal-gamma", "0"]);
+    assert_option_error(&run, "--focal-gamma");
+}

@@ -12,6 +12,12 @@
 //! and buffer size (the probe's fastest run): the read probe for forward (a read-only stream),
 //! the copy probe for forward-backward (a read and a write stream). Times are wall-clock around the whole call,
 //! which returns only when the result is on the host, after one warm-up run.
+//!
+//! `--focal-gamma G` adds focal-loss rows (SEMANTICS.md section 2c) credited with the same
+//! bytes, so their cost over plain cross-entropy shows: `xent-cpu-focal` / `xent-gpu-focal`
+//! (index targets, no smoothing: still one read of the logits, only `p[y]` is focal), and
+//! `xent-cpu-focal-ls` / `xent-gpu-focal-ls` (label smoothing 0.1: every class's `(1 − p)^γ`
+//! needs the final log-sum-exp, one more pass over each row).
 
 use super::device::{self, Device};
 use super::files::write_text;
@@ -200,6 +206,10 @@ pub struct BenchArgs {
     /// Timed runs per measurement (after one warm-up run).
     #[arg(long, value_name = "K", default_value_t = 5)]
     pub iters: usize,
+    /// Also time focal loss with this γ > 0 (without and with label smoothing 0.1), next to
+    /// plain cross-entropy [default: off].
+    #[arg(long, value_name = "G", allow_negative_numbers = true)]
+    pub focal_gamma: Option<f32>,
     /// Write one JSON record per measurement to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -211,7 +221,8 @@ pub struct BenchArgs {
 /// One measurement (or one bandwidth probe), as `--json` writes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
-    /// `xent-gpu`, `xent-cpu`, `naive-cpu`, `read-bandwidth` or `copy-bandwidth`.
+    /// `xent-gpu`, `xent-cpu`, `naive-cpu`, `read-bandwidth` or `copy-bandwidth`; with
+    /// `--focal-gamma` also `xent-{cpu,gpu}-focal` and `xent-{cpu,gpu}-focal-ls`.
     #[serde(rename = "impl")]
     pub implementation: String,
     /// `cpu`, or the GPU adapter's name.
@@ -417,10 +428,12 @@ impl Bench<'_> {
             let (read_ref, copy_ref) = (cpu_read, cpu_copy);
             let cpu_ref = if backward { copy_ref } else { read_ref };
             let mut losses = Vec::new();
+            let mut focal_losses: Vec<(String, f32)> = Vec::new();
             if self.cpu {
                 self.step(format!("{label} {}: xent-cpu", mode.name()));
                 let (t, loss) = time_xent(
                     &Backend::Cpu,
+                    &CrossEntropy::new(),
                     &logits,
                     &targets,
                     shape,
@@ -440,6 +453,32 @@ impl Bench<'_> {
                     cpu_ref,
                     Some(loss),
                 );
+                for (suffix, options) in self.focal_variants() {
+                    let name = format!("xent-cpu{suffix}");
+                    self.step(format!("{label} {}: {name}", mode.name()));
+                    let (t, loss) = time_xent(
+                        &Backend::Cpu,
+                        &options,
+                        &logits,
+                        &targets,
+                        shape,
+                        backward.then_some(&mut grad[..]),
+                        iters,
+                    )?;
+                    self.bar.inc(1);
+                    focal_losses.push((suffix.to_string(), loss));
+                    self.record(
+                        &name,
+                        "cpu",
+                        shape,
+                        dtype,
+                        mode.name(),
+                        t,
+                        bytes,
+                        cpu_ref,
+                        Some(loss),
+                    );
+                }
                 self.step(format!("{label} {}: naive-cpu", mode.name()));
                 let mut loss = 0.0;
                 let t = Timing::measure(iters, || {
@@ -474,6 +513,7 @@ impl Bench<'_> {
                 self.step(format!("{label} {}: xent-gpu", mode.name()));
                 let (t, loss) = time_xent(
                     &gpu.backend,
+                    &CrossEntropy::new(),
                     &logits,
                     &targets,
                     shape,
@@ -495,6 +535,40 @@ impl Bench<'_> {
                     gpu_ref,
                     Some(loss),
                 );
+                for (suffix, options) in self.focal_variants() {
+                    let imp = format!("xent-gpu{suffix}");
+                    self.step(format!("{label} {}: {imp}", mode.name()));
+                    let (t, loss) = time_xent(
+                        &gpu.backend,
+                        &options,
+                        &logits,
+                        &targets,
+                        shape,
+                        backward.then_some(&mut grad[..]),
+                        iters,
+                    )?;
+                    self.bar.inc(1);
+                    if let Some((_, cpu_loss)) = focal_losses.iter().find(|(s, _)| s == suffix) {
+                        let diff = (loss - cpu_loss).abs() / cpu_loss.abs().max(1.0);
+                        if diff.is_nan() || diff > 1e-3 {
+                            self.note(format!(
+                                "{label} {}: {imp} loss {loss} differs from xent-cpu{suffix} {cpu_loss}",
+                                mode.name()
+                            ));
+                        }
+                    }
+                    self.record(
+                        &imp,
+                        &name,
+                        shape,
+                        dtype,
+                        mode.name(),
+                        t,
+                        bytes,
+                        gpu_ref,
+                        Some(loss),
+                    );
+                }
             }
             // All implementations computed the same loss; say so if they did not.
             if let Some(&(_, first)) = losses.first() {
@@ -513,6 +587,17 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// The focal-loss variants `--focal-gamma` asks for: (implementation suffix, options).
+    fn focal_variants(&self) -> Vec<(&'static str, CrossEntropy)> {
+        match self.args.focal_gamma {
+            Some(gamma) => {
+                let focal = CrossEntropy::new().focal_gamma(gamma);
+                vec![("-focal", focal), ("-focal-ls", focal.label_smoothing(0.1))]
+            }
+            None => Vec::new(),
+        }
+    }
+
     fn note(&mut self, note: String) {
         if !self.notes.contains(&note) {
             self.notes.push(note);
@@ -520,9 +605,11 @@ impl Bench<'_> {
     }
 }
 
-/// Times xent's mean cross-entropy (with the gradient into `grad` when given) on `backend`.
+/// Times xent's mean cross-entropy with `loss`'s options (with the gradient into `grad` when
+/// given) on `backend`.
 fn time_xent<T: Element>(
     backend: &Backend,
+    loss: &CrossEntropy,
     logits: &[T],
     targets: &[i64],
     shape: Shape,
@@ -530,7 +617,6 @@ fn time_xent<T: Element>(
     iters: usize,
 ) -> Result<(Timing, f32), CliError> {
     let mut result: Result<f32, crate::Error> = Ok(0.0);
-    let loss = CrossEntropy::new();
     let t = Timing::measure(iters, || {
         if result.is_err() {
             return;
@@ -552,6 +638,13 @@ fn time_xent<T: Element>(
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     if args.iters == 0 {
         return Err(CliError::usage("--iters must be at least 1"));
+    }
+    if let Some(gamma) = args.focal_gamma {
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(CliError::usage(format!(
+                "--focal-gamma {gamma} is invalid: must be finite and > 0"
+            )));
+        }
     }
     let cpu = matches!(args.device, BenchDevice::Cpu | BenchDevice::All);
     let mut notes = Vec::new();
@@ -583,7 +676,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         BenchMode::ForwardBackward => vec![Mode::ForwardBackward],
         BenchMode::All => vec![Mode::Forward, Mode::ForwardBackward],
     };
-    let per_mode = 2 * cpu as u64 + gpu.is_some() as u64;
+    let focal = if args.focal_gamma.is_some() { 2 } else { 0 };
+    let per_mode = (2 + focal) * cpu as u64 + (1 + focal) * gpu.is_some() as u64;
     let per_shape = 2 * cpu as u64 + 2 * gpu.is_some() as u64 + per_mode * modes.len() as u64;
     let bar = ProgressBar::with_draw_target(
         Some(per_shape * (shapes.len() * dtypes.len()) as u64),
@@ -649,7 +743,7 @@ pub fn table(records: &[Record]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<5} {:<16} {:<14} {:<10} {:>10} {:>10} {:>8} {:>6}",
+        "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10} {:>10} {:>8} {:>6}",
         "shape", "dtype", "mode", "impl", "device", "median ms", "min ms", "GB/s", "% bw"
     );
     for r in records {
@@ -667,7 +761,7 @@ pub fn table(records: &[Record]) -> String {
             .map_or("-".into(), |f| format!("{:.0}%", f * 100.0));
         let _ = writeln!(
             out,
-            "{:<14} {:<5} {:<16} {:<14} {:<10} {:>10.3} {:>10.3} {:>8.2} {:>6}",
+            "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10.3} {:>10.3} {:>8.2} {:>6}",
             format!("{}x{}", r.rows, r.classes),
             r.dtype,
             r.mode,

@@ -8,6 +8,9 @@
 //! - binary cross-entropy with logits (`--loss bce`): targets have the logits' shape; the last
 //!   dimension is the class dimension that `--weights` and `--pos-weight` (length C) broadcast
 //!   over, as PyTorch broadcasts them. Per-element losses have the logits' shape.
+//! - `--sample-weights`: one float per row, in the shape of the rows: `(N,)` for `(N, C)`
+//!   logits, `(N, d1, …)` (the index targets' shape) for `(N, C, d1, …)`, `()` or `(1,)` for
+//!   one row of shape `(C,)`; for BCE the logits' shape without its last dimension.
 //!
 //! `float64` logits are converted to `float32` (the loss is computed in f32 or wider either
 //! way); `float16` and `bfloat16` are read in place.
@@ -96,9 +99,25 @@ pub struct EvalArgs {
     /// BCE's per-class positive weights, float32 of shape (C,).
     #[arg(long, value_name = "FILE")]
     pub pos_weight: Option<String>,
-    /// Label smoothing ε in [0, 1].
+    /// Label smoothing ε in [0, 1] (BCE: targets become y·(1−ε) + ε/2, as Keras).
     #[arg(long, value_name = "E", default_value_t = 0.0)]
     pub label_smoothing: f32,
+    /// Focal loss focusing parameter γ ≥ 0 (0: plain cross-entropy). Softmax: each class's
+    /// term times (1 − p)^γ, class weights acting as α; BCE: torchvision's sigmoid focal loss.
+    #[arg(
+        long,
+        value_name = "G",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub focal_gamma: f32,
+    /// BCE's focal balance α in [0, 1] (torchvision's default is 0.25; off when not given).
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub focal_alpha: Option<f32>,
+    /// Per-row sample weights, float32, one per row (N for (N, C) logits): each row's loss is
+    /// multiplied by its weight; the mean divides by Σ s·w[y] (soft targets: Σ s; BCE: N·C).
+    #[arg(long, value_name = "FILE")]
+    pub sample_weights: Option<String>,
     /// z-loss coefficient λ ≥ 0 (adds λ·lse² per row).
     #[arg(long, value_name = "L", default_value_t = 0.0)]
     pub z_loss: f32,
@@ -227,6 +246,43 @@ fn same_shape(t: &Tensor, logits: &Tensor, what: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The shape of one value per row: the per-row losses' shape (softmax), the logits' shape
+/// without the class dimension (BCE).
+fn row_shape(logits: &Tensor, g: &Geometry, loss: LossKind) -> Vec<usize> {
+    match loss {
+        LossKind::Ce => g.loss_shape.clone(),
+        LossKind::Bce => logits.shape[..logits.shape.len() - 1].to_vec(),
+    }
+}
+
+/// Sample weights: float, one per row, in the rows' shape. Errors name the option.
+fn sample_weights<'a>(
+    t: &'a Tensor,
+    logits: &Tensor,
+    g: &Geometry,
+    loss: LossKind,
+) -> Result<Cow<'a, [f32]>, CliError> {
+    let option =
+        |problem: String| CliError::usage(format!("--sample-weights {}: {problem}", t.source));
+    let want = row_shape(logits, g, loss);
+    let fits = t.shape == want || (want.is_empty() && t.shape == [1]);
+    if !fits {
+        return Err(option(format!(
+            "has shape {} but the logits {} have {} rows; expected {}",
+            t.shape_string(),
+            logits.shape_string(),
+            g.rows,
+            shape_string(&want)
+        )));
+    }
+    t.to_f32("sample weights").map_err(|_| {
+        option(format!(
+            "dtype {} is not allowed: expected float32",
+            t.file_dtype
+        ))
+    })
+}
+
 fn per_class<'a>(t: &'a Tensor, g: &Geometry, what: &str) -> Result<Cow<'a, [f32]>, CliError> {
     if t.shape != [g.classes] {
         return Err(t.error(format!(
@@ -245,6 +301,7 @@ struct Sources<'a> {
     targets: &'a str,
     weights: Option<&'a str>,
     pos_weight: Option<&'a str>,
+    sample_weights: Option<&'a str>,
 }
 
 /// Turns a library error into a one-line CLI error naming the file at fault.
@@ -262,7 +319,21 @@ fn name_file(e: Error, s: &Sources) -> CliError {
         },
         _ => None,
     };
+    let sample_weights = matches!(
+        &e,
+        Error::BadWeight {
+            what: "sample_weights",
+            ..
+        } | Error::Shape {
+            what: "sample_weights",
+            ..
+        }
+    );
     match (file, &e) {
+        (None, _) if sample_weights => CliError::usage(format!(
+            "--sample-weights {}: {e}",
+            s.sample_weights.unwrap_or_default()
+        )),
         (Some(f), _) => CliError::file(f, &e),
         (
             None,
@@ -337,6 +408,15 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         Some(w) => Some(per_class(w, &g, "pos-weight")?),
         None => None,
     };
+    let sample_weight_file = args
+        .sample_weights
+        .as_deref()
+        .map(read_tensor)
+        .transpose()?;
+    let sample_weight_values = match &sample_weight_file {
+        Some(s) => Some(sample_weights(s, &logits, &g, args.loss)?),
+        None => None,
+    };
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let target_view = match (&dense_targets, &targets.data) {
@@ -352,11 +432,15 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
     if let Some(w) = &pos_weight {
         batch = batch.pos_weight(w);
     }
+    if let Some(s) = &sample_weight_values {
+        batch = batch.sample_weights(s);
+    }
     let sources = Sources {
         logits: &args.logits,
         targets: target_arg,
         weights: args.weights.as_deref(),
         pos_weight: args.pos_weight.as_deref(),
+        sample_weights: args.sample_weights.as_deref(),
     };
     // Every check of the data (target ranges, values, weights) runs before a device is opened,
     // so a bad file is reported at once, and alone.
@@ -385,7 +469,6 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
 fn check_options(args: &EvalArgs) -> Result<(), CliError> {
     if args.loss == LossKind::Bce {
         let unused = [
-            (args.label_smoothing != 0.0, "--label-smoothing"),
             (args.z_loss != 0.0, "--z-loss"),
             (args.softcap.is_some(), "--softcap"),
             (args.logit_scale != 1.0, "--logit-scale"),
@@ -399,6 +482,10 @@ fn check_options(args: &EvalArgs) -> Result<(), CliError> {
         }
     } else if args.pos_weight.is_some() {
         return Err(CliError::usage("--pos-weight applies to --loss bce only"));
+    } else if args.focal_alpha.is_some() {
+        return Err(CliError::usage(
+            "--focal-alpha applies to --loss bce only (softmax focal loss takes --weights as α)",
+        ));
     }
     if args.soft_targets.is_some() && args.ignore_index.is_some() {
         return Err(CliError::usage(
@@ -426,7 +513,8 @@ impl Loss {
                     .ignore_index(args.ignore_index.unwrap_or(-100))
                     .label_smoothing(args.label_smoothing)
                     .z_loss(args.z_loss)
-                    .logit_scale(args.logit_scale);
+                    .logit_scale(args.logit_scale)
+                    .focal_gamma(args.focal_gamma);
                 if let Some(cap) = args.softcap {
                     options = options.softcap(cap);
                 }
@@ -436,7 +524,12 @@ impl Loss {
                 Loss::Softmax(options)
             }
             LossKind::Bce => {
-                Loss::Binary(BinaryCrossEntropy::new().reduction(args.reduction.into()))
+                let mut options = BinaryCrossEntropy::new()
+                    .reduction(args.reduction.into())
+                    .label_smoothing(args.label_smoothing)
+                    .focal_gamma(args.focal_gamma);
+                options.focal_alpha = args.focal_alpha;
+                Loss::Binary(options)
             }
         }
     }
