@@ -115,7 +115,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "A", allow_negative_numbers = true)]
     pub focal_alpha: Option<f32>,
     /// Per-row sample weights, float32, one per row (N for (N, C) logits): each row's loss is
-    /// multiplied by its weight; the mean divides by Σ s·w[y] (soft targets: Σ s; BCE: N·C).
+    /// multiplied by its weight; the mean divides by Σ s·w_y (soft targets: Σ s; BCE: N·C).
     #[arg(long, value_name = "FILE")]
     pub sample_weights: Option<String>,
     /// z-loss coefficient λ ≥ 0 (adds λ·lse² per row).

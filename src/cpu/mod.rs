@@ -4,12 +4,15 @@
 //! `(N, C, d…)` layout), blocks run in parallel on rayon's pool, and every per-row result
 //! comes back in row order; the batch loss is summed block by block in that order, in f64, so
 //! the bits do not depend on the number of threads. Each row is read once by the fused forward
-//! ([`row::Forward`]) and, for a gradient, once more from cache by [`row::Backward`].
+//! ([`row::Forward`]) and, for a gradient, once more from cache by [`row::Backward`]. Focal
+//! loss with smoothing or soft targets reads the row once more in between (`focal`): every
+//! class's `(1 − p)^γ` needs the row's final log-sum-exp.
 //!
 //! Contiguous f32 rows are read in place. f16/bf16 rows and strided `(N, C, d…)` rows are first
 //! widened (or gathered) into one row-sized f32 buffer per block, and their gradients written
 //! back from it.
 
+mod focal;
 pub mod row;
 pub mod scalar;
 mod shard;
@@ -584,8 +587,8 @@ impl Ctx<'_> {
     /// Index targets without smoothing need only `p[y]`: `ce = −w[y]·f[y]·logp[y]` and the
     /// gradient is plain cross-entropy's with `w[y]` replaced by `w[y]·g[y]`
     /// ([`scalar::focal_factors`] has the derivation). With smoothing or soft targets every
-    /// class's `(1 − p[c])^γ` needs the final `lse`: one more (scalar) pass over the row, which
-    /// is still in cache, accumulating in f64
+    /// class's `(1 − p[c])^γ` needs the final `lse`: one more pass over the row, which is still
+    /// in cache (SIMD for a whole `γ`, [`focal::FocalSums`]; scalar for a fractional one),
     /// `ce = −Σ_c a[c]·f[c]·logp[c]` and `G = Σ_c a[c]·g[c]` (`a[c] = w[c]·t'[c]`), and the
     /// backward pass ([`Ctx::focal_backward`]) writes `dz[c] = G·p[c] − a[c]·g[c]`.
     fn focal_forward(
@@ -622,10 +625,40 @@ impl Ctx<'_> {
         }
         // The loss mirrors the reference's sums term by term (so 0·(−inf) is NaN exactly where
         // plain cross-entropy's is).
+        if let Some(gamma) = whole_gamma(opts.focal_gamma) {
+            // SIMD over the classes; an index target's own term in scalar f64.
+            let (loss, g_sum) = simd::dispatch(
+                self.level,
+                focal::FocalSums {
+                    x,
+                    t,
+                    w: self.w,
+                    transform,
+                    lse,
+                    b: if t.is_some() { (1.0 - eps) as f32 } else { 0.0 },
+                    e: uniform as f32,
+                    gamma,
+                },
+            );
+            r.p_coefficient = g_sum as f32;
+            return match (t, index) {
+                (None, Some(y)) => {
+                    let l = logp(y);
+                    let (f, g) = scalar::focal_factors(l, opts.focal_gamma as f64);
+                    r.p_coefficient = (g_sum + (1.0 - eps) * w(y) * g) as f32;
+                    -(1.0 - eps) * w(y) * f * l - loss
+                }
+                _ => -loss,
+            };
+        }
+        // Fractional γ: scalar, logp in f64 (a difference of two large numbers), the factors
+        // in f32, the sums in f64.
+        let focal = scalar::Focal::new(opts.focal_gamma);
         let (mut loss_sum, mut smooth_sum, mut g_sum) = (0f64, 0f64, 0f64);
         for c in 0..x.len() {
             let l = logp(c);
-            let (f, g) = scalar::focal_factors(l, gamma);
+            let (f, g) = focal.factors(l as f32);
+            let (f, g) = (f as f64, g as f64);
             let a = match t {
                 Some(t) => {
                     let a = w(c) * ((1.0 - eps) * t[c] as f64 + uniform);
@@ -649,9 +682,9 @@ impl Ctx<'_> {
         -loss_sum - uniform * smooth_sum
     }
 
-    /// The backward pass of focal loss with smoothing or soft targets (scalar, over the row in
-    /// cache): `dz[c] = k·p[c] − a·a[c]·g[c]`, `k` the row's coefficient of `p` (scales and
-    /// z-loss included), `a` the scale of the cross-entropy part.
+    /// The backward pass of focal loss with smoothing or soft targets (over the row in cache;
+    /// SIMD for a whole `γ`): `dz[c] = k·p[c] − a·a[c]·g[c]`, `k` the row's coefficient of `p`
+    /// (scales and z-loss included), `a` the scale of the cross-entropy part.
     #[allow(clippy::too_many_arguments)]
     fn focal_backward(
         &self,
@@ -664,24 +697,55 @@ impl Ctx<'_> {
         a: f64,
     ) {
         let opts = self.plan.softmax();
-        let gamma = opts.focal_gamma as f64;
-        let eps = opts.label_smoothing as f64;
-        let uniform = eps / self.plan.classes as f64;
-        let lse = r.lse as f64;
+        let focal = scalar::Focal::new(opts.focal_gamma);
+        let eps = opts.label_smoothing;
+        let uniform = eps / self.plan.classes as f32;
+        let (k, a) = (k as f32, a as f32);
+        if let Some(gamma) = whole_gamma(opts.focal_gamma) {
+            // The target's own −a·(1−ε)·w[y]·g[y], subtracted after the vector pass.
+            let fix = index.filter(|_| t.is_none()).map(|y| {
+                let z = transform.scalar(io.src()[y]);
+                let (_, g) = focal.factors(z - r.lse);
+                let w_y = self.w.map_or(1.0, |w| w[y]);
+                (y, a * (1.0 - eps) * w_y * g * transform.scalar_slope(z))
+            });
+            simd::dispatch(
+                self.level,
+                focal::FocalBackward {
+                    io,
+                    t,
+                    w: self.w,
+                    transform,
+                    lse: r.lse as f64,
+                    k,
+                    a,
+                    b: if t.is_some() { 1.0 - eps } else { 0.0 },
+                    e: uniform,
+                    gamma,
+                    target_fix: fix,
+                },
+            );
+            return;
+        }
         for c in 0..io.src().len() {
             let z = transform.scalar(io.src()[c]);
-            let l = z as f64 - lse;
-            let (_, g) = scalar::focal_factors(l, gamma);
-            let w = self.w.map_or(1.0, |w| w[c] as f64);
+            let l = z - r.lse;
+            let (_, g) = focal.factors(l);
+            let w = self.w.map_or(1.0, |w| w[c]);
             let target = match t {
-                Some(t) => (1.0 - eps) * t[c] as f64,
+                Some(t) => (1.0 - eps) * t[c],
                 None if Some(c) == index => 1.0 - eps,
                 None => 0.0,
             };
             let dz = k * l.exp() - a * w * (target + uniform) * g;
-            io.dst()[c] = (dz * transform.scalar_slope(z) as f64) as f32;
+            io.dst()[c] = dz * transform.scalar_slope(z);
         }
     }
+}
+
+/// `γ` when it is whole (1 to 16), for the SIMD focal kernels.
+fn whole_gamma(gamma: f32) -> Option<u32> {
+    (gamma.fract() == 0.0 && (1.0..=16.0).contains(&gamma)).then_some(gamma as u32)
 }
 
 /// Row `i` of a block in `layout`, widened into a contiguous f32 row.

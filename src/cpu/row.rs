@@ -29,7 +29,7 @@ pub struct Transform {
 
 impl Transform {
     #[inline(always)]
-    fn apply<I: Isa>(self, isa: I, x: I::F32) -> I::F32 {
+    pub(crate) fn apply<I: Isa>(self, isa: I, x: I::F32) -> I::F32 {
         let ops = isa.f32();
         match self.softcap {
             None if self.scale == 1.0 => x,
@@ -42,7 +42,7 @@ impl Transform {
     }
     /// `dz/dx` given `z`.
     #[inline(always)]
-    fn slope<I: Isa>(self, isa: I, z: I::F32) -> I::F32 {
+    pub(crate) fn slope<I: Isa>(self, isa: I, z: I::F32) -> I::F32 {
         let ops = isa.f32();
         match self.softcap {
             None => ops.splat(self.scale),

@@ -93,6 +93,39 @@ pub fn binary_row(
     sum
 }
 
+/// The focal factors in f32, for the per-class passes: [`focal_factors`] with one power per
+/// class (`(1 − p)^(γ−1) = f / (1 − p)`), and none for a whole `γ` (`powi`).
+#[derive(Debug, Clone, Copy)]
+pub struct Focal {
+    gamma: f32,
+    whole: Option<i32>,
+}
+
+impl Focal {
+    /// Factors for focusing parameter `gamma > 0`.
+    pub fn new(gamma: f32) -> Focal {
+        let whole = (gamma.fract() == 0.0 && gamma <= 16.0).then_some(gamma as i32);
+        Focal { gamma, whole }
+    }
+
+    /// `(f, g)` of a class with log-probability `l` (see [`focal_factors`]).
+    #[inline]
+    pub fn factors(self, l: f32) -> (f32, f32) {
+        let q = -l.exp_m1();
+        if q <= 0.0 {
+            // p = 1: f = 0 and p·l·(1 − p)^(γ−1) → 0.
+            return (0.0, 0.0);
+        }
+        let f = match self.whole {
+            Some(k) => q.powi(k),
+            None => q.powf(self.gamma),
+        };
+        let p = l.exp();
+        let h = if p == 0.0 { 0.0 } else { p * l * (f / q) };
+        (f, f - self.gamma * h)
+    }
+}
+
 /// The focal factor `f = (1 − p)^γ` of one class and its gradient factor
 /// `g = f − γ·p·logp·(1 − p)^(γ−1)`, from `l = logp` (SEMANTICS.md section 2c).
 ///
