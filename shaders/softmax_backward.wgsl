@@ -57,11 +57,12 @@ fn gradient(f: u32) -> f32 {
     let ab = scales(row) * k.sample;
     let x = load_x(p.elem_offset + f);
     let z = transform(select(p.scale * x, x, p.prob_eps > 0.0));
-    let prob = select(exp(z - k.lse), 0.0, p.prob_eps > 0.0);
+    let prob = select(exp(coef_log_p(k, z)), 0.0, p.prob_eps > 0.0);
+    let zcoef = select(0.0, 2.0 * p.z_loss * coef_lse(k), p.z_loss > 0.0 && p.prob_eps == 0.0);
     let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
     var per_class = p.uniform;
     if (has(FLAG_DENSE)) { per_class += (1.0 - p.smoothing) * dense_target(p.f32_offset + f); }
-    var p_coef = ab.x * k.kce + ab.y * k.zcoef;
+    var p_coef = ab.x * k.kce + ab.y * zcoef;
     var a = ab.x;
     var target_term = ab.x * k.wy;
     if (p.reduction == 3u) {
@@ -74,7 +75,7 @@ fn gradient(f: u32) -> f32 {
     if (p.focal_gamma > 0.0) {
         var subtracted = a * w * per_class;
         if (i32(c) == k.y) { subtracted += target_term; }
-        dz = p_coef * prob - subtracted * focal_factors(z - k.lse).y;
+        dz = p_coef * prob - subtracted * focal_factors(coef_log_p(k, z)).y;
     }
     return dz * slope(x, z);
 }

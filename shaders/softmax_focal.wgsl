@@ -43,7 +43,7 @@ fn main(
     if (live) {
         for (var c = lane; c < p.classes; c += p.tpr) {
             let z = transform(p.scale * load_x(elem_index(row, c)));
-            let l = z - k.lse;
+            let l = coef_log_p(k, z);
             let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
             var t = p.uniform;
             if (has(FLAG_DENSE)) {
@@ -69,7 +69,7 @@ fn main(
 
     if (lane == 0u && live) {
         let ce = -acc.x;
-        let z_term = select(0.0, p.z_loss * k.lse * k.lse, p.z_loss > 0.0);
+        let z_term = select(0.0, p.z_loss * coef_lse(k) * coef_lse(k), p.z_loss > 0.0);
         let unweighted = select(ce + z_term, nan(), is_nan(ce));
         row_out[global_row].loss = k.sample * unweighted;
         var sums = row_sums[global_row];

@@ -107,8 +107,9 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     row_out[global_row] = out;
     row_sums[global_row] =
         select(vec4(0.0), sw * vec4(ce, z_term, weight_of_row, 1.0), valid);
-    coef.lse = lse;
-    coef.zcoef = select(0.0, 2.0 * p.z_loss * lse, use_z);
+    let split = !nan_row && st.m != neg_inf() && st.m != pos_inf();
+    coef.max = select(lse, st.m, split);
+    coef.log_sum = select(0.0, log(st.s), split);
     coef.fill = select(select(0u, 2u, is_nan(unweighted)), 1u, !valid);
     coef.sample = sw;
     coefs[global_row] = coef;

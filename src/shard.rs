@@ -253,6 +253,11 @@ pub struct ShardInput<'a> {
 pub struct RowGradient {
     /// Global log-sum-exp.
     pub lse: f32,
+    /// `lse` split as `max + log_sum` (the global max and `ln Σ exp(z − max)`), which the
+    /// backward uses so `z − lse` stays exact where `p` is near 1.
+    pub max: f32,
+    /// See `max`.
+    pub log_sum: f32,
     /// Coefficient of `p[c]` (cross-entropy and z-loss parts, scales applied).
     pub p_coefficient: f32,
     /// Scale `a` of the per-class terms.
@@ -474,6 +479,12 @@ impl CrossEntropy {
             let kce = (1.0 - eps) * m.target_weight as f64 + eps / classes_f * w_sum;
             out.rows.push(RowGradient {
                 lse: lse as f32,
+                max: if lse.is_finite() { m.max } else { lse as f32 },
+                log_sum: if lse.is_finite() {
+                    (m.sum_exp as f64).ln() as f32
+                } else {
+                    0.0
+                },
                 p_coefficient: (a * kce + b * 2.0 * lambda * lse) as f32,
                 scale: a as f32,
                 target_term: (a * (1.0 - eps) * m.target_weight as f64) as f32,

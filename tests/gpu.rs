@@ -595,3 +595,23 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
         .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
+
+#[test]
+fn confident_rows_keep_gradient_precision() {
+    // p[y] within 1e-4 of 1: the backward must not lose an ulp of an f32 lse of ~20.
+    let options = CrossEntropy::new()
+        .reduction(Reduction::Sum)
+        .logit_scale(1.9721673);
+    let case = Case::new(121034385135732010, 66, 2, Hardness::default())
+        .ignore_every(7, -100)
+        .weighted(121034385135732010);
+    for gpu in variants() {
+        check(
+            "confident rows",
+            &gpu,
+            &case,
+            &options,
+            &[GradMode::OutOfPlace, GradMode::InPlace],
+        );
+    }
+}

@@ -15,12 +15,18 @@ struct RowOut {
 // − a·wy·[c = target], with a, b the reduction's scales times the row's sample weight; with
 // focal loss the two subtracted terms are multiplied by the class's g[c] (`focal_factors`).
 struct RowCoef {
-    lse: f32,
+    max: f32,     // the row's max m (or its lse when that is not finite)
     kce: f32,     // coefficient of p in the cross-entropy part
     wy: f32,      // (1−ε)·w[y]
     y: i32,       // the target class, or −1
     fill: u32,    // 0: compute, 1: zero (ignored row), 2: NaN (NaN loss)
-    zcoef: f32,   // 2λ·lse
+    log_sum: f32, // ln Σ exp(z − m) (0 when lse is not finite): lse = max + log_sum, and
+                  // p = exp((z − max) − log_sum) keeps z − lse exact where p is near 1
     scale: f32,   // a, when the reduction is 3 (prescaled: kce and wy already carry a)
     sample: f32,  // the row's sample weight s[n] (1 without sample weights)
 }
+
+fn coef_lse(k: RowCoef) -> f32 { return k.max + k.log_sum; }
+
+// log p[c] = z − lse, without rounding lse first.
+fn coef_log_p(k: RowCoef, z: f32) -> f32 { return (z - k.max) - k.log_sum; }

@@ -83,6 +83,9 @@ struct RowResult {
     ce: f64,
     z_loss: f64,
     lse: f32,
+    /// `lse` as `max + log_sum` (see [`row::Backward::log_sum`]).
+    max: f32,
+    log_sum: f32,
     argmax: u32,
     correct: bool,
     target_prob: f32,
@@ -396,6 +399,8 @@ impl Ctx<'_> {
                 ce,
                 z_loss: 0.0,
                 lse: 0.0,
+                max: 0.0,
+                log_sum: 0.0,
                 argmax: r.argmax,
                 correct,
                 target_prob: target_prob as f32,
@@ -433,6 +438,12 @@ impl Ctx<'_> {
         };
         let mut r = RowResult {
             lse: lse as f32,
+            max: if lse.is_finite() { st.max } else { lse as f32 },
+            log_sum: if lse.is_finite() {
+                st.sum_exp.ln() as f32
+            } else {
+                0.0
+            },
             argmax,
             entropy: (lse - st.sum_ez / st.sum_exp) as f32,
             confidence: (st.max as f64 - lse).exp() as f32,
@@ -569,7 +580,8 @@ impl Ctx<'_> {
                 t,
                 w: self.w,
                 transform,
-                lse: r.lse,
+                shift: r.max,
+                log_sum: r.log_sum,
                 k,
                 a,
                 b: coef_t,

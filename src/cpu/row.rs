@@ -244,8 +244,11 @@ pub struct Backward<'a> {
     pub w: Option<&'a [f32]>,
     /// The transform.
     pub transform: Transform,
-    /// The row's log-sum-exp.
-    pub lse: f32,
+    /// The row's shift `m` (its max; or its LSE, with `log_sum` 0).
+    pub shift: f32,
+    /// `ln Σ exp(z − m)`, so `p = exp((z − m) − log_sum)`: subtracting the max first keeps
+    /// `z − lse` exact to f32 rounding where `p` is near 1, instead of losing an ulp of `lse`.
+    pub log_sum: f32,
     /// Coefficient of `p[c]`.
     pub k: f32,
     /// Scale of the per-class term.
@@ -266,13 +269,17 @@ impl SimdOp for Backward<'_> {
         let ops = isa.f32();
         let lanes = ops.len();
         let n = self.io.src().len();
-        let (lse, k) = (ops.splat(self.lse), ops.splat(self.k));
+        let (shift, log_sum, k) = (
+            ops.splat(self.shift),
+            ops.splat(self.log_sum),
+            ops.splat(self.k),
+        );
         let (a, b, e) = (ops.splat(self.a), ops.splat(self.b), ops.splat(self.e));
         let constant = ops.mul(a, e);
         for off in (0..n).step_by(lanes) {
             let (x, _) = ops.load_pad(&self.io.src()[off..]);
             let z = self.transform.apply(isa, x);
-            let p = Exp::apply(isa, ops.sub(z, lse));
+            let p = Exp::apply(isa, ops.sub(ops.sub(z, shift), log_sum));
             let per_class = match (self.w, self.t) {
                 (None, None) => constant,
                 (w, t) => {

@@ -35,12 +35,12 @@ struct Partial {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct RowCoef {
-    lse: f32,
+    max: f32,
     kce: f32,
     wy: f32,
     y: i32,
     fill: u32,
-    zcoef: f32,
+    log_sum: f32,
     scale: f32,
     sample: f32,
 }
@@ -258,7 +258,7 @@ impl Gpu {
             .map(|r| {
                 let local = r.target - shard.start as i64;
                 RowCoef {
-                    lse: r.lse,
+                    max: r.max,
                     kce: r.p_coefficient,
                     wy: r.target_term,
                     y: if (0..shard.width as i64).contains(&local) {
@@ -267,7 +267,7 @@ impl Gpu {
                         -1
                     },
                     fill: r.fill as u32,
-                    zcoef: 0.0,
+                    log_sum: r.log_sum,
                     scale: r.scale,
                     sample: 1.0,
                 }
