@@ -16,6 +16,41 @@
 //!   [`Gpu`](super::Gpu) until [`Gpu::take_target_error`](super::Gpu::take_target_error) reads
 //!   it (the lowest such row of any of those calls). A host-slice call on the same `Gpu`
 //!   clears the flag first, so take it before making one.
+//!
+//! ```
+//! use wgpu::util::DeviceExt;
+//! use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu};
+//! use xent::{CrossEntropy, Dtype, Layout};
+//!
+//! // A trainer's device (here from xent; `Gpu::from_device(device, queue)` wraps your own).
+//! let Ok(gpu) = Gpu::new() else {
+//!     eprintln!("no GPU adapter: this example needs one");
+//!     return Ok(());
+//! };
+//! let (rows, classes) = (2, 3);
+//! let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+//! let init = |bytes: &[u8]| {
+//!     gpu.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: storage })
+//! };
+//! let logits = init(bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5]));
+//! let targets = init(bytemuck::cast_slice(&[2i64, 0]));
+//! let loss = init(&[0u8; 4]);
+//! let dlogits = init(&[0u8; 24]);
+//! let batch = DeviceBatch {
+//!     logits: &logits, dtype: Dtype::F32, rows, classes, layout: Layout::Rows,
+//!     targets: DeviceTargets::I64(&targets), class_weights: None, pos_weight: None, sample_weights: None,
+//! };
+//! let outputs = DeviceOutputs {
+//!     loss: &loss, rows: None, gradient: DeviceGradient::Into(&dlogits), upstream: None, upstream_scalar: 1.0,
+//! };
+//! // One training step's encoder: your forward pass, then the loss and its gradient, then
+//! // your backward pass; nothing is read back.
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! gpu.record_cross_entropy(&mut encoder, &CrossEntropy::new(), &batch, &outputs)?;
+//! gpu.queue().submit([encoder.finish()]);
+//! assert_eq!(gpu.take_target_error()?, None);
+//! # Ok::<(), xent::Error>(())
+//! ```
 
 use crate::input::{Dtype, Layout};
 
