@@ -566,6 +566,15 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
     )
     .unwrap();
     gpu.queue().submit([encoder.finish()]);
+    // A host-slice call in between neither clears nor reports the recorded call's flag.
+    let x = [0.5f32; 6];
+    CrossEntropy::new()
+        .compute(
+            &Backend::Gpu(gpu.clone()),
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 2][..]),
+            Request::new(),
+        )
+        .unwrap();
     assert_eq!(gpu.take_target_error().unwrap(), Some(17));
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)

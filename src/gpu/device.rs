@@ -14,8 +14,8 @@
 //!   call allocates only a small uniform buffer and its bind groups.
 //! - A target out of range sets one flag shared by every recorded call on that
 //!   [`Gpu`](super::Gpu) until [`Gpu::take_target_error`](super::Gpu::take_target_error) reads
-//!   it (the lowest such row of any of those calls). A host-slice call on the same `Gpu`
-//!   clears the flag first, so take it before making one.
+//!   it (the lowest such row of any of those calls). Host-slice calls on the same `Gpu` use a
+//!   flag of their own, so they neither clear nor report a recorded call's.
 //!
 //! ```
 //! use wgpu::util::DeviceExt;

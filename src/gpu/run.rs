@@ -89,6 +89,11 @@ const FLAG_ALPHA: u32 = 2048;
 pub(super) const PARTIAL_BYTES: u64 = 48;
 /// Bytes of one `RowCoef`.
 const COEF_BYTES: u64 = 32;
+/// The out-of-range-target flag of recorded calls (read by `take_target_error`), and the one
+/// host-slice calls clear, check and own, so a host call never loses a recorded call's flag.
+const RECORDED_CALL_ERROR: &str = "xent target error";
+const HOST_CALL_ERROR: &str = "xent host-call target error";
+
 /// Largest piece read back at once.
 const STAGING_BYTES: u64 = 64 << 20;
 
@@ -233,6 +238,7 @@ impl Gpu {
     }
 
     /// Records one call into `encoder`, using the pool's scratch buffers.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         pool: &mut Pool,
@@ -241,6 +247,7 @@ impl Gpu {
         batch: &DeviceBatch,
         out: &DeviceOutputs,
         want_entropy: bool,
+        error_role: &'static str,
     ) -> Result<()> {
         self.check_device(batch, out, &job)?;
         let (rows, classes, layout) = (batch.rows, batch.classes, batch.layout);
@@ -337,7 +344,7 @@ impl Gpu {
             storage_usage(),
         );
         let totals = pool.get(device, "xent totals", 16, storage_usage());
-        let error = pool.get(device, "xent target error", 16, storage_usage());
+        let error = pool.get(device, error_role, 16, storage_usage());
         let dummy_read = pool.get(device, "xent unused input", 16, storage_usage());
         let dummy_write = pool.get(device, "xent unused output", 16, storage_usage());
         let class_params = (!is_softmax).then(|| {
@@ -910,7 +917,7 @@ impl Gpu {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("xent call"),
                 });
-            let error = pool.get(&self.device, "xent target error", 16, storage_usage());
+            let error = pool.get(&self.device, HOST_CALL_ERROR, 16, storage_usage());
             encoder.clear_buffer(&error, 0, None);
             self.record(
                 pool,
@@ -919,6 +926,7 @@ impl Gpu {
                 &device_batch,
                 &outputs,
                 request.metrics,
+                HOST_CALL_ERROR,
             )?;
             self.queue.submit([encoder.finish()]);
 
@@ -1032,6 +1040,7 @@ impl Gpu {
                 batch,
                 outputs,
                 outputs.rows.is_some(),
+                RECORDED_CALL_ERROR,
             )
         })
     }
@@ -1053,6 +1062,7 @@ impl Gpu {
                 batch,
                 outputs,
                 false,
+                RECORDED_CALL_ERROR,
             )
         })
     }
@@ -1061,7 +1071,7 @@ impl Gpu {
     /// check (reads 4 bytes back, then clears the flag).
     pub fn take_target_error(&self) -> Result<Option<usize>> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let error = pool.get(&self.device, "xent target error", 16, storage_usage());
+        let error = pool.get(&self.device, RECORDED_CALL_ERROR, 16, storage_usage());
         let flag = u32::from_le_bytes(
             self.read_back(&mut pool, &error, 4)?[..4]
                 .try_into()
