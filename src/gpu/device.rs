@@ -20,7 +20,7 @@
 //! ```
 //! use wgpu::util::DeviceExt;
 //! use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu};
-//! use xent::{CrossEntropy, Dtype, Layout};
+//! use xent::{CrossEntropy, Dtype};
 //!
 //! // A trainer's device (here from xent; `Gpu::from_device(device, queue)` wraps your own).
 //! let Ok(gpu) = Gpu::new() else {
@@ -36,13 +36,8 @@
 //! let targets = init(bytemuck::cast_slice(&[2i64, 0]));
 //! let loss = init(&[0u8; 4]);
 //! let dlogits = init(&[0u8; 24]);
-//! let batch = DeviceBatch {
-//!     logits: &logits, dtype: Dtype::F32, rows, classes, layout: Layout::Rows,
-//!     targets: DeviceTargets::I64(&targets), class_weights: None, pos_weight: None, sample_weights: None,
-//! };
-//! let outputs = DeviceOutputs {
-//!     loss: &loss, rows: None, gradient: DeviceGradient::Into(&dlogits), upstream: None, upstream_scalar: 1.0,
-//! };
+//! let batch = DeviceBatch::new(&logits, Dtype::F32, rows, classes, DeviceTargets::I64(&targets));
+//! let outputs = DeviceOutputs::new(&loss).gradient(DeviceGradient::Into(&dlogits));
 //! // One training step's encoder: your forward pass, then the loss and its gradient, then
 //! // your backward pass; nothing is read back.
 //! let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -138,4 +133,57 @@ pub struct GpuRow {
     pub confidence: f32,
     /// Padding.
     pub _pad: u32,
+}
+
+impl<'a> DeviceBatch<'a> {
+    /// Row-major logits and their targets; no weights (set the public fields for those).
+    pub fn new(
+        logits: &'a wgpu::Buffer,
+        dtype: Dtype,
+        rows: usize,
+        classes: usize,
+        targets: DeviceTargets<'a>,
+    ) -> Self {
+        DeviceBatch {
+            logits,
+            dtype,
+            rows,
+            classes,
+            layout: Layout::Rows,
+            targets,
+            class_weights: None,
+            pos_weight: None,
+            sample_weights: None,
+        }
+    }
+}
+
+impl<'a> DeviceOutputs<'a> {
+    /// The loss only, with upstream 1 (set `gradient`, `rows`, `upstream` as needed).
+    pub fn new(loss: &'a wgpu::Buffer) -> Self {
+        DeviceOutputs {
+            loss,
+            rows: None,
+            gradient: DeviceGradient::None,
+            upstream: None,
+            upstream_scalar: 1.0,
+        }
+    }
+
+    /// Also write the gradient.
+    pub fn gradient(mut self, gradient: DeviceGradient<'a>) -> Self {
+        self.gradient = gradient;
+        self
+    }
+}
+
+impl GpuRow {
+    /// The row was not ignored.
+    pub fn valid(&self) -> bool {
+        self.flags & 1 != 0
+    }
+    /// The argmax equals the target (valid rows only).
+    pub fn correct(&self) -> bool {
+        self.flags & 2 != 0
+    }
 }
