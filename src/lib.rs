@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Layout of the crate: [`options`] and [`error`] (what a call means and how it fails),
-//! [`input`] (views of the data), [`reference`] (the f64 oracle), [`cpu`] and [`gpu`] (the
+//! [`input`] (views of the data), [`reference`](mod@reference) (the f64 oracle), [`cpu`] and [`gpu`] (the
 //! two backends), [`output`], [`shard`] (vocabulary-parallel partials) and [`cli`] (the `xent`
 //! command).
 
