@@ -8,13 +8,11 @@
 
 mod common;
 
+use common::device::{buffer, gpu, read, variants};
 use common::*;
-use std::sync::{Arc, OnceLock};
-use wgpu::util::DeviceExt;
+use std::sync::Arc;
 use xent::cpu::SimdLevel;
-use xent::gpu::{
-    DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions, ShaderVariant,
-};
+use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions};
 use xent::reference::{self, Reference};
 use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
@@ -788,52 +786,6 @@ fn cpu_bce_against_reference() {
 // GPU.
 // ---------------------------------------------------------------------------------------------
 
-/// The shared device, or `None` (after a loud message) when there is no adapter.
-fn gpu() -> Option<Arc<Gpu>> {
-    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new() {
-        Ok(gpu) => {
-            eprintln!(
-                "GPU tests run on {} (variant {:?})",
-                gpu.name(),
-                gpu.variant()
-            );
-            Some(Arc::new(gpu))
-        }
-        Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n!!!!!!!! NO GPU ADAPTER ({e}): THE GPU FOCAL TESTS WERE NOT RUN !!!!!!!!\n"
-            );
-            None
-        }
-    })
-    .clone()
-}
-
-/// The default device and, when the adapter has subgroups, the other shader variant.
-fn gpu_variants() -> Vec<Arc<Gpu>> {
-    let Some(default) = gpu() else { return vec![] };
-    let mut out = vec![default.clone()];
-    if default.has_subgroups() {
-        let other = if default.variant() == ShaderVariant::Subgroup {
-            ShaderVariant::Portable
-        } else {
-            ShaderVariant::Subgroup
-        };
-        out.push(Arc::new(
-            Gpu::with_options(GpuOptions {
-                variant: Some(other),
-                ..Default::default()
-            })
-            .expect("second variant"),
-        ));
-    }
-    out
-}
-
 fn on(gpu: &Arc<Gpu>) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> + '_ {
     move |o, b, r| o.compute(&Backend::Gpu(gpu.clone()), b, r)
 }
@@ -866,7 +818,7 @@ fn gpu_focal_against_reference() {
 
 #[test]
 fn gpu_sample_weights_against_reference() {
-    for gpu in gpu_variants() {
+    for gpu in variants() {
         for (k, options) in sample_weight_grid().iter().enumerate() {
             for (what, case) in softmax_cases(options, 200 + k as u64) {
                 check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
@@ -969,38 +921,6 @@ fn gpu_long_rows_split_and_chunked() {
     );
     // (BCE is not chunked here: its per-element sums take as many bytes as f32 logits, so a
     // BCE call that needs chunks is refused before it runs.)
-}
-
-/// Uploads bytes as a storage buffer.
-fn buffer(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
-    gpu.device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("test"),
-            contents: data,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-        })
-}
-
-fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
-    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    gpu.queue().submit([encoder.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    gpu.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
-    v
 }
 
 #[test]

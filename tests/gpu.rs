@@ -4,61 +4,16 @@
 
 mod common;
 
+use common::device::{buffer, gpu, read, variants};
 use common::*;
-use std::sync::{Arc, OnceLock};
-use wgpu::util::DeviceExt;
+use std::sync::Arc;
 use xent::gpu::{
     launch_shape, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions,
-    ShaderVariant,
 };
 use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
     Reduction, Request,
 };
-
-/// The shared device, or `None` (after a loud message) when there is no adapter.
-fn gpu() -> Option<Arc<Gpu>> {
-    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new() {
-        Ok(gpu) => {
-            eprintln!(
-                "GPU tests run on {} (variant {:?})",
-                gpu.name(),
-                gpu.variant()
-            );
-            Some(Arc::new(gpu))
-        }
-        Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("\n!!!!!!!! NO GPU ADAPTER ({e}): THE GPU TESTS WERE NOT RUN !!!!!!!!\n");
-            None
-        }
-    })
-    .clone()
-}
-
-/// Both shader variants this adapter can run.
-fn variants() -> Vec<Arc<Gpu>> {
-    let Some(default) = gpu() else { return vec![] };
-    let mut out = vec![default.clone()];
-    if default.has_subgroups() {
-        let other = if default.variant() == ShaderVariant::Subgroup {
-            ShaderVariant::Portable
-        } else {
-            ShaderVariant::Subgroup
-        };
-        out.push(Arc::new(
-            Gpu::with_options(GpuOptions {
-                variant: Some(other),
-                ..Default::default()
-            })
-            .expect("second variant"),
-        ));
-    }
-    out
-}
 
 fn on(gpu: &Arc<Gpu>) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> + '_ {
     move |o, b, r| o.compute(&Backend::Gpu(gpu.clone()), b, r)
@@ -458,38 +413,6 @@ fn host_checks_come_first_and_the_device_stays_usable() {
         )
         .unwrap();
     assert!((out.loss.unwrap() - 3f32.ln()).abs() < 1e-6);
-}
-
-/// Uploads f32 data as a storage buffer.
-fn buffer(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
-    gpu.device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("test"),
-            contents: data,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-        })
-}
-
-fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
-    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    gpu.queue().submit([encoder.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    gpu.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .unwrap();
-    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
-    v
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! report the worst element. Used by the CPU and GPU test files alike.
 #![allow(dead_code)]
 
+pub mod device;
+
 use half::{bf16, f16};
 use xent::reference::{self, Reference};
 use xent::{Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Logits, Output, Request};
