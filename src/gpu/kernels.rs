@@ -95,6 +95,27 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// `kernel` reading `load` logits and `targets`, storing out of place, without subgroups.
+    pub fn new(kernel: Kernel, load: LogitLoad, targets: TargetLoad) -> Variant {
+        Variant {
+            kernel,
+            load,
+            targets,
+            store: Store::Separate,
+            subgroups: false,
+        }
+    }
+
+    /// The same variant with the gradient stored as `store`.
+    pub fn with_store(self, store: Store) -> Variant {
+        Variant { store, ..self }
+    }
+
+    /// The same variant with subgroup operations on or off.
+    pub fn with_subgroups(self, subgroups: bool) -> Variant {
+        Variant { subgroups, ..self }
+    }
+
     /// A variant of `kernel` with f32 loads, i32 targets, separate store, no subgroups.
     pub fn plain(kernel: Kernel) -> Variant {
         Variant {

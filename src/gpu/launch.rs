@@ -54,6 +54,18 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
     }
 }
 
+impl Shape {
+    /// The grid of the partials kernel (and of the focal pass with `splits` = 1) for `rows`:
+    /// x (and z past 65 535) covers the row segments, y the splits.
+    pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {
+        let row_groups = (rows as u64)
+            .div_ceil((WORKGROUP_SIZE / self.tpr) as u64)
+            .max(1);
+        let x = row_groups.min(65_535);
+        (x as u32, splits, row_groups.div_ceil(x) as u32)
+    }
+}
+
 /// A run of whole rows processed with one set of bindings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {

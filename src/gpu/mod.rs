@@ -253,24 +253,18 @@ impl Gpu {
             });
             let time = |kernel: Kernel| -> Result<f64> {
                 let pipeline = self.pipeline(Variant::plain(kernel));
-                let group = self.bind(
-                    &pipeline,
-                    &[(0, run::Window::whole(&src)), (1, run::Window::whole(&dst))],
-                );
+                let windows = [(0, run::Window::whole(&src)), (1, run::Window::whole(&dst))];
+                let groups = ((bytes / 16).div_ceil(kernels::WORKGROUP_SIZE as u64 * 8))
+                    .clamp(1, 4096) as u32;
                 let mut best = f64::INFINITY;
                 for _ in 0..iters.max(1) {
                     let mut encoder = self.device.create_command_encoder(&Default::default());
-                    {
-                        let mut pass = encoder.begin_compute_pass(&Default::default());
-                        pass.set_pipeline(&pipeline.pipeline);
-                        pass.set_bind_group(0, &group, &[]);
-                        pass.dispatch_workgroups(
-                            ((bytes / 16).div_ceil(kernels::WORKGROUP_SIZE as u64 * 8))
-                                .clamp(1, 4096) as u32,
-                            1,
-                            1,
-                        );
-                    }
+                    self.launch(
+                        &mut encoder.begin_compute_pass(&Default::default()),
+                        &pipeline,
+                        &windows,
+                        (groups, 1, 1),
+                    );
                     let start = std::time::Instant::now();
                     self.queue.submit([encoder.finish()]);
                     self.wait()?;
@@ -292,7 +286,7 @@ impl Gpu {
     }
 
     /// Records one dispatch: `params` in a fresh uniform buffer at binding 0, `windows` at
-    /// their bindings, `workgroups` as (x, y, z).
+    /// their bindings, `workgroups` as (x, y, z), in a pass of its own.
     fn dispatch<P: bytemuck::Pod>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -311,8 +305,19 @@ impl Gpu {
             });
         let mut entries = vec![(0, run::Window::whole(&uniform))];
         entries.extend_from_slice(windows);
-        let group = self.bind(pipeline, &entries);
         let mut pass = encoder.begin_compute_pass(&Default::default());
+        self.launch(&mut pass, pipeline, &entries, workgroups);
+    }
+
+    /// Binds `windows` (binding 0 included) and dispatches `pipeline` in `pass`.
+    fn launch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        pipeline: &kernels::Pipeline,
+        windows: &[(u32, run::Window)],
+        workgroups: (u32, u32, u32),
+    ) {
+        let group = self.bind(pipeline, windows);
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &group, &[]);
         pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);

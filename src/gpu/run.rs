@@ -523,15 +523,15 @@ impl Gpu {
                     && classes.is_multiple_of(4)
                     && logits_scalar.size.is_multiple_of(16)
                     && p.elem_offset.is_multiple_of(4);
-                let variant = Variant {
-                    kernel: Kernel::SoftmaxPartials,
-                    load: if x4 { LogitLoad::F32x4 } else { scalar_load },
-                    targets: target_load,
-                    store: Store::Separate,
-                    subgroups: self.variant == super::ShaderVariant::Subgroup,
-                };
+                let variant = Variant::new(
+                    Kernel::SoftmaxPartials,
+                    if x4 { LogitLoad::F32x4 } else { scalar_load },
+                    target_load,
+                )
+                .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
                 let pipeline = self.pipeline(variant);
-                let group = self.bind(
+                self.launch(
+                    &mut pass,
                     &pipeline,
                     &[
                         (0, params_window(i)),
@@ -541,24 +541,15 @@ impl Gpu {
                         (5, Window::whole(&partials)),
                         (9, Window::whole(&error)),
                     ],
+                    shape.grid(chunk.rows, shape.splits),
                 );
-                let segments = (WORKGROUP_SIZE / shape.tpr) as u64;
-                let row_groups = (chunk.rows as u64).div_ceil(segments);
-                let x = row_groups.min(65_535);
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(x as u32, shape.splits, row_groups.div_ceil(x) as u32);
 
                 // Pass 2: rows.
-                let variant = Variant {
-                    kernel: Kernel::SoftmaxRows,
-                    load: scalar_load,
-                    targets: target_load,
-                    store: Store::Separate,
-                    subgroups: false,
-                };
+                let variant = Variant::new(Kernel::SoftmaxRows, scalar_load, target_load);
                 let pipeline = self.pipeline(variant);
-                let group = self.bind(
+                let (x, y) = grid(chunk.rows as u64);
+                self.launch(
+                    &mut pass,
                     &pipeline,
                     &[
                         (0, params_window(i)),
@@ -571,24 +562,16 @@ impl Gpu {
                         (8, Window::whole(&coefs)),
                         (17, sample_weights),
                     ],
+                    (x, y, 1),
                 );
-                let (x, y) = grid(chunk.rows as u64);
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
 
                 // Focal loss with smoothing or soft targets: every class's (1 − p)^γ, from
                 // the row's final LSE (one more read of the row).
                 if focal_all {
-                    let variant = Variant {
-                        kernel: Kernel::SoftmaxFocal,
-                        load: scalar_load,
-                        targets: target_load,
-                        store: Store::Separate,
-                        subgroups: false,
-                    };
+                    let variant = Variant::new(Kernel::SoftmaxFocal, scalar_load, target_load);
                     let pipeline = self.pipeline(variant);
-                    let group = self.bind(
+                    self.launch(
+                        &mut pass,
                         &pipeline,
                         &[
                             (0, params_window(i)),
@@ -599,11 +582,8 @@ impl Gpu {
                             (7, Window::whole(&row_sums)),
                             (8, Window::whole(&coefs)),
                         ],
+                        shape.grid(chunk.rows, 1),
                     );
-                    let x = row_groups.min(65_535);
-                    pass.set_pipeline(&pipeline.pipeline);
-                    pass.set_bind_group(0, &group, &[]);
-                    pass.dispatch_workgroups(x as u32, 1, row_groups.div_ceil(x) as u32);
                 }
             } else {
                 // BCE: loss and gradient in one pass.
@@ -626,7 +606,9 @@ impl Gpu {
                 if i == 0 {
                     // Per-class weights gathered once per call.
                     let pipeline = self.pipeline(Variant::plain(Kernel::BceClasses));
-                    let group = self.bind(
+                    let (x, y) = grid(classes as u64);
+                    self.launch(
+                        &mut pass,
                         &pipeline,
                         &[
                             (0, params_window(i)),
@@ -640,21 +622,15 @@ impl Gpu {
                             ),
                             (18, Window::whole(class_params)),
                         ],
+                        (x, y, 1),
                     );
-                    let (x, y) = grid(classes as u64);
-                    pass.set_pipeline(&pipeline.pipeline);
-                    pass.set_bind_group(0, &group, &[]);
-                    pass.dispatch_workgroups(x, y, 1);
                 }
-                let variant = Variant {
-                    kernel: Kernel::Bce,
-                    load: scalar_load,
-                    targets: TargetLoad::Dense,
-                    store,
-                    subgroups: false,
-                };
+                let variant =
+                    Variant::new(Kernel::Bce, scalar_load, TargetLoad::Dense).with_store(store);
                 let pipeline = self.pipeline(variant);
-                let group = self.bind(
+                let (x, y) = grid(count.div_ceil(4));
+                self.launch(
+                    &mut pass,
                     &pipeline,
                     &[
                         (0, params_window(i)),
@@ -667,11 +643,8 @@ impl Gpu {
                         (17, sample_weights),
                         (18, Window::whole(class_params)),
                     ],
+                    (x, y, 1),
                 );
-                let (x, y) = grid(count.div_ceil(4));
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
             }
         }
 
@@ -687,7 +660,8 @@ impl Gpu {
             } else {
                 &pong
             };
-            let group = self.bind(
+            self.launch(
+                &mut pass,
                 &reduce,
                 &[
                     (0, params_window(chunk_list.len() + pass_index)),
@@ -695,26 +669,19 @@ impl Gpu {
                     (15, Window::whole(target)),
                     (16, Window::whole(out.loss)),
                 ],
-            );
-            pass.set_pipeline(&reduce.pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(
-                (p.elems as u64).div_ceil(4 * WORKGROUP_SIZE as u64).max(1) as u32,
-                1,
-                1,
+                (
+                    (p.elems as u64).div_ceil(4 * WORKGROUP_SIZE as u64).max(1) as u32,
+                    1,
+                    1,
+                ),
             );
             source = target;
         }
 
         // Pass 3: the softmax gradient, from the saved LSE and the reduced totals.
         if is_softmax && !matches!(out.gradient, DeviceGradient::None) {
-            let variant = Variant {
-                kernel: Kernel::SoftmaxBackward,
-                load: scalar_load,
-                targets: target_load,
-                store,
-                subgroups: false,
-            };
+            let variant =
+                Variant::new(Kernel::SoftmaxBackward, scalar_load, target_load).with_store(store);
             let pipeline = self.pipeline(variant);
             for (i, chunk) in chunk_list.iter().enumerate() {
                 if chunk.rows == 0 {
@@ -732,7 +699,9 @@ impl Gpu {
                     }
                     _ => Window::whole(&dummy_write),
                 };
-                let group = self.bind(
+                let (x, y) = grid(count.div_ceil(4));
+                self.launch(
+                    &mut pass,
                     &pipeline,
                     &[
                         (0, params_window(i)),
@@ -744,11 +713,8 @@ impl Gpu {
                         (10, Window::whole(&totals)),
                         (11, Window::whole(out.upstream.unwrap_or(&dummy_read))),
                     ],
+                    (x, y, 1),
                 );
-                let (x, y) = grid(count.div_ceil(4));
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
             }
         }
         drop(pass);

@@ -1,7 +1,7 @@
 //! The GPU side of vocabulary-parallel cross-entropy: the partials kernel over one shard's
 //! columns, and the backward kernel driven by the combined (global) row coefficients.
 
-use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
+use super::kernels::{Kernel, LogitLoad, TargetLoad, Variant};
 use super::launch::{chunks, launch_shape};
 use super::run::{
     grid, storage_usage, window, Params, Window, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
@@ -131,17 +131,16 @@ impl Gpu {
             base.span = shape.span;
             base.tpr = shape.tpr;
             let x4 = dtype == Dtype::F32 && shard.width.is_multiple_of(4);
-            let variant = Variant {
-                kernel: Kernel::SoftmaxPartials,
-                load: if x4 {
+            let variant = Variant::new(
+                Kernel::SoftmaxPartials,
+                if x4 {
                     LogitLoad::F32x4
                 } else {
                     scalar_load(dtype)
                 },
-                targets: TargetLoad::I32,
-                store: Store::Separate,
-                subgroups: self.variant == super::ShaderVariant::Subgroup,
-            };
+                TargetLoad::I32,
+            )
+            .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
             let pipeline = self.pipeline(variant);
             let mut encoder = self.device.create_command_encoder(&Default::default());
             for chunk in chunk_list.iter().filter(|c| c.rows > 0) {
@@ -161,8 +160,6 @@ impl Gpu {
                     elem_offset,
                     ..base
                 };
-                let row_groups = (chunk.rows as u64).div_ceil((WORKGROUP_SIZE / shape.tpr) as u64);
-                let x = row_groups.min(65_535);
                 let windows = [
                     (1, logits_window),
                     (3, Window::whole(&dummy)),
@@ -170,7 +167,7 @@ impl Gpu {
                     (5, Window::whole(&partials)),
                     (9, Window::whole(&no_error)),
                 ];
-                let groups = (x as u32, shape.splits, row_groups.div_ceil(x) as u32);
+                let groups = shape.grid(chunk.rows, shape.splits);
                 self.dispatch(&mut encoder, &pipeline, &params, &windows, groups);
             }
             self.queue.submit([encoder.finish()]);
@@ -289,13 +286,8 @@ impl Gpu {
                 gradient.len() as u64 * 4,
                 storage_usage(),
             );
-            let variant = Variant {
-                kernel: Kernel::SoftmaxBackward,
-                load: scalar_load(dtype),
-                targets: TargetLoad::I32,
-                store: Store::Separate,
-                subgroups: false,
-            };
+            let variant =
+                Variant::new(Kernel::SoftmaxBackward, scalar_load(dtype), TargetLoad::I32);
             let pipeline = self.pipeline(variant);
             let base = Params {
                 reduction: 3,
