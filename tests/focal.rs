@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::device::{buffer, gpu, read, variants};
+use common::device::{buffer, gpu, read, variants, DeviceCase};
 use common::*;
 use std::sync::Arc;
 use xent::cpu::SimdLevel;
@@ -934,29 +934,10 @@ fn gpu_device_resident_calls_take_the_new_options() {
         .weighted(2)
         .sample_weighted(3)
         .ignore_every(6, -100);
-    let logits = buffer(&gpu, bytemuck::cast_slice(&case.logits));
-    let targets = buffer(&gpu, bytemuck::cast_slice(&case.index_targets));
-    let weights = buffer(
-        &gpu,
-        bytemuck::cast_slice(case.class_weights.as_ref().unwrap()),
-    );
-    let samples = buffer(
-        &gpu,
-        bytemuck::cast_slice(case.sample_weights.as_ref().unwrap()),
-    );
+    let uploaded = DeviceCase::upload(&gpu, &case);
     let loss = buffer(&gpu, &[0u8; 16]);
     let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
-    let batch = DeviceBatch {
-        logits: &logits,
-        dtype: Dtype::F32,
-        rows: 50,
-        classes: 129,
-        layout: Layout::Rows,
-        targets: DeviceTargets::I64(&targets),
-        class_weights: Some(&weights),
-        pos_weight: None,
-        sample_weights: Some(&samples),
-    };
+    let batch = uploaded.batch();
     let outputs = DeviceOutputs {
         loss: &loss,
         rows: None,
@@ -1036,39 +1017,13 @@ fn gpu_device_resident_calls_take_the_new_options() {
         .focal_gamma(2.0)
         .focal_alpha(0.25);
     let reference = bce_case.reference_bce(&options, None);
-    let x = buffer(&gpu, bytemuck::cast_slice(&bce_case.logits));
-    let t = buffer(
-        &gpu,
-        bytemuck::cast_slice(bce_case.dense_targets.as_ref().unwrap()),
-    );
-    let w = buffer(
-        &gpu,
-        bytemuck::cast_slice(bce_case.class_weights.as_ref().unwrap()),
-    );
-    let pw = buffer(
-        &gpu,
-        bytemuck::cast_slice(bce_case.pos_weight.as_ref().unwrap()),
-    );
-    let s = buffer(
-        &gpu,
-        bytemuck::cast_slice(bce_case.sample_weights.as_ref().unwrap()),
-    );
+    let bce_device = DeviceCase::upload(&gpu, &bce_case);
     let g = buffer(&gpu, &vec![0u8; 20 * 33 * 4]);
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     gpu.record_binary_cross_entropy(
         &mut encoder,
         &options,
-        &DeviceBatch {
-            logits: &x,
-            dtype: Dtype::F32,
-            rows: 20,
-            classes: 33,
-            layout: Layout::Rows,
-            targets: DeviceTargets::Dense(&t),
-            class_weights: Some(&w),
-            pos_weight: Some(&pw),
-            sample_weights: Some(&s),
-        },
+        &bce_device.batch(),
         &DeviceOutputs {
             gradient: DeviceGradient::Into(&g),
             ..outputs

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::device::{buffer, gpu, read, variants};
+use common::device::{buffer, gpu, read, variants, DeviceCase};
 use common::*;
 use std::sync::Arc;
 use xent::gpu::{
@@ -423,25 +423,10 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
         .ignore_every(6, -100);
     let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
     let reference = case.reference(&options, None);
-    let logits = buffer(&gpu, bytemuck::cast_slice(&case.logits));
-    let targets = buffer(&gpu, bytemuck::cast_slice(&case.index_targets));
-    let weights = buffer(
-        &gpu,
-        bytemuck::cast_slice(case.class_weights.as_ref().unwrap()),
-    );
+    let uploaded = DeviceCase::upload(&gpu, &case);
     let loss = buffer(&gpu, &[0u8; 16]);
     let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
-    let batch = DeviceBatch {
-        logits: &logits,
-        dtype: Dtype::F32,
-        rows: 50,
-        classes: 129,
-        layout: Layout::Rows,
-        targets: DeviceTargets::I64(&targets),
-        class_weights: Some(&weights),
-        pos_weight: None,
-        sample_weights: None,
-    };
+    let batch = uploaded.batch();
     let outputs = DeviceOutputs {
         loss: &loss,
         rows: None,

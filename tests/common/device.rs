@@ -83,3 +83,69 @@ pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
     let values = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
     values
 }
+
+/// A case's inputs uploaded for the device-resident API (f32 logits, i64 or dense targets,
+/// and whichever weights the case has).
+pub struct DeviceCase {
+    pub logits: wgpu::Buffer,
+    pub targets: wgpu::Buffer,
+    pub class_weights: Option<wgpu::Buffer>,
+    pub pos_weight: Option<wgpu::Buffer>,
+    pub sample_weights: Option<wgpu::Buffer>,
+    rows: usize,
+    classes: usize,
+    layout: xent::Layout,
+    dense: bool,
+}
+
+impl DeviceCase {
+    pub fn upload(gpu: &Gpu, case: &super::Case) -> DeviceCase {
+        assert_eq!(
+            case.dtype,
+            xent::Dtype::F32,
+            "DeviceCase uploads f32 logits"
+        );
+        let floats =
+            |v: &Option<Vec<f32>>| v.as_ref().map(|v| buffer(gpu, bytemuck::cast_slice(v)));
+        let targets = match &case.dense_targets {
+            Some(t) => buffer(gpu, bytemuck::cast_slice(t)),
+            None => buffer(gpu, bytemuck::cast_slice(&case.index_targets)),
+        };
+        DeviceCase {
+            logits: buffer(gpu, bytemuck::cast_slice(&case.logits)),
+            targets,
+            class_weights: floats(&case.class_weights),
+            pos_weight: floats(&case.pos_weight),
+            sample_weights: floats(&case.sample_weights),
+            rows: case.rows,
+            classes: case.classes,
+            layout: case
+                .spatial
+                .map_or(xent::Layout::Rows, |spatial| xent::Layout::ClassDim1 {
+                    spatial,
+                }),
+            dense: case.dense_targets.is_some(),
+        }
+    }
+
+    pub fn batch(&self) -> xent::gpu::DeviceBatch<'_> {
+        use xent::gpu::{DeviceBatch, DeviceTargets};
+        DeviceBatch {
+            layout: self.layout,
+            class_weights: self.class_weights.as_ref(),
+            pos_weight: self.pos_weight.as_ref(),
+            sample_weights: self.sample_weights.as_ref(),
+            ..DeviceBatch::new(
+                &self.logits,
+                xent::Dtype::F32,
+                self.rows,
+                self.classes,
+                if self.dense {
+                    DeviceTargets::Dense(&self.targets)
+                } else {
+                    DeviceTargets::I64(&self.targets)
+                },
+            )
+        }
+    }
+}
