@@ -11,8 +11,9 @@
 // Σ_k a[k]·g[k] (from the rows or the focal pass).
 // Vocab-parallel shards pass the scales already folded into the row coefficients
 // (reduction 3) and ε/C with the global C.
-// Probability inputs: kce = 0 and dz/dq = 1/q (0 where q was clamped). Ignored rows get 0,
-// rows whose loss is NaN get NaN.
+// Probability inputs: kce = 0 and dz/dq = 1/q (0 where q was clamped); with focal loss g[c]
+// comes from l = ln clamp(q) (the rows pass saves lse = 0), so dq = −a[c]·g[c]/q.
+// Ignored rows get 0, rows whose loss is NaN get NaN.
 //
 // Launch: flat over the chunk's elements; one invocation owns 4 consecutive elements (whole
 // words for f16/bf16, so in-place stores never share a word between invocations); a 2D grid
@@ -56,7 +57,7 @@ fn gradient(f: u32) -> f32 {
     if (k.fill == 2u) { return nan(); }
     let ab = scales(row) * k.sample;
     let x = load_x(p.elem_offset + f);
-    let z = transform(select(p.scale * x, x, p.prob_eps > 0.0));
+    let z = z_of(x);
     let prob = select(exp(coef_log_p(k, z)), 0.0, p.prob_eps > 0.0);
     let zcoef = select(0.0, 2.0 * p.z_loss * coef_lse(k), p.z_loss > 0.0 && p.prob_eps == 0.0);
     let w = select(1.0, weights[c], has(FLAG_WEIGHTS));

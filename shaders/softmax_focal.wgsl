@@ -8,6 +8,8 @@
 // of p[c] in the gradient (the backward pass multiplies the per-class terms by g[c]). Every
 // class's (1 − p[c])^γ needs the final lse, which the online pass 1 does not have: hence this
 // second read of the row. Rows that are ignored or already NaN keep what the rows pass wrote.
+// Probability inputs (section 2b): l[c] = z[c] = ln clamp(q[c]) (the rows pass saves lse = 0),
+// no z-loss; the backward pass then writes −a[c]·g[c]/q[c].
 //
 // Launch: like the partials pass without splits: WG / tpr row segments per workgroup, a
 // segment of tpr invocations owns one row and strides over its classes tpr apart (coalesced);
@@ -42,7 +44,7 @@ fn main(
     var acc = vec2(0.0);
     if (live) {
         for (var c = lane; c < p.classes; c += p.tpr) {
-            let z = transform(p.scale * load_x(elem_index(row, c)));
+            let z = z_of(load_x(elem_index(row, c)));
             let l = coef_log_p(k, z);
             let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
             var t = p.uniform;
@@ -69,7 +71,8 @@ fn main(
 
     if (lane == 0u && live) {
         let ce = -acc.x;
-        let z_term = select(0.0, p.z_loss * coef_lse(k) * coef_lse(k), p.z_loss > 0.0);
+        let use_z = p.z_loss > 0.0 && p.prob_eps == 0.0;
+        let z_term = select(0.0, p.z_loss * coef_lse(k) * coef_lse(k), use_z);
         let unweighted = select(ce + z_term, nan(), is_nan(ce));
         row_out[global_row].loss = k.sample * unweighted;
         var sums = row_sums[global_row];

@@ -11,7 +11,7 @@
 //   writes plain cross-entropy and the focal pass (`softmax_focal.wgsl`) overwrites the loss.
 // Sample weights s[n] multiply the row's loss and its (ce, z, weight, count) sums, and are kept
 // in the row's coefficients for the backward pass; a row is NaN by its unweighted loss.
-// Probability inputs use lse = 0 and z = ln clamp(q). A valid row whose target is outside
+// Probability inputs use lse = 0 and z = ln clamp(q) (focal loss too: p = clamp(q)). A valid row whose target is outside
 // [0, C) (flagged by the partials pass) is not read: it is treated as ignored, so a bad target
 // can't make the kernel read out of bounds.
 //
@@ -75,7 +75,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         if (valid) {
             let c = u32(y.x);
             let x = load_x(elem_index(row, c));
-            let z = transform(select(p.scale * x, x, probabilities));
+            let z = z_of(x);
             let logp = select(z - lse_used, nan(), broken);
             let wy = weight(c);
             ce = -(1.0 - eps) * wy * logp;
@@ -107,8 +107,9 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     row_out[global_row] = out;
     row_sums[global_row] =
         select(vec4(0.0), sw * vec4(ce, z_term, weight_of_row, 1.0), valid);
-    let split = !nan_row && st.m != neg_inf() && st.m != pos_inf();
-    coef.max = select(lse, st.m, split);
+    // lse = max + log_sum; probability inputs use lse = 0, so coef_log_p(k, z) = z = ln p.
+    let split = !nan_row && st.m != neg_inf() && st.m != pos_inf() && !probabilities;
+    coef.max = select(select(lse, st.m, split), 0.0, probabilities);
     coef.log_sum = select(0.0, log(st.s), split);
     coef.fill = select(select(0u, 2u, is_nan(unweighted)), 1u, !valid);
     coef.sample = sw;

@@ -57,6 +57,7 @@ pub struct CrossEntropy {
     pub input: InputKind,
     /// Focal-loss focusing parameter `γ ≥ 0` (default 0: plain cross-entropy). Each class's
     /// term is multiplied by `(1 − p[c])^γ` (SEMANTICS.md section 2c); class weights act as `α`.
+    /// With probability inputs `p = clamp(q, eps, 1)` (section 2b: no log-sum-exp).
     pub focal_gamma: f32,
 }
 
@@ -147,13 +148,7 @@ impl CrossEntropy {
                 return Err(bad("eps", eps, "must be finite and in (0, 1)"));
             }
         }
-        check_gamma(self.focal_gamma)?;
-        if self.is_focal() && self.input != InputKind::Logits {
-            return Err(Error::Unsupported(
-                "focal loss takes logits, not probability inputs".into(),
-            ));
-        }
-        Ok(())
+        check_gamma(self.focal_gamma)
     }
 }
 

@@ -204,6 +204,9 @@ pub fn cross_entropy(
         // Focal (section 2c): with a[c] = w[c]·t'[c] the per-class target weight, the loss is
         // −Σ_c a[c]·f[c]·logp[c], and (see `focal_factors`)
         //   dloss/dz[j] = p[j]·Σ_c a[c]·g[c] − a[j]·g[j].
+        // Probability inputs (section 2b) have p[c] = q[c] itself, no softmax: class c's term
+        // depends on q[c] alone, and d/dq[c] of −a·f(p)·ln p is −a·(f'(p)·ln p + f(p)/p)
+        // = −a·g[c]/q[c] (g = f + p·ln p·f'(p), f'(p) = −γ·(1 − p)^(γ−1)), 0 where clamped.
         let target_weight = |c: usize| match (&soft, target) {
             (Some(t), _) => w(c) * t[c],
             (None, Some(y)) => {
@@ -224,7 +227,11 @@ pub fn cross_entropy(
             let d_ce = match (&soft, target) {
                 _ if focal.is_some() => {
                     let g = focal.as_ref().map_or(1.0, |v| v[c].1);
-                    p[c] * g_sum - target_weight(c) * g
+                    if is_prob {
+                        -target_weight(c) * g / x[c]
+                    } else {
+                        p[c] * g_sum - target_weight(c) * g
+                    }
                 }
                 (Some(t), _) if is_prob => -w(c) * t[c] / x[c],
                 (Some(t), _) => p[c] * (0..classes).map(|k| w(k) * t[k]).sum::<f64>() - w(c) * t[c],

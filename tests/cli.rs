@@ -647,27 +647,36 @@ fn eval_probability_inputs() {
     }
     q[3] = 0.0; // clamped to eps
     let y: Vec<i64> = vec![0, 1, 2, 3, 0];
-    let grad = dir.arg("g.npy");
-    let json = xent(&[
-        "eval",
-        "--logits",
-        &dir.npy("q.npy", &[n, c], &q),
-        "--targets",
-        &dir.npy("t.npy", &[n], &y),
-        "--input",
-        "probabilities",
-        "--eps",
-        "1e-6",
-        "--grad-out",
-        &grad,
-        "--json",
-    ])
-    .json();
-    let options = CrossEntropy::new().input(xent::InputKind::Probabilities { eps: 1e-6 });
-    let r = reference::cross_entropy(&options, &Batch::new(Logits::new(&q, n, c), &y[..]), None)
-        .unwrap();
-    close(num(&json, "loss"), r.loss.unwrap(), "loss");
-    close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
+    let (logits, targets) = (dir.npy("q.npy", &[n, c], &q), dir.npy("t.npy", &[n], &y));
+    // Plain, and focal loss on the same probabilities (SEMANTICS.md sections 2b, 2c).
+    for gamma in ["0", "2"] {
+        let grad = dir.arg("g.npy");
+        let json = xent(&[
+            "eval",
+            "--logits",
+            &logits,
+            "--targets",
+            &targets,
+            "--input",
+            "probabilities",
+            "--eps",
+            "1e-6",
+            "--focal-gamma",
+            gamma,
+            "--grad-out",
+            &grad,
+            "--json",
+        ])
+        .json();
+        let options = CrossEntropy::new()
+            .input(xent::InputKind::Probabilities { eps: 1e-6 })
+            .focal_gamma(gamma.parse().unwrap());
+        let r =
+            reference::cross_entropy(&options, &Batch::new(Logits::new(&q, n, c), &y[..]), None)
+                .unwrap();
+        close(num(&json, "loss"), r.loss.unwrap(), "loss");
+        close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
+    }
 }
 
 #[test]

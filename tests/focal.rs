@@ -373,6 +373,151 @@ fn bce_reference_gradient_matches_finite_differences() {
 }
 
 #[test]
+fn worked_examples_probability_inputs() {
+    // Focal loss on probability inputs (SEMANTICS.md sections 2b, 2c): p = clamp(q, eps, 1) is
+    // used as it is (no softmax), loss = −Σ_c w[c]·t'[c]·(1 − p[c])^γ·ln p[c], and since class
+    // c's term depends on q[c] alone, dloss/dq[c] = −w[c]·t'[c]·g[c]/q[c] with
+    // g = (1 − p)^γ − γ·p·ln p·(1 − p)^(γ−1), 0 where q was clamped.
+    //
+    // 1. q = (1/4, 1/4, 1/2), target 2, ε = 0.3 (ε/C = 0.1), γ = 1: t' = (0.1, 0.1, 0.8),
+    //    the probabilities of worked_examples_softmax's example 2, so the same loss:
+    //    loss = −(2·0.1·(3/4)·ln(1/4) + 0.8·(1/2)·ln(1/2)) = 0.4852030264
+    //    g = (1 − p) − p·ln p = (1.0965735903, 1.0965735903, 0.8465735903)
+    //    dq = −t'·g/q = (−0.1·1.0965735903·4, (same), −0.8·0.8465735903·2)
+    //       = (−0.4386294361, −0.4386294361, −1.3545177444)
+    //    (not summing to 0: there is no softmax to take the mass back).
+    let options = CrossEntropy::new()
+        .input(InputKind::PROBABILITIES)
+        .focal_gamma(1.0)
+        .label_smoothing(0.3);
+    let q = [0.25f32, 0.25, 0.5];
+    let r = reference::cross_entropy(
+        &options,
+        &Batch::new(Logits::new(&q, 1, 3), &[2i64][..]),
+        None,
+    )
+    .unwrap();
+    assert_close(
+        "probabilities 1 loss",
+        &[r.loss.unwrap() as f32],
+        &[0.4852030264],
+        0.0,
+        1e-6,
+    );
+    let expected = [-0.4386294361, -0.4386294361, -1.3545177444];
+    let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
+    assert_close(
+        "probabilities 1 gradient",
+        &as_f32(&r.gradient),
+        &expected,
+        0.0,
+        1e-6,
+    );
+    // 2. q = (0, 1), target 1, ε = 0.2 (t' = (0.1, 0.9)), γ = 2, eps = 1e-7 (f32: e =
+    //    1.0000000117e-7): class 0 is clamped to e, class 1 is certain, so
+    //    loss = −0.1·(1 − e)²·ln e − 0.9·0²·ln 1 = 1.6118092416, and the gradient is 0 for both:
+    //    class 0 because it was clamped, class 1 because g = 0 at p = 1.
+    let options = options.focal_gamma(2.0).label_smoothing(0.2);
+    let q = [0.0f32, 1.0];
+    let r = reference::cross_entropy(
+        &options,
+        &Batch::new(Logits::new(&q, 1, 2), &[1i64][..]),
+        None,
+    )
+    .unwrap();
+    assert_close(
+        "probabilities 2 loss",
+        &[r.loss.unwrap() as f32],
+        &[1.6118092416],
+        0.0,
+        1e-6,
+    );
+    assert_eq!(r.gradient, [0.0, 0.0]);
+    // Both backends give these numbers too.
+    let mut backends = vec![Backend::Cpu];
+    backends.extend(gpu().map(Backend::Gpu));
+    for backend in &backends {
+        for (options, q, y, loss, gradient) in [
+            (
+                options.focal_gamma(1.0).label_smoothing(0.3),
+                &[0.25f32, 0.25, 0.5][..],
+                2i64,
+                0.4852030264,
+                &expected[..],
+            ),
+            (
+                options,
+                &[0.0f32, 1.0][..],
+                1,
+                1.6118092416,
+                &[0.0, 0.0][..],
+            ),
+        ] {
+            let label = format!("{} {options:?}", backend.name());
+            let mut g = vec![0f32; q.len()];
+            let out = options
+                .compute(
+                    backend,
+                    Batch::new(Logits::new(q, 1, q.len()), &[y][..]),
+                    Request::new().gradient_into(&mut g),
+                )
+                .unwrap();
+            assert_close(&label, &[out.loss.unwrap()], &[loss], 0.0, 1e-6);
+            assert_close(&label, &g, gradient, 0.0, 1e-5);
+        }
+    }
+}
+
+/// Probability inputs on a 2^-8 grid in [0.1, 0.9] (so `q ± 2^-12` is exact and stays inside
+/// [0, 1]), and two values of 2^-12, which an `eps` of 1e-3 clamps on both sides of the step.
+fn probability_grid_case(seed: u64, rows: usize, classes: usize) -> Case {
+    let mut case = Case::new(seed, rows, classes, Hardness::default());
+    let mut rng = Rng(seed ^ 0x9A0B);
+    for v in &mut case.logits {
+        *v = ((0.1 + 0.8 * rng.uniform()) * 256.0).round() / 256.0;
+    }
+    let n = case.logits.len();
+    case.logits[1] = 1.0 / 4096.0;
+    case.logits[n - 2] = 1.0 / 4096.0;
+    case
+}
+
+#[test]
+fn probability_focal_reference_matches_finite_differences() {
+    let base = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-3 });
+    let mut grid = vec![];
+    for gamma in [0.5f32, 2.0, 3.5] {
+        let f = base.focal_gamma(gamma);
+        grid.extend([
+            f,
+            f.label_smoothing(0.2),
+            f.label_smoothing(0.3).reduction(Reduction::Sum),
+            f.reduction(Reduction::None).ignore_index(2),
+        ]);
+    }
+    for (k, options) in grid.iter().enumerate() {
+        let index = probability_grid_case(80 + k as u64, 5, 6)
+            .weighted(k as u64)
+            .sample_weighted(k as u64)
+            .ignore_every(3, options.ignore_index);
+        let soft = probability_grid_case(90 + k as u64, 4, 5)
+            .soft(k as u64)
+            .weighted(k as u64 + 1)
+            .sample_weighted(k as u64 + 2);
+        let upstream: Vec<f32> = match options.reduction {
+            Reduction::None => (0..5).map(|i| 0.5 + 0.25 * i as f32).collect(),
+            _ => vec![0.75],
+        };
+        for (what, case) in [("index", &index), ("soft", &soft)] {
+            let up = &upstream[..upstream.len().min(case.rows)];
+            finite_differences(&format!("{what} {options:?}"), case, Some(up), |c| {
+                c.reference(options, Some(up))
+            });
+        }
+    }
+}
+
+#[test]
 fn bad_values_are_errors_naming_the_option() {
     let x = [0.0f32; 6];
     let y = [0i64, 1];
@@ -428,14 +573,6 @@ fn bad_values_are_errors_naming_the_option() {
         ),
         "{e}"
     );
-    let e = run(
-        CrossEntropy::new()
-            .focal_gamma(2.0)
-            .input(InputKind::PROBABILITIES),
-        None,
-    )
-    .unwrap_err();
-    assert!(matches!(e, Error::Unsupported(_)), "{e}");
 
     let t = [0.5f32; 6];
     let bce = |o: BinaryCrossEntropy| {
@@ -600,6 +737,51 @@ fn softmax_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
     out
 }
 
+/// Focal loss on probability inputs with the options that apply to them (section 2b: no
+/// z-loss, softcap or scale).
+fn probability_focal_grid() -> Vec<CrossEntropy> {
+    let base = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-6 });
+    let mut out = vec![];
+    for gamma in [0.5f32, 2.0] {
+        let f = base.focal_gamma(gamma);
+        out.extend([
+            f,
+            f.label_smoothing(0.1),
+            f.label_smoothing(0.2).reduction(Reduction::None),
+            f.ignore_index(3).reduction(Reduction::Sum),
+        ]);
+    }
+    out
+}
+
+/// Probability inputs (softmax outputs with exact zeros, which the clamp catches): index
+/// targets with class and sample weights and ignored rows, and soft targets.
+fn probability_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
+    let hard = Hardness {
+        outliers: true,
+        masked: true,
+        non_finite: false,
+    };
+    vec![
+        (
+            "probabilities index".into(),
+            Case::new(seed, 23, 40, hard)
+                .probabilities()
+                .weighted(seed)
+                .sample_weighted(seed)
+                .ignore_every(4, options.ignore_index),
+        ),
+        (
+            "probabilities soft".into(),
+            Case::new(seed + 1, 17, 33, hard)
+                .probabilities()
+                .soft(seed)
+                .weighted(seed + 1)
+                .sample_weighted(seed + 1),
+        ),
+    ]
+}
+
 fn bce_cases(seed: u64) -> Vec<(String, Case)> {
     let hard = Hardness {
         outliers: true,
@@ -717,6 +899,15 @@ fn cpu_focal_against_reference() {
 }
 
 #[test]
+fn cpu_probability_focal_against_reference() {
+    for (k, options) in probability_focal_grid().iter().enumerate() {
+        for (what, case) in probability_cases(options, 400 + k as u64) {
+            check_cpu(&format!("{what} {options:?}"), &case, options);
+        }
+    }
+}
+
+#[test]
 fn cpu_sample_weights_against_reference() {
     for (k, options) in sample_weight_grid().iter().enumerate() {
         for (what, case) in softmax_cases(options, 200 + k as u64) {
@@ -811,6 +1002,16 @@ fn gpu_focal_against_reference() {
     let Some(gpu) = gpu() else { return };
     for (k, options) in focal_grid().iter().enumerate() {
         for (what, case) in softmax_cases(options, 100 + k as u64) {
+            check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+        }
+    }
+}
+
+#[test]
+fn gpu_probability_focal_against_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (k, options) in probability_focal_grid().iter().enumerate() {
+        for (what, case) in probability_cases(options, 400 + k as u64) {
             check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
         }
     }

@@ -77,6 +77,9 @@ fn transform(v: f32) -> f32 {
     return v;
 }
 
+// z of a raw input value x: transform(s·x) for logits, ln clamp(q) for probabilities.
+fn z_of(x: f32) -> f32 { return transform(select(p.scale * x, x, p.prob_eps > 0.0)); }
+
 // dz/dx at x (with z = transform(s·x)).
 fn slope(x: f32, z: f32) -> f32 {
     if (p.prob_eps > 0.0) { return select(1.0 / x, 0.0, x < p.prob_eps); }

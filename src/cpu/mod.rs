@@ -378,7 +378,7 @@ impl Ctx<'_> {
                 (None, Some(y)) if valid => ProbTarget::Index(y as usize),
                 _ => ProbTarget::Index(0),
             };
-            let r = scalar::probability_row(x, floor, target, opts.label_smoothing, self.w);
+            let r = scalar::probability_row(x, target, prob_options(&opts, floor), self.w);
             let (target_prob, correct) = match target {
                 ProbTarget::Dense(t) => (
                     t.iter()
@@ -533,13 +533,14 @@ impl Ctx<'_> {
                 Some(t) => ProbTarget::Dense(t),
                 None => ProbTarget::Index(index.unwrap_or(0)),
             };
+            let options = prob_options(&opts, floor);
             match io {
                 RowIo::InPlace(d) => {
                     let q = d.to_vec();
-                    scalar::probability_backward(&q, floor, target, eps, self.w, a, d)
+                    scalar::probability_backward(&q, target, options, self.w, a, d)
                 }
                 RowIo::Separate(q, d) => {
-                    scalar::probability_backward(q, floor, target, eps, self.w, a, d)
+                    scalar::probability_backward(q, target, options, self.w, a, d)
                 }
             }
             return;
@@ -752,6 +753,15 @@ impl Ctx<'_> {
             let dz = k * l.exp() - a * w * (target + uniform) * g;
             io.dst()[c] = dz * transform.scalar_slope(z);
         }
+    }
+}
+
+/// The scalar probability-input path's options (SEMANTICS.md section 2b) for clamp `floor`.
+fn prob_options(options: &crate::CrossEntropy, floor: f32) -> scalar::ProbOptions {
+    scalar::ProbOptions {
+        floor,
+        smoothing: options.label_smoothing,
+        gamma: options.focal_gamma,
     }
 }
 

@@ -173,36 +173,65 @@ pub struct ProbRow {
     pub confidence: f64,
 }
 
-/// Loss of one probability-input row. `target`: the index (with the smoothing ε) or dense
-/// targets; `w`: class weights.
+/// How a probability-input row is scored (SEMANTICS.md sections 2b and 2c).
+#[derive(Debug, Clone, Copy)]
+pub struct ProbOptions {
+    /// The lower clamp `eps`: `p = clamp(q, eps, 1)`.
+    pub floor: f32,
+    /// Label smoothing `ε`.
+    pub smoothing: f32,
+    /// Focal `γ` (0: off).
+    pub gamma: f32,
+}
+
+impl ProbOptions {
+    /// `ln p = ln(clamp(q, eps, 1))`, in f64.
+    fn ln_p(self, q: f32) -> f64 {
+        (q as f64).clamp(self.floor as f64, 1.0).ln()
+    }
+
+    /// The focal factors `(f, g)` of one input value ((1, 1) without focal loss).
+    fn focal(self, q: f32) -> (f64, f64) {
+        if self.gamma > 0.0 {
+            focal_factors(self.ln_p(q), self.gamma as f64)
+        } else {
+            (1.0, 1.0)
+        }
+    }
+}
+
+/// Loss of one probability-input row. `target`: the index or dense targets; `w`: class
+/// weights. With `a[c] = w[c]·t'[c]`, `ce = −Σ_c a[c]·f[c]·ln p[c]` (`f = (1 − p)^γ`, 1 without
+/// focal loss).
 pub fn probability_row(
     q: &[f32],
-    floor: f32,
     target: ProbTarget,
-    eps: f32,
+    options: ProbOptions,
     w: Option<&[f32]>,
 ) -> ProbRow {
     let classes = q.len() as f64;
-    let (eps, floor) = (eps as f64, floor as f64);
+    let (eps, floor) = (options.smoothing as f64, options.floor as f64);
     let w = |c: usize| w.map_or(1.0, |w| w[c] as f64);
-    let logp = |c: usize| (q[c] as f64).clamp(floor, 1.0).ln();
+    // f·ln p of class c.
+    let term = |c: usize| options.focal(q[c]).0 * options.ln_p(q[c]);
     let ce = match target {
         ProbTarget::Index(y) => {
-            let mut ce = -(1.0 - eps) * w(y) * logp(y);
+            let mut ce = -(1.0 - eps) * w(y) * term(y);
             if eps > 0.0 {
-                ce -= eps / classes * (0..q.len()).map(|c| w(c) * logp(c)).sum::<f64>();
+                ce -= eps / classes * (0..q.len()).map(|c| w(c) * term(c)).sum::<f64>();
             }
             ce
         }
         ProbTarget::Dense(t) => -(0..q.len())
-            .map(|c| w(c) * ((1.0 - eps) * t[c] as f64 + eps / classes) * logp(c))
+            .map(|c| w(c) * ((1.0 - eps) * t[c] as f64 + eps / classes) * term(c))
             .sum::<f64>(),
     };
     let argmax = first_max(&q.iter().map(|&v| v as f64).collect::<Vec<_>>());
     let entropy = -(0..q.len())
-        .map(|c| (q[c] as f64).clamp(floor, 1.0))
-        .zip(0..q.len())
-        .map(|(p, c)| p * logp(c))
+        .map(|c| {
+            let p = (q[c] as f64).clamp(floor, 1.0);
+            p * p.ln()
+        })
         .sum::<f64>();
     ProbRow {
         ce,
@@ -212,27 +241,34 @@ pub fn probability_row(
     }
 }
 
-/// Gradient of one probability-input row with respect to q, times `a`, into `dq`.
+/// Gradient of one probability-input row with respect to q, times `a`, into `dq`:
+/// `−a[c]·g[c]/q[c]` with `a[c] = w[c]·t'[c]` and `g` the focal gradient factor (1 without
+/// focal loss; `reference::cross_entropy` derives it), 0 where `q` was clamped.
 pub fn probability_backward(
     q: &[f32],
-    floor: f32,
     target: ProbTarget,
-    eps: f32,
+    options: ProbOptions,
     w: Option<&[f32]>,
     a: f32,
     dq: &mut [f32],
 ) {
     let classes = q.len() as f32;
+    let eps = options.smoothing;
     let w = |c: usize| w.map_or(1.0, |w| w[c]);
     for c in 0..q.len() {
-        let d = match target {
+        let t = match target {
             ProbTarget::Index(y) => {
-                let hit = if c == y { (1.0 - eps) * w(c) } else { 0.0 };
-                -(hit + eps / classes * w(c)) / q[c]
+                let hit = if c == y { 1.0 - eps } else { 0.0 };
+                hit + eps / classes
             }
-            ProbTarget::Dense(t) => -w(c) * ((1.0 - eps) * t[c] + eps / classes) / q[c],
+            ProbTarget::Dense(t) => (1.0 - eps) * t[c] + eps / classes,
         };
-        dq[c] = if q[c] < floor { 0.0 } else { a * d };
+        let g = options.focal(q[c]).1 as f32;
+        dq[c] = if q[c] < options.floor {
+            0.0
+        } else {
+            -a * w(c) * t * g / q[c]
+        };
     }
 }
 
