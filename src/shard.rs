@@ -9,7 +9,8 @@
 //! 2. the K shards' partials are exchanged (any all-gather: MPI, NCCL, a channel) and merged in
 //!    shard order into the exact global loss, LSE and metrics ([`CrossEntropy::combine`]);
 //! 3. each shard writes the gradient of its own columns from the global LSE
-//!    ([`CrossEntropy::shard_backward`]).
+//!    ([`CrossEntropy::shard_backward`]); focal loss with label smoothing has one more
+//!    exchange before this step (below).
 //!
 //! With an all-reduce instead of an all-gather, as Megatron does with NCCL: all-reduce `max`
 //! with MAX, rescale each shard's `sum_exp` and `sum_ez` by `exp(max − global max)`, then
@@ -17,10 +18,64 @@
 //! the result is one merged [`RowPartial`] per row, which `combine` takes as a single shard.
 //!
 //! Index targets, row-major logits (f32, f16, bf16); the options of section 2 of SEMANTICS.md
-//! (ignore_index, class weights, smoothing, z-loss, softcap, scale, reductions) and per-row
-//! sample weights ([`CrossEntropy::combine_weighted`]). Focal loss (`focal_gamma > 0`) is
-//! refused with [`Error::Unsupported`]: with smoothing it needs every class's `(1 − p)^γ` from
-//! the global LSE, a second exchange this API does not have.
+//! (ignore_index, class weights, smoothing, z-loss, softcap, scale, reductions), per-row
+//! sample weights ([`CrossEntropy::combine_weighted`]) and focal loss (section 2c).
+//!
+//! # Focal loss
+//!
+//! Without label smoothing only the target's `p[y]` is focal, and `combine` has it from the
+//! global LSE and the target's logit: the three steps above are all. With smoothing every
+//! class's `(1 − p[c])^γ` needs the global LSE, which the shards only have after step 2, so
+//! [`Combined::needs_focal_round`] is true and a second exchange comes before step 3:
+//! - 2b. each shard sums, per row over its columns, `−Σ a[c]·(1 − p[c])^γ·log p[c]` and
+//!   `Σ a[c]·g[c]` (`a[c] = w[c]·t'[c]`, `g` the focal gradient factor): one 8-byte
+//!   [`FocalPartial`] per row ([`CrossEntropy::shard_focal`]);
+//! - 2c. the sums are added across shards (all-reduce SUM of `rows × 2` f32, or all-gather)
+//!   and [`CrossEntropy::combine_focal`] finishes the loss and the gradient coefficients
+//!   (`dloss/dz[j] = p[j]·Σ_c a[c]·g[c] − a[j]·g[j]`, see `reference::focal_factors`).
+//!
+//! The round depends only on the options (focal `γ > 0` and `ε > 0`), so every rank takes the
+//! same branch. `shard_backward` refuses to run while the round is pending.
+//!
+//! ```
+//! use xent::shard::{FocalPartial, RowPartial, Shard, ShardInput};
+//! use xent::{Backend, Batch, CrossEntropy, Logits, Request, Targets};
+//!
+//! let (rows, classes) = (2, 5);
+//! let logits = [0.1f32, 2.0, -1.0, 0.5, 3.0,
+//!               1.0, 1.0, 0.0, -2.0, 0.25];
+//! let targets = [4i64, 1];
+//! let ce = CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1);
+//! let shards = Shard::split(classes, 2);
+//! let pieces: Vec<Vec<f32>> = shards.iter().map(|s| {
+//!     logits.chunks(classes).flat_map(|r| &r[s.start..s.start + s.width]).copied().collect()
+//! }).collect();
+//! let input = |k: usize| ShardInput {
+//!     logits: Logits::new(&pieces[k], rows, shards[k].width),
+//!     targets: Targets::I64(&targets),
+//!     class_weights: None,
+//! };
+//! let partials = (0..2)
+//!     .map(|k| ce.shard_partials(&Backend::Cpu, shards[k], input(k)))
+//!     .collect::<Result<Vec<Vec<RowPartial>>, _>>()?;
+//! let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
+//! let mut combined = ce.combine(classes, &views, Targets::I64(&targets), None)?;
+//! if combined.needs_focal_round() {
+//!     // 2b on every shard, then (after an all-gather or all-reduce) 2c.
+//!     let sums = (0..2)
+//!         .map(|k| ce.shard_focal(&Backend::Cpu, shards[k], input(k), &combined))
+//!         .collect::<Result<Vec<Vec<FocalPartial>>, _>>()?;
+//!     let views: Vec<&[FocalPartial]> = sums.iter().map(|s| &s[..]).collect();
+//!     ce.combine_focal(&mut combined, &views)?;
+//! }
+//! let whole = ce.compute(
+//!     &Backend::Cpu,
+//!     Batch::new(Logits::new(&logits, rows, classes), &targets[..]),
+//!     Request::new(),
+//! )?;
+//! assert!((combined.output.loss.unwrap() - whole.loss.unwrap()).abs() < 1e-6);
+//! # Ok::<(), xent::Error>(())
+//! ```
 //!
 //! # Example
 //!
@@ -87,6 +142,11 @@
 //!   small uniform buffer and a bind group per row chunk plus the host copy of the read-back.
 //! - [`CrossEntropy::combine`] allocates the merged rows and the output vectors (per-row
 //!   losses, LSE, metrics, one [`RowGradient`] per row); it touches no device.
+//! - [`CrossEntropy::shard_focal`] returns a new `Vec<FocalPartial>` (`rows` entries); on the
+//!   CPU it allocates one `width`-sized row per rayon work split, on the GPU it reuses the
+//!   pooled upload, coefficient, row and staging buffers and allocates a uniform buffer and
+//!   bind group per row chunk plus the host copies of the read-backs.
+//!   [`CrossEntropy::combine_focal`] allocates nothing.
 //! - [`CrossEntropy::shard_backward`] writes into the caller's `gradient` slice. On the CPU it
 //!   allocates one `width`-sized row per rayon work split (f16/bf16 logits are widened into
 //!   it); on the GPU it reuses the pooled upload, coefficient, gradient and staging buffers and
@@ -258,11 +318,14 @@ pub struct RowGradient {
     pub max: f32,
     /// See `max`.
     pub log_sum: f32,
-    /// Coefficient of `p[c]` (cross-entropy and z-loss parts, scales applied).
+    /// Coefficient of `p[c]` (cross-entropy and z-loss parts, scales applied). Focal loss:
+    /// the cross-entropy part is `a·Σ_c a[c]·g[c]`, which with label smoothing
+    /// [`CrossEntropy::combine_focal`] adds after the second round.
     pub p_coefficient: f32,
     /// Scale `a` of the per-class terms.
     pub scale: f32,
-    /// `a·(1−ε)·w[y]`, subtracted at the target.
+    /// `a·(1−ε)·w[y]`, subtracted at the target (focal loss: times the target's `g[y]`, as
+    /// every per-class term is multiplied by its `g[c]`).
     pub target_term: f32,
     /// The target, or −1 for an ignored row.
     pub target: i64,
@@ -273,10 +336,57 @@ pub struct RowGradient {
 /// The merged result: the global [`Output`] and what each shard's backward needs.
 #[derive(Debug, Clone, Default)]
 pub struct Combined {
-    /// Loss, per-row losses, LSE and metrics, as an unsharded call returns them.
+    /// Loss, per-row losses, LSE and metrics, as an unsharded call returns them. While a
+    /// focal round is pending ([`Combined::needs_focal_round`]) the loss and per-row losses
+    /// are `None`; LSE and metrics are final.
     pub output: Output,
     /// Per-row gradient coefficients.
     pub rows: Vec<RowGradient>,
+    /// What [`CrossEntropy::combine_focal`] needs to finish the loss (focal loss with label
+    /// smoothing), until it has run.
+    focal: Option<FocalRound>,
+}
+
+impl Combined {
+    /// Whether the loss needs the second exchange (focal loss with label smoothing):
+    /// [`CrossEntropy::shard_focal`] on every shard, then [`CrossEntropy::combine_focal`],
+    /// before [`CrossEntropy::shard_backward`]. The same on every rank for the same options.
+    pub fn needs_focal_round(&self) -> bool {
+        self.focal.is_some()
+    }
+}
+
+/// The parts of the loss [`CrossEntropy::combine`] knows before the focal round.
+#[derive(Debug, Clone, Default)]
+struct FocalRound {
+    /// Per row: the sample weight `s[n]` and the z-loss term `λ·lse²` (0 when ignored).
+    samples: Vec<f64>,
+    z_terms: Vec<f64>,
+    /// Per-row losses of the rows already decided (ignored: 0, non-finite LSE: NaN).
+    losses: Vec<f32>,
+    /// `Σ s·ce` of the decided rows (0, or NaN), and `Σ s·λ·lse²`.
+    ce_sum: f64,
+    z_sum: f64,
+    /// The mean's denominators: `Σ_valid s·w[y]` and `Σ_valid s`.
+    denominator: f64,
+    z_denominator: f64,
+}
+
+/// One row's focal-loss sums over one shard's columns (the second exchange of focal loss with
+/// label smoothing): two f32 (8 bytes), which add up across shards. With `a[c] = w[c]·t'[c]`
+/// (`t'` the smoothed one-hot target), `f = (1 − p)^γ`, `g = f − γ·p·log p·(1 − p)^(γ−1)` and
+/// `p` from the global log-sum-exp:
+/// - `loss = −Σ_c a[c]·f[c]·log p[c]`, this shard's part of the row's focal loss;
+/// - `g_sum = Σ_c a[c]·g[c]`, this shard's part of the gradient's row sum: with
+///   `G = Σ_shards g_sum`, `dloss/dz[j] = p[j]·G − a[j]·g[j]` (with `ℓ(p) = −(1 − p)^γ·log p`,
+///   `G = −Σ_c a[c]·ℓ'(p[c])·p[c]`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FocalPartial {
+    /// `−Σ_c a[c]·f[c]·log p[c]` over the shard's columns.
+    pub loss: f32,
+    /// `Σ_c a[c]·g[c]` over the shard's columns.
+    pub g_sum: f32,
 }
 
 impl CrossEntropy {
@@ -381,6 +491,10 @@ impl CrossEntropy {
         }
         let eps = self.label_smoothing as f64;
         let lambda = self.z_loss as f64;
+        let gamma = self.focal_gamma as f64;
+        // Focal loss with smoothing: every class's (1 − p)^γ needs the global LSE, which the
+        // shards get from this step; they sum them in a second round (`shard_focal`).
+        let round = self.is_focal() && eps > 0.0;
         let mut merged = Vec::with_capacity(rows);
         let (mut valid_weight, mut denominator) = (0f64, 0f64);
         for row in 0..rows {
@@ -427,6 +541,7 @@ impl CrossEntropy {
         let mut metrics = Metrics::default();
         let (mut lse_out, mut losses) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
         let (mut ce_sum, mut z_sum) = (0f64, 0f64);
+        let (mut samples, mut z_terms) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
         let classes_f = classes as f64;
         for (row, (m, y, valid)) in merged.into_iter().enumerate() {
             let lse = m.lse();
@@ -436,12 +551,25 @@ impl CrossEntropy {
             } else {
                 m.target_z as f64 - lse
             };
-            let mut ce = 0.0;
+            let w_y = m.target_weight as f64;
+            // The cross-entropy part and its coefficient of p[c] (before the scale a).
+            let (mut ce, mut kce) = (0.0, 0.0);
             let mut z_term = 0.0;
             if valid {
-                ce = -(1.0 - eps) * m.target_weight as f64 * logp_y;
-                if eps > 0.0 {
-                    ce += eps / classes_f * (w_sum * lse - m.sum_wz as f64);
+                if round {
+                    // Decided here only when the row is NaN anyway; `combine_focal` adds the rest.
+                    ce = if lse.is_finite() { 0.0 } else { f64::NAN };
+                } else if self.is_focal() {
+                    // Without smoothing only p[y] is focal (see `reference::focal_factors`).
+                    let (f, g) = crate::cpu::scalar::focal_factors(logp_y, gamma);
+                    ce = -w_y * f * logp_y;
+                    kce = w_y * g;
+                } else {
+                    ce = -(1.0 - eps) * w_y * logp_y;
+                    if eps > 0.0 {
+                        ce += eps / classes_f * (w_sum * lse - m.sum_wz as f64);
+                    }
+                    kce = (1.0 - eps) * w_y + eps / classes_f * w_sum;
                 }
                 if lambda > 0.0 {
                     z_term = lambda * lse * lse;
@@ -451,6 +579,8 @@ impl CrossEntropy {
             let sw = sample(row);
             ce_sum += sw * ce;
             z_sum += sw * z_term;
+            samples.push(sw);
+            z_terms.push(z_term);
             losses.push((sw * loss) as f32);
             lse_out.push(lse as f32);
             let argmax = if m.nan_index != u32::MAX {
@@ -476,7 +606,6 @@ impl CrossEntropy {
                 Reduction::Sum => (u * sw, u * sw),
                 Reduction::Mean => (u * sw / denominator, u * sw / valid_weight),
             };
-            let kce = (1.0 - eps) * m.target_weight as f64 + eps / classes_f * w_sum;
             out.rows.push(RowGradient {
                 lse: lse as f32,
                 max: if lse.is_finite() { m.max } else { lse as f32 },
@@ -487,7 +616,7 @@ impl CrossEntropy {
                 },
                 p_coefficient: (a * kce + b * 2.0 * lambda * lse) as f32,
                 scale: a as f32,
-                target_term: (a * (1.0 - eps) * m.target_weight as f64) as f32,
+                target_term: (a * (1.0 - eps) * w_y) as f32,
                 target: if valid { y } else { -1 },
                 fill: if !valid {
                     1
@@ -498,22 +627,130 @@ impl CrossEntropy {
                 },
             });
         }
-        out.output.loss = match self.reduction {
-            Reduction::None => None,
-            Reduction::Sum => Some((ce_sum + z_sum) as f32),
-            Reduction::Mean => Some(
-                (ce_sum / denominator
-                    + if z_sum != 0.0 {
-                        z_sum / valid_weight
-                    } else {
-                        0.0
-                    }) as f32,
-            ),
+        let totals = FocalRound {
+            samples,
+            z_terms,
+            losses,
+            ce_sum,
+            z_sum,
+            denominator,
+            z_denominator: valid_weight,
         };
-        out.output.row_losses = Some(losses);
+        if round {
+            out.focal = Some(totals);
+        } else {
+            out.output.loss = self.reduce(&totals);
+            out.output.row_losses = Some(totals.losses);
+        }
         out.output.lse = Some(lse_out);
         out.output.metrics = Some(metrics);
         Ok(out)
+    }
+
+    /// The reduced loss from the row totals (SEMANTICS.md sections 2, 2c).
+    fn reduce(&self, t: &FocalRound) -> Option<f32> {
+        match self.reduction {
+            Reduction::None => None,
+            Reduction::Sum => Some((t.ce_sum + t.z_sum) as f32),
+            Reduction::Mean if t.z_sum == 0.0 => Some((t.ce_sum / t.denominator) as f32),
+            Reduction::Mean => Some((t.ce_sum / t.denominator + t.z_sum / t.z_denominator) as f32),
+        }
+    }
+
+    /// Focal loss with label smoothing, round 2 on one shard: the row sums of its columns
+    /// ([`FocalPartial`]) from the global LSE in `combined`. Exchange them (an all-reduce SUM
+    /// of `rows × 2` f32, or an all-gather) and pass them to
+    /// [`combine_focal`](Self::combine_focal). Rows that are ignored or already NaN give 0.
+    /// Needs `combined.needs_focal_round()`; same options as `combine`.
+    pub fn shard_focal(
+        &self,
+        backend: &Backend,
+        shard: Shard,
+        input: ShardInput<'_>,
+        combined: &Combined,
+    ) -> Result<Vec<FocalPartial>> {
+        let ShardInput {
+            logits,
+            targets,
+            class_weights,
+        } = input;
+        self.check_shard(shard, &logits, targets, class_weights)?;
+        check_combined(combined, &logits)?;
+        if !combined.needs_focal_round() {
+            return Err(Error::Unsupported(
+                "no focal round is pending: only focal loss with label smoothing needs one \
+                 (Combined::needs_focal_round)"
+                    .into(),
+            ));
+        }
+        match backend {
+            Backend::Cpu => Ok(crate::cpu::shard_focal(
+                crate::cpu::SimdLevel::detected(),
+                self,
+                shard,
+                &logits,
+                class_weights,
+                combined,
+            )),
+            Backend::CpuWith(level) => Ok(crate::cpu::shard_focal(
+                *level,
+                self,
+                shard,
+                &logits,
+                class_weights,
+                combined,
+            )),
+            Backend::Gpu(gpu) => gpu.shard_focal(self, shard, &logits, class_weights, combined),
+        }
+    }
+
+    /// Focal loss with label smoothing, the end of round 2: adds the shards' [`FocalPartial`]s
+    /// (`partials[k]` one per row, summed in the order given; after an all-reduce, one summed
+    /// slice) into the loss, the per-row losses and the gradient coefficients of `combined`.
+    pub fn combine_focal(
+        &self,
+        combined: &mut Combined,
+        partials: &[&[FocalPartial]],
+    ) -> Result<()> {
+        let rows = combined.rows.len();
+        if let Some(p) = partials.iter().find(|p| p.len() != rows) {
+            return Err(Error::Shape {
+                what: "focal partials",
+                expected: rows,
+                actual: p.len(),
+                shape: format!("rows {rows}"),
+            });
+        }
+        let Some(mut totals) = combined.focal.take() else {
+            return Err(Error::Unsupported(
+                "no focal round is pending (Combined::needs_focal_round), or it was combined \
+                 already"
+                    .into(),
+            ));
+        };
+        for (row, r) in combined.rows.iter_mut().enumerate() {
+            if r.fill != 0 {
+                continue;
+            }
+            let (ce, g_sum) = partials.iter().fold((0f64, 0f64), |(ce, g), p| {
+                (ce + p[row].loss as f64, g + p[row].g_sum as f64)
+            });
+            let sw = totals.samples[row];
+            let loss = if ce.is_nan() {
+                f64::NAN
+            } else {
+                ce + totals.z_terms[row]
+            };
+            totals.ce_sum += sw * ce;
+            totals.losses[row] = (sw * loss) as f32;
+            r.p_coefficient = (r.p_coefficient as f64 + r.scale as f64 * g_sum) as f32;
+            if loss.is_nan() {
+                r.fill = 2;
+            }
+        }
+        combined.output.loss = self.reduce(&totals);
+        combined.output.row_losses = Some(totals.losses);
+        Ok(())
     }
 
     /// Step 3: the gradient of this shard's columns (`rows × shard.width`, f32) from the
@@ -532,13 +769,13 @@ impl CrossEntropy {
             class_weights,
         } = input;
         self.check_shard(shard, &logits, targets, class_weights)?;
-        if combined.rows.len() != logits.rows() {
-            return Err(Error::Shape {
-                what: "combined rows",
-                expected: logits.rows(),
-                actual: combined.rows.len(),
-                shape: logits.shape_string(),
-            });
+        check_combined(combined, &logits)?;
+        if combined.needs_focal_round() {
+            return Err(Error::Unsupported(
+                "focal loss with label smoothing needs its second round before the backward \
+                 pass: shard_focal on every shard, then combine_focal"
+                    .into(),
+            ));
         }
         if gradient.len() != logits.rows() * shard.width {
             return Err(Error::Shape {
@@ -578,14 +815,6 @@ impl CrossEntropy {
         if !matches!(self.input, InputKind::Logits) {
             return Err(Error::Unsupported(
                 "vocab-parallel partials take logits, not probabilities".into(),
-            ));
-        }
-        if self.is_focal() {
-            return Err(Error::Unsupported(
-                "vocab-parallel partials do not compute focal loss (focal_gamma > 0): with \
-                 smoothing every class's (1 − p)^γ needs the global log-sum-exp, which the \
-                 shards don't have during step 1"
-                    .into(),
             ));
         }
         Ok(())
@@ -661,5 +890,19 @@ impl CrossEntropy {
             }
         }
         Ok(())
+    }
+}
+
+/// `combined` has one row per logits row.
+fn check_combined(combined: &Combined, logits: &Logits<'_>) -> Result<()> {
+    if combined.rows.len() == logits.rows() {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            what: "combined rows",
+            expected: logits.rows(),
+            actual: combined.rows.len(),
+            shape: logits.shape_string(),
+        })
     }
 }

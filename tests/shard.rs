@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use std::sync::Arc;
+use xent::cpu::SimdLevel;
 use xent::gpu::Gpu;
-use xent::shard::{RowPartial, Shard, ShardInput};
+use xent::shard::{FocalPartial, RowPartial, Shard, ShardInput};
 use xent::{Backend, CrossEntropy, Dtype, Error, Logits, Reduction, Targets};
 
 fn backends() -> Vec<Backend> {
@@ -54,6 +55,16 @@ fn columns(v: &[f32], rows: usize, classes: usize, shard: Shard) -> Vec<f32> {
         .collect()
 }
 
+/// Upstream gradients: one per row for `Reduction::None`, a scalar otherwise.
+fn upstream(options: &CrossEntropy, rows: usize) -> Vec<f32> {
+    match options.reduction {
+        Reduction::None => (0..rows).map(|i| (i % 5) as f32 * 0.3 - 0.2).collect(),
+        _ => vec![0.75],
+    }
+}
+
+/// The three steps (and, for focal loss with smoothing, the focal round) over `shards`,
+/// checked against the unsharded f64 reference: loss, per-row losses, LSE and the gradient.
 fn check_sharded(
     label: &str,
     backend: &Backend,
@@ -62,7 +73,8 @@ fn check_sharded(
     shards: &[Shard],
 ) {
     let (rows, classes) = (case.rows, case.classes);
-    let reference = case.reference(options, None);
+    let upstream = upstream(options, rows);
+    let reference = case.reference(options, Some(&upstream));
     let targets = Targets::I64(&case.index_targets);
     let pieces: Vec<(Vec<f32>, Option<Vec<f32>>)> = shards
         .iter()
@@ -75,33 +87,70 @@ fn check_sharded(
             )
         })
         .collect();
-    let partials: Vec<Vec<RowPartial>> = shards
-        .iter()
-        .zip(&pieces)
-        .map(|(&s, (x, w))| {
+    let input = |k: usize| ShardInput {
+        logits: Logits::new(&pieces[k].0, rows, shards[k].width),
+        targets,
+        class_weights: pieces[k].1.as_deref(),
+    };
+    let partials: Vec<Vec<RowPartial>> = (0..shards.len())
+        .map(|k| {
             options
-                .shard_partials(
-                    backend,
-                    s,
-                    ShardInput {
-                        logits: Logits::new(x, rows, s.width),
-                        targets,
-                        class_weights: w.as_deref(),
-                    },
-                )
+                .shard_partials(backend, shards[k], input(k))
                 .expect("partials")
         })
         .collect();
     let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
-    let combined = options
+    let mut combined = options
         .combine_weighted(
             classes,
             &views,
             targets,
             case.sample_weights.as_deref(),
-            None,
+            Some(&upstream),
         )
         .expect("combine");
+    assert_eq!(
+        combined.needs_focal_round(),
+        options.is_focal() && options.label_smoothing > 0.0,
+        "{label}"
+    );
+    if combined.needs_focal_round() {
+        assert_eq!(
+            combined.output.loss, None,
+            "{label}: loss before the focal round"
+        );
+        let focal: Vec<Vec<FocalPartial>> = (0..shards.len())
+            .map(|k| {
+                options
+                    .shard_focal(backend, shards[k], input(k), &combined)
+                    .expect("focal sums")
+            })
+            .collect();
+        // An all-reduce (SUM) instead of an all-gather: one summed slice, the same loss.
+        let summed: Vec<FocalPartial> = (0..rows)
+            .map(|r| FocalPartial {
+                loss: focal.iter().map(|f| f[r].loss).sum(),
+                g_sum: focal.iter().map(|f| f[r].g_sum).sum(),
+            })
+            .collect();
+        let mut reduced = combined.clone();
+        options
+            .combine_focal(&mut reduced, &[&summed])
+            .expect("combine_focal (all-reduce)");
+        let views: Vec<&[FocalPartial]> = focal.iter().map(|f| &f[..]).collect();
+        options
+            .combine_focal(&mut combined, &views)
+            .expect("combine_focal");
+        if let (Some(a), Some(b)) = (reduced.output.loss, combined.output.loss) {
+            assert_close(
+                &format!("{label}: all-reduce"),
+                &[a],
+                &[b as f64],
+                1e-6,
+                1e-6,
+            );
+        }
+    }
     let out = &combined.output;
     match (out.loss, reference.loss) {
         (Some(a), Some(r)) => assert_close(&format!("{label}: loss"), &[a], &[r], 1e-5, 1e-5),
@@ -121,20 +170,10 @@ fn check_sharded(
         1e-5,
     );
     let mut gradient = vec![0f32; rows * classes];
-    for (&s, (x, w)) in shards.iter().zip(&pieces) {
+    for (k, &s) in shards.iter().enumerate() {
         let mut g = vec![0f32; rows * s.width];
         options
-            .shard_backward(
-                backend,
-                s,
-                ShardInput {
-                    logits: Logits::new(x, rows, s.width),
-                    targets,
-                    class_weights: w.as_deref(),
-                },
-                &combined,
-                &mut g,
-            )
+            .shard_backward(backend, s, input(k), &combined, &mut g)
             .expect("backward");
         for r in 0..rows {
             gradient[r * classes + s.start..r * classes + s.start + s.width]
@@ -224,31 +263,8 @@ fn sample_weights_ride_in_the_combined_coefficients() {
             );
         }
     }
-    // Focal loss is not computed by the shards: a clear error, not a wrong number.
-    let o = base.focal_gamma(2.0);
     let p = vec![RowPartial::default(); 2];
     let t = [0i64, 1];
-    let e = o.combine(10, &[&p], Targets::I64(&t), None).unwrap_err();
-    assert!(
-        matches!(&e, Error::Unsupported(m) if m.contains("focal")),
-        "{e}"
-    );
-    let x = [0f32; 10];
-    let e = o
-        .shard_partials(
-            &Backend::Cpu,
-            Shard::split(10, 2)[0],
-            ShardInput {
-                logits: Logits::new(&x, 2, 5),
-                targets: Targets::I64(&t),
-                class_weights: None,
-            },
-        )
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::Unsupported(m) if m.contains("focal")),
-        "{e}"
-    );
     // Bad sample weights are typed errors.
     let e = base
         .combine_weighted(10, &[&p], Targets::I64(&t), Some(&[1.0]), None)
@@ -277,6 +293,151 @@ fn sample_weights_ride_in_the_combined_coefficients() {
         ),
         "{e}"
     );
+}
+
+/// Focal options around every option of section 2, with and without smoothing (the focal
+/// round is needed only with), whole and fractional γ.
+fn focal_options() -> Vec<CrossEntropy> {
+    let f = CrossEntropy::new().focal_gamma(2.0);
+    vec![
+        f,
+        f.label_smoothing(0.1),
+        f.focal_gamma(0.5)
+            .label_smoothing(0.2)
+            .z_loss(1e-3)
+            .reduction(Reduction::Sum),
+        f.focal_gamma(1.0)
+            .label_smoothing(0.1)
+            .z_loss(1e-4)
+            .softcap(30.0)
+            .logit_scale(1.2)
+            .ignore_index(3)
+            .reduction(Reduction::None),
+        f.focal_gamma(3.0).z_loss(1e-3).reduction(Reduction::None),
+        f.focal_gamma(1.5).ignore_index(3).reduction(Reduction::Sum),
+    ]
+}
+
+#[test]
+fn focal_shards_match_the_unsharded_reference() {
+    // The detected SIMD level, the portable one (whole γ: SIMD kernels; fractional: scalar)
+    // and the GPU.
+    let mut all = backends();
+    all.insert(1, Backend::CpuWith(SimdLevel::Portable));
+    for backend in &all {
+        for o in &focal_options() {
+            for k in [1usize, 2, 3, 8] {
+                let case = Case::new(100 + k as u64, 23, 1031, Hardness::ALL)
+                    .weighted(3)
+                    .sample_weighted(4)
+                    .ignore_every(5, o.ignore_index);
+                check_sharded(
+                    &format!("{} K={k} {o:?}", backend.name()),
+                    backend,
+                    &case,
+                    o,
+                    &uneven(1031, k),
+                );
+            }
+            // Long rows (several SIMD chunks per shard), some targets near certainty.
+            let mut long = Case::new(
+                7,
+                6,
+                5000,
+                Hardness {
+                    outliers: true,
+                    masked: true,
+                    non_finite: false,
+                },
+            )
+            .weighted(5)
+            .sample_weighted(6);
+            for (r, &y) in long.index_targets.clone().iter().enumerate().step_by(2) {
+                long.logits[r * 5000 + y as usize] = 40.0;
+            }
+            check_sharded(
+                &format!("{} long {o:?}", backend.name()),
+                backend,
+                &long,
+                o,
+                &Shard::split(5000, 3),
+            );
+        }
+    }
+}
+
+#[test]
+fn focal_round_misuse_is_a_typed_error() {
+    let (rows, classes) = (2, 6);
+    let x = [
+        0.5f32, -1.0, 2.0, 0.0, 1.0, 3.0, 0.0, 0.0, 1.0, -2.0, 4.0, 0.25,
+    ];
+    let t = [4i64, 1];
+    let shards = Shard::split(classes, 2);
+    let pieces: Vec<Vec<f32>> = shards
+        .iter()
+        .map(|&s| columns(&x, rows, classes, s))
+        .collect();
+    let input = |k: usize| ShardInput {
+        logits: Logits::new(&pieces[k], rows, shards[k].width),
+        targets: Targets::I64(&t),
+        class_weights: None,
+    };
+    let combine = |o: &CrossEntropy| {
+        let partials: Vec<Vec<RowPartial>> = (0..2)
+            .map(|k| {
+                o.shard_partials(&Backend::Cpu, shards[k], input(k))
+                    .unwrap()
+            })
+            .collect();
+        let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
+        o.combine(classes, &views, Targets::I64(&t), None).unwrap()
+    };
+    let unsupported = |e: Error| assert!(matches!(e, Error::Unsupported(_)), "{e}");
+
+    // Focal loss with smoothing: the backward pass refuses to run before the focal round.
+    let o = CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1);
+    let mut combined = combine(&o);
+    assert!(combined.needs_focal_round());
+    let mut g = vec![0f32; rows * shards[0].width];
+    unsupported(
+        o.shard_backward(&Backend::Cpu, shards[0], input(0), &combined, &mut g)
+            .unwrap_err(),
+    );
+    // Focal partials of the wrong length name what they are.
+    let short = vec![FocalPartial::default(); 1];
+    let e = o.combine_focal(&mut combined, &[&short]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Shape {
+                what: "focal partials",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let focal: Vec<Vec<FocalPartial>> = (0..2)
+        .map(|k| {
+            o.shard_focal(&Backend::Cpu, shards[k], input(k), &combined)
+                .unwrap()
+        })
+        .collect();
+    let views: Vec<&[FocalPartial]> = focal.iter().map(|f| &f[..]).collect();
+    o.combine_focal(&mut combined, &views).unwrap();
+    assert!(!combined.needs_focal_round());
+    // Twice is an error, and so is a focal round nobody needs.
+    unsupported(o.combine_focal(&mut combined, &views).unwrap_err());
+    unsupported(
+        o.shard_focal(&Backend::Cpu, shards[0], input(0), &combined)
+            .unwrap_err(),
+    );
+    o.shard_backward(&Backend::Cpu, shards[0], input(0), &combined, &mut g)
+        .unwrap();
+    // Without smoothing there is no round: the target's shard knows p[y] from the global LSE.
+    let plain_focal = combine(&CrossEntropy::new().focal_gamma(2.0));
+    assert!(!plain_focal.needs_focal_round());
+    assert!(plain_focal.output.loss.is_some());
 }
 
 #[test]

@@ -13,9 +13,13 @@
 //! [`FocalSums`] is the forward's second pass over the row (from cache): `Σ a·f·l` and
 //! `Σ a·g` with `a[c] = w[c]·(B·t[c] + E)`; [`FocalBackward`] writes
 //! `dz[c] = K·p[c] − A·a[c]·g[c]`. Index targets add their target's `(1−ε)·w[y]` term outside,
-//! in scalar code. A fractional `γ` takes the scalar path in `cpu/mod.rs`.
+//! in scalar code. [`FocalRow`] picks these kernels for a whole `γ` and a scalar loop for a
+//! fractional one; the unsharded rows (`cpu/mod.rs`) and the vocab-parallel shards
+//! (`cpu/shard.rs`, over a shard's columns with the global log-sum-exp) both go through it.
 
 use super::row::{RowIo, Transform, CHUNK};
+use super::scalar::{focal_factors, Focal};
+use super::simd::{dispatch, SimdLevel};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 use rten_vecmath::Exp;
@@ -70,23 +74,13 @@ fn split(lse: f64) -> (f32, f32) {
 }
 
 /// The forward's focal sums over one contiguous row of raw logits.
-pub struct FocalSums<'a> {
+struct FocalSums<'a> {
     /// Raw logits of the row.
-    pub x: &'a [f32],
-    /// Dense targets of the row.
-    pub t: Option<&'a [f32]>,
-    /// Class weights.
-    pub w: Option<&'a [f32]>,
-    /// The transform.
-    pub transform: Transform,
-    /// The row's log-sum-exp.
-    pub lse: f64,
-    /// `B`, the coefficient of `t[c]` in `a[c]`.
-    pub b: f32,
-    /// `E`, the constant of `a[c]`.
-    pub e: f32,
+    x: &'a [f32],
+    /// Targets, weights, transform, LSE and the target-weight coefficients `B` (`b`), `E` (`e`).
+    row: FocalRow<'a>,
     /// `γ`, whole and at least 1.
-    pub gamma: u32,
+    gamma: u32,
 }
 
 impl SimdOp for FocalSums<'_> {
@@ -98,18 +92,19 @@ impl SimdOp for FocalSums<'_> {
         let ops = isa.f32();
         let lanes = ops.len();
         let zero = ops.zero();
-        let (hi, lo) = split(self.lse);
+        let row = self.row;
+        let (hi, lo) = split(row.lse);
         let (hi, lo) = (ops.splat(hi), ops.splat(lo));
-        let (b, e) = (ops.splat(self.b), ops.splat(self.e));
+        let (b, e) = (ops.splat(row.b), ops.splat(row.e));
         let (mut loss, mut g_sum) = (0f64, 0f64);
         for (chunk, xc) in self.x.chunks(CHUNK).enumerate() {
             let base = chunk * CHUNK;
-            let wc = self.w.map(|w| &w[base..base + xc.len()]);
-            let tc = self.t.map(|t| &t[base..base + xc.len()]);
+            let wc = row.w.map(|w| &w[base..base + xc.len()]);
+            let tc = row.t.map(|t| &t[base..base + xc.len()]);
             let (mut v_loss, mut v_g) = (zero, zero);
             for off in (0..xc.len()).step_by(lanes) {
                 let (x, live) = ops.load_pad(&xc[off..]);
-                let z = self.transform.apply(isa, x);
+                let z = row.transform.apply(isa, x);
                 let l = log_prob(isa, z, hi, lo);
                 let (_, f, g) = factors(isa, l, self.gamma);
                 let target = match tc {
@@ -132,29 +127,19 @@ impl SimdOp for FocalSums<'_> {
 }
 
 /// The focal backward over one row: `dx[c] = dz/dx[c]·(K·p[c] − A·w[c]·(B·t[c] + E)·g[c])`.
-pub struct FocalBackward<'a> {
+struct FocalBackward<'a> {
     /// Input row and output row.
-    pub io: RowIo<'a>,
-    /// Dense targets of the row.
-    pub t: Option<&'a [f32]>,
-    /// Class weights.
-    pub w: Option<&'a [f32]>,
-    /// The transform.
-    pub transform: Transform,
-    /// The row's log-sum-exp.
-    pub lse: f64,
+    io: RowIo<'a>,
+    /// Targets, weights, transform, LSE and the per-class coefficients `B` (`b`), `E` (`e`).
+    row: FocalRow<'a>,
     /// Coefficient of `p[c]`.
-    pub k: f32,
+    k: f32,
     /// Scale of the per-class term.
-    pub a: f32,
-    /// Coefficient of `t[c]` in the per-class term.
-    pub b: f32,
-    /// Constant of the per-class term.
-    pub e: f32,
+    a: f32,
     /// `γ`, whole and at least 1.
-    pub gamma: u32,
+    gamma: u32,
     /// Index targets: `(y, v)` subtracts `v` from `dx[y]` after the vector pass.
-    pub target_fix: Option<(usize, f32)>,
+    target_fix: Option<(usize, f32)>,
 }
 
 impl SimdOp for FocalBackward<'_> {
@@ -165,26 +150,27 @@ impl SimdOp for FocalBackward<'_> {
         let ops = isa.f32();
         let lanes = ops.len();
         let n = self.io.src().len();
-        let (hi, lo) = split(self.lse);
+        let row = self.row;
+        let (hi, lo) = split(row.lse);
         let (hi, lo) = (ops.splat(hi), ops.splat(lo));
         let (k, a) = (ops.splat(self.k), ops.splat(self.a));
-        let (b, e) = (ops.splat(self.b), ops.splat(self.e));
+        let (b, e) = (ops.splat(row.b), ops.splat(row.e));
         for off in (0..n).step_by(lanes) {
             let (x, _) = ops.load_pad(&self.io.src()[off..]);
-            let z = self.transform.apply(isa, x);
+            let z = row.transform.apply(isa, x);
             let l = log_prob(isa, z, hi, lo);
             let (p, _, g) = factors(isa, l, self.gamma);
-            let target = match self.t {
+            let target = match row.t {
                 Some(t) => ops.mul_add(b, ops.load_pad(&t[off..]).0, e),
                 None => e,
             };
-            let weighted = match self.w {
+            let weighted = match row.w {
                 Some(w) => ops.mul(ops.load_pad(&w[off..]).0, target),
                 None => target,
             };
             let per_class = ops.mul(ops.mul(a, weighted), g);
             let dz = ops.mul_sub_from(per_class, ops.one(), ops.mul(k, p));
-            let dx = ops.mul(dz, self.transform.slope(isa, z));
+            let dx = ops.mul(dz, row.transform.slope(isa, z));
             let dst = &mut self.io.dst()[off..];
             if dst.len() >= lanes {
                 ops.store(dx, dst);
@@ -195,6 +181,128 @@ impl SimdOp for FocalBackward<'_> {
         }
         if let Some((y, v)) = self.target_fix {
             self.io.dst()[y] -= v;
+        }
+    }
+}
+
+/// `γ` when it is whole (1 to 16), for the SIMD focal kernels.
+pub fn whole_gamma(gamma: f32) -> Option<u32> {
+    (gamma.fract() == 0.0 && (1.0..=16.0).contains(&gamma)).then_some(gamma as u32)
+}
+
+/// One row's focal passes once its log-sum-exp is known. The per-class target weight is
+/// `a[c] = w[c]·(b·t[c] + e)`: soft targets have `b = 1 − ε`, index targets `b = 0` and their
+/// target's own `(1−ε)·w[y]` passed as `target` to [`FocalRow::sums`] and
+/// [`FocalRow::backward`]; `e = ε/C` (a shard's `C` is the global one).
+#[derive(Debug, Clone, Copy)]
+pub struct FocalRow<'a> {
+    /// Dense targets of the row.
+    pub t: Option<&'a [f32]>,
+    /// Class weights.
+    pub w: Option<&'a [f32]>,
+    /// The transform.
+    pub transform: Transform,
+    /// The row's log-sum-exp (over every class, also when the row is a shard's columns).
+    pub lse: f64,
+    /// Coefficient of `t[c]` in `a[c]`.
+    pub b: f32,
+    /// Constant of `a[c]`.
+    pub e: f32,
+    /// `γ > 0`.
+    pub gamma: f32,
+}
+
+impl FocalRow<'_> {
+    /// `l = z − lse` of a raw value, in f64 (NaN when `lse = +inf`: the row's log-softmax is
+    /// NaN, as in PyTorch).
+    fn log_p(&self, x: f32) -> f64 {
+        if self.lse == f64::INFINITY {
+            f64::NAN
+        } else {
+            self.transform.scalar(x) as f64 - self.lse
+        }
+    }
+
+    /// `a[c]` without an index target's own term.
+    fn weight(&self, c: usize) -> f32 {
+        let target = self.t.map_or(0.0, |t| self.b * t[c]);
+        self.w.map_or(1.0, |w| w[c]) * (target + self.e)
+    }
+
+    /// `(Σ_c a[c]·f[c]·l[c], Σ_c a[c]·g[c])` over the raw row `x` (the loss is minus the first);
+    /// `target = (y, v)` adds class `y`'s own weight `v = (1−ε)·w[y]` (index targets), in f64.
+    pub fn sums(&self, level: SimdLevel, x: &[f32], target: Option<(usize, f64)>) -> (f64, f64) {
+        let (mut loss, mut g_sum) = match whole_gamma(self.gamma) {
+            Some(gamma) => dispatch(
+                level,
+                FocalSums {
+                    x,
+                    row: *self,
+                    gamma,
+                },
+            ),
+            // A fractional γ: logp in f64 (a difference of two large numbers), the factors in
+            // f32, the sums in f64.
+            None => {
+                let focal = Focal::new(self.gamma);
+                x.iter()
+                    .enumerate()
+                    .fold((0f64, 0f64), |(loss, g_sum), (c, &v)| {
+                        let l = self.log_p(v);
+                        let (f, g) = focal.factors(l as f32);
+                        let a = self.weight(c) as f64;
+                        (loss + a * f as f64 * l, g_sum + a * g as f64)
+                    })
+            }
+        };
+        if let Some((y, v)) = target {
+            let l = self.log_p(x[y]);
+            let (f, g) = focal_factors(l, self.gamma as f64);
+            loss += v * f * l;
+            g_sum += v * g;
+        }
+        (loss, g_sum)
+    }
+
+    /// The backward pass into `io`: `dx[c] = dz/dx[c]·(k·p[c] − a·a[c]·g[c])`, and at
+    /// `target = (y, v)` also `− v·g[y]·dz/dx[y]` (`v = a·(1−ε)·w[y]`): `k` is the row's
+    /// coefficient of `p` (scales, `Σ a·g` and z-loss included), `a` the scale of the
+    /// cross-entropy part.
+    pub fn backward(
+        &self,
+        level: SimdLevel,
+        mut io: RowIo<'_>,
+        k: f32,
+        a: f32,
+        target: Option<(usize, f32)>,
+    ) {
+        let focal = Focal::new(self.gamma);
+        // The target's term, from its logit before an in-place pass overwrites it.
+        let target_fix = target.map(|(y, v)| {
+            let z = self.transform.scalar(io.src()[y]);
+            let (_, g) = focal.factors((z as f64 - self.lse) as f32);
+            (y, v * g * self.transform.scalar_slope(z))
+        });
+        if let Some(gamma) = whole_gamma(self.gamma) {
+            let op = FocalBackward {
+                io,
+                row: *self,
+                k,
+                a,
+                gamma,
+                target_fix,
+            };
+            return dispatch(level, op);
+        }
+        for c in 0..io.src().len() {
+            let z = self.transform.scalar(io.src()[c]);
+            let l = (z as f64 - self.lse) as f32;
+            let (_, g) = focal.factors(l);
+            let dz = k * l.exp() - a * self.weight(c) * g;
+            io.dst()[c] = dz * self.transform.scalar_slope(z);
+        }
+        if let Some((y, v)) = target_fix {
+            io.dst()[y] -= v;
         }
     }
 }

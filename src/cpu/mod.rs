@@ -18,7 +18,7 @@ pub mod scalar;
 mod shard;
 pub mod simd;
 
-pub use shard::{shard_backward, shard_partials};
+pub use shard::{shard_backward, shard_focal, shard_partials};
 
 pub use simd::SimdLevel;
 
@@ -552,7 +552,7 @@ impl Ctx<'_> {
         };
         let k = a * r.p_coefficient + b * 2.0 * opts.z_loss * r.lse;
         if opts.is_focal() && (t.is_some() || eps > 0.0) {
-            self.focal_backward(io, t, index, transform, r, k as f64, a as f64);
+            self.focal_backward(io, t, index, r, k, a);
             return;
         }
         // Index targets: the −(1−ε)·w[y] at the target (focal: −w[y]·g[y]), added after the
@@ -601,7 +601,7 @@ impl Ctx<'_> {
     /// gradient is plain cross-entropy's with `w[y]` replaced by `w[y]·g[y]`
     /// ([`scalar::focal_factors`] has the derivation). With smoothing or soft targets every
     /// class's `(1 − p[c])^γ` needs the final `lse`: one more pass over the row, which is still
-    /// in cache (SIMD for a whole `γ`, [`focal::FocalSums`]; scalar for a fractional one),
+    /// in cache (SIMD for a whole `γ`, scalar for a fractional one: [`focal::FocalRow`]),
     /// `ce = −Σ_c a[c]·f[c]·logp[c]` and `G = Σ_c a[c]·g[c]` (`a[c] = w[c]·t'[c]`), and the
     /// backward pass ([`Ctx::focal_backward`]) writes `dz[c] = G·p[c] − a[c]·g[c]`.
     fn focal_forward(
@@ -615,7 +615,6 @@ impl Ctx<'_> {
         let opts = self.plan.softmax();
         let gamma = opts.focal_gamma as f64;
         let eps = opts.label_smoothing as f64;
-        let uniform = eps / self.plan.classes as f64;
         let transform = Transform {
             scale: opts.logit_scale,
             softcap: opts.softcap,
@@ -636,123 +635,53 @@ impl Ctx<'_> {
             r.focal_target = r.p_coefficient;
             return -w(y) * f * l;
         }
-        // The loss mirrors the reference's sums term by term (so 0·(−inf) is NaN exactly where
-        // plain cross-entropy's is).
-        if let Some(gamma) = whole_gamma(opts.focal_gamma) {
-            // SIMD over the classes; an index target's own term in scalar f64.
-            let (loss, g_sum) = simd::dispatch(
-                self.level,
-                focal::FocalSums {
-                    x,
-                    t,
-                    w: self.w,
-                    transform,
-                    lse,
-                    b: if t.is_some() { (1.0 - eps) as f32 } else { 0.0 },
-                    e: uniform as f32,
-                    gamma,
-                },
-            );
-            r.p_coefficient = g_sum as f32;
-            return match (t, index) {
-                (None, Some(y)) => {
-                    let l = logp(y);
-                    let (f, g) = scalar::focal_factors(l, opts.focal_gamma as f64);
-                    r.p_coefficient = (g_sum + (1.0 - eps) * w(y) * g) as f32;
-                    -(1.0 - eps) * w(y) * f * l - loss
-                }
-                _ => -loss,
-            };
-        }
-        // Fractional γ: scalar, logp in f64 (a difference of two large numbers), the factors
-        // in f32, the sums in f64.
-        let focal = scalar::Focal::new(opts.focal_gamma);
-        let (mut loss_sum, mut smooth_sum, mut g_sum) = (0f64, 0f64, 0f64);
-        for c in 0..x.len() {
-            let l = logp(c);
-            let (f, g) = focal.factors(l as f32);
-            let (f, g) = (f as f64, g as f64);
-            let a = match t {
-                Some(t) => {
-                    let a = w(c) * ((1.0 - eps) * t[c] as f64 + uniform);
-                    loss_sum += a * f * l;
-                    a
-                }
-                None => {
-                    let hit = if Some(c) == index {
-                        loss_sum += (1.0 - eps) * w(c) * f * l;
-                        (1.0 - eps) * w(c)
-                    } else {
-                        0.0
-                    };
-                    smooth_sum += w(c) * f * l;
-                    hit + uniform * w(c)
-                }
-            };
-            g_sum += a * g;
-        }
+        let target = index
+            .filter(|_| t.is_none())
+            .map(|y| (y, (1.0 - eps) * w(y)));
+        let (loss, g_sum) = self.focal_row(t, lse).sums(self.level, x, target);
         r.p_coefficient = g_sum as f32;
-        -loss_sum - uniform * smooth_sum
+        -loss
+    }
+
+    /// The focal passes of a row with dense targets `t` (or index targets) and log-sum-exp
+    /// `lse`.
+    fn focal_row<'a>(&'a self, t: Option<&'a [f32]>, lse: f64) -> focal::FocalRow<'a> {
+        let opts = self.plan.softmax();
+        let eps = opts.label_smoothing;
+        focal::FocalRow {
+            t,
+            w: self.w,
+            transform: Transform {
+                scale: opts.logit_scale,
+                softcap: opts.softcap,
+            },
+            lse,
+            b: if t.is_some() { 1.0 - eps } else { 0.0 },
+            e: eps / self.plan.classes as f32,
+            gamma: opts.focal_gamma,
+        }
     }
 
     /// The backward pass of focal loss with smoothing or soft targets (over the row in cache;
     /// SIMD for a whole `γ`): `dz[c] = k·p[c] − a·a[c]·g[c]`, `k` the row's coefficient of `p`
     /// (scales and z-loss included), `a` the scale of the cross-entropy part.
-    #[allow(clippy::too_many_arguments)]
     fn focal_backward(
         &self,
-        mut io: RowIo<'_>,
+        io: RowIo<'_>,
         t: Option<&[f32]>,
         index: Option<usize>,
-        transform: Transform,
         r: &RowResult,
-        k: f64,
-        a: f64,
+        k: f32,
+        a: f32,
     ) {
-        let opts = self.plan.softmax();
-        let focal = scalar::Focal::new(opts.focal_gamma);
-        let eps = opts.label_smoothing;
-        let uniform = eps / self.plan.classes as f32;
-        let (k, a) = (k as f32, a as f32);
-        if let Some(gamma) = whole_gamma(opts.focal_gamma) {
-            // The target's own −a·(1−ε)·w[y]·g[y], subtracted after the vector pass.
-            let fix = index.filter(|_| t.is_none()).map(|y| {
-                let z = transform.scalar(io.src()[y]);
-                let (_, g) = focal.factors(z - r.lse);
-                let w_y = self.w.map_or(1.0, |w| w[y]);
-                (y, a * (1.0 - eps) * w_y * g * transform.scalar_slope(z))
-            });
-            simd::dispatch(
-                self.level,
-                focal::FocalBackward {
-                    io,
-                    t,
-                    w: self.w,
-                    transform,
-                    lse: r.lse as f64,
-                    k,
-                    a,
-                    b: if t.is_some() { 1.0 - eps } else { 0.0 },
-                    e: uniform,
-                    gamma,
-                    target_fix: fix,
-                },
-            );
-            return;
-        }
-        for c in 0..io.src().len() {
-            let z = transform.scalar(io.src()[c]);
-            let l = z - r.lse;
-            let (_, g) = focal.factors(l);
-            let w = self.w.map_or(1.0, |w| w[c]);
-            let target = match t {
-                Some(t) => (1.0 - eps) * t[c],
-                None if Some(c) == index => 1.0 - eps,
-                None => 0.0,
-            };
-            let dz = k * l.exp() - a * w * (target + uniform) * g;
-            io.dst()[c] = dz * transform.scalar_slope(z);
-        }
+        let eps = self.plan.softmax().label_smoothing;
+        let target = index
+            .filter(|_| t.is_none())
+            .map(|y| (y, a * (1.0 - eps) * self.w.map_or(1.0, |w| w[y])));
+        // lse as max + log_sum, as the plain backward takes it (see `row::Backward::log_sum`).
+        let lse = r.max as f64 + r.log_sum as f64;
+        self.focal_row(t, lse)
+            .backward(self.level, io, k, a, target);
     }
 }
 
@@ -763,11 +692,6 @@ fn prob_options(options: &crate::CrossEntropy, floor: f32) -> scalar::ProbOption
         smoothing: options.label_smoothing,
         gamma: options.focal_gamma,
     }
-}
-
-/// `γ` when it is whole (1 to 16), for the SIMD focal kernels.
-fn whole_gamma(gamma: f32) -> Option<u32> {
-    (gamma.fract() == 0.0 && (1.0..=16.0).contains(&gamma)).then_some(gamma as u32)
 }
 
 /// Row `i` of a block in `layout`, widened into a contiguous f32 row.

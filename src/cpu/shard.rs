@@ -1,11 +1,13 @@
-//! The CPU side of vocabulary-parallel cross-entropy: one shard's partials and its gradient,
-//! with the same fused row kernels as the unsharded path.
+//! The CPU side of vocabulary-parallel cross-entropy: one shard's partials, its focal sums and
+//! its gradient, with the same fused row kernels as the unsharded path.
 
+use super::focal::FocalRow;
 use super::row::{Backward, Forward, RowIo, Transform, CHUNK};
+use super::scalar::Focal;
 use super::simd::{dispatch, SimdLevel};
 use crate::input::{Element, Logits, Storage, Targets};
 use crate::options::CrossEntropy;
-use crate::shard::{Combined, RowPartial, Shard};
+use crate::shard::{Combined, FocalPartial, RowGradient, RowPartial, Shard};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -100,6 +102,66 @@ pub fn shard_partials(
         .collect()
 }
 
+/// The focal passes over one shard's columns of a row: no dense targets, `e = ε/C` with the
+/// global `C`, and the global LSE (as `max + log_sum`, the split the backward uses).
+fn focal_row<'a>(
+    options: &CrossEntropy,
+    shard: Shard,
+    w: Option<&'a [f32]>,
+    r: &RowGradient,
+) -> FocalRow<'a> {
+    FocalRow {
+        t: None,
+        w,
+        transform: transform(options),
+        lse: r.max as f64 + r.log_sum as f64,
+        b: 0.0,
+        e: options.label_smoothing / shard.classes as f32,
+        gamma: options.focal_gamma,
+    }
+}
+
+/// The row's target as a column of this shard, if it is one.
+fn local_target(shard: Shard, r: &RowGradient) -> Option<usize> {
+    let local = r.target - shard.start as i64;
+    (0..shard.width as i64)
+        .contains(&local)
+        .then_some(local as usize)
+}
+
+/// The focal sums of one shard's columns (inputs already checked; focal loss with smoothing):
+/// the same focal row sums (`cpu::focal::FocalRow`) as an unsharded row, over its columns.
+pub fn shard_focal(
+    level: SimdLevel,
+    options: &CrossEntropy,
+    shard: Shard,
+    logits: &Logits<'_>,
+    w: Option<&[f32]>,
+    combined: &Combined,
+) -> Vec<FocalPartial> {
+    let eps = options.label_smoothing as f64;
+    (0..logits.rows())
+        .into_par_iter()
+        .map_init(
+            || vec![0f32; shard.width],
+            |x_buf, row| {
+                let r = &combined.rows[row];
+                if r.fill != 0 {
+                    return FocalPartial::default();
+                }
+                let x = row_f32(logits, row, x_buf);
+                let target = local_target(shard, r)
+                    .map(|y| (y, (1.0 - eps) * w.map_or(1.0, |w| w[y]) as f64));
+                let (loss, g_sum) = focal_row(options, shard, w, r).sums(level, x, target);
+                FocalPartial {
+                    loss: -loss as f32,
+                    g_sum: g_sum as f32,
+                }
+            },
+        )
+        .collect()
+}
+
 /// The gradient of one shard's columns (inputs already checked).
 pub fn shard_backward(
     level: SimdLevel,
@@ -122,12 +184,30 @@ pub fn shard_backward(
                 match r.fill {
                     1 => g.fill(0.0),
                     2 => g.fill(f32::NAN),
+                    _ if options.is_focal() && options.label_smoothing > 0.0 => {
+                        let x = row_f32(logits, row, x_buf);
+                        let target = local_target(shard, r).map(|y| (y, r.target_term));
+                        focal_row(options, shard, w, r).backward(
+                            level,
+                            RowIo::Separate(x, g),
+                            r.p_coefficient,
+                            r.scale,
+                            target,
+                        );
+                    }
                     _ => {
                         let x = row_f32(logits, row, x_buf);
-                        let local = r.target - shard.start as i64;
-                        let target_fix = (0..shard.width as i64).contains(&local).then(|| {
-                            let zy = transform.scalar(x[local as usize]);
-                            (local as usize, r.target_term * transform.scalar_slope(zy))
+                        // Focal loss without smoothing: only the target's term is focal, its
+                        // g[y] multiplies the target term (`RowGradient::target_term`).
+                        let target_fix = local_target(shard, r).map(|y| {
+                            let zy = transform.scalar(x[y]);
+                            let g = if options.is_focal() {
+                                let l = zy as f64 - (r.max as f64 + r.log_sum as f64);
+                                Focal::new(options.focal_gamma).factors(l as f32).1
+                            } else {
+                                1.0
+                            };
+                            (y, r.target_term * g * transform.scalar_slope(zy))
                         });
                         let op = Backward {
                             io: RowIo::Separate(x, g),

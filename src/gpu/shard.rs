@@ -1,8 +1,11 @@
 //! The GPU side of vocabulary-parallel cross-entropy: the partials kernel over one shard's
-//! columns, and the backward kernel driven by the combined (global) row coefficients.
+//! columns, the focal pass of the unsharded path over them for focal loss with smoothing
+//! (its per-row sums are the shard's `FocalPartial`s), and the backward kernel driven by the
+//! combined (global) row coefficients.
 
-use super::kernels::{Kernel, LogitLoad, TargetLoad, Variant};
-use super::launch::{chunks, launch_shape};
+use super::kernels::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
+use super::launch::{chunks, launch_shape, Chunk, Shape};
+use super::pool::Pool;
 use super::run::{
     grid, storage_usage, window, Params, Window, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
     PARTIAL_BYTES,
@@ -11,7 +14,7 @@ use super::Gpu;
 use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout, Logits, Storage, Targets};
 use crate::options::CrossEntropy;
-use crate::shard::{Combined, RowPartial, Shard};
+use crate::shard::{Combined, FocalPartial, RowPartial, Shard};
 
 /// `Partial` of `shaders/include/softmax_common.wgsl`.
 #[repr(C)]
@@ -64,7 +67,109 @@ fn scalar_load(dtype: Dtype) -> LogitLoad {
     }
 }
 
+/// One shard call's logits on the device, and its rows cut into chunks that fit a binding.
+struct ShardRows {
+    /// The uploaded logits, `rows × width`.
+    logits: wgpu::Buffer,
+    /// Chunks with at least one row.
+    chunks: Vec<Chunk>,
+    width: usize,
+    /// Bytes per logit.
+    elem: u64,
+}
+
+impl ShardRows {
+    /// The first element and the element count of `chunk`.
+    fn span(&self, chunk: Chunk) -> (u64, u64) {
+        (
+            chunk.row0 as u64 * self.width as u64,
+            chunk.rows as u64 * self.width as u64,
+        )
+    }
+
+    /// The logits window of `chunk` (its length rounded to `round` bytes) and the element
+    /// offset of the chunk's first logit inside it.
+    fn window(&self, chunk: Chunk, alignment: u64, round: u64) -> (Window<'_>, u32) {
+        let (first, count) = self.span(chunk);
+        window(&self.logits, first, count, self.elem, alignment, round)
+    }
+}
+
+/// The buffers of [`Gpu::upload_rows`].
+struct RowInputs {
+    weights: wgpu::Buffer,
+    coefs: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+}
+
 impl Gpu {
+    /// Uploads a shard's logits (inside a `scoped` call) and cuts its rows into chunks whose
+    /// windows of `bytes_per_element` (the logits', or 4 where f32 gradients are bound per
+    /// chunk too) fit a binding.
+    fn upload_shard(
+        &self,
+        pool: &mut Pool,
+        logits: &Logits<'_>,
+        bytes_per_element: u64,
+    ) -> Result<ShardRows> {
+        let width = logits.classes();
+        let chunks = chunks(
+            logits.rows(),
+            width,
+            Layout::Rows,
+            bytes_per_element,
+            self.max_binding,
+            self.storage_alignment,
+        )
+        .ok_or_else(|| {
+            Error::Unsupported(
+                "one shard row is larger than the device's storage binding limit".into(),
+            )
+        })?;
+        Ok(ShardRows {
+            logits: self.upload(pool, "xent upload logits", logit_bytes(logits)),
+            chunks: chunks.into_iter().filter(|c| c.rows > 0).collect(),
+            width,
+            elem: logits.dtype().size() as u64,
+        })
+    }
+
+    /// Records a row-segment kernel (the partials or the focal pass) over every chunk of
+    /// `rows`: binding 1 is the chunk's logits window, `bindings` the others; the grid has
+    /// `base.splits` workgroups along y.
+    fn record_segments(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        rows: &ShardRows,
+        pipeline: &Pipeline,
+        base: Params,
+        bindings: &[(u32, Window)],
+    ) {
+        let round = if pipeline.variant.load == LogitLoad::F32x4 {
+            16
+        } else {
+            4
+        };
+        let shape = Shape {
+            tpr: base.tpr,
+            splits: base.splits,
+            span: base.span,
+        };
+        for &chunk in &rows.chunks {
+            let (logits_window, elem_offset) = rows.window(chunk, self.storage_alignment, round);
+            let params = Params {
+                rows: chunk.rows as u32,
+                row0: chunk.row0 as u32,
+                elem_offset,
+                ..base
+            };
+            let mut windows = vec![(1, logits_window)];
+            windows.extend_from_slice(bindings);
+            let groups = shape.grid(chunk.rows, base.splits);
+            self.dispatch(encoder, pipeline, &params, &windows, groups);
+        }
+    }
+
     /// Launch parameters shared by both shard kernels.
     fn shard_params(&self, options: &CrossEntropy, shard: Shard, weighted: bool) -> Params {
         Params {
@@ -74,8 +179,55 @@ impl Gpu {
             smoothing: options.label_smoothing,
             uniform: options.label_smoothing / shard.classes as f32,
             z_loss: options.z_loss,
+            focal_gamma: options.focal_gamma,
             flags: if weighted { FLAG_WEIGHTS } else { 0 },
             ..Params::default()
+        }
+    }
+
+    /// Uploads what the kernels driven by the combined rows bind: the class weights
+    /// (binding 4; the unused-input dummy when unweighted), the combined rows as `RowCoef`s
+    /// (binding 8: the global LSE, the prescaled coefficients of reduction 3, targets as this
+    /// shard's columns or −1 when elsewhere), and the dummy for unused inputs.
+    fn upload_rows(
+        &self,
+        pool: &mut Pool,
+        shard: Shard,
+        w: Option<&[f32]>,
+        combined: &Combined,
+    ) -> RowInputs {
+        let coefs: Vec<RowCoef> = combined
+            .rows
+            .iter()
+            .map(|r| {
+                let local = r.target - shard.start as i64;
+                RowCoef {
+                    max: r.max,
+                    kce: r.p_coefficient,
+                    wy: r.target_term,
+                    y: if (0..shard.width as i64).contains(&local) {
+                        local as i32
+                    } else {
+                        -1
+                    },
+                    fill: r.fill as u32,
+                    log_sum: r.log_sum,
+                    scale: r.scale,
+                    sample: 1.0,
+                }
+            })
+            .collect();
+        let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
+        RowInputs {
+            weights: w.map_or(dummy.clone(), |w| {
+                self.upload(pool, "xent upload weights", bytemuck::cast_slice(w))
+            }),
+            coefs: self.upload(
+                pool,
+                "xent upload coefficients",
+                bytemuck::cast_slice(&coefs),
+            ),
+            dummy,
         }
     }
 
@@ -93,23 +245,9 @@ impl Gpu {
         let pool = &mut *pool;
         let rows = logits.rows();
         let dtype = logits.dtype();
-        let elem = dtype.size() as u64;
         let shape = launch_shape(rows, shard.width, Layout::Rows);
-        let chunk_list = chunks(
-            rows,
-            shard.width,
-            Layout::Rows,
-            elem,
-            self.max_binding,
-            self.storage_alignment,
-        )
-        .ok_or_else(|| {
-            Error::Unsupported(
-                "one shard row is larger than the device's storage binding limit".into(),
-            )
-        })?;
         let records: Vec<Partial> = self.scoped(|| {
-            let logits_buffer = self.upload(pool, "xent upload logits", logit_bytes(logits));
+            let uploaded = self.upload_shard(pool, logits, dtype.size() as u64)?;
             let weights =
                 w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
             let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
@@ -141,35 +279,19 @@ impl Gpu {
                 TargetLoad::I32,
             )
             .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
-            let pipeline = self.pipeline(variant);
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            for chunk in chunk_list.iter().filter(|c| c.rows > 0) {
-                let first = chunk.row0 as u64 * shard.width as u64;
-                let count = chunk.rows as u64 * shard.width as u64;
-                let (logits_window, elem_offset) = window(
-                    &logits_buffer,
-                    first,
-                    count,
-                    elem,
-                    self.storage_alignment,
-                    if x4 { 16 } else { 4 },
-                );
-                let params = Params {
-                    rows: chunk.rows as u32,
-                    row0: chunk.row0 as u32,
-                    elem_offset,
-                    ..base
-                };
-                let windows = [
-                    (1, logits_window),
+            self.record_segments(
+                &mut encoder,
+                &uploaded,
+                &self.pipeline(variant),
+                base,
+                &[
                     (3, Window::whole(&dummy)),
                     (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
                     (5, Window::whole(&partials)),
                     (9, Window::whole(&no_error)),
-                ];
-                let groups = shape.grid(chunk.rows, shape.splits);
-                self.dispatch(&mut encoder, &pipeline, &params, &windows, groups);
-            }
+                ],
+            );
             self.queue.submit([encoder.finish()]);
             let bytes = self.read_back(
                 pool,
@@ -221,6 +343,82 @@ impl Gpu {
             .collect())
     }
 
+    /// One shard's focal sums (inputs already checked; focal loss with smoothing): the focal
+    /// pass of `softmax_focal.wgsl` over the shard's columns with the global LSE and the
+    /// shard's target column, then its per-row `Σ a·f·l` (in the row sums, `s[n] = 1`) and
+    /// `Σ a·g` (in the coefficients) read back.
+    pub(crate) fn shard_focal(
+        &self,
+        options: &CrossEntropy,
+        shard: Shard,
+        logits: &Logits<'_>,
+        w: Option<&[f32]>,
+        combined: &Combined,
+    ) -> Result<Vec<FocalPartial>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = &mut *pool;
+        let rows = logits.rows();
+        let dtype = logits.dtype();
+        let (sums, coefs): (Vec<[f32; 4]>, Vec<RowCoef>) = self.scoped(|| {
+            let uploaded = self.upload_shard(pool, logits, dtype.size() as u64)?;
+            let inputs = self.upload_rows(pool, shard, w, combined);
+            let row_out = pool.get(
+                &self.device,
+                "xent rows out",
+                rows as u64 * 32,
+                storage_usage(),
+            );
+            let row_sums = pool.get(
+                &self.device,
+                "xent row sums",
+                rows as u64 * 16,
+                storage_usage(),
+            );
+            let base = Params {
+                tpr: launch_shape(rows, shard.width, Layout::Rows).tpr,
+                splits: 1,
+                ..self.shard_params(options, shard, w.is_some())
+            };
+            let variant = Variant::new(Kernel::SoftmaxFocal, scalar_load(dtype), TargetLoad::I32);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.clear_buffer(&row_sums, 0, None);
+            self.record_segments(
+                &mut encoder,
+                &uploaded,
+                &self.pipeline(variant),
+                base,
+                &[
+                    (3, Window::whole(&inputs.dummy)),
+                    (4, Window::whole(&inputs.weights)),
+                    (6, Window::whole(&row_out)),
+                    (7, Window::whole(&row_sums)),
+                    (8, Window::whole(&inputs.coefs)),
+                ],
+            );
+            self.queue.submit([encoder.finish()]);
+            let sums = self.read_back(pool, &row_sums, rows as u64 * 16)?;
+            let coefs = self.read_back(pool, &inputs.coefs, rows as u64 * 32)?;
+            Ok((
+                bytemuck::pod_collect_to_vec(&sums),
+                bytemuck::pod_collect_to_vec(&coefs),
+            ))
+        })?;
+        // The kernel writes s[n]·ce = −Σ a·f·l (s[n] = 1 here) and Σ a·g for the rows it
+        // computed; the others (ignored, NaN) give nothing.
+        Ok(combined
+            .rows
+            .iter()
+            .zip(sums.iter().zip(&coefs))
+            .map(|(r, (sum, coef))| match r.fill {
+                0 => FocalPartial {
+                    loss: sum[0],
+                    g_sum: coef.kce,
+                },
+                _ => FocalPartial::default(),
+            })
+            .collect())
+    }
+
     /// One shard's gradient from the combined coefficients (inputs already checked).
     pub(crate) fn shard_backward(
         &self,
@@ -233,78 +431,31 @@ impl Gpu {
     ) -> Result<()> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
-        let rows = logits.rows();
-        let dtype = logits.dtype();
-        let elem = dtype.size() as u64;
-        let chunk_list = chunks(
-            rows,
-            shard.width,
-            Layout::Rows,
-            4,
-            self.max_binding,
-            self.storage_alignment,
-        )
-        .ok_or_else(|| {
-            Error::Unsupported(
-                "one shard row is larger than the device's storage binding limit".into(),
-            )
-        })?;
-        let coefs: Vec<RowCoef> = combined
-            .rows
-            .iter()
-            .map(|r| {
-                let local = r.target - shard.start as i64;
-                RowCoef {
-                    max: r.max,
-                    kce: r.p_coefficient,
-                    wy: r.target_term,
-                    y: if (0..shard.width as i64).contains(&local) {
-                        local as i32
-                    } else {
-                        -1
-                    },
-                    fill: r.fill as u32,
-                    log_sum: r.log_sum,
-                    scale: r.scale,
-                    sample: 1.0,
-                }
-            })
-            .collect();
         self.scoped(|| {
-            let logits_buffer = self.upload(pool, "xent upload logits", logit_bytes(logits));
-            let weights =
-                w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
-            let coef_buffer = self.upload(
-                pool,
-                "xent upload coefficients",
-                bytemuck::cast_slice(&coefs),
-            );
-            let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
+            // Chunks sized for the f32 gradient windows bound next to the logits.
+            let uploaded = self.upload_shard(pool, logits, 4)?;
+            let inputs = self.upload_rows(pool, shard, w, combined);
             let grad = pool.get(
                 &self.device,
                 "xent gradient",
                 gradient.len() as u64 * 4,
                 storage_usage(),
             );
-            let variant =
-                Variant::new(Kernel::SoftmaxBackward, scalar_load(dtype), TargetLoad::I32);
+            let variant = Variant::new(
+                Kernel::SoftmaxBackward,
+                scalar_load(logits.dtype()),
+                TargetLoad::I32,
+            );
             let pipeline = self.pipeline(variant);
             let base = Params {
                 reduction: 3,
                 ..self.shard_params(options, shard, w.is_some())
             };
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            for chunk in chunk_list.iter().filter(|c| c.rows > 0) {
-                let first = chunk.row0 as u64 * shard.width as u64;
-                let count = chunk.rows as u64 * shard.width as u64;
-                let (logits_window, elem_offset) = window(
-                    &logits_buffer,
-                    first,
-                    count,
-                    elem,
-                    self.storage_alignment,
-                    4,
-                );
+            for &chunk in &uploaded.chunks {
+                let (first, count) = uploaded.span(chunk);
+                let (logits_window, elem_offset) =
+                    uploaded.window(chunk, self.storage_alignment, 4);
                 let (grad_window, f32_offset) =
                     window(&grad, first, count, 4, self.storage_alignment, 4);
                 let params = Params {
@@ -318,11 +469,11 @@ impl Gpu {
                 let windows = [
                     (1, logits_window),
                     (2, grad_window),
-                    (3, Window::whole(&dummy)),
-                    (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
-                    (8, Window::whole(&coef_buffer)),
-                    (10, Window::whole(&dummy)),
-                    (11, Window::whole(&dummy)),
+                    (3, Window::whole(&inputs.dummy)),
+                    (4, Window::whole(&inputs.weights)),
+                    (8, Window::whole(&inputs.coefs)),
+                    (10, Window::whole(&inputs.dummy)),
+                    (11, Window::whole(&inputs.dummy)),
                 ];
                 let (x, y) = grid(count.div_ceil(4));
                 self.dispatch(&mut encoder, &pipeline, &params, &windows, (x, y, 1));
