@@ -7,6 +7,7 @@
 //! cargo build --release --features mpi --example vocab_parallel_mpi
 //! mpirun --allow-run-as-root --oversubscribe -np 2 target/release/examples/vocab_parallel_mpi
 //! mpirun -np 2 target/release/examples/vocab_parallel_mpi --gpu   # shards on wgpu's adapter
+//! mpirun -np 2 target/release/examples/vocab_parallel_mpi --focal-gamma 2   # focal loss
 //! ```
 //!
 //! Needs an MPI library (Debian: `apt-get install openmpi-bin libopenmpi-dev libclang-dev`); the
@@ -23,6 +24,12 @@
 //! - **all-gather** of the 48-byte `RowPartial`s (plain bytes), merged by `combine` in rank
 //!   order: simplest, and the result is the same bits on every rank.
 //!
+//! With `--focal-gamma G` the loss is focal loss (γ = G, still with label smoothing), which
+//! takes a second, smaller exchange before the backward pass (`Combined::needs_focal_round`):
+//! each rank sums its columns' 8-byte `FocalPartial`s from the global LSE (`shard_focal`), the
+//! ranks add them up (all-reduce SUM, or all-gather and add in rank order) and
+//! `combine_focal` finishes the loss and the gradient coefficients.
+//!
 //! Then each rank writes the gradient of its own columns with `shard_backward`. For the check,
 //! every rank also runs the unsharded `CrossEntropy::compute` over the whole batch on the CPU
 //! and compares its columns of that gradient; rank 0 prints the figures and ends with
@@ -34,7 +41,7 @@ use mpi::traits::*;
 use std::process::ExitCode;
 use std::sync::Arc;
 use xent::gpu::Gpu;
-use xent::shard::{RowPartial, Shard, ShardInput};
+use xent::shard::{Combined, FocalPartial, RowPartial, Shard, ShardInput};
 use xent::{Backend, Batch, CrossEntropy, Logits, Request, Targets};
 
 const ROWS: usize = 64;
@@ -43,9 +50,13 @@ const SEED: u64 = 0x5eed_0f7e;
 /// Every this many rows, the target is `ignore_index`.
 const IGNORE_EVERY: usize = 7;
 
-/// The loss every rank computes; `combine` must be called with the same options.
-fn options() -> CrossEntropy {
-    CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4)
+/// The loss every rank computes (focal with `gamma > 0`); `combine` must be called with the
+/// same options.
+fn options(gamma: f32) -> CrossEntropy {
+    CrossEntropy::new()
+        .label_smoothing(0.1)
+        .z_loss(1e-4)
+        .focal_gamma(gamma)
 }
 
 /// SplitMix64: a few lines of deterministic randomness, identical on every rank.
@@ -73,14 +84,14 @@ struct Problem {
     weights: Vec<f32>,
 }
 
-fn problem() -> Problem {
+fn problem(options: &CrossEntropy) -> Problem {
     let mut rng = Rng(SEED);
     let weights = (0..CLASSES).map(|_| 0.5 + rng.unit()).collect();
     let targets: Vec<i64> = (0..ROWS)
         .map(|row| {
             let y = (rng.next() % CLASSES as u64) as i64;
             if row % IGNORE_EVERY == 3 {
-                options().ignore_index
+                options.ignore_index
             } else {
                 y
             }
@@ -111,8 +122,9 @@ fn columns(values: &[f32], shard: Shard) -> Vec<f32> {
         .collect()
 }
 
-/// The all-gather route: every rank's partials as bytes, merged by `combine` in rank order.
-fn all_gather_partials<C: Communicator>(world: &C, mine: &[RowPartial]) -> Vec<Vec<RowPartial>> {
+/// The all-gather route: every rank's partials (`RowPartial`s, or the focal round's
+/// `FocalPartial`s) as bytes, merged by `combine` (`combine_focal`) in rank order.
+fn all_gather<C: Communicator, T: bytemuck::Pod>(world: &C, mine: &[T]) -> Vec<Vec<T>> {
     let size = world.size() as usize;
     let bytes: &[u8] = bytemuck::cast_slice(mine);
     let mut all = vec![0u8; bytes.len() * size];
@@ -184,6 +196,48 @@ fn all_reduce_partials<C: Communicator>(world: &C, mine: &[RowPartial]) -> Vec<R
         .collect()
 }
 
+/// The two ways of exchanging partials.
+#[derive(Clone, Copy)]
+enum Route {
+    AllReduce,
+    AllGather,
+}
+
+/// Focal loss with label smoothing: the second exchange, when `combined` needs it. Each rank
+/// sums its columns' `FocalPartial`s from the global LSE in `combined`; the sums add up across
+/// ranks, by an all-reduce SUM (one summed slice) or an all-gather (`combine_focal` adds them
+/// in rank order).
+fn focal_round<C: Communicator>(
+    world: &C,
+    options: &CrossEntropy,
+    backend: &Backend,
+    (shard, input): (Shard, ShardInput<'_>),
+    combined: &mut Combined,
+    route: Route,
+) -> xent::Result<()> {
+    if !combined.needs_focal_round() {
+        return Ok(());
+    }
+    let mine = options.shard_focal(backend, shard, input, combined)?;
+    match route {
+        Route::AllReduce => {
+            // Two f32 per row, summed element-wise.
+            let mut summed = vec![FocalPartial::default(); mine.len()];
+            world.all_reduce_into(
+                bytemuck::cast_slice::<FocalPartial, f32>(&mine),
+                bytemuck::cast_slice_mut::<FocalPartial, f32>(&mut summed),
+                SystemOperation::sum(),
+            );
+            options.combine_focal(combined, &[&summed])
+        }
+        Route::AllGather => {
+            let gathered = all_gather(world, &mine);
+            let views: Vec<&[FocalPartial]> = gathered.iter().map(|p| &p[..]).collect();
+            options.combine_focal(combined, &views)
+        }
+    }
+}
+
 /// What a rank found, for the verdict.
 struct Report {
     allreduce_loss: f32,
@@ -197,14 +251,14 @@ struct Report {
     worst: f64,
 }
 
-fn run<C: Communicator>(world: &C, backend: &Backend) -> xent::Result<Report> {
+fn run<C: Communicator>(world: &C, backend: &Backend, gamma: f32) -> xent::Result<Report> {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
-    let options = options();
+    let options = options(gamma);
     let Problem {
         logits,
         targets,
         weights,
-    } = problem();
+    } = problem(&options);
     let shard = Shard::split(CLASSES, size)[rank];
     let my_logits = columns(&logits, shard);
     let my_weights = &weights[shard.start..shard.start + shard.width];
@@ -219,11 +273,28 @@ fn run<C: Communicator>(world: &C, backend: &Backend) -> xent::Result<Report> {
 
     // Step 2, two ways. All-reduce: one merged partial per row.
     let merged = all_reduce_partials(world, &mine);
-    let combined = options.combine(CLASSES, &[&merged], Targets::I64(&targets), None)?;
+    let mut combined = options.combine(CLASSES, &[&merged], Targets::I64(&targets), None)?;
     // All-gather: K partials per row, merged in rank (column) order.
-    let gathered = all_gather_partials(world, &mine);
+    let gathered = all_gather(world, &mine);
     let views: Vec<&[RowPartial]> = gathered.iter().map(|p| &p[..]).collect();
-    let by_gather = options.combine(CLASSES, &views, Targets::I64(&targets), None)?;
+    let mut by_gather = options.combine(CLASSES, &views, Targets::I64(&targets), None)?;
+    // Focal loss with smoothing: the second round, on each route.
+    focal_round(
+        world,
+        &options,
+        backend,
+        (shard, input()),
+        &mut combined,
+        Route::AllReduce,
+    )?;
+    focal_round(
+        world,
+        &options,
+        backend,
+        (shard, input()),
+        &mut by_gather,
+        Route::AllGather,
+    )?;
 
     // Step 3: the gradient of this rank's columns.
     let mut gradient = vec![0f32; ROWS * shard.width];
@@ -267,7 +338,18 @@ fn main() -> ExitCode {
     };
     let world = universe.world();
     let (rank, size) = (world.rank(), world.size());
-    let gpu = std::env::args().skip(1).any(|a| a == "--gpu");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let gpu = args.iter().any(|a| a == "--gpu");
+    let gamma = match args.iter().position(|a| a == "--focal-gamma") {
+        None => 0.0,
+        Some(i) => match args.get(i + 1).map(|v| v.parse::<f32>()) {
+            Some(Ok(g)) if g.is_finite() && g >= 0.0 => g,
+            _ => {
+                eprintln!("--focal-gamma takes a finite number >= 0");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let backend = if gpu {
         match Gpu::new() {
             Ok(gpu) => Backend::Gpu(Arc::new(gpu)),
@@ -279,7 +361,7 @@ fn main() -> ExitCode {
     } else {
         Backend::Cpu
     };
-    let report = match run(&world, &backend) {
+    let report = match run(&world, &backend, gamma) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rank {rank}: {e}");
@@ -304,8 +386,9 @@ fn main() -> ExitCode {
     if rank == 0 {
         let shards = Shard::split(CLASSES, size as usize);
         println!(
-            "{size} ranks, {ROWS} rows × {CLASSES} classes, backend {}",
-            backend.name()
+            "{size} ranks, {ROWS} rows × {CLASSES} classes, backend {}, {:?}",
+            backend.name(),
+            options(gamma)
         );
         for (r, s) in shards.iter().enumerate() {
             println!("rank {r}: columns [{}, {})", s.start, s.start + s.width);
