@@ -394,7 +394,13 @@ pub struct Batch<'a> {
     /// BCE's `pos_weight[c]`; all 1 when absent. Not used by softmax cross-entropy.
     pub pos_weight: Option<&'a [f32]>,
     /// Per-row sample weights `s[n]` (length `rows`; BCE: every element of row `n`); all 1
-    /// when absent (SEMANTICS.md sections 2c and 4).
+    /// when absent (SEMANTICS.md sections 2c and 4). Each row's loss and gradient are
+    /// multiplied by `s[n]`. The mean (`Reduction::Mean`) of softmax cross-entropy divides
+    /// the cross-entropy terms by `D = Σ_valid s[n]·w[y[n]]` (soft targets: `Σ_n s[n]`) and
+    /// the z-loss term by `Σ_valid s[n]`, the sample-weighted count of valid rows: that is
+    /// `V` when every `s[n]` is 1, as in SEMANTICS.md section 2, where the z-loss ignores
+    /// class weights. Scaling every `s[n]` alike leaves the mean unchanged. BCE's mean still
+    /// divides by `N·C`.
     pub sample_weights: Option<&'a [f32]>,
 }
 
@@ -419,7 +425,8 @@ impl<'a> Batch<'a> {
         self.pos_weight = Some(weights);
         self
     }
-    /// Sets per-row sample weights `s[n]` (length `rows`, finite and non-negative).
+    /// Sets per-row sample weights `s[n]` (length `rows`, finite and non-negative); the
+    /// `sample_weights` field says what the mean divides by.
     pub fn sample_weights(mut self, weights: &'a [f32]) -> Self {
         self.sample_weights = Some(weights);
         self

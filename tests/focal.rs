@@ -974,6 +974,151 @@ fn cpu_bce_against_reference() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Both backends: sample weights with z-loss and with BCE's per-element upstream.
+// ---------------------------------------------------------------------------------------------
+
+/// Every CPU SIMD level and the GPU (when there is one).
+fn every_backend() -> Vec<Backend> {
+    let mut out: Vec<Backend> = SimdLevel::supported()
+        .into_iter()
+        .map(Backend::CpuWith)
+        .collect();
+    out.extend(gpu().map(Backend::Gpu));
+    out
+}
+
+#[test]
+fn z_loss_mean_with_sample_weights_divides_by_their_valid_sum() {
+    // The mean divides the cross-entropy terms by D = Σ_valid s·w[y] and the z-loss term by
+    // Σ_valid s (Batch::sample_weights). Two classes, class weights (1, 3), sample weights
+    // (2, 0.5, 7), targets (0, 1, ignored), λ = 0.1 (f32: 0.10000000149):
+    //   row 0: z = (0, 0),    p = (1/2, 1/2), lse = ln 2, ce = ln 2
+    //   row 1: z = (ln 3, 0), p = (3/4, 1/4), lse = ln 4, ce = −3·ln(1/4) = 3·ln 4
+    //   D = 2·1 + 0.5·3 = 3.5, Σ s·ce = 2·ln 2 + 1.5·ln 4 = 5·ln 2: 5·ln 2/3.5 = 0.9902102579
+    //   Σ_valid s = 2.5, Σ s·λ·lse² = λ·(2·ln²2 + 0.5·ln²4) = 4λ·ln²2: /2.5 = 0.0768724834
+    //   mean = 1.0670827413 (dividing the z-loss by V = 2 would give 1.0863008622, by D
+    //   1.0451191746, so the choice shows).
+    //   dz = (s/D)·w[y]·(p − onehot) + (s/2.5)·2λ·lse·p:
+    //   row 0: (2/3.5)·(−1/2, 1/2) + 0.8·0.2·ln 2·(1/2, 1/2) = (−0.2302625104, 0.3411660610)
+    //   row 1: (0.5/3.5)·3·(3/4, −3/4) + 0.2·0.2·ln 4·(3/4, 1/4) = (0.3630174029, −0.3075656276)
+    let x = [0.0f32, 0.0, 3f32.ln(), 0.0, 0.0, 0.0];
+    let y = [0i64, 1, -100];
+    let w = [1.0f32, 3.0];
+    let s = [2.0f32, 0.5, 7.0];
+    let options = CrossEntropy::new().z_loss(0.1);
+    let batch = || {
+        Batch::new(Logits::new(&x, 3, 2), &y[..])
+            .class_weights(&w)
+            .sample_weights(&s)
+    };
+    let loss = 1.0670827413;
+    let gradient = [
+        -0.2302625104,
+        0.3411660610,
+        0.3630174029,
+        -0.3075656276,
+        0.0,
+        0.0,
+    ];
+    // (ln 3 is rounded to f32 in the logits: the reference is within 1e-8 of these.)
+    let r = reference::cross_entropy(&options, &batch(), None).unwrap();
+    assert!((r.loss.unwrap() - loss).abs() < 1e-7, "{:?}", r.loss);
+    for (a, b) in r.gradient.iter().zip(gradient) {
+        assert!((a - b).abs() < 1e-7, "{:?}", r.gradient);
+    }
+    for backend in every_backend() {
+        let label = backend.name();
+        let mut g = [0f32; 6];
+        let out = options
+            .compute(&backend, batch(), Request::new().gradient_into(&mut g))
+            .unwrap();
+        assert_close(&label, &[out.loss.unwrap()], &[loss], 0.0, 1e-6);
+        assert_close(&label, &g, &gradient, 1e-7, 1e-5);
+    }
+    // Random cases, mean and sum, with smoothing and focal loss, against the reference.
+    for (k, o) in [
+        CrossEntropy::new().z_loss(1e-2),
+        CrossEntropy::new().z_loss(1e-2).label_smoothing(0.1),
+        CrossEntropy::new().z_loss(1e-2).focal_gamma(2.0),
+        CrossEntropy::new()
+            .z_loss(1e-2)
+            .reduction(Reduction::Sum)
+            .ignore_index(1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let case = Case::new(500 + k as u64, 29, 57, Hardness::ALL)
+            .weighted(k as u64)
+            .sample_weighted(k as u64)
+            .ignore_every(3, o.ignore_index);
+        check_cpu(&format!("z-loss, sample weights {o:?}"), &case, o);
+        if let Some(gpu) = gpu() {
+            check_gpu(&format!("z-loss, sample weights {o:?}"), &gpu, &case, o);
+        }
+    }
+}
+
+#[test]
+fn bce_none_upstream_with_sample_weights() {
+    // Reduction::None with an upstream gradient per element and sample weights per row: each
+    // element's gradient is u·s[n]·dloss/dx. By hand, x = 0 and y = 1 everywhere (loss ln 2,
+    // dloss/dx = σ(0) − 1 = −1/2), two rows × two classes, s = (3, 1),
+    // u = (1, 2, 0.5, −1): losses s·ln 2 = (3 ln 2, 3 ln 2, ln 2, ln 2) and
+    // gradient −u·s/2 = (−1.5, −3, −0.25, 0.5).
+    let x = [0.0f32; 4];
+    let t = [1.0f32; 4];
+    let sw = [3.0f32, 1.0];
+    let u = [1.0f32, 2.0, 0.5, -1.0];
+    let ln2 = 2f64.ln();
+    let options = BinaryCrossEntropy::new().reduction(Reduction::None);
+    for backend in every_backend() {
+        let label = backend.name();
+        let mut g = [0f32; 4];
+        let mut request = Request::new().gradient_into(&mut g);
+        request.upstream = Some(&u);
+        let out = options
+            .compute(
+                &backend,
+                Batch::new(Logits::new(&x, 2, 2), &t[..]).sample_weights(&sw),
+                request,
+            )
+            .unwrap();
+        assert_close(
+            &label,
+            out.row_losses.as_ref().unwrap(),
+            &[3.0 * ln2, 3.0 * ln2, ln2, ln2],
+            0.0,
+            1e-6,
+        );
+        assert_close(&label, &g, &[-1.5, -3.0, -0.25, 0.5], 0.0, 1e-6);
+    }
+    // Against the reference: plain BCE (the CPU's fast path), weight and pos_weight, the
+    // (N, C, d) layout, smoothing and focal factors, both gradient modes.
+    let base = BinaryCrossEntropy::new().reduction(Reduction::None);
+    for (k, options) in [
+        base,
+        base.label_smoothing(0.1),
+        base.focal_gamma(2.0).focal_alpha(0.25),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (what, case) in bce_cases(600 + k as u64) {
+            assert!(case.sample_weights.is_some());
+            for backend in every_backend() {
+                check_bce(
+                    &format!("bce none {what} {options:?} [{}]", backend.name()),
+                    &backend,
+                    &case,
+                    options,
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // GPU.
 // ---------------------------------------------------------------------------------------------
 
