@@ -1,10 +1,14 @@
 //! Criterion benchmarks: xent's fused CPU path against a plain SIMD read / copy of the same
 //! logits (the memory-bandwidth bound) and against the naive unfused implementation; and the
-//! GPU kernels against both on the same shapes.
+//! GPU kernels against both on the same shapes. Focal loss (γ = 2, without and with label
+//! smoothing 0.1) runs next to plain cross-entropy on the same logits, so its cost shows:
+//! without smoothing only `p[y]` is focal (still one read of the logits), with smoothing every
+//! class's `(1 − p)^γ` takes one more pass over each row (from cache on the CPU, a third
+//! kernel on the GPU).
 //!
 //! Run: `cargo bench --bench loss` (`XENT_BENCH_ROWS=…` scales the CPU shape down). After the
 //! groups run it prints forward / read and forward+backward / copy, the ratios issue #2 targets
-//! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32).
+//! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32), and focal / plain cross-entropy.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use std::collections::HashMap;
@@ -43,6 +47,16 @@ struct Data {
     targets: Vec<i64>,
 }
 
+/// The losses timed side by side: (name suffix, options). The plain one has no suffix.
+fn variants() -> [(&'static str, CrossEntropy); 3] {
+    let focal = CrossEntropy::new().focal_gamma(2.0);
+    [
+        ("", CrossEntropy::new()),
+        (" focal", focal),
+        (" focal-ls", focal.label_smoothing(0.1)),
+    ]
+}
+
 fn data(rows: usize, classes: usize) -> Data {
     let mut state = 0x1234_5678_9abc_def0u64;
     let mut next = || {
@@ -75,7 +89,6 @@ fn cpu(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Bytes(bytes));
     let mut grad = vec![0f32; d.logits.len()];
-    let loss = CrossEntropy::new();
 
     group.bench_function("read (SIMD sum)", |b| {
         b.iter_custom(|n| timed("read", n, || _ = black_box(probe::read_pass(&d.logits))))
@@ -83,29 +96,33 @@ fn cpu(c: &mut Criterion) {
     group.bench_function("copy", |b| {
         b.iter_custom(|n| timed("copy", n, || probe::copy_pass(&d.logits, &mut grad)))
     });
-    group.bench_function("xent forward", |b| {
-        b.iter_custom(|n| {
-            timed("forward", n, || {
-                let batch = Batch::new(Logits::new(&d.logits, d.rows, d.classes), &d.targets[..]);
-                black_box(loss.compute(&Backend::Cpu, batch, Request::new()).unwrap());
+    for (suffix, loss) in variants() {
+        group.bench_function(format!("xent forward{suffix}"), |b| {
+            b.iter_custom(|n| {
+                timed(&format!("forward{suffix}"), n, || {
+                    let batch =
+                        Batch::new(Logits::new(&d.logits, d.rows, d.classes), &d.targets[..]);
+                    black_box(loss.compute(&Backend::Cpu, batch, Request::new()).unwrap());
+                })
             })
-        })
-    });
-    group.bench_function("xent forward+backward", |b| {
-        b.iter_custom(|n| {
-            timed("forward+backward", n, || {
-                let batch = Batch::new(Logits::new(&d.logits, d.rows, d.classes), &d.targets[..]);
-                black_box(
-                    loss.compute(
-                        &Backend::Cpu,
-                        batch,
-                        Request::new().gradient_into(&mut grad),
-                    )
-                    .unwrap(),
-                );
+        });
+        group.bench_function(format!("xent forward+backward{suffix}"), |b| {
+            b.iter_custom(|n| {
+                timed(&format!("forward+backward{suffix}"), n, || {
+                    let batch =
+                        Batch::new(Logits::new(&d.logits, d.rows, d.classes), &d.targets[..]);
+                    black_box(
+                        loss.compute(
+                            &Backend::Cpu,
+                            batch,
+                            Request::new().gradient_into(&mut grad),
+                        )
+                        .unwrap(),
+                    );
+                })
             })
-        })
-    });
+        });
+    }
     let mut scratch = naive::Scratch::default();
     group.bench_function("naive forward", |b| {
         b.iter_custom(|n| {
@@ -137,6 +154,9 @@ fn cpu(c: &mut Criterion) {
     group.finish();
 }
 
+/// The GPU group's shapes (rows, classes): small enough for llvmpipe.
+const GPU_SHAPES: [(usize, usize); 2] = [(16_384, 1000), (512, 32_000)];
+
 /// GPU vs CPU vs naive on shapes llvmpipe finishes quickly; GPU work is timed from submit to
 /// the device going idle, with the logits already resident (as in training).
 fn gpu(c: &mut Criterion) {
@@ -147,7 +167,7 @@ fn gpu(c: &mut Criterion) {
             return;
         }
     };
-    for (rows, classes) in [(16_384usize, 1000usize), (512, 32_000)] {
+    for (rows, classes) in GPU_SHAPES {
         let d = data(rows, classes);
         let mut group = c.benchmark_group(format!("{rows}x{classes} f32 forward+backward"));
         group
@@ -199,17 +219,20 @@ fn gpu(c: &mut Criterion) {
             upstream: None,
             upstream_scalar: 1.0,
         };
-        group.bench_function(BenchmarkId::new("xent-gpu", gpu.name()), |b| {
-            b.iter_custom(|n| {
-                timed(&format!("gpu {rows}x{classes}"), n, || {
-                    let mut encoder = device.create_command_encoder(&Default::default());
-                    gpu.record_cross_entropy(&mut encoder, &CrossEntropy::new(), &batch, &outputs)
-                        .unwrap();
-                    gpu.queue().submit([encoder.finish()]);
-                    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        for (suffix, loss) in variants() {
+            let id = BenchmarkId::new(format!("xent-gpu{}", suffix.replace(' ', "-")), gpu.name());
+            group.bench_function(id, |b| {
+                b.iter_custom(|n| {
+                    timed(&format!("gpu{suffix} {rows}x{classes}"), n, || {
+                        let mut encoder = device.create_command_encoder(&Default::default());
+                        gpu.record_cross_entropy(&mut encoder, &loss, &batch, &outputs)
+                            .unwrap();
+                        gpu.queue().submit([encoder.finish()]);
+                        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                    })
                 })
-            })
-        });
+            });
+        }
         let mut grad = vec![0f32; d.logits.len()];
         group.bench_function("xent-cpu", |b| {
             b.iter_custom(|n| {
@@ -268,6 +291,20 @@ fn ratios(_: &mut Criterion) {
         "naive fwd+bwd / xent:      {}",
         ratio("naive forward+backward", "forward+backward")
     );
+    // What focal loss costs over plain cross-entropy (1.00: nothing).
+    for (suffix, _) in &variants()[1..] {
+        for pass in ["forward", "forward+backward"] {
+            let name = format!("{pass}{suffix}");
+            println!("cpu {name} / {pass}: {}", ratio(&name, pass));
+        }
+        for (rows, classes) in GPU_SHAPES {
+            let shape = format!("{rows}x{classes}");
+            println!(
+                "gpu{suffix} / gpu {shape}: {}",
+                ratio(&format!("gpu{suffix} {shape}"), &format!("gpu {shape}"))
+            );
+        }
+    }
 }
 
 criterion_group!(benches, cpu, gpu, ratios);
