@@ -2,11 +2,11 @@
 //!
 //! Forward, one read of the row (SEMANTICS.md sections 1, 2, 3, 5): the row is walked in
 //! chunks of [`CHUNK`] values that stay in L1. Each chunk takes one pass of exps at the row's
-//! running max `m`, betting that it doesn't raise `m` (`exp(z − m)`, the exp-free sums
-//! `Σ w·z`, `Σ w·t`, `Σ w·t·z` and the chunk's max in the same pass). A chunk that raises it
-//! takes its exps again at its own max, from L1 (for random logits that is about `ln K` of a
-//! row's `K` chunks); the first chunk takes its max in a cheap pass first. NaN and +inf show
-//! as a non-finite sum and send the chunk to the exact two-pass path, which counts NaNs.
+//! running max `m`, betting that it raises `m` by at most `RAISE` (`exp(z − m)`, the
+//! exp-free sums `Σ w·z`, `Σ w·t`, `Σ w·t·z` and the chunk's max in the same pass). A chunk
+//! that raises it further takes its exps again at its own max, from L1; the first chunk
+//! takes its max in a cheap pass first. NaN and +inf show as a non-finite sum and send the
+//! chunk to the exact two-pass path, which counts NaNs.
 //!
 //! Backward, one more pass over the row (from cache): with `p = exp(z − lse)`,
 //! `dx[c] = dz/dx[c] · (K·p[c] − A·w[c]·(B·t[c] + E))`, the constants folding smoothing,
@@ -139,6 +139,11 @@ pub struct Exps<'a> {
     pub shifts: &'a mut [f32],
 }
 
+/// How far a chunk may raise the running max and keep the exps it took at the old one: the
+/// new max's `exp(z − shift)` then has an argument below 1, rounded to at most half an ulp of
+/// 1, so `p` near 1 stays within about 2 ulps.
+const RAISE: f32 = 1.0;
+
 /// One chunk of a row: its logits, and its class weights and dense targets if any.
 #[derive(Clone, Copy)]
 struct Chunk<'c> {
@@ -178,13 +183,14 @@ impl SimdOp for Forward<'_> {
                 w: self.w.map(|w| &w[span.clone()]),
                 t: self.t.map(|t| &t[span.clone()]),
             };
-            // One pass of exps at the running max, speculating that the chunk doesn't raise
-            // it (the first chunk takes its own max first, in a cheap pass). A chunk that
-            // raises it takes its exps once more at its own max: taking the new max's exp at
-            // a shifted argument would round away the precision that confident rows'
-            // gradients need (`1 − p[y]` is the sum of the small terms). A chunk holding a
-            // NaN or +inf (its exp sum is then not finite), or only −inf so far, takes the
-            // exact two-pass path, which also counts NaNs.
+            // One pass of exps at the running max, speculating that the chunk raises it by
+            // at most RAISE (the first chunk takes its own max first, in a cheap pass). A
+            // chunk that raises it further takes its exps once more at its own max: the
+            // new max's exp at an argument rounded to the ulp of a larger difference would
+            // lose the precision that confident rows' gradients need (`1 − p[y]` is the sum
+            // of the small terms). A chunk holding a NaN or +inf (its exp sum is then not
+            // finite), or only −inf so far, takes the exact two-pass path, which also
+            // counts NaNs.
             let shift = if st.max.is_finite() {
                 st.max
             } else {
@@ -196,20 +202,22 @@ impl SimdOp for Forward<'_> {
             } else {
                 None
             };
-            match fast {
-                Some(c) if c.sum_exp.is_finite() && c.max <= shift => {
+            let shift = match fast {
+                Some(c) if c.sum_exp.is_finite() && c.max <= shift + RAISE => {
                     if c.max > st.max {
                         st.rescale(c.max);
                         st.argmax = (base + self.position(isa, xc, c.max)) as u32;
                     }
-                    st.add(&c);
+                    st.add(&c, (shift as f64 - st.max as f64).exp());
+                    shift
                 }
                 Some(c) if c.sum_exp.is_finite() => {
                     let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
                     let c = self.speculate(isa, part, c.max, keep);
                     st.rescale(c.max);
                     st.argmax = (base + self.position(isa, xc, c.max)) as u32;
-                    st.add(&c);
+                    st.add(&c, 1.0);
+                    c.max
                 }
                 _ => {
                     st.argmax = self
@@ -218,10 +226,11 @@ impl SimdOp for Forward<'_> {
                     if let Some(exps) = exps.as_mut() {
                         exps.values[span].copy_from_slice(&z_buf[..xc.len()]);
                     }
+                    st.max
                 }
-            }
+            };
             if let Some(exps) = exps.as_mut() {
-                exps.shifts[chunk] = st.max;
+                exps.shifts[chunk] = shift;
             }
         }
         st
@@ -238,11 +247,11 @@ impl RowStats {
         self.max = max;
     }
 
-    /// Adds the sums of a chunk taken at the running max.
-    fn add(&mut self, c: &ChunkSums) {
-        self.sum_exp += c.sum_exp;
-        self.sum_ez += c.sum_ez;
-        self.sum_te += c.sum_te;
+    /// Adds the sums of a chunk, its exps scaled by `exp(shift − max)` to the running max.
+    fn add(&mut self, c: &ChunkSums, scale: f64) {
+        self.sum_exp += c.sum_exp * scale;
+        self.sum_ez += c.sum_ez * scale;
+        self.sum_te += c.sum_te * scale;
         self.sum_wz += c.sum_wz;
         self.sum_wt += c.sum_wt;
         self.sum_wtz += c.sum_wtz;
