@@ -838,3 +838,28 @@ fn confident_rows_keep_gradient_precision() {
         .weighted(121034385135732010);
     check_all_levels("confident rows", &case, &options, None);
 }
+
+#[test]
+fn chunk_speculation_fallbacks() {
+    // The forward takes each 1024-value chunk's exps at the running max, betting the chunk
+    // doesn't raise it; these rows break the bet every way: a max rising in every chunk, a
+    // jump past f32's exp range, a NaN or +inf in a late chunk, leading −inf chunks, and a
+    // confident row whose max sits in a late chunk.
+    let classes = 5000;
+    let mut case = Case::new(7, 8, classes, Hardness::default());
+    let row = |r: usize| r * classes..(r + 1) * classes;
+    for (c, v) in case.logits[row(0)].iter_mut().enumerate() {
+        *v = c as f32 * 0.01;
+    }
+    case.logits[row(1)][3500] = 200.0;
+    case.logits[row(2)][2100] = f32::NAN;
+    case.logits[row(3)][4500] = f32::INFINITY;
+    case.logits[row(4)][..2048].fill(f32::NEG_INFINITY);
+    case.logits[row(5)][3333] = 30.0;
+    case.index_targets[5] = 3333;
+    case.logits[row(6)][4999] = 100.0;
+    case.index_targets[6] = 4999;
+    for (label, options) in option_grid() {
+        check_all_levels(&format!("speculation {label}"), &case, &options, None);
+    }
+}

@@ -12,6 +12,7 @@
 //! widened (or gathered) into one row-sized f32 buffer per block, and their gradients written
 //! back from it.
 
+mod exp;
 mod focal;
 pub mod row;
 pub mod scalar;
@@ -28,7 +29,7 @@ use crate::options::InputKind;
 use crate::output::{Gradient, Metrics, Output, Request};
 use crate::plan::{Loss, Plan};
 use rayon::prelude::*;
-use row::{Backward, Forward, RowIo, Transform};
+use row::{Backward, Exps, ExpsIo, Forward, Rescale, RowIo, Transform};
 use scalar::ProbTarget;
 
 /// Values per parallel block (256 KiB of f32): large enough to amortize scheduling, small
@@ -219,9 +220,26 @@ impl Ctx<'_> {
         let rows = src.get().len() / classes;
         let direct = T::DTYPE == Dtype::F32 && layout == Layout::Rows;
         let wants_grad = in_place || grad.is_some();
-        let (mut x_buf, mut t_buf, mut g_buf) =
-            (vec![0f32; classes], vec![0f32; classes], Vec::new());
+        // Row scratch, allocated only for the rows that need a gathered copy.
+        let gathers_targets = matches!(self.targets, Targets::Dense(_)) && layout != Layout::Rows;
+        let gathers_logits = !direct || matches!(self.plan.loss, Loss::Binary(_));
+        let mut x_buf = vec![0f32; if gathers_logits { classes } else { 0 }];
+        let mut t_buf = vec![0f32; if gathers_targets { classes } else { 0 }];
+        let mut g_buf = Vec::new();
         let mut z_buf = vec![0f32; row::CHUNK];
+        // The forward keeps its exps for the backward, in the gradient row when that is
+        // separate from the logits, else in `e_buf`.
+        let keep_exps = wants_grad && self.backward_rescales();
+        let separate_grad = direct && !in_place && grad.is_some();
+        let mut e_buf = vec![
+            0f32;
+            if keep_exps && !separate_grad {
+                classes
+            } else {
+                0
+            }
+        ];
+        let mut shifts = vec![0f32; classes.div_ceil(row::CHUNK)];
         let mut out = BlockOut {
             rows: Vec::with_capacity(rows),
             elements: Vec::new(),
@@ -287,7 +305,14 @@ impl Ctx<'_> {
                 continue;
             }
 
-            let mut result = self.forward(row, x, t, &mut z_buf);
+            let exps = keep_exps.then(|| Exps {
+                values: match grad.as_deref_mut() {
+                    Some(g) if separate_grad => &mut g[span.clone()],
+                    _ => &mut e_buf[..],
+                },
+                shifts: &mut shifts[..],
+            });
+            let mut result = self.forward(row, x, t, &mut z_buf, exps);
             // NaN rows are decided before the sample weight (0·inf must not turn a row NaN).
             let nan_row = result.loss.is_nan();
             if sample_weight != 1.0 {
@@ -314,10 +339,12 @@ impl Ctx<'_> {
             match (direct, &mut src, grad.as_deref_mut()) {
                 (true, Data::Exclusive(d), _) if in_place => {
                     let dx: &mut [f32] = bytemuck::cast_slice_mut(&mut d[span]);
-                    self.backward(row, RowIo::InPlace(dx), t, &result, (a, b), fill);
+                    let kept = keep_exps.then_some((&e_buf[..], &mut shifts[..]));
+                    self.backward(row, RowIo::InPlace(dx), t, &result, (a, b), fill, kept);
                 }
                 (true, data, Some(g)) => {
                     let x: &[f32] = bytemuck::cast_slice(&data.get()[span.clone()]);
+                    let kept = keep_exps.then_some((&e_buf[..], &mut shifts[..]));
                     self.backward(
                         row,
                         RowIo::Separate(x, &mut g[span]),
@@ -325,10 +352,13 @@ impl Ctx<'_> {
                         &result,
                         (a, b),
                         fill,
+                        kept,
                     );
                 }
                 _ => {
-                    self.backward(row, RowIo::InPlace(&mut x_buf), t, &result, (a, b), fill);
+                    let kept = keep_exps.then_some((&e_buf[..], &mut shifts[..]));
+                    let io = RowIo::InPlace(&mut x_buf);
+                    self.backward(row, io, t, &result, (a, b), fill, kept);
                     self.write_back(&mut src, grad.as_deref_mut(), in_place, i, &x_buf);
                 }
             }
@@ -362,7 +392,14 @@ impl Ctx<'_> {
     }
 
     /// Forward of one softmax row (logits or probabilities).
-    fn forward(&self, row: usize, x: &[f32], t: Option<&[f32]>, z_buf: &mut [f32]) -> RowResult {
+    fn forward(
+        &self,
+        row: usize,
+        x: &[f32],
+        t: Option<&[f32]>,
+        z_buf: &mut [f32],
+        exps: Option<Exps<'_>>,
+    ) -> RowResult {
         let opts = self.plan.softmax();
         let classes = self.plan.classes;
         let eps = opts.label_smoothing as f64;
@@ -426,6 +463,7 @@ impl Ctx<'_> {
                 want_wz: valid && eps > 0.0,
                 want_entropy: self.want_metrics,
                 z_buf,
+                exps,
             },
         );
         let lse = st.lse();
@@ -506,7 +544,19 @@ impl Ctx<'_> {
         r
     }
 
+    /// Whether the backward of this call rescales the forward's exps ([`Rescale`]) rather
+    /// than taking them again: logits, and not the focal pass over the row.
+    fn backward_rescales(&self) -> bool {
+        let opts = self.plan.softmax();
+        opts.input == InputKind::Logits
+            && !(opts.is_focal()
+                && (matches!(self.targets, Targets::Dense(_)) || opts.label_smoothing > 0.0))
+    }
+
     /// Backward of one softmax row into `io`; `fill` short-cuts ignored (0) and NaN rows.
+    /// `kept`: the forward's exps (a scratch row, used when `io` is in place) and their
+    /// per-chunk shifts.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         row: usize,
@@ -515,6 +565,7 @@ impl Ctx<'_> {
         r: &RowResult,
         (a, b): (f32, f32),
         fill: Option<f32>,
+        kept: Option<(&[f32], &mut [f32])>,
     ) {
         if let Some(v) = fill {
             match &mut io {
@@ -574,6 +625,32 @@ impl Ctx<'_> {
             _ => None,
         };
         let coef_t = if t.is_some() { 1.0 - eps } else { 0.0 };
+        if let Some((scratch, shifts)) = kept {
+            // F = K·exp(shift − max − ln s), in f64 before rounding.
+            let (max, log_sum) = (r.max as f64, r.log_sum as f64);
+            for f in shifts.iter_mut() {
+                *f = (k as f64 * (*f as f64 - max - log_sum).exp()) as f32;
+            }
+            let io = match io {
+                RowIo::Separate(x, dx) => ExpsIo::InGradient { x, dx },
+                RowIo::InPlace(x) => ExpsIo::InScratch { exps: scratch, x },
+            };
+            simd::dispatch(
+                self.level,
+                Rescale {
+                    io,
+                    t,
+                    w: self.w,
+                    transform,
+                    factors: shifts,
+                    a,
+                    b: coef_t,
+                    e,
+                    target_fix,
+                },
+            );
+            return;
+        }
         simd::dispatch(
             self.level,
             Backward {

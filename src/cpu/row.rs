@@ -1,19 +1,25 @@
 //! The fused SIMD row kernels of softmax cross-entropy on logits.
 //!
 //! Forward, one read of the row (SEMANTICS.md sections 1, 2, 3, 5): the row is walked in
-//! chunks of [`CHUNK`] values that stay in L1. Per chunk, pass A transforms `x → z` into a
-//! stack buffer and takes the chunk's max, the NaN count and the exp-free sums (`Σ w·z`,
-//! `Σ w·t`, `Σ w·t·z`); pass B adds `exp(z − m)` (and `exp(z − m)·z`, `t·exp(z − m)`) at the
-//! running max `m`. When a chunk raises `m`, the running sums are rescaled by `exp(m_old − m)`
-//! once (online softmax at chunk granularity: one exp per logit, not two).
+//! chunks of [`CHUNK`] values that stay in L1. Each chunk takes one pass of exps at the row's
+//! running max `m`, betting that it raises `m` by at most `RAISE` (`exp(z − m)`, the
+//! exp-free sums `Σ w·z`, `Σ w·t`, `Σ w·t·z` and the chunk's max in the same pass). A chunk
+//! that raises it further takes its exps again at its own max, from L1; the first chunk
+//! takes its max in a cheap pass first. NaN and +inf show as a non-finite sum and send the
+//! chunk to the exact two-pass path, which counts NaNs.
 //!
 //! Backward, one more pass over the row (from cache): with `p = exp(z − lse)`,
 //! `dx[c] = dz/dx[c] · (K·p[c] − A·w[c]·(B·t[c] + E))`, the constants folding smoothing,
 //! weights, z-loss and the reduction's scale; the target's `−(1−ε)·w[y]` is added afterwards.
+//! When the caller asks, the forward keeps its exps (in the gradient row itself when that is
+//! separate) and [`Rescale`] turns them into `p` with one multiply per chunk, taking no exp:
+//! DRAM then sees one read of the logits and one write of the gradient, as a copy does.
 
-use rten_simd::ops::{BitOps, FloatOps, NumOps};
+use rten_simd::ops::{BitOps, FloatOps, MaskOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 use rten_vecmath::{Exp, Tanh};
+
+use super::exp::ShiftedExp;
 
 /// Values per chunk of the forward pass: 4 KiB of f32, a multiple of every lane count.
 pub const CHUNK: usize = 1024;
@@ -120,95 +126,363 @@ pub struct Forward<'a> {
     pub want_entropy: bool,
     /// Room for one chunk of `z` (at least [`CHUNK`] values), reused across rows.
     pub z_buf: &'a mut [f32],
+    /// Keep the exps for the backward ([`Rescale`]) instead of taking them again there.
+    pub exps: Option<Exps<'a>>,
+}
+
+/// The exps a forward keeps for the backward: `values[c] = exp(z[c] − shifts[c / CHUNK])`,
+/// each chunk's exps taken at the running max of the row after that chunk.
+pub struct Exps<'a> {
+    /// One row (the gradient row itself when it is separate from the logits).
+    pub values: &'a mut [f32],
+    /// One per chunk (at least `row.len().div_ceil(CHUNK)`).
+    pub shifts: &'a mut [f32],
+}
+
+/// How far a chunk may raise the running max and keep the exps it took at the old one: the
+/// new max's `exp(z − shift)` then has an argument below 1, rounded to at most half an ulp of
+/// 1, so `p` near 1 stays within about 2 ulps.
+const RAISE: f32 = 1.0;
+
+/// One chunk of a row: its logits, and its class weights and dense targets if any.
+#[derive(Clone, Copy)]
+struct Chunk<'c> {
+    x: &'c [f32],
+    w: Option<&'c [f32]>,
+    t: Option<&'c [f32]>,
+}
+
+/// One chunk's sums, with every exp taken at one shift.
+#[derive(Default)]
+struct ChunkSums {
+    max: f32,
+    sum_exp: f64,
+    sum_ez: f64,
+    sum_te: f64,
+    sum_wz: f64,
+    sum_wt: f64,
+    sum_wtz: f64,
 }
 
 impl SimdOp for Forward<'_> {
     type Output = RowStats;
 
     #[inline(always)]
-    fn eval<I: Isa>(self, isa: I) -> RowStats {
-        let ops = isa.f32();
-        let lanes = ops.len();
-        let (zero, one) = (ops.zero(), ops.one());
-        let neg_inf = ops.splat(f32::NEG_INFINITY);
-        let lowest = ops.splat(f32::MIN);
-        let z_buf = &mut self.z_buf[..CHUNK];
+    fn eval<I: Isa>(mut self, isa: I) -> RowStats {
+        let z_buf = std::mem::take(&mut self.z_buf);
+        let mut exps = self.exps.take();
         let mut st = RowStats {
             max: f32::NEG_INFINITY,
             ..RowStats::default()
         };
-
         for (chunk, xc) in self.x.chunks(CHUNK).enumerate() {
             let base = chunk * CHUNK;
-            let n = xc.len();
-            let wc = self.w.map(|w| &w[base..base + n]);
-            let tc = self.t.map(|t| &t[base..base + n]);
-
-            // Pass A: z into the buffer (−inf past the row's end), max, NaNs, exp-free sums.
-            let (mut v_max, mut v_nan) = (neg_inf, zero);
-            let (mut v_wz, mut v_wt, mut v_wtz) = (zero, zero, zero);
-            for off in (0..n).step_by(lanes) {
-                let (x, live) = ops.load_pad(&xc[off..]);
-                let z = self.transform.apply(isa, x);
-                v_nan = ops.add(v_nan, ops.select(zero, one, ops.eq(z, z)));
-                let z_live = ops.select(z, neg_inf, live);
-                ops.store(z_live, &mut z_buf[off..]);
-                v_max = ops.max(v_max, z_live);
-                let w = wc.map_or(one, |w| ops.load_pad(&w[off..]).0);
-                if self.want_wz {
-                    v_wz = ops.mul_add(w, z, v_wz);
+            let span = base..base + xc.len();
+            let part = Chunk {
+                x: xc,
+                w: self.w.map(|w| &w[span.clone()]),
+                t: self.t.map(|t| &t[span.clone()]),
+            };
+            // One pass of exps at the running max, speculating that the chunk raises it by
+            // at most RAISE (the first chunk takes its own max first, in a cheap pass). A
+            // chunk that raises it further takes its exps once more at its own max: the
+            // new max's exp at an argument rounded to the ulp of a larger difference would
+            // lose the precision that confident rows' gradients need (`1 − p[y]` is the sum
+            // of the small terms). A chunk holding a NaN or +inf (its exp sum is then not
+            // finite), or only −inf so far, takes the exact two-pass path, which also
+            // counts NaNs.
+            let shift = if st.max.is_finite() {
+                st.max
+            } else {
+                self.chunk_max(isa, xc)
+            };
+            let fast = if shift.is_finite() {
+                let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
+                Some(self.speculate(isa, part, shift, keep))
+            } else {
+                None
+            };
+            let shift = match fast {
+                Some(c) if c.sum_exp.is_finite() && c.max <= shift + RAISE => {
+                    if c.max > st.max {
+                        st.rescale(c.max);
+                        st.argmax = (base + self.position(isa, xc, c.max)) as u32;
+                    }
+                    st.add(&c, (shift as f64 - st.max as f64).exp());
+                    shift
                 }
-                if let Some(t) = tc {
-                    let wt = ops.mul(w, ops.load_pad(&t[off..]).0);
-                    v_wt = ops.add(v_wt, wt);
-                    v_wtz = ops.mul_add(wt, z, v_wtz);
+                Some(c) if c.sum_exp.is_finite() => {
+                    let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
+                    let c = self.speculate(isa, part, c.max, keep);
+                    st.rescale(c.max);
+                    st.argmax = (base + self.position(isa, xc, c.max)) as u32;
+                    st.add(&c, 1.0);
+                    c.max
                 }
-            }
-            st.nans += ops.sum(v_nan) as u32;
-            st.sum_wz += ops.sum(v_wz) as f64;
-            st.sum_wt += ops.sum(v_wt) as f64;
-            st.sum_wtz += ops.sum(v_wtz) as f64;
-            let chunk_max = v_max
-                .to_array()
-                .as_ref()
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            if chunk_max > st.max {
-                let rescale = (st.max as f64 - chunk_max as f64).exp();
-                st.sum_exp *= rescale;
-                st.sum_ez *= rescale;
-                st.sum_te *= rescale;
-                st.max = chunk_max;
-                let first = z_buf[..n].iter().position(|&z| z == chunk_max).unwrap_or(0);
-                st.argmax = (base + first) as u32;
-            }
-            if !st.max.is_finite() {
-                // All −inf so far (contributes 0), or a +inf (the row is NaN anyway).
-                continue;
-            }
-
-            // Pass B: the exps, from L1.
-            let m = ops.splat(st.max);
-            let (mut v_sum, mut v_ez, mut v_te) = (zero, zero, zero);
-            for off in (0..n).step_by(lanes) {
-                let z = ops.load(&z_buf[off..]);
-                let e = Exp::apply(isa, ops.sub(z, m));
-                v_sum = ops.add(v_sum, e);
-                if self.want_entropy {
-                    // max() keeps 0·(−inf) out of the sum for masked classes.
-                    v_ez = ops.mul_add(e, ops.max(z, lowest), v_ez);
+                _ => {
+                    st.argmax = self
+                        .exact(isa, part, z_buf, &mut st)
+                        .map_or(st.argmax, |i| (base + i) as u32);
+                    if let Some(exps) = exps.as_mut() {
+                        exps.values[span].copy_from_slice(&z_buf[..xc.len()]);
+                    }
+                    st.max
                 }
-                if let Some(t) = tc {
-                    v_te = ops.mul_add(ops.load_pad(&t[off..]).0, e, v_te);
-                }
+            };
+            if let Some(exps) = exps.as_mut() {
+                exps.shifts[chunk] = shift;
             }
-            st.sum_exp += ops.sum(v_sum) as f64;
-            st.sum_ez += ops.sum(v_ez) as f64;
-            st.sum_te += ops.sum(v_te) as f64;
         }
         st
     }
+}
+
+impl RowStats {
+    /// Moves the running sums to a new, higher max.
+    fn rescale(&mut self, max: f32) {
+        let rescale = (self.max as f64 - max as f64).exp();
+        self.sum_exp *= rescale;
+        self.sum_ez *= rescale;
+        self.sum_te *= rescale;
+        self.max = max;
+    }
+
+    /// Adds the sums of a chunk, its exps scaled by `exp(shift − max)` to the running max.
+    fn add(&mut self, c: &ChunkSums, scale: f64) {
+        self.sum_exp += c.sum_exp * scale;
+        self.sum_ez += c.sum_ez * scale;
+        self.sum_te += c.sum_te * scale;
+        self.sum_wz += c.sum_wz;
+        self.sum_wt += c.sum_wt;
+        self.sum_wtz += c.sum_wtz;
+    }
+}
+
+impl Forward<'_> {
+    /// One pass over a chunk taking every exp at a fixed `shift`.
+    #[inline(always)]
+    fn speculate<I: Isa>(
+        &self,
+        isa: I,
+        part: Chunk<'_>,
+        shift: f32,
+        mut keep: Option<&mut [f32]>,
+    ) -> ChunkSums {
+        let ops = isa.f32();
+        let (xc, wc, tc) = (part.x, part.w, part.t);
+        let lanes = ops.len();
+        let (zero, one) = (ops.zero(), ops.one());
+        let (neg_inf, lowest, shift_v) = (
+            ops.splat(f32::NEG_INFINITY),
+            ops.splat(f32::MIN),
+            ops.splat(shift),
+        );
+        let plain = wc.is_none()
+            && tc.is_none()
+            && !self.want_wz
+            && !self.want_entropy
+            && self.transform.softcap.is_none();
+        if plain && xc.len().is_multiple_of(2 * lanes) {
+            // The common case (no weights, dense targets, smoothing, metrics or softcap) as
+            // a tight loop over pairs of vectors, two accumulators each.
+            let scale = ops.splat(self.transform.scale);
+            let (mut max0, mut max1, mut sum0, mut sum1) = (neg_inf, neg_inf, zero, zero);
+            for off in (0..xc.len()).step_by(2 * lanes) {
+                let z0 = ops.mul(ops.load(&xc[off..]), scale);
+                let z1 = ops.mul(ops.load(&xc[off + lanes..]), scale);
+                max0 = ops.max(max0, z0);
+                max1 = ops.max(max1, z1);
+                let e0 = ShiftedExp::apply(isa, ops.sub(z0, shift_v));
+                let e1 = ShiftedExp::apply(isa, ops.sub(z1, shift_v));
+                sum0 = ops.add(sum0, e0);
+                sum1 = ops.add(sum1, e1);
+                if let Some(keep) = keep.as_deref_mut() {
+                    ops.store(e0, &mut keep[off..]);
+                    ops.store(e1, &mut keep[off + lanes..]);
+                }
+            }
+            return ChunkSums {
+                max: horizontal_max(ops.max(max0, max1)),
+                sum_exp: ops.sum(ops.add(sum0, sum1)) as f64,
+                ..ChunkSums::default()
+            };
+        }
+        let (mut v_max, mut v_sum, mut v_ez, mut v_te) = (neg_inf, zero, zero, zero);
+        let (mut v_wz, mut v_wt, mut v_wtz) = (zero, zero, zero);
+        for off in (0..xc.len()).step_by(lanes) {
+            // `z` feeds the exp-free sums (0 in padding lanes, whose weight and target are
+            // 0); `z_live` (−inf in padding lanes) feeds the max and the exps. Only the
+            // row's last vector is partial.
+            let (z, z_live) = if off + lanes <= xc.len() {
+                let z = self.transform.apply(isa, ops.load(&xc[off..]));
+                (z, z)
+            } else {
+                let (x, live) = ops.load_pad(&xc[off..]);
+                let z = self.transform.apply(isa, x);
+                (z, ops.select(z, neg_inf, live))
+            };
+            v_max = ops.max(v_max, z_live);
+            let e = ShiftedExp::apply(isa, ops.sub(z_live, shift_v));
+            v_sum = ops.add(v_sum, e);
+            if let Some(keep) = keep.as_deref_mut() {
+                store(isa, e, &mut keep[off..]);
+            }
+            if self.want_entropy {
+                // max() keeps 0·(−inf) out of the sum for masked classes.
+                v_ez = ops.mul_add(e, ops.max(z_live, lowest), v_ez);
+            }
+            let w = wc.map_or(one, |w| ops.load_pad(&w[off..]).0);
+            if self.want_wz {
+                v_wz = ops.mul_add(w, z, v_wz);
+            }
+            if let Some(t) = tc {
+                let t = ops.load_pad(&t[off..]).0;
+                let wt = ops.mul(w, t);
+                v_wt = ops.add(v_wt, wt);
+                v_wtz = ops.mul_add(wt, z, v_wtz);
+                v_te = ops.mul_add(t, e, v_te);
+            }
+        }
+        ChunkSums {
+            max: horizontal_max(v_max),
+            sum_exp: ops.sum(v_sum) as f64,
+            sum_ez: ops.sum(v_ez) as f64,
+            sum_te: ops.sum(v_te) as f64,
+            sum_wz: ops.sum(v_wz) as f64,
+            sum_wt: ops.sum(v_wt) as f64,
+            sum_wtz: ops.sum(v_wtz) as f64,
+        }
+    }
+
+    /// The max of the chunk's `z` (NaN dropped).
+    #[inline(always)]
+    fn chunk_max<I: Isa>(&self, isa: I, xc: &[f32]) -> f32 {
+        let ops = isa.f32();
+        let neg_inf = ops.splat(f32::NEG_INFINITY);
+        let mut v_max = neg_inf;
+        for off in (0..xc.len()).step_by(ops.len()) {
+            let (x, live) = ops.load_pad(&xc[off..]);
+            let z = self.transform.apply(isa, x);
+            v_max = ops.max(v_max, ops.select(z, neg_inf, live));
+        }
+        horizontal_max(v_max)
+    }
+
+    /// The first position in the chunk whose `z` equals `max` (found by the same vector
+    /// transform, so equal to the bit).
+    #[inline(always)]
+    fn position<I: Isa>(&self, isa: I, xc: &[f32], max: f32) -> usize {
+        let ops = isa.f32();
+        let (lanes, target) = (ops.len(), ops.splat(max));
+        for off in (0..xc.len()).step_by(lanes) {
+            let z = self.transform.apply(isa, ops.load_pad(&xc[off..]).0);
+            if isa.m32().any(ops.eq(z, target)) {
+                let lane = z.to_array().as_ref().iter().position(|&v| v == max);
+                if let Some(lane) = lane.filter(|&l| off + l < xc.len()) {
+                    return off + lane;
+                }
+            }
+        }
+        0
+    }
+
+    /// The exact two-pass chunk, giving the argmax's position if it raised the max:
+    /// pass A transforms `x → z` into the buffer (−inf past the
+    /// row's end) and takes the max, the NaN count and the exp-free sums; pass B adds
+    /// `exp(z − m)` from L1 at the new running max `m`.
+    #[inline(always)]
+    fn exact<I: Isa>(
+        &self,
+        isa: I,
+        part: Chunk<'_>,
+        z_buf: &mut [f32],
+        st: &mut RowStats,
+    ) -> Option<usize> {
+        let ops = isa.f32();
+        let (xc, wc, tc) = (part.x, part.w, part.t);
+        let lanes = ops.len();
+        let (zero, one) = (ops.zero(), ops.one());
+        let neg_inf = ops.splat(f32::NEG_INFINITY);
+        let lowest = ops.splat(f32::MIN);
+        let n = xc.len();
+        let z_buf = &mut z_buf[..CHUNK];
+
+        let (mut v_max, mut v_nan) = (neg_inf, zero);
+        let (mut v_wz, mut v_wt, mut v_wtz) = (zero, zero, zero);
+        for off in (0..n).step_by(lanes) {
+            let (x, live) = ops.load_pad(&xc[off..]);
+            let z = self.transform.apply(isa, x);
+            v_nan = ops.add(v_nan, ops.select(zero, one, ops.eq(z, z)));
+            let z_live = ops.select(z, neg_inf, live);
+            ops.store(z_live, &mut z_buf[off..]);
+            v_max = ops.max(v_max, z_live);
+            let w = wc.map_or(one, |w| ops.load_pad(&w[off..]).0);
+            if self.want_wz {
+                v_wz = ops.mul_add(w, z, v_wz);
+            }
+            if let Some(t) = tc {
+                let wt = ops.mul(w, ops.load_pad(&t[off..]).0);
+                v_wt = ops.add(v_wt, wt);
+                v_wtz = ops.mul_add(wt, z, v_wtz);
+            }
+        }
+        st.nans += ops.sum(v_nan) as u32;
+        st.sum_wz += ops.sum(v_wz) as f64;
+        st.sum_wt += ops.sum(v_wt) as f64;
+        st.sum_wtz += ops.sum(v_wtz) as f64;
+        let chunk_max = horizontal_max(v_max);
+        let mut argmax = None;
+        if chunk_max > st.max {
+            st.rescale(chunk_max);
+            argmax = Some(self.position(isa, xc, chunk_max));
+        }
+        if !st.max.is_finite() {
+            // All −inf so far (contributes 0), or a +inf (the row is NaN anyway).
+            z_buf[..n].fill(0.0);
+            return argmax;
+        }
+
+        let m = ops.splat(st.max);
+        let (mut v_sum, mut v_ez, mut v_te) = (zero, zero, zero);
+        for off in (0..n).step_by(lanes) {
+            let z = ops.load(&z_buf[off..]);
+            let e = ShiftedExp::apply(isa, ops.sub(z, m));
+            v_sum = ops.add(v_sum, e);
+            ops.store(e, &mut z_buf[off..]);
+            if self.want_entropy {
+                v_ez = ops.mul_add(e, ops.max(z, lowest), v_ez);
+            }
+            if let Some(t) = tc {
+                v_te = ops.mul_add(ops.load_pad(&t[off..]).0, e, v_te);
+            }
+        }
+        st.sum_exp += ops.sum(v_sum) as f64;
+        st.sum_ez += ops.sum(v_ez) as f64;
+        st.sum_te += ops.sum(v_te) as f64;
+        argmax
+    }
+}
+
+/// Stores a vector, or the part of it that fits at the end of a row.
+#[inline(always)]
+fn store<I: Isa>(isa: I, v: I::F32, dst: &mut [f32]) {
+    let ops = isa.f32();
+    if dst.len() >= ops.len() {
+        ops.store(v, dst);
+    } else {
+        let n = dst.len();
+        dst.copy_from_slice(&v.to_array().as_ref()[..n]);
+    }
+}
+
+/// The largest lane (NaN lanes are dropped; callers detect NaN otherwise).
+#[inline(always)]
+fn horizontal_max<S: Simd<Elem = f32>>(v: S) -> f32 {
+    v.to_array()
+        .as_ref()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// The destination of a row's gradient: over the input row itself, or a separate row.
@@ -290,16 +564,132 @@ impl SimdOp for Backward<'_> {
             };
             let dz = ops.mul_sub_from(per_class, ops.one(), ops.mul(k, p));
             let dx = ops.mul(dz, self.transform.slope(isa, z));
-            let dst = &mut self.io.dst()[off..];
-            if dst.len() >= lanes {
-                ops.store(dx, dst);
-            } else {
-                let tail = dst.len();
-                dst.copy_from_slice(&dx.to_array().as_ref()[..tail]);
-            }
+            store(isa, dx, &mut self.io.dst()[off..]);
         }
         if let Some((y, v)) = self.target_fix {
             self.io.dst()[y] -= v;
+        }
+    }
+}
+
+/// Where [`Rescale`] finds the kept exps, and where it writes the gradient.
+pub enum ExpsIo<'a> {
+    /// Out of place: the exps are in the gradient row.
+    InGradient {
+        /// The logits (for the softcap slope).
+        x: &'a [f32],
+        /// Exps in, gradient out.
+        dx: &'a mut [f32],
+    },
+    /// In place: the exps are in a scratch row; the gradient overwrites the logits.
+    InScratch {
+        /// The exps.
+        exps: &'a [f32],
+        /// Logits in, gradient out.
+        x: &'a mut [f32],
+    },
+}
+
+/// Backward from the exps the forward kept ([`Exps`]), taking no exp: with
+/// `p[c] = values[c]·exp(shift − lse)` for the chunk's shift,
+/// `dx[c] = dz/dx[c]·(F·values[c] − A·w[c]·(B·t[c] + E))`, `F = K·exp(shift − lse)` per chunk.
+/// The row's max has `values = 1` and `F = K·exp(−ln s)` from f64, so `p[y]` near 1 keeps its
+/// precision.
+pub struct Rescale<'a> {
+    /// Exps in, gradient out.
+    pub io: ExpsIo<'a>,
+    /// Dense targets of the row.
+    pub t: Option<&'a [f32]>,
+    /// Class weights.
+    pub w: Option<&'a [f32]>,
+    /// The transform.
+    pub transform: Transform,
+    /// `F` per chunk of [`CHUNK`] values.
+    pub factors: &'a [f32],
+    /// Scale of the per-class term.
+    pub a: f32,
+    /// Coefficient of `t[c]` in the per-class term.
+    pub b: f32,
+    /// Constant of the per-class term.
+    pub e: f32,
+    /// Index targets: `(y, v)` subtracts `v` from `dx[y]` after the vector pass.
+    pub target_fix: Option<(usize, f32)>,
+}
+
+impl SimdOp for Rescale<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn eval<I: Isa>(mut self, isa: I) {
+        let ops = isa.f32();
+        let lanes = ops.len();
+        let (a, b, e) = (ops.splat(self.a), ops.splat(self.b), ops.splat(self.e));
+        let constant = ops.mul(a, e);
+        let scale = ops.splat(self.transform.scale);
+        let softcap = self.transform.softcap.is_some();
+        let (n, target_fix) = (self.io.len(), self.target_fix);
+        let plain = !softcap && self.w.is_none() && self.t.is_none();
+        for (chunk, &factor) in self.factors.iter().enumerate() {
+            let factor = ops.splat(factor);
+            let span = chunk * CHUNK..n.min((chunk + 1) * CHUNK);
+            if let (true, ExpsIo::InGradient { dx, .. }) = (plain, &mut self.io) {
+                // The common case, in place over the exps: (F·e − A·E)·s.
+                let offset = ops.mul(constant, scale);
+                let factor = ops.mul(factor, scale);
+                let full = span.start + (span.len() - span.len() % lanes);
+                for off in (span.start..full).step_by(lanes) {
+                    let v = ops.load(&dx[off..]);
+                    ops.store(
+                        ops.mul_sub_from(offset, ops.one(), ops.mul(factor, v)),
+                        &mut dx[off..],
+                    );
+                }
+                for v in &mut dx[full..span.end] {
+                    *v = self.transform.scale * (self.factors[chunk] * *v - self.a * self.e);
+                }
+                continue;
+            }
+            for off in span.step_by(lanes) {
+                let (values, x) = match &self.io {
+                    ExpsIo::InGradient { x, dx } => (&dx[off..], &x[off..]),
+                    ExpsIo::InScratch { exps, x } => (&exps[off..], &x[off..]),
+                };
+                let p_k = ops.mul(factor, ops.load_pad(values).0);
+                let slope = if softcap {
+                    let z = self.transform.apply(isa, ops.load_pad(x).0);
+                    self.transform.slope(isa, z)
+                } else {
+                    scale
+                };
+                let per_class = match (self.w, self.t) {
+                    (None, None) => constant,
+                    (w, t) => {
+                        let w = w.map_or(ops.one(), |w| ops.load_pad(&w[off..]).0);
+                        let t = t.map_or(ops.zero(), |t| ops.load_pad(&t[off..]).0);
+                        ops.mul(ops.mul(a, w), ops.mul_add(b, t, e))
+                    }
+                };
+                let dx = ops.mul(ops.mul_sub_from(per_class, ops.one(), p_k), slope);
+                store(isa, dx, self.io.dst(off));
+            }
+        }
+        if let Some((y, v)) = target_fix {
+            self.io.dst(y)[0] -= v;
+        }
+    }
+}
+
+impl ExpsIo<'_> {
+    fn len(&self) -> usize {
+        match self {
+            ExpsIo::InGradient { dx, .. } => dx.len(),
+            ExpsIo::InScratch { x, .. } => x.len(),
+        }
+    }
+    fn dst(&mut self, off: usize) -> &mut [f32] {
+        match self {
+            ExpsIo::InGradient { dx, .. } => &mut dx[off..],
+            ExpsIo::InScratch { x, .. } => &mut x[off..],
         }
     }
 }

@@ -64,6 +64,7 @@ pub fn shard_partials(
                         want_wz: options.label_smoothing > 0.0,
                         want_entropy: true,
                         z_buf,
+                        exps: None,
                     },
                 );
                 let y = targets.index(row).unwrap_or_default();
