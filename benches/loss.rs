@@ -218,6 +218,7 @@ fn gpu(c: &mut Criterion) {
             gradient: DeviceGradient::Into(&grad_buffer),
             upstream: None,
             upstream_scalar: 1.0,
+            target_error: None,
         };
         for (suffix, loss) in variants() {
             let id = BenchmarkId::new(format!("xent-gpu{}", suffix.replace(' ', "-")), gpu.name());

@@ -1290,6 +1290,7 @@ fn gpu_device_resident_calls_take_the_new_options() {
         gradient: DeviceGradient::Into(&grad),
         upstream: None,
         upstream_scalar: 1.0,
+        target_error: None,
     };
     for options in [
         CrossEntropy::new().focal_gamma(2.0),

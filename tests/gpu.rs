@@ -8,7 +8,8 @@ use common::device::{buffer, gpu, read, variants, DeviceCase};
 use common::*;
 use std::sync::Arc;
 use xent::gpu::{
-    launch_shape, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions,
+    launch_shape, target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu,
+    GpuOptions,
 };
 use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
@@ -415,6 +416,16 @@ fn host_checks_come_first_and_the_device_stays_usable() {
     assert!((out.loss.unwrap() - 3f32.ln()).abs() < 1e-6);
 }
 
+/// A flag buffer too small for its u32.
+fn short_flag(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 0,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
 #[test]
 fn device_resident_calls_and_bad_targets_on_the_device() {
     let Some(gpu) = gpu() else { return };
@@ -433,6 +444,7 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
         gradient: DeviceGradient::Into(&grad),
         upstream: None,
         upstream_scalar: 1.0,
+        target_error: None,
     };
     // Two steps recorded into one encoder (scratch reused), nothing read back in between.
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -496,6 +508,36 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
         1e-5,
         1e-5,
     );
+
+    // The caller's own flag: set by the bad call alone, read beside the loss with no wait
+    // on the Gpu's flag, which stays clear.
+    let flag = buffer(&gpu, &[0u8; 4]);
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for targets in [&bad_targets, &uploaded.targets] {
+        gpu.record_cross_entropy(
+            &mut encoder,
+            &options,
+            &DeviceBatch {
+                targets: DeviceTargets::I64(targets),
+                ..batch
+            },
+            &outputs.target_error(&flag),
+        )
+        .unwrap();
+    }
+    gpu.queue().submit([encoder.finish()]);
+    let word = bytemuck::cast_slice::<f32, u32>(&read(&gpu, &flag))[0];
+    assert_eq!(target_error_row(word), Some(17));
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+    let e = gpu
+        .record_cross_entropy(
+            &mut gpu.device().create_command_encoder(&Default::default()),
+            &options,
+            &batch,
+            &outputs.target_error(&short_flag(&gpu)),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
 
     // Shape errors are typed, not panics.
     let short = buffer(&gpu, &[0u8; 64]);

@@ -27,7 +27,9 @@ use super::{
     ADAM_EPS, BETA1, BETA2, CLASSES,
 };
 use wgpu::util::DeviceExt;
-use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuRow};
+use xent::gpu::{
+    target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuRow,
+};
 use xent::{CrossEntropy, Dtype, Layout};
 
 /// Invocations per workgroup of every kernel in `examples/shaders/` (prepended to each source
@@ -362,6 +364,8 @@ struct Trainer {
     /// Losses of the steps since the last read-back.
     loss_log: wgpu::Buffer,
     loss_staging: wgpu::Buffer,
+    /// xent's out-of-range-label flag for every call, read with the held-out results.
+    label_error: wgpu::Buffer,
     /// Held-out loss and per-row records.
     held_loss: wgpu::Buffer,
     held_rows: wgpu::Buffer,
@@ -443,6 +447,12 @@ impl Trainer {
             mapped_at_creation: false,
         });
         let held_loss = storage(device, "held-out loss", 4, wgpu::BufferUsages::COPY_SRC);
+        let label_error = storage(
+            device,
+            "label error flag",
+            4,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
         let rows_bytes = held_out_rows * std::mem::size_of::<GpuRow>();
         let held_rows = storage(
             device,
@@ -590,6 +600,7 @@ impl Trainer {
             loss,
             loss_log,
             loss_staging,
+            label_error,
             held_loss,
             held_rows,
             eval_staging,
@@ -636,6 +647,7 @@ impl Trainer {
                 gradient: DeviceGradient::Into(&self.deltas[self.layers - 1]),
                 upstream: None,
                 upstream_scalar: 1.0,
+                target_error: Some(&self.label_error),
             },
         )?;
         encoder.copy_buffer_to_buffer(&self.loss, 0, &self.loss_log, logged as u64 * 4, 4);
@@ -681,9 +693,12 @@ impl Trainer {
                 gradient: DeviceGradient::None,
                 upstream: None,
                 upstream_scalar: 1.0,
+                target_error: Some(&self.label_error),
             },
         )?;
         encoder.copy_buffer_to_buffer(&self.held_loss, 0, &self.eval_staging, 0, 4);
+        encoder.copy_buffer_to_buffer(&self.label_error, 0, &self.eval_staging, 4, 4);
+        encoder.clear_buffer(&self.label_error, 0, None);
         encoder.copy_buffer_to_buffer(
             &self.held_rows,
             0,
@@ -693,7 +708,7 @@ impl Trainer {
         );
         self.queue.submit([encoder.finish()]);
         let bytes = read_back(&self.device, &self.eval_staging, self.eval_staging.size())?;
-        if let Some(row) = self.xent.take_target_error()? {
+        if let Some(row) = target_error_row(u32::from_le_bytes(bytes[4..8].try_into()?)) {
             return Err(format!("a label out of range on the device, row {row}").into());
         }
         let loss = f32::from_le_bytes(bytes[..4].try_into()?);

@@ -12,10 +12,12 @@
 //! - Scratch buffers are xent's and are reused by the next call; recorded calls run in the
 //!   order they were recorded (in one encoder or across submits), so reuse is safe, and each
 //!   call allocates only a small uniform buffer and its bind groups.
-//! - A target out of range sets one flag shared by every recorded call on that
+//! - A target out of range sets a flag: by default one shared by every recorded call on that
 //!   [`Gpu`](super::Gpu) until [`Gpu::take_target_error`](super::Gpu::take_target_error) reads
-//!   it (the lowest such row of any of those calls). Host-slice calls on the same `Gpu` use a
-//!   flag of their own, so they neither clear nor report a recorded call's.
+//!   it (the lowest such row of any of those calls; a blocking read). A trainer that never
+//!   waits passes its own buffer ([`DeviceOutputs::target_error`]) and copies it out beside
+//!   the loss. Host-slice calls on the same `Gpu` use a flag of their own, so they neither
+//!   clear nor report a recorded call's.
 //!
 //! ```
 //! use wgpu::util::DeviceExt;
@@ -111,6 +113,19 @@ pub struct DeviceOutputs<'a> {
     pub upstream: Option<&'a wgpu::Buffer>,
     /// `Sum`/`Mean`: the scalar upstream gradient (1 for a plain loss).
     pub upstream_scalar: f32,
+    /// Where an out-of-range class-index target is flagged (`STORAGE`, at least 4 bytes):
+    /// one u32 that the call raises with an atomic max and never clears, decoded by
+    /// [`target_error_row`]. Zero-initialized buffers start "no error"; clear it yourself
+    /// (`CommandEncoder::clear_buffer`) after reading it. Copy it out beside the loss every K
+    /// steps and no call ever waits on the device. `None`: the [`Gpu`](super::Gpu)'s own flag,
+    /// read (blocking) by [`Gpu::take_target_error`](super::Gpu::take_target_error).
+    pub target_error: Option<&'a wgpu::Buffer>,
+}
+
+/// The lowest row with an out-of-range target, from the u32 a target-error flag holds
+/// ([`DeviceOutputs::target_error`]): 0 means none.
+pub fn target_error_row(flag: u32) -> Option<usize> {
+    (flag != 0).then(|| (u32::MAX - flag) as usize)
 }
 
 /// One row's results as the softmax kernels store them (32 bytes).
@@ -167,12 +182,19 @@ impl<'a> DeviceOutputs<'a> {
             gradient: DeviceGradient::None,
             upstream: None,
             upstream_scalar: 1.0,
+            target_error: None,
         }
     }
 
     /// Also write the gradient.
     pub fn gradient(mut self, gradient: DeviceGradient<'a>) -> Self {
         self.gradient = gradient;
+        self
+    }
+
+    /// Flag out-of-range targets in this buffer rather than the `Gpu`'s own.
+    pub fn target_error(mut self, flag: &'a wgpu::Buffer) -> Self {
+        self.target_error = Some(flag);
         self
     }
 }

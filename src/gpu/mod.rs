@@ -21,7 +21,9 @@ mod pool;
 mod run;
 mod shard;
 
-pub use device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
+pub use device::{
+    target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow,
+};
 pub use launch::{launch_shape, Shape};
 
 use crate::error::{Error, Result};

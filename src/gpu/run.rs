@@ -187,6 +187,9 @@ impl Gpu {
             need("gradient buffer (bytes)", g, elements * 4)?;
         }
         need("loss buffer (bytes)", out.loss, 4)?;
+        if let Some(flag) = out.target_error {
+            need("target error buffer (bytes)", flag, 4)?;
+        }
         let (per_row, row_what) = match job {
             Job::Softmax(_) => (rows as u64 * 32, "rows buffer (bytes)"),
             Job::Binary(_) => (elements * 4, "element losses buffer (bytes)"),
@@ -344,7 +347,10 @@ impl Gpu {
             storage_usage(),
         );
         let totals = pool.get(device, "xent totals", 16, storage_usage());
-        let error = pool.get(device, error_role, 16, storage_usage());
+        let error = match out.target_error {
+            Some(flag) => flag.clone(),
+            None => pool.get(device, error_role, 16, storage_usage()),
+        };
         let dummy_read = pool.get(device, "xent unused input", 16, storage_usage());
         let dummy_write = pool.get(device, "xent unused output", 16, storage_usage());
         let class_params = (!is_softmax).then(|| {
@@ -721,28 +727,68 @@ impl Gpu {
         Ok(())
     }
 
-    /// Reads `len` bytes of `buffer` back to the host, in staging pieces.
+    /// Reads back the first `len` bytes of `buffer`.
     pub(super) fn read_back(
         &self,
         pool: &mut Pool,
         buffer: &wgpu::Buffer,
         len: u64,
     ) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(len as usize);
-        let mut offset = 0;
-        while offset < len {
-            let piece = (len - offset).min(STAGING_BYTES);
-            let copy = piece.next_multiple_of(4);
+        Ok(self
+            .read_back_all(pool, &[(buffer, len)])?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Reads back the first bytes of several buffers, packed into as few staging copies (one
+    /// submit and one map each) as [`STAGING_BYTES`] allows: a host-slice call's flag, loss,
+    /// rows and gradient come back in one round trip unless they are large.
+    pub(super) fn read_back_all(
+        &self,
+        pool: &mut Pool,
+        reads: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<Vec<u8>> = reads
+            .iter()
+            .map(|&(_, len)| Vec::with_capacity(len as usize))
+            .collect();
+        // Pieces (read, source offset, bytes), each at most STAGING_BYTES.
+        let mut pieces = Vec::new();
+        for (i, &(_, len)) in reads.iter().enumerate() {
+            let mut offset = 0;
+            while offset < len {
+                let piece = (len - offset).min(STAGING_BYTES);
+                pieces.push((i, offset, piece));
+                offset += piece;
+            }
+        }
+        let mut pieces = pieces.into_iter().peekable();
+        while pieces.peek().is_some() {
+            // Fill one staging buffer with as many pieces as fit, 4-byte aligned.
+            let mut batch = Vec::new();
+            let mut used = 0;
+            while let Some(&(i, offset, piece)) = pieces.peek() {
+                let copy = piece.next_multiple_of(4);
+                if !batch.is_empty() && used + copy > STAGING_BYTES {
+                    break;
+                }
+                batch.push((i, offset, piece, used));
+                used += copy;
+                pieces.next();
+            }
             let staging = pool.get(
                 &self.device,
                 "xent staging",
-                copy,
+                used,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             );
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, copy);
+            for &(i, offset, piece, at) in &batch {
+                let copy = piece.next_multiple_of(4);
+                encoder.copy_buffer_to_buffer(reads[i].0, offset, &staging, at, copy);
+            }
             self.queue.submit([encoder.finish()]);
-            let slice = staging.slice(0..copy);
+            let slice = staging.slice(0..used);
             let (sender, receiver) = std::sync::mpsc::channel();
             slice.map_async(wgpu::MapMode::Read, move |r| {
                 let _ = sender.send(r);
@@ -756,10 +802,11 @@ impl Gpu {
                 let view = slice
                     .get_mapped_range()
                     .map_err(|e| Error::Device(e.to_string()))?;
-                out.extend_from_slice(&view[..piece as usize]);
+                for &(i, _, piece, at) in &batch {
+                    out[i].extend_from_slice(&view[at as usize..(at + piece) as usize]);
+                }
             }
             staging.unmap();
-            offset += piece;
         }
         Ok(out)
     }
@@ -873,6 +920,7 @@ impl Gpu {
                 },
                 upstream: upstream_buffer.as_ref(),
                 upstream_scalar: plan.upstream_scalar,
+                target_error: None,
             };
             let job = match plan.loss {
                 Loss::Softmax(o) => Job::Softmax(o),
@@ -896,11 +944,32 @@ impl Gpu {
             )?;
             self.queue.submit([encoder.finish()]);
 
-            let flag = u32::from_le_bytes(
-                self.read_back(pool, &error, 4)?[..4]
-                    .try_into()
-                    .unwrap_or_default(),
-            );
+            // One round trip: the error flag, the loss, the rows and the gradient.
+            let mut reads = vec![(&error, 4), (&loss_buffer, 4)];
+            if let Some(buffer) = &rows_buffer {
+                let per_row = if is_softmax {
+                    rows as u64 * 32
+                } else {
+                    elements as u64 * 4
+                };
+                reads.push((buffer, per_row));
+            }
+            match request.gradient {
+                Gradient::Into(_) => reads.push((
+                    grad_buffer.as_ref().expect("allocated above"),
+                    elements as u64 * 4,
+                )),
+                Gradient::InPlace => reads.push((&logits_buffer, (elements * dtype.size()) as u64)),
+                Gradient::None => {}
+            }
+            let mut read = self.read_back_all(pool, &reads)?.into_iter();
+            let mut next = || read.next().unwrap_or_default();
+            let word = |bytes: Vec<u8>| {
+                bytes
+                    .get(..4)
+                    .map_or([0; 4], |b| b.try_into().unwrap_or_default())
+            };
+            let flag = u32::from_le_bytes(word(next()));
             if flag != 0 {
                 let row = (u32::MAX - flag) as usize;
                 let options = plan.softmax();
@@ -912,22 +981,12 @@ impl Gpu {
                 });
             }
             let mut output = Output::default();
+            let loss = f32::from_le_bytes(word(next()));
             if plan.reduction != Reduction::None {
-                let bytes = self.read_back(pool, &loss_buffer, 4)?;
-                output.loss = Some(f32::from_le_bytes(
-                    bytes[..4].try_into().unwrap_or_default(),
-                ));
+                output.loss = Some(loss);
             }
-            if let Some(buffer) = &rows_buffer {
-                let bytes = self.read_back(
-                    pool,
-                    buffer,
-                    if is_softmax {
-                        rows as u64 * 32
-                    } else {
-                        elements as u64 * 4
-                    },
-                )?;
+            if rows_buffer.is_some() {
+                let bytes = next();
                 if is_softmax {
                     let records: Vec<GpuRow> = bytemuck::pod_collect_to_vec(&bytes);
                     if request.row_losses || plan.reduction == Reduction::None {
@@ -952,16 +1011,10 @@ impl Gpu {
             }
             match request.gradient {
                 Gradient::Into(g) => {
-                    let bytes = self.read_back(
-                        pool,
-                        grad_buffer.as_ref().expect("allocated above"),
-                        elements as u64 * 4,
-                    )?;
-                    g.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+                    g.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&next()));
                 }
                 Gradient::InPlace => {
-                    let bytes =
-                        self.read_back(pool, &logits_buffer, (elements * dtype.size()) as u64)?;
+                    let bytes = next();
                     let mut logits = logits;
                     match &mut logits.storage {
                         Storage::F32Mut(d) => {
