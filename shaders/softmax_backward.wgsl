@@ -13,7 +13,8 @@
 // (reduction 3) and ε/C with the global C.
 // Probability inputs: kce = 0 and dz/dq = 1/q (0 where q was clamped); with focal loss g[c]
 // comes from l = ln clamp(q) (the rows pass saves lse = 0), so dq = −a[c]·g[c]/q.
-// Ignored rows get 0, rows whose loss is NaN get NaN.
+// Ignored rows get 0, rows whose loss is NaN get NaN. The per-element math is
+// `element_gradient` (include `softmax_grad.wgsl`), shared with the fused kernel.
 //
 // Launch: flat over the chunk's elements; one invocation owns 4 consecutive elements (whole
 // words for f16/bf16, so in-place stores never share a word between invocations); a 2D grid
@@ -24,8 +25,8 @@
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(8) var<storage, read> coefs: array<RowCoef>;
-@group(0) @binding(10) var<storage, read> totals: array<vec4<f32>>;
-@group(0) @binding(11) var<storage, read> upstream: array<f32>;
+// Per-row upstream values (none), the reduced totals (mean), or unused: see `row_scales`.
+@group(0) @binding(10) var<storage, read> scale_source: array<f32>;
 
 // (row within the chunk, class) of flat element f of the chunk.
 fn locate(f: u32) -> vec2<u32> {
@@ -37,48 +38,12 @@ fn locate(f: u32) -> vec2<u32> {
     return vec2(n * p.spatial + rest - c * p.spatial, c);
 }
 
-// (a, b) for a global row.
-fn scales(global_row: u32) -> vec2<f32> {
-    if (p.reduction == 0u) {
-        let u = select(1.0, upstream[global_row], has(FLAG_UPSTREAM));
-        return vec2(u, u);
-    }
-    if (p.reduction == 1u) { return vec2(p.upstream, p.upstream); }
-    let t = totals[0];
-    return vec2(p.upstream / t.z, p.upstream / t.w);
-}
-
 fn gradient(f: u32) -> f32 {
     let at = locate(f);
     let row = p.row0 + at.x;
-    let c = at.y;
     let k = coefs[row];
-    if (k.fill == 1u) { return 0.0; }
-    if (k.fill == 2u) { return nan(); }
-    let ab = scales(row) * k.sample;
-    let x = load_x(p.elem_offset + f);
-    let z = z_of(x);
-    let prob = select(exp(coef_log_p(k, z)), 0.0, p.prob_eps > 0.0);
-    let zcoef = select(0.0, 2.0 * p.z_loss * coef_lse(k), p.z_loss > 0.0 && p.prob_eps == 0.0);
-    let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
-    var per_class = p.uniform;
-    if (has(FLAG_DENSE)) { per_class += (1.0 - p.smoothing) * dense_target(p.f32_offset + f); }
-    var p_coef = ab.x * k.kce + ab.y * zcoef;
-    var a = ab.x;
-    var target_term = ab.x * k.wy;
-    if (p.reduction == 3u) {
-        p_coef = k.kce;
-        a = k.scale;
-        target_term = k.wy;
-    }
-    var dz = p_coef * prob - a * w * per_class;
-    if (i32(c) == k.y) { dz -= target_term; }
-    if (p.focal_gamma > 0.0) {
-        var subtracted = a * w * per_class;
-        if (i32(c) == k.y) { subtracted += target_term; }
-        dz = p_coef * prob - subtracted * focal_factors(coef_log_p(k, z)).y;
-    }
-    return dz * slope(x, z);
+    let t = select(0.0, dense_target(p.f32_offset + f), has(FLAG_DENSE));
+    return element_gradient(k, row_scales(k, row), at.y, load_x(p.elem_offset + f), t);
 }
 
 @compute @workgroup_size(WG)

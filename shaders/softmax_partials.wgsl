@@ -27,12 +27,6 @@
 
 var<workgroup> shared_partials: array<Partial, WG>;
 
-fn element(st: ptr<function, Partial>, row: u32, c: u32, x: f32) {
-    let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
-    let t = select(0.0, dense_target(target_index(row, c)), has(FLAG_DENSE));
-    accumulate(st, c, x, t, w);
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(local_invocation_index) local: u32,
@@ -68,11 +62,6 @@ fn main(
 
     if (lane == 0u && row < p.rows) {
         partials[(p.row0 + row) * p.splits + split] = st;
-        if (split == 0u && has(FLAG_CHECK_TARGETS)) {
-            let y = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
-            if (y.y == 0 && (y.x < 0 || u32(y.x) >= p.classes)) {
-                atomicMax(&error[0], NONE - (p.row0 + row));
-            }
-        }
+        if (split == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(p.row0 + row); }
     }
 }

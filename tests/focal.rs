@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::device::{buffer, gpu, read, variants, DeviceCase};
+use common::device::{buffer, gpu, paths, read, small_bindings, variants, DeviceCase};
 use common::*;
 use std::sync::Arc;
 use xent::cpu::SimdLevel;
@@ -1133,7 +1133,7 @@ fn check_gpu(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy) {
     for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
         let run = run_softmax(case, options, upstream.as_deref(), mode, on(gpu));
         check_softmax(
-            &format!("{label} [{:?}, {mode:?}]", gpu.variant()),
+            &format!("{label} [{gpu:?}, {mode:?}]"),
             case,
             options,
             &run,
@@ -1144,20 +1144,22 @@ fn check_gpu(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy) {
 
 #[test]
 fn gpu_focal_against_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (k, options) in focal_grid().iter().enumerate() {
-        for (what, case) in softmax_cases(options, 100 + k as u64) {
-            check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+    for gpu in paths() {
+        for (k, options) in focal_grid().iter().enumerate() {
+            for (what, case) in softmax_cases(options, 100 + k as u64) {
+                check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+            }
         }
     }
 }
 
 #[test]
 fn gpu_probability_focal_against_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (k, options) in probability_focal_grid().iter().enumerate() {
-        for (what, case) in probability_cases(options, 400 + k as u64) {
-            check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+    for gpu in paths() {
+        for (k, options) in probability_focal_grid().iter().enumerate() {
+            for (what, case) in probability_cases(options, 400 + k as u64) {
+                check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
+            }
         }
     }
 }
@@ -1228,14 +1230,15 @@ fn gpu_long_rows_split_and_chunked() {
     ] {
         check_gpu("4×70000", &gpu, &long, &options);
     }
-    // 64 KiB bindings force many chunks: every pass's row offsets.
-    let small = Arc::new(
-        Gpu::with_options(GpuOptions {
-            max_binding_size: Some(64 << 10),
-            ..Default::default()
-        })
-        .unwrap(),
-    );
+    // 64 KiB bindings force many chunks: every pass's row offsets, fused and three-pass.
+    for small in small_bindings(64 << 10) {
+        chunked_focal_on(&small);
+    }
+    // (BCE is not chunked here: its per-element sums take as many bytes as f32 logits, so a
+    // BCE call that needs chunks is refused before it runs.)
+}
+
+fn chunked_focal_on(small: &Arc<Gpu>) {
     let case = Case::new(10, 203, 301, Hardness::ALL)
         .weighted(2)
         .sample_weighted(3)
@@ -1245,14 +1248,14 @@ fn gpu_long_rows_split_and_chunked() {
         CrossEntropy::new().focal_gamma(1.5).label_smoothing(0.05),
         CrossEntropy::new().z_loss(1e-3),
     ] {
-        check_gpu("chunked", &small, &case, &options);
+        check_gpu("chunked", small, &case, &options);
     }
     let soft = Case::new(12, 150, 130, Hardness::default())
         .soft(3)
         .sample_weighted(4);
     check_gpu(
         "chunked soft",
-        &small,
+        small,
         &soft,
         &CrossEntropy::new().focal_gamma(2.0),
     );
@@ -1261,12 +1264,10 @@ fn gpu_long_rows_split_and_chunked() {
         .class_dim1(12);
     check_gpu(
         "chunked (N, C, d)",
-        &small,
+        small,
         &spatial,
         &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
     );
-    // (BCE is not chunked here: its per-element sums take as many bytes as f32 logits, so a
-    // BCE call that needs chunks is refused before it runs.)
 }
 
 #[test]
@@ -1274,8 +1275,18 @@ fn gpu_device_resident_calls_take_the_new_options() {
     if gpu().is_none() {
         return;
     }
-    // A device of its own: host-slice calls of other tests clear the shared target-error flag.
-    let gpu = Gpu::new().unwrap();
+    for three_pass in [false, true] {
+        // A device of its own: host-slice calls of other tests clear the shared target-error flag.
+        let gpu = Gpu::with_options(GpuOptions {
+            three_pass,
+            ..Default::default()
+        })
+        .unwrap();
+        device_resident_focal_on(gpu);
+    }
+}
+
+fn device_resident_focal_on(gpu: Gpu) {
     let case = Case::new(15, 50, 129, Hardness::default())
         .weighted(2)
         .sample_weighted(3)

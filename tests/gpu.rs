@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::device::{buffer, gpu, read, variants, DeviceCase};
+use common::device::{buffer, gpu, paths, read, small_bindings, variants, DeviceCase};
 use common::*;
 use std::sync::Arc;
 use xent::gpu::{
     launch_shape, target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu,
-    GpuOptions,
 };
 use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
@@ -29,7 +28,7 @@ fn check(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy, modes
     let reference = case.reference(options, None);
     for &mode in modes {
         let run = run_softmax(case, options, None, mode, on(gpu));
-        let label = format!("{label} [{:?}, {mode:?}]", gpu.variant());
+        let label = format!("{label} [{gpu:?}, {mode:?}]");
         check_softmax(&label, case, options, &run, &reference);
         let cpu_run = run_softmax(case, options, None, mode, cpu);
         let gpu_losses = run.output.row_losses.as_ref().unwrap();
@@ -241,24 +240,20 @@ fn few_long_rows_are_split() {
 
 #[test]
 fn chunked_dispatch_matches_reference() {
-    if gpu().is_none() {
-        return;
-    }
     // 64 KiB bindings force many chunks (and windows that don't start on 256-byte boundaries).
-    let small = Arc::new(
-        Gpu::with_options(GpuOptions {
-            max_binding_size: Some(64 << 10),
-            ..Default::default()
-        })
-        .unwrap(),
-    );
+    for small in small_bindings(64 << 10) {
+        chunked_dispatch_on(&small);
+    }
+}
+
+fn chunked_dispatch_on(small: &Arc<Gpu>) {
     for dtype in [Dtype::F32, Dtype::F16] {
         let case = Case::new(10, 203, 301, Hardness::ALL)
             .weighted(2)
             .dtype(dtype);
         check(
             &format!("chunked {dtype:?}"),
-            &small,
+            small,
             &case,
             &CrossEntropy::new().label_smoothing(0.05),
             &[GradMode::OutOfPlace, GradMode::InPlace],
@@ -267,7 +262,7 @@ fn chunked_dispatch_matches_reference() {
     let spatial = Case::new(11, 40 * 12, 9, Hardness::default()).class_dim1(12);
     check(
         "chunked (N, C, d)",
-        &small,
+        small,
         &spatial,
         &CrossEntropy::new(),
         &[GradMode::OutOfPlace],
@@ -275,7 +270,7 @@ fn chunked_dispatch_matches_reference() {
     let soft = Case::new(12, 150, 130, Hardness::default()).soft(3);
     check(
         "chunked soft",
-        &small,
+        small,
         &soft,
         &CrossEntropy::new().label_smoothing(0.1),
         &[GradMode::OutOfPlace],
@@ -428,7 +423,12 @@ fn short_flag(gpu: &Gpu) -> wgpu::Buffer {
 
 #[test]
 fn device_resident_calls_and_bad_targets_on_the_device() {
-    let Some(gpu) = gpu() else { return };
+    for gpu in paths() {
+        device_resident_calls_on(gpu);
+    }
+}
+
+fn device_resident_calls_on(gpu: Arc<Gpu>) {
     let case = Case::new(15, 50, 129, Hardness::default())
         .weighted(2)
         .ignore_every(6, -100);
@@ -572,5 +572,60 @@ fn confident_rows_keep_gradient_precision() {
             &options,
             &[GradMode::OutOfPlace, GradMode::InPlace],
         );
+    }
+}
+
+#[test]
+fn fused_and_three_pass_around_the_fit_bound() {
+    // A row fits the fused kernel while C ≤ 16·tpr: up to 4096 classes (a workgroup per row).
+    for classes in [1, 7, 100, 2048, 4096] {
+        assert!(launch_shape(9, classes, Layout::Rows).fits_fused(classes, Layout::Rows));
+    }
+    assert!(!launch_shape(9, 4097, Layout::Rows).fits_fused(4097, Layout::Rows));
+    assert!(!launch_shape(9, 7, Layout::ClassDim1 { spatial: 3 })
+        .fits_fused(7, Layout::ClassDim1 { spatial: 3 }));
+    let grid = [
+        CrossEntropy::new(),
+        CrossEntropy::new()
+            .label_smoothing(0.1)
+            .z_loss(1e-3)
+            .softcap(20.0)
+            .reduction(Reduction::Sum),
+        CrossEntropy::new()
+            .logit_scale(0.7)
+            .z_loss(1e-4)
+            .reduction(Reduction::None),
+        // Focal loss without smoothing is fused; with smoothing it needs the focal pass.
+        CrossEntropy::new().focal_gamma(2.0).z_loss(1e-4),
+        CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+    ];
+    for gpu in paths() {
+        for classes in [1usize, 2, 3, 7, 10, 100, 1000, 2047, 4095, 4096, 4097] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+                let case = Case::new(classes as u64, 9, classes, Hardness::ALL)
+                    .weighted(classes as u64)
+                    .sample_weighted(3)
+                    .ignore_every(4, -100)
+                    .dtype(dtype);
+                for options in &grid {
+                    let upstream = (options.reduction == Reduction::None).then(|| {
+                        (0..9)
+                            .map(|i| (i % 5) as f32 * 0.3 - 0.2)
+                            .collect::<Vec<_>>()
+                    });
+                    let reference = case.reference(options, upstream.as_deref());
+                    for mode in [GradMode::OutOfPlace, GradMode::InPlace] {
+                        let run = run_softmax(&case, options, upstream.as_deref(), mode, on(&gpu));
+                        check_softmax(
+                            &format!("{classes} classes {dtype:?} {options:?} [{gpu:?}, {mode:?}]"),
+                            &case,
+                            options,
+                            &run,
+                            &reference,
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -7,6 +7,11 @@ use std::sync::{Arc, Mutex};
 /// Invocations per workgroup for every kernel (injected into each shader as `WG`).
 pub const WORKGROUP_SIZE: u32 = 256;
 
+/// Logits each invocation of the fused kernel keeps in registers (`FUSED_GROUPS` vec4s in
+/// `softmax_fused.wgsl`): a row fits the fused kernel when C ≤ this × its invocations per row
+/// (so up to 4096 classes with a 256-invocation workgroup per row).
+pub const FUSED_VALUES_PER_INVOCATION: u32 = 16;
+
 /// The kernels, one WGSL file each under `shaders/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -18,6 +23,10 @@ pub enum Kernel {
     SoftmaxFocal,
     /// Gradient from the saved LSE.
     SoftmaxBackward,
+    /// Forward and backward in one read, for rows that fit in registers.
+    SoftmaxFused,
+    /// Before the fused kernel: index targets checked, the mean's denominators per row.
+    SoftmaxTargets,
     /// Binary cross-entropy: the per-class weights gathered into one buffer.
     BceClasses,
     /// Binary cross-entropy, loss and gradient.
@@ -37,6 +46,8 @@ impl Kernel {
             Kernel::SoftmaxRows => include_str!("../../shaders/softmax_rows.wgsl"),
             Kernel::SoftmaxFocal => include_str!("../../shaders/softmax_focal.wgsl"),
             Kernel::SoftmaxBackward => include_str!("../../shaders/softmax_backward.wgsl"),
+            Kernel::SoftmaxFused => include_str!("../../shaders/softmax_fused.wgsl"),
+            Kernel::SoftmaxTargets => include_str!("../../shaders/softmax_targets.wgsl"),
             Kernel::BceClasses => include_str!("../../shaders/bce_classes.wgsl"),
             Kernel::Bce => include_str!("../../shaders/bce.wgsl"),
             Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
@@ -90,7 +101,7 @@ pub struct Variant {
     pub targets: TargetLoad,
     /// Gradient destination (backward and BCE).
     pub store: Store,
-    /// Use subgroup operations (softmax partials only).
+    /// Use subgroup operations (softmax partials and fused only).
     pub subgroups: bool,
 }
 
@@ -130,18 +141,24 @@ impl Variant {
     /// The complete WGSL source of this variant: constants, the includes it needs, the kernel.
     pub fn source(&self) -> String {
         let mut src = format!("const WG: u32 = {WORKGROUP_SIZE}u;\n");
-        let softmax_like = matches!(
-            self.kernel,
-            Kernel::SoftmaxPartials
-                | Kernel::SoftmaxRows
-                | Kernel::SoftmaxFocal
-                | Kernel::SoftmaxBackward
-                | Kernel::Bce
+        let k = self.kernel;
+        let stores = matches!(
+            k,
+            Kernel::SoftmaxBackward | Kernel::SoftmaxFused | Kernel::Bce
         );
+        let softmax_like = stores
+            || matches!(
+                k,
+                Kernel::SoftmaxPartials | Kernel::SoftmaxRows | Kernel::SoftmaxFocal
+            );
+        if k == Kernel::SoftmaxFused {
+            src += &format!(
+                "const FUSED_GROUPS: u32 = {}u;\n",
+                FUSED_VALUES_PER_INVOCATION / 4
+            );
+        }
         if softmax_like {
-            let access = if self.store == Store::InPlace
-                && matches!(self.kernel, Kernel::SoftmaxBackward | Kernel::Bce)
-            {
+            let access = if self.store == Store::InPlace && stores {
                 "read_write"
             } else {
                 "read"
@@ -153,17 +170,34 @@ impl Variant {
                 LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
             };
             src += &logits.replace("ACCESS", access);
-            src += match self.targets {
-                TargetLoad::I32 => include_str!("../../shaders/include/targets_i32.wgsl"),
-                TargetLoad::I64 => include_str!("../../shaders/include/targets_i64.wgsl"),
-                TargetLoad::Dense => include_str!("../../shaders/include/targets_dense.wgsl"),
-            };
+            src += self.target_include();
         }
-        if softmax_like || matches!(self.kernel, Kernel::Reduce | Kernel::BceClasses) {
+        if k == Kernel::SoftmaxTargets {
+            // Targets only: no logits bound.
+            src += self.target_include();
+        }
+        if softmax_like
+            || matches!(
+                k,
+                Kernel::Reduce | Kernel::BceClasses | Kernel::SoftmaxTargets
+            )
+        {
             src += include_str!("../../shaders/include/softmax_common.wgsl");
             src += include_str!("../../shaders/include/rows_common.wgsl");
         }
-        if matches!(self.kernel, Kernel::SoftmaxBackward | Kernel::Bce) {
+        if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxFused) {
+            src += include_str!("../../shaders/include/softmax_forward.wgsl");
+        }
+        if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxTargets) {
+            src += include_str!("../../shaders/include/target_check.wgsl");
+        }
+        if matches!(k, Kernel::SoftmaxRows | Kernel::SoftmaxFused) {
+            src += include_str!("../../shaders/include/softmax_row.wgsl");
+        }
+        if matches!(k, Kernel::SoftmaxBackward | Kernel::SoftmaxFused) {
+            src += include_str!("../../shaders/include/softmax_grad.wgsl");
+        }
+        if stores {
             src += match (self.store, self.load) {
                 (Store::Separate, _) => include_str!("../../shaders/include/store_separate.wgsl"),
                 (Store::InPlace, LogitLoad::F32 | LogitLoad::F32x4) => {
@@ -177,8 +211,8 @@ impl Variant {
                 }
             };
         }
-        let mut body = self.kernel.source().to_string();
-        if self.kernel == Kernel::SoftmaxPartials {
+        let mut body = k.source().to_string();
+        if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxFused) {
             if self.subgroups {
                 src += include_str!("../../shaders/include/segment_subgroup.wgsl");
                 body = body
@@ -198,6 +232,15 @@ impl Variant {
             }
         }
         src + &body
+    }
+
+    /// How this variant reads its targets (binding 3).
+    fn target_include(&self) -> &'static str {
+        match self.targets {
+            TargetLoad::I32 => include_str!("../../shaders/include/targets_i32.wgsl"),
+            TargetLoad::I64 => include_str!("../../shaders/include/targets_i64.wgsl"),
+            TargetLoad::Dense => include_str!("../../shaders/include/targets_dense.wgsl"),
+        }
     }
 
     /// The bindings of this variant: (binding, kind).
@@ -240,7 +283,6 @@ impl Variant {
                 (4, Read),
                 (8, Read),
                 (10, Read),
-                (11, Read),
             ],
             (Kernel::SoftmaxBackward, Store::InPlace) => &[
                 (0, Uniform),
@@ -250,7 +292,36 @@ impl Variant {
                 (4, Read),
                 (8, Read),
                 (10, Read),
-                (11, Read),
+            ],
+            // Eight storage buffers, the least an adapter may have.
+            (Kernel::SoftmaxFused, Store::Separate) => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Write),
+                (3, Read),
+                (4, Read),
+                (6, Write),
+                (7, Write),
+                (10, Read),
+                (17, Read),
+            ],
+            (Kernel::SoftmaxFused, Store::InPlace) => &[
+                (0, Uniform),
+                (1, Write),
+                (3, Read),
+                (4, Read),
+                (6, Write),
+                (7, Write),
+                (10, Read),
+                (17, Read),
+            ],
+            (Kernel::SoftmaxTargets, _) => &[
+                (0, Uniform),
+                (3, Read),
+                (4, Read),
+                (7, Write),
+                (9, Write),
+                (17, Read),
             ],
             (Kernel::BceClasses, _) => &[(0, Uniform), (4, Read), (12, Read), (18, Write)],
             (Kernel::Bce, Store::Separate) => &[
@@ -406,6 +477,21 @@ pub fn all_variants() -> Vec<Variant> {
                     store: Store::Separate,
                     subgroups: false,
                 });
+            }
+            for subgroups in [false, true] {
+                for store in [Store::Separate, Store::InPlace] {
+                    // In place over f32 stores scalars: the vec4 view is read-only.
+                    if load != LogitLoad::F32x4 || store == Store::Separate {
+                        out.push(
+                            Variant::new(Kernel::SoftmaxFused, load, t)
+                                .with_store(store)
+                                .with_subgroups(subgroups),
+                        );
+                    }
+                }
+            }
+            if load == LogitLoad::F32 {
+                out.push(Variant::new(Kernel::SoftmaxTargets, load, t));
             }
             if load != LogitLoad::F32x4 {
                 for store in [Store::Separate, Store::InPlace] {

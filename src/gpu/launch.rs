@@ -1,6 +1,6 @@
 //! Launch shapes and row chunks: the one place that decides how work is cut up.
 
-use super::kernels::WORKGROUP_SIZE;
+use super::kernels::{FUSED_VALUES_PER_INVOCATION, WORKGROUP_SIZE};
 use crate::input::Layout;
 
 /// How the softmax partials kernel covers the rows.
@@ -55,6 +55,15 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
 }
 
 impl Shape {
+    /// Whether a row of `classes` fits the fused kernel with this shape: contiguous rows, one
+    /// split, and at most [`FUSED_VALUES_PER_INVOCATION`] logits per invocation (C ≤ 4096
+    /// with a workgroup per row).
+    pub fn fits_fused(&self, classes: usize, layout: Layout) -> bool {
+        layout == Layout::Rows
+            && self.splits == 1
+            && classes <= (FUSED_VALUES_PER_INVOCATION * self.tpr) as usize
+    }
+
     /// The grid of the partials kernel (and of the focal pass with `splits` = 1) for `rows`:
     /// x (and z past 65 535) covers the row segments, y the splits.
     pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {

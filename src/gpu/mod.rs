@@ -8,7 +8,9 @@
 //!
 //! A softmax call is three passes ([`kernels::Kernel`]): partials (one read of the logits),
 //! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
-//! pass (one more read, one write). Focal loss with smoothing or soft targets adds a focal pass
+//! pass (one more read, one write). With a gradient, rows that fit in registers (up to 4096
+//! classes, [`Shape::fits_fused`]) take one fused kernel instead: one read and one write per
+//! logit, after a tiny per-row pass over the targets that gives the mean its denominator. Focal loss with smoothing or soft targets adds a focal pass
 //! after rows (one more read: every class's `(1 − p)^γ` needs the row's final LSE); without
 //! smoothing the rows pass needs only `p[y]`. BCE is one element pass (after a tiny per-class
 //! gather). Inputs larger than a storage binding are processed in
@@ -48,6 +50,9 @@ pub struct GpuOptions {
     /// Cap the storage-binding and buffer sizes below the adapter's (tests use it to force
     /// chunked dispatch).
     pub max_binding_size: Option<u64>,
+    /// Never use the fused single-read softmax kernel: every call with a gradient takes the
+    /// three passes (partials, rows, backward). Tests use it to check both paths.
+    pub three_pass: bool,
 }
 
 /// A wgpu device ready to run xent's kernels.
@@ -56,6 +61,8 @@ pub struct Gpu {
     queue: wgpu::Queue,
     info: Option<wgpu::AdapterInfo>,
     variant: ShaderVariant,
+    /// Use the fused kernel for rows that fit it.
+    fused: bool,
     /// Largest window we bind (bytes).
     max_binding: u64,
     /// Largest buffer we create (bytes).
@@ -71,6 +78,7 @@ impl std::fmt::Debug for Gpu {
         f.debug_struct("Gpu")
             .field("adapter", &self.name())
             .field("variant", &self.variant)
+            .field("fused", &self.fused)
             .finish()
     }
 }
@@ -134,6 +142,7 @@ impl Gpu {
         .map_err(|e| Error::NoGpu(format!("{} refused a device: {e}", adapter.get_info().name)))?;
         let mut gpu = Self::from_device(device, queue)?;
         gpu.info = Some(adapter.get_info());
+        gpu.fused = !options.three_pass;
         if let Some(cap) = options.max_binding_size {
             gpu.max_binding = gpu.max_binding.min(cap);
             gpu.max_buffer = gpu.max_buffer.max(cap);
@@ -174,6 +183,7 @@ impl Gpu {
         Ok(Gpu {
             info: None,
             variant,
+            fused: true,
             max_binding,
             max_buffer: limits.max_buffer_size,
             storage_alignment: limits.min_storage_buffer_offset_alignment as u64,

@@ -476,6 +476,14 @@ impl Gpu {
                 break;
             }
         }
+        let reduce_passes = chunk_list.len()..params.len();
+        // The fused kernel's targets pass covers every row at once (targets and sample weights
+        // are bound whole).
+        let targets_params = params.len();
+        params.push(Params {
+            rows: rows as u32,
+            ..base
+        });
         let stride =
             (std::mem::size_of::<Params>() as u64).next_multiple_of(self.uniform_alignment);
         let mut bytes = vec![0u8; stride as usize * params.len()];
@@ -505,11 +513,84 @@ impl Gpu {
             rows as u64 * if target_load == TargetLoad::I64 { 8 } else { 4 },
         );
         let focal_all = base.flags & FLAG_FOCAL_ALL != 0;
+        // Forward and backward in one read when the row fits the fused kernel (its header
+        // lists the exclusions).
+        let fused = is_softmax
+            && self.fused
+            && !matches!(out.gradient, DeviceGradient::None)
+            && shape.fits_fused(classes, layout)
+            && !focal_all
+            && !(store == Store::InPlace && elem == 2 && classes % 2 == 1);
+        // What the gradient's scales read: per-row upstream values, the mean's totals.
+        let scale_source = Window::whole(match reduction {
+            Reduction::None => out.upstream.unwrap_or(&dummy_read),
+            Reduction::Sum => &dummy_read,
+            Reduction::Mean => &totals,
+        });
+
+        // The fixed-order reduction: row sums → … → totals and the loss.
+        let reduce = self.pipeline(Variant::plain(Kernel::Reduce));
+        let record_reduce = |pass: &mut wgpu::ComputePass| {
+            let mut source = &row_sums;
+            for i in reduce_passes.clone() {
+                let target = if i + 1 == reduce_passes.end {
+                    &totals
+                } else if (i - reduce_passes.start) % 2 == 0 {
+                    &ping
+                } else {
+                    &pong
+                };
+                self.launch(
+                    pass,
+                    &reduce,
+                    &[
+                        (0, params_window(i)),
+                        (14, Window::whole(source)),
+                        (15, Window::whole(target)),
+                        (16, Window::whole(out.loss)),
+                    ],
+                    (
+                        (params[i].elems as u64)
+                            .div_ceil(4 * WORKGROUP_SIZE as u64)
+                            .max(1) as u32,
+                        1,
+                        1,
+                    ),
+                );
+                source = target;
+            }
+        };
 
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("xent"),
             timestamp_writes: None,
         });
+        if fused && (flags & FLAG_CHECK_TARGETS != 0 || reduction == Reduction::Mean) {
+            // Index targets checked, and the mean's D and Σ s reduced into `totals` before
+            // the fused kernel scales its gradient by them.
+            let pipeline = self.pipeline(Variant::new(
+                Kernel::SoftmaxTargets,
+                LogitLoad::F32,
+                target_load,
+            ));
+            let (x, y) = grid(rows as u64);
+            self.launch(
+                &mut pass,
+                &pipeline,
+                &[
+                    (0, params_window(targets_params)),
+                    (3, index_targets),
+                    (4, weights),
+                    (7, Window::whole(&row_sums)),
+                    (9, Window::whole(&error)),
+                    (17, sample_weights),
+                ],
+                (x, y, 1),
+            );
+            if reduction == Reduction::Mean {
+                record_reduce(&mut pass);
+            }
+        }
         for (i, chunk) in chunk_list.iter().enumerate() {
             let p = &params[i];
             let first = chunk.row0 as u64 * classes as u64;
@@ -522,13 +603,41 @@ impl Gpu {
             if chunk.rows == 0 {
                 continue;
             }
-            if is_softmax {
+            let x4 = batch.dtype == Dtype::F32
+                && layout == Layout::Rows
+                && classes.is_multiple_of(4)
+                && logits_scalar.size.is_multiple_of(16)
+                && p.elem_offset.is_multiple_of(4);
+            if fused {
+                // The whole softmax, one read and one write per logit.
+                let variant = Variant::new(
+                    Kernel::SoftmaxFused,
+                    if x4 && store == Store::Separate {
+                        LogitLoad::F32x4
+                    } else {
+                        scalar_load
+                    },
+                    target_load,
+                )
+                .with_store(store)
+                .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
+                let pipeline = self.pipeline(variant);
+                let mut windows = vec![
+                    (0, params_window(i)),
+                    (1, logits_scalar),
+                    (3, targets_window),
+                    (4, weights),
+                    (6, Window::whole(&row_out)),
+                    (7, Window::whole(&row_sums)),
+                    (10, scale_source),
+                    (17, sample_weights),
+                ];
+                if let DeviceGradient::Into(g) = out.gradient {
+                    windows.push((2, window(g, first, count, 4, self.storage_alignment, 4).0));
+                }
+                self.launch(&mut pass, &pipeline, &windows, shape.grid(chunk.rows, 1));
+            } else if is_softmax {
                 // Pass 1: partials.
-                let x4 = batch.dtype == Dtype::F32
-                    && layout == Layout::Rows
-                    && classes.is_multiple_of(4)
-                    && logits_scalar.size.is_multiple_of(16)
-                    && p.elem_offset.is_multiple_of(4);
                 let variant = Variant::new(
                     Kernel::SoftmaxPartials,
                     if x4 { LogitLoad::F32x4 } else { scalar_load },
@@ -654,38 +763,10 @@ impl Gpu {
             }
         }
 
-        // The fixed-order reduction: row sums → … → totals and the loss.
-        let reduce = self.pipeline(Variant::plain(Kernel::Reduce));
-        let mut source = &row_sums;
-        for (pass_index, p) in params[chunk_list.len()..].iter().enumerate() {
-            let last = pass_index + chunk_list.len() + 1 == params.len();
-            let target = if last {
-                &totals
-            } else if pass_index % 2 == 0 {
-                &ping
-            } else {
-                &pong
-            };
-            self.launch(
-                &mut pass,
-                &reduce,
-                &[
-                    (0, params_window(chunk_list.len() + pass_index)),
-                    (14, Window::whole(source)),
-                    (15, Window::whole(target)),
-                    (16, Window::whole(out.loss)),
-                ],
-                (
-                    (p.elems as u64).div_ceil(4 * WORKGROUP_SIZE as u64).max(1) as u32,
-                    1,
-                    1,
-                ),
-            );
-            source = target;
-        }
+        record_reduce(&mut pass);
 
         // Pass 3: the softmax gradient, from the saved LSE and the reduced totals.
-        if is_softmax && !matches!(out.gradient, DeviceGradient::None) {
+        if is_softmax && !fused && !matches!(out.gradient, DeviceGradient::None) {
             let variant =
                 Variant::new(Kernel::SoftmaxBackward, scalar_load, target_load).with_store(store);
             let pipeline = self.pipeline(variant);
@@ -716,8 +797,7 @@ impl Gpu {
                         (3, if dense { f32_targets } else { index_targets }),
                         (4, weights),
                         (8, Window::whole(&coefs)),
-                        (10, Window::whole(&totals)),
-                        (11, Window::whole(out.upstream.unwrap_or(&dummy_read))),
+                        (10, scale_source),
                     ],
                     (x, y, 1),
                 );

@@ -473,7 +473,6 @@ impl Gpu {
                     (4, Window::whole(&inputs.weights)),
                     (8, Window::whole(&inputs.coefs)),
                     (10, Window::whole(&inputs.dummy)),
-                    (11, Window::whole(&inputs.dummy)),
                 ];
                 let (x, y) = grid(count.div_ceil(4));
                 self.dispatch(&mut encoder, &pipeline, &params, &windows, (x, y, 1));

@@ -30,10 +30,29 @@ pub fn gpu() -> Option<Arc<Gpu>> {
     .clone()
 }
 
-/// The default device and, when the adapter has subgroups, the other shader variant.
-pub fn variants() -> Vec<Arc<Gpu>> {
+/// The default device (fused kernel where rows fit) and the same adapter on the three-pass
+/// path, so every softmax test body checks both.
+pub fn paths() -> Vec<Arc<Gpu>> {
+    static THREE_PASS: OnceLock<Arc<Gpu>> = OnceLock::new();
     let Some(default) = gpu() else { return vec![] };
-    let mut out = vec![default.clone()];
+    let three_pass = THREE_PASS.get_or_init(|| {
+        Arc::new(
+            Gpu::with_options(GpuOptions {
+                three_pass: true,
+                ..Default::default()
+            })
+            .expect("three-pass device"),
+        )
+    });
+    vec![default, three_pass.clone()]
+}
+
+/// [`paths`] and, when the adapter has subgroups, the other shader variant (fused).
+pub fn variants() -> Vec<Arc<Gpu>> {
+    let mut out = paths();
+    let Some(default) = out.first().cloned() else {
+        return out;
+    };
     if default.has_subgroups() {
         let other = if default.variant() == ShaderVariant::Subgroup {
             ShaderVariant::Portable
@@ -49,6 +68,26 @@ pub fn variants() -> Vec<Arc<Gpu>> {
         ));
     }
     out
+}
+
+/// Devices whose storage bindings are capped at `bytes` (to force chunked dispatch), on the
+/// fused and on the three-pass path.
+pub fn small_bindings(bytes: u64) -> Vec<Arc<Gpu>> {
+    if gpu().is_none() {
+        return vec![];
+    }
+    [false, true]
+        .map(|three_pass| {
+            Arc::new(
+                Gpu::with_options(GpuOptions {
+                    max_binding_size: Some(bytes),
+                    three_pass,
+                    ..Default::default()
+                })
+                .expect("device with small bindings"),
+            )
+        })
+        .to_vec()
 }
 
 /// Uploads bytes as a storage buffer.

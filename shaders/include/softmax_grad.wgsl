@@ -1,0 +1,45 @@
+// The gradient of one element from its row's coefficients, shared by the backward pass and the
+// fused kernel (the math is in `softmax_backward.wgsl`'s header). Needs `weights` (binding 4)
+// and `scale_source` (binding 10): the per-row upstream values for `none` (when
+// FLAG_UPSTREAM), the reduced totals (ce, z, D, Σs) for `mean`, unread otherwise.
+
+// (a, b) of a global row: the reduction's scales times the row's sample weight.
+fn row_scales(k: RowCoef, global_row: u32) -> vec2<f32> {
+    var ab = vec2(p.upstream, p.upstream);
+    if (p.reduction == 0u) {
+        let u = select(1.0, scale_source[global_row], has(FLAG_UPSTREAM));
+        ab = vec2(u, u);
+    } else if (p.reduction == 2u) {
+        ab = vec2(p.upstream / scale_source[2], p.upstream / scale_source[3]);
+    }
+    return ab * k.sample;
+}
+
+// dx of class `c` with raw value `x` (and dense target `t`, 0 for index targets) in a row with
+// coefficients `k` and scales `ab` (`row_scales`).
+fn element_gradient(k: RowCoef, ab: vec2<f32>, c: u32, x: f32, t: f32) -> f32 {
+    if (k.fill == 1u) { return 0.0; }
+    if (k.fill == 2u) { return nan(); }
+    let z = z_of(x);
+    let prob = select(exp(coef_log_p(k, z)), 0.0, p.prob_eps > 0.0);
+    let zcoef = select(0.0, 2.0 * p.z_loss * coef_lse(k), p.z_loss > 0.0 && p.prob_eps == 0.0);
+    let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
+    var per_class = p.uniform;
+    if (has(FLAG_DENSE)) { per_class += (1.0 - p.smoothing) * t; }
+    var p_coef = ab.x * k.kce + ab.y * zcoef;
+    var a = ab.x;
+    var target_term = ab.x * k.wy;
+    if (p.reduction == 3u) {
+        p_coef = k.kce;
+        a = k.scale;
+        target_term = k.wy;
+    }
+    var dz = p_coef * prob - a * w * per_class;
+    if (i32(c) == k.y) { dz -= target_term; }
+    if (p.focal_gamma > 0.0) {
+        var subtracted = a * w * per_class;
+        if (i32(c) == k.y) { subtracted += target_term; }
+        dz = p_coef * prob - subtracted * focal_factors(coef_log_p(k, z)).y;
+    }
+    return dz * slope(x, z);
+}

@@ -1,0 +1,96 @@
+// The end of a row's forward, shared by the rows pass and the fused kernel: from the row's
+// merged Partial, its loss, LSE and metrics (RowOut), its sums for the reduction and the
+// coefficients of its gradient (RowCoef). The math is in `softmax_rows.wgsl`'s header. Reads
+// the row's target, its logit, w[y] and s[n]; needs `weights` (binding 4), `sample_weights`
+// (binding 17), the logits and the targets bound by the kernel.
+
+struct RowResult {
+    out: RowOut,
+    sums: vec4<f32>, // s[n]·(ce, z-loss, w[y], 1) for a valid row, else 0
+    coef: RowCoef,
+}
+
+fn weight(c: u32) -> f32 { return select(1.0, weights[c], has(FLAG_WEIGHTS)); }
+
+// The row `row` of the chunk, whose splits have been merged into `st`.
+fn finish_row(st: Partial, row: u32) -> RowResult {
+    let global_row = p.row0 + row;
+    let probabilities = p.prob_eps > 0.0;
+    let eps = p.smoothing;
+    let uniform = eps / f32(p.classes);
+    let weight_sum = st.w_all;
+    let nan_row = st.nan_arg != NONE;
+    var lse = st.m + log(st.s);
+    if (nan_row) { lse = nan(); } else if (st.m == neg_inf() || st.m == pos_inf()) { lse = st.m; }
+    // Probability inputs are not renormalized: log p = z, as if lse were 0.
+    let lse_used = select(lse, 0.0, probabilities);
+    let broken = nan_row || lse == pos_inf();
+    let scale_m = select(1.0 / st.s, exp(st.m), probabilities); // turns Σ e^(z−m)·f into Σ p·f
+
+    var out: RowOut;
+    out.lse = select(lse, 0.0, probabilities);
+    out.argmax = select(st.arg, st.nan_arg, nan_row);
+    out.entropy = select(lse - st.ez / st.s, -st.ez * exp(st.m), probabilities);
+    out.confidence = select(exp(st.m - lse), exp(st.m), probabilities);
+    var valid = true;
+    var correct = false;
+    var ce = 0.0;
+    var coef: RowCoef;
+    coef.y = -1;
+    coef.wy = 0.0;
+    var weight_of_row = 1.0;
+
+    if (has(FLAG_DENSE)) {
+        let wt = (1.0 - eps) * st.wt + uniform * weight_sum;
+        let wtz = (1.0 - eps) * st.wtz + uniform * st.wz;
+        ce = select(wt * lse_used - wtz, nan(), broken);
+        out.target_prob = st.te * scale_m;
+        correct = st.targ == out.argmax;
+        coef.kce = wt;
+    } else {
+        let y = load_target(global_row, p.ignore_lo, p.ignore_hi);
+        valid = y.y == 0 && y.x >= 0 && u32(y.x) < p.classes;
+        if (valid) {
+            let c = u32(y.x);
+            let x = load_x(elem_index(row, c));
+            let z = z_of(x);
+            let logp = select(z - lse_used, nan(), broken);
+            let wy = weight(c);
+            ce = -(1.0 - eps) * wy * logp;
+            if (eps > 0.0) { ce += uniform * (weight_sum * lse_used - st.wz); }
+            out.target_prob = exp(logp);
+            correct = out.argmax == c;
+            coef.y = y.x;
+            coef.wy = (1.0 - eps) * wy;
+            coef.kce = (1.0 - eps) * wy + uniform * weight_sum;
+            weight_of_row = wy;
+            if (p.focal_gamma > 0.0 && !has(FLAG_FOCAL_ALL)) {
+                // ε = 0: coef.wy stays w[y]; the backward pass multiplies it by g[y].
+                let fg = focal_factors(logp);
+                ce = -wy * fg.x * logp;
+                coef.kce = wy * fg.y;
+            }
+        } else {
+            out.target_prob = 0.0;
+        }
+    }
+    if (probabilities) { coef.kce = 0.0; }
+    let use_z = p.z_loss > 0.0 && !probabilities;
+    let z_term = select(0.0, p.z_loss * lse * lse, use_z && valid);
+    ce = select(0.0, ce, valid);
+    let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
+    let unweighted = select(ce + z_term, nan(), is_nan(ce));
+    out.loss = sw * unweighted;
+    out.flags = select(0u, 1u, valid) | select(0u, 2u, correct && valid);
+    // lse = max + log_sum; probability inputs use lse = 0, so coef_log_p(k, z) = z = ln p.
+    let split = !nan_row && st.m != neg_inf() && st.m != pos_inf() && !probabilities;
+    coef.max = select(select(lse, st.m, split), 0.0, probabilities);
+    coef.log_sum = select(0.0, log(st.s), split);
+    coef.fill = select(select(0u, 2u, is_nan(unweighted)), 1u, !valid);
+    coef.sample = sw;
+    var result: RowResult;
+    result.out = out;
+    result.sums = select(vec4(0.0), sw * vec4(ce, z_term, weight_of_row, 1.0), valid);
+    result.coef = coef;
+    return result;
+}

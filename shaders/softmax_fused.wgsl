@@ -1,0 +1,114 @@
+// Softmax forward and backward fused, for rows that fit in registers: each logit is read once
+// and its gradient written once (1 read + 1 write per logit, where the three passes take
+// 2 reads + 1 write).
+//
+// Math: the three passes' math on one row, with their code: the row's online-softmax Partial
+// as in `softmax_partials.wgsl` (`element`, then the same segment merge), the row's loss,
+// LSE, metrics and gradient coefficients as in `softmax_rows.wgsl` (`finish_row`), and each
+// element's gradient as in `softmax_backward.wgsl` (`element_gradient`):
+//   dz[c] = (a·kce + b·2λ·lse)·p[c] − a·w[c]·(B·t[c] + ε/C) − a·(1−ε)·w[y]·[c = y],
+// with p[c] = exp((z[c] − max) − ln s) from the logits kept in registers.
+// Precondition of the fusion: the gradient's scales (a, b) are known before the loss. They
+// are for `none` (per-row upstream) and `sum` (scalar upstream); for `mean`, D and Σ s come
+// from the totals of the targets pre-pass (`softmax_targets.wgsl`) and the fixed-order reduce,
+// bound at `scale_source`. Index targets were checked by that pre-pass too (a bad one is
+// flagged there and the row is treated as ignored here, as `finish_row` does).
+// Not fused (the host's choice, `launch::fits_fused`): the (N, C, d…) layout, rows longer than
+// 4·FUSED_GROUPS·tpr, focal loss with smoothing or soft targets (its factors need the final
+// lse of every class: the focal pass), and in-place f16/bf16 with odd C (two rows would share
+// a word).
+//
+// Launch: as the partials pass with one split: WG / tpr row segments per workgroup, a segment
+// of tpr invocations owns a row; invocation `lane` owns the 4-element groups g = lane + j·tpr
+// (j < FUSED_GROUPS) of the row, so neighbours read neighbouring 16-byte runs (coalesced;
+// vec4 loads where the row is 4-element aligned) and own whole words of f16/bf16 in-place
+// stores. The raw values stay in a private array of FUSED_GROUPS vec4s, so C ≤ 4·FUSED_GROUPS·tpr.
+// The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
+// the tree); the merged Partial is shared through workgroup memory, every lane finishes the
+// row from it (lane 0 stores the row's record and sums), then writes its groups' gradient
+// (in place, after one more barrier: `finish_row` reads the target's logit).
+// Grid: x (and z past 65 535) = rows / (WG / tpr) workgroups.
+//
+// Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
+// logit's width (in place); dense targets: reads 4 twice. Per row: reads the target, its
+// logit, w[y] and s[n]; writes 32 (row record) + 16 (sums).
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(6) var<storage, read_write> row_out: array<RowOut>;
+@group(0) @binding(7) var<storage, read_write> row_sums: array<vec4<f32>>;
+// Per-row upstream values (none), the pre-pass totals (mean), or unused: see `row_scales`.
+@group(0) @binding(10) var<storage, read> scale_source: array<f32>;
+@group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
+
+var<workgroup> shared_partials: array<Partial, WG>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(local_invocation_index) local: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    SUBGROUP_BUILTINS
+) {
+    let segments = WG / p.tpr;
+    let lane = local % p.tpr;
+    let row = (group.x + group.z * groups.x) * segments + local / p.tpr;
+    let live = row < p.rows;
+    let base = elem_index(row, 0u);
+    let aligned = (base & 3u) == 0u;
+
+    // One read: the values into registers and the row's Partial.
+    var xs: array<vec4<f32>, FUSED_GROUPS>;
+    var st = empty_partial();
+    for (var j = 0u; j < FUSED_GROUPS; j++) {
+        let c0 = 4u * (lane + j * p.tpr);
+        if (live && c0 < p.classes) {
+            var x = vec4(0.0);
+            if (aligned && c0 + 4u <= p.classes) {
+                x = load4((base + c0) >> 2u);
+            } else {
+                for (var k = 0u; k < 4u; k++) {
+                    if (c0 + k < p.classes) { x[k] = load_x(base + c0 + k); }
+                }
+            }
+            xs[j] = x;
+            for (var k = 0u; k < 4u; k++) {
+                if (c0 + k < p.classes) { element(&st, row, c0 + k, x[k]); }
+            }
+        }
+    }
+
+    REDUCE_SEGMENT
+
+    // Lane 0 holds the merged Partial (every lane, when the subgroup covers the segment).
+    if (lane == 0u) { shared_partials[local] = st; }
+    workgroupBarrier();
+    let global_row = p.row0 + row;
+    var r: RowResult;
+    if (live) {
+        r = finish_row(shared_partials[local - lane], row);
+        if (lane == 0u) {
+            row_out[global_row] = r.out;
+            row_sums[global_row] = r.sums;
+        }
+    }
+    // In place, every lane has read the target's logit (in `finish_row`) before any lane
+    // overwrites it.
+    if (IN_PLACE) { workgroupBarrier(); }
+    if (!live) { return; }
+
+    // One write: the gradient from the registers.
+    let ab = row_scales(r.coef, global_row);
+    for (var j = 0u; j < FUSED_GROUPS; j++) {
+        let c0 = 4u * (lane + j * p.tpr);
+        if (c0 < p.classes) {
+            let n = min(4u, p.classes - c0);
+            var dx = vec4(0.0);
+            for (var k = 0u; k < n; k++) {
+                let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
+                dx[k] = element_gradient(r.coef, ab, c0 + k, xs[j][k], t);
+            }
+            store_dx(row * p.classes + c0, dx, n);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+// Before the fused kernel: each row's index target checked, and the mean's denominators.
+//
+// Math (SEMANTICS.md sections 2 and 5): the mean divides the cross-entropy by
+// D = Σ_valid s[n]·w[y[n]] (dense targets: Σ s[n]) and the z-loss by V = Σ_valid s[n]. The
+// fused kernel writes the gradient before any loss exists, so it needs D and V first: this
+// pass writes s[n]·(0, 0, w[y], 1) per valid row (0 for an ignored one), which the fixed-order
+// reduction (`reduce.wgsl`) turns into totals (·, ·, D, V) on the device, with no readback.
+// The third and fourth components equal the rows' sums the loss is reduced from, so D and V
+// are the same bits as the loss's. A valid index target outside [0, C) is flagged in `error`
+// as in the partials pass and counts as ignored (the fused kernel never reads through it).
+//
+// Launch: one invocation per row, WG rows per workgroup (a 2D grid past 65 535 workgroups).
+// Bytes per row: reads the target, w[y] and s[n], writes 16 (mean only). Nothing per logit.
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(7) var<storage, read_write> row_sums: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> error: array<atomic<u32>>;
+@group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = id.x + id.y * groups.x * WG;
+    if (row >= p.rows) { return; }
+    let global_row = p.row0 + row;
+    if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }
+    if (p.reduction != 2u) { return; }
+    let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
+    var w = 1.0;
+    if (!has(FLAG_DENSE)) {
+        let y = load_target(global_row, p.ignore_lo, p.ignore_hi);
+        if (y.y != 0 || y.x < 0 || u32(y.x) >= p.classes) {
+            row_sums[global_row] = vec4(0.0);
+            return;
+        }
+        w = select(1.0, weights[u32(y.x)], has(FLAG_WEIGHTS));
+    }
+    row_sums[global_row] = sw * vec4(0.0, 0.0, w, 1.0);
+}
