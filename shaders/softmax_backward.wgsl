@@ -28,9 +28,10 @@
 // Per-row upstream values (none), the reduced totals (mean), or unused: see `row_scales`.
 @group(0) @binding(10) var<storage, read> scale_source: array<f32>;
 
-// (row within the chunk, class) of flat element f of the chunk.
+// (row within the chunk, class) of flat element f of the chunk (contiguous rows: the chunk
+// starts at class col0 of its first row, so a window needn't start on a row).
 fn locate(f: u32) -> vec2<u32> {
-    if (p.spatial == 0u) { return vec2(f / p.classes, f % p.classes); }
+    if (p.spatial == 0u) { return vec2((f + p.col0) / p.classes, (f + p.col0) % p.classes); }
     let plane = p.classes * p.spatial;
     let n = f / plane;
     let rest = f - n * plane;

@@ -43,6 +43,9 @@
 
 var<workgroup> shared_partials: array<Partial, WG>;
 
+// The raw logit of the row's target, for `finish_row`.
+fn target_x(row: u32, c: u32) -> f32 { return load_x(elem_index(row, c)); }
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(local_invocation_index) local: u32,

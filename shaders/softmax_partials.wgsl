@@ -19,11 +19,17 @@
 // Index targets (CHECK_TARGETS): lane 0 of split 0 reads the row's target, and a valid target
 // outside [0, C) is recorded in `error` as NONE − row (atomicMax keeps the lowest row; 0 is
 // none). The rows pass then treats that row as ignored, so a bad target is never read through.
+// With TARGET_LOGIT, lane 0 of the split holding the target saves its raw logit for the rows
+// pass, which reads no logits itself.
+//
+// A row longer than a storage binding is bound in pieces: one dispatch per piece of whole
+// splits (`split0`, and `col0` = its first class, so `elem_index` addresses the window).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<Partial>;
 @group(0) @binding(9) var<storage, read_write> error: array<atomic<u32>>;
+@group(0) @binding(19) var<storage, read_write> target_logits: array<f32>;
 
 var<workgroup> shared_partials: array<Partial, WG>;
 
@@ -37,7 +43,7 @@ fn main(
     let segments = WG / p.tpr;
     let lane = local % p.tpr;
     let row = (group.x + group.z * groups.x) * segments + local / p.tpr;
-    let split = group.y;
+    let split = p.split0 + group.y;
     let c0 = split * p.span;
     let c1 = select(c0, min(c0 + p.span, p.classes), row < p.rows);
 
@@ -63,5 +69,11 @@ fn main(
     if (lane == 0u && row < p.rows) {
         partials[(p.row0 + row) * p.splits + split] = st;
         if (split == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(p.row0 + row); }
+        if (has(FLAG_TARGET_LOGIT)) {
+            let y = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
+            if (y.y == 0 && y.x >= 0 && u32(y.x) >= c0 && u32(y.x) < c1) {
+                target_logits[p.row0 + row] = load_x(elem_index(row, u32(y.x)));
+            }
+        }
     }
 }

@@ -18,8 +18,8 @@
 // The per-row math is `finish_row` (include `softmax_row.wgsl`), shared with the fused kernel.
 //
 // Launch: one invocation per row; WG rows per workgroup.
-// Bytes per row: reads 48 per split, one logit, the target, w[y] and s[n]; writes 96. Nothing
-// per logit.
+// Bytes per row: reads 48 per split, the target and its logit (saved by the partials pass),
+// w[y] and s[n]; writes 96. Nothing per logit.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -28,6 +28,10 @@
 @group(0) @binding(7) var<storage, read_write> row_sums: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> coefs: array<RowCoef>;
 @group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
+@group(0) @binding(19) var<storage, read> target_logits: array<f32>;
+
+// The raw logit of the row's target, saved by the partials pass (this pass binds no logits).
+fn target_x(row: u32, c: u32) -> f32 { return target_logits[p.row0 + row]; }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

@@ -629,3 +629,74 @@ fn fused_and_three_pass_around_the_fit_bound() {
         }
     }
 }
+
+#[test]
+fn rows_longer_than_a_binding_are_bound_in_pieces() {
+    // 4 KiB bindings: each row below is bound a piece of whole splits at a time (partials) and
+    // a run of elements at a time (backward).
+    for gpu in small_bindings(4 << 10) {
+        let grid = [
+            CrossEntropy::new(),
+            CrossEntropy::new()
+                .label_smoothing(0.1)
+                .z_loss(1e-3)
+                .softcap(20.0)
+                .reduction(Reduction::Sum),
+            CrossEntropy::new().focal_gamma(2.0),
+        ];
+        for (rows, classes) in [(1usize, 1000usize), (3, 5003), (2, 20_000)] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+                let case = Case::new(classes as u64, rows, classes, Hardness::ALL)
+                    .sample_weighted(3)
+                    .ignore_every(5, -100)
+                    .dtype(dtype);
+                for options in &grid {
+                    check(
+                        &format!("long {rows}×{classes} {dtype:?} {options:?}"),
+                        &gpu,
+                        &case,
+                        options,
+                        &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace],
+                    );
+                }
+            }
+        }
+        let soft = Case::new(17, 3, 3001, Hardness::default()).soft(3);
+        check(
+            "long soft",
+            &gpu,
+            &soft,
+            &CrossEntropy::new().label_smoothing(0.1),
+            &[GradMode::OutOfPlace],
+        );
+        // Still refused: focal loss with smoothing (its pass reads whole rows), the (N, C, d…)
+        // layout, and class weights larger than a binding.
+        let case = Case::new(18, 3, 5000, Hardness::default());
+        let e = run_softmax_result(&gpu, &case.clone().weighted(1), &CrossEntropy::new());
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+        let e = run_softmax_result(
+            &gpu,
+            &case,
+            &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+        );
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+        let spatial = Case::new(19, 2, 3000, Hardness::default()).class_dim1(2);
+        let e = run_softmax_result(&gpu, &spatial, &CrossEntropy::new());
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    }
+}
+
+fn run_softmax_result(
+    gpu: &Arc<Gpu>,
+    case: &Case,
+    options: &CrossEntropy,
+) -> xent::Result<xent::Output> {
+    let mut storage = case.storage();
+    let t32 = case.targets_i32();
+    let mut grad = vec![0f32; case.rows * case.classes];
+    options.compute(
+        &Backend::Gpu(gpu.clone()),
+        case.batch(&mut storage, &t32, false),
+        Request::new().gradient_into(&mut grad),
+    )
+}

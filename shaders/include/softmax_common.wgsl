@@ -28,9 +28,10 @@ struct Params {
     focal_gamma: f32,   // focal γ (0: off)
     focal_alpha: f32,   // BCE's focal α (used when FLAG_ALPHA)
     first_row: u32,     // BCE: global row of the chunk's first element (for sample weights)
+    col0: u32,          // contiguous rows: first class of the bound window (a piece of a row
+                        // longer than a binding), or of the backward's first element; else 0
+    split0: u32,        // partials: the first split of this dispatch
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 const FLAG_WEIGHTS: u32 = 1u;     // class weights bound
@@ -43,6 +44,7 @@ const FLAG_SAMPLE_WEIGHTS: u32 = 256u; // per-row sample weights bound
 const FLAG_CHECK_TARGETS: u32 = 512u;  // partials: flag index targets outside [0, C)
 const FLAG_FOCAL_ALL: u32 = 1024u;     // softmax focal loss needs the focal pass (ε > 0 or soft)
 const FLAG_ALPHA: u32 = 2048u;         // BCE focal α on
+const FLAG_TARGET_LOGIT: u32 = 4096u;  // partials: save the raw logit of each row's target
 
 // Infinities and NaN from their bits (WGSL has no literals for them).
 fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
@@ -58,7 +60,7 @@ fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u
 
 // Index of (row, class) in the logits window, for contiguous rows or the (N, C, S) layout.
 fn elem_index(row: u32, c: u32) -> u32 {
-    if (p.spatial == 0u) { return p.elem_offset + row * p.classes + c; }
+    if (p.spatial == 0u) { return p.elem_offset + row * p.classes + c - p.col0; }
     let n = row / p.spatial;
     let s = row - n * p.spatial;
     return p.elem_offset + (n * p.classes + c) * p.spatial + s;

@@ -1,8 +1,8 @@
 // The end of a row's forward, shared by the rows pass and the fused kernel: from the row's
 // merged Partial, its loss, LSE and metrics (RowOut), its sums for the reduction and the
 // coefficients of its gradient (RowCoef). The math is in `softmax_rows.wgsl`'s header. Reads
-// the row's target, its logit, w[y] and s[n]; needs `weights` (binding 4), `sample_weights`
-// (binding 17), the logits and the targets bound by the kernel.
+// the row's target, its logit (`target_x`, defined by the kernel), w[y] and s[n]; needs
+// `weights` (binding 4), `sample_weights` (binding 17) and the targets bound by the kernel.
 
 struct RowResult {
     out: RowOut,
@@ -52,7 +52,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
         valid = y.y == 0 && y.x >= 0 && u32(y.x) < p.classes;
         if (valid) {
             let c = u32(y.x);
-            let x = load_x(elem_index(row, c));
+            let x = target_x(row, c);
             let z = z_of(x);
             let logp = select(z - lse_used, nan(), broken);
             let wy = weight(c);

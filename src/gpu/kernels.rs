@@ -169,7 +169,10 @@ impl Variant {
                 LogitLoad::F16 => include_str!("../../shaders/include/logits_f16.wgsl"),
                 LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
             };
-            src += &logits.replace("ACCESS", access);
+            // The rows pass reads its target logits from the partials pass, not the logits.
+            if k != Kernel::SoftmaxRows {
+                src += &logits.replace("ACCESS", access);
+            }
             src += self.target_include();
         }
         if k == Kernel::SoftmaxTargets {
@@ -254,10 +257,10 @@ impl Variant {
                 (4, Read),
                 (5, Write),
                 (9, Write),
+                (19, Write),
             ],
             (Kernel::SoftmaxRows, _) => &[
                 (0, Uniform),
-                (1, Read),
                 (3, Read),
                 (4, Read),
                 (5, Read),
@@ -265,6 +268,7 @@ impl Variant {
                 (7, Write),
                 (8, Write),
                 (17, Read),
+                (19, Read),
             ],
             (Kernel::SoftmaxFocal, _) => &[
                 (0, Uniform),

@@ -75,6 +75,66 @@ impl Shape {
     }
 }
 
+/// Bytes of a binding left for data after a window's alignment slack.
+pub fn binding_room(max_binding: u64, alignment: u64) -> u64 {
+    max_binding.saturating_sub(alignment + 16)
+}
+
+impl Shape {
+    /// This shape with its splits narrowed so one split of `bytes_per_element` fits `room`
+    /// bytes (a row longer than a binding is bound a piece of whole splits at a time).
+    pub fn fitting(self, classes: usize, bytes_per_element: u64, room: u64) -> Shape {
+        let most = ((room / bytes_per_element) as usize & !3).max(4);
+        if (self.span as usize) <= most {
+            return self;
+        }
+        Shape {
+            splits: classes.div_ceil(most) as u32,
+            span: most as u32,
+            ..self
+        }
+    }
+}
+
+/// Whole splits of one row bound as one window: splits `split0 .. split0 + splits` of `row`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// The row.
+    pub row: usize,
+    /// First split.
+    pub split0: u32,
+    /// Splits.
+    pub splits: u32,
+}
+
+/// Cuts `rows` rows that are each longer than a binding into pieces of as many whole splits
+/// of `shape` as fit `room` bytes.
+pub fn row_pieces(rows: usize, shape: Shape, bytes_per_element: u64, room: u64) -> Vec<Piece> {
+    let per_piece =
+        ((room / (shape.span as u64 * bytes_per_element)) as u32).clamp(1, shape.splits);
+    (0..rows)
+        .flat_map(|row| {
+            (0..shape.splits)
+                .step_by(per_piece as usize)
+                .map(move |split0| Piece {
+                    row,
+                    split0,
+                    splits: per_piece.min(shape.splits - split0),
+                })
+        })
+        .collect()
+}
+
+/// Cuts `elements` into (first, count) runs of whole 4-element groups that fit `room` bytes
+/// (the backward pass over rows longer than a binding).
+pub fn flat_pieces(elements: u64, bytes_per_element: u64, room: u64) -> Vec<(u64, u64)> {
+    let most = ((room / bytes_per_element) & !3).max(4);
+    (0..elements)
+        .step_by(most as usize)
+        .map(|first| (first, most.min(elements - first)))
+        .collect()
+}
+
 /// A run of whole rows processed with one set of bindings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
@@ -102,7 +162,7 @@ pub fn chunks(
         Layout::ClassDim1 { spatial } => spatial / gcd(spatial, 4) * 4,
     };
     let unit_bytes = unit as u64 * classes as u64 * bytes_per_element;
-    let room = max_binding.saturating_sub(alignment + 16);
+    let room = binding_room(max_binding, alignment);
     if rows == 0 {
         return Some(vec![Chunk { row0: 0, rows: 0 }]);
     }

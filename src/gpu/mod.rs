@@ -14,7 +14,9 @@
 //! after rows (one more read: every class's `(1 − p)^γ` needs the row's final LSE); without
 //! smoothing the rows pass needs only `p[y]`. BCE is one element pass (after a tiny per-class
 //! gather). Inputs larger than a storage binding are processed in
-//! row chunks, each bound as its own window.
+//! row chunks, each bound as its own window; a softmax row longer than a binding is bound a
+//! piece of whole column splits at a time (class weights, if any, must still fit a binding;
+//! focal loss with smoothing or soft targets and the (N, C, d…) layout are refused).
 
 pub mod device;
 pub mod kernels;

@@ -2,7 +2,7 @@
 
 use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
 use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
-use super::launch::{chunks, launch_shape};
+use super::launch::{binding_room, chunks, flat_pieces, launch_shape, row_pieces, Chunk};
 use super::pool::Pool;
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -69,7 +69,9 @@ pub(super) struct Params {
     pub(super) focal_gamma: f32,
     pub(super) focal_alpha: f32,
     pub(super) first_row: u32,
-    pub(super) _pad: [u32; 3],
+    pub(super) col0: u32,
+    pub(super) split0: u32,
+    pub(super) _pad: u32,
 }
 
 pub(super) const FLAG_WEIGHTS: u32 = 1;
@@ -84,6 +86,7 @@ const FLAG_SAMPLE_WEIGHTS: u32 = 256;
 const FLAG_CHECK_TARGETS: u32 = 512;
 const FLAG_FOCAL_ALL: u32 = 1024;
 const FLAG_ALPHA: u32 = 2048;
+const FLAG_TARGET_LOGIT: u32 = 4096;
 
 /// Bytes of one `Partial` (`softmax_common.wgsl`).
 pub(super) const PARTIAL_BYTES: u64 = 48;
@@ -261,22 +264,39 @@ impl Gpu {
             || matches!(out.gradient, DeviceGradient::Into(_))
             || matches!(job, Job::Binary(_));
         let bytes_per_element = if f32_windows { 4 } else { elem };
-        let chunk_list = chunks(
+        let chunked = chunks(
             rows,
             classes,
             layout,
             bytes_per_element,
             self.max_binding,
             self.storage_alignment,
-        )
-        .ok_or_else(|| {
+        );
+        // Rows too long for a binding (even 4 of them): softmax over contiguous rows binds each
+        // row a piece of whole splits at a time, and the backward a run of elements at a time.
+        let long_rows = chunked.is_none();
+        let unsupported = || {
             Error::Unsupported(format!(
                 "one row ({} bytes) is larger than the device's storage binding limit ({} bytes)",
                 classes as u64 * bytes_per_element,
                 self.max_binding
             ))
-        })?;
-        let shape = launch_shape(rows, classes, layout);
+        };
+        if long_rows && (layout != Layout::Rows || matches!(job, Job::Binary(_))) {
+            return Err(unsupported());
+        }
+        if batch.class_weights.is_some() && classes as u64 * 4 > self.max_binding {
+            return Err(Error::Unsupported(format!(
+                "class weights for {classes} classes are larger than the device's storage binding limit ({} bytes)",
+                self.max_binding
+            )));
+        }
+        let chunk_list = chunked.unwrap_or_else(|| vec![Chunk { row0: 0, rows }]);
+        let room = binding_room(self.max_binding, self.storage_alignment);
+        let mut shape = launch_shape(rows, classes, layout);
+        if long_rows {
+            shape = shape.fitting(classes, bytes_per_element, room);
+        }
         let spatial = match layout {
             Layout::Rows => 0,
             Layout::ClassDim1 { spatial } => spatial as u32,
@@ -347,6 +367,12 @@ impl Gpu {
             storage_usage(),
         );
         let totals = pool.get(device, "xent totals", 16, storage_usage());
+        let target_logits = pool.get(
+            device,
+            "xent target logits",
+            rows as u64 * 4,
+            storage_usage(),
+        );
         let error = match out.target_error {
             Some(flag) => flag.clone(),
             None => pool.get(device, error_role, 16, storage_usage()),
@@ -409,7 +435,7 @@ impl Gpu {
                     flags |= FLAG_ENTROPY;
                 }
                 if !dense {
-                    flags |= FLAG_CHECK_TARGETS;
+                    flags |= FLAG_CHECK_TARGETS | FLAG_TARGET_LOGIT;
                 }
                 base.focal_gamma = o.focal_gamma;
                 if o.is_focal() && (dense || o.label_smoothing > 0.0) {
@@ -484,6 +510,54 @@ impl Gpu {
             rows: rows as u32,
             ..base
         });
+        // Long rows: the partials pass's pieces (row, whole splits), then the backward's runs.
+        let pieces = if long_rows {
+            row_pieces(rows, shape, bytes_per_element, room)
+        } else {
+            Vec::new()
+        };
+        let piece_span = |split0: u32, splits: u32, row: usize| {
+            let col0 = split0 as u64 * shape.span as u64;
+            let count = (splits as u64 * shape.span as u64).min(classes as u64 - col0);
+            (row as u64 * classes as u64 + col0, count, col0)
+        };
+        let piece_params = params.len();
+        for piece in &pieces {
+            let (first, count, col0) = piece_span(piece.split0, piece.splits, piece.row);
+            let (_, elem_offset) =
+                window(batch.logits, first, count, elem, self.storage_alignment, 4);
+            let (_, f32_offset) =
+                window(targets_buffer, first, count, 4, self.storage_alignment, 4);
+            params.push(Params {
+                rows: 1,
+                row0: piece.row as u32,
+                elem_offset,
+                f32_offset,
+                col0: col0 as u32,
+                split0: piece.split0,
+                ..base
+            });
+        }
+        let runs = if long_rows {
+            flat_pieces(rows as u64 * classes as u64, bytes_per_element, room)
+        } else {
+            Vec::new()
+        };
+        let run_params = params.len();
+        for &(first, count) in &runs {
+            let (_, elem_offset) =
+                window(batch.logits, first, count, elem, self.storage_alignment, 4);
+            let (_, f32_offset) =
+                window(targets_buffer, first, count, 4, self.storage_alignment, 4);
+            params.push(Params {
+                row0: (first / classes as u64) as u32,
+                col0: (first % classes as u64) as u32,
+                elem_offset,
+                f32_offset,
+                elems: count as u32,
+                ..base
+            });
+        }
         let stride =
             (std::mem::size_of::<Params>() as u64).next_multiple_of(self.uniform_alignment);
         let mut bytes = vec![0u8; stride as usize * params.len()];
@@ -515,8 +589,15 @@ impl Gpu {
         let focal_all = base.flags & FLAG_FOCAL_ALL != 0;
         // Forward and backward in one read when the row fits the fused kernel (its header
         // lists the exclusions).
+        if long_rows && focal_all {
+            return Err(Error::Unsupported(format!(
+                "focal loss with smoothing or soft targets on rows longer than the storage binding limit ({} bytes)",
+                self.max_binding
+            )));
+        }
         let fused = is_softmax
             && self.fused
+            && !long_rows
             && !matches!(out.gradient, DeviceGradient::None)
             && shape.fits_fused(classes, layout)
             && !focal_all
@@ -561,6 +642,46 @@ impl Gpu {
             }
         };
 
+        // f32 logits read as vec4 where the window and its rows are 16-byte aligned.
+        let vec4_loads = |logits: &Window, p: &Params| {
+            batch.dtype == Dtype::F32
+                && layout == Layout::Rows
+                && classes.is_multiple_of(4)
+                && logits.size.is_multiple_of(16)
+                && p.elem_offset.is_multiple_of(4)
+        };
+        let record_partials = |pass: &mut wgpu::ComputePass,
+                               i: usize,
+                               logits: Window,
+                               targets: Window,
+                               rows: usize,
+                               splits: u32| {
+            let variant = Variant::new(
+                Kernel::SoftmaxPartials,
+                if vec4_loads(&logits, &params[i]) {
+                    LogitLoad::F32x4
+                } else {
+                    scalar_load
+                },
+                target_load,
+            )
+            .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
+            self.launch(
+                pass,
+                &self.pipeline(variant),
+                &[
+                    (0, params_window(i)),
+                    (1, logits),
+                    (3, targets),
+                    (4, weights),
+                    (5, Window::whole(&partials)),
+                    (9, Window::whole(&error)),
+                    (19, Window::whole(&target_logits)),
+                ],
+                shape.grid(rows, splits),
+            );
+        };
+
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("xent"),
             timestamp_writes: None,
@@ -603,11 +724,7 @@ impl Gpu {
             if chunk.rows == 0 {
                 continue;
             }
-            let x4 = batch.dtype == Dtype::F32
-                && layout == Layout::Rows
-                && classes.is_multiple_of(4)
-                && logits_scalar.size.is_multiple_of(16)
-                && p.elem_offset.is_multiple_of(4);
+            let x4 = vec4_loads(&logits_scalar, p);
             if fused {
                 // The whole softmax, one read and one write per logit.
                 let variant = Variant::new(
@@ -637,29 +754,35 @@ impl Gpu {
                 }
                 self.launch(&mut pass, &pipeline, &windows, shape.grid(chunk.rows, 1));
             } else if is_softmax {
-                // Pass 1: partials.
-                let variant = Variant::new(
-                    Kernel::SoftmaxPartials,
-                    if x4 { LogitLoad::F32x4 } else { scalar_load },
-                    target_load,
-                )
-                .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
-                let pipeline = self.pipeline(variant);
-                self.launch(
-                    &mut pass,
-                    &pipeline,
-                    &[
-                        (0, params_window(i)),
-                        (1, logits_scalar),
-                        (3, targets_window),
-                        (4, weights),
-                        (5, Window::whole(&partials)),
-                        (9, Window::whole(&error)),
-                    ],
-                    shape.grid(chunk.rows, shape.splits),
-                );
+                // Pass 1: partials, of the chunk's rows, or of each long row a piece at a time.
+                if long_rows {
+                    for (j, piece) in pieces.iter().enumerate() {
+                        let (first, count, _) = piece_span(piece.split0, piece.splits, piece.row);
+                        let (logits_piece, _) =
+                            window(batch.logits, first, count, elem, self.storage_alignment, 4);
+                        let (f32_piece, _) =
+                            window(targets_buffer, first, count, 4, self.storage_alignment, 4);
+                        record_partials(
+                            &mut pass,
+                            piece_params + j,
+                            logits_piece,
+                            if dense { f32_piece } else { index_targets },
+                            1,
+                            piece.splits,
+                        );
+                    }
+                } else {
+                    record_partials(
+                        &mut pass,
+                        i,
+                        logits_scalar,
+                        targets_window,
+                        chunk.rows,
+                        shape.splits,
+                    );
+                }
 
-                // Pass 2: rows.
+                // Pass 2: rows (no logits: the target's logit comes from pass 1).
                 let variant = Variant::new(Kernel::SoftmaxRows, scalar_load, target_load);
                 let pipeline = self.pipeline(variant);
                 let (x, y) = grid(chunk.rows as u64);
@@ -668,14 +791,14 @@ impl Gpu {
                     &pipeline,
                     &[
                         (0, params_window(i)),
-                        (1, logits_scalar),
-                        (3, targets_window),
+                        (3, index_targets),
                         (4, weights),
                         (5, Window::whole(&partials)),
                         (6, Window::whole(&row_out)),
                         (7, Window::whole(&row_sums)),
                         (8, Window::whole(&coefs)),
                         (17, sample_weights),
+                        (19, Window::whole(&target_logits)),
                     ],
                     (x, y, 1),
                 );
@@ -770,12 +893,23 @@ impl Gpu {
             let variant =
                 Variant::new(Kernel::SoftmaxBackward, scalar_load, target_load).with_store(store);
             let pipeline = self.pipeline(variant);
-            for (i, chunk) in chunk_list.iter().enumerate() {
-                if chunk.rows == 0 {
-                    continue;
-                }
-                let first = chunk.row0 as u64 * classes as u64;
-                let count = chunk.rows as u64 * classes as u64;
+            // (params block, first element, elements): the chunks, or runs of long rows.
+            let spans: Vec<(usize, u64, u64)> = if long_rows {
+                (run_params..)
+                    .zip(runs.iter().copied())
+                    .map(|(i, (f, c))| (i, f, c))
+                    .collect()
+            } else {
+                (0..)
+                    .zip(&chunk_list)
+                    .filter(|(_, chunk)| chunk.rows > 0)
+                    .map(|(i, chunk)| {
+                        let first = chunk.row0 as u64 * classes as u64;
+                        (i, first, chunk.rows as u64 * classes as u64)
+                    })
+                    .collect()
+            };
+            for (i, first, count) in spans {
                 let (logits_window, _) =
                     window(batch.logits, first, count, elem, self.storage_alignment, 4);
                 let (f32_targets, _) =

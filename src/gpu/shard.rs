@@ -252,6 +252,12 @@ impl Gpu {
                 w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
             let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
             let no_error = pool.get(&self.device, "xent unused output", 16, storage_usage());
+            let no_target_logits = pool.get(
+                &self.device,
+                "xent unused target logits",
+                16,
+                storage_usage(),
+            );
             let partials = pool.get(
                 &self.device,
                 "xent partials",
@@ -290,6 +296,8 @@ impl Gpu {
                     (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
                     (5, Window::whole(&partials)),
                     (9, Window::whole(&no_error)),
+                    // Unwritten: no FLAG_TARGET_LOGIT.
+                    (19, Window::whole(&no_target_logits)),
                 ],
             );
             self.queue.submit([encoder.finish()]);
