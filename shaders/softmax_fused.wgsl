@@ -18,15 +18,14 @@
 // lse of every class: the focal pass), and in-place f16/bf16 with odd C (two rows would share
 // a word).
 //
-// Launch: as the partials pass with one split: WG / tpr row segments per workgroup, a segment
-// of tpr invocations owns a row; invocation `lane` owns the 4-element groups g = lane + j·tpr
+// Launch (`launch::fused_shape`): WG / tpr row segments per workgroup, a segment of tpr
+// invocations owns a row, tpr as small as holds the row (up to 16 logits each); invocation `lane` owns the 4-element groups g = lane + j·tpr
 // (j < FUSED_GROUPS) of the row, so neighbours read neighbouring 16-byte runs (coalesced;
 // vec4 loads where the row is 4-element aligned) and own whole words of f16/bf16 in-place
 // stores. The raw values stay in a private array of FUSED_GROUPS vec4s, so C ≤ 4·FUSED_GROUPS·tpr.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
-// the tree); the merged Partial is shared through workgroup memory, every lane finishes the
-// row from it (lane 0 stores the row's record and sums), then writes its groups' gradient
-// (in place, after one more barrier: `finish_row` reads the target's logit).
+// the tree); lane 0 finishes the row (stores its record and sums) and shares its RowCoef
+// through workgroup memory; after one barrier every lane writes its groups' gradient.
 // Grid: x (and z past 65 535) = rows / (WG / tpr) workgroups.
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
@@ -45,6 +44,16 @@ var<workgroup> shared_partials: array<Partial, WG>;
 
 // The raw logit of the row's target, for `finish_row`.
 fn target_x(row: u32, c: u32) -> f32 { return load_x(elem_index(row, c)); }
+
+// A RowCoef in a Partial's slot of workgroup memory (room for WG Partials, 12 KiB, and not
+// for another array of WG RowCoefs within the 16 KiB every adapter has).
+fn pack_coef(k: RowCoef) -> Partial {
+    return Partial(k.max, k.kce, bitcast<u32>(k.y), k.fill, k.wy, k.log_sum, k.scale, k.sample,
+        0.0, 0.0, 0u, 0.0);
+}
+fn unpack_coef(a: Partial) -> RowCoef {
+    return RowCoef(a.m, a.s, a.wz, bitcast<i32>(a.arg), a.nan_arg, a.wt, a.wtz, a.ez);
+}
 
 @compute @workgroup_size(WG)
 fn main(
@@ -83,25 +92,22 @@ fn main(
 
     REDUCE_SEGMENT
 
-    // Lane 0 holds the merged Partial (every lane, when the subgroup covers the segment).
-    if (lane == 0u) { shared_partials[local] = st; }
-    workgroupBarrier();
+    // Lane 0 holds the merged Partial: it finishes the row and leaves the coefficients in its
+    // slot (no lane reads that slot after the merge). After the barrier every lane has them,
+    // and `finish_row` has read the target's logit before any lane overwrites it in place.
     let global_row = p.row0 + row;
-    var r: RowResult;
-    if (live) {
-        r = finish_row(shared_partials[local - lane], row);
-        if (lane == 0u) {
-            row_out[global_row] = r.out;
-            row_sums[global_row] = r.sums;
-        }
+    if (live && lane == 0u) {
+        let r = finish_row(st, row);
+        row_out[global_row] = r.out;
+        row_sums[global_row] = r.sums;
+        shared_partials[local] = pack_coef(r.coef);
     }
-    // In place, every lane has read the target's logit (in `finish_row`) before any lane
-    // overwrites it.
-    if (IN_PLACE) { workgroupBarrier(); }
+    workgroupBarrier();
     if (!live) { return; }
+    let coef = unpack_coef(shared_partials[local - lane]);
 
     // One write: the gradient from the registers.
-    let ab = row_scales(r.coef, global_row);
+    let ab = row_scales(coef, global_row);
     for (var j = 0u; j < FUSED_GROUPS; j++) {
         let c0 = 4u * (lane + j * p.tpr);
         if (c0 < p.classes) {
@@ -109,7 +115,7 @@ fn main(
             var dx = vec4(0.0);
             for (var k = 0u; k < n; k++) {
                 let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
-                dx[k] = element_gradient(r.coef, ab, c0 + k, xs[j][k], t);
+                dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
             }
             store_dx(row * p.classes + c0, dx, n);
         }

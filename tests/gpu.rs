@@ -8,7 +8,8 @@ use common::device::{buffer, gpu, paths, read, small_bindings, variants, DeviceC
 use common::*;
 use std::sync::Arc;
 use xent::gpu::{
-    launch_shape, target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu,
+    fused_shape, launch_shape, target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs,
+    DeviceTargets, Gpu,
 };
 use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
@@ -577,13 +578,12 @@ fn confident_rows_keep_gradient_precision() {
 
 #[test]
 fn fused_and_three_pass_around_the_fit_bound() {
-    // A row fits the fused kernel while C ≤ 16·tpr: up to 4096 classes (a workgroup per row).
-    for classes in [1, 7, 100, 2048, 4096] {
-        assert!(launch_shape(9, classes, Layout::Rows).fits_fused(classes, Layout::Rows));
+    // A row fits the fused kernel up to 16 logits per invocation: 4096 classes.
+    for (classes, tpr) in [(1, 1), (16, 1), (17, 2), (100, 8), (1000, 64), (4096, 256)] {
+        assert_eq!(fused_shape(classes, Layout::Rows).map(|s| s.tpr), Some(tpr));
     }
-    assert!(!launch_shape(9, 4097, Layout::Rows).fits_fused(4097, Layout::Rows));
-    assert!(!launch_shape(9, 7, Layout::ClassDim1 { spatial: 3 })
-        .fits_fused(7, Layout::ClassDim1 { spatial: 3 }));
+    assert_eq!(fused_shape(4097, Layout::Rows), None);
+    assert_eq!(fused_shape(7, Layout::ClassDim1 { spatial: 3 }), None);
     let grid = [
         CrossEntropy::new(),
         CrossEntropy::new()

@@ -54,16 +54,23 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
     }
 }
 
-impl Shape {
-    /// Whether a row of `classes` fits the fused kernel with this shape: contiguous rows, one
-    /// split, and at most [`FUSED_VALUES_PER_INVOCATION`] logits per invocation (C ≤ 4096
-    /// with a workgroup per row).
-    pub fn fits_fused(&self, classes: usize, layout: Layout) -> bool {
-        layout == Layout::Rows
-            && self.splits == 1
-            && classes <= (FUSED_VALUES_PER_INVOCATION * self.tpr) as usize
+/// The shape of the fused kernel for `rows × classes`, or `None` when a row doesn't fit its
+/// registers: contiguous rows of at most [`FUSED_VALUES_PER_INVOCATION`] · WG classes (4096),
+/// with as few invocations per row as hold the row, so each has up to 16 logits to amortize
+/// finishing the row over (one invocation per row for C ≤ 16).
+pub fn fused_shape(classes: usize, layout: Layout) -> Option<Shape> {
+    let per_invocation = FUSED_VALUES_PER_INVOCATION as usize;
+    if layout != Layout::Rows || classes > per_invocation * WORKGROUP_SIZE as usize {
+        return None;
     }
+    Some(Shape {
+        tpr: classes.div_ceil(per_invocation).next_power_of_two() as u32,
+        splits: 1,
+        span: classes.next_multiple_of(4) as u32,
+    })
+}
 
+impl Shape {
     /// The grid of the partials kernel (and of the focal pass with `splits` = 1) for `rows`:
     /// x (and z past 65 535) covers the row segments, y the splits.
     pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {

@@ -9,7 +9,7 @@
 //! A softmax call is three passes ([`kernels::Kernel`]): partials (one read of the logits),
 //! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
 //! pass (one more read, one write). With a gradient, rows that fit in registers (up to 4096
-//! classes, [`Shape::fits_fused`]) take one fused kernel instead: one read and one write per
+//! classes, [`fused_shape`]) take one fused kernel instead: one read and one write per
 //! logit, after a tiny per-row pass over the targets that gives the mean its denominator. Focal loss with smoothing or soft targets adds a focal pass
 //! after rows (one more read: every class's `(1 − p)^γ` needs the row's final LSE); without
 //! smoothing the rows pass needs only `p[y]`. BCE is one element pass (after a tiny per-class
@@ -28,7 +28,7 @@ mod shard;
 pub use device::{
     target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow,
 };
-pub use launch::{launch_shape, Shape};
+pub use launch::{fused_shape, launch_shape, Shape};
 
 use crate::error::{Error, Result};
 use kernels::{Kernel, PipelineCache, Variant};
@@ -55,6 +55,9 @@ pub struct GpuOptions {
     /// Never use the fused single-read softmax kernel: every call with a gradient takes the
     /// three passes (partials, rows, backward). Tests use it to check both paths.
     pub three_pass: bool,
+    /// Also request `Features::TIMESTAMP_QUERY` (and timestamps inside encoders) where the
+    /// adapter has them, so a caller can time device work (the benchmarks do).
+    pub timestamp_queries: bool,
 }
 
 /// A wgpu device ready to run xent's kernels.
@@ -129,7 +132,12 @@ impl Gpu {
     pub fn with_options(options: GpuOptions) -> Result<Gpu> {
         let instance = instance();
         let adapter = pollster::block_on(pick_adapter(&instance))?;
-        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        let mut wanted = wgpu::Features::SUBGROUP;
+        if options.timestamp_queries {
+            wanted |=
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        }
+        let features = adapter.features() & wanted;
         let mut limits = adapter.limits();
         if let Some(cap) = options.max_binding_size {
             limits.max_storage_buffer_binding_size =

@@ -2,7 +2,9 @@
 
 use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
 use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
-use super::launch::{binding_room, chunks, flat_pieces, launch_shape, row_pieces, Chunk};
+use super::launch::{
+    binding_room, chunks, flat_pieces, fused_shape, launch_shape, row_pieces, Chunk,
+};
 use super::pool::Pool;
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -469,6 +471,26 @@ impl Gpu {
             Reduction::Sum => 1,
             Reduction::Mean => 2,
         };
+        let focal_all = flags & FLAG_FOCAL_ALL != 0;
+        if long_rows && focal_all {
+            return Err(Error::Unsupported(format!(
+                "focal loss with smoothing or soft targets on rows longer than the storage binding limit ({} bytes)",
+                self.max_binding
+            )));
+        }
+        // Forward and backward in one read when the row fits the fused kernel (its header
+        // lists the exclusions), with the fused kernel's own invocations per row.
+        let fused = fused_shape(classes, layout).filter(|_| {
+            is_softmax
+                && self.fused
+                && !long_rows
+                && !matches!(out.gradient, DeviceGradient::None)
+                && !focal_all
+                && !(store == Store::InPlace && elem == 2 && classes % 2 == 1)
+        });
+        if let Some(fused_shape) = fused {
+            base.tpr = fused_shape.tpr;
+        }
         let mut params: Vec<Params> = Vec::new();
         for chunk in &chunk_list {
             let first = chunk.row0 as u64 * classes as u64;
@@ -586,22 +608,6 @@ impl Gpu {
             targets_buffer,
             rows as u64 * if target_load == TargetLoad::I64 { 8 } else { 4 },
         );
-        let focal_all = base.flags & FLAG_FOCAL_ALL != 0;
-        // Forward and backward in one read when the row fits the fused kernel (its header
-        // lists the exclusions).
-        if long_rows && focal_all {
-            return Err(Error::Unsupported(format!(
-                "focal loss with smoothing or soft targets on rows longer than the storage binding limit ({} bytes)",
-                self.max_binding
-            )));
-        }
-        let fused = is_softmax
-            && self.fused
-            && !long_rows
-            && !matches!(out.gradient, DeviceGradient::None)
-            && shape.fits_fused(classes, layout)
-            && !focal_all
-            && !(store == Store::InPlace && elem == 2 && classes % 2 == 1);
         // What the gradient's scales read: per-row upstream values, the mean's totals.
         let scale_source = Window::whole(match reduction {
             Reduction::None => out.upstream.unwrap_or(&dummy_read),
@@ -686,7 +692,7 @@ impl Gpu {
             label: Some("xent"),
             timestamp_writes: None,
         });
-        if fused && (flags & FLAG_CHECK_TARGETS != 0 || reduction == Reduction::Mean) {
+        if fused.is_some() && (flags & FLAG_CHECK_TARGETS != 0 || reduction == Reduction::Mean) {
             // Index targets checked, and the mean's D and Σ s reduced into `totals` before
             // the fused kernel scales its gradient by them.
             let pipeline = self.pipeline(Variant::new(
@@ -725,7 +731,7 @@ impl Gpu {
                 continue;
             }
             let x4 = vec4_loads(&logits_scalar, p);
-            if fused {
+            if let Some(fused_shape) = fused {
                 // The whole softmax, one read and one write per logit.
                 let variant = Variant::new(
                     Kernel::SoftmaxFused,
@@ -752,7 +758,12 @@ impl Gpu {
                 if let DeviceGradient::Into(g) = out.gradient {
                     windows.push((2, window(g, first, count, 4, self.storage_alignment, 4).0));
                 }
-                self.launch(&mut pass, &pipeline, &windows, shape.grid(chunk.rows, 1));
+                self.launch(
+                    &mut pass,
+                    &pipeline,
+                    &windows,
+                    fused_shape.grid(chunk.rows, 1),
+                );
             } else if is_softmax {
                 // Pass 1: partials, of the chunk's rows, or of each long row a piece at a time.
                 if long_rows {
@@ -889,7 +900,7 @@ impl Gpu {
         record_reduce(&mut pass);
 
         // Pass 3: the softmax gradient, from the saved LSE and the reduced totals.
-        if is_softmax && !fused && !matches!(out.gradient, DeviceGradient::None) {
+        if is_softmax && fused.is_none() && !matches!(out.gradient, DeviceGradient::None) {
             let variant =
                 Variant::new(Kernel::SoftmaxBackward, scalar_load, target_load).with_store(store);
             let pipeline = self.pipeline(variant);
