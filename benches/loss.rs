@@ -8,7 +8,10 @@
 //!
 //! Run: `cargo bench --bench loss` (`XENT_BENCH_ROWS=…` scales the CPU shape down). After the
 //! groups run it prints forward / read and forward+backward / copy, the ratios issue #2 targets
-//! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32), and focal / plain cross-entropy.
+//! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32), and focal / plain cross-entropy. GPU rows are
+//! timed on the wall clock (submit, wait for the device, stop); where the adapter has
+//! `Features::TIMESTAMP_QUERY`, the device time of the same work (timestamps written before
+//! and after it) is printed next to the wall time.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use std::collections::HashMap;
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 use xent::cli::{naive, probe};
-use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu};
+use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions};
 use xent::{Backend, Batch, CrossEntropy, Dtype, Layout, Logits, Request};
 
 /// Fastest time per iteration seen for each benchmark, for the ratios printed at the end.
@@ -38,6 +41,90 @@ fn timed(name: &str, iters: u64, mut f: impl FnMut()) -> Duration {
     let entry = best.entry(name.to_string()).or_insert(per);
     *entry = (*entry).min(per);
     total
+}
+
+/// Fastest device time (timestamp queries) per GPU benchmark.
+fn device_fastest() -> &'static Mutex<HashMap<String, Duration>> {
+    static BEST: OnceLock<Mutex<HashMap<String, Duration>>> = OnceLock::new();
+    BEST.get_or_init(Default::default)
+}
+
+/// Device-side timing: a timestamp before and after the recorded work, resolved and read back.
+/// With only `TIMESTAMP_QUERY` the timestamps are written by empty compute passes around the
+/// work (timestamps inside encoders need a feature of their own).
+struct DeviceTimer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period: f32,
+}
+
+impl DeviceTimer {
+    fn new(gpu: &Gpu) -> Option<DeviceTimer> {
+        let device = gpu.device();
+        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench timestamps"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(DeviceTimer {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolved: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            period: gpu.queue().get_timestamp_period(),
+        })
+    }
+
+    /// Writes timestamp `index` into `encoder` between the work recorded before and after.
+    fn stamp(&self, encoder: &mut wgpu::CommandEncoder, index: u32) {
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("bench timestamp"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &self.queries,
+                beginning_of_pass_write_index: (index == 0).then_some(0),
+                end_of_pass_write_index: (index == 1).then_some(1),
+            }),
+        });
+    }
+
+    /// The fastest device time of `runs` runs of `record`.
+    fn fastest(
+        &self,
+        gpu: &Gpu,
+        runs: usize,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder),
+    ) -> Duration {
+        let device = gpu.device();
+        let mut best = Duration::MAX;
+        for _ in 0..runs {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            self.stamp(&mut encoder, 0);
+            record(&mut encoder);
+            self.stamp(&mut encoder, 1);
+            encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
+            encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.readback, 0, 16);
+            gpu.queue().submit([encoder.finish()]);
+            let slice = self.readback.slice(..);
+            slice.map_async(wgpu::MapMode::Read, |r| r.unwrap());
+            device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&slice.get_mapped_range().unwrap());
+            self.readback.unmap();
+            let ns = ticks[1].saturating_sub(ticks[0]) as f64 * self.period as f64;
+            best = best.min(Duration::from_nanos(ns as u64));
+        }
+        best
+    }
 }
 
 struct Data {
@@ -160,7 +247,10 @@ const GPU_SHAPES: [(usize, usize); 2] = [(16_384, 1000), (512, 32_000)];
 /// GPU vs CPU vs naive on shapes llvmpipe finishes quickly; GPU work is timed from submit to
 /// the device going idle, with the logits already resident (as in training).
 fn gpu(c: &mut Criterion) {
-    let gpu = match Gpu::new() {
+    let gpu = match Gpu::with_options(GpuOptions {
+        timestamp_queries: true,
+        ..Default::default()
+    }) {
         Ok(g) => Arc::new(g),
         Err(e) => {
             eprintln!("!!! no GPU adapter ({e}): GPU benchmarks skipped !!!");
@@ -220,7 +310,18 @@ fn gpu(c: &mut Criterion) {
             upstream_scalar: 1.0,
             target_error: None,
         };
+        let timer = DeviceTimer::new(&gpu);
         for (suffix, loss) in variants() {
+            if let Some(timer) = &timer {
+                let device_time = timer.fastest(&gpu, 10, |encoder| {
+                    gpu.record_cross_entropy(encoder, &loss, &batch, &outputs)
+                        .unwrap()
+                });
+                device_fastest()
+                    .lock()
+                    .unwrap()
+                    .insert(format!("gpu{suffix} {rows}x{classes}"), device_time);
+            }
             let id = BenchmarkId::new(format!("xent-gpu{}", suffix.replace(' ', "-")), gpu.name());
             group.bench_function(id, |b| {
                 b.iter_custom(|n| {
@@ -292,6 +393,24 @@ fn ratios(_: &mut Criterion) {
         "naive fwd+bwd / xent:      {}",
         ratio("naive forward+backward", "forward+backward")
     );
+    // GPU wall time (submit to idle) and, with timestamp queries, the device's own time.
+    let device = device_fastest().lock().unwrap();
+    for (suffix, _) in variants() {
+        for (rows, classes) in GPU_SHAPES {
+            let name = format!("gpu{suffix} {rows}x{classes}");
+            let ms = |d: Option<&Duration>| {
+                d.map_or("n/a".into(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3))
+            };
+            println!(
+                "{name}: wall {}, device {}",
+                ms(best.get(&name)),
+                match device.get(&name) {
+                    Some(d) => ms(Some(d)),
+                    None => "n/a (no TIMESTAMP_QUERY)".into(),
+                }
+            );
+        }
+    }
     // What focal loss costs over plain cross-entropy (1.00: nothing).
     for (suffix, _) in &variants()[1..] {
         for pass in ["forward", "forward+backward"] {
