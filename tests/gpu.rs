@@ -700,3 +700,50 @@ fn run_softmax_result(
         Request::new().gradient_into(&mut grad),
     )
 }
+
+#[test]
+fn device_side_accuracy_counts() {
+    let Some(gpu) = gpu() else { return };
+    let (rows, classes) = (3000, 10);
+    let case = Case::new(44, rows, classes, Hardness::default()).ignore_every(7, -100);
+    let options = CrossEntropy::new();
+    let reference = case.reference(&options, None);
+    let valid = reference.valid.iter().filter(|&&v| v).count();
+    let correct = reference.correct.iter().filter(|&&c| c).count();
+    assert!(correct > 0 && valid < rows);
+
+    let uploaded = DeviceCase::upload(&gpu, &case);
+    let loss = buffer(&gpu, &[0u8; 4]);
+    let records = buffer(&gpu, &vec![0u8; rows * 32]);
+    let counts = buffer(&gpu, &[0xffu8; 8]);
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let outputs = DeviceOutputs {
+        rows: Some(&records),
+        ..DeviceOutputs::new(&loss)
+    };
+    gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &outputs)
+        .unwrap();
+    gpu.record_row_counts(&mut encoder, &records, rows, &counts)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    let got = bytemuck::cast_slice::<f32, u32>(&read(&gpu, &counts)).to_vec();
+    assert_eq!(got, vec![valid as u32, correct as u32]);
+
+    // No rows: zero counts. Too small a counts buffer: a typed error.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_row_counts(&mut encoder, &records, 0, &counts)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(
+        bytemuck::cast_slice::<f32, u32>(&read(&gpu, &counts)),
+        [0, 0]
+    );
+    let e = gpu
+        .record_row_counts(&mut encoder_for(&gpu), &records, rows, &loss)
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+fn encoder_for(gpu: &Gpu) -> wgpu::CommandEncoder {
+    gpu.device().create_command_encoder(&Default::default())
+}

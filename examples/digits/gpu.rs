@@ -366,9 +366,10 @@ struct Trainer {
     loss_staging: wgpu::Buffer,
     /// xent's out-of-range-label flag for every call, read with the held-out results.
     label_error: wgpu::Buffer,
-    /// Held-out loss and per-row records.
+    /// Held-out loss, per-row records and their valid / correct counts.
     held_loss: wgpu::Buffer,
     held_rows: wgpu::Buffer,
+    held_counts: wgpu::Buffer,
     eval_staging: wgpu::Buffer,
     /// minibatch → logits.
     forward: Vec<Dispatch>,
@@ -460,9 +461,15 @@ impl Trainer {
             rows_bytes,
             wgpu::BufferUsages::COPY_SRC,
         );
+        let held_counts = storage(
+            device,
+            "held-out counts",
+            8,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
         let eval_staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("eval staging"),
-            size: 16 + rows_bytes as u64,
+            size: 16,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -603,6 +610,7 @@ impl Trainer {
             label_error,
             held_loss,
             held_rows,
+            held_counts,
             eval_staging,
             forward,
             backward,
@@ -665,7 +673,8 @@ impl Trainer {
     }
 
     /// Held-out loss and accuracy: the forward kernels, then xent with per-row records
-    /// (`GpuRow`: loss, argmax, `correct` flag) and no gradient, one read-back.
+    /// (`GpuRow`) and no gradient, counted on the device; one read-back of 16 bytes (loss,
+    /// label-error flag, valid and correct rows).
     fn evaluate(&self) -> Result<(f32, f64), Error> {
         let mut encoder = self
             .device
@@ -699,22 +708,21 @@ impl Trainer {
         encoder.copy_buffer_to_buffer(&self.held_loss, 0, &self.eval_staging, 0, 4);
         encoder.copy_buffer_to_buffer(&self.label_error, 0, &self.eval_staging, 4, 4);
         encoder.clear_buffer(&self.label_error, 0, None);
-        encoder.copy_buffer_to_buffer(
+        self.xent.record_row_counts(
+            &mut encoder,
             &self.held_rows,
-            0,
-            &self.eval_staging,
-            16,
-            self.held_rows.size(),
-        );
+            self.held_out_rows,
+            &self.held_counts,
+        )?;
+        encoder.copy_buffer_to_buffer(&self.held_counts, 0, &self.eval_staging, 8, 8);
         self.queue.submit([encoder.finish()]);
         let bytes = read_back(&self.device, &self.eval_staging, self.eval_staging.size())?;
         if let Some(row) = target_error_row(u32::from_le_bytes(bytes[4..8].try_into()?)) {
             return Err(format!("a label out of range on the device, row {row}").into());
         }
         let loss = f32::from_le_bytes(bytes[..4].try_into()?);
-        let rows: Vec<GpuRow> = bytemuck::pod_collect_to_vec(&bytes[16..]);
-        let correct = rows.iter().filter(|r| r.flags & 2 != 0).count();
-        Ok((loss, correct as f64 / self.held_out_rows as f64))
+        let counts: [u32; 2] = bytemuck::pod_read_unaligned(&bytes[8..16]);
+        Ok((loss, counts[1] as f64 / counts[0] as f64))
     }
 
     /// The parameter blocks, read back (tests compare them with the CPU's).

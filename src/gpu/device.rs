@@ -12,6 +12,9 @@
 //! - Scratch buffers are xent's and are reused by the next call; recorded calls run in the
 //!   order they were recorded (in one encoder or across submits), so reuse is safe, and each
 //!   call allocates only a small uniform buffer and its bind groups.
+//! - Accuracy without reading every row's record back:
+//!   [`Gpu::record_row_counts`](super::Gpu::record_row_counts) counts valid and correct rows
+//!   on the device.
 //! - A target out of range sets a flag: by default one shared by every recorded call on that
 //!   [`Gpu`](super::Gpu) until [`Gpu::take_target_error`](super::Gpu::take_target_error) reads
 //!   it (the lowest such row of any of those calls; a blocking read). A trainer that never

@@ -33,6 +33,8 @@ pub enum Kernel {
     Bce,
     /// Fixed-order reduction to the batch loss.
     Reduce,
+    /// Valid and correct rows of per-row records (device-side accuracy).
+    CountRows,
     /// Bandwidth probe: read.
     ProbeRead,
     /// Bandwidth probe: copy.
@@ -51,6 +53,7 @@ impl Kernel {
             Kernel::BceClasses => include_str!("../../shaders/bce_classes.wgsl"),
             Kernel::Bce => include_str!("../../shaders/bce.wgsl"),
             Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Kernel::CountRows => include_str!("../../shaders/count_rows.wgsl"),
             Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
             Kernel::ProbeCopy => include_str!("../../shaders/probe_copy.wgsl"),
         }
@@ -182,7 +185,7 @@ impl Variant {
         if softmax_like
             || matches!(
                 k,
-                Kernel::Reduce | Kernel::BceClasses | Kernel::SoftmaxTargets
+                Kernel::Reduce | Kernel::BceClasses | Kernel::SoftmaxTargets | Kernel::CountRows
             )
         {
             src += include_str!("../../shaders/include/softmax_common.wgsl");
@@ -351,6 +354,7 @@ impl Variant {
                 (18, Read),
             ],
             (Kernel::Reduce, _) => &[(0, Uniform), (14, Read), (15, Write), (16, Write)],
+            (Kernel::CountRows, _) => &[(0, Uniform), (14, Read), (15, Write)],
             (Kernel::ProbeRead | Kernel::ProbeCopy, _) => &[(0, Read), (1, Write)],
         }
     }
@@ -525,6 +529,7 @@ pub fn all_variants() -> Vec<Variant> {
         [
             Kernel::BceClasses,
             Kernel::Reduce,
+            Kernel::CountRows,
             Kernel::ProbeRead,
             Kernel::ProbeCopy,
         ]

@@ -1311,6 +1311,62 @@ impl Gpu {
         })
     }
 
+    /// Records device-side accuracy counts: from the per-row records a softmax call wrote
+    /// into [`DeviceOutputs::rows`] (`rows` × [`GpuRow`]), writes two u32 into `counts`
+    /// (`STORAGE | COPY_DST`, at least 8 bytes): the valid (not ignored) rows and the correct ones, so
+    /// an evaluation reads back 8 bytes instead of every record (accuracy = correct / valid).
+    /// Clears `counts` first; integer atomics make the counts exact in any order.
+    pub fn record_row_counts(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        records: &wgpu::Buffer,
+        rows: usize,
+        counts: &wgpu::Buffer,
+    ) -> Result<()> {
+        let need = |what: &'static str, buffer: &wgpu::Buffer, bytes: u64| {
+            if buffer.size() < bytes {
+                Err(Error::Shape {
+                    what,
+                    expected: bytes as usize,
+                    actual: buffer.size() as usize,
+                    shape: format!("rows {rows}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        need("row records buffer (bytes)", records, rows as u64 * 32)?;
+        need("counts buffer (bytes)", counts, 8)?;
+        let rows_u32 = u32::try_from(rows).map_err(|_| Error::Overflow {
+            shape: format!("rows {rows}"),
+        })?;
+        self.scoped(|| {
+            encoder.clear_buffer(counts, 0, Some(8));
+            if rows == 0 {
+                return Ok(());
+            }
+            let pipeline = self.pipeline(Variant::plain(Kernel::CountRows));
+            let params = Params {
+                elems: rows_u32,
+                ..Params::default()
+            };
+            self.dispatch(
+                encoder,
+                &pipeline,
+                &params,
+                &[
+                    (14, Window::head(records, rows as u64 * 32)),
+                    (15, Window::head(counts, 8)),
+                ],
+                {
+                    let (x, y) = grid(rows as u64);
+                    (x, y, 1)
+                },
+            );
+            Ok(())
+        })
+    }
+
     /// The lowest row whose target was out of range in any recorded call since the last
     /// check (reads 4 bytes back, then clears the flag).
     pub fn take_target_error(&self) -> Result<Option<usize>> {
