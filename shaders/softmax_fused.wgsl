@@ -13,16 +13,17 @@
 // from the totals of the targets pre-pass (`softmax_targets.wgsl`) and the fixed-order reduce,
 // bound at `scale_source`. Index targets were checked by that pre-pass too (a bad one is
 // flagged there and the row is treated as ignored here, as `finish_row` does).
-// Not fused (the host's choice, `launch::fits_fused`): the (N, C, d…) layout, rows longer than
-// 4·FUSED_GROUPS·tpr, focal loss with smoothing or soft targets (its factors need the final
-// lse of every class: the focal pass), and in-place f16/bf16 with odd C (two rows would share
-// a word).
+// Not fused (the host's choice, `launch::fused_shape` and `run.rs`): the (N, C, d…) layout,
+// rows longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
+// need the final lse of every class: the focal pass), in-place f16/bf16 with odd C (two rows
+// would share a word), and rows longer than a binding.
 //
-// Launch (`launch::fused_shape`): WG / tpr row segments per workgroup, a segment of tpr
-// invocations owns a row, tpr as small as holds the row (up to 16 logits each); invocation `lane` owns the 4-element groups g = lane + j·tpr
+// Launch (`launch::fused_shape`): WG / tpr row segments per workgroup; a segment of tpr
+// invocations owns a row, tpr as small as holds it (C ≤ 4·FUSED_GROUPS·tpr, up to 16 logits
+// per invocation). Invocation `lane` owns the 4-element groups g = lane + j·tpr
 // (j < FUSED_GROUPS) of the row, so neighbours read neighbouring 16-byte runs (coalesced;
 // vec4 loads where the row is 4-element aligned) and own whole words of f16/bf16 in-place
-// stores. The raw values stay in a private array of FUSED_GROUPS vec4s, so C ≤ 4·FUSED_GROUPS·tpr.
+// stores. The raw values stay in a private array of FUSED_GROUPS vec4s.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
 // the tree); lane 0 finishes the row (stores its record and sums) and shares its RowCoef
 // through workgroup memory; after one barrier every lane writes its groups' gradient.

@@ -42,6 +42,18 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Whether every invocation writes its workgroup-memory slot before a barrier and reads
+    /// only slots written before it (the segment and reduction trees). wgpu's zero fill of
+    /// workgroup memory is then dead work, so it is turned off for these kernels: on the GL
+    /// backend it is a constructor of the whole array, which Mesa's compiler on llvmpipe took
+    /// about a minute over for the WG Partials of the softmax kernels (cold shader cache).
+    fn fills_workgroup_memory(self) -> bool {
+        matches!(
+            self,
+            Kernel::SoftmaxPartials | Kernel::SoftmaxFused | Kernel::SoftmaxFocal | Kernel::Reduce
+        )
+    }
+
     fn source(self) -> &'static str {
         match self {
             Kernel::SoftmaxPartials => include_str!("../../shaders/softmax_partials.wgsl"),
@@ -439,7 +451,10 @@ fn build(device: &wgpu::Device, variant: Variant) -> Pipeline {
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some("main"),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            zero_initialize_workgroup_memory: !variant.kernel.fills_workgroup_memory(),
+            ..Default::default()
+        },
         cache: None,
     });
     Pipeline {
