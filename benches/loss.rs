@@ -11,7 +11,9 @@
 //! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32), and focal / plain cross-entropy. GPU rows are
 //! timed on the wall clock (submit, wait for the device, stop); where the adapter has
 //! `Features::TIMESTAMP_QUERY`, the device time of the same work (timestamps written before
-//! and after it) is printed next to the wall time.
+//! and after it) is printed next to the wall time. Plain cross-entropy also runs on the three
+//! passes (`GpuOptions::three_pass`) beside the default device, so the fused kernel's saving
+//! shows on shapes whose rows fit it.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use std::collections::HashMap;
@@ -247,16 +249,26 @@ const GPU_SHAPES: [(usize, usize); 2] = [(16_384, 1000), (512, 32_000)];
 /// GPU vs CPU vs naive on shapes llvmpipe finishes quickly; GPU work is timed from submit to
 /// the device going idle, with the logits already resident (as in training).
 fn gpu(c: &mut Criterion) {
-    let gpu = match Gpu::with_options(GpuOptions {
-        timestamp_queries: true,
-        ..Default::default()
-    }) {
-        Ok(g) => Arc::new(g),
-        Err(e) => {
+    let open = |three_pass| {
+        Gpu::with_options(GpuOptions {
+            timestamp_queries: true,
+            three_pass,
+            ..Default::default()
+        })
+    };
+    let (fused, three_pass) = match (open(false), open(true)) {
+        (Ok(a), Ok(b)) => (Arc::new(a), Arc::new(b)),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("!!! no GPU adapter ({e}): GPU benchmarks skipped !!!");
             return;
         }
     };
+    // The default device (fused kernel where rows fit), and the three passes for plain
+    // cross-entropy beside it.
+    let paths = [
+        ("gpu", fused, variants().len()),
+        ("gpu three-pass", three_pass, 1),
+    ];
     for (rows, classes) in GPU_SHAPES {
         let d = data(rows, classes);
         let mut group = c.benchmark_group(format!("{rows}x{classes} f32 forward+backward"));
@@ -265,75 +277,79 @@ fn gpu(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(2));
         group.throughput(Throughput::Bytes((d.logits.len() * 4 * 3) as u64));
-        let device = gpu.device();
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC;
-        let logits = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&d.logits),
-            usage,
-        });
-        let targets = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&d.targets),
-            usage,
-        });
-        let loss_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 16,
-            usage,
-            mapped_at_creation: false,
-        });
-        let grad_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: (d.logits.len() * 4) as u64,
-            usage,
-            mapped_at_creation: false,
-        });
-        let batch = DeviceBatch {
-            logits: &logits,
-            dtype: Dtype::F32,
-            rows,
-            classes,
-            layout: Layout::Rows,
-            targets: DeviceTargets::I64(&targets),
-            class_weights: None,
-            pos_weight: None,
-            sample_weights: None,
-        };
-        let outputs = DeviceOutputs {
-            loss: &loss_buffer,
-            rows: None,
-            gradient: DeviceGradient::Into(&grad_buffer),
-            upstream: None,
-            upstream_scalar: 1.0,
-            target_error: None,
-        };
-        let timer = DeviceTimer::new(&gpu);
-        for (suffix, loss) in variants() {
-            if let Some(timer) = &timer {
-                let device_time = timer.fastest(&gpu, 10, |encoder| {
-                    gpu.record_cross_entropy(encoder, &loss, &batch, &outputs)
-                        .unwrap()
-                });
-                device_fastest()
-                    .lock()
-                    .unwrap()
-                    .insert(format!("gpu{suffix} {rows}x{classes}"), device_time);
-            }
-            let id = BenchmarkId::new(format!("xent-gpu{}", suffix.replace(' ', "-")), gpu.name());
-            group.bench_function(id, |b| {
-                b.iter_custom(|n| {
-                    timed(&format!("gpu{suffix} {rows}x{classes}"), n, || {
-                        let mut encoder = device.create_command_encoder(&Default::default());
-                        gpu.record_cross_entropy(&mut encoder, &loss, &batch, &outputs)
-                            .unwrap();
-                        gpu.queue().submit([encoder.finish()]);
-                        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-                    })
-                })
+        for (path, gpu, losses) in &paths {
+            let device = gpu.device();
+            let usage = wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC;
+            let logits = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&d.logits),
+                usage,
             });
+            let targets = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&d.targets),
+                usage,
+            });
+            let loss_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            });
+            let grad_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: (d.logits.len() * 4) as u64,
+                usage,
+                mapped_at_creation: false,
+            });
+            let batch = DeviceBatch {
+                logits: &logits,
+                dtype: Dtype::F32,
+                rows,
+                classes,
+                layout: Layout::Rows,
+                targets: DeviceTargets::I64(&targets),
+                class_weights: None,
+                pos_weight: None,
+                sample_weights: None,
+            };
+            let outputs = DeviceOutputs {
+                loss: &loss_buffer,
+                rows: None,
+                gradient: DeviceGradient::Into(&grad_buffer),
+                upstream: None,
+                upstream_scalar: 1.0,
+                target_error: None,
+            };
+            let timer = DeviceTimer::new(gpu);
+            for (suffix, loss) in variants().into_iter().take(*losses) {
+                let name = format!("{path}{suffix} {rows}x{classes}");
+                if let Some(timer) = &timer {
+                    let device_time = timer.fastest(gpu, 10, |encoder| {
+                        gpu.record_cross_entropy(encoder, &loss, &batch, &outputs)
+                            .unwrap()
+                    });
+                    device_fastest()
+                        .lock()
+                        .unwrap()
+                        .insert(name.clone(), device_time);
+                }
+                let id =
+                    BenchmarkId::new(format!("xent-{path}{suffix}").replace(' ', "-"), gpu.name());
+                group.bench_function(id, |b| {
+                    b.iter_custom(|n| {
+                        timed(&name, n, || {
+                            let mut encoder = device.create_command_encoder(&Default::default());
+                            gpu.record_cross_entropy(&mut encoder, &loss, &batch, &outputs)
+                                .unwrap();
+                            gpu.queue().submit([encoder.finish()]);
+                            device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                        })
+                    })
+                });
+            }
         }
         let mut grad = vec![0f32; d.logits.len()];
         group.bench_function("xent-cpu", |b| {
@@ -395,9 +411,14 @@ fn ratios(_: &mut Criterion) {
     );
     // GPU wall time (submit to idle) and, with timestamp queries, the device's own time.
     let device = device_fastest().lock().unwrap();
-    for (suffix, _) in variants() {
+    let plain_three_pass = [("gpu three-pass", "")];
+    let paths = variants()
+        .map(|(suffix, _)| ("gpu", suffix))
+        .into_iter()
+        .chain(plain_three_pass);
+    for (path, suffix) in paths {
         for (rows, classes) in GPU_SHAPES {
-            let name = format!("gpu{suffix} {rows}x{classes}");
+            let name = format!("{path}{suffix} {rows}x{classes}");
             let ms = |d: Option<&Duration>| {
                 d.map_or("n/a".into(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3))
             };
@@ -410,6 +431,14 @@ fn ratios(_: &mut Criterion) {
                 }
             );
         }
+    }
+    // What the fused kernel saves (rows up to 4096 classes; 1.00 where rows don't fit it).
+    for (rows, classes) in GPU_SHAPES {
+        let shape = format!("{rows}x{classes}");
+        println!(
+            "gpu three-pass / gpu {shape}: {}",
+            ratio(&format!("gpu three-pass {shape}"), &format!("gpu {shape}"))
+        );
     }
     // What focal loss costs over plain cross-entropy (1.00: nothing).
     for (suffix, _) in &variants()[1..] {
