@@ -322,12 +322,23 @@ fn reference_gradient_matches_finite_differences() {
         ]);
     }
     grid.push(base.label_smoothing(0.2).z_loss(1e-2));
+    softmax_grid_finite_differences(&grid, grid_case, (10, 40));
+}
+
+/// Finite differences of the reference for every option set of `grid`, on an index-target
+/// case (5 × 6, weighted, sample-weighted, some rows ignored) and a soft-target case (4 × 5),
+/// each with an upstream gradient; `seeds` picks their random logits.
+fn softmax_grid_finite_differences(
+    grid: &[CrossEntropy],
+    make: fn(u64, usize, usize) -> Case,
+    seeds: (u64, u64),
+) {
     for (k, options) in grid.iter().enumerate() {
-        let index = grid_case(10 + k as u64, 5, 6)
+        let index = make(seeds.0 + k as u64, 5, 6)
             .weighted(k as u64)
             .sample_weighted(k as u64)
             .ignore_every(3, options.ignore_index);
-        let soft = grid_case(40 + k as u64, 4, 5)
+        let soft = make(seeds.1 + k as u64, 4, 5)
             .soft(k as u64)
             .weighted(k as u64 + 1)
             .sample_weighted(k as u64 + 2);
@@ -495,26 +506,7 @@ fn probability_focal_reference_matches_finite_differences() {
             f.reduction(Reduction::None).ignore_index(2),
         ]);
     }
-    for (k, options) in grid.iter().enumerate() {
-        let index = probability_grid_case(80 + k as u64, 5, 6)
-            .weighted(k as u64)
-            .sample_weighted(k as u64)
-            .ignore_every(3, options.ignore_index);
-        let soft = probability_grid_case(90 + k as u64, 4, 5)
-            .soft(k as u64)
-            .weighted(k as u64 + 1)
-            .sample_weighted(k as u64 + 2);
-        let upstream: Vec<f32> = match options.reduction {
-            Reduction::None => (0..5).map(|i| 0.5 + 0.25 * i as f32).collect(),
-            _ => vec![0.75],
-        };
-        for (what, case) in [("index", &index), ("soft", &soft)] {
-            let up = &upstream[..upstream.len().min(case.rows)];
-            finite_differences(&format!("{what} {options:?}"), case, Some(up), |c| {
-                c.reference(options, Some(up))
-            });
-        }
-    }
+    softmax_grid_finite_differences(&grid, probability_grid_case, (80, 90));
 }
 
 #[test]

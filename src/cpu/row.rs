@@ -463,6 +463,28 @@ impl Forward<'_> {
     }
 }
 
+/// The backward's per-class term `A·w[c]·(B·t[c] + E)` at `off` (`constant` = `A·E` when
+/// there are neither weights nor dense targets), shared by [`Backward`] and [`Rescale`].
+#[inline(always)]
+fn class_term<I: Isa>(
+    isa: I,
+    w: Option<&[f32]>,
+    t: Option<&[f32]>,
+    off: usize,
+    (a, b, e): (I::F32, I::F32, I::F32),
+    constant: I::F32,
+) -> I::F32 {
+    let ops = isa.f32();
+    match (w, t) {
+        (None, None) => constant,
+        (w, t) => {
+            let w = w.map_or(ops.one(), |w| ops.load_pad(&w[off..]).0);
+            let t = t.map_or(ops.zero(), |t| ops.load_pad(&t[off..]).0);
+            ops.mul(ops.mul(a, w), ops.mul_add(b, t, e))
+        }
+    }
+}
+
 /// Stores a vector, or the part of it that fits at the end of a row.
 #[inline(always)]
 fn store<I: Isa>(isa: I, v: I::F32, dst: &mut [f32]) {
@@ -554,14 +576,7 @@ impl SimdOp for Backward<'_> {
             let (x, _) = ops.load_pad(&self.io.src()[off..]);
             let z = self.transform.apply(isa, x);
             let p = Exp::apply(isa, ops.sub(ops.sub(z, shift), log_sum));
-            let per_class = match (self.w, self.t) {
-                (None, None) => constant,
-                (w, t) => {
-                    let w = w.map_or(ops.one(), |w| ops.load_pad(&w[off..]).0);
-                    let t = t.map_or(ops.zero(), |t| ops.load_pad(&t[off..]).0);
-                    ops.mul(ops.mul(a, w), ops.mul_add(b, t, e))
-                }
-            };
+            let per_class = class_term(isa, self.w, self.t, off, (a, b, e), constant);
             let dz = ops.mul_sub_from(per_class, ops.one(), ops.mul(k, p));
             let dx = ops.mul(dz, self.transform.slope(isa, z));
             store(isa, dx, &mut self.io.dst()[off..]);
@@ -661,14 +676,7 @@ impl SimdOp for Rescale<'_> {
                 } else {
                     scale
                 };
-                let per_class = match (self.w, self.t) {
-                    (None, None) => constant,
-                    (w, t) => {
-                        let w = w.map_or(ops.one(), |w| ops.load_pad(&w[off..]).0);
-                        let t = t.map_or(ops.zero(), |t| ops.load_pad(&t[off..]).0);
-                        ops.mul(ops.mul(a, w), ops.mul_add(b, t, e))
-                    }
-                };
+                let per_class = class_term(isa, self.w, self.t, off, (a, b, e), constant);
                 let dx = ops.mul(ops.mul_sub_from(per_class, ops.one(), p_k), slope);
                 store(isa, dx, self.io.dst(off));
             }
