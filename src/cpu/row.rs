@@ -283,28 +283,13 @@ impl Forward<'_> {
             && !self.want_entropy
             && self.transform.softcap.is_none();
         if plain && xc.len().is_multiple_of(2 * lanes) {
-            // The common case (no weights, dense targets, smoothing, metrics or softcap) as
-            // a tight loop over pairs of vectors, two accumulators each.
-            let scale = ops.splat(self.transform.scale);
-            let (mut max0, mut max1, mut sum0, mut sum1) = (neg_inf, neg_inf, zero, zero);
-            for off in (0..xc.len()).step_by(2 * lanes) {
-                let z0 = ops.mul(ops.load(&xc[off..]), scale);
-                let z1 = ops.mul(ops.load(&xc[off + lanes..]), scale);
-                max0 = ops.max(max0, z0);
-                max1 = ops.max(max1, z1);
-                let e0 = ShiftedExp::apply(isa, ops.sub(z0, shift_v));
-                let e1 = ShiftedExp::apply(isa, ops.sub(z1, shift_v));
-                sum0 = ops.add(sum0, e0);
-                sum1 = ops.add(sum1, e1);
-                if let Some(keep) = keep.as_deref_mut() {
-                    ops.store(e0, &mut keep[off..]);
-                    ops.store(e1, &mut keep[off + lanes..]);
-                }
-            }
-            return ChunkSums {
-                max: horizontal_max(ops.max(max0, max1)),
-                sum_exp: ops.sum(ops.add(sum0, sum1)) as f64,
-                ..ChunkSums::default()
+            // Constant arguments give each combination its own tight loop.
+            let scale = self.transform.scale;
+            return match (keep, scale == 1.0) {
+                (None, true) => plain_pass(isa, xc, shift, None, None),
+                (None, false) => plain_pass(isa, xc, shift, Some(scale), None),
+                (Some(keep), true) => plain_pass(isa, xc, shift, None, Some(keep)),
+                (Some(keep), false) => plain_pass(isa, xc, shift, Some(scale), Some(keep)),
             };
         }
         let (mut v_max, mut v_sum, mut v_ez, mut v_te) = (neg_inf, zero, zero, zero);
@@ -505,6 +490,45 @@ fn horizontal_max<S: Simd<Elem = f32>>(v: S) -> f32 {
         .iter()
         .copied()
         .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The common forward case (no weights, dense targets, smoothing, metrics or softcap) over a
+/// chunk whose length is a multiple of two vectors: pairs of vectors, two accumulators each.
+/// `scale` is `None` for 1; `keep` receives the exps.
+#[inline(always)]
+fn plain_pass<I: Isa>(
+    isa: I,
+    xc: &[f32],
+    shift: f32,
+    scale: Option<f32>,
+    mut keep: Option<&mut [f32]>,
+) -> ChunkSums {
+    let ops = isa.f32();
+    let lanes = ops.len();
+    let neg_inf = ops.splat(f32::NEG_INFINITY);
+    let shift_v = ops.splat(shift);
+    let scaled = |z: I::F32| scale.map_or(z, |s| ops.mul(z, ops.splat(s)));
+    let (mut max0, mut max1, mut sum0, mut sum1) = (neg_inf, neg_inf, ops.zero(), ops.zero());
+    for (i, pair) in xc.chunks_exact(2 * lanes).enumerate() {
+        let z0 = scaled(ops.load(pair));
+        let z1 = scaled(ops.load(&pair[lanes..]));
+        max0 = ops.max(max0, z0);
+        max1 = ops.max(max1, z1);
+        let e0 = ShiftedExp::apply(isa, ops.sub(z0, shift_v));
+        let e1 = ShiftedExp::apply(isa, ops.sub(z1, shift_v));
+        sum0 = ops.add(sum0, e0);
+        sum1 = ops.add(sum1, e1);
+        if let Some(keep) = keep.as_deref_mut() {
+            let out = &mut keep[i * 2 * lanes..(i + 1) * 2 * lanes];
+            ops.store(e0, out);
+            ops.store(e1, &mut out[lanes..]);
+        }
+    }
+    ChunkSums {
+        max: horizontal_max(ops.max(max0, max1)),
+        sum_exp: ops.sum(ops.add(sum0, sum1)) as f64,
+        ..ChunkSums::default()
+    }
 }
 
 /// The destination of a row's gradient: over the input row itself, or a separate row.
