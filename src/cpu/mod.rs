@@ -483,7 +483,7 @@ impl Ctx<'_> {
                 0.0
             },
             argmax,
-            entropy: (lse - st.sum_ez / st.sum_exp) as f32,
+            entropy: (lse - st.max as f64 - st.sum_ez / st.sum_exp) as f32,
             confidence: (st.max as f64 - lse).exp() as f32,
             valid,
             ..RowResult::default()

@@ -91,7 +91,8 @@ pub struct RowStats {
     pub sum_wt: f64,
     /// `Σ w·t·z` (dense targets).
     pub sum_wtz: f64,
-    /// `Σ exp(z − m)·z` (entropy, when asked).
+    /// `Σ exp(z − m)·(z − m)` (entropy, when asked): centred on `m`, so that the entropy
+    /// `log Σ exp(z − m) − sum_ez / sum_exp` keeps its precision when `|z|` is large.
     pub sum_ez: f64,
     /// `Σ t·exp(z − m)` (dense targets).
     pub sum_te: f64,
@@ -106,6 +107,15 @@ impl RowStats {
             self.max as f64
         } else {
             self.max as f64 + self.sum_exp.ln()
+        }
+    }
+
+    /// `Σ exp(z − m)·z`, the uncentred [`sum_ez`](Self::sum_ez) that partials exchange.
+    pub fn sum_ez_uncentred(&self) -> f64 {
+        if self.sum_exp == 0.0 {
+            0.0
+        } else {
+            self.sum_ez + self.max as f64 * self.sum_exp
         }
     }
 }
@@ -208,7 +218,7 @@ impl SimdOp for Forward<'_> {
                         st.rescale(c.max);
                         st.argmax = (base + self.position(isa, xc, c.max)) as u32;
                     }
-                    st.add(&c, (shift as f64 - st.max as f64).exp());
+                    st.add(&c, shift);
                     shift
                 }
                 Some(c) if c.sum_exp.is_finite() => {
@@ -216,7 +226,7 @@ impl SimdOp for Forward<'_> {
                     let c = self.speculate(isa, part, c.max, keep);
                     st.rescale(c.max);
                     st.argmax = (base + self.position(isa, xc, c.max)) as u32;
-                    st.add(&c, 1.0);
+                    st.add(&c, c.max);
                     c.max
                 }
                 _ => {
@@ -241,16 +251,22 @@ impl RowStats {
     /// Moves the running sums to a new, higher max.
     fn rescale(&mut self, max: f32) {
         let rescale = (self.max as f64 - max as f64).exp();
+        if self.sum_exp != 0.0 {
+            // Re-centre `Σ e·(z − m)` on the new max.
+            self.sum_ez += (self.max as f64 - max as f64) * self.sum_exp;
+        }
         self.sum_exp *= rescale;
         self.sum_ez *= rescale;
         self.sum_te *= rescale;
         self.max = max;
     }
 
-    /// Adds the sums of a chunk, its exps scaled by `exp(shift − max)` to the running max.
-    fn add(&mut self, c: &ChunkSums, scale: f64) {
+    /// Adds the sums of a chunk whose exps were taken at `shift` (≤ the running max).
+    fn add(&mut self, c: &ChunkSums, shift: f32) {
+        let offset = shift as f64 - self.max as f64;
+        let scale = if offset == 0.0 { 1.0 } else { offset.exp() };
         self.sum_exp += c.sum_exp * scale;
-        self.sum_ez += c.sum_ez * scale;
+        self.sum_ez += (c.sum_ez + offset * c.sum_exp) * scale;
         self.sum_te += c.sum_te * scale;
         self.sum_wz += c.sum_wz;
         self.sum_wt += c.sum_wt;
@@ -307,14 +323,15 @@ impl Forward<'_> {
                 (z, ops.select(z, neg_inf, live))
             };
             v_max = ops.max(v_max, z_live);
-            let e = ShiftedExp::apply(isa, ops.sub(z_live, shift_v));
+            let d = ops.sub(z_live, shift_v);
+            let e = ShiftedExp::apply(isa, d);
             v_sum = ops.add(v_sum, e);
             if let Some(keep) = keep.as_deref_mut() {
                 store(isa, e, &mut keep[off..]);
             }
             if self.want_entropy {
                 // max() keeps 0·(−inf) out of the sum for masked classes.
-                v_ez = ops.mul_add(e, ops.max(z_live, lowest), v_ez);
+                v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
             let w = wc.map_or(one, |w| ops.load_pad(&w[off..]).0);
             if self.want_wz {
@@ -345,8 +362,13 @@ impl Forward<'_> {
         let ops = isa.f32();
         let neg_inf = ops.splat(f32::NEG_INFINITY);
         let mut v_max = neg_inf;
-        for off in (0..xc.len()).step_by(ops.len()) {
-            let (x, live) = ops.load_pad(&xc[off..]);
+        let vectors = xc.chunks_exact(ops.len());
+        let tail = vectors.remainder();
+        for v in vectors {
+            v_max = ops.max(v_max, self.transform.apply(isa, ops.load(v)));
+        }
+        if !tail.is_empty() {
+            let (x, live) = ops.load_pad(tail);
             let z = self.transform.apply(isa, x);
             v_max = ops.max(v_max, ops.select(z, neg_inf, live));
         }
@@ -360,7 +382,11 @@ impl Forward<'_> {
         let ops = isa.f32();
         let (lanes, target) = (ops.len(), ops.splat(max));
         for off in (0..xc.len()).step_by(lanes) {
-            let z = self.transform.apply(isa, ops.load_pad(&xc[off..]).0);
+            let x = match xc.get(off..off + lanes) {
+                Some(full) => ops.load(full),
+                None => ops.load_pad(&xc[off..]).0,
+            };
+            let z = self.transform.apply(isa, x);
             if isa.m32().any(ops.eq(z, target)) {
                 let lane = z.to_array().as_ref().iter().position(|&v| v == max);
                 if let Some(lane) = lane.filter(|&l| off + l < xc.len()) {
@@ -430,12 +456,12 @@ impl Forward<'_> {
         let m = ops.splat(st.max);
         let (mut v_sum, mut v_ez, mut v_te) = (zero, zero, zero);
         for off in (0..n).step_by(lanes) {
-            let z = ops.load(&z_buf[off..]);
-            let e = ShiftedExp::apply(isa, ops.sub(z, m));
+            let d = ops.sub(ops.load(&z_buf[off..]), m);
+            let e = ShiftedExp::apply(isa, d);
             v_sum = ops.add(v_sum, e);
             ops.store(e, &mut z_buf[off..]);
             if self.want_entropy {
-                v_ez = ops.mul_add(e, ops.max(z, lowest), v_ez);
+                v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
             if let Some(t) = tc {
                 v_te = ops.mul_add(ops.load_pad(&t[off..]).0, e, v_te);
@@ -485,11 +511,19 @@ fn store<I: Isa>(isa: I, v: I::F32, dst: &mut [f32]) {
 /// The largest lane (NaN lanes are dropped; callers detect NaN otherwise).
 #[inline(always)]
 fn horizontal_max<S: Simd<Elem = f32>>(v: S) -> f32 {
-    v.to_array()
-        .as_ref()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max)
+    // A tree of halvings over at most 16 lanes (−inf fills the rest): log-depth, not a
+    // serial chain.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let v = v.to_array();
+    lanes[..v.as_ref().len()].copy_from_slice(v.as_ref());
+    let mut width = lanes.len() / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] = lanes[i].max(lanes[i + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 /// The common forward case (no weights, dense targets, smoothing, metrics or softcap) over a

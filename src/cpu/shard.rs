@@ -73,7 +73,7 @@ pub fn shard_partials(
                 RowPartial {
                     max: st.max,
                     sum_exp: st.sum_exp as f32,
-                    sum_ez: st.sum_ez as f32,
+                    sum_ez: st.sum_ez_uncentred() as f32,
                     sum_wz: st.sum_wz as f32,
                     weight_sum,
                     target_z: if mine {
