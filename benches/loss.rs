@@ -182,6 +182,13 @@ fn cpu(c: &mut Criterion) {
     group.bench_function("read (SIMD sum)", |b| {
         b.iter_custom(|n| timed("read", n, || _ = black_box(probe::read_pass(&d.logits))))
     });
+    group.bench_function("forward chunk loop from L1", |b| {
+        b.iter_custom(|n| {
+            timed("chunk loop", n, || {
+                _ = black_box(probe::chunk_loop_pass(d.logits.len()))
+            })
+        })
+    });
     group.bench_function("copy", |b| {
         b.iter_custom(|n| timed("copy", n, || probe::copy_pass(&d.logits, &mut grad)))
     });
@@ -396,6 +403,16 @@ fn ratios(_: &mut Criterion) {
     println!(
         "\nforward / read:            {} (target ≤ 1.25)",
         ratio("forward", "read")
+    );
+    // The forward takes an exp per logit; where the cores' exp throughput is below the
+    // memory's read rate (few cores per memory channel), its floor is the chunk loop.
+    println!(
+        "read / chunk loop (L1):    {} (> 1: memory-bound floor, < 1: exp-bound floor)",
+        ratio("read", "chunk loop")
+    );
+    println!(
+        "forward / chunk loop (L1): {}",
+        ratio("forward", "chunk loop")
     );
     println!(
         "forward+backward / copy:   {} (target ≤ 1.40)",

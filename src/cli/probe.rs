@@ -5,12 +5,15 @@
 //! same buffer size (small buffers sit in cache and probe the cache instead, as the loss does).
 //!
 //! - read: sum every f32 of a buffer (bytes moved = the buffer).
+//! - chunk loop: the fused forward's inner loop over the same number of values from one
+//!   L1-resident chunk (no memory traffic): the compute floor the read is compared with.
 //! - copy: copy a buffer into another of the same size (bytes moved = twice the buffer: one
 //!   read, one write).
 //!
 //! Both run in parallel over 256 KiB chunks on rayon's pool. The read pass keeps 16
 //! independent accumulators so the compiler vectorizes it and no add waits on the previous one.
 
+use crate::cpu::row;
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
@@ -122,6 +125,31 @@ fn sum_chunk(chunk: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>()
 }
 
+/// The fused forward's inner loop over `values` logits taken from one L1-resident chunk, in
+/// parallel like the read probe: the forward's compute floor without DRAM. A forward that
+/// is slower than both this and [`read_pass`] is losing time to neither exps nor memory.
+pub fn chunk_loop_pass(values: usize) -> f32 {
+    const REPS: usize = 64;
+    static BLOCK: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    let block = BLOCK.get_or_init(|| {
+        (0..row::CHUNK)
+            .map(|i| (i % 61) as f32 * 0.1 - 3.0)
+            .collect()
+    });
+    let level = crate::cpu::SimdLevel::detected();
+    let tasks = values.div_ceil(row::CHUNK * REPS);
+    (0..tasks)
+        .into_par_iter()
+        .map(|_| {
+            let chunk_loop = row::ChunkLoop {
+                chunk: block,
+                reps: REPS,
+            };
+            crate::cpu::simd::dispatch(level, chunk_loop)
+        })
+        .sum()
+}
+
 /// Copies `src` into `dst` in parallel (the copy probe).
 pub fn copy_pass(src: &[f32], dst: &mut [f32]) {
     dst.par_chunks_mut(CHUNK)
@@ -141,6 +169,20 @@ mod tests {
         let mut dst = vec![0.0; src.len()];
         copy_pass(&src, &mut dst);
         assert_eq!(src, dst);
+    }
+
+    #[test]
+    fn chunk_loop_sums_the_exps_of_its_chunk() {
+        // Three tasks of 64 passes over the block of values (i mod 61)·0.1 − 3 at shift 1.
+        let block_sum: f64 = (0..row::CHUNK)
+            .map(|i| ((i % 61) as f64 * 0.1 - 3.0 - 1.0).exp())
+            .sum();
+        let expected = 3.0 * 64.0 * block_sum;
+        let got = chunk_loop_pass(3 * 64 * row::CHUNK) as f64;
+        assert!(
+            (got - expected).abs() <= 1e-5 * expected,
+            "{got} vs {expected}"
+        );
     }
 
     #[test]

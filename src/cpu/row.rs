@@ -526,6 +526,31 @@ fn horizontal_max<S: Simd<Elem = f32>>(v: S) -> f32 {
     lanes[0]
 }
 
+/// The forward's inner loop (the plain case: exps at a fixed shift, their sum and the max)
+/// over one chunk, `reps` times. With the chunk in L1 this is the forward's compute floor,
+/// what it would take if DRAM were free: `xent bench` and the criterion bench set it beside
+/// the read of the same number of values.
+pub struct ChunkLoop<'a> {
+    /// A multiple of 32 values (two vectors at every level).
+    pub chunk: &'a [f32],
+    /// Passes over `chunk`.
+    pub reps: usize,
+}
+
+impl SimdOp for ChunkLoop<'_> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn eval<I: Isa>(self, isa: I) -> f32 {
+        let mut sum = 0.0;
+        for _ in 0..self.reps {
+            let shift = std::hint::black_box(1.0);
+            sum += plain_pass(isa, self.chunk, shift, None, None).sum_exp;
+        }
+        sum as f32
+    }
+}
+
 /// The common forward case (no weights, dense targets, smoothing, metrics or softcap) over a
 /// chunk whose length is a multiple of two vectors: pairs of vectors, two accumulators each.
 /// `scale` is `None` for 1; `keep` receives the exps.
