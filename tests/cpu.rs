@@ -840,6 +840,18 @@ fn confident_rows_keep_gradient_precision() {
 }
 
 #[test]
+fn entropy_of_large_logits() {
+    // Logits near 1000 (ulp 6e-5): an entropy taken as lse − Σ p·z from uncentred sums loses
+    // ~1e-3 to f32 rounding; the forward keeps Σ e·(z − m) instead. Found by the property
+    // test (scaled outliers).
+    let mut case = Case::new(3, 12, 3000, Hardness::default());
+    for v in &mut case.logits {
+        *v = 4.0 * *v + 1000.0;
+    }
+    check_all_levels("entropy of large logits", &case, &CrossEntropy::new(), None);
+}
+
+#[test]
 fn chunk_speculation_fallbacks() {
     // The forward takes each 1024-value chunk's exps at the running max, betting the chunk
     // doesn't raise it; these rows break the bet every way: a max rising in every chunk, a

@@ -50,7 +50,6 @@ const FLAG_TARGET_LOGIT: u32 = 4096u;  // partials: save the raw logit of each r
 fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
 fn pos_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
 fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
-const LOWEST: f32 = -3.40282347e38;
 const NONE: u32 = 0xffffffffu;
 
 fn has(flag: u32) -> bool { return (p.flags & flag) != 0u; }
@@ -97,7 +96,7 @@ struct Partial {
     wz: f32,       // Σ w·z
     wt: f32,       // Σ w·t
     wtz: f32,      // Σ w·t·z
-    ez: f32,       // Σ exp(z − m)·z
+    ez: f32,       // Σ exp(z − m)·(z − m): centred, so large |z| cost no precision
     te: f32,       // Σ t·exp(z − m)
     tmax: f32,     // max t
     targ: u32,     // lowest index of max t
@@ -119,8 +118,8 @@ fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
     let z = transform(v);
     if (z > (*st).m) {
         let r = exp((*st).m - z);
+        (*st).ez = recentre((*st).ez, (*st).s, (*st).m, z) * r;
         (*st).s *= r;
-        (*st).ez *= r;
         (*st).te *= r;
         (*st).m = z;
         (*st).arg = c;
@@ -128,7 +127,7 @@ fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
     // exp(−inf − (−inf)) would be NaN: a masked class adds exactly 0.
     let e = select(exp(z - (*st).m), 0.0, z == neg_inf());
     (*st).s += e;
-    if (has(FLAG_ENTROPY)) { (*st).ez += e * max(z, LOWEST); }
+    if (has(FLAG_ENTROPY) && e > 0.0) { (*st).ez += e * (z - (*st).m); }
     if (has(FLAG_WANT_WZ)) { (*st).wz += w * z; }
     if (has(FLAG_DENSE)) {
         (*st).wt += w * t;
@@ -165,6 +164,12 @@ fn focal_factors(l: f32) -> vec2<f32> {
     return vec2(f, f - gamma * h);
 }
 
+// Σ exp(z − m)·(z − m) of a partial re-centred on `to`, before rescaling (an empty partial,
+// s = 0 and m = −inf, stays 0).
+fn recentre(ez: f32, s: f32, m: f32, to: f32) -> f32 {
+    return select(ez + (m - to) * s, ez, s == 0.0);
+}
+
 // Scale of a partial's exp-sums when its max `m` is replaced by `to` (≥ m).
 fn rescale(m: f32, to: f32) -> f32 { return select(exp(m - to), 1.0, m == to); }
 
@@ -175,7 +180,7 @@ fn merge(a: Partial, b: Partial) -> Partial {
     let ra = rescale(a.m, o.m);
     let rb = rescale(b.m, o.m);
     o.s = a.s * ra + b.s * rb;
-    o.ez = a.ez * ra + b.ez * rb;
+    o.ez = recentre(a.ez, a.s, a.m, o.m) * ra + recentre(b.ez, b.s, b.m, o.m) * rb;
     o.te = a.te * ra + b.te * rb;
     if (a.m > b.m) { o.arg = a.arg; } else if (b.m > a.m) { o.arg = b.arg; } else { o.arg = min(a.arg, b.arg); }
     o.nan_arg = min(a.nan_arg, b.nan_arg);

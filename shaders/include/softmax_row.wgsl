@@ -30,7 +30,9 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     var out: RowOut;
     out.lse = select(lse, 0.0, probabilities);
     out.argmax = select(st.arg, st.nan_arg, nan_row);
-    out.entropy = select(lse - st.ez / st.s, -st.ez * exp(st.m), probabilities);
+    // log Σ e^(z−m) − Σ e^(z−m)·(z − m) / Σ e^(z−m); with probabilities −Σ p·log p.
+    let entropy = select(log(st.s) - st.ez / st.s, nan(), nan_row);
+    out.entropy = select(entropy, -recentre(st.ez, st.s, st.m, 0.0) * exp(st.m), probabilities);
     out.confidence = select(exp(st.m - lse), exp(st.m), probabilities);
     var valid = true;
     var correct = false;

@@ -325,7 +325,7 @@ impl Gpu {
                 RowPartial {
                     max: p.m,
                     sum_exp: p.s,
-                    sum_ez: p.ez,
+                    sum_ez: recentre(p.ez, p.s, p.m, 0.0),
                     sum_wz: p.wz,
                     weight_sum: p.w_all,
                     target_z: if mine {
@@ -493,6 +493,16 @@ impl Gpu {
     }
 }
 
+/// The WGSL `recentre`: `Σ exp(z − m)·(z − m)` re-centred on `to` (0 gives the uncentred
+/// `Σ exp(z − m)·z` that partials exchange).
+fn recentre(ez: f32, s: f32, m: f32, to: f32) -> f32 {
+    if s == 0.0 {
+        ez
+    } else {
+        ez + (m - to) * s
+    }
+}
+
 /// The WGSL `merge`, on the host, for the splits of one row (lower split first).
 fn merge(a: &Partial, b: &Partial) -> Partial {
     let m = a.m.max(b.m);
@@ -512,7 +522,7 @@ fn merge(a: &Partial, b: &Partial) -> Partial {
         wz: a.wz + b.wz,
         wt: a.wt + b.wt,
         wtz: a.wtz + b.wtz,
-        ez: a.ez * ra + b.ez * rb,
+        ez: recentre(a.ez, a.s, a.m, m) * ra + recentre(b.ez, b.s, b.m, m) * rb,
         te: a.te * ra + b.te * rb,
         tmax: a.tmax.max(b.tmax),
         targ: a.targ,
