@@ -286,6 +286,18 @@ fn generate(shape: Shape, seed: u64) -> (Vec<f32>, Vec<i64>) {
 }
 
 /// Everything a run shares.
+/// What the timed runs of one shape, dtype and mode share.
+struct Runs<'d, T> {
+    label: &'d str,
+    mode: Mode,
+    logits: &'d [T],
+    targets: &'d [i64],
+    shape: Shape,
+    dtype: BenchDtype,
+    /// Bytes one run moves (logits, targets, and the gradient when there is one).
+    bytes: u64,
+}
+
 struct Bench<'a> {
     args: &'a BenchArgs,
     cpu: bool,
@@ -424,61 +436,28 @@ impl Bench<'_> {
         let mut scratch = Scratch::default();
         for mode in self.modes.clone() {
             let backward = mode == Mode::ForwardBackward;
-            let bytes = logit_bytes + target_bytes + if backward { grad_bytes } else { 0 };
-            let (read_ref, copy_ref) = (cpu_read, cpu_copy);
-            let cpu_ref = if backward { copy_ref } else { read_ref };
-            let mut losses = Vec::new();
-            let mut focal_losses: Vec<(String, f32)> = Vec::new();
+            let runs = Runs {
+                label: &label,
+                mode,
+                logits: &logits,
+                targets: &targets,
+                shape,
+                dtype,
+                bytes: logit_bytes + target_bytes + if backward { grad_bytes } else { 0 },
+            };
+            // (focal variant suffix, implementation, loss) of every run.
+            let mut losses: Vec<(&str, String, f32)> = Vec::new();
             if self.cpu {
-                self.step(format!("{label} {}: xent-cpu", mode.name()));
-                let (t, loss) = time_xent(
+                let cpu_ref = if backward { cpu_copy } else { cpu_read };
+                let grad_out = backward.then_some(&mut grad[..]);
+                losses.extend(self.time_variants(
+                    &runs,
                     &Backend::Cpu,
-                    &CrossEntropy::new(),
-                    &logits,
-                    &targets,
-                    shape,
-                    backward.then_some(&mut grad[..]),
-                    iters,
-                )?;
-                self.bar.inc(1);
-                losses.push(("xent-cpu", loss));
-                self.record(
                     "xent-cpu",
                     "cpu",
-                    shape,
-                    dtype,
-                    mode.name(),
-                    t,
-                    bytes,
                     cpu_ref,
-                    Some(loss),
-                );
-                for (suffix, options) in self.focal_variants() {
-                    let name = format!("xent-cpu{suffix}");
-                    self.step(format!("{label} {}: {name}", mode.name()));
-                    let (t, loss) = time_xent(
-                        &Backend::Cpu,
-                        &options,
-                        &logits,
-                        &targets,
-                        shape,
-                        backward.then_some(&mut grad[..]),
-                        iters,
-                    )?;
-                    self.bar.inc(1);
-                    focal_losses.push((suffix.to_string(), loss));
-                    self.record(
-                        &name,
-                        "cpu",
-                        shape,
-                        dtype,
-                        mode.name(),
-                        t,
-                        bytes,
-                        cpu_ref,
-                        Some(loss),
-                    );
-                }
+                    grad_out,
+                )?);
                 self.step(format!("{label} {}: naive-cpu", mode.name()));
                 let mut loss = 0.0;
                 let t = Timing::measure(iters, || {
@@ -496,7 +475,7 @@ impl Bench<'_> {
                     };
                 });
                 self.bar.inc(1);
-                losses.push(("naive-cpu", loss));
+                losses.push(("", "naive-cpu".into(), loss));
                 self.record(
                     "naive-cpu",
                     "cpu",
@@ -504,87 +483,86 @@ impl Bench<'_> {
                     dtype,
                     mode.name(),
                     t,
-                    bytes,
+                    runs.bytes,
                     cpu_ref,
                     Some(loss),
                 );
             }
             if let Some(gpu) = self.gpu {
-                self.step(format!("{label} {}: xent-gpu", mode.name()));
-                let (t, loss) = time_xent(
-                    &gpu.backend,
-                    &CrossEntropy::new(),
-                    &logits,
-                    &targets,
-                    shape,
-                    backward.then_some(&mut grad[..]),
-                    iters,
-                )?;
-                self.bar.inc(1);
-                losses.push(("xent-gpu", loss));
                 let name = self.gpu_name.clone();
                 let gpu_ref = if backward { gpu_copy } else { gpu_read };
-                self.record(
+                let grad_out = backward.then_some(&mut grad[..]);
+                losses.extend(self.time_variants(
+                    &runs,
+                    &gpu.backend,
                     "xent-gpu",
                     &name,
-                    shape,
-                    dtype,
-                    mode.name(),
-                    t,
-                    bytes,
                     gpu_ref,
-                    Some(loss),
-                );
-                for (suffix, options) in self.focal_variants() {
-                    let imp = format!("xent-gpu{suffix}");
-                    self.step(format!("{label} {}: {imp}", mode.name()));
-                    let (t, loss) = time_xent(
-                        &gpu.backend,
-                        &options,
-                        &logits,
-                        &targets,
-                        shape,
-                        backward.then_some(&mut grad[..]),
-                        iters,
-                    )?;
-                    self.bar.inc(1);
-                    if let Some((_, cpu_loss)) = focal_losses.iter().find(|(s, _)| s == suffix) {
-                        let diff = (loss - cpu_loss).abs() / cpu_loss.abs().max(1.0);
-                        if diff.is_nan() || diff > 1e-3 {
-                            self.note(format!(
-                                "{label} {}: {imp} loss {loss} differs from xent-cpu{suffix} {cpu_loss}",
-                                mode.name()
-                            ));
-                        }
-                    }
-                    self.record(
-                        &imp,
-                        &name,
-                        shape,
-                        dtype,
-                        mode.name(),
-                        t,
-                        bytes,
-                        gpu_ref,
-                        Some(loss),
-                    );
-                }
+                    grad_out,
+                )?);
             }
-            // All implementations computed the same loss; say so if they did not.
-            if let Some(&(_, first)) = losses.first() {
-                for &(name, loss) in &losses[1..] {
-                    let diff = (loss - first).abs() / first.abs().max(1.0);
-                    if diff.is_nan() || diff > 1e-3 {
-                        self.note(format!(
-                            "{label} {}: {name} loss {loss} differs from {} {first}",
-                            mode.name(),
-                            losses[0].0
-                        ));
-                    }
+            // Every implementation of the same loss (plain or a focal variant) computed the
+            // same number as the first that ran it; say so if not.
+            for (i, (suffix, name, loss)) in losses.iter().enumerate() {
+                let Some((_, first_name, first)) = losses[..i].iter().find(|(s, ..)| s == suffix)
+                else {
+                    continue;
+                };
+                let diff = (loss - first).abs() / first.abs().max(1.0);
+                if diff.is_nan() || diff > 1e-3 {
+                    self.note(format!(
+                        "{label} {}: {name} loss {loss} differs from {first_name} {first}",
+                        mode.name()
+                    ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Times xent on `backend`: plain cross-entropy, then each focal variant, each recorded as
+    /// `{implementation}{suffix}` against `reference` GB/s. Gives (suffix, name, loss) per run.
+    fn time_variants<T: Element>(
+        &mut self,
+        runs: &Runs<'_, T>,
+        backend: &Backend,
+        implementation: &str,
+        device: &str,
+        reference: Option<f64>,
+        mut grad: Option<&mut [f32]>,
+    ) -> Result<Vec<(&'static str, String, f32)>, CliError> {
+        let variants: Vec<_> = std::iter::once(("", CrossEntropy::new()))
+            .chain(self.focal_variants())
+            .collect();
+        let mut out = Vec::new();
+        for (suffix, options) in variants {
+            let name = format!("{implementation}{suffix}");
+            self.step(format!("{} {}: {name}", runs.label, runs.mode.name()));
+            let (t, loss) = time_xent(
+                backend,
+                &options,
+                runs.logits,
+                runs.targets,
+                runs.shape,
+                grad.as_deref_mut(),
+                self.args.iters,
+            )?;
+            self.bar.inc(1);
+            let mode = runs.mode.name();
+            self.record(
+                &name,
+                device,
+                runs.shape,
+                runs.dtype,
+                mode,
+                t,
+                runs.bytes,
+                reference,
+                Some(loss),
+            );
+            out.push((suffix, name, loss));
+        }
+        Ok(out)
     }
 
     /// The focal-loss variants `--focal-gamma` asks for: (implementation suffix, options).
