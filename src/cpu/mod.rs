@@ -461,7 +461,7 @@ impl Ctx<'_> {
                 w: self.w,
                 transform,
                 want_wz: valid && eps > 0.0,
-                want_entropy: self.want_metrics,
+                want_metrics: self.want_metrics,
                 z_buf,
                 exps,
             },

@@ -132,8 +132,9 @@ pub struct Forward<'a> {
     pub transform: Transform,
     /// Accumulate `Σ w·z` (smoothing with index targets).
     pub want_wz: bool,
-    /// Accumulate `Σ exp(z − m)·z` (entropy).
-    pub want_entropy: bool,
+    /// The metrics' sums and positions: `Σ exp(z − m)·(z − m)` (entropy) and the argmax
+    /// (found by a scan of the chunk that raises the max, skipped without metrics).
+    pub want_metrics: bool,
     /// Room for one chunk of `z` (at least [`CHUNK`] values), reused across rows.
     pub z_buf: &'a mut [f32],
     /// Keep the exps for the backward ([`Rescale`]) instead of taking them again there.
@@ -216,7 +217,9 @@ impl SimdOp for Forward<'_> {
                 Some(c) if c.sum_exp.is_finite() && c.max <= shift + RAISE => {
                     if c.max > st.max {
                         st.rescale(c.max);
-                        st.argmax = (base + self.position(isa, xc, c.max)) as u32;
+                        if self.want_metrics {
+                            st.argmax = (base + self.position(isa, xc, c.max)) as u32;
+                        }
                     }
                     st.add(&c, shift);
                     shift
@@ -225,7 +228,9 @@ impl SimdOp for Forward<'_> {
                     let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
                     let c = self.speculate(isa, part, c.max, keep);
                     st.rescale(c.max);
-                    st.argmax = (base + self.position(isa, xc, c.max)) as u32;
+                    if self.want_metrics {
+                        st.argmax = (base + self.position(isa, xc, c.max)) as u32;
+                    }
                     st.add(&c, c.max);
                     c.max
                 }
@@ -296,7 +301,7 @@ impl Forward<'_> {
         let plain = wc.is_none()
             && tc.is_none()
             && !self.want_wz
-            && !self.want_entropy
+            && !self.want_metrics
             && self.transform.softcap.is_none();
         if plain && xc.len().is_multiple_of(2 * lanes) {
             // Constant arguments give each combination its own tight loop.
@@ -329,7 +334,7 @@ impl Forward<'_> {
             if let Some(keep) = keep.as_deref_mut() {
                 store(isa, e, &mut keep[off..]);
             }
-            if self.want_entropy {
+            if self.want_metrics {
                 // max() keeps 0·(−inf) out of the sum for masked classes.
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
@@ -445,7 +450,9 @@ impl Forward<'_> {
         let mut argmax = None;
         if chunk_max > st.max {
             st.rescale(chunk_max);
-            argmax = Some(self.position(isa, xc, chunk_max));
+            if self.want_metrics {
+                argmax = Some(self.position(isa, xc, chunk_max));
+            }
         }
         if !st.max.is_finite() {
             // All −inf so far (contributes 0), or a +inf (the row is NaN anyway).
@@ -460,7 +467,7 @@ impl Forward<'_> {
             let e = ShiftedExp::apply(isa, d);
             v_sum = ops.add(v_sum, e);
             ops.store(e, &mut z_buf[off..]);
-            if self.want_entropy {
+            if self.want_metrics {
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
             if let Some(t) = tc {

@@ -62,7 +62,7 @@ pub fn shard_partials(
                         w,
                         transform,
                         want_wz: options.label_smoothing > 0.0,
-                        want_entropy: true,
+                        want_metrics: true,
                         z_buf,
                         exps: None,
                     },
