@@ -535,8 +535,8 @@ fn horizontal_max<S: Simd<Elem = f32>>(v: S) -> f32 {
 
 /// The forward's inner loop (the plain case: exps at a fixed shift, their sum and the max)
 /// over one chunk, `reps` times. With the chunk in L1 this is the forward's compute floor,
-/// what it would take if DRAM were free: `xent bench` and the criterion bench set it beside
-/// the read of the same number of values.
+/// what it would take if DRAM were free: the criterion bench (`benches/loss.rs`) sets it
+/// beside the read of the same number of values.
 pub struct ChunkLoop<'a> {
     /// A multiple of 32 values (two vectors at every level).
     pub chunk: &'a [f32],
