@@ -73,6 +73,19 @@ fn xent(args: &[&str]) -> Run {
     }
 }
 
+/// `xent eval <args> --json`, parsed (the run must succeed).
+fn eval_json(args: &[&str]) -> Value {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    xent(&all).json()
+}
+
+/// The f64 reference's softmax cross-entropy of `batch` (no upstream gradient).
+fn reference_ce(options: &CrossEntropy, batch: &Batch) -> Reference {
+    reference::cross_entropy(options, batch, None).unwrap()
+}
+
 struct Dir(TempDir);
 
 impl Dir {
@@ -215,23 +228,18 @@ fn eval_index_targets_i64_mean() {
     y[20] = -100;
     let logits = dir.npy("logits.npy", &[n, c], &x);
     let targets = dir.npy("targets.npy", &[n], &y);
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &logits,
         "--targets",
         &targets,
         "--device",
         "cpu",
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&x, n, c), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
     assert_eq!(json["rows"], n);
     assert_eq!(json["classes"], c);
@@ -255,8 +263,7 @@ fn eval_index_targets_i32_with_options_and_gradient() {
     let targets = dir.npy("targets.npy", &[n], &y);
     let weights = dir.npy("w.npy", &[c], &w);
     let grad = dir.arg("grad.npy");
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &logits,
         "--targets",
@@ -275,21 +282,17 @@ fn eval_index_targets_i32_with_options_and_gradient() {
         "3",
         "--grad-out",
         &grad,
-        "--json",
-    ])
-    .json();
+    ]);
     let options = CrossEntropy::new()
         .label_smoothing(0.1)
         .z_loss(0.001)
         .softcap(5.0)
         .logit_scale(1.5)
         .ignore_index(3);
-    let r = reference::cross_entropy(
+    let r = reference_ce(
         &options,
         &Batch::new(Logits::new(&x, n, c), &y[..]).class_weights(&w),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
     check_metrics(&json, &r);
     let (shape, g) = read_npy_f32(Path::new(&grad));
@@ -303,23 +306,18 @@ fn eval_sum_reduction() {
     let (n, c) = (9, 4);
     let x = Rng(3).logits(n * c);
     let y: Vec<i64> = (0..n as i64).map(|i| i % c as i64).collect();
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("l.npy", &[n, c], &x),
         "--targets",
         &dir.npy("t.npy", &[n], &y),
         "--reduction",
         "sum",
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new().reduction(Reduction::Sum),
         &Batch::new(Logits::new(&x, n, c), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
 }
 
@@ -328,16 +326,14 @@ fn eval_single_row_of_shape_c() {
     let dir = Dir::new();
     let x = Rng(4).logits(13);
     let logits = dir.npy("row.npy", &[13], &x);
-    let r = reference::cross_entropy(
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&x, 1, 13), &[6i64][..]),
-        None,
-    )
-    .unwrap();
+    );
     // A 0-d target, as PyTorch takes for a 1-d input, and a (1,) one.
     for (name, shape) in [("t0.npy", &[][..]), ("t1.npy", &[1][..])] {
         let targets = dir.npy(name, shape, &[6i64]);
-        let json = xent(&["eval", "--logits", &logits, "--targets", &targets, "--json"]).json();
+        let json = eval_json(&["--logits", &logits, "--targets", &targets]);
         close(num(&json, "loss"), r.loss.unwrap(), "loss");
         assert_eq!(json["rows"], 1);
         assert_eq!(json["classes"], 13);
@@ -353,8 +349,7 @@ fn eval_spatial_class_dim_1_reduction_none() {
     let y: Vec<i64> = (0..b * h * w).map(|_| rng.below(c) as i64).collect();
     let losses = dir.arg("losses.npy");
     let grad = dir.arg("grad.npy");
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("l.npy", &[b, c, h, w], &x),
         "--targets",
@@ -365,18 +360,14 @@ fn eval_spatial_class_dim_1_reduction_none() {
         &losses,
         "--grad-out",
         &grad,
-        "--json",
-    ])
-    .json();
+    ]);
     assert!(json["loss"].is_null());
     assert_eq!(json["rows"], b * h * w);
     let options = CrossEntropy::new().reduction(Reduction::None);
-    let r = reference::cross_entropy(
+    let r = reference_ce(
         &options,
         &Batch::new(Logits::class_dim1(&x, b, c, h * w), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     let (shape, l) = read_npy_f32(Path::new(&losses));
     assert_eq!(shape, [b, h, w]);
     close_all(&l, &r.row_losses, "row losses");
@@ -398,23 +389,18 @@ fn eval_soft_targets_with_gradient() {
         row.iter_mut().for_each(|v| *v /= s);
     }
     let grad = dir.arg("g.npy");
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("l.npy", &[n, c], &x),
         "--soft-targets",
         &dir.npy("t.npy", &[n, c], &t),
         "--grad-out",
         &grad,
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&x, n, c), &t[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
     close_all(&read_npy_f32(Path::new(&grad)).1, &r.gradient, "gradient");
 }
@@ -430,8 +416,7 @@ fn eval_bce_with_pos_weight() {
     let w: Vec<f32> = (0..c).map(|k| 0.5 + 0.1 * k as f32).collect();
     let losses = dir.arg("losses.npy");
     let grad = dir.arg("grad.npy");
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--loss",
         "bce",
         "--logits",
@@ -446,9 +431,7 @@ fn eval_bce_with_pos_weight() {
         &losses,
         "--grad-out",
         &grad,
-        "--json",
-    ])
-    .json();
+    ]);
     let r = reference::binary_cross_entropy(
         &BinaryCrossEntropy::new(),
         &Batch::new(Logits::new(&x, n, c), &y[..])
@@ -475,41 +458,31 @@ fn eval_f16_and_f64_logits() {
     let targets = dir.npy("t.npy", &[n], &y);
 
     let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("h.npy", &[n, c], &h),
         "--targets",
         &targets,
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&h, n, c), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "f16 loss");
 
     // f64 is converted to f32: the reference runs on the f32-rounded values.
     let d: Vec<f64> = x.iter().map(|&v| v as f64 + 1e-9).collect();
     let rounded: Vec<f32> = d.iter().map(|&v| v as f32).collect();
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("d.npy", &[n, c], &d),
         "--targets",
         &targets,
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&rounded, n, c), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "f64 loss");
 }
 
@@ -538,21 +511,16 @@ fn eval_safetensors_tensors() {
     )
     .unwrap();
     let file = path.to_str().unwrap();
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &format!("{file}:logits"),
         "--targets",
         &format!("{file}:labels"),
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&x, n, c), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
     check_metrics(&json, &r);
 
@@ -568,21 +536,16 @@ fn eval_safetensors_tensors() {
         &bpath,
     )
     .unwrap();
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         bpath.to_str().unwrap(),
         "--targets",
         &format!("{file}:labels"),
-        "--json",
-    ])
-    .json();
-    let r = reference::cross_entropy(
+    ]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&b, n, c), &y[..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "bf16 loss");
 
     // A tensor that isn't there.
@@ -625,13 +588,11 @@ fn eval_big_endian_npy() {
             &y,
         ),
     );
-    let json = xent(&["eval", "--logits", &logits, "--targets", &targets, "--json"]).json();
-    let r = reference::cross_entropy(
+    let json = eval_json(&["--logits", &logits, "--targets", &targets]);
+    let r = reference_ce(
         &CrossEntropy::new(),
         &Batch::new(Logits::new(&x, 2, 3), &[2i64, 0][..]),
-        None,
-    )
-    .unwrap();
+    );
     close(num(&json, "loss"), r.loss.unwrap(), "loss");
 }
 
@@ -651,8 +612,7 @@ fn eval_probability_inputs() {
     // Plain, and focal loss on the same probabilities (SEMANTICS.md sections 2b, 2c).
     for gamma in ["0", "2"] {
         let grad = dir.arg("g.npy");
-        let json = xent(&[
-            "eval",
+        let json = eval_json(&[
             "--logits",
             &logits,
             "--targets",
@@ -665,9 +625,7 @@ fn eval_probability_inputs() {
             gamma,
             "--grad-out",
             &grad,
-            "--json",
-        ])
-        .json();
+        ]);
         let options = CrossEntropy::new()
             .input(xent::InputKind::Probabilities { eps: 1e-6 })
             .focal_gamma(gamma.parse().unwrap());
@@ -715,15 +673,12 @@ fn eval_prints_a_human_summary() {
 fn eval_reports_nan_as_a_string() {
     let dir = Dir::new();
     // Every row ignored: mean is NaN, as PyTorch gives.
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("l.npy", &[2, 3], &[0.0f32; 6]),
         "--targets",
         &dir.npy("t.npy", &[2], &[-100i64, -100]),
-        "--json",
-    ])
-    .json();
+    ]);
     assert_eq!(json["loss"], "NaN");
     assert_eq!(json["valid_rows"], 0);
     assert_eq!(json["accuracy"], "NaN");
@@ -748,12 +703,10 @@ fn eval_on_the_gpu_agrees_or_says_why_not() {
         "--json",
     ]);
     if run.code == 0 {
-        let r = reference::cross_entropy(
+        let r = reference_ce(
             &CrossEntropy::new(),
             &Batch::new(Logits::new(&x, n, c), &y[..]),
-            None,
-        )
-        .unwrap();
+        );
         close(num(&run.json(), "loss"), r.loss.unwrap(), "gpu loss");
     } else {
         // Drivers may print their own lines while wgpu looks for adapters (Mesa's EGL says
@@ -1143,8 +1096,7 @@ fn eval_focal_loss_with_sample_weights() {
     let s: Vec<f32> = (0..n).map(|i| (i % 4) as f32 * 0.5).collect();
     let grad = dir.arg("grad.npy");
     let losses = dir.arg("losses.npy");
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--logits",
         &dir.npy("l.npy", &[n, c], &x),
         "--targets",
@@ -1161,9 +1113,7 @@ fn eval_focal_loss_with_sample_weights() {
         &grad,
         "--losses-out",
         &losses,
-        "--json",
-    ])
-    .json();
+    ]);
     let r = reference::cross_entropy(
         &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
         &Batch::new(Logits::new(&x, n, c), &y[..])
@@ -1190,8 +1140,7 @@ fn eval_bce_focal_smoothing_and_sample_weights() {
     let y: Vec<f32> = (0..n * c).map(|i| [0.0, 1.0, 0.3][i % 3]).collect();
     let s: Vec<f32> = (0..n).map(|i| 0.25 + i as f32).collect();
     let grad = dir.arg("grad.npy");
-    let json = xent(&[
-        "eval",
+    let json = eval_json(&[
         "--loss",
         "bce",
         "--logits",
@@ -1210,9 +1159,7 @@ fn eval_bce_focal_smoothing_and_sample_weights() {
         "sum",
         "--grad-out",
         &grad,
-        "--json",
-    ])
-    .json();
+    ]);
     let r = reference::binary_cross_entropy(
         &BinaryCrossEntropy::new()
             .focal_gamma(2.0)
