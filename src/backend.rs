@@ -22,7 +22,22 @@ pub enum Backend {
     Gpu(Arc<Gpu>),
 }
 
+/// Where a [`Backend`] sends a call: the CPU path at a SIMD level, or a GPU.
+pub(crate) enum Target<'a> {
+    Cpu(cpu::SimdLevel),
+    Gpu(&'a Gpu),
+}
+
 impl Backend {
+    /// The CPU level or GPU this backend runs on (`Cpu` resolves the process's level).
+    pub(crate) fn target(&self) -> Target<'_> {
+        match self {
+            Backend::Cpu => Target::Cpu(cpu::SimdLevel::detected()),
+            Backend::CpuWith(level) => Target::Cpu(*level),
+            Backend::Gpu(gpu) => Target::Gpu(gpu),
+        }
+    }
+
     /// A GPU if wgpu finds a hardware adapter, else the CPU. A software adapter (llvmpipe,
     /// WARP, SwiftShader) loses to the SIMD CPU path, so `auto` doesn't pick it.
     pub fn auto() -> Backend {
@@ -40,10 +55,9 @@ impl Backend {
 
     /// A short name: `cpu (avx512)` or the adapter's name and backend.
     pub fn name(&self) -> String {
-        match self {
-            Backend::Cpu => format!("cpu ({})", cpu::SimdLevel::detected()),
-            Backend::CpuWith(level) => format!("cpu ({level})"),
-            Backend::Gpu(gpu) => format!("gpu: {}", gpu.name()),
+        match self.target() {
+            Target::Cpu(level) => format!("cpu ({level})"),
+            Target::Gpu(gpu) => format!("gpu: {}", gpu.name()),
         }
     }
 
@@ -53,10 +67,9 @@ impl Backend {
         batch: Batch<'_>,
         request: Request<'_>,
     ) -> Result<Output> {
-        match self {
-            Backend::Cpu => cpu::run(cpu::SimdLevel::detected(), plan, batch, request),
-            Backend::CpuWith(level) => cpu::run(*level, plan, batch, request),
-            Backend::Gpu(gpu) => gpu.run(plan, batch, request),
+        match self.target() {
+            Target::Cpu(level) => cpu::run(level, plan, batch, request),
+            Target::Gpu(gpu) => gpu.run(plan, batch, request),
         }
     }
 }

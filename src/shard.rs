@@ -153,7 +153,7 @@
 //!   allocates a uniform buffer and bind group per row chunk, the per-row coefficients and the
 //!   host copy of the read-back.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Target};
 use crate::error::{Error, Result};
 use crate::input::{Layout, Logits, Targets};
 use crate::options::{CrossEntropy, InputKind, Reduction};
@@ -403,24 +403,16 @@ impl CrossEntropy {
             class_weights,
         } = input;
         self.check_shard(shard, &logits, targets, class_weights)?;
-        match backend {
-            Backend::Cpu => Ok(crate::cpu::shard_partials(
-                crate::cpu::SimdLevel::detected(),
+        match backend.target() {
+            Target::Cpu(level) => Ok(crate::cpu::shard_partials(
+                level,
                 self,
                 shard,
                 &logits,
                 targets,
                 class_weights,
             )),
-            Backend::CpuWith(level) => Ok(crate::cpu::shard_partials(
-                *level,
-                self,
-                shard,
-                &logits,
-                targets,
-                class_weights,
-            )),
-            Backend::Gpu(gpu) => gpu.shard_partials(self, shard, &logits, targets, class_weights),
+            Target::Gpu(gpu) => gpu.shard_partials(self, shard, &logits, targets, class_weights),
         }
     }
 
@@ -683,24 +675,16 @@ impl CrossEntropy {
                     .into(),
             ));
         }
-        match backend {
-            Backend::Cpu => Ok(crate::cpu::shard_focal(
-                crate::cpu::SimdLevel::detected(),
+        match backend.target() {
+            Target::Cpu(level) => Ok(crate::cpu::shard_focal(
+                level,
                 self,
                 shard,
                 &logits,
                 class_weights,
                 combined,
             )),
-            Backend::CpuWith(level) => Ok(crate::cpu::shard_focal(
-                *level,
-                self,
-                shard,
-                &logits,
-                class_weights,
-                combined,
-            )),
-            Backend::Gpu(gpu) => gpu.shard_focal(self, shard, &logits, class_weights, combined),
+            Target::Gpu(gpu) => gpu.shard_focal(self, shard, &logits, class_weights, combined),
         }
     }
 
@@ -785,9 +769,9 @@ impl CrossEntropy {
                 shape: logits.shape_string(),
             });
         }
-        match backend {
-            Backend::Cpu => crate::cpu::shard_backward(
-                crate::cpu::SimdLevel::detected(),
+        match backend.target() {
+            Target::Cpu(level) => crate::cpu::shard_backward(
+                level,
                 self,
                 shard,
                 &logits,
@@ -795,16 +779,7 @@ impl CrossEntropy {
                 combined,
                 gradient,
             ),
-            Backend::CpuWith(level) => crate::cpu::shard_backward(
-                *level,
-                self,
-                shard,
-                &logits,
-                class_weights,
-                combined,
-                gradient,
-            ),
-            Backend::Gpu(gpu) => {
+            Target::Gpu(gpu) => {
                 gpu.shard_backward(self, shard, &logits, class_weights, combined, gradient)?
             }
         }
