@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::device::{buffer, gpu, paths, read, small_bindings, variants, DeviceCase};
+use common::device::{
+    bad_targets, buffer, check_loss_and_gradient, gpu, paths, read, record_and_submit,
+    small_bindings, variants, DeviceCase,
+};
 use common::*;
 use std::sync::Arc;
 use xent::cpu::SimdLevel;
@@ -1304,44 +1307,22 @@ fn device_resident_focal_on(gpu: Gpu) {
         CrossEntropy::new().label_smoothing(0.1),
     ] {
         let reference = case.reference(&options, None);
-        let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
-            .unwrap();
-        gpu.queue().submit([encoder.finish()]);
+        record_and_submit(&gpu, &options, &batch, &outputs);
         let label = format!("device {options:?}");
-        assert_close(
-            &format!("{label} loss"),
-            &read(&gpu, &loss)[..1],
-            &[reference.loss.unwrap()],
-            1e-5,
-            1e-5,
-        );
-        assert_close(
-            &format!("{label} gradient"),
-            &read(&gpu, &grad),
-            &reference.gradient,
-            1e-6,
-            1e-4,
-        );
+        check_loss_and_gradient(&gpu, &label, &loss, &grad, &reference);
     }
     assert_eq!(gpu.take_target_error().unwrap(), None);
     // A bad target is still flagged (by the partials pass now), with focal loss on.
-    let mut bad = case.index_targets.clone();
-    bad[17] = 129;
-    bad[31] = -5;
-    let bad_targets = buffer(&gpu, bytemuck::cast_slice(&bad));
-    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    gpu.record_cross_entropy(
-        &mut encoder,
+    let bad_targets = bad_targets(&gpu, &case.index_targets);
+    record_and_submit(
+        &gpu,
         &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
         &DeviceBatch {
             targets: DeviceTargets::I64(&bad_targets),
             ..batch
         },
         &outputs,
-    )
-    .unwrap();
-    gpu.queue().submit([encoder.finish()]);
+    );
     assert_eq!(gpu.take_target_error().unwrap(), Some(17));
     // A sample-weight buffer shorter than the rows is a typed error.
     let short = buffer(&gpu, &[0u8; 64]);

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::device::{buffer, gpu, paths, read, small_bindings, variants, DeviceCase};
+use common::device::{
+    bad_targets, buffer, check_loss_and_gradient, gpu, paths, read, record_and_submit,
+    small_bindings, variants, DeviceCase,
+};
 use common::*;
 use std::sync::Arc;
 use xent::gpu::{
@@ -454,39 +457,16 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
     gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
         .unwrap();
     gpu.queue().submit([encoder.finish()]);
-    assert_close(
-        "device loss",
-        &read(&gpu, &loss)[..1],
-        &[reference.loss.unwrap()],
-        1e-5,
-        1e-5,
-    );
-    assert_close(
-        "device gradient",
-        &read(&gpu, &grad),
-        &reference.gradient,
-        1e-6,
-        1e-4,
-    );
+    check_loss_and_gradient(&gpu, "device", &loss, &grad, &reference);
     assert_eq!(gpu.take_target_error().unwrap(), None);
 
     // A bad target, only on the device: flagged, nothing read out of bounds, device fine.
-    let mut bad = case.index_targets.clone();
-    bad[17] = 129;
-    bad[31] = -5;
-    let bad_targets = buffer(&gpu, bytemuck::cast_slice(&bad));
-    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    gpu.record_cross_entropy(
-        &mut encoder,
-        &options,
-        &DeviceBatch {
-            targets: DeviceTargets::I64(&bad_targets),
-            ..batch
-        },
-        &outputs,
-    )
-    .unwrap();
-    gpu.queue().submit([encoder.finish()]);
+    let bad_targets = bad_targets(&gpu, &case.index_targets);
+    let bad_batch = DeviceBatch {
+        targets: DeviceTargets::I64(&bad_targets),
+        ..batch
+    };
+    record_and_submit(&gpu, &options, &bad_batch, &outputs);
     // A host-slice call in between neither clears nor reports the recorded call's flag.
     let x = [0.5f32; 6];
     CrossEntropy::new()
@@ -497,10 +477,7 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
         )
         .unwrap();
     assert_eq!(gpu.take_target_error().unwrap(), Some(17));
-    let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
-        .unwrap();
-    gpu.queue().submit([encoder.finish()]);
+    record_and_submit(&gpu, &options, &batch, &outputs);
     assert_eq!(gpu.take_target_error().unwrap(), None);
     assert_close(
         "device loss after a bad call",

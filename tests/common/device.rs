@@ -188,3 +188,50 @@ impl DeviceCase {
         }
     }
 }
+
+/// Records one softmax call into a fresh encoder and submits it.
+pub fn record_and_submit(
+    gpu: &Gpu,
+    options: &xent::CrossEntropy,
+    batch: &xent::gpu::DeviceBatch,
+    outputs: &xent::gpu::DeviceOutputs,
+) {
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_cross_entropy(&mut encoder, options, batch, outputs)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+}
+
+/// A device-resident call's loss (`loss[0]`) and gradient against the f64 reference.
+pub fn check_loss_and_gradient(
+    gpu: &Gpu,
+    label: &str,
+    loss: &wgpu::Buffer,
+    gradient: &wgpu::Buffer,
+    reference: &xent::reference::Reference,
+) {
+    let expected = [reference.loss.unwrap()];
+    super::assert_close(
+        &format!("{label} loss"),
+        &read(gpu, loss)[..1],
+        &expected,
+        1e-5,
+        1e-5,
+    );
+    super::assert_close(
+        &format!("{label} gradient"),
+        &read(gpu, gradient),
+        &reference.gradient,
+        1e-6,
+        1e-4,
+    );
+}
+
+/// `targets` with row 17 past any class count up to 129 and row 31 negative, uploaded: a
+/// call flags row 17, the first bad one.
+pub fn bad_targets(gpu: &Gpu, targets: &[i64]) -> wgpu::Buffer {
+    let mut bad = targets.to_vec();
+    bad[17] = 129;
+    bad[31] = -5;
+    buffer(gpu, bytemuck::cast_slice(&bad))
+}
