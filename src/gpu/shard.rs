@@ -404,8 +404,16 @@ impl Gpu {
                 ],
             );
             self.queue.submit([encoder.finish()]);
-            let sums = self.read_back(pool, &row_sums, rows as u64 * 16)?;
-            let coefs = self.read_back(pool, &inputs.coefs, rows as u64 * 32)?;
+            // Both in one staging copy and one map.
+            let reads = [
+                (&row_sums, rows as u64 * 16),
+                (&inputs.coefs, rows as u64 * 32),
+            ];
+            let mut read = self.read_back_all(pool, &reads)?.into_iter();
+            let (sums, coefs) = (
+                read.next().unwrap_or_default(),
+                read.next().unwrap_or_default(),
+            );
             Ok((
                 bytemuck::pod_collect_to_vec(&sums),
                 bytemuck::pod_collect_to_vec(&coefs),
