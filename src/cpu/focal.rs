@@ -17,7 +17,7 @@
 //! fractional one; the unsharded rows (`cpu/mod.rs`) and the vocab-parallel shards
 //! (`cpu/shard.rs`, over a shard's columns with the global log-sum-exp) both go through it.
 
-use super::row::{RowIo, Transform, CHUNK};
+use super::row::{load, load_live, RowIo, Transform, CHUNK};
 use super::scalar::{focal_factors, Focal};
 use super::simd::{dispatch, SimdLevel};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
@@ -103,21 +103,26 @@ impl SimdOp for FocalSums<'_> {
             let tc = row.t.map(|t| &t[base..base + xc.len()]);
             let (mut v_loss, mut v_g) = (zero, zero);
             for off in (0..xc.len()).step_by(lanes) {
-                let (x, live) = ops.load_pad(&xc[off..]);
+                let (x, live) = load_live(isa, &xc[off..]);
                 let z = row.transform.apply(isa, x);
                 let l = log_prob(isa, z, hi, lo);
                 let (_, f, g) = factors(isa, l, self.gamma);
                 let target = match tc {
-                    Some(t) => ops.mul_add(b, ops.load_pad(&t[off..]).0, e),
+                    Some(t) => ops.mul_add(b, load(isa, &t[off..]), e),
                     None => e,
                 };
                 let a = match wc {
-                    Some(w) => ops.mul(ops.load_pad(&w[off..]).0, target),
+                    Some(w) => ops.mul(load(isa, &w[off..]), target),
                     None => target,
                 };
                 let term = ops.mul(ops.mul(a, f), l);
-                v_loss = ops.add(v_loss, ops.select(term, zero, live));
-                v_g = ops.add(v_g, ops.select(ops.mul(a, g), zero, live));
+                let ag = ops.mul(a, g);
+                let (term, ag) = match live {
+                    Some(live) => (ops.select(term, zero, live), ops.select(ag, zero, live)),
+                    None => (term, ag),
+                };
+                v_loss = ops.add(v_loss, term);
+                v_g = ops.add(v_g, ag);
             }
             loss += ops.sum(v_loss) as f64;
             g_sum += ops.sum(v_g) as f64;
@@ -156,16 +161,16 @@ impl SimdOp for FocalBackward<'_> {
         let (k, a) = (ops.splat(self.k), ops.splat(self.a));
         let (b, e) = (ops.splat(row.b), ops.splat(row.e));
         for off in (0..n).step_by(lanes) {
-            let (x, _) = ops.load_pad(&self.io.src()[off..]);
+            let x = load(isa, &self.io.src()[off..]);
             let z = row.transform.apply(isa, x);
             let l = log_prob(isa, z, hi, lo);
             let (p, _, g) = factors(isa, l, self.gamma);
             let target = match row.t {
-                Some(t) => ops.mul_add(b, ops.load_pad(&t[off..]).0, e),
+                Some(t) => ops.mul_add(b, load(isa, &t[off..]), e),
                 None => e,
             };
             let weighted = match row.w {
-                Some(w) => ops.mul(ops.load_pad(&w[off..]).0, target),
+                Some(w) => ops.mul(load(isa, &w[off..]), target),
                 None => target,
             };
             let per_class = ops.mul(ops.mul(a, weighted), g);

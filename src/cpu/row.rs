@@ -338,12 +338,12 @@ impl Forward<'_> {
                 // max() keeps 0·(−inf) out of the sum for masked classes.
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
-            let w = wc.map_or(one, |w| ops.load_pad(&w[off..]).0);
+            let w = wc.map_or(one, |w| load(isa, &w[off..]));
             if self.want_wz {
                 v_wz = ops.mul_add(w, z, v_wz);
             }
             if let Some(t) = tc {
-                let t = ops.load_pad(&t[off..]).0;
+                let t = load(isa, &t[off..]);
                 let wt = ops.mul(w, t);
                 v_wt = ops.add(v_wt, wt);
                 v_wtz = ops.mul_add(wt, z, v_wtz);
@@ -387,10 +387,7 @@ impl Forward<'_> {
         let ops = isa.f32();
         let (lanes, target) = (ops.len(), ops.splat(max));
         for off in (0..xc.len()).step_by(lanes) {
-            let x = match xc.get(off..off + lanes) {
-                Some(full) => ops.load(full),
-                None => ops.load_pad(&xc[off..]).0,
-            };
+            let x = load(isa, &xc[off..]);
             let z = self.transform.apply(isa, x);
             if isa.m32().any(ops.eq(z, target)) {
                 let lane = z.to_array().as_ref().iter().position(|&v| v == max);
@@ -426,18 +423,18 @@ impl Forward<'_> {
         let (mut v_max, mut v_nan) = (neg_inf, zero);
         let (mut v_wz, mut v_wt, mut v_wtz) = (zero, zero, zero);
         for off in (0..n).step_by(lanes) {
-            let (x, live) = ops.load_pad(&xc[off..]);
+            let (x, live) = load_live(isa, &xc[off..]);
             let z = self.transform.apply(isa, x);
             v_nan = ops.add(v_nan, ops.select(zero, one, ops.eq(z, z)));
-            let z_live = ops.select(z, neg_inf, live);
+            let z_live = live.map_or(z, |live| ops.select(z, neg_inf, live));
             ops.store(z_live, &mut z_buf[off..]);
             v_max = ops.max(v_max, z_live);
-            let w = wc.map_or(one, |w| ops.load_pad(&w[off..]).0);
+            let w = wc.map_or(one, |w| load(isa, &w[off..]));
             if self.want_wz {
                 v_wz = ops.mul_add(w, z, v_wz);
             }
             if let Some(t) = tc {
-                let wt = ops.mul(w, ops.load_pad(&t[off..]).0);
+                let wt = ops.mul(w, load(isa, &t[off..]));
                 v_wt = ops.add(v_wt, wt);
                 v_wtz = ops.mul_add(wt, z, v_wtz);
             }
@@ -471,7 +468,7 @@ impl Forward<'_> {
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
             if let Some(t) = tc {
-                v_te = ops.mul_add(ops.load_pad(&t[off..]).0, e, v_te);
+                v_te = ops.mul_add(load(isa, &t[off..]), e, v_te);
             }
         }
         st.sum_exp += ops.sum(v_sum) as f64;
@@ -496,8 +493,8 @@ fn class_term<I: Isa>(
     match (w, t) {
         (None, None) => constant,
         (w, t) => {
-            let w = w.map_or(ops.one(), |w| ops.load_pad(&w[off..]).0);
-            let t = t.map_or(ops.zero(), |t| ops.load_pad(&t[off..]).0);
+            let w = w.map_or(ops.one(), |w| load(isa, &w[off..]));
+            let t = t.map_or(ops.zero(), |t| load(isa, &t[off..]));
             ops.mul(ops.mul(a, w), ops.mul_add(b, t, e))
         }
     }
@@ -512,6 +509,30 @@ fn store<I: Isa>(isa: I, v: I::F32, dst: &mut [f32]) {
     } else {
         let n = dst.len();
         dst.copy_from_slice(&v.to_array().as_ref()[..n]);
+    }
+}
+
+/// The vector at the start of `xs` (zeros past its end). rten-simd's `load_pad` builds its
+/// lane mask a bit at a time, so whole vectors take the plain load.
+#[inline(always)]
+pub(crate) fn load<I: Isa>(isa: I, xs: &[f32]) -> I::F32 {
+    let ops = isa.f32();
+    if xs.len() >= ops.len() {
+        ops.load(xs)
+    } else {
+        ops.load_pad(xs).0
+    }
+}
+
+/// As [`load`], with the mask of the lanes `xs` fills: `None` when it fills them all.
+#[inline(always)]
+pub(crate) fn load_live<I: Isa>(isa: I, xs: &[f32]) -> (I::F32, Option<<I::F32 as Simd>::Mask>) {
+    let ops = isa.f32();
+    if xs.len() >= ops.len() {
+        (ops.load(xs), None)
+    } else {
+        let (v, live) = ops.load_pad(xs);
+        (v, Some(live))
     }
 }
 
@@ -669,7 +690,7 @@ impl SimdOp for Backward<'_> {
         let (a, b, e) = (ops.splat(self.a), ops.splat(self.b), ops.splat(self.e));
         let constant = ops.mul(a, e);
         for off in (0..n).step_by(lanes) {
-            let (x, _) = ops.load_pad(&self.io.src()[off..]);
+            let x = load(isa, &self.io.src()[off..]);
             let z = self.transform.apply(isa, x);
             let p = Exp::apply(isa, ops.sub(ops.sub(z, shift), log_sum));
             let per_class = class_term(isa, self.w, self.t, off, (a, b, e), constant);
@@ -765,9 +786,9 @@ impl SimdOp for Rescale<'_> {
                     ExpsIo::InGradient { x, dx } => (&dx[off..], &x[off..]),
                     ExpsIo::InScratch { exps, x } => (&exps[off..], &x[off..]),
                 };
-                let p_k = ops.mul(factor, ops.load_pad(values).0);
+                let p_k = ops.mul(factor, load(isa, values));
                 let slope = if softcap {
-                    let z = self.transform.apply(isa, ops.load_pad(x).0);
+                    let z = self.transform.apply(isa, load(isa, x));
                     self.transform.slope(isa, z)
                 } else {
                     scale
