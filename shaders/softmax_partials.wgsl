@@ -3,7 +3,7 @@
 // Math (SEMANTICS.md sections 1-3, 5): for z = transform(s·x) over the split's classes,
 //   m = max z,  s = Σ exp(z − m)  (rescaled whenever m grows: online softmax),
 // and in the same read: the lowest argmax, the first NaN, Σ w·z (smoothing), Σ w·t, Σ w·t·z,
-// Σ t·exp(z − m), max t (dense targets) and Σ exp(z − m)·z (entropy).
+// Σ t·exp(z − m), max t (dense targets) and Σ exp(z − m)·(z − m) (entropy, centred on m).
 //
 // Launch: one workgroup of WG invocations holds WG / tpr row segments; a segment of tpr
 // invocations owns one (row, split) and strides over its classes, tpr apart, so neighbouring
