@@ -32,9 +32,8 @@ fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let segments = WG / p.tpr;
     let lane = local % p.tpr;
-    let row = (group.x + group.z * groups.x) * segments + local / p.tpr;
+    let row = segment_row(local, group, groups);
     let global_row = p.row0 + row;
     var k: RowCoef;
     if (row < p.rows) { k = coefs[global_row]; }

@@ -63,9 +63,8 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     SUBGROUP_BUILTINS
 ) {
-    let segments = WG / p.tpr;
     let lane = local % p.tpr;
-    let row = (group.x + group.z * groups.x) * segments + local / p.tpr;
+    let row = segment_row(local, group, groups);
     let live = row < p.rows;
     let base = elem_index(row, 0u);
     let aligned = (base & 3u) == 0u;

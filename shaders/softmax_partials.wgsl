@@ -40,9 +40,8 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     SUBGROUP_BUILTINS
 ) {
-    let segments = WG / p.tpr;
     let lane = local % p.tpr;
-    let row = (group.x + group.z * groups.x) * segments + local / p.tpr;
+    let row = segment_row(local, group, groups);
     let split = p.split0 + group.y;
     let c0 = split * p.span;
     let c1 = select(c0, min(c0 + p.span, p.classes), row < p.rows);

@@ -54,6 +54,13 @@ const NONE: u32 = 0xffffffffu;
 
 fn has(flag: u32) -> bool { return (p.flags & flag) != 0u; }
 
+// The row of an invocation's segment: WG / tpr segments of tpr invocations per workgroup,
+// workgroups numbered over (x, z) as the host's grid lays them out (z past 65 535). The
+// invocation's place in its segment is `local % p.tpr`.
+fn segment_row(local: u32, group: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return (group.x + group.z * groups.x) * (WG / p.tpr) + local / p.tpr;
+}
+
 // NaN test on the bits, so fast-math compilers can't fold it away.
 fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
 
