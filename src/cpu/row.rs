@@ -780,16 +780,10 @@ impl SimdOp for Rescale<'_> {
                 // The common case, in place over the exps: (F·e − A·E)·s.
                 let offset = ops.mul(constant, scale);
                 let factor = ops.mul(factor, scale);
-                let full = span.start + (span.len() - span.len() % lanes);
-                for off in (span.start..full).step_by(lanes) {
-                    let v = ops.load(&dx[off..]);
-                    ops.store(
-                        ops.mul_sub_from(offset, ops.one(), ops.mul(factor, v)),
-                        &mut dx[off..],
-                    );
-                }
-                for v in &mut dx[full..span.end] {
-                    *v = self.transform.scale * (self.factors[chunk] * *v - self.a * self.e);
+                for off in span.clone().step_by(lanes) {
+                    let v = load(isa, &dx[off..]);
+                    let dv = ops.mul_sub_from(offset, ops.one(), ops.mul(factor, v));
+                    store(isa, dv, &mut dx[off..span.end]);
                 }
                 continue;
             }
