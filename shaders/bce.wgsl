@@ -6,7 +6,8 @@
 //   dce  = (pos_weight·y' + 1 − y')·σ(x) − pos_weight·y'
 //   loss = s[n]·weight·α_t·ce·m^γ
 //   dx   = s[n]·weight·α_t·(dce·m^γ + ce·γ·m^(γ−1)·(1 − 2y')·σ(x)·σ(−x)) · scale
-// with the sigmoid focal factor (torchvision) m = 1 − p_t = y'·σ(−x) + (1−y')·σ(x) (γ = 0:
+// (a term whose coefficient is exactly 0 is absent: 0·inf counts as 0), with the sigmoid
+// focal factor (torchvision) m = 1 − p_t = y'·σ(−x) + (1−y')·σ(x) (γ = 0:
 // m^γ = 1 and no second term), α_t = α·y' + (1−α)·(1−y') when α is on (else 1), s[n] the
 // row's sample weight, and scale the per-element upstream (`none`), the scalar upstream
 // (`sum`) or upstream/(N·C) (`mean`).
@@ -65,9 +66,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         var w = wp.x;
         if (has(FLAG_SAMPLE_WEIGHTS)) { w *= sample_weights[row_of(f)]; }
         if (has(FLAG_ALPHA)) { w *= p.focal_alpha * y + (1.0 - p.focal_alpha) * (1.0 - y); }
-        let ce = pw * y * softplus(-x) + (1.0 - y) * softplus(x);
+        // A zero coefficient leaves its term out (SEMANTICS.md section 6): y = 1 at x = +inf
+        // is a loss of 0, not 0·inf.
+        let ce = term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x));
         var d = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
-        var loss = w * ce;
+        var loss = term(w, ce);
         if (gamma > 0.0) {
             let sp = sigmoid(x);
             let sq = sigmoid(-x);
@@ -78,8 +81,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
                 focal = pow(m, gamma);
                 d_focal = gamma * pow(m, gamma - 1.0) * (1.0 - 2.0 * y) * sp * sq;
             }
-            loss = w * ce * focal;
-            d = d * focal + ce * d_focal;
+            loss = term(w, ce * focal);
+            d = d * focal + term(d_focal, ce);
         }
         sum += loss;
         if (has(FLAG_KEEP_LOSSES)) { losses[p.f32_offset + f] = loss; }

@@ -1,7 +1,7 @@
 // Softmax focal loss with smoothing or soft targets: the pass between rows and the reduction.
 //
-// Math (SEMANTICS.md section 2c): with the row's final lse (saved by the rows pass),
-// l[c] = z[c] − lse, a[c] = w[c]·t'[c] the per-class target weight (index targets:
+// Math (SEMANTICS.md section 2c): with the row's final lse (saved by the rows pass as
+// max + log_sum), l[c] = (z[c] − max) − log_sum (never z[c] − lse, section 1), a[c] = w[c]·t'[c] the per-class target weight (index targets:
 // t'[c] = (1−ε)·[c = y] + ε/C; soft targets: (1−ε)·t[c] + ε/C) and (f, g) = focal_factors(l):
 //   ce = −Σ_c a[c]·f[c]·l[c],    G = Σ_c a[c]·g[c],
 // so the row's loss is s[n]·(ce + λ·lse²), its sums get s[n]·ce, and G becomes the coefficient
@@ -54,7 +54,7 @@ fn main(
             }
             let a = w * t;
             let fg = focal_factors(l);
-            acc += vec2(a * fg.x * l, a * fg.y);
+            acc += vec2(term(a, fg.x * l), a * fg.y);
         }
     }
 

@@ -1,10 +1,12 @@
 // Softmax forward, pass 2 of 3: per-row loss, log-sum-exp, metrics and gradient coefficients.
 //
 // Math (SEMANTICS.md sections 2, 2b, 3, 5, 6): merge the row's splits in split order, then
-//   lse = m + ln s (−inf if every z is −inf, +inf with a +inf, NaN with a NaN),
-//   index targets: ce = −(1−ε)·w[y]·(z[y] − lse) + (ε/C)·(W·lse − Σ w·z),
-//   dense targets: ce = lse·Σ w·t' − Σ w·t'·z  with t' = (1−ε)·t + ε/C,
-//   loss = s[n]·(ce + λ·lse²);  a +inf logit or a NaN makes the row NaN (PyTorch).
+//   lse = m + ln s (−inf if every z is −inf, +inf with a +inf, NaN with a NaN), an output
+//   and z-loss's; every log p is taken as (z − m) − ln s, never z − lse (section 1):
+//   index targets: ce = −(1−ε)·w[y]·((z[y] − m) − ln s) + (ε/C)·(W·ln s − Σ w·(z − m)),
+//   dense targets: ce = ln s·Σ w·t' − Σ w·t'·(z − m)  with t' = (1−ε)·t + ε/C,
+//   loss = s[n]·(ce + λ·lse²);  a +inf or NaN logit, or a row of −inf only, makes the row NaN
+//   (PyTorch); a term whose coefficient is 0 is left out, not 0·inf (section 6).
 // Focal loss (section 2c) with index targets and no smoothing needs only p[y]:
 //   ce = −w[y]·(1 − p[y])^γ·logp[y], and the gradient coefficients of plain cross-entropy
 //   with w[y] replaced by w[y]·g[y] (`focal_factors`). With smoothing or soft targets this pass

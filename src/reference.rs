@@ -94,17 +94,7 @@ pub fn cross_entropy(
                     }
                 };
                 let lse = log_sum_exp(&z);
-                // A +inf logit makes the whole row's log-softmax NaN, as in PyTorch.
-                let logp: Vec<f64> = z
-                    .iter()
-                    .map(|&v| {
-                        if lse == f64::INFINITY {
-                            f64::NAN
-                        } else {
-                            v - lse
-                        }
-                    })
-                    .collect();
+                let logp = log_softmax(&z);
                 (z, dzdx, lse, logp, vec![false; classes])
             }
             InputKind::Probabilities { eps: floor } => {
@@ -117,17 +107,19 @@ pub fn cross_entropy(
         let is_prob = matches!(options.input, InputKind::Probabilities { .. });
         let p: Vec<f64> = logp.iter().map(|&v| v.exp()).collect();
 
-        // Section 5: metrics from z.
+        // A NaN or +inf logit, or a row of −inf only, makes the row NaN (section 6), whatever
+        // the coefficients of its terms.
+        let broken = !is_prob && !(lse.is_finite() && z.iter().all(|v| !v.is_nan()));
+
+        // Section 5: metrics from z. The entropy `lse − Σ p·z` is `−Σ p·logp`, which keeps
+        // the split form of section 1.
         let argmax = first_max(&z);
-        let entropy = if is_prob {
+        let entropy = if broken {
+            f64::NAN
+        } else {
             -(0..classes)
                 .filter(|&c| p[c] > 0.0)
                 .map(|c| p[c] * logp[c])
-                .sum::<f64>()
-        } else {
-            lse - (0..classes)
-                .filter(|&c| p[c] > 0.0)
-                .map(|c| p[c] * z[c])
                 .sum::<f64>()
         };
         let (target_prob, correct) = match (&soft, target) {
@@ -149,12 +141,7 @@ pub fn cross_entropy(
         out.correct.push(correct);
         out.target_prob.push(target_prob);
         out.entropy.push(entropy);
-        out.confidence
-            .push(
-                (z[argmax as usize] - lse)
-                    .exp()
-                    .min(if is_prob { 1.0 } else { f64::INFINITY }),
-            );
+        out.confidence.push(logp[argmax as usize].exp());
         out.valid.push(valid);
         out.lse.push(lse);
 
@@ -169,20 +156,20 @@ pub fn cross_entropy(
         let focal: Option<Vec<(f64, f64)>> =
             (gamma > 0.0).then(|| logp.iter().map(|&l| focal_factors(l, gamma)).collect());
         let f = |c: usize| focal.as_ref().map_or(1.0, |v| v[c].0);
+        // Every term is `coefficient · value`, and a zero coefficient leaves its term out
+        // (section 6: a masked class of target 0 or weight 0 is not 0·inf).
         let ce = match (&soft, target) {
-            (Some(t), _) if focal.is_some() => -(0..classes)
-                .map(|c| w(c) * t[c] * f(c) * logp[c])
+            _ if broken => f64::NAN,
+            (Some(t), _) => -(0..classes)
+                .map(|c| term(w(c) * t[c], f(c) * logp[c]))
                 .sum::<f64>(),
-            (Some(t), _) => -(0..classes).map(|c| w(c) * t[c] * logp[c]).sum::<f64>(),
             (None, Some(y)) => {
                 let y = y as usize;
-                let nll = -w(y) * f(y) * logp[y];
-                let mut ce = (1.0 - eps) * nll;
-                if eps > 0.0 {
-                    let smooth = -(0..classes).map(|c| w(c) * f(c) * logp[c]).sum::<f64>();
-                    ce += eps / c_f * smooth;
-                }
-                ce
+                let nll = -term(w(y), f(y) * logp[y]);
+                let smooth = -(0..classes)
+                    .map(|c| term(w(c), f(c) * logp[c]))
+                    .sum::<f64>();
+                term(1.0 - eps, nll) + term(eps / c_f, smooth)
             }
             (None, None) => unreachable!("index targets always have an index"),
         };
@@ -346,7 +333,8 @@ pub fn binary_cross_entropy(
             // Keras's label smoothing: y' = y·(1−ε) + ε/2 replaces y everywhere below.
             let y = targets[i] as f64 * (1.0 - eps) + eps / 2.0;
             let (wc, pw) = (weight(c), pos_weight(c));
-            let ce = pw * y * softplus(-x) + (1.0 - y) * softplus(x);
+            // A zero coefficient leaves its term out: y = 1 at x = +inf is a loss of 0.
+            let ce = term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x));
             let d_ce = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
             // Sigmoid focal loss (torchvision): ce·(1 − p_t)^γ·α_t with p = σ(x),
             // 1 − p_t = y·(1 − p) + (1 − y)·p = y·σ(−x) + (1 − y)·σ(x), and
@@ -367,9 +355,9 @@ pub fn binary_cross_entropy(
             };
             let alpha_t = alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
             let k = sw * wc * alpha_t;
-            let loss = k * ce * focal;
+            let loss = term(k, ce * focal);
             let grad = if gamma > 0.0 {
-                k * (d_ce * focal + ce * d_focal)
+                term(k, d_ce * focal + term(d_focal, ce))
             } else {
                 k * d_ce
             };
@@ -393,6 +381,28 @@ pub fn log_sum_exp(z: &[f64]) -> f64 {
         return m;
     }
     m + z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
+}
+
+/// `log softmax(z)` as SEMANTICS.md section 1 evaluates it: `(z − m) − log Σ exp(z − m)`, never
+/// `z − lse`, which would drop everything below the last place of `m`. NaN throughout with a
+/// NaN or +inf, and for a row of −inf only.
+pub fn log_softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if z.iter().any(|v| v.is_nan()) || m == f64::INFINITY {
+        return vec![f64::NAN; z.len()];
+    }
+    let log_s = z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
+    z.iter().map(|&v| (v - m) - log_s).collect()
+}
+
+/// `coefficient · value`, or 0 when the coefficient is exactly 0 (SEMANTICS.md section 6: a
+/// term whose coefficient is 0 is absent, not `0·inf`).
+pub fn term(coefficient: f64, value: f64) -> f64 {
+    if coefficient == 0.0 {
+        0.0
+    } else {
+        coefficient * value
+    }
 }
 
 /// Lowest index of the maximum, a NaN counting as maximal (`torch.argmax`).

@@ -13,9 +13,16 @@
 //!    exchange before this step (below).
 //!
 //! With an all-reduce instead of an all-gather, as Megatron does with NCCL: all-reduce `max`
-//! with MAX, rescale each shard's `sum_exp` and `sum_ez` by `exp(max − global max)`, then
-//! all-reduce those and `sum_wz`, `weight_sum`, `target_z·has_target`, `target_weight` with SUM;
-//! the result is one merged [`RowPartial`] per row, which `combine` takes as a single shard.
+//! with MAX (giving `M`); on each shard re-centre the sums on `M` (`sum_ez += (max − M)·sum_exp`,
+//! `sum_wz += (max − M)·weight_sum`, skipped for a shard whose `max` is −inf) and rescale
+//! `sum_exp` and `sum_ez` by `exp(max − M)`; then all-reduce those and `weight_sum`,
+//! `target_z·has_target`, `target_weight` with SUM; the result is one merged [`RowPartial`] per
+//! row (with `max = M`), which `combine` takes as a single shard ([`RowPartial::merge`] is the
+//! same arithmetic).
+//!
+//! The sums are centred on the shard's max and the target's `log p` is taken as
+//! `(z[y] − max) − ln Σ exp(z − max)`, never `z[y] − lse` (SEMANTICS.md section 1), so a
+//! large common offset of the logits costs no precision.
 //!
 //! Index targets, row-major logits (f32, f16, bf16); the options of section 2 of SEMANTICS.md
 //! (ignore_index, class weights, smoothing, z-loss, softcap, scale, reductions), per-row
@@ -154,6 +161,7 @@
 //!   host copy of the read-back.
 
 use crate::backend::{Backend, Target};
+use crate::cpu::scalar::term;
 use crate::error::{Error, Result};
 use crate::input::{Layout, Logits, Targets};
 use crate::options::{CrossEntropy, InputKind, Reduction};
@@ -215,9 +223,10 @@ pub struct RowPartial {
     pub max: f32,
     /// `Σ exp(z − max)`.
     pub sum_exp: f32,
-    /// `Σ exp(z − max)·z` (entropy).
+    /// `Σ exp(z − max)·(z − max)` (entropy), centred on `max`.
     pub sum_ez: f32,
-    /// `Σ w·z` (label smoothing).
+    /// `Σ w·(z − max)` (label smoothing), centred on `max`; a class of weight 0 is left out
+    /// (a masked `−inf` logit of weight 0 is absent, not `0·inf`).
     pub sum_wz: f32,
     /// `Σ w` over the shard.
     pub weight_sum: f32,
@@ -265,11 +274,22 @@ impl RowPartial {
             }
         };
         let (a, b) = (scale(self.max), scale(other.max));
+        // A centred sum `Σ k·(z − m)` moved to the merged max: `+ (m − max)·Σ k`. A shard of
+        // −inf only (or none) holds 0 or −inf there, already right.
+        let recentre = |sum: f32, weight: f32, m: f32| {
+            if m.is_finite() && max.is_finite() && m != max {
+                (sum as f64 + (m as f64 - max as f64) * weight as f64) as f32
+            } else {
+                sum
+            }
+        };
         RowPartial {
             max,
             sum_exp: self.sum_exp * a + other.sum_exp * b,
-            sum_ez: self.sum_ez * a + other.sum_ez * b,
-            sum_wz: self.sum_wz + other.sum_wz,
+            sum_ez: recentre(self.sum_ez, self.sum_exp, self.max) * a
+                + recentre(other.sum_ez, other.sum_exp, other.max) * b,
+            sum_wz: recentre(self.sum_wz, self.weight_sum, self.max)
+                + recentre(other.sum_wz, other.weight_sum, other.max),
             weight_sum: self.weight_sum + other.weight_sum,
             target_z: self.target_z + other.target_z,
             target_weight: self.target_weight + other.target_weight,
@@ -537,30 +557,39 @@ impl CrossEntropy {
         let classes_f = classes as f64;
         for (row, (m, y, valid)) in merged.into_iter().enumerate() {
             let lse = m.lse();
+            // logp in the split form (SEMANTICS.md section 1); NaN for a NaN or +inf logit or
+            // a row of −inf only.
+            let finite = lse.is_finite();
+            let log_sum = (m.sum_exp as f64).ln();
             let w_sum = m.weight_sum as f64;
-            let logp_y = if lse == f64::INFINITY {
-                f64::NAN
+            let logp_y = if finite {
+                (m.target_z as f64 - m.max as f64) - log_sum
             } else {
-                m.target_z as f64 - lse
+                f64::NAN
             };
             let w_y = m.target_weight as f64;
             // The cross-entropy part and its coefficient of p[c] (before the scale a).
             let (mut ce, mut kce) = (0.0, 0.0);
             let mut z_term = 0.0;
             if valid {
-                if round {
-                    // Decided here only when the row is NaN anyway; `combine_focal` adds the rest.
-                    ce = if lse.is_finite() { 0.0 } else { f64::NAN };
+                // A zero coefficient leaves its term out (SEMANTICS.md section 6).
+                if !finite {
+                    ce = f64::NAN;
+                } else if round {
+                    // `combine_focal` adds the focal sums of the second round.
+                    ce = 0.0;
                 } else if self.is_focal() {
                     // Without smoothing only p[y] is focal (see `reference::focal_factors`).
                     let (f, g) = crate::cpu::scalar::focal_factors(logp_y, gamma);
-                    ce = -w_y * f * logp_y;
+                    ce = -term(w_y, f * logp_y);
                     kce = w_y * g;
                 } else {
-                    ce = -(1.0 - eps) * w_y * logp_y;
-                    if eps > 0.0 {
-                        ce += eps / classes_f * (w_sum * lse - m.sum_wz as f64);
-                    }
+                    let smooth = if eps > 0.0 {
+                        w_sum * log_sum - m.sum_wz as f64
+                    } else {
+                        0.0
+                    };
+                    ce = -term(1.0 - eps, term(w_y, logp_y)) + term(eps / classes_f, smooth);
                     kce = (1.0 - eps) * w_y + eps / classes_f * w_sum;
                 }
                 if lambda > 0.0 {
@@ -585,10 +614,16 @@ impl CrossEntropy {
             metrics
                 .target_prob
                 .push(if valid { logp_y.exp() as f32 } else { 0.0 });
-            metrics
-                .entropy
-                .push((lse - m.sum_ez as f64 / m.sum_exp as f64) as f32);
-            metrics.confidence.push((m.max as f64 - lse).exp() as f32);
+            let (entropy, confidence) = if finite {
+                (
+                    log_sum - m.sum_ez as f64 / m.sum_exp as f64,
+                    (-log_sum).exp(),
+                )
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            metrics.entropy.push(entropy as f32);
+            metrics.confidence.push(confidence as f32);
             metrics.valid.push(valid);
             let (a, b) = match self.reduction {
                 Reduction::None => {
@@ -601,11 +636,7 @@ impl CrossEntropy {
             out.rows.push(RowGradient {
                 lse: lse as f32,
                 max: if lse.is_finite() { m.max } else { lse as f32 },
-                log_sum: if lse.is_finite() {
-                    (m.sum_exp as f64).ln() as f32
-                } else {
-                    0.0
-                },
+                log_sum: if finite { log_sum as f32 } else { 0.0 },
                 p_coefficient: (a * kce + b * 2.0 * lambda * lse) as f32,
                 scale: a as f32,
                 target_term: (a * (1.0 - eps) * w_y) as f32,

@@ -1,6 +1,9 @@
 // Shared by the softmax kernels: launch parameters, the logit transform, element addressing
 // and the online-softmax partial (running max `m`, rescaled sum `s`, and the sums that ride
-// along) with its merge.
+// along) with its merge. Every sum of z is centred on `m` (Σ k·(z − m)), so that the rows
+// pass takes each log p as (z − m) − ln s and never as z − lse, which loses everything below
+// the last place of a large m (SEMANTICS.md section 1); a term whose coefficient k is 0 is
+// left out, not 0·inf (section 6).
 
 struct Params {
     rows: u32,          // rows in this chunk
@@ -100,9 +103,9 @@ struct Partial {
     s: f32,        // Σ exp(z − m)
     arg: u32,      // lowest index of the max
     nan_arg: u32,  // lowest index of a NaN (NONE if none)
-    wz: f32,       // Σ w·z
+    wz: f32,       // Σ w·(z − m)
     wt: f32,       // Σ w·t
-    wtz: f32,      // Σ w·t·z
+    wtz: f32,      // Σ w·t·(z − m)
     ez: f32,       // Σ exp(z − m)·(z − m): centred, so large |z| cost no precision
     te: f32,       // Σ t·exp(z − m)
     tmax: f32,     // max t
@@ -116,9 +119,9 @@ fn empty_partial() -> Partial {
 
 // Adds element `c` with raw value `x` (and dense target `t`, weight `w`) to a partial.
 fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
-    (*st).w_all += w;
     let v = select(p.scale * x, x, p.prob_eps > 0.0);
     if (is_nan(v)) {
+        (*st).w_all += w;
         (*st).nan_arg = min((*st).nan_arg, c);
         return;
     }
@@ -126,23 +129,43 @@ fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
     if (z > (*st).m) {
         let r = exp((*st).m - z);
         (*st).ez = recentre((*st).ez, (*st).s, (*st).m, z) * r;
+        (*st).wz = recentre_linear((*st).wz, (*st).w_all, (*st).m, z);
+        (*st).wtz = recentre_linear((*st).wtz, (*st).wt, (*st).m, z);
         (*st).s *= r;
         (*st).te *= r;
         (*st).m = z;
         (*st).arg = c;
     }
+    (*st).w_all += w;
     // exp(−inf − (−inf)) would be NaN: a masked class adds exactly 0.
     let e = select(exp(z - (*st).m), 0.0, z == neg_inf());
     (*st).s += e;
     if (has(FLAG_ENTROPY) && e > 0.0) { (*st).ez += e * (z - (*st).m); }
-    if (has(FLAG_WANT_WZ)) { (*st).wz += w * z; }
+    if (has(FLAG_WANT_WZ)) { (*st).wz += linear_term(w, z, (*st).m); }
     if (has(FLAG_DENSE)) {
         (*st).wt += w * t;
-        (*st).wtz += w * t * z;
+        (*st).wtz += linear_term(w * t, z, (*st).m);
         (*st).te += t * e;
         if (t > (*st).tmax) { (*st).tmax = t; (*st).targ = c; }
     }
 }
+
+// k·(z − m), the term of a centred linear sum: 0 when k = 0 (a masked class of weight or
+// target 0 is absent), −inf for a masked class otherwise (also while m is still −inf).
+fn linear_term(k: f32, z: f32, m: f32) -> f32 {
+    let d = select(z - m, neg_inf(), z == neg_inf());
+    return select(k * d, 0.0, k == 0.0);
+}
+
+// A centred linear sum Σ k·(z − m) with Σ k = `weight`, re-centred on `to` (a partial of −inf
+// only holds 0 or −inf there, already right).
+fn recentre_linear(sum: f32, weight: f32, m: f32, to: f32) -> f32 {
+    return select(sum + (m - to) * weight, sum, m == neg_inf() || m == to);
+}
+
+// k·v, or 0 when the coefficient k is exactly 0: the term is absent, not 0·inf = NaN
+// (SEMANTICS.md section 6).
+fn term(k: f32, v: f32) -> f32 { return select(k * v, 0.0, k == 0.0); }
 
 // 1 − exp(l) for l ≤ 0, without the cancellation of 1 − exp(l) near 0 (WGSL has no expm1):
 // the Taylor series −l·(1 + l/2 + l²/6 + …) through l⁷ above −1/4 (truncation below 2e-9
@@ -191,9 +214,9 @@ fn merge(a: Partial, b: Partial) -> Partial {
     o.te = a.te * ra + b.te * rb;
     if (a.m > b.m) { o.arg = a.arg; } else if (b.m > a.m) { o.arg = b.arg; } else { o.arg = min(a.arg, b.arg); }
     o.nan_arg = min(a.nan_arg, b.nan_arg);
-    o.wz = a.wz + b.wz;
+    o.wz = recentre_linear(a.wz, a.w_all, a.m, o.m) + recentre_linear(b.wz, b.w_all, b.m, o.m);
     o.wt = a.wt + b.wt;
-    o.wtz = a.wtz + b.wtz;
+    o.wtz = recentre_linear(a.wtz, a.wt, a.m, o.m) + recentre_linear(b.wtz, b.wt, b.m, o.m);
     if (a.tmax > b.tmax) { o.targ = a.targ; } else if (b.tmax > a.tmax) { o.targ = b.targ; } else { o.targ = min(a.targ, b.targ); }
     o.tmax = max(a.tmax, b.tmax);
     o.w_all = a.w_all + b.w_all;

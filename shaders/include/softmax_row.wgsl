@@ -22,18 +22,21 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     let nan_row = st.nan_arg != NONE;
     var lse = st.m + log(st.s);
     if (nan_row) { lse = nan(); } else if (st.m == neg_inf() || st.m == pos_inf()) { lse = st.m; }
-    // Probability inputs are not renormalized: log p = z, as if lse were 0.
-    let lse_used = select(lse, 0.0, probabilities);
-    let broken = nan_row || lse == pos_inf();
+    // A NaN or +inf logit, or a row of −inf only, makes the row NaN (lse is then not finite).
+    let broken = nan_row || st.m == neg_inf() || st.m == pos_inf();
+    // Every log p is (z − m) − log_s (SEMANTICS.md section 1), never z − lse; the centred sums
+    // Σ k·(z − m) give Σ k·log p = Σ k·(z − m) − log_s·Σ k. Probability inputs are not
+    // renormalized: log p = z = (z − m) + m, so log_s = −m there.
+    let log_s = select(log(st.s), -st.m, probabilities);
     let scale_m = select(1.0 / st.s, exp(st.m), probabilities); // turns Σ e^(z−m)·f into Σ p·f
 
     var out: RowOut;
     out.lse = select(lse, 0.0, probabilities);
     out.argmax = select(st.arg, st.nan_arg, nan_row);
     // log Σ e^(z−m) − Σ e^(z−m)·(z − m) / Σ e^(z−m); with probabilities −Σ p·log p.
-    let entropy = select(log(st.s) - st.ez / st.s, nan(), nan_row);
+    let entropy = select(log(st.s) - st.ez / st.s, nan(), broken);
     out.entropy = select(entropy, -recentre(st.ez, st.s, st.m, 0.0) * exp(st.m), probabilities);
-    out.confidence = select(exp(st.m - lse), exp(st.m), probabilities);
+    out.confidence = select(select(1.0 / st.s, nan(), broken), exp(st.m), probabilities);
     var valid = true;
     var correct = false;
     var ce = 0.0;
@@ -43,9 +46,9 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     var weight_of_row = 1.0;
 
     if (has(FLAG_DENSE)) {
-        let wt = (1.0 - eps) * st.wt + uniform * weight_sum;
-        let wtz = (1.0 - eps) * st.wtz + uniform * st.wz;
-        ce = select(wt * lse_used - wtz, nan(), broken);
+        let wt = term(1.0 - eps, st.wt) + uniform * weight_sum;
+        let wtz = term(1.0 - eps, st.wtz) + term(uniform, st.wz);
+        ce = select(wt * log_s - wtz, nan(), broken);
         out.target_prob = st.te * scale_m;
         correct = st.targ == out.argmax;
         coef.kce = wt;
@@ -56,10 +59,11 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
             let c = u32(y.x);
             let x = target_x(row, c);
             let z = z_of(x);
-            let logp = select(z - lse_used, nan(), broken);
+            let logp = select((z - st.m) - log_s, nan(), broken);
             let wy = weight(c);
-            ce = -(1.0 - eps) * wy * logp;
-            if (eps > 0.0) { ce += uniform * (weight_sum * lse_used - st.wz); }
+            ce = -term(1.0 - eps, term(wy, logp));
+            if (eps > 0.0) { ce += term(uniform, weight_sum * log_s - st.wz); }
+            ce = select(ce, nan(), broken);
             out.target_prob = exp(logp);
             correct = out.argmax == c;
             coef.y = y.x;
@@ -69,7 +73,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
             if (p.focal_gamma > 0.0 && !has(FLAG_FOCAL_ALL)) {
                 // ε = 0: coef.wy stays w[y]; the backward pass multiplies it by g[y].
                 let fg = focal_factors(logp);
-                ce = -wy * fg.x * logp;
+                ce = select(-term(wy, fg.x * logp), nan(), broken);
                 coef.kce = wy * fg.y;
             }
         } else {

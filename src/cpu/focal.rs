@@ -2,7 +2,8 @@
 //! section 2c), for a whole focusing parameter `γ` (1, 2, 3, …: the powers are products).
 //!
 //! Once a row's log-sum-exp is known (the fused forward of [`row`](super::row)), every class's
-//! focal factor can be computed from `l = z − lse` alone:
+//! focal factor can be computed from `l = (z − m) − ln Σ exp(z − m)` alone (the split form of
+//! SEMANTICS.md section 1; `z − lse` would lose `l` below the last place of a large `m`):
 //! ```text
 //! p = exp(l),  q = 1 − p,  f = q^γ,  g = f − γ·p·l·q^(γ−1)
 //! ```
@@ -18,7 +19,7 @@
 //! (`cpu/shard.rs`, over a shard's columns with the global log-sum-exp) both go through it.
 
 use super::row::{load, load_live, RowIo, Transform, CHUNK};
-use super::scalar::{focal_factors, Focal};
+use super::scalar::{focal_factors, term, Focal};
 use super::simd::{dispatch, SimdLevel};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
@@ -55,22 +56,11 @@ fn factors<I: Isa>(isa: I, l: I::F32, gamma: u32) -> (I::F32, I::F32, I::F32) {
     (p, f, g)
 }
 
-/// `l = z − lse` with `lse = hi + lo` split into two f32 (so `l` is not rounded to the
-/// precision of a large `lse`).
+/// `l = (z − m) − log_sum`: `z − m` is exact where `p` matters (Sterbenz), whatever `m`.
 #[inline(always)]
-fn log_prob<I: Isa>(isa: I, z: I::F32, hi: I::F32, lo: I::F32) -> I::F32 {
+fn log_prob<I: Isa>(isa: I, z: I::F32, max: I::F32, log_sum: I::F32) -> I::F32 {
     let ops = isa.f32();
-    ops.sub(ops.sub(z, hi), lo)
-}
-
-fn split(lse: f64) -> (f32, f32) {
-    let hi = lse as f32;
-    let lo = if hi.is_finite() {
-        (lse - hi as f64) as f32
-    } else {
-        0.0
-    };
-    (hi, lo)
+    ops.sub(ops.sub(z, max), log_sum)
 }
 
 /// The forward's focal sums over one contiguous row of raw logits.
@@ -93,8 +83,7 @@ impl SimdOp for FocalSums<'_> {
         let lanes = ops.len();
         let zero = ops.zero();
         let row = self.row;
-        let (hi, lo) = split(row.lse);
-        let (hi, lo) = (ops.splat(hi), ops.splat(lo));
+        let (hi, lo) = (ops.splat(row.max), ops.splat(row.log_sum as f32));
         let (b, e) = (ops.splat(row.b), ops.splat(row.e));
         let (mut loss, mut g_sum) = (0f64, 0f64);
         for (chunk, xc) in self.x.chunks(CHUNK).enumerate() {
@@ -115,7 +104,9 @@ impl SimdOp for FocalSums<'_> {
                     Some(w) => ops.mul(load(isa, &w[off..]), target),
                     None => target,
                 };
+                // A zero a[c] leaves the class out (a masked class has l = −inf).
                 let term = ops.mul(ops.mul(a, f), l);
+                let term = ops.select(zero, term, ops.eq(a, zero));
                 let ag = ops.mul(a, g);
                 let (term, ag) = match live {
                     Some(live) => (ops.select(term, zero, live), ops.select(ag, zero, live)),
@@ -156,8 +147,7 @@ impl SimdOp for FocalBackward<'_> {
         let lanes = ops.len();
         let n = self.io.src().len();
         let row = self.row;
-        let (hi, lo) = split(row.lse);
-        let (hi, lo) = (ops.splat(hi), ops.splat(lo));
+        let (hi, lo) = (ops.splat(row.max), ops.splat(row.log_sum as f32));
         let (k, a) = (ops.splat(self.k), ops.splat(self.a));
         let (b, e) = (ops.splat(row.b), ops.splat(row.e));
         for off in (0..n).step_by(lanes) {
@@ -207,8 +197,11 @@ pub struct FocalRow<'a> {
     pub w: Option<&'a [f32]>,
     /// The transform.
     pub transform: Transform,
-    /// The row's log-sum-exp (over every class, also when the row is a shard's columns).
-    pub lse: f64,
+    /// The row's max `m` and `ln Σ exp(z − m)`, over every class (also when the row is a
+    /// shard's columns): `lse = max + log_sum`, kept split (SEMANTICS.md section 1).
+    pub max: f32,
+    /// See `max`.
+    pub log_sum: f64,
     /// Coefficient of `t[c]` in `a[c]`.
     pub b: f32,
     /// Constant of `a[c]`.
@@ -218,13 +211,13 @@ pub struct FocalRow<'a> {
 }
 
 impl FocalRow<'_> {
-    /// `l = z − lse` of a raw value, in f64 (NaN when `lse = +inf`: the row's log-softmax is
-    /// NaN, as in PyTorch).
+    /// `l = (z − m) − log_sum` of a raw value, in f64 (NaN when the max is not finite: the
+    /// row's log-softmax is NaN, as in PyTorch).
     fn log_p(&self, x: f32) -> f64 {
-        if self.lse == f64::INFINITY {
-            f64::NAN
+        if self.max.is_finite() {
+            (self.transform.scalar(x) as f64 - self.max as f64) - self.log_sum
         } else {
-            self.transform.scalar(x) as f64 - self.lse
+            f64::NAN
         }
     }
 
@@ -256,14 +249,14 @@ impl FocalRow<'_> {
                         let l = self.log_p(v);
                         let (f, g) = focal.factors(l as f32);
                         let a = self.weight(c) as f64;
-                        (loss + a * f as f64 * l, g_sum + a * g as f64)
+                        (loss + term(a, f as f64 * l), g_sum + a * g as f64)
                     })
             }
         };
         if let Some((y, v)) = target {
             let l = self.log_p(x[y]);
             let (f, g) = focal_factors(l, self.gamma as f64);
-            loss += v * f * l;
+            loss += term(v, f * l);
             g_sum += v * g;
         }
         (loss, g_sum)
@@ -285,7 +278,7 @@ impl FocalRow<'_> {
         // The target's term, from its logit before an in-place pass overwrites it.
         let target_fix = target.map(|(y, v)| {
             let z = self.transform.scalar(io.src()[y]);
-            let (_, g) = focal.factors((z as f64 - self.lse) as f32);
+            let (_, g) = focal.factors(self.log_p(io.src()[y]) as f32);
             (y, v * g * self.transform.scalar_slope(z))
         });
         if let Some(gamma) = whole_gamma(self.gamma) {
@@ -301,7 +294,7 @@ impl FocalRow<'_> {
         }
         for c in 0..io.src().len() {
             let z = self.transform.scalar(io.src()[c]);
-            let l = (z as f64 - self.lse) as f32;
+            let l = self.log_p(io.src()[c]) as f32;
             let (_, g) = focal.factors(l);
             let dz = k * l.exp() - a * self.weight(c) * g;
             io.dst()[c] = dz * self.transform.scalar_slope(z);

@@ -30,7 +30,7 @@ use crate::output::{Gradient, Metrics, Output, Request};
 use crate::plan::{Loss, Plan};
 use rayon::prelude::*;
 use row::{Backward, Exps, ExpsIo, Forward, Rescale, RowIo, Transform};
-use scalar::ProbTarget;
+use scalar::{term, ProbTarget};
 
 /// Values per parallel block (256 KiB of f32): large enough to amortize scheduling, small
 /// enough to balance 2..64 cores on a typical batch.
@@ -467,6 +467,11 @@ impl Ctx<'_> {
             },
         );
         let lse = st.lse();
+        // Every logp below is `(z − m) − ln Σ exp(z − m)` (SEMANTICS.md section 1), never
+        // `z − lse`: `lse` is an output (and z-loss's), and loses `logp` below the last place
+        // of a large `m`.
+        let finite = lse.is_finite();
+        let log_sum = st.log_sum();
         let argmax = if st.nans > 0 {
             x.iter()
                 .position(|&v| transform.scalar(v).is_nan())
@@ -476,57 +481,62 @@ impl Ctx<'_> {
         };
         let mut r = RowResult {
             lse: lse as f32,
-            max: if lse.is_finite() { st.max } else { lse as f32 },
-            log_sum: if lse.is_finite() {
-                st.sum_exp.ln() as f32
-            } else {
-                0.0
-            },
+            max: if finite { st.max } else { lse as f32 },
+            log_sum: if finite { log_sum as f32 } else { 0.0 },
             argmax,
-            entropy: (lse - st.max as f64 - st.sum_ez / st.sum_exp) as f32,
-            confidence: (st.max as f64 - lse).exp() as f32,
+            entropy: if finite {
+                (log_sum - st.sum_ez / st.sum_exp) as f32
+            } else {
+                f32::NAN
+            },
+            confidence: if finite {
+                (-log_sum).exp() as f32
+            } else {
+                f32::NAN
+            },
             valid,
             ..RowResult::default()
         };
-        // A +inf logit makes the row's log-softmax NaN (PyTorch).
-        let logp = |z: f64| {
-            if lse == f64::INFINITY {
-                f64::NAN
+        // A NaN or +inf logit, or a row of −inf only, makes the row NaN (PyTorch).
+        let logp = |z: f32| {
+            if finite {
+                (z as f64 - st.max as f64) - log_sum
             } else {
-                z - lse
+                f64::NAN
             }
         };
+        // A zero coefficient leaves its term out (SEMANTICS.md section 6), so a NaN row is
+        // made NaN explicitly.
         let ce = match (t, index) {
             (Some(t), _) => {
-                let sum_wt = (1.0 - eps) * st.sum_wt + eps / c_f * w_sum;
-                let sum_wtz = (1.0 - eps) * st.sum_wtz + eps / c_f * st.sum_wz;
+                let sum_wt = term(1.0 - eps, st.sum_wt) + eps / c_f * w_sum;
+                let sum_wtz = term(1.0 - eps, st.sum_wtz) + term(eps / c_f, st.sum_wz);
                 r.target_prob = (st.sum_te / st.sum_exp) as f32;
                 r.correct =
                     crate::reference::first_max(&t.iter().map(|&v| v as f64).collect::<Vec<_>>())
                         == argmax;
                 r.p_coefficient = sum_wt as f32;
-                if lse == f64::INFINITY {
-                    f64::NAN
-                } else {
-                    sum_wt * lse - sum_wtz
-                }
+                sum_wt * log_sum - sum_wtz
             }
             (None, Some(y)) if valid => {
                 let y = y as usize;
-                let logp_y = logp(transform.scalar(x[y]) as f64);
+                let logp_y = logp(transform.scalar(x[y]));
                 r.target_prob = logp_y.exp() as f32;
                 r.correct = argmax == y as u32;
                 r.p_coefficient = ((1.0 - eps) * w(y) + eps / c_f * w_sum) as f32;
-                let mut ce = -(1.0 - eps) * w(y) * logp_y;
-                if eps > 0.0 {
-                    ce += eps / c_f * (w_sum * lse - st.sum_wz);
-                }
-                ce
+                let smooth = if eps > 0.0 {
+                    w_sum * log_sum - st.sum_wz
+                } else {
+                    0.0
+                };
+                -term(1.0 - eps, term(w(y), logp_y)) + term(eps / c_f, smooth)
             }
             _ => return RowResult { loss: 0.0, ..r },
         };
-        let ce = if opts.is_focal() {
-            self.focal_forward(row, x, t, lse, &mut r)
+        let ce = if !finite {
+            f64::NAN
+        } else if opts.is_focal() {
+            self.focal_forward(row, x, t, (st.max, log_sum), &mut r)
         } else {
             ce
         };
@@ -686,7 +696,7 @@ impl Ctx<'_> {
         row: usize,
         x: &[f32],
         t: Option<&[f32]>,
-        lse: f64,
+        (max, log_sum): (f32, f64),
         r: &mut RowResult,
     ) -> f64 {
         let opts = self.plan.softmax();
@@ -697,32 +707,32 @@ impl Ctx<'_> {
             softcap: opts.softcap,
         };
         let w = |c: usize| self.w.map_or(1.0, |w| w[c] as f64);
-        let logp = |c: usize| {
-            if lse == f64::INFINITY {
-                f64::NAN
-            } else {
-                transform.scalar(x[c]) as f64 - lse
-            }
-        };
         let index = self.targets.index(row).map(|y| y as usize);
         if let (None, Some(y), true) = (t, index, eps == 0.0) {
-            let l = logp(y);
+            // The same split form as the backward's `(z − max) − log_sum`.
+            let l = (transform.scalar(x[y]) as f64 - max as f64) - log_sum;
             let (f, g) = scalar::focal_factors(l, gamma);
             r.p_coefficient = (w(y) * g) as f32;
             r.focal_target = r.p_coefficient;
-            return -w(y) * f * l;
+            return -term(w(y), f * l);
         }
         let target = index
             .filter(|_| t.is_none())
             .map(|y| (y, (1.0 - eps) * w(y)));
-        let (loss, g_sum) = self.focal_row(t, lse).sums(self.level, x, target);
+        let (loss, g_sum) = self
+            .focal_row(t, (max, log_sum))
+            .sums(self.level, x, target);
         r.p_coefficient = g_sum as f32;
         -loss
     }
 
     /// The focal passes of a row with dense targets `t` (or index targets) and log-sum-exp
-    /// `lse`.
-    fn focal_row<'a>(&'a self, t: Option<&'a [f32]>, lse: f64) -> focal::FocalRow<'a> {
+    /// `max + log_sum`.
+    fn focal_row<'a>(
+        &'a self,
+        t: Option<&'a [f32]>,
+        (max, log_sum): (f32, f64),
+    ) -> focal::FocalRow<'a> {
         let opts = self.plan.softmax();
         let eps = opts.label_smoothing;
         focal::FocalRow {
@@ -732,7 +742,8 @@ impl Ctx<'_> {
                 scale: opts.logit_scale,
                 softcap: opts.softcap,
             },
-            lse,
+            max,
+            log_sum,
             b: if t.is_some() { 1.0 - eps } else { 0.0 },
             e: eps / self.plan.classes as f32,
             gamma: opts.focal_gamma,
@@ -755,9 +766,8 @@ impl Ctx<'_> {
         let target = index
             .filter(|_| t.is_none())
             .map(|y| (y, a * (1.0 - eps) * self.w.map_or(1.0, |w| w[y])));
-        // lse as max + log_sum, as the plain backward takes it (see `row::Backward::log_sum`).
-        let lse = r.max as f64 + r.log_sum as f64;
-        self.focal_row(t, lse)
+        // max and log_sum as the plain backward takes them (see `row::Backward::log_sum`).
+        self.focal_row(t, (r.max, r.log_sum as f64))
             .backward(self.level, io, k, a, target);
     }
 }

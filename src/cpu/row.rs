@@ -85,17 +85,23 @@ pub struct RowStats {
     pub argmax: u32,
     /// Number of NaN values of `z`.
     pub nans: u32,
-    /// `Σ w·z` (when asked).
+    /// `Σ w·(z − m)` (when asked): centred on `m` (SEMANTICS.md section 1), a zero `w` leaving
+    /// its term out (section 6).
     pub sum_wz: f64,
     /// `Σ w·t` (dense targets).
     pub sum_wt: f64,
-    /// `Σ w·t·z` (dense targets).
+    /// `Σ w·t·(z − m)` (dense targets), centred and with zero terms left out like `sum_wz`.
     pub sum_wtz: f64,
     /// `Σ exp(z − m)·(z − m)` (entropy, when asked): centred on `m`, so that the entropy
     /// `log Σ exp(z − m) − sum_ez / sum_exp` keeps its precision when `|z|` is large.
     pub sum_ez: f64,
     /// `Σ t·exp(z − m)` (dense targets).
     pub sum_te: f64,
+    /// `Σ w` over the row's classes (with class weights and `Σ w·z` asked; else 0).
+    weight_sum: f64,
+    /// The fixed point the chunks centre `Σ w·z` and `Σ w·t·z` on while the max still moves
+    /// (the row's first finite shift; −inf until there is one).
+    centre: f32,
 }
 
 impl RowStats {
@@ -110,13 +116,10 @@ impl RowStats {
         }
     }
 
-    /// `Σ exp(z − m)·z`, the uncentred [`sum_ez`](Self::sum_ez) that partials exchange.
-    pub fn sum_ez_uncentred(&self) -> f64 {
-        if self.sum_exp == 0.0 {
-            0.0
-        } else {
-            self.sum_ez + self.max as f64 * self.sum_exp
-        }
+    /// `ln Σ exp(z − m)`: with `m`, the split form of `lse` that every `logp` is taken from,
+    /// `logp = (z − m) − log_sum` (SEMANTICS.md section 1).
+    pub fn log_sum(&self) -> f64 {
+        self.sum_exp.ln()
     }
 }
 
@@ -173,6 +176,7 @@ struct ChunkSums {
     sum_wz: f64,
     sum_wt: f64,
     sum_wtz: f64,
+    weight_sum: f64,
 }
 
 impl SimdOp for Forward<'_> {
@@ -184,6 +188,7 @@ impl SimdOp for Forward<'_> {
         let mut exps = self.exps.take();
         let mut st = RowStats {
             max: f32::NEG_INFINITY,
+            centre: f32::NEG_INFINITY,
             ..RowStats::default()
         };
         for (chunk, xc) in self.x.chunks(CHUNK).enumerate() {
@@ -207,9 +212,12 @@ impl SimdOp for Forward<'_> {
             } else {
                 self.chunk_max(isa, xc)
             };
+            if shift.is_finite() && !st.centre.is_finite() {
+                st.centre = shift;
+            }
             let fast = if shift.is_finite() {
                 let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
-                Some(self.speculate(isa, part, shift, keep))
+                Some(self.speculate(isa, part, (shift, st.centre), keep))
             } else {
                 None
             };
@@ -226,7 +234,7 @@ impl SimdOp for Forward<'_> {
                 }
                 Some(c) if c.sum_exp.is_finite() => {
                     let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
-                    let c = self.speculate(isa, part, c.max, keep);
+                    let c = self.speculate(isa, part, (c.max, st.centre), keep);
                     st.rescale(c.max);
                     if self.want_metrics {
                         st.argmax = (base + self.position(isa, xc, c.max)) as u32;
@@ -246,6 +254,20 @@ impl SimdOp for Forward<'_> {
             };
             if let Some(exps) = exps.as_mut() {
                 exps.shifts[chunk] = shift;
+            }
+        }
+        // Move the linear sums from the fixed centre to the final max.
+        if st.centre.is_finite() && st.max.is_finite() {
+            let offset = st.centre as f64 - st.max as f64;
+            if offset != 0.0 {
+                let weight_sum = match self.w {
+                    Some(_) => st.weight_sum,
+                    None => self.x.len() as f64,
+                };
+                if self.want_wz {
+                    st.sum_wz += offset * weight_sum;
+                }
+                st.sum_wtz += offset * st.sum_wt;
             }
         }
         st
@@ -276,6 +298,7 @@ impl RowStats {
         self.sum_wz += c.sum_wz;
         self.sum_wt += c.sum_wt;
         self.sum_wtz += c.sum_wtz;
+        self.weight_sum += c.weight_sum;
     }
 }
 
@@ -286,17 +309,18 @@ impl Forward<'_> {
         &self,
         isa: I,
         part: Chunk<'_>,
-        shift: f32,
+        (shift, centre): (f32, f32),
         mut keep: Option<&mut [f32]>,
     ) -> ChunkSums {
         let ops = isa.f32();
         let (xc, wc, tc) = (part.x, part.w, part.t);
         let lanes = ops.len();
         let (zero, one) = (ops.zero(), ops.one());
-        let (neg_inf, lowest, shift_v) = (
+        let (neg_inf, lowest, shift_v, centre_v) = (
             ops.splat(f32::NEG_INFINITY),
             ops.splat(f32::MIN),
             ops.splat(shift),
+            ops.splat(centre),
         );
         // Class weights only enter the forward's sums through Σ w·z and Σ w·t.
         let plain = tc.is_none() && !self.want_wz && self.transform.softcap.is_none();
@@ -316,18 +340,17 @@ impl Forward<'_> {
             };
         }
         let (mut v_max, mut v_sum, mut v_ez, mut v_te) = (neg_inf, zero, zero, zero);
-        let (mut v_wz, mut v_wt, mut v_wtz) = (zero, zero, zero);
+        let (mut v_wz, mut v_wt, mut v_wtz, mut v_w) = (zero, zero, zero, zero);
         for off in (0..xc.len()).step_by(lanes) {
-            // `z` feeds the exp-free sums (0 in padding lanes, whose weight and target are
-            // 0); `z_live` (−inf in padding lanes) feeds the max and the exps. Only the
-            // row's last vector is partial.
-            let (z, z_live) = if off + lanes <= xc.len() {
-                let z = self.transform.apply(isa, ops.load(&xc[off..]));
-                (z, z)
+            // `z_live` (−inf in padding lanes) feeds the max and the exps; the exp-free sums
+            // take `z − centre` with the padding lanes' weight 0. Only the row's last vector
+            // is partial.
+            let (z_live, live) = if off + lanes <= xc.len() {
+                (self.transform.apply(isa, ops.load(&xc[off..])), None)
             } else {
                 let (x, live) = ops.load_pad(&xc[off..]);
                 let z = self.transform.apply(isa, x);
-                (z, ops.select(z, neg_inf, live))
+                (ops.select(z, neg_inf, live), Some(live))
             };
             v_max = ops.max(v_max, z_live);
             let d = ops.sub(z_live, shift_v);
@@ -340,15 +363,21 @@ impl Forward<'_> {
                 // max() keeps 0·(−inf) out of the sum for masked classes.
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
+            if !(self.want_wz || tc.is_some()) {
+                continue;
+            }
             let w = wc.map_or(one, |w| load(isa, &w[off..]));
+            let w = live.map_or(w, |live| ops.select(w, zero, live));
+            let dc = ops.sub(z_live, centre_v);
             if self.want_wz {
-                v_wz = ops.mul_add(w, z, v_wz);
+                v_wz = ops.add(v_wz, linear_term(isa, w, dc));
+                v_w = ops.add(v_w, w);
             }
             if let Some(t) = tc {
                 let t = load(isa, &t[off..]);
                 let wt = ops.mul(w, t);
                 v_wt = ops.add(v_wt, wt);
-                v_wtz = ops.mul_add(wt, z, v_wtz);
+                v_wtz = ops.add(v_wtz, linear_term(isa, wt, dc));
                 v_te = ops.mul_add(t, e, v_te);
             }
         }
@@ -360,6 +389,7 @@ impl Forward<'_> {
             sum_wz: ops.sum(v_wz) as f64,
             sum_wt: ops.sum(v_wt) as f64,
             sum_wtz: ops.sum(v_wtz) as f64,
+            weight_sum: ops.sum(v_w) as f64,
         }
     }
 
@@ -423,7 +453,6 @@ impl Forward<'_> {
         let z_buf = &mut z_buf[..CHUNK];
 
         let (mut v_max, mut v_nan) = (neg_inf, zero);
-        let (mut v_wz, mut v_wt, mut v_wtz) = (zero, zero, zero);
         for off in (0..n).step_by(lanes) {
             let (x, live) = load_live(isa, &xc[off..]);
             let z = self.transform.apply(isa, x);
@@ -431,20 +460,8 @@ impl Forward<'_> {
             let z_live = live.map_or(z, |live| ops.select(z, neg_inf, live));
             ops.store(z_live, &mut z_buf[off..]);
             v_max = ops.max(v_max, z_live);
-            let w = wc.map_or(one, |w| load(isa, &w[off..]));
-            if self.want_wz {
-                v_wz = ops.mul_add(w, z, v_wz);
-            }
-            if let Some(t) = tc {
-                let wt = ops.mul(w, load(isa, &t[off..]));
-                v_wt = ops.add(v_wt, wt);
-                v_wtz = ops.mul_add(wt, z, v_wtz);
-            }
         }
         st.nans += ops.sum(v_nan) as u32;
-        st.sum_wz += ops.sum(v_wz) as f64;
-        st.sum_wt += ops.sum(v_wt) as f64;
-        st.sum_wtz += ops.sum(v_wtz) as f64;
         let chunk_max = horizontal_max(v_max);
         let mut argmax = None;
         if chunk_max > st.max {
@@ -454,30 +471,87 @@ impl Forward<'_> {
             }
         }
         if !st.max.is_finite() {
-            // All −inf so far (contributes 0), or a +inf (the row is NaN anyway).
+            // All −inf so far: each term of the linear sums is 0 or −inf (SEMANTICS.md
+            // section 6), and the exps are 0. With a +inf the row is NaN anyway.
+            if st.max == f32::NEG_INFINITY {
+                for c in 0..n {
+                    let w = wc.map_or(1.0, |w| w[c]);
+                    if self.want_wz {
+                        st.weight_sum += w as f64;
+                        if w != 0.0 {
+                            st.sum_wz = f64::NEG_INFINITY;
+                        }
+                    }
+                    if let Some(t) = tc {
+                        let wt = w * t[c];
+                        st.sum_wt += wt as f64;
+                        if wt != 0.0 {
+                            st.sum_wtz = f64::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
             z_buf[..n].fill(0.0);
             return argmax;
         }
+        if !st.centre.is_finite() {
+            st.centre = st.max;
+        }
 
-        let m = ops.splat(st.max);
+        let (m, centre) = (ops.splat(st.max), ops.splat(st.centre));
         let (mut v_sum, mut v_ez, mut v_te) = (zero, zero, zero);
+        let (mut v_wz, mut v_wt, mut v_wtz, mut v_w) = (zero, zero, zero, zero);
         for off in (0..n).step_by(lanes) {
-            let d = ops.sub(ops.load(&z_buf[off..]), m);
+            let z = ops.load(&z_buf[off..]);
+            let d = ops.sub(z, m);
             let e = ShiftedExp::apply(isa, d);
             v_sum = ops.add(v_sum, e);
             ops.store(e, &mut z_buf[off..]);
             if self.want_metrics {
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
+            if !(self.want_wz || tc.is_some()) {
+                continue;
+            }
+            // Past the row's end z is −inf: the weight there is 0, so the term is absent.
+            let w = wc.map_or(one, |w| load(isa, &w[off..]));
+            let w = if off + lanes > n {
+                let (_, live) = ops.load_pad(&xc[off..]);
+                ops.select(w, zero, live)
+            } else {
+                w
+            };
+            let dc = ops.sub(z, centre);
+            if self.want_wz {
+                v_wz = ops.add(v_wz, linear_term(isa, w, dc));
+                v_w = ops.add(v_w, w);
+            }
             if let Some(t) = tc {
-                v_te = ops.mul_add(load(isa, &t[off..]), e, v_te);
+                let t = load(isa, &t[off..]);
+                let wt = ops.mul(w, t);
+                v_wt = ops.add(v_wt, wt);
+                v_wtz = ops.add(v_wtz, linear_term(isa, wt, dc));
+                v_te = ops.mul_add(t, e, v_te);
             }
         }
         st.sum_exp += ops.sum(v_sum) as f64;
         st.sum_ez += ops.sum(v_ez) as f64;
         st.sum_te += ops.sum(v_te) as f64;
+        st.sum_wz += ops.sum(v_wz) as f64;
+        st.sum_wt += ops.sum(v_wt) as f64;
+        st.sum_wtz += ops.sum(v_wtz) as f64;
+        st.weight_sum += ops.sum(v_w) as f64;
         argmax
     }
+}
+
+/// `coefficient · d`, or 0 where the coefficient is 0: a masked class (`d = −inf`) of weight or
+/// target 0 is absent from the linear sums, not `0·inf` (SEMANTICS.md section 6).
+#[inline(always)]
+fn linear_term<I: Isa>(isa: I, coefficient: I::F32, d: I::F32) -> I::F32 {
+    let ops = isa.f32();
+    let zero = ops.zero();
+    ops.select(zero, ops.mul(coefficient, d), ops.eq(coefficient, zero))
 }
 
 /// The backward's per-class term `A·w[c]·(B·t[c] + E)` at `off` (`constant` = `A·E` when

@@ -3,6 +3,18 @@
 //! value once, and accumulate in f64.
 
 use crate::reference::first_max;
+use std::ops::Mul;
+
+/// `coefficient · value`, or 0 when the coefficient is exactly 0: a term whose coefficient is
+/// 0 is absent, not `0·inf` = NaN (SEMANTICS.md section 6).
+#[inline(always)]
+pub fn term<T: Copy + PartialEq + Default + Mul<Output = T>>(coefficient: T, value: T) -> T {
+    if coefficient == T::default() {
+        T::default()
+    } else {
+        coefficient * value
+    }
+}
 
 /// BCE options that act per element: Keras's label smoothing, torchvision's focal factor and
 /// the row's sample weight.
@@ -54,7 +66,7 @@ pub fn binary_row(
         let pw = pos_weight.map_or(1.0, |w| w[c]);
         if plain {
             let y = t[c];
-            let loss = wc * (pw * y * softplus(-x) + (1.0 - y) * softplus(x));
+            let loss = term(wc, term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x)));
             losses[c] = loss;
             sum += loss as f64;
             if let Some(g) = grad.as_deref_mut() {
@@ -63,7 +75,7 @@ pub fn binary_row(
             continue;
         }
         let y = t[c] * (1.0 - smoothing) + smoothing / 2.0;
-        let ce = pw * y * softplus(-x) + (1.0 - y) * softplus(x);
+        let ce = term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x));
         let d_ce = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
         let (focal, d_focal) = if gamma > 0.0 {
             let (p, q) = (sigmoid(x), sigmoid(-x));
@@ -78,12 +90,12 @@ pub fn binary_row(
             (1.0, 0.0)
         };
         let k = wc * alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
-        let loss = k * ce * focal;
+        let loss = term(k, ce * focal);
         losses[c] = loss;
         sum += loss as f64;
         if let Some(g) = grad.as_deref_mut() {
             let d = if gamma > 0.0 {
-                d_ce * focal + ce * d_focal
+                d_ce * focal + term(d_focal, ce)
             } else {
                 d_ce
             };
@@ -213,17 +225,19 @@ pub fn probability_row(
     let (eps, floor) = (options.smoothing as f64, options.floor as f64);
     let w = |c: usize| w.map_or(1.0, |w| w[c] as f64);
     // f·ln p of class c.
-    let term = |c: usize| options.focal(q[c]).0 * options.ln_p(q[c]);
+    let f_ln_p = |c: usize| options.focal(q[c]).0 * options.ln_p(q[c]);
     let ce = match target {
         ProbTarget::Index(y) => {
-            let mut ce = -(1.0 - eps) * w(y) * term(y);
-            if eps > 0.0 {
-                ce -= eps / classes * (0..q.len()).map(|c| w(c) * term(c)).sum::<f64>();
-            }
-            ce
+            let smooth = (0..q.len()).map(|c| term(w(c), f_ln_p(c))).sum::<f64>();
+            -term(1.0 - eps, term(w(y), f_ln_p(y))) - term(eps / classes, smooth)
         }
         ProbTarget::Dense(t) => -(0..q.len())
-            .map(|c| w(c) * ((1.0 - eps) * t[c] as f64 + eps / classes) * term(c))
+            .map(|c| {
+                term(
+                    w(c) * ((1.0 - eps) * t[c] as f64 + eps / classes),
+                    f_ln_p(c),
+                )
+            })
             .sum::<f64>(),
     };
     let argmax = first_max(&q.iter().map(|&v| v as f64).collect::<Vec<_>>());

@@ -73,7 +73,7 @@ pub fn shard_partials(
                 RowPartial {
                     max: st.max,
                     sum_exp: st.sum_exp as f32,
-                    sum_ez: st.sum_ez_uncentred() as f32,
+                    sum_ez: st.sum_ez as f32,
                     sum_wz: st.sum_wz as f32,
                     weight_sum,
                     target_z: if mine {
@@ -115,7 +115,8 @@ fn focal_row<'a>(
         t: None,
         w,
         transform: transform(options),
-        lse: r.max as f64 + r.log_sum as f64,
+        max: r.max,
+        log_sum: r.log_sum as f64,
         b: 0.0,
         e: options.label_smoothing / shard.classes as f32,
         gamma: options.focal_gamma,

@@ -314,20 +314,33 @@ impl Gpu {
             Some(cap) => cap * (x * (options.logit_scale / cap)).tanh(),
         };
         let end = (shard.start + shard.width) as i64;
+        // Each split as a shard's partial of its columns, merged in column order by the one
+        // host merge (`RowPartial::merge`).
+        let as_partial = |q: &Partial| RowPartial {
+            max: q.m,
+            sum_exp: q.s,
+            sum_ez: q.ez,
+            sum_wz: q.wz,
+            weight_sum: q.w_all,
+            argmax: shard.start as u32 + q.arg,
+            nan_index: if q.nan_arg == u32::MAX {
+                u32::MAX
+            } else {
+                shard.start as u32 + q.nan_arg
+            },
+            ..RowPartial::default()
+        };
         Ok((0..rows)
             .map(|row| {
                 let splits =
                     &records[row * shape.splits as usize..(row + 1) * shape.splits as usize];
-                let p = splits[1..].iter().fold(splits[0], |a, b| merge(&a, b));
+                let merged = splits[1..]
+                    .iter()
+                    .fold(as_partial(&splits[0]), |a, q| a.merge(&as_partial(q)));
                 let y = targets.index(row).unwrap_or_default();
                 let mine = y != options.ignore_index && (shard.start as i64..end).contains(&y);
                 let local = (y - shard.start as i64).max(0) as usize;
                 RowPartial {
-                    max: p.m,
-                    sum_exp: p.s,
-                    sum_ez: recentre(p.ez, p.s, p.m, 0.0),
-                    sum_wz: p.wz,
-                    weight_sum: p.w_all,
                     target_z: if mine {
                         transform(logits.get(row, local))
                     } else {
@@ -339,13 +352,7 @@ impl Gpu {
                         0.0
                     },
                     has_target: mine as u32,
-                    argmax: shard.start as u32 + p.arg,
-                    nan_index: if p.nan_arg == u32::MAX {
-                        u32::MAX
-                    } else {
-                        shard.start as u32 + p.nan_arg
-                    },
-                    _pad: [0; 2],
+                    ..merged
                 }
             })
             .collect())
@@ -498,42 +505,5 @@ impl Gpu {
             gradient.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
             Ok(())
         })
-    }
-}
-
-/// The WGSL `recentre`: `Σ exp(z − m)·(z − m)` re-centred on `to` (0 gives the uncentred
-/// `Σ exp(z − m)·z` that partials exchange).
-fn recentre(ez: f32, s: f32, m: f32, to: f32) -> f32 {
-    if s == 0.0 {
-        ez
-    } else {
-        ez + (m - to) * s
-    }
-}
-
-/// The WGSL `merge`, on the host, for the splits of one row (lower split first).
-fn merge(a: &Partial, b: &Partial) -> Partial {
-    let m = a.m.max(b.m);
-    let scale = |x: f32| if x == m { 1.0 } else { (x - m).exp() };
-    let (ra, rb) = (scale(a.m), scale(b.m));
-    Partial {
-        m,
-        s: a.s * ra + b.s * rb,
-        arg: if b.m > a.m {
-            b.arg
-        } else if a.m > b.m {
-            a.arg
-        } else {
-            a.arg.min(b.arg)
-        },
-        nan_arg: a.nan_arg.min(b.nan_arg),
-        wz: a.wz + b.wz,
-        wt: a.wt + b.wt,
-        wtz: a.wtz + b.wtz,
-        ez: recentre(a.ez, a.s, a.m, m) * ra + recentre(b.ez, b.s, b.m, m) * rb,
-        te: a.te * ra + b.te * rb,
-        tmax: a.tmax.max(b.tmax),
-        targ: a.targ,
-        w_all: a.w_all + b.w_all,
     }
 }
