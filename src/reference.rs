@@ -109,7 +109,7 @@ pub fn cross_entropy(
 
         // A NaN or +inf logit, or a row of −inf only, makes the row NaN (section 6), whatever
         // the coefficients of its terms.
-        let broken = !is_prob && !(lse.is_finite() && z.iter().all(|v| !v.is_nan()));
+        let broken = !is_prob && !lse.is_finite();
 
         // Section 5: metrics from z. The entropy `lse − Σ p·z` is `−Σ p·logp`, which keeps
         // the split form of section 1.
