@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::shards::{columns, run_sharded, uneven};
 use common::*;
 use std::sync::Arc;
 use xent::cpu::SimdLevel;
@@ -24,37 +25,6 @@ fn backends() -> Vec<Backend> {
     out
 }
 
-/// Uneven shards: widths grow with the index.
-fn uneven(classes: usize, k: usize) -> Vec<Shard> {
-    let total: usize = (1..=k).sum();
-    let mut start = 0;
-    (1..=k)
-        .map(|i| {
-            let width = if i == k {
-                classes - start
-            } else {
-                classes * i / total
-            };
-            let s = Shard {
-                start,
-                width,
-                classes,
-            };
-            start += width;
-            s
-        })
-        .collect()
-}
-
-/// Columns of `shard` from row-major `rows × classes` values.
-fn columns(v: &[f32], rows: usize, classes: usize, shard: Shard) -> Vec<f32> {
-    (0..rows)
-        .flat_map(|r| {
-            v[r * classes + shard.start..r * classes + shard.start + shard.width].to_vec()
-        })
-        .collect()
-}
-
 /// Upstream gradients: one per row for `Reduction::None`, a scalar otherwise.
 fn upstream(options: &CrossEntropy, rows: usize) -> Vec<f32> {
     match options.reduction {
@@ -72,86 +42,11 @@ fn check_sharded(
     options: &CrossEntropy,
     shards: &[Shard],
 ) {
-    let (rows, classes) = (case.rows, case.classes);
+    let rows = case.rows;
     let upstream = upstream(options, rows);
     let reference = case.reference(options, Some(&upstream));
-    let targets = Targets::I64(&case.index_targets);
-    let pieces: Vec<(Vec<f32>, Option<Vec<f32>>)> = shards
-        .iter()
-        .map(|&s| {
-            (
-                columns(&case.logits, rows, classes, s),
-                case.class_weights
-                    .as_ref()
-                    .map(|w| w[s.start..s.start + s.width].to_vec()),
-            )
-        })
-        .collect();
-    let input = |k: usize| ShardInput {
-        logits: Logits::new(&pieces[k].0, rows, shards[k].width),
-        targets,
-        class_weights: pieces[k].1.as_deref(),
-    };
-    let partials: Vec<Vec<RowPartial>> = (0..shards.len())
-        .map(|k| {
-            options
-                .shard_partials(backend, shards[k], input(k))
-                .expect("partials")
-        })
-        .collect();
-    let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
-    let mut combined = options
-        .combine_weighted(
-            classes,
-            &views,
-            targets,
-            case.sample_weights.as_deref(),
-            Some(&upstream),
-        )
-        .expect("combine");
-    assert_eq!(
-        combined.needs_focal_round(),
-        options.is_focal() && options.label_smoothing > 0.0,
-        "{label}"
-    );
-    if combined.needs_focal_round() {
-        assert_eq!(
-            combined.output.loss, None,
-            "{label}: loss before the focal round"
-        );
-        let focal: Vec<Vec<FocalPartial>> = (0..shards.len())
-            .map(|k| {
-                options
-                    .shard_focal(backend, shards[k], input(k), &combined)
-                    .expect("focal sums")
-            })
-            .collect();
-        // An all-reduce (SUM) instead of an all-gather: one summed slice, the same loss.
-        let summed: Vec<FocalPartial> = (0..rows)
-            .map(|r| FocalPartial {
-                loss: focal.iter().map(|f| f[r].loss).sum(),
-                g_sum: focal.iter().map(|f| f[r].g_sum).sum(),
-            })
-            .collect();
-        let mut reduced = combined.clone();
-        options
-            .combine_focal(&mut reduced, &[&summed])
-            .expect("combine_focal (all-reduce)");
-        let views: Vec<&[FocalPartial]> = focal.iter().map(|f| &f[..]).collect();
-        options
-            .combine_focal(&mut combined, &views)
-            .expect("combine_focal");
-        if let (Some(a), Some(b)) = (reduced.output.loss, combined.output.loss) {
-            assert_close(
-                &format!("{label}: all-reduce"),
-                &[a],
-                &[b as f64],
-                1e-6,
-                1e-6,
-            );
-        }
-    }
-    let out = &combined.output;
+    let run = run_sharded(label, backend, case, options, shards, Some(&upstream));
+    let out = &run.output;
     match (out.loss, reference.loss) {
         (Some(a), Some(r)) => assert_close(&format!("{label}: loss"), &[a], &[r], 1e-5, 1e-5),
         (None, None) => {}
@@ -169,20 +64,9 @@ fn check_sharded(
         1e-5,
         1e-5,
     );
-    let mut gradient = vec![0f32; rows * classes];
-    for (k, &s) in shards.iter().enumerate() {
-        let mut g = vec![0f32; rows * s.width];
-        options
-            .shard_backward(backend, s, input(k), &combined, &mut g)
-            .expect("backward");
-        for r in 0..rows {
-            gradient[r * classes + s.start..r * classes + s.start + s.width]
-                .copy_from_slice(&g[r * s.width..(r + 1) * s.width]);
-        }
-    }
     assert_close(
         &format!("{label}: gradient"),
-        &gradient,
+        run.gradient.as_ref().unwrap(),
         &reference.gradient,
         1e-6,
         1e-4,

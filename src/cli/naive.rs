@@ -93,9 +93,11 @@ pub fn forward<T: Element>(
         .for_each(|(t, (out, x))| {
             for (r, (o, row)) in out.chunks_mut(classes).zip(x.chunks(classes)).enumerate() {
                 let n = t * ROWS_PER_TASK + r;
-                let lse = max[n] + sum[n].ln();
+                // (x − max) − ln Σ, not x − lse (SEMANTICS.md section 1), as PyTorch's
+                // log_softmax does.
+                let log_sum = sum[n].ln();
                 for (o, v) in o.iter_mut().zip(row) {
-                    *o = v.to_f32() - lse;
+                    *o = (v.to_f32() - max[n]) - log_sum;
                 }
             }
         });

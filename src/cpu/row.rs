@@ -3,7 +3,9 @@
 //! Forward, one read of the row (SEMANTICS.md sections 1, 2, 3, 5): the row is walked in
 //! chunks of [`CHUNK`] values that stay in L1. Each chunk takes one pass of exps at the row's
 //! running max `m`, betting that it raises `m` by at most `RAISE` (`exp(z − m)`, the
-//! exp-free sums `Σ w·z`, `Σ w·t`, `Σ w·t·z` and the chunk's max in the same pass). A chunk
+//! exp-free sums `Σ w·(z − r)`, `Σ w·t`, `Σ w·t·(z − r)` and the chunk's max in the same
+//! pass; `r` is the row's first finite shift, and the sums move to the final `m` at the end,
+//! so that no `logp` is ever taken as `z − lse`, SEMANTICS.md section 1). A chunk
 //! that raises it further takes its exps again at its own max, from L1; the first chunk
 //! takes its max in a cheap pass first. NaN and +inf show as a non-finite sum and send the
 //! chunk to the exact two-pass path, which counts NaNs.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod shards;
 
 use half::{bf16, f16};
 use xent::reference::{self, Reference};
@@ -384,36 +385,43 @@ pub fn run_softmax(
     mode: GradMode,
     run: impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<Output>,
 ) -> Run {
+    try_run_softmax(case, options, upstream, mode, run).expect("softmax call")
+}
+
+/// [`run_softmax`], returning the call's error.
+pub fn try_run_softmax(
+    case: &Case,
+    options: &CrossEntropy,
+    upstream: Option<&[f32]>,
+    mode: GradMode,
+    run: impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<Output>,
+) -> xent::Result<Run> {
     let mut storage = case.storage();
     let t32 = case.targets_i32();
     let mut grad = vec![0f32; case.rows * case.classes];
     let mut request = Request::new().row_losses().lse().metrics();
     request.upstream = upstream;
     let output = match mode {
-        GradMode::None => {
-            run(options, case.batch(&mut storage, &t32, false), request).expect("softmax call")
-        }
+        GradMode::None => run(options, case.batch(&mut storage, &t32, false), request)?,
         GradMode::OutOfPlace => run(
             options,
             case.batch(&mut storage, &t32, false),
             request.gradient_into(&mut grad),
-        )
-        .expect("softmax call"),
+        )?,
         GradMode::InPlace => {
             let out = run(
                 options,
                 case.batch(&mut storage, &t32, true),
                 request.gradient_in_place(),
-            )
-            .expect("softmax call");
+            )?;
             grad = storage.to_f32();
             out
         }
     };
-    Run {
+    Ok(Run {
         output,
         gradient: (mode != GradMode::None).then_some(grad),
-    }
+    })
 }
 
 /// `|a − r| ≤ abs + rel·|r|`, with NaN = NaN and ±inf = same inf. Panics naming the worst.
