@@ -84,6 +84,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
             loss = term(w, ce * focal);
             d = d * focal + term(d_focal, ce);
         }
+        // A zero coefficient never hides a NaN logit (SEMANTICS.md section 6).
+        if (is_nan(x)) { loss = nan(); }
         sum += loss;
         if (has(FLAG_KEEP_LOSSES)) { losses[p.f32_offset + f] = loss; }
         var scale = p.upstream / p.denominator;

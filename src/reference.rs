@@ -355,7 +355,12 @@ pub fn binary_cross_entropy(
             };
             let alpha_t = alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
             let k = sw * wc * alpha_t;
-            let loss = term(k, ce * focal);
+            // A zero coefficient never hides a NaN logit (SEMANTICS.md section 6).
+            let loss = if x.is_nan() {
+                f64::NAN
+            } else {
+                term(k, ce * focal)
+            };
             let grad = if gamma > 0.0 {
                 term(k, d_ce * focal + term(d_focal, ce))
             } else {

@@ -283,11 +283,19 @@ impl RowPartial {
                 sum
             }
         };
+        // Σ e·(z − m) moved to the merged max with its scale: 0 where the scale is (a shard at
+        // f32::MIN merged into one near 0, where m − max overflows f32).
+        let moved_ez = |p: &RowPartial, scale: f32| {
+            if scale == 0.0 {
+                0.0
+            } else {
+                recentre(p.sum_ez, p.sum_exp, p.max) * scale
+            }
+        };
         RowPartial {
             max,
             sum_exp: self.sum_exp * a + other.sum_exp * b,
-            sum_ez: recentre(self.sum_ez, self.sum_exp, self.max) * a
-                + recentre(other.sum_ez, other.sum_exp, other.max) * b,
+            sum_ez: moved_ez(self, a) + moved_ez(other, b),
             sum_wz: recentre(self.sum_wz, self.weight_sum, self.max)
                 + recentre(other.sum_wz, other.weight_sum, other.max),
             weight_sum: self.weight_sum + other.weight_sum,

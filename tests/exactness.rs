@@ -559,3 +559,80 @@ fn one_row_soft(case: &Case, r: usize) -> (Vec<f32>, Vec<f32>) {
         case.dense_targets.as_ref().unwrap()[span].to_vec(),
     )
 }
+
+#[test]
+fn masked_classes_far_below_the_max() {
+    // A first chunk of classes with target (or weight) 0 whose logits sit far below the rest,
+    // down to f32::MIN (`finfo.min` masking): the linear sums must stay centred on the running
+    // max, not on the first chunk's.
+    for fill in [-1e4f32, f32::MIN] {
+        let classes = 2048;
+        let mut case = Case::new(5, 3, classes, Hardness::default());
+        for r in 0..case.rows {
+            case.logits[r * classes..r * classes + 1024].fill(fill);
+            case.index_targets[r] = 1024 + r as i64;
+        }
+        let mut soft = case.clone().soft(5);
+        for r in 0..soft.rows {
+            let t = &mut soft.dense_targets.as_mut().unwrap()[r * classes..(r + 1) * classes];
+            t[..1024].fill(0.0);
+            let s: f32 = t.iter().sum();
+            t.iter_mut().for_each(|v| *v /= s);
+        }
+        let mut weighted = case.clone().weighted(5);
+        weighted.class_weights.as_mut().unwrap()[..1024].fill(0.0);
+        for (what, case, options) in [
+            ("soft targets", &soft, CrossEntropy::new()),
+            (
+                "class weights",
+                &weighted,
+                CrossEntropy::new().label_smoothing(0.1),
+            ),
+        ] {
+            let reference = case.reference(&options, None);
+            assert!(reference.row_losses.iter().all(|v| v.is_finite()));
+            for (name, backend) in backends() {
+                let Some(run) = run(&name, &backend, case, &options) else {
+                    continue;
+                };
+                check_softmax(
+                    &format!("{what} below {fill} on {name}"),
+                    case,
+                    &options,
+                    &run,
+                    &reference,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_zero_coefficient_never_hides_a_nan_logit() {
+    // BCE with weight 0 (and pos_weight 0 with y = 1) on a NaN logit: the loss is NaN.
+    let x = [f32::NAN, f32::NAN];
+    let y = [0.0f32, 1.0];
+    let weight = [0.0f32, 1.0];
+    let pos_weight = [1.0f32, 0.0];
+    let mut backends = vec![Backend::Cpu];
+    backends.extend(device::gpu().map(Backend::Gpu));
+    for backend in &backends {
+        for gamma in [0.0, 2.0] {
+            let options = BinaryCrossEntropy::new()
+                .reduction(Reduction::None)
+                .focal_gamma(gamma);
+            let mut batch = Batch::new(Logits::new(&x, 1, 2), &y[..]);
+            batch.class_weights = Some(&weight);
+            batch.pos_weight = Some(&pos_weight);
+            let out = options
+                .compute(backend, batch, Request::new())
+                .expect("BCE");
+            let losses = out.row_losses.unwrap();
+            assert!(
+                losses.iter().all(|v| v.is_nan()),
+                "{} γ = {gamma}: {losses:?}",
+                backend.name()
+            );
+        }
+    }
+}

@@ -128,7 +128,7 @@ fn accumulate(st: ptr<function, Partial>, c: u32, x: f32, t: f32, w: f32) {
     let z = transform(v);
     if (z > (*st).m) {
         let r = exp((*st).m - z);
-        (*st).ez = recentre((*st).ez, (*st).s, (*st).m, z) * r;
+        (*st).ez = moved_ez((*st).ez, (*st).s, (*st).m, z, r);
         (*st).wz = recentre_linear((*st).wz, (*st).w_all, (*st).m, z);
         (*st).wtz = recentre_linear((*st).wtz, (*st).wt, (*st).m, z);
         (*st).s *= r;
@@ -200,6 +200,12 @@ fn recentre(ez: f32, s: f32, m: f32, to: f32) -> f32 {
     return select(ez + (m - to) * s, ez, s == 0.0);
 }
 
+// A partial's Σ exp(z − m)·(z − m) moved to the max `to` with scale r = exp(m − to): 0 when r
+// is, even where m − to overflows (a partial at f32::MIN merged into one near 0).
+fn moved_ez(ez: f32, s: f32, m: f32, to: f32, r: f32) -> f32 {
+    return select(recentre(ez, s, m, to) * r, 0.0, r == 0.0);
+}
+
 // Scale of a partial's exp-sums when its max `m` is replaced by `to` (≥ m).
 fn rescale(m: f32, to: f32) -> f32 { return select(exp(m - to), 1.0, m == to); }
 
@@ -210,7 +216,7 @@ fn merge(a: Partial, b: Partial) -> Partial {
     let ra = rescale(a.m, o.m);
     let rb = rescale(b.m, o.m);
     o.s = a.s * ra + b.s * rb;
-    o.ez = recentre(a.ez, a.s, a.m, o.m) * ra + recentre(b.ez, b.s, b.m, o.m) * rb;
+    o.ez = moved_ez(a.ez, a.s, a.m, o.m, ra) + moved_ez(b.ez, b.s, b.m, o.m, rb);
     o.te = a.te * ra + b.te * rb;
     if (a.m > b.m) { o.arg = a.arg; } else if (b.m > a.m) { o.arg = b.arg; } else { o.arg = min(a.arg, b.arg); }
     o.nan_arg = min(a.nan_arg, b.nan_arg);

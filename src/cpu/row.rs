@@ -3,8 +3,8 @@
 //! Forward, one read of the row (SEMANTICS.md sections 1, 2, 3, 5): the row is walked in
 //! chunks of [`CHUNK`] values that stay in L1. Each chunk takes one pass of exps at the row's
 //! running max `m`, betting that it raises `m` by at most `RAISE` (`exp(z − m)`, the
-//! exp-free sums `Σ w·(z − r)`, `Σ w·t`, `Σ w·t·(z − r)` and the chunk's max in the same
-//! pass; `r` is the row's first finite shift, and the sums move to the final `m` at the end,
+//! exp-free sums `Σ w·(z − shift)`, `Σ w·t`, `Σ w·t·(z − shift)` and the chunk's max in the
+//! same pass; the row's sums stay centred on its running max, re-centred in f64 as it moves,
 //! so that no `logp` is ever taken as `z − lse`, SEMANTICS.md section 1). A chunk
 //! that raises it further takes its exps again at its own max, from L1; the first chunk
 //! takes its max in a cheap pass first. NaN and +inf show as a non-finite sum and send the
@@ -99,11 +99,9 @@ pub struct RowStats {
     pub sum_ez: f64,
     /// `Σ t·exp(z − m)` (dense targets).
     pub sum_te: f64,
-    /// `Σ w` over the row's classes (with class weights and `Σ w·z` asked; else 0).
+    /// `Σ w` over the classes seen (when `Σ w·z` is asked; else 0): what re-centres
+    /// `sum_wz` when the max moves.
     weight_sum: f64,
-    /// The fixed point the chunks centre `Σ w·z` and `Σ w·t·z` on while the max still moves
-    /// (the row's first finite shift; −inf until there is one).
-    centre: f32,
 }
 
 impl RowStats {
@@ -190,7 +188,6 @@ impl SimdOp for Forward<'_> {
         let mut exps = self.exps.take();
         let mut st = RowStats {
             max: f32::NEG_INFINITY,
-            centre: f32::NEG_INFINITY,
             ..RowStats::default()
         };
         for (chunk, xc) in self.x.chunks(CHUNK).enumerate() {
@@ -214,12 +211,9 @@ impl SimdOp for Forward<'_> {
             } else {
                 self.chunk_max(isa, xc)
             };
-            if shift.is_finite() && !st.centre.is_finite() {
-                st.centre = shift;
-            }
             let fast = if shift.is_finite() {
                 let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
-                Some(self.speculate(isa, part, (shift, st.centre), keep))
+                Some(self.speculate(isa, part, shift, keep))
             } else {
                 None
             };
@@ -236,7 +230,7 @@ impl SimdOp for Forward<'_> {
                 }
                 Some(c) if c.sum_exp.is_finite() => {
                     let keep = exps.as_mut().map(|e| &mut e.values[span.clone()]);
-                    let c = self.speculate(isa, part, (c.max, st.centre), keep);
+                    let c = self.speculate(isa, part, c.max, keep);
                     st.rescale(c.max);
                     if self.want_metrics {
                         st.argmax = (base + self.position(isa, xc, c.max)) as u32;
@@ -258,20 +252,6 @@ impl SimdOp for Forward<'_> {
                 exps.shifts[chunk] = shift;
             }
         }
-        // Move the linear sums from the fixed centre to the final max.
-        if st.centre.is_finite() && st.max.is_finite() {
-            let offset = st.centre as f64 - st.max as f64;
-            if offset != 0.0 {
-                let weight_sum = match self.w {
-                    Some(_) => st.weight_sum,
-                    None => self.x.len() as f64,
-                };
-                if self.want_wz {
-                    st.sum_wz += offset * weight_sum;
-                }
-                st.sum_wtz += offset * st.sum_wt;
-            }
-        }
         st
     }
 }
@@ -284,22 +264,30 @@ impl RowStats {
             // Re-centre `Σ e·(z − m)` on the new max.
             self.sum_ez += (self.max as f64 - max as f64) * self.sum_exp;
         }
+        if self.max.is_finite() {
+            // Re-centre the linear sums `Σ k·(z − m)` (`+ (m − max)·Σ k`). While the max is
+            // −inf they hold 0 or −inf, already right.
+            let offset = self.max as f64 - max as f64;
+            self.sum_wz += offset * self.weight_sum;
+            self.sum_wtz += offset * self.sum_wt;
+        }
         self.sum_exp *= rescale;
         self.sum_ez *= rescale;
         self.sum_te *= rescale;
         self.max = max;
     }
 
-    /// Adds the sums of a chunk whose exps were taken at `shift` (≤ the running max).
+    /// Adds the sums of a chunk whose exps were taken, and linear sums centred, at `shift`
+    /// (≤ the running max).
     fn add(&mut self, c: &ChunkSums, shift: f32) {
         let offset = shift as f64 - self.max as f64;
         let scale = if offset == 0.0 { 1.0 } else { offset.exp() };
         self.sum_exp += c.sum_exp * scale;
         self.sum_ez += (c.sum_ez + offset * c.sum_exp) * scale;
         self.sum_te += c.sum_te * scale;
-        self.sum_wz += c.sum_wz;
+        self.sum_wz += c.sum_wz + offset * c.weight_sum;
         self.sum_wt += c.sum_wt;
-        self.sum_wtz += c.sum_wtz;
+        self.sum_wtz += c.sum_wtz + offset * c.sum_wt;
         self.weight_sum += c.weight_sum;
     }
 }
@@ -311,18 +299,17 @@ impl Forward<'_> {
         &self,
         isa: I,
         part: Chunk<'_>,
-        (shift, centre): (f32, f32),
+        shift: f32,
         mut keep: Option<&mut [f32]>,
     ) -> ChunkSums {
         let ops = isa.f32();
         let (xc, wc, tc) = (part.x, part.w, part.t);
         let lanes = ops.len();
         let (zero, one) = (ops.zero(), ops.one());
-        let (neg_inf, lowest, shift_v, centre_v) = (
+        let (neg_inf, lowest, shift_v) = (
             ops.splat(f32::NEG_INFINITY),
             ops.splat(f32::MIN),
             ops.splat(shift),
-            ops.splat(centre),
         );
         // Class weights only enter the forward's sums through Σ w·z and Σ w·t.
         let plain = tc.is_none() && !self.want_wz && self.transform.softcap.is_none();
@@ -345,7 +332,7 @@ impl Forward<'_> {
         let (mut v_wz, mut v_wt, mut v_wtz, mut v_w) = (zero, zero, zero, zero);
         for off in (0..xc.len()).step_by(lanes) {
             // `z_live` (−inf in padding lanes) feeds the max and the exps; the exp-free sums
-            // take `z − centre` with the padding lanes' weight 0. Only the row's last vector
+            // take `z − shift` with the padding lanes' weight 0. Only the row's last vector
             // is partial.
             let (z_live, live) = if off + lanes <= xc.len() {
                 (self.transform.apply(isa, ops.load(&xc[off..])), None)
@@ -370,16 +357,15 @@ impl Forward<'_> {
             }
             let w = wc.map_or(one, |w| load(isa, &w[off..]));
             let w = live.map_or(w, |live| ops.select(w, zero, live));
-            let dc = ops.sub(z_live, centre_v);
             if self.want_wz {
-                v_wz = ops.add(v_wz, linear_term(isa, w, dc));
+                v_wz = ops.add(v_wz, linear_term(isa, w, d));
                 v_w = ops.add(v_w, w);
             }
             if let Some(t) = tc {
                 let t = load(isa, &t[off..]);
                 let wt = ops.mul(w, t);
                 v_wt = ops.add(v_wt, wt);
-                v_wtz = ops.add(v_wtz, linear_term(isa, wt, dc));
+                v_wtz = ops.add(v_wtz, linear_term(isa, wt, d));
                 v_te = ops.mul_add(t, e, v_te);
             }
         }
@@ -434,9 +420,9 @@ impl Forward<'_> {
     }
 
     /// The exact two-pass chunk, giving the argmax's position if it raised the max:
-    /// pass A transforms `x → z` into the buffer (−inf past the
-    /// row's end) and takes the max, the NaN count and the exp-free sums; pass B adds
-    /// `exp(z − m)` from L1 at the new running max `m`.
+    /// pass A transforms `x → z` into the buffer (−inf past the row's end) and takes the max
+    /// and the NaN count; pass B adds `exp(z − m)` and the exp-free sums (centred on `m`) from
+    /// L1 at the new running max `m`.
     #[inline(always)]
     fn exact<I: Isa>(
         &self,
@@ -496,11 +482,7 @@ impl Forward<'_> {
             z_buf[..n].fill(0.0);
             return argmax;
         }
-        if !st.centre.is_finite() {
-            st.centre = st.max;
-        }
-
-        let (m, centre) = (ops.splat(st.max), ops.splat(st.centre));
+        let m = ops.splat(st.max);
         let (mut v_sum, mut v_ez, mut v_te) = (zero, zero, zero);
         let (mut v_wz, mut v_wt, mut v_wtz, mut v_w) = (zero, zero, zero, zero);
         for off in (0..n).step_by(lanes) {
@@ -523,16 +505,15 @@ impl Forward<'_> {
             } else {
                 w
             };
-            let dc = ops.sub(z, centre);
             if self.want_wz {
-                v_wz = ops.add(v_wz, linear_term(isa, w, dc));
+                v_wz = ops.add(v_wz, linear_term(isa, w, d));
                 v_w = ops.add(v_w, w);
             }
             if let Some(t) = tc {
                 let t = load(isa, &t[off..]);
                 let wt = ops.mul(w, t);
                 v_wt = ops.add(v_wt, wt);
-                v_wtz = ops.add(v_wtz, linear_term(isa, wt, dc));
+                v_wtz = ops.add(v_wtz, linear_term(isa, wt, d));
                 v_te = ops.mul_add(t, e, v_te);
             }
         }

@@ -66,7 +66,12 @@ pub fn binary_row(
         let pw = pos_weight.map_or(1.0, |w| w[c]);
         if plain {
             let y = t[c];
-            let loss = term(wc, term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x)));
+            // A zero coefficient never hides a NaN logit (SEMANTICS.md section 6).
+            let loss = if x.is_nan() {
+                f32::NAN
+            } else {
+                term(wc, term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x)))
+            };
             losses[c] = loss;
             sum += loss as f64;
             if let Some(g) = grad.as_deref_mut() {
@@ -90,7 +95,11 @@ pub fn binary_row(
             (1.0, 0.0)
         };
         let k = wc * alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
-        let loss = term(k, ce * focal);
+        let loss = if x.is_nan() {
+            f32::NAN
+        } else {
+            term(k, ce * focal)
+        };
         losses[c] = loss;
         sum += loss as f64;
         if let Some(g) = grad.as_deref_mut() {
