@@ -18,9 +18,9 @@
 //! `Shard::split(classes, size)[rank]` columns; a real model would produce just those columns
 //! (the output projection split by vocabulary, Megatron style). The partials are exchanged
 //! two ways, both of which must give the unsharded loss:
-//! - **all-reduce** (what Megatron does with NCCL): MAX of the row maxima, each rank re-centres
-//!   its centred sums on the global max and rescales its exp-sums by `exp(max − global max)`,
-//!   SUM of the sums, MIN of the argmax candidates; the
+//! - **all-reduce** (what Megatron does with NCCL): MAX of the row maxima, each rank moves its
+//!   partials to the global max (`RowPartial::moved_to`), SUM of the sums, MIN of the argmax
+//!   candidates; the
 //!   result is one merged `RowPartial` per row, which `combine` takes as a single shard;
 //! - **all-gather** of the 48-byte `RowPartial`s (plain bytes), merged by `combine` in rank
 //!   order: simplest, and the result is the same bits on every rank.
@@ -143,37 +143,19 @@ fn all_reduce_partials<C: Communicator>(world: &C, mine: &[RowPartial]) -> Vec<R
     let local_max: Vec<f32> = mine.iter().map(|p| p.max).collect();
     let mut global_max = vec![0f32; rows];
     world.all_reduce_into(&local_max[..], &mut global_max[..], SystemOperation::max());
-    // 2. Sums moved to the global max: the centred `Σ e·(z − max)` and `Σ w·(z − max)` gain
-    //    `(max − global max)·Σ e` and `·Σ w` (not for a rank whose max is −inf: it holds 0 or
-    //    −inf there), the exp-sums are rescaled by `exp(max − global max)` (1 where they are
-    //    equal, so an all-masked row's −inf − −inf doesn't make a NaN; a scale of 0 drops the
-    //    rank's `Σ e·(z − max)` even where the offset overflows), and the plain sums.
+    // 2. Each partial moved to the global max (`RowPartial::moved_to`: exp-sums rescaled by
+    //    `exp(max − global max)`, centred sums re-centred), then the sums.
     const SUMS: usize = 7;
     let mut sums = Vec::with_capacity(rows * SUMS);
     // 3. Index candidates for MIN: the first maximum (offered only by ranks holding the global
     //    max, so ties go to the lowest column, as `torch.argmax` does) and the first NaN.
     let mut indices = Vec::with_capacity(rows * 2);
     for (p, &m) in mine.iter().zip(&global_max) {
-        let r = if p.max == m {
-            1.0
-        } else {
-            (p.max as f64 - m as f64).exp() as f32
-        };
-        let offset = if p.max.is_finite() && m.is_finite() {
-            p.max as f64 - m as f64
-        } else {
-            0.0
-        };
-        let sum_ez = if r == 0.0 {
-            0.0
-        } else {
-            (p.sum_ez as f64 + offset * p.sum_exp as f64) as f32 * r
-        };
-        let sum_wz = (p.sum_wz as f64 + offset * p.weight_sum as f64) as f32;
+        let moved = p.moved_to(m);
         sums.extend_from_slice(&[
-            p.sum_exp * r,
-            sum_ez,
-            sum_wz,
+            moved.sum_exp,
+            moved.sum_ez,
+            moved.sum_wz,
             p.weight_sum,
             p.target_z,
             p.target_weight,

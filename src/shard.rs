@@ -13,12 +13,11 @@
 //!    exchange before this step (below).
 //!
 //! With an all-reduce instead of an all-gather, as Megatron does with NCCL: all-reduce `max`
-//! with MAX (giving `M`); on each shard re-centre the sums on `M` (`sum_ez += (max − M)·sum_exp`,
-//! `sum_wz += (max − M)·weight_sum`, skipped for a shard whose `max` is −inf) and rescale
-//! `sum_exp` and `sum_ez` by `exp(max − M)`; then all-reduce those and `weight_sum`,
-//! `target_z·has_target`, `target_weight` with SUM; the result is one merged [`RowPartial`] per
-//! row (with `max = M`), which `combine` takes as a single shard ([`RowPartial::merge`] is the
-//! same arithmetic).
+//! with MAX (giving `M`); on each shard move its partial to `M` ([`RowPartial::moved_to`]:
+//! exp-sums rescaled by `exp(max − M)`, centred sums re-centred on `M`); then all-reduce
+//! `sum_exp`, `sum_ez`, `sum_wz`, `weight_sum`, `target_z·has_target`, `target_weight` with SUM;
+//! the result is one merged [`RowPartial`] per row (with `max = M`), which `combine` takes as a
+//! single shard ([`RowPartial::merge`] is the same arithmetic).
 //!
 //! The sums are centred on the shard's max and the target's `log p` is taken as
 //! `(z[y] − max) − ln Σ exp(z − max)`, never `z[y] − lse` (SEMANTICS.md section 1), so a
@@ -161,7 +160,7 @@
 //!   host copy of the read-back.
 
 use crate::backend::{Backend, Target};
-use crate::cpu::scalar::term;
+use crate::cpu::scalar::{index_ce, log_p, term};
 use crate::error::{Error, Result};
 use crate::input::{Layout, Logits, Targets};
 use crate::options::{CrossEntropy, InputKind, Reduction};
@@ -263,51 +262,56 @@ impl Default for RowPartial {
 }
 
 impl RowPartial {
-    /// Merges the partials of two shards, `self` holding the lower columns.
-    pub fn merge(&self, other: &RowPartial) -> RowPartial {
-        let max = self.max.max(other.max);
-        let scale = |m: f32| {
-            if m == max {
-                1.0
-            } else {
-                ((m as f64) - (max as f64)).exp() as f32
-            }
-        };
-        let (a, b) = (scale(self.max), scale(other.max));
-        // A centred sum `Σ k·(z − m)` moved to the merged max: `+ (m − max)·Σ k`. A shard of
-        // −inf only (or none) holds 0 or −inf there, already right.
-        let recentre = |sum: f32, weight: f32, m: f32| {
-            if m.is_finite() && max.is_finite() && m != max {
-                (sum as f64 + (m as f64 - max as f64) * weight as f64) as f32
+    /// This partial with its sums moved to a max `to` ≥ its own (the all-reduce step between
+    /// MAX and SUM, module docs): the exp-sums scaled by `exp(max − to)`, the centred sums
+    /// re-centred (`+ (max − to)·Σ e`, `+ (max − to)·weight_sum`; a partial of −inf only holds 0
+    /// or −inf there, already right), and `max = to`. `Σ e·(z − max)` is 0 where its scale is,
+    /// also where `max − to` overflows f32 (a shard at f32::MIN beside one near 0).
+    pub fn moved_to(&self, to: f32) -> RowPartial {
+        if self.max == to {
+            return *self;
+        }
+        let scale = ((self.max as f64) - (to as f64)).exp() as f32;
+        let recentre = |sum: f32, weight: f32| {
+            if self.max.is_finite() && to.is_finite() {
+                (sum as f64 + (self.max as f64 - to as f64) * weight as f64) as f32
             } else {
                 sum
             }
         };
-        // Σ e·(z − m) moved to the merged max with its scale: 0 where the scale is (a shard at
-        // f32::MIN merged into one near 0, where m − max overflows f32).
-        let moved_ez = |p: &RowPartial, scale: f32| {
-            if scale == 0.0 {
+        RowPartial {
+            max: to,
+            sum_exp: self.sum_exp * scale,
+            sum_ez: if scale == 0.0 {
                 0.0
             } else {
-                recentre(p.sum_ez, p.sum_exp, p.max) * scale
-            }
-        };
+                recentre(self.sum_ez, self.sum_exp) * scale
+            },
+            sum_wz: recentre(self.sum_wz, self.weight_sum),
+            ..*self
+        }
+    }
+
+    /// Merges the partials of two shards, `self` holding the lower columns: both moved to the
+    /// larger max ([`moved_to`](Self::moved_to)), then summed.
+    pub fn merge(&self, other: &RowPartial) -> RowPartial {
+        let max = self.max.max(other.max);
+        let (a, b) = (self.moved_to(max), other.moved_to(max));
         RowPartial {
             max,
-            sum_exp: self.sum_exp * a + other.sum_exp * b,
-            sum_ez: moved_ez(self, a) + moved_ez(other, b),
-            sum_wz: recentre(self.sum_wz, self.weight_sum, self.max)
-                + recentre(other.sum_wz, other.weight_sum, other.max),
-            weight_sum: self.weight_sum + other.weight_sum,
-            target_z: self.target_z + other.target_z,
-            target_weight: self.target_weight + other.target_weight,
-            has_target: self.has_target + other.has_target,
+            sum_exp: a.sum_exp + b.sum_exp,
+            sum_ez: a.sum_ez + b.sum_ez,
+            sum_wz: a.sum_wz + b.sum_wz,
+            weight_sum: a.weight_sum + b.weight_sum,
+            target_z: a.target_z + b.target_z,
+            target_weight: a.target_weight + b.target_weight,
+            has_target: a.has_target + b.has_target,
             argmax: if other.max > self.max {
                 other.argmax
             } else {
                 self.argmax
             },
-            nan_index: self.nan_index.min(other.nan_index),
+            nan_index: a.nan_index.min(b.nan_index),
             _pad: [0; 2],
         }
     }
@@ -571,7 +575,7 @@ impl CrossEntropy {
             let log_sum = (m.sum_exp as f64).ln();
             let w_sum = m.weight_sum as f64;
             let logp_y = if finite {
-                (m.target_z as f64 - m.max as f64) - log_sum
+                log_p(m.target_z, m.max, log_sum)
             } else {
                 f64::NAN
             };
@@ -592,12 +596,11 @@ impl CrossEntropy {
                     ce = -term(w_y, f * logp_y);
                     kce = w_y * g;
                 } else {
-                    let smooth = if eps > 0.0 {
-                        w_sum * log_sum - m.sum_wz as f64
-                    } else {
-                        0.0
-                    };
-                    ce = -term(1.0 - eps, term(w_y, logp_y)) + term(eps / classes_f, smooth);
+                    ce = index_ce(
+                        (eps, classes_f),
+                        (w_y, logp_y),
+                        (w_sum, log_sum, m.sum_wz as f64),
+                    );
                     kce = (1.0 - eps) * w_y + eps / classes_f * w_sum;
                 }
                 if lambda > 0.0 {

@@ -16,39 +16,66 @@ use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, Logits, Reduction, Request,
 };
 
-/// Every path a softmax call can take, named: each CPU SIMD level; on the GPU the default
-/// device (fused where rows fit), three-pass, the other shader variant where the adapter has
+/// One path a softmax call can take.
+struct Path {
+    name: String,
+    backend: Backend,
+    /// A GPU device with 4 KiB storage bindings, which refuses some long-row options with a
+    /// typed error (see [`run`]).
+    small_bindings: bool,
+}
+
+impl Path {
+    fn new(name: String, backend: Backend, small_bindings: bool) -> Path {
+        Path {
+            name,
+            backend,
+            small_bindings,
+        }
+    }
+}
+
+/// Every path a softmax call can take: each CPU SIMD level; on the GPU the default device
+/// (fused where rows fit), three-pass, the other shader variant where the adapter has
 /// subgroups, and 4 KiB bindings on both paths (rows over 1024 f32 are bound in pieces).
-fn backends() -> Vec<(String, Backend)> {
-    let mut out: Vec<(String, Backend)> = SimdLevel::supported()
+fn backends() -> Vec<Path> {
+    let mut out: Vec<Path> = SimdLevel::supported()
         .into_iter()
-        .map(|level| (format!("cpu {level}"), Backend::CpuWith(level)))
+        .map(|level| Path::new(format!("cpu {level}"), Backend::CpuWith(level), false))
         .collect();
     let paths = ["default", "three-pass", "other variant"];
     for (gpu, path) in device::variants().into_iter().zip(paths) {
-        out.push((format!("gpu {:?} {path}", gpu.variant()), Backend::Gpu(gpu)));
+        let name = format!("gpu {:?} {path}", gpu.variant());
+        out.push(Path::new(name, Backend::Gpu(gpu), false));
     }
     let paths = ["4 KiB bindings", "4 KiB bindings three-pass"];
     for (gpu, path) in device::small_bindings(4096).into_iter().zip(paths) {
-        out.push((format!("gpu {:?} {path}", gpu.variant()), Backend::Gpu(gpu)));
+        let name = format!("gpu {:?} {path}", gpu.variant());
+        out.push(Path::new(name, Backend::Gpu(gpu), true));
     }
     out
 }
 
-/// The vocab-parallel backends: the CPU (portable level too) and the default GPU device.
-fn shard_backends() -> Vec<(String, Backend)> {
+/// The vocab-parallel backends: the CPU (portable level too), the default GPU device and one
+/// with 4 KiB bindings.
+fn shard_backends() -> Vec<Path> {
     let mut out = vec![
-        ("cpu".to_string(), Backend::Cpu),
-        (
-            "cpu portable".to_string(),
+        Path::new("cpu".into(), Backend::Cpu, false),
+        Path::new(
+            "cpu portable".into(),
             Backend::CpuWith(SimdLevel::Portable),
+            false,
         ),
     ];
     if let Some(gpu) = device::gpu() {
-        out.push(("gpu".to_string(), Backend::Gpu(gpu)));
+        out.push(Path::new("gpu".into(), Backend::Gpu(gpu), false));
     }
     if let Some(gpu) = device::small_bindings(4096).into_iter().next() {
-        out.push(("gpu 4 KiB bindings".to_string(), Backend::Gpu(gpu)));
+        out.push(Path::new(
+            "gpu 4 KiB bindings".into(),
+            Backend::Gpu(gpu),
+            true,
+        ));
     }
     out
 }
@@ -59,13 +86,20 @@ fn run_on(
     move |o, b, r| o.compute(backend, b, r)
 }
 
-/// A softmax call on `backend`, or `None` where the small-binding GPU devices refuse it with
-/// the typed error they give today (class weights larger than a binding, focal loss with
-/// smoothing or soft targets on a row longer than one): any other error fails the test.
-fn run(name: &str, backend: &Backend, case: &Case, options: &CrossEntropy) -> Option<Run> {
-    match try_run_softmax(case, options, None, GradMode::OutOfPlace, run_on(backend)) {
+/// A softmax call on `path`, or `None` where a small-binding GPU device refuses it with the
+/// typed error it gives today (class weights larger than a binding, focal loss with smoothing
+/// or soft targets on a row longer than one): any other error fails the test.
+fn run(path: &Path, case: &Case, options: &CrossEntropy) -> Option<Run> {
+    let name = &path.name;
+    match try_run_softmax(
+        case,
+        options,
+        None,
+        GradMode::OutOfPlace,
+        run_on(&path.backend),
+    ) {
         Ok(run) => Some(run),
-        Err(Error::Unsupported(why)) if name.contains("bindings") => {
+        Err(Error::Unsupported(why)) if path.small_bindings => {
             assert!(why.contains("binding"), "{name}: {why}");
             None
         }
@@ -96,7 +130,7 @@ fn equal_logits_far_from_zero_give_log_2() {
             1e-7,
             0.0,
         );
-        for (name, backend) in backends() {
+        for Path { name, backend, .. } in backends() {
             for mode in [GradMode::OutOfPlace, GradMode::InPlace] {
                 let run = run_softmax(&case, &options, None, mode, run_on(&backend));
                 let label = format!("[{c}, {c}] on {name} ({mode:?})");
@@ -122,7 +156,7 @@ fn equal_logits_far_from_zero_give_log_2() {
                 assert_close(&label, &m.confidence, &[0.5], 1e-7, 0.0);
             }
         }
-        for (name, backend) in shard_backends() {
+        for Path { name, backend, .. } in shard_backends() {
             let case = one_row(&[c, c, c], 1);
             let run = run_sharded(&name, &backend, &case, &options, &uneven(3, 2), None);
             let label = format!("[{c}; 3] in 2 shards on {name}");
@@ -190,7 +224,7 @@ fn zero_coefficients_meet_infinities() {
         );
         let r32: Vec<f32> = reference.gradient.iter().map(|&v| v as f32).collect();
         assert_close(what, &r32, gradient, 1e-12, 1e-7);
-        for (name, backend) in backends() {
+        for Path { name, backend, .. } in backends() {
             for mode in [GradMode::OutOfPlace, GradMode::InPlace] {
                 let run = run_softmax(case, options, None, mode, run_on(&backend));
                 let label = format!("{what} on {name} ({mode:?})");
@@ -199,7 +233,7 @@ fn zero_coefficients_meet_infinities() {
             }
         }
     }
-    for (name, backend) in shard_backends() {
+    for Path { name, backend, .. } in shard_backends() {
         let options = CrossEntropy::new().label_smoothing(0.1);
         let run = run_sharded(&name, &backend, &weighted, &options, &uneven(4, 2), None);
         let label = format!("weight 0 with smoothing in 2 shards on {name}");
@@ -267,7 +301,7 @@ fn focal_below_one_on_confident_rows_far_from_zero() {
                 .label_smoothing(0.05),
         ] {
             let reference = case.reference(&options, None);
-            for (name, backend) in backends() {
+            for Path { name, backend, .. } in backends() {
                 let run = run_softmax(
                     &case,
                     &options,
@@ -417,10 +451,11 @@ proptest! {
             &reference_shifted.row_losses.iter().map(|&v| v as f32).collect::<Vec<_>>(),
             &reference.row_losses, 1e-6, 1e-6);
 
-        for (name, backend) in backends() {
-            let Some(run) = run(&name, &backend, &shifted, &options) else { continue };
+        for path in backends() {
+            let name = &path.name;
+            let Some(run) = run(&path, &shifted, &options) else { continue };
             check_softmax(&format!("{label} on {name}"), &shifted, &options, &run, &reference_shifted);
-            let plain = run_softmax(&case, &options, None, GradMode::OutOfPlace, run_on(&backend));
+            let plain = run_softmax(&case, &options, None, GradMode::OutOfPlace, run_on(&path.backend));
             assert_losses(&format!("{label} on {name}: x vs x + c"),
                 run.output.row_losses.as_ref().unwrap(),
                 &plain.output.row_losses.as_ref().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>());
@@ -430,12 +465,12 @@ proptest! {
                 Reduction::None => vec![1.0; rows],
                 _ => vec![1.0],
             };
-            for (name, backend) in shard_backends() {
+            for Path { name, backend, small_bindings } in shard_backends() {
                 for k in [2usize, 3] {
                     // `uneven` gives shard i about i/Σ of the classes (none empty here). A GPU
                     // shard binds at least 4 rows at a time, so 4 KiB bindings refuse (typed)
                     // shard rows over ~240 f32.
-                    if classes < k * (k + 1) || (name.contains("bindings") && classes > 200) {
+                    if classes < k * (k + 1) || (small_bindings && classes > 200) {
                         continue;
                     }
                     let label = format!("{label}, {k} shards on {name}");
@@ -504,8 +539,9 @@ proptest! {
             let reference = case.reference(&options, None);
             prop_assert!(reference.row_losses.iter().all(|v| v.is_finite()), "{what}: reference");
             prop_assert!(reference.gradient.iter().all(|v| v.is_finite()), "{what}: reference");
-            for (name, backend) in backends() {
-                let Some(run) = run(&name, &backend, case, &options) else { continue };
+            for path in backends() {
+                let name = &path.name;
+                let Some(run) = run(&path, case, &options) else { continue };
                 check_softmax(&format!("{what} on {name}"), case, &options, &run, &reference);
             }
         }
@@ -591,8 +627,9 @@ fn masked_classes_far_below_the_max() {
         ] {
             let reference = case.reference(&options, None);
             assert!(reference.row_losses.iter().all(|v| v.is_finite()));
-            for (name, backend) in backends() {
-                let Some(run) = run(&name, &backend, case, &options) else {
+            for path in backends() {
+                let name = &path.name;
+                let Some(run) = run(&path, case, &options) else {
                     continue;
                 };
                 check_softmax(

@@ -48,7 +48,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     if (has(FLAG_DENSE)) {
         let wt = term(1.0 - eps, st.wt) + uniform * weight_sum;
         let wtz = term(1.0 - eps, st.wtz) + term(uniform, st.wz);
-        ce = select(wt * log_s - wtz, nan(), broken);
+        ce = wt * log_s - wtz;
         out.target_prob = st.te * scale_m;
         correct = st.targ == out.argmax;
         coef.kce = wt;
@@ -63,7 +63,6 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
             let wy = weight(c);
             ce = -term(1.0 - eps, term(wy, logp));
             if (eps > 0.0) { ce += term(uniform, weight_sum * log_s - st.wz); }
-            ce = select(ce, nan(), broken);
             out.target_prob = exp(logp);
             correct = out.argmax == c;
             coef.y = y.x;
@@ -73,7 +72,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
             if (p.focal_gamma > 0.0 && !has(FLAG_FOCAL_ALL)) {
                 // ε = 0: coef.wy stays w[y]; the backward pass multiplies it by g[y].
                 let fg = focal_factors(logp);
-                ce = select(-term(wy, fg.x * logp), nan(), broken);
+                ce = -term(wy, fg.x * logp);
                 coef.kce = wy * fg.y;
             }
         } else {
@@ -83,13 +82,14 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     if (probabilities) { coef.kce = 0.0; }
     let use_z = p.z_loss > 0.0 && !probabilities;
     let z_term = select(0.0, p.z_loss * lse * lse, use_z && valid);
-    ce = select(0.0, ce, valid);
+    // A zero coefficient can leave a broken row's terms out: the row is NaN all the same.
+    ce = select(0.0, select(ce, nan(), broken), valid);
     let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
     let unweighted = select(ce + z_term, nan(), is_nan(ce));
     out.loss = sw * unweighted;
     out.flags = select(0u, 1u, valid) | select(0u, 2u, correct && valid);
     // lse = max + log_sum; probability inputs use lse = 0, so coef_log_p(k, z) = z = ln p.
-    let split = !nan_row && st.m != neg_inf() && st.m != pos_inf() && !probabilities;
+    let split = !broken && !probabilities;
     coef.max = select(select(lse, st.m, split), 0.0, probabilities);
     coef.log_sum = select(0.0, log(st.s), split);
     coef.fill = select(select(0u, 2u, is_nan(unweighted)), 1u, !valid);

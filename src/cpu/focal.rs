@@ -19,7 +19,7 @@
 //! (`cpu/shard.rs`, over a shard's columns with the global log-sum-exp) both go through it.
 
 use super::row::{load, load_live, RowIo, Transform, CHUNK};
-use super::scalar::{focal_factors, term, Focal};
+use super::scalar::{focal_factors, log_p, term, Focal};
 use super::simd::{dispatch, SimdLevel};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
@@ -215,7 +215,7 @@ impl FocalRow<'_> {
     /// row's log-softmax is NaN, as in PyTorch).
     fn log_p(&self, x: f32) -> f64 {
         if self.max.is_finite() {
-            (self.transform.scalar(x) as f64 - self.max as f64) - self.log_sum
+            log_p(self.transform.scalar(x), self.max, self.log_sum)
         } else {
             f64::NAN
         }

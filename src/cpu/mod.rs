@@ -497,14 +497,6 @@ impl Ctx<'_> {
             valid,
             ..RowResult::default()
         };
-        // A NaN or +inf logit, or a row of −inf only, makes the row NaN (PyTorch).
-        let logp = |z: f32| {
-            if finite {
-                (z as f64 - st.max as f64) - log_sum
-            } else {
-                f64::NAN
-            }
-        };
         // A zero coefficient leaves its term out (SEMANTICS.md section 6), so a NaN row is
         // made NaN explicitly.
         let ce = match (t, index) {
@@ -520,16 +512,16 @@ impl Ctx<'_> {
             }
             (None, Some(y)) if valid => {
                 let y = y as usize;
-                let logp_y = logp(transform.scalar(x[y]));
+                // A NaN or +inf logit, or a row of −inf only, makes the row NaN (PyTorch).
+                let logp_y = if finite {
+                    scalar::log_p(transform.scalar(x[y]), st.max, log_sum)
+                } else {
+                    f64::NAN
+                };
                 r.target_prob = logp_y.exp() as f32;
                 r.correct = argmax == y as u32;
                 r.p_coefficient = ((1.0 - eps) * w(y) + eps / c_f * w_sum) as f32;
-                let smooth = if eps > 0.0 {
-                    w_sum * log_sum - st.sum_wz
-                } else {
-                    0.0
-                };
-                -term(1.0 - eps, term(w(y), logp_y)) + term(eps / c_f, smooth)
+                scalar::index_ce((eps, c_f), (w(y), logp_y), (w_sum, log_sum, st.sum_wz))
             }
             _ => return RowResult { loss: 0.0, ..r },
         };
@@ -710,7 +702,7 @@ impl Ctx<'_> {
         let index = self.targets.index(row).map(|y| y as usize);
         if let (None, Some(y), true) = (t, index, eps == 0.0) {
             // The same split form as the backward's `(z − max) − log_sum`.
-            let l = (transform.scalar(x[y]) as f64 - max as f64) - log_sum;
+            let l = scalar::log_p(transform.scalar(x[y]), max, log_sum);
             let (f, g) = scalar::focal_factors(l, gamma);
             r.p_coefficient = (w(y) * g) as f32;
             r.focal_target = r.p_coefficient;

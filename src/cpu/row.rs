@@ -280,7 +280,12 @@ impl RowStats {
     /// Adds the sums of a chunk whose exps were taken, and linear sums centred, at `shift`
     /// (≤ the running max).
     fn add(&mut self, c: &ChunkSums, shift: f32) {
-        let offset = shift as f64 - self.max as f64;
+        // (At the max itself the offset is 0, also while that max is −inf.)
+        let offset = if shift == self.max {
+            0.0
+        } else {
+            shift as f64 - self.max as f64
+        };
         let scale = if offset == 0.0 { 1.0 } else { offset.exp() };
         self.sum_exp += c.sum_exp * scale;
         self.sum_ez += (c.sum_ez + offset * c.sum_exp) * scale;
@@ -303,9 +308,9 @@ impl Forward<'_> {
         mut keep: Option<&mut [f32]>,
     ) -> ChunkSums {
         let ops = isa.f32();
-        let (xc, wc, tc) = (part.x, part.w, part.t);
+        let (xc, tc) = (part.x, part.t);
         let lanes = ops.len();
-        let (zero, one) = (ops.zero(), ops.one());
+        let zero = ops.zero();
         let (neg_inf, lowest, shift_v) = (
             ops.splat(f32::NEG_INFINITY),
             ops.splat(f32::MIN),
@@ -328,8 +333,8 @@ impl Forward<'_> {
                 (Some(k), false, true) => plain_pass(isa, xc, shift, Some(s), Some(k), true),
             };
         }
-        let (mut v_max, mut v_sum, mut v_ez, mut v_te) = (neg_inf, zero, zero, zero);
-        let (mut v_wz, mut v_wt, mut v_wtz, mut v_w) = (zero, zero, zero, zero);
+        let (mut v_max, mut v_sum, mut v_ez) = (neg_inf, zero, zero);
+        let mut linear = LinearSums::new(zero);
         for off in (0..xc.len()).step_by(lanes) {
             // `z_live` (−inf in padding lanes) feeds the max and the exps; the exp-free sums
             // take `z − shift` with the padding lanes' weight 0. Only the row's last vector
@@ -352,32 +357,47 @@ impl Forward<'_> {
                 // max() keeps 0·(−inf) out of the sum for masked classes.
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
-            if !(self.want_wz || tc.is_some()) {
-                continue;
-            }
-            let w = wc.map_or(one, |w| load(isa, &w[off..]));
-            let w = live.map_or(w, |live| ops.select(w, zero, live));
-            if self.want_wz {
-                v_wz = ops.add(v_wz, linear_term(isa, w, d));
-                v_w = ops.add(v_w, w);
-            }
-            if let Some(t) = tc {
-                let t = load(isa, &t[off..]);
-                let wt = ops.mul(w, t);
-                v_wt = ops.add(v_wt, wt);
-                v_wtz = ops.add(v_wtz, linear_term(isa, wt, d));
-                v_te = ops.mul_add(t, e, v_te);
-            }
+            self.add_linear(isa, &mut linear, part, off, live, (d, e));
         }
         ChunkSums {
             max: horizontal_max(v_max),
             sum_exp: ops.sum(v_sum) as f64,
             sum_ez: ops.sum(v_ez) as f64,
-            sum_te: ops.sum(v_te) as f64,
-            sum_wz: ops.sum(v_wz) as f64,
-            sum_wt: ops.sum(v_wt) as f64,
-            sum_wtz: ops.sum(v_wtz) as f64,
-            weight_sum: ops.sum(v_w) as f64,
+            ..linear.totals(isa)
+        }
+    }
+
+    /// Adds the vector at `off` (`d = z − shift`, `e = exp(d)`, `live` its lanes inside the
+    /// row when it is the row's partial last vector) to the sums that weights and dense
+    /// targets bring, if this row has any.
+    #[inline(always)]
+    fn add_linear<I: Isa>(
+        &self,
+        isa: I,
+        sums: &mut LinearSums<I::F32>,
+        part: Chunk<'_>,
+        off: usize,
+        live: Option<<I::F32 as Simd>::Mask>,
+        (d, e): (I::F32, I::F32),
+    ) {
+        if !(self.want_wz || part.t.is_some()) {
+            return;
+        }
+        let ops = isa.f32();
+        let zero = ops.zero();
+        // Padding lanes get weight 0, so their terms are absent.
+        let w = part.w.map_or(ops.one(), |w| load(isa, &w[off..]));
+        let w = live.map_or(w, |live| ops.select(w, zero, live));
+        if self.want_wz {
+            sums.wz = ops.add(sums.wz, linear_term(isa, w, d));
+            sums.w = ops.add(sums.w, w);
+        }
+        if let Some(t) = part.t {
+            let t = load(isa, &t[off..]);
+            let wt = ops.mul(w, t);
+            sums.wt = ops.add(sums.wt, wt);
+            sums.wtz = ops.add(sums.wtz, linear_term(isa, wt, d));
+            sums.te = ops.mul_add(t, e, sums.te);
         }
     }
 
@@ -432,7 +452,7 @@ impl Forward<'_> {
         st: &mut RowStats,
     ) -> Option<usize> {
         let ops = isa.f32();
-        let (xc, wc, tc) = (part.x, part.w, part.t);
+        let xc = part.x;
         let lanes = ops.len();
         let (zero, one) = (ops.zero(), ops.one());
         let neg_inf = ops.splat(f32::NEG_INFINITY);
@@ -458,73 +478,74 @@ impl Forward<'_> {
                 argmax = Some(self.position(isa, xc, chunk_max));
             }
         }
-        if !st.max.is_finite() {
-            // All −inf so far: each term of the linear sums is 0 or −inf (SEMANTICS.md
-            // section 6), and the exps are 0. With a +inf the row is NaN anyway.
-            if st.max == f32::NEG_INFINITY {
-                for c in 0..n {
-                    let w = wc.map_or(1.0, |w| w[c]);
-                    if self.want_wz {
-                        st.weight_sum += w as f64;
-                        if w != 0.0 {
-                            st.sum_wz = f64::NEG_INFINITY;
-                        }
-                    }
-                    if let Some(t) = tc {
-                        let wt = w * t[c];
-                        st.sum_wt += wt as f64;
-                        if wt != 0.0 {
-                            st.sum_wtz = f64::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
+        if st.max == f32::INFINITY {
+            // The row is NaN; its exps are never used.
             z_buf[..n].fill(0.0);
             return argmax;
         }
-        let m = ops.splat(st.max);
-        let (mut v_sum, mut v_ez, mut v_te) = (zero, zero, zero);
-        let (mut v_wz, mut v_wt, mut v_wtz, mut v_w) = (zero, zero, zero, zero);
+        // All −inf so far: the exps at 0 are 0, and each linear term (`d = −inf`) is 0 or −inf
+        // (SEMANTICS.md section 6), already right.
+        let m = ops.splat(if st.max.is_finite() { st.max } else { 0.0 });
+        let (mut v_sum, mut v_ez) = (zero, zero);
+        let mut linear = LinearSums::new(zero);
         for off in (0..n).step_by(lanes) {
-            let z = ops.load(&z_buf[off..]);
-            let d = ops.sub(z, m);
+            let d = ops.sub(ops.load(&z_buf[off..]), m);
             let e = ShiftedExp::apply(isa, d);
             v_sum = ops.add(v_sum, e);
             ops.store(e, &mut z_buf[off..]);
             if self.want_metrics {
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
             }
-            if !(self.want_wz || tc.is_some()) {
-                continue;
-            }
-            // Past the row's end z is −inf: the weight there is 0, so the term is absent.
-            let w = wc.map_or(one, |w| load(isa, &w[off..]));
-            let w = if off + lanes > n {
-                let (_, live) = ops.load_pad(&xc[off..]);
-                ops.select(w, zero, live)
-            } else {
-                w
-            };
-            if self.want_wz {
-                v_wz = ops.add(v_wz, linear_term(isa, w, d));
-                v_w = ops.add(v_w, w);
-            }
-            if let Some(t) = tc {
-                let t = load(isa, &t[off..]);
-                let wt = ops.mul(w, t);
-                v_wt = ops.add(v_wt, wt);
-                v_wtz = ops.add(v_wtz, linear_term(isa, wt, d));
-                v_te = ops.mul_add(t, e, v_te);
-            }
+            // Masked classes are −inf in the buffer too: the row's end needs its own mask.
+            let live = (off + lanes > n).then(|| ops.load_pad(&xc[off..]).1);
+            self.add_linear(isa, &mut linear, part, off, live, (d, e));
         }
-        st.sum_exp += ops.sum(v_sum) as f64;
-        st.sum_ez += ops.sum(v_ez) as f64;
-        st.sum_te += ops.sum(v_te) as f64;
-        st.sum_wz += ops.sum(v_wz) as f64;
-        st.sum_wt += ops.sum(v_wt) as f64;
-        st.sum_wtz += ops.sum(v_wtz) as f64;
-        st.weight_sum += ops.sum(v_w) as f64;
+        let chunk = ChunkSums {
+            max: st.max,
+            sum_exp: ops.sum(v_sum) as f64,
+            sum_ez: ops.sum(v_ez) as f64,
+            ..linear.totals(isa)
+        };
+        st.add(&chunk, st.max);
         argmax
+    }
+}
+
+/// The vector sums weights and dense targets bring along the exps: `Σ w·(z − shift)` and `Σ w`
+/// (smoothing), `Σ w·t`, `Σ w·t·(z − shift)` and `Σ t·exp(z − shift)` (dense targets).
+struct LinearSums<V> {
+    wz: V,
+    w: V,
+    wt: V,
+    wtz: V,
+    te: V,
+}
+
+impl<V: Copy> LinearSums<V> {
+    fn new(zero: V) -> Self {
+        LinearSums {
+            wz: zero,
+            w: zero,
+            wt: zero,
+            wtz: zero,
+            te: zero,
+        }
+    }
+}
+
+impl<V: Simd<Elem = f32>> LinearSums<V> {
+    /// The horizontal totals, as a chunk's sums (the exp sums and max left at 0).
+    #[inline(always)]
+    fn totals<I: Isa<F32 = V>>(self, isa: I) -> ChunkSums {
+        let ops = isa.f32();
+        ChunkSums {
+            sum_te: ops.sum(self.te) as f64,
+            sum_wz: ops.sum(self.wz) as f64,
+            sum_wt: ops.sum(self.wt) as f64,
+            sum_wtz: ops.sum(self.wtz) as f64,
+            weight_sum: ops.sum(self.w) as f64,
+            ..ChunkSums::default()
+        }
     }
 }
 

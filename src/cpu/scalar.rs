@@ -16,6 +16,31 @@ pub fn term<T: Copy + PartialEq + Default + Mul<Output = T>>(coefficient: T, val
     }
 }
 
+/// `log p = (z − max) − log_sum`, in f64: the split form every `logp` is taken from
+/// (SEMANTICS.md section 1), with `lse = max + log_sum` never formed; `z − lse` would drop
+/// `logp` below the last place of a large `max`.
+#[inline]
+pub fn log_p(z: f32, max: f32, log_sum: f64) -> f64 {
+    (z as f64 - max as f64) - log_sum
+}
+
+/// The cross-entropy part of a valid index-target row (SEMANTICS.md section 2) in the split
+/// form: `−(1−ε)·w[y]·logp[y] + (ε/C)·(W·log_sum − Σ w·(z − m))`, from `w[y]`, `logp[y]`,
+/// `W = Σ w`, `log_sum` and the centred `Σ w·(z − m)` (unread when `ε = 0`); zero coefficients
+/// leave their terms out.
+pub fn index_ce(
+    (eps, classes): (f64, f64),
+    (w_y, logp_y): (f64, f64),
+    (w_sum, log_sum, sum_wz): (f64, f64, f64),
+) -> f64 {
+    let smooth = if eps > 0.0 {
+        w_sum * log_sum - sum_wz
+    } else {
+        0.0
+    };
+    -term(1.0 - eps, term(w_y, logp_y)) + term(eps / classes, smooth)
+}
+
 /// BCE options that act per element: Keras's label smoothing, torchvision's focal factor and
 /// the row's sample weight.
 #[derive(Debug, Clone, Copy)]
