@@ -60,8 +60,8 @@ pub enum Error {
     BadOption {
         /// Option name, as the builder method spells it.
         option: &'static str,
-        /// The value.
-        value: f64,
+        /// The value (an f32, so that it prints as it was typed: `-0.1`, not its f64 widening).
+        value: f32,
         /// Its domain.
         why: &'static str,
     },

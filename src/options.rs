@@ -233,9 +233,5 @@ fn check_gamma(gamma: f32) -> Result<()> {
 }
 
 fn bad(option: &'static str, value: f32, why: &'static str) -> Error {
-    Error::BadOption {
-        option,
-        value: value as f64,
-        why,
-    }
+    Error::BadOption { option, value, why }
 }

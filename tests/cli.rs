@@ -61,9 +61,15 @@ impl Run {
 }
 
 fn xent(args: &[&str]) -> Run {
+    xent_with(args, &[])
+}
+
+/// [`xent`] with extra environment variables.
+fn xent_with(args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_xent"))
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("the binary runs");
     Run {
@@ -758,6 +764,32 @@ fn malformed_wrong_dtype() {
         "u8.npy",
         "uint8",
     );
+    // uint8 labels: the message says what class-index targets take.
+    let labels = dir.npy("labels.npy", &[4], &[0u8, 1, 2, 1]);
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--targets", &labels]),
+        "labels.npy",
+        "int32 or int64 for class-index targets",
+    );
+    // A pickled object array.
+    let object = dir.bytes(
+        "object.npy",
+        &raw_npy(
+            "{'descr': '|O', 'fortran_order': False, 'shape': (4,), }",
+            &[0x80, 0x04, 0x4e, 0x2e],
+        ),
+    );
+    assert_file_error(
+        &xent(&["eval", "--logits", &logits, "--targets", &object]),
+        "object.npy",
+        "object array",
+    );
+    // A directory.
+    assert_file_error(
+        &xent(&["eval", "--logits", &dir.arg(""), "--targets", &targets]),
+        &dir.arg(""),
+        "is a directory",
+    );
 }
 
 #[test]
@@ -968,6 +1000,90 @@ fn bad_arguments_exit_2() {
     assert_eq!(run.code, 2);
 }
 
+#[test]
+fn negative_numbers_get_the_domain_error_as_typed() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    for (flag, value, extra) in [
+        ("--label-smoothing", "-0.1", &[][..]),
+        ("--z-loss", "-1", &[]),
+        ("--softcap", "-1", &[]),
+        ("--focal-gamma", "-1", &[]),
+        ("--ece-bins", "-1", &[]),
+        ("--eps", "-0.1", &["--input", "probabilities"]),
+    ] {
+        let mut args = vec![
+            "eval",
+            "--logits",
+            &logits,
+            "--targets",
+            &targets,
+            flag,
+            value,
+        ];
+        args.extend_from_slice(extra);
+        let run = xent(&args);
+        assert_eq!(run.code, 2, "{flag} {value}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("{flag} {value} is invalid")),
+            "{flag} {value}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn reduction_none_needs_a_file_for_its_losses() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    let run = xent(&[
+        "eval",
+        "--logits",
+        &logits,
+        "--targets",
+        &targets,
+        "--reduction",
+        "none",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--losses-out"), "{}", run.stderr);
+}
+
+#[test]
+fn unknown_environment_values_are_warned_about() {
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    let args = [
+        "eval",
+        "--logits",
+        &logits,
+        "--targets",
+        &targets,
+        "--device",
+        "cpu",
+    ];
+    let run = xent_with(&args, &[("XENT_SIMD", "bogus")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("warning: XENT_SIMD=bogus is not a SIMD level")
+            && run.stderr.contains("portable"),
+        "{}",
+        run.stderr
+    );
+    let run = xent_with(&args, &[("WGPU_BACKEND", "bogus")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("warning: WGPU_BACKEND=bogus names no backend")
+            && run.stderr.contains("vulkan"),
+        "{}",
+        run.stderr
+    );
+    let run = xent_with(&args, &[("XENT_SIMD", "portable")]);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+}
+
 // ---------------------------------------------------------------------------------------------
 // bench and devices
 
@@ -1080,6 +1196,7 @@ fn devices_lists_the_simd_level() {
     );
     assert!(run.stdout.contains("--device auto picks"), "{}", run.stdout);
     assert!(run.stdout.contains("--device gpu"), "{}", run.stdout);
+    assert!(!run.stdout.contains("gpu: gpu"), "{}", run.stdout);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -132,7 +132,10 @@ pub fn run() -> Result<(), CliError> {
         }
     }
     match device::gpu() {
-        Ok(d) => println!("--device gpu picks: {}", d.label),
+        Ok(d) => println!(
+            "--device gpu picks: {}",
+            d.label.strip_prefix("gpu: ").unwrap_or(&d.label)
+        ),
         Err(why) => println!("--device gpu: unavailable ({why})"),
     }
     let auto = DeviceChoice::Auto.resolve()?;

@@ -45,7 +45,7 @@ pub enum ReductionArg {
     Mean,
     /// Sum.
     Sum,
-    /// No reduction: per-row (per-element for BCE) losses only.
+    /// No reduction: per-row (per-element for BCE) losses, written to --losses-out.
     None,
 }
 
@@ -100,7 +100,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub pos_weight: Option<String>,
     /// Label smoothing ε in [0, 1] (BCE: targets become y·(1−ε) + ε/2, as Keras).
-    #[arg(long, value_name = "E", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "E",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub label_smoothing: f32,
     /// Focal loss focusing parameter γ ≥ 0 (0: plain cross-entropy). Softmax: each class's
     /// term times (1 − p)^γ, class weights acting as α; BCE: torchvision's sigmoid focal loss.
@@ -119,10 +124,15 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub sample_weights: Option<String>,
     /// z-loss coefficient λ ≥ 0 (adds λ·lse² per row).
-    #[arg(long, value_name = "L", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "L",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub z_loss: f32,
     /// Logit soft-capping: z = S·tanh(x / S).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub softcap: Option<f32>,
     /// Logit scale K: z = K·x.
     #[arg(
@@ -136,7 +146,12 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t)]
     pub input: InputArg,
     /// Lower clamp of probability inputs.
-    #[arg(long, value_name = "E", default_value_t = 1e-7)]
+    #[arg(
+        long,
+        value_name = "E",
+        default_value_t = 1e-7,
+        allow_negative_numbers = true
+    )]
     pub eps: f32,
     /// Where to run.
     #[arg(long, value_enum, default_value_t)]
@@ -145,15 +160,20 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub losses_out: Option<String>,
     /// Write d loss / d logits for the chosen reduction here, as float32 `.npy` with the
-    /// logits' shape.
+    /// logits' shape (with `--reduction none`: the gradient of the per-row losses' sum).
     #[arg(long, value_name = "FILE")]
     pub grad_out: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     /// Confidence bins of the expected calibration error.
-    #[arg(long, value_name = "B", default_value_t = 15)]
-    pub ece_bins: usize,
+    #[arg(
+        long,
+        value_name = "B",
+        default_value_t = 15,
+        allow_negative_numbers = true
+    )]
+    pub ece_bins: i64,
 }
 
 /// How the logits are laid out, from their shape.
@@ -492,8 +512,18 @@ fn check_options(args: &EvalArgs) -> Result<(), CliError> {
             "--ignore-index does not apply to --soft-targets",
         ));
     }
-    if args.ece_bins == 0 {
-        return Err(CliError::usage("--ece-bins must be at least 1"));
+    if args.reduction == ReductionArg::None && args.losses_out.is_none() {
+        // Its only result is the per-row losses; the gradient of `none` is that of `sum`.
+        return Err(CliError::usage(
+            "--reduction none gives one loss per row: name their file with --losses-out \
+             (for the gradient alone, --reduction sum gives the same one)",
+        ));
+    }
+    if args.ece_bins < 1 {
+        return Err(CliError::usage(format!(
+            "--ece-bins {} is invalid: must be at least 1",
+            args.ece_bins
+        )));
     }
     Ok(())
 }
@@ -609,10 +639,10 @@ impl Report {
                 if m.valid_rows() == 0 {
                     f64::NAN
                 } else {
-                    m.ece(args.ece_bins) + 0.0
+                    m.ece(args.ece_bins as usize) + 0.0
                 }
             }),
-            ece_bins: args.ece_bins,
+            ece_bins: args.ece_bins as usize,
             device: device.to_string(),
             seconds: eval.seconds,
             load_seconds: load,

@@ -139,10 +139,15 @@ pub fn read_tensor(arg: &str) -> Result<Tensor, CliError> {
     let (path, tensor) = split_safetensors(arg);
     let err = |problem: String| CliError::file(arg, problem);
     let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let size = file
+    let meta = file
         .metadata()
-        .map_err(|e| err(format!("cannot stat: {e}")))?
-        .len();
+        .map_err(|e| err(format!("cannot stat: {e}")))?;
+    if meta.is_dir() {
+        return Err(err(
+            "is a directory; name a .npy or .safetensors file".into()
+        ));
+    }
+    let size = meta.len();
     if size == 0 {
         return Err(err("the file is empty".into()));
     }
@@ -198,7 +203,9 @@ impl Kind {
     }
 }
 
-const READABLE: &str = "float32, float16, float64, bfloat16, int32 or int64";
+/// What each input reads, for messages about a dtype that none does.
+const READABLE: &str = "float32, float16, float64 or bfloat16 for logits, weights and soft \
+                        targets; int32 or int64 for class-index targets";
 
 /// Checks `shape` × `item` bytes against what the file holds after the header.
 fn check_size(shape: &[usize], item: usize, held: usize, what: &str) -> Result<usize, String> {
@@ -222,8 +229,8 @@ fn check_size(shape: &[usize], item: usize, held: usize, what: &str) -> Result<u
 }
 
 /// The magic string and the header length field, checked against the file size before npyz
-/// reads (and allocates) the header text.
-fn check_npy_preamble(bytes: &[u8]) -> Result<(), String> {
+/// reads (and allocates) the header text. Returns where the header ends.
+fn check_npy_preamble(bytes: &[u8]) -> Result<usize, String> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
         return Err("not a .npy file (no NumPy magic string at the start)".into());
@@ -245,12 +252,24 @@ fn check_npy_preamble(bytes: &[u8]) -> Result<(), String> {
             bytes.len() - 8 - len_field
         ));
     }
-    Ok(())
+    Ok(end)
 }
 
 fn read_npy(arg: &str, map: Arc<Mmap>) -> Result<Tensor, CliError> {
     let err = |problem: String| CliError::file(arg, problem);
-    check_npy_preamble(&map).map_err(err)?;
+    let header_end = check_npy_preamble(&map).map_err(err)?;
+    // npyz says "invalid type string" of an object array's `|O`: say what it is.
+    let header_text = String::from_utf8_lossy(&map[..header_end]);
+    if ["'|O'", "'O'", "\"|O\""]
+        .iter()
+        .any(|o| header_text.contains(o))
+    {
+        return Err(err(
+            "holds an object array (dtype object, pickled Python objects); save a numeric \
+             array, e.g. np.save(path, np.asarray(x, dtype=np.float32))"
+                .into(),
+        ));
+    }
     let mut rest: &[u8] = &map;
     let header = npyz::NpyHeader::from_reader(&mut rest)
         .map_err(|e| err(format!("bad .npy header: {e}")))?;

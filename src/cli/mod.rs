@@ -99,9 +99,45 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Warnings for the environment variables xent reads that name nothing it knows: the library
+/// ignores such a value (`XENT_SIMD` falls back to the widest level, a `WGPU_BACKEND` naming no
+/// backend finds no adapter), which a command should not do silently.
+pub fn environment_warnings() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(v) = std::env::var("XENT_SIMD") {
+        let supported = crate::cpu::SimdLevel::supported();
+        let names: Vec<&str> = supported.iter().map(|l| l.name()).collect();
+        match v.parse::<crate::cpu::SimdLevel>() {
+            Ok(level) if supported.contains(&level) => {}
+            Ok(level) => out.push(format!(
+                "XENT_SIMD={v}: this CPU lacks {level}; using {} (this CPU has: {})",
+                crate::cpu::SimdLevel::detected(),
+                names.join(", ")
+            )),
+            Err(_) => out.push(format!(
+                "XENT_SIMD={v} is not a SIMD level; using {} (this CPU has: {})",
+                crate::cpu::SimdLevel::detected(),
+                names.join(", ")
+            )),
+        }
+    }
+    if let Ok(v) = std::env::var("WGPU_BACKEND") {
+        if wgpu::Backends::from_comma_list(&v).is_empty() {
+            out.push(format!(
+                "WGPU_BACKEND={v} names no backend, so no GPU will be found \
+                 (valid: vulkan, metal, dx12, gl, comma-separated)"
+            ));
+        }
+    }
+    out
+}
+
 /// Parses `std::env::args`, runs, prints any error as one line and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    for warning in environment_warnings() {
+        eprintln!("xent: warning: {warning}");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
