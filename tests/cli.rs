@@ -1000,6 +1000,82 @@ fn bad_arguments_exit_2() {
     assert_eq!(run.code, 2);
 }
 
+/// A Fortran-order `.npy` of the C-order `values` of `shape`, as `np.asfortranarray` saves it.
+fn fortran_npy(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    let mut strides = vec![1usize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    // Column-major: the first index fastest.
+    let mut data = Vec::with_capacity(values.len() * 4);
+    let mut index = vec![0usize; shape.len()];
+    for _ in 0..values.len() {
+        let at: usize = index.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        data.extend(values[at].to_le_bytes());
+        for d in 0..shape.len() {
+            index[d] += 1;
+            if index[d] < shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    raw_npy(
+        &format!(
+            "{{'descr': '<f4', 'fortran_order': True, 'shape': ({},), }}",
+            dims.join(", ")
+        ),
+        &data,
+    )
+}
+
+#[test]
+fn fortran_order_files_read_as_their_values() {
+    // The same logits (and soft targets) in C and Fortran order give the same loss, rows and
+    // gradient: (N, C) and (N, C, d).
+    let dir = Dir::new();
+    for shape in [vec![5usize, 3], vec![2, 3, 4]] {
+        let n: usize = shape.iter().product();
+        let x = Rng(3).logits(n);
+        let t: Vec<f32> = Rng(4).logits(n).iter().map(|v| v.abs()).collect();
+        let c_logits = dir.npy("c.npy", &shape, &x);
+        let f_logits = dir.bytes("f.npy", &fortran_npy(&shape, &x));
+        let c_soft = dir.npy("ct.npy", &shape, &t);
+        let f_soft = dir.bytes("ft.npy", &fortran_npy(&shape, &t));
+        let run = |logits: &str, soft: &str, tag: &str| {
+            let (rows, grad) = (
+                dir.arg(&format!("rows{tag}.npy")),
+                dir.arg(&format!("g{tag}.npy")),
+            );
+            let json = eval_json(&[
+                "--logits",
+                logits,
+                "--soft-targets",
+                soft,
+                "--reduction",
+                "none",
+                "--losses-out",
+                &rows,
+                "--grad-out",
+                &grad,
+            ]);
+            (
+                json,
+                read_npy_f32(Path::new(&rows)),
+                read_npy_f32(Path::new(&grad)),
+            )
+        };
+        let (_, c_rows, c_grad) = run(&c_logits, &c_soft, "c");
+        let (_, f_rows, f_grad) = run(&f_logits, &f_soft, "f");
+        assert_eq!(c_rows, f_rows, "{shape:?}");
+        assert_eq!(c_grad, f_grad, "{shape:?}");
+        // Mixed orders too.
+        let (_, m_rows, _) = run(&f_logits, &c_soft, "m");
+        assert_eq!(c_rows, m_rows, "{shape:?}");
+    }
+}
+
 #[test]
 fn negative_numbers_get_the_domain_error_as_typed() {
     let dir = Dir::new();

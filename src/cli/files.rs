@@ -5,7 +5,8 @@
 //! allocated, so a truncated file or a header that promises more data than the file holds is
 //! an error, never an allocation of what the header claims. Little-endian `f32`, `f16`, `bf16`,
 //! `i32` and `i64` data is then used in place, straight from the mapping; `f64` is converted to
-//! `f32` (one owned copy), and big-endian data is converted by npyz.
+//! `f32` (one owned copy), big-endian data is converted by npyz, and a Fortran-order `.npy`
+//! (`np.asfortranarray(x)`, or `np.save` of a transposed C-order array) is copied into C order.
 //!
 //! A file argument is `path.npy`, or `path.safetensors:tensor_name` (the name may be left out
 //! when the file holds exactly one tensor).
@@ -67,6 +68,47 @@ pub enum Data {
     I32(Buf<i32>),
     /// 64-bit integers.
     I64(Buf<i64>),
+}
+
+impl Data {
+    /// The values of a Fortran-order (column-major) array of `shape`, copied into C order.
+    fn into_c_order(self, shape: &[usize]) -> Data {
+        fn copy<T: Pod>(b: Buf<T>, shape: &[usize]) -> Buf<T> {
+            Buf::Owned(c_order(b.as_slice(), shape))
+        }
+        match self {
+            Data::F32(b) => Data::F32(copy(b, shape)),
+            Data::F16(b) => Data::F16(copy(b, shape)),
+            Data::Bf16(b) => Data::Bf16(copy(b, shape)),
+            Data::I32(b) => Data::I32(copy(b, shape)),
+            Data::I64(b) => Data::I64(copy(b, shape)),
+        }
+    }
+}
+
+/// `values` of a column-major array of `shape` (first index fastest), in row-major order.
+fn c_order<T: Copy>(values: &[T], shape: &[usize]) -> Vec<T> {
+    // Column-major strides, and an odometer over the row-major index (last index fastest).
+    let mut strides = vec![1usize; shape.len()];
+    for d in 1..shape.len() {
+        strides[d] = strides[d - 1] * shape[d - 1];
+    }
+    let mut index = vec![0usize; shape.len()];
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(values.len());
+    for _ in 0..values.len() {
+        out.push(values[at]);
+        for d in (0..shape.len()).rev() {
+            index[d] += 1;
+            at += strides[d];
+            if index[d] < shape[d] {
+                break;
+            }
+            at -= strides[d] * shape[d];
+            index[d] = 0;
+        }
+    }
+    out
 }
 
 /// A tensor read from a file argument.
@@ -310,17 +352,13 @@ fn read_npy(arg: &str, map: Arc<Mmap>) -> Result<Tensor, CliError> {
             kind.name()
         )));
     }
-    if shape.len() > 1 && header.order() == npyz::Order::Fortran {
-        return Err(err(
-            "Fortran-order arrays are not supported; save with np.ascontiguousarray(x)".into(),
-        ));
-    }
     let little = match ty.endianness() {
         npyz::Endianness::Little => true,
         npyz::Endianness::Big => false,
         npyz::Endianness::Irrelevant => true,
     } == cfg!(target_endian = "little");
     let len = bytes / kind.size();
+    let fortran = shape.len() > 1 && header.order() == npyz::Order::Fortran;
     let data = if little {
         in_place(kind, map, offset, len)
     } else {
@@ -341,6 +379,11 @@ fn read_npy(arg: &str, map: Arc<Mmap>) -> Result<Tensor, CliError> {
             Kind::I64 => Data::I64(Buf::Owned(file.into_vec().map_err(io)?)),
             Kind::Bf16 => unreachable!("NumPy has no bfloat16 type string"),
         }
+    };
+    let data = if fortran {
+        data.into_c_order(&shape)
+    } else {
+        data
     };
     Ok(Tensor {
         source: arg.to_string(),
@@ -490,6 +533,26 @@ pub fn write_text(path: &str, text: &str) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fortran_order_becomes_c_order() {
+        // x[i][j][k] = 100·i + 10·j + k of shape (2, 3, 2), laid out column-major.
+        let shape = [2, 3, 2];
+        let mut fortran = Vec::new();
+        for k in 0..2 {
+            for j in 0..3 {
+                for i in 0..2 {
+                    fortran.push(100 * i + 10 * j + k);
+                }
+            }
+        }
+        let expected: Vec<usize> = (0..2)
+            .flat_map(|i| (0..3).flat_map(move |j| (0..2).map(move |k| 100 * i + 10 * j + k)))
+            .collect();
+        assert_eq!(c_order(&fortran, &shape), expected);
+        assert_eq!(c_order(&[1, 2, 3], &[3]), vec![1, 2, 3]);
+        assert_eq!(c_order::<u8>(&[], &[0, 4]), Vec::<u8>::new());
+    }
 
     #[test]
     fn shape_strings_follow_python() {
