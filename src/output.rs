@@ -121,7 +121,9 @@ impl Metrics {
         total / self.valid_rows() as f64
     }
     /// Expected calibration error over valid rows with `bins` equal-width confidence bins:
-    /// `Σ_b |B_b|/V · |accuracy(B_b) − mean confidence(B_b)|`.
+    /// `Σ_b |B_b|/V · |accuracy(B_b) − mean confidence(B_b)|`. NaN when a valid row is NaN (a
+    /// NaN or +inf logit, or only −inf ones: its confidence is NaN), as its loss and the mean
+    /// entropy are.
     pub fn ece(&self, bins: usize) -> f64 {
         let bins = bins.max(1);
         let mut count = vec![0usize; bins];
@@ -130,7 +132,7 @@ impl Metrics {
         for row in (0..self.valid.len()).filter(|&r| self.valid[r]) {
             let conf = self.confidence[row] as f64;
             if conf.is_nan() {
-                continue;
+                return f64::NAN;
             }
             // Bins are (lo, hi]; confidence 0 goes to the first.
             let bin = ((conf * bins as f64).ceil() as usize).clamp(1, bins) - 1;

@@ -692,6 +692,34 @@ fn eval_reports_nan_as_a_string() {
 }
 
 #[test]
+fn eval_names_the_first_non_finite_row() {
+    let dir = Dir::new();
+    let mut x = Rng(5).logits(5 * 3);
+    x[2 * 3 + 1] = f32::NAN; // row 2
+    x[4 * 3] = f32::INFINITY; // row 4
+    let logits = dir.npy("l.npy", &[5, 3], &x);
+    let targets = dir.npy("t.npy", &[5], &[0i64, 1, 2, 1, 0]);
+    let json = eval_json(&["--logits", &logits, "--targets", &targets]);
+    assert_eq!(json["non_finite"], 2, "{json}");
+    assert_eq!(json["first_non_finite"], 2, "{json}");
+    // Every average over the valid rows agrees that a NaN row makes it NaN.
+    for key in ["loss", "mean_entropy", "ece"] {
+        assert_eq!(json[key], "NaN", "{key}: {json}");
+    }
+    let run = xent(&["eval", "--logits", &logits, "--targets", &targets]);
+    assert!(
+        run.stdout
+            .contains("2 rows with a NaN or infinite loss (first: row 2)"),
+        "{}",
+        run.stdout
+    );
+    let clean = dir.npy("c.npy", &[5, 3], &Rng(5).logits(15));
+    let json = eval_json(&["--logits", &clean, "--targets", &targets]);
+    assert_eq!(json["non_finite"], 0, "{json}");
+    assert!(json["first_non_finite"].is_null(), "{json}");
+}
+
+#[test]
 fn eval_on_the_gpu_agrees_or_says_why_not() {
     let dir = Dir::new();
     let (n, c) = (16, 33);

@@ -81,7 +81,7 @@ pub struct EvalArgs {
     /// targets in [0, 1] with the logits' shape for `bce`.
     #[arg(long, value_name = "FILE")]
     pub targets: Option<String>,
-    /// Probability targets (float32) with the logits' shape.
+    /// Probability targets (float32, float16, bfloat16 or float64) with the logits' shape.
     #[arg(long, value_name = "FILE")]
     pub soft_targets: Option<String>,
     /// The loss.
@@ -93,10 +93,10 @@ pub struct EvalArgs {
     /// Index target value whose rows are ignored [default: -100].
     #[arg(long, value_name = "I", allow_negative_numbers = true)]
     pub ignore_index: Option<i64>,
-    /// Per-class weights, float32 of shape (C,).
+    /// Per-class weights (float32, float16, bfloat16 or float64) of shape (C,).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<String>,
-    /// BCE's per-class positive weights, float32 of shape (C,).
+    /// BCE's per-class positive weights (float32, float16, bfloat16 or float64) of shape (C,).
     #[arg(long, value_name = "FILE")]
     pub pos_weight: Option<String>,
     /// Label smoothing ε in [0, 1] (BCE: targets become y·(1−ε) + ε/2, as Keras).
@@ -119,7 +119,7 @@ pub struct EvalArgs {
     /// BCE's focal balance α in [0, 1] (torchvision's default is 0.25; off when not given).
     #[arg(long, value_name = "A", allow_negative_numbers = true)]
     pub focal_alpha: Option<f32>,
-    /// Per-row sample weights, float32, one per row (N for (N, C) logits): each row's loss is
+    /// Per-row sample weights (float32, float16, bfloat16 or float64), one per row (N for (N, C) logits): each row's loss is
     /// multiplied by its weight; the mean divides by Σ s·w_y (soft targets: Σ s; BCE: N·C).
     #[arg(long, value_name = "FILE")]
     pub sample_weights: Option<String>,
@@ -131,10 +131,10 @@ pub struct EvalArgs {
         allow_negative_numbers = true
     )]
     pub z_loss: f32,
-    /// Logit soft-capping: z = S·tanh(x / S).
+    /// Logit soft-capping S > 0: z = S·tanh(K·x / S), with K the --logit-scale (Gemma 2).
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub softcap: Option<f32>,
-    /// Logit scale K: z = K·x.
+    /// Logit scale K: z = K·x (before --softcap, when given: z = S·tanh(K·x / S)).
     #[arg(
         long,
         value_name = "K",
@@ -145,7 +145,9 @@ pub struct EvalArgs {
     /// What the logits file holds.
     #[arg(long, value_enum, default_value_t)]
     pub input: InputArg,
-    /// Lower clamp of probability inputs.
+    /// Lower clamp of probability inputs: log p = log(clamp(q, eps, 1)). The default 1e-7 is
+    /// Keras's; scikit-learn's log_loss clips at the dtype's machine epsilon (2.2e-16 for
+    /// float64, 1.19e-7 for float32), so rows with q[y] < 1e-7 differ from it.
     #[arg(
         long,
         value_name = "E",
@@ -163,7 +165,9 @@ pub struct EvalArgs {
     /// logits' shape (with `--reduction none`: the gradient of the per-row losses' sum).
     #[arg(long, value_name = "FILE")]
     pub grad_out: Option<String>,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text. NaN and ±inf are the strings "NaN", "inf" and
+    /// "-inf" (JSON has no literals for them); `non_finite` counts the rows (BCE: elements)
+    /// whose loss is NaN or infinite and `first_non_finite` is the first (null when none).
     #[arg(long)]
     pub json: bool,
     /// Confidence bins of the expected calibration error.
@@ -297,7 +301,7 @@ fn sample_weights<'a>(
     }
     t.to_f32("sample weights").map_err(|_| {
         option(format!(
-            "dtype {} is not allowed: expected float32",
+            "dtype {} is not allowed: expected float32, float16, bfloat16 or float64",
             t.file_dtype
         ))
     })
@@ -585,10 +589,8 @@ fn evaluate(
         .grad_out
         .as_ref()
         .map(|_| vec![0.0f32; g.rows * g.classes]);
-    let mut request = Request::new();
-    if args.losses_out.is_some() {
-        request = request.row_losses();
-    }
+    // Per-row losses always: the report names the first non-finite row.
+    let mut request = Request::new().row_losses();
     if let Some(grad) = gradient.as_deref_mut() {
         request = request.gradient_into(grad);
     }
@@ -617,6 +619,9 @@ struct Report {
     mean_entropy: Option<f64>,
     ece: Option<f64>,
     ece_bins: usize,
+    /// Rows (BCE: elements) whose loss is NaN or infinite, and the first of them, in the order
+    /// of the per-row losses.
+    non_finite: (usize, Option<usize>),
     device: String,
     seconds: f64,
     load_seconds: f64,
@@ -643,9 +648,25 @@ impl Report {
                 }
             }),
             ece_bins: args.ece_bins as usize,
+            non_finite: {
+                let losses = eval.output.row_losses.as_deref().unwrap_or_default();
+                let bad = |v: &f32| !v.is_finite();
+                (
+                    losses.iter().filter(|v| bad(v)).count(),
+                    losses.iter().position(bad),
+                )
+            },
             device: device.to_string(),
             seconds: eval.seconds,
             load_seconds: load,
+        }
+    }
+
+    /// What a per-row loss is a loss of.
+    fn unit(&self) -> &'static str {
+        match self.loss_kind {
+            LossKind::Ce => "rows",
+            LossKind::Bce => "elements",
         }
     }
 
@@ -662,6 +683,8 @@ impl Report {
             "mean_entropy": opt(self.mean_entropy),
             "ece": opt(self.ece),
             "ece_bins": self.ece_bins,
+            "non_finite": self.non_finite.0,
+            "first_non_finite": self.non_finite.1,
             "device": self.device,
             "seconds": self.seconds,
             "load_seconds": self.load_seconds,
@@ -683,6 +706,18 @@ impl Report {
             ("accuracy", num(self.accuracy)),
             ("mean entropy", num(self.mean_entropy)),
             (ece.as_str(), num(self.ece)),
+            (
+                "non-finite",
+                match self.non_finite {
+                    (0, _) => "none".to_string(),
+                    (n, first) => format!(
+                        "{n} {} with a NaN or infinite loss (first: {} {})",
+                        self.unit(),
+                        self.unit().trim_end_matches('s'),
+                        first.unwrap_or_default()
+                    ),
+                },
+            ),
             ("device", self.device.clone()),
             (
                 "time",

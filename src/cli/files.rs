@@ -152,7 +152,7 @@ impl Tensor {
                 b.as_slice().iter().map(|v| v.to_f32()).collect(),
             )),
             Data::I32(_) | Data::I64(_) => Err(self.error(format_args!(
-                "dtype {} is not allowed for {role}: expected float32 (or float16/float64)",
+                "dtype {} is not allowed for {role}: expected float32, float16, bfloat16 or float64",
                 self.file_dtype
             ))),
         }
