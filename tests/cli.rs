@@ -1105,6 +1105,23 @@ fn fortran_order_files_read_as_their_values() {
 }
 
 #[test]
+fn no_display_noise_without_xdg_runtime_dir() {
+    // Mesa's Wayland/EGL code prints "XDG_RUNTIME_DIR is invalid" when wgpu opens Vulkan or GL
+    // without it, even when `auto` then picks the CPU: the command keeps it quiet.
+    let dir = Dir::new();
+    let (logits, targets) = good_pair(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_xent"))
+        .args(["eval", "--logits", &logits, "--targets", &targets])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WGPU_BACKEND")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}
+
+#[test]
 fn negative_numbers_get_the_domain_error_as_typed() {
     let dir = Dir::new();
     let (logits, targets) = good_pair(&dir);

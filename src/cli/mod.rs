@@ -132,19 +132,46 @@ pub fn environment_warnings() -> Vec<String> {
     out
 }
 
+/// Outside a desktop session on Linux (no `XDG_RUNTIME_DIR`), opening wgpu's Vulkan or GL
+/// backend makes Mesa's Wayland/EGL code print "XDG_RUNTIME_DIR is invalid" several times, even
+/// when the command then runs on the CPU. There is no display to find then, so the command
+/// points the variable at a private empty directory of its own (returned, for `main` to remove),
+/// where nothing is found quietly.
+fn quiet_display_probe() -> Option<std::path::PathBuf> {
+    if !cfg!(target_os = "linux") || std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("xent-runtime-{}", std::process::id()));
+        if std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok() {
+            // Before any thread exists: `main` calls this first.
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+            return Some(dir);
+        }
+    }
+    None
+}
+
 /// Parses `std::env::args`, runs, prints any error as one line and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime_dir = quiet_display_probe();
     for warning in environment_warnings() {
         eprintln!("xent: warning: {warning}");
     }
-    match run(cli) {
+    let code = match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xent: {e}");
             ExitCode::from(e.code)
         }
+    };
+    if let Some(dir) = runtime_dir {
+        let _ = std::fs::remove_dir(dir);
     }
+    code
 }
 
 /// A number for JSON output: finite values as numbers, NaN and infinities as the strings
