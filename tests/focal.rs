@@ -3,8 +3,8 @@
 //! First the f64 reference on its own: γ = 0 is plain cross-entropy, worked examples done by
 //! hand, and its gradients against central finite differences of its own loss. Then the CPU
 //! path (every SIMD level, every gradient mode) and the GPU kernels against the reference for
-//! every option combination. GPU tests follow `tests/gpu.rs`: without an adapter they fail when
-//! `XENT_REQUIRE_GPU=1` and otherwise say loudly that they were not run.
+//! every option combination. GPU tests follow `tests/gpu.rs`: without an adapter they fail
+//! unless `XENT_SKIP_GPU=1`, which makes them say loudly that they were not run.
 
 mod common;
 

@@ -5,23 +5,13 @@ mod common;
 
 use common::shards::{columns, run_sharded, uneven};
 use common::*;
-use std::sync::Arc;
 use xent::cpu::SimdLevel;
-use xent::gpu::Gpu;
 use xent::shard::{FocalPartial, RowPartial, Shard, ShardInput};
 use xent::{Backend, CrossEntropy, Dtype, Error, Logits, Reduction, Targets};
 
 fn backends() -> Vec<Backend> {
     let mut out = vec![Backend::Cpu];
-    match Gpu::new() {
-        Ok(gpu) => out.push(Backend::Gpu(Arc::new(gpu))),
-        Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
-        }
-        Err(e) => eprintln!(
-            "\n!!!!!!!! NO GPU ADAPTER ({e}): THE GPU SHARD TESTS WERE NOT RUN !!!!!!!!\n"
-        ),
-    }
+    out.extend(common::device::gpu().map(Backend::Gpu));
     out
 }
 

@@ -2,11 +2,13 @@
 //! and on the GPU it must learn (loss falls, held-out accuracy rises past 0.8), and the GPU
 //! run, which never leaves the device, must follow the CPU run's curve step by step.
 //!
-//! Without a GPU adapter the GPU tests fail when `XENT_REQUIRE_GPU=1` and otherwise say
-//! loudly that they were not run (the rule of `tests/gpu.rs`).
+//! Without a GPU adapter the GPU tests fail unless `XENT_SKIP_GPU=1`, which makes them say
+//! loudly that they were not run (`tests/common/gpu_policy.rs`).
 
 #[path = "../examples/digits/mod.rs"]
 mod digits;
+#[path = "common/gpu_policy.rs"]
+mod gpu_policy;
 
 use digits::data::{self, Digits};
 use digits::{Config, Event, ModelKind, Optimizer, Report};
@@ -26,13 +28,8 @@ fn device() -> Option<&'static digits::gpu::Device> {
                 eprintln!("train_digits GPU tests run on {}", d.name);
                 Some(d)
             }
-            Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
-            }
             Err(e) => {
-                eprintln!(
-                    "\n!!!!!!!! NO GPU ADAPTER ({e}): THE train_digits GPU TESTS WERE NOT RUN !!!!!!!!\n"
-                );
+                gpu_policy::missing_gpu("THE train_digits GPU TESTS", &e);
                 None
             }
         })

@@ -1,5 +1,5 @@
-//! The GPU side of the shared test helpers: the one device every GPU test uses (or a loud
-//! message, or a failure under `XENT_REQUIRE_GPU=1`), both shader variants, and buffer
+//! The GPU side of the shared test helpers: the one device every GPU test uses (without an
+//! adapter: a failure, or a loud message under `XENT_SKIP_GPU=1`), both shader variants, and buffer
 //! upload/readback for the device-resident API.
 #![allow(dead_code)]
 
@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 use wgpu::util::DeviceExt;
 use xent::gpu::{Gpu, GpuOptions, ShaderVariant};
 
-/// The shared device, or `None` (after a loud message) when there is no adapter.
+/// The shared device, or `None` when there is no adapter and `XENT_SKIP_GPU=1` (see
+/// [`missing_gpu`](super::gpu_policy::missing_gpu)).
 pub fn gpu() -> Option<Arc<Gpu>> {
     static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
     GPU.get_or_init(|| match Gpu::new() {
@@ -19,11 +20,8 @@ pub fn gpu() -> Option<Arc<Gpu>> {
             );
             Some(Arc::new(gpu))
         }
-        Err(e) if std::env::var("XENT_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("XENT_REQUIRE_GPU=1 but no GPU: {e}")
-        }
         Err(e) => {
-            eprintln!("\n!!!!!!!! NO GPU ADAPTER ({e}): THE GPU TESTS WERE NOT RUN !!!!!!!!\n");
+            super::gpu_policy::missing_gpu("THE GPU TESTS", &e);
             None
         }
     })

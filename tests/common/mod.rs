@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod device;
+pub mod gpu_policy;
 pub mod shards;
 
 use half::{bf16, f16};
