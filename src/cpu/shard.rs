@@ -3,7 +3,7 @@
 
 use super::focal::FocalRow;
 use super::row::{Backward, Forward, RowIo, Transform, CHUNK};
-use super::scalar::Focal;
+use super::scalar::{log_p, Focal};
 use super::simd::{dispatch, SimdLevel};
 use crate::input::{Element, Logits, Storage, Targets};
 use crate::options::CrossEntropy;
@@ -204,7 +204,7 @@ pub fn shard_backward(
                         let target_fix = local_target(shard, r).map(|y| {
                             let zy = transform.scalar(x[y]);
                             let g = if options.is_focal() {
-                                let l = zy as f64 - (r.max as f64 + r.log_sum as f64);
+                                let l = log_p(zy, r.max, r.log_sum as f64);
                                 Focal::new(options.focal_gamma).factors(l as f32).1
                             } else {
                                 1.0
