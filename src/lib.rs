@@ -39,6 +39,15 @@ pub mod plan;
 pub mod reference;
 pub mod shard;
 
+/// The wgpu crate xent is built against: name its types through this re-export (`xent::wgpu`)
+/// so that a trainer's buffers and devices are exactly the ones xent takes.
+pub use wgpu;
+
+/// The README's Rust snippets, compiled (and the first one run) as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use backend::Backend;
 pub use error::{Error, Result};
 pub use input::{Batch, Dtype, Element, Layout, Logits, Targets};

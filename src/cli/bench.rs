@@ -210,7 +210,9 @@ pub struct BenchArgs {
     /// plain cross-entropy [default: off].
     #[arg(long, value_name = "G", allow_negative_numbers = true)]
     pub focal_gamma: Option<f32>,
-    /// Write one JSON record per measurement to this file.
+    /// Write the measurements and probes to this file as one JSON array of records (fields:
+    /// impl, device, rows, classes, dtype, mode, median_ms, min_ms, gbps, bytes,
+    /// bandwidth_fraction, loss, iters).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
     /// Draw GB/s per shape per implementation, with the bandwidth probes, as an SVG.
