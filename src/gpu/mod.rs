@@ -60,6 +60,15 @@ pub struct GpuOptions {
     pub timestamp_queries: bool,
 }
 
+/// Seconds of the timed runs of a bandwidth probe ([`Gpu::probe_bandwidth`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeTimes {
+    /// The median run.
+    pub median: f64,
+    /// The fastest run.
+    pub min: f64,
+}
+
 /// A wgpu device ready to run xent's kernels.
 pub struct Gpu {
     device: wgpu::Device,
@@ -255,9 +264,9 @@ impl Gpu {
         }
     }
 
-    /// Measures read and copy bandwidth of this adapter over `bytes` (rounded to 16) with the
-    /// probe kernels: returns (read GB/s, copy GB/s) as the best of `iters` runs.
-    pub fn probe_bandwidth(&self, bytes: u64, iters: usize) -> Result<(f64, f64)> {
+    /// Times the read and copy probe kernels over a buffer of `bytes` (rounded up to 16), each
+    /// `iters` times after one warm-up run: `(read, copy)`, wall-clock around each submit.
+    pub fn probe_bandwidth(&self, bytes: u64, iters: usize) -> Result<(ProbeTimes, ProbeTimes)> {
         let bytes = (bytes.max(16) + 15) & !15;
         self.scoped(|| {
             let usage = wgpu::BufferUsages::STORAGE;
@@ -273,13 +282,13 @@ impl Gpu {
                 usage,
                 mapped_at_creation: false,
             });
-            let time = |kernel: Kernel| -> Result<f64> {
+            let time = |kernel: Kernel| -> Result<ProbeTimes> {
                 let pipeline = self.pipeline(Variant::plain(kernel));
                 let windows = [(0, run::Window::whole(&src)), (1, run::Window::whole(&dst))];
                 let groups = ((bytes / 16).div_ceil(kernels::WORKGROUP_SIZE as u64 * 8))
                     .clamp(1, 4096) as u32;
-                let mut best = f64::INFINITY;
-                for _ in 0..iters.max(1) {
+                let mut times = Vec::with_capacity(iters.max(1) + 1);
+                for _ in 0..iters.max(1) + 1 {
                     let mut encoder = self.device.create_command_encoder(&Default::default());
                     self.launch(
                         &mut encoder.begin_compute_pass(&Default::default()),
@@ -290,13 +299,17 @@ impl Gpu {
                     let start = std::time::Instant::now();
                     self.queue.submit([encoder.finish()]);
                     self.wait()?;
-                    best = best.min(start.elapsed().as_secs_f64());
+                    times.push(start.elapsed().as_secs_f64());
                 }
-                Ok(best)
+                // The first run is the warm-up.
+                let mut times = times.split_off(1);
+                times.sort_by(f64::total_cmp);
+                Ok(ProbeTimes {
+                    median: times[times.len() / 2],
+                    min: times[0],
+                })
             };
-            let read = time(Kernel::ProbeRead)?;
-            let copy = time(Kernel::ProbeCopy)?;
-            Ok((bytes as f64 / read / 1e9, 2.0 * bytes as f64 / copy / 1e9))
+            Ok((time(Kernel::ProbeRead)?, time(Kernel::ProbeCopy)?))
         })
     }
 
