@@ -1009,21 +1009,23 @@ fn malformed_target_out_of_range() {
     );
 }
 
-#[test]
-fn bad_arguments_exit_2() {
+/// `xent eval` on a good logits/targets pair plus `extra` arguments: a usage error (exit 2)
+/// whose one line contains `says`.
+fn assert_usage_error(extra: &[&str], says: &str) {
     let dir = Dir::new();
     let (logits, targets) = good_pair(&dir);
-    let run = xent(&[
-        "eval",
-        "--logits",
-        &logits,
-        "--targets",
-        &targets,
-        "--label-smoothing",
-        "2",
-    ]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("--label-smoothing 2"), "{}", run.stderr);
+    let mut args = vec!["eval", "--logits", &logits, "--targets", &targets];
+    args.extend_from_slice(extra);
+    let run = xent(&args);
+    assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+    assert!(run.stderr.contains(says), "{extra:?}: {}", run.stderr);
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    assert_usage_error(&["--label-smoothing", "2"], "--label-smoothing 2");
+    let dir = Dir::new();
+    let (logits, _) = good_pair(&dir);
     let run = xent(&["eval", "--logits", &logits]);
     assert_eq!(run.code, 2);
 }
@@ -1123,8 +1125,6 @@ fn no_display_noise_without_xdg_runtime_dir() {
 
 #[test]
 fn negative_numbers_get_the_domain_error_as_typed() {
-    let dir = Dir::new();
-    let (logits, targets) = good_pair(&dir);
     for (flag, value, extra) in [
         ("--label-smoothing", "-0.1", &[][..]),
         ("--z-loss", "-1", &[]),
@@ -1133,41 +1133,15 @@ fn negative_numbers_get_the_domain_error_as_typed() {
         ("--ece-bins", "-1", &[]),
         ("--eps", "-0.1", &["--input", "probabilities"]),
     ] {
-        let mut args = vec![
-            "eval",
-            "--logits",
-            &logits,
-            "--targets",
-            &targets,
-            flag,
-            value,
-        ];
+        let mut args = vec![flag, value];
         args.extend_from_slice(extra);
-        let run = xent(&args);
-        assert_eq!(run.code, 2, "{flag} {value}: {}", run.stderr);
-        assert!(
-            run.stderr.contains(&format!("{flag} {value} is invalid")),
-            "{flag} {value}: {}",
-            run.stderr
-        );
+        assert_usage_error(&args, &format!("{flag} {value} is invalid"));
     }
 }
 
 #[test]
 fn reduction_none_needs_a_file_for_its_losses() {
-    let dir = Dir::new();
-    let (logits, targets) = good_pair(&dir);
-    let run = xent(&[
-        "eval",
-        "--logits",
-        &logits,
-        "--targets",
-        &targets,
-        "--reduction",
-        "none",
-    ]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("--losses-out"), "{}", run.stderr);
+    assert_usage_error(&["--reduction", "none"], "--losses-out");
 }
 
 #[test]
