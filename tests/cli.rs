@@ -1227,11 +1227,39 @@ fn bench_tiny_shape_writes_json_and_svg() {
     }
     assert!(records.iter().all(|r| r["impl"] != "xent-gpu"));
     let svg = std::fs::read_to_string(&svg).unwrap();
+    // One panel per device, mode and dtype, on a log scale, probes in the legend.
+    for text in [
+        "<svg",
+        "xent-cpu",
+        "naive-cpu",
+        "read-bandwidth",
+        "copy-bandwidth",
+        "cpu: forward, f32",
+        "cpu: forward-backward, f32",
+        "log scale",
+    ] {
+        assert!(svg.contains(text), "{text}: {}", &svg[..200.min(svg.len())]);
+    }
+}
+
+#[test]
+fn bench_draws_its_plot_by_default() {
+    let dir = Dir::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_xent"))
+        .args([
+            "bench", "--shape", "16x10", "--iters", "1", "--device", "cpu",
+        ])
+        .current_dir(dir.path(""))
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        svg.contains("<svg") && svg.contains("xent-cpu"),
+        out.status.success(),
         "{}",
-        &svg[..200.min(svg.len())]
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(stdout.contains("plot: xent-bench.svg"), "{stdout}");
+    assert!(dir.path("xent-bench.svg").exists());
 }
 
 #[test]
@@ -1239,8 +1267,18 @@ fn bench_on_the_gpu_records_the_adapter_or_says_why_not() {
     let dir = Dir::new();
     let json = dir.arg("gpu.json");
     let run = xent(&[
-        "bench", "--shape", "32x300", "--iters", "1", "--device", "gpu", "--mode", "forward",
-        "--json", &json,
+        "bench",
+        "--shape",
+        "32x300",
+        "--iters",
+        "1",
+        "--device",
+        "gpu",
+        "--mode",
+        "forward",
+        "--json",
+        &json,
+        "--no-plot",
     ]);
     if run.code != 0 {
         assert_eq!(run.code, 1, "{}", run.stderr);
@@ -1453,6 +1491,7 @@ fn bench_times_focal_loss_next_to_plain_cross_entropy() {
     let json = dir.arg("out.json");
     let run = xent(&[
         "bench",
+        "--no-plot",
         "--shape",
         "32x300",
         "--iters",

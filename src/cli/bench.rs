@@ -236,9 +236,13 @@ pub struct BenchArgs {
     /// bandwidth_fraction, loss, iters).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
-    /// Draw GB/s per shape per implementation, with the bandwidth probes, as an SVG.
-    #[arg(long, value_name = "FILE.svg")]
-    pub plot: Option<String>,
+    /// Where to draw GB/s per shape per implementation, with the bandwidth probes, as an SVG:
+    /// one panel per device, mode and dtype, log scale.
+    #[arg(long, value_name = "FILE.svg", default_value = "xent-bench.svg")]
+    pub plot: String,
+    /// Don't draw the plot.
+    #[arg(long)]
+    pub no_plot: bool,
 }
 
 /// One measurement (or one bandwidth probe), as `--json` writes it.
@@ -733,8 +737,10 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         let text = serde_json::to_string_pretty(&records).expect("records serialize");
         write_text(path, &(text + "\n"))?;
     }
-    if let Some(path) = &args.plot {
+    if !args.no_plot {
+        let path = &args.plot;
         plot(path, &records, &shapes).map_err(|e| CliError::output(path, e))?;
+        println!("plot: {path}");
     }
     Ok(())
 }
@@ -777,21 +783,79 @@ pub fn table(records: &[Record]) -> String {
     out
 }
 
-/// One line of a plot panel: an implementation (or probe) on a device, GB/s per shape index.
-struct PlotLine {
+/// `v` with two significant digits and no trailing zeros: 0.05, 0.1, 2, 30, 1200.
+fn significant(v: f64) -> String {
+    if !(v.is_finite() && v > 0.0) {
+        return format!("{v}");
+    }
+    let decimals = (1 - v.log10().floor() as i32).max(0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+/// The marker of a plot series.
+#[derive(Clone, Copy)]
+enum Marker {
+    Circle,
+    Triangle,
+    Cross,
+    Square,
+}
+
+impl Marker {
+    /// The legend's copy of the marker, at `at` (backend pixels).
+    fn legend<DB: plotters::prelude::DrawingBackend>(
+        self,
+        at: (i32, i32),
+        style: plotters::style::ShapeStyle,
+    ) -> plotters::element::DynElement<'static, DB, (i32, i32)> {
+        use plotters::prelude::*;
+        let (x, y) = at;
+        match self {
+            Marker::Circle => Circle::new(at, 5, style).into_dyn(),
+            Marker::Triangle => TriangleMarker::new(at, 6, style).into_dyn(),
+            Marker::Cross => Cross::new(at, 5, style.stroke_width(2)).into_dyn(),
+            Marker::Square => Rectangle::new([(x - 5, y - 5), (x + 5, y + 5)], style).into_dyn(),
+        }
+    }
+}
+
+/// One series of a plot panel: an implementation (or a probe) on the panel's device, GB/s per
+/// shape index.
+struct Series {
     name: String,
     probe: bool,
     points: Vec<(usize, f64)>,
 }
 
-/// Draws GB/s per shape: one panel per (mode, dtype), one line per implementation and device,
-/// the probes dashed.
+/// Draws GB/s per shape: one panel per (device, mode, dtype) measured, each holding that
+/// device's implementations and its two bandwidth probes. Shapes are categories, so each
+/// series is a set of markers (no lines between shapes), on a logarithmic axis (the
+/// implementations span orders of magnitude); every series has its own colour and marker, and
+/// the legend shows them as drawn (probes as hollow squares and diamonds).
 pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), String> {
     use plotters::prelude::*;
 
-    let mut panels: Vec<(String, String)> = Vec::new();
+    // "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan) [software …]" → "gpu: llvmpipe (software)".
+    let device_of = |r: &Record| {
+        if r.device == "cpu" {
+            return "cpu".to_string();
+        }
+        let short = r.device.split(" (").next().unwrap_or_default();
+        let software = if r.device.contains("[software") {
+            " (software)"
+        } else {
+            ""
+        };
+        format!("gpu: {short}{software}")
+    };
+    let mut panels: Vec<(String, String, String)> = Vec::new();
     for r in records.iter().filter(|r| r.mode != "probe") {
-        let key = (r.mode.clone(), r.dtype.clone());
+        let key = (device_of(r), r.mode.clone(), r.dtype.clone());
         if !panels.contains(&key) {
             panels.push(key);
         }
@@ -804,7 +868,7 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
             .iter()
             .position(|s| s.rows == r.rows && s.classes == r.classes)
     };
-    let root = SVGBackend::new(path, (1000, 420 * panels.len() as u32)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 400 * panels.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let areas = root.split_evenly((panels.len(), 1));
     let palette = [
@@ -812,56 +876,53 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
         RGBColor(0xd6, 0x27, 0x28),
         RGBColor(0x2c, 0xa0, 0x2c),
         RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0x8c, 0x56, 0x4b),
         RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x8c, 0x56, 0x4b),
+        RGBColor(0x17, 0xbe, 0xcf),
+        RGBColor(0x7f, 0x7f, 0x7f),
     ];
-    for (area, (mode, dtype)) in areas.iter().zip(&panels) {
-        // The lines of this panel: measurements of this mode, probes of this dtype.
-        let mut lines: Vec<PlotLine> = Vec::new();
-        for r in records
-            .iter()
-            .filter(|r| &r.dtype == dtype && (&r.mode == mode || r.mode == "probe"))
-        {
-            let Some(i) = index(r) else { continue };
-            let probe = r.mode == "probe";
-            let name = if r.device == "cpu" || probe {
-                format!("{} ({})", r.implementation, r.device)
-            } else {
-                r.implementation.clone()
+    for (area, (device, mode, dtype)) in areas.iter().zip(&panels) {
+        let mut series: Vec<Series> = Vec::new();
+        for r in records.iter().filter(|r| {
+            &device_of(r) == device && &r.dtype == dtype && (&r.mode == mode || r.mode == "probe")
+        }) {
+            let (Some(i), true) = (index(r), r.gbps > 0.0 && r.gbps.is_finite()) else {
+                continue;
             };
-            match lines.iter_mut().find(|l| l.name == name) {
+            match series.iter_mut().find(|l| l.name == r.implementation) {
                 Some(line) => line.points.push((i, r.gbps)),
-                None => lines.push(PlotLine {
-                    name,
-                    probe,
+                None => series.push(Series {
+                    name: r.implementation.clone(),
+                    probe: r.mode == "probe",
                     points: vec![(i, r.gbps)],
                 }),
             }
         }
-        let top = lines
-            .iter()
-            .flat_map(|l| l.points.iter().map(|&(_, g)| g))
-            .filter(|g| g.is_finite())
-            .fold(0.0f64, f64::max)
-            .max(1e-3)
-            * 1.15;
+        let values = || series.iter().flat_map(|l| l.points.iter().map(|&(_, g)| g));
+        let top = values().fold(1e-3f64, f64::max) * 2.0;
+        let bottom = values().fold(f64::INFINITY, f64::min).min(top / 4.0) / 2.0;
         let mut chart = ChartBuilder::on(area)
             .caption(
-                format!("{mode}, {dtype}: GB/s moved per shape (higher is better)"),
-                ("sans-serif", 20),
+                format!("{device}: {mode}, {dtype} (GB/s moved, log scale; higher is better)"),
+                ("sans-serif", 18),
             )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(-0.5..shapes.len() as f64 - 0.5, 0.0..top)
+            // One more category's width on the right holds the legend clear of the points.
+            .build_cartesian_2d(-0.5..shapes.len() as f64 + 0.7, (bottom..top).log_scale())
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_desc("rows x classes")
             .y_desc("GB/s")
-            // Shape i sits at x = i; with at most one label per shape the ticks fall on them.
-            .x_labels(shapes.len())
+            // Shape i sits at x = i: asking for two more labels than shapes gives ticks one apart
+            // on the integers (the one past the last shape, over the legend, stays blank).
+            .x_labels(shapes.len() + 2)
+            .y_labels(8)
+            .y_label_formatter(&|v| significant(*v))
+            .light_line_style(WHITE.mix(0.0))
             .x_label_formatter(&|x| {
                 let i = x.round();
                 match shapes.get(i as usize) {
@@ -871,31 +932,40 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
             })
             .draw()
             .map_err(|e| e.to_string())?;
-        for (
-            k,
-            PlotLine {
-                name,
-                probe,
-                points,
-            },
-        ) in lines.iter().enumerate()
-        {
+        let mut measured = 0;
+        for (k, line) in series.iter().enumerate() {
             let color = palette[k % palette.len()];
-            let coords: Vec<_> = points.iter().map(|&(i, g)| (i as f64, g)).collect();
-            let style = color.stroke_width(2);
-            if *probe {
-                chart
-                    .draw_series(DashedLineSeries::new(coords, 8, 5, style))
-                    .map_err(|e| e.to_string())?
+            // Measurements: filled circles, triangles, crosses in turn; probes: hollow squares.
+            let (shape, style) = if line.probe {
+                (Marker::Square, ShapeStyle::from(&color).stroke_width(2))
             } else {
-                chart
-                    .draw_series(LineSeries::new(coords, style).point_size(4))
-                    .map_err(|e| e.to_string())?
+                measured += 1;
+                let shape = [Marker::Circle, Marker::Triangle, Marker::Cross][(measured - 1) % 3];
+                (shape, ShapeStyle::from(&color).filled())
+            };
+            let points: Vec<(f64, f64)> = line.points.iter().map(|&(i, g)| (i as f64, g)).collect();
+            let drawn = match shape {
+                Marker::Circle => {
+                    chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, style)))
+                }
+                Marker::Triangle => {
+                    chart.draw_series(points.iter().map(|&p| TriangleMarker::new(p, 6, style)))
+                }
+                Marker::Cross => chart.draw_series(
+                    points
+                        .iter()
+                        .map(|&p| Cross::new(p, 5, style.stroke_width(2))),
+                ),
+                Marker::Square => chart.draw_series(
+                    points
+                        .iter()
+                        .map(|&p| EmptyElement::at(p) + Rectangle::new([(-5, -5), (5, 5)], style)),
+                ),
             }
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .map_err(|e| e.to_string())?;
+            drawn
+                .label(line.name.as_str())
+                .legend(move |(x, y)| shape.legend((x + 8, y), style));
         }
         chart
             .configure_series_labels()
