@@ -22,12 +22,13 @@
 //!
 //! Layout of the crate: [`options`] and [`error`] (what a call means and how it fails),
 //! [`input`] (views of the data), [`reference`](mod@reference) (the f64 oracle), [`cpu`] and [`gpu`] (the
-//! two backends), [`output`], [`shard`] (vocabulary-parallel partials) and [`cli`] (the `xent`
-//! command).
+//! two backends), [`output`], [`shard`] (vocabulary-parallel partials) and, with the default feature `cli`,
+//! `cli` (the `xent` command).
 
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod cpu;
 pub mod error;

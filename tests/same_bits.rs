@@ -103,7 +103,12 @@ fn softmax_grid() -> Vec<(String, Case, CrossEntropy, bool)> {
         };
         for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
             let r = format!("{reduction:?}");
-            add(&format!("plain {r}"), base(), plain.reduction(reduction), false);
+            add(
+                &format!("plain {r}"),
+                base(),
+                plain.reduction(reduction),
+                false,
+            );
             add(
                 &format!("all {r}"),
                 base().weighted(7).sample_weighted(8),
@@ -140,17 +145,37 @@ fn softmax_grid() -> Vec<(String, Case, CrossEntropy, bool)> {
                 false,
             );
         }
-        add("upstream none", base(), plain.reduction(Reduction::None), true);
+        add(
+            "upstream none",
+            base(),
+            plain.reduction(Reduction::None),
+            true,
+        );
         let ignore_3 = Case::new(seed, rows, classes, Hardness::ALL).ignore_every(3, 3);
         add("ignore 3", ignore_3, plain.ignore_index(3), false);
-        add("smoothing", base().weighted(13), plain.label_smoothing(0.05), false);
+        add(
+            "smoothing",
+            base().weighted(13),
+            plain.label_smoothing(0.05),
+            false,
+        );
         add("f16", base().dtype(Dtype::F16), all, false);
         add("bf16", base().dtype(Dtype::Bf16), all, false);
         add("i32", base().i32_targets(), plain, false);
-        add("focal f16", base().dtype(Dtype::Bf16), plain.focal_gamma(2.0), false);
+        add(
+            "focal f16",
+            base().dtype(Dtype::Bf16),
+            plain.focal_gamma(2.0),
+            false,
+        );
     }
     let spatial = || Case::new(300, 4 * 33, 21, Hardness::ALL).class_dim1(33);
-    out.push(("class_dim1 plain".into(), spatial(), CrossEntropy::new(), false));
+    out.push((
+        "class_dim1 plain".into(),
+        spatial(),
+        CrossEntropy::new(),
+        false,
+    ));
     out.push((
         "class_dim1 all".into(),
         spatial().weighted(14).dtype(Dtype::Bf16),
@@ -191,7 +216,9 @@ fn record() {
     let mut lines = String::new();
     let backends = backends();
     for (label, case, options, upstream) in softmax_grid() {
-        let up: Vec<f32> = (0..case.rows).map(|r| 0.5 + (r % 4) as f32 * 0.25).collect();
+        let up: Vec<f32> = (0..case.rows)
+            .map(|r| 0.5 + (r % 4) as f32 * 0.25)
+            .collect();
         let upstream = upstream.then_some(&up[..]);
         for (name, backend) in &backends {
             for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
@@ -238,7 +265,9 @@ fn record() {
         {
             continue;
         }
-        let up: Vec<f32> = (0..case.rows).map(|r| 0.5 + (r % 4) as f32 * 0.25).collect();
+        let up: Vec<f32> = (0..case.rows)
+            .map(|r| 0.5 + (r % 4) as f32 * 0.25)
+            .collect();
         let upstream = upstream.then_some(&up[..]);
         let shards = uneven(case.classes, 3);
         for (name, backend) in &backends {
@@ -274,18 +303,18 @@ fn record() {
             }
             .gradient(DeviceGradient::Into(&gradient));
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            let digest = match gpu.record_cross_entropy(&mut encoder, &options, &on.batch(), &outputs)
-            {
-                Ok(()) => {
-                    gpu.queue().submit([encoder.finish()]);
-                    let mut d = Digest::new();
-                    for b in [&loss, &rows, &gradient] {
-                        d.floats(&read(&gpu, b));
+            let digest =
+                match gpu.record_cross_entropy(&mut encoder, &options, &on.batch(), &outputs) {
+                    Ok(()) => {
+                        gpu.queue().submit([encoder.finish()]);
+                        let mut d = Digest::new();
+                        for b in [&loss, &rows, &gradient] {
+                            d.floats(&read(&gpu, b));
+                        }
+                        format!("{:016x}", d.0)
                     }
-                    format!("{:016x}", d.0)
-                }
-                Err(e) => format!("error {e}"),
-            };
+                    Err(e) => format!("error {e}"),
+                };
             writeln!(lines, "device | {label} | {digest}").unwrap();
         }
     }
