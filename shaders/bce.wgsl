@@ -25,9 +25,6 @@
 @group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
 @group(0) @binding(18) var<storage, read> class_params: array<vec2<f32>>;
 
-const FLAG_KEEP_LOSSES: u32 = 64u;
-const FLAG_GRADIENT: u32 = 128u;
-
 fn softplus(v: f32) -> f32 { return max(v, 0.0) + log(1.0 + exp(-abs(v))); }
 
 fn sigmoid(v: f32) -> f32 {
@@ -89,8 +86,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         sum += loss;
         if (has(FLAG_KEEP_LOSSES)) { losses[p.f32_offset + f] = loss; }
         var scale = p.upstream / p.denominator;
-        if (p.reduction == 1u) { scale = p.upstream; }
-        if (p.reduction == 0u) { scale = select(1.0, upstream[p.f32_offset + f], has(FLAG_UPSTREAM)); }
+        if (p.reduction == REDUCTION_SUM) { scale = p.upstream; }
+        if (p.reduction == REDUCTION_NONE) { scale = select(1.0, upstream[p.f32_offset + f], has(FLAG_UPSTREAM)); }
         dx[k] = scale * w * d;
     }
     row_sums[p.row0 + group_index] = vec4(sum, 0.0, f32(n), f32(n));

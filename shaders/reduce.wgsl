@@ -34,7 +34,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         dst[group.x] = acc;
         if (p.elems <= 4u * WG) {
             var loss = acc.x + acc.y;
-            if (p.reduction == 2u) {
+            if (p.reduction == REDUCTION_MEAN) {
                 loss = acc.x / acc.z;
                 if (acc.y != 0.0) { loss += acc.y / acc.w; }
             }

@@ -11,10 +11,10 @@
 // Probability inputs (section 2b): l[c] = z[c] = ln clamp(q[c]) (the rows pass saves lse = 0),
 // no z-loss; the backward pass then writes −a[c]·g[c]/q[c].
 //
-// Launch: like the partials pass without splits: WG / tpr row segments per workgroup, a
-// segment of tpr invocations owns one row and strides over its classes tpr apart (coalesced);
+// Launch: like the partials pass without splits: WG / invocations_per_row row segments per workgroup, a
+// segment of invocations_per_row invocations owns one row and strides over its classes invocations_per_row apart (coalesced);
 // the segment's two sums are combined by a tree in workgroup memory (fixed order).
-// Grid: x (and z past 65 535) = row segments / (WG / tpr) workgroups.
+// Grid: x (and z past 65 535) = row segments / (WG / invocations_per_row) workgroups.
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16), plus 4 per dense target; per row reads and
 // writes 32 + 32 + 16 bytes.
 
@@ -32,17 +32,17 @@ fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let lane = local % p.tpr;
+    let lane = local % p.invocations_per_row;
     let row = segment_row(local, group, groups);
     let global_row = p.row0 + row;
     var k: RowCoef;
     if (row < p.rows) { k = coefs[global_row]; }
-    let live = row < p.rows && k.fill == 0u;
+    let live = row < p.rows && k.fill == FILL_COMPUTE;
 
     // x: Σ a·f·l, y: Σ a·g, over this invocation's classes.
     var acc = vec2(0.0);
     if (live) {
-        for (var c = lane; c < p.classes; c += p.tpr) {
+        for (var c = lane; c < p.classes; c += p.invocations_per_row) {
             let z = z_of(load_x(elem_index(row, c)));
             let l = coef_log_p(k, z);
             let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
@@ -60,7 +60,7 @@ fn main(
 
     // The segment's tree (every invocation runs every barrier: the loop bound is uniform).
     shared_sums[local] = acc;
-    for (var stride = p.tpr / 2u; stride > 0u; stride /= 2u) {
+    for (var stride = p.invocations_per_row / 2u; stride > 0u; stride /= 2u) {
         workgroupBarrier();
         if (lane < stride) {
             acc = acc + shared_sums[local + stride];
@@ -78,6 +78,6 @@ fn main(
         sums.x = k.sample * ce;
         row_sums[global_row] = sums;
         coefs[global_row].kce = acc.y;
-        if (is_nan(unweighted)) { coefs[global_row].fill = 2u; }
+        if (is_nan(unweighted)) { coefs[global_row].fill = FILL_NAN; }
     }
 }

@@ -18,16 +18,16 @@
 // need the final lse of every class: the focal pass), in-place f16/bf16 with odd C (two rows
 // would share a word), and rows longer than a binding.
 //
-// Launch (`launch::fused_shape`): WG / tpr row segments per workgroup; a segment of tpr
-// invocations owns a row, tpr as small as holds it (C ≤ 4·FUSED_GROUPS·tpr, up to 16 logits
-// per invocation). Invocation `lane` owns the 4-element groups g = lane + j·tpr
+// Launch (`launch::fused_shape`): WG / invocations_per_row row segments per workgroup; a segment of invocations_per_row
+// invocations owns a row, invocations_per_row as small as holds it (C ≤ 4·FUSED_GROUPS·invocations_per_row, up to 16 logits
+// per invocation). Invocation `lane` owns the 4-element groups g = lane + j·invocations_per_row
 // (j < FUSED_GROUPS) of the row, so neighbours read neighbouring 16-byte runs (coalesced;
 // vec4 loads where the row is 4-element aligned) and own whole words of f16/bf16 in-place
 // stores. The raw values stay in a private array of FUSED_GROUPS vec4s.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
 // the tree); lane 0 finishes the row (stores its record and sums) and shares its RowCoef
 // through workgroup memory; after one barrier every lane writes its groups' gradient.
-// Grid: x (and z past 65 535) = rows / (WG / tpr) workgroups.
+// Grid: x (and z past 65 535) = rows / (WG / invocations_per_row) workgroups.
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
 // logit's width (in place); dense targets: reads 4 twice. Per row: reads the target, its
@@ -63,7 +63,7 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     SUBGROUP_BUILTINS
 ) {
-    let lane = local % p.tpr;
+    let lane = local % p.invocations_per_row;
     let row = segment_row(local, group, groups);
     let live = row < p.rows;
     let base = elem_index(row, 0u);
@@ -73,7 +73,7 @@ fn main(
     var xs: array<vec4<f32>, FUSED_GROUPS>;
     var st = empty_partial();
     for (var j = 0u; j < FUSED_GROUPS; j++) {
-        let c0 = 4u * (lane + j * p.tpr);
+        let c0 = 4u * (lane + j * p.invocations_per_row);
         if (live && c0 < p.classes) {
             var x = vec4(0.0);
             if (aligned && c0 + 4u <= p.classes) {
@@ -109,7 +109,7 @@ fn main(
     // One write: the gradient from the registers.
     let ab = row_scales(coef, global_row);
     for (var j = 0u; j < FUSED_GROUPS; j++) {
-        let c0 = 4u * (lane + j * p.tpr);
+        let c0 = 4u * (lane + j * p.invocations_per_row);
         if (c0 < p.classes) {
             let n = min(4u, p.classes - c0);
             var dx = vec4(0.0);

@@ -5,13 +5,13 @@
 // and in the same read: the lowest argmax, the first NaN, Σ w·z (smoothing), Σ w·t, Σ w·t·z,
 // Σ t·exp(z − m), max t (dense targets) and Σ exp(z − m)·(z − m) (entropy, centred on m).
 //
-// Launch: one workgroup of WG invocations holds WG / tpr row segments; a segment of tpr
-// invocations owns one (row, split) and strides over its classes, tpr apart, so neighbouring
+// Launch: one workgroup of WG invocations holds WG / invocations_per_row row segments; a segment of invocations_per_row
+// invocations owns one (row, split) and strides over its classes, invocations_per_row apart, so neighbouring
 // invocations read neighbouring words (coalesced; 16-byte vec4 loads when the row is aligned).
 // Segments are merged by a tree in workgroup memory, or (SUBGROUPS) by subgroupShuffleXor
-// butterflies within a subgroup and the tree above it. For the (N, C, S) layout tpr = 1:
+// butterflies within a subgroup and the tree above it. For the (N, C, S) layout invocations_per_row = 1:
 // one invocation per row, neighbours on neighbouring spatial positions (coalesced again).
-// Grid: x (and z past 65 535) = row segments / (WG / tpr) workgroups, y = splits.
+// Grid: x (and z past 65 535) = row segments / (WG / invocations_per_row) workgroups, y = splits.
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, plus 4 per dense target; writes
 // 48 bytes per (row, split), nothing per logit.
@@ -40,7 +40,7 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     SUBGROUP_BUILTINS
 ) {
-    let lane = local % p.tpr;
+    let lane = local % p.invocations_per_row;
     let row = segment_row(local, group, groups);
     let split = p.split0 + group.y;
     let c0 = split * p.span;
@@ -50,7 +50,7 @@ fn main(
     let aligned = VEC4 && p.spatial == 0u && (p.classes & 3u) == 0u && (p.span & 3u) == 0u;
     if (aligned) {
         let base4 = elem_index(row, c0) >> 2u;
-        for (var j = lane; c0 + 4u * j < c1; j += p.tpr) {
+        for (var j = lane; c0 + 4u * j < c1; j += p.invocations_per_row) {
             let x = load4(base4 + j);
             for (var k = 0u; k < 4u; k++) {
                 let c = c0 + 4u * j + k;
@@ -58,7 +58,7 @@ fn main(
             }
         }
     } else {
-        for (var c = c0 + lane; c < c1; c += p.tpr) {
+        for (var c = c0 + lane; c < c1; c += p.invocations_per_row) {
             element(&st, row, c, load_x(elem_index(row, c)));
         }
     }

@@ -24,7 +24,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     if (row >= p.rows) { return; }
     let global_row = p.row0 + row;
     if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }
-    if (p.reduction != 2u) { return; }
+    if (p.reduction != REDUCTION_MEAN) { return; }
     let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
     var w = 1.0;
     if (!has(FLAG_DENSE)) {

@@ -361,8 +361,21 @@ pub struct RowGradient {
     pub target_term: f32,
     /// The target, or −1 for an ignored row.
     pub target: i64,
-    /// 0: compute; 1: zero (ignored); 2: NaN (NaN loss).
-    pub fill: u8,
+    /// What the backward writes for the row.
+    pub fill: RowFill,
+}
+
+/// What the backward writes for one row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RowFill {
+    /// The gradient from the row's coefficients.
+    #[default]
+    Compute = 0,
+    /// Zeros: an ignored row.
+    Zero = 1,
+    /// NaN: a row whose loss is NaN.
+    Nan = 2,
 }
 
 /// The merged result: the global [`Output`] and what each shard's backward needs.
@@ -653,11 +666,11 @@ impl CrossEntropy {
                 target_term: (a * (1.0 - eps) * w_y) as f32,
                 target: if valid { y } else { -1 },
                 fill: if !valid {
-                    1
+                    RowFill::Zero
                 } else if loss.is_nan() {
-                    2
+                    RowFill::Nan
                 } else {
-                    0
+                    RowFill::Compute
                 },
             });
         }
@@ -755,7 +768,7 @@ impl CrossEntropy {
             ));
         };
         for (row, r) in combined.rows.iter_mut().enumerate() {
-            if r.fill != 0 {
+            if r.fill != RowFill::Compute {
                 continue;
             }
             let (ce, g_sum) = partials.iter().fold((0f64, 0f64), |(ce, g), p| {
@@ -771,7 +784,7 @@ impl CrossEntropy {
             totals.losses[row] = (sw * loss) as f32;
             r.p_coefficient = (r.p_coefficient as f64 + r.scale as f64 * g_sum) as f32;
             if loss.is_nan() {
-                r.fill = 2;
+                r.fill = RowFill::Nan;
             }
         }
         combined.output.loss = self.reduce(&totals);

@@ -578,7 +578,10 @@ fn entropy_of_large_logits() {
 fn fused_and_three_pass_around_the_fit_bound() {
     // A row fits the fused kernel up to 16 logits per invocation: 4096 classes.
     for (classes, tpr) in [(1, 1), (16, 1), (17, 2), (100, 8), (1000, 64), (4096, 256)] {
-        assert_eq!(fused_shape(classes, Layout::Rows).map(|s| s.tpr), Some(tpr));
+        assert_eq!(
+            fused_shape(classes, Layout::Rows).map(|s| s.invocations_per_row),
+            Some(tpr)
+        );
     }
     assert_eq!(fused_shape(4097, Layout::Rows), None);
     assert_eq!(fused_shape(7, Layout::ClassDim1 { spatial: 3 }), None);

@@ -19,10 +19,10 @@ struct RowCoef {
     kce: f32,     // coefficient of p in the cross-entropy part
     wy: f32,      // (1−ε)·w[y]
     y: i32,       // the target class, or −1
-    fill: u32,    // 0: compute, 1: zero (ignored row), 2: NaN (NaN loss)
+    fill: u32,    // FILL_COMPUTE, FILL_ZERO (ignored row) or FILL_NAN (NaN loss)
     log_sum: f32, // ln Σ exp(z − m) (0 when lse is not finite): lse = max + log_sum, and
                   // p = exp((z − max) − log_sum) keeps z − lse exact where p is near 1
-    scale: f32,   // a, when the reduction is 3 (prescaled: kce and wy already carry a)
+    scale: f32,   // a, with REDUCTION_PRESCALED (kce and wy already carry a)
     sample: f32,  // the row's sample weight s[n] (1 without sample weights)
 }
 

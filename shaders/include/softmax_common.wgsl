@@ -5,19 +5,20 @@
 // the last place of a large m (SEMANTICS.md section 1); a term whose coefficient k is 0 is
 // left out, not 0·inf (section 6).
 
+// Mirrored by `Params` in src/gpu/abi.rs (checked by its reflection test).
 struct Params {
     rows: u32,          // rows in this chunk
     classes: u32,       // C
     spatial: u32,       // S of the (N, C, S) layout; 0 for contiguous rows
     row0: u32,          // global index of the chunk's first row
     elem_offset: u32,   // element index, in the bound logits window, of the chunk's first element
-    f32_offset: u32, // the same for the bound dense-target window
+    f32_offset: u32,    // the same for the bound dense-target window
     splits: u32,        // column splits per row
     span: u32,          // classes per split
-    tpr: u32,           // invocations per row segment (power of two, ≤ WG)
-    flags: u32,         // FLAG_* below
+    invocations_per_row: u32, // invocations per row segment (power of two, ≤ WG)
+    flags: u32,         // FLAG_* (src/gpu/abi.rs)
     elems: u32,         // elements in this chunk (backward, BCE)
-    reduction: u32,     // 0 none, 1 sum, 2 mean, 3 scales already in the row coefficients
+    reduction: u32,     // REDUCTION_NONE, _SUM, _MEAN or _PRESCALED (scales in the row coefficients)
     scale: f32,         // logit scale s
     cap: f32,           // softcap (0: off)
     prob_eps: f32,      // probability clamp (0: logits)
@@ -37,17 +38,8 @@ struct Params {
     _pad0: u32,
 }
 
-const FLAG_WEIGHTS: u32 = 1u;     // class weights bound
-const FLAG_DENSE: u32 = 2u;       // dense targets
-const FLAG_WANT_WZ: u32 = 4u;     // accumulate Σ w·z (smoothing, index targets)
-const FLAG_ENTROPY: u32 = 8u;     // accumulate Σ e·z
-const FLAG_UPSTREAM: u32 = 16u;   // per-row (per-element) upstream buffer bound
-const FLAG_POS_WEIGHT: u32 = 32u; // BCE pos_weight bound
-const FLAG_SAMPLE_WEIGHTS: u32 = 256u; // per-row sample weights bound
-const FLAG_CHECK_TARGETS: u32 = 512u;  // partials: flag index targets outside [0, C)
-const FLAG_FOCAL_ALL: u32 = 1024u;     // softmax focal loss needs the focal pass (ε > 0 or soft)
-const FLAG_ALPHA: u32 = 2048u;         // BCE focal α on
-const FLAG_TARGET_LOGIT: u32 = 4096u;  // partials: save the raw logit of each row's target
+// The FLAG_* bits of `flags`, the REDUCTION_* codes of `reduction` and the FILL_* codes of
+// `RowCoef::fill` come from `src/gpu/abi.rs`, emitted at the top of every shader.
 
 // Infinities and NaN from their bits (WGSL has no literals for them).
 fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
@@ -57,11 +49,11 @@ const NONE: u32 = 0xffffffffu;
 
 fn has(flag: u32) -> bool { return (p.flags & flag) != 0u; }
 
-// The row of an invocation's segment: WG / tpr segments of tpr invocations per workgroup,
+// The row of an invocation's segment: WG / invocations_per_row segments of invocations_per_row invocations per workgroup,
 // workgroups numbered over (x, z) as the host's grid lays them out (z past 65 535). The
-// invocation's place in its segment is `local % p.tpr`.
+// invocation's place in its segment is `local % p.invocations_per_row`.
 fn segment_row(local: u32, group: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return (group.x + group.z * groups.x) * (WG / p.tpr) + local / p.tpr;
+    return (group.x + group.z * groups.x) * (WG / p.invocations_per_row) + local / p.invocations_per_row;
 }
 
 // NaN test on the bits, so fast-math compilers can't fold it away.

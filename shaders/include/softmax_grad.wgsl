@@ -6,10 +6,10 @@
 // (a, b) of a global row: the reduction's scales times the row's sample weight.
 fn row_scales(k: RowCoef, global_row: u32) -> vec2<f32> {
     var ab = vec2(p.upstream, p.upstream);
-    if (p.reduction == 0u) {
+    if (p.reduction == REDUCTION_NONE) {
         let u = select(1.0, scale_source[global_row], has(FLAG_UPSTREAM));
         ab = vec2(u, u);
-    } else if (p.reduction == 2u) {
+    } else if (p.reduction == REDUCTION_MEAN) {
         ab = vec2(p.upstream / scale_source[2], p.upstream / scale_source[3]);
     }
     return ab * k.sample;
@@ -18,8 +18,8 @@ fn row_scales(k: RowCoef, global_row: u32) -> vec2<f32> {
 // dx of class `c` with raw value `x` (and dense target `t`, 0 for index targets) in a row with
 // coefficients `k` and scales `ab` (`row_scales`).
 fn element_gradient(k: RowCoef, ab: vec2<f32>, c: u32, x: f32, t: f32) -> f32 {
-    if (k.fill == 1u) { return 0.0; }
-    if (k.fill == 2u) { return nan(); }
+    if (k.fill == FILL_ZERO) { return 0.0; }
+    if (k.fill == FILL_NAN) { return nan(); }
     let z = z_of(x);
     let prob = select(exp(coef_log_p(k, z)), 0.0, p.prob_eps > 0.0);
     let zcoef = select(0.0, 2.0 * p.z_loss * coef_lse(k), p.z_loss > 0.0 && p.prob_eps == 0.0);
@@ -29,7 +29,7 @@ fn element_gradient(k: RowCoef, ab: vec2<f32>, c: u32, x: f32, t: f32) -> f32 {
     var p_coef = ab.x * k.kce + ab.y * zcoef;
     var a = ab.x;
     var target_term = ab.x * k.wy;
-    if (p.reduction == 3u) {
+    if (p.reduction == REDUCTION_PRESCALED) {
         p_coef = k.kce;
         a = k.scale;
         target_term = k.wy;

@@ -92,7 +92,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     let split = !broken && !probabilities;
     coef.max = select(select(lse, st.m, split), 0.0, probabilities);
     coef.log_sum = select(0.0, log(st.s), split);
-    coef.fill = select(select(0u, 2u, is_nan(unweighted)), 1u, !valid);
+    coef.fill = select(select(FILL_COMPUTE, FILL_NAN, is_nan(unweighted)), FILL_ZERO, !valid);
     coef.sample = sw;
     var result: RowResult;
     result.out = out;

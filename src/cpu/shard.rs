@@ -7,7 +7,7 @@ use super::scalar::{log_p, Focal};
 use super::simd::{dispatch, SimdLevel};
 use crate::input::{Element, Logits, Storage, Targets};
 use crate::options::CrossEntropy;
-use crate::shard::{Combined, FocalPartial, RowGradient, RowPartial, Shard};
+use crate::shard::{Combined, FocalPartial, RowFill, RowGradient, RowPartial, Shard};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -148,7 +148,7 @@ pub fn shard_focal(
             || vec![0f32; shard.width],
             |x_buf, row| {
                 let r = &combined.rows[row];
-                if r.fill != 0 {
+                if r.fill != RowFill::Compute {
                     return FocalPartial::default();
                 }
                 let x = row_f32(logits, row, x_buf);
@@ -184,8 +184,8 @@ pub fn shard_backward(
             |x_buf, (row, g)| {
                 let r = &combined.rows[row];
                 match r.fill {
-                    1 => g.fill(0.0),
-                    2 => g.fill(f32::NAN),
+                    RowFill::Zero => g.fill(0.0),
+                    RowFill::Nan => g.fill(f32::NAN),
                     _ if options.is_focal() && options.label_smoothing > 0.0 => {
                         let x = row_f32(logits, row, x_buf);
                         let target = local_target(shard, r).map(|y| (y, r.target_term));

@@ -7,7 +7,7 @@ use crate::input::Layout;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     /// Invocations per row segment (a power of two, ≤ the workgroup size).
-    pub tpr: u32,
+    pub invocations_per_row: u32,
     /// Column splits per row (combined by the rows pass).
     pub splits: u32,
     /// Classes per split (a multiple of 4).
@@ -27,19 +27,19 @@ const MIN_SPLIT: usize = 16 * WORKGROUP_SIZE as usize;
 /// spatial positions.
 pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
     let whole = Shape {
-        tpr: 1,
+        invocations_per_row: 1,
         splits: 1,
         span: classes.next_multiple_of(4) as u32,
     };
     if layout != Layout::Rows {
         return whole;
     }
-    let tpr = classes
+    let invocations_per_row = classes
         .div_ceil(ELEMENTS_PER_INVOCATION)
         .next_power_of_two()
         .min(WORKGROUP_SIZE as usize) as u32;
     let mut splits = 1usize;
-    if tpr == WORKGROUP_SIZE && rows < FILL_WORKGROUPS {
+    if invocations_per_row == WORKGROUP_SIZE && rows < FILL_WORKGROUPS {
         splits = FILL_WORKGROUPS
             .div_ceil(rows.max(1))
             .min(classes / MIN_SPLIT)
@@ -48,7 +48,7 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
     let span = classes.div_ceil(splits).next_multiple_of(4);
     let splits = classes.div_ceil(span).max(1);
     Shape {
-        tpr,
+        invocations_per_row,
         splits: splits as u32,
         span: span as u32,
     }
@@ -64,7 +64,7 @@ pub fn fused_shape(classes: usize, layout: Layout) -> Option<Shape> {
         return None;
     }
     Some(Shape {
-        tpr: classes.div_ceil(per_invocation).next_power_of_two() as u32,
+        invocations_per_row: classes.div_ceil(per_invocation).next_power_of_two() as u32,
         splits: 1,
         span: classes.next_multiple_of(4) as u32,
     })
@@ -75,7 +75,7 @@ impl Shape {
     /// x (and z past 65 535) covers the row segments, y the splits.
     pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {
         let row_groups = (rows as u64)
-            .div_ceil((WORKGROUP_SIZE / self.tpr) as u64)
+            .div_ceil((WORKGROUP_SIZE / self.invocations_per_row) as u64)
             .max(1);
         let x = row_groups.min(65_535);
         (x as u32, splits, row_groups.div_ceil(x) as u32)

@@ -18,6 +18,7 @@
 //! piece of whole column splits at a time (class weights, if any, must still fit a binding;
 //! focal loss with smoothing or soft targets and the (N, C, d…) layout are refused).
 
+mod abi;
 pub mod device;
 pub mod kernels;
 mod launch;
@@ -320,7 +321,7 @@ impl Gpu {
             .map_err(|e| Error::Device(e.to_string()))
     }
 
-    /// Records one dispatch: `params` in a fresh uniform buffer at binding 0, `windows` at
+    /// Records one dispatch: `params` in a fresh uniform buffer at `PARAMS`, `windows` at
     /// their bindings, `workgroups` as (x, y, z), in a pass of its own.
     fn dispatch<P: bytemuck::Pod>(
         &self,
@@ -338,13 +339,13 @@ impl Gpu {
                 contents: bytemuck::bytes_of(params),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let mut entries = vec![(0, run::Window::whole(&uniform))];
+        let mut entries = vec![(abi::binding::PARAMS, run::Window::whole(&uniform))];
         entries.extend_from_slice(windows);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         self.launch(&mut pass, pipeline, &entries, workgroups);
     }
 
-    /// Binds `windows` (binding 0 included) and dispatches `pipeline` in `pass`.
+    /// Binds `windows` (`PARAMS` included) and dispatches `pipeline` in `pass`.
     fn launch(
         &self,
         pass: &mut wgpu::ComputePass,
@@ -363,8 +364,19 @@ impl Gpu {
         pipeline: &kernels::Pipeline,
         windows: &[(u32, run::Window)],
     ) -> wgpu::BindGroup {
+        // A schedule may offer a window the variant does not declare (the gradient of an
+        // in-place variant): only the variant's own bindings are bound.
+        let declared = pipeline.variant.bindings();
+        debug_assert!(
+            declared
+                .iter()
+                .all(|(b, _)| windows.iter().any(|(w, _)| w == b)),
+            "{:?}: a declared binding has no window",
+            pipeline.variant
+        );
         let entries: Vec<wgpu::BindGroupEntry> = windows
             .iter()
+            .filter(|(binding, _)| declared.iter().any(|(b, _)| b == binding))
             .map(|(binding, w)| wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

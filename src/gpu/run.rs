@@ -1,5 +1,11 @@
 //! Recording the kernels for one call, and the host-slice path (upload, record, read back).
 
+use super::abi::binding::*;
+use super::abi::{
+    Params, ReductionCode, COEF_BYTES, FLAG_ALPHA, FLAG_CHECK_TARGETS, FLAG_DENSE, FLAG_ENTROPY,
+    FLAG_FOCAL_ALL, FLAG_GRADIENT, FLAG_KEEP_LOSSES, FLAG_POS_WEIGHT, FLAG_SAMPLE_WEIGHTS,
+    FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS, PARTIAL_BYTES, ROW_BYTES,
+};
 use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
 use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
 use super::launch::{
@@ -42,58 +48,6 @@ impl<'a> Window<'a> {
     }
 }
 
-/// Launch parameters, mirrored by `Params` in `shaders/include/softmax_common.wgsl`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(super) struct Params {
-    pub(super) rows: u32,
-    pub(super) classes: u32,
-    pub(super) spatial: u32,
-    pub(super) row0: u32,
-    pub(super) elem_offset: u32,
-    pub(super) f32_offset: u32,
-    pub(super) splits: u32,
-    pub(super) span: u32,
-    pub(super) tpr: u32,
-    pub(super) flags: u32,
-    pub(super) elems: u32,
-    pub(super) reduction: u32,
-    pub(super) scale: f32,
-    pub(super) cap: f32,
-    pub(super) prob_eps: f32,
-    pub(super) smoothing: f32,
-    pub(super) z_loss: f32,
-    pub(super) uniform: f32,
-    pub(super) ignore_lo: u32,
-    pub(super) ignore_hi: u32,
-    pub(super) upstream: f32,
-    pub(super) denominator: f32,
-    pub(super) focal_gamma: f32,
-    pub(super) focal_alpha: f32,
-    pub(super) first_row: u32,
-    pub(super) col0: u32,
-    pub(super) split0: u32,
-    pub(super) _pad: u32,
-}
-
-pub(super) const FLAG_WEIGHTS: u32 = 1;
-const FLAG_DENSE: u32 = 2;
-pub(super) const FLAG_WANT_WZ: u32 = 4;
-pub(super) const FLAG_ENTROPY: u32 = 8;
-const FLAG_UPSTREAM: u32 = 16;
-const FLAG_POS_WEIGHT: u32 = 32;
-const FLAG_KEEP_LOSSES: u32 = 64;
-const FLAG_GRADIENT: u32 = 128;
-const FLAG_SAMPLE_WEIGHTS: u32 = 256;
-const FLAG_CHECK_TARGETS: u32 = 512;
-const FLAG_FOCAL_ALL: u32 = 1024;
-const FLAG_ALPHA: u32 = 2048;
-const FLAG_TARGET_LOGIT: u32 = 4096;
-
-/// Bytes of one `Partial` (`softmax_common.wgsl`).
-pub(super) const PARTIAL_BYTES: u64 = 48;
-/// Bytes of one `RowCoef`.
-const COEF_BYTES: u64 = 32;
 /// The out-of-range-target flag of recorded calls (read by `take_target_error`), and the one
 /// host-slice calls clear, check and own, so a host call never loses a recorded call's flag.
 const RECORDED_CALL_ERROR: &str = "xent target error";
@@ -196,7 +150,7 @@ impl Gpu {
             need("target error buffer (bytes)", flag, 4)?;
         }
         let (per_row, row_what) = match job {
-            Job::Softmax(_) => (rows as u64 * 32, "rows buffer (bytes)"),
+            Job::Softmax(_) => (rows as u64 * ROW_BYTES, "rows buffer (bytes)"),
             Job::Binary(_) => (elements * 4, "element losses buffer (bytes)"),
         };
         if let Some(r) = out.rows {
@@ -391,7 +345,12 @@ impl Gpu {
         });
         let row_out = match out.rows {
             Some(r) if is_softmax => r.clone(),
-            _ => pool.get(device, "xent rows out", rows as u64 * 32, storage_usage()),
+            _ => pool.get(
+                device,
+                "xent rows out",
+                rows as u64 * ROW_BYTES,
+                storage_usage(),
+            ),
         };
 
         // Parameters: one block per chunk, then one per reduction pass, at the uniform stride.
@@ -400,7 +359,7 @@ impl Gpu {
             spatial,
             splits: shape.splits,
             span: shape.span,
-            tpr: shape.tpr,
+            invocations_per_row: shape.invocations_per_row,
             upstream: out.upstream_scalar,
             ..Params::default()
         };
@@ -466,11 +425,7 @@ impl Gpu {
             }
         };
         base.flags = flags;
-        base.reduction = match reduction {
-            Reduction::None => 0,
-            Reduction::Sum => 1,
-            Reduction::Mean => 2,
-        };
+        base.reduction = ReductionCode::from(reduction) as u32;
         let focal_all = flags & FLAG_FOCAL_ALL != 0;
         if long_rows && focal_all {
             return Err(Error::Unsupported(format!(
@@ -489,7 +444,7 @@ impl Gpu {
                 && !(store == Store::InPlace && elem == 2 && classes % 2 == 1)
         });
         if let Some(fused_shape) = fused {
-            base.tpr = fused_shape.tpr;
+            base.invocations_per_row = fused_shape.invocations_per_row;
         }
         let mut params: Vec<Params> = Vec::new();
         for chunk in &chunk_list {
@@ -631,10 +586,10 @@ impl Gpu {
                     pass,
                     &reduce,
                     &[
-                        (0, params_window(i)),
-                        (14, Window::whole(source)),
-                        (15, Window::whole(target)),
-                        (16, Window::whole(out.loss)),
+                        (PARAMS, params_window(i)),
+                        (REDUCE_IN, Window::whole(source)),
+                        (REDUCE_OUT, Window::whole(target)),
+                        (LOSS, Window::whole(out.loss)),
                     ],
                     (
                         (params[i].elems as u64)
@@ -676,13 +631,13 @@ impl Gpu {
                 pass,
                 &self.pipeline(variant),
                 &[
-                    (0, params_window(i)),
-                    (1, logits),
-                    (3, targets),
-                    (4, weights),
-                    (5, Window::whole(&partials)),
-                    (9, Window::whole(&error)),
-                    (19, Window::whole(&target_logits)),
+                    (PARAMS, params_window(i)),
+                    (LOGITS, logits),
+                    (TARGETS, targets),
+                    (CLASS_WEIGHTS, weights),
+                    (PARTIALS, Window::whole(&partials)),
+                    (TARGET_ERROR, Window::whole(&error)),
+                    (TARGET_LOGITS, Window::whole(&target_logits)),
                 ],
                 shape.grid(rows, splits),
             );
@@ -705,12 +660,12 @@ impl Gpu {
                 &mut pass,
                 &pipeline,
                 &[
-                    (0, params_window(targets_params)),
-                    (3, index_targets),
-                    (4, weights),
-                    (7, Window::whole(&row_sums)),
-                    (9, Window::whole(&error)),
-                    (17, sample_weights),
+                    (PARAMS, params_window(targets_params)),
+                    (TARGETS, index_targets),
+                    (CLASS_WEIGHTS, weights),
+                    (ROW_SUMS, Window::whole(&row_sums)),
+                    (TARGET_ERROR, Window::whole(&error)),
+                    (SAMPLE_WEIGHTS, sample_weights),
                 ],
                 (x, y, 1),
             );
@@ -746,17 +701,20 @@ impl Gpu {
                 .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
                 let pipeline = self.pipeline(variant);
                 let mut windows = vec![
-                    (0, params_window(i)),
-                    (1, logits_scalar),
-                    (3, targets_window),
-                    (4, weights),
-                    (6, Window::whole(&row_out)),
-                    (7, Window::whole(&row_sums)),
-                    (10, scale_source),
-                    (17, sample_weights),
+                    (PARAMS, params_window(i)),
+                    (LOGITS, logits_scalar),
+                    (TARGETS, targets_window),
+                    (CLASS_WEIGHTS, weights),
+                    (ROWS, Window::whole(&row_out)),
+                    (ROW_SUMS, Window::whole(&row_sums)),
+                    (SCALE_SOURCE, scale_source),
+                    (SAMPLE_WEIGHTS, sample_weights),
                 ];
                 if let DeviceGradient::Into(g) = out.gradient {
-                    windows.push((2, window(g, first, count, 4, self.storage_alignment, 4).0));
+                    windows.push((
+                        GRADIENT,
+                        window(g, first, count, 4, self.storage_alignment, 4).0,
+                    ));
                 }
                 self.launch(
                     &mut pass,
@@ -801,15 +759,15 @@ impl Gpu {
                     &mut pass,
                     &pipeline,
                     &[
-                        (0, params_window(i)),
-                        (3, index_targets),
-                        (4, weights),
-                        (5, Window::whole(&partials)),
-                        (6, Window::whole(&row_out)),
-                        (7, Window::whole(&row_sums)),
-                        (8, Window::whole(&coefs)),
-                        (17, sample_weights),
-                        (19, Window::whole(&target_logits)),
+                        (PARAMS, params_window(i)),
+                        (TARGETS, index_targets),
+                        (CLASS_WEIGHTS, weights),
+                        (PARTIALS, Window::whole(&partials)),
+                        (ROWS, Window::whole(&row_out)),
+                        (ROW_SUMS, Window::whole(&row_sums)),
+                        (COEFFICIENTS, Window::whole(&coefs)),
+                        (SAMPLE_WEIGHTS, sample_weights),
+                        (TARGET_LOGITS, Window::whole(&target_logits)),
                     ],
                     (x, y, 1),
                 );
@@ -823,13 +781,13 @@ impl Gpu {
                         &mut pass,
                         &pipeline,
                         &[
-                            (0, params_window(i)),
-                            (1, logits_scalar),
-                            (3, targets_window),
-                            (4, weights),
-                            (6, Window::whole(&row_out)),
-                            (7, Window::whole(&row_sums)),
-                            (8, Window::whole(&coefs)),
+                            (PARAMS, params_window(i)),
+                            (LOGITS, logits_scalar),
+                            (TARGETS, targets_window),
+                            (CLASS_WEIGHTS, weights),
+                            (ROWS, Window::whole(&row_out)),
+                            (ROW_SUMS, Window::whole(&row_sums)),
+                            (COEFFICIENTS, Window::whole(&coefs)),
                         ],
                         shape.grid(chunk.rows, 1),
                     );
@@ -860,16 +818,16 @@ impl Gpu {
                         &mut pass,
                         &pipeline,
                         &[
-                            (0, params_window(i)),
-                            (4, weights),
+                            (PARAMS, params_window(i)),
+                            (CLASS_WEIGHTS, weights),
                             (
-                                12,
+                                POS_WEIGHT,
                                 Window::head(
                                     batch.pos_weight.unwrap_or(&dummy_read),
                                     classes as u64 * 4,
                                 ),
                             ),
-                            (18, Window::whole(class_params)),
+                            (CLASS_PARAMS, Window::whole(class_params)),
                         ],
                         (x, y, 1),
                     );
@@ -882,15 +840,15 @@ impl Gpu {
                     &mut pass,
                     &pipeline,
                     &[
-                        (0, params_window(i)),
-                        (1, logits_window),
-                        (2, grad_window),
-                        (3, f32_targets),
-                        (7, Window::whole(&row_sums)),
-                        (11, upstream),
-                        (13, losses),
-                        (17, sample_weights),
-                        (18, Window::whole(class_params)),
+                        (PARAMS, params_window(i)),
+                        (LOGITS, logits_window),
+                        (GRADIENT, grad_window),
+                        (TARGETS, f32_targets),
+                        (ROW_SUMS, Window::whole(&row_sums)),
+                        (UPSTREAM, upstream),
+                        (ELEMENT_LOSSES, losses),
+                        (SAMPLE_WEIGHTS, sample_weights),
+                        (CLASS_PARAMS, Window::whole(class_params)),
                     ],
                     (x, y, 1),
                 );
@@ -936,13 +894,13 @@ impl Gpu {
                     &mut pass,
                     &pipeline,
                     &[
-                        (0, params_window(i)),
-                        (1, logits_window),
-                        (2, grad_window),
-                        (3, if dense { f32_targets } else { index_targets }),
-                        (4, weights),
-                        (8, Window::whole(&coefs)),
-                        (10, scale_source),
+                        (PARAMS, params_window(i)),
+                        (LOGITS, logits_window),
+                        (GRADIENT, grad_window),
+                        (TARGETS, if dense { f32_targets } else { index_targets }),
+                        (CLASS_WEIGHTS, weights),
+                        (COEFFICIENTS, Window::whole(&coefs)),
+                        (SCALE_SOURCE, scale_source),
                     ],
                     (x, y, 1),
                 );
@@ -1106,7 +1064,7 @@ impl Gpu {
                 || plan.reduction == Reduction::None;
             let rows_buffer = want_rows.then(|| {
                 let bytes = if is_softmax {
-                    rows as u64 * 32
+                    rows as u64 * ROW_BYTES
                 } else {
                     elements as u64 * 4
                 };
@@ -1173,7 +1131,7 @@ impl Gpu {
             let mut reads = vec![(&error, 4), (&loss_buffer, 4)];
             if let Some(buffer) = &rows_buffer {
                 let per_row = if is_softmax {
-                    rows as u64 * 32
+                    rows as u64 * ROW_BYTES
                 } else {
                     elements as u64 * 4
                 };
@@ -1335,7 +1293,11 @@ impl Gpu {
                 Ok(())
             }
         };
-        need("row records buffer (bytes)", records, rows as u64 * 32)?;
+        need(
+            "row records buffer (bytes)",
+            records,
+            rows as u64 * ROW_BYTES,
+        )?;
         need("counts buffer (bytes)", counts, 8)?;
         let rows_u32 = u32::try_from(rows).map_err(|_| Error::Overflow {
             shape: format!("rows {rows}"),
@@ -1355,8 +1317,8 @@ impl Gpu {
                 &pipeline,
                 &params,
                 &[
-                    (14, Window::head(records, rows as u64 * 32)),
-                    (15, Window::head(counts, 8)),
+                    (REDUCE_IN, Window::head(records, rows as u64 * ROW_BYTES)),
+                    (REDUCE_OUT, Window::head(counts, 8)),
                 ],
                 {
                     let (x, y) = grid(rows as u64);

@@ -3,50 +3,20 @@
 //! (its per-row sums are the shard's `FocalPartial`s), and the backward kernel driven by the
 //! combined (global) row coefficients.
 
+use super::abi::binding::*;
+use super::abi::{
+    Params, Partial, ReductionCode, RowCoef, COEF_BYTES, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
+    PARTIAL_BYTES, ROW_BYTES,
+};
 use super::kernels::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
 use super::launch::{chunks, launch_shape, Chunk, Shape};
 use super::pool::Pool;
-use super::run::{
-    grid, storage_usage, window, Params, Window, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
-    PARTIAL_BYTES,
-};
+use super::run::{grid, storage_usage, window, Window};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout, Logits, Storage, Targets};
 use crate::options::CrossEntropy;
-use crate::shard::{Combined, FocalPartial, RowPartial, Shard};
-
-/// `Partial` of `shaders/include/softmax_common.wgsl`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Partial {
-    m: f32,
-    s: f32,
-    arg: u32,
-    nan_arg: u32,
-    wz: f32,
-    wt: f32,
-    wtz: f32,
-    ez: f32,
-    te: f32,
-    tmax: f32,
-    targ: u32,
-    w_all: f32,
-}
-
-/// `RowCoef` of `shaders/include/rows_common.wgsl`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct RowCoef {
-    max: f32,
-    kce: f32,
-    wy: f32,
-    y: i32,
-    fill: u32,
-    log_sum: f32,
-    scale: f32,
-    sample: f32,
-}
+use crate::shard::{Combined, FocalPartial, RowFill, RowPartial, Shard};
 
 fn logit_bytes<'a>(logits: &'a Logits<'_>) -> &'a [u8] {
     match &logits.storage {
@@ -135,7 +105,7 @@ impl Gpu {
     }
 
     /// Records a row-segment kernel (the partials or the focal pass) over every chunk of
-    /// `rows`: binding 1 is the chunk's logits window, `bindings` the others; the grid has
+    /// `rows`: `LOGITS` is the chunk's logits window, `bindings` the others; the grid has
     /// `base.splits` workgroups along y.
     fn record_segments(
         &self,
@@ -151,7 +121,7 @@ impl Gpu {
             4
         };
         let shape = Shape {
-            tpr: base.tpr,
+            invocations_per_row: base.invocations_per_row,
             splits: base.splits,
             span: base.span,
         };
@@ -163,7 +133,7 @@ impl Gpu {
                 elem_offset,
                 ..base
             };
-            let mut windows = vec![(1, logits_window)];
+            let mut windows = vec![(LOGITS, logits_window)];
             windows.extend_from_slice(bindings);
             let groups = shape.grid(chunk.rows, base.splits);
             self.dispatch(encoder, pipeline, &params, &windows, groups);
@@ -186,8 +156,8 @@ impl Gpu {
     }
 
     /// Uploads what the kernels driven by the combined rows bind: the class weights
-    /// (binding 4; the unused-input dummy when unweighted), the combined rows as `RowCoef`s
-    /// (binding 8: the global LSE, the prescaled coefficients of reduction 3, targets as this
+    /// (`CLASS_WEIGHTS`; the unused-input dummy when unweighted), the combined rows as `RowCoef`s
+    /// (`COEFFICIENTS`: the global LSE, the prescaled coefficients of `REDUCTION_PRESCALED`, targets as this
     /// shard's columns or −1 when elsewhere), and the dummy for unused inputs.
     fn upload_rows(
         &self,
@@ -273,7 +243,7 @@ impl Gpu {
                 };
             base.splits = shape.splits;
             base.span = shape.span;
-            base.tpr = shape.tpr;
+            base.invocations_per_row = shape.invocations_per_row;
             let x4 = dtype == Dtype::F32 && shard.width.is_multiple_of(4);
             let variant = Variant::new(
                 Kernel::SoftmaxPartials,
@@ -292,12 +262,15 @@ impl Gpu {
                 &self.pipeline(variant),
                 base,
                 &[
-                    (3, Window::whole(&dummy)),
-                    (4, Window::whole(weights.as_ref().unwrap_or(&dummy))),
-                    (5, Window::whole(&partials)),
-                    (9, Window::whole(&no_error)),
+                    (TARGETS, Window::whole(&dummy)),
+                    (
+                        CLASS_WEIGHTS,
+                        Window::whole(weights.as_ref().unwrap_or(&dummy)),
+                    ),
+                    (PARTIALS, Window::whole(&partials)),
+                    (TARGET_ERROR, Window::whole(&no_error)),
                     // Unwritten: no FLAG_TARGET_LOGIT.
-                    (19, Window::whole(&no_target_logits)),
+                    (TARGET_LOGITS, Window::whole(&no_target_logits)),
                 ],
             );
             self.queue.submit([encoder.finish()]);
@@ -380,7 +353,7 @@ impl Gpu {
             let row_out = pool.get(
                 &self.device,
                 "xent rows out",
-                rows as u64 * 32,
+                rows as u64 * ROW_BYTES,
                 storage_usage(),
             );
             let row_sums = pool.get(
@@ -390,7 +363,8 @@ impl Gpu {
                 storage_usage(),
             );
             let base = Params {
-                tpr: launch_shape(rows, shard.width, Layout::Rows).tpr,
+                invocations_per_row: launch_shape(rows, shard.width, Layout::Rows)
+                    .invocations_per_row,
                 splits: 1,
                 ..self.shard_params(options, shard, w.is_some())
             };
@@ -403,18 +377,18 @@ impl Gpu {
                 &self.pipeline(variant),
                 base,
                 &[
-                    (3, Window::whole(&inputs.dummy)),
-                    (4, Window::whole(&inputs.weights)),
-                    (6, Window::whole(&row_out)),
-                    (7, Window::whole(&row_sums)),
-                    (8, Window::whole(&inputs.coefs)),
+                    (TARGETS, Window::whole(&inputs.dummy)),
+                    (CLASS_WEIGHTS, Window::whole(&inputs.weights)),
+                    (ROWS, Window::whole(&row_out)),
+                    (ROW_SUMS, Window::whole(&row_sums)),
+                    (COEFFICIENTS, Window::whole(&inputs.coefs)),
                 ],
             );
             self.queue.submit([encoder.finish()]);
             // Both in one staging copy and one map.
             let reads = [
                 (&row_sums, rows as u64 * 16),
-                (&inputs.coefs, rows as u64 * 32),
+                (&inputs.coefs, rows as u64 * COEF_BYTES),
             ];
             let mut read = self.read_back_all(pool, &reads)?.into_iter();
             let (sums, coefs) = (
@@ -433,7 +407,7 @@ impl Gpu {
             .iter()
             .zip(sums.iter().zip(&coefs))
             .map(|(r, (sum, coef))| match r.fill {
-                0 => FocalPartial {
+                RowFill::Compute => FocalPartial {
                     loss: sum[0],
                     g_sum: coef.kce,
                 },
@@ -471,7 +445,7 @@ impl Gpu {
             );
             let pipeline = self.pipeline(variant);
             let base = Params {
-                reduction: 3,
+                reduction: ReductionCode::Prescaled as u32,
                 ..self.shard_params(options, shard, w.is_some())
             };
             let mut encoder = self.device.create_command_encoder(&Default::default());
@@ -490,12 +464,12 @@ impl Gpu {
                     ..base
                 };
                 let windows = [
-                    (1, logits_window),
-                    (2, grad_window),
-                    (3, Window::whole(&inputs.dummy)),
-                    (4, Window::whole(&inputs.weights)),
-                    (8, Window::whole(&inputs.coefs)),
-                    (10, Window::whole(&inputs.dummy)),
+                    (LOGITS, logits_window),
+                    (GRADIENT, grad_window),
+                    (TARGETS, Window::whole(&inputs.dummy)),
+                    (CLASS_WEIGHTS, Window::whole(&inputs.weights)),
+                    (COEFFICIENTS, Window::whole(&inputs.coefs)),
+                    (SCALE_SOURCE, Window::whole(&inputs.dummy)),
                 ];
                 let (x, y) = grid(count.div_ceil(4));
                 self.dispatch(&mut encoder, &pipeline, &params, &windows, (x, y, 1));

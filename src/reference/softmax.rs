@@ -1,39 +1,11 @@
-//! The f64 oracle: deliberately naive, written line by line from `SEMANTICS.md`.
-//!
-//! Every fast path is tested against these functions. They favour being obviously right over
-//! being fast: each row is widened to f64, transformed, and every quantity computed from its
-//! definition. Users can test against them too.
+//! Softmax cross-entropy in f64 (SEMANTICS.md sections 1, 2, 2b, 2c, 3, 5, 6).
 
-use crate::error::Result;
+use super::{
+    check_len, check_shapes, first_max, gradient_scale, log_softmax, log_sum_exp, term, Reference,
+};
+use crate::error::{Error, Result};
 use crate::input::{Batch, Targets};
-use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
-use crate::output::Request;
-use crate::plan;
-
-/// Everything the reference computes for one call, in f64.
-#[derive(Debug, Clone, Default)]
-pub struct Reference {
-    /// The reduced loss (`None` for `Reduction::None`).
-    pub loss: Option<f64>,
-    /// Per-row losses (softmax) or per-element losses in the logits' layout (BCE).
-    pub row_losses: Vec<f64>,
-    /// Per-row log-sum-exp of the transformed logits (softmax; 0 for probability inputs).
-    pub lse: Vec<f64>,
-    /// d loss / d logits (with the reduction and upstream applied), in the logits' layout.
-    pub gradient: Vec<f64>,
-    /// Per-row argmax (softmax).
-    pub argmax: Vec<u32>,
-    /// Per-row `argmax == target` (false when ignored).
-    pub correct: Vec<bool>,
-    /// Per-row probability of the target (`Σ t·p` for soft targets).
-    pub target_prob: Vec<f64>,
-    /// Per-row entropy `lse − Σ p·z`.
-    pub entropy: Vec<f64>,
-    /// Per-row `max p`.
-    pub confidence: Vec<f64>,
-    /// Per-row: not ignored.
-    pub valid: Vec<bool>,
-}
+use crate::options::{CrossEntropy, InputKind, Reduction};
 
 /// Softmax cross-entropy (SEMANTICS.md sections 1, 2, 2b, 2c, 3, 5, 6).
 /// `upstream`: per-row values for `Reduction::None`, or one scalar for sum/mean.
@@ -42,13 +14,44 @@ pub fn cross_entropy(
     batch: &Batch,
     upstream: Option<&[f32]>,
 ) -> Result<Reference> {
-    let request = Request {
-        upstream,
-        ..Request::default()
-    };
-    let plan = plan::softmax(options, batch, &request)?;
-    let (rows, classes) = (plan.rows, plan.classes);
+    options.validate()?;
     let logits = &batch.logits;
+    let (rows, classes) = (logits.rows(), logits.classes());
+    check_shapes(batch, upstream, rows, options.reduction)?;
+    let layout = logits.layout();
+    let sample_weight = |n: usize| batch.sample_weights.map_or(1.0, |s| s[n] as f64);
+    // The mean's denominators (section 3): D = Σ s[n]·w[y[n]] over the rows not ignored (Σ s[n]
+    // over every row for soft targets), and Σ s[n] over the same rows for the z-loss.
+    let (mut denominator, mut z_denominator) = (0.0f64, 0.0f64);
+    match batch.targets {
+        Targets::Dense(t) => {
+            check_len("targets", t.len(), rows * classes, logits)?;
+            for n in 0..rows {
+                denominator += sample_weight(n);
+                z_denominator += sample_weight(n);
+            }
+        }
+        targets => {
+            check_len("targets", targets.len(), rows, logits)?;
+            for n in 0..rows {
+                let y = targets.index(n).unwrap_or_default();
+                if y == options.ignore_index {
+                    continue;
+                }
+                if y < 0 || y as u64 >= classes as u64 {
+                    return Err(Error::TargetOutOfRange {
+                        row: n,
+                        value: y,
+                        classes,
+                        ignore_index: options.ignore_index,
+                    });
+                }
+                denominator +=
+                    sample_weight(n) * batch.class_weights.map_or(1.0, |w| w[y as usize] as f64);
+                z_denominator += sample_weight(n);
+            }
+        }
+    }
     let eps = options.label_smoothing as f64;
     let lambda = options.z_loss as f64;
     let c_f = classes as f64;
@@ -67,7 +70,7 @@ pub fn cross_entropy(
         // Soft targets t'[c] (with smoothing), or None for index targets.
         let soft: Option<Vec<f64>> = match batch.targets {
             Targets::Dense(t) => {
-                let t = |c: usize| t[plan.layout.offset(n, c, classes)] as f64;
+                let t = |c: usize| t[layout.offset(n, c, classes)] as f64;
                 Some(
                     (0..classes)
                         .map(|c| (1.0 - eps) * t(c) + eps / c_f)
@@ -127,7 +130,7 @@ pub fn cross_entropy(
                 let Targets::Dense(t) = batch.targets else {
                     unreachable!()
                 };
-                let t = |c: usize| t[plan.layout.offset(n, c, classes)] as f64;
+                let t = |c: usize| t[layout.offset(n, c, classes)] as f64;
                 let tp = (0..classes).map(|c| t(c) * p[c]).sum();
                 (
                     tp,
@@ -178,7 +181,7 @@ pub fn cross_entropy(
         } else {
             0.0
         };
-        let sw = batch.sample_weights.map_or(1.0, |s| s[n] as f64);
+        let sw = sample_weight(n);
         let loss = ce + zl;
         out.row_losses.push(sw * loss);
         ce_sum += sw * ce;
@@ -186,8 +189,8 @@ pub fn cross_entropy(
 
         // The gradient, before the reduction's scale, with respect to z (or q). The scales
         // carry the sample weight s[n].
-        let (a, b) = plan.row_scales(upstream, n, sw as f32);
-        let (a, b) = (a as f64, b as f64);
+        let a = gradient_scale(options.reduction, upstream, n, sw, denominator);
+        let b = gradient_scale(options.reduction, upstream, n, sw, z_denominator);
         // Focal (section 2c): with a[c] = w[c]·t'[c] the per-class target weight, the loss is
         // −Σ_c a[c]·f[c]·logp[c], and (see `focal_factors`)
         //   dloss/dz[j] = p[j]·Σ_c a[c]·g[c] − a[j]·g[j].
@@ -246,17 +249,16 @@ pub fn cross_entropy(
             } else {
                 (a * d_ce + b * d_z) * dzdx[c]
             };
-            out.gradient[plan.layout.offset(n, c, classes)] =
-                if loss.is_nan() { f64::NAN } else { g };
+            out.gradient[layout.offset(n, c, classes)] = if loss.is_nan() { f64::NAN } else { g };
         }
     }
-    out.loss = match plan.reduction {
+    out.loss = match options.reduction {
         Reduction::None => None,
         Reduction::Sum => Some(ce_sum + z_sum),
         Reduction::Mean => Some(
-            ce_sum / plan.denominator
+            ce_sum / denominator
                 + if z_sum != 0.0 {
-                    z_sum / plan.z_denominator
+                    z_sum / z_denominator
                 } else {
                     0.0
                 },
@@ -295,141 +297,4 @@ pub fn focal_factors(l: f64, gamma: f64) -> (f64, f64) {
         p * l * q.powf(gamma - 1.0)
     };
     (f, f - gamma * h)
-}
-
-/// Binary cross-entropy with logits (SEMANTICS.md section 4, with its extensions: label
-/// smoothing, sample weights, sigmoid focal loss).
-/// `upstream`: per-element values (logits' layout) for `Reduction::None`, or one scalar.
-pub fn binary_cross_entropy(
-    options: &BinaryCrossEntropy,
-    batch: &Batch,
-    upstream: Option<&[f32]>,
-) -> Result<Reference> {
-    let request = Request {
-        upstream,
-        ..Request::default()
-    };
-    let plan = plan::binary(options, batch, &request)?;
-    let (rows, classes) = (plan.rows, plan.classes);
-    let Targets::Dense(targets) = batch.targets else {
-        unreachable!("checked by the plan")
-    };
-    let weight = |c: usize| batch.class_weights.map_or(1.0, |w| w[c] as f64);
-    let pos_weight = |c: usize| batch.pos_weight.map_or(1.0, |w| w[c] as f64);
-    let eps = options.label_smoothing as f64;
-    let gamma = options.focal_gamma as f64;
-    let alpha = options.focal_alpha.map(|a| a as f64);
-    let mut out = Reference {
-        gradient: vec![0.0; rows * classes],
-        row_losses: vec![0.0; rows * classes],
-        ..Default::default()
-    };
-    let mut sum = 0.0;
-    for n in 0..rows {
-        let sw = batch.sample_weights.map_or(1.0, |s| s[n] as f64);
-        for c in 0..classes {
-            let i = plan.layout.offset(n, c, classes);
-            let x = batch.logits.get(n, c) as f64;
-            // Keras's label smoothing: y' = y·(1−ε) + ε/2 replaces y everywhere below.
-            let y = targets[i] as f64 * (1.0 - eps) + eps / 2.0;
-            let (wc, pw) = (weight(c), pos_weight(c));
-            // A zero coefficient leaves its term out: y = 1 at x = +inf is a loss of 0.
-            let ce = term(pw * y, softplus(-x)) + term(1.0 - y, softplus(x));
-            let d_ce = (pw * y + 1.0 - y) * sigmoid(x) - pw * y;
-            // Sigmoid focal loss (torchvision): ce·(1 − p_t)^γ·α_t with p = σ(x),
-            // 1 − p_t = y·(1 − p) + (1 − y)·p = y·σ(−x) + (1 − y)·σ(x), and
-            // d(1 − p_t)/dx = (1 − 2y)·σ(x)·σ(−x), so
-            //   d/dx [ce·m^γ] = d_ce·m^γ + ce·γ·m^(γ−1)·(1 − 2y)·σ(x)·σ(−x)   (m = 1 − p_t),
-            // the second term taken as 0 at m = 0 (its limit for every γ > 0).
-            let (focal, d_focal) = if gamma > 0.0 {
-                let m = y * sigmoid(-x) + (1.0 - y) * sigmoid(x);
-                let dm = (1.0 - 2.0 * y) * sigmoid(x) * sigmoid(-x);
-                let d = if m == 0.0 {
-                    0.0
-                } else {
-                    gamma * m.powf(gamma - 1.0) * dm
-                };
-                (m.powf(gamma), d)
-            } else {
-                (1.0, 0.0)
-            };
-            let alpha_t = alpha.map_or(1.0, |a| a * y + (1.0 - a) * (1.0 - y));
-            let k = sw * wc * alpha_t;
-            // A zero coefficient never hides a NaN logit (SEMANTICS.md section 6).
-            let loss = if x.is_nan() {
-                f64::NAN
-            } else {
-                term(k, ce * focal)
-            };
-            let grad = if gamma > 0.0 {
-                term(k, d_ce * focal + term(d_focal, ce))
-            } else {
-                k * d_ce
-            };
-            let (g, _) = plan.row_scales(upstream, i, 1.0);
-            out.row_losses[i] = loss;
-            out.gradient[i] = grad * g as f64;
-            sum += loss;
-        }
-    }
-    out.loss = plan.reduce(sum, 0.0);
-    Ok(out)
-}
-
-/// `log Σ exp(z)`: −inf for an all −inf row, +inf with any +inf, NaN with any NaN.
-pub fn log_sum_exp(z: &[f64]) -> f64 {
-    if z.iter().any(|v| v.is_nan()) {
-        return f64::NAN;
-    }
-    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m.is_infinite() {
-        return m;
-    }
-    m + z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
-}
-
-/// `log softmax(z)` as SEMANTICS.md section 1 evaluates it: `(z − m) − log Σ exp(z − m)`, never
-/// `z − lse`, which would drop everything below the last place of `m`. NaN throughout with a
-/// NaN or +inf, and for a row of −inf only.
-pub fn log_softmax(z: &[f64]) -> Vec<f64> {
-    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if z.iter().any(|v| v.is_nan()) || m == f64::INFINITY {
-        return vec![f64::NAN; z.len()];
-    }
-    let log_s = z.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
-    z.iter().map(|&v| (v - m) - log_s).collect()
-}
-
-/// `coefficient · value`, or 0 when the coefficient is exactly 0 (SEMANTICS.md section 6: a
-/// term whose coefficient is 0 is absent, not `0·inf`).
-pub fn term(coefficient: f64, value: f64) -> f64 {
-    if coefficient == 0.0 {
-        0.0
-    } else {
-        coefficient * value
-    }
-}
-
-/// Lowest index of the maximum, a NaN counting as maximal (`torch.argmax`).
-pub fn first_max(z: &[f64]) -> u32 {
-    if let Some(i) = z.iter().position(|v| v.is_nan()) {
-        return i as u32;
-    }
-    let mut best = 0;
-    for (i, &v) in z.iter().enumerate() {
-        if v > z[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// `log(1 + exp(v))`, stable for large |v|.
-pub fn softplus(v: f64) -> f64 {
-    v.max(0.0) + (-v.abs()).exp().ln_1p()
-}
-
-/// `1 / (1 + exp(−v))`.
-pub fn sigmoid(v: f64) -> f64 {
-    1.0 / (1.0 + (-v).exp())
 }
