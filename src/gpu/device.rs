@@ -52,7 +52,16 @@
 //! # Ok::<(), xent::Error>(())
 //! ```
 
+use super::abi::binding::{REDUCE_IN, REDUCE_OUT};
+use super::abi::{Params, ROW_BYTES};
+use super::encode::{grid, storage_usage, Window};
+use super::kernels::{Kernel, Variant};
+use super::schedule::RECORDED_CALL_ERROR;
+use super::Gpu;
+use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout};
+use crate::options::{BinaryCrossEntropy, CrossEntropy};
+use crate::plan::Loss;
 
 /// Targets already on the device. Buffers need `STORAGE` usage.
 #[derive(Debug, Clone, Copy)]
@@ -210,5 +219,130 @@ impl GpuRow {
     /// The argmax equals the target (valid rows only).
     pub fn correct(&self) -> bool {
         self.flags & 2 != 0
+    }
+}
+
+impl Gpu {
+    /// Records softmax cross-entropy on device buffers into `encoder`: loss (and per-row
+    /// records, gradient) land in `outputs`' buffers; nothing is read back. Reuses the scratch
+    /// buffers of earlier calls; allocates one small uniform buffer and the bind groups. A
+    /// target out of range is reported by [`Gpu::take_target_error`].
+    pub fn record_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        options: &CrossEntropy,
+        batch: &DeviceBatch,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        self.scoped(|| {
+            self.record(
+                &mut pool,
+                encoder,
+                Loss::Softmax(*options),
+                batch,
+                outputs,
+                outputs.rows.is_some(),
+                RECORDED_CALL_ERROR,
+            )
+        })
+    }
+
+    /// Records binary cross-entropy with logits on device buffers into `encoder`.
+    pub fn record_binary_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        options: &BinaryCrossEntropy,
+        batch: &DeviceBatch,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        self.scoped(|| {
+            self.record(
+                &mut pool,
+                encoder,
+                Loss::Binary(*options),
+                batch,
+                outputs,
+                false,
+                RECORDED_CALL_ERROR,
+            )
+        })
+    }
+
+    /// Records device-side accuracy counts: from the per-row records a softmax call wrote
+    /// into [`DeviceOutputs::rows`] (`rows` × [`GpuRow`]), writes two u32 into `counts`
+    /// (`STORAGE | COPY_DST`, at least 8 bytes): the valid (not ignored) rows and the correct ones, so
+    /// an evaluation reads back 8 bytes instead of every record (accuracy = correct / valid).
+    /// Clears `counts` first; integer atomics make the counts exact in any order.
+    pub fn record_row_counts(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        records: &wgpu::Buffer,
+        rows: usize,
+        counts: &wgpu::Buffer,
+    ) -> Result<()> {
+        let need = |what: &'static str, buffer: &wgpu::Buffer, bytes: u64| {
+            if buffer.size() < bytes {
+                Err(Error::Shape {
+                    what,
+                    expected: bytes as usize,
+                    actual: buffer.size() as usize,
+                    shape: format!("rows {rows}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        need(
+            "row records buffer (bytes)",
+            records,
+            rows as u64 * ROW_BYTES,
+        )?;
+        need("counts buffer (bytes)", counts, 8)?;
+        let rows_u32 = u32::try_from(rows).map_err(|_| Error::Overflow {
+            shape: format!("rows {rows}"),
+        })?;
+        self.scoped(|| {
+            encoder.clear_buffer(counts, 0, Some(8));
+            if rows == 0 {
+                return Ok(());
+            }
+            let pipeline = self.pipeline(Variant::plain(Kernel::CountRows));
+            let params = Params {
+                elems: rows_u32,
+                ..Params::default()
+            };
+            self.dispatch(
+                encoder,
+                &pipeline,
+                &params,
+                &[
+                    (REDUCE_IN, Window::head(records, rows as u64 * ROW_BYTES)),
+                    (REDUCE_OUT, Window::head(counts, 8)),
+                ],
+                {
+                    let (x, y) = grid(rows as u64);
+                    (x, y, 1)
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// The lowest row whose target was out of range in any recorded call since the last
+    /// check (reads 4 bytes back, then clears the flag).
+    pub fn take_target_error(&self) -> Result<Option<usize>> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let error = pool.get(&self.device, RECORDED_CALL_ERROR, 16, storage_usage());
+        let flag = u32::from_le_bytes(
+            self.read_back(&mut pool, &error, 4)?[..4]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&error, 0, None);
+        self.queue.submit([encoder.finish()]);
+        Ok((flag != 0).then(|| (u32::MAX - flag) as usize))
     }
 }

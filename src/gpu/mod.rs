@@ -20,10 +20,12 @@
 
 mod abi;
 pub mod device;
+mod encode;
+mod host;
 pub mod kernels;
 mod launch;
 mod pool;
-mod run;
+mod schedule;
 mod shard;
 
 pub use device::{
@@ -285,7 +287,10 @@ impl Gpu {
             });
             let time = |kernel: Kernel| -> Result<ProbeTimes> {
                 let pipeline = self.pipeline(Variant::plain(kernel));
-                let windows = [(0, run::Window::whole(&src)), (1, run::Window::whole(&dst))];
+                let windows = [
+                    (0, encode::Window::whole(&src)),
+                    (1, encode::Window::whole(&dst)),
+                ];
                 let groups = ((bytes / 16).div_ceil(kernels::WORKGROUP_SIZE as u64 * 8))
                     .clamp(1, 4096) as u32;
                 let mut times = Vec::with_capacity(iters.max(1) + 1);
@@ -328,7 +333,7 @@ impl Gpu {
         encoder: &mut wgpu::CommandEncoder,
         pipeline: &kernels::Pipeline,
         params: &P,
-        windows: &[(u32, run::Window)],
+        windows: &[(u32, encode::Window)],
         workgroups: (u32, u32, u32),
     ) {
         use wgpu::util::DeviceExt;
@@ -339,7 +344,7 @@ impl Gpu {
                 contents: bytemuck::bytes_of(params),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let mut entries = vec![(abi::binding::PARAMS, run::Window::whole(&uniform))];
+        let mut entries = vec![(abi::binding::PARAMS, encode::Window::whole(&uniform))];
         entries.extend_from_slice(windows);
         let mut pass = encoder.begin_compute_pass(&Default::default());
         self.launch(&mut pass, pipeline, &entries, workgroups);
@@ -350,7 +355,7 @@ impl Gpu {
         &self,
         pass: &mut wgpu::ComputePass,
         pipeline: &kernels::Pipeline,
-        windows: &[(u32, run::Window)],
+        windows: &[(u32, encode::Window)],
         workgroups: (u32, u32, u32),
     ) {
         let group = self.bind(pipeline, windows);
@@ -362,7 +367,7 @@ impl Gpu {
     fn bind(
         &self,
         pipeline: &kernels::Pipeline,
-        windows: &[(u32, run::Window)],
+        windows: &[(u32, encode::Window)],
     ) -> wgpu::BindGroup {
         // A schedule may offer a window the variant does not declare (the gradient of an
         // in-place variant): only the variant's own bindings are bound.

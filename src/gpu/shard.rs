@@ -8,10 +8,10 @@ use super::abi::{
     Params, Partial, ReductionCode, RowCoef, COEF_BYTES, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
     PARTIAL_BYTES, ROW_BYTES,
 };
+use super::encode::{grid, storage_usage, window, Window};
 use super::kernels::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
 use super::launch::{chunks, launch_shape, Chunk, Shape};
 use super::pool::Pool;
-use super::run::{grid, storage_usage, window, Window};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout, Logits, Storage, Targets};

@@ -3,6 +3,8 @@
 //! A backend receives a [`Plan`]: every shape, option and target has been checked, and the
 //! numbers the reduction needs (`D`, `V`, `W`) are known, so forward and backward can be fused.
 
+pub(crate) mod device;
+
 use crate::error::{Error, Result};
 use crate::input::{Batch, Layout, Logits, Storage, Targets};
 use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
@@ -15,6 +17,16 @@ pub enum Loss {
     Softmax(CrossEntropy),
     /// Binary cross-entropy with logits.
     Binary(BinaryCrossEntropy),
+}
+
+impl Loss {
+    /// The reduction of either loss.
+    pub fn reduction(&self) -> Reduction {
+        match self {
+            Loss::Softmax(o) => o.reduction,
+            Loss::Binary(o) => o.reduction,
+        }
+    }
 }
 
 /// A checked call, ready for a backend.

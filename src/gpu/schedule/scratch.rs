@@ -1,0 +1,142 @@
+//! The scratch buffers of one call, taken from the device's pool (reused across calls, grown
+//! as needed): partials, row coefficients, the reduction's ping-pong buffers and totals, and
+//! the stand-ins bound where a kernel's optional input or output is absent.
+
+use super::super::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
+use super::super::device::DeviceOutputs;
+use super::super::encode::storage_usage;
+use super::super::kernels::WORKGROUP_SIZE;
+use super::super::launch::Shape;
+use super::super::pool::Pool;
+use crate::error::{Error, Result};
+
+/// The scratch of one call.
+pub(super) struct Scratch {
+    /// One `Partial` per (row, split).
+    pub partials: wgpu::Buffer,
+    /// One `RowCoef` per row.
+    pub coefs: wgpu::Buffer,
+    /// Per-row (BCE: per-vec4) sums, the reduction's input.
+    pub row_sums: wgpu::Buffer,
+    /// The reduction's intermediate passes.
+    pub ping: wgpu::Buffer,
+    /// See `ping`.
+    pub pong: wgpu::Buffer,
+    /// The reduced totals (ce, z, D, Σs).
+    pub totals: wgpu::Buffer,
+    /// Each row's raw target logit (partials → rows).
+    pub target_logits: wgpu::Buffer,
+    /// The out-of-range-target flag: the caller's, or the pool's under `error_role`.
+    pub error: wgpu::Buffer,
+    /// Bound where an optional input is absent.
+    pub dummy_read: wgpu::Buffer,
+    /// Bound where an optional output is absent.
+    pub dummy_write: wgpu::Buffer,
+    /// BCE: per-class (weight, pos_weight).
+    pub class_params: Option<wgpu::Buffer>,
+    /// Softmax per-row records: the caller's, or scratch.
+    pub row_out: wgpu::Buffer,
+}
+
+impl Scratch {
+    /// Takes the scratch of a call of `rows × classes` cut by `shape`, whose reduction has
+    /// `reduce_items` inputs; fails when a per-row buffer exceeds `max_binding`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn take(
+        pool: &mut Pool,
+        device: &wgpu::Device,
+        (rows, classes): (usize, usize),
+        shape: Shape,
+        (reduce_items, is_softmax): (u64, bool),
+        out: &DeviceOutputs,
+        error_role: &'static str,
+        max_binding: u64,
+    ) -> Result<Scratch> {
+        let per_row_limit = |what: &'static str, bytes: u64| -> Result<()> {
+            if bytes > max_binding {
+                Err(Error::Unsupported(format!(
+                    "{what} for {rows} rows needs {bytes} bytes, over the binding limit {}",
+                    max_binding
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        per_row_limit(
+            "per-row partials",
+            rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
+        )?;
+        per_row_limit("per-row sums", reduce_items * 16)?;
+        per_row_limit("sample weights", rows as u64 * 4)?;
+        let partials = pool.get(
+            device,
+            "xent partials",
+            rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
+            storage_usage(),
+        );
+        let coefs = pool.get(
+            device,
+            "xent row coefficients",
+            rows as u64 * COEF_BYTES,
+            storage_usage(),
+        );
+        let row_sums = pool.get(device, "xent row sums", reduce_items * 16, storage_usage());
+        let ping = pool.get(
+            device,
+            "xent reduce ping",
+            reduce_items.div_ceil(4 * WORKGROUP_SIZE as u64) * 16,
+            storage_usage(),
+        );
+        let pong = pool.get(
+            device,
+            "xent reduce pong",
+            reduce_items.div_ceil(16 * WORKGROUP_SIZE as u64) * 16,
+            storage_usage(),
+        );
+        let totals = pool.get(device, "xent totals", 16, storage_usage());
+        let target_logits = pool.get(
+            device,
+            "xent target logits",
+            rows as u64 * 4,
+            storage_usage(),
+        );
+        let error = match out.target_error {
+            Some(flag) => flag.clone(),
+            None => pool.get(device, error_role, 16, storage_usage()),
+        };
+        let dummy_read = pool.get(device, "xent unused input", 16, storage_usage());
+        let dummy_write = pool.get(device, "xent unused output", 16, storage_usage());
+        let class_params = (!is_softmax).then(|| {
+            pool.get(
+                device,
+                "xent bce class params",
+                classes as u64 * 8,
+                storage_usage(),
+            )
+        });
+        let row_out = match out.rows {
+            Some(r) if is_softmax => r.clone(),
+            _ => pool.get(
+                device,
+                "xent rows out",
+                rows as u64 * ROW_BYTES,
+                storage_usage(),
+            ),
+        };
+
+        Ok(Scratch {
+            partials,
+            coefs,
+            row_sums,
+            ping,
+            pong,
+            totals,
+            target_logits,
+            error,
+            dummy_read,
+            dummy_write,
+            class_params,
+            row_out,
+        })
+    }
+}
