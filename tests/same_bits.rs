@@ -275,7 +275,16 @@ fn record() {
             let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_sharded(&label, backend, &case, &options, &shards, upstream)
             }))
-            .map_or_else(|_| "panic".to_string(), |run| Digest::new().run(&run));
+            .map_or_else(
+                |e| {
+                    let why = e
+                        .downcast_ref::<String>()
+                        .map_or("?", |s| s.as_str())
+                        .replace('\n', " ");
+                    format!("panic {why}")
+                },
+                |run| Digest::new().run(&run),
+            );
             writeln!(lines, "{name} | shards {label} | {digest}").unwrap();
         }
     }

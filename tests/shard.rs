@@ -433,3 +433,43 @@ fn shard_errors() {
         }
     ));
 }
+
+/// The shard path on every CPU SIMD level (the portable one included), both GPU shader
+/// variants and both GPU paths, and GPUs whose storage bindings are capped at 32 KiB, so that
+/// shards are cut into chunks and a shard's row is longer than a binding.
+#[test]
+fn shards_on_every_backend_and_small_bindings() {
+    let mut all: Vec<Backend> = SimdLevel::supported()
+        .into_iter()
+        .map(Backend::CpuWith)
+        .collect();
+    all.extend(common::device::variants().into_iter().map(Backend::Gpu));
+    all.extend(
+        common::device::small_bindings(32 << 10)
+            .into_iter()
+            .map(Backend::Gpu),
+    );
+    let base = CrossEntropy::new();
+    let options = [
+        base.label_smoothing(0.1).z_loss(1e-3),
+        base.focal_gamma(2.0),
+        base.focal_gamma(1.5).label_smoothing(0.2),
+    ];
+    for backend in &all {
+        for o in &options {
+            // Largest first: pooled scratch then outgrows what later calls bind.
+            for (rows, classes) in [(64, 1500), (300, 100), (37, 10)] {
+                let case = Case::new(rows as u64, rows, classes, Hardness::ALL)
+                    .weighted(5)
+                    .ignore_every(7, -100);
+                check_sharded(
+                    &format!("{} {rows}x{classes} {o:?}", backend.name()),
+                    backend,
+                    &case,
+                    o,
+                    &uneven(classes, 3),
+                );
+            }
+        }
+    }
+}

@@ -214,6 +214,7 @@ impl Gpu {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         let rows = logits.rows();
+        let width_bytes = shard.width as u64 * 4;
         let dtype = logits.dtype();
         let shape = launch_shape(rows, shard.width, Layout::Rows);
         let records: Vec<Partial> = self.scoped(|| {
@@ -262,15 +263,18 @@ impl Gpu {
                 &self.pipeline(variant),
                 base,
                 &[
-                    (TARGETS, Window::whole(&dummy)),
+                    (TARGETS, Window::head(&dummy, 16)),
                     (
                         CLASS_WEIGHTS,
-                        Window::whole(weights.as_ref().unwrap_or(&dummy)),
+                        Window::head(weights.as_ref().unwrap_or(&dummy), width_bytes),
                     ),
-                    (PARTIALS, Window::whole(&partials)),
-                    (TARGET_ERROR, Window::whole(&no_error)),
+                    (
+                        PARTIALS,
+                        Window::head(&partials, rows as u64 * shape.splits as u64 * PARTIAL_BYTES),
+                    ),
+                    (TARGET_ERROR, Window::head(&no_error, 16)),
                     // Unwritten: no FLAG_TARGET_LOGIT.
-                    (TARGET_LOGITS, Window::whole(&no_target_logits)),
+                    (TARGET_LOGITS, Window::head(&no_target_logits, 16)),
                 ],
             );
             self.queue.submit([encoder.finish()]);
@@ -346,6 +350,7 @@ impl Gpu {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         let rows = logits.rows();
+        let width_bytes = shard.width as u64 * 4;
         let dtype = logits.dtype();
         let (sums, coefs): (Vec<[f32; 4]>, Vec<RowCoef>) = self.scoped(|| {
             let uploaded = self.upload_shard(pool, logits, dtype.size() as u64)?;
@@ -377,11 +382,14 @@ impl Gpu {
                 &self.pipeline(variant),
                 base,
                 &[
-                    (TARGETS, Window::whole(&inputs.dummy)),
-                    (CLASS_WEIGHTS, Window::whole(&inputs.weights)),
-                    (ROWS, Window::whole(&row_out)),
-                    (ROW_SUMS, Window::whole(&row_sums)),
-                    (COEFFICIENTS, Window::whole(&inputs.coefs)),
+                    (TARGETS, Window::head(&inputs.dummy, 16)),
+                    (CLASS_WEIGHTS, Window::head(&inputs.weights, width_bytes)),
+                    (ROWS, Window::head(&row_out, rows as u64 * ROW_BYTES)),
+                    (ROW_SUMS, Window::head(&row_sums, rows as u64 * 16)),
+                    (
+                        COEFFICIENTS,
+                        Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
+                    ),
                 ],
             );
             self.queue.submit([encoder.finish()]);
@@ -426,6 +434,8 @@ impl Gpu {
         combined: &Combined,
         gradient: &mut [f32],
     ) -> Result<()> {
+        let rows = logits.rows();
+        let width_bytes = shard.width as u64 * 4;
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         self.scoped(|| {
@@ -466,10 +476,13 @@ impl Gpu {
                 let windows = [
                     (LOGITS, logits_window),
                     (GRADIENT, grad_window),
-                    (TARGETS, Window::whole(&inputs.dummy)),
-                    (CLASS_WEIGHTS, Window::whole(&inputs.weights)),
-                    (COEFFICIENTS, Window::whole(&inputs.coefs)),
-                    (SCALE_SOURCE, Window::whole(&inputs.dummy)),
+                    (TARGETS, Window::head(&inputs.dummy, 16)),
+                    (CLASS_WEIGHTS, Window::head(&inputs.weights, width_bytes)),
+                    (
+                        COEFFICIENTS,
+                        Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
+                    ),
+                    (SCALE_SOURCE, Window::head(&inputs.dummy, 16)),
                 ];
                 let (x, y) = grid(count.div_ceil(4));
                 self.dispatch(&mut encoder, &pipeline, &params, &windows, (x, y, 1));
