@@ -36,7 +36,7 @@ pub mod gpu;
 pub mod input;
 pub mod options;
 pub mod output;
-pub mod plan;
+pub(crate) mod plan;
 pub mod reference;
 pub mod shard;
 

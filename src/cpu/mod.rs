@@ -14,12 +14,12 @@
 
 mod exp;
 mod focal;
-pub mod row;
-pub mod scalar;
+pub(crate) mod row;
+pub(crate) mod scalar;
 mod shard;
 pub mod simd;
 
-pub use shard::{shard_backward, shard_focal, shard_partials};
+pub(crate) use shard::{shard_backward, shard_focal, shard_partials};
 
 pub use simd::SimdLevel;
 
@@ -34,10 +34,10 @@ use scalar::{term, ProbTarget};
 
 /// Values per parallel block (256 KiB of f32): large enough to amortize scheduling, small
 /// enough to balance 2..64 cores on a typical batch.
-pub const BLOCK_ELEMENTS: usize = 1 << 16;
+pub(crate) const BLOCK_ELEMENTS: usize = 1 << 16;
 
 /// Runs a checked plan on the CPU at `level`.
-pub fn run(
+pub(crate) fn run(
     level: SimdLevel,
     plan: &Plan,
     batch: Batch<'_>,
