@@ -52,10 +52,10 @@
 //! # Ok::<(), xent::Error>(())
 //! ```
 
-use super::abi::binding::{REDUCE_IN, REDUCE_OUT};
 use super::abi::{Params, ROW_BYTES};
 use super::encode::{grid, storage_usage, Window};
-use super::kernels::{Kernel, Variant};
+use super::launchers::CountRows;
+use super::pipelines::{Kernel, Variant};
 use super::schedule::RECORDED_CALL_ERROR;
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -313,19 +313,14 @@ impl Gpu {
                 elems: rows_u32,
                 ..Params::default()
             };
-            self.dispatch(
-                encoder,
-                &pipeline,
-                &params,
-                &[
-                    (REDUCE_IN, Window::head(records, rows as u64 * ROW_BYTES)),
-                    (REDUCE_OUT, Window::head(counts, 8)),
-                ],
-                {
-                    let (x, y) = grid(rows as u64);
-                    (x, y, 1)
-                },
-            );
+            let uniform = self.uniform(&params);
+            let count = CountRows {
+                params: Window::whole(&uniform),
+                records: Window::head(records, rows as u64 * ROW_BYTES),
+                counts: Window::head(counts, 8),
+            };
+            let (x, y) = grid(rows as u64);
+            self.dispatch(encoder, &pipeline, &count.entries(), (x, y, 1));
             Ok(())
         })
     }

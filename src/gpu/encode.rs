@@ -1,6 +1,6 @@
 //! Binding windows and dispatch grids: how a schedule cuts buffers into what one dispatch binds.
 
-use super::kernels::WORKGROUP_SIZE;
+use super::pipelines::WORKGROUP_SIZE;
 
 /// A bound range of a buffer.
 #[derive(Clone, Copy)]

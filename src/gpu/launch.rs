@@ -1,6 +1,6 @@
 //! Launch shapes and row chunks: the one place that decides how work is cut up.
 
-use super::kernels::{FUSED_VALUES_PER_INVOCATION, WORKGROUP_SIZE};
+use super::pipelines::{FUSED_VALUES_PER_INVOCATION, WORKGROUP_SIZE};
 use crate::input::Layout;
 
 /// How the softmax partials kernel covers the rows.

@@ -6,7 +6,7 @@
 //! same kernels into their own encoder with [`Gpu::record_cross_entropy`] and
 //! [`Gpu::record_binary_cross_entropy`].
 //!
-//! A softmax call is three passes ([`kernels::Kernel`]): partials (one read of the logits),
+//! A softmax call is three passes (one kernel each, `shaders/`): partials (one read of the logits),
 //! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
 //! pass (one more read, one write). With a gradient, rows that fit in registers (up to 4096
 //! classes, [`fused_shape`]) take one fused kernel instead: one read and one write per
@@ -22,10 +22,13 @@ mod abi;
 pub mod device;
 mod encode;
 mod host;
-pub mod kernels;
 mod launch;
+mod launchers;
+mod pipelines;
 mod pool;
 mod schedule;
+#[cfg(test)]
+mod shader_tests;
 mod shard;
 
 pub use device::{
@@ -34,7 +37,7 @@ pub use device::{
 pub use launch::{fused_shape, launch_shape, Shape};
 
 use crate::error::{Error, Result};
-use kernels::{Kernel, PipelineCache, Variant};
+use pipelines::{Kernel, PipelineCache, Variant};
 use pool::Pool;
 use std::sync::Mutex;
 
@@ -184,13 +187,13 @@ impl Gpu {
     /// Uses a trainer's own device and queue (their limits and features as they are).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Gpu> {
         let limits = device.limits();
-        if limits.max_compute_invocations_per_workgroup < kernels::WORKGROUP_SIZE
-            || limits.max_compute_workgroup_size_x < kernels::WORKGROUP_SIZE
+        if limits.max_compute_invocations_per_workgroup < pipelines::WORKGROUP_SIZE
+            || limits.max_compute_workgroup_size_x < pipelines::WORKGROUP_SIZE
             || limits.max_storage_buffers_per_shader_stage < 8
         {
             return Err(Error::NoGpu(format!(
                 "the device can't run {}-invocation compute workgroups with 8 storage buffers (limits: {limits:?})",
-                kernels::WORKGROUP_SIZE
+                pipelines::WORKGROUP_SIZE
             )));
         }
         let variant = if device.features().contains(wgpu::Features::SUBGROUP) {
@@ -249,7 +252,7 @@ impl Gpu {
         self.max_binding
     }
 
-    fn pipeline(&self, variant: Variant) -> std::sync::Arc<kernels::Pipeline> {
+    fn pipeline(&self, variant: Variant) -> std::sync::Arc<pipelines::Pipeline> {
         self.pipelines.get(&self.device, variant)
     }
 
@@ -287,11 +290,12 @@ impl Gpu {
             });
             let time = |kernel: Kernel| -> Result<ProbeTimes> {
                 let pipeline = self.pipeline(Variant::plain(kernel));
-                let windows = [
-                    (0, encode::Window::whole(&src)),
-                    (1, encode::Window::whole(&dst)),
-                ];
-                let groups = ((bytes / 16).div_ceil(kernels::WORKGROUP_SIZE as u64 * 8))
+                let windows = launchers::Probe {
+                    src: encode::Window::whole(&src),
+                    dst: encode::Window::whole(&dst),
+                }
+                .entries();
+                let groups = ((bytes / 16).div_ceil(pipelines::WORKGROUP_SIZE as u64 * 8))
                     .clamp(1, 4096) as u32;
                 let mut times = Vec::with_capacity(iters.max(1) + 1);
                 for _ in 0..iters.max(1) + 1 {
@@ -326,35 +330,35 @@ impl Gpu {
             .map_err(|e| Error::Device(e.to_string()))
     }
 
-    /// Records one dispatch: `params` in a fresh uniform buffer at `PARAMS`, `windows` at
-    /// their bindings, `workgroups` as (x, y, z), in a pass of its own.
-    fn dispatch<P: bytemuck::Pod>(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        pipeline: &kernels::Pipeline,
-        params: &P,
-        windows: &[(u32, encode::Window)],
-        workgroups: (u32, u32, u32),
-    ) {
+    /// A uniform buffer holding one `Params` block, for a dispatch recorded on its own.
+    fn uniform(&self, params: &abi::Params) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
-        let uniform = self
-            .device
+        self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("xent params"),
                 contents: bytemuck::bytes_of(params),
                 usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![(abi::binding::PARAMS, encode::Window::whole(&uniform))];
-        entries.extend_from_slice(windows);
+            })
+    }
+
+    /// Records one dispatch of `pipeline` over `windows` (a launcher's entries) in a compute
+    /// pass of its own, `workgroups` as (x, y, z).
+    fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &pipelines::Pipeline,
+        windows: &[(u32, encode::Window)],
+        workgroups: (u32, u32, u32),
+    ) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        self.launch(&mut pass, pipeline, &entries, workgroups);
+        self.launch(&mut pass, pipeline, windows, workgroups);
     }
 
     /// Binds `windows` (`PARAMS` included) and dispatches `pipeline` in `pass`.
     fn launch(
         &self,
         pass: &mut wgpu::ComputePass,
-        pipeline: &kernels::Pipeline,
+        pipeline: &pipelines::Pipeline,
         windows: &[(u32, encode::Window)],
         workgroups: (u32, u32, u32),
     ) {
@@ -366,7 +370,7 @@ impl Gpu {
 
     fn bind(
         &self,
-        pipeline: &kernels::Pipeline,
+        pipeline: &pipelines::Pipeline,
         windows: &[(u32, encode::Window)],
     ) -> wgpu::BindGroup {
         // A schedule may offer a window the variant does not declare (the gradient of an
@@ -375,13 +379,13 @@ impl Gpu {
         debug_assert!(
             declared
                 .iter()
-                .all(|(b, _)| windows.iter().any(|(w, _)| w == b)),
+                .all(|(b, _, _)| windows.iter().any(|(w, _)| w == b)),
             "{:?}: a declared binding has no window",
             pipeline.variant
         );
         let entries: Vec<wgpu::BindGroupEntry> = windows
             .iter()
-            .filter(|(binding, _)| declared.iter().any(|(b, _)| b == binding))
+            .filter(|(binding, _)| declared.iter().any(|(b, _, _)| b == binding))
             .map(|(binding, w)| wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -3,14 +3,15 @@
 //! (its per-row sums are the shard's `FocalPartial`s), and the backward kernel driven by the
 //! combined (global) row coefficients.
 
-use super::abi::binding::*;
+use super::abi::binding::{LOGITS, PARAMS};
 use super::abi::{
     Params, Partial, ReductionCode, RowCoef, COEF_BYTES, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
     PARTIAL_BYTES, ROW_BYTES,
 };
 use super::encode::{grid, storage_usage, window, Window};
-use super::kernels::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
 use super::launch::{chunks, launch_shape, Chunk, Shape};
+use super::launchers::{Backward, Focal, Partials};
+use super::pipelines::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
 use super::pool::Pool;
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -105,15 +106,16 @@ impl Gpu {
     }
 
     /// Records a row-segment kernel (the partials or the focal pass) over every chunk of
-    /// `rows`: `LOGITS` is the chunk's logits window, `bindings` the others; the grid has
-    /// `base.splits` workgroups along y.
+    /// `rows`: `entries` are the launcher's, whose `params` and `logits` are set per chunk
+    /// (the chunk's `Params` block and logits window); the grid has `base.splits` workgroups
+    /// along y.
     fn record_segments(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         rows: &ShardRows,
         pipeline: &Pipeline,
         base: Params,
-        bindings: &[(u32, Window)],
+        entries: &[(u32, Window)],
     ) {
         let round = if pipeline.variant.load == LogitLoad::F32x4 {
             16
@@ -127,16 +129,22 @@ impl Gpu {
         };
         for &chunk in &rows.chunks {
             let (logits_window, elem_offset) = rows.window(chunk, self.storage_alignment, round);
-            let params = Params {
+            let uniform = self.uniform(&Params {
                 rows: chunk.rows as u32,
                 row0: chunk.row0 as u32,
                 elem_offset,
                 ..base
-            };
-            let mut windows = vec![(LOGITS, logits_window)];
-            windows.extend_from_slice(bindings);
+            });
             let groups = shape.grid(chunk.rows, base.splits);
-            self.dispatch(encoder, pipeline, &params, &windows, groups);
+            let windows: Vec<(u32, Window)> = entries
+                .iter()
+                .map(|&(binding, window)| match binding {
+                    PARAMS => (binding, Window::whole(&uniform)),
+                    LOGITS => (binding, logits_window),
+                    _ => (binding, window),
+                })
+                .collect();
+            self.dispatch(encoder, pipeline, &windows, groups);
         }
     }
 
@@ -262,20 +270,21 @@ impl Gpu {
                 &uploaded,
                 &self.pipeline(variant),
                 base,
-                &[
-                    (TARGETS, Window::head(&dummy, 16)),
-                    (
-                        CLASS_WEIGHTS,
-                        Window::head(weights.as_ref().unwrap_or(&dummy), width_bytes),
+                &Partials {
+                    // Set per chunk.
+                    params: Window::head(&dummy, 16),
+                    logits: Window::head(&dummy, 16),
+                    targets: Window::head(&dummy, 16),
+                    class_weights: Window::head(weights.as_ref().unwrap_or(&dummy), width_bytes),
+                    partials: Window::head(
+                        &partials,
+                        rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
                     ),
-                    (
-                        PARTIALS,
-                        Window::head(&partials, rows as u64 * shape.splits as u64 * PARTIAL_BYTES),
-                    ),
-                    (TARGET_ERROR, Window::head(&no_error, 16)),
+                    target_error: Window::head(&no_error, 16),
                     // Unwritten: no FLAG_TARGET_LOGIT.
-                    (TARGET_LOGITS, Window::head(&no_target_logits, 16)),
-                ],
+                    target_logits: Window::head(&no_target_logits, 16),
+                }
+                .entries(),
             );
             self.queue.submit([encoder.finish()]);
             let bytes = self.read_back(
@@ -381,16 +390,17 @@ impl Gpu {
                 &uploaded,
                 &self.pipeline(variant),
                 base,
-                &[
-                    (TARGETS, Window::head(&inputs.dummy, 16)),
-                    (CLASS_WEIGHTS, Window::head(&inputs.weights, width_bytes)),
-                    (ROWS, Window::head(&row_out, rows as u64 * ROW_BYTES)),
-                    (ROW_SUMS, Window::head(&row_sums, rows as u64 * 16)),
-                    (
-                        COEFFICIENTS,
-                        Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
-                    ),
-                ],
+                &Focal {
+                    // Set per chunk.
+                    params: Window::head(&inputs.dummy, 16),
+                    logits: Window::head(&inputs.dummy, 16),
+                    targets: Window::head(&inputs.dummy, 16),
+                    class_weights: Window::head(&inputs.weights, width_bytes),
+                    rows: Window::head(&row_out, rows as u64 * ROW_BYTES),
+                    row_sums: Window::head(&row_sums, rows as u64 * 16),
+                    coefficients: Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
+                }
+                .entries(),
             );
             self.queue.submit([encoder.finish()]);
             // Both in one staging copy and one map.
@@ -473,19 +483,18 @@ impl Gpu {
                     elems: count as u32,
                     ..base
                 };
-                let windows = [
-                    (LOGITS, logits_window),
-                    (GRADIENT, grad_window),
-                    (TARGETS, Window::head(&inputs.dummy, 16)),
-                    (CLASS_WEIGHTS, Window::head(&inputs.weights, width_bytes)),
-                    (
-                        COEFFICIENTS,
-                        Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
-                    ),
-                    (SCALE_SOURCE, Window::head(&inputs.dummy, 16)),
-                ];
+                let uniform = self.uniform(&params);
+                let backward = Backward {
+                    params: Window::whole(&uniform),
+                    logits: logits_window,
+                    gradient: grad_window,
+                    targets: Window::head(&inputs.dummy, 16),
+                    class_weights: Window::head(&inputs.weights, width_bytes),
+                    coefficients: Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
+                    scale_source: Window::head(&inputs.dummy, 16),
+                };
                 let (x, y) = grid(count.div_ceil(4));
-                self.dispatch(&mut encoder, &pipeline, &params, &windows, (x, y, 1));
+                self.dispatch(&mut encoder, &pipeline, &backward.entries(), (x, y, 1));
             }
             self.queue.submit([encoder.finish()]);
             let bytes = self.read_back(pool, &grad, gradient.len() as u64 * 4)?;

@@ -4,8 +4,9 @@
 //! most 8 storage buffers (the least an adapter may offer).
 
 use super::{Params, Partial, RowCoef};
-use crate::gpu::kernels::{all_variants, Slot};
+use crate::gpu::pipelines::{all_variants, Slot};
 use crate::gpu::GpuRow;
+use naga::proc::Layouter;
 use naga::{AddressSpace, StorageAccess, TypeInner};
 use std::mem::{offset_of, size_of};
 
@@ -111,7 +112,7 @@ fn every_variant_matches_the_rust_abi() {
         let source = variant.source();
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{variant:?}: {}", e.emit_to_string(&source)));
-        let mut layouter = naga::proc::Layouter::default();
+        let mut layouter = Layouter::default();
         layouter.update(module.to_ctx()).expect("layout");
         for (handle, ty) in module.types.iter() {
             let (Some(name), TypeInner::Struct { members, span }) = (&ty.name, &ty.inner) else {
@@ -135,7 +136,9 @@ fn every_variant_matches_the_rust_abi() {
                 "{variant:?}: {name}: layout"
             );
         }
-        let mut bindings: Vec<(u32, Slot)> = module
+        // (binding, kind, the smallest window the shader accepts: one element of a
+        // runtime-sized array, else the whole type).
+        let mut bindings: Vec<(u32, Slot, u64)> = module
             .global_variables
             .iter()
             .filter_map(|(_, g)| {
@@ -149,16 +152,25 @@ fn every_variant_matches_the_rust_abi() {
                     AddressSpace::Storage { .. } => Slot::Read,
                     other => panic!("{variant:?}: {:?}: address space {other:?}", g.name),
                 };
-                Some((binding.binding, slot))
+                Some((binding.binding, slot, smallest(&module, &layouter, g.ty)))
             })
             .collect();
         bindings.sort_by_key(|b| b.0);
-        let mut expected = variant.bindings().to_vec();
+        let mut expected = variant.bindings();
         expected.sort_by_key(|b| b.0);
+        let kinds = |b: &[(u32, Slot, u64)]| b.iter().map(|&(n, s, _)| (n, s)).collect::<Vec<_>>();
         assert_eq!(
-            bindings, expected,
+            kinds(&bindings),
+            kinds(&expected),
             "{variant:?}: bindings, WGSL vs the Rust table"
         );
+        for (wgsl, rust) in bindings.iter().zip(&expected) {
+            assert_eq!(
+                wgsl.2, rust.2,
+                "{variant:?}: binding {}: smallest window, WGSL vs the Rust table",
+                wgsl.0
+            );
+        }
         let storage = bindings.iter().filter(|b| b.1 != Slot::Uniform).count();
         assert!(storage <= 8, "{variant:?}: {storage} storage buffers");
     }
@@ -173,5 +185,18 @@ fn flags_are_distinct_bits() {
     for (name, bit) in super::FLAGS {
         assert!(bit.is_power_of_two() && all & bit == 0, "{name} = {bit}");
         all |= bit;
+    }
+}
+
+/// The smallest buffer a global of type `ty` may be bound to: a runtime-sized array's element
+/// stride, or the type's size.
+fn smallest(module: &naga::Module, layouter: &Layouter, ty: naga::Handle<naga::Type>) -> u64 {
+    match module.types[ty].inner {
+        TypeInner::Array {
+            size: naga::ArraySize::Dynamic,
+            stride,
+            ..
+        } => stride as u64,
+        _ => layouter[ty].size as u64,
     }
 }

@@ -2,14 +2,14 @@
 //! softmax cross-entropy (fused, or partials → rows → [focal] → backward, with long rows in
 //! pieces) and BCE, then the fixed-order reduction. Recorded into the caller's encoder.
 
-use super::abi::binding::*;
 use super::abi::{Params, FLAG_CHECK_TARGETS, FLAG_FOCAL_ALL};
 use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
 use super::encode::{grid, window, Window};
-use super::kernels::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
 use super::launch::{
     binding_room, chunks, flat_pieces, fused_shape, launch_shape, row_pieces, Chunk,
 };
+use super::launchers::{Backward, Bce, BceClasses, Focal, Fused, Partials, Reduce, Rows, Targets};
+use super::pipelines::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
 use super::pool::Pool;
 mod params;
 mod scratch;
@@ -296,12 +296,13 @@ impl Gpu {
                 self.launch(
                     pass,
                     &reduce,
-                    &[
-                        (PARAMS, params_window(i)),
-                        (REDUCE_IN, Window::whole(source)),
-                        (REDUCE_OUT, Window::whole(target)),
-                        (LOSS, Window::whole(out.loss)),
-                    ],
+                    &Reduce {
+                        params: params_window(i),
+                        input: Window::whole(source),
+                        output: Window::whole(target),
+                        loss: Window::whole(out.loss),
+                    }
+                    .entries(),
                     (
                         (params[i].elems as u64)
                             .div_ceil(4 * WORKGROUP_SIZE as u64)
@@ -341,15 +342,16 @@ impl Gpu {
             self.launch(
                 pass,
                 &self.pipeline(variant),
-                &[
-                    (PARAMS, params_window(i)),
-                    (LOGITS, logits),
-                    (TARGETS, targets),
-                    (CLASS_WEIGHTS, weights),
-                    (PARTIALS, Window::whole(&partials)),
-                    (TARGET_ERROR, Window::whole(&error)),
-                    (TARGET_LOGITS, Window::whole(&target_logits)),
-                ],
+                &Partials {
+                    params: params_window(i),
+                    logits,
+                    targets,
+                    class_weights: weights,
+                    partials: Window::whole(&partials),
+                    target_error: Window::whole(&error),
+                    target_logits: Window::whole(&target_logits),
+                }
+                .entries(),
                 shape.grid(rows, splits),
             );
         };
@@ -370,14 +372,15 @@ impl Gpu {
             self.launch(
                 &mut pass,
                 &pipeline,
-                &[
-                    (PARAMS, params_window(targets_params)),
-                    (TARGETS, index_targets),
-                    (CLASS_WEIGHTS, weights),
-                    (ROW_SUMS, Window::whole(&row_sums)),
-                    (TARGET_ERROR, Window::whole(&error)),
-                    (SAMPLE_WEIGHTS, sample_weights),
-                ],
+                &Targets {
+                    params: params_window(targets_params),
+                    targets: index_targets,
+                    class_weights: weights,
+                    row_sums: Window::whole(&row_sums),
+                    target_error: Window::whole(&error),
+                    sample_weights,
+                }
+                .entries(),
                 (x, y, 1),
             );
             if reduction == Reduction::Mean {
@@ -411,26 +414,28 @@ impl Gpu {
                 .with_store(store)
                 .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
                 let pipeline = self.pipeline(variant);
-                let mut windows = vec![
-                    (PARAMS, params_window(i)),
-                    (LOGITS, logits_scalar),
-                    (TARGETS, targets_window),
-                    (CLASS_WEIGHTS, weights),
-                    (ROWS, Window::whole(&row_out)),
-                    (ROW_SUMS, Window::whole(&row_sums)),
-                    (SCALE_SOURCE, scale_source),
-                    (SAMPLE_WEIGHTS, sample_weights),
-                ];
-                if let DeviceGradient::Into(g) = out.gradient {
-                    windows.push((
-                        GRADIENT,
-                        window(g, first, count, 4, self.storage_alignment, 4).0,
-                    ));
-                }
+                // In place the gradient is the logits: the stand-in is not bound.
+                let gradient = match out.gradient {
+                    DeviceGradient::Into(g) => {
+                        window(g, first, count, 4, self.storage_alignment, 4).0
+                    }
+                    _ => Window::whole(&dummy_write),
+                };
+                let fused = Fused {
+                    params: params_window(i),
+                    logits: logits_scalar,
+                    gradient,
+                    targets: targets_window,
+                    class_weights: weights,
+                    rows: Window::whole(&row_out),
+                    row_sums: Window::whole(&row_sums),
+                    scale_source,
+                    sample_weights,
+                };
                 self.launch(
                     &mut pass,
                     &pipeline,
-                    &windows,
+                    &fused.entries(),
                     fused_shape.grid(chunk.rows, 1),
                 );
             } else if is_softmax {
@@ -469,17 +474,18 @@ impl Gpu {
                 self.launch(
                     &mut pass,
                     &pipeline,
-                    &[
-                        (PARAMS, params_window(i)),
-                        (TARGETS, index_targets),
-                        (CLASS_WEIGHTS, weights),
-                        (PARTIALS, Window::whole(&partials)),
-                        (ROWS, Window::whole(&row_out)),
-                        (ROW_SUMS, Window::whole(&row_sums)),
-                        (COEFFICIENTS, Window::whole(&coefs)),
-                        (SAMPLE_WEIGHTS, sample_weights),
-                        (TARGET_LOGITS, Window::whole(&target_logits)),
-                    ],
+                    &Rows {
+                        params: params_window(i),
+                        targets: index_targets,
+                        class_weights: weights,
+                        partials: Window::whole(&partials),
+                        rows: Window::whole(&row_out),
+                        row_sums: Window::whole(&row_sums),
+                        coefficients: Window::whole(&coefs),
+                        sample_weights,
+                        target_logits: Window::whole(&target_logits),
+                    }
+                    .entries(),
                     (x, y, 1),
                 );
 
@@ -491,15 +497,16 @@ impl Gpu {
                     self.launch(
                         &mut pass,
                         &pipeline,
-                        &[
-                            (PARAMS, params_window(i)),
-                            (LOGITS, logits_scalar),
-                            (TARGETS, targets_window),
-                            (CLASS_WEIGHTS, weights),
-                            (ROWS, Window::whole(&row_out)),
-                            (ROW_SUMS, Window::whole(&row_sums)),
-                            (COEFFICIENTS, Window::whole(&coefs)),
-                        ],
+                        &Focal {
+                            params: params_window(i),
+                            logits: logits_scalar,
+                            targets: targets_window,
+                            class_weights: weights,
+                            rows: Window::whole(&row_out),
+                            row_sums: Window::whole(&row_sums),
+                            coefficients: Window::whole(&coefs),
+                        }
+                        .entries(),
                         shape.grid(chunk.rows, 1),
                     );
                 }
@@ -528,18 +535,16 @@ impl Gpu {
                     self.launch(
                         &mut pass,
                         &pipeline,
-                        &[
-                            (PARAMS, params_window(i)),
-                            (CLASS_WEIGHTS, weights),
-                            (
-                                POS_WEIGHT,
-                                Window::head(
-                                    batch.pos_weight.unwrap_or(&dummy_read),
-                                    classes as u64 * 4,
-                                ),
+                        &BceClasses {
+                            params: params_window(i),
+                            class_weights: weights,
+                            pos_weight: Window::head(
+                                batch.pos_weight.unwrap_or(&dummy_read),
+                                classes as u64 * 4,
                             ),
-                            (CLASS_PARAMS, Window::whole(class_params)),
-                        ],
+                            class_params: Window::whole(class_params),
+                        }
+                        .entries(),
                         (x, y, 1),
                     );
                 }
@@ -550,17 +555,18 @@ impl Gpu {
                 self.launch(
                     &mut pass,
                     &pipeline,
-                    &[
-                        (PARAMS, params_window(i)),
-                        (LOGITS, logits_window),
-                        (GRADIENT, grad_window),
-                        (TARGETS, f32_targets),
-                        (ROW_SUMS, Window::whole(&row_sums)),
-                        (UPSTREAM, upstream),
-                        (ELEMENT_LOSSES, losses),
-                        (SAMPLE_WEIGHTS, sample_weights),
-                        (CLASS_PARAMS, Window::whole(class_params)),
-                    ],
+                    &Bce {
+                        params: params_window(i),
+                        logits: logits_window,
+                        gradient: grad_window,
+                        targets: f32_targets,
+                        row_sums: Window::whole(&row_sums),
+                        upstream,
+                        losses,
+                        sample_weights,
+                        class_params: Window::whole(class_params),
+                    }
+                    .entries(),
                     (x, y, 1),
                 );
             }
@@ -604,15 +610,16 @@ impl Gpu {
                 self.launch(
                     &mut pass,
                     &pipeline,
-                    &[
-                        (PARAMS, params_window(i)),
-                        (LOGITS, logits_window),
-                        (GRADIENT, grad_window),
-                        (TARGETS, if dense { f32_targets } else { index_targets }),
-                        (CLASS_WEIGHTS, weights),
-                        (COEFFICIENTS, Window::whole(&coefs)),
-                        (SCALE_SOURCE, scale_source),
-                    ],
+                    &Backward {
+                        params: params_window(i),
+                        logits: logits_window,
+                        gradient: grad_window,
+                        targets: if dense { f32_targets } else { index_targets },
+                        class_weights: weights,
+                        coefficients: Window::whole(&coefs),
+                        scale_source,
+                    }
+                    .entries(),
                     (x, y, 1),
                 );
             }

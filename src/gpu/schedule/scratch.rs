@@ -5,8 +5,8 @@
 use super::super::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
 use super::super::device::DeviceOutputs;
 use super::super::encode::storage_usage;
-use super::super::kernels::WORKGROUP_SIZE;
 use super::super::launch::Shape;
+use super::super::pipelines::WORKGROUP_SIZE;
 use super::super::pool::Pool;
 use crate::error::{Error, Result};
 

@@ -1,9 +1,9 @@
 //! Every shader variant parses and validates with naga and translates to SPIR-V, MSL, HLSL and
 //! GLSL, so a shader that would break on Metal or DX12 fails here, on any machine.
 
+use super::pipelines::all_variants;
 use naga::back;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use xent::gpu::kernels::all_variants;
 
 #[test]
 fn every_variant_validates_and_translates() {

@@ -1,5 +1,6 @@
-//! The shader source table, how a kernel variant's source is put together, its bind-group
-//! layout, and the pipeline cache. The workgroup size lives here and only here.
+//! The shader source table, how a kernel variant's source is put together, its pipeline (with
+//! the bind-group layout of its launcher), and the pipeline cache. The workgroup size lives
+//! here and only here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -261,124 +262,10 @@ impl Variant {
         }
     }
 
-    /// The bindings of this variant: (binding, kind).
-    pub fn bindings(&self) -> &'static [(u32, Slot)] {
-        use super::abi::binding::*;
-        use Slot::*;
-        match (self.kernel, self.store) {
-            (Kernel::SoftmaxPartials, _) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Read),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (PARTIALS, Write),
-                (TARGET_ERROR, Write),
-                (TARGET_LOGITS, Write),
-            ],
-            (Kernel::SoftmaxRows, _) => &[
-                (PARAMS, Uniform),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (PARTIALS, Read),
-                (ROWS, Write),
-                (ROW_SUMS, Write),
-                (COEFFICIENTS, Write),
-                (SAMPLE_WEIGHTS, Read),
-                (TARGET_LOGITS, Read),
-            ],
-            (Kernel::SoftmaxFocal, _) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Read),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (ROWS, Write),
-                (ROW_SUMS, Write),
-                (COEFFICIENTS, Write),
-            ],
-            (Kernel::SoftmaxBackward, Store::Separate) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Read),
-                (GRADIENT, Write),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (COEFFICIENTS, Read),
-                (SCALE_SOURCE, Read),
-            ],
-            (Kernel::SoftmaxBackward, Store::InPlace) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Write),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (COEFFICIENTS, Read),
-                (SCALE_SOURCE, Read),
-            ],
-            // Eight storage buffers, the least an adapter may have.
-            (Kernel::SoftmaxFused, Store::Separate) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Read),
-                (GRADIENT, Write),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (ROWS, Write),
-                (ROW_SUMS, Write),
-                (SCALE_SOURCE, Read),
-                (SAMPLE_WEIGHTS, Read),
-            ],
-            (Kernel::SoftmaxFused, Store::InPlace) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Write),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (ROWS, Write),
-                (ROW_SUMS, Write),
-                (SCALE_SOURCE, Read),
-                (SAMPLE_WEIGHTS, Read),
-            ],
-            (Kernel::SoftmaxTargets, _) => &[
-                (PARAMS, Uniform),
-                (TARGETS, Read),
-                (CLASS_WEIGHTS, Read),
-                (ROW_SUMS, Write),
-                (TARGET_ERROR, Write),
-                (SAMPLE_WEIGHTS, Read),
-            ],
-            (Kernel::BceClasses, _) => &[
-                (PARAMS, Uniform),
-                (CLASS_WEIGHTS, Read),
-                (POS_WEIGHT, Read),
-                (CLASS_PARAMS, Write),
-            ],
-            (Kernel::Bce, Store::Separate) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Read),
-                (GRADIENT, Write),
-                (TARGETS, Read),
-                (ROW_SUMS, Write),
-                (UPSTREAM, Read),
-                (ELEMENT_LOSSES, Write),
-                (SAMPLE_WEIGHTS, Read),
-                (CLASS_PARAMS, Read),
-            ],
-            (Kernel::Bce, Store::InPlace) => &[
-                (PARAMS, Uniform),
-                (LOGITS, Write),
-                (TARGETS, Read),
-                (ROW_SUMS, Write),
-                (UPSTREAM, Read),
-                (ELEMENT_LOSSES, Write),
-                (SAMPLE_WEIGHTS, Read),
-                (CLASS_PARAMS, Read),
-            ],
-            (Kernel::Reduce, _) => &[
-                (PARAMS, Uniform),
-                (REDUCE_IN, Read),
-                (REDUCE_OUT, Write),
-                (LOSS, Write),
-            ],
-            (Kernel::CountRows, _) => &[(PARAMS, Uniform), (REDUCE_IN, Read), (REDUCE_OUT, Write)],
-            // The probes read one buffer and write another; no parameters.
-            (Kernel::ProbeRead | Kernel::ProbeCopy, _) => &[(0, Read), (1, Write)],
-        }
+    /// The bind-group table of this variant: (binding, kind, smallest window in bytes), from
+    /// its launcher (`launchers.rs`).
+    pub fn bindings(&self) -> Vec<super::launchers::Binding> {
+        super::launchers::layout(self)
     }
 
     fn label(&self) -> String {
@@ -427,8 +314,8 @@ fn build(device: &wgpu::Device, variant: Variant) -> Pipeline {
     let label = variant.label();
     let entries: Vec<wgpu::BindGroupLayoutEntry> = variant
         .bindings()
-        .iter()
-        .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+        .into_iter()
+        .map(|(binding, slot, min)| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
@@ -438,7 +325,7 @@ fn build(device: &wgpu::Device, variant: Variant) -> Pipeline {
                     Slot::Write => wgpu::BufferBindingType::Storage { read_only: false },
                 },
                 has_dynamic_offset: false,
-                min_binding_size: None,
+                min_binding_size: std::num::NonZeroU64::new(min),
             },
             count: None,
         })
@@ -475,6 +362,7 @@ fn build(device: &wgpu::Device, variant: Variant) -> Pipeline {
 }
 
 /// Every variant the crate can build (for validation tests).
+#[cfg(test)]
 pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     let loads = [

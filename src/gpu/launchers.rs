@@ -1,0 +1,269 @@
+//! One launcher per kernel: a struct of the windows the kernel binds, by name, whose `LAYOUT`
+//! (binding, kind, smallest size) is the kernel's bind-group table. A schedule fills a struct
+//! and passes its `entries()` to `Gpu::launch`; `pipelines.rs` builds each variant's layout
+//! from the same table (`layout`), and `abi/reflection.rs` checks it against the WGSL.
+
+use super::abi::binding::*;
+use super::abi::{Params, COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
+use super::encode::Window;
+use super::pipelines::{Kernel, LogitLoad, Slot, Store, Variant};
+
+/// One entry of a bind-group table: binding number, kind, and the smallest window the
+/// kernel may be given (one array element, or the whole uniform block).
+pub(crate) type Binding = (u32, Slot, u64);
+
+const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
+
+/// Declares a launcher: its struct of windows (`params` first) and its bind-group table.
+macro_rules! launcher {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            $($(#[$field_doc:meta])* $field:ident: $binding:ident, $slot:ident, $min:expr;)*
+        }
+    ) => {
+        $(#[$doc])*
+        pub(crate) struct $name<'a> {
+            /// The dispatch's `Params` block.
+            pub params: Window<'a>,
+            $($(#[$field_doc])* pub $field: Window<'a>,)*
+        }
+
+        impl<'a> $name<'a> {
+            /// The bind-group table (separate-gradient variant; see [`layout`]).
+            pub(crate) const LAYOUT: &'static [Binding] = &[
+                (PARAMS, Slot::Uniform, PARAMS_BYTES),
+                $(($binding, Slot::$slot, $min),)*
+            ];
+
+            /// Every window at its binding.
+            pub(crate) fn entries(&self) -> Vec<(u32, Window<'a>)> {
+                vec![(PARAMS, self.params), $(($binding, self.$field),)*]
+            }
+        }
+    };
+}
+
+launcher! {
+    /// Online-softmax partials of each (row, split) (`softmax_partials.wgsl`).
+    Partials {
+        /// The chunk's (or row piece's) logits.
+        logits: LOGITS, Read, 4;
+        /// Index targets (whole) or the chunk's dense targets.
+        targets: TARGETS, Read, 4;
+        /// Class weights (a stand-in when unweighted).
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// One `Partial` per (row, split).
+        partials: PARTIALS, Write, PARTIAL_BYTES;
+        /// The out-of-range-target flag.
+        target_error: TARGET_ERROR, Write, 4;
+        /// Each row's raw target logit.
+        target_logits: TARGET_LOGITS, Write, 4;
+    }
+}
+
+launcher! {
+    /// Each row's loss, LSE, metrics and gradient coefficients from its partials
+    /// (`softmax_rows.wgsl`).
+    Rows {
+        /// Index targets, whole.
+        targets: TARGETS, Read, 4;
+        /// Class weights.
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// The partials pass's output.
+        partials: PARTIALS, Read, PARTIAL_BYTES;
+        /// One `GpuRow` per row.
+        rows: ROWS, Write, ROW_BYTES;
+        /// Per-row sums for the reduction.
+        row_sums: ROW_SUMS, Write, 16;
+        /// One `RowCoef` per row.
+        coefficients: COEFFICIENTS, Write, COEF_BYTES;
+        /// Per-row sample weights.
+        sample_weights: SAMPLE_WEIGHTS, Read, 4;
+        /// The partials pass's target logits.
+        target_logits: TARGET_LOGITS, Read, 4;
+    }
+}
+
+launcher! {
+    /// Focal loss with smoothing or soft targets: every class's factor from the row's LSE
+    /// (`softmax_focal.wgsl`).
+    Focal {
+        /// The chunk's logits.
+        logits: LOGITS, Read, 4;
+        /// Targets.
+        targets: TARGETS, Read, 4;
+        /// Class weights.
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// Per-row records (the loss is rewritten).
+        rows: ROWS, Write, ROW_BYTES;
+        /// Per-row sums (the loss is rewritten).
+        row_sums: ROW_SUMS, Write, 16;
+        /// Row coefficients (the focal sums are added).
+        coefficients: COEFFICIENTS, Write, COEF_BYTES;
+    }
+}
+
+launcher! {
+    /// The gradient from the saved row coefficients (`softmax_backward.wgsl`).
+    Backward {
+        /// The span's logits (read-write in place).
+        logits: LOGITS, Read, 4;
+        /// The span's f32 gradient (unbound in place).
+        gradient: GRADIENT, Write, 4;
+        /// Targets.
+        targets: TARGETS, Read, 4;
+        /// Class weights.
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// Row coefficients.
+        coefficients: COEFFICIENTS, Read, COEF_BYTES;
+        /// Per-row upstream values, or the mean's totals.
+        scale_source: SCALE_SOURCE, Read, 4;
+    }
+}
+
+launcher! {
+    /// Forward and backward in one read, for rows that fit in registers
+    /// (`softmax_fused.wgsl`).
+    Fused {
+        /// The chunk's logits (read-write in place).
+        logits: LOGITS, Read, 4;
+        /// The chunk's f32 gradient (unbound in place: eight storage buffers at most).
+        gradient: GRADIENT, Write, 4;
+        /// Targets.
+        targets: TARGETS, Read, 4;
+        /// Class weights.
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// One `GpuRow` per row.
+        rows: ROWS, Write, ROW_BYTES;
+        /// Per-row sums for the reduction.
+        row_sums: ROW_SUMS, Write, 16;
+        /// Per-row upstream values, or the mean's totals.
+        scale_source: SCALE_SOURCE, Read, 4;
+        /// Per-row sample weights.
+        sample_weights: SAMPLE_WEIGHTS, Read, 4;
+    }
+}
+
+launcher! {
+    /// Before the fused kernel: index targets checked, the mean's denominators per row
+    /// (`softmax_targets.wgsl`).
+    Targets {
+        /// Index targets, whole.
+        targets: TARGETS, Read, 4;
+        /// Class weights.
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// Per-row sums (the denominators).
+        row_sums: ROW_SUMS, Write, 16;
+        /// The out-of-range-target flag.
+        target_error: TARGET_ERROR, Write, 4;
+        /// Per-row sample weights.
+        sample_weights: SAMPLE_WEIGHTS, Read, 4;
+    }
+}
+
+launcher! {
+    /// BCE: the per-class (weight, pos_weight) pairs gathered once (`bce_classes.wgsl`).
+    BceClasses {
+        /// Class weights.
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// `pos_weight`.
+        pos_weight: POS_WEIGHT, Read, 4;
+        /// The pairs.
+        class_params: CLASS_PARAMS, Write, 8;
+    }
+}
+
+launcher! {
+    /// BCE loss and gradient of each element (`bce.wgsl`).
+    Bce {
+        /// The chunk's logits (read-write in place).
+        logits: LOGITS, Read, 4;
+        /// The chunk's f32 gradient (unbound in place).
+        gradient: GRADIENT, Write, 4;
+        /// The chunk's targets.
+        targets: TARGETS, Read, 4;
+        /// Per-vec4 sums for the reduction.
+        row_sums: ROW_SUMS, Write, 16;
+        /// The chunk's per-element upstream values.
+        upstream: UPSTREAM, Read, 4;
+        /// The chunk's per-element losses.
+        losses: ELEMENT_LOSSES, Write, 4;
+        /// Per-row sample weights.
+        sample_weights: SAMPLE_WEIGHTS, Read, 4;
+        /// Per-class (weight, pos_weight).
+        class_params: CLASS_PARAMS, Read, 8;
+    }
+}
+
+launcher! {
+    /// One pass of the fixed-order reduction (`reduce.wgsl`).
+    Reduce {
+        /// The previous pass's sums.
+        input: REDUCE_IN, Read, 16;
+        /// This pass's sums.
+        output: REDUCE_OUT, Write, 16;
+        /// The reduced loss (written by the last pass).
+        loss: LOSS, Write, 4;
+    }
+}
+
+launcher! {
+    /// Valid and correct rows of per-row records (`count_rows.wgsl`).
+    CountRows {
+        /// The records (`GpuRow`s), as words.
+        records: REDUCE_IN, Read, 4;
+        /// The two counts.
+        counts: REDUCE_OUT, Write, 4;
+    }
+}
+
+/// The bandwidth probes: a source and a destination, no parameters.
+pub(crate) struct Probe<'a> {
+    /// Read.
+    pub src: Window<'a>,
+    /// Written (copy) or a sink (read).
+    pub dst: Window<'a>,
+}
+
+impl<'a> Probe<'a> {
+    /// The bind-group table.
+    pub(crate) const LAYOUT: &'static [Binding] = &[(0, Slot::Read, 16), (1, Slot::Write, 16)];
+
+    /// Every window at its binding.
+    pub(crate) fn entries(&self) -> Vec<(u32, Window<'a>)> {
+        vec![(0, self.src), (1, self.dst)]
+    }
+}
+
+/// The bind-group table of `variant`: its launcher's, with the logits read-write and the f32
+/// gradient gone when the gradient is written in place, and vec4 logits 16 bytes at least.
+pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
+    let table = match variant.kernel {
+        Kernel::SoftmaxPartials => Partials::LAYOUT,
+        Kernel::SoftmaxRows => Rows::LAYOUT,
+        Kernel::SoftmaxFocal => Focal::LAYOUT,
+        Kernel::SoftmaxBackward => Backward::LAYOUT,
+        Kernel::SoftmaxFused => Fused::LAYOUT,
+        Kernel::SoftmaxTargets => Targets::LAYOUT,
+        Kernel::BceClasses => BceClasses::LAYOUT,
+        Kernel::Bce => Bce::LAYOUT,
+        Kernel::Reduce => Reduce::LAYOUT,
+        Kernel::CountRows => CountRows::LAYOUT,
+        Kernel::ProbeRead | Kernel::ProbeCopy => Probe::LAYOUT,
+    };
+    let stores = matches!(
+        variant.kernel,
+        Kernel::SoftmaxBackward | Kernel::SoftmaxFused | Kernel::Bce
+    );
+    let in_place = stores && variant.store == Store::InPlace;
+    table
+        .iter()
+        .filter(|&&(binding, _, _)| !(in_place && binding == GRADIENT))
+        .map(|&(binding, slot, min)| match binding {
+            LOGITS if in_place => (binding, Slot::Write, min),
+            LOGITS if variant.load == LogitLoad::F32x4 => (binding, slot, 16),
+            _ => (binding, slot, min),
+        })
+        .collect()
+}
