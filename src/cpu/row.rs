@@ -638,6 +638,7 @@ fn horizontal_max<S: Simd<Elem = f32>>(v: S) -> f32 {
 /// over one chunk, `reps` times. With the chunk in L1 this is the forward's compute floor,
 /// what it would take if DRAM were free: the criterion bench (`benches/loss.rs`) sets it
 /// beside the read of the same number of values.
+#[cfg(feature = "cli")]
 pub struct ChunkLoop<'a> {
     /// A multiple of 32 values (two vectors at every level).
     pub chunk: &'a [f32],
@@ -645,6 +646,7 @@ pub struct ChunkLoop<'a> {
     pub reps: usize,
 }
 
+#[cfg(feature = "cli")]
 impl SimdOp for ChunkLoop<'_> {
     type Output = f32;
 
