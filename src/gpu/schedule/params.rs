@@ -1,5 +1,6 @@
-//! The parameters every dispatch of a call shares: shape, options, flags and the reduction code
-//! (`Params` in `abi.rs`); a dispatch then sets its own chunk fields on a copy.
+//! The `Params` of a call: the fields every dispatch shares (shape, options, flags, the
+//! reduction code), and the blocks of each dispatch (its chunk, piece or pass) in one uniform
+//! buffer.
 
 use super::super::abi::{
     Params, ReductionCode, FLAG_ALPHA, FLAG_CHECK_TARGETS, FLAG_DENSE, FLAG_ENTROPY,
@@ -7,9 +8,14 @@ use super::super::abi::{
     FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS,
 };
 use super::super::device::{DeviceBatch, DeviceGradient, DeviceOutputs};
+use super::super::encode::Window;
 use super::super::launch::Shape;
+use super::super::pipelines::WORKGROUP_SIZE;
+use super::Call;
 use crate::options::InputKind;
 use crate::plan::Loss;
+use std::ops::Range;
+use wgpu::util::DeviceExt;
 
 /// The call's shared `Params`: `spatial` is `S` of the (N, C, S) layout (0 for rows), `dense`
 /// whether the targets are dense, `want_entropy` whether the metrics are asked for.
@@ -97,4 +103,133 @@ pub(super) fn shared(
     base.flags = flags;
     base.reduction = ReductionCode::from(reduction) as u32;
     base
+}
+
+/// Every dispatch's `Params` block, in one uniform buffer at the adapter's uniform stride:
+/// one per chunk, one per reduction pass, the targets pass's, one per long-row piece, one
+/// per backward run.
+#[derive(Default)]
+pub(super) struct Blocks {
+    /// The blocks, in buffer order.
+    pub params: Vec<Params>,
+    uniforms: Option<wgpu::Buffer>,
+    stride: u64,
+    /// The reduction passes' blocks.
+    pub reduce: Range<usize>,
+    /// The targets pass's block.
+    pub targets: usize,
+    /// The first long-row piece's block.
+    pub pieces: usize,
+    /// The first backward run's block.
+    pub runs: usize,
+}
+
+impl Blocks {
+    /// The blocks of `call`, from the shared `base`; the reduction has `reduce_items` inputs.
+    pub(super) fn new(call: &Call, base: Params, reduce_items: u64, is_softmax: bool) -> Blocks {
+        let classes = call.classes as u64;
+        // The element offsets a window of elements `first .. first + count` starts at.
+        let offsets = |first: u64, count: u64| {
+            let (_, elem_offset) = call.logits(first, count);
+            let (_, f32_offset) = call.f32s(call.targets_buffer, first, count);
+            (elem_offset, f32_offset)
+        };
+        let mut params: Vec<Params> = Vec::new();
+        for chunk in &call.chunks {
+            let first = chunk.row0 as u64 * classes;
+            let count = chunk.rows as u64 * classes;
+            let (elem_offset, f32_offset) = offsets(first, count);
+            params.push(Params {
+                rows: chunk.rows as u32,
+                row0: if is_softmax {
+                    chunk.row0 as u32
+                } else {
+                    (first / 4) as u32
+                },
+                elem_offset,
+                f32_offset,
+                elems: count as u32,
+                first_row: chunk.row0 as u32,
+                ..base
+            });
+        }
+        let reduce_start = params.len();
+        let mut count = reduce_items;
+        loop {
+            params.push(Params {
+                elems: count as u32,
+                ..base
+            });
+            count = count.div_ceil(4 * WORKGROUP_SIZE as u64);
+            if count <= 1 {
+                break;
+            }
+        }
+        let reduce = reduce_start..params.len();
+        // The fused kernel's targets pass covers every row at once (targets and sample
+        // weights are bound whole).
+        let targets = params.len();
+        params.push(Params {
+            rows: call.rows as u32,
+            ..base
+        });
+        let pieces = params.len();
+        for piece in &call.pieces {
+            let (first, count, col0) = call.piece_span(piece);
+            let (elem_offset, f32_offset) = offsets(first, count);
+            params.push(Params {
+                rows: 1,
+                row0: piece.row as u32,
+                elem_offset,
+                f32_offset,
+                col0: col0 as u32,
+                split0: piece.split0,
+                ..base
+            });
+        }
+        let runs = params.len();
+        for &(first, count) in &call.runs {
+            let (elem_offset, f32_offset) = offsets(first, count);
+            params.push(Params {
+                row0: (first / classes) as u32,
+                col0: (first % classes) as u32,
+                elem_offset,
+                f32_offset,
+                elems: count as u32,
+                ..base
+            });
+        }
+        let size = std::mem::size_of::<Params>();
+        let stride = (size as u64).next_multiple_of(call.gpu.uniform_alignment);
+        let mut bytes = vec![0u8; stride as usize * params.len()];
+        for (i, p) in params.iter().enumerate() {
+            bytes[i * stride as usize..][..size].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        let uniforms = call
+            .gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("xent params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        Blocks {
+            params,
+            uniforms: Some(uniforms),
+            stride,
+            reduce,
+            targets,
+            pieces,
+            runs,
+        }
+    }
+
+    /// Block `i` as a uniform binding.
+    pub(super) fn window(&self, i: usize) -> Window<'_> {
+        Window {
+            buffer: self.uniforms.as_ref().expect("blocks built"),
+            offset: i as u64 * self.stride,
+            size: std::mem::size_of::<Params>() as u64,
+        }
+    }
 }

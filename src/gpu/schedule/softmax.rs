@@ -1,0 +1,240 @@
+//! The softmax launches of a call: the fused kernel per chunk (after the targets pass), or
+//! partials (per chunk, or per piece of a long row) → rows → [focal] per chunk and the
+//! backward after the reduction.
+
+use super::super::launch::{Chunk, Piece, Shape};
+use super::super::launchers::{Backward, Focal, Fused, Partials, Rows, Targets};
+use super::super::{encode::grid, ShaderVariant};
+use super::{Call, Kernel, LogitLoad, Store, Variant, Window};
+use crate::input::{Dtype, Layout};
+
+impl Call<'_> {
+    /// Before the fused kernel: index targets checked, the mean's denominators per row.
+    pub(super) fn targets_pass(&self, pass: &mut wgpu::ComputePass) {
+        let variant = Variant::new(Kernel::SoftmaxTargets, LogitLoad::F32, self.target_load);
+        let s = &self.scratch;
+        let targets = Targets {
+            params: self.blocks.window(self.blocks.targets),
+            targets: self.index_targets(),
+            class_weights: self.class_weights(),
+            row_sums: Window::whole(&s.row_sums),
+            target_error: Window::whole(&s.error),
+            sample_weights: self.sample_weights(),
+        };
+        let (x, y) = grid(self.rows as u64);
+        self.gpu.launch(
+            pass,
+            &self.gpu.pipeline(variant),
+            &targets.entries(),
+            (x, y, 1),
+        );
+    }
+
+    /// The whole softmax of chunk `i`, one read and one write per logit.
+    pub(super) fn fused_chunk(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        i: usize,
+        chunk: Chunk,
+        shape: Shape,
+    ) {
+        let (first, count) = self.span(chunk);
+        let logits = self.logits(first, count).0;
+        let load = if self.vec4_loads(&logits, i) && self.store == Store::Separate {
+            LogitLoad::F32x4
+        } else {
+            self.scalar_load
+        };
+        let variant = Variant::new(Kernel::SoftmaxFused, load, self.target_load)
+            .with_store(self.store)
+            .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup);
+        let s = &self.scratch;
+        let fused = Fused {
+            params: self.blocks.window(i),
+            logits,
+            // In place the gradient is the logits: the stand-in is not bound.
+            gradient: self.gradient(first, count),
+            targets: self.chunk_targets(first, count),
+            class_weights: self.class_weights(),
+            rows: Window::whole(&s.row_out),
+            row_sums: Window::whole(&s.row_sums),
+            scale_source: self.scale_source(),
+            sample_weights: self.sample_weights(),
+        };
+        self.gpu.launch(
+            pass,
+            &self.gpu.pipeline(variant),
+            &fused.entries(),
+            shape.grid(chunk.rows, 1),
+        );
+    }
+
+    /// Chunk `i` on the three-pass path: partials (of the chunk's rows, or of each long row
+    /// a piece at a time), rows, and the focal pass when every class is focal.
+    pub(super) fn three_pass_chunk(&self, pass: &mut wgpu::ComputePass, i: usize, chunk: Chunk) {
+        let (first, count) = self.span(chunk);
+        let logits = self.logits(first, count).0;
+        let targets = self.chunk_targets(first, count);
+        if self.long_rows {
+            for (j, piece) in self.pieces.iter().enumerate() {
+                let (first, count, _) = self.piece_span(piece);
+                let piece_targets = self.chunk_targets(first, count);
+                let logits = self.logits(first, count).0;
+                let block = self.blocks.pieces + j;
+                self.partials(pass, block, logits, piece_targets, 1, piece.splits);
+            }
+        } else {
+            self.partials(pass, i, logits, targets, chunk.rows, self.shape.splits);
+        }
+
+        // Rows: no logits, the target's logit comes from the partials pass.
+        let s = &self.scratch;
+        let variant = Variant::new(Kernel::SoftmaxRows, self.scalar_load, self.target_load);
+        let rows = Rows {
+            params: self.blocks.window(i),
+            targets: self.index_targets(),
+            class_weights: self.class_weights(),
+            partials: Window::whole(&s.partials),
+            rows: Window::whole(&s.row_out),
+            row_sums: Window::whole(&s.row_sums),
+            coefficients: Window::whole(&s.coefs),
+            sample_weights: self.sample_weights(),
+            target_logits: Window::whole(&s.target_logits),
+        };
+        let (x, y) = grid(chunk.rows as u64);
+        self.gpu.launch(
+            pass,
+            &self.gpu.pipeline(variant),
+            &rows.entries(),
+            (x, y, 1),
+        );
+
+        // Focal loss with smoothing or soft targets: every class's (1 − p)^γ, from the
+        // row's final LSE (one more read of the row).
+        if self.focal_all {
+            let variant = Variant::new(Kernel::SoftmaxFocal, self.scalar_load, self.target_load);
+            let focal = Focal {
+                params: self.blocks.window(i),
+                logits,
+                targets,
+                class_weights: self.class_weights(),
+                rows: Window::whole(&s.row_out),
+                row_sums: Window::whole(&s.row_sums),
+                coefficients: Window::whole(&s.coefs),
+            };
+            self.gpu.launch(
+                pass,
+                &self.gpu.pipeline(variant),
+                &focal.entries(),
+                self.shape.grid(chunk.rows, 1),
+            );
+        }
+    }
+
+    /// The partials pass over `rows` rows (`splits` splits each) of `logits`, with block
+    /// `block`.
+    fn partials(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        block: usize,
+        logits: Window,
+        targets: Window,
+        rows: usize,
+        splits: u32,
+    ) {
+        let load = if self.vec4_loads(&logits, block) {
+            LogitLoad::F32x4
+        } else {
+            self.scalar_load
+        };
+        let variant = Variant::new(Kernel::SoftmaxPartials, load, self.target_load)
+            .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup);
+        let s = &self.scratch;
+        let partials = Partials {
+            params: self.blocks.window(block),
+            logits,
+            targets,
+            class_weights: self.class_weights(),
+            partials: Window::whole(&s.partials),
+            target_error: Window::whole(&s.error),
+            target_logits: Window::whole(&s.target_logits),
+        };
+        self.gpu.launch(
+            pass,
+            &self.gpu.pipeline(variant),
+            &partials.entries(),
+            self.shape.grid(rows, splits),
+        );
+    }
+
+    /// The gradient, from the saved row coefficients and the reduced totals: over the
+    /// chunks, or over runs of elements of long rows.
+    pub(super) fn backward(&self, pass: &mut wgpu::ComputePass) {
+        let variant = Variant::new(Kernel::SoftmaxBackward, self.scalar_load, self.target_load)
+            .with_store(self.store);
+        let pipeline = self.gpu.pipeline(variant);
+        // (block, first element, elements).
+        let spans: Vec<(usize, u64, u64)> = if self.long_rows {
+            (self.blocks.runs..)
+                .zip(self.runs.iter().copied())
+                .map(|(i, (first, count))| (i, first, count))
+                .collect()
+        } else {
+            (0..)
+                .zip(&self.chunks)
+                .filter(|(_, chunk)| chunk.rows > 0)
+                .map(|(i, &chunk)| {
+                    let (first, count) = self.span(chunk);
+                    (i, first, count)
+                })
+                .collect()
+        };
+        for (i, first, count) in spans {
+            let backward = Backward {
+                params: self.blocks.window(i),
+                logits: self.logits(first, count).0,
+                gradient: self.gradient(first, count),
+                targets: self.chunk_targets(first, count),
+                class_weights: self.class_weights(),
+                coefficients: Window::whole(&self.scratch.coefs),
+                scale_source: self.scale_source(),
+            };
+            let (x, y) = grid(count.div_ceil(4));
+            self.gpu
+                .launch(pass, &pipeline, &backward.entries(), (x, y, 1));
+        }
+    }
+
+    /// The elements of a chunk: (first, count).
+    pub(super) fn span(&self, chunk: Chunk) -> (u64, u64) {
+        let classes = self.classes as u64;
+        (chunk.row0 as u64 * classes, chunk.rows as u64 * classes)
+    }
+
+    /// The elements of a long row's piece and its first class: (first, count, col0).
+    pub(super) fn piece_span(&self, piece: &Piece) -> (u64, u64, u64) {
+        let (span, classes) = (self.shape.span as u64, self.classes as u64);
+        let col0 = piece.split0 as u64 * span;
+        let count = (piece.splits as u64 * span).min(classes - col0);
+        (piece.row as u64 * classes + col0, count, col0)
+    }
+
+    /// The targets a kernel over elements `first .. first + count` binds: those elements of
+    /// dense targets, or the index targets whole.
+    fn chunk_targets(&self, first: u64, count: u64) -> Window<'_> {
+        if self.dense {
+            self.f32s(self.targets_buffer, first, count).0
+        } else {
+            self.index_targets()
+        }
+    }
+
+    /// f32 logits are read as vec4 where the window and its rows are 16-byte aligned.
+    fn vec4_loads(&self, logits: &Window, block: usize) -> bool {
+        self.batch.dtype == Dtype::F32
+            && self.layout == Layout::Rows
+            && self.classes.is_multiple_of(4)
+            && logits.size.is_multiple_of(16)
+            && self.blocks.params[block].elem_offset.is_multiple_of(4)
+    }
+}
