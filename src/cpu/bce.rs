@@ -1,0 +1,86 @@
+//! One block of BCE rows: every element's loss and gradient (`scalar::binary_row`), the
+//! per-element losses kept in row-major order.
+
+use super::blocks::gather;
+use super::{scalar, BlockOut, Ctx, Data, RowResult};
+use crate::input::{Dtype, Element, Layout, Targets};
+use crate::options::BinaryCrossEntropy;
+
+impl Ctx<'_> {
+    /// One BCE block: each row's elements, and their gradient into the gradient or over the
+    /// logits.
+    pub(super) fn bce_block<T: Element>(
+        &self,
+        options: BinaryCrossEntropy,
+        first_row: usize,
+        mut src: Data<'_, T>,
+        mut grad: Option<&mut [f32]>,
+        in_place: bool,
+    ) -> BlockOut {
+        let classes = self.plan.classes;
+        let layout = self.plan.layout;
+        let rows = src.get().len() / classes;
+        let direct = T::DTYPE == Dtype::F32 && layout == Layout::Rows;
+        let wants_grad = in_place || grad.is_some();
+        let Targets::Dense(targets) = self.targets else {
+            unreachable!("plan::binary takes dense targets only")
+        };
+        let mut x_buf = vec![0f32; classes];
+        let mut t_buf = vec![0f32; if layout == Layout::Rows { 0 } else { classes }];
+        let mut g_buf = vec![0f32; classes];
+        let mut out = BlockOut {
+            rows: Vec::with_capacity(rows),
+            elements: vec![0f32; rows * classes],
+        };
+        for i in 0..rows {
+            let row = first_row + i;
+            let span = i * classes..(i + 1) * classes;
+            if !direct {
+                gather(src.get(), layout, i, &mut x_buf);
+            }
+            let t: &[f32] = if layout == Layout::Rows {
+                &targets[row * classes..(row + 1) * classes]
+            } else {
+                gather(&targets[first_row * classes..], layout, i, &mut t_buf);
+                &t_buf
+            };
+            let x: &[f32] = if direct {
+                bytemuck::cast_slice(&src.get()[span.clone()])
+            } else {
+                &x_buf
+            };
+            let sample_weight = self.sample_weights.map_or(1.0, |s| s[row]);
+            let losses = &mut out.elements[span.clone()];
+            let g = wants_grad.then_some(&mut g_buf[..]);
+            let ce = scalar::binary_row(
+                x,
+                t,
+                self.w,
+                self.pos_weight,
+                scalar::BinaryOptions {
+                    smoothing: options.label_smoothing,
+                    gamma: options.focal_gamma,
+                    alpha: options.focal_alpha,
+                    sample_weight,
+                },
+                losses,
+                g,
+                |c| {
+                    self.plan
+                        .row_scales(self.upstream, layout.offset(row, c, classes), 1.0)
+                        .0
+                },
+            );
+            out.rows.push(RowResult {
+                ce,
+                valid: true,
+                ..RowResult::default()
+            });
+            if wants_grad {
+                x_buf.copy_from_slice(&g_buf);
+                self.write_back(&mut src, grad.as_deref_mut(), in_place, i, &x_buf);
+            }
+        }
+        out
+    }
+}
