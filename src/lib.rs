@@ -34,6 +34,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod input;
+mod math;
 pub mod options;
 pub mod output;
 pub(crate) mod plan;

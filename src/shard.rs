@@ -160,9 +160,11 @@
 //!   host copy of the read-back.
 
 use crate::backend::{Backend, Target};
-use crate::cpu::scalar::{index_ce, log_p, term};
 use crate::error::{Error, Result};
 use crate::input::{Layout, Logits, Targets};
+use crate::math::focal::focal_factors;
+use crate::math::reduce::{loss, row_scales};
+use crate::math::row::{confidence, entropy, index_ce, index_p_coefficient, log_p, term};
 use crate::options::{CrossEntropy, InputKind, Reduction};
 use crate::output::{Metrics, Output};
 
@@ -318,13 +320,7 @@ impl RowPartial {
 
     /// `log Σ exp(z)` of the merged row (−inf all masked, +inf with a +inf, NaN with a NaN).
     pub fn lse(&self) -> f64 {
-        if self.nan_index != u32::MAX {
-            f64::NAN
-        } else if self.max.is_infinite() {
-            self.max as f64
-        } else {
-            self.max as f64 + (self.sum_exp as f64).ln()
-        }
+        crate::math::row::lse(self.max, self.sum_exp as f64, self.nan_index != u32::MAX)
     }
 }
 
@@ -605,7 +601,7 @@ impl CrossEntropy {
                     ce = 0.0;
                 } else if self.is_focal() {
                     // Without smoothing only p[y] is focal (see `reference::focal_factors`).
-                    let (f, g) = crate::cpu::scalar::focal_factors(logp_y, gamma);
+                    let (f, g) = focal_factors(logp_y, gamma);
                     ce = -term(w_y, f * logp_y);
                     kce = w_y * g;
                 } else {
@@ -614,7 +610,7 @@ impl CrossEntropy {
                         (w_y, logp_y),
                         (w_sum, log_sum, m.sum_wz as f64),
                     );
-                    kce = (1.0 - eps) * w_y + eps / classes_f * w_sum;
+                    kce = index_p_coefficient(eps, classes_f, w_y, w_sum);
                 }
                 if lambda > 0.0 {
                     z_term = lambda * lse * lse;
@@ -640,8 +636,8 @@ impl CrossEntropy {
                 .push(if valid { logp_y.exp() as f32 } else { 0.0 });
             let (entropy, confidence) = if finite {
                 (
-                    log_sum - m.sum_ez as f64 / m.sum_exp as f64,
-                    (-log_sum).exp(),
+                    entropy(log_sum, m.sum_ez as f64, m.sum_exp as f64),
+                    confidence(log_sum),
                 )
             } else {
                 (f64::NAN, f64::NAN)
@@ -649,14 +645,12 @@ impl CrossEntropy {
             metrics.entropy.push(entropy as f32);
             metrics.confidence.push(confidence as f32);
             metrics.valid.push(valid);
-            let (a, b) = match self.reduction {
-                Reduction::None => {
-                    let g = upstream.map_or(1.0, |u| u[row] as f64) * sw;
-                    (g, g)
-                }
-                Reduction::Sum => (u * sw, u * sw),
-                Reduction::Mean => (u * sw / denominator, u * sw / valid_weight),
-            };
+            let (a, b) = row_scales(
+                self.reduction,
+                (upstream.map_or(1.0, |u| u[row] as f64), u),
+                sw,
+                (denominator, valid_weight),
+            );
             out.rows.push(RowGradient {
                 lse: lse as f32,
                 max: if lse.is_finite() { m.max } else { lse as f32 },
@@ -696,12 +690,12 @@ impl CrossEntropy {
 
     /// The reduced loss from the row totals (SEMANTICS.md sections 2, 2c).
     fn reduce(&self, t: &FocalRound) -> Option<f32> {
-        match self.reduction {
-            Reduction::None => None,
-            Reduction::Sum => Some((t.ce_sum + t.z_sum) as f32),
-            Reduction::Mean if t.z_sum == 0.0 => Some((t.ce_sum / t.denominator) as f32),
-            Reduction::Mean => Some((t.ce_sum / t.denominator + t.z_sum / t.z_denominator) as f32),
-        }
+        loss(
+            self.reduction,
+            (t.ce_sum, t.z_sum),
+            (t.denominator, t.z_denominator),
+        )
+        .map(|v| v as f32)
     }
 
     /// Focal loss with label smoothing, round 2 on one shard: the row sums of its columns

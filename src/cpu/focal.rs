@@ -19,8 +19,9 @@
 //! (`cpu/shard.rs`, over a shard's columns with the global log-sum-exp) both go through it.
 
 use super::row::{load, load_live, RowIo, Transform, CHUNK};
-use super::scalar::{focal_factors, log_p, term, Focal};
 use super::simd::{dispatch, SimdLevel};
+use crate::math::focal::{focal_factors, Focal};
+use crate::math::row::{log_p, term};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 use rten_vecmath::Exp;

@@ -2,44 +2,8 @@
 //! logarithm per value) and binary cross-entropy (section 4). Both are element-wise, read each
 //! value once, and accumulate in f64.
 
-use crate::reference::first_max;
-use std::ops::Mul;
-
-/// `coefficient · value`, or 0 when the coefficient is exactly 0: a term whose coefficient is
-/// 0 is absent, not `0·inf` = NaN (SEMANTICS.md section 6).
-#[inline(always)]
-pub fn term<T: Copy + PartialEq + Default + Mul<Output = T>>(coefficient: T, value: T) -> T {
-    if coefficient == T::default() {
-        T::default()
-    } else {
-        coefficient * value
-    }
-}
-
-/// `log p = (z − max) − log_sum`, in f64: the split form every `logp` is taken from
-/// (SEMANTICS.md section 1), with `lse = max + log_sum` never formed; `z − lse` would drop
-/// `logp` below the last place of a large `max`.
-#[inline]
-pub fn log_p(z: f32, max: f32, log_sum: f64) -> f64 {
-    (z as f64 - max as f64) - log_sum
-}
-
-/// The cross-entropy part of a valid index-target row (SEMANTICS.md section 2) in the split
-/// form: `−(1−ε)·w[y]·logp[y] + (ε/C)·(W·log_sum − Σ w·(z − m))`, from `w[y]`, `logp[y]`,
-/// `W = Σ w`, `log_sum` and the centred `Σ w·(z − m)` (unread when `ε = 0`); zero coefficients
-/// leave their terms out.
-pub fn index_ce(
-    (eps, classes): (f64, f64),
-    (w_y, logp_y): (f64, f64),
-    (w_sum, log_sum, sum_wz): (f64, f64, f64),
-) -> f64 {
-    let smooth = if eps > 0.0 {
-        w_sum * log_sum - sum_wz
-    } else {
-        0.0
-    };
-    -term(1.0 - eps, term(w_y, logp_y)) + term(eps / classes, smooth)
-}
+use crate::math::focal::focal_factors;
+use crate::math::row::{first_max, term};
 
 /// BCE options that act per element: Keras's label smoothing, torchvision's focal factor and
 /// the row's sample weight.
@@ -139,60 +103,6 @@ pub fn binary_row(
     sum
 }
 
-/// The focal factors in f32, for the per-class passes: [`focal_factors`] with one power per
-/// class (`(1 − p)^(γ−1) = f / (1 − p)`), and none for a whole `γ` (`powi`).
-#[derive(Debug, Clone, Copy)]
-pub struct Focal {
-    gamma: f32,
-    whole: Option<i32>,
-}
-
-impl Focal {
-    /// Factors for focusing parameter `gamma > 0`.
-    pub fn new(gamma: f32) -> Focal {
-        let whole = (gamma.fract() == 0.0 && gamma <= 16.0).then_some(gamma as i32);
-        Focal { gamma, whole }
-    }
-
-    /// `(f, g)` of a class with log-probability `l` (see [`focal_factors`]).
-    #[inline]
-    pub fn factors(self, l: f32) -> (f32, f32) {
-        let q = -l.exp_m1();
-        if q <= 0.0 {
-            // p = 1: f = 0 and p·l·(1 − p)^(γ−1) → 0.
-            return (0.0, 0.0);
-        }
-        let f = match self.whole {
-            Some(k) => q.powi(k),
-            None => q.powf(self.gamma),
-        };
-        let p = l.exp();
-        let h = if p == 0.0 { 0.0 } else { p * l * (f / q) };
-        (f, f - self.gamma * h)
-    }
-}
-
-/// The focal factor `f = (1 − p)^γ` of one class and its gradient factor
-/// `g = f − γ·p·logp·(1 − p)^(γ−1)`, from `l = logp` (SEMANTICS.md section 2c).
-///
-/// Where they come from: one class's term of the loss is `−a·f·logp`, and with
-/// `∂logp_c/∂z_j = [c = j] − p_j`, `∂p_c/∂z_j = p_c·([c = j] − p_j)`, its gradient is
-/// `−a·g·([c = j] − p_j)`; summing over classes, `dz_j = p_j·Σ_c a_c·g_c − a_j·g_j`
-/// (`reference::focal_factors` has the whole derivation). `1 − p = −expm1(logp)`, exact near
-/// `p = 1`; `p·logp·(1 − p)^(γ−1)` is taken as its limit 0 at `p = 0` and `p = 1`.
-#[inline]
-pub fn focal_factors(l: f64, gamma: f64) -> (f64, f64) {
-    let p = l.exp();
-    let q = -l.exp_m1();
-    let f = q.powf(gamma);
-    let h = if p == 0.0 || q == 0.0 {
-        0.0
-    } else {
-        p * l * q.powf(gamma - 1.0)
-    };
-    (f, f - gamma * h)
-}
-
 fn softplus(v: f32) -> f32 {
     v.max(0.0) + (-v.abs()).exp().ln_1p()
 }
@@ -274,7 +184,7 @@ pub fn probability_row(
             })
             .sum::<f64>(),
     };
-    let argmax = first_max(&q.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let argmax = first_max(q);
     let entropy = -(0..q.len())
         .map(|c| {
             let p = (q[c] as f64).clamp(floor, 1.0);

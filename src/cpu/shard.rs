@@ -3,9 +3,10 @@
 
 use super::focal::FocalRow;
 use super::row::{Backward, Forward, RowIo, Transform, CHUNK};
-use super::scalar::{log_p, Focal};
 use super::simd::{dispatch, SimdLevel};
 use crate::input::{Element, Logits, Storage, Targets};
+use crate::math::focal::Focal;
+use crate::math::row::log_p;
 use crate::options::CrossEntropy;
 use crate::shard::{Combined, FocalPartial, RowFill, RowGradient, RowPartial, Shard};
 use half::{bf16, f16};

@@ -3,9 +3,13 @@
 //! passes of focal loss.
 
 use super::row::{Backward, Exps, ExpsIo, Forward, Rescale, RowIo, Transform};
-use super::scalar::{self, term, ProbTarget};
+use super::scalar::{self, ProbTarget};
 use super::{focal, simd, Ctx, RowResult};
 use crate::input::Targets;
+use crate::math::focal::focal_factors;
+use crate::math::row::{
+    confidence, entropy, first_max, index_ce, index_p_coefficient, log_p, term,
+};
 use crate::options::InputKind;
 
 impl Ctx<'_> {
@@ -40,8 +44,7 @@ impl Ctx<'_> {
                         .zip(x)
                         .map(|(&t, &q)| t as f64 * (q as f64).clamp(floor as f64, 1.0))
                         .sum::<f64>(),
-                    crate::reference::first_max(&t.iter().map(|&v| v as f64).collect::<Vec<_>>())
-                        == r.argmax,
+                    first_max(t) == r.argmax,
                 ),
                 ProbTarget::Index(y) if valid => {
                     ((x[y] as f64).clamp(floor as f64, 1.0), r.argmax == y as u32)
@@ -103,12 +106,12 @@ impl Ctx<'_> {
             log_sum: if finite { log_sum as f32 } else { 0.0 },
             argmax,
             entropy: if finite {
-                (log_sum - st.sum_ez / st.sum_exp) as f32
+                entropy(log_sum, st.sum_ez, st.sum_exp) as f32
             } else {
                 f32::NAN
             },
             confidence: if finite {
-                (-log_sum).exp() as f32
+                confidence(log_sum) as f32
             } else {
                 f32::NAN
             },
@@ -122,9 +125,7 @@ impl Ctx<'_> {
                 let sum_wt = term(1.0 - eps, st.sum_wt) + eps / c_f * w_sum;
                 let sum_wtz = term(1.0 - eps, st.sum_wtz) + term(eps / c_f, st.sum_wz);
                 r.target_prob = (st.sum_te / st.sum_exp) as f32;
-                r.correct =
-                    crate::reference::first_max(&t.iter().map(|&v| v as f64).collect::<Vec<_>>())
-                        == argmax;
+                r.correct = first_max(t) == argmax;
                 r.p_coefficient = sum_wt as f32;
                 sum_wt * log_sum - sum_wtz
             }
@@ -132,14 +133,14 @@ impl Ctx<'_> {
                 let y = y as usize;
                 // A NaN or +inf logit, or a row of −inf only, makes the row NaN (PyTorch).
                 let logp_y = if finite {
-                    scalar::log_p(transform.scalar(x[y]), st.max, log_sum)
+                    log_p(transform.scalar(x[y]), st.max, log_sum)
                 } else {
                     f64::NAN
                 };
                 r.target_prob = logp_y.exp() as f32;
                 r.correct = argmax == y as u32;
-                r.p_coefficient = ((1.0 - eps) * w(y) + eps / c_f * w_sum) as f32;
-                scalar::index_ce((eps, c_f), (w(y), logp_y), (w_sum, log_sum, st.sum_wz))
+                r.p_coefficient = index_p_coefficient(eps, c_f, w(y), w_sum) as f32;
+                index_ce((eps, c_f), (w(y), logp_y), (w_sum, log_sum, st.sum_wz))
             }
             _ => return RowResult { loss: 0.0, ..r },
         };
@@ -296,7 +297,7 @@ impl Ctx<'_> {
     ///
     /// Index targets without smoothing need only `p[y]`: `ce = −w[y]·f[y]·logp[y]` and the
     /// gradient is plain cross-entropy's with `w[y]` replaced by `w[y]·g[y]`
-    /// ([`scalar::focal_factors`] has the derivation). With smoothing or soft targets every
+    /// ([`focal_factors`] has the derivation). With smoothing or soft targets every
     /// class's `(1 − p[c])^γ` needs the final `lse`: one more pass over the row, which is still
     /// in cache (SIMD for a whole `γ`, scalar for a fractional one: [`focal::FocalRow`]),
     /// `ce = −Σ_c a[c]·f[c]·logp[c]` and `G = Σ_c a[c]·g[c]` (`a[c] = w[c]·t'[c]`), and the
@@ -320,8 +321,8 @@ impl Ctx<'_> {
         let index = self.targets.index(row).map(|y| y as usize);
         if let (None, Some(y), true) = (t, index, eps == 0.0) {
             // The same split form as the backward's `(z − max) − log_sum`.
-            let l = scalar::log_p(transform.scalar(x[y]), max, log_sum);
-            let (f, g) = scalar::focal_factors(l, gamma);
+            let l = log_p(transform.scalar(x[y]), max, log_sum);
+            let (f, g) = focal_factors(l, gamma);
             r.p_coefficient = (w(y) * g) as f32;
             r.focal_target = r.p_coefficient;
             return -term(w(y), f * l);

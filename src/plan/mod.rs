@@ -75,35 +75,24 @@ impl Plan {
         index: usize,
         sample_weight: f32,
     ) -> (f32, f32) {
-        let s = sample_weight as f64;
-        match self.reduction {
-            Reduction::None => {
-                let g = upstream.map_or(1.0, |u| u[index]) as f64 * s;
-                (g as f32, g as f32)
-            }
-            Reduction::Sum => {
-                let g = self.upstream_scalar as f64 * s;
-                (g as f32, g as f32)
-            }
-            Reduction::Mean => {
-                let u = self.upstream_scalar as f64 * s;
-                (
-                    (u / self.denominator) as f32,
-                    (u / self.z_denominator) as f32,
-                )
-            }
-        }
+        let row_upstream = upstream.map_or(1.0, |u| u[index]) as f64;
+        let (a, b) = crate::math::reduce::row_scales(
+            self.reduction,
+            (row_upstream, self.upstream_scalar as f64),
+            sample_weight as f64,
+            (self.denominator, self.z_denominator),
+        );
+        (a as f32, b as f32)
     }
 
     /// Combines the per-row cross-entropy and z-loss sums (sample weights applied) into the
     /// reduced loss.
     pub fn reduce(&self, ce_sum: f64, z_sum: f64) -> Option<f64> {
-        match self.reduction {
-            Reduction::None => None,
-            Reduction::Sum => Some(ce_sum + z_sum),
-            Reduction::Mean if z_sum == 0.0 => Some(ce_sum / self.denominator),
-            Reduction::Mean => Some(ce_sum / self.denominator + z_sum / self.z_denominator),
-        }
+        crate::math::reduce::loss(
+            self.reduction,
+            (ce_sum, z_sum),
+            (self.denominator, self.z_denominator),
+        )
     }
 }
 

@@ -38,13 +38,7 @@ pub struct RowStats {
 impl RowStats {
     /// `log Σ exp(z)`: −inf for an all −inf row, +inf with a +inf, NaN with a NaN.
     pub fn lse(&self) -> f64 {
-        if self.nans > 0 {
-            f64::NAN
-        } else if self.max.is_infinite() {
-            self.max as f64
-        } else {
-            self.max as f64 + self.sum_exp.ln()
-        }
+        crate::math::row::lse(self.max, self.sum_exp, self.nans > 0)
     }
 
     /// `ln Σ exp(z − m)`: with `m`, the split form of `lse` that every `logp` is taken from,
