@@ -645,9 +645,14 @@ impl CrossEntropy {
             metrics.entropy.push(entropy as f32);
             metrics.confidence.push(confidence as f32);
             metrics.valid.push(valid);
+            // Only `Reduction::None` has one upstream value per row.
+            let row_upstream = |row: usize| match self.reduction {
+                Reduction::None => upstream.map_or(1.0, |u| u[row] as f64),
+                _ => 1.0,
+            };
             let (a, b) = row_scales(
                 self.reduction,
-                (upstream.map_or(1.0, |u| u[row] as f64), u),
+                (row_upstream(row), u),
                 sw,
                 (denominator, valid_weight),
             );

@@ -151,6 +151,19 @@ fn softmax_grid() -> Vec<(String, Case, CrossEntropy, bool)> {
             plain.reduction(Reduction::None),
             true,
         );
+        let weighted = base().weighted(16).sample_weighted(15);
+        add(
+            "upstream sum",
+            weighted.clone(),
+            all.reduction(Reduction::Sum),
+            true,
+        );
+        add(
+            "upstream mean",
+            weighted,
+            all.reduction(Reduction::Mean),
+            true,
+        );
         let ignore_3 = Case::new(seed, rows, classes, Hardness::ALL).ignore_every(3, 3);
         add("ignore 3", ignore_3, plain.ignore_index(3), false);
         add(
@@ -216,9 +229,12 @@ fn record() {
     let mut lines = String::new();
     let backends = backends();
     for (label, case, options, upstream) in softmax_grid() {
-        let up: Vec<f32> = (0..case.rows)
-            .map(|r| 0.5 + (r % 4) as f32 * 0.25)
-            .collect();
+        let up: Vec<f32> = match options.reduction {
+            Reduction::None => (0..case.rows)
+                .map(|r| 0.5 + (r % 4) as f32 * 0.25)
+                .collect(),
+            _ => vec![0.75],
+        };
         let upstream = upstream.then_some(&up[..]);
         for (name, backend) in &backends {
             for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
@@ -265,9 +281,12 @@ fn record() {
         {
             continue;
         }
-        let up: Vec<f32> = (0..case.rows)
-            .map(|r| 0.5 + (r % 4) as f32 * 0.25)
-            .collect();
+        let up: Vec<f32> = match options.reduction {
+            Reduction::None => (0..case.rows)
+                .map(|r| 0.5 + (r % 4) as f32 * 0.25)
+                .collect(),
+            _ => vec![0.75],
+        };
         let upstream = upstream.then_some(&up[..]);
         let shards = uneven(case.classes, 3);
         for (name, backend) in &backends {

@@ -75,7 +75,11 @@ impl Plan {
         index: usize,
         sample_weight: f32,
     ) -> (f32, f32) {
-        let row_upstream = upstream.map_or(1.0, |u| u[index]) as f64;
+        // Only `Reduction::None` has one upstream value per row (or element).
+        let row_upstream = match self.reduction {
+            Reduction::None => upstream.map_or(1.0, |u| u[index]) as f64,
+            _ => 1.0,
+        };
         let (a, b) = crate::math::reduce::row_scales(
             self.reduction,
             (row_upstream, self.upstream_scalar as f64),
