@@ -1,4 +1,4 @@
-//! Where a call runs, and the entry points that send a checked [`Plan`](crate::plan::Plan) there.
+//! Where a call runs, and the entry points that check it (`plan`) and send it there.
 
 use crate::cpu;
 use crate::error::Result;

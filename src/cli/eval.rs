@@ -147,7 +147,7 @@ pub struct EvalArgs {
     pub input: InputArg,
     /// Lower clamp of probability inputs: log p = log(clamp(q, eps, 1)). The default 1e-7 is
     /// Keras's; scikit-learn's log_loss clips at the dtype's machine epsilon (2.2e-16 for
-    /// float64, 1.19e-7 for float32), so rows with q[y] < 1e-7 differ from it.
+    /// float64, 1.19e-7 for float32), so rows with `q[y] < 1e-7` differ from it.
     #[arg(
         long,
         value_name = "E",

@@ -1,10 +1,10 @@
 //! The SIMD CPU backend.
 //!
-//! Rows are cut into blocks of about [`BLOCK_ELEMENTS`] values (whole samples for the
+//! Rows are cut into blocks of about `BLOCK_ELEMENTS` values (whole samples for the
 //! `(N, C, d…)` layout), blocks run in parallel on rayon's pool, and every per-row result
 //! comes back in row order; the batch loss is summed block by block in that order, in f64, so
 //! the bits do not depend on the number of threads. Each row is read once by the fused forward
-//! ([`row::Forward`]) and, for a gradient, once more from cache by [`row::Backward`]. Focal
+//! (`row::Forward`) and, for a gradient, once more from cache by `row::Backward`. Focal
 //! loss with smoothing or soft targets reads the row once more in between (`focal`): every
 //! class's `(1 − p)^γ` needs the row's final log-sum-exp.
 //!

@@ -16,7 +16,7 @@
 //!   [`Gpu::record_row_counts`](super::Gpu::record_row_counts) counts valid and correct rows
 //!   on the device.
 //! - A target out of range sets a flag: by default one shared by every recorded call on that
-//!   [`Gpu`](super::Gpu) until [`Gpu::take_target_error`](super::Gpu::take_target_error) reads
+//!   [`Gpu`] until [`Gpu::take_target_error`] reads
 //!   it (the lowest such row of any of those calls; a blocking read). A trainer that never
 //!   waits passes its own buffer ([`DeviceOutputs::target_error`]) and copies it out beside
 //!   the loss. Host-slice calls on the same `Gpu` use a flag of their own, so they neither
@@ -129,7 +129,7 @@ pub struct DeviceOutputs<'a> {
     /// one u32 that the call raises with an atomic max and never clears, decoded by
     /// [`target_error_row`]. Zero-initialized buffers start "no error"; clear it yourself
     /// (`CommandEncoder::clear_buffer`) after reading it. Copy it out beside the loss every K
-    /// steps and no call ever waits on the device. `None`: the [`Gpu`](super::Gpu)'s own flag,
+    /// steps and no call ever waits on the device. `None`: the [`Gpu`]'s own flag,
     /// read (blocking) by [`Gpu::take_target_error`](super::Gpu::take_target_error).
     pub target_error: Option<&'a wgpu::Buffer>,
 }

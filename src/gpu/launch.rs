@@ -55,7 +55,7 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
 }
 
 /// The shape of the fused kernel for `rows × classes`, or `None` when a row doesn't fit its
-/// registers: contiguous rows of at most [`FUSED_VALUES_PER_INVOCATION`] · WG classes (4096),
+/// registers: contiguous rows of at most `FUSED_VALUES_PER_INVOCATION` · WG classes (4096),
 /// with as few invocations per row as hold the row, so each has up to 16 logits to amortize
 /// finishing the row over (one invocation per row for C ≤ 16).
 pub fn fused_shape(classes: usize, layout: Layout) -> Option<Shape> {

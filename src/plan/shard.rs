@@ -1,0 +1,175 @@
+//! The checks of the vocabulary-parallel calls (`crate::shard`): a shard and its inputs, the
+//! partials `combine` merges, and the combined rows a backward takes.
+
+use crate::error::{Error, Result};
+use crate::input::{Layout, Logits, Targets};
+use crate::options::{CrossEntropy, InputKind, Reduction};
+use crate::shard::{Combined, RowPartial, Shard};
+
+/// Vocabulary shards take logits (not probabilities) and valid options.
+fn supported(options: &CrossEntropy) -> Result<()> {
+    options.validate()?;
+    if !matches!(options.input, InputKind::Logits) {
+        return Err(Error::Unsupported(
+            "vocab-parallel partials take logits, not probabilities".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One shard's call: the shard inside its vocabulary, row-major logits of its width, class
+/// index targets in range of the whole vocabulary, its slice of class weights.
+pub(crate) fn shard(
+    options: &CrossEntropy,
+    shard: Shard,
+    logits: &Logits<'_>,
+    targets: Targets<'_>,
+    class_weights: Option<&[f32]>,
+) -> Result<()> {
+    supported(options)?;
+    if shard.classes == 0 {
+        return Err(Error::NoClasses);
+    }
+    if shard
+        .start
+        .checked_add(shard.width)
+        .is_none_or(|end| end > shard.classes)
+    {
+        return Err(Error::Shape {
+            what: "shard",
+            expected: shard.classes,
+            actual: shard.start.saturating_add(shard.width),
+            shape: format!("{shard:?}"),
+        });
+    }
+    if logits.layout() != Layout::Rows {
+        return Err(Error::Unsupported(
+            "vocab-parallel partials take row-major logits".into(),
+        ));
+    }
+    if logits.classes() != shard.width {
+        return Err(Error::Shape {
+            what: "shard logits (classes)",
+            expected: shard.width,
+            actual: logits.classes(),
+            shape: logits.shape_string(),
+        });
+    }
+    logits.check()?;
+    if matches!(targets, Targets::Dense(_)) {
+        return Err(Error::Unsupported(
+            "vocab-parallel partials take class-index targets".into(),
+        ));
+    }
+    if targets.len() != logits.rows() {
+        return Err(Error::Shape {
+            what: "targets",
+            expected: logits.rows(),
+            actual: targets.len(),
+            shape: logits.shape_string(),
+        });
+    }
+    for row in 0..targets.len() {
+        let y = targets.index(row).unwrap_or_default();
+        if y != options.ignore_index && (y < 0 || y as u64 >= shard.classes as u64) {
+            return Err(Error::TargetOutOfRange {
+                row,
+                value: y,
+                classes: shard.classes,
+                ignore_index: options.ignore_index,
+            });
+        }
+    }
+    if let Some(w) = class_weights {
+        if w.len() != shard.width {
+            return Err(Error::Shape {
+                what: "class_weights",
+                expected: shard.width,
+                actual: w.len(),
+                shape: format!("{shard:?}"),
+            });
+        }
+        if let Some((index, &value)) = w
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+        {
+            return Err(Error::BadWeight {
+                what: "class_weights",
+                index: shard.start + index,
+                value,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `combined` has one row per logits row.
+pub(crate) fn combined_rows(combined: &Combined, logits: &Logits<'_>) -> Result<()> {
+    if combined.rows.len() == logits.rows() {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        what: "combined rows",
+        expected: logits.rows(),
+        actual: combined.rows.len(),
+        shape: logits.shape_string(),
+    })
+}
+
+/// `combine`'s inputs: one partial per row from every shard, class-index targets, per-row
+/// sample weights (finite, non-negative), an upstream of one value per row for
+/// `Reduction::None` and one value otherwise.
+pub(crate) fn combine(
+    options: &CrossEntropy,
+    classes: usize,
+    partials: &[&[RowPartial]],
+    targets: Targets<'_>,
+    sample_weights: Option<&[f32]>,
+    upstream: Option<&[f32]>,
+) -> Result<()> {
+    supported(options)?;
+    if classes == 0 {
+        return Err(Error::NoClasses);
+    }
+    let rows = targets.len();
+    let shape = |expected: usize, actual: usize, what: &'static str, shape: String| {
+        Err(Error::Shape {
+            what,
+            expected,
+            actual,
+            shape,
+        })
+    };
+    if let Some(s) = sample_weights {
+        if s.len() != rows {
+            return shape(rows, s.len(), "sample_weights", format!("rows {rows}"));
+        }
+        if let Some(index) = s.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(Error::BadWeight {
+                what: "sample_weights",
+                index,
+                value: s[index],
+            });
+        }
+    }
+    if matches!(targets, Targets::Dense(_)) {
+        return Err(Error::Unsupported(
+            "vocab-parallel partials take class-index targets".into(),
+        ));
+    }
+    for p in partials {
+        if p.len() != rows {
+            return shape(rows, p.len(), "shard partials", format!("rows {rows}"));
+        }
+    }
+    match (options.reduction, upstream) {
+        (Reduction::None, Some(u)) if u.len() != rows => {
+            shape(rows, u.len(), "upstream", format!("rows {rows}"))
+        }
+        (Reduction::Sum | Reduction::Mean, Some(u)) if u.len() != 1 => {
+            shape(1, u.len(), "upstream", "scalar".into())
+        }
+        _ => Ok(()),
+    }
+}
