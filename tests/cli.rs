@@ -1307,6 +1307,9 @@ fn bench_on_the_gpu_records_the_adapter_or_says_why_not() {
         assert!(num(r, "gbps") > 0.0);
     }
     assert!(num(gpu, "gbps") > 0.0);
+    // Timed device-resident, with the host-slice call's round trip beside it.
+    assert!(num(gpu, "round_trip_ms") > 0.0, "{gpu}");
+    assert!(run.stdout.contains("trip ms"), "{}", run.stdout);
     assert!(records.iter().all(|r| r["device"] != "cpu"), "{records:?}");
 }
 

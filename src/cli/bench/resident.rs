@@ -1,0 +1,82 @@
+//! The GPU timed on device-resident buffers, as a trainer runs it: logits and targets
+//! uploaded once, the loss (and gradient) buffers allocated once, and each run one
+//! `record_cross_entropy` into a fresh encoder, submitted and waited for (submit-and-wait:
+//! the kernels plus one submission's latency, with no upload or read-back). The host-slice
+//! call's time, upload and read-back included, is the round-trip column beside it.
+
+use super::super::probe::Timing;
+use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu};
+use crate::input::Element;
+use crate::CrossEntropy;
+use wgpu::util::DeviceExt;
+
+/// Times `options` over `logits` (`rows × classes`) and `targets` on `gpu`, with the
+/// gradient when `backward`; `iters` timed runs after one warm-up.
+pub(super) fn time<T: Element>(
+    gpu: &Gpu,
+    options: &CrossEntropy,
+    (logits, targets): (&[T], &[i64]),
+    (rows, classes): (usize, usize),
+    backward: bool,
+    iters: usize,
+) -> Result<Timing, String> {
+    let device = gpu.device();
+    let logit_bytes = std::mem::size_of_val(logits) as u64;
+    let grad_bytes = (rows * classes * 4) as u64;
+    let largest = logit_bytes.max(if backward { grad_bytes } else { 0 });
+    if largest > device.limits().max_buffer_size {
+        return Err(format!(
+            "{largest} bytes in one buffer: over the device's max_buffer_size"
+        ));
+    }
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let upload = |label: &str, contents: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: storage,
+        })
+    };
+    let logits = upload("xent bench logits", bytemuck::cast_slice(logits));
+    let targets = upload("xent bench targets", bytemuck::cast_slice(targets));
+    let output = |label: &str, size: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4),
+            usage: storage,
+            mapped_at_creation: false,
+        })
+    };
+    let loss = output("xent bench loss", 4);
+    let gradient = backward.then(|| output("xent bench gradient", grad_bytes));
+    let batch = DeviceBatch::new(
+        &logits,
+        T::DTYPE,
+        rows,
+        classes,
+        DeviceTargets::I64(&targets),
+    );
+    let outputs = DeviceOutputs::new(&loss).gradient(match &gradient {
+        Some(g) => DeviceGradient::Into(g),
+        None => DeviceGradient::None,
+    });
+    let mut failure = None;
+    let timing = Timing::measure(iters, || {
+        if failure.is_some() {
+            return;
+        }
+        let mut encoder = device.create_command_encoder(&Default::default());
+        if let Err(e) = gpu.record_cross_entropy(&mut encoder, options, &batch, &outputs) {
+            failure = Some(e.to_string());
+            return;
+        }
+        gpu.queue().submit([encoder.finish()]);
+        if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
+            failure = Some(e.to_string());
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(timing),
+    }
+}
