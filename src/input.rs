@@ -276,6 +276,17 @@ impl<'a> Logits<'a> {
             Storage::Bf16Mut(d) => d[i].to_f32(),
         }
     }
+    /// The logits' storage as bytes (for an upload).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::F32(d) => bytemuck::cast_slice(d),
+            Storage::F16(d) => bytemuck::cast_slice(d),
+            Storage::Bf16(d) => bytemuck::cast_slice(d),
+            Storage::F32Mut(d) => bytemuck::cast_slice(d),
+            Storage::F16Mut(d) => bytemuck::cast_slice(d),
+            Storage::Bf16Mut(d) => bytemuck::cast_slice(d),
+        }
+    }
     /// Checks `len == rows·classes` (and `classes ≥ 1`, sizes that fit in bytes).
     pub(crate) fn check(&self) -> Result<()> {
         if self.classes == 0 {

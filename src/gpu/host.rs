@@ -137,15 +137,7 @@ impl Gpu {
         let dtype = logits.dtype();
         let in_place = matches!(request.gradient, Gradient::InPlace);
         self.scoped(|| {
-            let logit_bytes: &[u8] = match &logits.storage {
-                Storage::F32(d) => bytemuck::cast_slice(d),
-                Storage::F16(d) => bytemuck::cast_slice(d),
-                Storage::Bf16(d) => bytemuck::cast_slice(d),
-                Storage::F32Mut(d) => bytemuck::cast_slice(d),
-                Storage::F16Mut(d) => bytemuck::cast_slice(d),
-                Storage::Bf16Mut(d) => bytemuck::cast_slice(d),
-            };
-            let logits_buffer = self.upload(pool, "xent upload logits", logit_bytes);
+            let logits_buffer = self.upload(pool, "xent upload logits", logits.bytes());
             let target_bytes: &[u8] = match targets {
                 Targets::I32(t) => bytemuck::cast_slice(t),
                 Targets::I64(t) => bytemuck::cast_slice(t),

@@ -86,6 +86,17 @@ pub enum LogitLoad {
     Bf16,
 }
 
+impl LogitLoad {
+    /// The scalar load of `dtype`.
+    pub fn scalar(dtype: crate::input::Dtype) -> LogitLoad {
+        match dtype {
+            crate::input::Dtype::F32 => LogitLoad::F32,
+            crate::input::Dtype::F16 => LogitLoad::F16,
+            crate::input::Dtype::Bf16 => LogitLoad::Bf16,
+        }
+    }
+}
+
 /// How a kernel reads targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TargetLoad {

@@ -15,28 +15,9 @@ use super::pipelines::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
 use super::pool::Pool;
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::input::{Dtype, Layout, Logits, Storage, Targets};
+use crate::input::{Dtype, Layout, Logits, Targets};
 use crate::options::CrossEntropy;
 use crate::shard::{Combined, FocalPartial, RowFill, RowPartial, Shard};
-
-fn logit_bytes<'a>(logits: &'a Logits<'_>) -> &'a [u8] {
-    match &logits.storage {
-        Storage::F32(d) => bytemuck::cast_slice(d),
-        Storage::F16(d) => bytemuck::cast_slice(d),
-        Storage::Bf16(d) => bytemuck::cast_slice(d),
-        Storage::F32Mut(d) => bytemuck::cast_slice(d),
-        Storage::F16Mut(d) => bytemuck::cast_slice(d),
-        Storage::Bf16Mut(d) => bytemuck::cast_slice(d),
-    }
-}
-
-fn scalar_load(dtype: Dtype) -> LogitLoad {
-    match dtype {
-        Dtype::F32 => LogitLoad::F32,
-        Dtype::F16 => LogitLoad::F16,
-        Dtype::Bf16 => LogitLoad::Bf16,
-    }
-}
 
 /// One shard call's logits on the device, and its rows cut into chunks that fit a binding.
 struct ShardRows {
@@ -98,7 +79,7 @@ impl Gpu {
             )
         })?;
         Ok(ShardRows {
-            logits: self.upload(pool, "xent upload logits", logit_bytes(logits)),
+            logits: self.upload(pool, "xent upload logits", logits.bytes()),
             chunks: chunks.into_iter().filter(|c| c.rows > 0).collect(),
             width,
             elem: logits.dtype().size() as u64,
@@ -259,7 +240,7 @@ impl Gpu {
                 if x4 {
                     LogitLoad::F32x4
                 } else {
-                    scalar_load(dtype)
+                    LogitLoad::scalar(dtype)
                 },
                 TargetLoad::I32,
             )
@@ -382,7 +363,11 @@ impl Gpu {
                 splits: 1,
                 ..self.shard_params(options, shard, w.is_some())
             };
-            let variant = Variant::new(Kernel::SoftmaxFocal, scalar_load(dtype), TargetLoad::I32);
+            let variant = Variant::new(
+                Kernel::SoftmaxFocal,
+                LogitLoad::scalar(dtype),
+                TargetLoad::I32,
+            );
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.clear_buffer(&row_sums, 0, None);
             self.record_segments(
@@ -460,7 +445,7 @@ impl Gpu {
             );
             let variant = Variant::new(
                 Kernel::SoftmaxBackward,
-                scalar_load(logits.dtype()),
+                LogitLoad::scalar(logits.dtype()),
                 TargetLoad::I32,
             );
             let pipeline = self.pipeline(variant);

@@ -22,7 +22,7 @@ use super::pipelines::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_
 use super::pool::Pool;
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::input::{Dtype, Layout};
+use crate::input::Layout;
 use crate::options::Reduction;
 use crate::plan::Loss;
 use params::Blocks;
@@ -184,11 +184,7 @@ impl Gpu {
             elem,
             dense,
             store,
-            scalar_load: match batch.dtype {
-                Dtype::F32 => LogitLoad::F32,
-                Dtype::F16 => LogitLoad::F16,
-                Dtype::Bf16 => LogitLoad::Bf16,
-            },
+            scalar_load: LogitLoad::scalar(batch.dtype),
             target_load: match batch.targets {
                 DeviceTargets::I32(_) => TargetLoad::I32,
                 DeviceTargets::I64(_) => TargetLoad::I64,

@@ -15,16 +15,20 @@
 //! `float64` logits are converted to `float32` (the loss is computed in f32 or wider either
 //! way); `float16` and `bfloat16` are read in place.
 
+mod report;
+mod shapes;
+
 use super::device::DeviceChoice;
-use super::files::{read_tensor, shape_string, write_npy_f32, Data, Tensor};
-use super::{json_number, CliError};
-use crate::input::Element;
+use super::files::{read_tensor, write_npy_f32, Data};
+use super::CliError;
 use crate::{
-    Batch, BinaryCrossEntropy, CrossEntropy, Error, InputKind, Logits, Output, Reduction, Request,
-    Targets,
+    Batch, BinaryCrossEntropy, CrossEntropy, Error, InputKind, Output, Reduction, Request, Targets,
 };
 use clap::ArgGroup;
-use std::borrow::Cow;
+use report::Report;
+use shapes::{
+    check_index_targets, geometry, logits_view, per_class, same_shape, sample_weights, Geometry,
+};
 use std::time::Instant;
 
 /// Which loss.
@@ -180,145 +184,6 @@ pub struct EvalArgs {
     pub ece_bins: i64,
 }
 
-/// How the logits are laid out, from their shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Geometry {
-    rows: usize,
-    classes: usize,
-    /// `Some(spatial)` for the `(N, C, d1, …)` layout (softmax only).
-    spatial: Option<usize>,
-    /// Shape of the per-row (per-element for BCE) losses.
-    loss_shape: Vec<usize>,
-}
-
-fn geometry(logits: &Tensor, loss: LossKind) -> Result<Geometry, CliError> {
-    let shape = &logits.shape;
-    let g = match (shape.len(), loss) {
-        (0, _) => {
-            return Err(logits
-                .error("logits have shape (), a scalar; expected (N, C), (C,) or (N, C, d1, …)"))
-        }
-        (1, LossKind::Ce) => Geometry {
-            rows: 1,
-            classes: shape[0],
-            spatial: None,
-            loss_shape: vec![],
-        },
-        (2, LossKind::Ce) => Geometry {
-            rows: shape[0],
-            classes: shape[1],
-            spatial: None,
-            loss_shape: vec![shape[0]],
-        },
-        (_, LossKind::Ce) => {
-            let spatial: usize = shape[2..].iter().product();
-            let mut loss_shape = vec![shape[0]];
-            loss_shape.extend_from_slice(&shape[2..]);
-            Geometry {
-                rows: shape[0] * spatial,
-                classes: shape[1],
-                // No positions at all: an empty batch, as contiguous rows.
-                spatial: (spatial > 0).then_some(spatial),
-                loss_shape,
-            }
-        }
-        (n, LossKind::Bce) => Geometry {
-            rows: shape[..n - 1].iter().product(),
-            classes: shape[n - 1],
-            spatial: None,
-            loss_shape: shape.clone(),
-        },
-    };
-    if g.classes == 0 {
-        return Err(logits.error(format!(
-            "logits of shape {} have no classes",
-            logits.shape_string()
-        )));
-    }
-    Ok(g)
-}
-
-/// Per-row index targets: int32 or int64, with the shape the logits imply.
-fn check_index_targets(targets: &Tensor, logits: &Tensor, g: &Geometry) -> Result<(), CliError> {
-    if !matches!(targets.data, Data::I32(_) | Data::I64(_)) {
-        return Err(targets.error(format!(
-            "dtype {} is not allowed for class-index targets: expected int32 or int64 \
-             (probability targets go in --soft-targets)",
-            targets.file_dtype
-        )));
-    }
-    let fits = targets.shape == g.loss_shape || (g.loss_shape.is_empty() && targets.shape == [1]);
-    if !fits {
-        return Err(targets.error(format!(
-            "targets have shape {} but logits {} need {}",
-            targets.shape_string(),
-            logits.shape_string(),
-            shape_string(&g.loss_shape)
-        )));
-    }
-    Ok(())
-}
-
-fn same_shape(t: &Tensor, logits: &Tensor, what: &str) -> Result<(), CliError> {
-    if t.shape != logits.shape {
-        return Err(t.error(format!(
-            "{what} have shape {} but the logits have {}; they must match",
-            t.shape_string(),
-            logits.shape_string()
-        )));
-    }
-    Ok(())
-}
-
-/// The shape of one value per row: the per-row losses' shape (softmax), the logits' shape
-/// without the class dimension (BCE).
-fn row_shape(logits: &Tensor, g: &Geometry, loss: LossKind) -> Vec<usize> {
-    match loss {
-        LossKind::Ce => g.loss_shape.clone(),
-        LossKind::Bce => logits.shape[..logits.shape.len() - 1].to_vec(),
-    }
-}
-
-/// Sample weights: float, one per row, in the rows' shape. Errors name the option.
-fn sample_weights<'a>(
-    t: &'a Tensor,
-    logits: &Tensor,
-    g: &Geometry,
-    loss: LossKind,
-) -> Result<Cow<'a, [f32]>, CliError> {
-    let option =
-        |problem: String| CliError::usage(format!("--sample-weights {}: {problem}", t.source));
-    let want = row_shape(logits, g, loss);
-    let fits = t.shape == want || (want.is_empty() && t.shape == [1]);
-    if !fits {
-        return Err(option(format!(
-            "has shape {} but the logits {} have {} rows; expected {}",
-            t.shape_string(),
-            logits.shape_string(),
-            g.rows,
-            shape_string(&want)
-        )));
-    }
-    t.to_f32("sample weights").map_err(|_| {
-        option(format!(
-            "dtype {} is not allowed: expected float32, float16, bfloat16 or float64",
-            t.file_dtype
-        ))
-    })
-}
-
-fn per_class<'a>(t: &'a Tensor, g: &Geometry, what: &str) -> Result<Cow<'a, [f32]>, CliError> {
-    if t.shape != [g.classes] {
-        return Err(t.error(format!(
-            "{what} have shape {} but there are {} classes; expected ({},)",
-            t.shape_string(),
-            g.classes,
-            g.classes
-        )));
-    }
-    t.to_f32(what)
-}
-
 /// The input files that go into one call, for naming them in errors.
 struct Sources<'a> {
     logits: &'a str,
@@ -378,21 +243,6 @@ struct Evaluation {
     output: Output,
     gradient: Option<Vec<f32>>,
     seconds: f64,
-}
-
-fn logits_view<'a>(t: &'a Tensor, g: &Geometry) -> Logits<'a> {
-    fn view<'a, T: Element>(d: &'a [T], g: &Geometry) -> Logits<'a> {
-        match g.spatial {
-            None => Logits::new(d, g.rows, g.classes),
-            Some(s) => Logits::class_dim1(d, g.rows.checked_div(s).unwrap_or(0), g.classes, s),
-        }
-    }
-    match &t.data {
-        Data::F32(b) => view(b.as_slice(), g),
-        Data::F16(b) => view(b.as_slice(), g),
-        Data::Bf16(b) => view(b.as_slice(), g),
-        Data::I32(_) | Data::I64(_) => unreachable!("checked by the caller"),
-    }
 }
 
 /// Runs `xent eval`.
@@ -607,136 +457,9 @@ fn evaluate(
     })
 }
 
-/// The figures `eval` prints.
-struct Report {
-    loss: Option<f64>,
-    reduction: ReductionArg,
-    loss_kind: LossKind,
-    rows: usize,
-    classes: usize,
-    valid_rows: usize,
-    accuracy: Option<f64>,
-    mean_entropy: Option<f64>,
-    ece: Option<f64>,
-    ece_bins: usize,
-    /// Rows (BCE: elements) whose loss is NaN or infinite, and the first of them, in the order
-    /// of the per-row losses.
-    non_finite: (usize, Option<usize>),
-    device: String,
-    seconds: f64,
-    load_seconds: f64,
-}
-
-impl Report {
-    fn new(args: &EvalArgs, g: &Geometry, eval: &Evaluation, device: &str, load: f64) -> Self {
-        let metrics = eval.output.metrics.as_ref();
-        Report {
-            loss: eval.output.loss.map(|l| l as f64),
-            reduction: args.reduction,
-            loss_kind: args.loss,
-            rows: g.rows,
-            classes: g.classes,
-            valid_rows: metrics.map_or(g.rows, |m| m.valid_rows()),
-            accuracy: metrics.map(|m| m.accuracy()),
-            mean_entropy: metrics.map(|m| m.mean_entropy()),
-            // No valid rows: NaN like the other averages (not the empty sum, −0).
-            ece: metrics.map(|m| {
-                if m.valid_rows() == 0 {
-                    f64::NAN
-                } else {
-                    m.ece(args.ece_bins as usize) + 0.0
-                }
-            }),
-            ece_bins: args.ece_bins as usize,
-            non_finite: {
-                let losses = eval.output.row_losses.as_deref().unwrap_or_default();
-                let bad = |v: &f32| !v.is_finite();
-                (
-                    losses.iter().filter(|v| bad(v)).count(),
-                    losses.iter().position(bad),
-                )
-            },
-            device: device.to_string(),
-            seconds: eval.seconds,
-            load_seconds: load,
-        }
-    }
-
-    /// What a per-row loss is a loss of.
-    fn unit(&self) -> &'static str {
-        match self.loss_kind {
-            LossKind::Ce => "rows",
-            LossKind::Bce => "elements",
-        }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let opt = |v: Option<f64>| v.map_or(serde_json::Value::Null, json_number);
-        serde_json::json!({
-            "loss": opt(self.loss),
-            "loss_kind": match self.loss_kind { LossKind::Ce => "ce", LossKind::Bce => "bce" },
-            "reduction": format!("{:?}", self.reduction).to_lowercase(),
-            "rows": self.rows,
-            "classes": self.classes,
-            "valid_rows": self.valid_rows,
-            "accuracy": opt(self.accuracy),
-            "mean_entropy": opt(self.mean_entropy),
-            "ece": opt(self.ece),
-            "ece_bins": self.ece_bins,
-            "non_finite": self.non_finite.0,
-            "first_non_finite": self.non_finite.1,
-            "device": self.device,
-            "seconds": self.seconds,
-            "load_seconds": self.load_seconds,
-        })
-    }
-
-    fn text(&self) -> String {
-        let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.6}"));
-        let loss = match self.loss {
-            Some(l) => format!("{}", l as f32),
-            None => "none (reduction none; per-row losses go to --losses-out)".into(),
-        };
-        let ece = format!("ECE ({} bins)", self.ece_bins);
-        let lines = [
-            ("loss", loss),
-            ("rows", self.rows.to_string()),
-            ("classes", self.classes.to_string()),
-            ("valid rows", self.valid_rows.to_string()),
-            ("accuracy", num(self.accuracy)),
-            ("mean entropy", num(self.mean_entropy)),
-            (ece.as_str(), num(self.ece)),
-            (
-                "non-finite",
-                match self.non_finite {
-                    (0, _) => "none".to_string(),
-                    (n, first) => format!(
-                        "{n} {} with a NaN or infinite loss (first: {} {})",
-                        self.unit(),
-                        self.unit().trim_end_matches('s'),
-                        first.unwrap_or_default()
-                    ),
-                },
-            ),
-            ("device", self.device.clone()),
-            (
-                "time",
-                format!(
-                    "{:.3} ms (loading {:.3} ms)",
-                    self.seconds * 1e3,
-                    self.load_seconds * 1e3
-                ),
-            ),
-        ];
-        lines
-            .iter()
-            .map(|(k, v)| format!("{k:<14} {v}\n"))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::files::{Data, Tensor};
     use super::*;
 
     fn tensor(shape: &[usize]) -> Tensor {

@@ -11,10 +11,15 @@
 //! A file argument is `path.npy`, or `path.safetensors:tensor_name` (the name may be left out
 //! when the file holds exactly one tensor).
 
+mod npy;
+mod safetensors_file;
+
 use super::CliError;
 use bytemuck::Pod;
 use half::{bf16, f16};
 use memmap2::Mmap;
+use npy::read_npy;
+use safetensors_file::read_safetensors;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -270,142 +275,6 @@ fn check_size(shape: &[usize], item: usize, held: usize, what: &str) -> Result<u
     Ok(bytes)
 }
 
-/// The magic string and the header length field, checked against the file size before npyz
-/// reads (and allocates) the header text. Returns where the header ends.
-fn check_npy_preamble(bytes: &[u8]) -> Result<usize, String> {
-    const MAGIC: &[u8] = b"\x93NUMPY";
-    if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
-        return Err("not a .npy file (no NumPy magic string at the start)".into());
-    }
-    let (len_field, header_len) = match bytes[6] {
-        1 => (2, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
-        2 | 3 if bytes.len() >= 12 => (
-            4,
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-        ),
-        2 | 3 => return Err("truncated .npy header".into()),
-        v => return Err(format!("unsupported .npy format version {v}")),
-    };
-    let end = 8 + len_field + header_len;
-    if end > bytes.len() {
-        return Err(format!(
-            "the .npy header claims {header_len} bytes of header text but the file holds only {} \
-             (truncated file?)",
-            bytes.len() - 8 - len_field
-        ));
-    }
-    Ok(end)
-}
-
-fn read_npy(arg: &str, map: Arc<Mmap>) -> Result<Tensor, CliError> {
-    let err = |problem: String| CliError::file(arg, problem);
-    let header_end = check_npy_preamble(&map).map_err(err)?;
-    // npyz says "invalid type string" of an object array's `|O`: say what it is.
-    let header_text = String::from_utf8_lossy(&map[..header_end]);
-    if ["'|O'", "'O'", "\"|O\""]
-        .iter()
-        .any(|o| header_text.contains(o))
-    {
-        return Err(err(
-            "holds an object array (dtype object, pickled Python objects); save a numeric \
-             array, e.g. np.save(path, np.asarray(x, dtype=np.float32))"
-                .into(),
-        ));
-    }
-    let mut rest: &[u8] = &map;
-    let header = npyz::NpyHeader::from_reader(&mut rest)
-        .map_err(|e| err(format!("bad .npy header: {e}")))?;
-    let offset = map.len() - rest.len();
-    let npyz::DType::Plain(ty) = header.dtype() else {
-        return Err(err(format!(
-            "dtype {} is a structured or sub-array type; expected {READABLE}",
-            header.dtype().descr()
-        )));
-    };
-    use npyz::TypeChar;
-    let kind = match (ty.type_char(), ty.size_field()) {
-        (TypeChar::Float, 8) => Kind::F64,
-        (TypeChar::Float, 4) => Kind::F32,
-        (TypeChar::Float, 2) => Kind::F16,
-        (TypeChar::Int, 4) => Kind::I32,
-        (TypeChar::Int, 8) => Kind::I64,
-        _ => {
-            return Err(err(format!(
-                "dtype {} ({}) is not supported; expected {READABLE}",
-                ty,
-                numpy_name(&ty)
-            )))
-        }
-    };
-    let shape: Vec<usize> = header
-        .shape()
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<_, _>>()
-        .map_err(|_| err("a dimension of the header does not fit in memory".into()))?;
-    let bytes = check_size(&shape, kind.size(), rest.len(), "the .npy header").map_err(err)?;
-    if bytes < rest.len() {
-        return Err(err(format!(
-            "the file holds {} bytes after the data that shape {} of {} describes",
-            rest.len() - bytes,
-            shape_string(&shape),
-            kind.name()
-        )));
-    }
-    let little = match ty.endianness() {
-        npyz::Endianness::Little => true,
-        npyz::Endianness::Big => false,
-        npyz::Endianness::Irrelevant => true,
-    } == cfg!(target_endian = "little");
-    let len = bytes / kind.size();
-    let fortran = shape.len() > 1 && header.order() == npyz::Order::Fortran;
-    let data = if little {
-        in_place(kind, map, offset, len)
-    } else {
-        // Byte-swapped data: npyz converts it (allocation bounded by the checked size above).
-        let file = npyz::NpyFile::with_header(header, &map[offset..offset + bytes]);
-        let io = |e: std::io::Error| err(format!("cannot read the data: {e}"));
-        match kind {
-            Kind::F64 => Data::F32(Buf::Owned(
-                file.into_vec::<f64>()
-                    .map_err(io)?
-                    .into_iter()
-                    .map(|v| v as f32)
-                    .collect(),
-            )),
-            Kind::F32 => Data::F32(Buf::Owned(file.into_vec().map_err(io)?)),
-            Kind::F16 => Data::F16(Buf::Owned(file.into_vec().map_err(io)?)),
-            Kind::I32 => Data::I32(Buf::Owned(file.into_vec().map_err(io)?)),
-            Kind::I64 => Data::I64(Buf::Owned(file.into_vec().map_err(io)?)),
-            Kind::Bf16 => unreachable!("NumPy has no bfloat16 type string"),
-        }
-    };
-    let data = if fortran {
-        data.into_c_order(&shape)
-    } else {
-        data
-    };
-    Ok(Tensor {
-        source: arg.to_string(),
-        shape,
-        file_dtype: kind.name().into(),
-        data,
-    })
-}
-
-fn numpy_name(ty: &npyz::TypeStr) -> String {
-    use npyz::TypeChar;
-    let bits = ty.size_field() * 8;
-    match ty.type_char() {
-        TypeChar::Bool => "bool".into(),
-        TypeChar::Int => format!("int{bits}"),
-        TypeChar::Uint => format!("uint{bits}"),
-        TypeChar::Float => format!("float{bits}"),
-        TypeChar::Complex => format!("complex{bits}"),
-        _ => "not numeric".into(),
-    }
-}
-
 /// Little-endian data used where it lies in the mapping (f64 converted to f32).
 fn in_place(kind: Kind, map: Arc<Mmap>, offset: usize, len: usize) -> Data {
     fn buf<T: Pod>(map: Arc<Mmap>, offset: usize, len: usize) -> Buf<T> {
@@ -441,69 +310,6 @@ fn in_place(kind: Kind, map: Arc<Mmap>, offset: usize, len: usize) -> Data {
         Kind::I32 => Data::I32(buf(map, offset, len)),
         Kind::I64 => Data::I64(buf(map, offset, len)),
     }
-}
-
-fn read_safetensors(arg: &str, map: Arc<Mmap>, name: Option<&str>) -> Result<Tensor, CliError> {
-    let err = |problem: String| CliError::file(arg, problem);
-    if !cfg!(target_endian = "little") {
-        return Err(err(
-            "safetensors data is little-endian; this host is not".into()
-        ));
-    }
-    // The safetensors crate checks the header length and every tensor's byte range against
-    // the buffer before handing out views.
-    let st = safetensors::SafeTensors::deserialize(&map)
-        .map_err(|e| err(format!("bad .safetensors file: {e}")))?;
-    let mut names = st.names();
-    names.sort();
-    let name = match name {
-        Some(n) => n,
-        None if names.len() == 1 => names[0],
-        None => {
-            return Err(err(format!(
-                "holds {} tensors; name one as FILE.safetensors:NAME (tensors: {})",
-                names.len(),
-                names.join(", ")
-            )))
-        }
-    };
-    let view = st.tensor(name).map_err(|_| {
-        err(format!(
-            "no tensor named {name:?} (tensors: {})",
-            names.join(", ")
-        ))
-    })?;
-    use safetensors::Dtype as D;
-    let kind = match view.dtype() {
-        D::F64 => Kind::F64,
-        D::F32 => Kind::F32,
-        D::F16 => Kind::F16,
-        D::BF16 => Kind::Bf16,
-        D::I32 => Kind::I32,
-        D::I64 => Kind::I64,
-        other => {
-            return Err(err(format!(
-                "tensor {name:?} has dtype {other:?}; expected {READABLE}"
-            )))
-        }
-    };
-    let shape = view.shape().to_vec();
-    let data = view.data();
-    check_size(&shape, kind.size(), data.len(), "the tensor's header").map_err(err)?;
-    // The view is a slice of the mapping (the crate slices the buffer it was given).
-    let offset = (data.as_ptr() as usize)
-        .checked_sub(map.as_ptr() as usize)
-        .filter(|o| o + data.len() <= map.len())
-        .ok_or_else(|| err("tensor data lies outside the file".into()))?;
-    let len = data.len() / kind.size();
-    let file_dtype = kind.name().to_string();
-    drop(st);
-    Ok(Tensor {
-        source: arg.to_string(),
-        shape,
-        file_dtype,
-        data: in_place(kind, map, offset, len),
-    })
 }
 
 /// Writes `values` (row-major, `shape`) as a little-endian f32 `.npy` file.
