@@ -234,18 +234,8 @@ impl Gpu {
         batch: &DeviceBatch,
         outputs: &DeviceOutputs,
     ) -> Result<()> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        self.scoped(|| {
-            self.record(
-                &mut pool,
-                encoder,
-                Loss::Softmax(*options),
-                batch,
-                outputs,
-                outputs.rows.is_some(),
-                RECORDED_CALL_ERROR,
-            )
-        })
+        let entropy = outputs.rows.is_some();
+        self.record_device(encoder, Loss::Softmax(*options), batch, outputs, entropy)
     }
 
     /// Records binary cross-entropy with logits on device buffers into `encoder`.
@@ -256,16 +246,30 @@ impl Gpu {
         batch: &DeviceBatch,
         outputs: &DeviceOutputs,
     ) -> Result<()> {
+        self.record_device(encoder, Loss::Binary(*options), batch, outputs, false)
+    }
+
+    /// A recorded call of either loss, on the pool's scratch, flagging bad targets in the
+    /// caller's flag or the `Gpu`'s own.
+    fn record_device(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        loss: Loss,
+        batch: &DeviceBatch,
+        outputs: &DeviceOutputs,
+        want_entropy: bool,
+    ) -> Result<()> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         self.scoped(|| {
+            let error = RECORDED_CALL_ERROR;
             self.record(
                 &mut pool,
                 encoder,
-                Loss::Binary(*options),
+                loss,
                 batch,
                 outputs,
-                false,
-                RECORDED_CALL_ERROR,
+                want_entropy,
+                error,
             )
         })
     }
