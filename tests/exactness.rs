@@ -6,78 +6,29 @@
 
 mod common;
 
+use common::backends::Path;
 use common::device;
 use common::shards::{run_sharded, uneven};
 use common::*;
 use proptest::prelude::*;
-use xent::cpu::SimdLevel;
 use xent::reference;
 use xent::{
     Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, Logits, Reduction, Request,
 };
 
-/// One path a softmax call can take.
-struct Path {
-    name: String,
-    backend: Backend,
-    /// A GPU device with 4 KiB storage bindings, which refuses some long-row options with a
-    /// typed error (see [`run`]).
-    small_bindings: bool,
-}
-
-impl Path {
-    fn new(name: String, backend: Backend, small_bindings: bool) -> Path {
-        Path {
-            name,
-            backend,
-            small_bindings,
-        }
-    }
-}
-
-/// Every path a softmax call can take: each CPU SIMD level; on the GPU the default device
-/// (fused where rows fit), three-pass, the other shader variant where the adapter has
-/// subgroups, and 4 KiB bindings on both paths (rows over 1024 f32 are bound in pieces).
+/// Every path a softmax call can take (`common::backends`), with 4 KiB bindings for the
+/// small-binding GPU devices (rows over 1024 f32 are bound in pieces).
 fn backends() -> Vec<Path> {
-    let mut out: Vec<Path> = SimdLevel::supported()
-        .into_iter()
-        .map(|level| Path::new(format!("cpu {level}"), Backend::CpuWith(level), false))
-        .collect();
-    let paths = ["default", "three-pass", "other variant"];
-    for (gpu, path) in device::variants().into_iter().zip(paths) {
-        let name = format!("gpu {:?} {path}", gpu.variant());
-        out.push(Path::new(name, Backend::Gpu(gpu), false));
-    }
-    let paths = ["4 KiB bindings", "4 KiB bindings three-pass"];
-    for (gpu, path) in device::small_bindings(4096).into_iter().zip(paths) {
-        let name = format!("gpu {:?} {path}", gpu.variant());
-        out.push(Path::new(name, Backend::Gpu(gpu), true));
-    }
-    out
+    common::backends::backends(4096)
 }
 
-/// The vocab-parallel backends: the CPU (portable level too), the default GPU device and one
-/// with 4 KiB bindings.
+/// The vocab-parallel backends: the matrix without its three-pass devices (shards have
+/// kernels of their own; the shader variant and the binding size still matter).
 fn shard_backends() -> Vec<Path> {
-    let mut out = vec![
-        Path::new("cpu".into(), Backend::Cpu, false),
-        Path::new(
-            "cpu portable".into(),
-            Backend::CpuWith(SimdLevel::Portable),
-            false,
-        ),
-    ];
-    if let Some(gpu) = device::gpu() {
-        out.push(Path::new("gpu".into(), Backend::Gpu(gpu), false));
-    }
-    if let Some(gpu) = device::small_bindings(4096).into_iter().next() {
-        out.push(Path::new(
-            "gpu 4 KiB bindings".into(),
-            Backend::Gpu(gpu),
-            true,
-        ));
-    }
-    out
+    backends()
+        .into_iter()
+        .filter(|p| !p.name.contains("three-pass"))
+        .collect()
 }
 
 fn run_on(

@@ -2,6 +2,7 @@
 //! report the worst element. Used by the CPU and GPU test files alike.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod device;
 pub mod gpu_policy;
 pub mod shards;
