@@ -22,7 +22,8 @@ pub struct Path {
 /// A GPU device with these options, opened once per test process.
 fn device(three_pass: bool, variant: ShaderVariant, max_binding_size: Option<u64>) -> Arc<Gpu> {
     type Key = (bool, ShaderVariant, Option<u64>);
-    static DEVICES: OnceLock<Mutex<Vec<(Key, Arc<Gpu>)>>> = OnceLock::new();
+    type Devices = Mutex<Vec<(Key, Arc<Gpu>)>>;
+    static DEVICES: OnceLock<Devices> = OnceLock::new();
     let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap();
     let key = (three_pass, variant, max_binding_size);
     if let Some((_, gpu)) = devices.iter().find(|(k, _)| *k == key) {
