@@ -1,17 +1,17 @@
 // Softmax backward, pass 3 of 3: the gradient with respect to the logits, from the saved LSE.
 //
 // Math (SEMANTICS.md sections 1-3): with p = exp(z − lse) and the row's coefficients,
-//   dz[c] = (a·kce + b·2λ·lse)·p[c] − a·w[c]·(B·t[c] + ε/C) − a·(1−ε)·w[y]·[c = y],
+//   dz[c] = (a·p_coefficient + b·2λ·lse)·p[c] − a·w[c]·(B·t[c] + ε/C) − a·(1−ε)·w[y]·[c = y],
 //   dx[c] = dz[c]·dz/dx,
 // where a (cross-entropy part) and b (z-loss part) are the reduction's scales times the row's
 // sample weight s[n]: the upstream value per row for `none`, the scalar upstream for `sum`, and
 // upstream/D, upstream/Σs for `mean`, D and Σs read from the reduced totals, so
 // device-resident calls need no readback. Focal loss (section 2c): the two subtracted terms
-// are multiplied by the class's g[c] = focal_factors(z[c] − lse).y, and kce is the row's
+// are multiplied by the class's g[c] = focal_factors(z[c] − lse).y, and p_coefficient is the row's
 // Σ_k a[k]·g[k] (from the rows or the focal pass).
 // Vocab-parallel shards pass the scales already folded into the row coefficients
 // (reduction 3) and ε/C with the global C.
-// Probability inputs: kce = 0 and dz/dq = 1/q (0 where q was clamped); with focal loss g[c]
+// Probability inputs: p_coefficient = 0 and dz/dq = 1/q (0 where q was clamped); with focal loss g[c]
 // comes from l = ln clamp(q) (the rows pass saves lse = 0), so dq = −a[c]·g[c]/q.
 // Ignored rows get 0, rows whose loss is NaN get NaN. The per-element math is
 // `element_gradient` (include `softmax_grad.wgsl`), shared with the fused kernel.

@@ -77,7 +77,7 @@ fn main(
         var sums = row_sums[global_row];
         sums.x = k.sample * ce;
         row_sums[global_row] = sums;
-        coefs[global_row].kce = acc.y;
+        coefs[global_row].p_coefficient = acc.y;
         if (is_nan(unweighted)) { coefs[global_row].fill = FILL_NAN; }
     }
 }

@@ -6,7 +6,7 @@
 // as in `softmax_partials.wgsl` (`element`, then the same segment merge), the row's loss,
 // LSE, metrics and gradient coefficients as in `softmax_rows.wgsl` (`finish_row`), and each
 // element's gradient as in `softmax_backward.wgsl` (`element_gradient`):
-//   dz[c] = (a·kce + b·2λ·lse)·p[c] − a·w[c]·(B·t[c] + ε/C) − a·(1−ε)·w[y]·[c = y],
+//   dz[c] = (a·p_coefficient + b·2λ·lse)·p[c] − a·w[c]·(B·t[c] + ε/C) − a·(1−ε)·w[y]·[c = y],
 // with p[c] = exp((z[c] − max) − ln s) from the logits kept in registers.
 // Precondition of the fusion: the gradient's scales (a, b) are known before the loss. They
 // are for `none` (per-row upstream) and `sum` (scalar upstream); for `mean`, D and Σ s come
@@ -49,7 +49,7 @@ fn target_x(row: u32, c: u32) -> f32 { return load_x(elem_index(row, c)); }
 // A RowCoef in a Partial's slot of workgroup memory (room for WG Partials, 12 KiB, and not
 // for another array of WG RowCoefs within the 16 KiB every adapter has).
 fn pack_coef(k: RowCoef) -> Partial {
-    return Partial(k.max, k.kce, bitcast<u32>(k.y), k.fill, k.wy, k.log_sum, k.scale, k.sample,
+    return Partial(k.max, k.p_coefficient, bitcast<u32>(k.y), k.fill, k.target_coefficient, k.log_sum, k.scale, k.sample,
         0.0, 0.0, 0u, 0.0);
 }
 fn unpack_coef(a: Partial) -> RowCoef {

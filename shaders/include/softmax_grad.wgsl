@@ -26,13 +26,13 @@ fn element_gradient(k: RowCoef, ab: vec2<f32>, c: u32, x: f32, t: f32) -> f32 {
     let w = select(1.0, weights[c], has(FLAG_WEIGHTS));
     var per_class = p.uniform;
     if (has(FLAG_DENSE)) { per_class += (1.0 - p.smoothing) * t; }
-    var p_coef = ab.x * k.kce + ab.y * zcoef;
+    var p_coef = ab.x * k.p_coefficient + ab.y * zcoef;
     var a = ab.x;
-    var target_term = ab.x * k.wy;
+    var target_term = ab.x * k.target_coefficient;
     if (p.reduction == REDUCTION_PRESCALED) {
-        p_coef = k.kce;
+        p_coef = k.p_coefficient;
         a = k.scale;
-        target_term = k.wy;
+        target_term = k.target_coefficient;
     }
     var dz = p_coef * prob - a * w * per_class;
     if (i32(c) == k.y) { dz -= target_term; }

@@ -42,7 +42,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     var ce = 0.0;
     var coef: RowCoef;
     coef.y = -1;
-    coef.wy = 0.0;
+    coef.target_coefficient = 0.0;
     var weight_of_row = 1.0;
 
     if (has(FLAG_DENSE)) {
@@ -51,7 +51,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
         ce = wt * log_s - wtz;
         out.target_prob = st.te * scale_m;
         correct = st.targ == out.argmax;
-        coef.kce = wt;
+        coef.p_coefficient = wt;
     } else {
         let y = load_target(global_row, p.ignore_lo, p.ignore_hi);
         valid = y.y == 0 && y.x >= 0 && u32(y.x) < p.classes;
@@ -66,20 +66,20 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
             out.target_prob = exp(logp);
             correct = out.argmax == c;
             coef.y = y.x;
-            coef.wy = (1.0 - eps) * wy;
-            coef.kce = (1.0 - eps) * wy + uniform * weight_sum;
+            coef.target_coefficient = (1.0 - eps) * wy;
+            coef.p_coefficient = (1.0 - eps) * wy + uniform * weight_sum;
             weight_of_row = wy;
             if (p.focal_gamma > 0.0 && !has(FLAG_FOCAL_ALL)) {
-                // ε = 0: coef.wy stays w[y]; the backward pass multiplies it by g[y].
+                // ε = 0: coef.target_coefficient stays w[y]; the backward pass multiplies it by g[y].
                 let fg = focal_factors(logp);
                 ce = -term(wy, fg.x * logp);
-                coef.kce = wy * fg.y;
+                coef.p_coefficient = wy * fg.y;
             }
         } else {
             out.target_prob = 0.0;
         }
     }
-    if (probabilities) { coef.kce = 0.0; }
+    if (probabilities) { coef.p_coefficient = 0.0; }
     let use_z = p.z_loss > 0.0 && !probabilities;
     let z_term = select(0.0, p.z_loss * lse * lse, use_z && valid);
     // A zero coefficient can leave a broken row's terms out: the row is NaN all the same.

@@ -2,11 +2,11 @@
 //! per-element losses kept in row-major order.
 
 use super::blocks::gather;
-use super::{scalar, BlockOut, Ctx, Data, RowResult};
+use super::{scalar, BlockOut, Call, Data, RowOutcome};
 use crate::input::{Dtype, Element, Layout, Targets};
 use crate::options::BinaryCrossEntropy;
 
-impl Ctx<'_> {
+impl Call<'_> {
     /// One BCE block: each row's elements, and their gradient into the gradient or over the
     /// logits.
     pub(super) fn bce_block<T: Element>(
@@ -71,10 +71,10 @@ impl Ctx<'_> {
                         .0
                 },
             );
-            out.rows.push(RowResult {
+            out.rows.push(RowOutcome {
                 ce,
                 valid: true,
-                ..RowResult::default()
+                ..RowOutcome::default()
             });
             if wants_grad {
                 x_buf.copy_from_slice(&g_buf);

@@ -2,10 +2,10 @@
 //! layout), its forward, and its backward into the gradient or over the logits.
 
 use super::row::{self, Exps, RowIo};
-use super::{BlockOut, Ctx, Data};
+use super::{BlockOut, Call, Data};
 use crate::input::{Dtype, Element, Layout, Targets};
 
-impl Ctx<'_> {
+impl Call<'_> {
     /// One softmax block: forward (and backward) of each of its rows.
     pub(super) fn softmax_block<T: Element>(
         &self,

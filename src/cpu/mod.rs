@@ -51,7 +51,7 @@ pub(crate) fn run(
         sample_weights,
     } = batch;
     let want_rows = request.row_losses || plan.reduction == crate::Reduction::None;
-    let ctx = Ctx {
+    let ctx = Call {
         level,
         plan,
         targets,
@@ -79,7 +79,7 @@ pub(crate) fn run(
 
 /// What one row gives.
 #[derive(Debug, Clone, Copy, Default)]
-struct RowResult {
+struct RowOutcome {
     loss: f32,
     ce: f64,
     z_loss: f64,
@@ -103,7 +103,7 @@ struct RowResult {
 /// What one block gives: its rows in order, and BCE's per-element losses (row-major).
 #[derive(Debug, Default)]
 struct BlockOut {
-    rows: Vec<RowResult>,
+    rows: Vec<RowOutcome>,
     elements: Vec<f32>,
 }
 
@@ -122,7 +122,7 @@ impl<T> Data<'_, T> {
     }
 }
 
-struct Ctx<'a> {
+struct Call<'a> {
     level: SimdLevel,
     plan: &'a Plan,
     targets: Targets<'a>,
@@ -133,10 +133,10 @@ struct Ctx<'a> {
     want_metrics: bool,
 }
 
-impl Ctx<'_> {
+impl Call<'_> {
     /// Gathers the blocks' rows into the output; sums the loss in row order, in f64.
     fn assemble(&self, blocks: Vec<BlockOut>, want_rows: bool, want_lse: bool) -> Output {
-        let rows: Vec<RowResult> = blocks.iter().flat_map(|b| b.rows.iter().copied()).collect();
+        let rows: Vec<RowOutcome> = blocks.iter().flat_map(|b| b.rows.iter().copied()).collect();
         let (ce, z_loss) = rows
             .iter()
             .fold((0f64, 0f64), |(ce, z), r| (ce + r.ce, z + r.z_loss));

@@ -187,7 +187,7 @@ pub fn shard_backward(
                 match r.fill {
                     RowFill::Zero => g.fill(0.0),
                     RowFill::Nan => g.fill(f32::NAN),
-                    _ if options.is_focal() && options.label_smoothing > 0.0 => {
+                    _ if crate::plan::needs_focal_pass(options, false) => {
                         let x = row_f32(logits, row, x_buf);
                         let target = local_target(shard, r).map(|y| (y, r.target_term));
                         focal_row(options, shard, w, r).backward(

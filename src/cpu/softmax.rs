@@ -4,15 +4,16 @@
 
 use super::row::{Backward, Exps, ExpsIo, Forward, Rescale, RowIo, Transform};
 use super::scalar::{self, ProbTarget};
-use super::{focal, simd, Ctx, RowResult};
+use super::{focal, simd, Call, RowOutcome};
 use crate::input::Targets;
 use crate::math::focal::focal_factors;
 use crate::math::row::{
     confidence, entropy, first_max, index_ce, index_p_coefficient, log_p, term,
 };
 use crate::options::InputKind;
+use crate::plan::needs_focal_pass;
 
-impl Ctx<'_> {
+impl Call<'_> {
     /// Forward of one softmax row (logits or probabilities).
     pub(super) fn forward(
         &self,
@@ -21,7 +22,7 @@ impl Ctx<'_> {
         t: Option<&[f32]>,
         z_buf: &mut [f32],
         exps: Option<Exps<'_>>,
-    ) -> RowResult {
+    ) -> RowOutcome {
         let opts = self.plan.softmax();
         let classes = self.plan.classes;
         let eps = opts.label_smoothing as f64;
@@ -52,7 +53,7 @@ impl Ctx<'_> {
                 _ => (0.0, false),
             };
             let ce = if valid { r.ce } else { 0.0 };
-            return RowResult {
+            return RowOutcome {
                 loss: ce as f32,
                 ce,
                 z_loss: 0.0,
@@ -100,7 +101,7 @@ impl Ctx<'_> {
         } else {
             st.argmax
         };
-        let mut r = RowResult {
+        let mut r = RowOutcome {
             lse: lse as f32,
             max: if finite { st.max } else { lse as f32 },
             log_sum: if finite { log_sum as f32 } else { 0.0 },
@@ -116,7 +117,7 @@ impl Ctx<'_> {
                 f32::NAN
             },
             valid,
-            ..RowResult::default()
+            ..RowOutcome::default()
         };
         // A zero coefficient leaves its term out (SEMANTICS.md section 6), so a NaN row is
         // made NaN explicitly.
@@ -142,7 +143,7 @@ impl Ctx<'_> {
                 r.p_coefficient = index_p_coefficient(eps, c_f, w(y), w_sum) as f32;
                 index_ce((eps, c_f), (w(y), logp_y), (w_sum, log_sum, st.sum_wz))
             }
-            _ => return RowResult { loss: 0.0, ..r },
+            _ => return RowOutcome { loss: 0.0, ..r },
         };
         let ce = if !finite {
             f64::NAN
@@ -170,8 +171,7 @@ impl Ctx<'_> {
     pub(super) fn backward_rescales(&self) -> bool {
         let opts = self.plan.softmax();
         opts.input == InputKind::Logits
-            && !(opts.is_focal()
-                && (matches!(self.targets, Targets::Dense(_)) || opts.label_smoothing > 0.0))
+            && !needs_focal_pass(&opts, matches!(self.targets, Targets::Dense(_)))
     }
 
     /// Backward of one softmax row into `io`; `fill` short-cuts ignored (0) and NaN rows.
@@ -183,7 +183,7 @@ impl Ctx<'_> {
         row: usize,
         mut io: RowIo<'_>,
         t: Option<&[f32]>,
-        r: &RowResult,
+        r: &RowOutcome,
         (a, b): (f32, f32),
         fill: Option<f32>,
         kept: Option<(&[f32], &mut [f32])>,
@@ -223,7 +223,7 @@ impl Ctx<'_> {
             softcap: opts.softcap,
         };
         let k = a * r.p_coefficient + b * 2.0 * opts.z_loss * r.lse;
-        if opts.is_focal() && (t.is_some() || eps > 0.0) {
+        if needs_focal_pass(&opts, t.is_some()) {
             self.focal_backward(io, t, index, r, k, a);
             return;
         }
@@ -291,7 +291,7 @@ impl Ctx<'_> {
     }
 }
 
-impl Ctx<'_> {
+impl Call<'_> {
     /// Focal loss (SEMANTICS.md section 2c) of one valid row whose log-sum-exp is known: the
     /// cross-entropy part, and the row's gradient coefficients in `r`.
     ///
@@ -301,14 +301,14 @@ impl Ctx<'_> {
     /// class's `(1 − p[c])^γ` needs the final `lse`: one more pass over the row, which is still
     /// in cache (SIMD for a whole `γ`, scalar for a fractional one: [`focal::FocalRow`]),
     /// `ce = −Σ_c a[c]·f[c]·logp[c]` and `G = Σ_c a[c]·g[c]` (`a[c] = w[c]·t'[c]`), and the
-    /// backward pass ([`Ctx::focal_backward`]) writes `dz[c] = G·p[c] − a[c]·g[c]`.
+    /// backward pass ([`Call::focal_backward`]) writes `dz[c] = G·p[c] − a[c]·g[c]`.
     fn focal_forward(
         &self,
         row: usize,
         x: &[f32],
         t: Option<&[f32]>,
         (max, log_sum): (f32, f64),
-        r: &mut RowResult,
+        r: &mut RowOutcome,
     ) -> f64 {
         let opts = self.plan.softmax();
         let gamma = opts.focal_gamma as f64;
@@ -369,7 +369,7 @@ impl Ctx<'_> {
         io: RowIo<'_>,
         t: Option<&[f32]>,
         index: Option<usize>,
-        r: &RowResult,
+        r: &RowOutcome,
         k: f32,
         a: f32,
     ) {

@@ -107,9 +107,9 @@ pub(crate) struct RowCoef {
     /// The row's max `m` (its LSE when that is not finite).
     pub max: f32,
     /// Coefficient of `p` in the cross-entropy part.
-    pub kce: f32,
+    pub p_coefficient: f32,
     /// `(1 − ε)·w[y]`.
-    pub wy: f32,
+    pub target_coefficient: f32,
     /// The target class, or −1.
     pub y: i32,
     /// A [`RowFill`] code.

@@ -4,7 +4,7 @@
 use super::abi::ROW_BYTES;
 use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
 use super::encode::storage_usage;
-use super::pool::Pool;
+use super::pool::{Pool, Role};
 use super::schedule::HOST_CALL_ERROR;
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ impl Gpu {
             }
             let staging = pool.get(
                 &self.device,
-                "xent staging",
+                Role::Staging,
                 used,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             );
@@ -102,7 +102,7 @@ impl Gpu {
     }
 
     /// Uploads `bytes` (padded to 4) into the pool buffer `role`.
-    pub(super) fn upload(&self, pool: &mut Pool, role: &'static str, bytes: &[u8]) -> wgpu::Buffer {
+    pub(super) fn upload(&self, pool: &mut Pool, role: Role, bytes: &[u8]) -> wgpu::Buffer {
         let buffer = pool.get(&self.device, role, bytes.len() as u64 + 16, storage_usage());
         let whole = bytes.len() / 4 * 4;
         if whole > 0 {
@@ -137,25 +137,25 @@ impl Gpu {
         let dtype = logits.dtype();
         let in_place = matches!(request.gradient, Gradient::InPlace);
         self.scoped(|| {
-            let logits_buffer = self.upload(pool, "xent upload logits", logits.bytes());
+            let logits_buffer = self.upload(pool, Role::UploadLogits, logits.bytes());
             let target_bytes: &[u8] = match targets {
                 Targets::I32(t) => bytemuck::cast_slice(t),
                 Targets::I64(t) => bytemuck::cast_slice(t),
                 Targets::Dense(t) => bytemuck::cast_slice(t),
             };
-            let targets_buffer = self.upload(pool, "xent upload targets", target_bytes);
+            let targets_buffer = self.upload(pool, Role::UploadTargets, target_bytes);
             let weights_buffer = class_weights
-                .map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
+                .map(|w| self.upload(pool, Role::UploadWeights, bytemuck::cast_slice(w)));
             let pos_weight_buffer = pos_weight
-                .map(|w| self.upload(pool, "xent upload pos_weight", bytemuck::cast_slice(w)));
+                .map(|w| self.upload(pool, Role::UploadPosWeight, bytemuck::cast_slice(w)));
             let sample_weights_buffer = sample_weights
-                .map(|w| self.upload(pool, "xent upload sample weights", bytemuck::cast_slice(w)));
+                .map(|w| self.upload(pool, Role::UploadSampleWeights, bytemuck::cast_slice(w)));
             let per_item_upstream = plan.reduction == Reduction::None;
             let upstream_buffer = request
                 .upstream
                 .filter(|_| per_item_upstream)
-                .map(|u| self.upload(pool, "xent upload upstream", bytemuck::cast_slice(u)));
-            let loss_buffer = pool.get(&self.device, "xent loss", 16, storage_usage());
+                .map(|u| self.upload(pool, Role::UploadUpstream, bytemuck::cast_slice(u)));
+            let loss_buffer = pool.get(&self.device, Role::Loss, 16, storage_usage());
             let is_softmax = matches!(plan.loss, Loss::Softmax(_));
             let want_rows = request.row_losses
                 || request.lse
@@ -167,12 +167,12 @@ impl Gpu {
                 } else {
                     elements as u64 * 4
                 };
-                pool.get(&self.device, "xent rows out", bytes, storage_usage())
+                pool.get(&self.device, Role::RowsOut, bytes, storage_usage())
             });
             let grad_buffer = matches!(request.gradient, Gradient::Into(_)).then(|| {
                 pool.get(
                     &self.device,
-                    "xent gradient",
+                    Role::Gradient,
                     elements as u64 * 4,
                     storage_usage(),
                 )

@@ -5,7 +5,7 @@ use crate::input::Layout;
 
 /// How the softmax partials kernel covers the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
+pub struct LaunchShape {
     /// Invocations per row segment (a power of two, ≤ the workgroup size).
     pub invocations_per_row: u32,
     /// Column splits per row (combined by the rows pass).
@@ -25,8 +25,8 @@ const MIN_SPLIT: usize = 16 * WORKGROUP_SIZE as usize;
 /// workgroup per row for long ones, and column splits when long rows are too few to fill the
 /// device. The (N, C, d…) layout uses one invocation per row so neighbours read neighbouring
 /// spatial positions.
-pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
-    let whole = Shape {
+pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> LaunchShape {
+    let whole = LaunchShape {
         invocations_per_row: 1,
         splits: 1,
         span: classes.next_multiple_of(4) as u32,
@@ -47,7 +47,7 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
     }
     let span = classes.div_ceil(splits).next_multiple_of(4);
     let splits = classes.div_ceil(span).max(1);
-    Shape {
+    LaunchShape {
         invocations_per_row,
         splits: splits as u32,
         span: span as u32,
@@ -58,19 +58,19 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> Shape {
 /// registers: contiguous rows of at most `FUSED_VALUES_PER_INVOCATION` · WG classes (4096),
 /// with as few invocations per row as hold the row, so each has up to 16 logits to amortize
 /// finishing the row over (one invocation per row for C ≤ 16).
-pub fn fused_shape(classes: usize, layout: Layout) -> Option<Shape> {
+pub fn fused_shape(classes: usize, layout: Layout) -> Option<LaunchShape> {
     let per_invocation = FUSED_VALUES_PER_INVOCATION as usize;
     if layout != Layout::Rows || classes > per_invocation * WORKGROUP_SIZE as usize {
         return None;
     }
-    Some(Shape {
+    Some(LaunchShape {
         invocations_per_row: classes.div_ceil(per_invocation).next_power_of_two() as u32,
         splits: 1,
         span: classes.next_multiple_of(4) as u32,
     })
 }
 
-impl Shape {
+impl LaunchShape {
     /// The grid of the partials kernel (and of the focal pass with `splits` = 1) for `rows`:
     /// x (and z past 65 535) covers the row segments, y the splits.
     pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {
@@ -87,15 +87,15 @@ pub fn binding_room(max_binding: u64, alignment: u64) -> u64 {
     max_binding.saturating_sub(alignment + 16)
 }
 
-impl Shape {
+impl LaunchShape {
     /// This shape with its splits narrowed so one split of `bytes_per_element` fits `room`
     /// bytes (a row longer than a binding is bound a piece of whole splits at a time).
-    pub fn fitting(self, classes: usize, bytes_per_element: u64, room: u64) -> Shape {
+    pub fn fitting(self, classes: usize, bytes_per_element: u64, room: u64) -> LaunchShape {
         let most = ((room / bytes_per_element) as usize & !3).max(4);
         if (self.span as usize) <= most {
             return self;
         }
-        Shape {
+        LaunchShape {
             splits: classes.div_ceil(most) as u32,
             span: most as u32,
             ..self
@@ -116,7 +116,12 @@ pub struct Piece {
 
 /// Cuts `rows` rows that are each longer than a binding into pieces of as many whole splits
 /// of `shape` as fit `room` bytes.
-pub fn row_pieces(rows: usize, shape: Shape, bytes_per_element: u64, room: u64) -> Vec<Piece> {
+pub fn row_pieces(
+    rows: usize,
+    shape: LaunchShape,
+    bytes_per_element: u64,
+    room: u64,
+) -> Vec<Piece> {
     let per_piece =
         ((room / (shape.span as u64 * bytes_per_element)) as u32).clamp(1, shape.splits);
     (0..rows)

@@ -34,7 +34,7 @@ mod shard;
 pub use device::{
     target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow,
 };
-pub use launch::{fused_shape, launch_shape, Shape};
+pub use launch::{fused_shape, launch_shape, LaunchShape};
 
 use crate::error::{Error, Result};
 use pipelines::{Kernel, PipelineCache, Variant};

@@ -9,10 +9,10 @@ use super::abi::{
     PARTIAL_BYTES, ROW_BYTES,
 };
 use super::encode::{grid, storage_usage, window, Window};
-use super::launch::{chunks, launch_shape, Chunk, Shape};
+use super::launch::{chunks, launch_shape, Chunk, LaunchShape};
 use super::launchers::{Backward, Focal, Partials};
 use super::pipelines::{Kernel, LogitLoad, Pipeline, TargetLoad, Variant};
-use super::pool::Pool;
+use super::pool::{Pool, Role};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout, Logits, Targets};
@@ -74,12 +74,15 @@ impl Gpu {
             self.storage_alignment,
         )
         .ok_or_else(|| {
-            Error::Unsupported(
-                "one shard row is larger than the device's storage binding limit".into(),
-            )
+            Error::Unsupported(format!(
+                "shard rows of {} bytes are bound at least four at a time, and that is larger \
+                 than the device's storage binding limit ({} bytes)",
+                width as u64 * bytes_per_element,
+                self.max_binding
+            ))
         })?;
         Ok(ShardRows {
-            logits: self.upload(pool, "xent upload logits", logits.bytes()),
+            logits: self.upload(pool, Role::UploadLogits, logits.bytes()),
             chunks: chunks.into_iter().filter(|c| c.rows > 0).collect(),
             width,
             elem: logits.dtype().size() as u64,
@@ -103,7 +106,7 @@ impl Gpu {
         } else {
             4
         };
-        let shape = Shape {
+        let shape = LaunchShape {
             invocations_per_row: base.invocations_per_row,
             splits: base.splits,
             span: base.span,
@@ -162,8 +165,8 @@ impl Gpu {
                 let local = r.target - shard.start as i64;
                 RowCoef {
                     max: r.max,
-                    kce: r.p_coefficient,
-                    wy: r.target_term,
+                    p_coefficient: r.p_coefficient,
+                    target_coefficient: r.target_term,
                     y: if (0..shard.width as i64).contains(&local) {
                         local as i32
                     } else {
@@ -176,16 +179,12 @@ impl Gpu {
                 }
             })
             .collect();
-        let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
+        let dummy = pool.get(&self.device, Role::UnusedInput, 16, storage_usage());
         RowInputs {
             weights: w.map_or(dummy.clone(), |w| {
-                self.upload(pool, "xent upload weights", bytemuck::cast_slice(w))
+                self.upload(pool, Role::UploadWeights, bytemuck::cast_slice(w))
             }),
-            coefs: self.upload(
-                pool,
-                "xent upload coefficients",
-                bytemuck::cast_slice(&coefs),
-            ),
+            coefs: self.upload(pool, Role::UploadCoefficients, bytemuck::cast_slice(&coefs)),
             dummy,
         }
     }
@@ -209,18 +208,14 @@ impl Gpu {
         let records: Vec<Partial> = self.scoped(|| {
             let uploaded = self.upload_shard(pool, logits, dtype.size() as u64)?;
             let weights =
-                w.map(|w| self.upload(pool, "xent upload weights", bytemuck::cast_slice(w)));
-            let dummy = pool.get(&self.device, "xent unused input", 16, storage_usage());
-            let no_error = pool.get(&self.device, "xent unused output", 16, storage_usage());
-            let no_target_logits = pool.get(
-                &self.device,
-                "xent unused target logits",
-                16,
-                storage_usage(),
-            );
+                w.map(|w| self.upload(pool, Role::UploadWeights, bytemuck::cast_slice(w)));
+            let dummy = pool.get(&self.device, Role::UnusedInput, 16, storage_usage());
+            let no_error = pool.get(&self.device, Role::UnusedOutput, 16, storage_usage());
+            let no_target_logits =
+                pool.get(&self.device, Role::UnusedTargetLogits, 16, storage_usage());
             let partials = pool.get(
                 &self.device,
-                "xent partials",
+                Role::Partials,
                 (rows as u64 * shape.splits as u64 * PARTIAL_BYTES).max(16),
                 storage_usage(),
             );
@@ -347,13 +342,13 @@ impl Gpu {
             let inputs = self.upload_rows(pool, shard, w, combined);
             let row_out = pool.get(
                 &self.device,
-                "xent rows out",
+                Role::RowsOut,
                 rows as u64 * ROW_BYTES,
                 storage_usage(),
             );
             let row_sums = pool.get(
                 &self.device,
-                "xent row sums",
+                Role::RowSums,
                 rows as u64 * 16,
                 storage_usage(),
             );
@@ -412,7 +407,7 @@ impl Gpu {
             .map(|(r, (sum, coef))| match r.fill {
                 RowFill::Compute => FocalPartial {
                     loss: sum[0],
-                    g_sum: coef.kce,
+                    g_sum: coef.p_coefficient,
                 },
                 _ => FocalPartial::default(),
             })
@@ -439,7 +434,7 @@ impl Gpu {
             let inputs = self.upload_rows(pool, shard, w, combined);
             let grad = pool.get(
                 &self.device,
-                "xent gradient",
+                Role::Gradient,
                 gradient.len() as u64 * 4,
                 storage_usage(),
             );

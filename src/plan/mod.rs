@@ -30,6 +30,14 @@ impl Loss {
     }
 }
 
+/// Whether focal loss makes every class focal (label smoothing, or soft targets when
+/// `dense_targets`): each class's `(1 − p)^γ` then needs the row's final LSE, so the row is
+/// read once more (CPU, GPU) or the shards exchange a second round. The one place this is
+/// decided.
+pub(crate) fn needs_focal_pass(options: &CrossEntropy, dense_targets: bool) -> bool {
+    options.is_focal() && (dense_targets || options.label_smoothing > 0.0)
+}
+
 /// A checked call, ready for a backend.
 #[derive(Debug, Clone)]
 pub struct Plan {

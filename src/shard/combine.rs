@@ -46,7 +46,7 @@ impl CrossEntropy {
         let gamma = self.focal_gamma as f64;
         // Focal loss with smoothing: every class's (1 − p)^γ needs the global LSE, which the
         // shards get from this step; they sum them in a second round (`shard_focal`).
-        let round = self.is_focal() && eps > 0.0;
+        let round = crate::plan::needs_focal_pass(self, false);
         let mut merged = Vec::with_capacity(rows);
         let (mut valid_weight, mut denominator) = (0f64, 0f64);
         for row in 0..rows {

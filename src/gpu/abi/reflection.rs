@@ -79,8 +79,8 @@ fn rust_structs() -> Vec<(&'static str, Layout)> {
             "RowCoef",
             members!(RowCoef {
                 max,
-                kce,
-                wy,
+                p_coefficient,
+                target_coefficient,
                 y,
                 fill,
                 log_sum,

@@ -15,11 +15,12 @@ mod softmax;
 use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
 use super::encode::{window, Window};
 use super::launch::{
-    binding_room, chunks, flat_pieces, fused_shape, launch_shape, row_pieces, Chunk, Piece, Shape,
+    binding_room, chunks, flat_pieces, fused_shape, launch_shape, row_pieces, Chunk, LaunchShape,
+    Piece,
 };
 use super::launchers::Reduce;
 use super::pipelines::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
-use super::pool::Pool;
+use super::pool::{Pool, Role};
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::input::Layout;
@@ -30,8 +31,8 @@ use scratch::Scratch;
 
 /// The out-of-range-target flag of recorded calls (read by `take_target_error`), and the one
 /// host-slice calls clear, check and own, so a host call never loses a recorded call's flag.
-pub(super) const RECORDED_CALL_ERROR: &str = "xent target error";
-pub(super) const HOST_CALL_ERROR: &str = "xent host-call target error";
+pub(super) const RECORDED_CALL_ERROR: Role = Role::RecordedTargetError;
+pub(super) const HOST_CALL_ERROR: Role = Role::HostTargetError;
 
 /// One call, its decisions taken: what every launch of it shares.
 struct Call<'a> {
@@ -49,9 +50,9 @@ struct Call<'a> {
     scalar_load: LogitLoad,
     target_load: TargetLoad,
     /// The three-pass launch shape (splits per row, invocations per row).
-    shape: Shape,
+    shape: LaunchShape,
     /// The fused kernel's shape, when the call takes it.
-    fused: Option<Shape>,
+    fused: Option<LaunchShape>,
     /// Runs of whole rows that fit a binding.
     chunks: Vec<Chunk>,
     /// Rows longer than a binding (even 4 of them).
@@ -79,7 +80,7 @@ impl Gpu {
         batch: &DeviceBatch,
         out: &DeviceOutputs,
         want_entropy: bool,
-        error_role: &'static str,
+        error_role: Role,
     ) -> Result<()> {
         crate::plan::device::check(batch, out, &job)?;
         let (rows, classes, layout) = (batch.rows, batch.classes, batch.layout);
@@ -101,7 +102,8 @@ impl Gpu {
         let long_rows = chunked.is_none();
         if long_rows && (layout != Layout::Rows || !is_softmax) {
             return Err(Error::Unsupported(format!(
-                "one row ({} bytes) is larger than the device's storage binding limit ({} bytes)",
+                "rows of {} bytes are bound at least four at a time (whole samples of the (N, C, d…) layout), \
+                 and that is larger than the device's storage binding limit ({} bytes)",
                 classes as u64 * bytes_per_element,
                 self.max_binding
             )));

@@ -9,7 +9,7 @@ use super::super::abi::{
 };
 use super::super::device::{DeviceBatch, DeviceGradient, DeviceOutputs};
 use super::super::encode::Window;
-use super::super::launch::Shape;
+use super::super::launch::LaunchShape;
 use super::super::pipelines::WORKGROUP_SIZE;
 use super::Call;
 use crate::options::InputKind;
@@ -24,7 +24,7 @@ pub(super) fn shared(
     job: Loss,
     batch: &DeviceBatch,
     out: &DeviceOutputs,
-    shape: Shape,
+    shape: LaunchShape,
     spatial: u32,
     dense: bool,
     want_entropy: bool,
@@ -75,7 +75,7 @@ pub(super) fn shared(
                 flags |= FLAG_CHECK_TARGETS | FLAG_TARGET_LOGIT;
             }
             base.focal_gamma = o.focal_gamma;
-            if o.is_focal() && (dense || o.label_smoothing > 0.0) {
+            if crate::plan::needs_focal_pass(&o, dense) {
                 flags |= FLAG_FOCAL_ALL;
             }
             o.reduction

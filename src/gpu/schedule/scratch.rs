@@ -5,9 +5,9 @@
 use super::super::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
 use super::super::device::DeviceOutputs;
 use super::super::encode::storage_usage;
-use super::super::launch::Shape;
+use super::super::launch::LaunchShape;
 use super::super::pipelines::WORKGROUP_SIZE;
-use super::super::pool::Pool;
+use super::super::pool::{Pool, Role};
 use crate::error::{Error, Result};
 
 /// The scratch of one call.
@@ -46,10 +46,10 @@ impl Scratch {
         pool: &mut Pool,
         device: &wgpu::Device,
         (rows, classes): (usize, usize),
-        shape: Shape,
+        shape: LaunchShape,
         (reduce_items, is_softmax): (u64, bool),
         out: &DeviceOutputs,
-        error_role: &'static str,
+        error_role: Role,
         max_binding: u64,
     ) -> Result<Scratch> {
         let per_row_limit = |what: &'static str, bytes: u64| -> Result<()> {
@@ -70,46 +70,41 @@ impl Scratch {
         per_row_limit("sample weights", rows as u64 * 4)?;
         let partials = pool.get(
             device,
-            "xent partials",
+            Role::Partials,
             rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
             storage_usage(),
         );
         let coefs = pool.get(
             device,
-            "xent row coefficients",
+            Role::Coefficients,
             rows as u64 * COEF_BYTES,
             storage_usage(),
         );
-        let row_sums = pool.get(device, "xent row sums", reduce_items * 16, storage_usage());
+        let row_sums = pool.get(device, Role::RowSums, reduce_items * 16, storage_usage());
         let ping = pool.get(
             device,
-            "xent reduce ping",
+            Role::ReducePing,
             reduce_items.div_ceil(4 * WORKGROUP_SIZE as u64) * 16,
             storage_usage(),
         );
         let pong = pool.get(
             device,
-            "xent reduce pong",
+            Role::ReducePong,
             reduce_items.div_ceil(16 * WORKGROUP_SIZE as u64) * 16,
             storage_usage(),
         );
-        let totals = pool.get(device, "xent totals", 16, storage_usage());
-        let target_logits = pool.get(
-            device,
-            "xent target logits",
-            rows as u64 * 4,
-            storage_usage(),
-        );
+        let totals = pool.get(device, Role::Totals, 16, storage_usage());
+        let target_logits = pool.get(device, Role::TargetLogits, rows as u64 * 4, storage_usage());
         let error = match out.target_error {
             Some(flag) => flag.clone(),
             None => pool.get(device, error_role, 16, storage_usage()),
         };
-        let dummy_read = pool.get(device, "xent unused input", 16, storage_usage());
-        let dummy_write = pool.get(device, "xent unused output", 16, storage_usage());
+        let dummy_read = pool.get(device, Role::UnusedInput, 16, storage_usage());
+        let dummy_write = pool.get(device, Role::UnusedOutput, 16, storage_usage());
         let class_params = (!is_softmax).then(|| {
             pool.get(
                 device,
-                "xent bce class params",
+                Role::BceClassParams,
                 classes as u64 * 8,
                 storage_usage(),
             )
@@ -118,7 +113,7 @@ impl Scratch {
             Some(r) if is_softmax => r.clone(),
             _ => pool.get(
                 device,
-                "xent rows out",
+                Role::RowsOut,
                 rows as u64 * ROW_BYTES,
                 storage_usage(),
             ),

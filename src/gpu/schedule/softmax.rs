@@ -2,7 +2,7 @@
 //! partials (per chunk, or per piece of a long row) → rows → [focal] per chunk and the
 //! backward after the reduction.
 
-use super::super::launch::{Chunk, Piece, Shape};
+use super::super::launch::{Chunk, LaunchShape, Piece};
 use super::super::launchers::{Backward, Focal, Fused, Partials, Rows, Targets};
 use super::super::{encode::grid, ShaderVariant};
 use super::{Call, Kernel, LogitLoad, Store, Variant, Window};
@@ -36,7 +36,7 @@ impl Call<'_> {
         pass: &mut wgpu::ComputePass,
         i: usize,
         chunk: Chunk,
-        shape: Shape,
+        shape: LaunchShape,
     ) {
         let (first, count) = self.span(chunk);
         let logits = self.logits(first, count).0;
