@@ -9,7 +9,7 @@ pub mod shards;
 
 use half::{bf16, f16};
 use xent::reference::{self, Reference};
-use xent::{Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Logits, Output, Request};
+use xent::{Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Logits, Output, Reduction, Request};
 
 /// SplitMix64: a small, seedable generator so failures reproduce.
 #[derive(Clone)]
@@ -550,4 +550,63 @@ pub fn check_softmax(
             1e-4 + tol,
         );
     }
+}
+
+/// Runs `case` on every backend of the matrix (`common::backends`: each CPU level, every GPU
+/// path, 32 KiB bindings for the small-binding devices) in every gradient mode, and checks
+/// each against the reference.
+pub fn check_every_backend(
+    label: &str,
+    case: &Case,
+    options: &CrossEntropy,
+    upstream: Option<&[f32]>,
+) {
+    let reference = case.reference(options, upstream);
+    for path in backends::backends(32 << 10) {
+        for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
+            let run = match try_run_softmax(case, options, upstream, mode, |o, b, r| {
+                o.compute(&path.backend, b, r)
+            }) {
+                Ok(run) => run,
+                // A small-binding device refuses what it cannot bind, with a typed error.
+                Err(xent::Error::Unsupported(_)) if path.small_bindings => continue,
+                Err(e) => panic!("{label} [{}, {mode:?}]: {e}", path.name),
+            };
+            check_softmax(
+                &format!("{label} [{}, {mode:?}]", path.name),
+                case,
+                options,
+                &run,
+                &reference,
+            );
+        }
+    }
+}
+
+pub fn option_grid() -> Vec<(&'static str, CrossEntropy)> {
+    let base = CrossEntropy::new();
+    vec![
+        ("plain", base),
+        ("sum", base.reduction(Reduction::Sum)),
+        ("none", base.reduction(Reduction::None)),
+        ("smoothing", base.label_smoothing(0.1)),
+        ("z-loss", base.z_loss(1e-3)),
+        ("softcap", base.softcap(15.0)),
+        ("scale", base.logit_scale(0.7)),
+        (
+            "everything",
+            base.label_smoothing(0.2)
+                .z_loss(1e-4)
+                .softcap(30.0)
+                .logit_scale(1.3)
+                .ignore_index(3),
+        ),
+        (
+            "everything-sum",
+            base.label_smoothing(1.0)
+                .z_loss(2e-2)
+                .logit_scale(0.5)
+                .reduction(Reduction::Sum),
+        ),
+    ]
 }
