@@ -1,20 +1,20 @@
 //! Focal loss, per-sample weights and BCE label smoothing (SEMANTICS.md sections 2c and 4).
 //!
 //! First the f64 reference on its own: γ = 0 is plain cross-entropy, worked examples done by
-//! hand, and its gradients against central finite differences of its own loss. Then the CPU
-//! path (every SIMD level, every gradient mode) and the GPU kernels against the reference for
-//! every option combination. GPU tests follow `tests/gpu.rs`: without an adapter they fail
-//! unless `XENT_SKIP_GPU=1`, which makes them say loudly that they were not run.
+//! hand, and its gradients against central finite differences of its own loss. Then every
+//! backend of the matrix (`common::backends`: each CPU level, every GPU path; every gradient
+//! mode) against the reference for every option combination, and the GPU's long rows, chunks
+//! and device-resident calls. Without an adapter the GPU parts fail unless `XENT_SKIP_GPU=1`,
+//! which makes them say loudly that they were not run.
 
 mod common;
 
 use common::device::{
-    bad_targets, buffer, check_loss_and_gradient, gpu, paths, read, record_and_submit,
-    small_bindings, variants, DeviceCase,
+    bad_targets, buffer, check_loss_and_gradient, gpu, read, record_and_submit, small_bindings,
+    DeviceCase,
 };
 use common::*;
 use std::sync::Arc;
-use xent::cpu::SimdLevel;
 use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions};
 use xent::reference::{self, Reference};
 use xent::{
@@ -860,53 +860,36 @@ fn check_bce(label: &str, backend: &Backend, case: &Case, options: &BinaryCrossE
 // CPU.
 // ---------------------------------------------------------------------------------------------
 
-fn cpu_at(
-    level: SimdLevel,
-) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> {
-    move |o, b, r| o.compute(&Backend::CpuWith(level), b, r)
-}
-
-/// Every SIMD level and gradient mode against the reference.
-fn check_cpu(label: &str, case: &Case, options: &CrossEntropy) {
+/// Every backend of the matrix and gradient mode against the reference (the upstream of
+/// `Reduction::None` rows as `row_upstream` gives it).
+fn check(label: &str, case: &Case, options: &CrossEntropy) {
     let upstream = row_upstream(options, case.rows);
-    let reference = case.reference(options, upstream.as_deref());
-    for level in SimdLevel::supported() {
-        for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
-            let run = run_softmax(case, options, upstream.as_deref(), mode, cpu_at(level));
-            check_softmax(
-                &format!("{label} [{level}, {mode:?}]"),
-                case,
-                options,
-                &run,
-                &reference,
-            );
-        }
-    }
+    check_every_backend(label, case, options, upstream.as_deref());
 }
 
 #[test]
-fn cpu_focal_against_reference() {
+fn focal_against_reference() {
     for (k, options) in focal_grid().iter().enumerate() {
         for (what, case) in softmax_cases(options, 100 + k as u64) {
-            check_cpu(&format!("{what} {options:?}"), &case, options);
+            check(&format!("{what} {options:?}"), &case, options);
         }
     }
 }
 
 #[test]
-fn cpu_probability_focal_against_reference() {
+fn probability_focal_against_reference() {
     for (k, options) in probability_focal_grid().iter().enumerate() {
         for (what, case) in probability_cases(options, 400 + k as u64) {
-            check_cpu(&format!("{what} {options:?}"), &case, options);
+            check(&format!("{what} {options:?}"), &case, options);
         }
     }
 }
 
 #[test]
-fn cpu_sample_weights_against_reference() {
+fn sample_weights_against_reference() {
     for (k, options) in sample_weight_grid().iter().enumerate() {
         for (what, case) in softmax_cases(options, 200 + k as u64) {
-            check_cpu(&format!("{what} {options:?}"), &case, options);
+            check(&format!("{what} {options:?}"), &case, options);
         }
     }
     // Probability inputs take sample weights too.
@@ -926,11 +909,11 @@ fn cpu_sample_weights_against_reference() {
     .weighted(2)
     .sample_weighted(3)
     .ignore_every(4, -100);
-    check_cpu("probabilities", &probs, &options);
+    check("probabilities", &probs, &options);
 }
 
 #[test]
-fn cpu_long_rows() {
+fn long_rows() {
     // Rows longer than one SIMD chunk, where the focal pass re-reads the row from cache.
     let case = Case::new(
         21,
@@ -948,18 +931,18 @@ fn cpu_long_rows() {
         CrossEntropy::new().focal_gamma(2.0),
         CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
     ] {
-        check_cpu("5×5000", &case, &options);
+        check("5×5000", &case, &options);
     }
 }
 
 #[test]
-fn cpu_bce_against_reference() {
+fn bce_against_reference() {
     for (k, options) in bce_grid().iter().enumerate() {
         for (what, case) in bce_cases(300 + k as u64) {
-            for level in SimdLevel::supported() {
+            for path in every_backend() {
                 check_bce(
-                    &format!("bce {what} {options:?} [{level}]"),
-                    &Backend::CpuWith(level),
+                    &format!("bce {what} {options:?} [{}]", path.name),
+                    &path.backend,
                     &case,
                     options,
                 );
@@ -972,14 +955,13 @@ fn cpu_bce_against_reference() {
 // Both backends: sample weights with z-loss and with BCE's per-element upstream.
 // ---------------------------------------------------------------------------------------------
 
-/// Every CPU SIMD level and the GPU (when there is one).
-fn every_backend() -> Vec<Backend> {
-    let mut out: Vec<Backend> = SimdLevel::supported()
+/// The backend matrix without its small-binding devices (which refuse some long-row options
+/// with a typed error; `tests/exactness.rs` and `tests/windows.rs` cover them).
+fn every_backend() -> Vec<common::backends::Path> {
+    common::backends::backends(32 << 10)
         .into_iter()
-        .map(Backend::CpuWith)
-        .collect();
-    out.extend(gpu().map(Backend::Gpu));
-    out
+        .filter(|p| !p.small_bindings)
+        .collect()
 }
 
 #[test]
@@ -1021,7 +1003,7 @@ fn z_loss_mean_with_sample_weights_divides_by_their_valid_sum() {
     for (a, b) in r.gradient.iter().zip(gradient) {
         assert!((a - b).abs() < 1e-7, "{:?}", r.gradient);
     }
-    for backend in every_backend() {
+    for common::backends::Path { backend, .. } in every_backend() {
         let label = backend.name();
         let mut g = [0f32; 6];
         let out = options
@@ -1047,7 +1029,7 @@ fn z_loss_mean_with_sample_weights_divides_by_their_valid_sum() {
             .weighted(k as u64)
             .sample_weighted(k as u64)
             .ignore_every(3, o.ignore_index);
-        check_cpu(&format!("z-loss, sample weights {o:?}"), &case, o);
+        check(&format!("z-loss, sample weights {o:?}"), &case, o);
         if let Some(gpu) = gpu() {
             check_gpu(&format!("z-loss, sample weights {o:?}"), &gpu, &case, o);
         }
@@ -1067,7 +1049,7 @@ fn bce_none_upstream_with_sample_weights() {
     let u = [1.0f32, 2.0, 0.5, -1.0];
     let ln2 = 2f64.ln();
     let options = BinaryCrossEntropy::new().reduction(Reduction::None);
-    for backend in every_backend() {
+    for common::backends::Path { backend, .. } in every_backend() {
         let label = backend.name();
         let mut g = [0f32; 4];
         let mut request = Request::new().gradient_into(&mut g);
@@ -1101,7 +1083,7 @@ fn bce_none_upstream_with_sample_weights() {
     {
         for (what, case) in bce_cases(600 + k as u64) {
             assert!(case.sample_weights.is_some());
-            for backend in every_backend() {
+            for common::backends::Path { backend, .. } in every_backend() {
                 check_bce(
                     &format!("bce none {what} {options:?} [{}]", backend.name()),
                     &backend,
@@ -1134,71 +1116,6 @@ fn check_gpu(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy) {
             &run,
             &reference,
         );
-    }
-}
-
-#[test]
-fn gpu_focal_against_reference() {
-    for gpu in paths() {
-        for (k, options) in focal_grid().iter().enumerate() {
-            for (what, case) in softmax_cases(options, 100 + k as u64) {
-                check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
-            }
-        }
-    }
-}
-
-#[test]
-fn gpu_probability_focal_against_reference() {
-    for gpu in paths() {
-        for (k, options) in probability_focal_grid().iter().enumerate() {
-            for (what, case) in probability_cases(options, 400 + k as u64) {
-                check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
-            }
-        }
-    }
-}
-
-#[test]
-fn gpu_sample_weights_against_reference() {
-    for gpu in variants() {
-        for (k, options) in sample_weight_grid().iter().enumerate() {
-            for (what, case) in softmax_cases(options, 200 + k as u64) {
-                check_gpu(&format!("{what} {options:?}"), &gpu, &case, options);
-            }
-        }
-        let mut options = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-6 });
-        options.label_smoothing = 0.1;
-        let probs = Case::new(
-            8,
-            23,
-            40,
-            Hardness {
-                outliers: true,
-                masked: true,
-                non_finite: false,
-            },
-        )
-        .probabilities()
-        .weighted(2)
-        .sample_weighted(3)
-        .ignore_every(4, -100);
-        check_gpu("probabilities", &gpu, &probs, &options);
-    }
-}
-
-#[test]
-fn gpu_bce_against_reference() {
-    let Some(gpu) = gpu() else { return };
-    for (k, options) in bce_grid().iter().enumerate() {
-        for (what, case) in bce_cases(300 + k as u64) {
-            check_bce(
-                &format!("bce {what} {options:?}"),
-                &Backend::Gpu(gpu.clone()),
-                &case,
-                options,
-            );
-        }
     }
 }
 
