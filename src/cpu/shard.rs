@@ -48,7 +48,6 @@ pub fn shard_partials(
 ) -> Vec<RowPartial> {
     let transform = transform(options);
     let weight_sum = w.map_or(shard.width as f64, |w| w.iter().map(|&v| v as f64).sum()) as f32;
-    let end = (shard.start + shard.width) as i64;
     (0..logits.rows())
         .into_par_iter()
         .map_init(
@@ -69,25 +68,15 @@ pub fn shard_partials(
                     },
                 );
                 let y = targets.index(row).unwrap_or_default();
-                let mine = y != options.ignore_index && (shard.start as i64..end).contains(&y);
-                let local = (y - shard.start as i64).max(0) as usize;
+                let target = shard
+                    .local(y, options.ignore_index)
+                    .map(|c| (transform.scalar(x[c]), w.map_or(1.0, |w| w[c])));
                 RowPartial {
                     max: st.max,
                     sum_exp: st.sum_exp as f32,
                     sum_ez: st.sum_ez as f32,
                     sum_wz: st.sum_wz as f32,
                     weight_sum,
-                    target_z: if mine {
-                        transform.scalar(x[local])
-                    } else {
-                        0.0
-                    },
-                    target_weight: if mine {
-                        w.map_or(1.0, |w| w[local])
-                    } else {
-                        0.0
-                    },
-                    has_target: mine as u32,
                     argmax: (shard.start + st.argmax as usize) as u32,
                     nan_index: if st.nans > 0 {
                         (shard.start
@@ -97,8 +86,9 @@ pub fn shard_partials(
                     } else {
                         u32::MAX
                     },
-                    _pad: [0; 2],
+                    ..RowPartial::default()
                 }
+                .with_target(target)
             },
         )
         .collect()

@@ -275,7 +275,6 @@ impl Gpu {
             None => x * options.logit_scale,
             Some(cap) => cap * (x * (options.logit_scale / cap)).tanh(),
         };
-        let end = (shard.start + shard.width) as i64;
         // Each split as a shard's partial of its columns, merged in column order by the one
         // host merge (`RowPartial::merge`).
         let as_partial = |q: &Partial| RowPartial {
@@ -300,22 +299,10 @@ impl Gpu {
                     .iter()
                     .fold(as_partial(&splits[0]), |a, q| a.merge(&as_partial(q)));
                 let y = targets.index(row).unwrap_or_default();
-                let mine = y != options.ignore_index && (shard.start as i64..end).contains(&y);
-                let local = (y - shard.start as i64).max(0) as usize;
-                RowPartial {
-                    target_z: if mine {
-                        transform(logits.get(row, local))
-                    } else {
-                        0.0
-                    },
-                    target_weight: if mine {
-                        w.map_or(1.0, |w| w[local])
-                    } else {
-                        0.0
-                    },
-                    has_target: mine as u32,
-                    ..merged
-                }
+                let target = shard
+                    .local(y, options.ignore_index)
+                    .map(|c| (transform(logits.get(row, c)), w.map_or(1.0, |w| w[c])));
+                merged.with_target(target)
             })
             .collect())
     }

@@ -182,6 +182,13 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// The column of target `y` inside this shard, or `None` when the row is ignored or its
+    /// target is another shard's.
+    pub(crate) fn local(&self, y: i64, ignore_index: i64) -> Option<usize> {
+        let local = y - self.start as i64;
+        (y != ignore_index && (0..self.width as i64).contains(&local)).then_some(local as usize)
+    }
+
     /// Cuts `classes` into `k` near-equal shards.
     pub fn split(classes: usize, k: usize) -> Vec<Shard> {
         let k = k.max(1);

@@ -50,6 +50,18 @@ impl Default for RowPartial {
 }
 
 impl RowPartial {
+    /// This partial with the row's target: `Some((z[y], w[y]))` when the target is in the
+    /// shard, else the zeros of a shard without it.
+    pub(crate) fn with_target(self, target: Option<(f32, f32)>) -> RowPartial {
+        let (target_z, target_weight) = target.unwrap_or((0.0, 0.0));
+        RowPartial {
+            target_z,
+            target_weight,
+            has_target: target.is_some() as u32,
+            ..self
+        }
+    }
+
     /// This partial with its sums moved to a max `to` ≥ its own (the all-reduce step between
     /// MAX and SUM, module docs): the exp-sums scaled by `exp(max − to)`, the centred sums
     /// re-centred (`+ (max − to)·Σ e`, `+ (max − to)·weight_sum`; a partial of −inf only holds 0
