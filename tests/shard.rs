@@ -38,7 +38,7 @@ fn check_sharded(
     let run = run_sharded(label, backend, case, options, shards, Some(&upstream));
     let out = &run.output;
     match (out.loss, reference.loss) {
-        (Some(a), Some(r)) => assert_close(&format!("{label}: loss"), &[a], &[r], 1e-5, 1e-5),
+        (Some(a), Some(r)) => assert_within(&format!("{label}: loss"), &[a], &[r], tol::LOSS),
         (None, None) => {}
         other => panic!("{label}: {other:?}"),
     }
@@ -47,19 +47,17 @@ fn check_sharded(
         out.row_losses.as_ref().unwrap(),
         &reference.row_losses,
     );
-    assert_close(
+    assert_within(
         &format!("{label}: lse"),
         out.lse.as_ref().unwrap(),
         &reference.lse,
-        1e-5,
-        1e-5,
+        tol::LOSS,
     );
-    assert_close(
+    assert_within(
         &format!("{label}: gradient"),
         run.gradient.as_ref().unwrap(),
         &reference.gradient,
-        1e-6,
-        1e-4,
+        tol::GRADIENT,
     );
 }
 
@@ -353,12 +351,11 @@ fn half_precision_shards() {
             .collect();
         let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
         let combined = options.combine(700, &views, targets, None).unwrap();
-        assert_close(
+        assert_within(
             "bf16 shards",
             &[combined.output.loss.unwrap()],
             &[reference.loss.unwrap()],
-            1e-5,
-            1e-5,
+            tol::LOSS,
         );
     }
 }

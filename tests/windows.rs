@@ -9,7 +9,7 @@ mod common;
 
 use common::backends::backends;
 use common::device::read;
-use common::{assert_close, assert_losses, Case, Hardness};
+use common::{assert_losses, assert_within, tol, Case, Hardness};
 use wgpu::util::DeviceExt;
 use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuRow};
 use xent::{Backend, BinaryCrossEntropy, CrossEntropy, Reduction};
@@ -154,15 +154,14 @@ fn softmax_reads_and_writes_only_its_windows() {
                 assert_losses(&format!("{label}: rows"), &losses, &reference.row_losses);
                 if let Some(r) = reference.loss {
                     let got = data_of(gpu, &label, &loss, 1);
-                    assert_close(&format!("{label}: loss"), &got, &[r], 1e-5, 1e-5);
+                    assert_within(&format!("{label}: loss"), &got, &[r], tol::LOSS);
                 }
                 let g = data_of(gpu, &label, &gradient, rows * classes);
-                assert_close(
+                assert_within(
                     &format!("{label}: gradient"),
                     &g,
                     &reference.gradient,
-                    1e-6,
-                    1e-4,
+                    tol::GRADIENT,
                 );
             }
         }
@@ -226,22 +225,20 @@ fn bce_reads_and_writes_only_its_windows() {
             }
             gpu.queue().submit([encoder.finish()]);
             let got = data_of(gpu, &label, &loss, 1);
-            assert_close(
+            assert_within(
                 &format!("{label}: loss"),
                 &got,
                 &[reference.loss.unwrap()],
-                1e-5,
-                1e-5,
+                tol::LOSS,
             );
             let l = data_of(gpu, &label, &losses, rows * classes);
             assert_losses(&format!("{label}: losses"), &l, &reference.row_losses);
             let g = data_of(gpu, &label, &gradient, rows * classes);
-            assert_close(
+            assert_within(
                 &format!("{label}: gradient"),
                 &g,
                 &reference.gradient,
-                1e-6,
-                1e-4,
+                tol::GRADIENT,
             );
         }
     }

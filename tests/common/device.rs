@@ -209,19 +209,17 @@ pub fn check_loss_and_gradient(
     reference: &xent::reference::Reference,
 ) {
     let expected = [reference.loss.unwrap()];
-    super::assert_close(
+    super::assert_within(
         &format!("{label} loss"),
         &read(gpu, loss)[..1],
         &expected,
-        1e-5,
-        1e-5,
+        super::tol::LOSS,
     );
-    super::assert_close(
+    super::assert_within(
         &format!("{label} gradient"),
         &read(gpu, gradient),
         &reference.gradient,
-        1e-6,
-        1e-4,
+        super::tol::GRADIENT,
     );
 }
 

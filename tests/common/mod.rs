@@ -426,6 +426,57 @@ pub fn try_run_softmax(
     })
 }
 
+/// The tolerance table: `|a − r| ≤ abs + rel·|r|` of an f32 result against the f64 reference,
+/// per quantity. The kernels accumulate in f32 (CPU chunks in f64): a loss or LSE keeps about
+/// 5 digits, a gradient element 4 relative to its size (1e-6 absolute for the tiny ones);
+/// f16/bf16 gradients written in place are rounded to their dtype on top (`gradient`).
+pub mod tol {
+    /// One row of the table.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Tol {
+        pub abs: f64,
+        pub rel: f64,
+    }
+    /// Reduced and per-row losses, LSE.
+    pub const LOSS: Tol = Tol {
+        abs: 1e-5,
+        rel: 1e-5,
+    };
+    /// Probabilities (target probability, confidence).
+    pub const PROBABILITY: Tol = Tol {
+        abs: 1e-5,
+        rel: 1e-4,
+    };
+    /// Entropy.
+    pub const ENTROPY: Tol = Tol {
+        abs: 1e-4,
+        rel: 1e-4,
+    };
+    /// f32 gradient elements.
+    pub const GRADIENT: Tol = Tol {
+        abs: 1e-6,
+        rel: 1e-4,
+    };
+
+    /// Gradient elements stored in `dtype` (in place: rounded to it).
+    pub fn gradient(dtype: xent::Dtype) -> Tol {
+        let rounding = match dtype {
+            xent::Dtype::F32 => 0.0,
+            xent::Dtype::F16 => 1e-3,
+            xent::Dtype::Bf16 => 8e-3,
+        };
+        Tol {
+            rel: GRADIENT.rel + rounding,
+            ..GRADIENT
+        }
+    }
+}
+
+/// [`assert_close`] with a row of the tolerance table.
+pub fn assert_within(what: &str, actual: &[f32], expected: &[f64], tol: tol::Tol) {
+    assert_close(what, actual, expected, tol.abs, tol.rel);
+}
+
 /// `|a − r| ≤ abs + rel·|r|`, with NaN = NaN and ±inf = same inf. Panics naming the worst.
 pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], abs: f64, rel: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
@@ -476,7 +527,7 @@ pub fn check_softmax(
 ) {
     let out = &run.output;
     match (out.loss, reference.loss) {
-        (Some(a), Some(r)) => assert_close(&format!("{label}: loss"), &[a], &[r], 1e-5, 1e-5),
+        (Some(a), Some(r)) => assert_within(&format!("{label}: loss"), &[a], &[r], tol::LOSS),
         (None, None) => {}
         (a, r) => panic!("{label}: loss {a:?} vs reference {r:?}"),
     }
@@ -485,12 +536,11 @@ pub fn check_softmax(
         out.row_losses.as_ref().unwrap(),
         &reference.row_losses,
     );
-    assert_close(
+    assert_within(
         &format!("{label}: lse"),
         out.lse.as_ref().unwrap(),
         &reference.lse,
-        1e-5,
-        1e-5,
+        tol::LOSS,
     );
     let m = out.metrics.as_ref().unwrap();
     for r in 0..case.rows {
@@ -513,41 +563,31 @@ pub fn check_softmax(
         } else {
             assert_eq!(m.correct[r], reference.correct[r], "{label}: correct[{r}]");
         }
-        assert_close(
+        assert_within(
             &format!("{label}: target_prob[{r}]"),
             &[m.target_prob[r]],
             &[reference.target_prob[r]],
-            1e-5,
-            1e-4,
+            tol::PROBABILITY,
         );
-        assert_close(
+        assert_within(
             &format!("{label}: entropy[{r}]"),
             &[m.entropy[r]],
             &[reference.entropy[r]],
-            1e-4,
-            1e-4,
+            tol::ENTROPY,
         );
-        assert_close(
+        assert_within(
             &format!("{label}: confidence[{r}]"),
             &[m.confidence[r]],
             &[reference.confidence[r]],
-            1e-5,
-            1e-4,
+            tol::PROBABILITY,
         );
     }
     if let Some(g) = &run.gradient {
-        let tol = match case.dtype {
-            Dtype::F32 => 0.0,
-            // In place in f16/bf16 the gradient itself is rounded to the dtype.
-            Dtype::F16 => 1e-3,
-            Dtype::Bf16 => 8e-3,
-        };
-        assert_close(
+        assert_within(
             &format!("{label}: gradient"),
             g,
             &reference.gradient,
-            1e-6,
-            1e-4 + tol,
+            tol::gradient(case.dtype),
         );
     }
 }
