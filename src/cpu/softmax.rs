@@ -7,9 +7,7 @@ use super::scalar::{self, ProbTarget};
 use super::{focal, simd, Call, RowOutcome};
 use crate::input::Targets;
 use crate::math::focal::focal_factors;
-use crate::math::row::{
-    confidence, entropy, first_max, index_ce, index_p_coefficient, log_p, term,
-};
+use crate::math::row::{first_max, index_ce, index_p_coefficient, log_p, term, Finish};
 use crate::options::InputKind;
 use crate::plan::needs_focal_pass;
 
@@ -88,12 +86,11 @@ impl Call<'_> {
                 exps,
             },
         );
-        let lse = st.lse();
         // Every logp below is `(z − m) − ln Σ exp(z − m)` (SEMANTICS.md section 1), never
         // `z − lse`: `lse` is an output (and z-loss's), and loses `logp` below the last place
         // of a large `m`.
-        let finite = lse.is_finite();
-        let log_sum = st.log_sum();
+        let finish = Finish::new(st.max, st.sum_exp, st.sum_ez, st.nans > 0);
+        let (lse, finite, log_sum) = (finish.lse, finish.finite, finish.log_sum);
         let argmax = if st.nans > 0 {
             x.iter()
                 .position(|&v| transform.scalar(v).is_nan())
@@ -103,19 +100,11 @@ impl Call<'_> {
         };
         let mut r = RowOutcome {
             lse: lse as f32,
-            max: if finite { st.max } else { lse as f32 },
-            log_sum: if finite { log_sum as f32 } else { 0.0 },
+            max: finish.max,
+            log_sum: finish.split_log_sum,
             argmax,
-            entropy: if finite {
-                entropy(log_sum, st.sum_ez, st.sum_exp) as f32
-            } else {
-                f32::NAN
-            },
-            confidence: if finite {
-                confidence(log_sum) as f32
-            } else {
-                f32::NAN
-            },
+            entropy: finish.entropy as f32,
+            confidence: finish.confidence as f32,
             valid,
             ..RowOutcome::default()
         };

@@ -28,6 +28,55 @@ pub(crate) fn lse(max: f32, sum_exp: f64, nan: bool) -> f64 {
     }
 }
 
+/// What every softmax row's finish takes from its online-softmax state: the LSE, its split
+/// `max + log_sum` for the backward, and the entropy and confidence metrics (NaN for a row
+/// whose LSE is not finite: a NaN or +inf logit, or a row of −inf only).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finish {
+    /// `log Σ exp(z)`.
+    pub lse: f64,
+    /// Whether `lse` is finite.
+    pub finite: bool,
+    /// `ln S`.
+    pub log_sum: f64,
+    /// The backward's split of `lse`: the row's max (its LSE when that is not finite) and
+    /// `ln S` (0 then), in f32 as the kernels take them.
+    pub max: f32,
+    /// See `max`.
+    pub split_log_sum: f32,
+    /// `−Σ p·log p`.
+    pub entropy: f64,
+    /// `max p`.
+    pub confidence: f64,
+}
+
+impl Finish {
+    /// The finish of a row with max `max`, `S = sum_exp`, the centred `Σ e·(z − m)` and
+    /// whether a `z` is NaN.
+    pub(crate) fn new(max: f32, sum_exp: f64, sum_ez: f64, nan: bool) -> Finish {
+        let lse = lse(max, sum_exp, nan);
+        let finite = lse.is_finite();
+        let log_sum = sum_exp.ln();
+        Finish {
+            lse,
+            finite,
+            log_sum,
+            max: if finite { max } else { lse as f32 },
+            split_log_sum: if finite { log_sum as f32 } else { 0.0 },
+            entropy: if finite {
+                entropy(log_sum, sum_ez, sum_exp)
+            } else {
+                f64::NAN
+            },
+            confidence: if finite {
+                confidence(log_sum)
+            } else {
+                f64::NAN
+            },
+        }
+    }
+}
+
 /// `log p = (z − max) − log_sum`, in f64: the split form every `logp` is taken from
 /// (SEMANTICS.md section 1), with `lse = max + log_sum` never formed; `z − lse` would drop
 /// `logp` below the last place of a large `max`.

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::input::Targets;
 use crate::math::focal::focal_factors;
 use crate::math::reduce::{loss, row_scales};
-use crate::math::row::{confidence, entropy, index_ce, index_p_coefficient, log_p, term};
+use crate::math::row::{index_ce, index_p_coefficient, log_p, term, Finish};
 use crate::options::{CrossEntropy, Reduction};
 use crate::output::Metrics;
 
@@ -81,11 +81,11 @@ impl CrossEntropy {
         let (mut samples, mut z_terms) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
         let classes_f = classes as f64;
         for (row, (m, y, valid)) in merged.into_iter().enumerate() {
-            let lse = m.lse();
             // logp in the split form (SEMANTICS.md section 1); NaN for a NaN or +inf logit or
             // a row of −inf only.
-            let finite = lse.is_finite();
-            let log_sum = (m.sum_exp as f64).ln();
+            let nan = m.nan_index != u32::MAX;
+            let finish = Finish::new(m.max, m.sum_exp as f64, m.sum_ez as f64, nan);
+            let (lse, finite, log_sum) = (finish.lse, finish.finite, finish.log_sum);
             let w_sum = m.weight_sum as f64;
             let logp_y = if finite {
                 log_p(m.target_z, m.max, log_sum)
@@ -138,16 +138,8 @@ impl CrossEntropy {
             metrics
                 .target_prob
                 .push(if valid { logp_y.exp() as f32 } else { 0.0 });
-            let (entropy, confidence) = if finite {
-                (
-                    entropy(log_sum, m.sum_ez as f64, m.sum_exp as f64),
-                    confidence(log_sum),
-                )
-            } else {
-                (f64::NAN, f64::NAN)
-            };
-            metrics.entropy.push(entropy as f32);
-            metrics.confidence.push(confidence as f32);
+            metrics.entropy.push(finish.entropy as f32);
+            metrics.confidence.push(finish.confidence as f32);
             metrics.valid.push(valid);
             // Only `Reduction::None` has one upstream value per row.
             let row_upstream = |row: usize| match self.reduction {
@@ -162,8 +154,8 @@ impl CrossEntropy {
             );
             out.rows.push(RowGradient {
                 lse: lse as f32,
-                max: if lse.is_finite() { m.max } else { lse as f32 },
-                log_sum: if finite { log_sum as f32 } else { 0.0 },
+                max: finish.max,
+                log_sum: finish.split_log_sum,
                 p_coefficient: (a * kce + b * 2.0 * lambda * lse) as f32,
                 scale: a as f32,
                 target_term: (a * (1.0 - eps) * w_y) as f32,

@@ -35,19 +35,6 @@ pub struct RowStats {
     weight_sum: f64,
 }
 
-impl RowStats {
-    /// `log Σ exp(z)`: −inf for an all −inf row, +inf with a +inf, NaN with a NaN.
-    pub fn lse(&self) -> f64 {
-        crate::math::row::lse(self.max, self.sum_exp, self.nans > 0)
-    }
-
-    /// `ln Σ exp(z − m)`: with `m`, the split form of `lse` that every `logp` is taken from,
-    /// `logp = (z − m) − log_sum` (SEMANTICS.md section 1).
-    pub fn log_sum(&self) -> f64 {
-        self.sum_exp.ln()
-    }
-}
-
 /// Forward over one contiguous row of raw logits `x` (and its dense targets `t`, if any).
 pub struct Forward<'a> {
     /// Raw logits of the row.
