@@ -15,8 +15,7 @@ use xent::gpu::{
     DeviceTargets, Gpu,
 };
 use xent::{
-    Backend, Batch, BinaryCrossEntropy, CrossEntropy, Dtype, Error, InputKind, Layout, Logits,
-    Reduction, Request,
+    Backend, Batch, CrossEntropy, Dtype, Error, InputKind, Layout, Logits, Reduction, Request,
 };
 
 fn on(gpu: &Arc<Gpu>) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> + '_ {
@@ -279,83 +278,6 @@ fn chunked_dispatch_on(small: &Arc<Gpu>) {
         &CrossEntropy::new().label_smoothing(0.1),
         &[GradMode::OutOfPlace],
     );
-}
-
-#[test]
-fn bce_against_reference() {
-    for gpu in variants() {
-        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
-            for (weights, spatial, dtype) in [
-                (false, None, Dtype::F32),
-                (true, None, Dtype::Bf16),
-                (true, Some(5), Dtype::F16),
-            ] {
-                let options = BinaryCrossEntropy::new().reduction(reduction);
-                let mut case = Case::new(
-                    13,
-                    15,
-                    41,
-                    Hardness {
-                        outliers: true,
-                        ..Hardness::default()
-                    },
-                )
-                .multi_label(4, weights)
-                .dtype(dtype);
-                if let Some(s) = spatial {
-                    case = case.class_dim1(s);
-                }
-                let upstream: Option<Vec<f32>> = (reduction == Reduction::None)
-                    .then(|| (0..15 * 41).map(|i| (i % 7) as f32 * 0.25).collect());
-                let reference = case.reference_bce(&options, upstream.as_deref());
-                let label = format!("bce {reduction:?} weights={weights} {spatial:?} {dtype:?}");
-                for in_place in [false, true] {
-                    let mut storage = case.storage();
-                    let t32 = case.targets_i32();
-                    let mut grad = vec![0f32; 15 * 41];
-                    let mut request = Request::new().row_losses();
-                    request = if in_place {
-                        request.gradient_in_place()
-                    } else {
-                        request.gradient_into(&mut grad)
-                    };
-                    request.upstream = upstream.as_deref();
-                    let out = options
-                        .compute(
-                            &Backend::Gpu(gpu.clone()),
-                            case.batch(&mut storage, &t32, in_place),
-                            request,
-                        )
-                        .unwrap();
-                    if in_place {
-                        grad = storage.to_f32();
-                    }
-                    match (out.loss, reference.loss) {
-                        (Some(a), Some(r)) => assert_close(&label, &[a], &[r], 1e-5, 1e-5),
-                        (None, None) => {}
-                        other => panic!("{label}: {other:?}"),
-                    }
-                    assert_losses(
-                        &label,
-                        out.row_losses.as_ref().unwrap(),
-                        &reference.row_losses,
-                    );
-                    let rel = match (in_place, dtype) {
-                        (true, Dtype::F16) => 1e-3,
-                        (true, Dtype::Bf16) => 8e-3,
-                        _ => 1e-4,
-                    };
-                    assert_close(
-                        &format!("{label} gradient in_place={in_place}"),
-                        &grad,
-                        &reference.gradient,
-                        1e-6,
-                        rel,
-                    );
-                }
-            }
-        }
-    }
 }
 
 #[test]
