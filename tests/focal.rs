@@ -807,55 +807,6 @@ fn bce_cases(seed: u64) -> Vec<(String, Case)> {
     ]
 }
 
-/// Runs BCE through `backend` in both gradient modes and checks it against the reference.
-fn check_bce(label: &str, backend: &Backend, case: &Case, options: &BinaryCrossEntropy) {
-    let elements = case.rows * case.classes;
-    let upstream: Option<Vec<f32>> = (options.reduction == Reduction::None)
-        .then(|| (0..elements).map(|i| (i % 7) as f32 * 0.25).collect());
-    let reference = case.reference_bce(options, upstream.as_deref());
-    for in_place in [false, true] {
-        let mut storage = case.storage();
-        let t32 = case.targets_i32();
-        let mut grad = vec![0f32; elements];
-        let mut request = Request::new().row_losses();
-        request = if in_place {
-            request.gradient_in_place()
-        } else {
-            request.gradient_into(&mut grad)
-        };
-        request.upstream = upstream.as_deref();
-        let out = options
-            .compute(backend, case.batch(&mut storage, &t32, in_place), request)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        if in_place {
-            grad = storage.to_f32();
-        }
-        let label = format!("{label} in_place={in_place}");
-        match (out.loss, reference.loss) {
-            (Some(a), Some(r)) => assert_close(&label, &[a], &[r], 1e-5, 1e-5),
-            (None, None) => {}
-            other => panic!("{label}: {other:?}"),
-        }
-        assert_losses(
-            &format!("{label}: losses"),
-            out.row_losses.as_ref().unwrap(),
-            &reference.row_losses,
-        );
-        let rel = match (in_place, case.dtype) {
-            (true, Dtype::F16) => 1e-3,
-            (true, Dtype::Bf16) => 8e-3,
-            _ => 1e-4,
-        };
-        assert_close(
-            &format!("{label}: gradient"),
-            &grad,
-            &reference.gradient,
-            1e-6,
-            rel,
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // CPU.
 // ---------------------------------------------------------------------------------------------
@@ -940,12 +891,7 @@ fn bce_against_reference() {
     for (k, options) in bce_grid().iter().enumerate() {
         for (what, case) in bce_cases(300 + k as u64) {
             for path in every_backend() {
-                check_bce(
-                    &format!("bce {what} {options:?} [{}]", path.name),
-                    &path.backend,
-                    &case,
-                    options,
-                );
+                check_bce(&format!("bce {what} {options:?}"), &path, &case, options);
             }
         }
     }
@@ -1083,10 +1029,10 @@ fn bce_none_upstream_with_sample_weights() {
     {
         for (what, case) in bce_cases(600 + k as u64) {
             assert!(case.sample_weights.is_some());
-            for common::backends::Path { backend, .. } in every_backend() {
+            for path in every_backend() {
                 check_bce(
-                    &format!("bce none {what} {options:?} [{}]", backend.name()),
-                    &backend,
+                    &format!("bce none {what} {options:?}"),
+                    &path,
                     &case,
                     options,
                 );

@@ -16,6 +16,8 @@ use xent::{Backend, BinaryCrossEntropy, CrossEntropy, Reduction};
 
 /// Values of slack past every buffer's data.
 const SLACK: usize = 64;
+/// f32 words of one `GpuRow` record.
+const ROW_FLOATS: usize = std::mem::size_of::<GpuRow>() / 4;
 /// What an output's slack holds before the call, and must hold after.
 const SENTINEL: f32 = 12345.0;
 
@@ -112,7 +114,7 @@ fn softmax_reads_and_writes_only_its_windows() {
                 let up = padded(gpu, &upstream, f32::NAN);
                 let (loss, records, gradient) = (
                     output(gpu, 1),
-                    output(gpu, rows * 8),
+                    output(gpu, rows * ROW_FLOATS),
                     output(gpu, rows * classes),
                 );
                 let batch = DeviceBatch {
@@ -148,8 +150,12 @@ fn softmax_reads_and_writes_only_its_windows() {
                 }
                 gpu.queue().submit([encoder.finish()]);
                 assert_eq!(gpu.take_target_error().unwrap(), None, "{label}");
-                let rows_out: Vec<GpuRow> =
-                    bytemuck::pod_collect_to_vec(&data_of(gpu, &label, &records, rows * 8));
+                let rows_out: Vec<GpuRow> = bytemuck::pod_collect_to_vec(&data_of(
+                    gpu,
+                    &label,
+                    &records,
+                    rows * ROW_FLOATS,
+                ));
                 let losses: Vec<f32> = rows_out.iter().map(|r| r.loss).collect();
                 assert_losses(&format!("{label}: rows"), &losses, &reference.row_losses);
                 if let Some(r) = reference.loss {

@@ -126,6 +126,8 @@ pub(crate) struct RowCoef {
 pub(crate) const PARTIAL_BYTES: u64 = std::mem::size_of::<Partial>() as u64;
 /// Bytes of one [`RowCoef`].
 pub(crate) const COEF_BYTES: u64 = std::mem::size_of::<RowCoef>() as u64;
+/// Bytes of one row's sums for the reduction (one `vec4<f32>`; BCE: one per 4 elements).
+pub(crate) const ROW_SUM_BYTES: u64 = 16;
 /// Bytes of one [`GpuRow`](super::GpuRow) (`RowOut` in `rows_common.wgsl`).
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 

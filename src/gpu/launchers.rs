@@ -4,7 +4,7 @@
 //! from the same table (`layout`), and `abi/reflection.rs` checks it against the WGSL.
 
 use super::abi::binding::*;
-use super::abi::{Params, COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
+use super::abi::{Params, COEF_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
 use super::encode::Window;
 use super::pipelines::{Kernel, LogitLoad, Slot, Store, Variant};
 
@@ -75,7 +75,7 @@ launcher! {
         /// One `GpuRow` per row.
         rows: ROWS, Write, ROW_BYTES;
         /// Per-row sums for the reduction.
-        row_sums: ROW_SUMS, Write, 16;
+        row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// One `RowCoef` per row.
         coefficients: COEFFICIENTS, Write, COEF_BYTES;
         /// Per-row sample weights.
@@ -98,7 +98,7 @@ launcher! {
         /// Per-row records (the loss is rewritten).
         rows: ROWS, Write, ROW_BYTES;
         /// Per-row sums (the loss is rewritten).
-        row_sums: ROW_SUMS, Write, 16;
+        row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// Row coefficients (the focal sums are added).
         coefficients: COEFFICIENTS, Write, COEF_BYTES;
     }
@@ -137,7 +137,7 @@ launcher! {
         /// One `GpuRow` per row.
         rows: ROWS, Write, ROW_BYTES;
         /// Per-row sums for the reduction.
-        row_sums: ROW_SUMS, Write, 16;
+        row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// Per-row upstream values, or the mean's totals.
         scale_source: SCALE_SOURCE, Read, 4;
         /// Per-row sample weights.
@@ -154,7 +154,7 @@ launcher! {
         /// Class weights.
         class_weights: CLASS_WEIGHTS, Read, 4;
         /// Per-row sums (the denominators).
-        row_sums: ROW_SUMS, Write, 16;
+        row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// The out-of-range-target flag.
         target_error: TARGET_ERROR, Write, 4;
         /// Per-row sample weights.
@@ -184,7 +184,7 @@ launcher! {
         /// The chunk's targets.
         targets: TARGETS, Read, 4;
         /// Per-vec4 sums for the reduction.
-        row_sums: ROW_SUMS, Write, 16;
+        row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// The chunk's per-element upstream values.
         upstream: UPSTREAM, Read, 4;
         /// The chunk's per-element losses.
@@ -200,9 +200,9 @@ launcher! {
     /// One pass of the fixed-order reduction (`reduce.wgsl`).
     Reduce {
         /// The previous pass's sums.
-        input: REDUCE_IN, Read, 16;
+        input: REDUCE_IN, Read, ROW_SUM_BYTES;
         /// This pass's sums.
-        output: REDUCE_OUT, Write, 16;
+        output: REDUCE_OUT, Write, ROW_SUM_BYTES;
         /// The reduced loss (written by the last pass).
         loss: LOSS, Write, 4;
     }

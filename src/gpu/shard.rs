@@ -6,7 +6,7 @@
 use super::abi::binding::{LOGITS, PARAMS};
 use super::abi::{
     Params, Partial, ReductionCode, RowCoef, COEF_BYTES, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
-    PARTIAL_BYTES, ROW_BYTES,
+    PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES,
 };
 use super::encode::{grid, storage_usage, window, Window};
 use super::launch::{chunks, launch_shape, Chunk, LaunchShape};
@@ -336,7 +336,7 @@ impl Gpu {
             let row_sums = pool.get(
                 &self.device,
                 Role::RowSums,
-                rows as u64 * 16,
+                rows as u64 * ROW_SUM_BYTES,
                 storage_usage(),
             );
             let base = Params {
@@ -364,7 +364,7 @@ impl Gpu {
                     targets: Window::head(&inputs.dummy, 16),
                     class_weights: Window::head(&inputs.weights, width_bytes),
                     rows: Window::head(&row_out, rows as u64 * ROW_BYTES),
-                    row_sums: Window::head(&row_sums, rows as u64 * 16),
+                    row_sums: Window::head(&row_sums, rows as u64 * ROW_SUM_BYTES),
                     coefficients: Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
                 }
                 .entries(),
@@ -372,7 +372,7 @@ impl Gpu {
             self.queue.submit([encoder.finish()]);
             // Both in one staging copy and one map.
             let reads = [
-                (&row_sums, rows as u64 * 16),
+                (&row_sums, rows as u64 * ROW_SUM_BYTES),
                 (&inputs.coefs, rows as u64 * COEF_BYTES),
             ];
             let mut read = self.read_back_all(pool, &reads)?.into_iter();

@@ -270,26 +270,29 @@ fn check_weights(what: &'static str, weights: Option<&[f32]>, classes: usize) ->
             shape: format!("classes {classes}"),
         });
     }
-    if let Some((index, &value)) = w
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
-    {
+    if let Some((index, value)) = bad_weight(w) {
         return Err(Error::BadWeight { what, index, value });
     }
     Ok(w.iter().map(|&v| v as f64).sum())
+}
+
+/// The first weight that is not finite and non-negative: (index, value).
+pub(crate) fn bad_weight(w: &[f32]) -> Option<(usize, f32)> {
+    w.iter()
+        .position(|v| !(v.is_finite() && *v >= 0.0))
+        .map(|i| (i, w[i]))
 }
 
 /// Checks per-row sample weights: one per row, finite and non-negative.
 fn check_sample_weights(weights: Option<&[f32]>, rows: usize, logits: &Logits) -> Result<()> {
     let Some(w) = weights else { return Ok(()) };
     check_len("sample_weights", w.len(), rows, logits)?;
-    match w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+    match bad_weight(w) {
         None => Ok(()),
-        Some(index) => Err(Error::BadWeight {
+        Some((index, value)) => Err(Error::BadWeight {
             what: "sample_weights",
             index,
-            value: w[index],
+            value,
         }),
     }
 }

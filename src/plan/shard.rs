@@ -89,11 +89,7 @@ pub(crate) fn shard(
                 shape: format!("{shard:?}"),
             });
         }
-        if let Some((index, &value)) = w
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
-        {
+        if let Some((index, value)) = super::bad_weight(w) {
             return Err(Error::BadWeight {
                 what: "class_weights",
                 index: shard.start + index,
@@ -145,11 +141,11 @@ pub(crate) fn combine(
         if s.len() != rows {
             return shape(rows, s.len(), "sample_weights", format!("rows {rows}"));
         }
-        if let Some(index) = s.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        if let Some((index, value)) = super::bad_weight(s) {
             return Err(Error::BadWeight {
                 what: "sample_weights",
                 index,
-                value: s[index],
+                value,
             });
         }
     }

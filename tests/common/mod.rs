@@ -650,3 +650,56 @@ pub fn option_grid() -> Vec<(&'static str, CrossEntropy)> {
         ),
     ]
 }
+
+/// BCE on `path` with the gradient into a buffer and in place (a per-element upstream for
+/// `Reduction::None`), against the f64 reference; a small-binding GPU device may refuse a
+/// case with a typed error.
+pub fn check_bce(label: &str, path: &backends::Path, case: &Case, options: &BinaryCrossEntropy) {
+    let elements = case.rows * case.classes;
+    let upstream: Option<Vec<f32>> = (options.reduction == Reduction::None)
+        .then(|| (0..elements).map(|i| (i % 7) as f32 * 0.25).collect());
+    let reference = case.reference_bce(options, upstream.as_deref());
+    for in_place in [false, true] {
+        let label = format!("{label} [{}] in_place={in_place}", path.name);
+        let mut storage = case.storage();
+        let t32 = case.targets_i32();
+        let mut grad = vec![0f32; elements];
+        let mut request = Request::new().row_losses();
+        request = if in_place {
+            request.gradient_in_place()
+        } else {
+            request.gradient_into(&mut grad)
+        };
+        request.upstream = upstream.as_deref();
+        let batch = case.batch(&mut storage, &t32, in_place);
+        let out = match options.compute(&path.backend, batch, request) {
+            Ok(out) => out,
+            Err(xent::Error::Unsupported(_)) if path.small_bindings => continue,
+            Err(e) => panic!("{label}: {e}"),
+        };
+        if in_place {
+            grad = storage.to_f32();
+        }
+        match (out.loss, reference.loss) {
+            (Some(a), Some(r)) => assert_within(&label, &[a], &[r], tol::LOSS),
+            (None, None) => {}
+            other => panic!("{label}: {other:?}"),
+        }
+        assert_losses(
+            &format!("{label}: losses"),
+            out.row_losses.as_ref().unwrap(),
+            &reference.row_losses,
+        );
+        let gradient = if in_place {
+            tol::gradient(case.dtype)
+        } else {
+            tol::GRADIENT
+        };
+        assert_within(
+            &format!("{label}: gradient"),
+            &grad,
+            &reference.gradient,
+            gradient,
+        );
+    }
+}

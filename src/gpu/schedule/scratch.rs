@@ -2,7 +2,7 @@
 //! as needed): partials, row coefficients, the reduction's ping-pong buffers and totals, and
 //! the stand-ins bound where a kernel's optional input or output is absent.
 
-use super::super::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
+use super::super::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
 use super::super::device::DeviceOutputs;
 use super::super::encode::storage_usage;
 use super::super::launch::LaunchShape;
@@ -66,7 +66,7 @@ impl Scratch {
             "per-row partials",
             rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
         )?;
-        per_row_limit("per-row sums", reduce_items * 16)?;
+        per_row_limit("per-row sums", reduce_items * ROW_SUM_BYTES)?;
         per_row_limit("sample weights", rows as u64 * 4)?;
         let partials = pool.get(
             device,
@@ -80,17 +80,22 @@ impl Scratch {
             rows as u64 * COEF_BYTES,
             storage_usage(),
         );
-        let row_sums = pool.get(device, Role::RowSums, reduce_items * 16, storage_usage());
+        let row_sums = pool.get(
+            device,
+            Role::RowSums,
+            reduce_items * ROW_SUM_BYTES,
+            storage_usage(),
+        );
         let ping = pool.get(
             device,
             Role::ReducePing,
-            reduce_items.div_ceil(4 * WORKGROUP_SIZE as u64) * 16,
+            reduce_items.div_ceil(4 * WORKGROUP_SIZE as u64) * ROW_SUM_BYTES,
             storage_usage(),
         );
         let pong = pool.get(
             device,
             Role::ReducePong,
-            reduce_items.div_ceil(16 * WORKGROUP_SIZE as u64) * 16,
+            reduce_items.div_ceil(16 * WORKGROUP_SIZE as u64) * ROW_SUM_BYTES,
             storage_usage(),
         );
         let totals = pool.get(device, Role::Totals, 16, storage_usage());
