@@ -72,10 +72,10 @@ pub fn shard_partials(
                     .local(y, options.ignore_index)
                     .map(|c| (transform.scalar(x[c]), w.map_or(1.0, |w| w[c])));
                 RowPartial {
-                    max: st.max,
-                    sum_exp: st.sum_exp as f32,
-                    sum_ez: st.sum_ez as f32,
-                    sum_wz: st.sum_wz as f32,
+                    max: st.sums.max,
+                    sum_exp: st.sums.sum_exp as f32,
+                    sum_ez: st.sums.sum_ez as f32,
+                    sum_wz: st.sums.sum_wz as f32,
                     weight_sum,
                     argmax: (shard.start + st.argmax as usize) as u32,
                     nan_index: if st.nans > 0 {

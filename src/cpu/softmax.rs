@@ -89,7 +89,7 @@ impl Call<'_> {
         // Every logp below is `(z − m) − ln Σ exp(z − m)` (SEMANTICS.md section 1), never
         // `z − lse`: `lse` is an output (and z-loss's), and loses `logp` below the last place
         // of a large `m`.
-        let finish = Finish::new(st.max, st.sum_exp, st.sum_ez, st.nans > 0);
+        let finish = Finish::new(st.sums.max, st.sums.sum_exp, st.sums.sum_ez, st.nans > 0);
         let (lse, finite, log_sum) = (finish.lse, finish.finite, finish.log_sum);
         let argmax = if st.nans > 0 {
             x.iter()
@@ -112,9 +112,9 @@ impl Call<'_> {
         // made NaN explicitly.
         let ce = match (t, index) {
             (Some(t), _) => {
-                let sum_wt = term(1.0 - eps, st.sum_wt) + eps / c_f * w_sum;
-                let sum_wtz = term(1.0 - eps, st.sum_wtz) + term(eps / c_f, st.sum_wz);
-                r.target_prob = (st.sum_te / st.sum_exp) as f32;
+                let sum_wt = term(1.0 - eps, st.sums.sum_wt) + eps / c_f * w_sum;
+                let sum_wtz = term(1.0 - eps, st.sums.sum_wtz) + term(eps / c_f, st.sums.sum_wz);
+                r.target_prob = (st.sums.sum_te / st.sums.sum_exp) as f32;
                 r.correct = first_max(t) == argmax;
                 r.p_coefficient = sum_wt as f32;
                 sum_wt * log_sum - sum_wtz
@@ -123,21 +123,21 @@ impl Call<'_> {
                 let y = y as usize;
                 // A NaN or +inf logit, or a row of −inf only, makes the row NaN (PyTorch).
                 let logp_y = if finite {
-                    log_p(transform.scalar(x[y]), st.max, log_sum)
+                    log_p(transform.scalar(x[y]), st.sums.max, log_sum)
                 } else {
                     f64::NAN
                 };
                 r.target_prob = logp_y.exp() as f32;
                 r.correct = argmax == y as u32;
                 r.p_coefficient = index_p_coefficient(eps, c_f, w(y), w_sum) as f32;
-                index_ce((eps, c_f), (w(y), logp_y), (w_sum, log_sum, st.sum_wz))
+                index_ce((eps, c_f), (w(y), logp_y), (w_sum, log_sum, st.sums.sum_wz))
             }
             _ => return RowOutcome { loss: 0.0, ..r },
         };
         let ce = if !finite {
             f64::NAN
         } else if opts.is_focal() {
-            self.focal_forward(row, x, t, (st.max, log_sum), &mut r)
+            self.focal_forward(row, x, t, (st.sums.max, log_sum), &mut r)
         } else {
             ce
         };

@@ -1,6 +1,8 @@
 //! The online-softmax state of one row over one shard's columns, as it crosses the wire, and
 //! its merge (step 2 of the module docs, and the all-reduce form of it).
 
+use crate::math::online::OnlineSoftmax;
+
 /// One row's statistics over one shard's columns: plain 4-byte fields (48 bytes), so a slice
 /// of them can be sent as bytes (`bytemuck::cast_slice`) through any collective.
 #[repr(C)]
@@ -62,57 +64,54 @@ impl RowPartial {
         }
     }
 
-    /// This partial with its sums moved to a max `to` ≥ its own (the all-reduce step between
-    /// MAX and SUM, module docs): the exp-sums scaled by `exp(max − to)`, the centred sums
-    /// re-centred (`+ (max − to)·Σ e`, `+ (max − to)·weight_sum`; a partial of −inf only holds 0
-    /// or −inf there, already right), and `max = to`. `Σ e·(z − max)` is 0 where its scale is,
-    /// also where `max − to` overflows f32 (a shard at f32::MIN beside one near 0).
-    pub fn moved_to(&self, to: f32) -> RowPartial {
-        if self.max == to {
-            return *self;
-        }
-        let scale = ((self.max as f64) - (to as f64)).exp() as f32;
-        let recentre = |sum: f32, weight: f32| {
-            if self.max.is_finite() && to.is_finite() {
-                (sum as f64 + (self.max as f64 - to as f64) * weight as f64) as f32
-            } else {
-                sum
-            }
-        };
-        RowPartial {
-            max: to,
-            sum_exp: self.sum_exp * scale,
-            sum_ez: if scale == 0.0 {
-                0.0
-            } else {
-                recentre(self.sum_ez, self.sum_exp) * scale
-            },
-            sum_wz: recentre(self.sum_wz, self.weight_sum),
-            ..*self
+    /// The online-softmax state of this partial, in f64.
+    fn state(&self) -> OnlineSoftmax {
+        OnlineSoftmax {
+            max: self.max,
+            sum_exp: self.sum_exp as f64,
+            sum_ez: self.sum_ez as f64,
+            sum_wz: self.sum_wz as f64,
+            weight_sum: self.weight_sum as f64,
+            ..OnlineSoftmax::default()
         }
     }
 
-    /// Merges the partials of two shards, `self` holding the lower columns: both moved to the
-    /// larger max ([`moved_to`](Self::moved_to)), then summed.
-    pub fn merge(&self, other: &RowPartial) -> RowPartial {
-        let max = self.max.max(other.max);
-        let (a, b) = (self.moved_to(max), other.moved_to(max));
+    /// This partial with its sums from `state` (rounded to f32).
+    fn with_state(self, state: OnlineSoftmax) -> RowPartial {
         RowPartial {
-            max,
-            sum_exp: a.sum_exp + b.sum_exp,
-            sum_ez: a.sum_ez + b.sum_ez,
-            sum_wz: a.sum_wz + b.sum_wz,
-            weight_sum: a.weight_sum + b.weight_sum,
-            target_z: a.target_z + b.target_z,
-            target_weight: a.target_weight + b.target_weight,
-            has_target: a.has_target + b.has_target,
+            max: state.max,
+            sum_exp: state.sum_exp as f32,
+            sum_ez: state.sum_ez as f32,
+            sum_wz: state.sum_wz as f32,
+            weight_sum: state.weight_sum as f32,
+            ..self
+        }
+    }
+
+    /// This partial with its sums moved to a max `to` ≥ its own (the all-reduce step between
+    /// MAX and SUM, module docs), by the host's one online-softmax move
+    /// ([`OnlineSoftmax::moved_to`], in f64): the exp-sums scaled by `exp(max − to)`, the
+    /// centred sums re-centred.
+    pub fn moved_to(&self, to: f32) -> RowPartial {
+        self.with_state(self.state().moved_to(to))
+    }
+
+    /// Merges the partials of two shards, `self` holding the lower columns, by the host's one
+    /// online-softmax merge (in f64, rounded once); the first maximum and the first NaN keep
+    /// the lower column on a tie.
+    pub fn merge(&self, other: &RowPartial) -> RowPartial {
+        RowPartial {
+            target_z: self.target_z + other.target_z,
+            target_weight: self.target_weight + other.target_weight,
+            has_target: self.has_target + other.has_target,
             argmax: if other.max > self.max {
                 other.argmax
             } else {
                 self.argmax
             },
-            nan_index: a.nan_index.min(b.nan_index),
+            nan_index: self.nan_index.min(other.nan_index),
             _pad: [0; 2],
+            ..self.with_state(self.state().merge(&other.state()))
         }
     }
 

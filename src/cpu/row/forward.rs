@@ -4,35 +4,20 @@
 use super::sums::{plain_pass, ChunkSums, LinearSums};
 use super::{horizontal_max, linear_term, load, load_live, store, Transform, CHUNK};
 use crate::cpu::exp::ShiftedExp;
+use crate::math::online::OnlineSoftmax;
 use rten_simd::ops::{BitOps, MaskOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 
 /// What the forward pass accumulates for one row.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RowStats {
-    /// Running max `m` of `z`.
-    pub max: f32,
-    /// `Σ exp(z − m)`.
-    pub sum_exp: f64,
+    /// The online-softmax state. `sum_wz` and `weight_sum` are summed only when `Σ w·z` is
+    /// asked (else 0); `sum_ez` only with metrics; the target sums only with dense targets.
+    pub sums: OnlineSoftmax,
     /// Lowest index of the maximum (valid when there is no NaN).
     pub argmax: u32,
     /// Number of NaN values of `z`.
     pub nans: u32,
-    /// `Σ w·(z − m)` (when asked): centred on `m` (SEMANTICS.md section 1), a zero `w` leaving
-    /// its term out (section 6).
-    pub sum_wz: f64,
-    /// `Σ w·t` (dense targets).
-    pub sum_wt: f64,
-    /// `Σ w·t·(z − m)` (dense targets), centred and with zero terms left out like `sum_wz`.
-    pub sum_wtz: f64,
-    /// `Σ exp(z − m)·(z − m)` (entropy, when asked): centred on `m`, so that the entropy
-    /// `log Σ exp(z − m) − sum_ez / sum_exp` keeps its precision when `|z|` is large.
-    pub sum_ez: f64,
-    /// `Σ t·exp(z − m)` (dense targets).
-    pub sum_te: f64,
-    /// `Σ w` over the classes seen (when `Σ w·z` is asked; else 0): what re-centres
-    /// `sum_wz` when the max moves.
-    weight_sum: f64,
 }
 
 /// Forward over one contiguous row of raw logits `x` (and its dense targets `t`, if any).
@@ -85,10 +70,7 @@ impl SimdOp for Forward<'_> {
     fn eval<I: Isa>(mut self, isa: I) -> RowStats {
         let z_buf = std::mem::take(&mut self.z_buf);
         let mut exps = self.exps.take();
-        let mut st = RowStats {
-            max: f32::NEG_INFINITY,
-            ..RowStats::default()
-        };
+        let mut st = RowStats::default();
         for (chunk, xc) in self.x.chunks(CHUNK).enumerate() {
             let base = chunk * CHUNK;
             let span = base..base + xc.len();
@@ -105,8 +87,8 @@ impl SimdOp for Forward<'_> {
             // of the small terms). A chunk holding a NaN or +inf (its exp sum is then not
             // finite), or only −inf so far, takes the exact two-pass path, which also
             // counts NaNs.
-            let shift = if st.max.is_finite() {
-                st.max
+            let shift = if st.sums.max.is_finite() {
+                st.sums.max
             } else {
                 self.chunk_max(isa, xc)
             };
@@ -118,7 +100,7 @@ impl SimdOp for Forward<'_> {
             };
             let shift = match fast {
                 Some(c) if c.sum_exp.is_finite() && c.max <= shift + RAISE => {
-                    if c.max > st.max {
+                    if c.max > st.sums.max {
                         st.rescale(c.max);
                         if self.want_metrics {
                             st.argmax = (base + self.position(isa, xc, c.max)) as u32;
@@ -144,7 +126,7 @@ impl SimdOp for Forward<'_> {
                     if let Some(exps) = exps.as_mut() {
                         exps.values[span].copy_from_slice(&z_buf[..xc.len()]);
                     }
-                    st.max
+                    st.sums.max
                 }
             };
             if let Some(exps) = exps.as_mut() {
@@ -158,41 +140,13 @@ impl SimdOp for Forward<'_> {
 impl RowStats {
     /// Moves the running sums to a new, higher max.
     fn rescale(&mut self, max: f32) {
-        let rescale = (self.max as f64 - max as f64).exp();
-        if self.sum_exp != 0.0 {
-            // Re-centre `Σ e·(z − m)` on the new max.
-            self.sum_ez += (self.max as f64 - max as f64) * self.sum_exp;
-        }
-        if self.max.is_finite() {
-            // Re-centre the linear sums `Σ k·(z − m)` (`+ (m − max)·Σ k`). While the max is
-            // −inf they hold 0 or −inf, already right.
-            let offset = self.max as f64 - max as f64;
-            self.sum_wz += offset * self.weight_sum;
-            self.sum_wtz += offset * self.sum_wt;
-        }
-        self.sum_exp *= rescale;
-        self.sum_ez *= rescale;
-        self.sum_te *= rescale;
-        self.max = max;
+        self.sums = self.sums.moved_to(max);
     }
 
     /// Adds the sums of a chunk whose exps were taken, and linear sums centred, at `shift`
     /// (≤ the running max).
     fn add(&mut self, c: &ChunkSums, shift: f32) {
-        // (At the max itself the offset is 0, also while that max is −inf.)
-        let offset = if shift == self.max {
-            0.0
-        } else {
-            shift as f64 - self.max as f64
-        };
-        let scale = if offset == 0.0 { 1.0 } else { offset.exp() };
-        self.sum_exp += c.sum_exp * scale;
-        self.sum_ez += (c.sum_ez + offset * c.sum_exp) * scale;
-        self.sum_te += c.sum_te * scale;
-        self.sum_wz += c.sum_wz + offset * c.weight_sum;
-        self.sum_wt += c.sum_wt;
-        self.sum_wtz += c.sum_wtz + offset * c.sum_wt;
-        self.weight_sum += c.weight_sum;
+        self.sums.absorb(&c.centred_at(shift));
     }
 }
 
@@ -371,20 +325,24 @@ impl Forward<'_> {
         st.nans += ops.sum(v_nan) as u32;
         let chunk_max = horizontal_max(v_max);
         let mut argmax = None;
-        if chunk_max > st.max {
+        if chunk_max > st.sums.max {
             st.rescale(chunk_max);
             if self.want_metrics {
                 argmax = Some(self.position(isa, xc, chunk_max));
             }
         }
-        if st.max == f32::INFINITY {
+        if st.sums.max == f32::INFINITY {
             // The row is NaN; its exps are never used.
             z_buf[..n].fill(0.0);
             return argmax;
         }
         // All −inf so far: the exps at 0 are 0, and each linear term (`d = −inf`) is 0 or −inf
         // (SEMANTICS.md section 6), already right.
-        let m = ops.splat(if st.max.is_finite() { st.max } else { 0.0 });
+        let m = ops.splat(if st.sums.max.is_finite() {
+            st.sums.max
+        } else {
+            0.0
+        });
         let (mut v_sum, mut v_ez) = (zero, zero);
         let mut linear = LinearSums::new(zero);
         for off in (0..n).step_by(lanes) {
@@ -400,12 +358,12 @@ impl Forward<'_> {
             self.add_linear(isa, &mut linear, part, off, live, (d, e));
         }
         let chunk = ChunkSums {
-            max: st.max,
+            max: st.sums.max,
             sum_exp: ops.sum(v_sum) as f64,
             sum_ez: ops.sum(v_ez) as f64,
             ..linear.totals(isa)
         };
-        st.add(&chunk, st.max);
+        st.add(&chunk, st.sums.max);
         argmax
     }
 }

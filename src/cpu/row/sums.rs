@@ -3,6 +3,7 @@
 
 use super::{horizontal_max, CHUNK};
 use crate::cpu::exp::ShiftedExp;
+use crate::math::online::OnlineSoftmax;
 use rten_simd::ops::{BitOps, NumOps};
 #[cfg(feature = "cli")]
 use rten_simd::SimdOp;
@@ -57,6 +58,23 @@ pub(super) struct ChunkSums {
     pub(super) sum_wt: f64,
     pub(super) sum_wtz: f64,
     pub(super) weight_sum: f64,
+}
+
+impl ChunkSums {
+    /// The chunk's sums as an online-softmax state centred at `shift`, the max its exps and
+    /// linear sums were taken at.
+    pub(super) fn centred_at(&self, shift: f32) -> OnlineSoftmax {
+        OnlineSoftmax {
+            max: shift,
+            sum_exp: self.sum_exp,
+            sum_ez: self.sum_ez,
+            sum_te: self.sum_te,
+            sum_wz: self.sum_wz,
+            weight_sum: self.weight_sum,
+            sum_wt: self.sum_wt,
+            sum_wtz: self.sum_wtz,
+        }
+    }
 }
 
 /// The forward's inner loop (the plain case: exps at a fixed shift, their sum and the max)
