@@ -262,7 +262,8 @@ impl Gpu {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         self.scoped(|| {
             let error = RECORDED_CALL_ERROR;
-            self.record(
+            super::schedule::record(
+                self,
                 &mut pool,
                 encoder,
                 loss,

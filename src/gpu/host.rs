@@ -211,7 +211,8 @@ impl Gpu {
                 });
             let error = pool.get(&self.device, HOST_CALL_ERROR, 16, storage_usage());
             encoder.clear_buffer(&error, 0, None);
-            self.record(
+            super::schedule::record(
+                self,
                 pool,
                 &mut encoder,
                 plan.loss,

@@ -22,9 +22,9 @@ mod abi;
 pub mod device;
 mod encode;
 mod host;
-mod launch;
+pub(crate) mod launch;
 mod launchers;
-mod pipelines;
+pub(crate) mod pipelines;
 mod pool;
 mod schedule;
 #[cfg(test)]
@@ -250,6 +250,15 @@ impl Gpu {
     /// Largest storage window bound per dispatch (bytes).
     pub fn max_binding_size(&self) -> u64 {
         self.max_binding
+    }
+
+    /// What of this adapter the plan's decisions depend on.
+    fn adapter_limits(&self) -> crate::plan::gpu::Adapter {
+        crate::plan::gpu::Adapter {
+            max_binding: self.max_binding,
+            storage_alignment: self.storage_alignment,
+            fused: self.fused,
+        }
     }
 
     fn pipeline(&self, variant: Variant) -> std::sync::Arc<pipelines::Pipeline> {

@@ -4,6 +4,7 @@
 //! numbers the reduction needs (`D`, `V`, `W`) are known, so forward and backward can be fused.
 
 pub(crate) mod device;
+pub(crate) mod gpu;
 pub(crate) mod shard;
 
 use crate::error::{Error, Result};

@@ -19,11 +19,11 @@ impl Call<'_> {
                 class_weights: self.class_weights(),
                 pos_weight: Window::head(
                     self.batch.pos_weight.unwrap_or(&s.dummy_read),
-                    self.classes as u64 * 4,
+                    self.plan.classes as u64 * 4,
                 ),
                 class_params: Window::whole(class_params),
             };
-            let (x, y) = grid(self.classes as u64);
+            let (x, y) = grid(self.plan.classes as u64);
             self.gpu.launch(
                 pass,
                 &self.gpu.pipeline(Variant::plain(Kernel::BceClasses)),
@@ -48,8 +48,8 @@ impl Call<'_> {
             sample_weights: self.sample_weights(),
             class_params: Window::whole(class_params),
         };
-        let variant =
-            Variant::new(Kernel::Bce, self.scalar_load, TargetLoad::Dense).with_store(self.store);
+        let variant = Variant::new(Kernel::Bce, self.scalar_load, TargetLoad::Dense)
+            .with_store(self.plan.store);
         let (x, y) = grid(count.div_ceil(4));
         self.gpu
             .launch(pass, &self.gpu.pipeline(variant), &bce.entries(), (x, y, 1));

@@ -125,9 +125,10 @@ pub(super) struct Blocks {
 }
 
 impl Blocks {
-    /// The blocks of `call`, from the shared `base`; the reduction has `reduce_items` inputs.
-    pub(super) fn new(call: &Call, base: Params, reduce_items: u64, is_softmax: bool) -> Blocks {
-        let classes = call.classes as u64;
+    /// The blocks of `call`, from the shared `base`.
+    pub(super) fn new(call: &Call, base: Params) -> Blocks {
+        let (reduce_items, is_softmax) = (call.plan.reduce_items, call.plan.softmax);
+        let classes = call.plan.classes as u64;
         // The element offsets a window of elements `first .. first + count` starts at.
         let offsets = |first: u64, count: u64| {
             let (_, elem_offset) = call.logits(first, count);
@@ -135,7 +136,7 @@ impl Blocks {
             (elem_offset, f32_offset)
         };
         let mut params: Vec<Params> = Vec::new();
-        for chunk in &call.chunks {
+        for chunk in &call.plan.chunks {
             let first = chunk.row0 as u64 * classes;
             let count = chunk.rows as u64 * classes;
             let (elem_offset, f32_offset) = offsets(first, count);
@@ -170,11 +171,11 @@ impl Blocks {
         // weights are bound whole).
         let targets = params.len();
         params.push(Params {
-            rows: call.rows as u32,
+            rows: call.plan.rows as u32,
             ..base
         });
         let pieces = params.len();
-        for piece in &call.pieces {
+        for piece in &call.plan.pieces {
             let (first, count, col0) = call.piece_span(piece);
             let (elem_offset, f32_offset) = offsets(first, count);
             params.push(Params {
@@ -188,7 +189,7 @@ impl Blocks {
             });
         }
         let runs = params.len();
-        for &(first, count) in &call.runs {
+        for &(first, count) in &call.plan.runs {
             let (elem_offset, f32_offset) = offsets(first, count);
             params.push(Params {
                 row0: (first / classes) as u32,

@@ -21,7 +21,7 @@ impl Call<'_> {
             target_error: Window::whole(&s.error),
             sample_weights: self.sample_weights(),
         };
-        let (x, y) = grid(self.rows as u64);
+        let (x, y) = grid(self.plan.rows as u64);
         self.gpu.launch(
             pass,
             &self.gpu.pipeline(variant),
@@ -40,13 +40,13 @@ impl Call<'_> {
     ) {
         let (first, count) = self.span(chunk);
         let logits = self.logits(first, count).0;
-        let load = if self.vec4_loads(&logits, i) && self.store == Store::Separate {
+        let load = if self.vec4_loads(&logits, i) && self.plan.store == Store::Separate {
             LogitLoad::F32x4
         } else {
             self.scalar_load
         };
         let variant = Variant::new(Kernel::SoftmaxFused, load, self.target_load)
-            .with_store(self.store)
+            .with_store(self.plan.store)
             .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup);
         let s = &self.scratch;
         let fused = Fused {
@@ -75,8 +75,8 @@ impl Call<'_> {
         let (first, count) = self.span(chunk);
         let logits = self.logits(first, count).0;
         let targets = self.chunk_targets(first, count);
-        if self.long_rows {
-            for (j, piece) in self.pieces.iter().enumerate() {
+        if self.plan.long_rows {
+            for (j, piece) in self.plan.pieces.iter().enumerate() {
                 let (first, count, _) = self.piece_span(piece);
                 let piece_targets = self.chunk_targets(first, count);
                 let logits = self.logits(first, count).0;
@@ -84,7 +84,7 @@ impl Call<'_> {
                 self.partials(pass, block, logits, piece_targets, 1, piece.splits);
             }
         } else {
-            self.partials(pass, i, logits, targets, chunk.rows, self.shape.splits);
+            self.partials(pass, i, logits, targets, chunk.rows, self.plan.shape.splits);
         }
 
         // Rows: no logits, the target's logit comes from the partials pass.
@@ -111,7 +111,7 @@ impl Call<'_> {
 
         // Focal loss with smoothing or soft targets: every class's (1 − p)^γ, from the
         // row's final LSE (one more read of the row).
-        if self.focal_all {
+        if self.plan.focal_all {
             let variant = Variant::new(Kernel::SoftmaxFocal, self.scalar_load, self.target_load);
             let focal = Focal {
                 params: self.blocks.window(i),
@@ -126,7 +126,7 @@ impl Call<'_> {
                 pass,
                 &self.gpu.pipeline(variant),
                 &focal.entries(),
-                self.shape.grid(chunk.rows, 1),
+                self.plan.shape.grid(chunk.rows, 1),
             );
         }
     }
@@ -163,7 +163,7 @@ impl Call<'_> {
             pass,
             &self.gpu.pipeline(variant),
             &partials.entries(),
-            self.shape.grid(rows, splits),
+            self.plan.shape.grid(rows, splits),
         );
     }
 
@@ -171,17 +171,17 @@ impl Call<'_> {
     /// chunks, or over runs of elements of long rows.
     pub(super) fn backward(&self, pass: &mut wgpu::ComputePass) {
         let variant = Variant::new(Kernel::SoftmaxBackward, self.scalar_load, self.target_load)
-            .with_store(self.store);
+            .with_store(self.plan.store);
         let pipeline = self.gpu.pipeline(variant);
         // (block, first element, elements).
-        let spans: Vec<(usize, u64, u64)> = if self.long_rows {
+        let spans: Vec<(usize, u64, u64)> = if self.plan.long_rows {
             (self.blocks.runs..)
-                .zip(self.runs.iter().copied())
+                .zip(self.plan.runs.iter().copied())
                 .map(|(i, (first, count))| (i, first, count))
                 .collect()
         } else {
             (0..)
-                .zip(&self.chunks)
+                .zip(&self.plan.chunks)
                 .filter(|(_, chunk)| chunk.rows > 0)
                 .map(|(i, &chunk)| {
                     let (first, count) = self.span(chunk);
@@ -207,13 +207,13 @@ impl Call<'_> {
 
     /// The elements of a chunk: (first, count).
     pub(super) fn span(&self, chunk: Chunk) -> (u64, u64) {
-        let classes = self.classes as u64;
+        let classes = self.plan.classes as u64;
         (chunk.row0 as u64 * classes, chunk.rows as u64 * classes)
     }
 
     /// The elements of a long row's piece and its first class: (first, count, col0).
     pub(super) fn piece_span(&self, piece: &Piece) -> (u64, u64, u64) {
-        let (span, classes) = (self.shape.span as u64, self.classes as u64);
+        let (span, classes) = (self.plan.shape.span as u64, self.plan.classes as u64);
         let col0 = piece.split0 as u64 * span;
         let count = (piece.splits as u64 * span).min(classes - col0);
         (piece.row as u64 * classes + col0, count, col0)
@@ -222,7 +222,7 @@ impl Call<'_> {
     /// The targets a kernel over elements `first .. first + count` binds: those elements of
     /// dense targets, or the index targets whole.
     fn chunk_targets(&self, first: u64, count: u64) -> Window<'_> {
-        if self.dense {
+        if self.plan.dense {
             self.f32s(self.targets_buffer, first, count).0
         } else {
             self.index_targets()
@@ -232,8 +232,8 @@ impl Call<'_> {
     /// f32 logits are read as vec4 where the window and its rows are 16-byte aligned.
     fn vec4_loads(&self, logits: &Window, block: usize) -> bool {
         self.batch.dtype == Dtype::F32
-            && self.layout == Layout::Rows
-            && self.classes.is_multiple_of(4)
+            && self.plan.layout == Layout::Rows
+            && self.plan.classes.is_multiple_of(4)
             && logits.size.is_multiple_of(16)
             && self.blocks.params[block].elem_offset.is_multiple_of(4)
     }

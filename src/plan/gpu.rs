@@ -1,0 +1,176 @@
+//! The decisions of one GPU call, taken once from the loss, the batch's shape and the
+//! adapter's limits: how the rows are cut to fit a storage binding, the launch shape, fused or
+//! three-pass, rows longer than a binding in pieces, focal loss's second pass, what the
+//! reduction reduces. The GPU schedule (`gpu/schedule/`) records launches from a
+//! [`GpuCall`] and decides nothing; what cannot run on the adapter is refused here.
+
+use super::Loss;
+use crate::error::{Error, Result};
+use crate::gpu::launch::{
+    binding_room, chunks, flat_pieces, fused_shape, launch_shape, row_pieces, Chunk, LaunchShape,
+    Piece,
+};
+use crate::gpu::pipelines::Store;
+use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
+use crate::input::Layout;
+use crate::options::Reduction;
+
+/// What of the adapter (and the `Gpu`'s options) the decisions depend on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Adapter {
+    /// Largest storage binding, bytes.
+    pub max_binding: u64,
+    /// Storage buffer offset alignment, bytes.
+    pub storage_alignment: u64,
+    /// The fused single-read softmax kernel may be used.
+    pub fused: bool,
+}
+
+/// One call's decisions.
+#[derive(Debug, Clone)]
+pub(crate) struct GpuCall {
+    pub rows: usize,
+    pub classes: usize,
+    pub layout: Layout,
+    /// Softmax cross-entropy (else BCE).
+    pub softmax: bool,
+    /// Bytes of one logit.
+    pub elem: u64,
+    /// Dense targets (soft targets, or BCE's).
+    pub dense: bool,
+    pub store: Store,
+    /// The three-pass launch shape (splits per row, invocations per row).
+    pub shape: LaunchShape,
+    /// The fused kernel's shape, when the call takes it.
+    pub fused: Option<LaunchShape>,
+    /// Runs of whole rows that fit a binding.
+    pub chunks: Vec<Chunk>,
+    /// Rows longer than a binding (even 4 of them).
+    pub long_rows: bool,
+    /// Long rows: the partials pass's pieces (whole splits of a row) and the backward's runs
+    /// of elements.
+    pub pieces: Vec<Piece>,
+    pub runs: Vec<(u64, u64)>,
+    /// Focal loss with smoothing or soft targets: the focal pass runs after rows.
+    pub focal_all: bool,
+    pub reduction: Reduction,
+    /// Inputs of the reduction's first pass: rows (softmax) or groups of 4 elements (BCE).
+    pub reduce_items: u64,
+    /// The fused kernel waits for a targets pass (index targets checked, and the mean's `D`
+    /// and `Σ s` reduced first: its gradient is scaled by them).
+    pub targets_first: bool,
+    /// The three-pass backward runs after the reduction.
+    pub backward: bool,
+}
+
+impl GpuCall {
+    /// Checks the call's buffers against its shape ([`super::device::check`]) and takes its
+    /// decisions, or refuses what the adapter's bindings cannot hold.
+    pub(crate) fn new(
+        job: Loss,
+        batch: &DeviceBatch,
+        out: &DeviceOutputs,
+        adapter: Adapter,
+    ) -> Result<GpuCall> {
+        super::device::check(batch, out, &job)?;
+        let (rows, classes, layout) = (batch.rows, batch.classes, batch.layout);
+        let softmax = matches!(job, Loss::Softmax(_));
+        let elem = batch.dtype.size() as u64;
+        let dense = matches!(batch.targets, DeviceTargets::Dense(_));
+        let gradient = !matches!(out.gradient, DeviceGradient::None);
+        // Dense targets, a separate gradient and BCE's element outputs are f32 windows in the
+        // logits' layout: the chunks must fit those too.
+        let f32_windows = dense || matches!(out.gradient, DeviceGradient::Into(_)) || !softmax;
+        let bytes_per_element = if f32_windows { 4 } else { elem };
+        let Adapter {
+            max_binding,
+            storage_alignment,
+            ..
+        } = adapter;
+        let chunked = chunks(
+            rows,
+            classes,
+            layout,
+            bytes_per_element,
+            max_binding,
+            storage_alignment,
+        );
+        // Rows too long for a binding (even 4 of them): softmax over contiguous rows binds each
+        // row a piece of whole splits at a time, and the backward a run of elements at a time.
+        let long_rows = chunked.is_none();
+        if long_rows && (layout != Layout::Rows || !softmax) {
+            return Err(Error::Unsupported(format!(
+                "rows of {} bytes are bound at least four at a time (whole samples of the (N, C, d…) layout), \
+                 and that is larger than the device's storage binding limit ({max_binding} bytes)",
+                classes as u64 * bytes_per_element,
+            )));
+        }
+        if batch.class_weights.is_some() && classes as u64 * 4 > max_binding {
+            return Err(Error::Unsupported(format!(
+                "class weights for {classes} classes are larger than the device's storage binding limit ({max_binding} bytes)"
+            )));
+        }
+        let focal_all = match job {
+            Loss::Softmax(o) => super::needs_focal_pass(&o, dense),
+            Loss::Binary(_) => false,
+        };
+        if long_rows && focal_all {
+            return Err(Error::Unsupported(format!(
+                "focal loss with smoothing or soft targets on rows longer than the storage binding limit ({max_binding} bytes)"
+            )));
+        }
+        let room = binding_room(max_binding, storage_alignment);
+        let mut shape = launch_shape(rows, classes, layout);
+        if long_rows {
+            shape = shape.fitting(classes, bytes_per_element, room);
+        }
+        let store = if matches!(out.gradient, DeviceGradient::InPlace) {
+            Store::InPlace
+        } else {
+            Store::Separate
+        };
+        // Forward and backward in one read when the row fits the fused kernel (its header
+        // lists the exclusions), with the fused kernel's own invocations per row.
+        let fused = fused_shape(classes, layout).filter(|_| {
+            softmax
+                && adapter.fused
+                && !long_rows
+                && gradient
+                && !focal_all
+                && !(store == Store::InPlace && elem == 2 && classes % 2 == 1)
+        });
+        let (pieces, runs) = if long_rows {
+            (
+                row_pieces(rows, shape, bytes_per_element, room),
+                flat_pieces(rows as u64 * classes as u64, bytes_per_element, room),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let reduction = job.reduction();
+        Ok(GpuCall {
+            rows,
+            classes,
+            layout,
+            softmax,
+            elem,
+            dense,
+            store,
+            shape,
+            fused,
+            chunks: chunked.unwrap_or_else(|| vec![Chunk { row0: 0, rows }]),
+            long_rows,
+            pieces,
+            runs,
+            focal_all,
+            reduction,
+            reduce_items: if softmax {
+                rows as u64
+            } else {
+                (rows as u64 * classes as u64).div_ceil(4)
+            },
+            targets_first: fused.is_some() && (!dense || reduction == Reduction::Mean),
+            backward: softmax && fused.is_none() && gradient,
+        })
+    }
+}
