@@ -1310,6 +1310,12 @@ fn bench_on_the_gpu_records_the_adapter_or_says_why_not() {
     // Timed device-resident, with the host-slice call's round trip beside it.
     assert!(num(gpu, "round_trip_ms") > 0.0, "{gpu}");
     assert!(run.stdout.contains("trip ms"), "{}", run.stdout);
+    // Timed by timestamp queries where the adapter has them, and the probes the same way.
+    let clock = gpu["clock"].as_str().expect("a clock");
+    assert!(["timestamps", "submit-and-wait"].contains(&clock), "{gpu}");
+    for r in records.iter().filter(|r| r["mode"] == "probe") {
+        assert_eq!(r["clock"], clock, "{r}");
+    }
     assert!(records.iter().all(|r| r["device"] != "cpu"), "{records:?}");
 }
 

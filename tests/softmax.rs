@@ -1,12 +1,15 @@
 //! Softmax cross-entropy on every backend of the matrix (`common::backends`): the option
-//! grid × dtypes × shapes (short rows, rows of 4097 and 128 256 classes), the (N, C, d…)
-//! layout, soft targets, probability inputs and upstream gradients, in every gradient mode,
-//! against the f64 reference.
+//! grid × dtypes × shapes (short rows, rows of 4097 and 128 256 classes), a sweep of shapes
+//! from 1 to 50 257 classes, rows around the fused kernel's fit bound, few long rows (split
+//! across workgroups on the GPU), the (N, C, d…) layout, soft targets, probability inputs and
+//! upstream gradients, in every gradient mode, against the f64 reference; and two runs giving
+//! the same bits.
 
 mod common;
 
 use common::*;
-use xent::{CrossEntropy, Dtype, InputKind, Reduction};
+use xent::gpu::{fused_shape, launch_shape};
+use xent::{CrossEntropy, Dtype, InputKind, Layout, Reduction};
 
 #[test]
 fn options_dtypes_layouts_against_reference() {
@@ -196,5 +199,152 @@ fn entropy_of_large_logits() {
         }
         let label = format!("entropy of large logits, C = {classes}");
         check_every_backend(&label, &case, &CrossEntropy::new(), None);
+    }
+}
+
+#[test]
+fn shapes_from_one_class_to_a_vocabulary() {
+    let options = [
+        CrossEntropy::new(),
+        CrossEntropy::new()
+            .label_smoothing(0.1)
+            .z_loss(1e-3)
+            .reduction(Reduction::Sum),
+    ];
+    for classes in [1usize, 2, 3, 7, 10, 100, 1000, 4097, 32_000, 50_257] {
+        for rows in [0usize, 1, 7, 64] {
+            if rows * classes > 400_000 {
+                continue;
+            }
+            let case = Case::new((rows * 7 + classes) as u64, rows, classes, Hardness::ALL)
+                .ignore_every(5, -100);
+            for (i, o) in options.iter().enumerate() {
+                // i32 targets on the second option set.
+                let case = if i == 1 {
+                    case.clone().i32_targets()
+                } else {
+                    case.clone()
+                };
+                check_every_backend_in(
+                    &format!("{rows}×{classes} options {i}"),
+                    &case,
+                    o,
+                    None,
+                    &[GradMode::OutOfPlace],
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_around_the_fused_fit_bound() {
+    // A row fits the GPU's fused kernel up to 16 logits per invocation: 4096 classes.
+    for (classes, invocations) in [(1, 1), (16, 1), (17, 2), (100, 8), (1000, 64), (4096, 256)] {
+        assert_eq!(
+            fused_shape(classes, Layout::Rows).map(|s| s.invocations_per_row),
+            Some(invocations)
+        );
+    }
+    assert_eq!(fused_shape(4097, Layout::Rows), None);
+    assert_eq!(fused_shape(7, Layout::ClassDim1 { spatial: 3 }), None);
+    let grid = [
+        CrossEntropy::new(),
+        CrossEntropy::new()
+            .label_smoothing(0.1)
+            .z_loss(1e-3)
+            .softcap(20.0)
+            .reduction(Reduction::Sum),
+        CrossEntropy::new()
+            .logit_scale(0.7)
+            .z_loss(1e-4)
+            .reduction(Reduction::None),
+        // Focal loss without smoothing is fused; with smoothing it needs the focal pass.
+        CrossEntropy::new().focal_gamma(2.0).z_loss(1e-4),
+        CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+    ];
+    for classes in [1usize, 2, 3, 7, 10, 100, 1000, 2047, 4095, 4096, 4097] {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            let case = Case::new(classes as u64, 9, classes, Hardness::ALL)
+                .weighted(classes as u64)
+                .sample_weighted(3)
+                .ignore_every(4, -100)
+                .dtype(dtype);
+            for options in &grid {
+                let upstream = (options.reduction == Reduction::None).then(|| {
+                    (0..9)
+                        .map(|i| (i % 5) as f32 * 0.3 - 0.2)
+                        .collect::<Vec<_>>()
+                });
+                check_every_backend_in(
+                    &format!("{classes} classes {dtype:?} {options:?}"),
+                    &case,
+                    options,
+                    upstream.as_deref(),
+                    &[GradMode::OutOfPlace, GradMode::InPlace],
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn few_long_rows() {
+    // On the GPU, 8 rows of 256 000 classes are split across workgroups.
+    assert!(launch_shape(8, 256_000, Layout::Rows).splits > 1);
+    let case = Case::new(
+        9,
+        8,
+        256_000,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    )
+    .weighted(4);
+    check_every_backend_in(
+        "8×256000",
+        &case,
+        &CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4),
+        None,
+        &[GradMode::OutOfPlace],
+    );
+}
+
+#[test]
+fn two_runs_give_the_same_bits() {
+    let case = Case::new(
+        14,
+        300,
+        2000,
+        Hardness {
+            outliers: true,
+            masked: true,
+            non_finite: false,
+        },
+    )
+    .weighted(1);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4);
+    for path in backends::backends(32 << 10) {
+        let run = || {
+            run_softmax(&case, &options, None, GradMode::OutOfPlace, |o, b, r| {
+                o.compute(&path.backend, b, r)
+            })
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(
+            format!("{:?}", a.output),
+            format!("{:?}", b.output),
+            "{}",
+            path.name
+        );
+        let bits = |g: &[f32]| g.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            a.gradient.as_deref().map(bits),
+            b.gradient.as_deref().map(bits),
+            "{}",
+            path.name
+        );
     }
 }

@@ -93,9 +93,13 @@ fn gpu_device(gpu: Arc<Gpu>) -> Device {
 
 /// The GPU backend on the adapter [`Gpu::new`] picks, or why there is none.
 pub fn gpu() -> Result<Device, String> {
-    Gpu::new()
-        .map(|g| gpu_device(Arc::new(g)))
-        .map_err(|e| e.to_string())
+    // Timestamp queries where the adapter has them: the bench's device times come from them.
+    Gpu::with_options(crate::gpu::GpuOptions {
+        timestamp_queries: true,
+        ..Default::default()
+    })
+    .map(|g| gpu_device(Arc::new(g)))
+    .map_err(|e| e.to_string())
 }
 
 /// The GPU read and copy probes ([`Gpu::probe_bandwidth`]: the CPU probes' two passes as WGSL

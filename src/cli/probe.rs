@@ -37,13 +37,19 @@ impl Timing {
     /// Runs `f` once to warm up, then `iters` (at least 1) timed times.
     pub fn measure(iters: usize, mut f: impl FnMut()) -> Timing {
         f();
-        let mut times: Vec<f64> = (0..iters.max(1))
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed().as_secs_f64()
-            })
-            .collect();
+        Timing::from_seconds(
+            (0..iters.max(1))
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    }
+
+    /// The median and fastest of `times` (seconds, at least one).
+    pub fn from_seconds(mut times: Vec<f64>) -> Timing {
         times.sort_by(f64::total_cmp);
         let n = times.len();
         let median = if n % 2 == 1 {

@@ -30,11 +30,13 @@ mod schedule;
 #[cfg(test)]
 mod shader_tests;
 mod shard;
+mod stopwatch;
 
 pub use device::{
     target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow,
 };
 pub use launch::{fused_shape, launch_shape, LaunchShape};
+pub use stopwatch::{Clock, Stopwatch};
 
 use crate::error::{Error, Result};
 use pipelines::{Kernel, PipelineCache, Variant};
@@ -280,7 +282,8 @@ impl Gpu {
     }
 
     /// Times the read and copy probe kernels over a buffer of `bytes` (rounded up to 16), each
-    /// `iters` times after one warm-up run: `(read, copy)`, wall-clock around each submit.
+    /// `iters` times after one warm-up run: `(read, copy)`, by a [`Stopwatch`] (timestamps
+    /// where the device has them, else submit-and-wait).
     pub fn probe_bandwidth(&self, bytes: u64, iters: usize) -> Result<(ProbeTimes, ProbeTimes)> {
         let bytes = (bytes.max(16) + 15) & !15;
         self.scoped(|| {
@@ -306,19 +309,18 @@ impl Gpu {
                 .entries();
                 let groups = ((bytes / 16).div_ceil(pipelines::WORKGROUP_SIZE as u64 * 8))
                     .clamp(1, 4096) as u32;
+                let stopwatch = Stopwatch::new(self);
                 let mut times = Vec::with_capacity(iters.max(1) + 1);
                 for _ in 0..iters.max(1) + 1 {
-                    let mut encoder = self.device.create_command_encoder(&Default::default());
-                    self.launch(
-                        &mut encoder.begin_compute_pass(&Default::default()),
-                        &pipeline,
-                        &windows,
-                        (groups, 1, 1),
-                    );
-                    let start = std::time::Instant::now();
-                    self.queue.submit([encoder.finish()]);
-                    self.wait()?;
-                    times.push(start.elapsed().as_secs_f64());
+                    times.push(stopwatch.time(|encoder| {
+                        self.launch(
+                            &mut encoder.begin_compute_pass(&Default::default()),
+                            &pipeline,
+                            &windows,
+                            (groups, 1, 1),
+                        );
+                        Ok(())
+                    })?);
                 }
                 // The first run is the warm-up.
                 let mut times = times.split_off(1);

@@ -43,16 +43,22 @@ fn device(three_pass: bool, variant: ShaderVariant, max_binding_size: Option<u64
 }
 
 /// Every CPU level, and every GPU path with bindings of the adapter's size or of
-/// `small_binding` bytes.
+/// `small_binding` bytes. `XENT_TEST_BACKENDS=gpu` keeps the GPU paths only (CI's reruns of the
+/// GPU tests on each wgpu backend), `=cpu` the CPU levels only.
 pub fn backends(small_binding: u64) -> Vec<Path> {
+    let only = std::env::var("XENT_TEST_BACKENDS").unwrap_or_default();
     let mut out: Vec<Path> = SimdLevel::supported()
         .into_iter()
+        .filter(|_| only != "gpu")
         .map(|level| Path {
             name: format!("cpu {level}"),
             backend: Backend::CpuWith(level),
             small_bindings: false,
         })
         .collect();
+    if only == "cpu" {
+        return out;
+    }
     let Some(default) = super::device::gpu() else {
         return out;
     };

@@ -601,9 +601,21 @@ pub fn check_every_backend(
     options: &CrossEntropy,
     upstream: Option<&[f32]>,
 ) {
+    let modes = [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace];
+    check_every_backend_in(label, case, options, upstream, &modes);
+}
+
+/// [`check_every_backend`] in the given gradient modes only.
+pub fn check_every_backend_in(
+    label: &str,
+    case: &Case,
+    options: &CrossEntropy,
+    upstream: Option<&[f32]>,
+    modes: &[GradMode],
+) {
     let reference = case.reference(options, upstream);
     for path in backends::backends(32 << 10) {
-        for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
+        for &mode in modes {
             let run = match try_run_softmax(case, options, upstream, mode, |o, b, r| {
                 o.compute(&path.backend, b, r)
             }) {

@@ -147,7 +147,7 @@ pub struct BenchArgs {
     pub focal_gamma: Option<f32>,
     /// Write the measurements and probes to this file as one JSON array of records (fields:
     /// impl, device, rows, classes, dtype, mode, median_ms, min_ms, gbps, bytes,
-    /// bandwidth_fraction, loss, iters, round_trip_ms).
+    /// bandwidth_fraction, loss, iters, round_trip_ms, clock).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
     /// Where to draw GB/s per shape per implementation, with the bandwidth probes, as an SVG:
@@ -194,6 +194,9 @@ pub struct Record {
     /// GPU: the median host-slice call (upload, kernels, read-back), in milliseconds; the
     /// record's own times are then device-resident (buffers on the device, submit and wait).
     pub round_trip_ms: Option<f64>,
+    /// GPU: how the device-resident times were taken, `timestamps` (timestamp queries around
+    /// the call) or `submit-and-wait` (adapters without them).
+    pub clock: Option<String>,
 }
 
 /// Runs `xent bench`.

@@ -1,17 +1,21 @@
 //! The GPU timed on device-resident buffers, as a trainer runs it: logits and targets
 //! uploaded once, the loss (and gradient) buffers allocated once, and each run one
-//! `record_cross_entropy` into a fresh encoder, submitted and waited for (submit-and-wait:
-//! the kernels plus one submission's latency, with no upload or read-back). The host-slice
-//! call's time, upload and read-back included, is the round-trip column beside it.
+//! `record_cross_entropy` into a fresh encoder, timed by a [`Stopwatch`] (timestamp queries
+//! around the call where the adapter has them, else submit-and-wait: the kernels plus one
+//! submission's latency), with no upload or read-back. The host-slice call's time, upload and
+//! read-back included, is the round-trip column beside it.
 
 use super::super::probe::Timing;
-use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu};
+use crate::gpu::{
+    Clock, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, Stopwatch,
+};
 use crate::input::Element;
 use crate::CrossEntropy;
 use wgpu::util::DeviceExt;
 
 /// Times `options` over `logits` (`rows × classes`) and `targets` on `gpu`, with the
-/// gradient when `backward`; `iters` timed runs after one warm-up.
+/// gradient when `backward`; `iters` timed runs after one warm-up. Also says how they were
+/// timed.
 pub(super) fn time<T: Element>(
     gpu: &Gpu,
     options: &CrossEntropy,
@@ -19,7 +23,7 @@ pub(super) fn time<T: Element>(
     (rows, classes): (usize, usize),
     backward: bool,
     iters: usize,
-) -> Result<Timing, String> {
+) -> Result<(Timing, Clock), String> {
     let device = gpu.device();
     let logit_bytes = std::mem::size_of_val(logits) as u64;
     let grad_bytes = (rows * classes * 4) as u64;
@@ -60,23 +64,14 @@ pub(super) fn time<T: Element>(
         Some(g) => DeviceGradient::Into(g),
         None => DeviceGradient::None,
     });
-    let mut failure = None;
-    let timing = Timing::measure(iters, || {
-        if failure.is_some() {
-            return;
-        }
-        let mut encoder = device.create_command_encoder(&Default::default());
-        if let Err(e) = gpu.record_cross_entropy(&mut encoder, options, &batch, &outputs) {
-            failure = Some(e.to_string());
-            return;
-        }
-        gpu.queue().submit([encoder.finish()]);
-        if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
-            failure = Some(e.to_string());
-        }
-    });
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(timing),
+    let stopwatch = Stopwatch::new(gpu);
+    let mut times = Vec::with_capacity(iters + 1);
+    for _ in 0..iters.max(1) + 1 {
+        let t = stopwatch
+            .time(|encoder| gpu.record_cross_entropy(encoder, options, &batch, &outputs))
+            .map_err(|e| e.to_string())?;
+        times.push(t);
     }
+    // The first run is the warm-up.
+    Ok((Timing::from_seconds(times.split_off(1)), stopwatch.clock()))
 }

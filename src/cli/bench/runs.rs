@@ -62,6 +62,7 @@ impl Bench<'_> {
             loss,
             iters: self.args.iters,
             round_trip_ms: None,
+            clock: None,
         });
     }
 
@@ -147,6 +148,12 @@ impl Bench<'_> {
                         None,
                         None,
                     );
+                    if let Backend::Gpu(g) = &gpu.backend {
+                        let clock = crate::gpu::Stopwatch::new(g).clock().name();
+                        for record in self.records.iter_mut().rev().take(2) {
+                            record.clock = Some(clock.into());
+                        }
+                    }
                     gpu_read = Some(read.peak_gbps(logit_bytes));
                     gpu_copy = Some(copy.peak_gbps(2 * logit_bytes));
                 }
@@ -273,23 +280,23 @@ impl Bench<'_> {
             )?;
             // The GPU's bandwidth column comes from device-resident runs; the host-slice
             // call (upload and read-back included) is its round trip.
-            let (t, round_trip) = match backend {
+            let (t, round_trip, clock) = match backend {
                 Backend::Gpu(gpu) => {
                     let shape = (runs.shape.rows, runs.shape.classes);
                     let data = (runs.logits, runs.targets);
                     let backward = runs.mode == Mode::ForwardBackward;
                     match resident::time(gpu, &options, data, shape, backward, self.args.iters) {
-                        Ok(t) => (t, Some(host.median * 1e3)),
+                        Ok((t, clock)) => (t, Some(host.median * 1e3), Some(clock.name())),
                         Err(e) => {
                             self.note(format!(
                                 "{} {name}: device-resident timing skipped ({e}); the figures are the host-slice call's",
                                 runs.label
                             ));
-                            (host, None)
+                            (host, None, None)
                         }
                     }
                 }
-                _ => (host, None),
+                _ => (host, None, None),
             };
             self.bar.inc(1);
             let mode = runs.mode.name();
@@ -306,6 +313,7 @@ impl Bench<'_> {
             );
             if let Some(record) = self.records.last_mut() {
                 record.round_trip_ms = round_trip;
+                record.clock = clock.map(String::from);
             }
             out.push((suffix, name, loss));
         }

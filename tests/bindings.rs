@@ -1,0 +1,159 @@
+//! Storage bindings smaller than the data, on the GPU: rows cut into chunks that each fit a
+//! binding (windows that start anywhere a 4-row unit does), and rows longer than a binding
+//! bound a piece of whole splits at a time (partials) and a run of elements at a time
+//! (backward); what still cannot be bound is refused with a typed error. Against the f64
+//! reference and the CPU path. (Every test by feature also runs on 32 KiB bindings through
+//! `common::backends`; these go further: 4 and 64 KiB, every option and dtype.)
+
+mod common;
+
+use common::device::small_bindings;
+use common::*;
+use std::sync::Arc;
+use xent::gpu::Gpu;
+use xent::{Backend, Batch, CrossEntropy, Dtype, Error, Reduction, Request};
+
+fn on(gpu: &Arc<Gpu>) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> + '_ {
+    move |o, b, r| o.compute(&Backend::Gpu(gpu.clone()), b, r)
+}
+
+fn cpu(o: &CrossEntropy, b: Batch, r: Request) -> xent::Result<xent::Output> {
+    o.compute(&Backend::Cpu, b, r)
+}
+
+/// GPU vs reference, and GPU vs CPU, for every gradient mode.
+fn check(label: &str, gpu: &Arc<Gpu>, case: &Case, options: &CrossEntropy, modes: &[GradMode]) {
+    let reference = case.reference(options, None);
+    for &mode in modes {
+        let run = run_softmax(case, options, None, mode, on(gpu));
+        let label = format!("{label} [{gpu:?}, {mode:?}]");
+        check_softmax(&label, case, options, &run, &reference);
+        let cpu_run = run_softmax(case, options, None, mode, cpu);
+        let gpu_losses = run.output.row_losses.as_ref().unwrap();
+        let cpu_losses: Vec<f64> = cpu_run
+            .output
+            .row_losses
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        assert_close(
+            &format!("{label}: GPU vs CPU row losses"),
+            gpu_losses,
+            &cpu_losses,
+            2e-5,
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn chunked_dispatch_matches_reference() {
+    // 64 KiB bindings force many chunks (and windows that don't start on 256-byte boundaries).
+    for small in small_bindings(64 << 10) {
+        chunked_dispatch_on(&small);
+    }
+}
+
+fn chunked_dispatch_on(small: &Arc<Gpu>) {
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let case = Case::new(10, 203, 301, Hardness::ALL)
+            .weighted(2)
+            .dtype(dtype);
+        check(
+            &format!("chunked {dtype:?}"),
+            small,
+            &case,
+            &CrossEntropy::new().label_smoothing(0.05),
+            &[GradMode::OutOfPlace, GradMode::InPlace],
+        );
+    }
+    let spatial = Case::new(11, 40 * 12, 9, Hardness::default()).class_dim1(12);
+    check(
+        "chunked (N, C, d)",
+        small,
+        &spatial,
+        &CrossEntropy::new(),
+        &[GradMode::OutOfPlace],
+    );
+    let soft = Case::new(12, 150, 130, Hardness::default()).soft(3);
+    check(
+        "chunked soft",
+        small,
+        &soft,
+        &CrossEntropy::new().label_smoothing(0.1),
+        &[GradMode::OutOfPlace],
+    );
+}
+
+#[test]
+fn rows_longer_than_a_binding_are_bound_in_pieces() {
+    // 4 KiB bindings: each row below is bound a piece of whole splits at a time (partials) and
+    // a run of elements at a time (backward).
+    for gpu in small_bindings(4 << 10) {
+        let grid = [
+            CrossEntropy::new(),
+            CrossEntropy::new()
+                .label_smoothing(0.1)
+                .z_loss(1e-3)
+                .softcap(20.0)
+                .reduction(Reduction::Sum),
+            CrossEntropy::new().focal_gamma(2.0),
+        ];
+        for (rows, classes) in [(1usize, 1000usize), (3, 5003), (2, 20_000)] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+                let case = Case::new(classes as u64, rows, classes, Hardness::ALL)
+                    .sample_weighted(3)
+                    .ignore_every(5, -100)
+                    .dtype(dtype);
+                for options in &grid {
+                    check(
+                        &format!("long {rows}×{classes} {dtype:?} {options:?}"),
+                        &gpu,
+                        &case,
+                        options,
+                        &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace],
+                    );
+                }
+            }
+        }
+        let soft = Case::new(17, 3, 3001, Hardness::default()).soft(3);
+        check(
+            "long soft",
+            &gpu,
+            &soft,
+            &CrossEntropy::new().label_smoothing(0.1),
+            &[GradMode::OutOfPlace],
+        );
+        // Still refused: focal loss with smoothing (its pass reads whole rows), the (N, C, d…)
+        // layout, and class weights larger than a binding.
+        let case = Case::new(18, 3, 5000, Hardness::default());
+        let e = run_softmax_result(&gpu, &case.clone().weighted(1), &CrossEntropy::new());
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+        let e = run_softmax_result(
+            &gpu,
+            &case,
+            &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
+        );
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+        let spatial = Case::new(19, 2, 3000, Hardness::default()).class_dim1(2);
+        let e = run_softmax_result(&gpu, &spatial, &CrossEntropy::new());
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    }
+}
+
+fn run_softmax_result(
+    gpu: &Arc<Gpu>,
+    case: &Case,
+    options: &CrossEntropy,
+) -> xent::Result<xent::Output> {
+    let mut storage = case.storage();
+    let t32 = case.targets_i32();
+    let mut grad = vec![0f32; case.rows * case.classes];
+    options.compute(
+        &Backend::Gpu(gpu.clone()),
+        case.batch(&mut storage, &t32, false),
+        Request::new().gradient_into(&mut grad),
+    )
+}

@@ -1,0 +1,275 @@
+//! The device-resident API (`record_*` into the caller's encoder): two calls in one encoder
+//! with nothing read back between them, bad targets only on the device (flagged, the device
+//! still usable, a host call never taking a recorded call's flag), typed errors for buffers
+//! too small, device-side accuracy counts, and the [`Stopwatch`] that times recorded work.
+
+mod common;
+
+use common::device::{
+    bad_targets, buffer, check_loss_and_gradient, gpu, paths, read, record_and_submit, DeviceCase,
+};
+use common::*;
+use std::sync::Arc;
+use xent::gpu::{
+    target_error_row, Clock, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu,
+    GpuOptions, Stopwatch,
+};
+use xent::{Backend, Batch, CrossEntropy, Error, Logits, Request};
+
+#[test]
+fn host_checks_come_first_and_the_device_stays_usable() {
+    let Some(gpu) = gpu() else { return };
+    let backend = Backend::Gpu(gpu.clone());
+    let x = [0.5f32; 6];
+    let e = CrossEntropy::new()
+        .compute(
+            &backend,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 7][..]),
+            Request::new(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::TargetOutOfRange {
+            row: 1,
+            value: 7,
+            classes: 3,
+            ignore_index: -100
+        }
+    );
+    let out = CrossEntropy::new()
+        .compute(
+            &backend,
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 2][..]),
+            Request::new(),
+        )
+        .unwrap();
+    assert!((out.loss.unwrap() - 3f32.ln()).abs() < 1e-6);
+}
+
+/// A flag buffer too small for its u32.
+fn short_flag(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 0,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
+#[test]
+fn device_resident_calls_and_bad_targets_on_the_device() {
+    for gpu in paths() {
+        device_resident_calls_on(gpu);
+    }
+}
+
+fn device_resident_calls_on(gpu: Arc<Gpu>) {
+    let case = Case::new(15, 50, 129, Hardness::default())
+        .weighted(2)
+        .ignore_every(6, -100);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+    let reference = case.reference(&options, None);
+    let uploaded = DeviceCase::upload(&gpu, &case);
+    let loss = buffer(&gpu, &[0u8; 16]);
+    let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
+    let batch = uploaded.batch();
+    let outputs = DeviceOutputs {
+        loss: &loss,
+        rows: None,
+        gradient: DeviceGradient::Into(&grad),
+        upstream: None,
+        upstream_scalar: 1.0,
+        target_error: None,
+    };
+    // Two steps recorded into one encoder (scratch reused), nothing read back in between.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
+        .unwrap();
+    gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    check_loss_and_gradient(&gpu, "device", &loss, &grad, &reference);
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+
+    // A bad target, only on the device: flagged, nothing read out of bounds, device fine.
+    let bad_targets = bad_targets(&gpu, &case.index_targets);
+    let bad_batch = DeviceBatch {
+        targets: DeviceTargets::I64(&bad_targets),
+        ..batch
+    };
+    record_and_submit(&gpu, &options, &bad_batch, &outputs);
+    // A host-slice call in between neither clears nor reports the recorded call's flag.
+    let x = [0.5f32; 6];
+    CrossEntropy::new()
+        .compute(
+            &Backend::Gpu(gpu.clone()),
+            Batch::new(Logits::new(&x, 2, 3), &[0i64, 2][..]),
+            Request::new(),
+        )
+        .unwrap();
+    assert_eq!(gpu.take_target_error().unwrap(), Some(17));
+    record_and_submit(&gpu, &options, &batch, &outputs);
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+    assert_close(
+        "device loss after a bad call",
+        &read(&gpu, &loss)[..1],
+        &[reference.loss.unwrap()],
+        1e-5,
+        1e-5,
+    );
+
+    // The caller's own flag: set by the bad call alone, read beside the loss with no wait
+    // on the Gpu's flag, which stays clear.
+    let flag = buffer(&gpu, &[0u8; 4]);
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    for targets in [&bad_targets, &uploaded.targets] {
+        gpu.record_cross_entropy(
+            &mut encoder,
+            &options,
+            &DeviceBatch {
+                targets: DeviceTargets::I64(targets),
+                ..batch
+            },
+            &outputs.target_error(&flag),
+        )
+        .unwrap();
+    }
+    gpu.queue().submit([encoder.finish()]);
+    let word = bytemuck::cast_slice::<f32, u32>(&read(&gpu, &flag))[0];
+    assert_eq!(target_error_row(word), Some(17));
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+    let e = gpu
+        .record_cross_entropy(
+            &mut gpu.device().create_command_encoder(&Default::default()),
+            &options,
+            &batch,
+            &outputs.target_error(&short_flag(&gpu)),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+
+    // Shape errors are typed, not panics.
+    let short = buffer(&gpu, &[0u8; 64]);
+    let e = gpu
+        .record_cross_entropy(
+            &mut gpu.device().create_command_encoder(&Default::default()),
+            &options,
+            &DeviceBatch {
+                logits: &short,
+                ..batch
+            },
+            &outputs,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+#[test]
+fn device_side_accuracy_counts() {
+    let Some(gpu) = gpu() else { return };
+    let (rows, classes) = (3000, 10);
+    let case = Case::new(44, rows, classes, Hardness::default()).ignore_every(7, -100);
+    let options = CrossEntropy::new();
+    let reference = case.reference(&options, None);
+    let valid = reference.valid.iter().filter(|&&v| v).count();
+    let correct = reference.correct.iter().filter(|&&c| c).count();
+    assert!(correct > 0 && valid < rows);
+
+    let uploaded = DeviceCase::upload(&gpu, &case);
+    let loss = buffer(&gpu, &[0u8; 4]);
+    let records = buffer(&gpu, &vec![0u8; rows * 32]);
+    let counts = buffer(&gpu, &[0xffu8; 8]);
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let outputs = DeviceOutputs {
+        rows: Some(&records),
+        ..DeviceOutputs::new(&loss)
+    };
+    gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &outputs)
+        .unwrap();
+    gpu.record_row_counts(&mut encoder, &records, rows, &counts)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    let got = bytemuck::cast_slice::<f32, u32>(&read(&gpu, &counts)).to_vec();
+    assert_eq!(got, vec![valid as u32, correct as u32]);
+
+    // No rows: zero counts. Too small a counts buffer: a typed error.
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_row_counts(&mut encoder, &records, 0, &counts)
+        .unwrap();
+    gpu.queue().submit([encoder.finish()]);
+    assert_eq!(
+        bytemuck::cast_slice::<f32, u32>(&read(&gpu, &counts)),
+        [0, 0]
+    );
+    let e = gpu
+        .record_row_counts(&mut encoder_for(&gpu), &records, rows, &loss)
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+fn encoder_for(gpu: &Gpu) -> wgpu::CommandEncoder {
+    gpu.device().create_command_encoder(&Default::default())
+}
+
+#[test]
+fn the_stopwatch_times_recorded_work() {
+    let Some(plain) = gpu() else { return };
+    let timed = Arc::new(
+        Gpu::with_options(GpuOptions {
+            timestamp_queries: true,
+            ..Default::default()
+        })
+        .expect("a device with timestamp queries where the adapter has them"),
+    );
+    for gpu in [plain, timed] {
+        let has_timestamps = gpu
+            .device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY);
+        let stopwatch = Stopwatch::new(&gpu);
+        assert_eq!(
+            stopwatch.clock(),
+            if has_timestamps {
+                Clock::Timestamps
+            } else {
+                Clock::SubmitAndWait
+            }
+        );
+        let case = Case::new(3, 64, 1000, Hardness::default());
+        let reference = case.reference(&CrossEntropy::new(), None);
+        let uploaded = DeviceCase::upload(&gpu, &case);
+        let loss = buffer(&gpu, &[0u8; 4]);
+        let outputs = DeviceOutputs::new(&loss);
+        let seconds = stopwatch
+            .time(|encoder| {
+                gpu.record_cross_entropy(encoder, &CrossEntropy::new(), &uploaded.batch(), &outputs)
+            })
+            .unwrap();
+        assert!(seconds > 0.0 && seconds < 60.0, "{seconds} s");
+        // The timed work ran.
+        assert_close(
+            "timed loss",
+            &read(&gpu, &loss)[..1],
+            &[reference.loss.unwrap()],
+            1e-5,
+            1e-5,
+        );
+        // A failing record is its error, not a time.
+        let short = buffer(&gpu, &[0u8; 64]);
+        let e = stopwatch
+            .time(|encoder| {
+                gpu.record_cross_entropy(
+                    encoder,
+                    &CrossEntropy::new(),
+                    &DeviceBatch {
+                        logits: &short,
+                        ..uploaded.batch()
+                    },
+                    &outputs,
+                )
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
+    }
+}
