@@ -1,9 +1,9 @@
 //! One block of BCE rows: every element's loss and gradient (`scalar::binary_row`), the
 //! per-element losses kept in row-major order.
 
-use super::blocks::gather;
+use super::blocks::{gather, BlockShape};
 use super::{scalar, BlockOut, Call, Data, RowOutcome};
-use crate::input::{Dtype, Element, Layout, Targets};
+use crate::input::{Element, Layout, Targets};
 use crate::options::BinaryCrossEntropy;
 
 impl Call<'_> {
@@ -17,11 +17,13 @@ impl Call<'_> {
         mut grad: Option<&mut [f32]>,
         in_place: bool,
     ) -> BlockOut {
-        let classes = self.plan.classes;
-        let layout = self.plan.layout;
-        let rows = src.get().len() / classes;
-        let direct = T::DTYPE == Dtype::F32 && layout == Layout::Rows;
-        let wants_grad = in_place || grad.is_some();
+        let BlockShape {
+            classes,
+            layout,
+            rows,
+            direct,
+            wants_grad,
+        } = self.block_shape(src.get(), grad.is_some(), in_place);
         let Targets::Dense(targets) = self.targets else {
             unreachable!("plan::binary takes dense targets only")
         };
@@ -38,12 +40,7 @@ impl Call<'_> {
             if !direct {
                 gather(src.get(), layout, i, &mut x_buf);
             }
-            let t: &[f32] = if layout == Layout::Rows {
-                &targets[row * classes..(row + 1) * classes]
-            } else {
-                gather(&targets[first_row * classes..], layout, i, &mut t_buf);
-                &t_buf
-            };
+            let t = self.dense_row(targets, first_row, i, &mut t_buf);
             let x: &[f32] = if direct {
                 bytemuck::cast_slice(&src.get()[span.clone()])
             } else {

@@ -14,11 +14,13 @@ impl Call<'_> {
         mut grad: Option<&mut [f32]>,
         in_place: bool,
     ) -> BlockOut {
-        let classes = self.plan.classes;
-        let layout = self.plan.layout;
-        let rows = src.get().len() / classes;
-        let direct = T::DTYPE == Dtype::F32 && layout == Layout::Rows;
-        let wants_grad = in_place || grad.is_some();
+        let BlockShape {
+            classes,
+            layout,
+            rows,
+            direct,
+            wants_grad,
+        } = self.block_shape(src.get(), grad.is_some(), in_place);
         // Row scratch, allocated only for the rows that need a gathered copy.
         let gathers_targets = matches!(self.targets, Targets::Dense(_)) && layout != Layout::Rows;
         let gathers_logits = !direct;
@@ -49,13 +51,7 @@ impl Call<'_> {
                 gather(src.get(), layout, i, &mut x_buf);
             }
             let t: Option<&[f32]> = match self.targets {
-                Targets::Dense(t) if layout == Layout::Rows => {
-                    Some(&t[row * classes..(row + 1) * classes])
-                }
-                Targets::Dense(t) => {
-                    gather(&t[first_row * classes..], layout, i, &mut t_buf);
-                    Some(&t_buf)
-                }
+                Targets::Dense(t) => Some(self.dense_row(t, first_row, i, &mut t_buf)),
                 _ => None,
             };
             let x: &[f32] = if direct {
@@ -149,6 +145,56 @@ impl Call<'_> {
                 }
             },
             _ => {}
+        }
+    }
+}
+
+/// What a block's row loop needs of its shape.
+pub(super) struct BlockShape {
+    pub classes: usize,
+    pub layout: Layout,
+    /// Rows in the block.
+    pub rows: usize,
+    /// Rows are read where they are (f32, row-major), not gathered.
+    pub direct: bool,
+    /// A gradient is written (into a buffer or over the logits).
+    pub wants_grad: bool,
+}
+
+impl Call<'_> {
+    /// The shape of a block of logits `src`, with a gradient buffer or not, in place or not.
+    pub(super) fn block_shape<T: Element>(
+        &self,
+        src: &[T],
+        grad: bool,
+        in_place: bool,
+    ) -> BlockShape {
+        let (classes, layout) = (self.plan.classes, self.plan.layout);
+        BlockShape {
+            classes,
+            layout,
+            rows: src.len() / classes,
+            direct: T::DTYPE == Dtype::F32 && layout == Layout::Rows,
+            wants_grad: in_place || grad,
+        }
+    }
+
+    /// Row `i` of the block starting at `first_row` of the dense targets `t`: a slice of them
+    /// for contiguous rows, else gathered into `buf`.
+    pub(super) fn dense_row<'t>(
+        &self,
+        t: &'t [f32],
+        first_row: usize,
+        i: usize,
+        buf: &'t mut [f32],
+    ) -> &'t [f32] {
+        let (classes, layout) = (self.plan.classes, self.plan.layout);
+        if layout == Layout::Rows {
+            let row = first_row + i;
+            &t[row * classes..(row + 1) * classes]
+        } else {
+            gather(&t[first_row * classes..], layout, i, buf);
+            buf
         }
     }
 }

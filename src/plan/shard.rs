@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::input::{Layout, Logits, Targets};
 use crate::options::{CrossEntropy, InputKind, Reduction};
-use crate::shard::{Combined, RowPartial, Shard};
+use crate::shard::{Combined, RowPartial, Shard, ShardInput};
 
 /// Vocabulary shards take logits (not probabilities) and valid options.
 fn supported(options: &CrossEntropy) -> Result<()> {
@@ -19,13 +19,13 @@ fn supported(options: &CrossEntropy) -> Result<()> {
 
 /// One shard's call: the shard inside its vocabulary, row-major logits of its width, class
 /// index targets in range of the whole vocabulary, its slice of class weights.
-pub(crate) fn shard(
-    options: &CrossEntropy,
-    shard: Shard,
-    logits: &Logits<'_>,
-    targets: Targets<'_>,
-    class_weights: Option<&[f32]>,
-) -> Result<()> {
+pub(crate) fn shard(options: &CrossEntropy, shard: Shard, input: &ShardInput<'_>) -> Result<()> {
+    let ShardInput {
+        logits,
+        targets,
+        class_weights,
+    } = input;
+    let (targets, class_weights) = (*targets, *class_weights);
     supported(options)?;
     if shard.classes == 0 {
         return Err(Error::NoClasses);
@@ -100,8 +100,58 @@ pub(crate) fn shard(
     Ok(())
 }
 
+/// Focal loss with smoothing, round 2 on one shard: the shard's call, rows matching
+/// `combined`, and a focal round pending.
+pub(crate) fn focal_round(
+    options: &CrossEntropy,
+    shard_: Shard,
+    input: &ShardInput<'_>,
+    combined: &Combined,
+) -> Result<()> {
+    shard(options, shard_, input)?;
+    combined_rows(combined, &input.logits)?;
+    if !combined.needs_focal_round() {
+        return Err(Error::Unsupported(
+            "no focal round is pending: only focal loss with label smoothing needs one \
+             (Combined::needs_focal_round)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A shard's backward: the shard's call, rows matching `combined` with no focal round
+/// pending, and a gradient of `rows × shard.width` values.
+pub(crate) fn backward(
+    options: &CrossEntropy,
+    shard_: Shard,
+    input: &ShardInput<'_>,
+    combined: &Combined,
+    gradient_len: usize,
+) -> Result<()> {
+    shard(options, shard_, input)?;
+    combined_rows(combined, &input.logits)?;
+    if combined.needs_focal_round() {
+        return Err(Error::Unsupported(
+            "focal loss with label smoothing needs its second round before the backward \
+             pass: shard_focal on every shard, then combine_focal"
+                .into(),
+        ));
+    }
+    let logits = &input.logits;
+    if gradient_len != logits.rows() * shard_.width {
+        return Err(Error::Shape {
+            what: "gradient",
+            expected: logits.rows() * shard_.width,
+            actual: gradient_len,
+            shape: logits.shape_string(),
+        });
+    }
+    Ok(())
+}
+
 /// `combined` has one row per logits row.
-pub(crate) fn combined_rows(combined: &Combined, logits: &Logits<'_>) -> Result<()> {
+fn combined_rows(combined: &Combined, logits: &Logits<'_>) -> Result<()> {
     if combined.rows.len() == logits.rows() {
         return Ok(());
     }

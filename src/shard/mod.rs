@@ -165,7 +165,7 @@ mod partial;
 pub use partial::RowPartial;
 
 use crate::backend::{Backend, Target};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::input::{Logits, Targets};
 use crate::options::CrossEntropy;
 use crate::output::Output;
@@ -319,12 +319,12 @@ impl CrossEntropy {
         shard: Shard,
         input: ShardInput<'_>,
     ) -> Result<Vec<RowPartial>> {
+        crate::plan::shard::shard(self, shard, &input)?;
         let ShardInput {
             logits,
             targets,
             class_weights,
         } = input;
-        crate::plan::shard::shard(self, shard, &logits, targets, class_weights)?;
         match backend.target() {
             Target::Cpu(level) => Ok(crate::cpu::shard_partials(
                 level,
@@ -350,20 +350,12 @@ impl CrossEntropy {
         input: ShardInput<'_>,
         combined: &Combined,
     ) -> Result<Vec<FocalPartial>> {
+        crate::plan::shard::focal_round(self, shard, &input, combined)?;
         let ShardInput {
             logits,
-            targets,
             class_weights,
+            ..
         } = input;
-        crate::plan::shard::shard(self, shard, &logits, targets, class_weights)?;
-        crate::plan::shard::combined_rows(combined, &logits)?;
-        if !combined.needs_focal_round() {
-            return Err(Error::Unsupported(
-                "no focal round is pending: only focal loss with label smoothing needs one \
-                 (Combined::needs_focal_round)"
-                    .into(),
-            ));
-        }
         match backend.target() {
             Target::Cpu(level) => Ok(crate::cpu::shard_focal(
                 level,
@@ -387,28 +379,12 @@ impl CrossEntropy {
         combined: &Combined,
         gradient: &mut [f32],
     ) -> Result<()> {
+        crate::plan::shard::backward(self, shard, &input, combined, gradient.len())?;
         let ShardInput {
             logits,
-            targets,
             class_weights,
+            ..
         } = input;
-        crate::plan::shard::shard(self, shard, &logits, targets, class_weights)?;
-        crate::plan::shard::combined_rows(combined, &logits)?;
-        if combined.needs_focal_round() {
-            return Err(Error::Unsupported(
-                "focal loss with label smoothing needs its second round before the backward \
-                 pass: shard_focal on every shard, then combine_focal"
-                    .into(),
-            ));
-        }
-        if gradient.len() != logits.rows() * shard.width {
-            return Err(Error::Shape {
-                what: "gradient",
-                expected: logits.rows() * shard.width,
-                actual: gradient.len(),
-                shape: logits.shape_string(),
-            });
-        }
         match backend.target() {
             Target::Cpu(level) => crate::cpu::shard_backward(
                 level,
