@@ -14,19 +14,22 @@ pub(crate) type Binding = (u32, Slot, u64);
 
 const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
 
-/// Declares a launcher: its struct of windows (`params` first) and its bind-group table.
+/// Declares a launcher: its struct of windows (`params` first) and its bind-group table. A
+/// binding marked `in_place_absent` is an `Option`: `None` exactly when the variant writes the
+/// gradient in place and so does not declare it ([`layout`]).
 macro_rules! launcher {
     (
         $(#[$doc:meta])*
         $name:ident {
-            $($(#[$field_doc:meta])* $field:ident: $binding:ident, $slot:ident, $min:expr;)*
+            $($(#[$field_doc:meta])* $field:ident: $binding:ident, $slot:ident, $min:expr
+                $(, $absent:ident)?;)*
         }
     ) => {
         $(#[$doc])*
         pub(crate) struct $name<'a> {
             /// The dispatch's `Params` block.
             pub params: Window<'a>,
-            $($(#[$field_doc])* pub $field: Window<'a>,)*
+            $($(#[$field_doc])* pub $field: window_type!('a $($absent)?),)*
         }
 
         impl<'a> $name<'a> {
@@ -36,12 +39,38 @@ macro_rules! launcher {
                 $(($binding, Slot::$slot, $min),)*
             ];
 
-            /// Every window at its binding.
+            /// Every window given, at its binding.
             pub(crate) fn entries(&self) -> Vec<(u32, Window<'a>)> {
-                vec![(PARAMS, self.params), $(($binding, self.$field),)*]
+                let mut out = vec![(PARAMS, self.params)];
+                $(out.extend(Bound::window(&self.$field).map(|w| ($binding, w)));)*
+                out
             }
         }
     };
+}
+
+/// The type of a launcher's window: `Window`, or `Option<Window>` for one that is absent in
+/// place.
+macro_rules! window_type {
+    ($a:lifetime) => { Window<$a> };
+    ($a:lifetime in_place_absent) => { Option<Window<$a>> };
+}
+
+/// A launcher field: a window, or a window that may be absent.
+trait Bound<'a> {
+    fn window(&self) -> Option<Window<'a>>;
+}
+
+impl<'a> Bound<'a> for Window<'a> {
+    fn window(&self) -> Option<Window<'a>> {
+        Some(*self)
+    }
+}
+
+impl<'a> Bound<'a> for Option<Window<'a>> {
+    fn window(&self) -> Option<Window<'a>> {
+        *self
+    }
 }
 
 launcher! {
@@ -109,8 +138,8 @@ launcher! {
     Backward {
         /// The span's logits (read-write in place).
         logits: LOGITS, Read, 4;
-        /// The span's f32 gradient (unbound in place).
-        gradient: GRADIENT, Write, 4;
+        /// The span's f32 gradient (`None` in place).
+        gradient: GRADIENT, Write, 4, in_place_absent;
         /// Targets.
         targets: TARGETS, Read, 4;
         /// Class weights.
@@ -128,8 +157,8 @@ launcher! {
     Fused {
         /// The chunk's logits (read-write in place).
         logits: LOGITS, Read, 4;
-        /// The chunk's f32 gradient (unbound in place: eight storage buffers at most).
-        gradient: GRADIENT, Write, 4;
+        /// The chunk's f32 gradient (`None` in place: eight storage buffers at most).
+        gradient: GRADIENT, Write, 4, in_place_absent;
         /// Targets.
         targets: TARGETS, Read, 4;
         /// Class weights.
@@ -179,8 +208,8 @@ launcher! {
     Bce {
         /// The chunk's logits (read-write in place).
         logits: LOGITS, Read, 4;
-        /// The chunk's f32 gradient (unbound in place).
-        gradient: GRADIENT, Write, 4;
+        /// The chunk's f32 gradient (`None` in place).
+        gradient: GRADIENT, Write, 4, in_place_absent;
         /// The chunk's targets.
         targets: TARGETS, Read, 4;
         /// Per-vec4 sums for the reduction.

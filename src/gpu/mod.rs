@@ -384,19 +384,21 @@ impl Gpu {
         pipeline: &pipelines::Pipeline,
         windows: &[(u32, encode::Window)],
     ) -> wgpu::BindGroup {
-        // A schedule may offer a window the variant does not declare (the gradient of an
-        // in-place variant): only the variant's own bindings are bound.
-        let declared = pipeline.variant.bindings();
+        // The windows are exactly the variant's bindings (a launcher leaves out the gradient
+        // of an in-place variant).
         debug_assert!(
-            declared
-                .iter()
-                .all(|(b, _, _)| windows.iter().any(|(w, _)| w == b)),
-            "{:?}: a declared binding has no window",
+            {
+                let declared = pipeline.variant.bindings();
+                declared.len() == windows.len()
+                    && declared
+                        .iter()
+                        .all(|(b, _, _)| windows.iter().any(|(w, _)| w == b))
+            },
+            "{:?}: the windows are not the variant's bindings",
             pipeline.variant
         );
         let entries: Vec<wgpu::BindGroupEntry> = windows
             .iter()
-            .filter(|(binding, _)| declared.iter().any(|(b, _, _)| b == binding))
             .map(|(binding, w)| wgpu::BindGroupEntry {
                 binding: *binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -454,7 +454,7 @@ impl Gpu {
                 let backward = Backward {
                     params: Window::whole(&uniform),
                     logits: logits_window,
-                    gradient: grad_window,
+                    gradient: Some(grad_window),
                     targets: Window::head(&inputs.dummy, 16),
                     class_weights: Window::head(&inputs.weights, width_bytes),
                     coefficients: Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),

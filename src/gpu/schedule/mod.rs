@@ -184,12 +184,13 @@ impl Call<'_> {
         })
     }
 
-    /// The gradient window of elements `first .. first + count` (a stand-in, unbound, in
-    /// place or without a gradient).
-    fn gradient(&self, first: u64, count: u64) -> Window<'_> {
+    /// The gradient window of elements `first .. first + count`: none in place (the logits
+    /// are the gradient), a stand-in without a gradient.
+    fn gradient(&self, first: u64, count: u64) -> Option<Window<'_>> {
         match self.out.gradient {
-            DeviceGradient::Into(g) => self.f32s(g, first, count).0,
-            _ => Window::whole(&self.scratch.dummy_write),
+            DeviceGradient::Into(g) => Some(self.f32s(g, first, count).0),
+            DeviceGradient::InPlace => None,
+            DeviceGradient::None => Some(Window::whole(&self.scratch.dummy_write)),
         }
     }
 

@@ -52,7 +52,6 @@ impl Call<'_> {
         let fused = Fused {
             params: self.blocks.window(i),
             logits,
-            // In place the gradient is the logits: the stand-in is not bound.
             gradient: self.gradient(first, count),
             targets: self.chunk_targets(first, count),
             class_weights: self.class_weights(),
