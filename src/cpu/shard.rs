@@ -30,13 +30,6 @@ pub(crate) fn row_f32<'a>(logits: &'a Logits<'_>, row: usize, buf: &'a mut [f32]
     }
 }
 
-fn transform(options: &CrossEntropy) -> Transform {
-    Transform {
-        scale: options.logit_scale,
-        softcap: options.softcap,
-    }
-}
-
 /// Per-row partials of one shard (inputs already checked).
 pub fn shard_partials(
     level: SimdLevel,
@@ -46,7 +39,7 @@ pub fn shard_partials(
     targets: Targets<'_>,
     w: Option<&[f32]>,
 ) -> Vec<RowPartial> {
-    let transform = transform(options);
+    let transform = Transform::of(options);
     let weight_sum = w.map_or(shard.width as f64, |w| w.iter().map(|&v| v as f64).sum()) as f32;
     (0..logits.rows())
         .into_par_iter()
@@ -105,7 +98,7 @@ fn focal_row<'a>(
     FocalRow {
         t: None,
         w,
-        transform: transform(options),
+        transform: Transform::of(options),
         max: r.max,
         log_sum: r.log_sum as f64,
         b: 0.0,
@@ -165,7 +158,7 @@ pub fn shard_backward(
     combined: &Combined,
     gradient: &mut [f32],
 ) {
-    let transform = transform(options);
+    let transform = Transform::of(options);
     let e = options.label_smoothing / shard.classes as f32;
     gradient
         .par_chunks_mut(shard.width)

@@ -69,10 +69,7 @@ impl Call<'_> {
             };
         }
 
-        let transform = Transform {
-            scale: opts.logit_scale,
-            softcap: opts.softcap,
-        };
+        let transform = Transform::of(&opts);
         let st = simd::dispatch(
             self.level,
             Forward {
@@ -207,10 +204,7 @@ impl Call<'_> {
             return;
         }
 
-        let transform = Transform {
-            scale: opts.logit_scale,
-            softcap: opts.softcap,
-        };
+        let transform = Transform::of(&opts);
         let k = a * r.p_coefficient + b * 2.0 * opts.z_loss * r.lse;
         if needs_focal_pass(&opts, t.is_some()) {
             self.focal_backward(io, t, index, r, k, a);
@@ -302,10 +296,7 @@ impl Call<'_> {
         let opts = self.plan.softmax();
         let gamma = opts.focal_gamma as f64;
         let eps = opts.label_smoothing as f64;
-        let transform = Transform {
-            scale: opts.logit_scale,
-            softcap: opts.softcap,
-        };
+        let transform = Transform::of(&opts);
         let w = |c: usize| self.w.map_or(1.0, |w| w[c] as f64);
         let index = self.targets.index(row).map(|y| y as usize);
         if let (None, Some(y), true) = (t, index, eps == 0.0) {
@@ -338,10 +329,7 @@ impl Call<'_> {
         focal::FocalRow {
             t,
             w: self.w,
-            transform: Transform {
-                scale: opts.logit_scale,
-                softcap: opts.softcap,
-            },
+            transform: Transform::of(&opts),
             max,
             log_sum,
             b: if t.is_some() { 1.0 - eps } else { 0.0 },

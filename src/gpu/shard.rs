@@ -3,7 +3,6 @@
 //! (its per-row sums are the shard's `FocalPartial`s), and the backward kernel driven by the
 //! combined (global) row coefficients.
 
-use super::abi::binding::{LOGITS, PARAMS};
 use super::abi::{
     Params, Partial, ReductionCode, RowCoef, COEF_BYTES, FLAG_ENTROPY, FLAG_WANT_WZ, FLAG_WEIGHTS,
     PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES,
@@ -18,6 +17,16 @@ use crate::error::{Error, Result};
 use crate::input::{Dtype, Layout, Logits, Targets};
 use crate::options::CrossEntropy;
 use crate::shard::{Combined, FocalPartial, RowFill, RowPartial, Shard};
+
+/// One chunk's dispatch of a row-segment kernel.
+struct Segment<'r> {
+    /// Its `Params` block.
+    params: wgpu::Buffer,
+    /// Its logits.
+    logits: Window<'r>,
+    /// Its grid.
+    groups: (u32, u32, u32),
+}
 
 /// One shard call's logits on the device, and its rows cut into chunks that fit a binding.
 struct ShardRows {
@@ -89,18 +98,15 @@ impl Gpu {
         })
     }
 
-    /// Records a row-segment kernel (the partials or the focal pass) over every chunk of
-    /// `rows`: `entries` are the launcher's, whose `params` and `logits` are set per chunk
-    /// (the chunk's `Params` block and logits window); the grid has `base.splits` workgroups
-    /// along y.
-    fn record_segments(
+    /// The dispatches of a row-segment kernel (the partials or the focal pass) over every
+    /// chunk of `rows`: each chunk's `Params` block, logits window and grid (`base.splits`
+    /// workgroups along y).
+    fn segments<'r>(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
-        rows: &ShardRows,
+        rows: &'r ShardRows,
         pipeline: &Pipeline,
         base: Params,
-        entries: &[(u32, Window)],
-    ) {
+    ) -> Vec<Segment<'r>> {
         let round = if pipeline.variant.load == LogitLoad::F32x4 {
             16
         } else {
@@ -111,25 +117,22 @@ impl Gpu {
             splits: base.splits,
             span: base.span,
         };
-        for &chunk in &rows.chunks {
-            let (logits_window, elem_offset) = rows.window(chunk, self.storage_alignment, round);
-            let uniform = self.uniform(&Params {
-                rows: chunk.rows as u32,
-                row0: chunk.row0 as u32,
-                elem_offset,
-                ..base
-            });
-            let groups = shape.grid(chunk.rows, base.splits);
-            let windows: Vec<(u32, Window)> = entries
-                .iter()
-                .map(|&(binding, window)| match binding {
-                    PARAMS => (binding, Window::whole(&uniform)),
-                    LOGITS => (binding, logits_window),
-                    _ => (binding, window),
-                })
-                .collect();
-            self.dispatch(encoder, pipeline, &windows, groups);
-        }
+        rows.chunks
+            .iter()
+            .map(|&chunk| {
+                let (logits, elem_offset) = rows.window(chunk, self.storage_alignment, round);
+                Segment {
+                    params: self.uniform(&Params {
+                        rows: chunk.rows as u32,
+                        row0: chunk.row0 as u32,
+                        elem_offset,
+                        ..base
+                    }),
+                    logits,
+                    groups: shape.grid(chunk.rows, base.splits),
+                }
+            })
+            .collect()
     }
 
     /// Launch parameters shared by both shard kernels.
@@ -241,15 +244,11 @@ impl Gpu {
             )
             .with_subgroups(self.variant == super::ShaderVariant::Subgroup);
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            self.record_segments(
-                &mut encoder,
-                &uploaded,
-                &self.pipeline(variant),
-                base,
-                &Partials {
-                    // Set per chunk.
-                    params: Window::head(&dummy, 16),
-                    logits: Window::head(&dummy, 16),
+            let pipeline = self.pipeline(variant);
+            for segment in self.segments(&uploaded, &pipeline, base) {
+                let launcher = Partials {
+                    params: Window::whole(&segment.params),
+                    logits: segment.logits,
                     targets: Window::head(&dummy, 16),
                     class_weights: Window::head(weights.as_ref().unwrap_or(&dummy), width_bytes),
                     partials: Window::head(
@@ -259,9 +258,9 @@ impl Gpu {
                     target_error: Window::head(&no_error, 16),
                     // Unwritten: no FLAG_TARGET_LOGIT.
                     target_logits: Window::head(&no_target_logits, 16),
-                }
-                .entries(),
-            );
+                };
+                self.dispatch(&mut encoder, &pipeline, &launcher.entries(), segment.groups);
+            }
             self.queue.submit([encoder.finish()]);
             let bytes = self.read_back(
                 pool,
@@ -271,10 +270,7 @@ impl Gpu {
             Ok(bytemuck::pod_collect_to_vec(&bytes))
         })?;
 
-        let transform = |x: f32| match options.softcap {
-            None => x * options.logit_scale,
-            Some(cap) => cap * (x * (options.logit_scale / cap)).tanh(),
-        };
+        let transform = crate::cpu::row::Transform::of(options);
         // Each split as a shard's partial of its columns, merged in column order by the one
         // host merge (`RowPartial::merge`).
         let as_partial = |q: &Partial| RowPartial {
@@ -299,9 +295,12 @@ impl Gpu {
                     .iter()
                     .fold(as_partial(&splits[0]), |a, q| a.merge(&as_partial(q)));
                 let y = targets.index(row).unwrap_or_default();
-                let target = shard
-                    .local(y, options.ignore_index)
-                    .map(|c| (transform(logits.get(row, c)), w.map_or(1.0, |w| w[c])));
+                let target = shard.local(y, options.ignore_index).map(|c| {
+                    (
+                        transform.scalar(logits.get(row, c)),
+                        w.map_or(1.0, |w| w[c]),
+                    )
+                });
                 merged.with_target(target)
             })
             .collect())
@@ -352,23 +351,19 @@ impl Gpu {
             );
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.clear_buffer(&row_sums, 0, None);
-            self.record_segments(
-                &mut encoder,
-                &uploaded,
-                &self.pipeline(variant),
-                base,
-                &Focal {
-                    // Set per chunk.
-                    params: Window::head(&inputs.dummy, 16),
-                    logits: Window::head(&inputs.dummy, 16),
+            let pipeline = self.pipeline(variant);
+            for segment in self.segments(&uploaded, &pipeline, base) {
+                let launcher = Focal {
+                    params: Window::whole(&segment.params),
+                    logits: segment.logits,
                     targets: Window::head(&inputs.dummy, 16),
                     class_weights: Window::head(&inputs.weights, width_bytes),
                     rows: Window::head(&row_out, rows as u64 * ROW_BYTES),
                     row_sums: Window::head(&row_sums, rows as u64 * ROW_SUM_BYTES),
                     coefficients: Window::head(&inputs.coefs, rows as u64 * COEF_BYTES),
-                }
-                .entries(),
-            );
+                };
+                self.dispatch(&mut encoder, &pipeline, &launcher.entries(), segment.groups);
+            }
             self.queue.submit([encoder.finish()]);
             // Both in one staging copy and one map.
             let reads = [

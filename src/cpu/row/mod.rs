@@ -43,6 +43,14 @@ pub struct Transform {
 }
 
 impl Transform {
+    /// The transform of `options` (`logit_scale`, `softcap`).
+    pub(crate) fn of(options: &crate::options::CrossEntropy) -> Transform {
+        Transform {
+            scale: options.logit_scale,
+            softcap: options.softcap,
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn apply<I: Isa>(self, isa: I, x: I::F32) -> I::F32 {
         let ops = isa.f32();
