@@ -25,42 +25,45 @@ fn levels_detected() {
 
 #[test]
 fn same_bits_across_thread_counts() {
-    let case = Case::new(
-        5,
-        777,
-        1531,
-        Hardness {
-            outliers: true,
-            masked: true,
-            non_finite: false,
-        },
-    );
-    let options = CrossEntropy::new().label_smoothing(0.1);
-    let runs: Vec<_> = [1usize, 2, 8]
-        .into_iter()
-        .map(|threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                run_softmax(
-                    &case,
-                    &options,
-                    None,
-                    GradMode::OutOfPlace,
-                    cpu(SimdLevel::detected()),
-                )
+    let hard = Hardness {
+        outliers: true,
+        masked: true,
+        non_finite: false,
+    };
+    // Long rows (the row kernels), and short ones over many blocks (rows across lanes).
+    for (rows, classes) in [(777, 1531), (100_003, 3)] {
+        let case = Case::new(5, rows, classes, hard)
+            .weighted(2)
+            .sample_weighted(3)
+            .ignore_every(7, -100);
+        let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+        let runs: Vec<_> = [1usize, 2, 8]
+            .into_iter()
+            .map(|threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    run_softmax(
+                        &case,
+                        &options,
+                        None,
+                        GradMode::OutOfPlace,
+                        cpu(SimdLevel::detected()),
+                    )
+                })
             })
-        })
-        .collect();
-    for run in &runs[1..] {
-        assert_eq!(
-            run.output.loss.unwrap().to_bits(),
-            runs[0].output.loss.unwrap().to_bits()
-        );
-        assert_eq!(format!("{:?}", run.output), format!("{:?}", runs[0].output));
-        assert_eq!(run.gradient, runs[0].gradient);
+            .collect();
+        for run in &runs[1..] {
+            assert_eq!(
+                run.output.loss.unwrap().to_bits(),
+                runs[0].output.loss.unwrap().to_bits(),
+                "{rows}×{classes}"
+            );
+            assert_eq!(format!("{:?}", run.output), format!("{:?}", runs[0].output));
+            assert_eq!(run.gradient, runs[0].gradient);
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! from 1 to 50 257 classes, rows around the fused kernel's fit bound, few long rows (split
 //! across workgroups on the GPU), the (N, C, d…) layout, soft targets, probability inputs and
 //! upstream gradients, in every gradient mode, against the f64 reference; and two runs giving
-//! the same bits.
+//! the same bits. Short rows (`C ≤ 64` on the CPU: rows across SIMD lanes) get their own
+//! grid, with rows that fill several tiles and a partial one.
 
 mod common;
 
@@ -347,4 +348,51 @@ fn two_runs_give_the_same_bits() {
             path.name
         );
     }
+}
+
+#[test]
+fn short_rows_against_reference() {
+    // 77 rows: groups of 4 tiles of 4, 8 or 16 lanes, and a partial tile, on every level.
+    for classes in [1usize, 2, 5, 10, 33, 64] {
+        for (label, options) in option_grid() {
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                let case = Case::new(classes as u64 * 13, 77, classes, Hardness::ALL)
+                    .weighted(classes as u64)
+                    .sample_weighted(7)
+                    .ignore_every(6, options.ignore_index)
+                    .dtype(dtype);
+                check_every_backend(
+                    &format!("short {classes} {label} {dtype:?}"),
+                    &case,
+                    &options,
+                    None,
+                );
+            }
+        }
+    }
+    // The (N, C, d…) layout: tiles inside one sample, and tiles across two.
+    for (label, options) in option_grid() {
+        for spatial in [13usize, 32] {
+            let case = Case::new(spatial as u64, 5 * spatial, 21, Hardness::ALL)
+                .weighted(4)
+                .ignore_every(5, options.ignore_index)
+                .dtype(Dtype::F16)
+                .class_dim1(spatial);
+            check_every_backend(
+                &format!("short (N, 21, {spatial}) {label}"),
+                &case,
+                &options,
+                None,
+            );
+        }
+    }
+    // Per-row upstream values with no reduction.
+    let case = Case::new(3, 45, 7, Hardness::ALL).sample_weighted(1);
+    let per_row: Vec<f32> = (0..45).map(|r| 0.25 + (r % 9) as f32 * 0.5).collect();
+    check_every_backend(
+        "short none with upstream",
+        &case,
+        &CrossEntropy::new().reduction(Reduction::None).z_loss(1e-2),
+        Some(&per_row),
+    );
 }

@@ -2,7 +2,7 @@
 //! per-element losses kept in row-major order.
 
 use super::blocks::{gather, BlockShape};
-use super::{scalar, BlockOut, Call, Data, RowOutcome};
+use super::{scalar, BlockOut, Call, Data};
 use crate::input::{Element, Layout, Targets};
 use crate::options::BinaryCrossEntropy;
 
@@ -31,8 +31,8 @@ impl Call<'_> {
         let mut t_buf = vec![0f32; if layout == Layout::Rows { 0 } else { classes }];
         let mut g_buf = vec![0f32; classes];
         let mut out = BlockOut {
-            rows: Vec::with_capacity(rows),
             elements: vec![0f32; rows * classes],
+            ..BlockOut::default()
         };
         for i in 0..rows {
             let row = first_row + i;
@@ -68,11 +68,7 @@ impl Call<'_> {
                         .0
                 },
             );
-            out.rows.push(RowOutcome {
-                ce,
-                valid: true,
-                ..RowOutcome::default()
-            });
+            out.ce += ce;
             if wants_grad {
                 x_buf.copy_from_slice(&g_buf);
                 self.write_back(&mut src, grad.as_deref_mut(), in_place, i, &x_buf);

@@ -40,10 +40,7 @@ impl Call<'_> {
             }
         ];
         let mut shifts = vec![0f32; classes.div_ceil(row::CHUNK)];
-        let mut out = BlockOut {
-            rows: Vec::with_capacity(rows),
-            elements: Vec::new(),
-        };
+        let mut out = BlockOut::default();
         for i in 0..rows {
             let row = first_row + i;
             let span = i * classes..(i + 1) * classes;
@@ -81,7 +78,7 @@ impl Call<'_> {
                     (result.ce + result.z_loss) as f32
                 };
             }
-            out.rows.push(result);
+            out.push(self, &result);
             if !wants_grad {
                 continue;
             }

@@ -16,9 +16,11 @@ mod bce;
 mod blocks;
 mod exp;
 mod focal;
+mod log;
 pub(crate) mod row;
 pub(crate) mod scalar;
 mod shard;
+mod short;
 pub mod simd;
 mod softmax;
 
@@ -59,6 +61,8 @@ pub(crate) fn run(
         pos_weight,
         sample_weights,
         upstream: request.upstream,
+        want_rows,
+        want_lse: request.lse,
         want_metrics: request.metrics,
     };
     let in_place = matches!(request.gradient, Gradient::InPlace);
@@ -74,7 +78,7 @@ pub(crate) fn run(
         Storage::F16Mut(d) => ctx.drive(Data::Exclusive(d), grad, in_place),
         Storage::Bf16Mut(d) => ctx.drive(Data::Exclusive(d), grad, in_place),
     };
-    Ok(ctx.assemble(blocks, want_rows, request.lse))
+    Ok(ctx.assemble(blocks))
 }
 
 /// What one row gives.
@@ -100,11 +104,42 @@ struct RowOutcome {
     focal_target: f32,
 }
 
-/// What one block gives: its rows in order, and BCE's per-element losses (row-major).
+/// What one block gives: its rows' loss sums, the per-row outputs asked for, and BCE's
+/// per-element losses (row-major).
 #[derive(Debug, Default)]
 struct BlockOut {
-    rows: Vec<RowOutcome>,
+    /// `Σ ce` over the block's rows in row order, sample weights applied.
+    ce: f64,
+    /// `Σ z-loss` likewise.
+    z_loss: f64,
+    /// Per row, when asked: losses, LSE, metrics.
+    losses: Vec<f32>,
+    lse: Vec<f32>,
+    metrics: Metrics,
     elements: Vec<f32>,
+}
+
+impl BlockOut {
+    /// Adds one row's outcome (its per-row outputs where `call` asks for them).
+    fn push(&mut self, call: &Call<'_>, r: &RowOutcome) {
+        self.ce += r.ce;
+        self.z_loss += r.z_loss;
+        if call.want_rows {
+            self.losses.push(r.loss);
+        }
+        if call.want_lse {
+            self.lse.push(r.lse);
+        }
+        if call.want_metrics {
+            let m = &mut self.metrics;
+            m.argmax.push(r.argmax);
+            m.correct.push(r.correct);
+            m.target_prob.push(r.target_prob);
+            m.entropy.push(r.entropy);
+            m.confidence.push(r.confidence);
+            m.valid.push(r.valid);
+        }
+    }
 }
 
 /// A block of logits, read-only or writable.
@@ -130,22 +165,24 @@ struct Call<'a> {
     pos_weight: Option<&'a [f32]>,
     sample_weights: Option<&'a [f32]>,
     upstream: Option<&'a [f32]>,
+    /// Per-row losses are returned (asked, or `Reduction::None`).
+    want_rows: bool,
+    want_lse: bool,
     want_metrics: bool,
 }
 
 impl Call<'_> {
-    /// Gathers the blocks' rows into the output; sums the loss in row order, in f64.
-    fn assemble(&self, blocks: Vec<BlockOut>, want_rows: bool, want_lse: bool) -> Output {
-        let rows: Vec<RowOutcome> = blocks.iter().flat_map(|b| b.rows.iter().copied()).collect();
-        let (ce, z_loss) = rows
+    /// Gathers the blocks' rows into the output; sums the loss in block order, in f64.
+    fn assemble(&self, blocks: Vec<BlockOut>) -> Output {
+        let (ce, z_loss) = blocks
             .iter()
-            .fold((0f64, 0f64), |(ce, z), r| (ce + r.ce, z + r.z_loss));
+            .fold((0f64, 0f64), |(ce, z), b| (ce + b.ce, z + b.z_loss));
         let mut out = Output {
             loss: self.plan.reduce(ce, z_loss).map(|v| v as f32),
             ..Output::default()
         };
         if let Loss::Binary(_) = self.plan.loss {
-            if want_rows {
+            if self.want_rows {
                 let row_major: Vec<f32> = blocks.into_iter().flat_map(|b| b.elements).collect();
                 out.row_losses = Some(match self.plan.layout {
                     Layout::Rows => row_major,
@@ -161,21 +198,23 @@ impl Call<'_> {
             }
             return out;
         }
-        if want_rows {
-            out.row_losses = Some(rows.iter().map(|r| r.loss).collect());
+        if self.want_rows {
+            out.row_losses = Some(blocks.iter().flat_map(|b| b.losses.clone()).collect());
         }
-        if want_lse {
-            out.lse = Some(rows.iter().map(|r| r.lse).collect());
+        if self.want_lse {
+            out.lse = Some(blocks.iter().flat_map(|b| b.lse.clone()).collect());
         }
         if self.want_metrics {
-            out.metrics = Some(Metrics {
-                argmax: rows.iter().map(|r| r.argmax).collect(),
-                correct: rows.iter().map(|r| r.correct).collect(),
-                target_prob: rows.iter().map(|r| r.target_prob).collect(),
-                entropy: rows.iter().map(|r| r.entropy).collect(),
-                confidence: rows.iter().map(|r| r.confidence).collect(),
-                valid: rows.iter().map(|r| r.valid).collect(),
-            });
+            let mut m = Metrics::default();
+            for b in blocks {
+                m.argmax.extend(b.metrics.argmax);
+                m.correct.extend(b.metrics.correct);
+                m.target_prob.extend(b.metrics.target_prob);
+                m.entropy.extend(b.metrics.entropy);
+                m.confidence.extend(b.metrics.confidence);
+                m.valid.extend(b.metrics.valid);
+            }
+            out.metrics = Some(m);
         }
         out
     }
@@ -199,6 +238,7 @@ impl Call<'_> {
             None => sources.iter().map(|_| None).collect(),
         };
         let block_rows = block / classes;
+        let short = self.takes_short_path();
         sources
             .into_par_iter()
             .zip(grads)
@@ -207,6 +247,7 @@ impl Call<'_> {
                 Loss::Binary(options) => {
                     self.bce_block(options, b * block_rows, src, grad, in_place)
                 }
+                Loss::Softmax(_) if short => self.short_block(b * block_rows, src, grad, in_place),
                 Loss::Softmax(_) => self.softmax_block(b * block_rows, src, grad, in_place),
             })
             .collect()

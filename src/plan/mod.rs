@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::input::{Batch, Layout, Logits, Storage, Targets};
 use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
 use crate::output::{Gradient, Request};
+use rayon::prelude::*;
 
 /// Which loss the plan is for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,7 +119,6 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
     let (rows, classes) = (logits.rows(), logits.classes());
     let class_weight_sum = check_weights("class_weights", batch.class_weights, classes)?;
     check_sample_weights(batch.sample_weights, rows, logits)?;
-    let s = |row: usize| batch.sample_weights.map_or(1.0, |s| s[row] as f64);
     let all_rows: f64 = match batch.sample_weights {
         None => rows as f64,
         Some(w) => w.iter().map(|&v| v as f64).sum(),
@@ -148,27 +148,15 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
         }
         targets => {
             check_len("targets", targets.len(), rows, logits)?;
-            let (mut valid, mut weight, mut count) = (0usize, 0f64, 0f64);
-            for row in 0..rows {
-                let y = targets.index(row).unwrap_or_default();
-                if y == options.ignore_index {
-                    continue;
-                }
-                if y < 0 || y as u64 >= classes as u64 {
-                    return Err(Error::TargetOutOfRange {
-                        row,
-                        value: y,
-                        classes,
-                        ignore_index: options.ignore_index,
-                    });
-                }
-                valid += 1;
-                weight += s(row) * batch.class_weights.map_or(1.0, |w| w[y as usize] as f64);
-                count += s(row);
-            }
-            plan.valid_rows = valid;
-            plan.denominator = weight;
-            plan.z_denominator = count;
+            let ignore = options.ignore_index;
+            let totals = match targets {
+                Targets::I32(t) => IndexTotals::of(t, classes, ignore, batch)?,
+                Targets::I64(t) => IndexTotals::of(t, classes, ignore, batch)?,
+                Targets::Dense(_) => unreachable!("matched above"),
+            };
+            plan.valid_rows = totals.valid;
+            plan.denominator = totals.weight;
+            plan.z_denominator = totals.count;
         }
     }
     if let InputKind::Probabilities { .. } = options.input {
@@ -176,6 +164,73 @@ pub fn softmax(options: &CrossEntropy, batch: &Batch, request: &Request) -> Resu
     }
     check_request(&mut plan, request, logits, rows)?;
     Ok(plan)
+}
+
+/// What index targets give the mean: valid rows, `D = Σ s·w[y]` and `Z = Σ s` over them.
+struct IndexTotals {
+    valid: usize,
+    weight: f64,
+    count: f64,
+}
+
+impl IndexTotals {
+    /// Rows per part of the parallel scan: fixed, so the sums' order (part by part, rows in
+    /// order within a part) and bits do not depend on the thread count.
+    const PART: usize = 1 << 16;
+
+    /// Checks every target against `classes` (the first bad row, in row order, is the error)
+    /// and sums the mean's denominators.
+    fn of<Y: Copy + Into<i64> + Sync>(
+        targets: &[Y],
+        classes: usize,
+        ignore_index: i64,
+        batch: &Batch,
+    ) -> Result<IndexTotals> {
+        let (w, s) = (batch.class_weights, batch.sample_weights);
+        let parts: Vec<Result<IndexTotals>> = targets
+            .par_chunks(Self::PART)
+            .enumerate()
+            .map(|(part, chunk)| {
+                let first = part * Self::PART;
+                let mut totals = IndexTotals {
+                    valid: 0,
+                    weight: 0.0,
+                    count: 0.0,
+                };
+                for (i, &y) in chunk.iter().enumerate() {
+                    let y: i64 = y.into();
+                    if y == ignore_index {
+                        continue;
+                    }
+                    if y < 0 || y as u64 >= classes as u64 {
+                        return Err(Error::TargetOutOfRange {
+                            row: first + i,
+                            value: y,
+                            classes,
+                            ignore_index,
+                        });
+                    }
+                    let s = s.map_or(1.0, |s| s[first + i] as f64);
+                    totals.valid += 1;
+                    totals.weight += s * w.map_or(1.0, |w| w[y as usize] as f64);
+                    totals.count += s;
+                }
+                Ok(totals)
+            })
+            .collect();
+        let mut totals = IndexTotals {
+            valid: 0,
+            weight: 0.0,
+            count: 0.0,
+        };
+        for part in parts {
+            let part = part?;
+            totals.valid += part.valid;
+            totals.weight += part.weight;
+            totals.count += part.count;
+        }
+        Ok(totals)
+    }
 }
 
 /// Checks a binary cross-entropy call.
