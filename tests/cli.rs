@@ -1320,6 +1320,39 @@ fn bench_on_the_gpu_records_the_adapter_or_says_why_not() {
 }
 
 #[test]
+fn bench_times_the_class_dim1_layout() {
+    let dir = Dir::new();
+    let json = dir.arg("out.json");
+    let run = xent(&[
+        "bench",
+        "--shape",
+        "2x3x4x5",
+        "--iters",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        &json,
+        "--no-plot",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("2x3x20"), "{}", run.stdout);
+    assert!(run.stdout.contains("naive-cpu skipped"), "{}", run.stdout);
+    let records: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let xent_cpu: Vec<&Value> = records.iter().filter(|r| r["impl"] == "xent-cpu").collect();
+    assert_eq!(xent_cpu.len(), 2, "{records:?}");
+    for r in xent_cpu {
+        assert_eq!(
+            (&r["rows"], &r["classes"], &r["spatial"]),
+            (&40.into(), &3.into(), &20.into())
+        );
+        assert!(num(r, "loss") > 0.0, "{r}");
+    }
+    assert!(records.iter().all(|r| r["impl"] != "naive-cpu"));
+}
+
+#[test]
 fn bench_rejects_bad_shapes() {
     let run = xent(&["bench", "--shape", "64by100"]);
     assert_eq!(run.code, 2);

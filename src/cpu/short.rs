@@ -283,16 +283,13 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let lowest = ops.splat(f32::MIN);
         let none = ops.splat(classes as f32);
 
-        // Pass 1: z, the max, NaNs (and the first NaN's class).
-        let (mut m, mut nan_arg) = (neg_inf, none);
+        // Pass 1: z and the max.
+        let mut m = neg_inf;
         for c in 0..classes {
             let zc = transform.apply(isa, ops.load(&z[c * lanes..]));
             ops.store(zc, &mut z[c * lanes..]);
             m = ops.max(m, zc);
-            let class = ops.splat(c as f32);
-            nan_arg = ops.min(nan_arg, ops.select(none, class, ops.eq(zc, zc)));
         }
-        let has_nan = ops.lt(nan_arg, none);
 
         // Per-lane targets, weights and scales.
         let r0 = self.first_row + i0;
@@ -334,11 +331,19 @@ impl<T: Element> ShortRows<'_, '_, T> {
             }
         }
 
-        // The finish (SEMANTICS.md sections 2, 5, 6).
-        // (A NaN lane's `m` is whatever the max op made of it: only `nan_arg` is read.)
-        let finite = isa
-            .m32()
-            .and(ops.lt(ops.abs(m), pos_inf), ops.eq(nan_arg, none));
+        // The finish (SEMANTICS.md sections 2, 5, 6). A row is finite when its max is and its
+        // S is not NaN (a NaN logit makes S NaN; a NaN lane's `m` is whatever the max op made
+        // of it). The rare tile with a row that is not finite looks for its NaNs' first class.
+        let finite = isa.m32().and(ops.lt(ops.abs(m), pos_inf), ops.eq(s, s));
+        let mut nan_arg = none;
+        if !isa.m32().all(finite) {
+            for c in 0..classes {
+                let zc = ops.load(&z[c * lanes..]);
+                let class = ops.splat(c as f32);
+                nan_arg = ops.min(nan_arg, ops.select(none, class, ops.eq(zc, zc)));
+            }
+        }
+        let has_nan = ops.lt(nan_arg, none);
         let log_sum = LnSum.eval(isa, s);
         let lse = ops.select(ops.add(m, log_sum), ops.select(nan, m, has_nan), finite);
         let logp_y = ops.sub(d_y, log_sum);
@@ -491,11 +496,13 @@ fn load_tile<T: Element>(
         Layout::Rows => {
             // Class by class, a strided walk of the tile's rows (in L1).
             let rows = &block[i0 * classes..(i0 + n) * classes];
-            let tile = &mut tile[..classes * lanes];
-            for j in 0..n {
-                let row = &rows[j * classes..(j + 1) * classes];
-                for c in 0..classes {
-                    tile[c * lanes + j] = row[c].to_f32();
+            assert!(n <= lanes && tile.len() >= classes * lanes);
+            for (j, row) in rows.chunks_exact(classes).enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    // SAFETY: c < classes and j < n ≤ lanes, so c·lanes + j < classes·lanes
+                    // ≤ tile.len() (asserted above). Checked indexing here costs more than
+                    // the transposition's load and store together.
+                    unsafe { *tile.get_unchecked_mut(c * lanes + j) = v.to_f32() };
                 }
             }
         }
@@ -551,9 +558,11 @@ fn scatter_tile<U>(
     match layout {
         Layout::Rows => {
             let rows = &mut block[i0 * classes..(i0 + n) * classes];
-            for (c, lane) in tile.chunks_exact(lanes).enumerate() {
-                for (v, &x) in rows[c..].iter_mut().step_by(classes).zip(&lane[..n]) {
-                    *v = from_f32(x);
+            assert!(n <= lanes && tile.len() >= classes * lanes);
+            for (j, row) in rows.chunks_exact_mut(classes).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    // SAFETY: as in `load_tile`: c·lanes + j < classes·lanes ≤ tile.len().
+                    *v = from_f32(unsafe { *tile.get_unchecked(c * lanes + j) });
                 }
             }
         }

@@ -197,18 +197,33 @@ impl IndexTotals {
                     weight: 0.0,
                     count: 0.0,
                 };
+                let bad = |i: usize, y: i64| Error::TargetOutOfRange {
+                    row: first + i,
+                    value: y,
+                    classes,
+                    ignore_index,
+                };
+                if w.is_none() && s.is_none() {
+                    // Unweighted: D = Z = the valid rows, counted.
+                    for (i, &y) in chunk.iter().enumerate() {
+                        let y: i64 = y.into();
+                        let valid = y != ignore_index;
+                        if valid && (y < 0 || y as u64 >= classes as u64) {
+                            return Err(bad(i, y));
+                        }
+                        totals.valid += valid as usize;
+                    }
+                    totals.weight = totals.valid as f64;
+                    totals.count = totals.valid as f64;
+                    return Ok(totals);
+                }
                 for (i, &y) in chunk.iter().enumerate() {
                     let y: i64 = y.into();
                     if y == ignore_index {
                         continue;
                     }
                     if y < 0 || y as u64 >= classes as u64 {
-                        return Err(Error::TargetOutOfRange {
-                            row: first + i,
-                            value: y,
-                            classes,
-                            ignore_index,
-                        });
+                        return Err(bad(i, y));
                     }
                     let s = s.map_or(1.0, |s| s[first + i] as f64);
                     totals.valid += 1;

@@ -25,7 +25,7 @@ mod runs;
 mod shapes;
 
 use runs::Bench;
-pub use shapes::{Shape, DEFAULT_SHAPES, FULL_SHAPES};
+pub use shapes::{Shape, DEFAULT_SHAPES, FULL_SHAPES, SHORT_SHAPES};
 
 pub use report::{plot, table};
 
@@ -124,14 +124,19 @@ pub struct BenchArgs {
     /// Which implementations to run.
     #[arg(long, value_enum, default_value_t)]
     pub device: BenchDevice,
-    /// A ROWSxCLASSES shape; repeat for several [default: 819200x10, 81920x100, 8192x1000,
+    /// A ROWSxCLASSES shape, or NxCxD1x… for PyTorch's (N, C, d…) layout (e.g. 16x21x512x512,
+    /// segmentation); repeat for several [default: 819200x10, 81920x100, 8192x1000,
     /// 256x32000, 160x50257, 64x128256: about 8 M logits each, past most CPU caches].
     #[arg(long = "shape", value_name = "NxC")]
     pub shapes: Vec<Shape>,
     /// Use the full-size shapes 65536x10, 16384x1000, 4096x32000, 2048x50257, 1024x128256
     /// (needs a few GB of memory and minutes).
-    #[arg(long, conflicts_with = "shapes")]
+    #[arg(long, conflicts_with_all = ["shapes", "short"])]
     pub full: bool,
+    /// Use the short-row shapes 1048576x2, 1048576x10, 262144x100, 65536x1000 and
+    /// 16x21x512x512 (classification and segmentation heads, each past the caches).
+    #[arg(long, conflicts_with = "shapes")]
+    pub short: bool,
     /// Element type of the logits; repeat for several [default: f32].
     #[arg(long = "dtype", value_enum)]
     pub dtypes: Vec<BenchDtype>,
@@ -146,7 +151,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "G", allow_negative_numbers = true)]
     pub focal_gamma: Option<f32>,
     /// Write the measurements and probes to this file as one JSON array of records (fields:
-    /// impl, device, rows, classes, dtype, mode, median_ms, min_ms, gbps, bytes,
+    /// impl, device, rows, classes, spatial, dtype, mode, median_ms, min_ms, gbps, bytes,
     /// bandwidth_fraction, loss, iters, round_trip_ms, clock).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -172,6 +177,8 @@ pub struct Record {
     pub rows: usize,
     /// Classes of the shape.
     pub classes: usize,
+    /// Positions per sample of the (N, C, d…) layout (`rows` = N·spatial); 0 for row-major.
+    pub spatial: usize,
     /// `f32`, `f16` or `bf16`.
     pub dtype: String,
     /// `forward`, `forward-backward`, or `probe` for the bandwidth probes.
@@ -228,6 +235,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         args.shapes.clone()
     } else if args.full {
         FULL_SHAPES.to_vec()
+    } else if args.short {
+        SHORT_SHAPES.to_vec()
     } else {
         DEFAULT_SHAPES.to_vec()
     };
@@ -312,12 +321,16 @@ mod tests {
 
     #[test]
     fn shapes_parse() {
+        assert_eq!("64x100".parse::<Shape>(), Ok(Shape::rows(64, 100)));
+        let spatial = "16x21x512x512".parse::<Shape>().unwrap();
         assert_eq!(
-            "64x100".parse::<Shape>(),
-            Ok(Shape {
-                rows: 64,
-                classes: 100
-            })
+            (spatial.rows, spatial.classes, spatial.spatial),
+            (16 * 512 * 512, 21, 512 * 512)
+        );
+        assert_eq!(spatial.to_string(), "16x21x262144");
+        assert_eq!(
+            spatial.layout(),
+            crate::Layout::ClassDim1 { spatial: 262144 }
         );
         assert!("64".parse::<Shape>().is_err());
         assert!("0x5".parse::<Shape>().is_err());
@@ -326,10 +339,7 @@ mod tests {
 
     #[test]
     fn generated_data_is_deterministic_and_in_range() {
-        let shape = Shape {
-            rows: 10,
-            classes: 7,
-        };
+        let shape = Shape::rows(10, 7);
         let (a, ta) = generate(shape, 1);
         let (b, tb) = generate(shape, 1);
         assert_eq!((a.clone(), ta.clone()), (b, tb));

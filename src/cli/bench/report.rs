@@ -36,7 +36,12 @@ pub fn table(records: &[Record]) -> String {
         let _ = writeln!(
             out,
             "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10.3} {:>10.3} {:>8.2} {:>6} {:>10}",
-            format!("{}x{}", r.rows, r.classes),
+            Shape {
+                rows: r.rows,
+                classes: r.classes,
+                spatial: r.spatial,
+            }
+            .to_string(),
             r.dtype,
             r.mode,
             r.implementation,
@@ -134,7 +139,7 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
     let index = |r: &Record| {
         shapes
             .iter()
-            .position(|s| s.rows == r.rows && s.classes == r.classes)
+            .position(|s| s.rows == r.rows && s.classes == r.classes && s.spatial == r.spatial)
     };
     let root = SVGBackend::new(path, (1000, 400 * panels.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@
 //! read-back included, is the round-trip column beside it.
 
 use super::super::probe::Timing;
+use super::Shape;
 use crate::gpu::{
     Clock, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, Stopwatch,
 };
@@ -13,17 +14,18 @@ use crate::input::Element;
 use crate::CrossEntropy;
 use wgpu::util::DeviceExt;
 
-/// Times `options` over `logits` (`rows × classes`) and `targets` on `gpu`, with the
+/// Times `options` over `logits` (of `shape`) and `targets` on `gpu`, with the
 /// gradient when `backward`; `iters` timed runs after one warm-up. Also says how they were
 /// timed.
 pub(super) fn time<T: Element>(
     gpu: &Gpu,
     options: &CrossEntropy,
     (logits, targets): (&[T], &[i64]),
-    (rows, classes): (usize, usize),
+    shape: Shape,
     backward: bool,
     iters: usize,
 ) -> Result<(Timing, Clock), String> {
+    let (rows, classes) = (shape.rows, shape.classes);
     let device = gpu.device();
     let logit_bytes = std::mem::size_of_val(logits) as u64;
     let grad_bytes = (rows * classes * 4) as u64;
@@ -53,13 +55,16 @@ pub(super) fn time<T: Element>(
     };
     let loss = output("xent bench loss", 4);
     let gradient = backward.then(|| output("xent bench gradient", grad_bytes));
-    let batch = DeviceBatch::new(
-        &logits,
-        T::DTYPE,
-        rows,
-        classes,
-        DeviceTargets::I64(&targets),
-    );
+    let batch = DeviceBatch {
+        layout: shape.layout(),
+        ..DeviceBatch::new(
+            &logits,
+            T::DTYPE,
+            rows,
+            classes,
+            DeviceTargets::I64(&targets),
+        )
+    };
     let outputs = DeviceOutputs::new(&loss).gradient(match &gradient {
         Some(g) => DeviceGradient::Into(g),
         None => DeviceGradient::None,

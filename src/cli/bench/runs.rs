@@ -52,6 +52,7 @@ impl Bench<'_> {
             device: device.into(),
             rows: shape.rows,
             classes: shape.classes,
+            spatial: shape.spatial,
             dtype: dtype.name().into(),
             mode: mode.into(),
             median_ms: timing.median * 1e3,
@@ -189,35 +190,43 @@ impl Bench<'_> {
                     cpu_ref,
                     grad_out,
                 )?);
-                self.step(format!("{label} {}: naive-cpu", mode.name()));
-                let mut loss = 0.0;
-                let t = Timing::measure(iters, || {
-                    loss = if backward {
-                        naive::forward_backward(
-                            &logits,
-                            rows,
-                            classes,
-                            &targets,
-                            &mut scratch,
-                            &mut grad,
-                        )
-                    } else {
-                        naive::forward(&logits, rows, classes, &targets, &mut scratch)
-                    };
-                });
-                self.bar.inc(1);
-                losses.push(("", "naive-cpu".into(), loss));
-                self.record(
-                    "naive-cpu",
-                    "cpu",
-                    shape,
-                    dtype,
-                    mode.name(),
-                    t,
-                    runs.bytes,
-                    cpu_ref,
-                    Some(loss),
-                );
+                if shape.spatial > 0 {
+                    // The naive baseline reads row-major rows only.
+                    self.note(format!(
+                        "{label}: naive-cpu skipped (the (N, C, d…) layout)"
+                    ));
+                    self.bar.inc(1);
+                } else {
+                    self.step(format!("{label} {}: naive-cpu", mode.name()));
+                    let mut loss = 0.0;
+                    let t = Timing::measure(iters, || {
+                        loss = if backward {
+                            naive::forward_backward(
+                                &logits,
+                                rows,
+                                classes,
+                                &targets,
+                                &mut scratch,
+                                &mut grad,
+                            )
+                        } else {
+                            naive::forward(&logits, rows, classes, &targets, &mut scratch)
+                        };
+                    });
+                    self.bar.inc(1);
+                    losses.push(("", "naive-cpu".into(), loss));
+                    self.record(
+                        "naive-cpu",
+                        "cpu",
+                        shape,
+                        dtype,
+                        mode.name(),
+                        t,
+                        runs.bytes,
+                        cpu_ref,
+                        Some(loss),
+                    );
+                }
             }
             if let Some(gpu) = self.gpu {
                 let name = self.gpu_name.clone();
@@ -282,8 +291,8 @@ impl Bench<'_> {
             // call (upload and read-back included) is its round trip.
             let (t, round_trip, clock) = match backend {
                 Backend::Gpu(gpu) => {
-                    let shape = (runs.shape.rows, runs.shape.classes);
                     let data = (runs.logits, runs.targets);
+                    let shape = runs.shape;
                     let backward = runs.mode == Mode::ForwardBackward;
                     match resident::time(gpu, &options, data, shape, backward, self.args.iters) {
                         Ok((t, clock)) => (t, Some(host.median * 1e3), Some(clock.name())),
@@ -354,7 +363,11 @@ fn time_xent<T: Element>(
         if result.is_err() {
             return;
         }
-        let batch = Batch::new(Logits::new(logits, shape.rows, shape.classes), targets);
+        let logits = match shape.spatial {
+            0 => Logits::new(logits, shape.rows, shape.classes),
+            s => Logits::class_dim1(logits, shape.rows / s, shape.classes, s),
+        };
+        let batch = Batch::new(logits, targets);
         let request = match grad.as_deref_mut() {
             Some(g) => Request::new().gradient_into(g),
             None => Request::new(),

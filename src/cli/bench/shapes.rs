@@ -1,70 +1,100 @@
-//! The shapes `xent bench` times (`ROWSxCLASSES`, the default and full sets) and the
-//! deterministic data it generates for them.
+//! The shapes `xent bench` times (`ROWSxCLASSES`, or PyTorch's `(N, C, d…)` layout as
+//! `NxCxD1x…`; the default and full sets) and the deterministic data it generates for them.
 
-/// A `ROWSxCLASSES` benchmark shape.
+use crate::input::Layout;
+
+/// A benchmark shape: `rows × classes` row-major, or `(N, C, d…)` with `spatial = d1·d2·…`
+/// positions per sample (`rows = N·spatial`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
-    /// Rows (batch × sequence positions).
+    /// Rows (batch × sequence or spatial positions).
     pub rows: usize,
     /// Classes (vocabulary size).
     pub classes: usize,
+    /// Positions per sample of the `(N, C, d…)` layout; 0 for row-major `(rows, classes)`.
+    pub spatial: usize,
+}
+
+impl Shape {
+    /// A row-major `rows × classes` shape.
+    pub const fn rows(rows: usize, classes: usize) -> Shape {
+        Shape {
+            rows,
+            classes,
+            spatial: 0,
+        }
+    }
+
+    /// The logits' layout.
+    pub fn layout(&self) -> Layout {
+        match self.spatial {
+            0 => Layout::Rows,
+            spatial => Layout::ClassDim1 { spatial },
+        }
+    }
 }
 
 impl std::str::FromStr for Shape {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (r, c) = s
-            .split_once(['x', 'X'])
-            .ok_or_else(|| format!("{s:?} is not ROWSxCLASSES (e.g. 4096x32000)"))?;
-        let parse = |v: &str, what: &str| {
-            v.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{what} in {s:?} must be a positive integer"))
-        };
-        let shape = Shape {
-            rows: parse(r, "rows")?,
-            classes: parse(c, "classes")?,
+        let parts: Vec<&str> = s.split(['x', 'X']).collect();
+        if parts.len() < 2 {
+            return Err(format!(
+                "{s:?} is not ROWSxCLASSES (e.g. 4096x32000) or NxCxD1x… (e.g. 16x21x512x512)"
+            ));
+        }
+        let dims = parts
+            .iter()
+            .map(|v| {
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("every size in {s:?} must be a positive integer"))
+            })
+            .collect::<Result<Vec<usize>, String>>()?;
+        let too_large = || format!("{s:?} is too large");
+        let shape = match dims[..] {
+            [rows, classes] => Shape::rows(rows, classes),
+            [batch, classes, ref spatial @ ..] => {
+                let spatial = spatial
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or_else(too_large)?;
+                Shape {
+                    rows: batch.checked_mul(spatial).ok_or_else(too_large)?,
+                    classes,
+                    spatial,
+                }
+            }
+            _ => unreachable!("two sizes at least"),
         };
         shape
             .rows
             .checked_mul(shape.classes)
             .and_then(|n| n.checked_mul(8))
-            .ok_or_else(|| format!("{s:?} is too large"))?;
+            .ok_or_else(too_large)?;
         Ok(shape)
     }
 }
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}", self.rows, self.classes)
+        match self.spatial {
+            0 => write!(f, "{}x{}", self.rows, self.classes),
+            spatial => write!(f, "{}x{}x{spatial}", self.rows / spatial, self.classes),
+        }
     }
 }
 
 /// Classification and language-model vocabularies at full size (`--full`): 10 classes, 1000
 /// (ImageNet), 32000 (Llama 2), 50257 (GPT-2), 128256 (Llama 3).
 pub const FULL_SHAPES: [Shape; 5] = [
-    Shape {
-        rows: 65536,
-        classes: 10,
-    },
-    Shape {
-        rows: 16384,
-        classes: 1000,
-    },
-    Shape {
-        rows: 4096,
-        classes: 32000,
-    },
-    Shape {
-        rows: 2048,
-        classes: 50257,
-    },
-    Shape {
-        rows: 1024,
-        classes: 128256,
-    },
+    Shape::rows(65536, 10),
+    Shape::rows(16384, 1000),
+    Shape::rows(4096, 32000),
+    Shape::rows(2048, 50257),
+    Shape::rows(1024, 128256),
 ];
 
 /// The default shapes: the classification and vocabulary sizes of [`FULL_SHAPES`] (and 100)
@@ -72,30 +102,12 @@ pub const FULL_SHAPES: [Shape; 5] = [
 /// CPUs, so the probes and the losses measure DRAM, not cache, and the run stays within a
 /// laptop's memory and a few minutes.
 pub const DEFAULT_SHAPES: [Shape; 6] = [
-    Shape {
-        rows: 819_200,
-        classes: 10,
-    },
-    Shape {
-        rows: 81_920,
-        classes: 100,
-    },
-    Shape {
-        rows: 8192,
-        classes: 1000,
-    },
-    Shape {
-        rows: 256,
-        classes: 32000,
-    },
-    Shape {
-        rows: 160,
-        classes: 50257,
-    },
-    Shape {
-        rows: 64,
-        classes: 128256,
-    },
+    Shape::rows(819_200, 10),
+    Shape::rows(81_920, 100),
+    Shape::rows(8192, 1000),
+    Shape::rows(256, 32000),
+    Shape::rows(160, 50257),
+    Shape::rows(64, 128256),
 ];
 
 /// Deterministic logits and targets: SplitMix64 → roughly normal logits (σ ≈ 2) with one
@@ -130,3 +142,18 @@ pub(super) fn generate(shape: Shape, seed: u64) -> (Vec<f32>, Vec<i64>) {
         .collect();
     (logits, targets)
 }
+
+/// Short rows (`--short`): binary and CIFAR-10 heads, CIFAR-100, ImageNet, and a segmentation
+/// map (21 classes of PASCAL VOC over 512 × 512 pixels, the (N, C, d…) layout); each at least
+/// 8 MiB of f32 logits, so DRAM, not cache.
+pub const SHORT_SHAPES: [Shape; 5] = [
+    Shape::rows(1_048_576, 2),
+    Shape::rows(1_048_576, 10),
+    Shape::rows(262_144, 100),
+    Shape::rows(65_536, 1000),
+    Shape {
+        rows: 16 * 512 * 512,
+        classes: 21,
+        spatial: 512 * 512,
+    },
+];
