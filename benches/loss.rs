@@ -6,6 +6,10 @@
 //! class's `(1 − p)^γ` takes one more pass over each row (from cache on the CPU, a third
 //! kernel on the GPU).
 //!
+//! The `short` groups time issue #15's short-row shapes (1048576 × 2 and × 10, 262144 × 100,
+//! 65536 × 1000 and 16 × 21 × 512 × 512 in the (N, C, d…) layout) on the CPU beside the read
+//! and copy of the same logits (`XENT_BENCH_SHORT=0` skips them).
+//!
 //! Run: `cargo bench --bench loss` (`XENT_BENCH_ROWS=…` scales the CPU shape down). After the
 //! groups run it prints forward / read and forward+backward / copy, the ratios issue #2 targets
 //! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32), twice: as fastest / fastest over criterion's
@@ -13,8 +17,8 @@
 //! to the memory speed of a shared machine drifting between benchmarks); also the forward's
 //! chunk loop from L1 (its compute floor) and focal / plain cross-entropy. GPU rows are
 //! timed on the wall clock (submit, wait for the device, stop); where the adapter has
-//! `Features::TIMESTAMP_QUERY`, the device time of the same work (timestamps written before
-//! and after it) is printed next to the wall time. Plain cross-entropy also runs on the three
+//! `Features::TIMESTAMP_QUERY`, the device time of the same work (`xent::gpu::Stopwatch`:
+//! timestamps written before and after it) is printed next to the wall time. Plain cross-entropy also runs on the three
 //! passes (`GpuOptions::three_pass`) beside the default device, so the fused kernel's saving
 //! shows on shapes whose rows fit it.
 
@@ -25,7 +29,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 use xent::cli::{naive, probe};
-use xent::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions};
+use xent::gpu::{
+    Clock, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuOptions, Stopwatch,
+};
 use xent::{Backend, Batch, CrossEntropy, Dtype, Layout, Logits, Request};
 
 /// Fastest time per iteration seen for each benchmark, for the ratios printed at the end.
@@ -52,84 +58,6 @@ fn timed(name: &str, iters: u64, mut f: impl FnMut()) -> Duration {
 fn device_fastest() -> &'static Mutex<HashMap<String, Duration>> {
     static BEST: OnceLock<Mutex<HashMap<String, Duration>>> = OnceLock::new();
     BEST.get_or_init(Default::default)
-}
-
-/// Device-side timing: a timestamp before and after the recorded work, resolved and read back.
-/// With only `TIMESTAMP_QUERY` the timestamps are written by empty compute passes around the
-/// work (timestamps inside encoders need a feature of their own).
-struct DeviceTimer {
-    queries: wgpu::QuerySet,
-    resolved: wgpu::Buffer,
-    readback: wgpu::Buffer,
-    /// Nanoseconds per timestamp tick.
-    period: f32,
-}
-
-impl DeviceTimer {
-    fn new(gpu: &Gpu) -> Option<DeviceTimer> {
-        let device = gpu.device();
-        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return None;
-        }
-        let buffer = |usage| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("bench timestamps"),
-                size: 16,
-                usage,
-                mapped_at_creation: false,
-            })
-        };
-        Some(DeviceTimer {
-            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("bench timestamps"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            }),
-            resolved: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
-            readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
-            period: gpu.queue().get_timestamp_period(),
-        })
-    }
-
-    /// Writes timestamp `index` into `encoder` between the work recorded before and after.
-    fn stamp(&self, encoder: &mut wgpu::CommandEncoder, index: u32) {
-        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("bench timestamp"),
-            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                query_set: &self.queries,
-                beginning_of_pass_write_index: (index == 0).then_some(0),
-                end_of_pass_write_index: (index == 1).then_some(1),
-            }),
-        });
-    }
-
-    /// The fastest device time of `runs` runs of `record`.
-    fn fastest(
-        &self,
-        gpu: &Gpu,
-        runs: usize,
-        mut record: impl FnMut(&mut wgpu::CommandEncoder),
-    ) -> Duration {
-        let device = gpu.device();
-        let mut best = Duration::MAX;
-        for _ in 0..runs {
-            let mut encoder = device.create_command_encoder(&Default::default());
-            self.stamp(&mut encoder, 0);
-            record(&mut encoder);
-            self.stamp(&mut encoder, 1);
-            encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
-            encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.readback, 0, 16);
-            gpu.queue().submit([encoder.finish()]);
-            let slice = self.readback.slice(..);
-            slice.map_async(wgpu::MapMode::Read, |r| r.unwrap());
-            device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&slice.get_mapped_range().unwrap());
-            self.readback.unmap();
-            let ns = ticks[1].saturating_sub(ticks[0]) as f64 * self.period as f64;
-            best = best.min(Duration::from_nanos(ns as u64));
-        }
-        best
-    }
 }
 
 struct Data {
@@ -252,6 +180,63 @@ fn cpu(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// Short rows on the CPU (issue #15's shapes): xent's forward and forward+backward beside the
+/// read and copy of the same logits, row-major and in the (N, C, d…) layout.
+/// `XENT_BENCH_SHORT=0` skips the group (the segmentation shape alone is 1 GB of f32 logits
+/// and gradient).
+fn short(c: &mut Criterion) {
+    if std::env::var("XENT_BENCH_SHORT").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let shapes: [(usize, usize, usize); 5] = [
+        (1_048_576, 2, 0),
+        (1_048_576, 10, 0),
+        (262_144, 100, 0),
+        (65_536, 1000, 0),
+        (16, 21, 512 * 512),
+    ];
+    for (n, classes, spatial) in shapes {
+        let rows = n * spatial.max(1);
+        let d = data(rows, classes);
+        let logits = || match spatial {
+            0 => Logits::new(&d.logits, rows, classes),
+            s => Logits::class_dim1(&d.logits, n, classes, s),
+        };
+        let name = match spatial {
+            0 => format!("short {n}x{classes} f32"),
+            s => format!("short {n}x{classes}x{s} f32"),
+        };
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2));
+        group.throughput(Throughput::Bytes((d.logits.len() * 4) as u64));
+        let mut grad = vec![0f32; d.logits.len()];
+        group.bench_function("read (SIMD sum)", |b| {
+            b.iter(|| black_box(probe::read_pass(&d.logits)))
+        });
+        group.bench_function("copy", |b| {
+            b.iter(|| probe::copy_pass(&d.logits, &mut grad))
+        });
+        let loss = CrossEntropy::new();
+        group.bench_function("xent forward", |b| {
+            b.iter(|| {
+                let batch = Batch::new(logits(), &d.targets[..]);
+                black_box(loss.compute(&Backend::Cpu, batch, Request::new()).unwrap())
+            })
+        });
+        group.bench_function("xent forward+backward", |b| {
+            b.iter(|| {
+                let batch = Batch::new(logits(), &d.targets[..]);
+                let request = Request::new().gradient_into(&mut grad);
+                black_box(loss.compute(&Backend::Cpu, batch, request).unwrap())
+            })
+        });
+        group.finish();
+    }
 }
 
 /// Median per-round ratios of plain cross-entropy to its baseline, measured back to back.
@@ -378,18 +363,24 @@ fn gpu(c: &mut Criterion) {
                 upstream_scalar: 1.0,
                 target_error: None,
             };
-            let timer = DeviceTimer::new(gpu);
+            // Device times where the adapter has timestamp queries (xent's stopwatch).
+            let stopwatch = Stopwatch::new(gpu);
             for (suffix, loss) in variants().into_iter().take(*losses) {
                 let name = format!("{path}{suffix} {rows}x{classes}");
-                if let Some(timer) = &timer {
-                    let device_time = timer.fastest(gpu, 10, |encoder| {
-                        gpu.record_cross_entropy(encoder, &loss, &batch, &outputs)
-                            .unwrap()
-                    });
+                if stopwatch.clock() == Clock::Timestamps {
+                    let fastest = (0..10)
+                        .map(|_| {
+                            stopwatch
+                                .time(|encoder| {
+                                    gpu.record_cross_entropy(encoder, &loss, &batch, &outputs)
+                                })
+                                .unwrap()
+                        })
+                        .fold(f64::INFINITY, f64::min);
                     device_fastest()
                         .lock()
                         .unwrap()
-                        .insert(name.clone(), device_time);
+                        .insert(name.clone(), Duration::from_secs_f64(fastest));
                 }
                 let id =
                     BenchmarkId::new(format!("xent-{path}{suffix}").replace(' ', "-"), gpu.name());
@@ -524,7 +515,7 @@ fn ratios(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, cpu, gpu, ratios);
+criterion_group!(benches, cpu, short, gpu, ratios);
 
 fn main() {
     benches();
