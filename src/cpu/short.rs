@@ -566,6 +566,16 @@ fn scatter_tile<U>(
                 }
             }
         }
+        Layout::ClassDim1 { spatial } if i0 / spatial == (i0 + n - 1) / spatial => {
+            // One sample: each class's lanes are one contiguous run.
+            let base = layout.offset(i0, 0, classes);
+            for (c, lane) in tile.chunks_exact(lanes).enumerate() {
+                let run = &mut block[base + c * spatial..base + c * spatial + n];
+                for (v, &x) in run.iter_mut().zip(lane) {
+                    *v = from_f32(x);
+                }
+            }
+        }
         Layout::ClassDim1 { .. } => {
             for (c, lane) in tile.chunks_exact(lanes).enumerate() {
                 for (j, &v) in lane[..n].iter().enumerate() {
