@@ -370,8 +370,32 @@ fn short_rows_against_reference() {
             }
         }
     }
-    // The (N, C, d…) layout: tiles inside one sample, and tiles across two.
+    // Soft targets.
+    for classes in [1usize, 2, 5, 10, 64] {
+        for (label, options) in option_grid() {
+            let case = Case::new(classes as u64 * 17, 77, classes, Hardness::ALL)
+                .soft(classes as u64)
+                .weighted(3)
+                .sample_weighted(5);
+            check_every_backend(
+                &format!("short soft {classes} {label}"),
+                &case,
+                &options,
+                None,
+            );
+        }
+    }
+    // The (N, C, d…) layout: tiles inside one sample, and tiles across two; soft targets too.
     for (label, options) in option_grid() {
+        let soft = Case::new(21, 3 * 13, 6, Hardness::ALL)
+            .soft(2)
+            .class_dim1(13);
+        check_every_backend(
+            &format!("short soft (N, 6, 13) {label}"),
+            &soft,
+            &options,
+            None,
+        );
         for spatial in [13usize, 32] {
             let case = Case::new(spatial as u64, 5 * spatial, 21, Hardness::ALL)
                 .weighted(4)

@@ -17,9 +17,10 @@
 //! - the gradient, per class: `dz/dx·(K·e/S − a·(ε/C)·w[c] − [c = y]·a·(1−ε)·w[y])`
 //!   (section 3), transposed back.
 //!
-//! A row with a NaN, a +inf or only −inf logits follows section 6 in its lane (NaN loss and
-//! gradient, its LSE and argmax as the row path gives them), so no row leaves the tile.
-//! Index targets, logits input and no focal loss: the rest takes the row path
+//! Dense (soft) targets are transposed beside the logits and bring `Σ w·t`, `Σ w·t·d` and
+//! `Σ t·e` along in pass 2. A row with a NaN, a +inf or only −inf logits follows section 6 in
+//! its lane (NaN loss and gradient, its LSE and argmax as the row path gives them), so no row
+//! leaves the tile. Probability inputs and focal loss take the row path
 //! ([`Call::takes_short_path`]).
 //!
 //! Bytes: one read of the logits (and one write of the gradient), as the row path; the
@@ -27,14 +28,19 @@
 
 use super::blocks::BlockShape;
 use super::log::LnSum;
-use super::row::{load, Transform};
+use super::row::load;
 use super::{simd, BlockOut, Call, Data};
 use crate::cpu::exp::ShiftedExp;
-use crate::input::{Element, Layout, Targets};
-use crate::options::{InputKind, Reduction};
+use crate::input::{Element, Targets};
+use crate::options::InputKind;
 use crate::plan::Loss;
+use lanes::{Consts, Lanes, TileTargets};
 use rten_simd::ops::{BitOps, FloatOps, MaskOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
+use tiles::{lane_targets, load_group, store_tile};
+
+mod lanes;
+mod tiles;
 
 /// Rows of at most this many classes take the short-row path.
 pub(super) const SHORT_CLASSES: usize = 64;
@@ -47,15 +53,14 @@ const GROUP: usize = 4;
 
 impl Call<'_> {
     /// Whether this call's softmax rows take the short-row path: logits (not
-    /// probabilities), index targets, no focal loss, and at most [`SHORT_CLASSES`] classes.
-    /// The one place the choice is made.
+    /// probabilities), no focal loss, and at most [`SHORT_CLASSES`] classes. The one place
+    /// the choice is made.
     pub(super) fn takes_short_path(&self) -> bool {
         let Loss::Softmax(options) = self.plan.loss else {
             return false;
         };
         self.plan.classes <= SHORT_CLASSES
             && matches!(options.input, InputKind::Logits)
-            && !matches!(self.targets, Targets::Dense(_))
             && !options.is_focal()
     }
 
@@ -96,70 +101,6 @@ struct ShortRows<'c, 'd, T> {
     out: &'c mut BlockOut,
 }
 
-/// Per-lane values of one tile, as arrays (lanes past the tile's rows are padding).
-#[derive(Default)]
-struct Lanes {
-    /// `w[y]` (0 when ignored).
-    w_y: [f32; MAX_LANES],
-}
-
-/// Each lane's target as f32 (exact: `C ≤ SHORT_CLASSES`), −1 where it is `ignore`.
-#[inline(always)]
-fn lane_targets<Y: Copy + Into<i64>>(targets: &[Y], ignore: i64, y: &mut [f32]) {
-    for (y, &t) in y.iter_mut().zip(targets) {
-        let t: i64 = t.into();
-        *y = if t == ignore { -1.0 } else { t as f32 };
-    }
-}
-
-/// The gradient's scales `a` (cross-entropy) and `b` (z-loss) of a row, as vectors: the
-/// reduction's `plan.row_scales` (`math::reduce::row_scales`) in f32, times the sample weight.
-struct Scales<'a> {
-    /// Per-row upstream values (`Reduction::None`).
-    per_row: Option<&'a [f32]>,
-    /// The scalar factors of `a` and `b`.
-    a: f32,
-    b: f32,
-}
-
-impl<'a> Scales<'a> {
-    fn new(call: &Call<'a>) -> Scales<'a> {
-        let plan = call.plan;
-        let u = plan.upstream_scalar as f64;
-        match plan.reduction {
-            Reduction::None => Scales {
-                per_row: call.upstream,
-                a: 1.0,
-                b: 1.0,
-            },
-            Reduction::Sum => Scales {
-                per_row: None,
-                a: u as f32,
-                b: u as f32,
-            },
-            Reduction::Mean => Scales {
-                per_row: None,
-                a: (u / plan.denominator) as f32,
-                b: (u / plan.z_denominator) as f32,
-            },
-        }
-    }
-
-    /// `(a, b)` of rows `r0 .. r0 + n`, whose sample weights are `sample`.
-    #[inline(always)]
-    fn of<I: Isa>(&self, isa: I, r0: usize, n: usize, sample: I::F32) -> (I::F32, I::F32) {
-        let ops = isa.f32();
-        let sample = match self.per_row {
-            Some(u) => ops.mul(sample, load(isa, &u[r0..r0 + n])),
-            None => sample,
-        };
-        (
-            ops.mul(sample, ops.splat(self.a)),
-            ops.mul(sample, ops.splat(self.b)),
-        )
-    }
-}
-
 impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
     type Output = ();
 
@@ -183,65 +124,43 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
         // Tiles are transposed GROUP at a time, ahead of their compute: a vector load of
         // lanes just written one at a time waits for the stores (no store forwarding); by
         // the time a group's tiles load theirs, those stores are done.
+        let layout = self.shape.layout;
         let mut group = vec![0f32; GROUP * classes * lanes];
+        let dense = matches!(self.call.targets, Targets::Dense(_));
+        let mut group_t = vec![0f32; if dense { GROUP * classes * lanes } else { 0 }];
         let mut group_y = [0f32; GROUP * MAX_LANES];
         for g0 in (0..rows).step_by(GROUP * lanes) {
             let gn = (GROUP * lanes).min(rows - g0);
-            load_group(
-                self.src.get(),
-                self.shape.layout,
-                classes,
-                (g0, gn),
-                lanes,
-                &mut group,
-            );
+            load_group(self.src.get(), layout, classes, (g0, gn), lanes, &mut group);
             let r0 = self.first_row + g0;
             match self.call.targets {
                 Targets::I32(t) => lane_targets(&t[r0..r0 + gn], ignore, &mut group_y),
                 Targets::I64(t) => lane_targets(&t[r0..r0 + gn], ignore, &mut group_y),
-                Targets::Dense(_) => unreachable!("the short path takes index targets"),
+                Targets::Dense(t) => {
+                    // Dense targets follow the logits' layout, from the block's first row
+                    // (a block holds whole samples); every row is valid, its `y` C: no class.
+                    let block = &t[self.first_row * classes..];
+                    load_group(block, layout, classes, (g0, gn), lanes, &mut group_t);
+                    group_y[..gn].fill(classes as f32);
+                }
             }
             group_y[gn..gn.next_multiple_of(lanes)].fill(-1.0);
+            let mut tiles_t = group_t.chunks_exact(classes * lanes);
             for (tile, z) in group.chunks_exact_mut(classes * lanes).enumerate() {
                 let i0 = g0 + tile * lanes;
                 if i0 >= g0 + gn {
                     break;
                 }
                 let n = lanes.min(g0 + gn - i0);
-                let tile_y = &group_y[tile * lanes..(tile + 1) * lanes];
-                self.tile(isa, &k, (z, &mut e), tile_y, (i0, n), &mut per, &mut sums);
+                let targets = TileTargets {
+                    y: &group_y[tile * lanes..(tile + 1) * lanes],
+                    dense: tiles_t.next(),
+                };
+                self.tile(isa, &k, (z, &mut e), targets, (i0, n), &mut per, &mut sums);
             }
         }
         self.out.ce += sums.0.iter().sum::<f64>();
         self.out.z_loss += sums.1.iter().sum::<f64>();
-    }
-}
-
-/// What every tile of a call shares.
-struct Consts<'a> {
-    transform: Transform,
-    eps: f32,
-    /// `ε / C`.
-    uniform: f32,
-    lambda: f32,
-    /// `W = Σ w`.
-    weight_sum: f32,
-    w: Option<&'a [f32]>,
-    scales: Scales<'a>,
-}
-
-impl<'a> Consts<'a> {
-    fn new(call: &Call<'a>, classes: usize) -> Consts<'a> {
-        let options = call.plan.softmax();
-        Consts {
-            transform: Transform::of(&options),
-            eps: options.label_smoothing,
-            uniform: options.label_smoothing / classes as f32,
-            lambda: options.z_loss,
-            weight_sum: call.plan.class_weight_sum as f32,
-            w: call.w,
-            scales: Scales::new(call),
-        }
     }
 }
 
@@ -255,7 +174,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
         isa: I,
         k: &Consts<'_>,
         (z, e): (&mut [f32], &mut [f32]),
-        tile_y: &[f32],
+        targets: TileTargets<'_>,
         (i0, n): (usize, usize),
         per: &mut Lanes,
         sums: &mut ([f64; MAX_LANES], [f64; MAX_LANES]),
@@ -292,24 +211,28 @@ impl<T: Element> ShortRows<'_, '_, T> {
         }
 
         // Per-lane targets, weights and scales.
+        let (tile_y, dense) = (targets.y, targets.dense);
         let r0 = self.first_row + i0;
         let y = ops.load(tile_y);
         let valid = ops.ge(y, zero);
-        let w_y = match k.w {
-            None => ops.select(one, zero, valid),
-            Some(w) => {
+        // `w[y]` of index targets (dense targets have no `y`: unread).
+        let w_y = match (k.w, dense) {
+            (Some(w), None) => {
                 for (w_y, &y) in per.w_y.iter_mut().zip(tile_y) {
                     *w_y = if y >= 0.0 { w[y as usize] } else { 0.0 };
                 }
                 ops.load(&per.w_y)
             }
+            _ => ops.select(one, zero, valid),
         };
         let sample = call
             .sample_weights
             .map_or(one, |s| load(isa, &s[r0..r0 + n]));
 
-        // Pass 2: exps at the max, their sum, d[y], Σ w·d, Σ e·d, the first max.
+        // Pass 2: exps at the max, their sum, d[y], Σ w·d, Σ e·d, the first max; with dense
+        // targets Σ w·t, Σ w·t·d, Σ t·e and the targets' first max.
         let (mut s, mut d_y, mut wz, mut ez, mut arg) = (zero, zero, zero, zero, none);
+        let (mut wt, mut wtz, mut te, mut t_max, mut t_arg) = (zero, zero, zero, neg_inf, none);
         for c in 0..classes {
             let zc = ops.load(&z[c * lanes..]);
             let d = ops.sub(zc, m);
@@ -319,11 +242,27 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 ops.store(ec, &mut e[c * lanes..]);
             }
             let class = ops.splat(c as f32);
-            d_y = ops.select(d, d_y, ops.eq(y, class));
+            let w = ops.splat(k.w.map_or(1.0, |w| w[c]));
+            // A zero coefficient leaves its term out, also where d = −inf (a masked class).
+            let term = |coefficient, d| {
+                ops.select(zero, ops.mul(coefficient, d), ops.eq(coefficient, zero))
+            };
+            match dense {
+                None => d_y = ops.select(d, d_y, ops.eq(y, class)),
+                Some(t) => {
+                    let tc = ops.load(&t[c * lanes..]);
+                    let wtc = ops.mul(w, tc);
+                    wt = ops.add(wt, wtc);
+                    wtz = ops.add(wtz, term(wtc, d));
+                    te = ops.mul_add(tc, ec, te);
+                    if want_metrics {
+                        t_arg = ops.select(class, t_arg, ops.gt(tc, t_max));
+                        t_max = ops.max(t_max, tc);
+                    }
+                }
+            }
             if eps > 0.0 {
-                let w = ops.splat(k.w.map_or(1.0, |w| w[c]));
-                // A class of weight 0 is absent, also when masked (d = −inf).
-                wz = ops.add(wz, ops.select(zero, ops.mul(w, d), ops.eq(w, zero)));
+                wz = ops.add(wz, term(w, d));
             }
             if want_metrics {
                 ez = ops.mul_add(ec, ops.max(d, lowest), ez);
@@ -347,16 +286,29 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let log_sum = LnSum.eval(isa, s);
         let lse = ops.select(ops.add(m, log_sum), ops.select(nan, m, has_nan), finite);
         let logp_y = ops.sub(d_y, log_sum);
-        // −(1−ε)·w[y]·logp[y] + (ε/C)·(W·ln S − Σ w·d), zero coefficients leaving
-        // their terms out.
-        let mut ce = if eps < 1.0 {
-            let target = ops.select(zero, ops.mul(w_y, logp_y), ops.eq(w_y, zero));
-            ops.mul(ops.splat(eps - 1.0), target)
-        } else {
-            zero
+        // The coefficient of p[c] in the gradient, and the cross-entropy part, zero
+        // coefficients leaving their terms out (sections 2, 3):
+        // index targets: −(1−ε)·w[y]·logp[y] + (ε/C)·(W·ln S − Σ w·d), p: (1−ε)·w[y] + (ε/C)·W;
+        // dense: Σ w·t'·ln S − Σ w·t'·d with t' = (1−ε)·t + ε/C, p: Σ w·t'.
+        let keep = ops.splat(1.0 - eps);
+        let kept = |v| if eps < 1.0 { ops.mul(keep, v) } else { zero };
+        let (mut ce, p_coefficient) = match dense {
+            None => {
+                let target = ops.select(zero, ops.mul(w_y, logp_y), ops.eq(w_y, zero));
+                let p = ops.mul_add(keep, w_y, ops.splat(uniform * weight_sum));
+                (ops.neg(kept(target)), p)
+            }
+            Some(_) => {
+                let wt = ops.add(kept(wt), ops.splat(uniform * weight_sum));
+                (ops.sub(ops.mul(wt, log_sum), kept(wtz)), wt)
+            }
         };
+        // (Dense: `ce` holds Σ w·t'·ln S − (1−ε)·Σ w·t·d; the ε/C part of Σ w·t'·d is below.)
         if uniform > 0.0 {
-            let smooth = ops.sub(ops.mul(ops.splat(weight_sum), log_sum), wz);
+            let smooth = match dense {
+                None => ops.sub(ops.mul(ops.splat(weight_sum), log_sum), wz),
+                Some(_) => ops.neg(wz),
+            };
             ce = ops.mul_add(ops.splat(uniform), smooth, ce);
         }
         let ce = ops.select(ce, nan, finite);
@@ -393,7 +345,11 @@ impl<T: Element> ShortRows<'_, '_, T> {
         }
         if want_metrics {
             let argmax = ops.select(nan_arg, arg, has_nan).to_array();
-            let target_prob = ops.select(ShiftedExp.eval(isa, logp_y), nan, finite);
+            let target_prob = match dense {
+                None => ShiftedExp.eval(isa, logp_y),
+                Some(_) => ops.div(te, s),
+            };
+            let target_prob = ops.select(target_prob, nan, finite);
             let target_prob = ops.select(target_prob, zero, valid);
             let entropy = ops.select(ops.sub(log_sum, ops.div(ez, s)), nan, finite);
             let confidence = ops.select(ops.div(one, s), nan, finite);
@@ -402,25 +358,32 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 entropy.to_array(),
                 confidence.to_array(),
             );
+            // Index targets: y; dense: the targets' first max.
+            let y = match dense {
+                None => y,
+                Some(_) => t_arg,
+            }
+            .to_array();
             let m = &mut self.out.metrics;
-            for (j, &y) in tile_y[..n].iter().enumerate() {
-                let argmax = argmax.as_ref()[j];
+            for (j, &valid) in tile_y[..n].iter().enumerate() {
+                let (argmax, y) = (argmax.as_ref()[j], y.as_ref()[j]);
+                let valid = valid >= 0.0;
                 m.argmax.push(argmax as u32);
-                m.correct.push(y >= 0.0 && argmax == y);
+                m.correct.push(valid && argmax == y);
                 m.target_prob.push(target_prob.as_ref()[j]);
                 m.entropy.push(entropy.as_ref()[j]);
                 m.confidence.push(confidence.as_ref()[j]);
-                m.valid.push(y >= 0.0);
+                m.valid.push(valid);
             }
         }
         if !wants_grad {
             return;
         }
 
-        // The gradient: K·p − a·(ε/C)·w[c], less a·(1−ε)·w[y] at the target, times dz/dx;
-        // 0 for ignored rows and NaN for rows that are not finite (section 6).
+        // The gradient: K·p − a·(ε/C)·w[c], less a·(1−ε)·w[y] at the target (dense: less
+        // a·(1−ε)·w[c]·t[c]), times dz/dx; 0 for ignored rows and NaN for rows that are not
+        // finite (section 6).
         let (a, b) = k.scales.of(isa, r0, n, sample);
-        let p_coefficient = ops.mul_add(ops.splat(1.0 - eps), w_y, ops.splat(uniform * weight_sum));
         let k_p = ops.mul_add(
             a,
             p_coefficient,
@@ -429,6 +392,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let k_over_s = ops.div(k_p, s);
         let target = ops.mul(a, ops.mul(ops.splat(1.0 - eps), w_y));
         let a_uniform = ops.mul(a, ops.splat(uniform));
+        let a_keep = ops.mul(a, keep);
         let fill = ops.select(nan, zero, valid);
         let keep = isa.m32().and(valid, finite);
         for c in 0..classes {
@@ -436,8 +400,16 @@ impl<T: Element> ShortRows<'_, '_, T> {
             let ec = ops.load(&e[c * lanes..]);
             let w = ops.splat(k.w.map_or(1.0, |w| w[c]));
             let mut dz = ops.mul_sub_from(a_uniform, w, ops.mul(k_over_s, ec));
-            let at_target = ops.eq(y, ops.splat(c as f32));
-            dz = ops.select(ops.sub(dz, target), dz, at_target);
+            match dense {
+                None => {
+                    let at_target = ops.eq(y, ops.splat(c as f32));
+                    dz = ops.select(ops.sub(dz, target), dz, at_target);
+                }
+                Some(t) => {
+                    let tc = ops.load(&t[c * lanes..]);
+                    dz = ops.mul_sub_from(ops.mul(a_keep, w), tc, dz);
+                }
+            }
             let dx = ops.mul(dz, transform.slope(isa, zc));
             ops.store(ops.select(dx, fill, keep), &mut e[c * lanes..]);
         }
@@ -449,139 +421,5 @@ impl<T: Element> ShortRows<'_, '_, T> {
             lanes,
             (self.src, self.grad.as_deref_mut(), self.in_place),
         );
-    }
-}
-
-/// Loads rows `g0 .. g0 + gn` of a block into `group`, tile after tile (see [`load_tile`]).
-#[inline(always)]
-fn load_group<T: Element>(
-    block: &[T],
-    layout: Layout,
-    classes: usize,
-    (g0, gn): (usize, usize),
-    lanes: usize,
-    group: &mut [f32],
-) {
-    for (t, tile) in group.chunks_exact_mut(classes * lanes).enumerate() {
-        let i0 = g0 + t * lanes;
-        if i0 >= g0 + gn {
-            break;
-        }
-        load_tile(
-            block,
-            layout,
-            classes,
-            (i0, lanes.min(g0 + gn - i0)),
-            lanes,
-            tile,
-        );
-    }
-}
-
-/// Loads rows `i0 .. i0 + n` of a block into `tile` (class `c` at `c·lanes`, lane `j` row
-/// `i0 + j`), widened to f32; padding lanes get 0.
-#[inline(always)]
-fn load_tile<T: Element>(
-    block: &[T],
-    layout: Layout,
-    classes: usize,
-    (i0, n): (usize, usize),
-    lanes: usize,
-    tile: &mut [f32],
-) {
-    if n < lanes {
-        tile.fill(0.0);
-    }
-    match layout {
-        Layout::Rows => {
-            // Class by class, a strided walk of the tile's rows (in L1).
-            let rows = &block[i0 * classes..(i0 + n) * classes];
-            assert!(n <= lanes && tile.len() >= classes * lanes);
-            for (j, row) in rows.chunks_exact(classes).enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    // SAFETY: c < classes and j < n ≤ lanes, so c·lanes + j < classes·lanes
-                    // ≤ tile.len() (asserted above). Checked indexing here costs more than
-                    // the transposition's load and store together.
-                    unsafe { *tile.get_unchecked_mut(c * lanes + j) = v.to_f32() };
-                }
-            }
-        }
-        Layout::ClassDim1 { spatial } if i0 / spatial == (i0 + n - 1) / spatial => {
-            // One sample: each class's lanes are contiguous.
-            let base = layout.offset(i0, 0, classes);
-            for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
-                let run = &block[base + c * spatial..base + c * spatial + n];
-                T::widen(run, &mut lane[..n]);
-            }
-        }
-        Layout::ClassDim1 { .. } => {
-            for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
-                for (j, v) in lane[..n].iter_mut().enumerate() {
-                    *v = block[layout.offset(i0 + j, c, classes)].to_f32();
-                }
-            }
-        }
-    }
-}
-
-/// Writes a tile of gradient rows (the layout of [`load_tile`]) into the gradient block, or
-/// over the logits in place.
-#[inline(always)]
-fn store_tile<T: Element>(
-    tile: &[f32],
-    layout: Layout,
-    classes: usize,
-    (i0, n): (usize, usize),
-    lanes: usize,
-    (src, grad, in_place): (&mut Data<'_, T>, Option<&mut [f32]>, bool),
-) {
-    match (grad, src) {
-        (Some(g), _) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
-        (None, Data::Exclusive(d)) if in_place => {
-            scatter_tile(tile, layout, classes, (i0, n), lanes, d, T::from_f32)
-        }
-        _ => {}
-    }
-}
-
-/// Row `i0 + j`, class `c` of `block` from lane `j` of class `c` of `tile`.
-#[inline(always)]
-fn scatter_tile<U>(
-    tile: &[f32],
-    layout: Layout,
-    classes: usize,
-    (i0, n): (usize, usize),
-    lanes: usize,
-    block: &mut [U],
-    from_f32: impl Fn(f32) -> U,
-) {
-    match layout {
-        Layout::Rows => {
-            let rows = &mut block[i0 * classes..(i0 + n) * classes];
-            assert!(n <= lanes && tile.len() >= classes * lanes);
-            for (j, row) in rows.chunks_exact_mut(classes).enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    // SAFETY: as in `load_tile`: c·lanes + j < classes·lanes ≤ tile.len().
-                    *v = from_f32(unsafe { *tile.get_unchecked(c * lanes + j) });
-                }
-            }
-        }
-        Layout::ClassDim1 { spatial } if i0 / spatial == (i0 + n - 1) / spatial => {
-            // One sample: each class's lanes are one contiguous run.
-            let base = layout.offset(i0, 0, classes);
-            for (c, lane) in tile.chunks_exact(lanes).enumerate() {
-                let run = &mut block[base + c * spatial..base + c * spatial + n];
-                for (v, &x) in run.iter_mut().zip(lane) {
-                    *v = from_f32(x);
-                }
-            }
-        }
-        Layout::ClassDim1 { .. } => {
-            for (c, lane) in tile.chunks_exact(lanes).enumerate() {
-                for (j, &v) in lane[..n].iter().enumerate() {
-                    block[layout.offset(i0 + j, c, classes)] = from_f32(v);
-                }
-            }
-        }
     }
 }

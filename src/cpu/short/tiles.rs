@@ -1,0 +1,149 @@
+//! The transposition of short rows into lane tiles and back: class `c` of a tile at
+//! `c·lanes .. (c+1)·lanes`, lane `j` its row `i0 + j`; row-major rows by a strided copy in L1,
+//! the (N, C, d…) layout by contiguous runs inside a sample.
+
+use super::super::Data;
+use crate::input::{Element, Layout};
+
+/// Each lane's target as f32 (exact: `C ≤ SHORT_CLASSES`), −1 where it is `ignore`.
+#[inline(always)]
+pub(super) fn lane_targets<Y: Copy + Into<i64>>(targets: &[Y], ignore: i64, y: &mut [f32]) {
+    for (y, &t) in y.iter_mut().zip(targets) {
+        let t: i64 = t.into();
+        *y = if t == ignore { -1.0 } else { t as f32 };
+    }
+}
+
+/// Loads rows `g0 .. g0 + gn` of a block into `group`, tile after tile (see [`load_tile`]).
+#[inline(always)]
+pub(super) fn load_group<T: Element>(
+    block: &[T],
+    layout: Layout,
+    classes: usize,
+    (g0, gn): (usize, usize),
+    lanes: usize,
+    group: &mut [f32],
+) {
+    for (t, tile) in group.chunks_exact_mut(classes * lanes).enumerate() {
+        let i0 = g0 + t * lanes;
+        if i0 >= g0 + gn {
+            break;
+        }
+        load_tile(
+            block,
+            layout,
+            classes,
+            (i0, lanes.min(g0 + gn - i0)),
+            lanes,
+            tile,
+        );
+    }
+}
+
+/// Loads rows `i0 .. i0 + n` of a block into `tile` (class `c` at `c·lanes`, lane `j` row
+/// `i0 + j`), widened to f32; padding lanes get 0.
+#[inline(always)]
+fn load_tile<T: Element>(
+    block: &[T],
+    layout: Layout,
+    classes: usize,
+    (i0, n): (usize, usize),
+    lanes: usize,
+    tile: &mut [f32],
+) {
+    if n < lanes {
+        tile.fill(0.0);
+    }
+    match layout {
+        Layout::Rows => {
+            // Class by class, a strided walk of the tile's rows (in L1).
+            let rows = &block[i0 * classes..(i0 + n) * classes];
+            assert!(n <= lanes && tile.len() >= classes * lanes);
+            for (j, row) in rows.chunks_exact(classes).enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    // SAFETY: c < classes and j < n ≤ lanes, so c·lanes + j < classes·lanes
+                    // ≤ tile.len() (asserted above). Checked indexing here costs more than
+                    // the transposition's load and store together.
+                    unsafe { *tile.get_unchecked_mut(c * lanes + j) = v.to_f32() };
+                }
+            }
+        }
+        Layout::ClassDim1 { spatial } if i0 / spatial == (i0 + n - 1) / spatial => {
+            // One sample: each class's lanes are contiguous.
+            let base = layout.offset(i0, 0, classes);
+            for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
+                let run = &block[base + c * spatial..base + c * spatial + n];
+                T::widen(run, &mut lane[..n]);
+            }
+        }
+        Layout::ClassDim1 { .. } => {
+            for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
+                for (j, v) in lane[..n].iter_mut().enumerate() {
+                    *v = block[layout.offset(i0 + j, c, classes)].to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Writes a tile of gradient rows (the layout of [`load_tile`]) into the gradient block, or
+/// over the logits in place.
+#[inline(always)]
+pub(super) fn store_tile<T: Element>(
+    tile: &[f32],
+    layout: Layout,
+    classes: usize,
+    (i0, n): (usize, usize),
+    lanes: usize,
+    (src, grad, in_place): (&mut Data<'_, T>, Option<&mut [f32]>, bool),
+) {
+    match (grad, src) {
+        (Some(g), _) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
+        (None, Data::Exclusive(d)) if in_place => {
+            scatter_tile(tile, layout, classes, (i0, n), lanes, d, T::from_f32)
+        }
+        _ => {}
+    }
+}
+
+/// Row `i0 + j`, class `c` of `block` from lane `j` of class `c` of `tile`.
+#[inline(always)]
+fn scatter_tile<U>(
+    tile: &[f32],
+    layout: Layout,
+    classes: usize,
+    (i0, n): (usize, usize),
+    lanes: usize,
+    block: &mut [U],
+    from_f32: impl Fn(f32) -> U,
+) {
+    match layout {
+        Layout::Rows => {
+            let rows = &mut block[i0 * classes..(i0 + n) * classes];
+            assert!(n <= lanes && tile.len() >= classes * lanes);
+            for (j, row) in rows.chunks_exact_mut(classes).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    // SAFETY: as in `load_tile`: c·lanes + j < classes·lanes ≤ tile.len().
+                    *v = from_f32(unsafe { *tile.get_unchecked(c * lanes + j) });
+                }
+            }
+        }
+        Layout::ClassDim1 { spatial } if i0 / spatial == (i0 + n - 1) / spatial => {
+            // One sample: each class's lanes are one contiguous run.
+            let base = layout.offset(i0, 0, classes);
+            for (c, lane) in tile.chunks_exact(lanes).enumerate() {
+                let run = &mut block[base + c * spatial..base + c * spatial + n];
+                for (v, &x) in run.iter_mut().zip(lane) {
+                    *v = from_f32(x);
+                }
+            }
+        }
+        Layout::ClassDim1 { .. } => {
+            for (c, lane) in tile.chunks_exact(lanes).enumerate() {
+                for (j, &v) in lane[..n].iter().enumerate() {
+                    block[layout.offset(i0 + j, c, classes)] = from_f32(v);
+                }
+            }
+        }
+    }
+}
