@@ -29,8 +29,11 @@
 // through workgroup memory; after one barrier every lane writes its groups' gradient.
 // Grid: x (and z past 65 535) = rows / (WG / invocations_per_row) workgroups.
 //
+// Loss only (no gradient asked, `store_none.wgsl`): the forward and the row's finish, one
+// read of each logit and no write, in place of the partials and rows passes.
+//
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
-// logit's width (in place); dense targets: reads 4 twice. Per row: reads the target, its
+// logit's width (in place) or nothing (loss only); dense targets: reads 4 twice. Per row: reads the target, its
 // logit, w[y] and s[n]; writes 32 (row record) + 16 (sums).
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -102,6 +105,8 @@ fn main(
         row_sums[global_row] = r.sums;
         shared_partials[local] = pack_coef(r.coef);
     }
+    // The loss-only variant (`store_none.wgsl`) stops here: a constant, so uniform.
+    if (!STORES_GRADIENT) { return; }
     workgroupBarrier();
     if (!live) { return; }
     let coef = unpack_coef(shared_partials[local - lane]);

@@ -15,8 +15,8 @@ pub(crate) type Binding = (u32, Slot, u64);
 const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
 
 /// Declares a launcher: its struct of windows (`params` first) and its bind-group table. A
-/// binding marked `in_place_absent` is an `Option`: `None` exactly when the variant writes the
-/// gradient in place and so does not declare it ([`layout`]).
+/// binding marked `optional` is an `Option`: `None` exactly when the variant does not declare it
+/// (the gradient of a variant that writes in place or, loss only, not at all; see [`layout`]).
 macro_rules! launcher {
     (
         $(#[$doc:meta])*
@@ -53,7 +53,7 @@ macro_rules! launcher {
 /// place.
 macro_rules! window_type {
     ($a:lifetime) => { Window<$a> };
-    ($a:lifetime in_place_absent) => { Option<Window<$a>> };
+    ($a:lifetime optional) => { Option<Window<$a>> };
 }
 
 /// A launcher field: a window, or a window that may be absent.
@@ -139,7 +139,7 @@ launcher! {
         /// The span's logits (read-write in place).
         logits: LOGITS, Read, 4;
         /// The span's f32 gradient (`None` in place).
-        gradient: GRADIENT, Write, 4, in_place_absent;
+        gradient: GRADIENT, Write, 4, optional;
         /// Targets.
         targets: TARGETS, Read, 4;
         /// Class weights.
@@ -158,7 +158,7 @@ launcher! {
         /// The chunk's logits (read-write in place).
         logits: LOGITS, Read, 4;
         /// The chunk's f32 gradient (`None` in place: eight storage buffers at most).
-        gradient: GRADIENT, Write, 4, in_place_absent;
+        gradient: GRADIENT, Write, 4, optional;
         /// Targets.
         targets: TARGETS, Read, 4;
         /// Class weights.
@@ -209,7 +209,7 @@ launcher! {
         /// The chunk's logits (read-write in place).
         logits: LOGITS, Read, 4;
         /// The chunk's f32 gradient (`None` in place).
-        gradient: GRADIENT, Write, 4, in_place_absent;
+        gradient: GRADIENT, Write, 4, optional;
         /// The chunk's targets.
         targets: TARGETS, Read, 4;
         /// Per-vec4 sums for the reduction.
@@ -266,7 +266,8 @@ impl<'a> Probe<'a> {
 }
 
 /// The bind-group table of `variant`: its launcher's, with the logits read-write and the f32
-/// gradient gone when the gradient is written in place, and vec4 logits 16 bytes at least.
+/// gradient gone when the gradient is written in place, the gradient gone too when there is
+/// none (the fused kernel's loss-only variant), and vec4 logits 16 bytes at least.
 pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
     let table = match variant.kernel {
         Kernel::SoftmaxPartials => Partials::LAYOUT,
@@ -286,9 +287,10 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::SoftmaxBackward | Kernel::SoftmaxFused | Kernel::Bce
     );
     let in_place = stores && variant.store == Store::InPlace;
+    let no_gradient = stores && variant.store != Store::Separate;
     table
         .iter()
-        .filter(|&&(binding, _, _)| !(in_place && binding == GRADIENT))
+        .filter(|&&(binding, _, _)| !(no_gradient && binding == GRADIENT))
         .map(|&(binding, slot, min)| match binding {
             LOGITS if in_place => (binding, Slot::Write, min),
             LOGITS if variant.load == LogitLoad::F32x4 => (binding, slot, 16),

@@ -115,6 +115,8 @@ pub enum Store {
     Separate,
     /// Over the logits, in their dtype.
     InPlace,
+    /// Not at all: the fused kernel's loss-only forward (no gradient bound).
+    None,
 }
 
 /// One compiled kernel variant.
@@ -230,6 +232,7 @@ impl Variant {
         if stores {
             src += match (self.store, self.load) {
                 (Store::Separate, _) => include_str!("../../shaders/include/store_separate.wgsl"),
+                (Store::None, _) => include_str!("../../shaders/include/store_none.wgsl"),
                 (Store::InPlace, LogitLoad::F32 | LogitLoad::F32x4) => {
                     include_str!("../../shaders/include/store_in_place_f32.wgsl")
                 }
@@ -411,9 +414,9 @@ pub fn all_variants() -> Vec<Variant> {
                 });
             }
             for subgroups in [false, true] {
-                for store in [Store::Separate, Store::InPlace] {
+                for store in [Store::Separate, Store::InPlace, Store::None] {
                     // In place over f32 stores scalars: the vec4 view is read-only.
-                    if load != LogitLoad::F32x4 || store == Store::Separate {
+                    if load != LogitLoad::F32x4 || store != Store::InPlace {
                         out.push(
                             Variant::new(Kernel::SoftmaxFused, load, t)
                                 .with_store(store)

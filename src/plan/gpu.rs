@@ -38,6 +38,7 @@ pub(crate) struct GpuCall {
     pub elem: u64,
     /// Dense targets (soft targets, or BCE's).
     pub dense: bool,
+    /// Where the gradient goes (`Store::None`: loss only, through the fused kernel).
     pub store: Store,
     /// The three-pass launch shape (splits per row, invocations per row).
     pub shape: LaunchShape,
@@ -56,9 +57,11 @@ pub(crate) struct GpuCall {
     pub reduction: Reduction,
     /// Inputs of the reduction's first pass: rows (softmax) or groups of 4 elements (BCE).
     pub reduce_items: u64,
-    /// The fused kernel waits for a targets pass (index targets checked, and the mean's `D`
-    /// and `Σ s` reduced first: its gradient is scaled by them).
+    /// The fused kernel waits for a targets pass (index targets checked, and with a gradient
+    /// and the mean, `D` and `Σ s` reduced first: the gradient is scaled by them).
     pub targets_first: bool,
+    /// The targets pass's sums are reduced before the fused kernel (see `targets_first`).
+    pub reduce_first: bool,
     /// The three-pass backward runs after the reduction.
     pub backward: bool,
 }
@@ -124,21 +127,21 @@ impl GpuCall {
         if long_rows {
             shape = shape.fitting(classes, bytes_per_element, room);
         }
-        let store = if matches!(out.gradient, DeviceGradient::InPlace) {
-            Store::InPlace
-        } else {
-            Store::Separate
-        };
-        // Forward and backward in one read when the row fits the fused kernel (its header
-        // lists the exclusions), with the fused kernel's own invocations per row.
+        let in_place = matches!(out.gradient, DeviceGradient::InPlace);
+        // One read per logit when the row fits the fused kernel (its header lists the
+        // exclusions), with the fused kernel's own invocations per row; loss only, too.
         let fused = fused_shape(classes, layout).filter(|_| {
             softmax
                 && adapter.fused
                 && !long_rows
-                && gradient
                 && !focal_all
-                && !(store == Store::InPlace && elem == 2 && classes % 2 == 1)
+                && !(in_place && elem == 2 && classes % 2 == 1)
         });
+        let store = match out.gradient {
+            DeviceGradient::InPlace => Store::InPlace,
+            DeviceGradient::None if fused.is_some() => Store::None,
+            _ => Store::Separate,
+        };
         let (pieces, runs) = if long_rows {
             (
                 row_pieces(rows, shape, bytes_per_element, room),
@@ -148,6 +151,7 @@ impl GpuCall {
             (Vec::new(), Vec::new())
         };
         let reduction = job.reduction();
+        let reduce_first = fused.is_some() && gradient && reduction == Reduction::Mean;
         Ok(GpuCall {
             rows,
             classes,
@@ -169,7 +173,8 @@ impl GpuCall {
             } else {
                 (rows as u64 * classes as u64).div_ceil(4)
             },
-            targets_first: fused.is_some() && (!dense || reduction == Reduction::Mean),
+            targets_first: fused.is_some() && (!dense || reduce_first),
+            reduce_first,
             backward: softmax && fused.is_none() && gradient,
         })
     }

@@ -112,7 +112,7 @@ pub(super) fn record(
     let plan = &call.plan;
     if plan.targets_first {
         call.targets_pass(&mut pass);
-        if plan.reduction == Reduction::Mean {
+        if plan.reduce_first {
             call.reduce(&mut pass);
         }
     }
@@ -185,12 +185,13 @@ impl Call<'_> {
     }
 
     /// The gradient window of elements `first .. first + count`: none in place (the logits
-    /// are the gradient), a stand-in without a gradient.
+    /// are the gradient) or loss only through the fused kernel, a stand-in for other kernels
+    /// without a gradient.
     fn gradient(&self, first: u64, count: u64) -> Option<Window<'_>> {
-        match self.out.gradient {
-            DeviceGradient::Into(g) => Some(self.f32s(g, first, count).0),
-            DeviceGradient::InPlace => None,
-            DeviceGradient::None => Some(Window::whole(&self.scratch.dummy_write)),
+        match (self.out.gradient, self.plan.store) {
+            (DeviceGradient::Into(g), _) => Some(self.f32s(g, first, count).0),
+            (_, Store::InPlace | Store::None) => None,
+            _ => Some(Window::whole(&self.scratch.dummy_write)),
         }
     }
 

@@ -40,7 +40,7 @@ impl Call<'_> {
     ) {
         let (first, count) = self.span(chunk);
         let logits = self.logits(first, count).0;
-        let load = if self.vec4_loads(&logits, i) && self.plan.store == Store::Separate {
+        let load = if self.vec4_loads(&logits, i) && self.plan.store != Store::InPlace {
             LogitLoad::F32x4
         } else {
             self.scalar_load
