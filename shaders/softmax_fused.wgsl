@@ -26,7 +26,8 @@
 // stores. The raw values stay in a private array of FUSED_GROUPS vec4s.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
 // the tree); lane 0 finishes the row (stores its record and sums) and shares its RowCoef
-// through workgroup memory; after one barrier every lane writes its groups' gradient.
+// through workgroup memory; after one barrier (none with one invocation per row) every lane
+// writes its groups' gradient.
 // Grid: x (and z past 65 535) = rows / (WG / invocations_per_row) workgroups.
 //
 // Loss only (no gradient asked, `store_none.wgsl`): the forward and the row's finish, one
@@ -107,7 +108,9 @@ fn main(
     }
     // The loss-only variant (`store_none.wgsl`) stops here: a constant, so uniform.
     if (!STORES_GRADIENT) { return; }
-    workgroupBarrier();
+    // One invocation per row (C ≤ 16): it finished its own row and reads its own slot, so
+    // short rows need no barrier (p is uniform, so is the branch).
+    if (p.invocations_per_row > 1u) { workgroupBarrier(); }
     if (!live) { return; }
     let coef = unpack_coef(shared_partials[local - lane]);
 
