@@ -1,11 +1,10 @@
-//! What a tile's lanes take from the call: the options and scales every tile shares
-//! ([`Consts`]), a tile's targets, and the per-lane scratch.
+//! What a tile's lanes take from the call: the options every tile shares ([`Consts`]),
+//! the gradient's scales per lane ([`scales`]), a tile's targets, and the per-lane scratch.
 
-use super::super::row::{load, Transform};
+use super::super::row::Transform;
 use super::super::Call;
 use super::MAX_LANES;
-use crate::options::Reduction;
-use rten_simd::ops::{BitOps, NumOps};
+use rten_simd::ops::BitOps;
 use rten_simd::Isa;
 
 /// Per-lane values of one tile, as arrays (lanes past the tile's rows are padding).
@@ -13,60 +12,30 @@ use rten_simd::Isa;
 pub(super) struct Lanes {
     /// `w[y]` (0 when ignored).
     pub w_y: [f32; MAX_LANES],
+    /// The gradient's scales ([`scales`]).
+    pub a: [f32; MAX_LANES],
+    pub b: [f32; MAX_LANES],
 }
 
-/// The gradient's scales `a` (cross-entropy) and `b` (z-loss) of a row, as vectors: the
-/// reduction's `plan.row_scales` (`math::reduce::row_scales`) in f32, times the sample weight.
-pub(super) struct Scales<'a> {
-    /// Per-row upstream values (`Reduction::None`).
-    per_row: Option<&'a [f32]>,
-    /// The scalar factors of `a` and `b`.
-    a: f32,
-    b: f32,
-}
-
-impl<'a> Scales<'a> {
-    pub(super) fn new(call: &Call<'a>) -> Scales<'a> {
-        let plan = call.plan;
-        let u = plan.upstream_scalar as f64;
-        match plan.reduction {
-            Reduction::None => Scales {
-                per_row: call.upstream,
-                a: 1.0,
-                b: 1.0,
-            },
-            Reduction::Sum => Scales {
-                per_row: None,
-                a: u as f32,
-                b: u as f32,
-            },
-            Reduction::Mean => Scales {
-                per_row: None,
-                a: (u / plan.denominator) as f32,
-                b: (u / plan.z_denominator) as f32,
-            },
-        }
-    }
-
-    /// `(a, b)` of rows `r0 .. r0 + n`, whose sample weights are `sample`.
-    #[inline(always)]
-    pub(super) fn of<I: Isa>(
-        &self,
-        isa: I,
-        r0: usize,
-        n: usize,
-        sample: I::F32,
-    ) -> (I::F32, I::F32) {
-        let ops = isa.f32();
-        let sample = match self.per_row {
-            Some(u) => ops.mul(sample, load(isa, &u[r0..r0 + n])),
-            None => sample,
+/// The gradient's scales `(a, b)` (cross-entropy, z-loss) of rows `r0 .. r0 + n` as vectors:
+/// the plan's `row_scales` in f64 for each lane, as the row path takes them (padding lanes 0).
+#[inline(always)]
+pub(super) fn scales<I: Isa>(
+    isa: I,
+    call: &Call<'_>,
+    (r0, n): (usize, usize),
+    per: &mut Lanes,
+) -> (I::F32, I::F32) {
+    let ops = isa.f32();
+    for j in 0..ops.len() {
+        (per.a[j], per.b[j]) = if j < n {
+            let sample = call.sample_weights.map_or(1.0, |s| s[r0 + j]);
+            call.plan.row_scales(call.upstream, r0 + j, sample)
+        } else {
+            (0.0, 0.0)
         };
-        (
-            ops.mul(sample, ops.splat(self.a)),
-            ops.mul(sample, ops.splat(self.b)),
-        )
     }
+    (ops.load(&per.a), ops.load(&per.b))
 }
 
 /// A tile's targets: each lane's index target as f32 (−1 ignored or padding; C, no class, for
@@ -87,7 +56,6 @@ pub(super) struct Consts<'a> {
     /// `W = Σ w`.
     pub weight_sum: f32,
     pub w: Option<&'a [f32]>,
-    pub scales: Scales<'a>,
 }
 
 impl<'a> Consts<'a> {
@@ -100,7 +68,6 @@ impl<'a> Consts<'a> {
             lambda: options.z_loss,
             weight_sum: call.plan.class_weight_sum as f32,
             w: call.w,
-            scales: Scales::new(call),
         }
     }
 }

@@ -383,7 +383,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
         // The gradient: K·p − a·(ε/C)·w[c], less a·(1−ε)·w[y] at the target (dense: less
         // a·(1−ε)·w[c]·t[c]), times dz/dx; 0 for ignored rows and NaN for rows that are not
         // finite (section 6).
-        let (a, b) = k.scales.of(isa, r0, n, sample);
+        let (a, b) = lanes::scales(isa, call, (r0, n), per);
         let k_p = ops.mul_add(
             a,
             p_coefficient,
