@@ -244,3 +244,84 @@ fn non_finite_rows_follow_pytorch() {
         assert!((grad[0] + 0.1).abs() < 1e-7, "{grad:?}");
     }
 }
+
+#[test]
+fn a_zero_sample_weight_leaves_an_infinite_row_out() {
+    // Row 0's target is masked (loss +inf) and its sample weight 0: a zero coefficient never
+    // meets an infinity (SEMANTICS.md section 6), so it adds 0. Row 1: uniform logits, ln 3.
+    // Row 2 holds a NaN logit: NaN whatever its weight.
+    let inf = f32::INFINITY;
+    let logits = [-inf, 1.0, 2.0, 0.5, 0.5, 0.5, f32::NAN, 1.0, 2.0];
+    let ln3 = 3f32.ln();
+    for path in backends::backends(32 << 10) {
+        for classes_dim1 in [false, true] {
+            // The (N, C, d…) layout with d = 1 is the same rows.
+            let batch = |rows: usize, weights: &'static [f32]| {
+                let logits = match classes_dim1 {
+                    false => Logits::new(&logits[..rows * 3], rows, 3),
+                    true => Logits::class_dim1(&logits[..rows * 3], rows, 3, 1),
+                };
+                Batch::new(logits, &[0i64, 1, 1][..rows]).sample_weights(&weights[..rows])
+            };
+            let name = format!("{} class_dim1={classes_dim1}", path.name);
+            for (reduction, expected) in [(Reduction::Sum, ln3), (Reduction::Mean, ln3)] {
+                let mut grad = [7f32; 6];
+                let out = CrossEntropy::new()
+                    .reduction(reduction)
+                    .compute(
+                        &path.backend,
+                        batch(2, &[0.0, 1.0, 1.0]),
+                        Request::new().gradient_into(&mut grad),
+                    )
+                    .unwrap();
+                let loss = out.loss.unwrap();
+                assert!(
+                    (loss - expected).abs() < 1e-6,
+                    "{name} {reduction:?}: {loss}"
+                );
+                assert_eq!(grad[..3], [0.0; 3], "{name}: the weightless row's gradient");
+                assert!(grad[3..].iter().all(|g| g.is_finite()), "{name}: {grad:?}");
+            }
+            let out = CrossEntropy::new()
+                .reduction(Reduction::None)
+                .compute(&path.backend, batch(3, &[0.0, 1.0, 0.0]), Request::new())
+                .unwrap();
+            let rows = out.row_losses.unwrap();
+            assert_eq!(rows[0], 0.0, "{name}: {rows:?}");
+            assert!((rows[1] - ln3).abs() < 1e-6, "{name}: {rows:?}");
+            assert!(rows[2].is_nan(), "{name}: {rows:?}");
+        }
+    }
+}
+
+#[test]
+fn a_zero_sample_weight_leaves_an_infinite_long_row_out() {
+    // As above with 100 classes (the CPU row kernels rather than the short-row lanes).
+    let mut logits = vec![0.25f32; 200];
+    logits[0] = f32::NEG_INFINITY;
+    for path in backends::backends(32 << 10) {
+        for reduction in [Reduction::Sum, Reduction::Mean] {
+            let out = CrossEntropy::new()
+                .reduction(reduction)
+                .label_smoothing(0.1)
+                .compute(
+                    &path.backend,
+                    Batch::new(Logits::new(&logits, 2, 100), &[0i64, 3][..])
+                        .sample_weights(&[0.0, 2.0]),
+                    Request::new(),
+                )
+                .unwrap();
+            // Row 1: uniform logits, every log p = −ln 100; sum 2·ln 100, mean ln 100.
+            let expected = match reduction {
+                Reduction::Sum => 2.0 * 100f32.ln(),
+                _ => 100f32.ln(),
+            };
+            let loss = out.loss.unwrap();
+            assert!(
+                (loss - expected).abs() < 1e-5,
+                "{} {reduction:?}: {loss}",
+                path.name
+            );
+        }
+    }
+}

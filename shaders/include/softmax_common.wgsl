@@ -158,6 +158,8 @@ fn recentre_linear(sum: f32, weight: f32, m: f32, to: f32) -> f32 {
 // k·v, or 0 when the coefficient k is exactly 0: the term is absent, not 0·inf = NaN
 // (SEMANTICS.md section 6).
 fn term(k: f32, v: f32) -> f32 { return select(k * v, 0.0, k == 0.0); }
+// A row's value times its sample weight s: 0 for s = 0 (also an infinite value), NaN stays NaN.
+fn sample_term(s: f32, v: f32) -> f32 { return select(term(s, v), v, is_nan(v)); }
 
 // 1 − exp(l) for l ≤ 0, without the cancellation of 1 − exp(l) near 0 (WGSL has no expm1):
 // the Taylor series −l·(1 + l/2 + l²/6 + …) through l⁷ above −1/4 (truncation below 2e-9

@@ -86,7 +86,7 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     ce = select(0.0, select(ce, nan(), broken), valid);
     let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
     let unweighted = select(ce + z_term, nan(), is_nan(ce));
-    out.loss = sw * unweighted;
+    out.loss = sample_term(sw, unweighted);
     out.flags = select(0u, 1u, valid) | select(0u, 2u, correct && valid);
     // lse = max + log_sum; probability inputs use lse = 0, so coef_log_p(k, z) = z = ln p.
     let split = !broken && !probabilities;
@@ -96,7 +96,8 @@ fn finish_row(st: Partial, row: u32) -> RowResult {
     coef.sample = sw;
     var result: RowResult;
     result.out = out;
-    result.sums = select(vec4(0.0), sw * vec4(ce, z_term, weight_of_row, 1.0), valid);
+    let weighted = vec4(sample_term(sw, ce), sample_term(sw, z_term), sw * weight_of_row, sw);
+    result.sums = select(vec4(0.0), weighted, valid);
     result.coef = coef;
     return result;
 }

@@ -4,6 +4,7 @@
 use super::row::{self, Exps, RowIo};
 use super::{BlockOut, Call, Data};
 use crate::input::{Dtype, Element, Layout, Targets};
+use crate::math::row::sample_term;
 
 impl Call<'_> {
     /// One softmax block: forward (and backward) of each of its rows.
@@ -70,8 +71,8 @@ impl Call<'_> {
             // NaN rows are decided before the sample weight (0·inf must not turn a row NaN).
             let nan_row = result.loss.is_nan();
             if sample_weight != 1.0 {
-                result.ce *= sample_weight as f64;
-                result.z_loss *= sample_weight as f64;
+                result.ce = sample_term(sample_weight as f64, result.ce);
+                result.z_loss = sample_term(sample_weight as f64, result.z_loss);
                 result.loss = if nan_row {
                     f32::NAN
                 } else {

@@ -15,6 +15,18 @@ pub(crate) fn term<T: Copy + PartialEq + Default + Mul<Output = T>>(coefficient:
     }
 }
 
+/// A row's value (loss, cross-entropy or z-loss part) times its sample weight `s`: 0 when
+/// `s = 0`, also for an infinite value (a zero coefficient never meets an infinity, SEMANTICS.md
+/// section 6), but a NaN row stays NaN.
+#[inline]
+pub(crate) fn sample_term(s: f64, value: f64) -> f64 {
+    if s == 0.0 && !value.is_nan() {
+        0.0
+    } else {
+        s * value
+    }
+}
+
 /// `log Σ exp(z)` from the row's max, `S` and whether a `z` is NaN: NaN with a NaN, `m` when
 /// `m` is infinite (−inf: every class masked; +inf), else `m + ln S`.
 #[inline]

@@ -183,9 +183,18 @@ pub fn cross_entropy(
         };
         let sw = sample_weight(n);
         let loss = ce + zl;
-        out.row_losses.push(sw * loss);
-        ce_sum += sw * ce;
-        z_sum += sw * zl;
+        // s[n] is a coefficient: s = 0 leaves the row out, also when its loss is infinite
+        // (section 6); a NaN row stays NaN.
+        let weighted = |v: f64| {
+            if sw == 0.0 && !v.is_nan() {
+                0.0
+            } else {
+                sw * v
+            }
+        };
+        out.row_losses.push(weighted(loss));
+        ce_sum += weighted(ce);
+        z_sum += weighted(zl);
 
         // The gradient, before the reduction's scale, with respect to z (or q). The scales
         // carry the sample weight s[n].

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::input::Targets;
 use crate::math::focal::focal_factors;
 use crate::math::reduce::{loss, row_scales};
-use crate::math::row::{index_ce, index_p_coefficient, log_p, term, Finish};
+use crate::math::row::{index_ce, index_p_coefficient, log_p, sample_term, term, Finish};
 use crate::options::{CrossEntropy, Reduction};
 use crate::output::Metrics;
 
@@ -122,11 +122,11 @@ impl CrossEntropy {
             }
             let loss = if ce.is_nan() { f64::NAN } else { ce + z_term };
             let sw = sample(row);
-            ce_sum += sw * ce;
-            z_sum += sw * z_term;
+            ce_sum += sample_term(sw, ce);
+            z_sum += sample_term(sw, z_term);
             samples.push(sw);
             z_terms.push(z_term);
-            losses.push((sw * loss) as f32);
+            losses.push(sample_term(sw, loss) as f32);
             lse_out.push(lse as f32);
             let argmax = if m.nan_index != u32::MAX {
                 m.nan_index
@@ -236,8 +236,8 @@ impl CrossEntropy {
             } else {
                 ce + totals.z_terms[row]
             };
-            totals.ce_sum += sw * ce;
-            totals.losses[row] = (sw * loss) as f32;
+            totals.ce_sum += sample_term(sw, ce);
+            totals.losses[row] = sample_term(sw, loss) as f32;
             r.p_coefficient = (r.p_coefficient as f64 + r.scale as f64 * g_sum) as f32;
             if loss.is_nan() {
                 r.fill = RowFill::Nan;

@@ -319,7 +319,14 @@ impl<T: Element> ShortRows<'_, '_, T> {
         };
         // NaN rows are decided before the sample weight (as the row path does).
         let not_nan_row = ops.eq(ce, ce);
-        let (ce, z_loss) = (ops.mul(ce, sample), ops.mul(z_loss, sample));
+        // s[n] is a coefficient: s = 0 leaves the row out, also an infinite one (section 6);
+        // a NaN row stays NaN.
+        let unweighted = ops.eq(sample, zero);
+        let weighted = |v| {
+            let out = ops.select(zero, ops.mul(v, sample), unweighted);
+            ops.select(out, v, ops.eq(v, v))
+        };
+        let (ce, z_loss) = (weighted(ce), weighted(z_loss));
         let loss = ops.select(ops.add(ce, z_loss), nan, not_nan_row);
         let (ce, z_loss, loss) = (
             ops.select(ce, zero, valid),
