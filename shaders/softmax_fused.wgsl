@@ -12,7 +12,8 @@
 // are for `none` (per-row upstream) and `sum` (scalar upstream); for `mean`, D and Σ s come
 // from the totals of the targets pre-pass (`softmax_targets.wgsl`) and the fixed-order reduce,
 // bound at `scale_source`. Index targets were checked by that pre-pass too (a bad one is
-// flagged there and the row is treated as ignored here, as `finish_row` does).
+// flagged there and the row is treated as ignored here, as `finish_row` does); the loss-only
+// variant has no pre-pass and flags them itself.
 // Not fused (the host's choice, `launch::fused_shape` and `run.rs`): the (N, C, d…) layout,
 // rows longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
 // need the final lse of every class: the focal pass), in-place f16/bf16 with odd C (two rows
@@ -30,8 +31,9 @@
 // writes its groups' gradient.
 // Grid: x (and z past 65 535) = rows / (WG / invocations_per_row) workgroups.
 //
-// Loss only (no gradient asked, `store_none.wgsl`): the forward and the row's finish, one
-// read of each logit and no write, in place of the partials and rows passes.
+// Loss only (no gradient asked, `store_none.wgsl`): the forward, the row's finish and the
+// check of its index target, one read of each logit and no write, in place of the targets,
+// partials and rows passes.
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
 // logit's width (in place) or nothing (loss only); dense targets: reads 4 twice. Per row: reads the target, its
@@ -106,8 +108,13 @@ fn main(
         row_sums[global_row] = r.sums;
         shared_partials[local] = pack_coef(r.coef);
     }
-    // The loss-only variant (`store_none.wgsl`) stops here: a constant, so uniform.
-    if (!STORES_GRADIENT) { return; }
+    // The loss-only variant (`store_none.wgsl`) checks the row's index target (no targets pass
+    // ran before it; `finish_row` already treated a bad one as ignored) and stops here: a
+    // constant, so uniform.
+    if (!STORES_GRADIENT) {
+        if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_target_loss_only(global_row); }
+        return;
+    }
     // One invocation per row (C ≤ 16): it finished its own row and reads its own slot, so
     // short rows need no barrier (p is uniform, so is the branch).
     if (p.invocations_per_row > 1u) { workgroupBarrier(); }

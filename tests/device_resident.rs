@@ -119,6 +119,21 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
         1e-5,
     );
 
+    // Loss only (the fused kernel checks targets itself where rows fit it): flagged too, and
+    // the loss of the good rows is still the reference's.
+    let loss_only = DeviceOutputs::new(&loss);
+    record_and_submit(&gpu, &options, &bad_batch, &loss_only);
+    assert_eq!(gpu.take_target_error().unwrap(), Some(17));
+    record_and_submit(&gpu, &options, &batch, &loss_only);
+    assert_eq!(gpu.take_target_error().unwrap(), None);
+    assert_close(
+        "loss-only device loss",
+        &read(&gpu, &loss)[..1],
+        &[reference.loss.unwrap()],
+        1e-5,
+        1e-5,
+    );
+
     // The caller's own flag: set by the bad call alone, read beside the loss with no wait
     // on the Gpu's flag, which stays clear.
     let flag = buffer(&gpu, &[0u8; 4]);

@@ -171,6 +171,8 @@ launcher! {
         scale_source: SCALE_SOURCE, Read, 4;
         /// Per-row sample weights.
         sample_weights: SAMPLE_WEIGHTS, Read, 4;
+        /// The out-of-range-target flag (loss only: no targets pass checks them first).
+        target_error: TARGET_ERROR, Write, 4, optional;
     }
 }
 
@@ -267,7 +269,8 @@ impl<'a> Probe<'a> {
 
 /// The bind-group table of `variant`: its launcher's, with the logits read-write and the f32
 /// gradient gone when the gradient is written in place, the gradient gone too when there is
-/// none (the fused kernel's loss-only variant), and vec4 logits 16 bytes at least.
+/// none (the fused kernel's loss-only variant, which binds the target flag instead), and vec4
+/// logits 16 bytes at least.
 pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
     let table = match variant.kernel {
         Kernel::SoftmaxPartials => Partials::LAYOUT,
@@ -288,9 +291,12 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
     );
     let in_place = stores && variant.store == Store::InPlace;
     let no_gradient = stores && variant.store != Store::Separate;
+    // The fused kernel checks targets itself only loss only (eight storage buffers at most).
+    let own_check = variant.kernel != Kernel::SoftmaxFused || variant.store == Store::None;
     table
         .iter()
         .filter(|&&(binding, _, _)| !(no_gradient && binding == GRADIENT))
+        .filter(|&&(binding, _, _)| own_check || binding != TARGET_ERROR)
         .map(|&(binding, slot, min)| match binding {
             LOGITS if in_place => (binding, Slot::Write, min),
             LOGITS if variant.load == LogitLoad::F32x4 => (binding, slot, 16),

@@ -220,7 +220,9 @@ impl Variant {
         if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxFused) {
             src += include_str!("../../shaders/include/softmax_forward.wgsl");
         }
-        if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxTargets) {
+        if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxTargets)
+            || (k == Kernel::SoftmaxFused && self.store == Store::None)
+        {
             src += include_str!("../../shaders/include/target_check.wgsl");
         }
         if matches!(k, Kernel::SoftmaxRows | Kernel::SoftmaxFused) {

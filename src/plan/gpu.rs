@@ -57,8 +57,9 @@ pub(crate) struct GpuCall {
     pub reduction: Reduction,
     /// Inputs of the reduction's first pass: rows (softmax) or groups of 4 elements (BCE).
     pub reduce_items: u64,
-    /// The fused kernel waits for a targets pass (index targets checked, and with a gradient
-    /// and the mean, `D` and `Σ s` reduced first: the gradient is scaled by them).
+    /// The fused kernel waits for a targets pass: with a gradient, index targets checked (loss
+    /// only, the fused kernel checks them itself), and with the mean `D` and `Σ s` reduced
+    /// first (the gradient is scaled by them).
     pub targets_first: bool,
     /// The targets pass's sums are reduced before the fused kernel (see `targets_first`).
     pub reduce_first: bool,
@@ -173,7 +174,8 @@ impl GpuCall {
             } else {
                 (rows as u64 * classes as u64).div_ceil(4)
             },
-            targets_first: fused.is_some() && (!dense || reduce_first),
+            // Loss only, the fused kernel checks index targets itself.
+            targets_first: fused.is_some() && (reduce_first || (!dense && store != Store::None)),
             reduce_first,
             backward: softmax && fused.is_none() && gradient,
         })

@@ -59,6 +59,7 @@ impl Call<'_> {
             row_sums: Window::whole(&s.row_sums),
             scale_source: self.scale_source(),
             sample_weights: self.sample_weights(),
+            target_error: (self.plan.store == Store::None).then(|| Window::whole(&s.error)),
         };
         self.gpu.launch(
             pass,
