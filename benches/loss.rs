@@ -190,24 +190,15 @@ fn short(c: &mut Criterion) {
     if std::env::var("XENT_BENCH_SHORT").is_ok_and(|v| v == "0") {
         return;
     }
-    let shapes: [(usize, usize, usize); 5] = [
-        (1_048_576, 2, 0),
-        (1_048_576, 10, 0),
-        (262_144, 100, 0),
-        (65_536, 1000, 0),
-        (16, 21, 512 * 512),
-    ];
-    for (n, classes, spatial) in shapes {
-        let rows = n * spatial.max(1);
+    // The shapes of `xent bench --short`, one list.
+    for shape in xent::cli::bench::SHORT_SHAPES {
+        let (rows, classes, spatial) = (shape.rows, shape.classes, shape.spatial);
         let d = data(rows, classes);
         let logits = || match spatial {
             0 => Logits::new(&d.logits, rows, classes),
-            s => Logits::class_dim1(&d.logits, n, classes, s),
+            s => Logits::class_dim1(&d.logits, rows / s, classes, s),
         };
-        let name = match spatial {
-            0 => format!("short {n}x{classes} f32"),
-            s => format!("short {n}x{classes}x{s} f32"),
-        };
+        let name = format!("short {shape} f32");
         let mut group = c.benchmark_group(name);
         group
             .sample_size(10)

@@ -108,13 +108,10 @@ fn main(
         row_sums[global_row] = r.sums;
         shared_partials[local] = pack_coef(r.coef);
     }
-    // The loss-only variant (`store_none.wgsl`) checks the row's index target (no targets pass
-    // ran before it; `finish_row` already treated a bad one as ignored) and stops here: a
-    // constant, so uniform.
-    if (!STORES_GRADIENT) {
-        if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_target_loss_only(global_row); }
-        return;
-    }
+    // The loss-only variant (`store_none.wgsl`) checks the row's index target here (no targets
+    // pass ran before it; `finish_row` already treated a bad one as ignored) and returns;
+    // `Variant::source` fills the placeholder below, empty in the other variants.
+    LOSS_ONLY
     // One invocation per row (C ≤ 16): it finished its own row and reads its own slot, so
     // short rows need no barrier (p is uniform, so is the branch).
     if (p.invocations_per_row > 1u) { workgroupBarrier(); }

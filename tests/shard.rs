@@ -37,11 +37,7 @@ fn check_sharded(
     let reference = case.reference(options, Some(&upstream));
     let run = run_sharded(label, backend, case, options, shards, Some(&upstream));
     let out = &run.output;
-    match (out.loss, reference.loss) {
-        (Some(a), Some(r)) => assert_within(&format!("{label}: loss"), &[a], &[r], tol::LOSS),
-        (None, None) => {}
-        other => panic!("{label}: {other:?}"),
-    }
+    assert_loss(&format!("{label}: loss"), out.loss, reference.loss);
     assert_losses(
         &format!("{label}: rows"),
         out.row_losses.as_ref().unwrap(),

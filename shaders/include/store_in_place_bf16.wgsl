@@ -1,8 +1,5 @@
 // Gradient written in place over bf16 logits, rounded to nearest even. `i` is a multiple of 4,
 // so an invocation owns whole words; a word half past the end is kept.
-const STORES_GRADIENT: bool = true;
-// Only the loss-only variant checks targets itself (`store_none.wgsl`).
-fn flag_target_loss_only(global_row: u32) {}
 fn to_bf16(v: f32) -> u32 {
     let u = bitcast<u32>(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) { return 0x7fc0u; }

@@ -1,8 +1,5 @@
 // Gradient written in place over f16 logits. `i` is a multiple of 4 (chunks start on 4-element
 // boundaries), so an invocation owns whole words; a word half past the end is kept.
-const STORES_GRADIENT: bool = true;
-// Only the loss-only variant checks targets itself (`store_none.wgsl`).
-fn flag_target_loss_only(global_row: u32) {}
 fn store_dx(i: u32, dx: vec4<f32>, n: u32) {
     let w = (p.elem_offset + i) >> 1u;
     if (n >= 2u) {

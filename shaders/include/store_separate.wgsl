@@ -1,7 +1,4 @@
 // Gradient written out of place, as f32, into its own buffer (same layout as the logits).
-const STORES_GRADIENT: bool = true;
-// Only the loss-only variant checks targets itself (`store_none.wgsl`).
-fn flag_target_loss_only(global_row: u32) {}
 @group(0) @binding(2) var<storage, read_write> grad: array<f32>;
 // Writes dx for chunk elements i .. i+n-1 (n ≤ 4).
 fn store_dx(i: u32, dx: vec4<f32>, n: u32) {

@@ -198,24 +198,21 @@ impl Call<'_> {
             }
             return out;
         }
-        if self.want_rows {
-            out.row_losses = Some(blocks.iter().flat_map(|b| b.losses.clone()).collect());
+        // Each block's columns, moved (empty where not asked for).
+        let (mut losses, mut lse, mut m) = (Vec::new(), Vec::new(), Metrics::default());
+        for b in blocks {
+            losses.extend(b.losses);
+            lse.extend(b.lse);
+            m.argmax.extend(b.metrics.argmax);
+            m.correct.extend(b.metrics.correct);
+            m.target_prob.extend(b.metrics.target_prob);
+            m.entropy.extend(b.metrics.entropy);
+            m.confidence.extend(b.metrics.confidence);
+            m.valid.extend(b.metrics.valid);
         }
-        if self.want_lse {
-            out.lse = Some(blocks.iter().flat_map(|b| b.lse.clone()).collect());
-        }
-        if self.want_metrics {
-            let mut m = Metrics::default();
-            for b in blocks {
-                m.argmax.extend(b.metrics.argmax);
-                m.correct.extend(b.metrics.correct);
-                m.target_prob.extend(b.metrics.target_prob);
-                m.entropy.extend(b.metrics.entropy);
-                m.confidence.extend(b.metrics.confidence);
-                m.valid.extend(b.metrics.valid);
-            }
-            out.metrics = Some(m);
-        }
+        out.row_losses = self.want_rows.then_some(losses);
+        out.lse = self.want_lse.then_some(lse);
+        out.metrics = self.want_metrics.then_some(m);
         out
     }
 

@@ -247,6 +247,18 @@ impl Variant {
             };
         }
         let mut body = k.source().to_string();
+        if k == Kernel::SoftmaxFused {
+            // The loss-only variant stops after the row's finish (a top-level return: uniform).
+            let loss_only = "if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }\n    return;";
+            body = body.replace(
+                "LOSS_ONLY",
+                if self.store == Store::None {
+                    loss_only
+                } else {
+                    ""
+                },
+            );
+        }
         if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxFused) {
             if self.subgroups {
                 src += include_str!("../../shaders/include/segment_subgroup.wgsl");

@@ -351,21 +351,17 @@ impl CrossEntropy {
         combined: &Combined,
     ) -> Result<Vec<FocalPartial>> {
         crate::plan::shard::focal_round(self, shard, &input, combined)?;
-        let ShardInput {
-            logits,
-            class_weights,
-            ..
-        } = input;
+        let (logits, class_weights) = (&input.logits, input.class_weights);
         match backend.target() {
             Target::Cpu(level) => Ok(crate::cpu::shard_focal(
                 level,
                 self,
                 shard,
-                &logits,
+                logits,
                 class_weights,
                 combined,
             )),
-            Target::Gpu(gpu) => gpu.shard_focal(self, shard, &logits, class_weights, combined),
+            Target::Gpu(gpu) => gpu.shard_focal(self, shard, logits, class_weights, combined),
         }
     }
 
@@ -380,23 +376,19 @@ impl CrossEntropy {
         gradient: &mut [f32],
     ) -> Result<()> {
         crate::plan::shard::backward(self, shard, &input, combined, gradient.len())?;
-        let ShardInput {
-            logits,
-            class_weights,
-            ..
-        } = input;
+        let (logits, class_weights) = (&input.logits, input.class_weights);
         match backend.target() {
             Target::Cpu(level) => crate::cpu::shard_backward(
                 level,
                 self,
                 shard,
-                &logits,
+                logits,
                 class_weights,
                 combined,
                 gradient,
             ),
             Target::Gpu(gpu) => {
-                gpu.shard_backward(self, shard, &logits, class_weights, combined, gradient)?
+                gpu.shard_backward(self, shard, logits, class_weights, combined, gradient)?
             }
         }
         Ok(())

@@ -511,10 +511,16 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], abs: f64, rel:
 
 /// Per-row loss tolerance of SEMANTICS.md section 8: `1e-5·max(1, |ref|)`.
 pub fn assert_losses(what: &str, actual: &[f32], expected: &[f64]) {
-    let scaled: Vec<f64> = expected.to_vec();
-    let actual_scaled: Vec<f32> = actual.to_vec();
-    // |a − r| ≤ 1e-5·max(1, |r|) is abs 1e-5 when |r| ≤ 1 and rel 1e-5 above.
-    assert_close(what, &actual_scaled, &scaled, 1e-5, 1e-5);
+    assert_within(what, actual, expected, tol::LOSS);
+}
+
+/// A reduced loss against the reference's (both absent for `Reduction::None`).
+pub fn assert_loss(what: &str, actual: Option<f32>, expected: Option<f64>) {
+    match (actual, expected) {
+        (Some(a), Some(r)) => assert_within(what, &[a], &[r], tol::LOSS),
+        (None, None) => {}
+        other => panic!("{what}: {other:?}"),
+    }
 }
 
 /// Compares a softmax run with the reference: reduced loss, rows, LSE, metrics, gradient.
@@ -692,11 +698,7 @@ pub fn check_bce(label: &str, path: &backends::Path, case: &Case, options: &Bina
         if in_place {
             grad = storage.to_f32();
         }
-        match (out.loss, reference.loss) {
-            (Some(a), Some(r)) => assert_within(&label, &[a], &[r], tol::LOSS),
-            (None, None) => {}
-            other => panic!("{label}: {other:?}"),
-        }
+        assert_loss(&label, out.loss, reference.loss);
         assert_losses(
             &format!("{label}: losses"),
             out.row_losses.as_ref().unwrap(),

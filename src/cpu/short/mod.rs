@@ -28,7 +28,7 @@
 
 use super::blocks::BlockShape;
 use super::log::LnSum;
-use super::row::load;
+use super::row::{linear_term, load};
 use super::{simd, BlockOut, Call, Data};
 use crate::cpu::exp::ShiftedExp;
 use crate::input::{Element, Targets};
@@ -243,17 +243,14 @@ impl<T: Element> ShortRows<'_, '_, T> {
             }
             let class = ops.splat(c as f32);
             let w = ops.splat(k.w.map_or(1.0, |w| w[c]));
-            // A zero coefficient leaves its term out, also where d = −inf (a masked class).
-            let term = |coefficient, d| {
-                ops.select(zero, ops.mul(coefficient, d), ops.eq(coefficient, zero))
-            };
+            // `linear_term`: a zero coefficient leaves its term out, also where d = −inf.
             match dense {
                 None => d_y = ops.select(d, d_y, ops.eq(y, class)),
                 Some(t) => {
                     let tc = ops.load(&t[c * lanes..]);
                     let wtc = ops.mul(w, tc);
                     wt = ops.add(wt, wtc);
-                    wtz = ops.add(wtz, term(wtc, d));
+                    wtz = ops.add(wtz, linear_term(isa, wtc, d));
                     te = ops.mul_add(tc, ec, te);
                     if want_metrics {
                         t_arg = ops.select(class, t_arg, ops.gt(tc, t_max));
@@ -262,7 +259,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 }
             }
             if eps > 0.0 {
-                wz = ops.add(wz, term(w, d));
+                wz = ops.add(wz, linear_term(isa, w, d));
             }
             if want_metrics {
                 ez = ops.mul_add(ec, ops.max(d, lowest), ez);
@@ -294,7 +291,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let kept = |v| if eps < 1.0 { ops.mul(keep, v) } else { zero };
         let (mut ce, p_coefficient) = match dense {
             None => {
-                let target = ops.select(zero, ops.mul(w_y, logp_y), ops.eq(w_y, zero));
+                let target = linear_term(isa, w_y, logp_y);
                 let p = ops.mul_add(keep, w_y, ops.splat(uniform * weight_sum));
                 (ops.neg(kept(target)), p)
             }
