@@ -443,3 +443,123 @@ impl<'a> Batch<'a> {
         self
     }
 }
+
+/// A borrowed row-major matrix, read only: `rows × cols` values of one dtype. The linear
+/// cross-entropy's hidden states `h` [N × D], the head's weight `W` [V × D] (PyTorch
+/// `nn.Linear` layout) and its bias `b` [V] (a 1 × V matrix).
+///
+/// ```
+/// use xent::Matrix;
+/// let w = [half::bf16::from_f32(0.5); 6];
+/// let weight = Matrix::new(&w, 3, 2);
+/// assert_eq!((weight.rows(), weight.cols()), (3, 2));
+/// ```
+#[derive(Debug)]
+pub struct Matrix<'a> {
+    pub(crate) storage: Storage<'a>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// `rows × cols` values, row-major.
+    pub fn new<T: Element>(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Matrix {
+            storage: T::shared(data),
+            rows,
+            cols,
+        }
+    }
+    /// A vector as one row of `data.len()` values.
+    pub fn vector<T: Element>(data: &'a [T]) -> Self {
+        Self::new(data, 1, data.len())
+    }
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Element type.
+    pub fn dtype(&self) -> Dtype {
+        match self.storage {
+            Storage::F32(_) | Storage::F32Mut(_) => Dtype::F32,
+            Storage::F16(_) | Storage::F16Mut(_) => Dtype::F16,
+            Storage::Bf16(_) | Storage::Bf16Mut(_) => Dtype::Bf16,
+        }
+    }
+    /// Number of stored elements.
+    pub fn len(&self) -> usize {
+        self.as_logits().len()
+    }
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The value at (row, col), widened to f32. For references and tests; slow.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        self.as_logits().get(row, col)
+    }
+    /// The whole storage, when it is f32.
+    pub(crate) fn f32_data(&self) -> Option<&'a [f32]> {
+        match self.storage {
+            Storage::F32(d) => Some(d),
+            _ => None,
+        }
+    }
+    /// Rows `range` as f32: borrowed when the storage is f32, widened into `buf` otherwise.
+    pub(crate) fn rows_f32<'b>(
+        &'b self,
+        range: std::ops::Range<usize>,
+        buf: &'b mut Vec<f32>,
+    ) -> &'b [f32] {
+        let span = range.start * self.cols..range.end * self.cols;
+        fn widen<'c, T: Element>(src: &[T], buf: &'c mut Vec<f32>) -> &'c [f32] {
+            buf.resize(src.len(), 0.0);
+            T::widen(src, buf);
+            buf
+        }
+        match &self.storage {
+            Storage::F32(d) => &d[span],
+            Storage::F32Mut(d) => &d[span],
+            Storage::F16(d) => widen(&d[span], buf),
+            Storage::F16Mut(d) => widen(&d[span], buf),
+            Storage::Bf16(d) => widen(&d[span], buf),
+            Storage::Bf16Mut(d) => widen(&d[span], buf),
+        }
+    }
+    /// The same storage seen as `rows × cols` logits (shares their length and element access).
+    fn as_logits(&self) -> Logits<'_> {
+        let storage = match &self.storage {
+            Storage::F32(d) => Storage::F32(d),
+            Storage::F32Mut(d) => Storage::F32(d),
+            Storage::F16(d) => Storage::F16(d),
+            Storage::F16Mut(d) => Storage::F16(d),
+            Storage::Bf16(d) => Storage::Bf16(d),
+            Storage::Bf16Mut(d) => Storage::Bf16(d),
+        };
+        Logits::with_storage(storage, self.rows, self.cols, Layout::Rows)
+    }
+    /// Checks `len == rows·cols` with a byte count that fits; `what` names the matrix.
+    pub(crate) fn check(&self, what: &'static str) -> Result<()> {
+        let shape = format!("{what}: rows {} × cols {}", self.rows, self.cols);
+        let expected = self
+            .rows
+            .checked_mul(self.cols)
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(|| Error::Overflow {
+                shape: shape.clone(),
+            })?;
+        if self.len() != expected {
+            return Err(Error::Shape {
+                what,
+                expected,
+                actual: self.len(),
+                shape,
+            });
+        }
+        Ok(())
+    }
+}

@@ -34,6 +34,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod input;
+pub mod linear;
 mod math;
 pub mod options;
 pub mod output;
@@ -52,6 +53,6 @@ pub struct ReadmeDoctests;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
-pub use input::{Batch, Dtype, Element, Layout, Logits, Targets};
+pub use input::{Batch, Dtype, Element, Layout, Logits, Matrix, Targets};
 pub use options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
 pub use output::{Gradient, Metrics, Output, Request};

@@ -16,6 +16,7 @@ mod bce;
 mod blocks;
 mod exp;
 mod focal;
+pub(crate) mod linear;
 mod log;
 pub(crate) mod row;
 pub(crate) mod scalar;

@@ -39,54 +39,71 @@ pub fn shard_partials(
     targets: Targets<'_>,
     w: Option<&[f32]>,
 ) -> Vec<RowPartial> {
-    let transform = Transform::of(options);
-    let weight_sum = w.map_or(shard.width as f64, |w| w.iter().map(|&v| v as f64).sum()) as f32;
+    let weight_sum = weight_sum(shard, w);
     (0..logits.rows())
         .into_par_iter()
         .map_init(
             || (vec![0f32; shard.width], vec![0f32; CHUNK]),
             |(x_buf, z_buf), row| {
                 let x = row_f32(logits, row, x_buf);
-                let st = dispatch(
-                    level,
-                    Forward {
-                        x,
-                        t: None,
-                        w,
-                        transform,
-                        want_wz: options.label_smoothing > 0.0,
-                        want_metrics: true,
-                        z_buf,
-                        exps: None,
-                    },
-                );
                 let y = targets.index(row).unwrap_or_default();
-                let target = shard
-                    .local(y, options.ignore_index)
-                    .map(|c| (transform.scalar(x[c]), w.map_or(1.0, |w| w[c])));
-                RowPartial {
-                    max: st.sums.max,
-                    sum_exp: st.sums.sum_exp as f32,
-                    sum_ez: st.sums.sum_ez as f32,
-                    sum_wz: st.sums.sum_wz as f32,
-                    weight_sum,
-                    argmax: (shard.start + st.argmax as usize) as u32,
-                    nan_index: if st.nans > 0 {
-                        (shard.start
-                            + x.iter()
-                                .position(|&v| transform.scalar(v).is_nan())
-                                .unwrap_or(0)) as u32
-                    } else {
-                        u32::MAX
-                    },
-                    ..RowPartial::default()
-                }
-                .with_target(target)
+                row_partial(level, options, shard, (x, y), (w, weight_sum), z_buf)
             },
         )
         .collect()
 }
 
+/// `Σ w` over a shard's columns (its width without class weights), as a partial carries it.
+pub(crate) fn weight_sum(shard: Shard, w: Option<&[f32]>) -> f32 {
+    w.map_or(shard.width as f64, |w| w.iter().map(|&v| v as f64).sum()) as f32
+}
+
+/// One row's partial over a shard's columns `x` (f32, the shard's width), its global target
+/// `y`, the shard's class weights and their [`weight_sum`]; `z_buf` is `CHUNK` f32 of scratch.
+pub(crate) fn row_partial(
+    level: SimdLevel,
+    options: &CrossEntropy,
+    shard: Shard,
+    (x, y): (&[f32], i64),
+    (w, weight_sum): (Option<&[f32]>, f32),
+    z_buf: &mut [f32],
+) -> RowPartial {
+    let transform = Transform::of(options);
+    let st = dispatch(
+        level,
+        Forward {
+            x,
+            t: None,
+            w,
+            transform,
+            want_wz: options.label_smoothing > 0.0,
+            want_metrics: true,
+            z_buf,
+            exps: None,
+        },
+    );
+    let target = shard
+        .local(y, options.ignore_index)
+        .map(|c| (transform.scalar(x[c]), w.map_or(1.0, |w| w[c])));
+    RowPartial {
+        max: st.sums.max,
+        sum_exp: st.sums.sum_exp as f32,
+        sum_ez: st.sums.sum_ez as f32,
+        sum_wz: st.sums.sum_wz as f32,
+        weight_sum,
+        argmax: (shard.start + st.argmax as usize) as u32,
+        nan_index: if st.nans > 0 {
+            (shard.start
+                + x.iter()
+                    .position(|&v| transform.scalar(v).is_nan())
+                    .unwrap_or(0)) as u32
+        } else {
+            u32::MAX
+        },
+        ..RowPartial::default()
+    }
+    .with_target(target)
+}
 /// The focal passes over one shard's columns of a row: no dense targets, `e = ε/C` with the
 /// global `C`, and the global LSE (as `max + log_sum`, the split the backward uses).
 fn focal_row<'a>(
@@ -125,27 +142,37 @@ pub fn shard_focal(
     w: Option<&[f32]>,
     combined: &Combined,
 ) -> Vec<FocalPartial> {
-    let eps = options.label_smoothing as f64;
     (0..logits.rows())
         .into_par_iter()
         .map_init(
             || vec![0f32; shard.width],
             |x_buf, row| {
-                let r = &combined.rows[row];
-                if r.fill != RowFill::Compute {
-                    return FocalPartial::default();
-                }
                 let x = row_f32(logits, row, x_buf);
-                let target = local_target(shard, r)
-                    .map(|y| (y, (1.0 - eps) * w.map_or(1.0, |w| w[y]) as f64));
-                let (loss, g_sum) = focal_row(options, shard, w, r).sums(level, x, target);
-                FocalPartial {
-                    loss: -loss as f32,
-                    g_sum: g_sum as f32,
-                }
+                row_focal(level, options, shard, x, w, &combined.rows[row])
             },
         )
         .collect()
+}
+
+/// One row's focal sums over a shard's columns `x` (0 for a row that is ignored or NaN).
+pub(crate) fn row_focal(
+    level: SimdLevel,
+    options: &CrossEntropy,
+    shard: Shard,
+    x: &[f32],
+    w: Option<&[f32]>,
+    r: &RowGradient,
+) -> FocalPartial {
+    if r.fill != RowFill::Compute {
+        return FocalPartial::default();
+    }
+    let eps = options.label_smoothing as f64;
+    let target = local_target(shard, r).map(|y| (y, (1.0 - eps) * w.map_or(1.0, |w| w[y]) as f64));
+    let (loss, g_sum) = focal_row(options, shard, w, r).sums(level, x, target);
+    FocalPartial {
+        loss: -loss as f32,
+        g_sum: g_sum as f32,
+    }
 }
 
 /// The gradient of one shard's columns (inputs already checked).
@@ -158,8 +185,6 @@ pub fn shard_backward(
     combined: &Combined,
     gradient: &mut [f32],
 ) {
-    let transform = Transform::of(options);
-    let e = options.label_smoothing / shard.classes as f32;
     gradient
         .par_chunks_mut(shard.width)
         .enumerate()
@@ -167,50 +192,66 @@ pub fn shard_backward(
             || vec![0f32; shard.width],
             |x_buf, (row, g)| {
                 let r = &combined.rows[row];
-                match r.fill {
-                    RowFill::Zero => g.fill(0.0),
-                    RowFill::Nan => g.fill(f32::NAN),
-                    _ if crate::plan::needs_focal_pass(options, false) => {
-                        let x = row_f32(logits, row, x_buf);
-                        let target = local_target(shard, r).map(|y| (y, r.target_term));
-                        focal_row(options, shard, w, r).backward(
-                            level,
-                            RowIo::Separate(x, g),
-                            r.p_coefficient,
-                            r.scale,
-                            target,
-                        );
-                    }
-                    _ => {
-                        let x = row_f32(logits, row, x_buf);
-                        // Focal loss without smoothing: only the target's term is focal, its
-                        // g[y] multiplies the target term (`RowGradient::target_term`).
-                        let target_fix = local_target(shard, r).map(|y| {
-                            let zy = transform.scalar(x[y]);
-                            let g = if options.is_focal() {
-                                let l = log_p(zy, r.max, r.log_sum as f64);
-                                Focal::new(options.focal_gamma).factors(l as f32).1
-                            } else {
-                                1.0
-                            };
-                            (y, r.target_term * g * transform.scalar_slope(zy))
-                        });
-                        let op = Backward {
-                            io: RowIo::Separate(x, g),
-                            t: None,
-                            w,
-                            transform,
-                            shift: r.max,
-                            log_sum: r.log_sum,
-                            k: r.p_coefficient,
-                            a: r.scale,
-                            b: 0.0,
-                            e,
-                            target_fix,
-                        };
-                        dispatch(level, op);
-                    }
+                if r.fill == RowFill::Compute {
+                    let x = row_f32(logits, row, x_buf);
+                    row_backward(level, options, shard, RowIo::Separate(x, g), w, r);
+                } else {
+                    row_fill(g, r);
                 }
             },
         );
+}
+
+/// The row a backward does not compute: zeros for an ignored row, NaN for a NaN one.
+pub(crate) fn row_fill(g: &mut [f32], r: &RowGradient) {
+    g.fill(if r.fill == RowFill::Nan {
+        f32::NAN
+    } else {
+        0.0
+    });
+}
+
+/// One row's gradient over a shard's columns, from its combined coefficients `r` (a row whose
+/// `fill` is `Compute`; [`row_fill`] writes the others).
+pub(crate) fn row_backward(
+    level: SimdLevel,
+    options: &CrossEntropy,
+    shard: Shard,
+    io: RowIo<'_>,
+    w: Option<&[f32]>,
+    r: &RowGradient,
+) {
+    let transform = Transform::of(options);
+    if crate::plan::needs_focal_pass(options, false) {
+        let target = local_target(shard, r).map(|y| (y, r.target_term));
+        focal_row(options, shard, w, r).backward(level, io, r.p_coefficient, r.scale, target);
+        return;
+    }
+    // Focal loss without smoothing: only the target's term is focal, its g[y] multiplies the
+    // target term (`RowGradient::target_term`).
+    let x = io.src();
+    let target_fix = local_target(shard, r).map(|y| {
+        let zy = transform.scalar(x[y]);
+        let g = if options.is_focal() {
+            let l = log_p(zy, r.max, r.log_sum as f64);
+            Focal::new(options.focal_gamma).factors(l as f32).1
+        } else {
+            1.0
+        };
+        (y, r.target_term * g * transform.scalar_slope(zy))
+    });
+    let op = Backward {
+        io,
+        t: None,
+        w,
+        transform,
+        shift: r.max,
+        log_sum: r.log_sum,
+        k: r.p_coefficient,
+        a: r.scale,
+        b: 0.0,
+        e: options.label_smoothing / shard.classes as f32,
+        target_fix,
+    };
+    dispatch(level, op);
 }

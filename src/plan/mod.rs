@@ -5,6 +5,7 @@
 
 pub(crate) mod device;
 pub(crate) mod gpu;
+pub(crate) mod linear;
 pub(crate) mod shard;
 
 use crate::error::{Error, Result};

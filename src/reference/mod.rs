@@ -10,9 +10,11 @@
 //! input: the library's validator is what refuses a NaN weight.
 
 mod bce;
+mod linear;
 mod softmax;
 
 pub use bce::binary_cross_entropy;
+pub use linear::{linear_cross_entropy, LinearReference};
 pub use softmax::{cross_entropy, focal_factors};
 
 use crate::error::{Error, Result};

@@ -39,6 +39,21 @@ impl CrossEntropy {
         upstream: Option<&[f32]>,
     ) -> Result<Combined> {
         crate::plan::shard::combine(self, classes, partials, targets, sample_weights, upstream)?;
+        self.combine_rows(classes, partials, targets, sample_weights, upstream, None)
+    }
+
+    /// [`combine_weighted`](Self::combine_weighted) on checked inputs, with the mean's
+    /// denominators `(Σ_valid s·w[y], Σ_valid s)` given when the rows are a part of the batch
+    /// (the linear head's row chunks) instead of summed from them.
+    pub(crate) fn combine_rows(
+        &self,
+        classes: usize,
+        partials: &[&[RowPartial]],
+        targets: Targets<'_>,
+        sample_weights: Option<&[f32]>,
+        upstream: Option<&[f32]>,
+        denominators: Option<(f64, f64)>,
+    ) -> Result<Combined> {
         let rows = targets.len();
         let sample = |row: usize| sample_weights.map_or(1.0, |s| s[row] as f64);
         let eps = self.label_smoothing as f64;
@@ -68,6 +83,9 @@ impl CrossEntropy {
                 denominator += sample(row) * m.target_weight as f64;
             }
             merged.push((m, y, valid));
+        }
+        if let Some((weight_sum, count)) = denominators {
+            (denominator, valid_weight) = (weight_sum, count);
         }
         // The scalar upstream of sum and mean (its length is checked).
         let u = match (self.reduction, upstream) {
@@ -178,6 +196,7 @@ impl CrossEntropy {
             denominator,
             z_denominator: valid_weight,
         };
+        out.sums = (totals.ce_sum, totals.z_sum);
         if round {
             out.focal = Some(totals);
         } else {
@@ -243,6 +262,7 @@ impl CrossEntropy {
                 r.fill = RowFill::Nan;
             }
         }
+        combined.sums = (totals.ce_sum, totals.z_sum);
         combined.output.loss = self.reduce(&totals);
         combined.output.row_losses = Some(totals.losses);
         Ok(())

@@ -267,6 +267,9 @@ pub struct Combined {
     /// What [`CrossEntropy::combine_focal`] needs to finish the loss (focal loss with label
     /// smoothing), until it has run.
     focal: Option<FocalRound>,
+    /// `Σ s·ce` and `Σ s·z-loss` over the rows, in row order (what the reduced loss is made
+    /// of; a linear head's row chunks add them up).
+    pub(crate) sums: (f64, f64),
 }
 
 impl Combined {

@@ -1,0 +1,625 @@
+//! Linear cross-entropy (`xent::linear`) against the f64 reference on the materialized logits:
+//! every option, all three dtypes, both strategies, write and add modes, shapes that are no
+//! multiple of any tile, small budgets that split rows and columns, ignored rows, bit-identical
+//! repeats and thread counts, finite differences, and the errors.
+//!
+//! Tolerances: the products accumulate in f32, so a logit is off by up to about
+//! `k·2⁻²⁴·S[n]` with `S[n] = max_c Σ_d |h[n][d]·W[c][d]|` (the scale); a loss or LSE is
+//! allowed the softmax table's `1e-5·max(1, |ref|)` plus `4e-6·S[n]` (a loss moves by at most
+//! twice a logit's error, z-loss by `2λ·lse` times it). A gradient element is a sum of
+//! products, allowed `1e-4` of its magnitude `Σ |terms|` (the softmax table's relative bound,
+//! applied before the cancellation) plus `1e-9`; f16/bf16 inputs compare against the
+//! reference on the same rounded inputs.
+
+mod common;
+
+use common::Rng;
+use half::{bf16, f16};
+use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+use xent::reference::{linear_cross_entropy, LinearReference};
+use xent::{Backend, CrossEntropy, Dtype, Error, Matrix, Output, Reduction};
+
+/// Values in one dtype, kept alive for a batch's views.
+enum Typed {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Typed {
+    fn of(values: &[f32], dtype: Dtype) -> Typed {
+        match dtype {
+            Dtype::F32 => Typed::F32(values.to_vec()),
+            Dtype::F16 => Typed::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            Dtype::Bf16 => Typed::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+    fn matrix(&self, rows: usize, cols: usize) -> Matrix<'_> {
+        match self {
+            Typed::F32(d) => Matrix::new(d, rows, cols),
+            Typed::F16(d) => Matrix::new(d, rows, cols),
+            Typed::Bf16(d) => Matrix::new(d, rows, cols),
+        }
+    }
+}
+
+/// A linear head case: `h` [N × D], `W` [V × D], `b` [V], targets and weights.
+struct Head {
+    rows: usize,
+    hidden: usize,
+    vocab: usize,
+    h: Typed,
+    w: Typed,
+    b: Option<Typed>,
+    targets: Vec<i64>,
+    class_weights: Option<Vec<f32>>,
+    sample_weights: Option<Vec<f32>>,
+}
+
+impl Head {
+    /// Random `h` and `W` scaled so logits spread over a few units, a random bias, and every
+    /// `ignore_every`-th row ignored (−100; 0 for none).
+    fn new(seed: u64, (rows, hidden, vocab): (usize, usize, usize), dtype: Dtype) -> Head {
+        let mut rng = Rng(seed);
+        let scale = 2.0 / (hidden as f32).sqrt();
+        let h: Vec<f32> = (0..rows * hidden).map(|_| rng.normal()).collect();
+        let w: Vec<f32> = (0..vocab * hidden).map(|_| rng.normal() * scale).collect();
+        let b: Vec<f32> = (0..vocab).map(|_| rng.normal() * 0.5).collect();
+        let targets = (0..rows).map(|_| rng.below(vocab) as i64).collect();
+        Head {
+            rows,
+            hidden,
+            vocab,
+            h: Typed::of(&h, dtype),
+            w: Typed::of(&w, dtype),
+            b: Some(Typed::of(&b, dtype)),
+            targets,
+            class_weights: None,
+            sample_weights: None,
+        }
+    }
+    fn ignore_every(mut self, every: usize) -> Head {
+        for r in (0..self.rows).step_by(every.max(1)) {
+            self.targets[r] = -100;
+        }
+        self
+    }
+    fn no_bias(mut self) -> Head {
+        self.b = None;
+        self
+    }
+    fn weighted(mut self, seed: u64) -> Head {
+        let mut rng = Rng(seed);
+        self.class_weights = Some(
+            (0..self.vocab)
+                .map(|_| 0.25 + rng.uniform() * 2.0)
+                .collect(),
+        );
+        let mut s: Vec<f32> = (0..self.rows).map(|_| rng.uniform() * 2.0).collect();
+        s[0] = 0.0;
+        self.sample_weights = Some(s);
+        self
+    }
+    fn batch(&self) -> LinearBatch<'_> {
+        let mut batch = LinearBatch::new(
+            self.h.matrix(self.rows, self.hidden),
+            self.w.matrix(self.vocab, self.hidden),
+            &self.targets[..],
+        );
+        batch.bias = self.b.as_ref().map(|b| b.matrix(1, self.vocab));
+        batch.class_weights = self.class_weights.as_deref();
+        batch.sample_weights = self.sample_weights.as_deref();
+        batch
+    }
+    fn reference(&self, options: &CrossEntropy, upstream: Option<&[f32]>) -> LinearReference {
+        linear_cross_entropy(options, &self.batch(), upstream).expect("reference")
+    }
+    /// `S[n] = max_c Σ_d |h[n][d]·W[c][d]| + |b[c]|`.
+    fn scales(&self) -> Vec<f64> {
+        let (batch, d) = (self.batch(), self.hidden);
+        (0..self.rows)
+            .map(|r| {
+                (0..self.vocab)
+                    .map(|c| {
+                        let dot: f64 = (0..d)
+                            .map(|k| (batch.hidden.get(r, k) * batch.weight.get(c, k)).abs() as f64)
+                            .sum();
+                        dot + batch
+                            .bias
+                            .as_ref()
+                            .map_or(0.0, |b| b.get(0, c).abs() as f64)
+                    })
+                    .fold(0.0, f64::max)
+            })
+            .collect()
+    }
+}
+
+/// The three gradients of one call.
+#[derive(Debug, Clone, PartialEq)]
+struct Grads {
+    dh: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+impl Grads {
+    fn filled(head: &Head, value: f32) -> Grads {
+        Grads {
+            dh: vec![value; head.rows * head.hidden],
+            dw: vec![value; head.vocab * head.hidden],
+            db: vec![value; head.vocab],
+        }
+    }
+}
+
+/// Runs one call with LSE, metrics, row losses and all three gradients (written, or added to
+/// buffers holding `prefill`).
+fn run(
+    head: &Head,
+    loss: &LinearCrossEntropy,
+    upstream: Option<&[f32]>,
+    add: Option<f32>,
+    every_output: bool,
+) -> (Output, Grads) {
+    let mut g = Grads::filled(head, add.unwrap_or(f32::NAN));
+    let buffer = |data| match add {
+        Some(_) => GradientBuffer::Add(data),
+        None => GradientBuffer::Write(data),
+    };
+    let mut request = LinearRequest::new()
+        .row_losses()
+        .hidden_gradient(buffer(&mut g.dh))
+        .weight_gradient(buffer(&mut g.dw))
+        .bias_gradient(buffer(&mut g.db));
+    if every_output {
+        request = request.lse().metrics();
+    }
+    if let Some(u) = upstream {
+        request = request.upstream(u);
+    }
+    let out = loss
+        .compute(&Backend::Cpu, head.batch(), request)
+        .expect("linear cross-entropy");
+    (out, g)
+}
+
+/// `|a − r| ≤ tol[i]`, NaN and infinities exact; panics naming the worst element.
+fn assert_each(what: &str, actual: &[f32], expected: &[f64], tol: impl Fn(usize) -> f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&a, &r)) in actual.iter().zip(expected).enumerate() {
+        let a = a as f64;
+        let excess = if r.is_nan() || a.is_nan() {
+            if r.is_nan() && a.is_nan() {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else if r.is_infinite() || a.is_infinite() {
+            if a == r {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            (a - r).abs() / tol(i)
+        };
+        if excess > 1.0 && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, excess)) = worst {
+        panic!(
+            "{what}: element {i} is {} but the reference says {} ({excess:.2}× the tolerance {:e})",
+            actual[i],
+            expected[i],
+            tol(i)
+        );
+    }
+}
+
+/// Checks a run against the reference (`prefill` added to the gradients in add mode).
+fn check(label: &str, head: &Head, r: &LinearReference, out: &Output, g: &Grads, prefill: f32) {
+    let s = head.scales();
+    let (n, d, v) = (head.rows, head.hidden, head.vocab);
+    let reference = &r.logits_reference;
+    let loss_tol = |row: usize, value: f64| 1e-5 * value.abs().max(1.0) + 4e-6 * s[row];
+    let worst = s.iter().copied().fold(0.0, f64::max);
+    match (out.loss, reference.loss) {
+        (Some(a), Some(e)) => {
+            // The mean's error is a mean of rows' errors, the sum's a sum.
+            let rows_error = match head.batch().targets.len() {
+                0 => 0.0,
+                _ => 4e-6 * worst * reference.row_losses.len() as f64,
+            };
+            assert_each(&format!("{label}: loss"), &[a], &[e], |_| {
+                1e-5 * e.abs().max(1.0) + rows_error
+            })
+        }
+        (None, None) => {}
+        other => panic!("{label}: loss {other:?}"),
+    }
+    let rows = out.row_losses.as_ref().expect("row losses");
+    assert_each(
+        &format!("{label}: row losses"),
+        rows,
+        &reference.row_losses,
+        |i| loss_tol(i, reference.row_losses[i]),
+    );
+    if let Some(lse) = &out.lse {
+        assert_each(&format!("{label}: lse"), lse, &reference.lse, |i| {
+            loss_tol(i, reference.lse[i])
+        });
+        let m = out.metrics.as_ref().expect("metrics");
+        assert_eq!(m.valid, reference.valid, "{label}: valid");
+    }
+    // Magnitudes of the gradients' sums, from the reference's G.
+    let grad = &reference.gradient;
+    let batch = head.batch();
+    let (hm, wm) = (&batch.hidden, &batch.weight);
+    let tol = |magnitude: f64| 1e-4 * magnitude + 1e-9 + prefill.abs() as f64 * 1e-7;
+    let mut dh_mag = vec![0f64; n * d];
+    let mut dw_mag = vec![0f64; v * d];
+    let mut db_mag = vec![0f64; v];
+    for row in 0..n {
+        for c in 0..v {
+            let gv = grad[row * v + c].abs();
+            if gv.is_nan() {
+                continue;
+            }
+            db_mag[c] += gv;
+            for k in 0..d {
+                dh_mag[row * d + k] += gv * wm.get(c, k).abs() as f64;
+                dw_mag[c * d + k] += gv * hm.get(row, k).abs() as f64;
+            }
+        }
+    }
+    let shifted = |e: &[f64]| e.iter().map(|&x| x + prefill as f64).collect::<Vec<f64>>();
+    assert_each(
+        &format!("{label}: dh"),
+        &g.dh,
+        &shifted(&r.hidden_gradient),
+        |i| tol(dh_mag[i]),
+    );
+    assert_each(
+        &format!("{label}: dW"),
+        &g.dw,
+        &shifted(&r.weight_gradient),
+        |i| tol(dw_mag[i]),
+    );
+    assert_each(
+        &format!("{label}: db"),
+        &g.db,
+        &shifted(&r.bias_gradient),
+        |i| tol(db_mag[i]),
+    );
+}
+
+/// The options of SEMANTICS.md sections 1, 2 and 2c, one at a time and together.
+fn option_grid() -> Vec<(&'static str, CrossEntropy)> {
+    let base = CrossEntropy::new();
+    vec![
+        ("plain mean", base),
+        ("sum", base.reduction(Reduction::Sum)),
+        ("none", base.reduction(Reduction::None)),
+        ("smoothing", base.label_smoothing(0.1)),
+        ("z-loss", base.z_loss(1e-3)),
+        ("softcap and scale", base.softcap(3.0).logit_scale(1.5)),
+        ("focal", base.focal_gamma(2.0)),
+        (
+            "focal and smoothing",
+            base.focal_gamma(1.5).label_smoothing(0.2),
+        ),
+        (
+            "everything",
+            base.label_smoothing(0.05)
+                .z_loss(1e-4)
+                .softcap(5.0)
+                .logit_scale(0.8)
+                .reduction(Reduction::Sum),
+        ),
+    ]
+}
+
+const STRATEGIES: [Strategy; 2] = [Strategy::Fused, Strategy::Chunked];
+
+#[test]
+fn every_option_both_strategies_against_the_reference() {
+    // V = 1100 spans three forward tiles (the last partial), D = 19 no multiple of a vector.
+    let head = Head::new(1, (37, 19, 1100), Dtype::F32)
+        .ignore_every(5)
+        .weighted(2);
+    for (name, options) in option_grid() {
+        let upstream: Vec<f32> = match options.reduction {
+            Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
+            _ => vec![0.75],
+        };
+        let reference = head.reference(&options, Some(&upstream));
+        for strategy in STRATEGIES {
+            let loss = LinearCrossEntropy::new(options).strategy(strategy);
+            for every in [false, true] {
+                let (out, g) = run(&head, &loss, Some(&upstream), None, every);
+                let label = format!("{name}, {strategy:?}, lse and metrics {every}");
+                check(&label, &head, &reference, &out, &g, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_dtype_without_bias_or_weights() {
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        let head = Head::new(3, (21, 33, 700), dtype).no_bias().ignore_every(4);
+        let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4);
+        let reference = head.reference(&options, None);
+        for strategy in STRATEGIES {
+            let loss = LinearCrossEntropy::new(options).strategy(strategy);
+            let (out, g) = run(&head, &loss, None, None, true);
+            check(
+                &format!("{dtype:?} {strategy:?}"),
+                &head,
+                &reference,
+                &out,
+                &g,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn small_budgets_split_rows_and_columns() {
+    // 8700 columns: more than one forward segment (16 tiles of 512), several backward chunks.
+    let head = Head::new(5, (23, 7, 8700), Dtype::F32).ignore_every(3);
+    let options = CrossEntropy::new().label_smoothing(0.1).focal_gamma(1.0);
+    let reference = head.reference(&options, None);
+    for strategy in STRATEGIES {
+        for budget in [1usize, 64 * 4 * 5, 1 << 20] {
+            let loss = LinearCrossEntropy::new(options)
+                .strategy(strategy)
+                .scratch_bytes(budget);
+            let (out, g) = run(&head, &loss, None, None, false);
+            let label = format!("{strategy:?}, budget {budget}");
+            check(&label, &head, &reference, &out, &g, 0.0);
+        }
+    }
+}
+
+#[test]
+fn add_mode_accumulates_into_the_buffers() {
+    let head = Head::new(7, (16, 11, 300), Dtype::F32).ignore_every(3);
+    let options = CrossEntropy::new().reduction(Reduction::Sum);
+    let reference = head.reference(&options, None);
+    for strategy in [Strategy::Auto, Strategy::Fused, Strategy::Chunked] {
+        for every in [false, true] {
+            let loss = LinearCrossEntropy::new(options).strategy(strategy);
+            let (out, g) = run(&head, &loss, None, Some(0.5), every);
+            let label = format!("{strategy:?} add, every row {every}");
+            check(&label, &head, &reference, &out, &g, 0.5);
+        }
+    }
+}
+
+#[test]
+fn all_rows_ignored_and_empty_batches() {
+    let head = Head::new(9, (6, 5, 40), Dtype::F32).ignore_every(1);
+    for strategy in STRATEGIES {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let options = CrossEntropy::new().reduction(reduction);
+            let loss = LinearCrossEntropy::new(options).strategy(strategy);
+            let (out, g) = run(&head, &loss, None, None, false);
+            match reduction {
+                Reduction::Mean => assert!(out.loss.unwrap().is_nan()),
+                Reduction::Sum => assert_eq!(out.loss, Some(0.0)),
+                Reduction::None => assert_eq!(out.loss, None),
+            }
+            assert_eq!(out.row_losses.unwrap(), vec![0.0; 6]);
+            assert_eq!(g, Grads::filled(&head, 0.0), "{strategy:?}: zero gradients");
+        }
+    }
+    let empty = Head::new(9, (0, 5, 40), Dtype::F32);
+    let (out, g) = run(
+        &empty,
+        &LinearCrossEntropy::new(CrossEntropy::new()),
+        None,
+        None,
+        true,
+    );
+    assert!(out.loss.unwrap().is_nan());
+    assert_eq!(g, Grads::filled(&empty, 0.0));
+}
+
+#[test]
+fn repeats_and_thread_counts_give_the_same_bits() {
+    let head = Head::new(11, (300, 24, 2100), Dtype::F32).ignore_every(7);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-4);
+    for strategy in STRATEGIES {
+        let loss = LinearCrossEntropy::new(options)
+            .strategy(strategy)
+            .scratch_bytes(300 * 4 * 256);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| run(&head, &loss, None, None, true))
+        };
+        let first = on(2);
+        for threads in [1, 2, 3] {
+            let (out, g) = on(threads);
+            assert_eq!(out.loss.map(f32::to_bits), first.0.loss.map(f32::to_bits));
+            assert_eq!(out, first.0, "{strategy:?} on {threads} threads: outputs");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&g.dh), bits(&first.1.dh), "{strategy:?} {threads}: dh");
+            assert_eq!(bits(&g.dw), bits(&first.1.dw), "{strategy:?} {threads}: dW");
+            assert_eq!(bits(&g.db), bits(&first.1.db), "{strategy:?} {threads}: db");
+        }
+    }
+}
+
+/// Central differences of the library's own f32 loss (sum reduction, f64-summed) against its
+/// gradients, on a tiny head: an independent check of the chain rule through the product.
+#[test]
+fn finite_differences_of_dh_dw_db() {
+    let (n, d, v) = (3, 4, 5);
+    let mut rng = Rng(13);
+    let h: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+    let w: Vec<f32> = (0..v * d).map(|_| rng.normal() * 0.5).collect();
+    let b: Vec<f32> = (0..v).map(|_| rng.normal() * 0.5).collect();
+    let y = [1i64, 4, 0];
+    let options = CrossEntropy::new()
+        .reduction(Reduction::Sum)
+        .label_smoothing(0.1)
+        .z_loss(1e-2)
+        .softcap(4.0);
+    for strategy in STRATEGIES {
+        let loss = LinearCrossEntropy::new(options).strategy(strategy);
+        let value = |h: &[f32], w: &[f32], b: &[f32]| -> f64 {
+            let batch =
+                LinearBatch::new(Matrix::new(h, n, d), Matrix::new(w, v, d), &y[..]).bias(b);
+            let out = loss
+                .compute(&Backend::Cpu, batch, LinearRequest::new())
+                .unwrap();
+            out.loss.unwrap() as f64
+        };
+        let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
+        let batch = LinearBatch::new(Matrix::new(&h, n, d), Matrix::new(&w, v, d), &y[..]).bias(&b);
+        let request = LinearRequest::new()
+            .hidden_gradient(GradientBuffer::Write(&mut dh))
+            .weight_gradient(GradientBuffer::Write(&mut dw))
+            .bias_gradient(GradientBuffer::Write(&mut db));
+        loss.compute(&Backend::Cpu, batch, request).unwrap();
+        let step = 1e-2f32;
+        let check = |what: &str, i: usize, analytic: f32, plus: f64, minus: f64| {
+            let numeric = (plus - minus) / (2.0 * step as f64);
+            assert!(
+                (numeric - analytic as f64).abs() <= 2e-3 * (1.0 + numeric.abs()),
+                "{strategy:?}: {what}[{i}] = {analytic}, central difference {numeric}"
+            );
+        };
+        for i in 0..n * d {
+            let (mut p, mut m) = (h.clone(), h.clone());
+            p[i] += step;
+            m[i] -= step;
+            check("dh", i, dh[i], value(&p, &w, &b), value(&m, &w, &b));
+        }
+        for i in 0..v * d {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += step;
+            m[i] -= step;
+            check("dW", i, dw[i], value(&h, &p, &b), value(&h, &m, &b));
+        }
+        for i in 0..v {
+            let (mut p, mut m) = (b.clone(), b.clone());
+            p[i] += step;
+            m[i] -= step;
+            check("db", i, db[i], value(&h, &w, &p), value(&h, &w, &m));
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let head = Head::new(15, (4, 3, 6), Dtype::F32);
+    let loss = LinearCrossEntropy::new(CrossEntropy::new());
+    let compute = |batch: LinearBatch<'_>, request: LinearRequest<'_>| {
+        loss.compute(&Backend::Cpu, batch, request).unwrap_err()
+    };
+    let h = [0f32; 12];
+    let w = [0f32; 18];
+    // W's hidden size differs from h's.
+    let err = compute(
+        LinearBatch::new(
+            Matrix::new(&h, 4, 3),
+            Matrix::new(&w[..12], 6, 2),
+            &head.targets[..],
+        ),
+        LinearRequest::new(),
+    );
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    // A bias of the wrong length.
+    let err = compute(head.batch().bias(&[0f32; 5]), LinearRequest::new());
+    assert!(matches!(err, Error::Shape { what: "bias", .. }), "{err}");
+    // A target out of range names its row.
+    let y = [0i64, 1, 6, 2];
+    let err = compute(
+        LinearBatch::new(Matrix::new(&h, 4, 3), Matrix::new(&w, 6, 3), &y[..]),
+        LinearRequest::new(),
+    );
+    assert!(
+        matches!(
+            err,
+            Error::TargetOutOfRange {
+                row: 2,
+                value: 6,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Soft targets and probability inputs need N × V inputs.
+    let soft = [0f32; 24];
+    let err = compute(
+        LinearBatch::new(Matrix::new(&h, 4, 3), Matrix::new(&w, 6, 3), &soft[..]),
+        LinearRequest::new(),
+    );
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    let probabilities =
+        LinearCrossEntropy::new(CrossEntropy::new().input(xent::InputKind::PROBABILITIES));
+    let err = probabilities
+        .compute(&Backend::Cpu, head.batch(), LinearRequest::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    // Gradient buffers and weights of the wrong size or value.
+    let mut dw = vec![0f32; 17];
+    let err = compute(
+        head.batch(),
+        LinearRequest::new().weight_gradient(GradientBuffer::Add(&mut dw)),
+    );
+    assert!(
+        matches!(
+            err,
+            Error::Shape {
+                what: "weight gradient",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = compute(
+        head.batch().sample_weights(&[1.0, f32::NAN, 1.0, 1.0]),
+        LinearRequest::new(),
+    );
+    assert!(matches!(err, Error::BadWeight { index: 1, .. }), "{err}");
+    let err = compute(head.batch(), LinearRequest::new().upstream(&[1.0, 2.0]));
+    assert!(
+        matches!(
+            err,
+            Error::Shape {
+                what: "upstream",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = compute(
+        LinearBatch::new(
+            Matrix::new(&h, 4, 3),
+            Matrix::new(&w[..0], 0, 3),
+            &head.targets[..],
+        ),
+        LinearRequest::new(),
+    );
+    assert!(matches!(err, Error::NoClasses), "{err}");
+    // h shorter than its shape.
+    let err = compute(
+        LinearBatch::new(
+            Matrix::new(&h[..11], 4, 3),
+            Matrix::new(&w, 6, 3),
+            &head.targets[..],
+        ),
+        LinearRequest::new(),
+    );
+    assert!(matches!(err, Error::Shape { what: "hidden", .. }), "{err}");
+}
