@@ -10,6 +10,10 @@
 //! 65536 × 1000 and 16 × 21 × 512 × 512 in the (N, C, d…) layout) on the CPU beside the read
 //! and copy of the same logits (`XENT_BENCH_SHORT=0` skips them).
 //!
+//! The `linear` group times the linear head (`xent::linear`, issue #13) at 1024 × 512 × 32000:
+//! the plain GEMM beside the fused forward and both strategies' forward+backward
+//! (`XENT_BENCH_LINEAR=0` skips it; `xent bench --linear` has the full table with scratch).
+//!
 //! Run: `cargo bench --bench loss` (`XENT_BENCH_ROWS=…` scales the CPU shape down). After the
 //! groups run it prints forward / read and forward+backward / copy, the ratios issue #2 targets
 //! (≤ 1.25 and ≤ 1.4 at 4096 × 32 000 f32), twice: as fastest / fastest over criterion's
@@ -228,6 +232,52 @@ fn short(c: &mut Criterion) {
         });
         group.finish();
     }
+}
+
+/// The linear head (`xent::linear`) at `xent bench --linear`'s first CPU shape: the plain
+/// product (its ceiling), the fused forward, and forward-backward (dh, dW, db) of both
+/// strategies, as elements of the `N × V` logits per second.
+fn linear(c: &mut Criterion) {
+    use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+    use xent::Matrix;
+    if std::env::var("XENT_BENCH_LINEAR").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let shape = xent::cli::bench::LINEAR_SHAPES[0];
+    let (n, d, v) = (shape.rows, shape.hidden, shape.vocab);
+    let h = data(n, d).logits;
+    let w: Vec<f32> = data(v, d).logits.iter().map(|x| x * 0.1).collect();
+    let y = data(n, v).targets;
+    let mut group = c.benchmark_group(format!("linear {shape} f32"));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements((n * v) as u64));
+    let mut x = vec![0f32; n * v];
+    group.bench_function("gemm h·Wᵀ", |b| {
+        b.iter(|| xent::cli::bench::product(&mut x, &h, &w, shape))
+    });
+    drop(x);
+    let batch = || LinearBatch::new(Matrix::new(&h, n, d), Matrix::new(&w, v, d), &y[..]);
+    let fused = LinearCrossEntropy::new(CrossEntropy::new()).strategy(Strategy::Fused);
+    group.bench_function("fused forward", |b| {
+        b.iter(|| black_box(fused.compute(&Backend::Cpu, batch(), LinearRequest::new())))
+    });
+    let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
+    for strategy in [Strategy::Fused, Strategy::Chunked] {
+        let loss = LinearCrossEntropy::new(CrossEntropy::new()).strategy(strategy);
+        group.bench_function(format!("{strategy:?} forward+backward"), |b| {
+            b.iter(|| {
+                let request = LinearRequest::new()
+                    .hidden_gradient(GradientBuffer::Write(&mut dh))
+                    .weight_gradient(GradientBuffer::Write(&mut dw))
+                    .bias_gradient(GradientBuffer::Write(&mut db));
+                black_box(loss.compute(&Backend::Cpu, batch(), request))
+            })
+        });
+    }
+    group.finish();
 }
 
 /// Median per-round ratios of plain cross-entropy to its baseline, measured back to back.
@@ -506,7 +556,7 @@ fn ratios(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, cpu, short, gpu, ratios);
+criterion_group!(benches, cpu, short, linear, gpu, ratios);
 
 fn main() {
     benches();

@@ -9,6 +9,7 @@
 //! input file or argument, 1 anything else (a device that can't be used, an output file that
 //! can't be written).
 
+pub mod alloc;
 pub mod bench;
 pub mod device;
 pub mod devices;

@@ -8,7 +8,7 @@ use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearReque
 use crate::options::{CrossEntropy, InputKind, Reduction};
 
 /// Rows of one forward tile of the fused strategy.
-pub(crate) const TILE_ROWS: usize = 128;
+pub(crate) const TILE_ROWS: usize = 512;
 /// Vocabulary columns of one forward tile (and of one widened piece of `W`).
 pub(crate) const TILE_COLUMNS: usize = 512;
 /// Forward tiles one task merges before its partials join the row's others: tasks own

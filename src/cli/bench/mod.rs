@@ -19,6 +19,7 @@
 //! `xent-cpu-focal-ls` / `xent-gpu-focal-ls` (label smoothing 0.1: every class's `(1 − p)^γ`
 //! needs the final log-sum-exp, one more pass over each row).
 
+mod linear;
 mod report;
 mod resident;
 mod runs;
@@ -27,6 +28,7 @@ mod shapes;
 use runs::Bench;
 pub use shapes::{Shape, DEFAULT_SHAPES, FULL_SHAPES, SHORT_SHAPES};
 
+pub use linear::{product, HeadShape, LinearRecord, FULL_LINEAR_SHAPES, LINEAR_SHAPES};
 pub use report::{plot, table};
 
 use super::device::{self, Device};
@@ -162,6 +164,20 @@ pub struct BenchArgs {
     /// Don't draw the plot.
     #[arg(long)]
     pub no_plot: bool,
+    /// Time the linear head instead (`xent::linear`, CPU): the plain GEMM, the fused
+    /// forward, forward-backward of both strategies and the materialized baseline, in GFLOP/s
+    /// and as a fraction of the GEMM, with the peak scratch each held.
+    #[arg(long, conflicts_with_all = ["shapes", "short", "focal_gamma", "mode"])]
+    pub linear: bool,
+    /// A linear head's NxDxV (rows x hidden x vocab) for --linear; repeat for several
+    /// [default: 1024x512x32000, 2048x1024x32000; --full adds 8192x768x50257 and
+    /// 4096x4096x128256].
+    #[arg(long = "head", value_name = "NxDxV", requires = "linear")]
+    pub heads: Vec<HeadShape>,
+    /// The linear strategies' scratch budget in MB (`LinearCrossEntropy::scratch_bytes`)
+    /// [default: 64 MiB].
+    #[arg(long, value_name = "MB", requires = "linear")]
+    pub scratch_mb: Option<f64>,
 }
 
 /// One measurement (or one bandwidth probe), as `--json` writes it.
@@ -210,6 +226,9 @@ pub struct Record {
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     if args.iters == 0 {
         return Err(CliError::usage("--iters must be at least 1"));
+    }
+    if args.linear {
+        return linear::run(args);
     }
     if let Some(gamma) = args.focal_gamma {
         if !(gamma.is_finite() && gamma > 0.0) {

@@ -5,7 +5,7 @@
 //! (`Rows`); per-row inputs and outputs are gathered and scattered with them. f16/bf16 weight
 //! rows are widened a tile at a time.
 
-mod gemm;
+pub(crate) mod gemm;
 
 use self::gemm::{Mode, Shape, Threads};
 use super::row::{RowIo, CHUNK};
@@ -18,7 +18,7 @@ use crate::math::reduce::loss;
 use crate::options::Reduction;
 use crate::output::{Metrics, Output};
 use crate::plan::linear::{LinearPlan, SEGMENT_TILES, TILE_COLUMNS, TILE_ROWS};
-use crate::shard::{Combined, FocalPartial, RowFill, RowPartial, Shard};
+use crate::shard::{Combined, FocalPartial, RowFill, RowGradient, RowPartial, Shard};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -266,29 +266,34 @@ impl<'a> Call<'a> {
         Ok(combined)
     }
 
-    /// `G = dloss/dx` of computed rows `r0..r0 + rows` over columns `start..start + width`, in
-    /// `g` (row stride `width`): the logits from `w` and `bias`, then each row's gradient in
-    /// place. `combined` holds rows from `first` on.
-    #[allow(clippy::too_many_arguments)]
+    /// `G = dloss/dx` of computed rows `r0..r0 + rows` over columns `start..start + width`
+    /// into `g` (row stride `width`): the logits from the head's rows `w` and `bias`, then
+    /// each row's gradient in place from its coefficients in `combined`.
+    #[allow(clippy::type_complexity)]
     fn gradient_block(
         &self,
         g: &mut [f32],
-        (r0, rows): (usize, usize),
-        (start, width): (usize, usize),
-        (w, bias): (&[f32], Option<&[f32]>),
-        (combined, first): (&Combined, usize),
-        threads: Threads,
+        ((r0, rows), (start, width), (w, bias)): (
+            (usize, usize),
+            (usize, usize),
+            (&[f32], Option<&[f32]>),
+        ),
+        combined: &Combined,
     ) {
         let out = Shape::dense(rows, width);
-        let d = self.plan.hidden;
-        gemm::logits(threads, (g, out), self.hidden(r0..r0 + rows), w, bias, d);
+        let h = self.hidden(r0..r0 + rows);
+        gemm::logits(Threads::Pool, (g, out), h, w, bias, self.plan.hidden);
         let shard = self.shard(start, width);
+        self.backward_in_place(&mut g[..rows * width], shard, &combined.rows[r0..r0 + rows]);
+    }
+
+    /// Overwrites each row of `x` (logits of `shard`'s columns, one row per entry of `rows`)
+    /// with its gradient.
+    fn backward_in_place(&self, x: &mut [f32], shard: Shard, rows: &[RowGradient]) {
         let cw = self.class_weights(shard);
-        g[..rows * width]
-            .par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(i, row)| {
-                let r = &combined.rows[r0 + i - first];
+        x.par_chunks_mut(shard.width)
+            .zip(rows)
+            .for_each(|(row, r)| {
                 if r.fill == RowFill::Compute {
                     let io = RowIo::InPlace(row);
                     row_backward(self.level, &self.plan.options, shard, io, cw, r);
@@ -311,15 +316,8 @@ impl<'a> Call<'a> {
             for (index, r0) in (0..n).step_by(group).enumerate() {
                 let rows = group.min(n - r0);
                 g.resize(rows * width, 0.0);
-                // Row tiles of the block in parallel, each product on its own thread.
-                g.par_chunks_mut(TILE_ROWS * width)
-                    .enumerate()
-                    .for_each(|(t, block)| {
-                        let tile = (r0 + t * TILE_ROWS, block.len() / width);
-                        let cols = (start, width);
-                        let head = (w, bias);
-                        self.gradient_block(block, tile, cols, head, (combined, 0), Threads::One);
-                    });
+                let block = ((r0, rows), (start, width), (w, bias));
+                self.gradient_block(&mut g, block, combined);
                 let shape = Shape::dense(rows, width);
                 grads.add(
                     self,
@@ -387,16 +385,7 @@ impl<'a> Call<'a> {
                 options.combine_focal(&mut combined, &[&focal])?;
             }
             if self.plan.gradient {
-                x.par_chunks_mut(vocab)
-                    .zip(&combined.rows)
-                    .for_each(|(row, r)| {
-                        if r.fill == RowFill::Compute {
-                            let io = RowIo::InPlace(row);
-                            row_backward(self.level, options, whole, io, cw, r);
-                        } else {
-                            row_fill(row, r);
-                        }
-                    });
+                self.backward_in_place(&mut x, whole, &combined.rows);
                 for (piece, start) in (0..vocab).step_by(PIECE_COLUMNS).enumerate() {
                     let width = PIECE_COLUMNS.min(vocab - start);
                     let (w, _) = self.head.block(start..start + width, &mut w_buf);

@@ -1,0 +1,445 @@
+//! `xent bench --linear`: the linear head `cross_entropy(h·Wᵀ + b, y)` ([`crate::linear`])
+//! against its local ceiling, the plain product `h·Wᵀ` from the same GEMM crate, and against
+//! the materialized baseline (the `N × V` logits from that product, xent's fused loss and
+//! gradient in place over them, then `dh = G·W`, `dW = Gᵀ·h` and `db`).
+//!
+//! Every implementation of a mode is credited with the same floating-point work: `2·N·V·D`
+//! for the product and the forward, `6·N·V·D` for forward-backward (the three products a
+//! gradient needs; the fused strategy does a fourth, recomputing the logits, and is not
+//! credited for it). "% gemm" is GFLOP/s over the plain product's. "scratch MB" is the most
+//! heap the call held at once beyond its inputs and outputs, measured by the `xent` binary's
+//! counting allocator (`cli::alloc`), beside the `N × V × 4` bytes of f32 logits.
+
+use super::{BenchArgs, BenchDtype, CliError};
+use crate::cli::alloc::Peak;
+use crate::cli::device;
+use crate::cli::probe::Timing;
+use crate::cpu::linear::gemm::{self, Shape, Threads};
+use crate::input::Element;
+use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+use crate::{Backend, Batch, CrossEntropy, Logits, Matrix, Request};
+use half::{bf16, f16};
+use serde::Serialize;
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+
+/// A linear head's shape, `NxDxV`: rows, hidden size, vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShape {
+    /// `N`.
+    pub rows: usize,
+    /// `D`.
+    pub hidden: usize,
+    /// `V`.
+    pub vocab: usize,
+}
+
+impl fmt::Display for HeadShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}x{}", self.rows, self.hidden, self.vocab)
+    }
+}
+
+impl FromStr for HeadShape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<usize> = s
+            .split('x')
+            .map(|p| p.parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let [rows, hidden, vocab] = parts[..] else {
+            return Err(format!("{s:?} is not NxDxV (rows x hidden x vocab)"));
+        };
+        let shape = HeadShape {
+            rows,
+            hidden,
+            vocab,
+        };
+        let fits = [(rows, vocab), (rows, hidden), (vocab, hidden)]
+            .iter()
+            .all(|&(a, b)| a.checked_mul(b).and_then(|n| n.checked_mul(4)).is_some());
+        if rows == 0 || hidden == 0 || vocab == 0 || !fits {
+            return Err(format!(
+                "{s:?}: every size must be at least 1 and fit in memory"
+            ));
+        }
+        Ok(shape)
+    }
+}
+
+/// The CPU-sized heads: (1024, 512, 32000) and (2048, 1024, 32000).
+pub const LINEAR_SHAPES: [HeadShape; 2] = [
+    HeadShape {
+        rows: 1024,
+        hidden: 512,
+        vocab: 32000,
+    },
+    HeadShape {
+        rows: 2048,
+        hidden: 1024,
+        vocab: 32000,
+    },
+];
+
+/// `--full`: GPT-2's head (8192, 768, 50257) and Llama-3's (4096, 4096, 128256) too.
+pub const FULL_LINEAR_SHAPES: [HeadShape; 4] = [
+    LINEAR_SHAPES[0],
+    LINEAR_SHAPES[1],
+    HeadShape {
+        rows: 8192,
+        hidden: 768,
+        vocab: 50257,
+    },
+    HeadShape {
+        rows: 4096,
+        hidden: 4096,
+        vocab: 128256,
+    },
+];
+
+/// One measurement, as `--json` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinearRecord {
+    /// `gemm` (the plain product), `xent-cpu-fused`, `xent-cpu-chunked` or `materialized`.
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// `cpu (level, threads)`.
+    pub device: String,
+    /// `N`, `D`, `V`.
+    pub rows: usize,
+    /// See `rows`.
+    pub hidden: usize,
+    /// See `rows`.
+    pub vocab: usize,
+    /// Element type of `h` and `W`.
+    pub dtype: String,
+    /// `product`, `forward` or `forward-backward`.
+    pub mode: String,
+    /// Median and fastest run, in milliseconds.
+    pub median_ms: f64,
+    /// See `median_ms`.
+    pub min_ms: f64,
+    /// Credited work over the median time, in GFLOP/s (module docs).
+    pub gflops: f64,
+    /// `gflops` over the plain product's.
+    pub gemm_fraction: f64,
+    /// The most heap bytes held at once beyond inputs and outputs (`None` outside the `xent`
+    /// binary, which counts them).
+    pub scratch_bytes: Option<usize>,
+    /// `N × V × 4`: what f32 logits would take.
+    pub logits_bytes: usize,
+    /// The loss the run computed (none for the product).
+    pub loss: Option<f32>,
+    /// Timed runs.
+    pub iters: usize,
+}
+
+/// Runs `xent bench --linear`.
+pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+    let shapes: Vec<HeadShape> = if !args.heads.is_empty() {
+        args.heads.clone()
+    } else if args.full {
+        FULL_LINEAR_SHAPES.to_vec()
+    } else {
+        LINEAR_SHAPES.to_vec()
+    };
+    let mut notes = Vec::new();
+    if args.device != super::BenchDevice::Cpu {
+        notes.push(
+            "xent-gpu skipped: linear cross-entropy has no GPU path yet (issue 13)".to_string(),
+        );
+    }
+    let dtypes = if args.dtypes.is_empty() {
+        vec![BenchDtype::F32]
+    } else {
+        args.dtypes.clone()
+    };
+    let mut records = Vec::new();
+    for &shape in &shapes {
+        for &dtype in &dtypes {
+            let run = Run {
+                shape,
+                dtype,
+                iters: args.iters,
+                scratch_bytes: args.scratch_mb.map(|mb| (mb * 1e6) as usize),
+            };
+            match dtype {
+                BenchDtype::F32 => run.measure::<f32>(&mut records),
+                BenchDtype::F16 => run.measure::<f16>(&mut records),
+                BenchDtype::Bf16 => run.measure::<bf16>(&mut records),
+            }
+        }
+    }
+    println!(
+        "xent bench --linear: {}; median of {} runs after one warm-up",
+        device::cpu_label(),
+        args.iters
+    );
+    print!("{}", table(&records));
+    for note in &notes {
+        println!("note: {note}");
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&records).expect("records serialize");
+        super::write_text(path, &(text + "\n"))?;
+    }
+    Ok(())
+}
+
+/// The plain product `x = h·Wᵀ` ([N × V] from `h` [N × D] and `W` [V × D], f32) on rayon's
+/// pool: the ceiling the linear head is measured against (also by the criterion bench).
+pub fn product(x: &mut [f32], h: &[f32], w: &[f32], shape: HeadShape) {
+    let HeadShape {
+        rows,
+        hidden,
+        vocab,
+    } = shape;
+    assert!(x.len() == rows * vocab && h.len() == rows * hidden && w.len() == vocab * hidden);
+    gemm::logits(
+        Threads::Pool,
+        (x, Shape::dense(rows, vocab)),
+        h,
+        w,
+        None,
+        hidden,
+    )
+}
+
+/// Generated inputs: `h` roughly normal, `W` scaled by `1/√D` (logits of a few units), a
+/// bias, targets uniform over the vocabulary.
+struct Inputs<T> {
+    h: Vec<T>,
+    w: Vec<T>,
+    b: Vec<T>,
+    y: Vec<i64>,
+}
+
+fn inputs<T: Element>(shape: HeadShape) -> Inputs<T> {
+    let mut state = 0x5EED_u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut normal = move || {
+        let u = next();
+        let s: f32 = (0..4)
+            .map(|k| ((u >> (16 * k)) & 0xFFFF) as f32 / 65536.0)
+            .sum();
+        ((s - 2.0) * 1.73, u)
+    };
+    let scale = 2.0 / (shape.hidden as f32).sqrt();
+    let mut values = |n: usize, scale: f32| -> Vec<T> {
+        (0..n).map(|_| T::from_f32(normal().0 * scale)).collect()
+    };
+    let h = values(shape.rows * shape.hidden, 1.0);
+    let w = values(shape.vocab * shape.hidden, scale);
+    let b = values(shape.vocab, 0.5);
+    let y = (0..shape.rows)
+        .map(|_| (normal().1 % shape.vocab as u64) as i64)
+        .collect();
+    Inputs { h, w, b, y }
+}
+
+/// Times `f` (`iters` runs after a warm-up) and measures the heap it held at most.
+fn timed<R>(iters: usize, mut f: impl FnMut() -> R) -> (Timing, Option<usize>, R) {
+    let peak = Peak::start();
+    let mut last = None;
+    let timing = Timing::measure(iters, || last = Some(f()));
+    (timing, peak.measure(), last.expect("at least one run"))
+}
+
+/// One shape and dtype's measurements.
+struct Run {
+    shape: HeadShape,
+    dtype: BenchDtype,
+    iters: usize,
+    /// The strategies' budget (`None`: the default).
+    scratch_bytes: Option<usize>,
+}
+
+impl Run {
+    fn measure<T: Element>(&self, records: &mut Vec<LinearRecord>) {
+        let Run {
+            shape,
+            dtype,
+            iters,
+            ..
+        } = *self;
+        let HeadShape {
+            rows: n,
+            hidden: d,
+            vocab: v,
+        } = shape;
+        let data = inputs::<T>(shape);
+        // f32 copies for the product and the baseline's GEMMs (a framework's matmul takes its
+        // own dtype; widening here keeps the baseline to one GEMM crate).
+        let widen = |x: &[T]| x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
+        let (h32, w32, b32) = (widen(&data.h), widen(&data.w), widen(&data.b));
+        let flops = 2.0 * n as f64 * v as f64 * d as f64;
+        let mut push = |implementation: &str, mode: &str, work: f64, t: Timing, scratch, loss| {
+            records.push(LinearRecord {
+                implementation: implementation.into(),
+                device: device::cpu_label(),
+                rows: n,
+                hidden: d,
+                vocab: v,
+                dtype: dtype.name().into(),
+                mode: mode.into(),
+                median_ms: t.median * 1e3,
+                min_ms: t.min * 1e3,
+                gflops: work / t.median / 1e9,
+                gemm_fraction: 0.0,
+                scratch_bytes: scratch,
+                logits_bytes: n * v * 4,
+                loss,
+                iters,
+            });
+        };
+
+        // The plain product into a buffer allocated once (its scratch is the GEMM crate's own).
+        let mut logits = vec![0f32; n * v];
+        let (t, scratch, ()) = timed(iters, || {
+            gemm::logits(
+                Threads::Pool,
+                (&mut logits, Shape::dense(n, v)),
+                &h32,
+                &w32,
+                None,
+                d,
+            )
+        });
+        push("gemm", "product", flops, t, scratch, None);
+        drop(logits);
+
+        let batch = || {
+            LinearBatch::new(
+                Matrix::new(&data.h, n, d),
+                Matrix::new(&data.w, v, d),
+                &data.y[..],
+            )
+            .bias(&data.b)
+        };
+        let ce = CrossEntropy::new();
+        let head = |strategy| {
+            let loss = LinearCrossEntropy::new(ce).strategy(strategy);
+            self.scratch_bytes.map_or(loss, |b| loss.scratch_bytes(b))
+        };
+        let fused = head(Strategy::Fused);
+        let (t, scratch, out) = timed(iters, || {
+            fused
+                .compute(&Backend::Cpu, batch(), LinearRequest::new())
+                .expect("a valid call")
+        });
+        push("xent-cpu-fused", "forward", flops, t, scratch, out.loss);
+
+        let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
+        for (name, strategy) in [
+            ("xent-cpu-fused", Strategy::Fused),
+            ("xent-cpu-chunked", Strategy::Chunked),
+        ] {
+            let loss = head(strategy);
+            let (t, scratch, out) = timed(iters, || {
+                let request = LinearRequest::new()
+                    .hidden_gradient(GradientBuffer::Write(&mut dh))
+                    .weight_gradient(GradientBuffer::Write(&mut dw))
+                    .bias_gradient(GradientBuffer::Write(&mut db));
+                loss.compute(&Backend::Cpu, batch(), request)
+                    .expect("a valid call")
+            });
+            push(name, "forward-backward", 3.0 * flops, t, scratch, out.loss);
+        }
+
+        // The materialized baseline: logits allocated inside the call, as a framework does.
+        for backward in [false, true] {
+            let (t, scratch, loss) = timed(iters, || {
+                let mut x = vec![0f32; n * v];
+                let out = Shape::dense(n, v);
+                gemm::logits(Threads::Pool, (&mut x, out), &h32, &w32, Some(&b32), d);
+                let request = if backward {
+                    Request::new().gradient_in_place()
+                } else {
+                    Request::new()
+                };
+                let loss = ce
+                    .compute(
+                        &Backend::Cpu,
+                        Batch::new(Logits::new_mut(&mut x, n, v), &data.y[..]),
+                        request,
+                    )
+                    .expect("a valid call")
+                    .loss;
+                if backward {
+                    let g = (&x[..], out);
+                    gemm::hidden_gradient(Threads::Pool, gemm::Mode::Write, &mut dh, g, &w32, d);
+                    gemm::weight_gradient(Threads::Pool, gemm::Mode::Write, &mut dw, g, &h32, d);
+                    db.fill(0.0);
+                    for row in x.chunks(v) {
+                        for (s, g) in db.iter_mut().zip(row) {
+                            *s += g;
+                        }
+                    }
+                }
+                loss
+            });
+            let (mode, work) = match backward {
+                false => ("forward", flops),
+                true => ("forward-backward", 3.0 * flops),
+            };
+            push("materialized", mode, work, t, scratch, loss);
+        }
+        let gemm = records
+            .iter()
+            .rev()
+            .find(|r| r.mode == "product")
+            .map_or(f64::NAN, |r| r.gflops);
+        let first = records.len() - 6;
+        for r in &mut records[first..] {
+            r.gemm_fraction = r.gflops / gemm;
+        }
+    }
+}
+
+/// The table on stdout.
+pub fn table(records: &[LinearRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<18} {:<5} {:<16} {:<17} {:>10} {:>10} {:>8} {:>7} {:>11} {:>10}",
+        "shape",
+        "dtype",
+        "mode",
+        "impl",
+        "median ms",
+        "min ms",
+        "GFLOP/s",
+        "% gemm",
+        "scratch MB",
+        "logits MB"
+    );
+    for r in records {
+        let shape = HeadShape {
+            rows: r.rows,
+            hidden: r.hidden,
+            vocab: r.vocab,
+        };
+        let _ = writeln!(
+            out,
+            "{:<18} {:<5} {:<16} {:<17} {:>10.1} {:>10.1} {:>8.1} {:>6.0}% {:>11} {:>10.1}",
+            shape.to_string(),
+            r.dtype,
+            r.mode,
+            r.implementation,
+            r.median_ms,
+            r.min_ms,
+            r.gflops,
+            r.gemm_fraction * 100.0,
+            r.scratch_bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+            r.logits_bytes as f64 / 1e6
+        );
+    }
+    out
+}
