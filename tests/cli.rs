@@ -1180,6 +1180,165 @@ fn unknown_environment_values_are_warned_about() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// eval --hidden: a linear head from hidden states
+
+#[test]
+fn eval_hidden_states_of_a_linear_head() {
+    use xent::linear::LinearBatch;
+    use xent::Matrix;
+    let dir = Dir::new();
+    let (b, t, d, v) = (3, 5, 12, 40);
+    let n = b * t;
+    let mut rng = Rng(21);
+    let h: Vec<f32> = rng.logits(n * d).iter().map(|x| x * 0.3).collect();
+    let w: Vec<f32> = rng.logits(v * d).iter().map(|x| x * 0.2).collect();
+    let bias: Vec<f32> = rng.logits(v).iter().map(|x| x * 0.1).collect();
+    let mut y: Vec<i64> = (0..n).map(|_| rng.below(v) as i64).collect();
+    y[4] = -100;
+    let weights: Vec<f32> = (0..v).map(|c| 0.5 + (c % 3) as f32 * 0.5).collect();
+    // h as (B, T, D) in f16: one row per (b, t); W as f32, b as f32.
+    let h16: Vec<f16> = h.iter().map(|&x| f16::from_f32(x)).collect();
+    let hidden = dir.npy("h.npy", &[b, t, d], &h16);
+    let weight = dir.npy("w.npy", &[v, d], &w);
+    let bias_file = dir.npy("b.npy", &[v], &bias);
+    let targets = dir.npy("y.npy", &[b, t], &y);
+    let class_weights = dir.npy("cw.npy", &[v], &weights);
+    let losses = dir.arg("losses.npy");
+    let json = eval_json(&[
+        "--hidden",
+        &hidden,
+        "--weight",
+        &weight,
+        "--bias",
+        &bias_file,
+        "--targets",
+        &targets,
+        "--weights",
+        &class_weights,
+        "--label-smoothing",
+        "0.1",
+        "--z-loss",
+        "1e-3",
+        "--losses-out",
+        &losses,
+    ]);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+    let batch = LinearBatch::new(Matrix::new(&h16, n, d), Matrix::new(&w, v, d), &y[..])
+        .bias(&bias)
+        .class_weights(&weights);
+    let r = reference::linear_cross_entropy(&options, &batch, None).unwrap();
+    let r = r.logits_reference;
+    close(num(&json, "loss"), r.loss.unwrap(), "loss");
+    assert_eq!(json["rows"], n);
+    assert_eq!(json["classes"], v);
+    check_metrics(&json, &r);
+    let (shape, rows) = read_npy_f32(&dir.path("losses.npy"));
+    assert_eq!(shape, [b, t]);
+    close_all(&rows, &r.row_losses, "per-row losses");
+
+    // What --hidden cannot do is a usage error; a bad file names itself.
+    let refused = xent(&[
+        "eval",
+        "--hidden",
+        &hidden,
+        "--weight",
+        &weight,
+        "--targets",
+        &targets,
+        "--loss",
+        "bce",
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--loss bce"), "{}", refused.stderr);
+    let short = dir.npy("w_short.npy", &[v, d - 1], &w[..v * (d - 1)]);
+    let run = xent(&[
+        "eval",
+        "--hidden",
+        &hidden,
+        "--weight",
+        &short,
+        "--targets",
+        &targets,
+    ]);
+    assert_file_error(&run, "w_short.npy", "need (V, 12)");
+    y[7] = v as i64;
+    let bad = dir.npy("y_bad.npy", &[b, t], &y);
+    let run = xent(&[
+        "eval",
+        "--hidden",
+        &hidden,
+        "--weight",
+        &weight,
+        "--targets",
+        &bad,
+    ]);
+    assert_file_error(&run, "y_bad.npy", "out of range");
+    let missing = xent(&["eval", "--hidden", &hidden, "--targets", &targets]);
+    assert_eq!(
+        missing.code, 2,
+        "--hidden without --weight: {}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn bench_linear_head_table_and_json() {
+    let dir = Dir::new();
+    let json = dir.arg("linear.json");
+    let run = xent(&[
+        "bench",
+        "--linear",
+        "--head",
+        "64x16x300",
+        "--iters",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        &json,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let records: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let records = records.as_array().unwrap();
+    let kinds: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["impl"].as_str().unwrap().into(),
+                r["mode"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (implementation, mode) in [
+        ("gemm", "product"),
+        ("xent-cpu-fused", "forward"),
+        ("xent-cpu-fused", "forward-backward"),
+        ("xent-cpu-chunked", "forward-backward"),
+        ("materialized", "forward"),
+        ("materialized", "forward-backward"),
+    ] {
+        assert!(
+            kinds.contains(&(implementation.into(), mode.into())),
+            "{implementation} {mode} in {kinds:?}"
+        );
+    }
+    // The counting allocator of the binary measured something, and the losses agree.
+    for r in records {
+        assert!(r["scratch_bytes"].as_u64().is_some(), "{r}");
+        assert_eq!(r["logits_bytes"], 64 * 300 * 4);
+    }
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 5);
+    for l in &losses {
+        assert!(
+            (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
+            "{losses:?}"
+        );
+    }
+    assert!(run.stdout.contains("% gemm"), "{}", run.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
 // bench and devices
 
 #[test]

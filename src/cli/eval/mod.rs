@@ -15,6 +15,7 @@
 //! `float64` logits are converted to `float32` (the loss is computed in f32 or wider either
 //! way); `float16` and `bfloat16` are read in place.
 
+mod linear;
 mod report;
 mod shapes;
 
@@ -76,11 +77,23 @@ pub enum InputArg {
 /// Arguments of `xent eval`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["targets", "soft_targets"])))]
+#[command(group(ArgGroup::new("input_file").required(true).args(["logits", "hidden"])))]
 pub struct EvalArgs {
     /// Logits: (N, C), (C,) for one row, or (N, C, d1, …); float32, float16, float64 (converted
     /// to float32) or bfloat16. A `.npy` file, or `FILE.safetensors:TENSOR`.
     #[arg(long, value_name = "FILE")]
-    pub logits: String,
+    pub logits: Option<String>,
+    /// Instead of --logits: a linear head's hidden states h, (N, D) or (d1, …, D) (one row per
+    /// leading index), scored as cross_entropy(h·Wᵀ + b, y) without ever holding the N × V
+    /// logits (`xent::linear`, on the CPU). Needs --weight; targets have h's leading shape.
+    #[arg(long, value_name = "FILE", requires = "weight")]
+    pub hidden: Option<String>,
+    /// The head's weight W, (V, D) (PyTorch's nn.Linear layout), for --hidden.
+    #[arg(long, value_name = "FILE", requires = "hidden")]
+    pub weight: Option<String>,
+    /// The head's bias b, (V,), for --hidden.
+    #[arg(long, value_name = "FILE", requires = "hidden")]
+    pub bias: Option<String>,
     /// Targets: class indices (int32/int64) of shape (N,), () or (N, d1, …) for `ce`; float
     /// targets in [0, 1] with the logits' shape for `bce`.
     #[arg(long, value_name = "FILE")]
@@ -248,8 +261,11 @@ struct Evaluation {
 /// Runs `xent eval`.
 pub fn run(args: &EvalArgs) -> Result<(), CliError> {
     check_options(args)?;
+    let Some(logits_arg) = &args.logits else {
+        return linear::run(args);
+    };
     let load_start = Instant::now();
-    let logits = read_tensor(&args.logits)?;
+    let logits = read_tensor(logits_arg)?;
     if matches!(logits.data, Data::I32(_) | Data::I64(_)) {
         return Err(logits.error(format!(
             "dtype {} is not allowed for logits: expected float32, float16, float64 or bfloat16",
@@ -310,7 +326,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         batch = batch.sample_weights(s);
     }
     let sources = Sources {
-        logits: &args.logits,
+        logits: logits_arg,
         targets: target_arg,
         weights: args.weights.as_deref(),
         pos_weight: args.pos_weight.as_deref(),

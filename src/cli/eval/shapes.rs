@@ -82,8 +82,9 @@ pub(super) fn check_index_targets(
     let fits = targets.shape == g.loss_shape || (g.loss_shape.is_empty() && targets.shape == [1]);
     if !fits {
         return Err(targets.error(format!(
-            "targets have shape {} but logits {} need {}",
+            "targets have shape {} but {} of shape {} needs {}",
             targets.shape_string(),
+            logits.source,
             logits.shape_string(),
             shape_string(&g.loss_shape)
         )));
@@ -124,8 +125,9 @@ pub(super) fn sample_weights<'a>(
     let fits = t.shape == want || (want.is_empty() && t.shape == [1]);
     if !fits {
         return Err(option(format!(
-            "has shape {} but the logits {} have {} rows; expected {}",
+            "has shape {} but {} of shape {} has {} rows; expected {}",
             t.shape_string(),
+            logits.source,
             logits.shape_string(),
             g.rows,
             shape_string(&want)
