@@ -1,14 +1,17 @@
-//! The training loop on the CPU: plain Rust matmuls and xent's [`Backend::Cpu`] for the loss
-//! and its gradient. Same initialization, data order and summation order as [`super::gpu`],
-//! so the curves agree to rounding; it is also the readable version of what the WGSL kernels
-//! in `examples/shaders/` do.
+//! The training loop on the CPU: plain Rust matmuls for the hidden layers, and the head's loss
+//! from its input by xent's linear cross-entropy ([`LinearCrossEntropy`]: the logits, dh, dW
+//! and db in one call, the logits never handed out). Same initialization and data order as
+//! [`super::gpu`] (whose head is still a dense layer and xent's device-resident loss: the GPU
+//! linear head is not written yet), so the curves agree to rounding; it is also the readable
+//! version of what the WGSL kernels in `examples/shaders/` do.
 
 use super::data::{Digits, Split};
 use super::{
     check_config, epoch_order, init_params, Config, Epoch, Error, Event, Optimizer, Report,
     ADAM_EPS, BETA1, BETA2, CLASSES,
 };
-use xent::{Backend, Batch, CrossEntropy, Logits, Request};
+use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
+use xent::{Backend, Batch, CrossEntropy, Logits, Matrix, Request};
 
 /// `y = act(x·W + b)` for a packed block θ ((inputs + 1) × outputs); `x` is rows × inputs.
 /// Same order as `dense_forward.wgsl`: Σ_k in order, then the bias.
@@ -79,9 +82,11 @@ pub fn dense_backward_weight(x: &[f32], dy: &[f32], inputs: usize, outputs: usiz
     g
 }
 
-/// The forward pass: every layer's output, input first (`acts[0] = x`, last = logits).
+/// The forward pass of the first `params.len()` layers of the network of `widths`: every
+/// layer's output, input first (`acts[0] = x`; with every layer, last = logits). Every layer
+/// but the network's last has a ReLU.
 pub fn forward(params: &[Vec<f32>], widths: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
-    let layers = params.len();
+    let layers = widths.len() - 1;
     let mut acts = vec![x.to_vec()];
     for (l, theta) in params.iter().enumerate() {
         let y = dense_forward(&acts[l], theta, widths[l], widths[l + 1], l + 1 < layers);
@@ -101,6 +106,54 @@ pub fn evaluate(params: &[Vec<f32>], widths: &[usize], split: &Split) -> Result<
     )?;
     let metrics = out.metrics.ok_or("xent returned no metrics")?;
     Ok((out.loss.ok_or("xent returned no loss")?, metrics.accuracy()))
+}
+
+/// The head's mean loss on its input `h` (rows × `inputs`) by [`LinearCrossEntropy`], which
+/// takes `W` as nn.Linear's [classes × inputs]: the packed block θ ((inputs + 1) × classes) is
+/// transposed in and its gradient packed back into `grad`. Returns the loss and `dh` (empty
+/// when the head's input is the data, which needs none).
+fn head_loss(
+    theta: &[f32],
+    h: &[f32],
+    y: &[i32],
+    inputs: usize,
+    grad: &mut Vec<f32>,
+) -> Result<(f32, Vec<f32>), Error> {
+    let rows = y.len();
+    let w: Vec<f32> = (0..CLASSES * inputs)
+        .map(|i| theta[(i % inputs) * CLASSES + i / inputs])
+        .collect();
+    let bias = &theta[inputs * CLASSES..];
+    let (mut dh, mut dw, mut db) = (
+        vec![0f32; rows * inputs],
+        vec![0f32; CLASSES * inputs],
+        vec![0f32; CLASSES],
+    );
+    let batch = LinearBatch::new(
+        Matrix::new(h, rows, inputs),
+        Matrix::new(&w, CLASSES, inputs),
+        y,
+    )
+    .bias(bias);
+    let request = LinearRequest::new()
+        .hidden_gradient(GradientBuffer::Write(&mut dh))
+        .weight_gradient(GradientBuffer::Write(&mut dw))
+        .bias_gradient(GradientBuffer::Write(&mut db));
+    let loss = LinearCrossEntropy::new(CrossEntropy::new())
+        .compute(&Backend::Cpu, batch, request)?
+        .loss
+        .ok_or("xent returned no loss")?;
+    *grad = (0..(inputs + 1) * CLASSES)
+        .map(|i| {
+            let (k, j) = (i / CLASSES, i % CLASSES);
+            if k < inputs {
+                dw[j * inputs + k]
+            } else {
+                db[j]
+            }
+        })
+        .collect();
+    Ok((loss, dh))
 }
 
 /// Trains on the CPU. `on_event` sees the losses as the GPU path would read them back (every
@@ -131,7 +184,6 @@ pub fn train(
     let mut pending: Vec<f32> = Vec::new();
     let mut xb = vec![0.0f32; batch * features];
     let mut yb = vec![0i32; batch];
-    let mut dlogits = vec![0.0f32; batch * CLASSES];
     for epoch in 0..config.epochs {
         let order = epoch_order(config, epoch, train.samples());
         for step in 0..steps_per_epoch {
@@ -142,30 +194,32 @@ pub fn train(
                     .copy_from_slice(&train.x[src * features..][..features]);
                 yb[n] = train.y[src];
             }
-            let acts = forward(&params, &widths, &xb);
-            let logits = acts.last().expect("at least one layer");
-            let loss = CrossEntropy::new()
-                .compute(
-                    &Backend::Cpu,
-                    Batch::new(Logits::new(logits, batch, CLASSES), &yb[..]),
-                    Request::new().gradient_into(&mut dlogits),
-                )?
-                .loss
-                .ok_or("xent returned no loss")?;
-            // Backward, last layer first.
-            let mut dy = dlogits.clone();
+            // Every layer but the head, then the head's loss from its input (`xent::linear`:
+            // the logits stay inside xent), with dh, dW and db.
+            let head = params.len() - 1;
+            let acts = forward(&params[..head], &widths, &xb);
+            let h = acts.last().expect("the input at least");
             let mut grads = vec![Vec::new(); params.len()];
-            for l in (0..params.len()).rev() {
-                grads[l] = dense_backward_weight(&acts[l], &dy, widths[l], widths[l + 1]);
-                if l > 0 {
-                    dy = dense_backward_input(
-                        &dy,
-                        &params[l],
-                        &acts[l],
-                        widths[l],
-                        widths[l + 1],
-                        true,
-                    );
+            let (loss, dh) = head_loss(&params[head], h, &yb, widths[head], &mut grads[head])?;
+            // Backward through the hidden layers, last first.
+            if head > 0 {
+                let mut dy: Vec<f32> = dh
+                    .iter()
+                    .zip(h)
+                    .map(|(&d, &a)| if a > 0.0 { d } else { 0.0 })
+                    .collect();
+                for l in (0..head).rev() {
+                    grads[l] = dense_backward_weight(&acts[l], &dy, widths[l], widths[l + 1]);
+                    if l > 0 {
+                        dy = dense_backward_input(
+                            &dy,
+                            &params[l],
+                            &acts[l],
+                            widths[l],
+                            widths[l + 1],
+                            true,
+                        );
+                    }
                 }
             }
             // Update (adam_tick.wgsl, adam_update.wgsl / sgd_update.wgsl).
