@@ -8,6 +8,7 @@
 //! mpirun --allow-run-as-root --oversubscribe -np 2 target/release/examples/vocab_parallel_mpi
 //! mpirun -np 2 target/release/examples/vocab_parallel_mpi --gpu   # shards on wgpu's adapter
 //! mpirun -np 2 target/release/examples/vocab_parallel_mpi --focal-gamma 2   # focal loss
+//! mpirun -np 2 target/release/examples/vocab_parallel_mpi --linear   # a linear head's shards
 //! ```
 //!
 //! Needs an MPI library (Debian: `apt-get install openmpi-bin libopenmpi-dev libclang-dev`); the
@@ -30,6 +31,13 @@
 //! each rank sums its columns' 8-byte `FocalPartial`s from the global LSE (`shard_focal`), the
 //! ranks add them up (all-reduce SUM, or all-gather and add in rank order) and
 //! `combine_focal` finishes the loss and the gradient coefficients.
+//!
+//! With `--linear` the vocabulary is a linear head's: every rank holds the hidden states
+//! (64 rows × 256) and its own rows of the head's weight and bias (`W` [50 257 × 256], split by
+//! vocabulary), and `LinearCrossEntropy::shard_partials` gives the same `RowPartial`s from them
+//! that a shard of logits gives; the exchange and `combine` are the same, then each rank's
+//! `shard_backward` writes its rows of `dW` and `db` and its part of `dh`, which an all-reduce
+//! SUM adds up. The check is the unsharded `LinearCrossEntropy::compute` (CPU only).
 //!
 //! Then each rank writes the gradient of its own columns with `shard_backward`. For the check,
 //! every rank also runs the unsharded `CrossEntropy::compute` over the whole batch on the CPU
@@ -324,6 +332,132 @@ fn run<C: Communicator>(world: &C, backend: &Backend, gamma: f32) -> xent::Resul
     })
 }
 
+/// Hidden size of `--linear`'s head.
+const HIDDEN: usize = 256;
+
+/// `--linear`: the same targets and class weights, the logits made by a linear head from
+/// hidden states; each rank holds its rows of `W` and `b`.
+fn run_linear<C: Communicator>(world: &C, gamma: f32) -> xent::Result<Report> {
+    use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+    use xent::Matrix;
+    let (rank, size) = (world.rank() as usize, world.size() as usize);
+    let options = options(gamma);
+    let Problem {
+        targets, weights, ..
+    } = problem(&options);
+    let mut rng = Rng(SEED ^ 0x11ea);
+    let scale = 4.0 / (HIDDEN as f32).sqrt();
+    let hidden: Vec<f32> = (0..ROWS * HIDDEN).map(|_| 2.0 * rng.unit() - 1.0).collect();
+    let weight: Vec<f32> = (0..CLASSES * HIDDEN)
+        .map(|_| scale * (2.0 * rng.unit() - 1.0))
+        .collect();
+    let bias: Vec<f32> = (0..CLASSES).map(|_| rng.unit() - 0.5).collect();
+    let head = LinearCrossEntropy::new(options).strategy(Strategy::Fused);
+    let shard = Shard::split(CLASSES, size)[rank];
+    let columns = shard.start..shard.start + shard.width;
+    let batch = || {
+        let rows = &weight[shard.start * HIDDEN..(shard.start + shard.width) * HIDDEN];
+        LinearBatch::new(
+            Matrix::new(&hidden, ROWS, HIDDEN),
+            Matrix::new(rows, shard.width, HIDDEN),
+            &targets[..],
+        )
+        .bias(&bias[columns.clone()])
+        .class_weights(&weights[columns.clone()])
+    };
+
+    // Step 1 from this rank's rows of the head; step 2 as for logits, both routes.
+    let mine = head.shard_partials(&Backend::Cpu, shard, batch())?;
+    let merged = all_reduce_partials(world, &mine);
+    let mut combined = options.combine(CLASSES, &[&merged], Targets::I64(&targets), None)?;
+    let gathered = all_gather(world, &mine);
+    let views: Vec<&[RowPartial]> = gathered.iter().map(|p| &p[..]).collect();
+    let mut by_gather = options.combine(CLASSES, &views, Targets::I64(&targets), None)?;
+    for (combined, route) in [
+        (&mut combined, Route::AllReduce),
+        (&mut by_gather, Route::AllGather),
+    ] {
+        if combined.needs_focal_round() {
+            let sums = head.shard_focal(&Backend::Cpu, shard, batch(), combined)?;
+            let all = all_gather(world, &sums);
+            let views: Vec<&[FocalPartial]> = all.iter().map(|p| &p[..]).collect();
+            match route {
+                Route::AllGather => options.combine_focal(combined, &views)?,
+                // An all-reduce SUM of the 8-byte sums gives one slice.
+                Route::AllReduce => {
+                    let mut summed = vec![FocalPartial::default(); sums.len()];
+                    world.all_reduce_into(
+                        bytemuck::cast_slice::<FocalPartial, f32>(&sums),
+                        bytemuck::cast_slice_mut::<FocalPartial, f32>(&mut summed),
+                        SystemOperation::sum(),
+                    );
+                    options.combine_focal(combined, &[&summed])?
+                }
+            }
+        }
+    }
+
+    // Step 3: this rank's rows of dW and db, its part of dh, summed across ranks.
+    let mut dw = vec![0f32; shard.width * HIDDEN];
+    let mut db = vec![0f32; shard.width];
+    let mut dh_part = vec![0f32; ROWS * HIDDEN];
+    let request = LinearRequest::new()
+        .hidden_gradient(GradientBuffer::Write(&mut dh_part))
+        .weight_gradient(GradientBuffer::Write(&mut dw))
+        .bias_gradient(GradientBuffer::Write(&mut db));
+    head.shard_backward(&Backend::Cpu, shard, batch(), &combined, request)?;
+    let mut dh = vec![0f32; ROWS * HIDDEN];
+    world.all_reduce_into(&dh_part[..], &mut dh[..], SystemOperation::sum());
+
+    // The check: the unsharded head on the CPU.
+    let (mut dh1, mut dw1, mut db1) = (
+        vec![0f32; ROWS * HIDDEN],
+        vec![0f32; CLASSES * HIDDEN],
+        vec![0f32; CLASSES],
+    );
+    let single = head.compute(
+        &Backend::Cpu,
+        LinearBatch::new(
+            Matrix::new(&hidden, ROWS, HIDDEN),
+            Matrix::new(&weight, CLASSES, HIDDEN),
+            &targets[..],
+        )
+        .bias(&bias)
+        .class_weights(&weights),
+        LinearRequest::new()
+            .hidden_gradient(GradientBuffer::Write(&mut dh1))
+            .weight_gradient(GradientBuffer::Write(&mut dw1))
+            .bias_gradient(GradientBuffer::Write(&mut db1)),
+    )?;
+    // This rank's dW and db rows; dh once (rank 0), as every rank holds all of it.
+    let mut pairs: Vec<(f32, f32)> = dw
+        .iter()
+        .zip(&dw1[shard.start * HIDDEN..(shard.start + shard.width) * HIDDEN])
+        .chain(db.iter().zip(&db1[columns]))
+        .map(|(&g, &r)| (g, r))
+        .collect();
+    if rank == 0 {
+        pairs.extend(dh.iter().zip(&dh1).map(|(&g, &r)| (g, r)));
+    }
+    let (mut diff_sq, mut norm_sq, mut sharded_norm_sq, mut worst) = (0f64, 0f64, 0f64, 0f64);
+    for (g, r) in pairs {
+        let (g, r) = (g as f64, r as f64);
+        diff_sq += (g - r) * (g - r);
+        norm_sq += r * r;
+        sharded_norm_sq += g * g;
+        worst = worst.max((g - r).abs() / (1e-6 + 1e-4 * r.abs()));
+    }
+    Ok(Report {
+        allreduce_loss: combined.output.loss.unwrap_or(f32::NAN),
+        allgather_loss: by_gather.output.loss.unwrap_or(f32::NAN),
+        single_loss: single.loss.unwrap_or(f32::NAN),
+        diff_sq,
+        norm_sq,
+        sharded_norm_sq,
+        worst,
+    })
+}
+
 fn relative(a: f32, b: f32) -> f64 {
     (a as f64 - b as f64).abs() / (b as f64).abs().max(1e-30)
 }
@@ -358,7 +492,17 @@ fn main() -> ExitCode {
     } else {
         Backend::Cpu
     };
-    let report = match run(&world, &backend, gamma) {
+    let linear = args.iter().any(|a| a == "--linear");
+    if linear && gpu {
+        eprintln!("--linear runs on the CPU only (the GPU's linear head is not written yet)");
+        return ExitCode::FAILURE;
+    }
+    let outcome = if linear {
+        run_linear(&world, gamma)
+    } else {
+        run(&world, &backend, gamma)
+    };
+    let report = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rank {rank}: {e}");
@@ -382,8 +526,13 @@ fn main() -> ExitCode {
     world.process_at_rank(0).broadcast_into(&mut ok);
     if rank == 0 {
         let shards = Shard::split(CLASSES, size as usize);
+        let head = if linear {
+            format!(", a linear head of hidden size {HIDDEN} (each rank: its rows of W and b)")
+        } else {
+            String::new()
+        };
         println!(
-            "{size} ranks, {ROWS} rows × {CLASSES} classes, backend {}, {:?}",
+            "{size} ranks, {ROWS} rows × {CLASSES} classes{head}, backend {}, {:?}",
             backend.name(),
             options(gamma)
         );

@@ -59,6 +59,7 @@ use crate::error::{Error, Result};
 use crate::input::{Element, Matrix, Targets};
 use crate::options::CrossEntropy;
 use crate::output::Output;
+use crate::shard::{Combined, FocalPartial, RowPartial, Shard};
 
 /// How the logits are held (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,13 +133,119 @@ impl LinearCrossEntropy {
         let plan = crate::plan::linear::check(self, &batch, &request)?;
         match backend.target() {
             Target::Cpu(level) => crate::cpu::linear::run(level, &plan, &batch, &mut request),
-            Target::Gpu(_) => Err(Error::Unsupported(
-                "linear cross-entropy runs on the CPU backend only so far (issue 13: the WGSL \
-                 GEMM kernels are not written yet)"
-                    .into(),
-            )),
+            Target::Gpu(_) => Err(gpu_unsupported()),
         }
     }
+}
+
+/// Vocabulary-parallel linear heads: a shard of `W`'s rows gives the same per-row partials as
+/// a shard of the logits ([`crate::shard`]), so `CrossEntropy::combine` and its focal round
+/// carry over. On each shard `k` (columns `[start, start + width)` of `V`): `batch.weight` is
+/// `W[start..start + width]` [width × D], `batch.bias` and `batch.class_weights` its slices,
+/// the targets global, no sample weights (they go to `combine_weighted`).
+///
+/// ```
+/// use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
+/// use xent::shard::{RowPartial, Shard};
+/// use xent::{Backend, CrossEntropy, Matrix, Targets};
+/// let (n, d, v) = (2, 2, 5);
+/// let h = [1.0f32, -1.0, 0.5, 2.0];
+/// let w: Vec<f32> = (0..v * d).map(|i| i as f32 * 0.1).collect();
+/// let y = [4i64, 0];
+/// let head = LinearCrossEntropy::new(CrossEntropy::new());
+/// let shards = Shard::split(v, 2);
+/// let batch = |s: Shard| {
+///     let rows = Matrix::new(&w[s.start * d..(s.start + s.width) * d], s.width, d);
+///     LinearBatch::new(Matrix::new(&h, n, d), rows, &y[..])
+/// };
+/// // 1. Each shard's partials; 2. after an all-gather, combined in shard order.
+/// let partials = shards
+///     .iter()
+///     .map(|&s| head.shard_partials(&Backend::Cpu, s, batch(s)))
+///     .collect::<Result<Vec<Vec<RowPartial>>, _>>()?;
+/// let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
+/// let combined = head.loss.combine(v, &views, Targets::I64(&y), None)?;
+/// // 3. Each shard's dW rows and db, and its part of dh (summed over shards by an all-reduce).
+/// let mut dh = vec![0f32; n * d];
+/// for &s in &shards {
+///     let mut dw = vec![0f32; s.width * d];
+///     let request = LinearRequest::new()
+///         .hidden_gradient(GradientBuffer::Add(&mut dh))
+///         .weight_gradient(GradientBuffer::Write(&mut dw));
+///     head.shard_backward(&Backend::Cpu, s, batch(s), &combined, request)?;
+/// }
+/// let whole = head.compute(
+///     &Backend::Cpu,
+///     LinearBatch::new(Matrix::new(&h, n, d), Matrix::new(&w, v, d), &y[..]),
+///     LinearRequest::new(),
+/// )?;
+/// assert!((combined.output.loss.unwrap() - whole.loss.unwrap()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
+impl LinearCrossEntropy {
+    /// Step 1 on one shard of the head: every row's [`RowPartial`] over the shard's columns.
+    pub fn shard_partials(
+        &self,
+        backend: &Backend,
+        shard: Shard,
+        batch: LinearBatch<'_>,
+    ) -> Result<Vec<RowPartial>> {
+        let plan = crate::plan::linear::check_shard(self, shard, &batch, &LinearRequest::new())?;
+        match backend.target() {
+            Target::Cpu(level) => Ok(crate::cpu::linear::shard_partials(level, &plan, &batch)),
+            Target::Gpu(_) => Err(gpu_unsupported()),
+        }
+    }
+
+    /// The focal round (focal loss with label smoothing, `combined.needs_focal_round()`) on
+    /// one shard: its [`FocalPartial`]s, for `CrossEntropy::combine_focal`.
+    pub fn shard_focal(
+        &self,
+        backend: &Backend,
+        shard: Shard,
+        batch: LinearBatch<'_>,
+        combined: &Combined,
+    ) -> Result<Vec<FocalPartial>> {
+        let plan = crate::plan::linear::check_shard(self, shard, &batch, &LinearRequest::new())?;
+        crate::plan::linear::check_combined(&plan, combined, true)?;
+        match backend.target() {
+            Target::Cpu(level) => Ok(crate::cpu::linear::shard_focal(
+                level, &plan, &batch, combined,
+            )),
+            Target::Gpu(_) => Err(gpu_unsupported()),
+        }
+    }
+
+    /// Step 3 on one shard: the gradients `request` asks for from the combined rows: the
+    /// shard's rows of `dW` [width × D] and `db` [width], and its part of `dh` [N × D] (the
+    /// sum over shards is `dh`: add them, or all-reduce). The request takes no upstream or
+    /// per-row outputs (`combine` has them).
+    pub fn shard_backward(
+        &self,
+        backend: &Backend,
+        shard: Shard,
+        batch: LinearBatch<'_>,
+        combined: &Combined,
+        mut request: LinearRequest<'_>,
+    ) -> Result<()> {
+        let plan = crate::plan::linear::check_shard(self, shard, &batch, &request)?;
+        crate::plan::linear::check_combined(&plan, combined, false)?;
+        match backend.target() {
+            Target::Cpu(level) => {
+                crate::cpu::linear::shard_backward(level, &plan, &batch, combined, &mut request);
+                Ok(())
+            }
+            Target::Gpu(_) => Err(gpu_unsupported()),
+        }
+    }
+}
+
+fn gpu_unsupported() -> Error {
+    Error::Unsupported(
+        "linear cross-entropy runs on the CPU backend only so far (issue 13: the WGSL GEMM \
+         kernels are not written yet)"
+            .into(),
+    )
 }
 
 /// Everything a linear cross-entropy call reads.

@@ -623,3 +623,131 @@ fn bad_inputs_are_typed_errors() {
     );
     assert!(matches!(err, Error::Shape { what: "hidden", .. }), "{err}");
 }
+
+/// Vocabulary-parallel heads: K shards of `W`'s rows, partials combined (with the focal round
+/// when the options need it), each shard's backward; the combined loss, rows and LSE, `dh`
+/// summed over shards and `dW`, `db` concatenated, against the reference on the whole head.
+#[test]
+fn vocab_parallel_shards_of_the_weight() {
+    use xent::shard::{FocalPartial, RowPartial, Shard};
+    use xent::Targets;
+    let head = Head::new(17, (19, 13, 700), Dtype::F32)
+        .ignore_every(4)
+        .weighted(3);
+    let (n, d, v) = (head.rows, head.hidden, head.vocab);
+    let Typed::F32(w) = &head.w else {
+        unreachable!()
+    };
+    let Some(Typed::F32(b)) = &head.b else {
+        unreachable!()
+    };
+    let cw = head.class_weights.as_deref().unwrap();
+    let sw = head.sample_weights.as_deref().unwrap();
+    let h = match &head.h {
+        Typed::F32(h) => h,
+        _ => unreachable!(),
+    };
+    for (name, options) in option_grid() {
+        let upstream: Vec<f32> = match options.reduction {
+            Reduction::None => (0..n).map(|r| 1.0 + r as f32 * 0.05).collect(),
+            _ => vec![1.25],
+        };
+        let reference = head.reference(&options, Some(&upstream));
+        let loss = LinearCrossEntropy::new(options);
+        for k in [1usize, 2, 3, 8] {
+            let label = format!("{name}, {k} shards");
+            let shards = Shard::split(v, k);
+            let batch = |s: Shard| {
+                let range = s.start..s.start + s.width;
+                let rows = Matrix::new(&w[s.start * d..(s.start + s.width) * d], s.width, d);
+                LinearBatch::new(Matrix::new(h, n, d), rows, &head.targets[..])
+                    .bias(&b[range.clone()])
+                    .class_weights(&cw[range])
+            };
+            let partials = shards
+                .iter()
+                .map(|&s| loss.shard_partials(&Backend::Cpu, s, batch(s)))
+                .collect::<Result<Vec<Vec<RowPartial>>, _>>()
+                .unwrap();
+            let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
+            let targets = Targets::I64(&head.targets);
+            let mut combined = options
+                .combine_weighted(v, &views, targets, Some(sw), Some(&upstream))
+                .unwrap();
+            if combined.needs_focal_round() {
+                let sums = shards
+                    .iter()
+                    .map(|&s| loss.shard_focal(&Backend::Cpu, s, batch(s), &combined))
+                    .collect::<Result<Vec<Vec<FocalPartial>>, _>>()
+                    .unwrap();
+                let views: Vec<&[FocalPartial]> = sums.iter().map(|p| &p[..]).collect();
+                options.combine_focal(&mut combined, &views).unwrap();
+            }
+            let mut g = Grads::filled(&head, 0.0);
+            for &s in &shards {
+                let request = LinearRequest::new()
+                    .hidden_gradient(GradientBuffer::Add(&mut g.dh))
+                    .weight_gradient(GradientBuffer::Write(
+                        &mut g.dw[s.start * d..(s.start + s.width) * d],
+                    ))
+                    .bias_gradient(GradientBuffer::Write(&mut g.db[s.start..s.start + s.width]));
+                loss.shard_backward(&Backend::Cpu, s, batch(s), &combined, request)
+                    .unwrap();
+            }
+            check(&label, &head, &reference, &combined.output, &g, 0.0);
+        }
+    }
+    // A shard call refuses what belongs to `combine`, shapes that disagree with the shard, and
+    // a backward while the focal round is pending.
+    let s = Shard::split(v, 2)[1];
+    let rows = || Matrix::new(&w[s.start * d..], s.width, d);
+    let batch = || LinearBatch::new(Matrix::new(h, n, d), rows(), &head.targets[..]);
+    let err = loss_of(CrossEntropy::new())
+        .shard_partials(&Backend::Cpu, s, batch().sample_weights(sw))
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    let wide = Shard {
+        width: s.width + 1,
+        ..s
+    };
+    let err = loss_of(CrossEntropy::new())
+        .shard_partials(&Backend::Cpu, wide, batch())
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { what: "shard", .. }), "{err}");
+    let narrow = Shard {
+        width: s.width - 1,
+        ..s
+    };
+    let err = loss_of(CrossEntropy::new())
+        .shard_partials(&Backend::Cpu, narrow, batch())
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let focal = CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1);
+    let partials = loss_of(focal)
+        .shard_partials(&Backend::Cpu, s, batch())
+        .unwrap();
+    let other = loss_of(focal)
+        .shard_partials(&Backend::Cpu, Shard::split(v, 2)[0], {
+            let s0 = Shard::split(v, 2)[0];
+            LinearBatch::new(
+                Matrix::new(h, n, d),
+                Matrix::new(&w[..s0.width * d], s0.width, d),
+                &head.targets[..],
+            )
+        })
+        .unwrap();
+    let combined = focal
+        .combine(v, &[&other, &partials], Targets::I64(&head.targets), None)
+        .unwrap();
+    assert!(combined.needs_focal_round());
+    let mut dw = vec![0f32; s.width * d];
+    let request = LinearRequest::new().weight_gradient(GradientBuffer::Write(&mut dw));
+    let err = loss_of(focal)
+        .shard_backward(&Backend::Cpu, s, batch(), &combined, request)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
+
+fn loss_of(options: CrossEntropy) -> LinearCrossEntropy {
+    LinearCrossEntropy::new(options)
+}

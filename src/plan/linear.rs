@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::input::Targets;
 use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
 use crate::options::{CrossEntropy, InputKind, Reduction};
+use crate::shard::{Combined, Shard};
 
 /// Rows of one forward tile of the fused strategy.
 pub(crate) const TILE_ROWS: usize = 512;
@@ -26,7 +27,9 @@ const CHUNKED_MIN_ROWS: usize = 256;
 #[derive(Debug, Clone)]
 pub(crate) struct LinearPlan {
     pub options: CrossEntropy,
-    /// `N`, `D`, `V`.
+    /// The columns this call owns: the whole vocabulary (`0..V` of `V`), or a shard's.
+    pub shard: Shard,
+    /// `N`, `D`, `V` (the shard's width).
     pub rows: usize,
     pub hidden: usize,
     pub vocab: usize,
@@ -50,6 +53,55 @@ pub(crate) fn check(
     loss: &LinearCrossEntropy,
     batch: &LinearBatch<'_>,
     request: &LinearRequest<'_>,
+) -> Result<LinearPlan> {
+    check_call(loss, batch, request, None)
+}
+
+/// Checks one vocabulary shard's call (`LinearCrossEntropy::shard_partials`, `shard_focal`,
+/// `shard_backward`): `batch.weight` holds the shard's rows of `W` (and `bias`, `class_weights`
+/// its slices), the targets are global; sample weights and the request's upstream, per-row
+/// outputs and LSE belong to `combine`. Every row is computed, with the fused strategy.
+pub(crate) fn check_shard(
+    loss: &LinearCrossEntropy,
+    shard: Shard,
+    batch: &LinearBatch<'_>,
+    request: &LinearRequest<'_>,
+) -> Result<LinearPlan> {
+    if shard.classes == 0 {
+        return Err(Error::NoClasses);
+    }
+    if shard
+        .start
+        .checked_add(shard.width)
+        .is_none_or(|end| end > shard.classes)
+    {
+        return Err(Error::Shape {
+            what: "shard",
+            expected: shard.classes,
+            actual: shard.start.saturating_add(shard.width),
+            shape: format!("{shard:?}"),
+        });
+    }
+    if batch.sample_weights.is_some()
+        || request.upstream.is_some()
+        || request.row_losses
+        || request.lse
+        || request.metrics
+    {
+        return Err(Error::Unsupported(
+            "a shard's linear call takes no sample weights, upstream or per-row outputs: they \
+             belong to CrossEntropy::combine_weighted"
+                .into(),
+        ));
+    }
+    check_call(loss, batch, request, Some(shard))
+}
+
+fn check_call(
+    loss: &LinearCrossEntropy,
+    batch: &LinearBatch<'_>,
+    request: &LinearRequest<'_>,
+    shard: Option<Shard>,
 ) -> Result<LinearPlan> {
     let options = loss.loss;
     options.validate()?;
@@ -78,9 +130,16 @@ pub(crate) fn check(
             })
         }
     };
-    if vocab == 0 {
+    let sharded = shard.is_some();
+    if vocab == 0 && !sharded {
         return Err(Error::NoClasses);
     }
+    let shard = shard.unwrap_or(Shard {
+        start: 0,
+        width: vocab,
+        classes: vocab,
+    });
+    len("weight (shard rows)", vocab, shard.width)?;
     len("weight (hidden size)", weight.cols(), dim)?;
     if let Some(b) = &batch.bias {
         b.check("bias")?;
@@ -95,11 +154,11 @@ pub(crate) fn check(
     len("targets", batch.targets.len(), rows)?;
     for row in 0..rows {
         let value = y(row);
-        if value != options.ignore_index && !(0..vocab as i64).contains(&value) {
+        if value != options.ignore_index && !(0..shard.classes as i64).contains(&value) {
             return Err(Error::TargetOutOfRange {
                 row,
                 value,
-                classes: vocab,
+                classes: shard.classes,
                 ignore_index: options.ignore_index,
             });
         }
@@ -138,16 +197,21 @@ pub(crate) fn check(
     let (mut weight_sum, mut count) = (0f64, 0f64);
     for row in (0..rows).filter(|&r| valid(r)) {
         let s = batch.sample_weights.map_or(1.0, |s| s[row] as f64);
-        let w = batch.class_weights.map_or(1.0, |w| w[y(row) as usize]) as f64;
+        // A shard's plan leaves the denominators to `combine`.
+        let w = batch
+            .class_weights
+            .and_then(|w| w.get(y(row) as usize))
+            .map_or(1.0, |&w| w as f64);
         count += s;
         weight_sum += s * w;
     }
-    let every_row = request.lse || request.metrics;
+    let every_row = request.lse || request.metrics || sharded;
     let computed: Vec<usize> = (0..rows).filter(|&r| every_row || valid(r)).collect();
     let gradient = request.wants_gradient();
     let budget = loss.scratch_bytes.max(1);
     let chunked_rows = (budget / vocab.saturating_mul(4)).clamp(1, computed.len().max(1));
     let strategy = match loss.strategy {
+        _ if sharded => Strategy::Fused,
         Strategy::Auto if gradient && chunked_rows >= CHUNKED_MIN_ROWS.min(computed.len()) => {
             Strategy::Chunked
         }
@@ -164,6 +228,7 @@ pub(crate) fn check(
     };
     Ok(LinearPlan {
         options,
+        shard,
         rows,
         hidden: dim,
         vocab,
@@ -171,7 +236,33 @@ pub(crate) fn check(
         denominators: (weight_sum, count),
         strategy,
         group_rows,
-        chunk_columns: chunk_columns.min(vocab),
+        chunk_columns: chunk_columns.min(vocab).max(1),
         gradient,
     })
+}
+
+/// What a shard's focal round (`focal: true`) or backward needs of the combined rows: one per
+/// row of `plan`, and the focal round pending (or done, for the backward).
+pub(crate) fn check_combined(plan: &LinearPlan, combined: &Combined, focal: bool) -> Result<()> {
+    if combined.rows.len() != plan.rows {
+        return Err(Error::Shape {
+            what: "combined rows",
+            expected: plan.rows,
+            actual: combined.rows.len(),
+            shape: format!("hidden [{} × {}]", plan.rows, plan.hidden),
+        });
+    }
+    match (focal, combined.needs_focal_round()) {
+        (true, false) => Err(Error::Unsupported(
+            "no focal round is pending: only focal loss with label smoothing needs one \
+             (Combined::needs_focal_round)"
+                .into(),
+        )),
+        (false, true) => Err(Error::Unsupported(
+            "focal loss with label smoothing needs its second round before the backward pass: \
+             shard_focal on every shard, then combine_focal"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }

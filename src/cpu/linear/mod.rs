@@ -29,7 +29,7 @@ pub(crate) fn run(
     batch: &LinearBatch<'_>,
     request: &mut LinearRequest<'_>,
 ) -> Result<Output> {
-    let call = Call::new(level, plan, batch, request);
+    let call = Call::new(level, plan, batch, request.upstream);
     let mut grads = Gradients::of(request, plan);
     let (combined, sums) = match plan.strategy {
         Strategy::Chunked => call.chunked(&mut grads)?,
@@ -44,6 +44,51 @@ pub(crate) fn run(
     };
     grads.finish(plan);
     Ok(call.output(combined, sums, request))
+}
+
+/// One vocabulary shard's partials (`LinearCrossEntropy::shard_partials`; every row).
+pub(crate) fn shard_partials(
+    level: SimdLevel,
+    plan: &LinearPlan,
+    batch: &LinearBatch<'_>,
+) -> Vec<RowPartial> {
+    Call::new(level, plan, batch, None).fused_partials()
+}
+
+/// One vocabulary shard's focal sums (`LinearCrossEntropy::shard_focal`), its segments added.
+pub(crate) fn shard_focal(
+    level: SimdLevel,
+    plan: &LinearPlan,
+    batch: &LinearBatch<'_>,
+    combined: &Combined,
+) -> Vec<FocalPartial> {
+    let segments = Call::new(level, plan, batch, None).focal_sums(combined);
+    (0..plan.rows)
+        .map(|row| {
+            let (loss, g_sum) = segments.iter().fold((0f64, 0f64), |(l, g), s| {
+                (l + s[row].loss as f64, g + s[row].g_sum as f64)
+            });
+            FocalPartial {
+                loss: loss as f32,
+                g_sum: g_sum as f32,
+            }
+        })
+        .collect()
+}
+
+/// One vocabulary shard's gradients (`LinearCrossEntropy::shard_backward`): its rows of `dW`
+/// and `db`, and its part of `dh`.
+pub(crate) fn shard_backward(
+    level: SimdLevel,
+    plan: &LinearPlan,
+    batch: &LinearBatch<'_>,
+    combined: &Combined,
+    request: &mut LinearRequest<'_>,
+) {
+    let call = Call::new(level, plan, batch, None);
+    let mut grads = Gradients::of(request, plan);
+    call.fused_backward(combined, &mut grads);
+    grads.finish(plan);
 }
 
 /// The head's weight and bias, a block of vocabulary rows at a time.
@@ -88,7 +133,7 @@ impl<'a> Call<'a> {
         level: SimdLevel,
         plan: &'a LinearPlan,
         batch: &'a LinearBatch<'a>,
-        request: &LinearRequest<'_>,
+        upstream: Option<&[f32]>,
     ) -> Self {
         let rows = &plan.computed;
         let gather = |v: &[f32]| rows.iter().map(|&r| v[r]).collect::<Vec<f32>>();
@@ -103,7 +148,7 @@ impl<'a> Call<'a> {
                 Cow::Owned(h)
             }
         };
-        let upstream = request.upstream.map(|u| match plan.options.reduction {
+        let upstream = upstream.map(|u| match plan.options.reduction {
             Reduction::None => gather(u),
             _ => u.to_vec(),
         });
@@ -135,17 +180,18 @@ impl<'a> Call<'a> {
         &self.hidden[range.start * d..range.end * d]
     }
 
-    /// The class weights of `shard`'s columns.
+    /// The class weights of `shard`'s columns (the call's own are those of its shard).
     fn class_weights(&self, shard: Shard) -> Option<&[f32]> {
-        self.class_weights
-            .map(|w| &w[shard.start..shard.start + shard.width])
+        let start = shard.start - self.plan.shard.start;
+        self.class_weights.map(|w| &w[start..start + shard.width])
     }
 
+    /// Columns `start..start + width` of this call's `W` as a shard of the whole vocabulary.
     fn shard(&self, start: usize, width: usize) -> Shard {
         Shard {
-            start,
+            start: self.plan.shard.start + start,
             width,
-            classes: self.plan.vocab,
+            classes: self.plan.shard.classes,
         }
     }
 
@@ -218,9 +264,9 @@ impl<'a> Call<'a> {
             .collect()
     }
 
-    /// The fused forward: every row's partial over the vocabulary, combined (and the focal
-    /// round's sums added when the options need them).
-    fn fused_forward(&self) -> Result<Combined> {
+    /// Every computed row's partial over the call's columns: tiles folded per segment, the
+    /// segments merged in column order.
+    fn fused_partials(&self) -> Vec<RowPartial> {
         let options = &self.plan.options;
         let segments = self.tiles(RowPartial::default(), |acc, row, x, shard, z_buf| {
             let w = self.class_weights(shard);
@@ -234,34 +280,46 @@ impl<'a> Call<'a> {
             );
             *acc = acc.merge(&p);
         });
-        let n = self.plan.computed.len();
-        let partials: Vec<RowPartial> = (0..n)
+        (0..self.plan.computed.len())
             .map(|row| {
                 segments
                     .iter()
                     .fold(RowPartial::default(), |acc, s| acc.merge(&s[row]))
             })
-            .collect();
-        let mut combined = self.combine(0..n, &partials)?;
+            .collect()
+    }
+
+    /// The focal round's sums of every computed row over the call's columns, one slice per
+    /// segment (`combine_focal` adds them in order).
+    fn focal_sums(&self, combined: &Combined) -> Vec<Vec<FocalPartial>> {
+        let options = &self.plan.options;
+        let segments = self.tiles((0f64, 0f64), |acc, row, x, shard, _| {
+            let r = &combined.rows[row];
+            let f = row_focal(self.level, options, shard, x, self.class_weights(shard), r);
+            *acc = (acc.0 + f.loss as f64, acc.1 + f.g_sum as f64);
+        });
+        segments
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|&(loss, g_sum)| FocalPartial {
+                        loss: loss as f32,
+                        g_sum: g_sum as f32,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The fused forward: every row's partial over the vocabulary, combined (and the focal
+    /// round's sums added when the options need them).
+    fn fused_forward(&self) -> Result<Combined> {
+        let partials = self.fused_partials();
+        let mut combined = self.combine(0..partials.len(), &partials)?;
         if combined.needs_focal_round() {
-            let segments = self.tiles((0f64, 0f64), |acc, row, x, shard, _| {
-                let r = &combined.rows[row];
-                let f = row_focal(self.level, options, shard, x, self.class_weights(shard), r);
-                *acc = (acc.0 + f.loss as f64, acc.1 + f.g_sum as f64);
-            });
-            let sums: Vec<Vec<FocalPartial>> = segments
-                .iter()
-                .map(|s| {
-                    s.iter()
-                        .map(|&(loss, g_sum)| FocalPartial {
-                            loss: loss as f32,
-                            g_sum: g_sum as f32,
-                        })
-                        .collect()
-                })
-                .collect();
+            let sums = self.focal_sums(&combined);
             let views: Vec<&[FocalPartial]> = sums.iter().map(|s| &s[..]).collect();
-            options.combine_focal(&mut combined, &views)?;
+            self.plan.options.combine_focal(&mut combined, &views)?;
         }
         Ok(combined)
     }
@@ -487,8 +545,9 @@ impl<'r, 'g> Gradients<'r, 'g> {
             dw: request.weight_gradient.as_mut(),
             db: request.bias_gradient.as_mut(),
         };
-        // With no computed rows no product writes: the written buffers are zeros.
-        if plan.computed.is_empty() {
+        // With no computed rows (or no columns) no product writes: the written buffers are
+        // zeros.
+        if plan.computed.is_empty() || plan.vocab == 0 {
             for g in [&mut grads.dh, &mut grads.dw].into_iter().flatten() {
                 if !g.adds() {
                     g.data().fill(0.0);
