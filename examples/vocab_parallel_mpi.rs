@@ -256,6 +256,34 @@ struct Report {
     worst: f64,
 }
 
+impl Report {
+    /// The losses of the two routes and the single process, and the gradient figures over
+    /// `(sharded, single-process)` pairs of this rank's elements.
+    fn new(
+        [all_reduce, all_gather]: [&Combined; 2],
+        single_loss: Option<f32>,
+        pairs: impl Iterator<Item = (f32, f32)>,
+    ) -> Report {
+        let (mut diff_sq, mut norm_sq, mut sharded_norm_sq, mut worst) = (0f64, 0f64, 0f64, 0f64);
+        for (g, r) in pairs {
+            let (g, r) = (g as f64, r as f64);
+            diff_sq += (g - r) * (g - r);
+            norm_sq += r * r;
+            sharded_norm_sq += g * g;
+            worst = worst.max((g - r).abs() / (1e-6 + 1e-4 * r.abs()));
+        }
+        Report {
+            allreduce_loss: all_reduce.output.loss.unwrap_or(f32::NAN),
+            allgather_loss: all_gather.output.loss.unwrap_or(f32::NAN),
+            single_loss: single_loss.unwrap_or(f32::NAN),
+            diff_sq,
+            norm_sq,
+            sharded_norm_sq,
+            worst,
+        }
+    }
+}
+
 fn run<C: Communicator>(world: &C, backend: &Backend, gamma: f32) -> xent::Result<Report> {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     let options = options(gamma);
@@ -313,23 +341,8 @@ fn run<C: Communicator>(world: &C, backend: &Backend, gamma: f32) -> xent::Resul
         Request::new().gradient_into(&mut single_gradient),
     )?;
     let reference = columns(&single_gradient, shard);
-    let (mut diff_sq, mut norm_sq, mut sharded_norm_sq, mut worst) = (0f64, 0f64, 0f64, 0f64);
-    for (&g, &r) in gradient.iter().zip(&reference) {
-        let (g, r) = (g as f64, r as f64);
-        diff_sq += (g - r) * (g - r);
-        norm_sq += r * r;
-        sharded_norm_sq += g * g;
-        worst = worst.max((g - r).abs() / (1e-6 + 1e-4 * r.abs()));
-    }
-    Ok(Report {
-        allreduce_loss: combined.output.loss.unwrap_or(f32::NAN),
-        allgather_loss: by_gather.output.loss.unwrap_or(f32::NAN),
-        single_loss: single.loss.unwrap_or(f32::NAN),
-        diff_sq,
-        norm_sq,
-        sharded_norm_sq,
-        worst,
-    })
+    let pairs = gradient.iter().zip(&reference).map(|(&g, &r)| (g, r));
+    Ok(Report::new([&combined, &by_gather], single.loss, pairs))
 }
 
 /// Hidden size of `--linear`'s head.
@@ -439,23 +452,11 @@ fn run_linear<C: Communicator>(world: &C, gamma: f32) -> xent::Result<Report> {
     if rank == 0 {
         pairs.extend(dh.iter().zip(&dh1).map(|(&g, &r)| (g, r)));
     }
-    let (mut diff_sq, mut norm_sq, mut sharded_norm_sq, mut worst) = (0f64, 0f64, 0f64, 0f64);
-    for (g, r) in pairs {
-        let (g, r) = (g as f64, r as f64);
-        diff_sq += (g - r) * (g - r);
-        norm_sq += r * r;
-        sharded_norm_sq += g * g;
-        worst = worst.max((g - r).abs() / (1e-6 + 1e-4 * r.abs()));
-    }
-    Ok(Report {
-        allreduce_loss: combined.output.loss.unwrap_or(f32::NAN),
-        allgather_loss: by_gather.output.loss.unwrap_or(f32::NAN),
-        single_loss: single.loss.unwrap_or(f32::NAN),
-        diff_sq,
-        norm_sq,
-        sharded_norm_sq,
-        worst,
-    })
+    Ok(Report::new(
+        [&combined, &by_gather],
+        single.loss,
+        pairs.into_iter(),
+    ))
 }
 
 fn relative(a: f32, b: f32) -> f64 {

@@ -67,21 +67,7 @@ pub(crate) fn check_shard(
     batch: &LinearBatch<'_>,
     request: &LinearRequest<'_>,
 ) -> Result<LinearPlan> {
-    if shard.classes == 0 {
-        return Err(Error::NoClasses);
-    }
-    if shard
-        .start
-        .checked_add(shard.width)
-        .is_none_or(|end| end > shard.classes)
-    {
-        return Err(Error::Shape {
-            what: "shard",
-            expected: shard.classes,
-            actual: shard.start.saturating_add(shard.width),
-            shape: format!("{shard:?}"),
-        });
-    }
+    super::shard::bounds(shard)?;
     if batch.sample_weights.is_some()
         || request.upstream.is_some()
         || request.row_losses

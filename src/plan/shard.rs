@@ -17,16 +17,8 @@ fn supported(options: &CrossEntropy) -> Result<()> {
     Ok(())
 }
 
-/// One shard's call: the shard inside its vocabulary, row-major logits of its width, class
-/// index targets in range of the whole vocabulary, its slice of class weights.
-pub(crate) fn shard(options: &CrossEntropy, shard: Shard, input: &ShardInput<'_>) -> Result<()> {
-    let ShardInput {
-        logits,
-        targets,
-        class_weights,
-    } = input;
-    let (targets, class_weights) = (*targets, *class_weights);
-    supported(options)?;
+/// A shard inside a vocabulary of at least one class.
+pub(crate) fn bounds(shard: Shard) -> Result<()> {
     if shard.classes == 0 {
         return Err(Error::NoClasses);
     }
@@ -42,6 +34,20 @@ pub(crate) fn shard(options: &CrossEntropy, shard: Shard, input: &ShardInput<'_>
             shape: format!("{shard:?}"),
         });
     }
+    Ok(())
+}
+
+/// One shard's call: the shard inside its vocabulary, row-major logits of its width, class
+/// index targets in range of the whole vocabulary, its slice of class weights.
+pub(crate) fn shard(options: &CrossEntropy, shard: Shard, input: &ShardInput<'_>) -> Result<()> {
+    let ShardInput {
+        logits,
+        targets,
+        class_weights,
+    } = input;
+    let (targets, class_weights) = (*targets, *class_weights);
+    supported(options)?;
+    bounds(shard)?;
     if logits.layout() != Layout::Rows {
         return Err(Error::Unsupported(
             "vocab-parallel partials take row-major logits".into(),

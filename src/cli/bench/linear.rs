@@ -215,14 +215,7 @@ struct Inputs<T> {
 }
 
 fn inputs<T: Element>(shape: HeadShape) -> Inputs<T> {
-    let mut state = 0x5EED_u64;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = super::shapes::splitmix(0x5EED);
     let mut normal = move || {
         let u = next();
         let s: f32 = (0..4)

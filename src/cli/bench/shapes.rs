@@ -112,15 +112,20 @@ pub const DEFAULT_SHAPES: [Shape; 6] = [
 
 /// Deterministic logits and targets: SplitMix64 → roughly normal logits (σ ≈ 2) with one
 /// logit in 1000 scaled ×20, so probabilities are not all about 1/C.
-pub(super) fn generate(shape: Shape, seed: u64) -> (Vec<f32>, Vec<i64>) {
+/// SplitMix64 from `seed`: the benches' generated data, the same on every machine.
+pub(super) fn splitmix(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
-    let mut next = move || {
+    move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    };
+    }
+}
+
+pub(super) fn generate(shape: Shape, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let mut next = splitmix(seed);
     let n = shape.rows * shape.classes;
     let logits = (0..n)
         .map(|_| {
@@ -130,7 +135,7 @@ pub(super) fn generate(shape: Shape, seed: u64) -> (Vec<f32>, Vec<i64>) {
                 .map(|k| ((u >> (16 * k)) & 0xFFFF) as f32 / 65536.0)
                 .sum();
             let v = (s - 2.0) * 3.46;
-            if u % 1000 == 0 {
+            if u.is_multiple_of(1000) {
                 v * 20.0
             } else {
                 v
