@@ -32,8 +32,11 @@
 //! Results do not depend on the thread count, bit for bit.
 //!
 //! On the CPU the products are the `gemm` crate's; the row math is the SIMD kernels of the
-//! softmax path. The GPU backend does not run this call yet: it returns
-//! [`Error::Unsupported`](crate::Error::Unsupported).
+//! softmax path. On the GPU the forward runs (loss, per-row losses, LSE, metrics):
+//! `shaders/linear_partials.wgsl` computes `h·Wᵀ + b` in 64 × 64 workgroup tiles and folds each
+//! into the per-row partials, and the softmax rows pass finishes the rows; gradients, focal
+//! loss with label smoothing and inputs larger than one storage binding return
+//! [`Error::Unsupported`](crate::Error::Unsupported) there so far (use [`Backend::Cpu`]).
 //!
 //! ```
 //! use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
@@ -122,8 +125,8 @@ impl LinearCrossEntropy {
     /// Errors: shapes that disagree (`h` [N × D], `W` [V × D], `b` [V], targets [N], class
     /// weights [V], sample weights [N], upstream [N] or [1], gradients [N × D], [V × D], [V]),
     /// `V = 0`, a target out of range on a valid row, soft targets or probability inputs
-    /// ([`Error::Unsupported`]), bad options or weights (as [`CrossEntropy::compute`]), and the
-    /// GPU backend (not implemented yet).
+    /// ([`Error::Unsupported`]), bad options or weights (as [`CrossEntropy::compute`]), and on
+    /// the GPU what it does not run yet (module docs), or a device error.
     pub fn compute(
         &self,
         backend: &Backend,
@@ -133,7 +136,7 @@ impl LinearCrossEntropy {
         let plan = crate::plan::linear::check(self, &batch, &request)?;
         match backend.target() {
             Target::Cpu(level) => crate::cpu::linear::run(level, &plan, &batch, &mut request),
-            Target::Gpu(_) => Err(gpu_unsupported()),
+            Target::Gpu(gpu) => gpu.linear(&plan, &batch, &request),
         }
     }
 }

@@ -221,8 +221,13 @@ fn assert_each(what: &str, actual: &[f32], expected: &[f64], tol: impl Fn(usize)
 
 /// Checks a run against the reference (`prefill` added to the gradients in add mode).
 fn check(label: &str, head: &Head, r: &LinearReference, out: &Output, g: &Grads, prefill: f32) {
+    check_forward(label, head, r, out);
+    check_gradients(label, head, r, g, prefill);
+}
+
+/// The loss, per-row losses and (when returned) LSE and validity against the reference.
+fn check_forward(label: &str, head: &Head, r: &LinearReference, out: &Output) {
     let s = head.scales();
-    let (n, d, v) = (head.rows, head.hidden, head.vocab);
     let reference = &r.logits_reference;
     let loss_tol = |row: usize, value: f64| 1e-5 * value.abs().max(1.0) + 4e-6 * s[row];
     let worst = s.iter().copied().fold(0.0, f64::max);
@@ -254,8 +259,13 @@ fn check(label: &str, head: &Head, r: &LinearReference, out: &Output, g: &Grads,
         let m = out.metrics.as_ref().expect("metrics");
         assert_eq!(m.valid, reference.valid, "{label}: valid");
     }
+}
+
+/// `dh`, `dW`, `db` against the reference, each element within `1e-4` of its magnitude.
+fn check_gradients(label: &str, head: &Head, r: &LinearReference, g: &Grads, prefill: f32) {
+    let (n, d, v) = (head.rows, head.hidden, head.vocab);
     // Magnitudes of the gradients' sums, from the reference's G.
-    let grad = &reference.gradient;
+    let grad = &r.logits_reference.gradient;
     let batch = head.batch();
     let (hm, wm) = (&batch.hidden, &batch.weight);
     let tol = |magnitude: f64| 1e-4 * magnitude + 1e-9 + prefill.abs() as f64 * 1e-7;
@@ -750,4 +760,63 @@ fn vocab_parallel_shards_of_the_weight() {
 
 fn loss_of(options: CrossEntropy) -> LinearCrossEntropy {
     LinearCrossEntropy::new(options)
+}
+
+/// The GPU's forward (loss, per-row losses, LSE, metrics) against the reference for every
+/// option it takes, in every dtype; what it does not take yet is a typed error.
+#[test]
+fn gpu_forward_against_the_reference() {
+    let Some(gpu) = common::device::gpu() else {
+        return;
+    };
+    let backend = Backend::Gpu(gpu);
+    // 1100 columns: two splits of 1024 (the second partial), 17 tiles of 64; 70 rows: two row
+    // tiles, the second partial; D = 19: the last slab of 8 partial.
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        let head = Head::new(19, (70, 19, 1100), dtype)
+            .ignore_every(5)
+            .weighted(4);
+        for (name, options) in option_grid() {
+            let loss = LinearCrossEntropy::new(options);
+            let focal_smoothing = options.focal_gamma > 0.0 && options.label_smoothing > 0.0;
+            let upstream: Vec<f32> = match options.reduction {
+                Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
+                _ => vec![0.75],
+            };
+            let reference = head.reference(&options, Some(&upstream));
+            for every in [false, true] {
+                let mut request = LinearRequest::new().row_losses().upstream(&upstream);
+                if every {
+                    request = request.lse().metrics();
+                }
+                let out = loss.compute(&backend, head.batch(), request);
+                let label = format!("gpu {dtype:?} {name}, lse and metrics {every}");
+                match out {
+                    Err(Error::Unsupported(_)) if focal_smoothing => {}
+                    Err(e) => panic!("{label}: {e}"),
+                    Ok(out) => {
+                        assert!(!focal_smoothing, "{label}: focal with smoothing ran");
+                        check_forward(&label, &head, &reference, &out);
+                        if let Some(m) = &out.metrics {
+                            let agree = m
+                                .argmax
+                                .iter()
+                                .zip(&reference.logits_reference.argmax)
+                                .filter(|(a, b)| a == b)
+                                .count();
+                            assert!(agree + 1 >= head.rows, "{label}: argmax {agree}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Gradients are the CPU's so far: a typed error, not a wrong number.
+    let head = Head::new(23, (8, 5, 40), Dtype::F32);
+    let mut dh = vec![0f32; 40];
+    let request = LinearRequest::new().hidden_gradient(GradientBuffer::Write(&mut dh));
+    let err = LinearCrossEntropy::new(CrossEntropy::new())
+        .compute(&backend, head.batch(), request)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }

@@ -35,7 +35,7 @@ struct Params {
     col0: u32,          // contiguous rows: first class of the bound window (a piece of a row
                         // longer than a binding), or of the backward's first element; else 0
     split0: u32,        // partials: the first split of this dispatch
-    _pad0: u32,
+    hidden: u32,        // D of a linear head (linear_partials.wgsl); else 0
 }
 
 // The FLAG_* bits of `flags`, the REDUCTION_* codes of `reduction` and the FILL_* codes of

@@ -66,8 +66,8 @@ pub(crate) struct Params {
     pub col0: u32,
     /// Partials: the first split of this dispatch.
     pub split0: u32,
-    /// Padding to a multiple of 16 bytes.
-    pub _pad0: u32,
+    /// A linear head's hidden size `D` (`linear_partials.wgsl`); 0 elsewhere.
+    pub hidden: u32,
 }
 
 /// The online-softmax state of one (row, split) (`Partial` in `softmax_common.wgsl`).
@@ -132,7 +132,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 13] = [
+pub(crate) const FLAGS: [(&str, u32); 14] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -146,6 +146,7 @@ pub(crate) const FLAGS: [(&str, u32); 13] = [
     ("FLAG_FOCAL_ALL", FLAG_FOCAL_ALL),
     ("FLAG_ALPHA", FLAG_ALPHA),
     ("FLAG_TARGET_LOGIT", FLAG_TARGET_LOGIT),
+    ("FLAG_BIAS", FLAG_BIAS),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -173,6 +174,8 @@ pub(crate) const FLAG_FOCAL_ALL: u32 = 1024;
 pub(crate) const FLAG_ALPHA: u32 = 2048;
 /// Partials: save the raw logit of each row's target.
 pub(crate) const FLAG_TARGET_LOGIT: u32 = 4096;
+/// A linear head's bias is bound (`linear_partials.wgsl`).
+pub(crate) const FLAG_BIAS: u32 = 8192;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +280,12 @@ pub(crate) mod binding {
     pub const CLASS_PARAMS: u32 = 18;
     /// Each row's raw target logit, saved by the partials pass.
     pub const TARGET_LOGITS: u32 = 19;
+    /// A linear head's hidden states `h` [rows × D], f32.
+    pub const HIDDEN: u32 = 20;
+    /// A linear head's weight `W` [V × D], f32.
+    pub const HEAD_WEIGHT: u32 = 21;
+    /// A linear head's bias `b` [V], f32 (a stand-in without one).
+    pub const HEAD_BIAS: u32 = 22;
 }
 
 #[cfg(test)]

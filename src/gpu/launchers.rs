@@ -92,6 +92,27 @@ launcher! {
 }
 
 launcher! {
+    /// A linear head's logits folded into the partials of each (row, split)
+    /// (`linear_partials.wgsl`).
+    LinearPartials {
+        /// Index targets, whole.
+        targets: TARGETS, Read, 4;
+        /// Class weights (a stand-in when unweighted).
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// One `Partial` per (row, split).
+        partials: PARTIALS, Write, PARTIAL_BYTES;
+        /// Each row's raw target logit.
+        target_logits: TARGET_LOGITS, Write, 4;
+        /// The chunk's hidden states, f32 [rows × D].
+        hidden: HIDDEN, Read, 4;
+        /// The head's weight, f32 [V × D].
+        head_weight: HEAD_WEIGHT, Read, 4;
+        /// The head's bias, f32 [V] (a stand-in without one).
+        head_bias: HEAD_BIAS, Read, 4;
+    }
+}
+
+launcher! {
     /// Each row's loss, LSE, metrics and gradient coefficients from its partials
     /// (`softmax_rows.wgsl`).
     Rows {
@@ -283,6 +304,7 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::Bce => Bce::LAYOUT,
         Kernel::Reduce => Reduce::LAYOUT,
         Kernel::CountRows => CountRows::LAYOUT,
+        Kernel::LinearPartials => LinearPartials::LAYOUT,
         Kernel::ProbeRead | Kernel::ProbeCopy => Probe::LAYOUT,
     };
     let stores = matches!(

@@ -24,6 +24,7 @@ mod encode;
 mod host;
 pub(crate) mod launch;
 mod launchers;
+mod linear;
 pub(crate) mod pipelines;
 mod pool;
 mod schedule;

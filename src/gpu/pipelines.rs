@@ -36,6 +36,8 @@ pub enum Kernel {
     Reduce,
     /// Valid and correct rows of per-row records (device-side accuracy).
     CountRows,
+    /// A linear head's logits, tile by tile, folded into the partials of each (row, split).
+    LinearPartials,
     /// Bandwidth probe: read.
     ProbeRead,
     /// Bandwidth probe: copy.
@@ -51,7 +53,11 @@ impl Kernel {
     fn fills_workgroup_memory(self) -> bool {
         matches!(
             self,
-            Kernel::SoftmaxPartials | Kernel::SoftmaxFused | Kernel::SoftmaxFocal | Kernel::Reduce
+            Kernel::SoftmaxPartials
+                | Kernel::SoftmaxFused
+                | Kernel::SoftmaxFocal
+                | Kernel::Reduce
+                | Kernel::LinearPartials
         )
     }
 
@@ -67,6 +73,7 @@ impl Kernel {
             Kernel::Bce => include_str!("../../shaders/bce.wgsl"),
             Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Kernel::CountRows => include_str!("../../shaders/count_rows.wgsl"),
+            Kernel::LinearPartials => include_str!("../../shaders/linear_partials.wgsl"),
             Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
             Kernel::ProbeCopy => include_str!("../../shaders/probe_copy.wgsl"),
         }
@@ -204,20 +211,27 @@ impl Variant {
             }
             src += self.target_include();
         }
-        if k == Kernel::SoftmaxTargets {
+        if matches!(k, Kernel::SoftmaxTargets | Kernel::LinearPartials) {
             // Targets only: no logits bound.
             src += self.target_include();
         }
         if softmax_like
             || matches!(
                 k,
-                Kernel::Reduce | Kernel::BceClasses | Kernel::SoftmaxTargets | Kernel::CountRows
+                Kernel::Reduce
+                    | Kernel::BceClasses
+                    | Kernel::SoftmaxTargets
+                    | Kernel::CountRows
+                    | Kernel::LinearPartials
             )
         {
             src += include_str!("../../shaders/include/softmax_common.wgsl");
             src += include_str!("../../shaders/include/rows_common.wgsl");
         }
-        if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxFused) {
+        if matches!(
+            k,
+            Kernel::SoftmaxPartials | Kernel::SoftmaxFused | Kernel::LinearPartials
+        ) {
             src += include_str!("../../shaders/include/softmax_forward.wgsl");
         }
         if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxTargets)
@@ -441,6 +455,9 @@ pub fn all_variants() -> Vec<Variant> {
             }
             if load == LogitLoad::F32 {
                 out.push(Variant::new(Kernel::SoftmaxTargets, load, t));
+                if t != TargetLoad::Dense {
+                    out.push(Variant::new(Kernel::LinearPartials, load, t));
+                }
             }
             if load != LogitLoad::F32x4 {
                 for store in [Store::Separate, Store::InPlace] {

@@ -55,7 +55,7 @@ fn rust_structs() -> Vec<(&'static str, Layout)> {
                 first_row,
                 col0,
                 split0,
-                _pad0,
+                hidden,
             }),
         ),
         (

@@ -1,0 +1,127 @@
+// Linear cross-entropy forward: a linear head's logits x = h·Wᵀ + b, tile by tile, folded
+// into the online-softmax partials of each (row, split) and dropped; the rows and reduce
+// passes finish the rows as they do for logits (softmax_partials.wgsl has the partial's math).
+//
+// Math: x[r][c] = Σ_d h[r][d]·W[c][d] + b[c], summed in f32 over d in slabs of BK, in order;
+// each x is then one `element` of its row's partial (SEMANTICS.md sections 1-2, 5: transform,
+// max, rescaled sum, argmax, Σ w·(z − m), entropy sum). The invocation holding the target's
+// column saves that same x for the rows pass (TARGET_LOGIT), so z[y] is the number the LSE saw.
+//
+// Launch: workgroups of 16 × 16 invocations (WG = 256); grid x = row tiles of BM = 64 rows,
+// y = vocabulary splits of `span` columns (a multiple of BN). A workgroup owns its BM rows ×
+// its split: it walks the split in tiles of BN = 64 columns; for each tile the BM × BK slab of
+// h and the BN × BK slab of W go through workgroup memory and each invocation accumulates a
+// TM × TN = 4 × 4 block of x in registers. Its epilogue adds each of its rows' 4 values to
+// that row's partial (one partial per row per invocation, in registers across the split's
+// tiles); at the end the 16 invocations sharing rows merge their partials by a fixed tree in
+// workgroup memory, and one writes partials[row · splits + split].
+//
+// Bytes: h is read once per (row tile, split) and W once per row tile: 4·D·(BM·S + V)
+// per row tile for 2·BM·V·D FLOPs; 48 bytes written per (row, split), nothing per logit.
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<Partial>;
+@group(0) @binding(19) var<storage, read_write> target_logits: array<f32>;
+@group(0) @binding(20) var<storage, read> hidden: array<f32>;
+@group(0) @binding(21) var<storage, read> head_weight: array<f32>;
+@group(0) @binding(22) var<storage, read> head_bias: array<f32>;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 8u;
+const TM: u32 = 4u;
+const TN: u32 = 4u;
+// Invocations along a tile's columns (and rows): BN / TN = BM / TM = 16.
+const SIDE: u32 = 16u;
+
+// The slabs, k-major: hs[k·BM + m], ws[k·BN + n].
+var<workgroup> hs: array<f32, 512>;
+var<workgroup> ws: array<f32, 512>;
+var<workgroup> merged: array<Partial, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let tx = local % SIDE;
+    let ty = local / SIDE;
+    let r0 = group.x * BM;
+    let split = p.split0 + group.y;
+    let c0 = split * p.span;
+    let c1 = min(c0 + p.span, p.classes);
+    let d = p.hidden;
+
+    var st: array<Partial, TM>;
+    for (var i = 0u; i < TM; i++) { st[i] = empty_partial(); }
+    var y: array<i32, TM>;
+    for (var i = 0u; i < TM; i++) {
+        let row = r0 + ty * TM + i;
+        y[i] = -1;
+        if (row < p.rows) {
+            let t = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
+            if (t.y == 0) { y[i] = t.x; }
+        }
+    }
+
+    for (var n0 = c0; n0 < c1; n0 += BN) {
+        var acc: array<vec4<f32>, TM>;
+        for (var k0 = 0u; k0 < d; k0 += BK) {
+            // Each invocation loads 2 of the 512 values of each slab; BK consecutive
+            // invocations read BK consecutive words of one row.
+            for (var e = local; e < BK * BM; e += WG) {
+                let m = e / BK;
+                let k = e % BK;
+                let row = r0 + m;
+                var hv = 0.0;
+                if (row < p.rows && k0 + k < d) { hv = hidden[row * d + k0 + k]; }
+                hs[k * BM + m] = hv;
+                let c = n0 + m;
+                var wv = 0.0;
+                if (c < c1 && k0 + k < d) { wv = head_weight[c * d + k0 + k]; }
+                ws[k * BN + m] = wv;
+            }
+            workgroupBarrier();
+            for (var k = 0u; k < BK; k++) {
+                let b = vec4(
+                    ws[k * BN + tx * TN],
+                    ws[k * BN + tx * TN + 1u],
+                    ws[k * BN + tx * TN + 2u],
+                    ws[k * BN + tx * TN + 3u],
+                );
+                for (var i = 0u; i < TM; i++) {
+                    acc[i] = fma(vec4(hs[k * BM + ty * TM + i]), b, acc[i]);
+                }
+            }
+            workgroupBarrier();
+        }
+        // Epilogue: each value into its row's partial, in column order.
+        for (var i = 0u; i < TM; i++) {
+            let row = r0 + ty * TM + i;
+            if (row >= p.rows) { continue; }
+            var s = st[i];
+            for (var j = 0u; j < TN; j++) {
+                let c = n0 + tx * TN + j;
+                if (c >= c1) { continue; }
+                var x = acc[i][j];
+                if (has(FLAG_BIAS)) { x += head_bias[c]; }
+                element(&s, row, c, x);
+                if (y[i] >= 0 && u32(y[i]) == c) { target_logits[p.row0 + row] = x; }
+            }
+            st[i] = s;
+        }
+    }
+
+    // The 16 invocations of each row merge their partials: a fixed tree over tx.
+    for (var i = 0u; i < TM; i++) {
+        merged[local] = st[i];
+        workgroupBarrier();
+        for (var stride = SIDE / 2u; stride > 0u; stride /= 2u) {
+            if (tx < stride) { merged[local] = merge(merged[local], merged[local + stride]); }
+            workgroupBarrier();
+        }
+        let row = r0 + ty * TM + i;
+        if (tx == 0u && row < p.rows) {
+            partials[(p.row0 + row) * p.splits + split] = merged[local];
+        }
+        workgroupBarrier();
+    }
+}
