@@ -1,7 +1,8 @@
 //! `xent bench --linear`: the linear head `cross_entropy(h·Wᵀ + b, y)` ([`crate::linear`])
 //! against its local ceiling, the plain product `h·Wᵀ` from the same GEMM crate, and against
 //! the materialized baseline (the `N × V` logits from that product, xent's fused loss and
-//! gradient in place over them, then `dh = G·W`, `dW = Gᵀ·h` and `db`).
+//! gradient in place over them, then `dh = G·W`, `dW = Gᵀ·h` and `db`); and, where there is
+//! a GPU, its forward (a host-slice call: the upload of `h` and `W` included).
 //!
 //! Every implementation of a mode is credited with the same floating-point work: `2·N·V·D`
 //! for the product and the forward, `6·N·V·D` for forward-backward (the three products a
@@ -100,10 +101,11 @@ pub const FULL_LINEAR_SHAPES: [HeadShape; 4] = [
 /// One measurement, as `--json` writes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinearRecord {
-    /// `gemm` (the plain product), `xent-cpu-fused`, `xent-cpu-chunked` or `materialized`.
+    /// `gemm` (the plain product), `xent-cpu-fused`, `xent-cpu-chunked`, `materialized` or
+    /// `xent-gpu` (the forward as a host-slice call).
     #[serde(rename = "impl")]
     pub implementation: String,
-    /// `cpu (level, threads)`.
+    /// `cpu (level, threads)`, or the GPU's label.
     pub device: String,
     /// `N`, `D`, `V`.
     pub rows: usize,
@@ -144,9 +146,18 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         LINEAR_SHAPES.to_vec()
     };
     let mut notes = Vec::new();
-    if args.device != super::BenchDevice::Cpu {
+    let gpu = match args.device {
+        super::BenchDevice::Cpu => None,
+        super::BenchDevice::Gpu => Some(device::gpu().map_err(CliError::runtime)?),
+        super::BenchDevice::All => device::gpu()
+            .map_err(|e| notes.push(format!("xent-gpu skipped: {e}")))
+            .ok(),
+    };
+    if gpu.is_some() {
         notes.push(
-            "xent-gpu skipped: linear cross-entropy has no GPU path yet (issue 13)".to_string(),
+            "xent-gpu: the forward only (its gradients are the CPU's so far), timed as a \
+             host-slice call: h and W uploaded, the rows read back"
+                .to_string(),
         );
     }
     let dtypes = if args.dtypes.is_empty() {
@@ -162,6 +173,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
                 dtype,
                 iters: args.iters,
                 scratch_bytes: args.scratch_mb.map(|mb| (mb * 1e6) as usize),
+                gpu: gpu.as_ref(),
             };
             match dtype {
                 BenchDtype::F32 => run.measure::<f32>(&mut records),
@@ -245,15 +257,17 @@ fn timed<R>(iters: usize, mut f: impl FnMut() -> R) -> (Timing, Option<usize>, R
 }
 
 /// One shape and dtype's measurements.
-struct Run {
+struct Run<'g> {
     shape: HeadShape,
     dtype: BenchDtype,
     iters: usize,
     /// The strategies' budget (`None`: the default).
     scratch_bytes: Option<usize>,
+    /// The GPU, when there is one and it is asked for.
+    gpu: Option<&'g device::Device>,
 }
 
-impl Run {
+impl Run<'_> {
     fn measure<T: Element>(&self, records: &mut Vec<LinearRecord>) {
         let Run {
             shape,
@@ -273,9 +287,13 @@ impl Run {
         let (h32, w32, b32) = (widen(&data.h), widen(&data.w), widen(&data.b));
         let flops = 2.0 * n as f64 * v as f64 * d as f64;
         let mut push = |implementation: &str, mode: &str, work: f64, t: Timing, scratch, loss| {
+            let device = match (implementation, self.gpu) {
+                ("xent-gpu", Some(gpu)) => gpu.label.clone(),
+                _ => device::cpu_label(),
+            };
             records.push(LinearRecord {
                 implementation: implementation.into(),
-                device: device::cpu_label(),
+                device,
                 rows: n,
                 hidden: d,
                 vocab: v,
@@ -327,6 +345,17 @@ impl Run {
                 .expect("a valid call")
         });
         push("xent-cpu-fused", "forward", flops, t, scratch, out.loss);
+
+        let mut measured = 6;
+        if let Some(gpu) = self.gpu {
+            let (t, scratch, out) = timed(iters, || {
+                fused
+                    .compute(&gpu.backend, batch(), LinearRequest::new())
+                    .expect("a valid call")
+            });
+            push("xent-gpu", "forward", flops, t, scratch, out.loss);
+            measured += 1;
+        }
 
         let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
         for (name, strategy) in [
@@ -388,7 +417,7 @@ impl Run {
             .rev()
             .find(|r| r.mode == "product")
             .map_or(f64::NAN, |r| r.gflops);
-        let first = records.len() - 6;
+        let first = records.len() - measured;
         for r in &mut records[first..] {
             r.gemm_fraction = r.gflops / gemm;
         }

@@ -1,17 +1,16 @@
 //! `xent eval --hidden h --weight W [--bias b]`: a language-model head scored from its hidden
-//! states, `cross_entropy(h·Wᵀ + b, y)`, by [`crate::linear`] on the CPU: the `N × V` logits
-//! are never held. Shapes: `h` (N, D), or (d1, …, D) with one row per leading index; `W`
+//! states, `cross_entropy(h·Wᵀ + b, y)`, by [`crate::linear`] on the chosen device: the
+//! `N × V` logits are never held. Shapes: `h` (N, D), or (d1, …, D) with one row per leading index; `W`
 //! (V, D); `b` (V,); index targets of h's leading shape; `--weights` (V,); `--sample-weights`
 //! of the targets' shape.
 
 use super::report::Report;
 use super::shapes::{check_index_targets, per_class, sample_weights, Geometry};
 use super::{EvalArgs, Evaluation, InputArg, Loss, LossKind};
-use crate::cli::device::{self, DeviceChoice};
 use crate::cli::files::{read_tensor, write_npy_f32, Data, Tensor};
 use crate::cli::CliError;
 use crate::linear::{LinearBatch, LinearCrossEntropy, LinearRequest};
-use crate::{Backend, Error, Matrix, Targets};
+use crate::{Error, Matrix, Targets};
 use std::time::Instant;
 
 /// Runs `xent eval --hidden`.
@@ -29,12 +28,6 @@ pub(super) fn run(args: &EvalArgs) -> Result<(), CliError> {
         return Err(CliError::usage(format!(
             "{flag} does not apply to --hidden"
         )));
-    }
-    if args.device == DeviceChoice::Gpu {
-        return Err(CliError::usage(
-            "--hidden runs on the CPU only so far (issue 13: the GPU's linear head is not \
-             written yet); use --device cpu or auto",
-        ));
     }
     let load_start = Instant::now();
     let (h_arg, w_arg) = (
@@ -129,10 +122,11 @@ pub(super) fn run(args: &EvalArgs) -> Result<(), CliError> {
             (None, _) => CliError::runtime(&e),
         }
     };
+    let device = args.device.resolve()?;
     let request = LinearRequest::new().row_losses().metrics();
     let start = Instant::now();
     let output = LinearCrossEntropy::new(options)
-        .compute(&Backend::Cpu, batch, request)
+        .compute(&device.backend, batch, request)
         .map_err(name)?;
     let eval = Evaluation {
         output,
@@ -143,8 +137,7 @@ pub(super) fn run(args: &EvalArgs) -> Result<(), CliError> {
         let losses = eval.output.row_losses.as_deref().unwrap_or_default();
         write_npy_f32(path, &g.loss_shape, losses)?;
     }
-    let label = device::cpu().label;
-    let report = Report::new(args, &g, &eval, &label, load_seconds);
+    let report = Report::new(args, &g, &eval, &device.label, load_seconds);
     if args.json {
         println!("{}", report.json());
     } else {

@@ -85,7 +85,7 @@ pub struct EvalArgs {
     pub logits: Option<String>,
     /// Instead of --logits: a linear head's hidden states h, (N, D) or (d1, …, D) (one row per
     /// leading index), scored as cross_entropy(h·Wᵀ + b, y) without ever holding the N × V
-    /// logits (`xent::linear`, on the CPU). Needs --weight; targets have h's leading shape.
+    /// logits (`xent::linear`). Needs --weight; targets have h's leading shape.
     #[arg(long, value_name = "FILE", requires = "weight")]
     pub hidden: Option<String>,
     /// The head's weight W, (V, D) (PyTorch's nn.Linear layout), for --hidden.
