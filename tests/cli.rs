@@ -1235,6 +1235,34 @@ fn eval_hidden_states_of_a_linear_head() {
     let (shape, rows) = read_npy_f32(&dir.path("losses.npy"));
     assert_eq!(shape, [b, t]);
     close_all(&rows, &r.row_losses, "per-row losses");
+    // The GPU's linear forward, where there is an adapter.
+    let on_gpu = xent(&[
+        "eval",
+        "--hidden",
+        &hidden,
+        "--weight",
+        &weight,
+        "--bias",
+        &bias_file,
+        "--targets",
+        &targets,
+        "--weights",
+        &class_weights,
+        "--label-smoothing",
+        "0.1",
+        "--z-loss",
+        "1e-3",
+        "--device",
+        "gpu",
+        "--json",
+    ]);
+    if on_gpu.code == 0 {
+        let json = on_gpu.json();
+        close(num(&json, "loss"), r.loss.unwrap(), "gpu loss");
+        check_metrics(&json, &r);
+    } else {
+        assert!(on_gpu.stderr.contains("GPU"), "{}", on_gpu.stderr);
+    }
 
     // What --hidden cannot do is a usage error; a bad file names itself.
     let refused = xent(&[
