@@ -18,6 +18,10 @@
 //
 // Bytes: h is read once per (row tile, split) and W once per row tile: 4·D·(BM·S + V)
 // per row tile for 2·BM·V·D FLOPs; 48 bytes written per (row, split), nothing per logit.
+//
+// Inputs larger than a binding come in pieces: the host binds a chunk of rows (h, targets,
+// partials and target logits from the chunk's first row, so rows index the windows from 0)
+// and a piece of whole splits of W (its rows from class `col0`, the piece's first column).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -76,7 +80,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
                 hs[k * BM + m] = hv;
                 let c = n0 + m;
                 var wv = 0.0;
-                if (c < c1 && k0 + k < d) { wv = head_weight[c * d + k0 + k]; }
+                if (c < c1 && k0 + k < d) { wv = head_weight[(c - p.col0) * d + k0 + k]; }
                 ws[k * BN + m] = wv;
             }
             workgroupBarrier();

@@ -811,6 +811,32 @@ fn gpu_forward_against_the_reference() {
             }
         }
     }
+    // Bindings of 32 KiB: splits of 128 columns (64 rows of 9 splits' partials fit), W in
+    // pieces of 3 splits, rows in chunks of 64: 300 rows × 1100 classes in 5 × 3 dispatches.
+    let small = std::sync::Arc::new(
+        xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+            max_binding_size: Some(32 << 10),
+            ..Default::default()
+        })
+        .expect("a device with small bindings"),
+    );
+    let head = Head::new(21, (300, 19, 1100), Dtype::F32)
+        .ignore_every(7)
+        .weighted(5);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+    let reference = head.reference(&options, None);
+    let request = LinearRequest::new().row_losses().lse().metrics();
+    let out = LinearCrossEntropy::new(options)
+        .compute(&Backend::Gpu(small.clone()), head.batch(), request)
+        .expect("the GPU's linear forward in pieces");
+    check_forward("gpu, 32 KiB bindings", &head, &reference, &out);
+    // A hidden size whose 64 rows exceed a binding is refused, not read out of bounds.
+    let wide = Head::new(22, (4, 200, 10), Dtype::F32);
+    let err = LinearCrossEntropy::new(CrossEntropy::new())
+        .compute(&Backend::Gpu(small), wide.batch(), LinearRequest::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+
     // Gradients are the CPU's so far: a typed error, not a wrong number.
     let head = Head::new(23, (8, 5, 40), Dtype::F32);
     let mut dh = vec![0f32; 40];

@@ -4,13 +4,14 @@
 //! (loss, LSE, metrics, its sums), and the rows read back; the reduced loss is summed from the
 //! rows' sums on the host in f64, in row order, with the plan's denominators.
 //!
-//! What this first GPU step does not do yet, each refused with [`Error::Unsupported`]:
-//! gradients (`dh`, `dW`, `db`), focal loss with label smoothing (its second pass over the
-//! logits), and inputs or partials larger than one storage binding.
+//! Inputs larger than one storage binding are cut into chunks of rows and pieces of `W`
+//! ([`Pieces`]). What this first GPU step does not do yet, each refused with
+//! [`Error::Unsupported`]: gradients (`dh`, `dW`, `db`) and focal loss with label smoothing
+//! (its second pass over the logits).
 
 use super::abi::{
-    Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_SAMPLE_WEIGHTS, FLAG_TARGET_LOGIT,
-    FLAG_WANT_WZ, FLAG_WEIGHTS, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES,
+    Params, ReductionCode, COEF_BYTES, FLAG_BIAS, FLAG_ENTROPY, FLAG_SAMPLE_WEIGHTS,
+    FLAG_TARGET_LOGIT, FLAG_WANT_WZ, FLAG_WEIGHTS, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES,
 };
 use super::device::GpuRow;
 use super::encode::{grid, storage_usage, Window};
@@ -28,8 +29,8 @@ use wgpu::util::DeviceExt;
 
 /// Rows of one workgroup's tile (`BM` in the shader).
 const TILE_ROWS: usize = 64;
-/// Columns of one split: a multiple of the shader's tile width `BN = 64`.
-const SPLIT_COLUMNS: usize = 1024;
+/// Workgroups a forward aims for (row tiles × splits): enough to fill a large GPU.
+const WORKGROUPS: usize = 1024;
 
 impl Gpu {
     /// The forward of a checked linear call (module docs).
@@ -55,19 +56,7 @@ impl Gpu {
             ));
         }
         let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
-        let splits = v.div_ceil(SPLIT_COLUMNS);
-        let sizes = [
-            ("hidden states", n as u64 * d as u64 * 4),
-            ("weight", v as u64 * d as u64 * 4),
-            ("partials", n as u64 * splits as u64 * PARTIAL_BYTES),
-        ];
-        if let Some((what, bytes)) = sizes.iter().find(|(_, b)| *b > self.max_binding) {
-            return Err(Error::Unsupported(format!(
-                "the GPU's linear head binds its {what} whole so far: {bytes} bytes exceed this \
-                 device's storage binding of {} bytes (issue 13: chunking is the next step)",
-                self.max_binding
-            )));
-        }
+        let pieces = Pieces::new((n, d, v), self.max_binding)?;
 
         // The computed rows' inputs, gathered; h, W and b as f32.
         let rows = &plan.computed;
@@ -98,11 +87,10 @@ impl Gpu {
                 flags |= flag;
             }
         }
-        let params = Params {
-            rows: n as u32,
+        let base = Params {
             classes: v as u32,
-            splits: splits as u32,
-            span: SPLIT_COLUMNS as u32,
+            splits: pieces.splits as u32,
+            span: pieces.span as u32,
             invocations_per_row: 1,
             flags,
             reduction: ReductionCode::from(options.reduction) as u32,
@@ -144,11 +132,6 @@ impl Gpu {
                     mapped_at_creation: false,
                 })
             };
-            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("xent linear params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
             let stand_in = upload("xent linear stand-in", &[0u8; 16]);
             let hidden_buffer = upload("xent linear h", bytemuck::cast_slice(&hidden));
             let weight_buffer = upload("xent linear W", bytemuck::cast_slice(&weight));
@@ -162,59 +145,100 @@ impl Gpu {
             let sample_buffer = samples
                 .as_ref()
                 .map(|s| upload("xent linear sample weights", bytemuck::cast_slice(s)));
-            let partials = scratch("xent linear partials", (n * splits) as u64 * PARTIAL_BYTES);
+            let splits = pieces.splits as u64;
+            let partials = scratch("xent linear partials", n as u64 * splits * PARTIAL_BYTES);
             let target_logits = scratch("xent linear target logits", n as u64 * 4);
             let rows_out = scratch("xent linear rows", n as u64 * ROW_BYTES);
             let row_sums = scratch("xent linear row sums", n as u64 * ROW_SUM_BYTES);
-            let coefficients = scratch("xent linear coefficients", n as u64 * 32);
-
+            let coefficients = scratch("xent linear coefficients", n as u64 * COEF_BYTES);
             fn or<'b>(b: &'b Option<wgpu::Buffer>, stand_in: &'b wgpu::Buffer) -> Window<'b> {
                 Window::whole(b.as_ref().unwrap_or(stand_in))
             }
-            let or_stand_in = |b| or(b, &stand_in);
+            // Rows `r0 .. r0 + rows` of a per-row buffer of `bytes` per row.
+            let rows_of = |buffer, (r0, rows): (usize, usize), bytes: u64| Window {
+                buffer,
+                offset: r0 as u64 * bytes,
+                size: rows as u64 * bytes,
+            };
+
+            // One uniform block per dispatch.
+            let mut blocks = Vec::new();
+            for &(_, rows) in &pieces.row_chunks {
+                for &(split0, _) in &pieces.split_pieces {
+                    blocks.push(Params {
+                        rows: rows as u32,
+                        split0: split0 as u32,
+                        col0: (split0 * pieces.span) as u32,
+                        ..base
+                    });
+                }
+                blocks.push(Params {
+                    rows: rows as u32,
+                    ..base
+                });
+            }
+            let uniforms: Vec<wgpu::Buffer> = blocks
+                .iter()
+                .map(|b| {
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("xent linear params"),
+                        contents: bytemuck::bytes_of(b),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    })
+                })
+                .collect();
+            let mut uniforms = uniforms.iter();
+
             let mut encoder = device.create_command_encoder(&Default::default());
-            if n > 0 {
+            {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("xent linear"),
                     timestamp_writes: None,
                 });
-                let forward = LinearPartials {
-                    params: Window::whole(&uniform),
-                    targets: Window::whole(&targets_buffer),
-                    class_weights: or_stand_in(&class_weights),
-                    partials: Window::whole(&partials),
-                    target_logits: Window::whole(&target_logits),
-                    hidden: Window::whole(&hidden_buffer),
-                    head_weight: Window::whole(&weight_buffer),
-                    head_bias: or_stand_in(&bias_buffer),
-                };
-                let variant = Variant::new(Kernel::LinearPartials, LogitLoad::F32, TargetLoad::I64);
-                let groups = (n.div_ceil(TILE_ROWS) as u32, splits as u32, 1);
-                self.launch(
-                    &mut pass,
-                    &self.pipeline(variant),
-                    &forward.entries(),
-                    groups,
-                );
-                let finish = Rows {
-                    params: Window::whole(&uniform),
-                    targets: Window::whole(&targets_buffer),
-                    class_weights: or_stand_in(&class_weights),
-                    partials: Window::whole(&partials),
-                    rows: Window::whole(&rows_out),
-                    row_sums: Window::whole(&row_sums),
-                    coefficients: Window::whole(&coefficients),
-                    sample_weights: or_stand_in(&sample_buffer),
-                    target_logits: Window::whole(&target_logits),
-                };
-                let variant = Variant::new(Kernel::SoftmaxRows, LogitLoad::F32, TargetLoad::I64);
-                let (x, y) = grid(n as u64);
-                self.launch(
-                    &mut pass,
-                    &self.pipeline(variant),
-                    &finish.entries(),
-                    (x, y, 1),
-                );
+                let forward_variant =
+                    Variant::new(Kernel::LinearPartials, LogitLoad::F32, TargetLoad::I64);
+                let rows_variant =
+                    Variant::new(Kernel::SoftmaxRows, LogitLoad::F32, TargetLoad::I64);
+                for &chunk in &pieces.row_chunks {
+                    let rows = chunk.1;
+                    let targets = rows_of(&targets_buffer, chunk, 8);
+                    let partials = rows_of(&partials, chunk, splits * PARTIAL_BYTES);
+                    let target_logits = rows_of(&target_logits, chunk, 4);
+                    for &(split0, split_count) in &pieces.split_pieces {
+                        let c0 = split0 * pieces.span;
+                        let columns = (split_count * pieces.span).min(v - c0);
+                        let forward = LinearPartials {
+                            params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                            targets,
+                            class_weights: or(&class_weights, &stand_in),
+                            partials,
+                            target_logits,
+                            hidden: rows_of(&hidden_buffer, chunk, d as u64 * 4),
+                            head_weight: rows_of(&weight_buffer, (c0, columns), d as u64 * 4),
+                            head_bias: or(&bias_buffer, &stand_in),
+                        };
+                        let groups = (rows.div_ceil(TILE_ROWS) as u32, split_count as u32, 1);
+                        let pipeline = self.pipeline(forward_variant);
+                        self.launch(&mut pass, &pipeline, &forward.entries(), groups);
+                    }
+                    let finish = Rows {
+                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                        targets,
+                        class_weights: or(&class_weights, &stand_in),
+                        partials,
+                        rows: rows_of(&rows_out, chunk, ROW_BYTES),
+                        row_sums: rows_of(&row_sums, chunk, ROW_SUM_BYTES),
+                        coefficients: rows_of(&coefficients, chunk, COEF_BYTES),
+                        sample_weights: match &sample_buffer {
+                            Some(s) => rows_of(s, chunk, 4),
+                            None => Window::whole(&stand_in),
+                        },
+                        target_logits,
+                    };
+                    let (x, y) = grid(rows as u64);
+                    let pipeline = self.pipeline(rows_variant);
+                    self.launch(&mut pass, &pipeline, &finish.entries(), (x, y, 1));
+                }
             }
             self.queue.submit([encoder.finish()]);
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,6 +252,79 @@ impl Gpu {
             let sums: Vec<[f32; 4]> =
                 bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default());
             Ok(output(plan, request, &records, &sums))
+        })
+    }
+}
+
+/// How a call is cut to fit the device's storage bindings: chunks of rows (multiples of the
+/// tile's 64 rows, so every per-row window starts 256-byte aligned) and pieces of whole
+/// splits of `W` (multiples of 64 columns, likewise), with the split width.
+struct Pieces {
+    /// Columns per split (a multiple of 64).
+    span: usize,
+    /// Splits of the vocabulary.
+    splits: usize,
+    /// (first row, rows) of each row chunk.
+    row_chunks: Vec<(usize, usize)>,
+    /// (first split, splits) of each piece of `W`.
+    split_pieces: Vec<(usize, usize)>,
+}
+
+impl Pieces {
+    fn new((n, d, v): (usize, usize, usize), max_binding: u64) -> Result<Pieces> {
+        let too_large = |what: &str| {
+            Error::Unsupported(format!(
+                "the GPU's linear head needs 64 {what} in one storage binding of {max_binding} \
+                 bytes; this hidden size or vocabulary does not fit"
+            ))
+        };
+        let fit = |per: u64| (max_binding / per.max(1)) as usize / TILE_ROWS * TILE_ROWS;
+        // Columns of W one binding holds, in whole tiles.
+        let piece_columns = fit(d as u64 * 4);
+        if piece_columns == 0 {
+            return Err(too_large("rows of the weight"));
+        }
+        // About WORKGROUPS workgroups in all: wide splits for many rows, narrow for few.
+        let row_tiles = n.div_ceil(TILE_ROWS).max(1);
+        let wanted = WORKGROUPS
+            .div_ceil(row_tiles)
+            .clamp(1, v.div_ceil(TILE_ROWS).max(1));
+        // Not so many splits that 64 rows of partials outgrow a binding.
+        let most_splits = (max_binding / (TILE_ROWS as u64 * PARTIAL_BYTES)) as usize;
+        if most_splits == 0 {
+            return Err(too_large("rows of partials"));
+        }
+        let narrowest = v.div_ceil(most_splits).next_multiple_of(TILE_ROWS);
+        if narrowest > piece_columns {
+            return Err(too_large("rows of the weight and of partials"));
+        }
+        let span = v
+            .div_ceil(wanted)
+            .next_multiple_of(TILE_ROWS)
+            .clamp(narrowest.max(TILE_ROWS), piece_columns);
+        let splits = v.div_ceil(span).max(1);
+        let per_piece = (piece_columns / span).max(1);
+        let split_pieces = (0..splits)
+            .step_by(per_piece)
+            .map(|s| (s, per_piece.min(splits - s)))
+            .collect();
+        // Rows one binding holds of h, of the partials and of the row records.
+        let per_row = (d as u64 * 4)
+            .max(splits as u64 * PARTIAL_BYTES)
+            .max(ROW_BYTES);
+        let chunk_rows = fit(per_row);
+        if chunk_rows == 0 {
+            return Err(too_large("rows of hidden states or partials"));
+        }
+        let row_chunks = (0..n)
+            .step_by(chunk_rows)
+            .map(|r| (r, chunk_rows.min(n - r)))
+            .collect();
+        Ok(Pieces {
+            span,
+            splits,
+            row_chunks,
+            split_pieces,
         })
     }
 }
