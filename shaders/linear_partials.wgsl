@@ -16,8 +16,8 @@
 // tiles); at the end the 16 invocations sharing rows merge their partials by a fixed tree in
 // workgroup memory, and one writes partials[row · splits + split].
 //
-// Bytes: h is read once per (row tile, split) and W once per row tile: 4·D·(BM·S + V)
-// per row tile for 2·BM·V·D FLOPs; 48 bytes written per (row, split), nothing per logit.
+// Bytes: h is read once per (row tile, split) and W once per row tile: e·D·(BM·S + V)
+// per row tile (e = 4 for f32, 2 for f16 / bf16) for 2·BM·V·D FLOPs; 48 bytes written per (row, split), nothing per logit.
 //
 // Inputs larger than a binding come in pieces: the host binds a chunk of rows (h, targets,
 // partials and target logits from the chunk's first row, so rows index the windows from 0)
@@ -27,8 +27,8 @@
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<Partial>;
 @group(0) @binding(19) var<storage, read_write> target_logits: array<f32>;
-@group(0) @binding(20) var<storage, read> hidden: array<f32>;
-@group(0) @binding(21) var<storage, read> head_weight: array<f32>;
+// h (binding 20) and W (binding 21) come with the variant's loads `load_h` and `load_w`
+// (f32, or f16 / bf16 pairs in u32 words, widened as the logits kernels widen theirs).
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
 
 const BM: u32 = 64u;
@@ -76,11 +76,11 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
                 let k = e % BK;
                 let row = r0 + m;
                 var hv = 0.0;
-                if (row < p.rows && k0 + k < d) { hv = hidden[row * d + k0 + k]; }
+                if (row < p.rows && k0 + k < d) { hv = load_h(row * d + k0 + k); }
                 hs[k * BM + m] = hv;
                 let c = n0 + m;
                 var wv = 0.0;
-                if (c < c1 && k0 + k < d) { wv = head_weight[(c - p.col0) * d + k0 + k]; }
+                if (c < c1 && k0 + k < d) { wv = load_w((c - p.col0) * d + k0 + k); }
                 ws[k * BN + m] = wv;
             }
             workgroupBarrier();

@@ -502,6 +502,16 @@ impl<'a> Matrix<'a> {
     pub fn get(&self, row: usize, col: usize) -> f32 {
         self.as_logits().get(row, col)
     }
+    /// The storage as bytes.
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        match self.storage {
+            Storage::F32(d) => bytemuck::cast_slice(d),
+            Storage::F16(d) => bytemuck::cast_slice(d),
+            Storage::Bf16(d) => bytemuck::cast_slice(d),
+            // `Matrix::new` only builds shared storage.
+            Storage::F32Mut(_) | Storage::F16Mut(_) | Storage::Bf16Mut(_) => &[],
+        }
+    }
     /// The whole storage, when it is f32.
     pub(crate) fn f32_data(&self) -> Option<&'a [f32]> {
         match self.storage {

@@ -772,8 +772,14 @@ fn gpu_forward_against_the_reference() {
     let backend = Backend::Gpu(gpu);
     // 1100 columns: two splits of 1024 (the second partial), 17 tiles of 64; 70 rows: two row
     // tiles, the second partial; D = 19: the last slab of 8 partial.
-    for dtype in [Dtype::F32, Dtype::Bf16] {
-        let head = Head::new(19, (70, 19, 1100), dtype)
+    // bf16 at D = 19 is widened to f32 on the host; f16 and bf16 at D = 20 are read as such.
+    for (dtype, hidden) in [
+        (Dtype::F32, 19),
+        (Dtype::Bf16, 19),
+        (Dtype::F16, 20),
+        (Dtype::Bf16, 20),
+    ] {
+        let head = Head::new(19, (70, hidden, 1100), dtype)
             .ignore_every(5)
             .weighted(4);
         for (name, options) in option_grid() {
@@ -790,7 +796,7 @@ fn gpu_forward_against_the_reference() {
                     request = request.lse().metrics();
                 }
                 let out = loss.compute(&backend, head.batch(), request);
-                let label = format!("gpu {dtype:?} {name}, lse and metrics {every}");
+                let label = format!("gpu {dtype:?} D {hidden} {name}, lse and metrics {every}");
                 match out {
                     Err(Error::Unsupported(_)) if focal_smoothing => {}
                     Err(e) => panic!("{label}: {e}"),
@@ -820,16 +826,23 @@ fn gpu_forward_against_the_reference() {
         })
         .expect("a device with small bindings"),
     );
-    let head = Head::new(21, (300, 19, 1100), Dtype::F32)
-        .ignore_every(7)
-        .weighted(5);
-    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
-    let reference = head.reference(&options, None);
-    let request = LinearRequest::new().row_losses().lse().metrics();
-    let out = LinearCrossEntropy::new(options)
-        .compute(&Backend::Gpu(small.clone()), head.batch(), request)
-        .expect("the GPU's linear forward in pieces");
-    check_forward("gpu, 32 KiB bindings", &head, &reference, &out);
+    for (dtype, hidden) in [(Dtype::F32, 19), (Dtype::F16, 20)] {
+        let head = Head::new(21, (300, hidden, 1100), dtype)
+            .ignore_every(7)
+            .weighted(5);
+        let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+        let reference = head.reference(&options, None);
+        let request = LinearRequest::new().row_losses().lse().metrics();
+        let out = LinearCrossEntropy::new(options)
+            .compute(&Backend::Gpu(small.clone()), head.batch(), request)
+            .expect("the GPU's linear forward in pieces");
+        check_forward(
+            &format!("gpu {dtype:?}, 32 KiB bindings"),
+            &head,
+            &reference,
+            &out,
+        );
+    }
     // A hidden size whose 64 rows exceed a binding is refused, not read out of bounds.
     let wide = Head::new(22, (4, 200, 10), Dtype::F32);
     let err = LinearCrossEntropy::new(CrossEntropy::new())

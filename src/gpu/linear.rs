@@ -1,5 +1,6 @@
-//! A linear head's forward on the GPU (host slices in, `Output` back): the computed rows' `h`,
-//! the head's `W` and `b` uploaded as f32, `linear_partials.wgsl` folding each tile of
+//! A linear head's forward on the GPU (host slices in, `Output` back): the computed rows' `h`
+//! and the head's `W` uploaded in their f16 / bf16 dtype when they share one (and D is even),
+//! else as f32, `b` as f32, `linear_partials.wgsl` folding each tile of
 //! `h·Wᵀ + b` into the partials of each (row, split), the softmax rows pass finishing every row
 //! (loss, LSE, metrics, its sums), and the rows read back; the reduced loss is summed from the
 //! rows' sums on the host in f64, in row order, with the plan's denominators.
@@ -19,7 +20,7 @@ use super::launchers::{LinearPartials, Rows};
 use super::pipelines::{Kernel, LogitLoad, TargetLoad, Variant};
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::input::Matrix;
+use crate::input::{Dtype, Matrix};
 use crate::linear::{LinearBatch, LinearRequest};
 use crate::math::reduce::loss;
 use crate::options::Reduction;
@@ -56,16 +57,40 @@ impl Gpu {
             ));
         }
         let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
-        let pieces = Pieces::new((n, d, v), self.max_binding)?;
+        // h and W in their own dtype when they share an f16 or bf16 one and D is even (so
+        // every window of whole rows is whole words), else both widened to f32.
+        let dtype = batch.hidden.dtype();
+        let load = match dtype {
+            Dtype::F16 | Dtype::Bf16 if batch.weight.dtype() == dtype && d % 2 == 0 => {
+                LogitLoad::scalar(dtype)
+            }
+            _ => LogitLoad::F32,
+        };
+        let element = if load == LogitLoad::F32 { 4 } else { 2 };
+        let pieces = Pieces::new((n, d, v), element, self.max_binding)?;
 
-        // The computed rows' inputs, gathered; h, W and b as f32.
+        // The computed rows' inputs, gathered; b as f32.
         let rows = &plan.computed;
-        let mut buf = Vec::new();
-        let mut hidden = Vec::with_capacity(n * d);
-        for &r in rows {
-            hidden.extend_from_slice(batch.hidden.rows_f32(r..r + 1, &mut buf));
-        }
-        let weight = f32_words(&batch.weight, v);
+        let (hidden, weight): (Vec<u8>, Vec<u8>) = if load == LogitLoad::F32 {
+            let mut buf = Vec::new();
+            let mut h = Vec::with_capacity(n * d);
+            for &r in rows {
+                h.extend_from_slice(batch.hidden.rows_f32(r..r + 1, &mut buf));
+            }
+            let w = f32_words(&batch.weight, v);
+            (
+                bytemuck::cast_slice(&h).to_vec(),
+                bytemuck::cast_slice(&w).to_vec(),
+            )
+        } else {
+            let (bytes, row) = (batch.hidden.bytes(), d * element as usize);
+            let h = rows
+                .iter()
+                .flat_map(|&r| &bytes[r * row..(r + 1) * row])
+                .copied()
+                .collect();
+            (h, batch.weight.bytes().to_vec())
+        };
         let bias = batch.bias.as_ref().map(|b| f32_words(b, 1));
         let targets: Vec<i64> = rows
             .iter()
@@ -133,8 +158,8 @@ impl Gpu {
                 })
             };
             let stand_in = upload("xent linear stand-in", &[0u8; 16]);
-            let hidden_buffer = upload("xent linear h", bytemuck::cast_slice(&hidden));
-            let weight_buffer = upload("xent linear W", bytemuck::cast_slice(&weight));
+            let hidden_buffer = upload("xent linear h", &hidden);
+            let weight_buffer = upload("xent linear W", &weight);
             let bias_buffer = bias
                 .as_ref()
                 .map(|b| upload("xent linear b", bytemuck::cast_slice(b)));
@@ -195,8 +220,7 @@ impl Gpu {
                     label: Some("xent linear"),
                     timestamp_writes: None,
                 });
-                let forward_variant =
-                    Variant::new(Kernel::LinearPartials, LogitLoad::F32, TargetLoad::I64);
+                let forward_variant = Variant::new(Kernel::LinearPartials, load, TargetLoad::I64);
                 let rows_variant =
                     Variant::new(Kernel::SoftmaxRows, LogitLoad::F32, TargetLoad::I64);
                 for &chunk in &pieces.row_chunks {
@@ -213,8 +237,8 @@ impl Gpu {
                             class_weights: or(&class_weights, &stand_in),
                             partials,
                             target_logits,
-                            hidden: rows_of(&hidden_buffer, chunk, d as u64 * 4),
-                            head_weight: rows_of(&weight_buffer, (c0, columns), d as u64 * 4),
+                            hidden: rows_of(&hidden_buffer, chunk, d as u64 * element),
+                            head_weight: rows_of(&weight_buffer, (c0, columns), d as u64 * element),
                             head_bias: or(&bias_buffer, &stand_in),
                         };
                         let groups = (rows.div_ceil(TILE_ROWS) as u32, split_count as u32, 1);
@@ -271,7 +295,8 @@ struct Pieces {
 }
 
 impl Pieces {
-    fn new((n, d, v): (usize, usize, usize), max_binding: u64) -> Result<Pieces> {
+    /// `element`: bytes per value of h and W as bound.
+    fn new((n, d, v): (usize, usize, usize), element: u64, max_binding: u64) -> Result<Pieces> {
         let too_large = |what: &str| {
             Error::Unsupported(format!(
                 "the GPU's linear head needs 64 {what} in one storage binding of {max_binding} \
@@ -280,7 +305,7 @@ impl Pieces {
         };
         let fit = |per: u64| (max_binding / per.max(1)) as usize / TILE_ROWS * TILE_ROWS;
         // Columns of W one binding holds, in whole tiles.
-        let piece_columns = fit(d as u64 * 4);
+        let piece_columns = fit(d as u64 * element);
         if piece_columns == 0 {
             return Err(too_large("rows of the weight"));
         }
@@ -309,7 +334,7 @@ impl Pieces {
             .map(|s| (s, per_piece.min(splits - s)))
             .collect();
         // Rows one binding holds of h, of the partials and of the row records.
-        let per_row = (d as u64 * 4)
+        let per_row = (d as u64 * element)
             .max(splits as u64 * PARTIAL_BYTES)
             .max(ROW_BYTES);
         let chunk_rows = fit(per_row);

@@ -215,6 +215,9 @@ impl Variant {
             // Targets only: no logits bound.
             src += self.target_include();
         }
+        if k == Kernel::LinearPartials {
+            src += &self.linear_loads();
+        }
         if softmax_like
             || matches!(
                 k,
@@ -293,6 +296,34 @@ impl Variant {
             }
         }
         src + &body
+    }
+
+    /// A linear head's loads in this variant's dtype: `load_h` from the hidden states
+    /// (binding 20) and `load_w` from the head's weight (binding 21), made from the logits
+    /// include of the same dtype.
+    fn linear_loads(&self) -> String {
+        let logits = match self.load {
+            LogitLoad::F32 | LogitLoad::F32x4 => {
+                include_str!("../../shaders/include/logits_f32.wgsl")
+            }
+            LogitLoad::F16 => include_str!("../../shaders/include/logits_f16.wgsl"),
+            LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
+        };
+        let body: String = logits
+            .lines()
+            .filter(|l| !l.starts_with("const VEC4") && !l.starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        [("hidden", 20, "load_h"), ("head_weight", 21, "load_w")]
+            .iter()
+            .map(|(name, binding, load)| {
+                body.replace("ACCESS", "read")
+                    .replace("@binding(1)", &format!("@binding({binding})"))
+                    .replace("logits", name)
+                    .replace("load_x", load)
+                    .replace("load4", &format!("{load}4"))
+            })
+            .collect()
     }
 
     /// How this variant reads its targets (binding 3).
@@ -456,7 +487,9 @@ pub fn all_variants() -> Vec<Variant> {
             if load == LogitLoad::F32 {
                 out.push(Variant::new(Kernel::SoftmaxTargets, load, t));
                 if t != TargetLoad::Dense {
-                    out.push(Variant::new(Kernel::LinearPartials, load, t));
+                    for load in [LogitLoad::F32, LogitLoad::F16, LogitLoad::Bf16] {
+                        out.push(Variant::new(Kernel::LinearPartials, load, t));
+                    }
                 }
             }
             if load != LogitLoad::F32x4 {
