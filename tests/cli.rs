@@ -1204,7 +1204,7 @@ fn eval_hidden_states_of_a_linear_head() {
     let targets = dir.npy("y.npy", &[b, t], &y);
     let class_weights = dir.npy("cw.npy", &[v], &weights);
     let losses = dir.arg("losses.npy");
-    let json = eval_json(&[
+    let head_args = [
         "--hidden",
         &hidden,
         "--weight",
@@ -1219,9 +1219,8 @@ fn eval_hidden_states_of_a_linear_head() {
         "0.1",
         "--z-loss",
         "1e-3",
-        "--losses-out",
-        &losses,
-    ]);
+    ];
+    let json = eval_json(&[&head_args[..], &["--losses-out", &losses]].concat());
     let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
     let batch = LinearBatch::new(Matrix::new(&h16, n, d), Matrix::new(&w, v, d), &y[..])
         .bias(&bias)
@@ -1236,26 +1235,7 @@ fn eval_hidden_states_of_a_linear_head() {
     assert_eq!(shape, [b, t]);
     close_all(&rows, &r.row_losses, "per-row losses");
     // The GPU's linear forward, where there is an adapter.
-    let on_gpu = xent(&[
-        "eval",
-        "--hidden",
-        &hidden,
-        "--weight",
-        &weight,
-        "--bias",
-        &bias_file,
-        "--targets",
-        &targets,
-        "--weights",
-        &class_weights,
-        "--label-smoothing",
-        "0.1",
-        "--z-loss",
-        "1e-3",
-        "--device",
-        "gpu",
-        "--json",
-    ]);
+    let on_gpu = xent(&[&["eval"], &head_args[..], &["--device", "gpu", "--json"]].concat());
     if on_gpu.code == 0 {
         let json = on_gpu.json();
         close(num(&json, "loss"), r.loss.unwrap(), "gpu loss");

@@ -275,14 +275,7 @@ impl Gpu {
                         output.lse = Some(records.iter().map(|r| r.lse).collect());
                     }
                     if request.metrics {
-                        output.metrics = Some(Metrics {
-                            argmax: records.iter().map(|r| r.argmax).collect(),
-                            correct: records.iter().map(|r| r.flags & 2 != 0).collect(),
-                            target_prob: records.iter().map(|r| r.target_prob).collect(),
-                            entropy: records.iter().map(|r| r.entropy).collect(),
-                            confidence: records.iter().map(|r| r.confidence).collect(),
-                            valid: records.iter().map(|r| r.flags & 1 != 0).collect(),
-                        });
+                        output.metrics = Some(metrics(&records));
                     }
                 } else {
                     output.row_losses = Some(bytemuck::pod_collect_to_vec(&bytes));
@@ -316,5 +309,17 @@ impl Gpu {
             }
             Ok(output)
         })
+    }
+}
+
+/// The metrics of the softmax rows pass's per-row records.
+pub(super) fn metrics(records: &[GpuRow]) -> Metrics {
+    Metrics {
+        argmax: records.iter().map(|r| r.argmax).collect(),
+        correct: records.iter().map(|r| r.flags & 2 != 0).collect(),
+        target_prob: records.iter().map(|r| r.target_prob).collect(),
+        entropy: records.iter().map(|r| r.entropy).collect(),
+        confidence: records.iter().map(|r| r.confidence).collect(),
+        valid: records.iter().map(|r| r.flags & 1 != 0).collect(),
     }
 }

@@ -24,7 +24,7 @@ use crate::input::{Dtype, Matrix};
 use crate::linear::{LinearBatch, LinearRequest};
 use crate::math::reduce::loss;
 use crate::options::Reduction;
-use crate::output::{Metrics, Output};
+use crate::output::Output;
 use crate::plan::linear::LinearPlan;
 use wgpu::util::DeviceExt;
 
@@ -381,13 +381,6 @@ fn output(
         loss: loss(reduction, (ce, z), plan.denominators).map(|v| v as f32),
         row_losses,
         lse: request.lse.then(|| records.iter().map(|r| r.lse).collect()),
-        metrics: request.metrics.then(|| Metrics {
-            argmax: records.iter().map(|r| r.argmax).collect(),
-            correct: records.iter().map(|r| r.flags & 2 != 0).collect(),
-            target_prob: records.iter().map(|r| r.target_prob).collect(),
-            entropy: records.iter().map(|r| r.entropy).collect(),
-            confidence: records.iter().map(|r| r.confidence).collect(),
-            valid: records.iter().map(|r| r.flags & 1 != 0).collect(),
-        }),
+        metrics: request.metrics.then(|| super::host::metrics(records)),
     }
 }
