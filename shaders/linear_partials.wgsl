@@ -31,18 +31,21 @@
 // (f32, or f16 / bf16 pairs in u32 words, widened as the logits kernels widen theirs).
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 8u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
-// Invocations along a tile's columns (and rows): BN / TN = BM / TM = 16.
-const SIDE: u32 = 16u;
-
-// The slabs, k-major: hs[k·BM + m], ws[k·BN + n].
-var<workgroup> hs: array<f32, 512>;
-var<workgroup> ws: array<f32, 512>;
 var<workgroup> merged: array<Partial, WG>;
+
+// The tile product's operands (include `linear_tile.wgsl`): A = h of the chunk's rows,
+// B = W's rows of the split, both read along k. `b_end` is the split's end.
+const A_ALONG_K: bool = true;
+const B_ALONG_K: bool = true;
+var<private> b_end: u32;
+fn load_a(row: u32, k: u32) -> f32 {
+    if (row >= p.rows || k >= p.hidden) { return 0.0; }
+    return load_h(row * p.hidden + k);
+}
+fn load_b(c: u32, k: u32) -> f32 {
+    if (c >= b_end || k >= p.hidden) { return 0.0; }
+    return load_w((c - p.col0) * p.hidden + k);
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
@@ -66,37 +69,9 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         }
     }
 
+    b_end = c1;
     for (var n0 = c0; n0 < c1; n0 += BN) {
-        var acc: array<vec4<f32>, TM>;
-        for (var k0 = 0u; k0 < d; k0 += BK) {
-            // Each invocation loads 2 of the 512 values of each slab; BK consecutive
-            // invocations read BK consecutive words of one row.
-            for (var e = local; e < BK * BM; e += WG) {
-                let m = e / BK;
-                let k = e % BK;
-                let row = r0 + m;
-                var hv = 0.0;
-                if (row < p.rows && k0 + k < d) { hv = load_h(row * d + k0 + k); }
-                hs[k * BM + m] = hv;
-                let c = n0 + m;
-                var wv = 0.0;
-                if (c < c1 && k0 + k < d) { wv = load_w((c - p.col0) * d + k0 + k); }
-                ws[k * BN + m] = wv;
-            }
-            workgroupBarrier();
-            for (var k = 0u; k < BK; k++) {
-                let b = vec4(
-                    ws[k * BN + tx * TN],
-                    ws[k * BN + tx * TN + 1u],
-                    ws[k * BN + tx * TN + 2u],
-                    ws[k * BN + tx * TN + 3u],
-                );
-                for (var i = 0u; i < TM; i++) {
-                    acc[i] = fma(vec4(hs[k * BM + ty * TM + i]), b, acc[i]);
-                }
-            }
-            workgroupBarrier();
-        }
+        let acc = tile_product(r0, n0, d, local);
         // Epilogue: each value into its row's partial, in column order.
         for (var i = 0u; i < TM; i++) {
             let row = r0 + ty * TM + i;

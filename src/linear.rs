@@ -32,11 +32,12 @@
 //! Results do not depend on the thread count, bit for bit.
 //!
 //! On the CPU the products are the `gemm` crate's; the row math is the SIMD kernels of the
-//! softmax path. On the GPU the forward runs (loss, per-row losses, LSE, metrics):
-//! `shaders/linear_partials.wgsl` computes `h·Wᵀ + b` in 64 × 64 workgroup tiles and folds each
-//! into the per-row partials, and the softmax rows pass finishes the rows; gradients, focal
-//! loss with label smoothing and inputs larger than one storage binding return
-//! [`Error::Unsupported`](crate::Error::Unsupported) there so far (use [`Backend::Cpu`]).
+//! softmax path. On the GPU the same fused strategy runs in WGSL (`src/gpu/linear.rs`):
+//! `h·Wᵀ + b` in 64 × 64 workgroup tiles folded into the per-row partials, the softmax rows
+//! pass, and for gradients the logits recomputed chunk by chunk with `dW`, `db` and `dh` from
+//! the same tile product; focal loss with label smoothing and gradients of more rows than one
+//! storage binding holds return [`Error::Unsupported`](crate::Error::Unsupported) there so
+//! far (use [`Backend::Cpu`]).
 //!
 //! ```
 //! use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
@@ -136,7 +137,7 @@ impl LinearCrossEntropy {
         let plan = crate::plan::linear::check(self, &batch, &request)?;
         match backend.target() {
             Target::Cpu(level) => crate::cpu::linear::run(level, &plan, &batch, &mut request),
-            Target::Gpu(gpu) => gpu.linear(&plan, &batch, &request),
+            Target::Gpu(gpu) => gpu.linear(&plan, &batch, &mut request),
         }
     }
 }

@@ -162,6 +162,16 @@ fn run(
     add: Option<f32>,
     every_output: bool,
 ) -> (Output, Grads) {
+    try_run(&Backend::Cpu, head, loss, (upstream, add, every_output)).expect("linear cross-entropy")
+}
+
+/// [`run`] on `backend`, its error returned.
+fn try_run(
+    backend: &Backend,
+    head: &Head,
+    loss: &LinearCrossEntropy,
+    (upstream, add, every_output): (Option<&[f32]>, Option<f32>, bool),
+) -> xent::Result<(Output, Grads)> {
     let mut g = Grads::filled(head, add.unwrap_or(f32::NAN));
     let buffer = |data| match add {
         Some(_) => GradientBuffer::Add(data),
@@ -178,10 +188,8 @@ fn run(
     if let Some(u) = upstream {
         request = request.upstream(u);
     }
-    let out = loss
-        .compute(&Backend::Cpu, head.batch(), request)
-        .expect("linear cross-entropy");
-    (out, g)
+    let out = loss.compute(backend, head.batch(), request)?;
+    Ok((out, g))
 }
 
 /// `|a − r| ≤ tol[i]`, NaN and infinities exact; panics naming the worst element.
@@ -762,23 +770,19 @@ fn loss_of(options: CrossEntropy) -> LinearCrossEntropy {
     LinearCrossEntropy::new(options)
 }
 
-/// The GPU's forward (loss, per-row losses, LSE, metrics) against the reference for every
-/// option it takes, in every dtype; what it does not take yet is a typed error.
+/// The GPU's forward and backward (loss, per-row losses, LSE, metrics, dh, dW, db; written and
+/// added) against the reference for every option it takes, in every dtype, in pieces and
+/// chunks; what it does not take yet is a typed error.
 #[test]
-fn gpu_forward_against_the_reference() {
+fn gpu_against_the_reference() {
     let Some(gpu) = common::device::gpu() else {
         return;
     };
     let backend = Backend::Gpu(gpu);
     // 1100 columns: two splits of 1024 (the second partial), 17 tiles of 64; 70 rows: two row
     // tiles, the second partial; D = 19: the last slab of 8 partial.
-    // bf16 at D = 19 is widened to f32 on the host; f16 and bf16 at D = 20 are read as such.
-    for (dtype, hidden) in [
-        (Dtype::F32, 19),
-        (Dtype::Bf16, 19),
-        (Dtype::F16, 20),
-        (Dtype::Bf16, 20),
-    ] {
+    // bf16 at D = 19 is widened to f32 on the host; bf16 at D = 20 is read as such (f16 below).
+    for (dtype, hidden) in [(Dtype::F32, 19), (Dtype::Bf16, 19), (Dtype::Bf16, 20)] {
         let head = Head::new(19, (70, hidden, 1100), dtype)
             .ignore_every(5)
             .weighted(4);
@@ -790,19 +794,15 @@ fn gpu_forward_against_the_reference() {
                 _ => vec![0.75],
             };
             let reference = head.reference(&options, Some(&upstream));
-            for every in [false, true] {
-                let mut request = LinearRequest::new().row_losses().upstream(&upstream);
-                if every {
-                    request = request.lse().metrics();
-                }
-                let out = loss.compute(&backend, head.batch(), request);
+            for (every, add) in [(false, None), (true, Some(0.25))] {
+                let out = try_run(&backend, &head, &loss, (Some(&upstream), add, every));
                 let label = format!("gpu {dtype:?} D {hidden} {name}, lse and metrics {every}");
                 match out {
                     Err(Error::Unsupported(_)) if focal_smoothing => {}
                     Err(e) => panic!("{label}: {e}"),
-                    Ok(out) => {
+                    Ok((out, g)) => {
                         assert!(!focal_smoothing, "{label}: focal with smoothing ran");
-                        check_forward(&label, &head, &reference, &out);
+                        check(&label, &head, &reference, &out, &g, add.unwrap_or(0.0));
                         if let Some(m) = &out.metrics {
                             let agree = m
                                 .argmax
@@ -846,16 +846,57 @@ fn gpu_forward_against_the_reference() {
     // A hidden size whose 64 rows exceed a binding is refused, not read out of bounds.
     let wide = Head::new(22, (4, 200, 10), Dtype::F32);
     let err = LinearCrossEntropy::new(CrossEntropy::new())
-        .compute(&Backend::Gpu(small), wide.batch(), LinearRequest::new())
+        .compute(
+            &Backend::Gpu(small.clone()),
+            wide.batch(),
+            LinearRequest::new(),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 
-    // Gradients are the CPU's so far: a typed error, not a wrong number.
-    let head = Head::new(23, (8, 5, 40), Dtype::F32);
-    let mut dh = vec![0f32; 40];
-    let request = LinearRequest::new().hidden_gradient(GradientBuffer::Write(&mut dh));
-    let err = LinearCrossEntropy::new(CrossEntropy::new())
-        .compute(&backend, head.batch(), request)
-        .unwrap_err();
+    // The backward in vocabulary chunks: 64 KiB bindings hold G of 192 columns of 70 rows, so
+    // 1100 classes take 6 chunks (dh added chunk after chunk); f16 h and W read as such.
+    let chunked = std::sync::Arc::new(
+        xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+            max_binding_size: Some(64 << 10),
+            ..Default::default()
+        })
+        .expect("a device with small bindings"),
+    );
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let head = Head::new(23, (70, 20, 1100), dtype)
+            .ignore_every(6)
+            .weighted(6);
+        let options = CrossEntropy::new()
+            .label_smoothing(0.05)
+            .z_loss(1e-3)
+            .softcap(8.0);
+        let reference = head.reference(&options, None);
+        let loss = LinearCrossEntropy::new(options);
+        let backend = Backend::Gpu(chunked.clone());
+        let (out, g) = try_run(&backend, &head, &loss, (None, None, false))
+            .expect("the GPU's backward in chunks");
+        check(
+            &format!("gpu {dtype:?}, backward in 6 chunks"),
+            &head,
+            &reference,
+            &out,
+            &g,
+            0.0,
+        );
+        // Bits are the same run to run.
+        let (again, g_again) = try_run(&backend, &head, &loss, (None, None, false)).unwrap();
+        assert_eq!(out, again);
+        assert_eq!(g, g_again);
+    }
+    // More rows than a binding holds: a typed error for the gradients, not a wrong number.
+    let head = Head::new(24, (300, 19, 1100), Dtype::F32);
+    let err = try_run(
+        &Backend::Gpu(small.clone()),
+        &head,
+        &LinearCrossEntropy::new(CrossEntropy::new()),
+        (None, None, false),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }

@@ -132,7 +132,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 14] = [
+pub(crate) const FLAGS: [(&str, u32); 15] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -147,6 +147,7 @@ pub(crate) const FLAGS: [(&str, u32); 14] = [
     ("FLAG_ALPHA", FLAG_ALPHA),
     ("FLAG_TARGET_LOGIT", FLAG_TARGET_LOGIT),
     ("FLAG_BIAS", FLAG_BIAS),
+    ("FLAG_ADD", FLAG_ADD),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -176,6 +177,8 @@ pub(crate) const FLAG_ALPHA: u32 = 2048;
 pub(crate) const FLAG_TARGET_LOGIT: u32 = 4096;
 /// A linear head's bias is bound (`linear_partials.wgsl`).
 pub(crate) const FLAG_BIAS: u32 = 8192;
+/// A linear head's `dh` is added to, not written (`linear_hidden_gradient.wgsl`).
+pub(crate) const FLAG_ADD: u32 = 16384;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +289,12 @@ pub(crate) mod binding {
     pub const HEAD_WEIGHT: u32 = 21;
     /// A linear head's bias `b` [V], f32 (a stand-in without one).
     pub const HEAD_BIAS: u32 = 22;
+    /// A vocabulary chunk's rows of `dW`, f32.
+    pub const WEIGHT_GRADIENT: u32 = 23;
+    /// A vocabulary chunk's `db`, f32.
+    pub const BIAS_GRADIENT: u32 = 24;
+    /// `dh` of the computed rows, f32.
+    pub const HIDDEN_GRADIENT: u32 = 25;
 }
 
 #[cfg(test)]

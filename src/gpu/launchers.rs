@@ -113,6 +113,53 @@ launcher! {
 }
 
 launcher! {
+    /// A vocabulary chunk's `G` of a linear head, its logits recomputed
+    /// (`linear_gradient.wgsl`).
+    LinearGradient {
+        /// `G` of the chunk, f32 [rows × chunk columns].
+        gradient: GRADIENT, Write, 4;
+        /// Class weights (a stand-in when unweighted).
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// Row coefficients from the rows pass.
+        coefficients: COEFFICIENTS, Read, COEF_BYTES;
+        /// Per-row upstream values, or the mean's totals.
+        scale_source: SCALE_SOURCE, Read, 4;
+        /// The hidden states.
+        hidden: HIDDEN, Read, 4;
+        /// The chunk's rows of the head's weight.
+        head_weight: HEAD_WEIGHT, Read, 4;
+        /// The head's bias (a stand-in without one).
+        head_bias: HEAD_BIAS, Read, 4;
+    }
+}
+
+launcher! {
+    /// A vocabulary chunk's rows of `dW` and its `db` (`linear_weight_gradient.wgsl`).
+    LinearWeightGradient {
+        /// `G` of the chunk.
+        gradient: GRADIENT, Read, 4;
+        /// The hidden states.
+        hidden: HIDDEN, Read, 4;
+        /// The chunk's rows of `dW`.
+        weight_gradient: WEIGHT_GRADIENT, Write, 4;
+        /// The chunk's `db`.
+        bias_gradient: BIAS_GRADIENT, Write, 4;
+    }
+}
+
+launcher! {
+    /// `dh += G·W` of a vocabulary chunk (`linear_hidden_gradient.wgsl`).
+    LinearHiddenGradient {
+        /// `G` of the chunk.
+        gradient: GRADIENT, Read, 4;
+        /// The chunk's rows of the head's weight.
+        head_weight: HEAD_WEIGHT, Read, 4;
+        /// `dh` of the computed rows.
+        hidden_gradient: HIDDEN_GRADIENT, Write, 4;
+    }
+}
+
+launcher! {
     /// Each row's loss, LSE, metrics and gradient coefficients from its partials
     /// (`softmax_rows.wgsl`).
     Rows {
@@ -305,6 +352,9 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::Reduce => Reduce::LAYOUT,
         Kernel::CountRows => CountRows::LAYOUT,
         Kernel::LinearPartials => LinearPartials::LAYOUT,
+        Kernel::LinearGradient => LinearGradient::LAYOUT,
+        Kernel::LinearWeightGradient => LinearWeightGradient::LAYOUT,
+        Kernel::LinearHiddenGradient => LinearHiddenGradient::LAYOUT,
         Kernel::ProbeRead | Kernel::ProbeCopy => Probe::LAYOUT,
     };
     let stores = matches!(

@@ -1,22 +1,33 @@
-//! A linear head's forward on the GPU (host slices in, `Output` back): the computed rows' `h`
-//! and the head's `W` uploaded in their f16 / bf16 dtype when they share one (and D is even),
-//! else as f32, `b` as f32, `linear_partials.wgsl` folding each tile of
-//! `h·Wᵀ + b` into the partials of each (row, split), the softmax rows pass finishing every row
-//! (loss, LSE, metrics, its sums), and the rows read back; the reduced loss is summed from the
-//! rows' sums on the host in f64, in row order, with the plan's denominators.
+//! A linear head on the GPU (host slices in, `Output` and gradients back).
 //!
-//! Inputs larger than one storage binding are cut into chunks of rows and pieces of `W`
-//! ([`Pieces`]). What this first GPU step does not do yet, each refused with
-//! [`Error::Unsupported`]: gradients (`dh`, `dW`, `db`) and focal loss with label smoothing
-//! (its second pass over the logits).
+//! Forward: the computed rows' `h` and the head's `W` are uploaded in their f16 / bf16 dtype
+//! when they share one (and D is even), else as f32, `b` as f32; `linear_partials.wgsl` folds
+//! each tile of `h·Wᵀ + b` into the partials of each (row, split); the softmax rows pass
+//! finishes every row (loss, LSE, metrics, its sums and gradient coefficients). The reduced
+//! loss is summed from the rows' sums on the host in f64, in row order, with the plan's
+//! denominators. Inputs larger than one storage binding are cut into chunks of rows and pieces
+//! of `W` ([`Pieces`]).
+//!
+//! Backward (when a gradient is asked for), vocabulary chunk by chunk in order ([`Backward`]):
+//! `linear_gradient.wgsl` recomputes the chunk's logits and writes `G`,
+//! `linear_weight_gradient.wgsl` the chunk's rows of `dW = Gᵀ·h` and its `db`,
+//! `linear_hidden_gradient.wgsl` adds `G·W[chunk]` into `dh` (the first chunk writes). Every
+//! value has one owner, so two runs give the same bits. The results are read back and written
+//! or added into the caller's buffers.
+//!
+//! Refused with [`Error::Unsupported`] so far: focal loss with label smoothing (its second pass
+//! over the logits), and gradients of more rows than one binding holds.
 
 use super::abi::{
-    Params, ReductionCode, COEF_BYTES, FLAG_BIAS, FLAG_ENTROPY, FLAG_SAMPLE_WEIGHTS,
-    FLAG_TARGET_LOGIT, FLAG_WANT_WZ, FLAG_WEIGHTS, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES,
+    Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_BIAS, FLAG_ENTROPY, FLAG_SAMPLE_WEIGHTS,
+    FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS, PARTIAL_BYTES, ROW_BYTES,
+    ROW_SUM_BYTES,
 };
 use super::device::GpuRow;
 use super::encode::{grid, storage_usage, Window};
-use super::launchers::{LinearPartials, Rows};
+use super::launchers::{
+    LinearGradient, LinearHiddenGradient, LinearPartials, LinearWeightGradient, Rows,
+};
 use super::pipelines::{Kernel, LogitLoad, TargetLoad, Variant};
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -39,16 +50,9 @@ impl Gpu {
         &self,
         plan: &LinearPlan,
         batch: &LinearBatch<'_>,
-        request: &LinearRequest<'_>,
+        request: &mut LinearRequest<'_>,
     ) -> Result<Output> {
         let options = plan.options;
-        if plan.gradient {
-            return Err(Error::Unsupported(
-                "the GPU's linear head computes the forward only so far (loss, per-row losses, \
-                 LSE, metrics); its gradients run on Backend::Cpu (issue 13)"
-                    .into(),
-            ));
-        }
         if crate::plan::needs_focal_pass(&options, false) {
             return Err(Error::Unsupported(
                 "focal loss with label smoothing on the GPU's linear head (a second pass over \
@@ -68,6 +72,15 @@ impl Gpu {
         };
         let element = if load == LogitLoad::F32 { 4 } else { 2 };
         let pieces = Pieces::new((n, d, v), element, self.max_binding)?;
+        let backward = match plan.gradient {
+            true => Some(Backward::new(
+                (n, d, v),
+                element,
+                &pieces,
+                self.max_binding,
+            )?),
+            false => None,
+        };
 
         // The computed rows' inputs, gathered; b as f32.
         let rows = &plan.computed;
@@ -126,7 +139,11 @@ impl Gpu {
             uniform: options.label_smoothing / v as f32,
             ignore_lo: options.ignore_index as u64 as u32,
             ignore_hi: ((options.ignore_index as u64) >> 32) as u32,
-            upstream: 1.0,
+            // The scalar upstream of sum and mean (the backward's scales).
+            upstream: match (options.reduction, request.upstream) {
+                (Reduction::Sum | Reduction::Mean, Some(u)) => u[0],
+                _ => 1.0,
+            },
             focal_gamma: options.focal_gamma,
             hidden: d as u32,
             ..Params::default()
@@ -202,6 +219,28 @@ impl Gpu {
                     ..base
                 });
             }
+            // The backward's per-row upstream (none) or the mean's totals (ce, z, D, Σs).
+            let per_row_upstream =
+                options.reduction == Reduction::None && request.upstream.is_some();
+            if let Some(back) = &backward {
+                let upstream = if per_row_upstream { FLAG_UPSTREAM } else { 0 };
+                for (i, &(c0, width)) in back.chunks.iter().enumerate() {
+                    let block = Params {
+                        rows: n as u32,
+                        col0: c0 as u32,
+                        span: width as u32,
+                        flags: base.flags | upstream,
+                        ..base
+                    };
+                    let add = if i > 0 { FLAG_ADD } else { 0 };
+                    blocks.push(block);
+                    blocks.push(block);
+                    blocks.push(Params {
+                        flags: block.flags | add,
+                        ..block
+                    });
+                }
+            }
             let uniforms: Vec<wgpu::Buffer> = blocks
                 .iter()
                 .map(|b| {
@@ -264,17 +303,97 @@ impl Gpu {
                     self.launch(&mut pass, &pipeline, &finish.entries(), (x, y, 1));
                 }
             }
+            // The backward's buffers: G of one chunk, dh of the computed rows, dW and db.
+            let scale_source = match (options.reduction, request.upstream) {
+                (Reduction::None, Some(u)) => {
+                    let gathered: Vec<f32> = rows.iter().map(|&r| u[r]).collect();
+                    upload("xent linear upstream", bytemuck::cast_slice(&gathered))
+                }
+                (Reduction::Mean, _) => {
+                    let (weight_sum, count) = plan.denominators;
+                    let totals = [0.0, 0.0, weight_sum as f32, count as f32];
+                    upload("xent linear totals", bytemuck::cast_slice(&totals))
+                }
+                _ => upload("xent linear stand-in", &[0u8; 16]),
+            };
+            let grads = backward.as_ref().map(|back| {
+                (
+                    scratch("xent linear G", n as u64 * back.width as u64 * 4),
+                    scratch("xent linear dh", n as u64 * d as u64 * 4),
+                    scratch("xent linear dW", v as u64 * d as u64 * 4),
+                    scratch("xent linear db", v as u64 * 4),
+                )
+            });
+            if let (Some(back), Some((g, dh, dw, db))) = (&backward, &grads) {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("xent linear backward"),
+                    timestamp_writes: None,
+                });
+                let all = (0, n);
+                let g_window = Window::head(g, n as u64 * back.width as u64 * 4);
+                let variant = |kernel| Variant::new(kernel, load, TargetLoad::I64);
+                let row_tiles = n.div_ceil(TILE_ROWS) as u32;
+                let hidden_tiles = (d.div_ceil(TILE_ROWS) as u32).max(1);
+                for &(c0, width) in &back.chunks {
+                    let head_weight = rows_of(&weight_buffer, (c0, width), d as u64 * element);
+                    let column_tiles = width.div_ceil(TILE_ROWS) as u32;
+                    let recompute = LinearGradient {
+                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                        gradient: g_window,
+                        class_weights: or(&class_weights, &stand_in),
+                        coefficients: rows_of(&coefficients, all, COEF_BYTES),
+                        scale_source: Window::whole(&scale_source),
+                        hidden: rows_of(&hidden_buffer, all, d as u64 * element),
+                        head_weight,
+                        head_bias: or(&bias_buffer, &stand_in),
+                    };
+                    let pipeline = self.pipeline(variant(Kernel::LinearGradient));
+                    let groups = (row_tiles, column_tiles, 1);
+                    self.launch(&mut pass, &pipeline, &recompute.entries(), groups);
+                    let weight = LinearWeightGradient {
+                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                        gradient: g_window,
+                        hidden: rows_of(&hidden_buffer, all, d as u64 * element),
+                        weight_gradient: rows_of(dw, (c0, width), d as u64 * 4),
+                        bias_gradient: rows_of(db, (c0, width), 4),
+                    };
+                    let pipeline = self.pipeline(variant(Kernel::LinearWeightGradient));
+                    let groups = (column_tiles, hidden_tiles, 1);
+                    self.launch(&mut pass, &pipeline, &weight.entries(), groups);
+                    let hidden = LinearHiddenGradient {
+                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                        gradient: g_window,
+                        head_weight,
+                        hidden_gradient: Window::head(dh, n as u64 * d as u64 * 4),
+                    };
+                    let pipeline = self.pipeline(variant(Kernel::LinearHiddenGradient));
+                    let groups = (row_tiles, hidden_tiles, 1);
+                    self.launch(&mut pass, &pipeline, &hidden.entries(), groups);
+                }
+            }
             self.queue.submit([encoder.finish()]);
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let reads = [
+            let mut reads = vec![
                 (&rows_out, n as u64 * ROW_BYTES),
                 (&row_sums, n as u64 * ROW_SUM_BYTES),
             ];
+            if let Some((_, dh, dw, db)) = &grads {
+                reads.push((dh, n as u64 * d as u64 * 4));
+                reads.push((dw, v as u64 * d as u64 * 4));
+                reads.push((db, v as u64 * 4));
+            }
             let mut read = self.read_back_all(&mut pool, &reads)?.into_iter();
             let records: Vec<GpuRow> =
                 bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default());
             let sums: Vec<[f32; 4]> =
                 bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default());
+            if grads.is_some() {
+                let mut next = || -> Vec<f32> {
+                    bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default())
+                };
+                let (dh, dw, db) = (next(), next(), next());
+                deliver(plan, request, (&dh, &dw, &db));
+            }
             Ok(output(plan, request, &records, &sums))
         })
     }
@@ -351,6 +470,80 @@ impl Pieces {
             row_chunks,
             split_pieces,
         })
+    }
+}
+
+/// The backward's vocabulary chunks: as wide as a binding holds of `G` (all computed rows),
+/// of `W`'s and `dW`'s rows, at most 4096 columns, in multiples of 64.
+struct Backward {
+    /// Columns of the widest chunk.
+    width: usize,
+    /// (first column, columns) of each chunk, in vocabulary order.
+    chunks: Vec<(usize, usize)>,
+}
+
+impl Backward {
+    fn new(
+        (n, d, v): (usize, usize, usize),
+        element: u64,
+        pieces: &Pieces,
+        max_binding: u64,
+    ) -> Result<Backward> {
+        let refuse = |why: &str| {
+            Error::Unsupported(format!(
+                "the GPU's linear head computes gradients for as many rows as one storage \
+                 binding of {max_binding} bytes holds ({why}); use Backend::Cpu for this call"
+            ))
+        };
+        if pieces.row_chunks.len() > 1 || n as u64 * d as u64 * 4 > max_binding {
+            return Err(refuse("the hidden states or dh exceed it"));
+        }
+        let per_column = (n as u64 * 4).max(d as u64 * element).max(d as u64 * 4);
+        let width = ((max_binding / per_column.max(1)) as usize / TILE_ROWS * TILE_ROWS).min(4096);
+        if width == 0 {
+            return Err(refuse("64 columns of G do not fit"));
+        }
+        let chunks = (0..v)
+            .step_by(width)
+            .map(|c| (c, width.min(v - c)))
+            .collect();
+        Ok(Backward { width, chunks })
+    }
+}
+
+/// The gradients read back (`dh` of the computed rows, `dW`, `db`) into the caller's buffers,
+/// written or added as each asks; `dh` of rows not computed is left (add) or zero (write).
+fn deliver(
+    plan: &LinearPlan,
+    request: &mut LinearRequest<'_>,
+    (dh, dw, db): (&[f32], &[f32], &[f32]),
+) {
+    let d = plan.hidden;
+    if let Some(out) = request.hidden_gradient.as_mut() {
+        let adds = out.adds();
+        let out = out.data();
+        if !adds {
+            out.fill(0.0);
+        }
+        for (i, &r) in plan.computed.iter().enumerate() {
+            for (o, &g) in out[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(&dh[i * d..(i + 1) * d])
+            {
+                *o = if adds { *o + g } else { g };
+            }
+        }
+    }
+    for (buffer, values) in [
+        (request.weight_gradient.as_mut(), dw),
+        (request.bias_gradient.as_mut(), db),
+    ] {
+        if let Some(out) = buffer {
+            let adds = out.adds();
+            for (o, &g) in out.data().iter_mut().zip(values) {
+                *o = if adds { *o + g } else { g };
+            }
+        }
     }
 }
 

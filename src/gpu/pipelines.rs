@@ -38,6 +38,12 @@ pub enum Kernel {
     CountRows,
     /// A linear head's logits, tile by tile, folded into the partials of each (row, split).
     LinearPartials,
+    /// A linear head's `G = dloss/dx` of one vocabulary chunk, its logits recomputed.
+    LinearGradient,
+    /// A vocabulary chunk's rows of `dW = Gᵀ·h` and its `db`.
+    LinearWeightGradient,
+    /// `dh += G·W` of one vocabulary chunk.
+    LinearHiddenGradient,
     /// Bandwidth probe: read.
     ProbeRead,
     /// Bandwidth probe: copy.
@@ -45,6 +51,17 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The linear head's kernels: the tile product and the loads of h and W.
+    fn is_linear(self) -> bool {
+        matches!(
+            self,
+            Kernel::LinearPartials
+                | Kernel::LinearGradient
+                | Kernel::LinearWeightGradient
+                | Kernel::LinearHiddenGradient
+        )
+    }
+
     /// Whether every invocation writes its workgroup-memory slot before a barrier and reads
     /// only slots written before it (the segment and reduction trees). wgpu's zero fill of
     /// workgroup memory is then dead work, so it is turned off for these kernels: on the GL
@@ -58,6 +75,9 @@ impl Kernel {
                 | Kernel::SoftmaxFocal
                 | Kernel::Reduce
                 | Kernel::LinearPartials
+                | Kernel::LinearGradient
+                | Kernel::LinearWeightGradient
+                | Kernel::LinearHiddenGradient
         )
     }
 
@@ -74,6 +94,13 @@ impl Kernel {
             Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Kernel::CountRows => include_str!("../../shaders/count_rows.wgsl"),
             Kernel::LinearPartials => include_str!("../../shaders/linear_partials.wgsl"),
+            Kernel::LinearGradient => include_str!("../../shaders/linear_gradient.wgsl"),
+            Kernel::LinearWeightGradient => {
+                include_str!("../../shaders/linear_weight_gradient.wgsl")
+            }
+            Kernel::LinearHiddenGradient => {
+                include_str!("../../shaders/linear_hidden_gradient.wgsl")
+            }
             Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
             Kernel::ProbeCopy => include_str!("../../shaders/probe_copy.wgsl"),
         }
@@ -215,18 +242,16 @@ impl Variant {
             // Targets only: no logits bound.
             src += self.target_include();
         }
-        if k == Kernel::LinearPartials {
+        if k.is_linear() {
             src += &self.linear_loads();
+            src += include_str!("../../shaders/include/linear_tile.wgsl");
         }
         if softmax_like
             || matches!(
                 k,
-                Kernel::Reduce
-                    | Kernel::BceClasses
-                    | Kernel::SoftmaxTargets
-                    | Kernel::CountRows
-                    | Kernel::LinearPartials
+                Kernel::Reduce | Kernel::BceClasses | Kernel::SoftmaxTargets | Kernel::CountRows
             )
+            || k.is_linear()
         {
             src += include_str!("../../shaders/include/softmax_common.wgsl");
             src += include_str!("../../shaders/include/rows_common.wgsl");
@@ -245,7 +270,10 @@ impl Variant {
         if matches!(k, Kernel::SoftmaxRows | Kernel::SoftmaxFused) {
             src += include_str!("../../shaders/include/softmax_row.wgsl");
         }
-        if matches!(k, Kernel::SoftmaxBackward | Kernel::SoftmaxFused) {
+        if matches!(
+            k,
+            Kernel::SoftmaxBackward | Kernel::SoftmaxFused | Kernel::LinearGradient
+        ) {
             src += include_str!("../../shaders/include/softmax_grad.wgsl");
         }
         if stores {
@@ -314,7 +342,13 @@ impl Variant {
             .filter(|l| !l.starts_with("const VEC4") && !l.starts_with("//"))
             .map(|l| format!("{l}\n"))
             .collect();
-        [("hidden", 20, "load_h"), ("head_weight", 21, "load_w")]
+        // Each kernel declares only the operands it binds.
+        let operands: &[(&str, u32, &str)] = match self.kernel {
+            Kernel::LinearWeightGradient => &[("hidden", 20, "load_h")],
+            Kernel::LinearHiddenGradient => &[("head_weight", 21, "load_w")],
+            _ => &[("hidden", 20, "load_h"), ("head_weight", 21, "load_w")],
+        };
+        operands
             .iter()
             .map(|(name, binding, load)| {
                 body.replace("ACCESS", "read")
@@ -489,6 +523,16 @@ pub fn all_variants() -> Vec<Variant> {
                 if t != TargetLoad::Dense {
                     for load in [LogitLoad::F32, LogitLoad::F16, LogitLoad::Bf16] {
                         out.push(Variant::new(Kernel::LinearPartials, load, t));
+                        // The backward reads no targets: one variant per load.
+                        if t == TargetLoad::I64 {
+                            for kernel in [
+                                Kernel::LinearGradient,
+                                Kernel::LinearWeightGradient,
+                                Kernel::LinearHiddenGradient,
+                            ] {
+                                out.push(Variant::new(kernel, load, t));
+                            }
+                        }
                     }
                 }
             }

@@ -2,7 +2,8 @@
 //! against its local ceiling, the plain product `h·Wᵀ` from the same GEMM crate, and against
 //! the materialized baseline (the `N × V` logits from that product, xent's fused loss and
 //! gradient in place over them, then `dh = G·W`, `dW = Gᵀ·h` and `db`); and, where there is
-//! a GPU, its forward (a host-slice call: the upload of `h` and `W` included).
+//! a GPU, its forward and forward-backward (host-slice calls: the upload of `h` and `W` and
+//! the read-back included).
 //!
 //! Every implementation of a mode is credited with the same floating-point work: `2·N·V·D`
 //! for the product and the forward, `6·N·V·D` for forward-backward (the three products a
@@ -102,7 +103,7 @@ pub const FULL_LINEAR_SHAPES: [HeadShape; 4] = [
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinearRecord {
     /// `gemm` (the plain product), `xent-cpu-fused`, `xent-cpu-chunked`, `materialized` or
-    /// `xent-gpu` (the forward as a host-slice call).
+    /// `xent-gpu` (host-slice calls).
     #[serde(rename = "impl")]
     pub implementation: String,
     /// `cpu (level, threads)`, or the GPU's label.
@@ -155,8 +156,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     };
     if gpu.is_some() {
         notes.push(
-            "xent-gpu: the forward only (its gradients are the CPU's so far), timed as a \
-             host-slice call: h and W uploaded, the rows read back"
+            "xent-gpu: timed as host-slice calls (h and W uploaded, the rows and \
+             gradients read back)"
                 .to_string(),
         );
     }
@@ -354,7 +355,25 @@ impl Run<'_> {
                     .expect("a valid call")
             });
             push("xent-gpu", "forward", flops, t, scratch, out.loss);
-            measured += 1;
+            let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
+            let (t, scratch, out) = timed(iters, || {
+                let request = LinearRequest::new()
+                    .hidden_gradient(GradientBuffer::Write(&mut dh))
+                    .weight_gradient(GradientBuffer::Write(&mut dw))
+                    .bias_gradient(GradientBuffer::Write(&mut db));
+                fused
+                    .compute(&gpu.backend, batch(), request)
+                    .expect("a valid call")
+            });
+            push(
+                "xent-gpu",
+                "forward-backward",
+                3.0 * flops,
+                t,
+                scratch,
+                out.loss,
+            );
+            measured += 2;
         }
 
         let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);

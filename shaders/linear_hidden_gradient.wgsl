@@ -1,0 +1,48 @@
+// Linear cross-entropy backward, step 3 of 3 per vocabulary chunk: dh[r][k] += Σ_c G[r][c]·W[c][k]
+// over the chunk's columns, the chunks added in vocabulary order (the first writes, FLAG_ADD
+// after it), so two runs give the same bits.
+//
+// Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64, y = tiles of 64 of the
+// hidden size. The tile product (linear_tile.wgsl) with A = G (read along the chunk's columns)
+// and B = Wᵀ of the chunk (read along D; W bound from row col0).
+// Bytes: G and W read once per tile (4·64 + e·64 per column), dh read and written once per
+// chunk (8 per value).
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> gradient: array<f32>;
+@group(0) @binding(25) var<storage, read_write> hidden_gradient: array<f32>;
+
+const A_ALONG_K: bool = true;
+const B_ALONG_K: bool = false;
+// A[r][c] = G[r][c], B[k][c] = W[col0 + c][k].
+fn load_a(r: u32, c: u32) -> f32 {
+    if (r >= p.rows || c >= p.span) { return 0.0; }
+    return gradient[r * p.span + c];
+}
+fn load_b(k: u32, c: u32) -> f32 {
+    if (k >= p.hidden || c >= p.span) { return 0.0; }
+    return load_w(c * p.hidden + k);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let tx = local % SIDE;
+    let ty = local / SIDE;
+    let r0 = group.x * BM;
+    let n0 = group.y * BN;
+    let acc = tile_product(r0, n0, p.span, local);
+    for (var i = 0u; i < TM; i++) {
+        let r = r0 + ty * TM + i;
+        if (r >= p.rows) { continue; }
+        for (var j = 0u; j < TN; j++) {
+            let k = n0 + tx * TN + j;
+            if (k >= p.hidden) { continue; }
+            let at = r * p.hidden + k;
+            if (has(FLAG_ADD)) {
+                hidden_gradient[at] += acc[i][j];
+            } else {
+                hidden_gradient[at] = acc[i][j];
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+// Linear cross-entropy backward, step 2 of 3 per vocabulary chunk: the chunk's rows of the
+// head's gradients, dW[c][k] = Σ_r G[r][c]·h[r][k] and db[c] = Σ_r G[r][c], summed over the
+// rows in order (no atomics: each value has one owner).
+//
+// Launch: 16 × 16 invocations per workgroup; grid x = tiles of 64 of the chunk's columns (the
+// rows of dW), y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with
+// A = Gᵀ (read along the chunk's columns) and B = hᵀ (read along D); the workgroups of the first
+// hidden tile also sum db, one invocation per column.
+// Bytes: G and h read once per tile (4·64 + e·64 per row), dW written once (4 per value).
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> gradient: array<f32>;
+@group(0) @binding(23) var<storage, read_write> weight_gradient: array<f32>;
+@group(0) @binding(24) var<storage, read_write> bias_gradient: array<f32>;
+
+const A_ALONG_K: bool = false;
+const B_ALONG_K: bool = false;
+// A[c][r] = G[r][c] (c local to the chunk), B[k][r] = h[r][k].
+fn load_a(c: u32, r: u32) -> f32 {
+    if (c >= p.span || r >= p.rows) { return 0.0; }
+    return gradient[r * p.span + c];
+}
+fn load_b(k: u32, r: u32) -> f32 {
+    if (k >= p.hidden || r >= p.rows) { return 0.0; }
+    return load_h(r * p.hidden + k);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    let tx = local % SIDE;
+    let ty = local / SIDE;
+    let m0 = group.x * BM;
+    let n0 = group.y * BN;
+    let acc = tile_product(m0, n0, p.rows, local);
+    for (var i = 0u; i < TM; i++) {
+        let c = m0 + ty * TM + i;
+        if (c >= p.span) { continue; }
+        for (var j = 0u; j < TN; j++) {
+            let k = n0 + tx * TN + j;
+            if (k < p.hidden) { weight_gradient[c * p.hidden + k] = acc[i][j]; }
+        }
+    }
+    if (group.y == 0u && local < BM) {
+        let c = m0 + local;
+        if (c < p.span) {
+            var s = 0.0;
+            for (var r = 0u; r < p.rows; r++) { s += gradient[r * p.span + c]; }
+            bias_gradient[c] = s;
+        }
+    }
+}
