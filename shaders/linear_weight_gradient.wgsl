@@ -1,6 +1,7 @@
 // Linear cross-entropy backward, step 2 of 3 per vocabulary chunk: the chunk's rows of the
 // head's gradients, dW[c][k] = Σ_r G[r][c]·h[r][k] and db[c] = Σ_r G[r][c], summed over the
-// rows in order (no atomics: each value has one owner).
+// rows in order (no atomics: each value has one owner); a chunk of rows after the first adds
+// (FLAG_ADD), in row order.
 //
 // Launch: 16 × 16 invocations per workgroup; grid x = tiles of 64 of the chunk's columns (the
 // rows of dW), y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with
@@ -37,7 +38,13 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         if (c >= p.span) { continue; }
         for (var j = 0u; j < TN; j++) {
             let k = n0 + tx * TN + j;
-            if (k < p.hidden) { weight_gradient[c * p.hidden + k] = acc[i][j]; }
+            if (k >= p.hidden) { continue; }
+            let at = c * p.hidden + k;
+            if (has(FLAG_ADD)) {
+                weight_gradient[at] += acc[i][j];
+            } else {
+                weight_gradient[at] = acc[i][j];
+            }
         }
     }
     if (group.y == 0u && local < BM) {
@@ -45,7 +52,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         if (c < p.span) {
             var s = 0.0;
             for (var r = 0u; r < p.rows; r++) { s += gradient[r * p.span + c]; }
-            bias_gradient[c] = s;
+            if (has(FLAG_ADD)) { bias_gradient[c] += s; } else { bias_gradient[c] = s; }
         }
     }
 }

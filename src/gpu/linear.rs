@@ -15,8 +15,9 @@
 //! value has one owner, so two runs give the same bits. The results are read back and written
 //! or added into the caller's buffers.
 //!
-//! Refused with [`Error::Unsupported`] so far: focal loss with label smoothing (its second pass
-//! over the logits), and gradients of more rows than one binding holds.
+//! Inside each chunk the rows go in groups that fit a binding; `dW` and `db` add over the
+//! groups in row order. Refused with [`Error::Unsupported`] so far: focal loss with label
+//! smoothing (its second pass over the logits).
 
 use super::abi::{
     Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_BIAS, FLAG_ENTROPY, FLAG_SAMPLE_WEIGHTS,
@@ -73,12 +74,7 @@ impl Gpu {
         let element = if load == LogitLoad::F32 { 4 } else { 2 };
         let pieces = Pieces::new((n, d, v), element, self.max_binding)?;
         let backward = match plan.gradient {
-            true => Some(Backward::new(
-                (n, d, v),
-                element,
-                &pieces,
-                self.max_binding,
-            )?),
+            true => Some(Backward::new((n, d, v), element, self.max_binding)?),
             false => None,
         };
 
@@ -224,21 +220,27 @@ impl Gpu {
                 options.reduction == Reduction::None && request.upstream.is_some();
             if let Some(back) = &backward {
                 let upstream = if per_row_upstream { FLAG_UPSTREAM } else { 0 };
-                for (i, &(c0, width)) in back.chunks.iter().enumerate() {
-                    let block = Params {
-                        rows: n as u32,
-                        col0: c0 as u32,
-                        span: width as u32,
-                        flags: base.flags | upstream,
-                        ..base
-                    };
-                    let add = if i > 0 { FLAG_ADD } else { 0 };
-                    blocks.push(block);
-                    blocks.push(block);
-                    blocks.push(Params {
-                        flags: block.flags | add,
-                        ..block
-                    });
+                let add = |later: bool| if later { FLAG_ADD } else { 0 };
+                for (chunk, &(c0, width)) in back.chunks.iter().enumerate() {
+                    for (group, &(_, rows)) in back.groups.iter().enumerate() {
+                        let block = Params {
+                            rows: rows as u32,
+                            col0: c0 as u32,
+                            span: width as u32,
+                            flags: base.flags | upstream,
+                            ..base
+                        };
+                        blocks.push(block);
+                        // dW and db add over row groups, dh over vocabulary chunks.
+                        blocks.push(Params {
+                            flags: block.flags | add(group > 0),
+                            ..block
+                        });
+                        blocks.push(Params {
+                            flags: block.flags | add(chunk > 0),
+                            ..block
+                        });
+                    }
                 }
             }
             let uniforms: Vec<wgpu::Buffer> = blocks
@@ -318,7 +320,10 @@ impl Gpu {
             };
             let grads = backward.as_ref().map(|back| {
                 (
-                    scratch("xent linear G", n as u64 * back.width as u64 * 4),
+                    scratch(
+                        "xent linear G",
+                        back.group_rows as u64 * back.width as u64 * 4,
+                    ),
                     scratch("xent linear dh", n as u64 * d as u64 * 4),
                     scratch("xent linear dW", v as u64 * d as u64 * 4),
                     scratch("xent linear db", v as u64 * 4),
@@ -329,46 +334,52 @@ impl Gpu {
                     label: Some("xent linear backward"),
                     timestamp_writes: None,
                 });
-                let all = (0, n);
-                let g_window = Window::head(g, n as u64 * back.width as u64 * 4);
                 let variant = |kernel| Variant::new(kernel, load, TargetLoad::I64);
-                let row_tiles = n.div_ceil(TILE_ROWS) as u32;
                 let hidden_tiles = (d.div_ceil(TILE_ROWS) as u32).max(1);
                 for &(c0, width) in &back.chunks {
                     let head_weight = rows_of(&weight_buffer, (c0, width), d as u64 * element);
                     let column_tiles = width.div_ceil(TILE_ROWS) as u32;
-                    let recompute = LinearGradient {
-                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
-                        gradient: g_window,
-                        class_weights: or(&class_weights, &stand_in),
-                        coefficients: rows_of(&coefficients, all, COEF_BYTES),
-                        scale_source: Window::whole(&scale_source),
-                        hidden: rows_of(&hidden_buffer, all, d as u64 * element),
-                        head_weight,
-                        head_bias: or(&bias_buffer, &stand_in),
-                    };
-                    let pipeline = self.pipeline(variant(Kernel::LinearGradient));
-                    let groups = (row_tiles, column_tiles, 1);
-                    self.launch(&mut pass, &pipeline, &recompute.entries(), groups);
-                    let weight = LinearWeightGradient {
-                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
-                        gradient: g_window,
-                        hidden: rows_of(&hidden_buffer, all, d as u64 * element),
-                        weight_gradient: rows_of(dw, (c0, width), d as u64 * 4),
-                        bias_gradient: rows_of(db, (c0, width), 4),
-                    };
-                    let pipeline = self.pipeline(variant(Kernel::LinearWeightGradient));
-                    let groups = (column_tiles, hidden_tiles, 1);
-                    self.launch(&mut pass, &pipeline, &weight.entries(), groups);
-                    let hidden = LinearHiddenGradient {
-                        params: Window::whole(uniforms.next().expect("a block per dispatch")),
-                        gradient: g_window,
-                        head_weight,
-                        hidden_gradient: Window::head(dh, n as u64 * d as u64 * 4),
-                    };
-                    let pipeline = self.pipeline(variant(Kernel::LinearHiddenGradient));
-                    let groups = (row_tiles, hidden_tiles, 1);
-                    self.launch(&mut pass, &pipeline, &hidden.entries(), groups);
+                    for &group in &back.groups {
+                        let rows = group.1;
+                        let row_tiles = rows.div_ceil(TILE_ROWS) as u32;
+                        let g_window = Window::head(g, rows as u64 * width as u64 * 4);
+                        let hidden = rows_of(&hidden_buffer, group, d as u64 * element);
+                        let recompute = LinearGradient {
+                            params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                            gradient: g_window,
+                            class_weights: or(&class_weights, &stand_in),
+                            coefficients: rows_of(&coefficients, group, COEF_BYTES),
+                            scale_source: match per_row_upstream {
+                                true => rows_of(&scale_source, group, 4),
+                                false => Window::whole(&scale_source),
+                            },
+                            hidden,
+                            head_weight,
+                            head_bias: or(&bias_buffer, &stand_in),
+                        };
+                        let pipeline = self.pipeline(variant(Kernel::LinearGradient));
+                        let groups = (row_tiles, column_tiles, 1);
+                        self.launch(&mut pass, &pipeline, &recompute.entries(), groups);
+                        let weight = LinearWeightGradient {
+                            params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                            gradient: g_window,
+                            hidden,
+                            weight_gradient: rows_of(dw, (c0, width), d as u64 * 4),
+                            bias_gradient: rows_of(db, (c0, width), 4),
+                        };
+                        let pipeline = self.pipeline(variant(Kernel::LinearWeightGradient));
+                        let groups = (column_tiles, hidden_tiles, 1);
+                        self.launch(&mut pass, &pipeline, &weight.entries(), groups);
+                        let add_hidden = LinearHiddenGradient {
+                            params: Window::whole(uniforms.next().expect("a block per dispatch")),
+                            gradient: g_window,
+                            head_weight,
+                            hidden_gradient: rows_of(dh, group, d as u64 * 4),
+                        };
+                        let pipeline = self.pipeline(variant(Kernel::LinearHiddenGradient));
+                        let groups = (row_tiles, hidden_tiles, 1);
+                        self.launch(&mut pass, &pipeline, &add_hidden.entries(), groups);
+                    }
                 }
             }
             self.queue.submit([encoder.finish()]);
@@ -473,41 +484,55 @@ impl Pieces {
     }
 }
 
-/// The backward's vocabulary chunks: as wide as a binding holds of `G` (all computed rows),
-/// of `W`'s and `dW`'s rows, at most 4096 columns, in multiples of 64.
+/// The backward's cut: vocabulary chunks (as wide as a binding holds of `G`, of `W`'s and
+/// `dW`'s rows, at most 4096 columns, in multiples of 64) and, inside each, groups of rows (as
+/// many as a binding holds of `h`, `dh` and 64 columns of `G`, in multiples of 64).
 struct Backward {
     /// Columns of the widest chunk.
     width: usize,
+    /// Rows of the largest group.
+    group_rows: usize,
     /// (first column, columns) of each chunk, in vocabulary order.
     chunks: Vec<(usize, usize)>,
+    /// (first row, rows) of each group, in row order.
+    groups: Vec<(usize, usize)>,
 }
 
 impl Backward {
-    fn new(
-        (n, d, v): (usize, usize, usize),
-        element: u64,
-        pieces: &Pieces,
-        max_binding: u64,
-    ) -> Result<Backward> {
-        let refuse = |why: &str| {
+    fn new((n, d, v): (usize, usize, usize), element: u64, max_binding: u64) -> Result<Backward> {
+        let refuse = |what: &str| {
             Error::Unsupported(format!(
-                "the GPU's linear head computes gradients for as many rows as one storage \
-                 binding of {max_binding} bytes holds ({why}); use Backend::Cpu for this call"
+                "the GPU's linear backward needs {what} in one storage binding of \
+                 {max_binding} bytes; use Backend::Cpu for this call"
             ))
         };
-        if pieces.row_chunks.len() > 1 || n as u64 * d as u64 * 4 > max_binding {
-            return Err(refuse("the hidden states or dh exceed it"));
+        let fit = |per: u64| (max_binding / per.max(1)) as usize / TILE_ROWS * TILE_ROWS;
+        let per_row = (d as u64 * 4).max(d as u64 * element).max(COEF_BYTES);
+        let group_rows = fit(per_row)
+            .min(fit(TILE_ROWS as u64 * 4))
+            .min(n.next_multiple_of(TILE_ROWS));
+        if group_rows == 0 {
+            return Err(refuse("64 rows of the hidden states and of G"));
         }
-        let per_column = (n as u64 * 4).max(d as u64 * element).max(d as u64 * 4);
-        let width = ((max_binding / per_column.max(1)) as usize / TILE_ROWS * TILE_ROWS).min(4096);
+        let per_column = (group_rows as u64 * 4)
+            .max(d as u64 * element)
+            .max(d as u64 * 4);
+        let width = fit(per_column).min(4096);
         if width == 0 {
-            return Err(refuse("64 columns of G do not fit"));
+            return Err(refuse("64 columns of G and of W"));
         }
-        let chunks = (0..v)
-            .step_by(width)
-            .map(|c| (c, width.min(v - c)))
-            .collect();
-        Ok(Backward { width, chunks })
+        Ok(Backward {
+            width,
+            group_rows,
+            chunks: (0..v)
+                .step_by(width)
+                .map(|c| (c, width.min(v - c)))
+                .collect(),
+            groups: (0..n)
+                .step_by(group_rows)
+                .map(|r| (r, group_rows.min(n - r)))
+                .collect(),
+        })
     }
 }
 
