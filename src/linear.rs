@@ -32,7 +32,7 @@
 //! Results do not depend on the thread count, bit for bit.
 //!
 //! On the CPU the products are the `gemm` crate's; the row math is the SIMD kernels of the
-//! softmax path. On the GPU the same fused strategy runs in WGSL (`src/gpu/linear.rs`):
+//! softmax path. On the GPU the same fused strategy runs in WGSL (`src/gpu/linear/`):
 //! `h·Wᵀ + b` in 64 × 64 workgroup tiles folded into the per-row partials, the softmax rows
 //! pass, and for gradients the logits recomputed chunk by chunk with `dW`, `db` and `dh` from
 //! the same tile product; focal loss with label smoothing returns

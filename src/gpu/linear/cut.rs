@@ -1,0 +1,139 @@
+//! How a linear call is cut to fit the device's storage bindings.
+
+use super::{TILE_ROWS, WORKGROUPS};
+use crate::error::{Error, Result};
+use crate::gpu::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
+
+/// How a call is cut to fit the device's storage bindings: chunks of rows (multiples of the
+/// tile's 64 rows, so every per-row window starts 256-byte aligned) and pieces of whole
+/// splits of `W` (multiples of 64 columns, likewise), with the split width.
+pub(super) struct Pieces {
+    /// Columns per split (a multiple of 64).
+    pub(super) span: usize,
+    /// Splits of the vocabulary.
+    pub(super) splits: usize,
+    /// (first row, rows) of each row chunk.
+    pub(super) row_chunks: Vec<(usize, usize)>,
+    /// (first split, splits) of each piece of `W`.
+    pub(super) split_pieces: Vec<(usize, usize)>,
+}
+
+impl Pieces {
+    /// `element`: bytes per value of h and W as bound.
+    pub(super) fn new(
+        (n, d, v): (usize, usize, usize),
+        element: u64,
+        max_binding: u64,
+    ) -> Result<Pieces> {
+        let too_large = |what: &str| {
+            Error::Unsupported(format!(
+                "the GPU's linear head needs 64 {what} in one storage binding of {max_binding} \
+                 bytes; this hidden size or vocabulary does not fit"
+            ))
+        };
+        let fit = |per: u64| (max_binding / per.max(1)) as usize / TILE_ROWS * TILE_ROWS;
+        // Columns of W one binding holds, in whole tiles.
+        let piece_columns = fit(d as u64 * element);
+        if piece_columns == 0 {
+            return Err(too_large("rows of the weight"));
+        }
+        // About WORKGROUPS workgroups in all: wide splits for many rows, narrow for few.
+        let row_tiles = n.div_ceil(TILE_ROWS).max(1);
+        let wanted = WORKGROUPS
+            .div_ceil(row_tiles)
+            .clamp(1, v.div_ceil(TILE_ROWS).max(1));
+        // Not so many splits that 64 rows of partials outgrow a binding.
+        let most_splits = (max_binding / (TILE_ROWS as u64 * PARTIAL_BYTES)) as usize;
+        if most_splits == 0 {
+            return Err(too_large("rows of partials"));
+        }
+        let narrowest = v.div_ceil(most_splits).next_multiple_of(TILE_ROWS);
+        if narrowest > piece_columns {
+            return Err(too_large("rows of the weight and of partials"));
+        }
+        let span = v
+            .div_ceil(wanted)
+            .next_multiple_of(TILE_ROWS)
+            .clamp(narrowest.max(TILE_ROWS), piece_columns);
+        let splits = v.div_ceil(span).max(1);
+        let per_piece = (piece_columns / span).max(1);
+        let split_pieces = (0..splits)
+            .step_by(per_piece)
+            .map(|s| (s, per_piece.min(splits - s)))
+            .collect();
+        // Rows one binding holds of h, of the partials and of the row records.
+        let per_row = (d as u64 * element)
+            .max(splits as u64 * PARTIAL_BYTES)
+            .max(ROW_BYTES);
+        let chunk_rows = fit(per_row);
+        if chunk_rows == 0 {
+            return Err(too_large("rows of hidden states or partials"));
+        }
+        let row_chunks = (0..n)
+            .step_by(chunk_rows)
+            .map(|r| (r, chunk_rows.min(n - r)))
+            .collect();
+        Ok(Pieces {
+            span,
+            splits,
+            row_chunks,
+            split_pieces,
+        })
+    }
+}
+
+/// The backward's cut: vocabulary chunks (as wide as a binding holds of `G`, of `W`'s and
+/// `dW`'s rows, at most 4096 columns, in multiples of 64) and, inside each, groups of rows (as
+/// many as a binding holds of `h`, `dh` and 64 columns of `G`, in multiples of 64).
+pub(super) struct Backward {
+    /// Columns of the widest chunk.
+    pub(super) width: usize,
+    /// Rows of the largest group.
+    pub(super) group_rows: usize,
+    /// (first column, columns) of each chunk, in vocabulary order.
+    pub(super) chunks: Vec<(usize, usize)>,
+    /// (first row, rows) of each group, in row order.
+    pub(super) groups: Vec<(usize, usize)>,
+}
+
+impl Backward {
+    pub(super) fn new(
+        (n, d, v): (usize, usize, usize),
+        element: u64,
+        max_binding: u64,
+    ) -> Result<Backward> {
+        let refuse = |what: &str| {
+            Error::Unsupported(format!(
+                "the GPU's linear backward needs {what} in one storage binding of \
+                 {max_binding} bytes; use Backend::Cpu for this call"
+            ))
+        };
+        let fit = |per: u64| (max_binding / per.max(1)) as usize / TILE_ROWS * TILE_ROWS;
+        let per_row = (d as u64 * 4).max(d as u64 * element).max(COEF_BYTES);
+        let group_rows = fit(per_row)
+            .min(fit(TILE_ROWS as u64 * 4))
+            .min(n.next_multiple_of(TILE_ROWS));
+        if group_rows == 0 {
+            return Err(refuse("64 rows of the hidden states and of G"));
+        }
+        let per_column = (group_rows as u64 * 4)
+            .max(d as u64 * element)
+            .max(d as u64 * 4);
+        let width = fit(per_column).min(4096);
+        if width == 0 {
+            return Err(refuse("64 columns of G and of W"));
+        }
+        Ok(Backward {
+            width,
+            group_rows,
+            chunks: (0..v)
+                .step_by(width)
+                .map(|c| (c, width.min(v - c)))
+                .collect(),
+            groups: (0..n)
+                .step_by(group_rows)
+                .map(|r| (r, group_rows.min(n - r)))
+                .collect(),
+        })
+    }
+}
