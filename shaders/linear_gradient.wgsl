@@ -17,16 +17,7 @@
 @group(0) @binding(10) var<storage, read> scale_source: array<f32>;
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
 
-const A_ALONG_K: bool = true;
-const B_ALONG_K: bool = true;
-fn load_a(row: u32, k: u32) -> f32 {
-    if (row >= p.rows || k >= p.hidden) { return 0.0; }
-    return load_h(row * p.hidden + k);
-}
-fn load_b(c: u32, k: u32) -> f32 {
-    if (c >= min(p.col0 + p.span, p.classes) || k >= p.hidden) { return 0.0; }
-    return load_w((c - p.col0) * p.hidden + k);
-}
+// The tile product's operands: include `linear_logits.wgsl` (b_end: the chunk's end).
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
@@ -35,6 +26,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let r0 = group.x * BM;
     let n0 = p.col0 + group.y * BN;
     let c1 = min(p.col0 + p.span, p.classes);
+    b_end = c1;
     let acc = tile_product(r0, n0, p.hidden, local);
     for (var i = 0u; i < TM; i++) {
         let row = r0 + ty * TM + i;

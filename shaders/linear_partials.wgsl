@@ -33,19 +33,7 @@
 
 var<workgroup> merged: array<Partial, WG>;
 
-// The tile product's operands (include `linear_tile.wgsl`): A = h of the chunk's rows,
-// B = W's rows of the split, both read along k. `b_end` is the split's end.
-const A_ALONG_K: bool = true;
-const B_ALONG_K: bool = true;
-var<private> b_end: u32;
-fn load_a(row: u32, k: u32) -> f32 {
-    if (row >= p.rows || k >= p.hidden) { return 0.0; }
-    return load_h(row * p.hidden + k);
-}
-fn load_b(c: u32, k: u32) -> f32 {
-    if (c >= b_end || k >= p.hidden) { return 0.0; }
-    return load_w((c - p.col0) * p.hidden + k);
-}
+// The tile product's operands: include `linear_logits.wgsl` (b_end: the split's end).
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {

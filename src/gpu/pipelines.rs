@@ -246,6 +246,9 @@ impl Variant {
             src += &self.linear_loads();
             src += include_str!("../../shaders/include/linear_tile.wgsl");
         }
+        if matches!(k, Kernel::LinearPartials | Kernel::LinearGradient) {
+            src += include_str!("../../shaders/include/linear_logits.wgsl");
+        }
         if softmax_like
             || matches!(
                 k,
