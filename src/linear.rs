@@ -35,8 +35,8 @@
 //! softmax path. On the GPU the same fused strategy runs in WGSL (`src/gpu/linear/`):
 //! `h·Wᵀ + b` in 64 × 64 workgroup tiles folded into the per-row partials, the softmax rows
 //! pass, and for gradients the logits recomputed chunk by chunk with `dW`, `db` and `dh` from
-//! the same tile product; focal loss with label smoothing returns
-//! [`Error::Unsupported`](crate::Error::Unsupported) there so far (use [`Backend::Cpu`]).
+//! the same tile product. The GPU takes host slices only so far (no device-resident call)
+//! and always recomputes (the strategy and budget are the CPU's).
 //!
 //! ```
 //! use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};

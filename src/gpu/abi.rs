@@ -295,6 +295,8 @@ pub(crate) mod binding {
     pub const BIAS_GRADIENT: u32 = 24;
     /// `dh` of the computed rows, f32.
     pub const HIDDEN_GRADIENT: u32 = 25;
+    /// A linear head's focal sums per (row, split), `vec2<f32>`.
+    pub const FOCAL_PARTIALS: u32 = 26;
 }
 
 #[cfg(test)]

@@ -160,6 +160,40 @@ launcher! {
 }
 
 launcher! {
+    /// Focal loss with smoothing on a linear head: each (row, split)'s focal sums from the
+    /// recomputed logits (`linear_focal.wgsl`).
+    LinearFocal {
+        /// Class weights (a stand-in when unweighted).
+        class_weights: CLASS_WEIGHTS, Read, 4;
+        /// Row coefficients from the rows pass.
+        coefficients: COEFFICIENTS, Read, COEF_BYTES;
+        /// The chunk's hidden states.
+        hidden: HIDDEN, Read, 4;
+        /// The piece's rows of the head's weight.
+        head_weight: HEAD_WEIGHT, Read, 4;
+        /// The head's bias (a stand-in without one).
+        head_bias: HEAD_BIAS, Read, 4;
+        /// One `vec2<f32>` per (row, split).
+        focal_partials: FOCAL_PARTIALS, Write, 8;
+    }
+}
+
+launcher! {
+    /// Focal loss with smoothing on a linear head: each row's focal sums added and its loss
+    /// and coefficient finished (`linear_focal_rows.wgsl`).
+    LinearFocalRows {
+        /// Per-row records (the loss is rewritten).
+        rows: ROWS, Write, ROW_BYTES;
+        /// Per-row sums (the cross-entropy sum is rewritten).
+        row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
+        /// Row coefficients (`p_coefficient` and `fill` are rewritten).
+        coefficients: COEFFICIENTS, Write, COEF_BYTES;
+        /// The focal pass's sums.
+        focal_partials: FOCAL_PARTIALS, Read, 8;
+    }
+}
+
+launcher! {
     /// Each row's loss, LSE, metrics and gradient coefficients from its partials
     /// (`softmax_rows.wgsl`).
     Rows {
@@ -355,6 +389,8 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::LinearGradient => LinearGradient::LAYOUT,
         Kernel::LinearWeightGradient => LinearWeightGradient::LAYOUT,
         Kernel::LinearHiddenGradient => LinearHiddenGradient::LAYOUT,
+        Kernel::LinearFocal => LinearFocal::LAYOUT,
+        Kernel::LinearFocalRows => LinearFocalRows::LAYOUT,
         Kernel::ProbeRead | Kernel::ProbeCopy => Probe::LAYOUT,
     };
     let stores = matches!(

@@ -44,6 +44,10 @@ pub enum Kernel {
     LinearWeightGradient,
     /// `dh += G·W` of one vocabulary chunk.
     LinearHiddenGradient,
+    /// Focal loss with smoothing on a linear head: each (row, split)'s focal sums.
+    LinearFocal,
+    /// Focal loss with smoothing on a linear head: each row's sums added, its loss finished.
+    LinearFocalRows,
     /// Bandwidth probe: read.
     ProbeRead,
     /// Bandwidth probe: copy.
@@ -59,6 +63,7 @@ impl Kernel {
                 | Kernel::LinearGradient
                 | Kernel::LinearWeightGradient
                 | Kernel::LinearHiddenGradient
+                | Kernel::LinearFocal
         )
     }
 
@@ -78,6 +83,7 @@ impl Kernel {
                 | Kernel::LinearGradient
                 | Kernel::LinearWeightGradient
                 | Kernel::LinearHiddenGradient
+                | Kernel::LinearFocal
         )
     }
 
@@ -101,6 +107,8 @@ impl Kernel {
             Kernel::LinearHiddenGradient => {
                 include_str!("../../shaders/linear_hidden_gradient.wgsl")
             }
+            Kernel::LinearFocal => include_str!("../../shaders/linear_focal.wgsl"),
+            Kernel::LinearFocalRows => include_str!("../../shaders/linear_focal_rows.wgsl"),
             Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
             Kernel::ProbeCopy => include_str!("../../shaders/probe_copy.wgsl"),
         }
@@ -246,13 +254,20 @@ impl Variant {
             src += &self.linear_loads();
             src += include_str!("../../shaders/include/linear_tile.wgsl");
         }
-        if matches!(k, Kernel::LinearPartials | Kernel::LinearGradient) {
+        if matches!(
+            k,
+            Kernel::LinearPartials | Kernel::LinearGradient | Kernel::LinearFocal
+        ) {
             src += include_str!("../../shaders/include/linear_logits.wgsl");
         }
         if softmax_like
             || matches!(
                 k,
-                Kernel::Reduce | Kernel::BceClasses | Kernel::SoftmaxTargets | Kernel::CountRows
+                Kernel::Reduce
+                    | Kernel::BceClasses
+                    | Kernel::SoftmaxTargets
+                    | Kernel::CountRows
+                    | Kernel::LinearFocalRows
             )
             || k.is_linear()
         {
@@ -532,6 +547,7 @@ pub fn all_variants() -> Vec<Variant> {
                                 Kernel::LinearGradient,
                                 Kernel::LinearWeightGradient,
                                 Kernel::LinearHiddenGradient,
+                                Kernel::LinearFocal,
                             ] {
                                 out.push(Variant::new(kernel, load, t));
                             }
@@ -573,5 +589,10 @@ pub fn all_variants() -> Vec<Variant> {
         ]
         .map(Variant::plain),
     );
+    out.push(Variant::new(
+        Kernel::LinearFocalRows,
+        LogitLoad::F32,
+        TargetLoad::I64,
+    ));
     out
 }

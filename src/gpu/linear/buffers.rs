@@ -32,6 +32,8 @@ pub(super) struct Buffers {
     pub(super) rows: wgpu::Buffer,
     pub(super) row_sums: wgpu::Buffer,
     pub(super) coefficients: wgpu::Buffer,
+    /// Focal loss with smoothing: the focal sums of each (row, split).
+    pub(super) focal_partials: Option<wgpu::Buffer>,
     /// `G` of one (chunk, group), `dh` of the computed rows, `dW`, `db`.
     pub(super) gradients: Option<[wgpu::Buffer; 4]>,
     /// Bytes per value of h and W as bound; rows, hidden size, vocabulary.
@@ -135,6 +137,8 @@ impl Buffers {
             rows: scratch("xent linear rows", n as u64 * ROW_BYTES),
             row_sums: scratch("xent linear row sums", n as u64 * ROW_SUM_BYTES),
             coefficients: scratch("xent linear coefficients", n as u64 * COEF_BYTES),
+            focal_partials: crate::plan::needs_focal_pass(&plan.options, false)
+                .then(|| scratch("xent linear focal sums", n as u64 * splits * 8)),
             gradients: backward.as_ref().map(|back| {
                 [
                     scratch(

@@ -11,7 +11,8 @@ use crate::gpu::abi::{
 };
 use crate::gpu::encode::{grid, Window};
 use crate::gpu::launchers::{
-    LinearGradient, LinearHiddenGradient, LinearPartials, LinearWeightGradient, Rows,
+    LinearFocal, LinearFocalRows, LinearGradient, LinearHiddenGradient, LinearPartials,
+    LinearWeightGradient, Rows,
 };
 use crate::gpu::pipelines::Kernel;
 
@@ -109,6 +110,52 @@ pub(super) fn forward_launches<'a>(
             finish.entries(),
             (x, y, 1),
         ));
+        if let Some(focal) = &b.focal_partials {
+            let focal_partials = Buffers::rows_of(focal, chunk, splits * 8);
+            for &(split0, split_count) in &pieces.split_pieces {
+                let c0 = split0 * pieces.span;
+                let columns = (split_count * pieces.span).min(v - c0);
+                let sums = LinearFocal {
+                    params: placeholder,
+                    class_weights: b.or_stand_in(&b.class_weights),
+                    coefficients: Buffers::rows_of(&b.coefficients, chunk, COEF_BYTES),
+                    hidden: b.hidden(chunk),
+                    head_weight: b.weight((c0, columns)),
+                    head_bias: b.or_stand_in(&b.bias),
+                    focal_partials,
+                };
+                let params = Params {
+                    rows: rows as u32,
+                    split0: split0 as u32,
+                    col0: c0 as u32,
+                    ..base
+                };
+                let groups = (rows.div_ceil(TILE_ROWS) as u32, split_count as u32, 1);
+                launches.push(Launch::new(
+                    Kernel::LinearFocal,
+                    params,
+                    sums.entries(),
+                    groups,
+                ));
+            }
+            let finish = LinearFocalRows {
+                params: placeholder,
+                rows: Buffers::rows_of(&b.rows, chunk, ROW_BYTES),
+                row_sums: Buffers::rows_of(&b.row_sums, chunk, ROW_SUM_BYTES),
+                coefficients: Buffers::rows_of(&b.coefficients, chunk, COEF_BYTES),
+                focal_partials,
+            };
+            let params = Params {
+                rows: rows as u32,
+                ..base
+            };
+            launches.push(Launch::new(
+                Kernel::LinearFocalRows,
+                params,
+                finish.entries(),
+                (x, y, 1),
+            ));
+        }
     }
     launches
 }

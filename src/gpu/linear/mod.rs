@@ -16,8 +16,10 @@
 //! or added into the caller's buffers.
 //!
 //! Inside each chunk the rows go in groups that fit a binding; `dW` and `db` add over the
-//! groups in row order. Refused with [`Error::Unsupported`] so far: focal loss with label
-//! smoothing (its second pass over the logits).
+//! groups in row order. Focal loss with label smoothing takes two more passes after the rows
+//! pass (every class's focal factor needs the final log-sum-exp): `linear_focal.wgsl`
+//! recomputes the logits and sums each (row, split)'s focal terms, `linear_focal_rows.wgsl`
+//! adds them per row and finishes its loss and coefficient.
 //!
 //! Layout: `cut.rs` how a call is cut to the bindings, `buffers.rs` its buffers (upload and
 //! read-back), `launches.rs` its dispatches in order; this file the call and its output.
@@ -31,14 +33,14 @@ use self::cut::{Backward, Pieces};
 use self::launches::{backward_launches, forward_launches};
 use super::abi::binding::PARAMS;
 use super::abi::{
-    Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_SAMPLE_WEIGHTS, FLAG_TARGET_LOGIT,
-    FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS,
+    Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_FOCAL_ALL, FLAG_SAMPLE_WEIGHTS,
+    FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS,
 };
 use super::device::GpuRow;
 use super::encode::Window;
 use super::pipelines::{LogitLoad, TargetLoad, Variant};
 use super::Gpu;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::input::{Dtype, Matrix};
 use crate::linear::{LinearBatch, LinearRequest};
 use crate::math::reduce::loss;
@@ -61,14 +63,6 @@ impl Gpu {
         batch: &LinearBatch<'_>,
         request: &mut LinearRequest<'_>,
     ) -> Result<Output> {
-        let options = plan.options;
-        if crate::plan::needs_focal_pass(&options, false) {
-            return Err(Error::Unsupported(
-                "focal loss with label smoothing on the GPU's linear head (a second pass over \
-                 the logits) is not written yet; it runs on Backend::Cpu"
-                    .into(),
-            ));
-        }
         let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
         // h and W in their own dtype when they share an f16 or bf16 one and D is even (so
         // every window of whole rows is whole words), else both widened to f32.
@@ -137,6 +131,11 @@ fn base_params(
         (options.label_smoothing > 0.0, FLAG_WANT_WZ),
         (request.metrics, FLAG_ENTROPY),
         (batch.bias.is_some(), FLAG_BIAS),
+        // Focal loss with smoothing: the rows pass leaves the loss to the focal passes.
+        (
+            crate::plan::needs_focal_pass(&options, false),
+            FLAG_FOCAL_ALL,
+        ),
         // The backward's per-row upstream (`none`).
         (
             options.reduction == Reduction::None && request.upstream.is_some(),
