@@ -885,6 +885,19 @@ fn gpu_against_the_reference() {
         assert_eq!(out, again);
         assert_eq!(g, g_again);
     }
+    // Every row ignored after calls that filled the pooled buffers: zero gradients, not the
+    // previous call's bytes.
+    let ignored = Head::new(25, (6, 5, 40), Dtype::F32).ignore_every(1);
+    let (out, g) = try_run(
+        &backend,
+        &ignored,
+        &LinearCrossEntropy::new(CrossEntropy::new().reduction(Reduction::Sum)),
+        (None, None, false),
+    )
+    .expect("an all-ignored batch");
+    assert_eq!(out.loss, Some(0.0));
+    assert_eq!(g, Grads::filled(&ignored, 0.0), "gpu: zero gradients");
+
     // More rows than a binding holds: 32 KiB bindings take 300 rows in 3 groups of 128 inside
     // each of 18 chunks of 64 columns; dW and db add over the groups.
     let head = Head::new(24, (300, 19, 1100), Dtype::F32)

@@ -122,6 +122,8 @@ pub(crate) struct RowCoef {
     pub sample: f32,
 }
 
+/// Bytes of one (row, split)'s focal sums (`vec2<f32>` in `linear_focal.wgsl`).
+pub(crate) const FOCAL_SUM_BYTES: u64 = 8;
 /// Bytes of one [`Partial`].
 pub(crate) const PARTIAL_BYTES: u64 = std::mem::size_of::<Partial>() as u64;
 /// Bytes of one [`RowCoef`].

@@ -4,7 +4,7 @@
 //! from the same table (`layout`), and `abi/reflection.rs` checks it against the WGSL.
 
 use super::abi::binding::*;
-use super::abi::{Params, COEF_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
+use super::abi::{Params, COEF_BYTES, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
 use super::encode::Window;
 use super::pipelines::{Kernel, LogitLoad, Slot, Store, Variant};
 
@@ -174,7 +174,7 @@ launcher! {
         /// The head's bias (a stand-in without one).
         head_bias: HEAD_BIAS, Read, 4;
         /// One `vec2<f32>` per (row, split).
-        focal_partials: FOCAL_PARTIALS, Write, 8;
+        focal_partials: FOCAL_PARTIALS, Write, FOCAL_SUM_BYTES;
     }
 }
 
@@ -189,7 +189,7 @@ launcher! {
         /// Row coefficients (`p_coefficient` and `fill` are rewritten).
         coefficients: COEFFICIENTS, Write, COEF_BYTES;
         /// The focal pass's sums.
-        focal_partials: FOCAL_PARTIALS, Read, 8;
+        focal_partials: FOCAL_PARTIALS, Read, FOCAL_SUM_BYTES;
     }
 }
 

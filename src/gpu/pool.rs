@@ -53,6 +53,22 @@ pub(crate) enum Role {
     UnusedOutput,
     /// Bound as target logits a shard's partials pass does not write.
     UnusedTargetLogits,
+    /// A linear head's hidden states (the computed rows).
+    LinearHidden,
+    /// Its weight.
+    LinearWeight,
+    /// Its bias.
+    LinearBias,
+    /// Its focal sums per (row, split).
+    LinearFocalSums,
+    /// Its `G` of one (chunk, group of rows).
+    LinearBlockGradient,
+    /// Its `dh`.
+    LinearHiddenGradient,
+    /// Its `dW`.
+    LinearWeightGradient,
+    /// Its `db`.
+    LinearBiasGradient,
 }
 
 impl Role {
@@ -83,6 +99,14 @@ impl Role {
             Role::UnusedInput => "xent unused input",
             Role::UnusedOutput => "xent unused output",
             Role::UnusedTargetLogits => "xent unused target logits",
+            Role::LinearHidden => "xent linear h",
+            Role::LinearWeight => "xent linear W",
+            Role::LinearBias => "xent linear b",
+            Role::LinearFocalSums => "xent linear focal sums",
+            Role::LinearBlockGradient => "xent linear G",
+            Role::LinearHiddenGradient => "xent linear dh",
+            Role::LinearWeightGradient => "xent linear dW",
+            Role::LinearBiasGradient => "xent linear db",
         }
     }
 }

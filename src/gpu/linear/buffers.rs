@@ -3,16 +3,16 @@
 use super::cut::{Backward, Pieces};
 use super::{deliver, f32_words, output};
 use crate::error::Result;
-use crate::gpu::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
+use crate::gpu::abi::{COEF_BYTES, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
 use crate::gpu::device::GpuRow;
 use crate::gpu::encode::{storage_usage, Window};
 use crate::gpu::pipelines::LogitLoad;
+use crate::gpu::pool::{Pool, Role};
 use crate::gpu::Gpu;
 use crate::linear::{LinearBatch, LinearRequest};
 use crate::options::Reduction;
 use crate::output::Output;
 use crate::plan::linear::LinearPlan;
-use wgpu::util::DeviceExt;
 
 /// Every buffer of a call: the uploads, the forward's scratch and outputs, the backward's.
 pub(super) struct Buffers {
@@ -50,31 +50,13 @@ impl Buffers {
         batch: &LinearBatch<'_>,
         request: &LinearRequest<'_>,
         (load, pieces, backward): (LogitLoad, &Pieces, &Option<Backward>),
+        pool: &mut Pool,
     ) -> Buffers {
-        let device = &gpu.device;
         let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
         let rows = &plan.computed;
-        let upload = |label: &str, bytes: &[u8]| {
-            // A binding needs at least one word.
-            let contents = if bytes.len() < 4 {
-                &[0u8; 4][..]
-            } else {
-                bytes
-            };
-            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: storage_usage(),
-            })
-        };
-        let scratch = |label: &str, bytes: u64| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes.max(16),
-                usage: storage_usage(),
-                mapped_at_creation: false,
-            })
-        };
+        // The call's buffers are the pool's, reused across calls: every value a kernel reads
+        // is written earlier in the same call (uploads, or a pass before it).
+        let mut upload = |role, bytes: &[u8]| gpu.upload(pool, role, bytes);
         let element = if load == LogitLoad::F32 { 4 } else { 2 };
         let (hidden, weight): (Vec<u8>, Vec<u8>) = if load == LogitLoad::F32 {
             let mut buf = Vec::new();
@@ -102,52 +84,50 @@ impl Buffers {
             .collect();
         let gather = |values: &[f32]| -> Vec<f32> { rows.iter().map(|&r| values[r]).collect() };
         let scale_source = match (plan.options.reduction, request.upstream) {
-            (Reduction::None, Some(u)) => {
-                upload("xent linear upstream", bytemuck::cast_slice(&gather(u)))
-            }
+            (Reduction::None, Some(u)) => gather(u),
             (Reduction::Mean, _) => {
                 let (weight_sum, count) = plan.denominators;
-                let totals = [0.0, 0.0, weight_sum as f32, count as f32];
-                upload("xent linear totals", bytemuck::cast_slice(&totals))
+                vec![0.0, 0.0, weight_sum as f32, count as f32]
             }
-            _ => upload("xent linear stand-in", &[0u8; 16]),
+            _ => vec![0.0; 4],
         };
+        let bias = batch.bias.as_ref().map(|b| f32_words(b, 1));
+        let sample_weights = batch.sample_weights.map(gather);
+        let hidden = upload(Role::LinearHidden, &hidden);
+        let weight = upload(Role::LinearWeight, &weight);
+        let bias = bias.map(|b| upload(Role::LinearBias, bytemuck::cast_slice(&b)));
+        let targets = upload(Role::UploadTargets, bytemuck::cast_slice(&targets));
+        let class_weights = batch
+            .class_weights
+            .map(|w| upload(Role::UploadWeights, bytemuck::cast_slice(w)));
+        let sample_weights =
+            sample_weights.map(|s| upload(Role::UploadSampleWeights, bytemuck::cast_slice(&s)));
+        let scale_source = upload(Role::UploadUpstream, bytemuck::cast_slice(&scale_source));
+        let mut scratch = |role, bytes: u64| pool.get(&gpu.device, role, bytes, storage_usage());
         let splits = pieces.splits as u64;
         Buffers {
-            stand_in: upload("xent linear stand-in", &[0u8; 16]),
-            hidden: upload("xent linear h", &hidden),
-            weight: upload("xent linear W", &weight),
-            bias: batch
-                .bias
-                .as_ref()
-                .map(|b| upload("xent linear b", bytemuck::cast_slice(&f32_words(b, 1)))),
-            targets: upload("xent linear targets", bytemuck::cast_slice(&targets)),
-            class_weights: batch
-                .class_weights
-                .map(|w| upload("xent linear class weights", bytemuck::cast_slice(w))),
-            sample_weights: batch.sample_weights.map(|s| {
-                upload(
-                    "xent linear sample weights",
-                    bytemuck::cast_slice(&gather(s)),
-                )
-            }),
+            stand_in: scratch(Role::UnusedInput, 16),
+            hidden,
+            weight,
+            bias,
+            targets,
+            class_weights,
+            sample_weights,
             scale_source,
-            partials: scratch("xent linear partials", n as u64 * splits * PARTIAL_BYTES),
-            target_logits: scratch("xent linear target logits", n as u64 * 4),
-            rows: scratch("xent linear rows", n as u64 * ROW_BYTES),
-            row_sums: scratch("xent linear row sums", n as u64 * ROW_SUM_BYTES),
-            coefficients: scratch("xent linear coefficients", n as u64 * COEF_BYTES),
+            partials: scratch(Role::Partials, n as u64 * splits * PARTIAL_BYTES),
+            target_logits: scratch(Role::TargetLogits, n as u64 * 4),
+            rows: scratch(Role::RowsOut, n as u64 * ROW_BYTES),
+            row_sums: scratch(Role::RowSums, n as u64 * ROW_SUM_BYTES),
+            coefficients: scratch(Role::Coefficients, n as u64 * COEF_BYTES),
             focal_partials: crate::plan::needs_focal_pass(&plan.options, false)
-                .then(|| scratch("xent linear focal sums", n as u64 * splits * 8)),
+                .then(|| scratch(Role::LinearFocalSums, n as u64 * splits * FOCAL_SUM_BYTES)),
             gradients: backward.as_ref().map(|back| {
+                let block = back.group_rows as u64 * back.width as u64 * 4;
                 [
-                    scratch(
-                        "xent linear G",
-                        back.group_rows as u64 * back.width as u64 * 4,
-                    ),
-                    scratch("xent linear dh", n as u64 * d as u64 * 4),
-                    scratch("xent linear dW", v as u64 * d as u64 * 4),
-                    scratch("xent linear db", v as u64 * 4),
+                    scratch(Role::LinearBlockGradient, block),
+                    scratch(Role::LinearHiddenGradient, n as u64 * d as u64 * 4),
+                    scratch(Role::LinearWeightGradient, v as u64 * d as u64 * 4),
+                    scratch(Role::LinearBiasGradient, v as u64 * 4),
                 ]
             }),
             element,
@@ -168,9 +148,25 @@ impl Buffers {
         }
     }
 
-    /// `buffer`, or the stand-in when it is absent.
+    /// The first `values` f32 of a per-class input, or the stand-in when it is absent.
     pub(super) fn or_stand_in<'b>(&'b self, buffer: &'b Option<wgpu::Buffer>) -> Window<'b> {
-        Window::whole(buffer.as_ref().unwrap_or(&self.stand_in))
+        match buffer {
+            Some(b) => Window::head(b, self.shape.2 as u64 * 4),
+            None => self.stand_in(),
+        }
+    }
+
+    /// The stand-in word (also the launchers' placeholder `params`).
+    pub(super) fn stand_in(&self) -> Window<'_> {
+        Window::head(&self.stand_in, 16)
+    }
+
+    /// The backward's scale source: the computed rows' upstream (`none`) or the mean's totals.
+    pub(super) fn scale_source(&self, rows: (usize, usize), per_row: bool) -> Window<'_> {
+        match per_row {
+            true => Self::rows_of(&self.scale_source, rows, 4),
+            false => Window::head(&self.scale_source, 16),
+        }
     }
 
     /// Rows `rows` of h, and rows `columns` of W, as bound.
@@ -186,11 +182,11 @@ impl Buffers {
     pub(super) fn read_back(
         &self,
         gpu: &Gpu,
+        pool: &mut Pool,
         plan: &LinearPlan,
         request: &mut LinearRequest<'_>,
     ) -> Result<Output> {
         let (n, d, v) = self.shape;
-        let mut pool = gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
         let mut reads = vec![
             (&self.rows, n as u64 * ROW_BYTES),
             (&self.row_sums, n as u64 * ROW_SUM_BYTES),
@@ -200,13 +196,18 @@ impl Buffers {
             reads.push((dw, v as u64 * d as u64 * 4));
             reads.push((db, v as u64 * 4));
         }
-        let mut read = gpu.read_back_all(&mut pool, &reads)?.into_iter();
+        let mut read = gpu.read_back_all(pool, &reads)?.into_iter();
         let records: Vec<GpuRow> = bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default());
         let sums: Vec<[f32; 4]> = bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default());
         if self.gradients.is_some() {
             let mut next =
                 || -> Vec<f32> { bytemuck::pod_collect_to_vec(&read.next().unwrap_or_default()) };
-            let (dh, dw, db) = (next(), next(), next());
+            let (dh, mut dw, mut db) = (next(), next(), next());
+            // Without computed rows no kernel wrote dW and db: the pool's bytes are stale.
+            if n == 0 {
+                dw.fill(0.0);
+                db.fill(0.0);
+            }
             deliver(plan, request, (&dh, &dw, &db));
         }
         Ok(output(plan, request, &records, &sums))

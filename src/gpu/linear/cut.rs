@@ -2,6 +2,7 @@
 
 use super::{TILE_ROWS, WORKGROUPS};
 use crate::error::{Error, Result};
+use crate::gpu::abi::Params;
 use crate::gpu::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
 
 /// How a call is cut to fit the device's storage bindings: chunks of rows (multiples of the
@@ -18,7 +19,43 @@ pub(super) struct Pieces {
     pub(super) split_pieces: Vec<(usize, usize)>,
 }
 
+/// One piece of `W`: its first split, its splits, and its columns `(first, count)`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Piece {
+    split0: usize,
+    splits: usize,
+    pub(super) columns: (usize, usize),
+}
+
+impl Piece {
+    /// The `Params` block and grid of a split pass over this piece for a chunk of `rows` rows.
+    pub(super) fn launch(self, base: Params, rows: usize) -> (Params, (u32, u32, u32)) {
+        let params = Params {
+            rows: rows as u32,
+            split0: self.split0 as u32,
+            col0: self.columns.0 as u32,
+            ..base
+        };
+        (
+            params,
+            (rows.div_ceil(TILE_ROWS) as u32, self.splits as u32, 1),
+        )
+    }
+}
+
 impl Pieces {
+    /// The pieces of `W` of a vocabulary of `v`, in order.
+    pub(super) fn pieces(&self, v: usize) -> impl Iterator<Item = Piece> + '_ {
+        self.split_pieces.iter().map(move |&(split0, splits)| {
+            let c0 = split0 * self.span;
+            Piece {
+                split0,
+                splits,
+                columns: (c0, (splits * self.span).min(v - c0)),
+            }
+        })
+    }
+
     /// `element`: bytes per value of h and W as bound.
     pub(super) fn new(
         (n, d, v): (usize, usize, usize),
@@ -112,7 +149,7 @@ impl Backward {
         let per_row = (d as u64 * 4).max(d as u64 * element).max(COEF_BYTES);
         let group_rows = fit(per_row)
             .min(fit(TILE_ROWS as u64 * 4))
-            .min(n.next_multiple_of(TILE_ROWS));
+            .min(n.next_multiple_of(TILE_ROWS).max(TILE_ROWS));
         if group_rows == 0 {
             return Err(refuse("64 rows of the hidden states and of G"));
         }

@@ -6,8 +6,8 @@ use super::cut::{Backward, Pieces};
 use super::TILE_ROWS;
 use crate::gpu::abi::binding::PARAMS;
 use crate::gpu::abi::{
-    Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_UPSTREAM, PARTIAL_BYTES, ROW_BYTES,
-    ROW_SUM_BYTES,
+    Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_UPSTREAM, FOCAL_SUM_BYTES, PARTIAL_BYTES,
+    ROW_BYTES, ROW_SUM_BYTES,
 };
 use crate::gpu::encode::{grid, Window};
 use crate::gpu::launchers::{
@@ -51,16 +51,14 @@ pub(super) fn forward_launches<'a>(
 ) -> Vec<Launch<'a>> {
     let (_, _, v) = b.shape;
     let splits = pieces.splits as u64;
-    let placeholder = Window::whole(&b.stand_in);
+    let placeholder = b.stand_in();
     let mut launches = Vec::new();
     for &chunk in &pieces.row_chunks {
         let rows = chunk.1;
         let targets = Buffers::rows_of(&b.targets, chunk, 8);
         let partials = Buffers::rows_of(&b.partials, chunk, splits * PARTIAL_BYTES);
         let target_logits = Buffers::rows_of(&b.target_logits, chunk, 4);
-        for &(split0, split_count) in &pieces.split_pieces {
-            let c0 = split0 * pieces.span;
-            let columns = (split_count * pieces.span).min(v - c0);
+        for piece in pieces.pieces(v) {
             let forward = LinearPartials {
                 params: placeholder,
                 targets,
@@ -68,16 +66,10 @@ pub(super) fn forward_launches<'a>(
                 partials,
                 target_logits,
                 hidden: b.hidden(chunk),
-                head_weight: b.weight((c0, columns)),
+                head_weight: b.weight(piece.columns),
                 head_bias: b.or_stand_in(&b.bias),
             };
-            let params = Params {
-                rows: rows as u32,
-                split0: split0 as u32,
-                col0: c0 as u32,
-                ..base
-            };
-            let groups = (rows.div_ceil(TILE_ROWS) as u32, split_count as u32, 1);
+            let (params, groups) = piece.launch(base, rows);
             launches.push(Launch::new(
                 Kernel::LinearPartials,
                 params,
@@ -111,26 +103,18 @@ pub(super) fn forward_launches<'a>(
             (x, y, 1),
         ));
         if let Some(focal) = &b.focal_partials {
-            let focal_partials = Buffers::rows_of(focal, chunk, splits * 8);
-            for &(split0, split_count) in &pieces.split_pieces {
-                let c0 = split0 * pieces.span;
-                let columns = (split_count * pieces.span).min(v - c0);
+            let focal_partials = Buffers::rows_of(focal, chunk, splits * FOCAL_SUM_BYTES);
+            for piece in pieces.pieces(v) {
                 let sums = LinearFocal {
                     params: placeholder,
                     class_weights: b.or_stand_in(&b.class_weights),
                     coefficients: Buffers::rows_of(&b.coefficients, chunk, COEF_BYTES),
                     hidden: b.hidden(chunk),
-                    head_weight: b.weight((c0, columns)),
+                    head_weight: b.weight(piece.columns),
                     head_bias: b.or_stand_in(&b.bias),
                     focal_partials,
                 };
-                let params = Params {
-                    rows: rows as u32,
-                    split0: split0 as u32,
-                    col0: c0 as u32,
-                    ..base
-                };
-                let groups = (rows.div_ceil(TILE_ROWS) as u32, split_count as u32, 1);
+                let (params, groups) = piece.launch(base, rows);
                 launches.push(Launch::new(
                     Kernel::LinearFocal,
                     params,
@@ -171,7 +155,7 @@ pub(super) fn backward_launches<'a>(
         return Vec::new();
     };
     let (_, d, _) = b.shape;
-    let placeholder = Window::whole(&b.stand_in);
+    let placeholder = b.stand_in();
     let per_row_upstream =
         base.reduction == ReductionCode::None as u32 && base.flags & FLAG_UPSTREAM != 0;
     let add = |later: bool| if later { FLAG_ADD } else { 0 };
@@ -194,10 +178,7 @@ pub(super) fn backward_launches<'a>(
                 gradient: g_window,
                 class_weights: b.or_stand_in(&b.class_weights),
                 coefficients: Buffers::rows_of(&b.coefficients, group, COEF_BYTES),
-                scale_source: match per_row_upstream {
-                    true => Buffers::rows_of(&b.scale_source, group, 4),
-                    false => Window::whole(&b.scale_source),
-                },
+                scale_source: b.scale_source(group, per_row_upstream),
                 hidden: b.hidden(group),
                 head_weight: b.weight((c0, width)),
                 head_bias: b.or_stand_in(&b.bias),

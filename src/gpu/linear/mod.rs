@@ -80,38 +80,51 @@ impl Gpu {
             false => None,
         };
         let base = base_params(plan, batch, request, &pieces);
+        // One call at a time holds the pool: its buffers are this call's until the read-back.
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = &mut *pool;
         self.scoped(|| {
-            let buffers = Buffers::upload(self, plan, batch, request, (load, &pieces, &backward));
+            let cut = (load, &pieces, &backward);
+            let buffers = Buffers::upload(self, plan, batch, request, cut, pool);
             let mut launches = forward_launches(&buffers, &pieces, base);
             if let Some(back) = &backward {
                 launches.extend(backward_launches(&buffers, back, base));
             }
-            let uniforms: Vec<wgpu::Buffer> = launches
-                .iter()
-                .map(|l| {
-                    self.device
-                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                            label: Some("xent linear params"),
-                            contents: bytemuck::bytes_of(&l.params),
-                            usage: wgpu::BufferUsages::UNIFORM,
-                        })
-                })
-                .collect();
+            // Every launch's Params block in one uniform buffer, at the adapter's stride.
+            let size = std::mem::size_of::<Params>();
+            let stride = (size as u64).next_multiple_of(self.uniform_alignment);
+            let mut bytes = vec![0u8; stride as usize * launches.len().max(1)];
+            for (i, launch) in launches.iter().enumerate() {
+                bytes[i * stride as usize..][..size]
+                    .copy_from_slice(bytemuck::bytes_of(&launch.params));
+            }
+            let uniforms = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("xent linear params"),
+                    contents: &bytes,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
             let mut encoder = self.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("xent linear"),
                     timestamp_writes: None,
                 });
-                for (launch, uniform) in launches.iter().zip(&uniforms) {
-                    let mut entries = vec![(PARAMS, Window::whole(uniform))];
+                for (i, launch) in launches.iter().enumerate() {
+                    let params = Window {
+                        buffer: &uniforms,
+                        offset: i as u64 * stride,
+                        size: size as u64,
+                    };
+                    let mut entries = vec![(PARAMS, params)];
                     entries.extend(launch.windows.iter().copied());
                     let variant = Variant::new(launch.kernel, load, TargetLoad::I64);
                     self.launch(&mut pass, &self.pipeline(variant), &entries, launch.groups);
                 }
             }
             self.queue.submit([encoder.finish()]);
-            buffers.read_back(self, plan, request)
+            buffers.read_back(self, pool, plan, request)
         })
     }
 }
