@@ -1,8 +1,7 @@
 // Linear cross-entropy, focal loss with label smoothing, step 2 of 2: each row's focal sums
-// added over its splits in order, then what `softmax_focal.wgsl` writes (its math): the row's
-// loss s[n]·(ce + λ·lse²) with ce = −Σ a·f·l, its sums' ce, and G = Σ a·g as the coefficient
-// of p in the gradient; a NaN row becomes FILL_NAN. Ignored and NaN rows keep what the rows
-// pass wrote.
+// added over its splits in order, then the row finished as `softmax_focal.wgsl` finishes it
+// (`finish_focal`, include `focal_finish.wgsl`: its loss, its sums' ce, and G = Σ a·g as the
+// coefficient of p). Ignored and NaN rows keep what the rows pass wrote.
 //
 // Launch: one invocation per row, WG rows per workgroup (2D grid past 65 535 workgroups).
 // Bytes per row: reads 8 per split, 32 + 16 + 32; writes 4 + 16 + 32.
@@ -21,13 +20,5 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     if (k.fill != FILL_COMPUTE) { return; }
     var acc = vec2(0.0);
     for (var s = 0u; s < p.splits; s++) { acc += focal_partials[row * p.splits + s]; }
-    let ce = -acc.x;
-    let z_term = select(0.0, p.z_loss * coef_lse(k) * coef_lse(k), p.z_loss > 0.0);
-    let unweighted = select(ce + z_term, nan(), is_nan(ce));
-    row_out[row].loss = sample_term(k.sample, unweighted);
-    var sums = row_sums[row];
-    sums.x = sample_term(k.sample, ce);
-    row_sums[row] = sums;
-    coefs[row].p_coefficient = acc.y;
-    if (is_nan(unweighted)) { coefs[row].fill = FILL_NAN; }
+    finish_focal(row, k, acc);
 }

@@ -68,16 +68,5 @@ fn main(
         }
     }
 
-    if (lane == 0u && live) {
-        let ce = -acc.x;
-        let use_z = p.z_loss > 0.0 && p.prob_eps == 0.0;
-        let z_term = select(0.0, p.z_loss * coef_lse(k) * coef_lse(k), use_z);
-        let unweighted = select(ce + z_term, nan(), is_nan(ce));
-        row_out[global_row].loss = sample_term(k.sample, unweighted);
-        var sums = row_sums[global_row];
-        sums.x = sample_term(k.sample, ce);
-        row_sums[global_row] = sums;
-        coefs[global_row].p_coefficient = acc.y;
-        if (is_nan(unweighted)) { coefs[global_row].fill = FILL_NAN; }
-    }
+    if (lane == 0u && live) { finish_focal(global_row, k, acc); }
 }

@@ -8,17 +8,20 @@
 // constants A_ALONG_K / B_ALONG_K: whether consecutive k are consecutive words of the operand,
 // so that neighbouring invocations load neighbouring words (along k, or else along m / n).
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
+// The tile's side comes from the host (`abi::LINEAR_TILE`), which cuts rows and columns by it.
+const BM: u32 = LINEAR_TILE;
+const BN: u32 = LINEAR_TILE;
 const BK: u32 = 8u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 // Invocations along a tile's columns (and rows): BN / TN = BM / TM.
-const SIDE: u32 = 16u;
+const SIDE: u32 = BN / TN;
+const_assert SIDE * SIDE == WG;
+const_assert BM / TM == SIDE;
 
 // The slabs, k-major: a_slab[k·BM + m], b_slab[k·BN + n].
-var<workgroup> a_slab: array<f32, 512>;
-var<workgroup> b_slab: array<f32, 512>;
+var<workgroup> a_slab: array<f32, BK * BM>;
+var<workgroup> b_slab: array<f32, BK * BN>;
 
 fn tile_product(m0: u32, n0: u32, depth: u32, local: u32) -> array<vec4<f32>, 4> {
     let tx = local % SIDE;

@@ -122,6 +122,9 @@ pub(crate) struct RowCoef {
     pub sample: f32,
 }
 
+/// Rows (and columns) of a linear head's output tile, one workgroup's (`linear_tile.wgsl`);
+/// the host cuts rows, splits and pieces of `W` in multiples of it.
+pub(crate) const LINEAR_TILE: u32 = 64;
 /// Bytes of one (row, split)'s focal sums (`vec2<f32>` in `linear_focal.wgsl`).
 pub(crate) const FOCAL_SUM_BYTES: u64 = 8;
 /// Bytes of one [`Partial`].
@@ -231,6 +234,7 @@ impl RowFill {
 /// codes and the fill codes, from the Rust values above.
 pub(crate) fn wgsl_constants(workgroup_size: u32) -> String {
     let mut src = format!("const WG: u32 = {workgroup_size}u;\n");
+    src += &format!("const LINEAR_TILE: u32 = {LINEAR_TILE}u;\n");
     for (name, value) in FLAGS {
         src += &format!("const {name}: u32 = {value}u;\n");
     }

@@ -260,6 +260,9 @@ impl Variant {
         ) {
             src += include_str!("../../shaders/include/linear_logits.wgsl");
         }
+        if matches!(k, Kernel::SoftmaxFocal | Kernel::LinearFocalRows) {
+            src += include_str!("../../shaders/include/focal_finish.wgsl");
+        }
         if softmax_like
             || matches!(
                 k,

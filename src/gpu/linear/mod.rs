@@ -49,8 +49,8 @@ use crate::output::Output;
 use crate::plan::linear::LinearPlan;
 use wgpu::util::DeviceExt;
 
-/// Rows of one workgroup's tile (`BM` in the shader).
-pub(super) const TILE_ROWS: usize = 64;
+/// Rows of one workgroup's tile (`BM` in the shader, defined by the ABI).
+pub(super) const TILE_ROWS: usize = super::abi::LINEAR_TILE as usize;
 /// Workgroups a forward aims for (row tiles × splits): enough to fill a large GPU.
 pub(super) const WORKGROUPS: usize = 1024;
 
