@@ -1,12 +1,14 @@
 // Linear cross-entropy backward, step 2 of 3 per vocabulary chunk: the chunk's rows of the
 // head's gradients, dW[c][k] = Σ_r G[r][c]·h[r][k] and db[c] = Σ_r G[r][c], summed over the
 // rows in order (no atomics: each value has one owner); a chunk of rows after the first adds
-// (FLAG_ADD), in row order.
+// (FLAG_ADD to dW, FLAG_ADD_BIAS to db), in row order, as does a caller's buffer that
+// accumulates.
 //
 // Launch: 16 × 16 invocations per workgroup; grid x = tiles of 64 of the chunk's columns (the
 // rows of dW), y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with
 // A = Gᵀ (read along the chunk's columns) and B = hᵀ (read along D); the workgroups of the first
-// hidden tile also sum db, one invocation per column.
+// hidden tile also sum db, one invocation per column. FLAG_BIAS_ONLY (db asked, dW not): only
+// the first hidden tile's workgroups run, and they skip the product.
 // Bytes: G and h read once per tile (4·64 + e·64 per row), dW written once (4 per value).
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,18 +34,21 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let ty = local / SIDE;
     let m0 = group.x * BM;
     let n0 = group.y * BN;
-    let acc = tile_product(m0, n0, p.rows, local);
-    for (var i = 0u; i < TM; i++) {
-        let c = m0 + ty * TM + i;
-        if (c >= p.span) { continue; }
-        for (var j = 0u; j < TN; j++) {
-            let k = n0 + tx * TN + j;
-            if (k >= p.hidden) { continue; }
-            let at = c * p.hidden + k;
-            if (has(FLAG_ADD)) {
-                weight_gradient[at] += acc[i][j];
-            } else {
-                weight_gradient[at] = acc[i][j];
+    // Uniform: every invocation of the workgroup takes the same branch (the tile's barriers).
+    if (!has(FLAG_BIAS_ONLY)) {
+        let acc = tile_product(m0, n0, p.rows, local);
+        for (var i = 0u; i < TM; i++) {
+            let c = m0 + ty * TM + i;
+            if (c >= p.span) { continue; }
+            for (var j = 0u; j < TN; j++) {
+                let k = n0 + tx * TN + j;
+                if (k >= p.hidden) { continue; }
+                let at = c * p.hidden + k;
+                if (has(FLAG_ADD)) {
+                    weight_gradient[at] += acc[i][j];
+                } else {
+                    weight_gradient[at] = acc[i][j];
+                }
             }
         }
     }
@@ -52,7 +57,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         if (c < p.span) {
             var s = 0.0;
             for (var r = 0u; r < p.rows; r++) { s += gradient[r * p.span + c]; }
-            if (has(FLAG_ADD)) { bias_gradient[c] += s; } else { bias_gradient[c] = s; }
+            if (has(FLAG_ADD_BIAS)) { bias_gradient[c] += s; } else { bias_gradient[c] = s; }
         }
     }
 }

@@ -71,6 +71,16 @@ pub enum Error {
         /// The shape.
         shape: String,
     },
+    /// A device buffer slice starts at an offset the device cannot bind.
+    #[error("{what} starts at byte {offset}, not a multiple of the device's storage-buffer offset alignment {alignment}")]
+    Misaligned {
+        /// Which argument.
+        what: &'static str,
+        /// The slice's offset in its buffer (bytes).
+        offset: u64,
+        /// `wgpu::Limits::min_storage_buffer_offset_alignment` of the device.
+        alignment: u64,
+    },
     /// A combination this call does not take (e.g. an in-place gradient with a strided view).
     #[error("unsupported: {0}")]
     Unsupported(String),

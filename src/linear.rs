@@ -35,8 +35,9 @@
 //! softmax path. On the GPU the same fused strategy runs in WGSL (`src/gpu/linear/`):
 //! `h·Wᵀ + b` in 64 × 64 workgroup tiles folded into the per-row partials, the softmax rows
 //! pass, and for gradients the logits recomputed chunk by chunk with `dW`, `db` and `dh` from
-//! the same tile product. The GPU takes host slices only so far (no device-resident call)
-//! and always recomputes (the strategy and budget are the CPU's).
+//! the same tile product; it always recomputes (the strategy and budget are the CPU's).
+//! Trainers whose `h` and `W` live in device buffers record the same dispatches into their
+//! own encoder with [`Gpu::record_linear_cross_entropy`](crate::gpu::Gpu::record_linear_cross_entropy).
 //!
 //! ```
 //! use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
@@ -245,8 +246,8 @@ impl LinearCrossEntropy {
 
 fn gpu_unsupported() -> Error {
     Error::Unsupported(
-        "linear cross-entropy runs on the CPU backend only so far (issue 13: the WGSL GEMM \
-         kernels are not written yet)"
+        "a shard's linear call (shard_partials, shard_focal, shard_backward) runs on the CPU \
+         backend only so far (issue 13); the whole head runs on the GPU with compute"
             .into(),
     )
 }

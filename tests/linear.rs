@@ -275,7 +275,9 @@ fn check_gradients(label: &str, head: &Head, r: &LinearReference, g: &Grads, pre
     let grad = &r.logits_reference.gradient;
     let batch = head.batch();
     let (hm, wm) = (&batch.hidden, &batch.weight);
-    let tol = |magnitude: f64| 1e-4 * magnitude + 1e-9 + prefill.abs() as f64 * 1e-7;
+    // In add mode a recorded call adds into the caller's buffer once per vocabulary chunk
+    // (dh) or group of rows (dW, db), each a rounding at the prefill's magnitude: up to 8 here.
+    let tol = |magnitude: f64| 1e-4 * magnitude + 1e-9 + prefill.abs() as f64 * 6e-8 * 8.0;
     let mut dh_mag = vec![0f64; n * d];
     let mut dw_mag = vec![0f64; v * d];
     let mut db_mag = vec![0f64; v];
@@ -919,4 +921,470 @@ fn gpu_against_the_reference() {
         &g,
         -0.5,
     );
+}
+
+impl Typed {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Typed::F32(d) => bytemuck::cast_slice(d),
+            Typed::F16(d) => bytemuck::cast_slice(d),
+            Typed::Bf16(d) => bytemuck::cast_slice(d),
+        }
+    }
+}
+
+/// Byte ranges packed into one buffer at 256-aligned offsets (the alignment every adapter
+/// accepts), so a recorded call binds slices at non-zero offsets of a shared buffer.
+struct Arena {
+    bytes: Vec<u8>,
+    ranges: Vec<std::ops::Range<u64>>,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        // Start past 0: no slice sits at the buffer's start.
+        Arena {
+            bytes: vec![0xAB; 256],
+            ranges: Vec::new(),
+        }
+    }
+    /// Appends `data` and returns its index.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let start = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        self.bytes
+            .resize(self.bytes.len().next_multiple_of(256) + 256, 0xCD);
+        self.ranges.push(start..start + data.len().max(4) as u64);
+        self.ranges.len() - 1
+    }
+    fn upload(&self, gpu: &xent::gpu::Gpu) -> wgpu::Buffer {
+        common::device::buffer(gpu, &self.bytes)
+    }
+}
+
+/// What a recorded call is asked for.
+#[derive(Clone, Copy, Default)]
+struct Want<'u> {
+    i32_targets: bool,
+    /// Add to gradients holding this, or write (`None`).
+    prefill: Option<f32>,
+    /// Which of dh, dW, db.
+    gradients: [bool; 3],
+    upstream: Option<&'u [f32]>,
+}
+
+/// What a recorded call wrote (gradients not asked for are empty).
+struct Recorded {
+    loss: f32,
+    records: Vec<xent::gpu::GpuRow>,
+    grads: Grads,
+    flag: Option<usize>,
+}
+
+/// Uploads `head` (inputs at offsets inside one buffer, outputs inside another), records
+/// one call on `gpu`, submits it and reads everything back.
+fn record_head(
+    gpu: &xent::gpu::Gpu,
+    head: &Head,
+    options: &CrossEntropy,
+    want: Want<'_>,
+) -> xent::Result<Recorded> {
+    use xent::gpu::{
+        target_error_row, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
+        DeviceLinearOutputs, DeviceMatrix,
+    };
+    let (n, d, v) = (head.rows, head.hidden, head.vocab);
+    let dtype = match head.h {
+        Typed::F32(_) => Dtype::F32,
+        Typed::F16(_) => Dtype::F16,
+        Typed::Bf16(_) => Dtype::Bf16,
+    };
+    let mut inputs = Arena::new();
+    let h = inputs.push(head.h.bytes());
+    let w = inputs.push(head.w.bytes());
+    let bias: Option<Vec<f32>> = head
+        .batch()
+        .bias
+        .map(|b| (0..v).map(|c| b.get(0, c)).collect());
+    let b = bias.map(|b| inputs.push(bytemuck::cast_slice(&b)));
+    let targets_i32: Vec<i32> = head.targets.iter().map(|&t| t as i32).collect();
+    let y = match want.i32_targets {
+        true => inputs.push(bytemuck::cast_slice(&targets_i32)),
+        false => inputs.push(bytemuck::cast_slice(&head.targets)),
+    };
+    let cw = head
+        .class_weights
+        .as_ref()
+        .map(|c| inputs.push(bytemuck::cast_slice(c)));
+    let sw = head
+        .sample_weights
+        .as_ref()
+        .map(|s| inputs.push(bytemuck::cast_slice(s)));
+    let up = want.upstream.map(|u| inputs.push(bytemuck::cast_slice(u)));
+    let mut outputs = Arena::new();
+    let fill = want.prefill.unwrap_or(f32::NAN);
+    let loss = outputs.push(&[0u8; 4]);
+    let rows = outputs.push(&vec![0u8; n * 32]);
+    let [dh, dw, db] = [(0, n * d), (1, v * d), (2, v)].map(|(i, len)| {
+        want.gradients[i].then(|| outputs.push(bytemuck::cast_slice(&vec![fill; len])))
+    });
+    let (input, output) = (inputs.upload(gpu), outputs.upload(gpu));
+    let flag = common::device::buffer(gpu, &[0u8; 4]);
+    let input_at = |i: usize| input.slice(inputs.ranges[i].clone());
+    let output_at = |i: usize| output.slice(outputs.ranges[i].clone());
+    let mut batch = DeviceLinearBatch::new(
+        DeviceMatrix::new(input_at(h), dtype, n, d),
+        DeviceMatrix::new(input_at(w), dtype, v, d),
+        match want.i32_targets {
+            true => DeviceIndexTargets::I32(input_at(y)),
+            false => DeviceIndexTargets::I64(input_at(y)),
+        },
+    );
+    batch.bias = b.map(input_at);
+    batch.class_weights = cw.map(input_at);
+    batch.sample_weights = sw.map(input_at);
+    let gradient = |i: Option<usize>| {
+        i.map(|i| match want.prefill {
+            Some(_) => DeviceGradientSlice::Add(output_at(i)),
+            None => DeviceGradientSlice::Write(output_at(i)),
+        })
+    };
+    let mut out = DeviceLinearOutputs::new(output_at(loss));
+    out.rows = Some(output_at(rows));
+    out.hidden_gradient = gradient(dh);
+    out.weight_gradient = gradient(dw);
+    out.bias_gradient = gradient(db);
+    out.target_error = Some(flag.slice(..));
+    match (options.reduction, want.upstream) {
+        (Reduction::None, Some(_)) => out.upstream = up.map(input_at),
+        (_, Some(u)) => out.upstream_scalar = u[0],
+        _ => {}
+    }
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_linear_cross_entropy(&mut encoder, options, &batch, &out)?;
+    gpu.queue().submit([encoder.finish()]);
+    let all = common::device::read(gpu, &output);
+    let at = |i: Option<usize>| -> Vec<f32> {
+        i.map_or(Vec::new(), |i| {
+            let r = &outputs.ranges[i];
+            all[(r.start / 4) as usize..(r.end / 4) as usize].to_vec()
+        })
+    };
+    let flag = common::device::read(gpu, &flag)[0].to_bits();
+    Ok(Recorded {
+        loss: at(Some(loss))[0],
+        records: bytemuck::pod_collect_to_vec(bytemuck::cast_slice::<f32, u8>(&at(Some(rows)))),
+        grads: Grads {
+            dh: at(dh),
+            dw: at(dw),
+            db: at(db),
+        },
+        flag: target_error_row(flag),
+    })
+}
+
+/// The forward of a recorded call (loss, per-row losses, LSE, validity) against the reference.
+fn check_recorded(
+    label: &str,
+    head: &Head,
+    reference: &LinearReference,
+    options: &CrossEntropy,
+    r: &Recorded,
+) {
+    let result = Output {
+        loss: (options.reduction != Reduction::None).then_some(r.loss),
+        row_losses: Some(r.records.iter().map(|r| r.loss).collect()),
+        lse: None,
+        metrics: None,
+    };
+    check_forward(label, head, reference, &result);
+    let lse: Vec<f32> = r.records.iter().map(|r| r.lse).collect();
+    let s = head.scales();
+    let logits = &reference.logits_reference;
+    assert_each(&format!("{label}: lse"), &lse, &logits.lse, |i| {
+        1e-5 * logits.lse[i].abs().max(1.0) + 4e-6 * s[i]
+    });
+    let valid: Vec<bool> = r.records.iter().map(xent::gpu::GpuRow::valid).collect();
+    assert_eq!(valid, logits.valid, "{label}: valid");
+    assert_eq!(r.flag, None, "{label}: no target flagged");
+}
+
+/// The recorded call (`Gpu::record_linear_cross_entropy`) on device buffers: inputs at
+/// offsets inside one buffer, outputs at offsets inside another, i32 and i64 targets, written
+/// and added gradients, every option, all three dtypes; against the reference.
+#[test]
+fn gpu_recorded_on_device_buffers() {
+    let Some(gpu) = common::device::gpu() else {
+        return;
+    };
+    let cases = [
+        (Dtype::F32, 19, false),
+        (Dtype::F16, 20, true),
+        (Dtype::Bf16, 20, false),
+    ];
+    for (dtype, hidden, i32_targets) in cases {
+        let head = Head::new(31, (70, hidden, 1100), dtype)
+            .ignore_every(5)
+            .weighted(7);
+        let grid = match dtype {
+            Dtype::F32 => option_grid(),
+            _ => option_grid().into_iter().step_by(4).collect(),
+        };
+        for (name, options) in grid {
+            let upstream: Vec<f32> = match options.reduction {
+                Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
+                _ => vec![0.75],
+            };
+            let reference = head.reference(&options, Some(&upstream));
+            for prefill in [None, Some(0.25f32)] {
+                let label = format!("recorded {dtype:?} D {hidden} {name}, add {prefill:?}");
+                let want = Want {
+                    i32_targets,
+                    prefill,
+                    gradients: [true; 3],
+                    upstream: Some(&upstream),
+                };
+                let recorded = record_head(&gpu, &head, &options, want)
+                    .unwrap_or_else(|e| panic!("{label}: {e}"));
+                check_recorded(&label, &head, &reference, &options, &recorded);
+                check_gradients(
+                    &label,
+                    &head,
+                    &reference,
+                    &recorded.grads,
+                    prefill.unwrap_or(0.0),
+                );
+            }
+        }
+    }
+}
+
+/// Recorded calls at the edges: one gradient at a time (db alone skips dW's product), no
+/// rows, small bindings (row chunks, pieces of W, vocabulary chunks), an out-of-range target
+/// flagged on the device (its row counted as ignored, the device usable after), and the typed
+/// errors of bad slices.
+#[test]
+fn gpu_recorded_edges_and_errors() {
+    use xent::gpu::{DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs, DeviceMatrix};
+    let Some(gpu) = common::device::gpu() else {
+        return;
+    };
+    let head = Head::new(41, (70, 20, 300), Dtype::F32)
+        .ignore_every(4)
+        .weighted(8);
+    let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+    let reference = head.reference(&options, None);
+    for (i, name) in ["dh", "dW", "db"].iter().enumerate() {
+        let mut gradients = [false; 3];
+        gradients[i] = true;
+        let want = Want {
+            gradients,
+            ..Want::default()
+        };
+        let r = record_head(&gpu, &head, &options, want).unwrap();
+        let label = format!("recorded, {name} alone");
+        check_recorded(&label, &head, &reference, &options, &r);
+        // The others zero on both sides: the one check covers the asked gradient.
+        let mut full = Grads::filled(&head, 0.0);
+        match i {
+            0 => full.dh = r.grads.dh,
+            1 => full.dw = r.grads.dw,
+            _ => full.db = r.grads.db,
+        }
+        check_gradients(&label, &head, &reference_masked(&reference, i), &full, 0.0);
+    }
+
+    // No rows: dW and db are written as zeros, the loss is the empty mean's NaN.
+    let empty = Head::new(42, (0, 8, 50), Dtype::F32);
+    let want = Want {
+        gradients: [true; 3],
+        ..Want::default()
+    };
+    let r = record_head(&gpu, &empty, &CrossEntropy::new(), want).unwrap();
+    assert!(r.loss.is_nan(), "the mean of no rows");
+    assert_eq!(r.grads.dw, vec![0.0; 50 * 8]);
+    assert_eq!(r.grads.db, vec![0.0; 50]);
+
+    // 64 KiB bindings: the forward in row chunks and pieces of W, the backward in chunks.
+    let small = xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+        max_binding_size: Some(64 << 10),
+        ..Default::default()
+    })
+    .expect("a device with small bindings");
+    let wide = Head::new(43, (300, 20, 1100), Dtype::F32)
+        .ignore_every(7)
+        .weighted(9);
+    let reference = wide.reference(&options, None);
+    let want = Want {
+        gradients: [true; 3],
+        prefill: Some(-1.0),
+        ..Want::default()
+    };
+    let r = record_head(&small, &wide, &options, want).unwrap();
+    check_recorded("recorded, 64 KiB bindings", &wide, &reference, &options, &r);
+    check_gradients(
+        "recorded, 64 KiB bindings",
+        &wide,
+        &reference,
+        &r.grads,
+        -1.0,
+    );
+
+    // Out-of-range targets on rows 3 and 9: row 3 is flagged, both count as ignored.
+    let mut bad = Head::new(44, (20, 8, 50), Dtype::F32);
+    bad.targets[3] = 50;
+    bad.targets[9] = -7;
+    let want = Want {
+        gradients: [true; 3],
+        ..Want::default()
+    };
+    let r = record_head(&gpu, &bad, &options, want).unwrap();
+    assert_eq!(r.flag, Some(3));
+    let mut ignored = Head::new(44, (20, 8, 50), Dtype::F32);
+    ignored.targets[3] = -100;
+    ignored.targets[9] = -100;
+    let reference = ignored.reference(&options, None);
+    let mut r = r;
+    r.flag = None;
+    check_recorded(
+        "recorded, bad targets as ignored",
+        &ignored,
+        &reference,
+        &options,
+        &r,
+    );
+    check_gradients(
+        "recorded, bad targets as ignored",
+        &ignored,
+        &reference,
+        &r.grads,
+        0.0,
+    );
+
+    // Typed errors, before anything is recorded.
+    let buffer = common::device::buffer(&gpu, &vec![0u8; 8192]);
+    let at = |start: u64, len: u64| buffer.slice(start..start + len);
+    let (n, d, v) = (4, 8, 16);
+    let good = DeviceLinearBatch::new(
+        DeviceMatrix::new(at(0, 128), Dtype::F32, n, d),
+        DeviceMatrix::new(at(256, 512), Dtype::F32, v, d),
+        DeviceIndexTargets::I64(at(1024, 32)),
+    );
+    let out_buffer = common::device::buffer(&gpu, &vec![0u8; 1024]);
+    let outputs = DeviceLinearOutputs::new(out_buffer.slice(0..4));
+    let try_record =
+        |batch: &DeviceLinearBatch, outputs: &DeviceLinearOutputs, options: &CrossEntropy| {
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            gpu.record_linear_cross_entropy(&mut encoder, options, batch, outputs)
+        };
+    let plain = CrossEntropy::new();
+    try_record(&good, &outputs, &plain).expect("the good call");
+    let misaligned = DeviceLinearBatch {
+        hidden: DeviceMatrix::new(at(4, 128), Dtype::F32, n, d),
+        ..good
+    };
+    let err = try_record(&misaligned, &outputs, &plain).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Misaligned {
+                what: "hidden buffer (bytes)",
+                offset: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let short = DeviceLinearBatch {
+        weight: DeviceMatrix::new(at(256, 500), Dtype::F32, v, d),
+        ..good
+    };
+    let err = try_record(&short, &outputs, &plain).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Shape {
+                what: "weight buffer (bytes)",
+                expected: 512,
+                actual: 500,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mixed = DeviceLinearBatch {
+        weight: DeviceMatrix::new(at(256, 256), Dtype::F16, v, d),
+        ..good
+    };
+    assert!(matches!(
+        try_record(&mixed, &outputs, &plain),
+        Err(Error::Unsupported(_))
+    ));
+    let odd = DeviceLinearBatch {
+        hidden: DeviceMatrix::new(at(0, 128), Dtype::Bf16, n, 7),
+        weight: DeviceMatrix::new(at(256, 512), Dtype::Bf16, v, 7),
+        ..good
+    };
+    assert!(matches!(
+        try_record(&odd, &outputs, &plain),
+        Err(Error::Unsupported(_))
+    ));
+    let mismatched = DeviceLinearBatch {
+        weight: DeviceMatrix::new(at(256, 512), Dtype::F32, v, d + 1),
+        ..good
+    };
+    assert!(matches!(
+        try_record(&mismatched, &outputs, &plain),
+        Err(Error::Shape {
+            what: "weight (hidden size)",
+            ..
+        })
+    ));
+    let with_upstream = DeviceLinearOutputs {
+        upstream: Some(at(2048, 16)),
+        ..outputs
+    };
+    assert!(matches!(
+        try_record(&good, &with_upstream, &plain),
+        Err(Error::Unsupported(_))
+    ));
+    let short_loss = DeviceLinearOutputs::new(out_buffer.slice(0..2));
+    assert!(matches!(
+        try_record(&good, &short_loss, &plain),
+        Err(Error::Shape {
+            what: "loss buffer (bytes)",
+            ..
+        })
+    ));
+    let probabilities = CrossEntropy::new().input(xent::InputKind::PROBABILITIES);
+    assert!(matches!(
+        try_record(&good, &outputs, &probabilities),
+        Err(Error::Unsupported(_))
+    ));
+    // The device is still usable.
+    try_record(&good, &outputs, &plain).expect("the good call after the errors");
+}
+
+/// The reference with only gradient `i` (0: dh, 1: dW, 2: db) kept, the others zero.
+fn reference_masked(r: &LinearReference, i: usize) -> LinearReference {
+    let zero = |v: &[f64]| vec![0.0; v.len()];
+    LinearReference {
+        logits_reference: r.logits_reference.clone(),
+        logits: r.logits.clone(),
+        hidden_gradient: if i == 0 {
+            r.hidden_gradient.clone()
+        } else {
+            zero(&r.hidden_gradient)
+        },
+        weight_gradient: if i == 1 {
+            r.weight_gradient.clone()
+        } else {
+            zero(&r.weight_gradient)
+        },
+        bias_gradient: if i == 2 {
+            r.bias_gradient.clone()
+        } else {
+            zero(&r.bias_gradient)
+        },
+    }
 }

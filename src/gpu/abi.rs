@@ -137,7 +137,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 15] = [
+pub(crate) const FLAGS: [(&str, u32); 17] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -153,6 +153,8 @@ pub(crate) const FLAGS: [(&str, u32); 15] = [
     ("FLAG_TARGET_LOGIT", FLAG_TARGET_LOGIT),
     ("FLAG_BIAS", FLAG_BIAS),
     ("FLAG_ADD", FLAG_ADD),
+    ("FLAG_BIAS_ONLY", FLAG_BIAS_ONLY),
+    ("FLAG_ADD_BIAS", FLAG_ADD_BIAS),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -182,8 +184,13 @@ pub(crate) const FLAG_ALPHA: u32 = 2048;
 pub(crate) const FLAG_TARGET_LOGIT: u32 = 4096;
 /// A linear head's bias is bound (`linear_partials.wgsl`).
 pub(crate) const FLAG_BIAS: u32 = 8192;
-/// A linear head's `dh` is added to, not written (`linear_hidden_gradient.wgsl`).
+/// A linear head's `dW` or `dh` is added to, not written (`linear_weight_gradient.wgsl`,
+/// `linear_hidden_gradient.wgsl`).
 pub(crate) const FLAG_ADD: u32 = 16384;
+/// A linear head's `db` without its `dW` (`linear_weight_gradient.wgsl` binds a stand-in).
+pub(crate) const FLAG_BIAS_ONLY: u32 = 32768;
+/// A linear head's `db` is added to, not written (`linear_weight_gradient.wgsl`).
+pub(crate) const FLAG_ADD_BIAS: u32 = 65536;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,6 +37,9 @@ pub use device::{
     target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow,
 };
 pub use launch::{fused_shape, launch_shape, LaunchShape};
+pub use linear::{
+    DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs, DeviceMatrix,
+};
 pub use stopwatch::{Clock, Stopwatch};
 
 use crate::error::{Error, Result};

@@ -3,6 +3,7 @@
 
 use super::bad_weight;
 use crate::error::{Error, Result};
+use crate::gpu::{DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs};
 use crate::input::Targets;
 use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
 use crate::options::{CrossEntropy, InputKind, Reduction};
@@ -251,4 +252,140 @@ pub(crate) fn check_combined(plan: &LinearPlan, combined: &Combined, focal: bool
         )),
         _ => Ok(()),
     }
+}
+
+/// Checks a recorded linear call (`Gpu::record_linear_cross_entropy`): the options, the
+/// shapes against each other, every slice's size and offset (`alignment`: the device's
+/// storage-buffer offset alignment), the dtypes the kernels load. The values inside the
+/// buffers are the device's to check (targets raise a flag).
+pub(crate) fn check_device(
+    options: &CrossEntropy,
+    batch: &DeviceLinearBatch<'_>,
+    outputs: &DeviceLinearOutputs<'_>,
+    alignment: u64,
+) -> Result<()> {
+    options.validate()?;
+    if !matches!(options.input, InputKind::Logits) {
+        return Err(Error::Unsupported(
+            "linear cross-entropy computes logits; probability inputs need them given".into(),
+        ));
+    }
+    let (h, w) = (&batch.hidden, &batch.weight);
+    let (rows, dim, vocab) = (h.rows, h.cols, w.rows);
+    let shape = || format!("hidden [{rows} × {dim}], weight [{vocab} × {}]", w.cols);
+    if vocab == 0 {
+        return Err(Error::NoClasses);
+    }
+    if w.cols != dim {
+        return Err(Error::Shape {
+            what: "weight (hidden size)",
+            expected: dim,
+            actual: w.cols,
+            shape: shape(),
+        });
+    }
+    if h.dtype != w.dtype {
+        return Err(Error::Unsupported(format!(
+            "a recorded linear head loads h and W in one dtype; got {:?} and {:?}",
+            h.dtype, w.dtype
+        )));
+    }
+    if dim == 0 || (h.dtype.size() == 2 && dim % 2 == 1) {
+        return Err(Error::Unsupported(format!(
+            "a recorded linear head needs a hidden size of at least 1, and an even one for \
+             f16 and bf16 (whole 32-bit words per row); got {dim}"
+        )));
+    }
+    let overflow = || Error::Overflow { shape: shape() };
+    let bytes = |count: usize, each: usize| -> Result<u64> {
+        (count as u64).checked_mul(each as u64).ok_or_else(overflow)
+    };
+    let element = h.dtype.size();
+    let (n, d, v) = (rows, dim, vocab);
+    let need = |what: &'static str, slice: Option<wgpu::BufferSlice<'_>>, bytes: u64| {
+        let Some(slice) = slice else { return Ok(()) };
+        if slice.offset() % alignment != 0 {
+            return Err(Error::Misaligned {
+                what,
+                offset: slice.offset(),
+                alignment,
+            });
+        }
+        if slice.size() < bytes {
+            return Err(Error::Shape {
+                what,
+                expected: bytes as usize,
+                actual: slice.size() as usize,
+                shape: shape(),
+            });
+        }
+        Ok(())
+    };
+    fn gradient(g: Option<DeviceGradientSlice<'_>>) -> Option<wgpu::BufferSlice<'_>> {
+        g.map(|g| match g {
+            DeviceGradientSlice::Write(s) | DeviceGradientSlice::Add(s) => s,
+        })
+    }
+    let (targets, target_bytes) = match batch.targets {
+        DeviceIndexTargets::I32(t) => (t, 4),
+        DeviceIndexTargets::I64(t) => (t, 8),
+    };
+    for (what, slice, size) in [
+        (
+            "hidden buffer (bytes)",
+            Some(h.data),
+            bytes(n * d, element)?,
+        ),
+        (
+            "weight buffer (bytes)",
+            Some(w.data),
+            bytes(v * d, element)?,
+        ),
+        ("bias buffer (bytes)", batch.bias, bytes(v, 4)?),
+        (
+            "targets buffer (bytes)",
+            Some(targets),
+            bytes(n, target_bytes)?,
+        ),
+        (
+            "class_weights buffer (bytes)",
+            batch.class_weights,
+            bytes(v, 4)?,
+        ),
+        (
+            "sample_weights buffer (bytes)",
+            batch.sample_weights,
+            bytes(n, 4)?,
+        ),
+        ("loss buffer (bytes)", Some(outputs.loss), 4),
+        ("rows buffer (bytes)", outputs.rows, bytes(n, 32)?),
+        (
+            "hidden gradient buffer (bytes)",
+            gradient(outputs.hidden_gradient),
+            bytes(n * d, 4)?,
+        ),
+        (
+            "weight gradient buffer (bytes)",
+            gradient(outputs.weight_gradient),
+            bytes(v * d, 4)?,
+        ),
+        (
+            "bias gradient buffer (bytes)",
+            gradient(outputs.bias_gradient),
+            bytes(v, 4)?,
+        ),
+        ("upstream buffer (bytes)", outputs.upstream, bytes(n, 4)?),
+        ("target error buffer (bytes)", outputs.target_error, 4),
+    ] {
+        need(what, slice, size)?;
+    }
+    if outputs.upstream.is_some() && options.reduction != Reduction::None {
+        return Err(Error::Unsupported(
+            "a per-row upstream buffer goes with Reduction::None; use upstream_scalar".into(),
+        ));
+    }
+    if n.checked_mul(d).is_none() || v.checked_mul(d).is_none() {
+        return Err(overflow());
+    }
+    Ok(())
 }

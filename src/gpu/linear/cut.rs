@@ -3,7 +3,7 @@
 use super::{TILE_ROWS, WORKGROUPS};
 use crate::error::{Error, Result};
 use crate::gpu::abi::Params;
-use crate::gpu::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES};
+use crate::gpu::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
 
 /// How a call is cut to fit the device's storage bindings: chunks of rows (multiples of the
 /// tile's 64 rows, so every per-row window starts 256-byte aligned) and pieces of whole
@@ -102,6 +102,13 @@ impl Pieces {
         let per_row = (d as u64 * element)
             .max(splits as u64 * PARTIAL_BYTES)
             .max(ROW_BYTES);
+        // The reduction and the target check bind every row's sums at once.
+        if n as u64 * ROW_SUM_BYTES > max_binding {
+            return Err(Error::Unsupported(format!(
+                "the GPU's linear head reduces {n} rows' sums in one storage binding of \
+                 {max_binding} bytes; split the batch"
+            )));
+        }
         let chunk_rows = fit(per_row);
         if chunk_rows == 0 {
             return Err(too_large("rows of hidden states or partials"));

@@ -1,20 +1,22 @@
-//! The dispatches of a linear call, in order: the forward's per row chunk and piece of `W`,
-//! the backward's per vocabulary chunk and group of rows.
+//! The dispatches of a linear call, in order: the device-side target check (recorded calls),
+//! the forward's per row chunk and piece of `W`, the fixed-order reduction, the backward's per
+//! vocabulary chunk and group of rows.
 
-use super::buffers::Buffers;
+use super::bindings::{Bindings, Region};
 use super::cut::{Backward, Pieces};
 use super::TILE_ROWS;
 use crate::gpu::abi::binding::PARAMS;
 use crate::gpu::abi::{
-    Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_UPSTREAM, FOCAL_SUM_BYTES, PARTIAL_BYTES,
-    ROW_BYTES, ROW_SUM_BYTES,
+    Params, ReductionCode, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
+    FLAG_UPSTREAM, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_SUM_BYTES,
 };
 use crate::gpu::encode::{grid, Window};
 use crate::gpu::launchers::{
     LinearFocal, LinearFocalRows, LinearGradient, LinearHiddenGradient, LinearPartials,
-    LinearWeightGradient, Rows,
+    LinearWeightGradient, Reduce, Rows, Targets,
 };
-use crate::gpu::pipelines::Kernel;
+use crate::gpu::pipelines::{Kernel, WORKGROUP_SIZE};
+use crate::gpu::schedule::{reduce_passes, Stage};
 
 /// One dispatch: its kernel, its `Params` block, the windows it binds besides them, its grid.
 pub(super) struct Launch<'a> {
@@ -42,32 +44,66 @@ impl<'a> Launch<'a> {
     }
 }
 
+/// A recorded call's target check: every row's index target, out-of-range ones flagged (they
+/// count as ignored in every pass after it). One dispatch over all rows, so the flag names the
+/// global row.
+pub(super) fn target_check(b: &Bindings, base: Params) -> Option<Launch<'_>> {
+    let error = b.target_error.as_ref()?;
+    let n = b.shape.0;
+    if n == 0 {
+        return None;
+    }
+    let all = (0, n);
+    let check = Targets {
+        params: b.stand_in(),
+        targets: b.targets(all),
+        class_weights: b.per_class(&b.class_weights),
+        row_sums: b.row_sums(all),
+        target_error: error.head(4),
+        sample_weights: b.per_row(&b.sample_weights, all),
+    };
+    let params = Params {
+        rows: n as u32,
+        flags: base.flags | FLAG_CHECK_TARGETS,
+        ..base
+    };
+    let (x, y) = grid(n as u64);
+    Some(Launch::new(
+        Kernel::SoftmaxTargets,
+        params,
+        check.entries(),
+        (x, y, 1),
+    ))
+}
+
 /// The forward's launches: per row chunk, `linear_partials` per piece of `W`, then the rows
-/// pass. Every per-row window starts at the chunk's first row (`row0` stays 0).
+/// pass (and the focal passes). Every per-row window starts at the chunk's first row (`row0`
+/// stays 0).
 pub(super) fn forward_launches<'a>(
-    b: &'a Buffers,
+    b: &'a Bindings,
     pieces: &Pieces,
     base: Params,
 ) -> Vec<Launch<'a>> {
     let (_, _, v) = b.shape;
     let splits = pieces.splits as u64;
     let placeholder = b.stand_in();
+    let s = &b.scratch;
     let mut launches = Vec::new();
     for &chunk in &pieces.row_chunks {
         let rows = chunk.1;
-        let targets = Buffers::rows_of(&b.targets, chunk, 8);
-        let partials = Buffers::rows_of(&b.partials, chunk, splits * PARTIAL_BYTES);
-        let target_logits = Buffers::rows_of(&b.target_logits, chunk, 4);
+        let targets = b.targets(chunk);
+        let partials = s.partials.rows(chunk, splits * PARTIAL_BYTES);
+        let target_logits = s.target_logits.rows(chunk, 4);
         for piece in pieces.pieces(v) {
             let forward = LinearPartials {
                 params: placeholder,
                 targets,
-                class_weights: b.or_stand_in(&b.class_weights),
+                class_weights: b.per_class(&b.class_weights),
                 partials,
                 target_logits,
                 hidden: b.hidden(chunk),
                 head_weight: b.weight(piece.columns),
-                head_bias: b.or_stand_in(&b.bias),
+                head_bias: b.per_class(&b.bias),
             };
             let (params, groups) = piece.launch(base, rows);
             launches.push(Launch::new(
@@ -80,15 +116,12 @@ pub(super) fn forward_launches<'a>(
         let finish = Rows {
             params: placeholder,
             targets,
-            class_weights: b.or_stand_in(&b.class_weights),
+            class_weights: b.per_class(&b.class_weights),
             partials,
-            rows: Buffers::rows_of(&b.rows, chunk, ROW_BYTES),
-            row_sums: Buffers::rows_of(&b.row_sums, chunk, ROW_SUM_BYTES),
-            coefficients: Buffers::rows_of(&b.coefficients, chunk, COEF_BYTES),
-            sample_weights: match &b.sample_weights {
-                Some(s) => Buffers::rows_of(s, chunk, 4),
-                None => placeholder,
-            },
+            rows: b.records(chunk),
+            row_sums: b.row_sums(chunk),
+            coefficients: b.coefficients(chunk),
+            sample_weights: b.per_row(&b.sample_weights, chunk),
             target_logits,
         };
         let params = Params {
@@ -102,16 +135,16 @@ pub(super) fn forward_launches<'a>(
             finish.entries(),
             (x, y, 1),
         ));
-        if let Some(focal) = &b.focal_partials {
-            let focal_partials = Buffers::rows_of(focal, chunk, splits * FOCAL_SUM_BYTES);
+        if let Some(focal) = &s.focal_partials {
+            let focal_partials = focal.rows(chunk, splits * FOCAL_SUM_BYTES);
             for piece in pieces.pieces(v) {
                 let sums = LinearFocal {
                     params: placeholder,
-                    class_weights: b.or_stand_in(&b.class_weights),
-                    coefficients: Buffers::rows_of(&b.coefficients, chunk, COEF_BYTES),
+                    class_weights: b.per_class(&b.class_weights),
+                    coefficients: b.coefficients(chunk),
                     hidden: b.hidden(chunk),
                     head_weight: b.weight(piece.columns),
-                    head_bias: b.or_stand_in(&b.bias),
+                    head_bias: b.per_class(&b.bias),
                     focal_partials,
                 };
                 let (params, groups) = piece.launch(base, rows);
@@ -124,9 +157,9 @@ pub(super) fn forward_launches<'a>(
             }
             let finish = LinearFocalRows {
                 params: placeholder,
-                rows: Buffers::rows_of(&b.rows, chunk, ROW_BYTES),
-                row_sums: Buffers::rows_of(&b.row_sums, chunk, ROW_SUM_BYTES),
-                coefficients: Buffers::rows_of(&b.coefficients, chunk, COEF_BYTES),
+                rows: b.records(chunk),
+                row_sums: b.row_sums(chunk),
+                coefficients: b.coefficients(chunk),
                 focal_partials,
             };
             let params = Params {
@@ -144,87 +177,155 @@ pub(super) fn forward_launches<'a>(
     launches
 }
 
+/// The fixed-order reduction of the rows' sums to the totals (the mean's denominators for the
+/// backward) and the loss.
+pub(super) fn reduce_launches(b: &Bindings, base: Params) -> Vec<Launch<'_>> {
+    let s = &b.scratch;
+    let items = b.shape.0 as u64;
+    let stage = |stage: Stage, count: u64| -> Window<'_> {
+        let region: &Region = match stage {
+            Stage::RowSums => &s.row_sums,
+            Stage::Ping => &s.ping,
+            Stage::Pong => &s.pong,
+            Stage::Totals => &s.totals,
+        };
+        region.head(count.max(1) * ROW_SUM_BYTES)
+    };
+    reduce_passes(items)
+        .into_iter()
+        .map(|(count, source, target)| {
+            let outputs = count.div_ceil(4 * WORKGROUP_SIZE as u64).max(1);
+            let reduce = Reduce {
+                params: b.stand_in(),
+                input: stage(source, count),
+                output: stage(target, outputs),
+                loss: b.loss.head(4),
+            };
+            let params = Params {
+                elems: count as u32,
+                ..base
+            };
+            Launch::new(
+                Kernel::Reduce,
+                params,
+                reduce.entries(),
+                (outputs as u32, 1, 1),
+            )
+        })
+        .collect()
+}
+
 /// The backward's launches: per vocabulary chunk in order, per group of rows in order, `G`,
-/// then the chunk's `dW` and `db` (added over groups), then `dh` (added over chunks).
+/// then the chunk's `dW` and `db` (added over groups), then `dh` (added over chunks); a
+/// gradient not asked for is not computed. A destination that adds takes every launch's sum.
 pub(super) fn backward_launches<'a>(
-    b: &'a Buffers,
+    b: &'a Bindings,
     back: &Backward,
     base: Params,
 ) -> Vec<Launch<'a>> {
-    let Some([g, dh, dw, db]) = &b.gradients else {
+    let Some(g) = &b.scratch.block else {
         return Vec::new();
     };
-    let (_, d, _) = b.shape;
+    let (n, d, _) = b.shape;
     let placeholder = b.stand_in();
-    let per_row_upstream =
-        base.reduction == ReductionCode::None as u32 && base.flags & FLAG_UPSTREAM != 0;
-    let add = |later: bool| if later { FLAG_ADD } else { 0 };
+    let scale_source = |group: (usize, usize)| match base.reduction {
+        r if r == ReductionCode::Mean as u32 => b.scratch.totals.head(ROW_SUM_BYTES),
+        r if r == ReductionCode::None as u32 && base.flags & FLAG_UPSTREAM != 0 => {
+            b.per_row(&b.upstream, group)
+        }
+        _ => placeholder,
+    };
+    let sink = b.scratch.sink.head(16);
     let hidden_tiles = (d.div_ceil(TILE_ROWS) as u32).max(1);
+    // Without rows, dW and db are still written (zeros) by one empty group.
+    let groups: &[(usize, usize)] = if n == 0 { &[(0, 0)] } else { &back.groups };
     let mut launches = Vec::new();
     for (chunk, &(c0, width)) in back.chunks.iter().enumerate() {
         let column_tiles = width.div_ceil(TILE_ROWS) as u32;
-        for (index, &group) in back.groups.iter().enumerate() {
+        for (index, &group) in groups.iter().enumerate() {
             let rows = group.1;
             let row_tiles = rows.div_ceil(TILE_ROWS) as u32;
-            let g_window = Window::head(g, rows as u64 * width as u64 * 4);
+            let g_window = match rows {
+                0 => placeholder,
+                _ => g.head(rows as u64 * width as u64 * 4),
+            };
+            let hidden = match rows {
+                0 => placeholder,
+                _ => b.hidden(group),
+            };
             let params = Params {
                 rows: rows as u32,
                 col0: c0 as u32,
                 span: width as u32,
                 ..base
             };
-            let recompute = LinearGradient {
-                params: placeholder,
-                gradient: g_window,
-                class_weights: b.or_stand_in(&b.class_weights),
-                coefficients: Buffers::rows_of(&b.coefficients, group, COEF_BYTES),
-                scale_source: b.scale_source(group, per_row_upstream),
-                hidden: b.hidden(group),
-                head_weight: b.weight((c0, width)),
-                head_bias: b.or_stand_in(&b.bias),
-            };
-            let groups = (row_tiles, column_tiles, 1);
-            launches.push(Launch::new(
-                Kernel::LinearGradient,
-                params,
-                recompute.entries(),
-                groups,
-            ));
-            let weight = LinearWeightGradient {
-                params: placeholder,
-                gradient: g_window,
-                hidden: b.hidden(group),
-                weight_gradient: Buffers::rows_of(dw, (c0, width), d as u64 * 4),
-                bias_gradient: Buffers::rows_of(db, (c0, width), 4),
-            };
-            let params_dw = Params {
-                flags: params.flags | add(index > 0),
-                ..params
-            };
-            let groups = (column_tiles, hidden_tiles, 1);
-            launches.push(Launch::new(
-                Kernel::LinearWeightGradient,
-                params_dw,
-                weight.entries(),
-                groups,
-            ));
-            let hidden = LinearHiddenGradient {
-                params: placeholder,
-                gradient: g_window,
-                head_weight: b.weight((c0, width)),
-                hidden_gradient: Buffers::rows_of(dh, group, d as u64 * 4),
-            };
-            let params_dh = Params {
-                flags: params.flags | add(chunk > 0),
-                ..params
-            };
-            let groups = (row_tiles, hidden_tiles, 1);
-            launches.push(Launch::new(
-                Kernel::LinearHiddenGradient,
-                params_dh,
-                hidden.entries(),
-                groups,
-            ));
+            if rows > 0 {
+                let recompute = LinearGradient {
+                    params: placeholder,
+                    gradient: g_window,
+                    class_weights: b.per_class(&b.class_weights),
+                    coefficients: b.coefficients(group),
+                    scale_source: scale_source(group),
+                    hidden,
+                    head_weight: b.weight((c0, width)),
+                    head_bias: b.per_class(&b.bias),
+                };
+                launches.push(Launch::new(
+                    Kernel::LinearGradient,
+                    params,
+                    recompute.entries(),
+                    (row_tiles, column_tiles, 1),
+                ));
+            }
+            if b.weight_gradient.is_some() || b.bias_gradient.is_some() {
+                let dw = b.weight_gradient.as_ref();
+                let db = b.bias_gradient.as_ref();
+                let weight = LinearWeightGradient {
+                    params: placeholder,
+                    gradient: g_window,
+                    hidden,
+                    weight_gradient: dw
+                        .map_or(sink, |dw| dw.region.rows((c0, width), d as u64 * 4)),
+                    bias_gradient: db.map_or(sink, |db| db.region.rows((c0, width), 4)),
+                };
+                let later = index > 0;
+                let mut flags = params.flags;
+                for (on, flag) in [
+                    (dw.is_none(), FLAG_BIAS_ONLY),
+                    (dw.is_some_and(|g| g.adds) || later, FLAG_ADD),
+                    (db.is_some_and(|g| g.adds) || later, FLAG_ADD_BIAS),
+                ] {
+                    if on {
+                        flags |= flag;
+                    }
+                }
+                let params_dw = Params { flags, ..params };
+                let y = if dw.is_none() { 1 } else { hidden_tiles };
+                launches.push(Launch::new(
+                    Kernel::LinearWeightGradient,
+                    params_dw,
+                    weight.entries(),
+                    (column_tiles, y, 1),
+                ));
+            }
+            if let (Some(dh), true) = (&b.hidden_gradient, rows > 0) {
+                let hidden = LinearHiddenGradient {
+                    params: placeholder,
+                    gradient: g_window,
+                    head_weight: b.weight((c0, width)),
+                    hidden_gradient: dh.region.rows(group, d as u64 * 4),
+                };
+                let params_dh = Params {
+                    flags: params.flags | if dh.adds || chunk > 0 { FLAG_ADD } else { 0 },
+                    ..params
+                };
+                launches.push(Launch::new(
+                    Kernel::LinearHiddenGradient,
+                    params_dh,
+                    hidden.entries(),
+                    (row_tiles, hidden_tiles, 1),
+                ));
+            }
         }
     }
     launches

@@ -1,19 +1,25 @@
-//! A linear head on the GPU (host slices in, `Output` and gradients back).
+//! A linear head on the GPU: host slices in and `Output` and gradients back
+//! (`LinearCrossEntropy::compute` on `Backend::Gpu`), or device buffers recorded into the
+//! caller's encoder ([`Gpu::record_linear_cross_entropy`], `device.rs`). Both record the same
+//! dispatches over the same [`Bindings`]; a host call uploads into the pool first and reads
+//! back after.
 //!
-//! Forward: the computed rows' `h` and the head's `W` are uploaded in their f16 / bf16 dtype
-//! when they share one (and D is even), else as f32, `b` as f32; `linear_partials.wgsl` folds
-//! each tile of `h·Wᵀ + b` into the partials of each (row, split); the softmax rows pass
-//! finishes every row (loss, LSE, metrics, its sums and gradient coefficients). The reduced
-//! loss is summed from the rows' sums on the host in f64, in row order, with the plan's
-//! denominators. Inputs larger than one storage binding are cut into chunks of rows and pieces
-//! of `W` ([`Pieces`]).
+//! A recorded call first checks the targets on the device (an out-of-range one raises the
+//! flag and counts as ignored). Forward: `linear_partials.wgsl` folds each tile of `h·Wᵀ + b`
+//! into the partials of each (row, split); the softmax rows pass finishes every row (loss,
+//! LSE, metrics, its sums and gradient coefficients); the fixed-order reduction gives the loss
+//! and the mean's denominators. A host call gathers the computed rows (ignored ones left out
+//! unless LSE or metrics are asked for) and uploads `h` and `W` in their f16 / bf16 dtype when
+//! they share one (and D is even), else as f32; its loss is summed from the rows' sums on the
+//! host in f64 with the plan's denominators. Inputs larger than one storage binding are cut
+//! into chunks of rows and pieces of `W` ([`Pieces`]).
 //!
 //! Backward (when a gradient is asked for), vocabulary chunk by chunk in order ([`Backward`]):
 //! `linear_gradient.wgsl` recomputes the chunk's logits and writes `G`,
 //! `linear_weight_gradient.wgsl` the chunk's rows of `dW = Gᵀ·h` and its `db`,
-//! `linear_hidden_gradient.wgsl` adds `G·W[chunk]` into `dh` (the first chunk writes). Every
-//! value has one owner, so two runs give the same bits. The results are read back and written
-//! or added into the caller's buffers.
+//! `linear_hidden_gradient.wgsl` adds `G·W[chunk]` into `dh` (the first chunk writes, unless
+//! the destination adds). Every value has one owner, so two runs give the same bits; a
+//! gradient not asked for is not computed.
 //!
 //! Inside each chunk the rows go in groups that fit a binding; `dW` and `db` add over the
 //! groups in row order. Focal loss with label smoothing takes two more passes after the rows
@@ -21,30 +27,36 @@
 //! recomputes the logits and sums each (row, split)'s focal terms, `linear_focal_rows.wgsl`
 //! adds them per row and finishes its loss and coefficient.
 //!
-//! Layout: `cut.rs` how a call is cut to the bindings, `buffers.rs` its buffers (upload and
-//! read-back), `launches.rs` its dispatches in order; this file the call and its output.
+//! Layout: `cut.rs` how a call is cut to the bindings, `bindings.rs` every range a call binds
+//! (and the pool's scratch), `launches.rs` its dispatches in order, `buffers.rs` a host call's
+//! upload and read-back, `device.rs` the recorded call's API; this file the two calls and the
+//! recording.
 
+mod bindings;
 mod buffers;
 mod cut;
+mod device;
 mod launches;
 
-use self::buffers::Buffers;
+pub use self::device::{
+    DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs, DeviceMatrix,
+};
+
+use self::bindings::Bindings;
 use self::cut::{Backward, Pieces};
-use self::launches::{backward_launches, forward_launches};
+use self::launches::{backward_launches, forward_launches, reduce_launches, target_check};
 use super::abi::binding::PARAMS;
 use super::abi::{
     Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_FOCAL_ALL, FLAG_SAMPLE_WEIGHTS,
     FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS,
 };
-use super::device::GpuRow;
 use super::encode::Window;
-use super::pipelines::{LogitLoad, TargetLoad, Variant};
+use super::pipelines::{Kernel, LogitLoad, TargetLoad, Variant};
 use super::Gpu;
 use crate::error::Result;
-use crate::input::{Dtype, Matrix};
+use crate::input::Dtype;
 use crate::linear::{LinearBatch, LinearRequest};
-use crate::math::reduce::loss;
-use crate::options::Reduction;
+use crate::options::{CrossEntropy, Reduction};
 use crate::output::Output;
 use crate::plan::linear::LinearPlan;
 use wgpu::util::DeviceExt;
@@ -74,93 +86,148 @@ impl Gpu {
             _ => LogitLoad::F32,
         };
         let element = if load == LogitLoad::F32 { 4 } else { 2 };
-        let pieces = Pieces::new((n, d, v), element, self.max_binding)?;
-        let backward = match plan.gradient {
-            true => Some(Backward::new((n, d, v), element, self.max_binding)?),
-            false => None,
+        let (pieces, backward) = cut((n, d, v), element, plan.gradient, self.max_binding)?;
+        let flags = Flags {
+            class_weights: batch.class_weights.is_some(),
+            sample_weights: batch.sample_weights.is_some(),
+            bias: batch.bias.is_some(),
+            metrics: request.metrics,
+            per_row_upstream: plan.options.reduction == Reduction::None
+                && request.upstream.is_some(),
         };
-        let base = base_params(plan, batch, request, &pieces);
+        let upstream = match (plan.options.reduction, request.upstream) {
+            (Reduction::Sum | Reduction::Mean, Some(u)) => u[0],
+            _ => 1.0,
+        };
+        let base = base_params(&plan.options, (d, v), flags, upstream, &pieces);
         // One call at a time holds the pool: its buffers are this call's until the read-back.
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         self.scoped(|| {
-            let cut = (load, &pieces, &backward);
-            let buffers = Buffers::upload(self, plan, batch, request, cut, pool);
-            let mut launches = forward_launches(&buffers, &pieces, base);
-            if let Some(back) = &backward {
-                launches.extend(backward_launches(&buffers, back, base));
-            }
-            // Every launch's Params block in one uniform buffer, at the adapter's stride.
-            let size = std::mem::size_of::<Params>();
-            let stride = (size as u64).next_multiple_of(self.uniform_alignment);
-            let mut bytes = vec![0u8; stride as usize * launches.len().max(1)];
-            for (i, launch) in launches.iter().enumerate() {
-                bytes[i * stride as usize..][..size]
-                    .copy_from_slice(bytemuck::bytes_of(&launch.params));
-            }
-            let uniforms = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("xent linear params"),
-                    contents: &bytes,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+            let cut = (&pieces, backward.as_ref());
+            let bindings = buffers::upload(self, pool, plan, batch, request, (load, cut));
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("xent linear"),
-                    timestamp_writes: None,
-                });
-                for (i, launch) in launches.iter().enumerate() {
-                    let params = Window {
-                        buffer: &uniforms,
-                        offset: i as u64 * stride,
-                        size: size as u64,
-                    };
-                    let mut entries = vec![(PARAMS, params)];
-                    entries.extend(launch.windows.iter().copied());
-                    let variant = Variant::new(launch.kernel, load, TargetLoad::I64);
-                    self.launch(&mut pass, &self.pipeline(variant), &entries, launch.groups);
-                }
-            }
+            self.record_linear(&mut encoder, &bindings, cut, base, load);
             self.queue.submit([encoder.finish()]);
-            buffers.read_back(self, pool, plan, request)
+            buffers::read_back(self, pool, &bindings, plan, request)
         })
+    }
+
+    /// Records a call's dispatches into `encoder` in one compute pass: the target check (a
+    /// recorded call), the forward, the reduction, the backward; every dispatch's `Params`
+    /// block in one uniform buffer, at the adapter's stride.
+    fn record_linear(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        b: &Bindings,
+        (pieces, backward): (&Pieces, Option<&Backward>),
+        base: Params,
+        load: LogitLoad,
+    ) {
+        let mut launches: Vec<_> = target_check(b, base).into_iter().collect();
+        launches.extend(forward_launches(b, pieces, base));
+        launches.extend(reduce_launches(b, base));
+        if let Some(back) = backward {
+            launches.extend(backward_launches(b, back, base));
+        }
+        let size = std::mem::size_of::<Params>();
+        let stride = (size as u64).next_multiple_of(self.uniform_alignment);
+        let mut bytes = vec![0u8; stride as usize * launches.len().max(1)];
+        for (i, launch) in launches.iter().enumerate() {
+            bytes[i * stride as usize..][..size]
+                .copy_from_slice(bytemuck::bytes_of(&launch.params));
+        }
+        let uniforms = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("xent linear params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("xent linear"),
+            timestamp_writes: None,
+        });
+        for (i, launch) in launches.iter().enumerate() {
+            let params = Window {
+                buffer: &uniforms,
+                offset: i as u64 * stride,
+                size: size as u64,
+            };
+            let mut entries = vec![(PARAMS, params)];
+            entries.extend(launch.windows.iter().copied());
+            // Only the passes that read targets take their type; the rest have one variant.
+            let variant = match launch.kernel {
+                Kernel::Reduce => Variant::plain(Kernel::Reduce),
+                Kernel::SoftmaxTargets => {
+                    Variant::new(launch.kernel, LogitLoad::F32, b.target_load)
+                }
+                Kernel::LinearPartials | Kernel::SoftmaxRows => {
+                    Variant::new(launch.kernel, load, b.target_load)
+                }
+                kernel => Variant::new(kernel, load, TargetLoad::I64),
+            };
+            self.launch(&mut pass, &self.pipeline(variant), &entries, launch.groups);
+        }
     }
 }
 
-/// The fields every dispatch of a call shares: shape, options, flags, the reduction.
+/// How a call of `(n, d, v)` with `element` bytes per value of `h` and `W` is cut to the
+/// bindings: the forward's pieces and, for a gradient, the backward's chunks.
+fn cut(
+    shape: (usize, usize, usize),
+    element: u64,
+    gradient: bool,
+    max_binding: u64,
+) -> Result<(Pieces, Option<Backward>)> {
+    let pieces = Pieces::new(shape, element, max_binding)?;
+    let backward = match gradient {
+        true => Some(Backward::new(shape, element, max_binding)?),
+        false => None,
+    };
+    Ok((pieces, backward))
+}
+
+/// Which optional inputs and outputs a call has (its `Params` flags beside the options').
+pub(super) struct Flags {
+    pub(super) class_weights: bool,
+    pub(super) sample_weights: bool,
+    pub(super) bias: bool,
+    /// Entropy and confidence for the metrics.
+    pub(super) metrics: bool,
+    /// `Reduction::None` with a per-row upstream.
+    pub(super) per_row_upstream: bool,
+}
+
+/// The fields every dispatch of a call shares: shape, options, flags, the reduction, the
+/// scalar upstream of sum and mean.
 fn base_params(
-    plan: &LinearPlan,
-    batch: &LinearBatch<'_>,
-    request: &LinearRequest<'_>,
+    options: &CrossEntropy,
+    (hidden, vocab): (usize, usize),
+    with: Flags,
+    upstream: f32,
     pieces: &Pieces,
 ) -> Params {
-    let options = plan.options;
     let mut flags = FLAG_TARGET_LOGIT;
     for (on, flag) in [
-        (batch.class_weights.is_some(), FLAG_WEIGHTS),
-        (batch.sample_weights.is_some(), FLAG_SAMPLE_WEIGHTS),
+        (with.class_weights, FLAG_WEIGHTS),
+        (with.sample_weights, FLAG_SAMPLE_WEIGHTS),
         (options.label_smoothing > 0.0, FLAG_WANT_WZ),
-        (request.metrics, FLAG_ENTROPY),
-        (batch.bias.is_some(), FLAG_BIAS),
+        (with.metrics, FLAG_ENTROPY),
+        (with.bias, FLAG_BIAS),
         // Focal loss with smoothing: the rows pass leaves the loss to the focal passes.
         (
-            crate::plan::needs_focal_pass(&options, false),
+            crate::plan::needs_focal_pass(options, false),
             FLAG_FOCAL_ALL,
         ),
-        // The backward's per-row upstream (`none`).
-        (
-            options.reduction == Reduction::None && request.upstream.is_some(),
-            FLAG_UPSTREAM,
-        ),
+        (with.per_row_upstream, FLAG_UPSTREAM),
     ] {
         if on {
             flags |= flag;
         }
     }
     Params {
-        classes: plan.vocab as u32,
+        classes: vocab as u32,
         splits: pieces.splits as u32,
         span: pieces.span as u32,
         invocations_per_row: 1,
@@ -170,83 +237,12 @@ fn base_params(
         cap: options.softcap.unwrap_or(0.0),
         smoothing: options.label_smoothing,
         z_loss: options.z_loss,
-        uniform: options.label_smoothing / plan.vocab as f32,
+        uniform: options.label_smoothing / vocab as f32,
         ignore_lo: options.ignore_index as u64 as u32,
         ignore_hi: ((options.ignore_index as u64) >> 32) as u32,
-        // The scalar upstream of sum and mean (the backward's scales).
-        upstream: match (options.reduction, request.upstream) {
-            (Reduction::Sum | Reduction::Mean, Some(u)) => u[0],
-            _ => 1.0,
-        },
+        upstream,
         focal_gamma: options.focal_gamma,
-        hidden: plan.hidden as u32,
+        hidden: hidden as u32,
         ..Params::default()
-    }
-}
-
-/// The gradients read back (`dh` of the computed rows, `dW`, `db`) into the caller's buffers,
-/// written or added as each asks; `dh` of rows not computed is left (add) or zero (write).
-pub(super) fn deliver(
-    plan: &LinearPlan,
-    request: &mut LinearRequest<'_>,
-    (dh, dw, db): (&[f32], &[f32], &[f32]),
-) {
-    let d = plan.hidden;
-    if let Some(out) = request.hidden_gradient.as_mut() {
-        let adds = out.adds();
-        let out = out.data();
-        if !adds {
-            out.fill(0.0);
-        }
-        for (i, &r) in plan.computed.iter().enumerate() {
-            for (o, &g) in out[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(&dh[i * d..(i + 1) * d])
-            {
-                *o = if adds { *o + g } else { g };
-            }
-        }
-    }
-    for (buffer, values) in [
-        (request.weight_gradient.as_mut(), dw),
-        (request.bias_gradient.as_mut(), db),
-    ] {
-        if let Some(out) = buffer {
-            let adds = out.adds();
-            for (o, &g) in out.data().iter_mut().zip(values) {
-                *o = if adds { *o + g } else { g };
-            }
-        }
-    }
-}
-
-/// All of `m` (`rows` rows) as f32 words: borrowed-and-copied for f32, widened otherwise.
-pub(super) fn f32_words(m: &Matrix<'_>, rows: usize) -> Vec<f32> {
-    m.rows_f32(0..rows, &mut Vec::new()).to_vec()
-}
-
-/// The call's output from the computed rows' records and sums.
-pub(super) fn output(
-    plan: &LinearPlan,
-    request: &LinearRequest<'_>,
-    records: &[GpuRow],
-    sums: &[[f32; 4]],
-) -> Output {
-    let reduction = plan.options.reduction;
-    let (ce, z) = sums.iter().fold((0f64, 0f64), |(ce, z), s| {
-        (ce + s[0] as f64, z + s[1] as f64)
-    });
-    let row_losses = (request.row_losses || reduction == Reduction::None).then(|| {
-        let mut all = vec![0f32; plan.rows];
-        for (&row, r) in plan.computed.iter().zip(records) {
-            all[row] = r.loss;
-        }
-        all
-    });
-    Output {
-        loss: loss(reduction, (ce, z), plan.denominators).map(|v| v as f32),
-        row_losses,
-        lse: request.lse.then(|| records.iter().map(|r| r.lse).collect()),
-        metrics: request.metrics.then(|| super::host::metrics(records)),
     }
 }

@@ -133,6 +133,36 @@ pub(super) fn record(
     Ok(())
 }
 
+/// A buffer the fixed-order reduction reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    RowSums,
+    Ping,
+    Pong,
+    Totals,
+}
+
+/// The fixed-order reduction of `items` row sums, pass by pass: the pass's input count, where
+/// it reads and where it writes. Each pass takes 4·WG inputs to one; the last writes the
+/// totals (and the loss), the ones before alternate between ping and pong.
+pub(super) fn reduce_passes(items: u64) -> Vec<(u64, Stage, Stage)> {
+    let mut passes = Vec::new();
+    let (mut count, mut source) = (items, Stage::RowSums);
+    loop {
+        let next = count.div_ceil(4 * WORKGROUP_SIZE as u64);
+        let target = match (next <= 1, passes.len() % 2) {
+            (true, _) => Stage::Totals,
+            (false, 0) => Stage::Ping,
+            (false, _) => Stage::Pong,
+        };
+        passes.push((count, source, target));
+        if next <= 1 {
+            return passes;
+        }
+        (count, source) = (next, target);
+    }
+}
+
 impl Call<'_> {
     /// The logits of elements `first .. first + count` and the element offset inside the
     /// window.
@@ -198,21 +228,19 @@ impl Call<'_> {
     /// The fixed-order reduction: row sums → … → totals and the loss.
     fn reduce(&self, pass: &mut wgpu::ComputePass) {
         let pipeline = self.gpu.pipeline(Variant::plain(Kernel::Reduce));
-        let passes = self.blocks.reduce.clone();
         let s = &self.scratch;
-        let mut source = &s.row_sums;
-        for i in passes.clone() {
-            let target = if i + 1 == passes.end {
-                &s.totals
-            } else if (i - passes.start).is_multiple_of(2) {
-                &s.ping
-            } else {
-                &s.pong
-            };
+        let stage = |stage: Stage| match stage {
+            Stage::RowSums => &s.row_sums,
+            Stage::Ping => &s.ping,
+            Stage::Pong => &s.pong,
+            Stage::Totals => &s.totals,
+        };
+        let passes = reduce_passes(self.plan.reduce_items);
+        for (i, (_, source, target)) in self.blocks.reduce.clone().zip(passes) {
             let reduce = Reduce {
                 params: self.blocks.window(i),
-                input: Window::whole(source),
-                output: Window::whole(target),
+                input: Window::whole(stage(source)),
+                output: Window::whole(stage(target)),
                 loss: Window::whole(self.out.loss),
             };
             let groups = (self.blocks.params[i].elems as u64)
@@ -220,7 +248,6 @@ impl Call<'_> {
                 .max(1) as u32;
             self.gpu
                 .launch(pass, &pipeline, &reduce.entries(), (groups, 1, 1));
-            source = target;
         }
     }
 }

@@ -10,7 +10,6 @@ use super::super::abi::{
 use super::super::device::{DeviceBatch, DeviceGradient, DeviceOutputs};
 use super::super::encode::Window;
 use super::super::launch::LaunchShape;
-use super::super::pipelines::WORKGROUP_SIZE;
 use super::Call;
 use crate::options::InputKind;
 use crate::plan::Loss;
@@ -155,16 +154,11 @@ impl Blocks {
             });
         }
         let reduce_start = params.len();
-        let mut count = reduce_items;
-        loop {
+        for (count, _, _) in super::reduce_passes(reduce_items) {
             params.push(Params {
                 elems: count as u32,
                 ..base
             });
-            count = count.div_ceil(4 * WORKGROUP_SIZE as u64);
-            if count <= 1 {
-                break;
-            }
         }
         let reduce = reduce_start..params.len();
         // The fused kernel's targets pass covers every row at once (targets and sample
