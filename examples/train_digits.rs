@@ -8,9 +8,10 @@
 //! ```
 //!
 //! On the GPU the example owns the device, the buffers and each step's command encoder; its
-//! own kernels (`examples/shaders/`) do the matmuls, bias, ReLU and the optimizer, xent records
-//! the loss and d loss / d logits into the same encoder, and the only read-back inside an
-//! epoch is the loss every `--steps-per-log` steps (see `examples/digits/gpu.rs`). It prints
+//! own kernels (`examples/shaders/`) do the hidden layers, ReLU and the optimizer, xent records
+//! the head and its loss (`record_linear_cross_entropy`: the loss, dh, dW and db, the logits
+//! never written) into the same encoder, and the only read-back inside an epoch is the loss
+//! every `--steps-per-log` steps (see `examples/digits/gpu.rs`). It prints
 //! the loss and held-out accuracy per epoch and ends with `held-out accuracy: 0.xxx`.
 
 #[path = "digits/mod.rs"]

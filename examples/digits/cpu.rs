@@ -1,9 +1,9 @@
 //! The training loop on the CPU: plain Rust matmuls for the hidden layers, and the head's loss
 //! from its input by xent's linear cross-entropy ([`LinearCrossEntropy`]: the logits, dh, dW
 //! and db in one call, the logits never handed out). Same initialization and data order as
-//! [`super::gpu`] (whose head is still a dense layer and xent's device-resident loss: the GPU
-//! linear head is not written yet), so the curves agree to rounding; it is also the readable
-//! version of what the WGSL kernels in `examples/shaders/` do.
+//! [`super::gpu`] (whose head is xent's recorded linear head on the same packed blocks), so the
+//! curves agree to rounding; it is also the readable version of what the WGSL kernels in
+//! `examples/shaders/` do.
 
 use super::data::{Digits, Split};
 use super::{

@@ -1,16 +1,19 @@
 //! The training loop on the GPU, without leaving it.
 //!
 //! We own the `wgpu::Device`, every buffer and each step's command encoder; xent only records
-//! its loss and gradient kernels into that encoder ([`xent::gpu::Gpu::record_cross_entropy`]).
-//! One step is one encoder and one submit:
+//! its kernels into that encoder. The head (the last layer) and the loss are one call,
+//! [`xent::gpu::Gpu::record_linear_cross_entropy`]: its logits are never written, and it gives
+//! the head's dW and db and the gradient of its input. One step is one encoder and one submit:
 //!
 //! ```text
 //! copy   perm[step·B .. step·B + B] → batch_idx          (the epoch's shuffle, uploaded once per epoch)
 //! pass   gather_rows            x_train, y_train → xb, yb
-//! pass   dense_forward × layers xb → h → logits           (ReLU between layers)
-//! xent   record_cross_entropy   logits, yb → loss, dlogits (mean over the batch)
+//! pass   dense_forward × (layers − 1)  xb → h             (ReLU after each)
+//! pass   head_unpack            θ_head → W [10 × D], b    (nn.Linear's layout, which xent takes)
+//! xent   record_linear_cross_entropy  h, W, b, yb → loss, dh, dW, db (mean over the batch)
 //! copy   loss → loss_log[i]                              (i = steps since the last read-back)
-//! pass   dense_backward_weight / dense_backward_input, last layer first → g per layer
+//! pass   head_pack              dW, db → g_head; relu_mask dh (the MLP)
+//! pass   dense_backward_weight / dense_backward_input, last hidden layer first → g per layer
 //! pass   adam_tick, adam_update × layers (or sgd_update × layers)
 //! [copy  loss_log → staging, every `steps_per_log` steps and at the epoch's end]
 //! ```
@@ -18,8 +21,8 @@
 //! Every uniform, bind group and buffer is made once before the first step, so a step writes
 //! nothing from the host: Adam's step counter lives on the device (`adam_tick.wgsl`). Nothing
 //! is read back inside a step except the loss log every `steps_per_log` steps; after each
-//! epoch the held-out split runs through the same forward kernels and xent (per-row records,
-//! no gradient), and its loss and per-row `correct` flags are read back.
+//! epoch the held-out split runs through the same forward kernels and xent's head (per-row
+//! records, no gradient), and its loss and valid / correct counts are read back.
 
 use super::data::{Digits, Split};
 use super::{
@@ -28,9 +31,10 @@ use super::{
 };
 use wgpu::util::DeviceExt;
 use xent::gpu::{
-    target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, GpuRow,
+    target_error_row, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
+    DeviceLinearOutputs, DeviceMatrix, Gpu, GpuRow,
 };
-use xent::{CrossEntropy, Dtype, Layout};
+use xent::{CrossEntropy, Dtype};
 
 /// Invocations per workgroup of every kernel in `examples/shaders/` (prepended to each source
 /// as `const WG`, so it is written only here).
@@ -44,6 +48,9 @@ const DENSE_BACKWARD_WEIGHT: &str = include_str!("../shaders/dense_backward_weig
 const ADAM_TICK: &str = include_str!("../shaders/adam_tick.wgsl");
 const ADAM_UPDATE: &str = include_str!("../shaders/adam_update.wgsl");
 const SGD_UPDATE: &str = include_str!("../shaders/sgd_update.wgsl");
+const HEAD_UNPACK: &str = include_str!("../shaders/head_unpack.wgsl");
+const HEAD_PACK: &str = include_str!("../shaders/head_pack.wgsl");
+const RELU_MASK: &str = include_str!("../shaders/relu_mask.wgsl");
 
 /// A device we opened: the trainer's, not xent's.
 #[derive(Debug, Clone)]
@@ -177,6 +184,9 @@ struct Kernels {
     adam_tick: Kernel,
     adam_update: Kernel,
     sgd_update: Kernel,
+    head_unpack: Kernel,
+    head_pack: Kernel,
+    relu_mask: Kernel,
 }
 
 impl Kernels {
@@ -215,6 +225,19 @@ impl Kernels {
                 &[Uniform, Read, Write, Write, Write, Read],
             ),
             sgd_update: Kernel::new(device, "sgd_update", SGD_UPDATE, &[Uniform, Read, Write]),
+            head_unpack: Kernel::new(
+                device,
+                "head_unpack",
+                HEAD_UNPACK,
+                &[Uniform, Read, Write, Write],
+            ),
+            head_pack: Kernel::new(
+                device,
+                "head_pack",
+                HEAD_PACK,
+                &[Uniform, Read, Read, Write],
+            ),
+            relu_mask: Kernel::new(device, "relu_mask", RELU_MASK, &[Uniform, Read, Write]),
         }
     }
 }
@@ -350,12 +373,20 @@ struct Trainer {
     batch_idx: wgpu::Buffer,
     /// The minibatch's labels (i32).
     batch_labels: wgpu::Buffer,
-    /// Training activations, input first: `acts[0]` is the minibatch, the last the logits.
+    /// Training activations, input first: `acts[0]` is the minibatch, the last the head's
+    /// input `h` (no logits: the head is xent's).
     acts: Vec<wgpu::Buffer>,
-    /// d loss / d output of each layer; the last is d loss / d logits, xent writes it.
+    /// d loss / d output of each hidden layer; xent writes the last (dh), `relu_mask` masks it.
     deltas: Vec<wgpu::Buffer>,
-    /// Held-out activations, input first.
+    /// Held-out activations, input first, up to the head's input.
     held_acts: Vec<wgpu::Buffer>,
+    /// The head in nn.Linear's layout (W [10 × D], b [10]), unpacked from its block each step,
+    /// and its gradients before they are packed.
+    head: [wgpu::Buffer; 4],
+    /// The head's input width D.
+    head_inputs: usize,
+    /// θ_head → W, b.
+    unpack: Dispatch,
     held_labels: wgpu::Buffer,
     /// Parameter blocks, one per layer.
     params: Vec<wgpu::Buffer>,
@@ -371,11 +402,11 @@ struct Trainer {
     held_rows: wgpu::Buffer,
     held_counts: wgpu::Buffer,
     eval_staging: wgpu::Buffer,
-    /// minibatch → logits.
+    /// minibatch → the head's input.
     forward: Vec<Dispatch>,
-    /// dlogits → gradients → updated parameters.
+    /// The head's dW, db, dh → gradients → updated parameters.
     backward: Vec<Dispatch>,
-    /// held-out images → logits.
+    /// held-out images → the head's input.
     held_forward: Vec<Dispatch>,
 }
 
@@ -397,20 +428,29 @@ impl Trainer {
         let perm = storage(device, "perm", train.samples() * 4, copy);
         let batch_idx = storage(device, "batch_idx", batch * 4, copy);
         let batch_labels = storage(device, "batch_labels", batch * 4, none);
-        let acts: Vec<wgpu::Buffer> = widths
+        // Activations up to the head's input (widths[layers − 1]); the logits are never held.
+        let acts: Vec<wgpu::Buffer> = widths[..layers]
             .iter()
             .map(|w| storage(device, "activations", batch * w * 4, none))
             .collect();
-        let deltas: Vec<wgpu::Buffer> = widths[1..]
+        let deltas: Vec<wgpu::Buffer> = widths[1..layers]
             .iter()
             .map(|w| storage(device, "deltas", batch * w * 4, none))
             .collect();
         let mut held_acts = vec![storage_init(device, "x_held_out", &held.x)];
         held_acts.extend(
-            widths[1..]
+            widths[1..layers]
                 .iter()
                 .map(|w| storage(device, "held-out activations", held_out_rows * w * 4, none)),
         );
+        let head_inputs = widths[layers - 1];
+        let head = [
+            (head_inputs * CLASSES, "head W"),
+            (CLASSES, "head b"),
+            (head_inputs * CLASSES, "head dW"),
+            (CLASSES, "head db"),
+        ]
+        .map(|(len, label)| storage(device, label, len * 4, none));
         let held_labels = storage_init(device, "y_held_out", &held.y);
         let init = init_params(config);
         let params: Vec<wgpu::Buffer> = init
@@ -495,7 +535,7 @@ impl Trainer {
             batch * widths[0],
         )];
         let mut held_forward = Vec::new();
-        for l in 0..layers {
+        for l in 0..layers - 1 {
             forward.push(Dispatch::new(
                 device,
                 &kernels.forward,
@@ -512,8 +552,41 @@ impl Trainer {
             ));
         }
 
-        let mut backward = Vec::new();
-        for l in (0..layers).rev() {
+        let head_shape = Params {
+            inputs: head_inputs as u32,
+            outputs: CLASSES as u32,
+            ..Params::default()
+        };
+        let head_values = (head_inputs + 1) * CLASSES;
+        let unpack = Dispatch::new(
+            device,
+            &kernels.head_unpack,
+            head_shape,
+            &[&params[layers - 1], &head[0], &head[1]],
+            head_values,
+        );
+        let mut backward = vec![Dispatch::new(
+            device,
+            &kernels.head_pack,
+            head_shape,
+            &[&head[2], &head[3], &grads[layers - 1]],
+            head_values,
+        )];
+        if layers > 1 {
+            // The head's input came out of a ReLU: dh masked into that layer's delta.
+            let count = batch * head_inputs;
+            backward.push(Dispatch::new(
+                device,
+                &kernels.relu_mask,
+                Params {
+                    outputs: count as u32,
+                    ..Params::default()
+                },
+                &[&acts[layers - 1], &deltas[layers - 2]],
+                count,
+            ));
+        }
+        for l in (0..layers - 1).rev() {
             backward.push(Dispatch::new(
                 device,
                 &kernels.backward_weight,
@@ -579,6 +652,7 @@ impl Trainer {
             .iter()
             .chain(&backward)
             .chain(&held_forward)
+            .chain([&unpack])
             .find(|d| d.workgroups > limit)
         {
             return Err(format!(
@@ -602,6 +676,9 @@ impl Trainer {
             acts,
             deltas,
             held_acts,
+            head,
+            head_inputs,
+            unpack,
             held_labels,
             params,
             loss,
@@ -635,28 +712,23 @@ impl Trainer {
             idx_bytes,
         );
         record(&mut encoder, "forward", &self.forward);
-        self.xent.record_cross_entropy(
+        record(
+            &mut encoder,
+            "head unpack",
+            std::slice::from_ref(&self.unpack),
+        );
+        let [_, _, dw, db] = &self.head;
+        let mut outputs = DeviceLinearOutputs::new(self.loss.slice(..));
+        outputs.hidden_gradient = (self.layers > 1)
+            .then(|| DeviceGradientSlice::Write(self.deltas[self.layers - 2].slice(..)));
+        outputs.weight_gradient = Some(DeviceGradientSlice::Write(dw.slice(..)));
+        outputs.bias_gradient = Some(DeviceGradientSlice::Write(db.slice(..)));
+        outputs.target_error = Some(self.label_error.slice(..));
+        self.xent.record_linear_cross_entropy(
             &mut encoder,
             &CrossEntropy::new(),
-            &DeviceBatch {
-                logits: &self.acts[self.layers],
-                dtype: Dtype::F32,
-                rows: self.batch,
-                classes: CLASSES,
-                layout: Layout::Rows,
-                targets: DeviceTargets::I32(&self.batch_labels),
-                class_weights: None,
-                pos_weight: None,
-                sample_weights: None,
-            },
-            &DeviceOutputs {
-                loss: &self.loss,
-                rows: None,
-                gradient: DeviceGradient::Into(&self.deltas[self.layers - 1]),
-                upstream: None,
-                upstream_scalar: 1.0,
-                target_error: Some(&self.label_error),
-            },
+            &self.head_batch(&self.acts[self.layers - 1], &self.batch_labels, self.batch),
+            &outputs,
         )?;
         encoder.copy_buffer_to_buffer(&self.loss, 0, &self.loss_log, logged as u64 * 4, 4);
         record(&mut encoder, "backward and update", &self.backward);
@@ -682,28 +754,23 @@ impl Trainer {
                 label: Some("train_digits eval"),
             });
         record(&mut encoder, "held-out forward", &self.held_forward);
-        self.xent.record_cross_entropy(
+        record(
+            &mut encoder,
+            "head unpack",
+            std::slice::from_ref(&self.unpack),
+        );
+        let mut outputs = DeviceLinearOutputs::new(self.held_loss.slice(..));
+        outputs.rows = Some(self.held_rows.slice(..));
+        outputs.target_error = Some(self.label_error.slice(..));
+        self.xent.record_linear_cross_entropy(
             &mut encoder,
             &CrossEntropy::new(),
-            &DeviceBatch {
-                logits: &self.held_acts[self.layers],
-                dtype: Dtype::F32,
-                rows: self.held_out_rows,
-                classes: CLASSES,
-                layout: Layout::Rows,
-                targets: DeviceTargets::I32(&self.held_labels),
-                class_weights: None,
-                pos_weight: None,
-                sample_weights: None,
-            },
-            &DeviceOutputs {
-                loss: &self.held_loss,
-                rows: Some(&self.held_rows),
-                gradient: DeviceGradient::None,
-                upstream: None,
-                upstream_scalar: 1.0,
-                target_error: Some(&self.label_error),
-            },
+            &self.head_batch(
+                &self.held_acts[self.layers - 1],
+                &self.held_labels,
+                self.held_out_rows,
+            ),
+            &outputs,
         )?;
         encoder.copy_buffer_to_buffer(&self.held_loss, 0, &self.eval_staging, 0, 4);
         encoder.copy_buffer_to_buffer(&self.label_error, 0, &self.eval_staging, 4, 4);
@@ -723,6 +790,23 @@ impl Trainer {
         let loss = f32::from_le_bytes(bytes[..4].try_into()?);
         let counts: [u32; 2] = bytemuck::pod_read_unaligned(&bytes[8..16]);
         Ok((loss, counts[1] as f64 / counts[0] as f64))
+    }
+
+    /// The head's inputs for xent: `h` (`rows` × D), the unpacked W and b, i32 labels.
+    fn head_batch<'a>(
+        &'a self,
+        h: &'a wgpu::Buffer,
+        labels: &'a wgpu::Buffer,
+        rows: usize,
+    ) -> DeviceLinearBatch<'a> {
+        let d = self.head_inputs;
+        let mut batch = DeviceLinearBatch::new(
+            DeviceMatrix::new(h.slice(..), Dtype::F32, rows, d),
+            DeviceMatrix::new(self.head[0].slice(..), Dtype::F32, CLASSES, d),
+            DeviceIndexTargets::I32(labels.slice(..)),
+        );
+        batch.bias = Some(self.head[1].slice(..));
+        batch
     }
 
     /// The parameter blocks, read back (tests compare them with the CPU's).
