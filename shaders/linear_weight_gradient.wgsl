@@ -8,7 +8,8 @@
 // rows of dW), y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with
 // A = Gᵀ (read along the chunk's columns) and B = hᵀ (read along D); the workgroups of the first
 // hidden tile also sum db, one invocation per column. FLAG_BIAS_ONLY (db asked, dW not): only
-// the first hidden tile's workgroups run, and they skip the product.
+// the first hidden tile's workgroups run, and they skip the product; FLAG_WEIGHT_ONLY (dW
+// asked, db not): no workgroup sums db.
 // Bytes: G and h read once per tile (4·64 + e·64 per row), dW written once (4 per value).
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,7 +53,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
             }
         }
     }
-    if (group.y == 0u && local < BM) {
+    if (group.y == 0u && local < BM && !has(FLAG_WEIGHT_ONLY)) {
         let c = m0 + local;
         if (c < p.span) {
             var s = 0.0;

@@ -1165,7 +1165,10 @@ fn gpu_recorded_on_device_buffers() {
 /// errors of bad slices.
 #[test]
 fn gpu_recorded_edges_and_errors() {
-    use xent::gpu::{DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs, DeviceMatrix};
+    use xent::gpu::{
+        DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs,
+        DeviceMatrix,
+    };
     let Some(gpu) = common::device::gpu() else {
         return;
     };
@@ -1356,6 +1359,29 @@ fn gpu_recorded_edges_and_errors() {
             ..
         })
     ));
+    // Written bytes in a buffer the call reads, or over another output's bytes.
+    let aliased = DeviceLinearOutputs {
+        hidden_gradient: Some(DeviceGradientSlice::Write(at(2048, 128))),
+        ..outputs
+    };
+    assert!(matches!(
+        try_record(&good, &aliased, &plain),
+        Err(Error::Unsupported(_))
+    ));
+    let overlapping = DeviceLinearOutputs {
+        weight_gradient: Some(DeviceGradientSlice::Write(out_buffer.slice(256..768))),
+        bias_gradient: Some(DeviceGradientSlice::Write(out_buffer.slice(512..576))),
+        ..outputs
+    };
+    assert!(matches!(
+        try_record(&good, &overlapping, &plain),
+        Err(Error::Unsupported(_))
+    ));
+    let apart = DeviceLinearOutputs {
+        bias_gradient: Some(DeviceGradientSlice::Write(out_buffer.slice(768..832))),
+        ..overlapping
+    };
+    try_record(&good, &apart, &plain).expect("dW and db side by side in one buffer");
     let probabilities = CrossEntropy::new().input(xent::InputKind::PROBABILITIES);
     assert!(matches!(
         try_record(&good, &outputs, &probabilities),

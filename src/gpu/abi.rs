@@ -137,7 +137,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 17] = [
+pub(crate) const FLAGS: [(&str, u32); 18] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -155,6 +155,7 @@ pub(crate) const FLAGS: [(&str, u32); 17] = [
     ("FLAG_ADD", FLAG_ADD),
     ("FLAG_BIAS_ONLY", FLAG_BIAS_ONLY),
     ("FLAG_ADD_BIAS", FLAG_ADD_BIAS),
+    ("FLAG_WEIGHT_ONLY", FLAG_WEIGHT_ONLY),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -187,10 +188,12 @@ pub(crate) const FLAG_BIAS: u32 = 8192;
 /// A linear head's `dW` or `dh` is added to, not written (`linear_weight_gradient.wgsl`,
 /// `linear_hidden_gradient.wgsl`).
 pub(crate) const FLAG_ADD: u32 = 16384;
-/// A linear head's `db` without its `dW` (`linear_weight_gradient.wgsl` binds a stand-in).
+/// A linear head's `db` without its `dW` (`linear_weight_gradient.wgsl` binds the sink for it).
 pub(crate) const FLAG_BIAS_ONLY: u32 = 32768;
 /// A linear head's `db` is added to, not written (`linear_weight_gradient.wgsl`).
 pub(crate) const FLAG_ADD_BIAS: u32 = 65536;
+/// A linear head's `dW` without its `db` (`linear_weight_gradient.wgsl` binds the sink for it).
+pub(crate) const FLAG_WEIGHT_ONLY: u32 = 131072;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -401,6 +401,8 @@ impl Gpu {
             "{:?}: the windows are not the variant's bindings",
             pipeline.variant
         );
+        // A size of 0 would bind to the buffer's end (wgpu's `None`), not nothing.
+        debug_assert!(windows.iter().all(|(_, w)| w.size > 0), "an empty window");
         let entries: Vec<wgpu::BindGroupEntry> = windows
             .iter()
             .map(|(binding, w)| wgpu::BindGroupEntry {

@@ -330,17 +330,12 @@ pub(crate) fn check_device(
         DeviceIndexTargets::I32(t) => (t, 4),
         DeviceIndexTargets::I64(t) => (t, 8),
     };
-    for (what, slice, size) in [
-        (
-            "hidden buffer (bytes)",
-            Some(h.data),
-            bytes(n * d, element)?,
-        ),
-        (
-            "weight buffer (bytes)",
-            Some(w.data),
-            bytes(v * d, element)?,
-        ),
+    let (Some(nd), Some(vd)) = (n.checked_mul(d), v.checked_mul(d)) else {
+        return Err(overflow());
+    };
+    let reads = [
+        ("hidden buffer (bytes)", Some(h.data), bytes(nd, element)?),
+        ("weight buffer (bytes)", Some(w.data), bytes(vd, element)?),
         ("bias buffer (bytes)", batch.bias, bytes(v, 4)?),
         (
             "targets buffer (bytes)",
@@ -357,35 +352,62 @@ pub(crate) fn check_device(
             batch.sample_weights,
             bytes(n, 4)?,
         ),
+        ("upstream buffer (bytes)", outputs.upstream, bytes(n, 4)?),
+    ];
+    let writes = [
         ("loss buffer (bytes)", Some(outputs.loss), 4),
         ("rows buffer (bytes)", outputs.rows, bytes(n, 32)?),
         (
             "hidden gradient buffer (bytes)",
             gradient(outputs.hidden_gradient),
-            bytes(n * d, 4)?,
+            bytes(nd, 4)?,
         ),
         (
             "weight gradient buffer (bytes)",
             gradient(outputs.weight_gradient),
-            bytes(v * d, 4)?,
+            bytes(vd, 4)?,
         ),
         (
             "bias gradient buffer (bytes)",
             gradient(outputs.bias_gradient),
             bytes(v, 4)?,
         ),
-        ("upstream buffer (bytes)", outputs.upstream, bytes(n, 4)?),
         ("target error buffer (bytes)", outputs.target_error, 4),
-    ] {
+    ];
+    for &(what, slice, size) in reads.iter().chain(&writes) {
         need(what, slice, size)?;
+    }
+    // wgpu refuses one buffer bound read-only and writable in a dispatch, and two outputs
+    // over the same bytes would race.
+    type Named<'a> = (&'static str, wgpu::BufferSlice<'a>, u64);
+    fn present<'a>(list: &[(&'static str, Option<wgpu::BufferSlice<'a>>, u64)]) -> Vec<Named<'a>> {
+        list.iter()
+            .filter_map(|&(what, slice, size)| slice.map(|s| (what, s, size)))
+            .collect()
+    }
+    let (reads, writes) = (present(&reads), present(&writes));
+    for (i, &(what, slice, size)) in writes.iter().enumerate() {
+        if let Some((other, _, _)) = reads.iter().find(|r| r.1.buffer() == slice.buffer()) {
+            return Err(Error::Unsupported(format!(
+                "the {what} and the {other} are one wgpu::Buffer: a recorded call reads its \
+                 inputs from buffers other than those it writes"
+            )));
+        }
+        let overlaps = |&&(_, s, bytes): &&Named<'_>| {
+            s.buffer() == slice.buffer()
+                && s.offset() < slice.offset() + size
+                && slice.offset() < s.offset() + bytes
+        };
+        if let Some((other, _, _)) = writes[..i].iter().find(overlaps) {
+            return Err(Error::Unsupported(format!(
+                "the {what} overlaps the {other}: each output needs bytes of its own"
+            )));
+        }
     }
     if outputs.upstream.is_some() && options.reduction != Reduction::None {
         return Err(Error::Unsupported(
             "a per-row upstream buffer goes with Reduction::None; use upstream_scalar".into(),
         ));
-    }
-    if n.checked_mul(d).is_none() || v.checked_mul(d).is_none() {
-        return Err(overflow());
     }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! against its local ceiling, the plain product `h·Wᵀ` from the same GEMM crate, and against
 //! the materialized baseline (the `N × V` logits from that product, xent's fused loss and
 //! gradient in place over them, then `dh = G·W`, `dW = Gᵀ·h` and `db`); and, where there is
-//! a GPU, its forward and forward-backward (host-slice calls: the upload of `h` and `W` and
-//! the read-back included).
+//! a GPU, its forward and forward-backward as host-slice calls (`xent-gpu`: the upload of `h`
+//! and `W` and the read-back included) and as recorded calls on device buffers
+//! (`xent-gpu-resident`: `record_linear_cross_entropy` timed by a `Stopwatch`, as a trainer
+//! runs it; no heap is counted for them).
 //!
 //! Every implementation of a mode is credited with the same floating-point work: `2·N·V·D`
 //! for the product and the forward, `6·N·V·D` for forward-backward (the three products a
@@ -12,7 +14,7 @@
 //! heap the call held at once beyond its inputs and outputs, measured by the `xent` binary's
 //! counting allocator (`cli::alloc`), beside the `N × V × 4` bytes of f32 logits.
 
-use super::{BenchArgs, BenchDtype, CliError};
+use super::{resident, BenchArgs, BenchDtype, CliError};
 use crate::cli::alloc::Peak;
 use crate::cli::device;
 use crate::cli::probe::Timing;
@@ -102,8 +104,9 @@ pub const FULL_LINEAR_SHAPES: [HeadShape; 4] = [
 /// One measurement, as `--json` writes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinearRecord {
-    /// `gemm` (the plain product), `xent-cpu-fused`, `xent-cpu-chunked`, `materialized` or
-    /// `xent-gpu` (host-slice calls).
+    /// `gemm` (the plain product), `xent-cpu-fused`, `xent-cpu-chunked`, `materialized`,
+    /// `xent-gpu` (host-slice calls) or `xent-gpu-resident` (recorded calls on device buffers,
+    /// no upload or read-back).
     #[serde(rename = "impl")]
     pub implementation: String,
     /// `cpu (level, threads)`, or the GPU's label.
@@ -177,9 +180,9 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
                 gpu: gpu.as_ref(),
             };
             match dtype {
-                BenchDtype::F32 => run.measure::<f32>(&mut records),
-                BenchDtype::F16 => run.measure::<f16>(&mut records),
-                BenchDtype::Bf16 => run.measure::<bf16>(&mut records),
+                BenchDtype::F32 => run.measure::<f32>(&mut records, &mut notes),
+                BenchDtype::F16 => run.measure::<f16>(&mut records, &mut notes),
+                BenchDtype::Bf16 => run.measure::<bf16>(&mut records, &mut notes),
             }
         }
     }
@@ -269,7 +272,7 @@ struct Run<'g> {
 }
 
 impl Run<'_> {
-    fn measure<T: Element>(&self, records: &mut Vec<LinearRecord>) {
+    fn measure<T: Element>(&self, records: &mut Vec<LinearRecord>, notes: &mut Vec<String>) {
         let Run {
             shape,
             dtype,
@@ -289,7 +292,7 @@ impl Run<'_> {
         let flops = 2.0 * n as f64 * v as f64 * d as f64;
         let mut push = |implementation: &str, mode: &str, work: f64, t: Timing, scratch, loss| {
             let device = match (implementation, self.gpu) {
-                ("xent-gpu", Some(gpu)) => gpu.label.clone(),
+                ("xent-gpu" | "xent-gpu-resident", Some(gpu)) => gpu.label.clone(),
                 _ => device::cpu_label(),
             };
             records.push(LinearRecord {
@@ -374,6 +377,29 @@ impl Run<'_> {
                 out.loss,
             );
             measured += 2;
+            // Device-resident: the inputs uploaded once, each run one recorded call.
+            if let Backend::Gpu(device) = &gpu.backend {
+                let head = (&data.h[..], &data.w[..], &data.b[..], &data.y[..]);
+                for backward in [false, true] {
+                    let (mode, work) = match backward {
+                        false => ("forward", flops),
+                        true => ("forward-backward", 3.0 * flops),
+                    };
+                    match resident::time_linear(device, &ce, head, (n, d, v), backward, iters) {
+                        Ok((t, clock)) => {
+                            push("xent-gpu-resident", mode, work, t, None, None);
+                            measured += 1;
+                            let note = format!("xent-gpu-resident: timed by {}", clock.name());
+                            if !notes.contains(&note) {
+                                notes.push(note);
+                            }
+                        }
+                        Err(e) => notes.push(format!(
+                            "xent-gpu-resident {n}×{d}×{v} {mode}: skipped ({e})"
+                        )),
+                    }
+                }
+            }
         }
 
         let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);

@@ -3,12 +3,14 @@
 //! `record_cross_entropy` into a fresh encoder, timed by a [`Stopwatch`] (timestamp queries
 //! around the call where the adapter has them, else submit-and-wait: the kernels plus one
 //! submission's latency), with no upload or read-back. The host-slice call's time, upload and
-//! read-back included, is the round-trip column beside it.
+//! read-back included, is the round-trip column beside it. A linear head likewise:
+//! `h`, `W`, `b` and the targets uploaded once, each run one `record_linear_cross_entropy`.
 
 use super::super::probe::Timing;
 use super::Shape;
 use crate::gpu::{
-    Clock, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu, Stopwatch,
+    Clock, DeviceBatch, DeviceGradient, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
+    DeviceLinearOutputs, DeviceMatrix, DeviceOutputs, DeviceTargets, Gpu, Stopwatch,
 };
 use crate::input::Element;
 use crate::CrossEntropy;
@@ -78,5 +80,82 @@ pub(super) fn time<T: Element>(
         times.push(t);
     }
     // The first run is the warm-up.
+    Ok((Timing::from_seconds(times.split_off(1)), stopwatch.clock()))
+}
+
+/// A linear head's inputs: `h` [N × D], `W` [V × D], `b` [V], targets [N].
+pub(super) type Head<'a, T> = (&'a [T], &'a [T], &'a [T], &'a [i64]);
+
+/// Times `options` as a linear head (`record_linear_cross_entropy`) of `(n, d, v)` on
+/// device buffers uploaded once, with `dh`, `dW` and `db` written when `backward`; as
+/// [`time`] does for logits. f16 and bf16 `h` and `W` are read as such (D even).
+pub(super) fn time_linear<T: Element>(
+    gpu: &Gpu,
+    options: &CrossEntropy,
+    (h, w, b, y): Head<'_, T>,
+    (n, d, v): (usize, usize, usize),
+    backward: bool,
+    iters: usize,
+) -> Result<(Timing, Clock), String> {
+    let device = gpu.device();
+    let storage = wgpu::BufferUsages::STORAGE;
+    let upload = |label: &str, contents: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: storage,
+        })
+    };
+    let bias: Vec<f32> = b.iter().map(|x| x.to_f32()).collect();
+    let too_large = [
+        std::mem::size_of_val(h),
+        std::mem::size_of_val(w),
+        v * d * 4,
+    ]
+    .into_iter()
+    .any(|bytes| bytes as u64 > device.limits().max_buffer_size);
+    if too_large {
+        return Err("h, W or dW over the device's max_buffer_size".into());
+    }
+    let h = upload("xent bench h", bytemuck::cast_slice(h));
+    let w = upload("xent bench W", bytemuck::cast_slice(w));
+    let b = upload("xent bench b", bytemuck::cast_slice(&bias));
+    let y = upload("xent bench targets", bytemuck::cast_slice(y));
+    let output = |label: &str, size: usize| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (size as u64).max(4).next_multiple_of(4),
+            usage: storage,
+            mapped_at_creation: false,
+        })
+    };
+    let loss = output("xent bench loss", 4);
+    let grads = backward.then(|| {
+        [
+            output("xent bench dh", n * d * 4),
+            output("xent bench dW", v * d * 4),
+            output("xent bench db", v * 4),
+        ]
+    });
+    let mut batch = DeviceLinearBatch::new(
+        DeviceMatrix::new(h.slice(..), T::DTYPE, n, d),
+        DeviceMatrix::new(w.slice(..), T::DTYPE, v, d),
+        DeviceIndexTargets::I64(y.slice(..)),
+    );
+    batch.bias = Some(b.slice(..));
+    let mut outputs = DeviceLinearOutputs::new(loss.slice(..));
+    if let Some([dh, dw, db]) = &grads {
+        outputs.hidden_gradient = Some(DeviceGradientSlice::Write(dh.slice(..)));
+        outputs.weight_gradient = Some(DeviceGradientSlice::Write(dw.slice(..)));
+        outputs.bias_gradient = Some(DeviceGradientSlice::Write(db.slice(..)));
+    }
+    let stopwatch = Stopwatch::new(gpu);
+    let mut times = Vec::with_capacity(iters + 1);
+    for _ in 0..iters.max(1) + 1 {
+        let t = stopwatch
+            .time(|encoder| gpu.record_linear_cross_entropy(encoder, options, &batch, &outputs))
+            .map_err(|e| e.to_string())?;
+        times.push(t);
+    }
     Ok((Timing::from_seconds(times.split_off(1)), stopwatch.clock()))
 }

@@ -154,7 +154,7 @@ pub(super) struct Bindings {
 }
 
 impl Bindings {
-    /// The first `values` f32 of a per-class input, or the stand-in when it is absent.
+    /// The first V f32 of a per-class input, or the stand-in when it is absent.
     pub(super) fn per_class<'b>(&'b self, region: &'b Option<Region>) -> Window<'b> {
         match region {
             Some(r) => r.head(self.shape.2 as u64 * 4),

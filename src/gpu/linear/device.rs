@@ -6,7 +6,8 @@
 //! sits at an offset inside a larger buffer is bound there, no copy. Offsets must be multiples
 //! of the device's `min_storage_buffer_offset_alignment` (256 bytes on most), and the buffers
 //! the call reads must be other `wgpu::Buffer`s than those it writes (wgpu refuses one buffer
-//! bound read-only and writable in one dispatch). What the rest of the device API says holds
+//! bound read-only and writable in one dispatch), and outputs may share a buffer only in
+//! disjoint ranges: both are checked (`Error::Unsupported`). What the rest of the device API says holds
 //! here too ([`device`](crate::gpu::device)): `STORAGE` usage, scratch reused by the next
 //! call, a target out of range raising a flag (every pass after the check treats its row as
 //! ignored), nothing read back.
@@ -65,8 +66,9 @@ pub enum DeviceGradientSlice<'a> {
     /// Written over.
     Write(wgpu::BufferSlice<'a>),
     /// Added to (accumulation over micro-batches). The call adds as it goes: `dh` once per
-    /// vocabulary chunk (⌈V / 4096⌉ at most), `dW` and `db` once per group of rows that fits a
-    /// binding, each add a rounding at the buffer's magnitude.
+    /// vocabulary chunk (at least ⌈V / 4096⌉ of them: a chunk's width depends on N, D and the
+    /// binding size), `dW` and `db` once per group of rows that fits a binding, each add a
+    /// rounding at the buffer's magnitude.
     Add(wgpu::BufferSlice<'a>),
 }
 

@@ -8,7 +8,7 @@ use super::TILE_ROWS;
 use crate::gpu::abi::binding::PARAMS;
 use crate::gpu::abi::{
     Params, ReductionCode, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
-    FLAG_UPSTREAM, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_SUM_BYTES,
+    FLAG_UPSTREAM, FLAG_WEIGHT_ONLY, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_SUM_BYTES,
 };
 use crate::gpu::encode::{grid, Window};
 use crate::gpu::launchers::{
@@ -292,6 +292,7 @@ pub(super) fn backward_launches<'a>(
                 let mut flags = params.flags;
                 for (on, flag) in [
                     (dw.is_none(), FLAG_BIAS_ONLY),
+                    (db.is_none(), FLAG_WEIGHT_ONLY),
                     (dw.is_some_and(|g| g.adds) || later, FLAG_ADD),
                     (db.is_some_and(|g| g.adds) || later, FLAG_ADD_BIAS),
                 ] {

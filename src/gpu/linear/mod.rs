@@ -11,8 +11,10 @@
 //! and the mean's denominators. A host call gathers the computed rows (ignored ones left out
 //! unless LSE or metrics are asked for) and uploads `h` and `W` in their f16 / bf16 dtype when
 //! they share one (and D is even), else as f32; its loss is summed from the rows' sums on the
-//! host in f64 with the plan's denominators. Inputs larger than one storage binding are cut
-//! into chunks of rows and pieces of `W` ([`Pieces`]).
+//! host in f64 with the plan's denominators (its backward, like a recorded call's, scales by
+//! the device's reduced totals). Inputs larger than one storage binding are cut into chunks
+//! of rows and pieces of `W` ([`Pieces`]); the rows' sums are reduced from one binding, so a
+//! call takes at most `max_binding / 16` rows (8 Mi at 128 MiB).
 //!
 //! Backward (when a gradient is asked for), vocabulary chunk by chunk in order ([`Backward`]):
 //! `linear_gradient.wgsl` recomputes the chunk's logits and writes `G`,
