@@ -59,7 +59,7 @@
 //! ```
 
 use crate::backend::{Backend, Target};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::input::{Element, Matrix, Targets};
 use crate::options::CrossEntropy;
 use crate::output::Output;
@@ -146,7 +146,8 @@ impl LinearCrossEntropy {
 /// a shard of the logits ([`crate::shard`]), so `CrossEntropy::combine` and its focal round
 /// carry over. On each shard `k` (columns `[start, start + width)` of `V`): `batch.weight` is
 /// `W[start..start + width]` [width × D], `batch.bias` and `batch.class_weights` its slices,
-/// the targets global, no sample weights (they go to `combine_weighted`).
+/// the targets global, no sample weights (they go to `combine_weighted`). On the GPU the
+/// shard runs the whole head's kernels over its rows of `W` (`src/gpu/linear/shard.rs`).
 ///
 /// ```
 /// use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
@@ -197,7 +198,7 @@ impl LinearCrossEntropy {
         let plan = crate::plan::linear::check_shard(self, shard, &batch, &LinearRequest::new())?;
         match backend.target() {
             Target::Cpu(level) => Ok(crate::cpu::linear::shard_partials(level, &plan, &batch)),
-            Target::Gpu(_) => Err(gpu_unsupported()),
+            Target::Gpu(gpu) => gpu.linear_shard_partials(&plan, &batch),
         }
     }
 
@@ -216,7 +217,7 @@ impl LinearCrossEntropy {
             Target::Cpu(level) => Ok(crate::cpu::linear::shard_focal(
                 level, &plan, &batch, combined,
             )),
-            Target::Gpu(_) => Err(gpu_unsupported()),
+            Target::Gpu(gpu) => gpu.linear_shard_focal(&plan, &batch, combined),
         }
     }
 
@@ -239,17 +240,9 @@ impl LinearCrossEntropy {
                 crate::cpu::linear::shard_backward(level, &plan, &batch, combined, &mut request);
                 Ok(())
             }
-            Target::Gpu(_) => Err(gpu_unsupported()),
+            Target::Gpu(gpu) => gpu.linear_shard_backward(&plan, &batch, combined, &mut request),
         }
     }
-}
-
-fn gpu_unsupported() -> Error {
-    Error::Unsupported(
-        "a shard's linear call (shard_partials, shard_focal, shard_backward) runs on the CPU \
-         backend only so far (issue 13); the whole head runs on the GPU with compute"
-            .into(),
-    )
 }
 
 /// Everything a linear cross-entropy call reads.

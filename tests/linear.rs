@@ -666,7 +666,13 @@ fn vocab_parallel_shards_of_the_weight() {
         Typed::F32(h) => h,
         _ => unreachable!(),
     };
-    for (name, options) in option_grid() {
+    // Every shard call on the CPU and, where there is one, the GPU.
+    let mut backends = vec![Backend::Cpu];
+    backends.extend(common::device::gpu().map(Backend::Gpu));
+    for ((name, options), backend) in option_grid()
+        .into_iter()
+        .flat_map(|o| backends.iter().map(move |b| (o, b)))
+    {
         let upstream: Vec<f32> = match options.reduction {
             Reduction::None => (0..n).map(|r| 1.0 + r as f32 * 0.05).collect(),
             _ => vec![1.25],
@@ -674,7 +680,7 @@ fn vocab_parallel_shards_of_the_weight() {
         let reference = head.reference(&options, Some(&upstream));
         let loss = LinearCrossEntropy::new(options);
         for k in [1usize, 2, 3, 8] {
-            let label = format!("{name}, {k} shards");
+            let label = format!("{name}, {k} shards on {backend:?}");
             let shards = Shard::split(v, k);
             let batch = |s: Shard| {
                 let range = s.start..s.start + s.width;
@@ -685,7 +691,7 @@ fn vocab_parallel_shards_of_the_weight() {
             };
             let partials = shards
                 .iter()
-                .map(|&s| loss.shard_partials(&Backend::Cpu, s, batch(s)))
+                .map(|&s| loss.shard_partials(backend, s, batch(s)))
                 .collect::<Result<Vec<Vec<RowPartial>>, _>>()
                 .unwrap();
             let views: Vec<&[RowPartial]> = partials.iter().map(|p| &p[..]).collect();
@@ -696,7 +702,7 @@ fn vocab_parallel_shards_of_the_weight() {
             if combined.needs_focal_round() {
                 let sums = shards
                     .iter()
-                    .map(|&s| loss.shard_focal(&Backend::Cpu, s, batch(s), &combined))
+                    .map(|&s| loss.shard_focal(backend, s, batch(s), &combined))
                     .collect::<Result<Vec<Vec<FocalPartial>>, _>>()
                     .unwrap();
                 let views: Vec<&[FocalPartial]> = sums.iter().map(|p| &p[..]).collect();
@@ -710,7 +716,7 @@ fn vocab_parallel_shards_of_the_weight() {
                         &mut g.dw[s.start * d..(s.start + s.width) * d],
                     ))
                     .bias_gradient(GradientBuffer::Write(&mut g.db[s.start..s.start + s.width]));
-                loss.shard_backward(&Backend::Cpu, s, batch(s), &combined, request)
+                loss.shard_backward(backend, s, batch(s), &combined, request)
                     .unwrap();
             }
             check(&label, &head, &reference, &combined.output, &g, 0.0);

@@ -161,27 +161,7 @@ impl Gpu {
         w: Option<&[f32]>,
         combined: &Combined,
     ) -> RowInputs {
-        let coefs: Vec<RowCoef> = combined
-            .rows
-            .iter()
-            .map(|r| {
-                let local = r.target - shard.start as i64;
-                RowCoef {
-                    max: r.max,
-                    p_coefficient: r.p_coefficient,
-                    target_coefficient: r.target_term,
-                    y: if (0..shard.width as i64).contains(&local) {
-                        local as i32
-                    } else {
-                        -1
-                    },
-                    fill: r.fill as u32,
-                    log_sum: r.log_sum,
-                    scale: r.scale,
-                    sample: 1.0,
-                }
-            })
-            .collect();
+        let coefs = combined_coefficients(shard, combined);
         let dummy = pool.get(&self.device, Role::UnusedInput, 16, storage_usage());
         RowInputs {
             weights: w.map_or(dummy.clone(), |w| {
@@ -271,29 +251,11 @@ impl Gpu {
         })?;
 
         let transform = crate::cpu::row::Transform::of(options);
-        // Each split as a shard's partial of its columns, merged in column order by the one
-        // host merge (`RowPartial::merge`).
-        let as_partial = |q: &Partial| RowPartial {
-            max: q.m,
-            sum_exp: q.s,
-            sum_ez: q.ez,
-            sum_wz: q.wz,
-            weight_sum: q.w_all,
-            argmax: shard.start as u32 + q.arg,
-            nan_index: if q.nan_arg == u32::MAX {
-                u32::MAX
-            } else {
-                shard.start as u32 + q.nan_arg
-            },
-            ..RowPartial::default()
-        };
         Ok((0..rows)
             .map(|row| {
                 let splits =
                     &records[row * shape.splits as usize..(row + 1) * shape.splits as usize];
-                let merged = splits[1..]
-                    .iter()
-                    .fold(as_partial(&splits[0]), |a, q| a.merge(&as_partial(q)));
+                let merged = merge_splits(shard, splits);
                 let y = targets.index(row).unwrap_or_default();
                 let target = shard.local(y, options.ignore_index).map(|c| {
                     (
@@ -464,4 +426,54 @@ impl Gpu {
             Ok(())
         })
     }
+}
+
+/// A row's splits (the kernels' `Partial`s over a shard's columns) as one `RowPartial`: each
+/// split a partial of its columns, merged in column order by the one host merge
+/// (`RowPartial::merge`); no target yet.
+pub(super) fn merge_splits(shard: Shard, splits: &[Partial]) -> RowPartial {
+    let as_partial = |q: &Partial| RowPartial {
+        max: q.m,
+        sum_exp: q.s,
+        sum_ez: q.ez,
+        sum_wz: q.wz,
+        weight_sum: q.w_all,
+        argmax: shard.start as u32 + q.arg,
+        nan_index: if q.nan_arg == u32::MAX {
+            u32::MAX
+        } else {
+            shard.start as u32 + q.nan_arg
+        },
+        ..RowPartial::default()
+    };
+    splits[1..]
+        .iter()
+        .fold(as_partial(&splits[0]), |a, q| a.merge(&as_partial(q)))
+}
+
+/// The combined (global) rows as the kernels' `RowCoef`s for one shard: the global LSE, the
+/// prescaled coefficients of `REDUCTION_PRESCALED`, the target as this shard's column (−1
+/// when it is elsewhere).
+pub(super) fn combined_coefficients(shard: Shard, combined: &Combined) -> Vec<RowCoef> {
+    combined
+        .rows
+        .iter()
+        .map(|r| {
+            let local = r.target - shard.start as i64;
+            RowCoef {
+                max: r.max,
+                p_coefficient: r.p_coefficient,
+                target_coefficient: r.target_term,
+                y: if (0..shard.width as i64).contains(&local) {
+                    local as i32
+                } else {
+                    -1
+                },
+                fill: r.fill as u32,
+                log_sum: r.log_sum,
+                scale: r.scale,
+                sample: 1.0,
+            }
+        })
+        .collect()
 }

@@ -17,6 +17,9 @@ use crate::options::Reduction;
 use crate::output::Output;
 use crate::plan::linear::LinearPlan;
 
+/// The ignore index of a host call's uploaded targets.
+pub(super) const IGNORED: i64 = -1;
+
 /// The computed rows' inputs gathered and uploaded (h and W in the load's dtype, the rest f32
 /// or i64), the pool's buffers for the outputs and gradients asked for, and the scratch. The
 /// targets were checked on the host, so the call does not check them again.
@@ -51,9 +54,15 @@ pub(super) fn upload(
             .collect();
         (h, batch.weight.bytes().to_vec())
     };
+    // Targets as the call's own columns (a shard's), −1 for an ignored row or a target in
+    // another shard: the host call's kernels take −1 as the ignore index (`IGNORED`).
+    let ignore = plan.options.ignore_index;
     let targets: Vec<i64> = rows
         .iter()
-        .map(|&r| batch.targets.index(r).unwrap_or_default())
+        .map(|&r| {
+            let y = batch.targets.index(r).unwrap_or_default();
+            plan.shard.local(y, ignore).map_or(IGNORED, |c| c as i64)
+        })
         .collect();
     let gather = |values: &[f32]| -> Vec<f32> { rows.iter().map(|&r| values[r]).collect() };
     let upstream = match (plan.options.reduction, request.upstream) {
@@ -123,21 +132,23 @@ pub(super) fn upload(
     }
 }
 
-/// The rows, their sums and the gradients asked for, read back in one round trip; the
-/// gradients delivered into the caller's buffers, the rest into the output.
+/// The rows' records and sums (when `rows`) and the gradients asked for, read back in one
+/// round trip; the gradients delivered into the caller's buffers.
 pub(super) fn read_back(
     gpu: &Gpu,
     pool: &mut Pool,
     b: &Bindings,
     plan: &LinearPlan,
     request: &mut LinearRequest<'_>,
-) -> Result<Output> {
+    rows: bool,
+) -> Result<(Vec<GpuRow>, Vec<[f32; 4]>)> {
     let (n, d, v) = b.shape;
     let (n, d, v) = (n as u64, d as u64, v as u64);
+    let per_row = if rows { n } else { 0 };
     // Every output of a host call is a whole pooled buffer: its bytes start at 0.
     let mut reads = vec![
-        (b.records.buffer(), n * ROW_BYTES),
-        (b.scratch.row_sums.buffer(), n * ROW_SUM_BYTES),
+        (b.records.buffer(), per_row * ROW_BYTES),
+        (b.scratch.row_sums.buffer(), per_row * ROW_SUM_BYTES),
     ];
     for (gradient, bytes) in [
         (&b.hidden_gradient, n * d * 4),
@@ -162,8 +173,9 @@ pub(super) fn read_back(
     let dw = floats(b.weight_gradient.is_some());
     let db = floats(b.bias_gradient.is_some());
     deliver(plan, request, (&dh, &dw, &db));
-    Ok(output(plan, request, &records, &sums))
+    Ok((records, sums))
 }
+
 /// The gradients read back (`dh` of the computed rows, `dW`, `db`) into the caller's buffers,
 /// written or added as each asks; `dh` of rows not computed is left (add) or zero (write).
 fn deliver(
@@ -206,7 +218,7 @@ fn f32_words(m: &Matrix<'_>, rows: usize) -> Vec<f32> {
 }
 
 /// The call's output from the computed rows' records and sums.
-fn output(
+pub(super) fn output(
     plan: &LinearPlan,
     request: &LinearRequest<'_>,
     records: &[GpuRow],

@@ -16,7 +16,7 @@
 //! since which rows are ignored is known only on the device.
 
 use super::bindings::{Bindings, Destination, Region, Scratch};
-use super::{base_params, cut, Flags};
+use super::{base_params, call_launches, cut, Flags};
 use crate::error::Result;
 use crate::gpu::encode::storage_usage;
 use crate::gpu::pipelines::{LogitLoad, TargetLoad};
@@ -208,7 +208,7 @@ impl Gpu {
             Reduction::None => 1.0,
             _ => outputs.upstream_scalar,
         };
-        let base = base_params(options, (d, v), flags, upstream, &pieces);
+        let base = base_params(options, (d, v, v), flags, upstream, &pieces);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         self.scoped(|| {
@@ -250,7 +250,8 @@ impl Gpu {
                 element: dtype.size() as u64,
                 shape: (n, d, v),
             };
-            self.record_linear(encoder, &bindings, (&pieces, backward.as_ref()), base, load);
+            let launches = call_launches(&bindings, (&pieces, backward.as_ref()), base);
+            self.record_linear(encoder, &launches, &bindings, load);
             Ok(())
         })
     }

@@ -84,45 +84,23 @@ pub(super) fn forward_launches<'a>(
     pieces: &Pieces,
     base: Params,
 ) -> Vec<Launch<'a>> {
-    let (_, _, v) = b.shape;
     let splits = pieces.splits as u64;
     let placeholder = b.stand_in();
     let s = &b.scratch;
     let mut launches = Vec::new();
     for &chunk in &pieces.row_chunks {
         let rows = chunk.1;
-        let targets = b.targets(chunk);
-        let partials = s.partials.rows(chunk, splits * PARTIAL_BYTES);
-        let target_logits = s.target_logits.rows(chunk, 4);
-        for piece in pieces.pieces(v) {
-            let forward = LinearPartials {
-                params: placeholder,
-                targets,
-                class_weights: b.per_class(&b.class_weights),
-                partials,
-                target_logits,
-                hidden: b.hidden(chunk),
-                head_weight: b.weight(piece.columns),
-                head_bias: b.per_class(&b.bias),
-            };
-            let (params, groups) = piece.launch(base, rows);
-            launches.push(Launch::new(
-                Kernel::LinearPartials,
-                params,
-                forward.entries(),
-                groups,
-            ));
-        }
+        launches.extend(partials_launches(b, pieces, chunk, base));
         let finish = Rows {
             params: placeholder,
-            targets,
+            targets: b.targets(chunk),
             class_weights: b.per_class(&b.class_weights),
-            partials,
+            partials: s.partials.rows(chunk, splits * PARTIAL_BYTES),
             rows: b.records(chunk),
             row_sums: b.row_sums(chunk),
             coefficients: b.coefficients(chunk),
             sample_weights: b.per_row(&b.sample_weights, chunk),
-            target_logits,
+            target_logits: s.target_logits.rows(chunk, 4),
         };
         let params = Params {
             rows: rows as u32,
@@ -136,35 +114,13 @@ pub(super) fn forward_launches<'a>(
             (x, y, 1),
         ));
         if let Some(focal) = &s.focal_partials {
-            let focal_partials = focal.rows(chunk, splits * FOCAL_SUM_BYTES);
-            for piece in pieces.pieces(v) {
-                let sums = LinearFocal {
-                    params: placeholder,
-                    class_weights: b.per_class(&b.class_weights),
-                    coefficients: b.coefficients(chunk),
-                    hidden: b.hidden(chunk),
-                    head_weight: b.weight(piece.columns),
-                    head_bias: b.per_class(&b.bias),
-                    focal_partials,
-                };
-                let (params, groups) = piece.launch(base, rows);
-                launches.push(Launch::new(
-                    Kernel::LinearFocal,
-                    params,
-                    sums.entries(),
-                    groups,
-                ));
-            }
+            launches.extend(focal_launches(b, pieces, chunk, base));
             let finish = LinearFocalRows {
                 params: placeholder,
                 rows: b.records(chunk),
                 row_sums: b.row_sums(chunk),
                 coefficients: b.coefficients(chunk),
-                focal_partials,
-            };
-            let params = Params {
-                rows: rows as u32,
-                ..base
+                focal_partials: focal.rows(chunk, splits * FOCAL_SUM_BYTES),
             };
             launches.push(Launch::new(
                 Kernel::LinearFocalRows,
@@ -175,6 +131,89 @@ pub(super) fn forward_launches<'a>(
         }
     }
     launches
+}
+
+/// A vocabulary shard's partials (`shard_partials`): `linear_partials` over every row chunk
+/// and piece of `W`, and nothing after it.
+pub(super) fn shard_partials_launches<'a>(
+    b: &'a Bindings,
+    pieces: &Pieces,
+    base: Params,
+) -> Vec<Launch<'a>> {
+    let chunks = pieces.row_chunks.iter();
+    chunks
+        .flat_map(|&chunk| partials_launches(b, pieces, chunk, base))
+        .collect()
+}
+
+/// A vocabulary shard's focal sums (`shard_focal`): `linear_focal` over every row chunk and
+/// piece of `W`, from the combined rows' coefficients.
+pub(super) fn shard_focal_launches<'a>(
+    b: &'a Bindings,
+    pieces: &Pieces,
+    base: Params,
+) -> Vec<Launch<'a>> {
+    let chunks = pieces.row_chunks.iter();
+    chunks
+        .flat_map(|&chunk| focal_launches(b, pieces, chunk, base))
+        .collect()
+}
+
+/// `linear_partials` over each piece of `W` for the rows of `chunk`.
+fn partials_launches<'a>(
+    b: &'a Bindings,
+    pieces: &Pieces,
+    chunk: (usize, usize),
+    base: Params,
+) -> Vec<Launch<'a>> {
+    let s = &b.scratch;
+    let splits = pieces.splits as u64;
+    pieces
+        .pieces(b.shape.2)
+        .map(|piece| {
+            let forward = LinearPartials {
+                params: b.stand_in(),
+                targets: b.targets(chunk),
+                class_weights: b.per_class(&b.class_weights),
+                partials: s.partials.rows(chunk, splits * PARTIAL_BYTES),
+                target_logits: s.target_logits.rows(chunk, 4),
+                hidden: b.hidden(chunk),
+                head_weight: b.weight(piece.columns),
+                head_bias: b.per_class(&b.bias),
+            };
+            let (params, groups) = piece.launch(base, chunk.1);
+            Launch::new(Kernel::LinearPartials, params, forward.entries(), groups)
+        })
+        .collect()
+}
+
+/// `linear_focal` over each piece of `W` for the rows of `chunk` (focal loss with smoothing).
+fn focal_launches<'a>(
+    b: &'a Bindings,
+    pieces: &Pieces,
+    chunk: (usize, usize),
+    base: Params,
+) -> Vec<Launch<'a>> {
+    let Some(focal) = &b.scratch.focal_partials else {
+        return Vec::new();
+    };
+    let splits = pieces.splits as u64;
+    pieces
+        .pieces(b.shape.2)
+        .map(|piece| {
+            let sums = LinearFocal {
+                params: b.stand_in(),
+                class_weights: b.per_class(&b.class_weights),
+                coefficients: b.coefficients(chunk),
+                hidden: b.hidden(chunk),
+                head_weight: b.weight(piece.columns),
+                head_bias: b.per_class(&b.bias),
+                focal_partials: focal.rows(chunk, splits * FOCAL_SUM_BYTES),
+            };
+            let (params, groups) = piece.launch(base, chunk.1);
+            Launch::new(Kernel::LinearFocal, params, sums.entries(), groups)
+        })
+        .collect()
 }
 
 /// The fixed-order reduction of the rows' sums to the totals (the mean's denominators for the

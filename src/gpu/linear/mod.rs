@@ -31,7 +31,8 @@
 //!
 //! Layout: `cut.rs` how a call is cut to the bindings, `bindings.rs` every range a call binds
 //! (and the pool's scratch), `launches.rs` its dispatches in order, `buffers.rs` a host call's
-//! upload and read-back, `device.rs` the recorded call's API; this file the two calls and the
+//! upload and read-back, `device.rs` the recorded call's API, `shard.rs` a vocabulary shard's
+//! calls (the host call stopped where a shard's part ends); this file the two calls and the
 //! recording.
 
 mod bindings;
@@ -39,6 +40,7 @@ mod buffers;
 mod cut;
 mod device;
 mod launches;
+mod shard;
 
 pub use self::device::{
     DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs, DeviceMatrix,
@@ -46,7 +48,7 @@ pub use self::device::{
 
 use self::bindings::Bindings;
 use self::cut::{Backward, Pieces};
-use self::launches::{backward_launches, forward_launches, reduce_launches, target_check};
+use self::launches::{backward_launches, forward_launches, reduce_launches, target_check, Launch};
 use super::abi::binding::PARAMS;
 use super::abi::{
     Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_FOCAL_ALL, FLAG_SAMPLE_WEIGHTS,
@@ -77,61 +79,32 @@ impl Gpu {
         batch: &LinearBatch<'_>,
         request: &mut LinearRequest<'_>,
     ) -> Result<Output> {
-        let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
-        // h and W in their own dtype when they share an f16 or bf16 one and D is even (so
-        // every window of whole rows is whole words), else both widened to f32.
-        let dtype = batch.hidden.dtype();
-        let load = match dtype {
-            Dtype::F16 | Dtype::Bf16 if batch.weight.dtype() == dtype && d % 2 == 0 => {
-                LogitLoad::scalar(dtype)
-            }
-            _ => LogitLoad::F32,
-        };
-        let element = if load == LogitLoad::F32 { 4 } else { 2 };
-        let (pieces, backward) = cut((n, d, v), element, plan.gradient, self.max_binding)?;
-        let flags = Flags {
-            class_weights: batch.class_weights.is_some(),
-            sample_weights: batch.sample_weights.is_some(),
-            bias: batch.bias.is_some(),
-            metrics: request.metrics,
-            per_row_upstream: plan.options.reduction == Reduction::None
-                && request.upstream.is_some(),
-        };
-        let upstream = match (plan.options.reduction, request.upstream) {
-            (Reduction::Sum | Reduction::Mean, Some(u)) => u[0],
-            _ => 1.0,
-        };
-        let base = base_params(&plan.options, (d, v), flags, upstream, &pieces);
+        let call = HostCall::new(self, plan, batch, request, request.metrics)?;
         // One call at a time holds the pool: its buffers are this call's until the read-back.
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         self.scoped(|| {
-            let cut = (&pieces, backward.as_ref());
-            let bindings = buffers::upload(self, pool, plan, batch, request, (load, cut));
+            let cut = (&call.pieces, call.backward.as_ref());
+            let bindings = buffers::upload(self, pool, plan, batch, request, (call.load, cut));
+            let launches = call_launches(&bindings, cut, call.base);
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            self.record_linear(&mut encoder, &bindings, cut, base, load);
+            self.record_linear(&mut encoder, &launches, &bindings, call.load);
             self.queue.submit([encoder.finish()]);
-            buffers::read_back(self, pool, &bindings, plan, request)
+            let (records, sums) = buffers::read_back(self, pool, &bindings, plan, request, true)?;
+            Ok(buffers::output(plan, request, &records, &sums))
         })
     }
 
-    /// Records a call's dispatches into `encoder` in one compute pass: the target check (a
-    /// recorded call), the forward, the reduction, the backward; every dispatch's `Params`
-    /// block in one uniform buffer, at the adapter's stride.
+    /// Records `launches` (over `b`, `h` and `W` loaded as `load`) into `encoder` in one
+    /// compute pass, every dispatch's `Params` block in one uniform buffer at the adapter's
+    /// stride.
     fn record_linear(
         &self,
         encoder: &mut wgpu::CommandEncoder,
+        launches: &[Launch<'_>],
         b: &Bindings,
-        (pieces, backward): (&Pieces, Option<&Backward>),
-        base: Params,
         load: LogitLoad,
     ) {
-        let mut launches: Vec<_> = target_check(b, base).into_iter().collect();
-        launches.extend(forward_launches(b, pieces, base));
-        launches.extend(reduce_launches(b, base));
-        if let Some(back) = backward {
-            launches.extend(backward_launches(b, back, base));
-        }
         let size = std::mem::size_of::<Params>();
         let stride = (size as u64).next_multiple_of(self.uniform_alignment);
         let mut bytes = vec![0u8; stride as usize * launches.len().max(1)];
@@ -174,6 +147,79 @@ impl Gpu {
     }
 }
 
+/// What a host-slice call (whole or a shard's) decides before it uploads: how `h` and `W`
+/// are loaded, the cut, the shared `Params`.
+struct HostCall {
+    load: LogitLoad,
+    pieces: Pieces,
+    backward: Option<Backward>,
+    base: Params,
+}
+
+impl HostCall {
+    /// `metrics`: the partials sum what entropy needs.
+    fn new(
+        gpu: &Gpu,
+        plan: &LinearPlan,
+        batch: &LinearBatch<'_>,
+        request: &LinearRequest<'_>,
+        metrics: bool,
+    ) -> Result<HostCall> {
+        let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
+        // h and W in their own dtype when they share an f16 or bf16 one and D is even (so
+        // every window of whole rows is whole words), else both widened to f32.
+        let dtype = batch.hidden.dtype();
+        let load = match dtype {
+            Dtype::F16 | Dtype::Bf16 if batch.weight.dtype() == dtype && d % 2 == 0 => {
+                LogitLoad::scalar(dtype)
+            }
+            _ => LogitLoad::F32,
+        };
+        let element = if load == LogitLoad::F32 { 4 } else { 2 };
+        let (pieces, backward) = cut((n, d, v), element, plan.gradient, gpu.max_binding)?;
+        let flags = Flags {
+            class_weights: batch.class_weights.is_some(),
+            sample_weights: batch.sample_weights.is_some(),
+            bias: batch.bias.is_some(),
+            metrics,
+            per_row_upstream: plan.options.reduction == Reduction::None
+                && request.upstream.is_some(),
+        };
+        let upstream = match (plan.options.reduction, request.upstream) {
+            (Reduction::Sum | Reduction::Mean, Some(u)) => u[0],
+            _ => 1.0,
+        };
+        let columns = (d, v, plan.shard.classes);
+        let base = Params {
+            ignore_lo: buffers::IGNORED as u32,
+            ignore_hi: (buffers::IGNORED >> 32) as u32,
+            ..base_params(&plan.options, columns, flags, upstream, &pieces)
+        };
+        Ok(HostCall {
+            load,
+            pieces,
+            backward,
+            base,
+        })
+    }
+}
+
+/// A whole call's dispatches: the target check (a recorded call), the forward, the reduction,
+/// the backward.
+fn call_launches<'a>(
+    b: &'a Bindings,
+    (pieces, backward): (&Pieces, Option<&Backward>),
+    base: Params,
+) -> Vec<Launch<'a>> {
+    let mut launches: Vec<_> = target_check(b, base).into_iter().collect();
+    launches.extend(forward_launches(b, pieces, base));
+    launches.extend(reduce_launches(b, base));
+    if let Some(back) = backward {
+        launches.extend(backward_launches(b, back, base));
+    }
+    launches
+}
+
 /// How a call of `(n, d, v)` with `element` bytes per value of `h` and `W` is cut to the
 /// bindings: the forward's pieces and, for a gradient, the backward's chunks.
 fn cut(
@@ -203,9 +249,11 @@ pub(super) struct Flags {
 
 /// The fields every dispatch of a call shares: shape, options, flags, the reduction, the
 /// scalar upstream of sum and mean.
+/// `(hidden, vocab, classes)`: D, the call's columns (a shard's width) and the softmax's
+/// classes (the whole vocabulary, for smoothing's `ε / C`).
 fn base_params(
     options: &CrossEntropy,
-    (hidden, vocab): (usize, usize),
+    (hidden, vocab, classes): (usize, usize, usize),
     with: Flags,
     upstream: f32,
     pieces: &Pieces,
@@ -239,7 +287,7 @@ fn base_params(
         cap: options.softcap.unwrap_or(0.0),
         smoothing: options.label_smoothing,
         z_loss: options.z_loss,
-        uniform: options.label_smoothing / vocab as f32,
+        uniform: options.label_smoothing / classes as f32,
         ignore_lo: options.ignore_index as u64 as u32,
         ignore_hi: ((options.ignore_index as u64) >> 32) as u32,
         upstream,
