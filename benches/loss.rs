@@ -386,20 +386,20 @@ fn gpu(c: &mut Criterion) {
                 mapped_at_creation: false,
             });
             let batch = DeviceBatch {
-                logits: &logits,
+                logits: logits.slice(..),
                 dtype: Dtype::F32,
                 rows,
                 classes,
                 layout: Layout::Rows,
-                targets: DeviceTargets::I64(&targets),
+                targets: DeviceTargets::I64(targets.slice(..)),
                 class_weights: None,
                 pos_weight: None,
                 sample_weights: None,
             };
             let outputs = DeviceOutputs {
-                loss: &loss_buffer,
+                loss: loss_buffer.slice(..),
                 rows: None,
-                gradient: DeviceGradient::Into(&grad_buffer),
+                gradient: DeviceGradient::Into(grad_buffer.slice(..)),
                 upstream: None,
                 upstream_scalar: 1.0,
                 target_error: None,

@@ -12,7 +12,7 @@ use common::*;
 use std::sync::Arc;
 use xent::gpu::{
     target_error_row, Clock, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, Gpu,
-    GpuOptions, Stopwatch,
+    GpuOptions, GpuRow, Stopwatch,
 };
 use xent::{Backend, Batch, CrossEntropy, Error, Logits, Request};
 
@@ -75,9 +75,9 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
     let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
     let batch = uploaded.batch();
     let outputs = DeviceOutputs {
-        loss: &loss,
+        loss: loss.slice(..),
         rows: None,
-        gradient: DeviceGradient::Into(&grad),
+        gradient: DeviceGradient::Into(grad.slice(..)),
         upstream: None,
         upstream_scalar: 1.0,
         target_error: None,
@@ -95,7 +95,7 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
     // A bad target, only on the device: flagged, nothing read out of bounds, device fine.
     let bad_targets = bad_targets(&gpu, &case.index_targets);
     let bad_batch = DeviceBatch {
-        targets: DeviceTargets::I64(&bad_targets),
+        targets: DeviceTargets::I64(bad_targets.slice(..)),
         ..batch
     };
     record_and_submit(&gpu, &options, &bad_batch, &outputs);
@@ -121,7 +121,7 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
 
     // Loss only (the fused kernel checks targets itself where rows fit it): flagged too, and
     // the loss of the good rows is still the reference's.
-    let loss_only = DeviceOutputs::new(&loss);
+    let loss_only = DeviceOutputs::new(loss.slice(..));
     record_and_submit(&gpu, &options, &bad_batch, &loss_only);
     assert_eq!(gpu.take_target_error().unwrap(), Some(17));
     record_and_submit(&gpu, &options, &batch, &loss_only);
@@ -143,10 +143,10 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
             &mut encoder,
             &options,
             &DeviceBatch {
-                targets: DeviceTargets::I64(targets),
+                targets: DeviceTargets::I64(targets.slice(..)),
                 ..batch
             },
-            &outputs.target_error(&flag),
+            &outputs.target_error(flag.slice(..)),
         )
         .unwrap();
     }
@@ -154,12 +154,13 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
     let word = bytemuck::cast_slice::<f32, u32>(&read(&gpu, &flag))[0];
     assert_eq!(target_error_row(word), Some(17));
     assert_eq!(gpu.take_target_error().unwrap(), None);
+    let short_flag = short_flag(&gpu);
     let e = gpu
         .record_cross_entropy(
             &mut gpu.device().create_command_encoder(&Default::default()),
             &options,
             &batch,
-            &outputs.target_error(&short_flag(&gpu)),
+            &outputs.target_error(short_flag.slice(..)),
         )
         .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
@@ -171,7 +172,7 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
             &mut gpu.device().create_command_encoder(&Default::default()),
             &options,
             &DeviceBatch {
-                logits: &short,
+                logits: short.slice(..),
                 ..batch
             },
             &outputs,
@@ -197,12 +198,12 @@ fn device_side_accuracy_counts() {
     let counts = buffer(&gpu, &[0xffu8; 8]);
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     let outputs = DeviceOutputs {
-        rows: Some(&records),
-        ..DeviceOutputs::new(&loss)
+        rows: Some(records.slice(..)),
+        ..DeviceOutputs::new(loss.slice(..))
     };
     gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &outputs)
         .unwrap();
-    gpu.record_row_counts(&mut encoder, &records, rows, &counts)
+    gpu.record_row_counts(&mut encoder, records.slice(..), rows, counts.slice(..))
         .unwrap();
     gpu.queue().submit([encoder.finish()]);
     let got = bytemuck::cast_slice::<f32, u32>(&read(&gpu, &counts)).to_vec();
@@ -210,7 +211,7 @@ fn device_side_accuracy_counts() {
 
     // No rows: zero counts. Too small a counts buffer: a typed error.
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    gpu.record_row_counts(&mut encoder, &records, 0, &counts)
+    gpu.record_row_counts(&mut encoder, records.slice(..), 0, counts.slice(..))
         .unwrap();
     gpu.queue().submit([encoder.finish()]);
     assert_eq!(
@@ -218,7 +219,12 @@ fn device_side_accuracy_counts() {
         [0, 0]
     );
     let e = gpu
-        .record_row_counts(&mut encoder_for(&gpu), &records, rows, &loss)
+        .record_row_counts(
+            &mut encoder_for(&gpu),
+            records.slice(..),
+            rows,
+            loss.slice(..),
+        )
         .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
@@ -255,7 +261,7 @@ fn the_stopwatch_times_recorded_work() {
         let reference = case.reference(&CrossEntropy::new(), None);
         let uploaded = DeviceCase::upload(&gpu, &case);
         let loss = buffer(&gpu, &[0u8; 4]);
-        let outputs = DeviceOutputs::new(&loss);
+        let outputs = DeviceOutputs::new(loss.slice(..));
         let seconds = stopwatch
             .time(|encoder| {
                 gpu.record_cross_entropy(encoder, &CrossEntropy::new(), &uploaded.batch(), &outputs)
@@ -278,7 +284,7 @@ fn the_stopwatch_times_recorded_work() {
                     encoder,
                     &CrossEntropy::new(),
                     &DeviceBatch {
-                        logits: &short,
+                        logits: short.slice(..),
                         ..uploaded.batch()
                     },
                     &outputs,
@@ -287,4 +293,184 @@ fn the_stopwatch_times_recorded_work() {
             .unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
     }
+}
+
+/// Bytes packed at 256-aligned offsets (the alignment every adapter accepts), never at 0, so
+/// a call binds slices in the middle of a shared buffer.
+struct Packed {
+    bytes: Vec<u8>,
+    ranges: Vec<std::ops::Range<u64>>,
+}
+
+impl Packed {
+    fn new() -> Packed {
+        Packed {
+            bytes: vec![0xAB; 256],
+            ranges: Vec::new(),
+        }
+    }
+    fn push(&mut self, data: &[u8]) -> usize {
+        let start = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        self.bytes
+            .resize(self.bytes.len().next_multiple_of(256) + 256, 0xCD);
+        self.ranges.push(start..start + data.len() as u64);
+        self.ranges.len() - 1
+    }
+}
+
+/// Every buffer of a recorded call as a slice at an offset (inputs in one buffer, outputs in
+/// another), on the fused and the three-pass path, index and dense targets: the results match
+/// the reference and land only in their slices. Slices that share a buffer between an input
+/// and an output, or overlap as outputs, or sit at a misaligned offset are typed errors.
+#[test]
+fn slices_at_offsets_inside_shared_buffers() {
+    for gpu in paths() {
+        for soft in [false, true] {
+            let mut case = Case::new(16, 50, 129, Hardness::default())
+                .weighted(3)
+                .sample_weighted(4);
+            case = if soft {
+                case.soft(5)
+            } else {
+                case.ignore_every(6, -100)
+            };
+            let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+            let reference = case.reference(&options, None);
+            let (n, c) = (case.rows, case.classes);
+            let mut inputs = Packed::new();
+            let logits = inputs.push(bytemuck::cast_slice(&case.logits));
+            let targets = match &case.dense_targets {
+                Some(t) => inputs.push(bytemuck::cast_slice(t)),
+                None => inputs.push(bytemuck::cast_slice(&case.index_targets)),
+            };
+            let weights = inputs.push(bytemuck::cast_slice(case.class_weights.as_ref().unwrap()));
+            let samples = inputs.push(bytemuck::cast_slice(case.sample_weights.as_ref().unwrap()));
+            let mut outputs = Packed::new();
+            let loss = outputs.push(&[0u8; 4]);
+            let rows = outputs.push(&vec![0u8; n * 32]);
+            let grad = outputs.push(&vec![0u8; n * c * 4]);
+            let flag = outputs.push(&[0u8; 4]);
+            let input = buffer(&gpu, &inputs.bytes);
+            let output = buffer(&gpu, &outputs.bytes);
+            let i = |k: usize| input.slice(inputs.ranges[k].clone());
+            let o = |k: usize| output.slice(outputs.ranges[k].clone());
+            let batch = DeviceBatch {
+                class_weights: Some(i(weights)),
+                sample_weights: Some(i(samples)),
+                ..DeviceBatch::new(
+                    i(logits),
+                    xent::Dtype::F32,
+                    n,
+                    c,
+                    if soft {
+                        DeviceTargets::Dense(i(targets))
+                    } else {
+                        DeviceTargets::I64(i(targets))
+                    },
+                )
+            };
+            let out = DeviceOutputs {
+                rows: Some(o(rows)),
+                ..DeviceOutputs::new(o(loss))
+                    .gradient(DeviceGradient::Into(o(grad)))
+                    .target_error(o(flag))
+            };
+            record_and_submit(&gpu, &options, &batch, &out);
+            let all = read(&gpu, &output);
+            let at = |k: usize| {
+                let r = &outputs.ranges[k];
+                all[(r.start / 4) as usize..(r.end / 4) as usize].to_vec()
+            };
+            let label = format!("slices at offsets, soft {soft}, {:?}", gpu.variant());
+            assert_within(
+                &format!("{label}: loss"),
+                &at(loss),
+                &[reference.loss.unwrap()],
+                tol::LOSS,
+            );
+            assert_within(
+                &format!("{label}: gradient"),
+                &at(grad),
+                &reference.gradient,
+                tol::GRADIENT,
+            );
+            let records: Vec<GpuRow> = bytemuck::cast_slice(&at(rows)).to_vec();
+            let row_losses: Vec<f32> = records.iter().map(|r| r.loss).collect();
+            assert_within(
+                &format!("{label}: row losses"),
+                &row_losses,
+                &reference.row_losses,
+                tol::LOSS,
+            );
+            assert_eq!(at(flag), [0.0], "{label}: no target flagged");
+            // Nothing outside the slices was written: the padding keeps its bytes.
+            let bytes: &[u8] = bytemuck::cast_slice(&all);
+            let mut written = vec![false; bytes.len()];
+            for r in &outputs.ranges {
+                written[r.start as usize..r.end as usize].fill(true);
+            }
+            let stray = (0..bytes.len()).find(|&b| !written[b] && bytes[b] != outputs.bytes[b]);
+            assert_eq!(
+                stray, None,
+                "{label}: a byte outside the output slices changed"
+            );
+        }
+    }
+
+    let gpu = gpu().expect("a GPU");
+    let shared = buffer(&gpu, &vec![0u8; 8192]);
+    let at = |start: u64, len: u64| shared.slice(start..start + len);
+    let batch = DeviceBatch::new(
+        at(0, 256),
+        xent::Dtype::F32,
+        4,
+        16,
+        DeviceTargets::I64(at(512, 32)),
+    );
+    let other = buffer(&gpu, &vec![0u8; 4096]);
+    let record = |batch: &DeviceBatch, out: &DeviceOutputs| {
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        gpu.record_cross_entropy(&mut encoder, &CrossEntropy::new(), batch, out)
+    };
+    record(&batch, &DeviceOutputs::new(other.slice(0..4))).expect("the good call");
+    let e = record(&batch, &DeviceOutputs::new(at(1024, 4))).unwrap_err();
+    assert!(
+        matches!(e, Error::Unsupported(_)),
+        "output in an input's buffer: {e}"
+    );
+    let e = record(
+        &batch,
+        &DeviceOutputs::new(other.slice(0..4)).gradient(DeviceGradient::Into(other.slice(0..256))),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Unsupported(_)),
+        "overlapping outputs: {e}"
+    );
+    let misaligned = DeviceBatch::new(
+        at(4, 256),
+        xent::Dtype::F32,
+        4,
+        16,
+        DeviceTargets::I64(at(512, 32)),
+    );
+    let e = record(&misaligned, &DeviceOutputs::new(other.slice(0..4))).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Misaligned {
+                what: "logits buffer (bytes, padded to 4)",
+                offset: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let in_place = DeviceOutputs::new(other.slice(0..4)).gradient(DeviceGradient::InPlace);
+    let e = record(&batch, &in_place).unwrap_err();
+    assert!(
+        matches!(e, Error::Unsupported(_)),
+        "in place over logits beside the targets: {e}"
+    );
 }

@@ -1154,9 +1154,9 @@ fn device_resident_focal_on(gpu: Gpu) {
     let grad = buffer(&gpu, &vec![0u8; 50 * 129 * 4]);
     let batch = uploaded.batch();
     let outputs = DeviceOutputs {
-        loss: &loss,
+        loss: loss.slice(..),
         rows: None,
-        gradient: DeviceGradient::Into(&grad),
+        gradient: DeviceGradient::Into(grad.slice(..)),
         upstream: None,
         upstream_scalar: 1.0,
         target_error: None,
@@ -1181,7 +1181,7 @@ fn device_resident_focal_on(gpu: Gpu) {
         &gpu,
         &CrossEntropy::new().focal_gamma(2.0).label_smoothing(0.1),
         &DeviceBatch {
-            targets: DeviceTargets::I64(&bad_targets),
+            targets: DeviceTargets::I64(bad_targets.slice(..)),
             ..batch
         },
         &outputs,
@@ -1194,7 +1194,7 @@ fn device_resident_focal_on(gpu: Gpu) {
             &mut gpu.device().create_command_encoder(&Default::default()),
             &CrossEntropy::new(),
             &DeviceBatch {
-                sample_weights: Some(&short),
+                sample_weights: Some(short.slice(..)),
                 ..batch
             },
             &outputs,
@@ -1219,7 +1219,7 @@ fn device_resident_focal_on(gpu: Gpu) {
         &options,
         &bce_device.batch(),
         &DeviceOutputs {
-            gradient: DeviceGradient::Into(&g),
+            gradient: DeviceGradient::Into(g.slice(..)),
             ..outputs
         },
     )

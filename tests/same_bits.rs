@@ -326,10 +326,10 @@ fn record() {
             let (loss, rows) = (make(4), make(n * 8));
             let gradient = make(n * case.classes as u64);
             let outputs = DeviceOutputs {
-                rows: Some(&rows),
-                ..DeviceOutputs::new(&loss)
+                rows: Some(rows.slice(..)),
+                ..DeviceOutputs::new(loss.slice(..))
             }
-            .gradient(DeviceGradient::Into(&gradient));
+            .gradient(DeviceGradient::Into(gradient.slice(..)));
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
             let digest =
                 match gpu.record_cross_entropy(&mut encoder, &options, &on.batch(), &outputs) {

@@ -121,26 +121,26 @@ fn softmax_reads_and_writes_only_its_windows() {
                     layout: spatial.map_or(xent::Layout::Rows, |spatial| xent::Layout::ClassDim1 {
                         spatial,
                     }),
-                    class_weights: weights.as_ref(),
-                    sample_weights: samples.as_ref(),
+                    class_weights: weights.as_ref().map(|b| b.slice(..)),
+                    sample_weights: samples.as_ref().map(|b| b.slice(..)),
                     ..DeviceBatch::new(
-                        &logits,
+                        logits.slice(..),
                         xent::Dtype::F32,
                         rows,
                         classes,
                         if dense {
-                            DeviceTargets::Dense(&targets)
+                            DeviceTargets::Dense(targets.slice(..))
                         } else {
-                            DeviceTargets::I64(&targets)
+                            DeviceTargets::I64(targets.slice(..))
                         },
                     )
                 };
                 let outputs = DeviceOutputs {
-                    rows: Some(&records),
-                    upstream: none.then_some(&up),
-                    ..DeviceOutputs::new(&loss)
+                    rows: Some(records.slice(..)),
+                    upstream: none.then_some(up.slice(..)),
+                    ..DeviceOutputs::new(loss.slice(..))
                 }
-                .gradient(DeviceGradient::Into(&gradient));
+                .gradient(DeviceGradient::Into(gradient.slice(..)));
                 let mut encoder = gpu.device().create_command_encoder(&Default::default());
                 match gpu.record_cross_entropy(&mut encoder, &options, &batch, &outputs) {
                     Ok(()) => {}
@@ -207,22 +207,22 @@ fn bce_reads_and_writes_only_its_windows() {
                 output(gpu, rows * classes),
             );
             let batch = DeviceBatch {
-                class_weights: weights.as_ref(),
-                pos_weight: pos.as_ref(),
-                sample_weights: samples.as_ref(),
+                class_weights: weights.as_ref().map(|b| b.slice(..)),
+                pos_weight: pos.as_ref().map(|b| b.slice(..)),
+                sample_weights: samples.as_ref().map(|b| b.slice(..)),
                 ..DeviceBatch::new(
-                    &logits,
+                    logits.slice(..),
                     xent::Dtype::F32,
                     rows,
                     classes,
-                    DeviceTargets::Dense(&targets),
+                    DeviceTargets::Dense(targets.slice(..)),
                 )
             };
             let outputs = DeviceOutputs {
-                rows: Some(&losses),
-                ..DeviceOutputs::new(&loss)
+                rows: Some(losses.slice(..)),
+                ..DeviceOutputs::new(loss.slice(..))
             }
-            .gradient(DeviceGradient::Into(&gradient));
+            .gradient(DeviceGradient::Into(gradient.slice(..)));
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
             match gpu.record_binary_cross_entropy(&mut encoder, &options, &batch, &outputs) {
                 Ok(()) => {}

@@ -777,9 +777,9 @@ impl Trainer {
         encoder.clear_buffer(&self.label_error, 0, None);
         self.xent.record_row_counts(
             &mut encoder,
-            &self.held_rows,
+            self.held_rows.slice(..),
             self.held_out_rows,
-            &self.held_counts,
+            self.held_counts.slice(..),
         )?;
         encoder.copy_buffer_to_buffer(&self.held_counts, 0, &self.eval_staging, 8, 8);
         self.queue.submit([encoder.finish()]);

@@ -7,8 +7,11 @@
 //!   allows only 4 storage buffers, and [`Gpu::from_device`](super::Gpu::from_device) refuses it.
 //! - Buffers with `STORAGE` usage and nothing else: a recorded call neither copies nor clears
 //!   the caller's buffers (add `COPY_SRC` only to copy results out yourself).
-//! - Every buffer is used from byte 0 (there are no offsets): a minibatch that is a slice of a
-//!   larger buffer is copied or gathered into a buffer of its own first.
+//! - Every buffer is a `wgpu::BufferSlice` (`buffer.slice(..)` for a whole one): a tensor at an
+//!   offset inside a larger buffer is bound there, no copy. Offsets are multiples of the
+//!   device's `min_storage_buffer_offset_alignment` (256 bytes on most; else
+//!   `Error::Misaligned`). A call's inputs and its outputs are other `wgpu::Buffer`s (wgpu
+//!   refuses one buffer bound read-only and writable in a dispatch; `Error::Unsupported`).
 //! - Scratch buffers are xent's and are reused by the next call; recorded calls run in the
 //!   order they were recorded (in one encoder or across submits), so reuse is safe, and each
 //!   call allocates only a small uniform buffer and its bind groups.
@@ -41,8 +44,14 @@
 //! let targets = init(bytemuck::cast_slice(&[2i64, 0]));
 //! let loss = init(&[0u8; 4]);
 //! let dlogits = init(&[0u8; 24]);
-//! let batch = DeviceBatch::new(&logits, Dtype::F32, rows, classes, DeviceTargets::I64(&targets));
-//! let outputs = DeviceOutputs::new(&loss).gradient(DeviceGradient::Into(&dlogits));
+//! let batch = DeviceBatch::new(
+//!     logits.slice(..),
+//!     Dtype::F32,
+//!     rows,
+//!     classes,
+//!     DeviceTargets::I64(targets.slice(..)),
+//! );
+//! let outputs = DeviceOutputs::new(loss.slice(..)).gradient(DeviceGradient::Into(dlogits.slice(..)));
 //! // One training step's encoder: your forward pass, then the loss and its gradient, then
 //! // your backward pass; nothing is read back.
 //! let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -67,11 +76,11 @@ use crate::plan::Loss;
 #[derive(Debug, Clone, Copy)]
 pub enum DeviceTargets<'a> {
     /// `rows` i32 class indices.
-    I32(&'a wgpu::Buffer),
+    I32(wgpu::BufferSlice<'a>),
     /// `rows` i64 class indices (little-endian word pairs).
-    I64(&'a wgpu::Buffer),
+    I64(wgpu::BufferSlice<'a>),
     /// `rows × classes` f32, the logits' layout (soft targets, or BCE targets).
-    Dense(&'a wgpu::Buffer),
+    Dense(wgpu::BufferSlice<'a>),
 }
 
 /// Where a recorded call writes d loss / d logits.
@@ -80,8 +89,8 @@ pub enum DeviceGradient<'a> {
     /// No gradient.
     #[default]
     None,
-    /// Into this f32 buffer (`rows × classes`, the logits' layout; `STORAGE`).
-    Into(&'a wgpu::Buffer),
+    /// Into this f32 slice (`rows × classes`, the logits' layout; `STORAGE`).
+    Into(wgpu::BufferSlice<'a>),
     /// Over the logits buffer, in its dtype.
     InPlace,
 }
@@ -89,8 +98,9 @@ pub enum DeviceGradient<'a> {
 /// The inputs of a recorded call.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceBatch<'a> {
-    /// Logits: `rows × classes` values of `dtype` (`STORAGE`; size a multiple of 4 bytes).
-    pub logits: &'a wgpu::Buffer,
+    /// Logits: `rows × classes` values of `dtype` (`STORAGE`; the slice at least that many
+    /// bytes padded to 4).
+    pub logits: wgpu::BufferSlice<'a>,
     /// Element type of `logits`.
     pub dtype: Dtype,
     /// Rows.
@@ -102,12 +112,12 @@ pub struct DeviceBatch<'a> {
     /// Targets.
     pub targets: DeviceTargets<'a>,
     /// Per-class weights (`classes` f32), or BCE's `weight`.
-    pub class_weights: Option<&'a wgpu::Buffer>,
+    pub class_weights: Option<wgpu::BufferSlice<'a>>,
     /// BCE's `pos_weight` (`classes` f32).
-    pub pos_weight: Option<&'a wgpu::Buffer>,
+    pub pos_weight: Option<wgpu::BufferSlice<'a>>,
     /// Per-row sample weights `s[n]` (`rows` f32; for BCE they scale every element of the
     /// row). They are not checked on the device: pass finite, non-negative values.
-    pub sample_weights: Option<&'a wgpu::Buffer>,
+    pub sample_weights: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// The outputs of a recorded call. Nothing is read back.
@@ -115,14 +125,14 @@ pub struct DeviceBatch<'a> {
 pub struct DeviceOutputs<'a> {
     /// Receives the reduced loss as one f32 at offset 0 (`STORAGE`, at least 4 bytes). For
     /// `Reduction::None` it receives the sum, unused.
-    pub loss: &'a wgpu::Buffer,
+    pub loss: wgpu::BufferSlice<'a>,
     /// Softmax: receives one [`GpuRow`] per row (`STORAGE`, `rows × 32` bytes). BCE: receives
     /// the per-element losses as f32 in the logits' layout. Optional.
-    pub rows: Option<&'a wgpu::Buffer>,
+    pub rows: Option<wgpu::BufferSlice<'a>>,
     /// Gradient destination.
     pub gradient: DeviceGradient<'a>,
     /// `Reduction::None`: per-row (softmax) or per-element (BCE) upstream gradient, f32.
-    pub upstream: Option<&'a wgpu::Buffer>,
+    pub upstream: Option<wgpu::BufferSlice<'a>>,
     /// `Sum`/`Mean`: the scalar upstream gradient (1 for a plain loss).
     pub upstream_scalar: f32,
     /// Where an out-of-range class-index target is flagged (`STORAGE`, at least 4 bytes):
@@ -131,7 +141,7 @@ pub struct DeviceOutputs<'a> {
     /// (`CommandEncoder::clear_buffer`) after reading it. Copy it out beside the loss every K
     /// steps and no call ever waits on the device. `None`: the [`Gpu`]'s own flag,
     /// read (blocking) by [`Gpu::take_target_error`](super::Gpu::take_target_error).
-    pub target_error: Option<&'a wgpu::Buffer>,
+    pub target_error: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// The lowest row with an out-of-range target, from the u32 a target-error flag holds
@@ -165,7 +175,7 @@ pub struct GpuRow {
 impl<'a> DeviceBatch<'a> {
     /// Row-major logits and their targets; no weights (set the public fields for those).
     pub fn new(
-        logits: &'a wgpu::Buffer,
+        logits: wgpu::BufferSlice<'a>,
         dtype: Dtype,
         rows: usize,
         classes: usize,
@@ -187,7 +197,7 @@ impl<'a> DeviceBatch<'a> {
 
 impl<'a> DeviceOutputs<'a> {
     /// The loss only, with upstream 1 (set `gradient`, `rows`, `upstream` as needed).
-    pub fn new(loss: &'a wgpu::Buffer) -> Self {
+    pub fn new(loss: wgpu::BufferSlice<'a>) -> Self {
         DeviceOutputs {
             loss,
             rows: None,
@@ -205,7 +215,7 @@ impl<'a> DeviceOutputs<'a> {
     }
 
     /// Flag out-of-range targets in this buffer rather than the `Gpu`'s own.
-    pub fn target_error(mut self, flag: &'a wgpu::Buffer) -> Self {
+    pub fn target_error(mut self, flag: wgpu::BufferSlice<'a>) -> Self {
         self.target_error = Some(flag);
         self
     }
@@ -283,21 +293,15 @@ impl Gpu {
     pub fn record_row_counts(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        records: &wgpu::Buffer,
+        records: wgpu::BufferSlice<'_>,
         rows: usize,
-        counts: &wgpu::Buffer,
+        counts: wgpu::BufferSlice<'_>,
     ) -> Result<()> {
-        let need = |what: &'static str, buffer: &wgpu::Buffer, bytes: u64| {
-            if buffer.size() < bytes {
-                Err(Error::Shape {
-                    what,
-                    expected: bytes as usize,
-                    actual: buffer.size() as usize,
-                    shape: format!("rows {rows}"),
-                })
-            } else {
-                Ok(())
-            }
+        let alignment = self.storage_alignment;
+        let need = |what: &'static str, slice: wgpu::BufferSlice<'_>, bytes: u64| {
+            crate::plan::device::slice_fits(what, slice, bytes, alignment, || {
+                format!("rows {rows}")
+            })
         };
         need(
             "row records buffer (bytes)",
@@ -309,7 +313,7 @@ impl Gpu {
             shape: format!("rows {rows}"),
         })?;
         self.scoped(|| {
-            encoder.clear_buffer(counts, 0, Some(8));
+            encoder.clear_buffer(counts.buffer(), counts.offset(), Some(8));
             if rows == 0 {
                 return Ok(());
             }
@@ -321,8 +325,8 @@ impl Gpu {
             let uniform = self.uniform(&params);
             let count = CountRows {
                 params: Window::whole(&uniform),
-                records: Window::head(records, rows as u64 * ROW_BYTES),
-                counts: Window::head(counts, 8),
+                records: Window::slice(records).first(rows as u64 * ROW_BYTES),
+                counts: Window::slice(counts).first(8),
             };
             let (x, y) = grid(rows as u64);
             self.dispatch(encoder, &pipeline, &count.entries(), (x, y, 1));

@@ -177,30 +177,34 @@ impl Gpu {
                     storage_usage(),
                 )
             });
+            // The pool's buffers, each from byte 0 (they may be larger than the call's data).
+            fn whole(b: &wgpu::Buffer) -> wgpu::BufferSlice<'_> {
+                b.slice(..)
+            }
             let device_batch = DeviceBatch {
-                logits: &logits_buffer,
+                logits: logits_buffer.slice(..),
                 dtype,
                 rows,
                 classes,
                 layout: plan.layout,
                 targets: match targets {
-                    Targets::I32(_) => DeviceTargets::I32(&targets_buffer),
-                    Targets::I64(_) => DeviceTargets::I64(&targets_buffer),
-                    Targets::Dense(_) => DeviceTargets::Dense(&targets_buffer),
+                    Targets::I32(_) => DeviceTargets::I32(whole(&targets_buffer)),
+                    Targets::I64(_) => DeviceTargets::I64(whole(&targets_buffer)),
+                    Targets::Dense(_) => DeviceTargets::Dense(whole(&targets_buffer)),
                 },
-                class_weights: weights_buffer.as_ref(),
-                pos_weight: pos_weight_buffer.as_ref(),
-                sample_weights: sample_weights_buffer.as_ref(),
+                class_weights: weights_buffer.as_ref().map(whole),
+                pos_weight: pos_weight_buffer.as_ref().map(whole),
+                sample_weights: sample_weights_buffer.as_ref().map(whole),
             };
             let outputs = DeviceOutputs {
-                loss: &loss_buffer,
-                rows: rows_buffer.as_ref(),
+                loss: loss_buffer.slice(..),
+                rows: rows_buffer.as_ref().map(whole),
                 gradient: match (&grad_buffer, in_place) {
-                    (Some(g), _) => DeviceGradient::Into(g),
+                    (Some(g), _) => DeviceGradient::Into(g.slice(..)),
                     (None, true) => DeviceGradient::InPlace,
                     (None, false) => DeviceGradient::None,
                 },
-                upstream: upstream_buffer.as_ref(),
+                upstream: upstream_buffer.as_ref().map(whole),
                 upstream_scalar: plan.upstream_scalar,
                 target_error: None,
             };

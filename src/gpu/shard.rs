@@ -52,7 +52,14 @@ impl ShardRows {
     /// offset of the chunk's first logit inside it.
     fn window(&self, chunk: Chunk, alignment: u64, round: u64) -> (Window<'_>, u32) {
         let (first, count) = self.span(chunk);
-        window(&self.logits, first, count, self.elem, alignment, round)
+        window(
+            Window::whole(&self.logits),
+            first,
+            count,
+            self.elem,
+            alignment,
+            round,
+        )
     }
 }
 
@@ -397,8 +404,14 @@ impl Gpu {
                 let (first, count) = uploaded.span(chunk);
                 let (logits_window, elem_offset) =
                     uploaded.window(chunk, self.storage_alignment, 4);
-                let (grad_window, f32_offset) =
-                    window(&grad, first, count, 4, self.storage_alignment, 4);
+                let (grad_window, f32_offset) = window(
+                    Window::whole(&grad),
+                    first,
+                    count,
+                    4,
+                    self.storage_alignment,
+                    4,
+                );
                 let params = Params {
                     rows: chunk.rows as u32,
                     row0: chunk.row0 as u32,

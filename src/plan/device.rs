@@ -7,8 +7,15 @@ use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuR
 use crate::input::Layout;
 use crate::options::Reduction;
 
-/// Checks a device batch's buffers against its shape.
-pub(crate) fn check(batch: &DeviceBatch, out: &DeviceOutputs, job: &Loss) -> Result<()> {
+/// Checks a device batch's buffers against its shape: each slice's size and offset
+/// (`alignment`: the device's storage-buffer offset alignment), and no output in a buffer an
+/// input is read from.
+pub(crate) fn check(
+    batch: &DeviceBatch<'_>,
+    out: &DeviceOutputs,
+    job: &Loss,
+    alignment: u64,
+) -> Result<()> {
     let (rows, classes) = (batch.rows, batch.classes);
     if classes == 0 {
         return Err(Error::NoClasses);
@@ -17,44 +24,11 @@ pub(crate) fn check(batch: &DeviceBatch, out: &DeviceOutputs, job: &Loss) -> Res
         shape: format!("rows {rows} × classes {classes}"),
     })? as u64;
     let shape = || format!("rows {rows} × classes {classes}");
-    let need = |what: &'static str, buffer: &wgpu::Buffer, bytes: u64| -> Result<()> {
-        if buffer.size() < bytes {
-            Err(Error::Shape {
-                what,
-                expected: bytes as usize,
-                actual: buffer.size() as usize,
-                shape: shape(),
-            })
-        } else {
-            Ok(())
-        }
+    let (targets, target_bytes) = match batch.targets {
+        DeviceTargets::I32(t) => (t, rows as u64 * 4),
+        DeviceTargets::I64(t) => (t, rows as u64 * 8),
+        DeviceTargets::Dense(t) => (t, elements * 4),
     };
-    need(
-        "logits buffer (bytes, padded to 4)",
-        batch.logits,
-        (elements * batch.dtype.size() as u64).next_multiple_of(4),
-    )?;
-    match batch.targets {
-        DeviceTargets::I32(t) => need("targets buffer (bytes)", t, rows as u64 * 4)?,
-        DeviceTargets::I64(t) => need("targets buffer (bytes)", t, rows as u64 * 8)?,
-        DeviceTargets::Dense(t) => need("targets buffer (bytes)", t, elements * 4)?,
-    }
-    if let Some(w) = batch.class_weights {
-        need("class_weights buffer (bytes)", w, classes as u64 * 4)?;
-    }
-    if let Some(w) = batch.pos_weight {
-        need("pos_weight buffer (bytes)", w, classes as u64 * 4)?;
-    }
-    if let Some(w) = batch.sample_weights {
-        need("sample_weights buffer (bytes)", w, rows as u64 * 4)?;
-    }
-    if let DeviceGradient::Into(g) = out.gradient {
-        need("gradient buffer (bytes)", g, elements * 4)?;
-    }
-    need("loss buffer (bytes)", out.loss, 4)?;
-    if let Some(flag) = out.target_error {
-        need("target error buffer (bytes)", flag, 4)?;
-    }
     let (per_row, row_what) = match job {
         Loss::Softmax(_) => (
             rows as u64 * std::mem::size_of::<GpuRow>() as u64,
@@ -62,17 +36,58 @@ pub(crate) fn check(batch: &DeviceBatch, out: &DeviceOutputs, job: &Loss) -> Res
         ),
         Loss::Binary(_) => (elements * 4, "element losses buffer (bytes)"),
     };
-    if let Some(r) = out.rows {
-        need(row_what, r, per_row)?;
-    }
-    if let Some(u) = out.upstream {
-        let n = if matches!(job, Loss::Binary(_)) {
-            elements
+    let upstream = match job {
+        Loss::Binary(_) => elements * 4,
+        Loss::Softmax(_) => rows as u64 * 4,
+    };
+    // An in-place gradient writes over the logits.
+    let in_place = matches!(out.gradient, DeviceGradient::InPlace);
+    let logits = (
+        "logits buffer (bytes, padded to 4)",
+        Some(batch.logits),
+        (elements * batch.dtype.size() as u64).next_multiple_of(4),
+    );
+    let reads = [
+        if in_place {
+            (logits.0, None, 0)
         } else {
-            rows as u64
-        };
-        need("upstream buffer (bytes)", u, n * 4)?;
+            logits
+        },
+        ("targets buffer (bytes)", Some(targets), target_bytes),
+        (
+            "class_weights buffer (bytes)",
+            batch.class_weights,
+            classes as u64 * 4,
+        ),
+        (
+            "pos_weight buffer (bytes)",
+            batch.pos_weight,
+            classes as u64 * 4,
+        ),
+        (
+            "sample_weights buffer (bytes)",
+            batch.sample_weights,
+            rows as u64 * 4,
+        ),
+        ("upstream buffer (bytes)", out.upstream, upstream),
+    ];
+    let gradient = match out.gradient {
+        DeviceGradient::Into(g) => Some(g),
+        _ => None,
+    };
+    let writes = [
+        if in_place { logits } else { ("", None, 0) },
+        ("gradient buffer (bytes)", gradient, elements * 4),
+        ("loss buffer (bytes)", Some(out.loss), 4),
+        ("target error buffer (bytes)", out.target_error, 4),
+        (row_what, out.rows, per_row),
+    ];
+    for &(what, slice, bytes) in reads.iter().chain(&writes) {
+        if let Some(slice) = slice {
+            slice_fits(what, slice, bytes, alignment, shape)?;
+        }
     }
+    separate(&reads, &writes)?;
     let reduction = match job {
         Loss::Softmax(o) => {
             o.validate()?;
@@ -103,6 +118,64 @@ pub(crate) fn check(batch: &DeviceBatch, out: &DeviceOutputs, job: &Loss) -> Res
                 actual: rows,
                 shape: shape(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// A named slice of a call and the bytes it must hold.
+pub(crate) type Named<'a> = (&'static str, Option<wgpu::BufferSlice<'a>>, u64);
+
+/// A slice holds `bytes` and starts at an offset the device can bind.
+pub(crate) fn slice_fits(
+    what: &'static str,
+    slice: wgpu::BufferSlice<'_>,
+    bytes: u64,
+    alignment: u64,
+    shape: impl Fn() -> String,
+) -> Result<()> {
+    if !slice.offset().is_multiple_of(alignment) {
+        return Err(Error::Misaligned {
+            what,
+            offset: slice.offset(),
+            alignment,
+        });
+    }
+    if slice.size() < bytes {
+        return Err(Error::Shape {
+            what,
+            expected: bytes as usize,
+            actual: slice.size() as usize,
+            shape: shape(),
+        });
+    }
+    Ok(())
+}
+
+/// No output in a `wgpu::Buffer` an input is read from (wgpu refuses one buffer bound
+/// read-only and writable in a dispatch), and no two outputs over the same bytes (they would
+/// race). `size` of each is the bytes the call touches.
+pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<()> {
+    for (i, &(what, slice, size)) in writes.iter().enumerate() {
+        let Some(slice) = slice else { continue };
+        let same = |other: &wgpu::BufferSlice<'_>| other.buffer() == slice.buffer();
+        if let Some((other, _, _)) = reads.iter().find(|(_, s, _)| s.as_ref().is_some_and(same)) {
+            return Err(Error::Unsupported(format!(
+                "the {what} and the {other} are one wgpu::Buffer: a recorded call reads its \
+                 inputs from buffers other than those it writes"
+            )));
+        }
+        let overlaps = |&&(_, s, bytes): &&Named<'_>| {
+            s.is_some_and(|s| {
+                same(&s)
+                    && s.offset() < slice.offset() + size
+                    && slice.offset() < s.offset() + bytes
+            })
+        };
+        if let Some((other, _, _)) = writes[..i].iter().find(overlaps) {
+            return Err(Error::Unsupported(format!(
+                "the {what} overlaps the {other}: each output needs bytes of its own"
+            )));
         }
     }
     Ok(())

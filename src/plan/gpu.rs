@@ -76,7 +76,7 @@ impl GpuCall {
         out: &DeviceOutputs,
         adapter: Adapter,
     ) -> Result<GpuCall> {
-        super::device::check(batch, out, &job)?;
+        super::device::check(batch, out, &job, adapter.storage_alignment)?;
         let (rows, classes, layout) = (batch.rows, batch.classes, batch.layout);
         let softmax = matches!(job, Loss::Softmax(_));
         let elem = batch.dtype.size() as u64;

@@ -302,25 +302,6 @@ pub(crate) fn check_device(
     };
     let element = h.dtype.size();
     let (n, d, v) = (rows, dim, vocab);
-    let need = |what: &'static str, slice: Option<wgpu::BufferSlice<'_>>, bytes: u64| {
-        let Some(slice) = slice else { return Ok(()) };
-        if slice.offset() % alignment != 0 {
-            return Err(Error::Misaligned {
-                what,
-                offset: slice.offset(),
-                alignment,
-            });
-        }
-        if slice.size() < bytes {
-            return Err(Error::Shape {
-                what,
-                expected: bytes as usize,
-                actual: slice.size() as usize,
-                shape: shape(),
-            });
-        }
-        Ok(())
-    };
     fn gradient(g: Option<DeviceGradientSlice<'_>>) -> Option<wgpu::BufferSlice<'_>> {
         g.map(|g| match g {
             DeviceGradientSlice::Write(s) | DeviceGradientSlice::Add(s) => s,
@@ -375,35 +356,11 @@ pub(crate) fn check_device(
         ("target error buffer (bytes)", outputs.target_error, 4),
     ];
     for &(what, slice, size) in reads.iter().chain(&writes) {
-        need(what, slice, size)?;
-    }
-    // wgpu refuses one buffer bound read-only and writable in a dispatch, and two outputs
-    // over the same bytes would race.
-    type Named<'a> = (&'static str, wgpu::BufferSlice<'a>, u64);
-    fn present<'a>(list: &[(&'static str, Option<wgpu::BufferSlice<'a>>, u64)]) -> Vec<Named<'a>> {
-        list.iter()
-            .filter_map(|&(what, slice, size)| slice.map(|s| (what, s, size)))
-            .collect()
-    }
-    let (reads, writes) = (present(&reads), present(&writes));
-    for (i, &(what, slice, size)) in writes.iter().enumerate() {
-        if let Some((other, _, _)) = reads.iter().find(|r| r.1.buffer() == slice.buffer()) {
-            return Err(Error::Unsupported(format!(
-                "the {what} and the {other} are one wgpu::Buffer: a recorded call reads its \
-                 inputs from buffers other than those it writes"
-            )));
-        }
-        let overlaps = |&&(_, s, bytes): &&Named<'_>| {
-            s.buffer() == slice.buffer()
-                && s.offset() < slice.offset() + size
-                && slice.offset() < s.offset() + bytes
-        };
-        if let Some((other, _, _)) = writes[..i].iter().find(overlaps) {
-            return Err(Error::Unsupported(format!(
-                "the {what} overlaps the {other}: each output needs bytes of its own"
-            )));
+        if let Some(slice) = slice {
+            super::device::slice_fits(what, slice, size, alignment, shape)?;
         }
     }
+    super::device::separate(&reads, &writes)?;
     if outputs.upstream.is_some() && options.reduction != Reduction::None {
         return Err(Error::Unsupported(
             "a per-row upstream buffer goes with Reduction::None; use upstream_scalar".into(),

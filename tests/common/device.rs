@@ -169,18 +169,18 @@ impl DeviceCase {
         use xent::gpu::{DeviceBatch, DeviceTargets};
         DeviceBatch {
             layout: self.layout,
-            class_weights: self.class_weights.as_ref(),
-            pos_weight: self.pos_weight.as_ref(),
-            sample_weights: self.sample_weights.as_ref(),
+            class_weights: self.class_weights.as_ref().map(|b| b.slice(..)),
+            pos_weight: self.pos_weight.as_ref().map(|b| b.slice(..)),
+            sample_weights: self.sample_weights.as_ref().map(|b| b.slice(..)),
             ..DeviceBatch::new(
-                &self.logits,
+                self.logits.slice(..),
                 xent::Dtype::F32,
                 self.rows,
                 self.classes,
                 if self.dense {
-                    DeviceTargets::Dense(&self.targets)
+                    DeviceTargets::Dense(self.targets.slice(..))
                 } else {
-                    DeviceTargets::I64(&self.targets)
+                    DeviceTargets::I64(self.targets.slice(..))
                 },
             )
         }

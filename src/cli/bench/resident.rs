@@ -60,15 +60,15 @@ pub(super) fn time<T: Element>(
     let batch = DeviceBatch {
         layout: shape.layout(),
         ..DeviceBatch::new(
-            &logits,
+            logits.slice(..),
             T::DTYPE,
             rows,
             classes,
-            DeviceTargets::I64(&targets),
+            DeviceTargets::I64(targets.slice(..)),
         )
     };
-    let outputs = DeviceOutputs::new(&loss).gradient(match &gradient {
-        Some(g) => DeviceGradient::Into(g),
+    let outputs = DeviceOutputs::new(loss.slice(..)).gradient(match &gradient {
+        Some(g) => DeviceGradient::Into(g.slice(..)),
         None => DeviceGradient::None,
     });
     let stopwatch = Stopwatch::new(gpu);

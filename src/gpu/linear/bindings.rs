@@ -3,60 +3,10 @@
 
 use super::cut::{Backward, Pieces};
 use crate::gpu::abi::{COEF_BYTES, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
+pub(super) use crate::gpu::encode::Region;
 use crate::gpu::encode::{storage_usage, Window};
 use crate::gpu::pipelines::{TargetLoad, WORKGROUP_SIZE};
 use crate::gpu::pool::{Pool, Role};
-
-/// A range of a buffer (a handle to it: wgpu's buffers are reference counted).
-#[derive(Clone)]
-pub(super) struct Region {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    size: u64,
-}
-
-impl Region {
-    /// A whole buffer.
-    pub(super) fn whole(buffer: &wgpu::Buffer) -> Region {
-        Region {
-            buffer: buffer.clone(),
-            offset: 0,
-            size: buffer.size(),
-        }
-    }
-
-    /// A caller's slice.
-    pub(super) fn slice(slice: wgpu::BufferSlice<'_>) -> Region {
-        Region {
-            buffer: slice.buffer().clone(),
-            offset: slice.offset(),
-            size: slice.size(),
-        }
-    }
-
-    /// The buffer (whose bytes start at `offset`).
-    pub(super) fn buffer(&self) -> &wgpu::Buffer {
-        &self.buffer
-    }
-
-    /// The first `bytes` (rounded up to 4, at least 4, at most the region).
-    pub(super) fn head(&self, bytes: u64) -> Window<'_> {
-        Window {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: bytes.next_multiple_of(4).max(4).min(self.size),
-        }
-    }
-
-    /// Rows `r0 .. r0 + rows` of `bytes` each.
-    pub(super) fn rows(&self, (r0, rows): (usize, usize), bytes: u64) -> Window<'_> {
-        Window {
-            buffer: &self.buffer,
-            offset: self.offset + r0 as u64 * bytes,
-            size: rows as u64 * bytes,
-        }
-    }
-}
 
 /// A gradient's destination: written over, or added to.
 pub(super) struct Destination {

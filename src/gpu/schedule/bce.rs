@@ -17,10 +17,8 @@ impl Call<'_> {
             let classes = BceClasses {
                 params: self.blocks.window(i),
                 class_weights: self.class_weights(),
-                pos_weight: Window::head(
-                    self.batch.pos_weight.unwrap_or(&s.dummy_read),
-                    self.plan.classes as u64 * 4,
-                ),
+                pos_weight: self
+                    .input_or_stand_in(self.batch.pos_weight, self.plan.classes as u64 * 4),
                 class_params: Window::whole(class_params),
             };
             let (x, y) = grid(self.plan.classes as u64);

@@ -40,7 +40,7 @@ struct Call<'a> {
     plan: GpuCall,
     scalar_load: LogitLoad,
     target_load: TargetLoad,
-    targets_buffer: &'a wgpu::Buffer,
+    targets_buffer: wgpu::BufferSlice<'a>,
     scratch: Scratch,
     blocks: Blocks,
 }
@@ -168,31 +168,39 @@ impl Call<'_> {
     /// window.
     fn logits(&self, first: u64, count: u64) -> (Window<'_>, u32) {
         let align = self.gpu.storage_alignment;
-        window(self.batch.logits, first, count, self.plan.elem, align, 4)
+        let logits = Window::slice(self.batch.logits);
+        window(logits, first, count, self.plan.elem, align, 4)
     }
 
-    /// The same elements of an f32 buffer in the logits' layout (dense targets, gradient,
+    /// The same elements of an f32 slice in the logits' layout (dense targets, gradient,
     /// BCE's upstream and element losses).
-    fn f32s<'b>(&self, buffer: &'b wgpu::Buffer, first: u64, count: u64) -> (Window<'b>, u32) {
-        window(buffer, first, count, 4, self.gpu.storage_alignment, 4)
+    fn f32s<'b>(&self, slice: wgpu::BufferSlice<'b>, first: u64, count: u64) -> (Window<'b>, u32) {
+        let align = self.gpu.storage_alignment;
+        window(Window::slice(slice), first, count, 4, align, 4)
+    }
+
+    /// The first `bytes` of an optional input, or the stand-in.
+    fn input_or_stand_in<'b>(
+        &'b self,
+        input: Option<wgpu::BufferSlice<'b>>,
+        bytes: u64,
+    ) -> Window<'b> {
+        match input {
+            Some(s) => Window::slice(s).first(bytes),
+            None => Window::head(&self.scratch.dummy_read, bytes),
+        }
     }
 
     /// Class weights (a stand-in when unweighted).
     fn class_weights(&self) -> Window<'_> {
-        let weights = self.batch.class_weights;
-        Window::head(
-            weights.unwrap_or(&self.scratch.dummy_read),
-            self.plan.classes as u64 * 4,
-        )
+        let bytes = self.plan.classes as u64 * 4;
+        self.input_or_stand_in(self.batch.class_weights, bytes)
     }
 
     /// Per-row sample weights (a stand-in without them).
     fn sample_weights(&self) -> Window<'_> {
-        let weights = self.batch.sample_weights;
-        Window::head(
-            weights.unwrap_or(&self.scratch.dummy_read),
-            self.plan.rows as u64 * 4,
-        )
+        let bytes = self.plan.rows as u64 * 4;
+        self.input_or_stand_in(self.batch.sample_weights, bytes)
     }
 
     /// Index targets, bound whole: every chunk reads them by global row.
@@ -202,16 +210,16 @@ impl Call<'_> {
         } else {
             4
         };
-        Window::head(self.targets_buffer, self.plan.rows as u64 * bytes)
+        Window::slice(self.targets_buffer).first(self.plan.rows as u64 * bytes)
     }
 
     /// What the gradient's scales read: per-row upstream values, or the mean's totals.
     fn scale_source(&self) -> Window<'_> {
-        Window::whole(match self.plan.reduction {
-            Reduction::None => self.out.upstream.unwrap_or(&self.scratch.dummy_read),
-            Reduction::Sum => &self.scratch.dummy_read,
-            Reduction::Mean => &self.scratch.totals,
-        })
+        match (self.plan.reduction, self.out.upstream) {
+            (Reduction::None, Some(u)) => Window::slice(u),
+            (Reduction::Mean, _) => Window::whole(&self.scratch.totals),
+            _ => Window::whole(&self.scratch.dummy_read),
+        }
     }
 
     /// The gradient window of elements `first .. first + count`: none in place (the logits
@@ -241,7 +249,7 @@ impl Call<'_> {
                 params: self.blocks.window(i),
                 input: Window::whole(stage(source)),
                 output: Window::whole(stage(target)),
-                loss: Window::whole(self.out.loss),
+                loss: Window::slice(self.out.loss).first(4),
             };
             let groups = (self.blocks.params[i].elems as u64)
                 .div_ceil(4 * WORKGROUP_SIZE as u64)

@@ -4,7 +4,7 @@
 
 use super::super::abi::{COEF_BYTES, PARTIAL_BYTES, ROW_BYTES, ROW_SUM_BYTES};
 use super::super::device::DeviceOutputs;
-use super::super::encode::storage_usage;
+use super::super::encode::{storage_usage, Region};
 use super::super::launch::LaunchShape;
 use super::super::pipelines::WORKGROUP_SIZE;
 use super::super::pool::{Pool, Role};
@@ -27,7 +27,7 @@ pub(super) struct Scratch {
     /// Each row's raw target logit (partials → rows).
     pub target_logits: wgpu::Buffer,
     /// The out-of-range-target flag: the caller's, or the pool's under `error_role`.
-    pub error: wgpu::Buffer,
+    pub error: Region,
     /// Bound where an optional input is absent.
     pub dummy_read: wgpu::Buffer,
     /// Bound where an optional output is absent.
@@ -35,7 +35,7 @@ pub(super) struct Scratch {
     /// BCE: per-class (weight, pos_weight).
     pub class_params: Option<wgpu::Buffer>,
     /// Softmax per-row records: the caller's, or scratch.
-    pub row_out: wgpu::Buffer,
+    pub row_out: Region,
 }
 
 impl Scratch {
@@ -101,8 +101,8 @@ impl Scratch {
         let totals = pool.get(device, Role::Totals, 16, storage_usage());
         let target_logits = pool.get(device, Role::TargetLogits, rows as u64 * 4, storage_usage());
         let error = match out.target_error {
-            Some(flag) => flag.clone(),
-            None => pool.get(device, error_role, 16, storage_usage()),
+            Some(flag) => Region::slice(flag),
+            None => Region::whole(&pool.get(device, error_role, 16, storage_usage())),
         };
         let dummy_read = pool.get(device, Role::UnusedInput, 16, storage_usage());
         let dummy_write = pool.get(device, Role::UnusedOutput, 16, storage_usage());
@@ -115,13 +115,13 @@ impl Scratch {
             )
         });
         let row_out = match out.rows {
-            Some(r) if is_softmax => r.clone(),
-            _ => pool.get(
+            Some(r) if is_softmax => Region::slice(r),
+            _ => Region::whole(&pool.get(
                 device,
                 Role::RowsOut,
                 rows as u64 * ROW_BYTES,
                 storage_usage(),
-            ),
+            )),
         };
 
         Ok(Scratch {

@@ -18,7 +18,7 @@ impl Call<'_> {
             targets: self.index_targets(),
             class_weights: self.class_weights(),
             row_sums: Window::whole(&s.row_sums),
-            target_error: Window::whole(&s.error),
+            target_error: s.error.head(4),
             sample_weights: self.sample_weights(),
         };
         let (x, y) = grid(self.plan.rows as u64);
@@ -55,11 +55,11 @@ impl Call<'_> {
             gradient: self.gradient(first, count),
             targets: self.chunk_targets(first, count),
             class_weights: self.class_weights(),
-            rows: Window::whole(&s.row_out),
+            rows: s.row_out.window(),
             row_sums: Window::whole(&s.row_sums),
             scale_source: self.scale_source(),
             sample_weights: self.sample_weights(),
-            target_error: (self.plan.store == Store::None).then(|| Window::whole(&s.error)),
+            target_error: (self.plan.store == Store::None).then(|| s.error.head(4)),
         };
         self.gpu.launch(
             pass,
@@ -95,7 +95,7 @@ impl Call<'_> {
             targets: self.index_targets(),
             class_weights: self.class_weights(),
             partials: Window::whole(&s.partials),
-            rows: Window::whole(&s.row_out),
+            rows: s.row_out.window(),
             row_sums: Window::whole(&s.row_sums),
             coefficients: Window::whole(&s.coefs),
             sample_weights: self.sample_weights(),
@@ -118,7 +118,7 @@ impl Call<'_> {
                 logits,
                 targets,
                 class_weights: self.class_weights(),
-                rows: Window::whole(&s.row_out),
+                rows: s.row_out.window(),
                 row_sums: Window::whole(&s.row_sums),
                 coefficients: Window::whole(&s.coefs),
             };
@@ -156,7 +156,7 @@ impl Call<'_> {
             targets,
             class_weights: self.class_weights(),
             partials: Window::whole(&s.partials),
-            target_error: Window::whole(&s.error),
+            target_error: s.error.head(4),
             target_logits: Window::whole(&s.target_logits),
         };
         self.gpu.launch(
