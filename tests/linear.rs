@@ -977,6 +977,8 @@ struct Want<'u> {
     /// Which of dh, dW, db.
     gradients: [bool; 3],
     upstream: Option<&'u [f32]>,
+    /// Inputs and outputs in one buffer.
+    shared: bool,
 }
 
 /// What a recorded call wrote (gradients not asked for are empty).
@@ -1027,14 +1029,23 @@ fn record_head(
         .as_ref()
         .map(|s| inputs.push(bytemuck::cast_slice(s)));
     let up = want.upstream.map(|u| inputs.push(bytemuck::cast_slice(u)));
-    let mut outputs = Arena::new();
+    // Outputs in an arena of their own, or after the inputs in the same one (`shared`: the
+    // writable variants).
+    let mut arenas = vec![inputs];
+    if !want.shared {
+        arenas.push(Arena::new());
+    }
+    let last = arenas.len() - 1;
+    let outputs = &mut arenas[last];
     let fill = want.prefill.unwrap_or(f32::NAN);
     let loss = outputs.push(&[0u8; 4]);
     let rows = outputs.push(&vec![0u8; n * 32]);
     let [dh, dw, db] = [(0, n * d), (1, v * d), (2, v)].map(|(i, len)| {
         want.gradients[i].then(|| outputs.push(bytemuck::cast_slice(&vec![fill; len])))
     });
-    let (input, output) = (inputs.upload(gpu), outputs.upload(gpu));
+    let buffers: Vec<wgpu::Buffer> = arenas.iter().map(|a| a.upload(gpu)).collect();
+    let (inputs, outputs) = (&arenas[0], &arenas[last]);
+    let (input, output) = (&buffers[0], &buffers[last]);
     let flag = common::device::buffer(gpu, &[0u8; 4]);
     let input_at = |i: usize| input.slice(inputs.ranges[i].clone());
     let output_at = |i: usize| output.slice(outputs.ranges[i].clone());
@@ -1069,7 +1080,7 @@ fn record_head(
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
     gpu.record_linear_cross_entropy(&mut encoder, options, &batch, &out)?;
     gpu.queue().submit([encoder.finish()]);
-    let all = common::device::read(gpu, &output);
+    let all = common::device::read(gpu, output);
     let at = |i: Option<usize>| -> Vec<f32> {
         i.map_or(Vec::new(), |i| {
             let r = &outputs.ranges[i];
@@ -1149,6 +1160,8 @@ fn gpu_recorded_on_device_buffers() {
                     prefill,
                     gradients: [true; 3],
                     upstream: Some(&upstream),
+                    // Adding into slices beside the inputs, in one buffer.
+                    shared: prefill.is_some(),
                 };
                 let recorded = record_head(&gpu, &head, &options, want)
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -1365,13 +1378,19 @@ fn gpu_recorded_edges_and_errors() {
             ..
         })
     ));
-    // Written bytes in a buffer the call reads, or over another output's bytes.
-    let aliased = DeviceLinearOutputs {
+    // An output beside the inputs in their buffer is fine; over an input's bytes, or over
+    // another output's, it is refused.
+    let beside = DeviceLinearOutputs {
         hidden_gradient: Some(DeviceGradientSlice::Write(at(2048, 128))),
         ..outputs
     };
+    try_record(&good, &beside, &plain).expect("dh beside the inputs");
+    let over = DeviceLinearOutputs {
+        hidden_gradient: Some(DeviceGradientSlice::Write(at(256, 128))),
+        ..outputs
+    };
     assert!(matches!(
-        try_record(&good, &aliased, &plain),
+        try_record(&good, &over, &plain),
         Err(Error::Unsupported(_))
     ));
     let overlapping = DeviceLinearOutputs {

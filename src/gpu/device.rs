@@ -10,8 +10,10 @@
 //! - Every buffer is a `wgpu::BufferSlice` (`buffer.slice(..)` for a whole one): a tensor at an
 //!   offset inside a larger buffer is bound there, no copy. Offsets are multiples of the
 //!   device's `min_storage_buffer_offset_alignment` (256 bytes on most; else
-//!   `Error::Misaligned`). A call's inputs and its outputs are other `wgpu::Buffer`s (wgpu
-//!   refuses one buffer bound read-only and writable in a dispatch; `Error::Unsupported`).
+//!   `Error::Misaligned`). Inputs and outputs may share a `wgpu::Buffer` (as a framework's
+//!   sub-allocated tensors do): the call then takes kernels whose storage bindings are all
+//!   `read_write`, since wgpu refuses one buffer bound read-only and writable in a dispatch.
+//!   An output's bytes must be its own (overlapping another slice: `Error::Unsupported`).
 //! - Scratch buffers are xent's and are reused by the next call; recorded calls run in the
 //!   order they were recorded (in one encoder or across submits), so reuse is safe, and each
 //!   call allocates only a small uniform buffer and its bind groups.
@@ -309,6 +311,14 @@ impl Gpu {
             rows as u64 * ROW_BYTES,
         )?;
         need("counts buffer (bytes)", counts, 8)?;
+        let writable = crate::plan::device::separate(
+            &[(
+                "row records buffer (bytes)",
+                Some(records),
+                rows as u64 * ROW_BYTES,
+            )],
+            &[("counts buffer (bytes)", Some(counts), 8)],
+        )?;
         let rows_u32 = u32::try_from(rows).map_err(|_| Error::Overflow {
             shape: format!("rows {rows}"),
         })?;
@@ -317,7 +327,7 @@ impl Gpu {
             if rows == 0 {
                 return Ok(());
             }
-            let pipeline = self.pipeline(Variant::plain(Kernel::CountRows));
+            let pipeline = self.pipeline(Variant::plain(Kernel::CountRows).with_writable(writable));
             let params = Params {
                 elems: rows_u32,
                 ..Params::default()

@@ -410,5 +410,9 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
             LOGITS if variant.load == LogitLoad::F32x4 => (binding, slot, 16),
             _ => (binding, slot, min),
         })
+        .map(|(binding, slot, min)| match slot {
+            Slot::Read if variant.writable => (binding, Slot::Write, min),
+            _ => (binding, slot, min),
+        })
         .collect()
 }

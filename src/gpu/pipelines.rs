@@ -174,6 +174,11 @@ pub struct Variant {
     pub store: Store,
     /// Use subgroup operations (softmax partials and fused only).
     pub subgroups: bool,
+    /// Every storage binding declared `read_write`: for calls whose inputs share a
+    /// `wgpu::Buffer` with their outputs (wgpu refuses one buffer bound read-only and
+    /// writable in a dispatch; several writable bindings of it are allowed), as a framework
+    /// that sub-allocates tensors in shared buffers passes them.
+    pub writable: bool,
 }
 
 impl Variant {
@@ -185,6 +190,7 @@ impl Variant {
             targets,
             store: Store::Separate,
             subgroups: false,
+            writable: false,
         }
     }
 
@@ -198,6 +204,11 @@ impl Variant {
         Variant { subgroups, ..self }
     }
 
+    /// The same variant with every storage binding writable, or not.
+    pub fn with_writable(self, writable: bool) -> Variant {
+        Variant { writable, ..self }
+    }
+
     /// A variant of `kernel` with f32 loads, i32 targets, separate store, no subgroups.
     pub fn plain(kernel: Kernel) -> Variant {
         Variant {
@@ -206,6 +217,7 @@ impl Variant {
             targets: TargetLoad::I32,
             store: Store::Separate,
             subgroups: false,
+            writable: false,
         }
     }
 
@@ -344,7 +356,13 @@ impl Variant {
                     .replace("REDUCE_SEGMENT", "st = reduce_segment(st, local, lane);");
             }
         }
-        src + &body
+        let source = src + &body;
+        match self.writable {
+            // `read` is a prefix of `read_write`: the storage declarations are spelled
+            // exactly `var<storage, read>` (the shaders' and the includes').
+            true => source.replace("var<storage, read>", "var<storage, read_write>"),
+            false => source,
+        }
     }
 
     /// A linear head's loads in this variant's dtype: `load_h` from the hidden states
@@ -509,6 +527,7 @@ pub fn all_variants() -> Vec<Variant> {
                     targets: t,
                     store: Store::Separate,
                     subgroups,
+                    writable: false,
                 });
             }
             out.push(Variant {
@@ -517,6 +536,7 @@ pub fn all_variants() -> Vec<Variant> {
                 targets: t,
                 store: Store::Separate,
                 subgroups: false,
+                writable: false,
             });
             if load != LogitLoad::F32x4 {
                 out.push(Variant {
@@ -525,6 +545,7 @@ pub fn all_variants() -> Vec<Variant> {
                     targets: t,
                     store: Store::Separate,
                     subgroups: false,
+                    writable: false,
                 });
             }
             for subgroups in [false, true] {
@@ -566,6 +587,7 @@ pub fn all_variants() -> Vec<Variant> {
                         targets: t,
                         store,
                         subgroups: false,
+                        writable: false,
                     });
                 }
             }
@@ -578,6 +600,7 @@ pub fn all_variants() -> Vec<Variant> {
                     targets: TargetLoad::Dense,
                     store,
                     subgroups: false,
+                    writable: false,
                 });
             }
         }
@@ -597,5 +620,8 @@ pub fn all_variants() -> Vec<Variant> {
         LogitLoad::F32,
         TargetLoad::I64,
     ));
+    // Each with every storage binding writable, as calls on shared buffers take them.
+    let writable: Vec<Variant> = out.iter().map(|v| v.with_writable(true)).collect();
+    out.extend(writable);
     out
 }

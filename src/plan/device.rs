@@ -8,14 +8,14 @@ use crate::input::Layout;
 use crate::options::Reduction;
 
 /// Checks a device batch's buffers against its shape: each slice's size and offset
-/// (`alignment`: the device's storage-buffer offset alignment), and no output in a buffer an
-/// input is read from.
+/// (`alignment`: the device's storage-buffer offset alignment), and outputs over bytes of
+/// their own. Returns whether an output shares a buffer with an input ([`separate`]).
 pub(crate) fn check(
     batch: &DeviceBatch<'_>,
     out: &DeviceOutputs,
     job: &Loss,
     alignment: u64,
-) -> Result<()> {
+) -> Result<bool> {
     let (rows, classes) = (batch.rows, batch.classes);
     if classes == 0 {
         return Err(Error::NoClasses);
@@ -87,7 +87,7 @@ pub(crate) fn check(
             slice_fits(what, slice, bytes, alignment, shape)?;
         }
     }
-    separate(&reads, &writes)?;
+    let shared = separate(&reads, &writes)?;
     let reduction = match job {
         Loss::Softmax(o) => {
             o.validate()?;
@@ -120,7 +120,7 @@ pub(crate) fn check(
             });
         }
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// A named slice of a call and the bytes it must hold.
@@ -152,19 +152,15 @@ pub(crate) fn slice_fits(
     Ok(())
 }
 
-/// No output in a `wgpu::Buffer` an input is read from (wgpu refuses one buffer bound
-/// read-only and writable in a dispatch), and no two outputs over the same bytes (they would
-/// race). `size` of each is the bytes the call touches.
-pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<()> {
+/// Whether an output shares a `wgpu::Buffer` with an input (the call then takes its
+/// kernels' writable variants: wgpu refuses one buffer bound read-only and writable in a
+/// dispatch), after checking that no output's bytes overlap another slice's (they would
+/// race, or read what the call writes). `size` of each is the bytes the call touches.
+pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<bool> {
+    let mut shared = false;
     for (i, &(what, slice, size)) in writes.iter().enumerate() {
         let Some(slice) = slice else { continue };
         let same = |other: &wgpu::BufferSlice<'_>| other.buffer() == slice.buffer();
-        if let Some((other, _, _)) = reads.iter().find(|(_, s, _)| s.as_ref().is_some_and(same)) {
-            return Err(Error::Unsupported(format!(
-                "the {what} and the {other} are one wgpu::Buffer: a recorded call reads its \
-                 inputs from buffers other than those it writes"
-            )));
-        }
         let overlaps = |&&(_, s, bytes): &&Named<'_>| {
             s.is_some_and(|s| {
                 same(&s)
@@ -172,11 +168,12 @@ pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<()> 
                     && slice.offset() < s.offset() + bytes
             })
         };
-        if let Some((other, _, _)) = writes[..i].iter().find(overlaps) {
+        if let Some((other, _, _)) = writes[..i].iter().chain(reads).find(overlaps) {
             return Err(Error::Unsupported(format!(
                 "the {what} overlaps the {other}: each output needs bytes of its own"
             )));
         }
+        shared |= reads.iter().any(|(_, s, _)| s.as_ref().is_some_and(same));
     }
-    Ok(())
+    Ok(shared)
 }

@@ -65,6 +65,8 @@ pub(crate) struct GpuCall {
     pub reduce_first: bool,
     /// The three-pass backward runs after the reduction.
     pub backward: bool,
+    /// An output shares a buffer with an input: every kernel's writable variant.
+    pub writable: bool,
 }
 
 impl GpuCall {
@@ -76,7 +78,7 @@ impl GpuCall {
         out: &DeviceOutputs,
         adapter: Adapter,
     ) -> Result<GpuCall> {
-        super::device::check(batch, out, &job, adapter.storage_alignment)?;
+        let writable = super::device::check(batch, out, &job, adapter.storage_alignment)?;
         let (rows, classes, layout) = (batch.rows, batch.classes, batch.layout);
         let softmax = matches!(job, Loss::Softmax(_));
         let elem = batch.dtype.size() as u64;
@@ -178,6 +180,7 @@ impl GpuCall {
             targets_first: fused.is_some() && (reduce_first || (!dense && store != Store::None)),
             reduce_first,
             backward: softmax && fused.is_none() && gradient,
+            writable,
         })
     }
 }

@@ -257,13 +257,14 @@ pub(crate) fn check_combined(plan: &LinearPlan, combined: &Combined, focal: bool
 /// Checks a recorded linear call (`Gpu::record_linear_cross_entropy`): the options, the
 /// shapes against each other, every slice's size and offset (`alignment`: the device's
 /// storage-buffer offset alignment), the dtypes the kernels load. The values inside the
-/// buffers are the device's to check (targets raise a flag).
+/// buffers are the device's to check (targets raise a flag). Returns whether an output shares
+/// a buffer with an input (`plan::device::separate`).
 pub(crate) fn check_device(
     options: &CrossEntropy,
     batch: &DeviceLinearBatch<'_>,
     outputs: &DeviceLinearOutputs<'_>,
     alignment: u64,
-) -> Result<()> {
+) -> Result<bool> {
     options.validate()?;
     if !matches!(options.input, InputKind::Logits) {
         return Err(Error::Unsupported(
@@ -360,11 +361,11 @@ pub(crate) fn check_device(
             super::device::slice_fits(what, slice, size, alignment, shape)?;
         }
     }
-    super::device::separate(&reads, &writes)?;
+    let shared = super::device::separate(&reads, &writes)?;
     if outputs.upstream.is_some() && options.reduction != Reduction::None {
         return Err(Error::Unsupported(
             "a per-row upstream buffer goes with Reduction::None; use upstream_scalar".into(),
         ));
     }
-    Ok(())
+    Ok(shared)
 }

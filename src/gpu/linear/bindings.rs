@@ -98,6 +98,8 @@ pub(super) struct Bindings {
     pub(super) weight_gradient: Option<Destination>,
     pub(super) bias_gradient: Option<Destination>,
     pub(super) scratch: Scratch,
+    /// An output shares a buffer with an input: every kernel's writable variant.
+    pub(super) writable: bool,
     /// Bytes per value of `h` and `W` as bound; rows, hidden size, vocabulary.
     pub(super) element: u64,
     pub(super) shape: (usize, usize, usize),

@@ -127,6 +127,7 @@ pub(super) fn upload(
         weight_gradient,
         bias_gradient,
         scratch: Scratch::take(&gpu.device, pool, n, (pieces, backward), focal),
+        writable: false,
         element: element as u64,
         shape: (n, d, v),
     }

@@ -4,10 +4,9 @@
 //!
 //! Every buffer is a `wgpu::BufferSlice` (`buffer.slice(..)` for a whole one): a tensor that
 //! sits at an offset inside a larger buffer is bound there, no copy. Offsets must be multiples
-//! of the device's `min_storage_buffer_offset_alignment` (256 bytes on most), and the buffers
-//! the call reads must be other `wgpu::Buffer`s than those it writes (wgpu refuses one buffer
-//! bound read-only and writable in one dispatch), and outputs may share a buffer only in
-//! disjoint ranges: both are checked (`Error::Unsupported`). What the rest of the device API says holds
+//! of the device's `min_storage_buffer_offset_alignment` (256 bytes on most). Inputs and
+//! outputs may share a `wgpu::Buffer` (the call then takes its kernels' writable variants),
+//! but an output's bytes must be its own (`Error::Unsupported`). What the rest of the device API says holds
 //! here too ([`device`](crate::gpu::device)): `STORAGE` usage, scratch reused by the next
 //! call, a target out of range raising a flag (every pass after the check treats its row as
 //! ignored), nothing read back.
@@ -187,7 +186,8 @@ impl Gpu {
         batch: &DeviceLinearBatch<'_>,
         outputs: &DeviceLinearOutputs<'_>,
     ) -> Result<()> {
-        crate::plan::linear::check_device(options, batch, outputs, self.storage_alignment)?;
+        let writable =
+            crate::plan::linear::check_device(options, batch, outputs, self.storage_alignment)?;
         let (n, d, v) = (batch.hidden.rows, batch.hidden.cols, batch.weight.rows);
         let dtype = batch.hidden.dtype;
         let load = LogitLoad::scalar(dtype);
@@ -247,6 +247,7 @@ impl Gpu {
                     .map(DeviceGradientSlice::destination),
                 bias_gradient: outputs.bias_gradient.map(DeviceGradientSlice::destination),
                 scratch,
+                writable,
                 element: dtype.size() as u64,
                 shape: (n, d, v),
             };

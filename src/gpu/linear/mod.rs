@@ -141,7 +141,8 @@ impl Gpu {
                     Variant::new(launch.kernel, load, b.target_load)
                 }
                 kernel => Variant::new(kernel, load, TargetLoad::I64),
-            };
+            }
+            .with_writable(b.writable);
             self.launch(&mut pass, &self.pipeline(variant), &entries, launch.groups);
         }
     }

@@ -24,7 +24,9 @@ impl Call<'_> {
             let (x, y) = grid(self.plan.classes as u64);
             self.gpu.launch(
                 pass,
-                &self.gpu.pipeline(Variant::plain(Kernel::BceClasses)),
+                &self
+                    .gpu
+                    .pipeline(Variant::plain(Kernel::BceClasses).with_writable(self.plan.writable)),
                 &classes.entries(),
                 (x, y, 1),
             );
@@ -47,6 +49,7 @@ impl Call<'_> {
             class_params: Window::whole(class_params),
         };
         let variant = Variant::new(Kernel::Bce, self.scalar_load, TargetLoad::Dense)
+            .with_writable(self.plan.writable)
             .with_store(self.plan.store);
         let (x, y) = grid(count.div_ceil(4));
         self.gpu

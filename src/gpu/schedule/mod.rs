@@ -235,7 +235,9 @@ impl Call<'_> {
 
     /// The fixed-order reduction: row sums → … → totals and the loss.
     fn reduce(&self, pass: &mut wgpu::ComputePass) {
-        let pipeline = self.gpu.pipeline(Variant::plain(Kernel::Reduce));
+        let pipeline = self
+            .gpu
+            .pipeline(Variant::plain(Kernel::Reduce).with_writable(self.plan.writable));
         let s = &self.scratch;
         let stage = |stage: Stage| match stage {
             Stage::RowSums => &s.row_sums,

@@ -11,7 +11,8 @@ use crate::input::{Dtype, Layout};
 impl Call<'_> {
     /// Before the fused kernel: index targets checked, the mean's denominators per row.
     pub(super) fn targets_pass(&self, pass: &mut wgpu::ComputePass) {
-        let variant = Variant::new(Kernel::SoftmaxTargets, LogitLoad::F32, self.target_load);
+        let variant = Variant::new(Kernel::SoftmaxTargets, LogitLoad::F32, self.target_load)
+            .with_writable(self.plan.writable);
         let s = &self.scratch;
         let targets = Targets {
             params: self.blocks.window(self.blocks.targets),
@@ -46,6 +47,7 @@ impl Call<'_> {
             self.scalar_load
         };
         let variant = Variant::new(Kernel::SoftmaxFused, load, self.target_load)
+            .with_writable(self.plan.writable)
             .with_store(self.plan.store)
             .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup);
         let s = &self.scratch;
@@ -89,7 +91,8 @@ impl Call<'_> {
 
         // Rows: no logits, the target's logit comes from the partials pass.
         let s = &self.scratch;
-        let variant = Variant::new(Kernel::SoftmaxRows, self.scalar_load, self.target_load);
+        let variant = Variant::new(Kernel::SoftmaxRows, self.scalar_load, self.target_load)
+            .with_writable(self.plan.writable);
         let rows = Rows {
             params: self.blocks.window(i),
             targets: self.index_targets(),
@@ -112,7 +115,8 @@ impl Call<'_> {
         // Focal loss with smoothing or soft targets: every class's (1 − p)^γ, from the
         // row's final LSE (one more read of the row).
         if self.plan.focal_all {
-            let variant = Variant::new(Kernel::SoftmaxFocal, self.scalar_load, self.target_load);
+            let variant = Variant::new(Kernel::SoftmaxFocal, self.scalar_load, self.target_load)
+                .with_writable(self.plan.writable);
             let focal = Focal {
                 params: self.blocks.window(i),
                 logits,
@@ -148,6 +152,7 @@ impl Call<'_> {
             self.scalar_load
         };
         let variant = Variant::new(Kernel::SoftmaxPartials, load, self.target_load)
+            .with_writable(self.plan.writable)
             .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup);
         let s = &self.scratch;
         let partials = Partials {
@@ -171,6 +176,7 @@ impl Call<'_> {
     /// chunks, or over runs of elements of long rows.
     pub(super) fn backward(&self, pass: &mut wgpu::ComputePass) {
         let variant = Variant::new(Kernel::SoftmaxBackward, self.scalar_load, self.target_load)
+            .with_writable(self.plan.writable)
             .with_store(self.plan.store);
         let pipeline = self.gpu.pipeline(variant);
         // (block, first element, elements).
