@@ -7,6 +7,7 @@ mod common;
 
 use common::device::{
     bad_targets, buffer, check_loss_and_gradient, gpu, paths, read, record_and_submit, DeviceCase,
+    Packed,
 };
 use common::*;
 use std::sync::Arc;
@@ -295,30 +296,6 @@ fn the_stopwatch_times_recorded_work() {
     }
 }
 
-/// Bytes packed at 256-aligned offsets (the alignment every adapter accepts), never at 0, so
-/// a call binds slices in the middle of a shared buffer.
-struct Packed {
-    bytes: Vec<u8>,
-    ranges: Vec<std::ops::Range<u64>>,
-}
-
-impl Packed {
-    fn new() -> Packed {
-        Packed {
-            bytes: vec![0xAB; 256],
-            ranges: Vec::new(),
-        }
-    }
-    fn push(&mut self, data: &[u8]) -> usize {
-        let start = self.bytes.len() as u64;
-        self.bytes.extend_from_slice(data);
-        self.bytes
-            .resize(self.bytes.len().next_multiple_of(256) + 256, 0xCD);
-        self.ranges.push(start..start + data.len() as u64);
-        self.ranges.len() - 1
-    }
-}
-
 /// Every buffer of a recorded call as a slice at an offset (inputs in one buffer and outputs
 /// in another, or all in one, as a framework sub-allocates tensors: the writable variants),
 /// on the fused and the three-pass path, index and dense targets: the results match the
@@ -358,7 +335,7 @@ fn slices_at_offsets_inside_shared_buffers() {
             let rows = outputs.push(&vec![0u8; n * 32]);
             let grad = outputs.push(&vec![0u8; n * c * 4]);
             let flag = outputs.push(&[0u8; 4]);
-            let buffers: Vec<wgpu::Buffer> = packs.iter().map(|p| buffer(&gpu, &p.bytes)).collect();
+            let buffers: Vec<wgpu::Buffer> = packs.iter().map(|p| p.upload(&gpu)).collect();
             let (inputs, outputs) = (&packs[0], &packs[last]);
             let output = &buffers[last];
             let i = |k: usize| buffers[0].slice(inputs.ranges[k].clone());

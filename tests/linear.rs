@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::device::Packed;
+
 use common::Rng;
 use half::{bf16, f16};
 use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
@@ -939,35 +941,6 @@ impl Typed {
     }
 }
 
-/// Byte ranges packed into one buffer at 256-aligned offsets (the alignment every adapter
-/// accepts), so a recorded call binds slices at non-zero offsets of a shared buffer.
-struct Arena {
-    bytes: Vec<u8>,
-    ranges: Vec<std::ops::Range<u64>>,
-}
-
-impl Arena {
-    fn new() -> Arena {
-        // Start past 0: no slice sits at the buffer's start.
-        Arena {
-            bytes: vec![0xAB; 256],
-            ranges: Vec::new(),
-        }
-    }
-    /// Appends `data` and returns its index.
-    fn push(&mut self, data: &[u8]) -> usize {
-        let start = self.bytes.len() as u64;
-        self.bytes.extend_from_slice(data);
-        self.bytes
-            .resize(self.bytes.len().next_multiple_of(256) + 256, 0xCD);
-        self.ranges.push(start..start + data.len().max(4) as u64);
-        self.ranges.len() - 1
-    }
-    fn upload(&self, gpu: &xent::gpu::Gpu) -> wgpu::Buffer {
-        common::device::buffer(gpu, &self.bytes)
-    }
-}
-
 /// What a recorded call is asked for.
 #[derive(Clone, Copy, Default)]
 struct Want<'u> {
@@ -1007,7 +980,7 @@ fn record_head(
         Typed::F16(_) => Dtype::F16,
         Typed::Bf16(_) => Dtype::Bf16,
     };
-    let mut inputs = Arena::new();
+    let mut inputs = Packed::new();
     let h = inputs.push(head.h.bytes());
     let w = inputs.push(head.w.bytes());
     let bias: Option<Vec<f32>> = head
@@ -1033,7 +1006,7 @@ fn record_head(
     // writable variants).
     let mut arenas = vec![inputs];
     if !want.shared {
-        arenas.push(Arena::new());
+        arenas.push(Packed::new());
     }
     let last = arenas.len() - 1;
     let outputs = &mut arenas[last];

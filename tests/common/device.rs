@@ -100,6 +100,36 @@ pub fn buffer(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
         })
 }
 
+/// Byte ranges packed into one buffer at 256-aligned offsets (the alignment every adapter
+/// accepts), never at 0: a recorded call then binds slices in the middle of a shared buffer.
+pub struct Packed {
+    /// The buffer's bytes (0xAB before the first range, 0xCD padding after each).
+    pub bytes: Vec<u8>,
+    /// Each pushed range (at least 4 bytes).
+    pub ranges: Vec<std::ops::Range<u64>>,
+}
+
+impl Packed {
+    pub fn new() -> Packed {
+        Packed {
+            bytes: vec![0xAB; 256],
+            ranges: Vec::new(),
+        }
+    }
+    /// Appends `data` at the next 256-byte boundary and returns its index.
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        let start = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        self.bytes
+            .resize(self.bytes.len().next_multiple_of(256) + 256, 0xCD);
+        self.ranges.push(start..start + data.len().max(4) as u64);
+        self.ranges.len() - 1
+    }
+    pub fn upload(&self, gpu: &Gpu) -> wgpu::Buffer {
+        buffer(gpu, &self.bytes)
+    }
+}
+
 /// Reads a buffer back as f32.
 pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
     let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {

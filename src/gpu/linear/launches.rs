@@ -133,29 +133,28 @@ pub(super) fn forward_launches<'a>(
     launches
 }
 
-/// A vocabulary shard's partials (`shard_partials`): `linear_partials` over every row chunk
-/// and piece of `W`, and nothing after it.
-pub(super) fn shard_partials_launches<'a>(
-    b: &'a Bindings,
-    pieces: &Pieces,
-    base: Params,
-) -> Vec<Launch<'a>> {
-    let chunks = pieces.row_chunks.iter();
-    chunks
-        .flat_map(|&chunk| partials_launches(b, pieces, chunk, base))
-        .collect()
+/// What a vocabulary shard's call dispatches over every row chunk and piece of `W`.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ShardPass {
+    /// `shard_partials`: `linear_partials`, nothing after it.
+    Partials,
+    /// `shard_focal`: `linear_focal` from the combined rows' coefficients.
+    Focal,
 }
 
-/// A vocabulary shard's focal sums (`shard_focal`): `linear_focal` over every row chunk and
-/// piece of `W`, from the combined rows' coefficients.
-pub(super) fn shard_focal_launches<'a>(
+/// A vocabulary shard's dispatches of `pass`, chunk by chunk.
+pub(super) fn shard_launches<'a>(
     b: &'a Bindings,
     pieces: &Pieces,
     base: Params,
+    pass: ShardPass,
 ) -> Vec<Launch<'a>> {
     let chunks = pieces.row_chunks.iter();
     chunks
-        .flat_map(|&chunk| focal_launches(b, pieces, chunk, base))
+        .flat_map(|&chunk| match pass {
+            ShardPass::Partials => partials_launches(b, pieces, chunk, base),
+            ShardPass::Focal => focal_launches(b, pieces, chunk, base),
+        })
         .collect()
 }
 

@@ -5,7 +5,7 @@
 //! rows as the kernels' coefficients, written over the pool's before the dispatches.
 
 use super::bindings::Bindings;
-use super::launches::{backward_launches, shard_focal_launches, shard_partials_launches};
+use super::launches::{backward_launches, shard_launches, ShardPass};
 use super::{buffers, HostCall};
 use crate::error::Result;
 use crate::gpu::abi::{Params, Partial, ReductionCode, FOCAL_SUM_BYTES, PARTIAL_BYTES};
@@ -30,7 +30,7 @@ impl Gpu {
         let pool = &mut *pool;
         let (records, target_logits): (Vec<Partial>, Vec<f32>) = self.scoped(|| {
             let b = buffers::upload(self, pool, plan, batch, &request, (call.load, cut(&call)));
-            let launches = shard_partials_launches(&b, &call.pieces, call.base);
+            let launches = shard_launches(&b, &call.pieces, call.base, ShardPass::Partials);
             self.submit_linear(&launches, &b, &call);
             let reads = [
                 (
@@ -77,7 +77,7 @@ impl Gpu {
         let sums: Vec<[f32; 2]> = self.scoped(|| {
             let b = buffers::upload(self, pool, plan, batch, &request, (call.load, cut(&call)));
             self.write_combined(&b, plan, combined);
-            let launches = shard_focal_launches(&b, &call.pieces, call.base);
+            let launches = shard_launches(&b, &call.pieces, call.base, ShardPass::Focal);
             self.submit_linear(&launches, &b, &call);
             let focal = b.scratch.focal_partials.as_ref().map(|f| f.buffer());
             let bytes = (n * splits) as u64 * FOCAL_SUM_BYTES;
