@@ -24,6 +24,8 @@ fn load_b(k: u32, c: u32) -> f32 {
     return load_w(c * p.hidden + k);
 }
 
+fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) { load_slabs_scalar(m0, n0, k0, local); }
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let tx = local % SIDE;

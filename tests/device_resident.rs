@@ -461,3 +461,51 @@ fn slices_at_offsets_inside_shared_buffers() {
     let in_place = DeviceOutputs::new(other.slice(0..4)).gradient(DeviceGradient::InPlace);
     record(&batch, &in_place).expect("in place over logits beside the targets");
 }
+
+/// An in-place gradient whose logits share their buffer with the call's other outputs (its
+/// flag and per-row records) while the targets sit elsewhere: the passes that only read the
+/// logits must not bind them read-only beside a writable slice (the writable variants), on
+/// both paths and with focal loss with smoothing (the three-pass focal pass).
+#[test]
+fn in_place_beside_other_outputs() {
+    for gpu in paths() {
+        for options in [
+            CrossEntropy::new().label_smoothing(0.1),
+            CrossEntropy::new().label_smoothing(0.1).focal_gamma(2.0),
+        ] {
+            let case = Case::new(18, 40, 97, Hardness::default()).ignore_every(5, -100);
+            let reference = case.reference(&options, None);
+            let mut pack = Packed::new();
+            let logits = pack.push(bytemuck::cast_slice(&case.logits));
+            let flag = pack.push(&[0u8; 4]);
+            let rows = pack.push(&vec![0u8; case.rows * 32]);
+            let loss = pack.push(&[0u8; 4]);
+            let shared = pack.upload(&gpu);
+            let targets = buffer(&gpu, bytemuck::cast_slice(&case.index_targets));
+            let at = |k: usize| shared.slice(pack.ranges[k].clone());
+            let batch = DeviceBatch::new(
+                at(logits),
+                xent::Dtype::F32,
+                case.rows,
+                case.classes,
+                DeviceTargets::I64(targets.slice(..)),
+            );
+            let out = DeviceOutputs {
+                rows: Some(at(rows)),
+                ..DeviceOutputs::new(at(loss))
+                    .gradient(DeviceGradient::InPlace)
+                    .target_error(at(flag))
+            };
+            record_and_submit(&gpu, &options, &batch, &out);
+            let all = read(&gpu, &shared);
+            let part = |k: usize| {
+                let r = &pack.ranges[k];
+                all[(r.start / 4) as usize..(r.end / 4) as usize].to_vec()
+            };
+            let label = format!("in place beside outputs, {options:?}");
+            assert_within(&label, &part(logits), &reference.gradient, tol::GRADIENT);
+            assert_within(&label, &part(loss), &[reference.loss.unwrap()], tol::LOSS);
+            assert_eq!(part(flag), [0.0], "{label}: no target flagged");
+        }
+    }
+}

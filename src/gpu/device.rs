@@ -6,7 +6,8 @@
 //!   `wgpu::Limits::default()` or the adapter's own limits. `Limits::downlevel_defaults()`
 //!   allows only 4 storage buffers, and [`Gpu::from_device`](super::Gpu::from_device) refuses it.
 //! - Buffers with `STORAGE` usage and nothing else: a recorded call neither copies nor clears
-//!   the caller's buffers (add `COPY_SRC` only to copy results out yourself).
+//!   the caller's buffers (add `COPY_SRC` only to copy results out yourself;
+//!   `record_row_counts` clears its counts, which need `COPY_DST`).
 //! - Every buffer is a `wgpu::BufferSlice` (`buffer.slice(..)` for a whole one): a tensor at an
 //!   offset inside a larger buffer is bound there, no copy. Offsets are multiples of the
 //!   device's `min_storage_buffer_offset_alignment` (256 bytes on most; else
@@ -125,7 +126,7 @@ pub struct DeviceBatch<'a> {
 /// The outputs of a recorded call. Nothing is read back.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceOutputs<'a> {
-    /// Receives the reduced loss as one f32 at offset 0 (`STORAGE`, at least 4 bytes). For
+    /// Receives the reduced loss as one f32 at the slice's start (`STORAGE`, at least 4 bytes). For
     /// `Reduction::None` it receives the sum, unused.
     pub loss: wgpu::BufferSlice<'a>,
     /// Softmax: receives one [`GpuRow`] per row (`STORAGE`, `rows × 32` bytes). BCE: receives
@@ -271,7 +272,7 @@ impl Gpu {
         outputs: &DeviceOutputs,
         want_entropy: bool,
     ) -> Result<()> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         self.scoped(|| {
             let error = RECORDED_CALL_ERROR;
             super::schedule::record(
@@ -347,7 +348,7 @@ impl Gpu {
     /// The lowest row whose target was out of range in any recorded call since the last
     /// check (reads 4 bytes back, then clears the flag).
     pub fn take_target_error(&self) -> Result<Option<usize>> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         let error = pool.get(&self.device, RECORDED_CALL_ERROR, 16, storage_usage());
         let flag = u32::from_le_bytes(
             self.read_back(&mut pool, &error, 4)?[..4]

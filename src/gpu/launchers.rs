@@ -407,7 +407,9 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         .filter(|&&(binding, _, _)| own_check || binding != TARGET_ERROR)
         .map(|&(binding, slot, min)| match binding {
             LOGITS if in_place => (binding, Slot::Write, min),
-            LOGITS if variant.load == LogitLoad::F32x4 => (binding, slot, 16),
+            LOGITS | HIDDEN | HEAD_WEIGHT if variant.load == LogitLoad::F32x4 => {
+                (binding, slot, 16)
+            }
             _ => (binding, slot, min),
         })
         .map(|(binding, slot, min)| match slot {

@@ -96,7 +96,13 @@ pub struct Gpu {
     storage_alignment: u64,
     uniform_alignment: u64,
     pipelines: PipelineCache,
+    /// Scratch and uploads of host-slice calls, held by one call from upload to read-back.
     pool: Mutex<Pool>,
+    /// Scratch of recorded calls: apart from the host calls' so that a host call on another
+    /// thread, whose work and read-back are separate submissions, never meets a recorded
+    /// call's work submitted in between. A recorded call writes every scratch value it reads
+    /// earlier in its own commands, so recorded calls may share it in any submission order.
+    recorded: Mutex<Pool>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -221,6 +227,7 @@ impl Gpu {
             uniform_alignment: limits.min_uniform_buffer_offset_alignment as u64,
             pipelines: PipelineCache::default(),
             pool: Mutex::new(Pool::default()),
+            recorded: Mutex::new(Pool::default()),
             device,
             queue,
         })

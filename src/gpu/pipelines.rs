@@ -129,6 +129,11 @@ pub enum LogitLoad {
 }
 
 impl LogitLoad {
+    /// Two-byte values (f16 or bf16).
+    pub fn is_half(self) -> bool {
+        matches!(self, LogitLoad::F16 | LogitLoad::Bf16)
+    }
+
     /// The scalar load of `dtype`.
     pub fn scalar(dtype: crate::input::Dtype) -> LogitLoad {
         match dtype {
@@ -264,6 +269,11 @@ impl Variant {
         }
         if k.is_linear() {
             src += &self.linear_loads();
+            // f32 operands bound as vec4 arrays (D a multiple of 4): 16-byte slab loads.
+            src += &format!(
+                "const LINEAR_VEC4: bool = {};\n",
+                self.load == LogitLoad::F32x4
+            );
             src += include_str!("../../shaders/include/linear_tile.wgsl");
         }
         if matches!(
@@ -370,9 +380,8 @@ impl Variant {
     /// include of the same dtype.
     fn linear_loads(&self) -> String {
         let logits = match self.load {
-            LogitLoad::F32 | LogitLoad::F32x4 => {
-                include_str!("../../shaders/include/logits_f32.wgsl")
-            }
+            LogitLoad::F32 => include_str!("../../shaders/include/logits_f32.wgsl"),
+            LogitLoad::F32x4 => include_str!("../../shaders/include/logits_f32x4.wgsl"),
             LogitLoad::F16 => include_str!("../../shaders/include/logits_f16.wgsl"),
             LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
         };
@@ -563,7 +572,13 @@ pub fn all_variants() -> Vec<Variant> {
             if load == LogitLoad::F32 {
                 out.push(Variant::new(Kernel::SoftmaxTargets, load, t));
                 if t != TargetLoad::Dense {
-                    for load in [LogitLoad::F32, LogitLoad::F16, LogitLoad::Bf16] {
+                    let linear = [
+                        LogitLoad::F32,
+                        LogitLoad::F32x4,
+                        LogitLoad::F16,
+                        LogitLoad::Bf16,
+                    ];
+                    for load in linear {
                         out.push(Variant::new(Kernel::LinearPartials, load, t));
                         // The backward reads no targets: one variant per load.
                         if t == TargetLoad::I64 {

@@ -152,9 +152,10 @@ pub(crate) fn slice_fits(
     Ok(())
 }
 
-/// Whether an output shares a `wgpu::Buffer` with an input (the call then takes its
+/// Whether an output shares a `wgpu::Buffer` with another slice (the call then takes its
 /// kernels' writable variants: wgpu refuses one buffer bound read-only and writable in a
-/// dispatch), after checking that no output's bytes overlap another slice's (they would
+/// dispatch, and an in-place gradient's logits are read-only to the passes that only read
+/// them), after checking that no output's bytes overlap another slice's (they would
 /// race, or read what the call writes). `size` of each is the bytes the call touches.
 pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<bool> {
     let mut shared = false;
@@ -173,7 +174,12 @@ pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<bool
                 "the {what} overlaps the {other}: each output needs bytes of its own"
             )));
         }
-        shared |= reads.iter().any(|(_, s, _)| s.as_ref().is_some_and(same));
+        // Any other slice in the buffer: an input, or an output beside an in-place gradient's
+        // logits (bound read-only by the passes that only read them).
+        let others = reads.iter().chain(&writes[..i]).chain(&writes[i + 1..]);
+        shared |= others
+            .filter(|(_, s, _)| s.is_some())
+            .any(|(_, s, _)| s.as_ref().is_some_and(same));
     }
     Ok(shared)
 }

@@ -33,8 +33,9 @@ pub(super) fn upload(
 ) -> Bindings {
     let (n, d, v) = (plan.computed.len(), plan.hidden, plan.vocab);
     let rows = &plan.computed;
-    let element = if load == LogitLoad::F32 { 4 } else { 2 };
-    let (hidden, weight): (Vec<u8>, Vec<u8>) = if load == LogitLoad::F32 {
+    let widened = matches!(load, LogitLoad::F32 | LogitLoad::F32x4);
+    let element = if widened { 4 } else { 2 };
+    let (hidden, weight): (Vec<u8>, Vec<u8>) = if widened {
         let mut buf = Vec::new();
         let mut h = Vec::with_capacity(n * d);
         for &r in rows {

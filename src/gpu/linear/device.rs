@@ -15,10 +15,10 @@
 //! since which rows are ignored is known only on the device.
 
 use super::bindings::{Bindings, Destination, Region, Scratch};
-use super::{base_params, call_launches, cut, Flags};
+use super::{base_params, call_launches, cut, linear_load, Flags};
 use crate::error::Result;
 use crate::gpu::encode::storage_usage;
-use crate::gpu::pipelines::{LogitLoad, TargetLoad};
+use crate::gpu::pipelines::TargetLoad;
 use crate::gpu::pool::Role;
 use crate::gpu::schedule::RECORDED_CALL_ERROR;
 use crate::gpu::Gpu;
@@ -190,7 +190,7 @@ impl Gpu {
             crate::plan::linear::check_device(options, batch, outputs, self.storage_alignment)?;
         let (n, d, v) = (batch.hidden.rows, batch.hidden.cols, batch.weight.rows);
         let dtype = batch.hidden.dtype;
-        let load = LogitLoad::scalar(dtype);
+        let load = linear_load(dtype, d);
         let (pieces, backward) = cut(
             (n, d, v),
             dtype.size() as u64,
@@ -209,7 +209,7 @@ impl Gpu {
             _ => outputs.upstream_scalar,
         };
         let base = base_params(options, (d, v, v), flags, upstream, &pieces);
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         let pool = &mut *pool;
         self.scoped(|| {
             let focal = crate::plan::needs_focal_pass(options, false);

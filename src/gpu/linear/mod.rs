@@ -174,9 +174,9 @@ impl HostCall {
             Dtype::F16 | Dtype::Bf16 if batch.weight.dtype() == dtype && d % 2 == 0 => {
                 LogitLoad::scalar(dtype)
             }
-            _ => LogitLoad::F32,
+            _ => linear_load(Dtype::F32, d),
         };
-        let element = if load == LogitLoad::F32 { 4 } else { 2 };
+        let element = if load.is_half() { 2 } else { 4 };
         let (pieces, backward) = cut((n, d, v), element, plan.gradient, gpu.max_binding)?;
         let flags = Flags {
             class_weights: batch.class_weights.is_some(),
@@ -202,6 +202,15 @@ impl HostCall {
             backward,
             base,
         })
+    }
+}
+
+/// How the kernels load `h` and `W` of `dtype` and hidden size `d`: f32 as vec4s where D is a
+/// multiple of 4 (16-byte slab loads; every row window then starts 16-byte aligned).
+pub(super) fn linear_load(dtype: Dtype, d: usize) -> LogitLoad {
+    match LogitLoad::scalar(dtype) {
+        LogitLoad::F32 if d.is_multiple_of(4) => LogitLoad::F32x4,
+        load => load,
     }
 }
 

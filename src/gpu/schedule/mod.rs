@@ -216,7 +216,7 @@ impl Call<'_> {
     /// What the gradient's scales read: per-row upstream values, or the mean's totals.
     fn scale_source(&self) -> Window<'_> {
         match (self.plan.reduction, self.out.upstream) {
-            (Reduction::None, Some(u)) => Window::slice(u),
+            (Reduction::None, Some(u)) => Window::slice(u).first(self.plan.rows as u64 * 4),
             (Reduction::Mean, _) => Window::whole(&self.scratch.totals),
             _ => Window::whole(&self.scratch.dummy_read),
         }

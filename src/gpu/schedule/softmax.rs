@@ -6,6 +6,7 @@ use super::super::launch::{Chunk, LaunchShape, Piece};
 use super::super::launchers::{Backward, Focal, Fused, Partials, Rows, Targets};
 use super::super::{encode::grid, ShaderVariant};
 use super::{Call, Kernel, LogitLoad, Store, Variant, Window};
+use crate::gpu::abi::ROW_BYTES;
 use crate::input::{Dtype, Layout};
 
 impl Call<'_> {
@@ -57,7 +58,7 @@ impl Call<'_> {
             gradient: self.gradient(first, count),
             targets: self.chunk_targets(first, count),
             class_weights: self.class_weights(),
-            rows: s.row_out.window(),
+            rows: s.row_out.head(self.plan.rows as u64 * ROW_BYTES),
             row_sums: Window::whole(&s.row_sums),
             scale_source: self.scale_source(),
             sample_weights: self.sample_weights(),
@@ -98,7 +99,7 @@ impl Call<'_> {
             targets: self.index_targets(),
             class_weights: self.class_weights(),
             partials: Window::whole(&s.partials),
-            rows: s.row_out.window(),
+            rows: s.row_out.head(self.plan.rows as u64 * ROW_BYTES),
             row_sums: Window::whole(&s.row_sums),
             coefficients: Window::whole(&s.coefs),
             sample_weights: self.sample_weights(),
@@ -122,7 +123,7 @@ impl Call<'_> {
                 logits,
                 targets,
                 class_weights: self.class_weights(),
-                rows: s.row_out.window(),
+                rows: s.row_out.head(self.plan.rows as u64 * ROW_BYTES),
                 row_sums: Window::whole(&s.row_sums),
                 coefficients: Window::whole(&s.coefs),
             };
