@@ -15,9 +15,11 @@
 //!   sub-allocated tensors do): the call then takes kernels whose storage bindings are all
 //!   `read_write`, since wgpu refuses one buffer bound read-only and writable in a dispatch.
 //!   An output's bytes must be its own (overlapping another slice: `Error::Unsupported`).
-//! - Scratch buffers are xent's and are reused by the next call; recorded calls run in the
-//!   order they were recorded (in one encoder or across submits), so reuse is safe, and each
-//!   call allocates only a small uniform buffer and its bind groups.
+//! - Scratch buffers are xent's and are reused by the next recorded call: each call writes
+//!   every scratch value it reads in its own commands, so calls recorded into any encoders
+//!   and submitted in any order (from any thread) are safe; host-slice calls on the same
+//!   `Gpu` use scratch of their own. Each call allocates only a small uniform buffer and its
+//!   bind groups.
 //! - Accuracy without reading every row's record back:
 //!   [`Gpu::record_row_counts`](super::Gpu::record_row_counts) counts valid and correct rows
 //!   on the device.
