@@ -4,7 +4,8 @@
 //! of scratch buffers reused across calls. Host-slice calls go through
 //! [`Backend::Gpu`](crate::Backend::Gpu); trainers that keep logits on the device record the
 //! same kernels into their own encoder with [`Gpu::record_cross_entropy`] and
-//! [`Gpu::record_binary_cross_entropy`].
+//! [`Gpu::record_binary_cross_entropy`], and a linear head from its hidden states and weight
+//! with [`Gpu::record_linear_cross_entropy`], all on `wgpu::BufferSlice`s.
 //!
 //! A softmax call is three passes (one kernel each, `shaders/`): partials (one read of the logits),
 //! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
