@@ -403,6 +403,7 @@ fn gpu(c: &mut Criterion) {
                 upstream: None,
                 upstream_scalar: 1.0,
                 target_error: None,
+                saved: None,
             };
             // Device times where the adapter has timestamp queries (xent's stopwatch).
             let stopwatch = Stopwatch::new(gpu);

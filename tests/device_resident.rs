@@ -82,6 +82,7 @@ fn device_resident_calls_on(gpu: Arc<Gpu>) {
         upstream: None,
         upstream_scalar: 1.0,
         target_error: None,
+        saved: None,
     };
     // Two steps recorded into one encoder (scratch reused), nothing read back in between.
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
@@ -506,6 +507,133 @@ fn in_place_beside_other_outputs() {
             assert_within(&label, &part(logits), &reference.gradient, tol::GRADIENT);
             assert_within(&label, &part(loss), &[reference.loss.unwrap()], tol::LOSS);
             assert_eq!(part(flag), [0.0], "{label}: no target flagged");
+        }
+    }
+}
+
+/// The autodiff split: a forward that records the loss and saves its per-row state, then a
+/// backward recorded from that state alone (`record_cross_entropy_backward`), with a host
+/// scalar, a device scalar or per-row upstream, into a slice or in place; every reduction,
+/// focal loss with smoothing, on both paths; against the reference. Bad upstreams are typed
+/// errors.
+#[test]
+fn backward_from_saved_state() {
+    use xent::gpu::{DeviceSaved, DeviceUpstream};
+    use xent::Reduction;
+    for gpu in paths() {
+        let case = Case::new(19, 37, 211, Hardness::default())
+            .weighted(6)
+            .sample_weighted(7)
+            .ignore_every(5, -100);
+        let (n, c) = (case.rows, case.classes);
+        let grid = [
+            (CrossEntropy::new(), false),
+            (CrossEntropy::new(), true),
+            (
+                CrossEntropy::new()
+                    .reduction(Reduction::Sum)
+                    .label_smoothing(0.1),
+                true,
+            ),
+            (
+                CrossEntropy::new().reduction(Reduction::None).z_loss(1e-3),
+                false,
+            ),
+            (
+                CrossEntropy::new()
+                    .focal_gamma(2.0)
+                    .label_smoothing(0.05)
+                    .softcap(6.0),
+                true,
+            ),
+        ];
+        for (options, device_upstream) in grid {
+            let upstream: Vec<f32> = match options.reduction {
+                Reduction::None => (0..n).map(|r| 0.5 + r as f32 * 0.05).collect(),
+                _ => vec![0.75],
+            };
+            let reference = case.reference(&options, Some(&upstream));
+            let uploaded = DeviceCase::upload(&gpu, &case);
+            let batch = uploaded.batch();
+            let rows = buffer(&gpu, &vec![0u8; n * 32]);
+            let totals = buffer(&gpu, &[0u8; 16]);
+            let loss = buffer(&gpu, &[0u8; 4]);
+            let up = buffer(&gpu, bytemuck::cast_slice(&upstream));
+            let grad = buffer(&gpu, &vec![0u8; n * c * 4]);
+            let saved = DeviceSaved {
+                rows: rows.slice(..),
+                totals: totals.slice(..),
+            };
+            let upstream_arg = match (options.reduction, device_upstream) {
+                (Reduction::None, _) => DeviceUpstream::Rows(up.slice(..)),
+                (_, true) => DeviceUpstream::Device(up.slice(..)),
+                (_, false) => DeviceUpstream::Scalar(upstream[0]),
+            };
+            let label = format!("{options:?}, upstream {upstream_arg:?}");
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            let forward = DeviceOutputs::new(loss.slice(..)).save(saved);
+            gpu.record_cross_entropy(&mut encoder, &options, &batch, &forward)
+                .unwrap();
+            gpu.record_cross_entropy_backward(
+                &mut encoder,
+                &options,
+                &batch,
+                saved,
+                DeviceGradient::Into(grad.slice(..)),
+                upstream_arg,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            gpu.queue().submit([encoder.finish()]);
+            if let Some(expected) = reference.loss {
+                assert_within(
+                    &format!("{label}: loss"),
+                    &read(&gpu, &loss)[..1],
+                    &[expected],
+                    tol::LOSS,
+                );
+            }
+            assert_within(
+                &format!("{label}: gradient"),
+                &read(&gpu, &grad),
+                &reference.gradient,
+                tol::GRADIENT,
+            );
+            // In place over the logits, from the same saved state.
+            let in_place = DeviceCase::upload(&gpu, &case);
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            gpu.record_cross_entropy_backward(
+                &mut encoder,
+                &options,
+                &in_place.batch(),
+                saved,
+                DeviceGradient::InPlace,
+                upstream_arg,
+            )
+            .unwrap();
+            gpu.queue().submit([encoder.finish()]);
+            assert_within(
+                &format!("{label}: in place"),
+                &read(&gpu, &in_place.logits),
+                &reference.gradient,
+                tol::GRADIENT,
+            );
+            // The wrong kind of upstream for the reduction is refused.
+            let wrong = match options.reduction {
+                Reduction::None => DeviceUpstream::Scalar(1.0),
+                _ => DeviceUpstream::Rows(up.slice(..)),
+            };
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            let err = gpu
+                .record_cross_entropy_backward(
+                    &mut encoder,
+                    &options,
+                    &batch,
+                    saved,
+                    DeviceGradient::Into(grad.slice(..)),
+                    wrong,
+                )
+                .unwrap_err();
+            assert!(matches!(err, Error::Unsupported(_)), "{label}: {err}");
         }
     }
 }

@@ -1160,6 +1160,7 @@ fn device_resident_focal_on(gpu: Gpu) {
         upstream: None,
         upstream_scalar: 1.0,
         target_error: None,
+        saved: None,
     };
     for options in [
         CrossEntropy::new().focal_gamma(2.0),

@@ -4,13 +4,17 @@
 // FLAG_UPSTREAM), the reduced totals (ce, z, D, Σs) for `mean`, unread otherwise.
 
 // (a, b) of a global row: the reduction's scales times the row's sample weight.
+// With FLAG_DEVICE_UPSTREAM the scalar upstream of sum and mean is scale_source[4] (a
+// recorded backward's block: the saved totals, then the caller's upstream).
 fn row_scales(k: RowCoef, global_row: u32) -> vec2<f32> {
-    var ab = vec2(p.upstream, p.upstream);
+    var upstream = p.upstream;
+    if (has(FLAG_DEVICE_UPSTREAM)) { upstream = scale_source[4]; }
+    var ab = vec2(upstream, upstream);
     if (p.reduction == REDUCTION_NONE) {
         let u = select(1.0, scale_source[global_row], has(FLAG_UPSTREAM));
         ab = vec2(u, u);
     } else if (p.reduction == REDUCTION_MEAN) {
-        ab = vec2(p.upstream / scale_source[2], p.upstream / scale_source[3]);
+        ab = vec2(upstream / scale_source[2], upstream / scale_source[3]);
     }
     return ab * k.sample;
 }

@@ -137,7 +137,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 18] = [
+pub(crate) const FLAGS: [(&str, u32); 19] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -156,6 +156,7 @@ pub(crate) const FLAGS: [(&str, u32); 18] = [
     ("FLAG_BIAS_ONLY", FLAG_BIAS_ONLY),
     ("FLAG_ADD_BIAS", FLAG_ADD_BIAS),
     ("FLAG_WEIGHT_ONLY", FLAG_WEIGHT_ONLY),
+    ("FLAG_DEVICE_UPSTREAM", FLAG_DEVICE_UPSTREAM),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -194,6 +195,8 @@ pub(crate) const FLAG_BIAS_ONLY: u32 = 32768;
 pub(crate) const FLAG_ADD_BIAS: u32 = 65536;
 /// A linear head's `dW` without its `db` (`linear_weight_gradient.wgsl` binds the sink for it).
 pub(crate) const FLAG_WEIGHT_ONLY: u32 = 131072;
+/// The scalar upstream of sum and mean is on the device: `scale_source[4]`, after the totals.
+pub(crate) const FLAG_DEVICE_UPSTREAM: u32 = 262144;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

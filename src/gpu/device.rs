@@ -147,6 +147,37 @@ pub struct DeviceOutputs<'a> {
     /// steps and no call ever waits on the device. `None`: the [`Gpu`]'s own flag,
     /// read (blocking) by [`Gpu::take_target_error`](super::Gpu::take_target_error).
     pub target_error: Option<wgpu::BufferSlice<'a>>,
+    /// Softmax: where the call saves its per-row state for a later
+    /// [`Gpu::record_cross_entropy_backward`] (the call then takes the three-pass path).
+    pub saved: Option<DeviceSaved<'a>>,
+}
+
+/// Bytes of one row's saved state ([`DeviceSaved::rows`]).
+pub const SAVED_ROW_BYTES: u64 = 32;
+
+/// A softmax forward's per-row state, saved into the caller's slices
+/// ([`DeviceOutputs::saved`]) and read by [`Gpu::record_cross_entropy_backward`]: per row the
+/// kernels' row coefficients (the row's max and log-sum-exp, its gradient coefficients, its
+/// target and sample weight: [`SAVED_ROW_BYTES`] each), and the reduced totals
+/// `(ce, z, D, Σs)` the mean's gradient divides by. Opaque: written and read by xent only.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSaved<'a> {
+    /// `rows × SAVED_ROW_BYTES` bytes.
+    pub rows: wgpu::BufferSlice<'a>,
+    /// 16 bytes.
+    pub totals: wgpu::BufferSlice<'a>,
+}
+
+/// The upstream gradient of a recorded backward.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceUpstream<'a> {
+    /// `Sum`/`Mean`: a host scalar (1 for a plain loss).
+    Scalar(f32),
+    /// `Sum`/`Mean`: one f32 at the slice's start, on the device (an autodiff framework's
+    /// incoming gradient; the slice's buffer needs `COPY_SRC`, and so does the saved totals').
+    Device(wgpu::BufferSlice<'a>),
+    /// `None`: one f32 per row.
+    Rows(wgpu::BufferSlice<'a>),
 }
 
 /// The lowest row with an out-of-range target, from the u32 a target-error flag holds
@@ -210,7 +241,14 @@ impl<'a> DeviceOutputs<'a> {
             upstream: None,
             upstream_scalar: 1.0,
             target_error: None,
+            saved: None,
         }
+    }
+
+    /// Also save the per-row state for [`Gpu::record_cross_entropy_backward`].
+    pub fn save(mut self, saved: DeviceSaved<'a>) -> Self {
+        self.saved = Some(saved);
+        self
     }
 
     /// Also write the gradient.
@@ -251,6 +289,34 @@ impl Gpu {
     ) -> Result<()> {
         let entropy = outputs.rows.is_some();
         self.record_device(encoder, Loss::Softmax(*options), batch, outputs, entropy)
+    }
+
+    /// Records the gradient of a softmax call whose forward saved its per-row state
+    /// ([`DeviceOutputs::saved`]): one read of the logits and one write of the gradient
+    /// (`gradient`: into a slice, or in place over the logits), each element's softmax from
+    /// the saved log-sum-exp. `options` and `batch` are the forward's; `upstream` a host
+    /// scalar, a device scalar or per-row values as the reduction takes. For autodiff: the
+    /// forward records the loss and saves, the backward runs when the loss's gradient arrives.
+    pub fn record_cross_entropy_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        options: &CrossEntropy,
+        batch: &DeviceBatch,
+        saved: DeviceSaved<'_>,
+        gradient: DeviceGradient<'_>,
+        upstream: DeviceUpstream<'_>,
+    ) -> Result<()> {
+        if matches!(gradient, DeviceGradient::None) {
+            return Err(Error::Unsupported(
+                "a backward needs a gradient destination (Into or InPlace)".into(),
+            ));
+        }
+        let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        self.scoped(|| {
+            super::schedule::record_backward(
+                self, &mut pool, encoder, options, batch, saved, gradient, upstream,
+            )
+        })
     }
 
     /// Records binary cross-entropy with logits on device buffers into `encoder`.

@@ -207,6 +207,7 @@ impl Gpu {
                 upstream: upstream_buffer.as_ref().map(whole),
                 upstream_scalar: plan.upstream_scalar,
                 target_error: None,
+                saved: None,
             };
             let mut encoder = self
                 .device

@@ -35,7 +35,8 @@ mod shard;
 mod stopwatch;
 
 pub use device::{
-    target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow,
+    target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets,
+    DeviceUpstream, GpuRow, SAVED_ROW_BYTES,
 };
 pub use launch::{fused_shape, launch_shape, LaunchShape};
 pub use linear::{

@@ -69,6 +69,8 @@ pub(crate) enum Role {
     LinearWeightGradient,
     /// Its `db`.
     LinearBiasGradient,
+    /// A backward's saved totals and device upstream, side by side.
+    UpstreamBlock,
 }
 
 impl Role {
@@ -107,6 +109,7 @@ impl Role {
             Role::LinearHiddenGradient => "xent linear dh",
             Role::LinearWeightGradient => "xent linear dW",
             Role::LinearBiasGradient => "xent linear db",
+            Role::UpstreamBlock => "xent upstream block",
         }
     }
 }

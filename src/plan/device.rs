@@ -3,7 +3,10 @@
 
 use super::Loss;
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets, GpuRow};
+use crate::gpu::{
+    DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream, GpuRow,
+    SAVED_ROW_BYTES,
+};
 use crate::input::Layout;
 use crate::options::Reduction;
 
@@ -81,6 +84,16 @@ pub(crate) fn check(
         ("loss buffer (bytes)", Some(out.loss), 4),
         ("target error buffer (bytes)", out.target_error, 4),
         (row_what, out.rows, per_row),
+        (
+            "saved rows buffer (bytes)",
+            out.saved.map(|s| s.rows),
+            rows as u64 * SAVED_ROW_BYTES,
+        ),
+        (
+            "saved totals buffer (bytes)",
+            out.saved.map(|s| s.totals),
+            16,
+        ),
     ];
     for &(what, slice, bytes) in reads.iter().chain(&writes) {
         if let Some(slice) = slice {
@@ -103,6 +116,11 @@ pub(crate) fn check(
     {
         return Err(Error::Unsupported(
             "binary cross-entropy needs dense f32 targets".into(),
+        ));
+    }
+    if out.saved.is_some() && matches!(job, Loss::Binary(_)) {
+        return Err(Error::Unsupported(
+            "saved per-row state is for softmax cross-entropy; BCE's gradient is one pass".into(),
         ));
     }
     if out.upstream.is_some() && reduction != Reduction::None {
@@ -182,4 +200,38 @@ pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<bool
             .any(|(_, s, _)| s.as_ref().is_some_and(same));
     }
     Ok(shared)
+}
+
+/// The parts of a recorded backward its forward's check does not see: a device upstream is
+/// one f32 of a `Sum`/`Mean` call, per-row values go with `None`, and the device upstream and
+/// the saved totals are copied (4-byte aligned offsets, `COPY_SRC`).
+pub(crate) fn check_saved(
+    batch: &DeviceBatch<'_>,
+    saved: &DeviceSaved<'_>,
+    upstream: &DeviceUpstream<'_>,
+    reduction: Reduction,
+    alignment: u64,
+) -> Result<()> {
+    let shape = || format!("rows {} × classes {}", batch.rows, batch.classes);
+    let per_row = matches!(upstream, DeviceUpstream::Rows(_));
+    if (reduction == Reduction::None) != per_row {
+        return Err(Error::Unsupported(format!(
+            "a backward's upstream is per row (DeviceUpstream::Rows) for Reduction::None and a \
+             scalar for sum and mean; got {upstream:?} with {reduction:?}"
+        )));
+    }
+    if let DeviceUpstream::Device(u) = upstream {
+        slice_fits("device upstream buffer (bytes)", *u, 4, alignment, shape)?;
+        for (what, buffer) in [
+            ("device upstream buffer", u.buffer()),
+            ("saved totals buffer", saved.totals.buffer()),
+        ] {
+            if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                return Err(Error::Unsupported(format!(
+                    "the {what} is copied beside the other on the device: it needs COPY_SRC usage"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

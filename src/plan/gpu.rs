@@ -136,6 +136,7 @@ impl GpuCall {
         let fused = fused_shape(classes, layout).filter(|_| {
             softmax
                 && adapter.fused
+                && out.saved.is_none()
                 && !long_rows
                 && !focal_all
                 && !(in_place && elem == 2 && classes % 2 == 1)

@@ -13,8 +13,10 @@ mod params;
 mod scratch;
 mod softmax;
 
-use super::device::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
-use super::encode::{window, Window};
+use super::device::{
+    DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream,
+};
+use super::encode::{window, Region, Window};
 use super::launchers::Reduce;
 use super::pipelines::{Kernel, LogitLoad, Store, TargetLoad, Variant, WORKGROUP_SIZE};
 use super::pool::{Pool, Role};
@@ -43,6 +45,8 @@ struct Call<'a> {
     targets_buffer: wgpu::BufferSlice<'a>,
     scratch: Scratch,
     blocks: Blocks,
+    /// A backward whose scalar upstream is on the device (`DeviceUpstream::Device`).
+    device_upstream: bool,
 }
 
 /// Records one call into `encoder`, using the pool's scratch buffers: the decisions of
@@ -102,6 +106,7 @@ pub(super) fn record(
         scratch,
         blocks: Blocks::default(),
         plan,
+        device_upstream: false,
     };
     call.blocks = Blocks::new(&call, base);
 
@@ -130,6 +135,103 @@ pub(super) fn record(
     if plan.backward {
         call.backward(&mut pass);
     }
+    Ok(())
+}
+
+/// Records the backward of a softmax call from a forward's saved rows (`saved`): the gradient
+/// pass alone, over the logits, with the saved coefficients and totals, the upstream a host
+/// scalar, a device scalar (copied beside the totals into a pooled block, which the kernel
+/// reads under `FLAG_DEVICE_UPSTREAM`) or per-row values.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record_backward(
+    gpu: &Gpu,
+    pool: &mut Pool,
+    encoder: &mut wgpu::CommandEncoder,
+    options: &crate::options::CrossEntropy,
+    batch: &DeviceBatch,
+    saved: DeviceSaved,
+    gradient: DeviceGradient,
+    upstream: DeviceUpstream,
+) -> Result<()> {
+    let job = Loss::Softmax(*options);
+    // The plan of a three-pass call with this gradient and upstream; its loss goes nowhere.
+    let nowhere = pool.get(&gpu.device, Role::Loss, 16, super::encode::storage_usage());
+    let out = DeviceOutputs {
+        loss: nowhere.slice(..),
+        rows: None,
+        gradient,
+        upstream: match upstream {
+            DeviceUpstream::Rows(u) => Some(u),
+            _ => None,
+        },
+        upstream_scalar: match upstream {
+            DeviceUpstream::Scalar(u) => u,
+            _ => 1.0,
+        },
+        target_error: None,
+        saved: Some(saved),
+    };
+    let adapter = crate::plan::gpu::Adapter {
+        fused: false,
+        ..gpu.adapter_limits()
+    };
+    let alignment = gpu.storage_alignment;
+    crate::plan::device::check_saved(batch, &saved, &upstream, options.reduction, alignment)?;
+    let plan = GpuCall::new(job, batch, &out, adapter)?;
+    let mut scratch = Scratch::take(
+        pool,
+        &gpu.device,
+        (plan.rows, plan.classes),
+        plan.shape,
+        (plan.reduce_items, plan.softmax),
+        &out,
+        RECORDED_CALL_ERROR,
+        gpu.max_binding,
+    )?;
+    let device_upstream = matches!(upstream, DeviceUpstream::Device(_));
+    if let DeviceUpstream::Device(u) = upstream {
+        let block = pool.get(
+            &gpu.device,
+            Role::UpstreamBlock,
+            32,
+            super::encode::storage_usage(),
+        );
+        encoder.copy_buffer_to_buffer(saved.totals.buffer(), saved.totals.offset(), &block, 0, 16);
+        encoder.copy_buffer_to_buffer(u.buffer(), u.offset(), &block, 16, 4);
+        scratch.totals = Region::whole(&block);
+    }
+    let spatial = match plan.layout {
+        Layout::Rows => 0,
+        Layout::ClassDim1 { spatial } => spatial as u32,
+    };
+    let mut base = params::shared(job, batch, &out, plan.shape, spatial, plan.dense, false);
+    if device_upstream {
+        base.flags |= super::abi::FLAG_DEVICE_UPSTREAM;
+    }
+    let mut call = Call {
+        gpu,
+        batch,
+        out: &out,
+        scalar_load: LogitLoad::scalar(batch.dtype),
+        target_load: match batch.targets {
+            DeviceTargets::I32(_) => TargetLoad::I32,
+            DeviceTargets::I64(_) => TargetLoad::I64,
+            DeviceTargets::Dense(_) => TargetLoad::Dense,
+        },
+        targets_buffer: match batch.targets {
+            DeviceTargets::I32(t) | DeviceTargets::I64(t) | DeviceTargets::Dense(t) => t,
+        },
+        scratch,
+        blocks: Blocks::default(),
+        plan,
+        device_upstream,
+    };
+    call.blocks = Blocks::new(&call, base);
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("xent backward"),
+        timestamp_writes: None,
+    });
+    call.backward(&mut pass);
     Ok(())
 }
 
@@ -217,7 +319,11 @@ impl Call<'_> {
     fn scale_source(&self) -> Window<'_> {
         match (self.plan.reduction, self.out.upstream) {
             (Reduction::None, Some(u)) => Window::slice(u).first(self.plan.rows as u64 * 4),
-            (Reduction::Mean, _) => Window::whole(&self.scratch.totals),
+            // A device upstream's block: (ce, z, D, Σs, upstream), for the sum too.
+            (Reduction::Mean | Reduction::Sum, _) if self.device_upstream => {
+                self.scratch.totals.head(20)
+            }
+            (Reduction::Mean, _) => self.scratch.totals.head(16),
             _ => Window::whole(&self.scratch.dummy_read),
         }
     }
@@ -240,17 +346,17 @@ impl Call<'_> {
             .pipeline(Variant::plain(Kernel::Reduce).with_writable(self.plan.writable));
         let s = &self.scratch;
         let stage = |stage: Stage| match stage {
-            Stage::RowSums => &s.row_sums,
-            Stage::Ping => &s.ping,
-            Stage::Pong => &s.pong,
-            Stage::Totals => &s.totals,
+            Stage::RowSums => Window::whole(&s.row_sums),
+            Stage::Ping => Window::whole(&s.ping),
+            Stage::Pong => Window::whole(&s.pong),
+            Stage::Totals => s.totals.head(16),
         };
         let passes = reduce_passes(self.plan.reduce_items);
         for (i, (_, source, target)) in self.blocks.reduce.clone().zip(passes) {
             let reduce = Reduce {
                 params: self.blocks.window(i),
-                input: Window::whole(stage(source)),
-                output: Window::whole(stage(target)),
+                input: stage(source),
+                output: stage(target),
                 loss: Window::slice(self.out.loss).first(4),
             };
             let groups = (self.blocks.params[i].elems as u64)

@@ -14,16 +14,17 @@ use crate::error::{Error, Result};
 pub(super) struct Scratch {
     /// One `Partial` per (row, split).
     pub partials: wgpu::Buffer,
-    /// One `RowCoef` per row.
-    pub coefs: wgpu::Buffer,
+    /// One `RowCoef` per row: the pool's, or the caller's saved rows.
+    pub coefs: Region,
     /// Per-row (BCE: per-vec4) sums, the reduction's input.
     pub row_sums: wgpu::Buffer,
     /// The reduction's intermediate passes.
     pub ping: wgpu::Buffer,
     /// See `ping`.
     pub pong: wgpu::Buffer,
-    /// The reduced totals (ce, z, D, Σs).
-    pub totals: wgpu::Buffer,
+    /// The reduced totals (ce, z, D, Σs): the pool's, or the caller's saved totals. A
+    /// backward with a device upstream reads (ce, z, D, Σs, upstream) from a pooled block.
+    pub totals: Region,
     /// Each row's raw target logit (partials → rows).
     pub target_logits: wgpu::Buffer,
     /// The out-of-range-target flag: the caller's, or the pool's under `error_role`.
@@ -74,12 +75,15 @@ impl Scratch {
             rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
             storage_usage(),
         );
-        let coefs = pool.get(
-            device,
-            Role::Coefficients,
-            rows as u64 * COEF_BYTES,
-            storage_usage(),
-        );
+        let coefs = match out.saved {
+            Some(saved) => Region::slice(saved.rows),
+            None => Region::whole(&pool.get(
+                device,
+                Role::Coefficients,
+                rows as u64 * COEF_BYTES,
+                storage_usage(),
+            )),
+        };
         let row_sums = pool.get(
             device,
             Role::RowSums,
@@ -98,7 +102,10 @@ impl Scratch {
             reduce_items.div_ceil(16 * WORKGROUP_SIZE as u64) * ROW_SUM_BYTES,
             storage_usage(),
         );
-        let totals = pool.get(device, Role::Totals, 16, storage_usage());
+        let totals = match out.saved {
+            Some(saved) => Region::slice(saved.totals),
+            None => Region::whole(&pool.get(device, Role::Totals, 32, storage_usage())),
+        };
         let target_logits = pool.get(device, Role::TargetLogits, rows as u64 * 4, storage_usage());
         let error = match out.target_error {
             Some(flag) => Region::slice(flag),

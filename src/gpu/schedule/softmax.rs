@@ -6,7 +6,7 @@ use super::super::launch::{Chunk, LaunchShape, Piece};
 use super::super::launchers::{Backward, Focal, Fused, Partials, Rows, Targets};
 use super::super::{encode::grid, ShaderVariant};
 use super::{Call, Kernel, LogitLoad, Store, Variant, Window};
-use crate::gpu::abi::ROW_BYTES;
+use crate::gpu::abi::{COEF_BYTES, ROW_BYTES};
 use crate::input::{Dtype, Layout};
 
 impl Call<'_> {
@@ -101,7 +101,7 @@ impl Call<'_> {
             partials: Window::whole(&s.partials),
             rows: s.row_out.head(self.plan.rows as u64 * ROW_BYTES),
             row_sums: Window::whole(&s.row_sums),
-            coefficients: Window::whole(&s.coefs),
+            coefficients: s.coefs.head(self.plan.rows as u64 * COEF_BYTES),
             sample_weights: self.sample_weights(),
             target_logits: Window::whole(&s.target_logits),
         };
@@ -125,7 +125,7 @@ impl Call<'_> {
                 class_weights: self.class_weights(),
                 rows: s.row_out.head(self.plan.rows as u64 * ROW_BYTES),
                 row_sums: Window::whole(&s.row_sums),
-                coefficients: Window::whole(&s.coefs),
+                coefficients: s.coefs.head(self.plan.rows as u64 * COEF_BYTES),
             };
             self.gpu.launch(
                 pass,
@@ -203,7 +203,7 @@ impl Call<'_> {
                 gradient: self.gradient(first, count),
                 targets: self.chunk_targets(first, count),
                 class_weights: self.class_weights(),
-                coefficients: Window::whole(&self.scratch.coefs),
+                coefficients: self.scratch.coefs.head(self.plan.rows as u64 * COEF_BYTES),
                 scale_source: self.scale_source(),
             };
             let (x, y) = grid(count.div_ceil(4));
