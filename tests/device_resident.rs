@@ -535,6 +535,7 @@ fn backward_from_saved_state() {
                     .label_smoothing(0.1),
                 true,
             ),
+            (CrossEntropy::new().reduction(Reduction::Sum), false),
             (
                 CrossEntropy::new().reduction(Reduction::None).z_loss(1e-3),
                 false,
@@ -636,4 +637,49 @@ fn backward_from_saved_state() {
             assert!(matches!(err, Error::Unsupported(_)), "{label}: {err}");
         }
     }
+    // Saving with an in-place gradient (the backward would read the gradient as logits), and
+    // a device upstream its copy can't read, are refused.
+    let gpu = gpu().expect("a GPU");
+    let case = Case::new(20, 4, 9, Hardness::default());
+    let uploaded = DeviceCase::upload(&gpu, &case);
+    let (rows, totals, loss) = (
+        buffer(&gpu, &[0u8; 4 * 32]),
+        buffer(&gpu, &[0u8; 16]),
+        buffer(&gpu, &[0u8; 4]),
+    );
+    let saved = DeviceSaved {
+        rows: rows.slice(..),
+        totals: totals.slice(..),
+    };
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let in_place = DeviceOutputs::new(loss.slice(..))
+        .gradient(DeviceGradient::InPlace)
+        .save(saved);
+    let err = gpu
+        .record_cross_entropy(
+            &mut encoder,
+            &CrossEntropy::new(),
+            &uploaded.batch(),
+            &in_place,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    let storage_only = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let grad = buffer(&gpu, &[0u8; 4 * 9 * 4]);
+    let err = gpu
+        .record_cross_entropy_backward(
+            &mut encoder,
+            &CrossEntropy::new(),
+            &uploaded.batch(),
+            saved,
+            DeviceGradient::Into(grad.slice(..)),
+            DeviceUpstream::Device(storage_only.slice(..)),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }

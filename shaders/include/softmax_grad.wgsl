@@ -1,7 +1,8 @@
 // The gradient of one element from its row's coefficients, shared by the backward pass and the
 // fused kernel (the math is in `softmax_backward.wgsl`'s header). Needs `weights` (binding 4)
 // and `scale_source` (binding 10): the per-row upstream values for `none` (when
-// FLAG_UPSTREAM), the reduced totals (ce, z, D, Σs) for `mean`, unread otherwise.
+// FLAG_UPSTREAM), the reduced totals (ce, z, D, Σs) for `mean`, followed by the scalar
+// upstream for `sum` and `mean` with FLAG_DEVICE_UPSTREAM, unread otherwise.
 
 // (a, b) of a global row: the reduction's scales times the row's sample weight.
 // With FLAG_DEVICE_UPSTREAM the scalar upstream of sum and mean is scale_source[4] (a

@@ -7,7 +7,8 @@
 //!   allows only 4 storage buffers, and [`Gpu::from_device`](super::Gpu::from_device) refuses it.
 //! - Buffers with `STORAGE` usage and nothing else: a recorded call neither copies nor clears
 //!   the caller's buffers (add `COPY_SRC` only to copy results out yourself;
-//!   `record_row_counts` clears its counts, which need `COPY_DST`).
+//!   `record_row_counts` clears its counts, which need `COPY_DST`; a backward with a device
+//!   upstream copies it, and for the mean the saved totals, which need `COPY_SRC`).
 //! - Every buffer is a `wgpu::BufferSlice` (`buffer.slice(..)` for a whole one): a tensor at an
 //!   offset inside a larger buffer is bound there, no copy. Offsets are multiples of the
 //!   device's `min_storage_buffer_offset_alignment` (256 bytes on most; else
@@ -148,12 +149,15 @@ pub struct DeviceOutputs<'a> {
     /// read (blocking) by [`Gpu::take_target_error`](super::Gpu::take_target_error).
     pub target_error: Option<wgpu::BufferSlice<'a>>,
     /// Softmax: where the call saves its per-row state for a later
-    /// [`Gpu::record_cross_entropy_backward`] (the call then takes the three-pass path).
+    /// [`Gpu::record_cross_entropy_backward`] (the call then takes the three-pass path; its
+    /// gradient, if any, can't be in place). A backward planned with f32 gradient windows may
+    /// cut rows finer than the forward did: a forward that only just fits a binding can
+    /// save state whose backward is refused (long rows with focal loss and smoothing).
     pub saved: Option<DeviceSaved<'a>>,
 }
 
 /// Bytes of one row's saved state ([`DeviceSaved::rows`]).
-pub const SAVED_ROW_BYTES: u64 = 32;
+pub const SAVED_ROW_BYTES: u64 = super::abi::COEF_BYTES;
 
 /// A softmax forward's per-row state, saved into the caller's slices
 /// ([`DeviceOutputs::saved`]) and read by [`Gpu::record_cross_entropy_backward`]: per row the
@@ -340,6 +344,13 @@ impl Gpu {
         outputs: &DeviceOutputs,
         want_entropy: bool,
     ) -> Result<()> {
+        if outputs.saved.is_some() && matches!(outputs.gradient, DeviceGradient::InPlace) {
+            return Err(Error::Unsupported(
+                "a forward that saves its state for a later backward keeps the logits: its \
+                 gradient can't be written over them"
+                    .into(),
+            ));
+        }
         let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         self.scoped(|| {
             let error = RECORDED_CALL_ERROR;

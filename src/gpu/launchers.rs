@@ -122,7 +122,7 @@ launcher! {
         class_weights: CLASS_WEIGHTS, Read, 4;
         /// Row coefficients from the rows pass.
         coefficients: COEFFICIENTS, Read, COEF_BYTES;
-        /// Per-row upstream values, or the mean's totals.
+        /// Per-row upstream values, the mean's totals, or a device upstream's block.
         scale_source: SCALE_SOURCE, Read, 4;
         /// The hidden states.
         hidden: HIDDEN, Read, 4;
@@ -248,7 +248,7 @@ launcher! {
         class_weights: CLASS_WEIGHTS, Read, 4;
         /// Row coefficients.
         coefficients: COEFFICIENTS, Read, COEF_BYTES;
-        /// Per-row upstream values, or the mean's totals.
+        /// Per-row upstream values, the mean's totals, or a device upstream's block.
         scale_source: SCALE_SOURCE, Read, 4;
     }
 }
@@ -269,7 +269,7 @@ launcher! {
         rows: ROWS, Write, ROW_BYTES;
         /// Per-row sums for the reduction.
         row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
-        /// Per-row upstream values, or the mean's totals.
+        /// Per-row upstream values, the mean's totals, or a device upstream's block.
         scale_source: SCALE_SOURCE, Read, 4;
         /// Per-row sample weights.
         sample_weights: SAMPLE_WEIGHTS, Read, 4;

@@ -123,6 +123,7 @@ pub(crate) fn check(
             "saved per-row state is for softmax cross-entropy; BCE's gradient is one pass".into(),
         ));
     }
+
     if out.upstream.is_some() && reduction != Reduction::None {
         return Err(Error::Unsupported(
             "a per-row upstream buffer goes with Reduction::None; use upstream_scalar".into(),
@@ -203,14 +204,13 @@ pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<bool
 }
 
 /// The parts of a recorded backward its forward's check does not see: a device upstream is
-/// one f32 of a `Sum`/`Mean` call, per-row values go with `None`, and the device upstream and
-/// the saved totals are copied (4-byte aligned offsets, `COPY_SRC`).
+/// one f32 of a `Sum`/`Mean` call, per-row values go with `None`, and the device upstream (and
+/// for the mean the saved totals) are copies' sources: 4-byte aligned, `COPY_SRC`.
 pub(crate) fn check_saved(
     batch: &DeviceBatch<'_>,
     saved: &DeviceSaved<'_>,
     upstream: &DeviceUpstream<'_>,
     reduction: Reduction,
-    alignment: u64,
 ) -> Result<()> {
     let shape = || format!("rows {} × classes {}", batch.rows, batch.classes);
     let per_row = matches!(upstream, DeviceUpstream::Rows(_));
@@ -221,11 +221,18 @@ pub(crate) fn check_saved(
         )));
     }
     if let DeviceUpstream::Device(u) = upstream {
-        slice_fits("device upstream buffer (bytes)", *u, 4, alignment, shape)?;
-        for (what, buffer) in [
-            ("device upstream buffer", u.buffer()),
-            ("saved totals buffer", saved.totals.buffer()),
-        ] {
+        slice_fits(
+            "device upstream buffer (bytes)",
+            *u,
+            4,
+            wgpu::COPY_BUFFER_ALIGNMENT,
+            shape,
+        )?;
+        let mut sources = vec![("device upstream buffer", u.buffer())];
+        if reduction == Reduction::Mean {
+            sources.push(("saved totals buffer", saved.totals.buffer()));
+        }
+        for (what, buffer) in sources {
             if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
                 return Err(Error::Unsupported(format!(
                     "the {what} is copied beside the other on the device: it needs COPY_SRC usage"

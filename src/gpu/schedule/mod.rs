@@ -175,8 +175,7 @@ pub(super) fn record_backward(
         fused: false,
         ..gpu.adapter_limits()
     };
-    let alignment = gpu.storage_alignment;
-    crate::plan::device::check_saved(batch, &saved, &upstream, options.reduction, alignment)?;
+    crate::plan::device::check_saved(batch, &saved, &upstream, options.reduction)?;
     let plan = GpuCall::new(job, batch, &out, adapter)?;
     let mut scratch = Scratch::take(
         pool,
@@ -196,7 +195,11 @@ pub(super) fn record_backward(
             32,
             super::encode::storage_usage(),
         );
-        encoder.copy_buffer_to_buffer(saved.totals.buffer(), saved.totals.offset(), &block, 0, 16);
+        // The sum reads only the upstream; the mean the saved totals beside it.
+        if options.reduction == crate::options::Reduction::Mean {
+            let totals = saved.totals;
+            encoder.copy_buffer_to_buffer(totals.buffer(), totals.offset(), &block, 0, 16);
+        }
         encoder.copy_buffer_to_buffer(u.buffer(), u.offset(), &block, 16, 4);
         scratch.totals = Region::whole(&block);
     }
@@ -315,7 +318,8 @@ impl Call<'_> {
         Window::slice(self.targets_buffer).first(self.plan.rows as u64 * bytes)
     }
 
-    /// What the gradient's scales read: per-row upstream values, or the mean's totals.
+    /// What the gradient's scales read: per-row upstream values, the mean's totals, or a
+    /// device upstream's block (the totals, then the upstream).
     fn scale_source(&self) -> Window<'_> {
         match (self.plan.reduction, self.out.upstream) {
             (Reduction::None, Some(u)) => Window::slice(u).first(self.plan.rows as u64 * 4),

@@ -104,7 +104,7 @@ impl Scratch {
         );
         let totals = match out.saved {
             Some(saved) => Region::slice(saved.totals),
-            None => Region::whole(&pool.get(device, Role::Totals, 32, storage_usage())),
+            None => Region::whole(&pool.get(device, Role::Totals, 16, storage_usage())),
         };
         let target_logits = pool.get(device, Role::TargetLogits, rows as u64 * 4, storage_usage());
         let error = match out.target_error {
