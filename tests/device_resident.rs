@@ -637,6 +637,63 @@ fn backward_from_saved_state() {
             assert!(matches!(err, Error::Unsupported(_)), "{label}: {err}");
         }
     }
+    // The saved rows and totals, the device upstream and the gradient as slices of one shared
+    // buffer, as a framework sub-allocates them (the writable variants and offset copies).
+    for gpu in paths() {
+        let case = Case::new(21, 23, 150, Hardness::default())
+            .weighted(8)
+            .ignore_every(4, -100);
+        let (n, c) = (case.rows, case.classes);
+        let options = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+        let reference = case.reference(&options, Some(&[0.5]));
+        let uploaded = DeviceCase::upload(&gpu, &case);
+        let mut pack = Packed::new();
+        let (rows, totals, up, grad, loss) = (
+            pack.push(&vec![0u8; n * 32]),
+            pack.push(&[0u8; 16]),
+            pack.push(bytemuck::cast_slice(&[0.5f32])),
+            pack.push(&vec![0u8; n * c * 4]),
+            pack.push(&[0u8; 4]),
+        );
+        let shared = pack.upload(&gpu);
+        let at = |k: usize| shared.slice(pack.ranges[k].clone());
+        let saved = DeviceSaved {
+            rows: at(rows),
+            totals: at(totals),
+        };
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        let forward = DeviceOutputs::new(at(loss)).save(saved);
+        gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &forward)
+            .unwrap();
+        gpu.record_cross_entropy_backward(
+            &mut encoder,
+            &options,
+            &uploaded.batch(),
+            saved,
+            DeviceGradient::Into(at(grad)),
+            DeviceUpstream::Device(at(up)),
+        )
+        .unwrap();
+        gpu.queue().submit([encoder.finish()]);
+        let all = read(&gpu, &shared);
+        let part = |k: usize| {
+            let r = &pack.ranges[k];
+            all[(r.start / 4) as usize..(r.end / 4) as usize].to_vec()
+        };
+        assert_within(
+            "shared buffer: loss",
+            &part(loss),
+            &[reference.loss.unwrap()],
+            tol::LOSS,
+        );
+        assert_within(
+            "shared buffer: gradient",
+            &part(grad),
+            &reference.gradient,
+            tol::GRADIENT,
+        );
+    }
+
     // Saving with an in-place gradient (the backward would read the gradient as logits), and
     // a device upstream its copy can't read, are refused.
     let gpu = gpu().expect("a GPU");
