@@ -365,6 +365,26 @@ impl Gpu {
             })
     }
 
+    /// Every `Params` block of a call in one uniform buffer, at the adapter's uniform stride:
+    /// the buffer and the stride (block `i` is bound at `i × stride`).
+    fn uniform_blocks(&self, blocks: &[abi::Params]) -> (wgpu::Buffer, u64) {
+        use wgpu::util::DeviceExt;
+        let size = std::mem::size_of::<abi::Params>();
+        let stride = (size as u64).next_multiple_of(self.uniform_alignment);
+        let mut bytes = vec![0u8; stride as usize * blocks.len().max(1)];
+        for (i, p) in blocks.iter().enumerate() {
+            bytes[i * stride as usize..][..size].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("xent params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        (buffer, stride)
+    }
+
     /// Records one dispatch of `pipeline` over `windows` (a launcher's entries) in a compute
     /// pass of its own, `workgroups` as (x, y, z).
     fn dispatch(

@@ -63,7 +63,6 @@ use crate::linear::{LinearBatch, LinearRequest};
 use crate::options::{CrossEntropy, Reduction};
 use crate::output::Output;
 use crate::plan::linear::LinearPlan;
-use wgpu::util::DeviceExt;
 
 /// Rows of one workgroup's tile (`BM` in the shader, defined by the ABI).
 pub(super) const TILE_ROWS: usize = super::abi::LINEAR_TILE as usize;
@@ -105,20 +104,9 @@ impl Gpu {
         b: &Bindings,
         load: LogitLoad,
     ) {
+        let blocks: Vec<Params> = launches.iter().map(|l| l.params).collect();
+        let (uniforms, stride) = self.uniform_blocks(&blocks);
         let size = std::mem::size_of::<Params>();
-        let stride = (size as u64).next_multiple_of(self.uniform_alignment);
-        let mut bytes = vec![0u8; stride as usize * launches.len().max(1)];
-        for (i, launch) in launches.iter().enumerate() {
-            bytes[i * stride as usize..][..size]
-                .copy_from_slice(bytemuck::bytes_of(&launch.params));
-        }
-        let uniforms = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("xent linear params"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("xent linear"),
             timestamp_writes: None,

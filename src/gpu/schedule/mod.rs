@@ -74,41 +74,7 @@ pub(super) fn record(
         error_role,
         gpu.max_binding,
     )?;
-    let spatial = match plan.layout {
-        Layout::Rows => 0,
-        Layout::ClassDim1 { spatial } => spatial as u32,
-    };
-    let mut base = params::shared(
-        job,
-        batch,
-        out,
-        plan.shape,
-        spatial,
-        plan.dense,
-        want_entropy,
-    );
-    if let Some(fused) = plan.fused {
-        base.invocations_per_row = fused.invocations_per_row;
-    }
-    let mut call = Call {
-        gpu,
-        batch,
-        out,
-        scalar_load: LogitLoad::scalar(batch.dtype),
-        target_load: match batch.targets {
-            DeviceTargets::I32(_) => TargetLoad::I32,
-            DeviceTargets::I64(_) => TargetLoad::I64,
-            DeviceTargets::Dense(_) => TargetLoad::Dense,
-        },
-        targets_buffer: match batch.targets {
-            DeviceTargets::I32(t) | DeviceTargets::I64(t) | DeviceTargets::Dense(t) => t,
-        },
-        scratch,
-        blocks: Blocks::default(),
-        plan,
-        device_upstream: false,
-    };
-    call.blocks = Blocks::new(&call, base);
+    let call = Call::new(gpu, job, (batch, out), plan, scratch, want_entropy, 0);
 
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("xent"),
@@ -203,39 +169,71 @@ pub(super) fn record_backward(
         encoder.copy_buffer_to_buffer(u.buffer(), u.offset(), &block, 16, 4);
         scratch.totals = Region::whole(&block);
     }
-    let spatial = match plan.layout {
-        Layout::Rows => 0,
-        Layout::ClassDim1 { spatial } => spatial as u32,
+    let extra = if device_upstream {
+        super::abi::FLAG_DEVICE_UPSTREAM
+    } else {
+        0
     };
-    let mut base = params::shared(job, batch, &out, plan.shape, spatial, plan.dense, false);
-    if device_upstream {
-        base.flags |= super::abi::FLAG_DEVICE_UPSTREAM;
-    }
-    let mut call = Call {
-        gpu,
-        batch,
-        out: &out,
-        scalar_load: LogitLoad::scalar(batch.dtype),
-        target_load: match batch.targets {
-            DeviceTargets::I32(_) => TargetLoad::I32,
-            DeviceTargets::I64(_) => TargetLoad::I64,
-            DeviceTargets::Dense(_) => TargetLoad::Dense,
-        },
-        targets_buffer: match batch.targets {
-            DeviceTargets::I32(t) | DeviceTargets::I64(t) | DeviceTargets::Dense(t) => t,
-        },
-        scratch,
-        blocks: Blocks::default(),
-        plan,
-        device_upstream,
-    };
-    call.blocks = Blocks::new(&call, base);
+    let mut call = Call::new(gpu, job, (batch, &out), plan, scratch, false, extra);
+    call.device_upstream = device_upstream;
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("xent backward"),
         timestamp_writes: None,
     });
     call.backward(&mut pass);
     Ok(())
+}
+
+impl<'a> Call<'a> {
+    /// The call of `plan` on `batch` and `out` with its scratch, and every dispatch's `Params`
+    /// block from the shared fields (`extra_flags` added to them).
+    fn new(
+        gpu: &'a Gpu,
+        job: Loss,
+        (batch, out): (&'a DeviceBatch<'a>, &'a DeviceOutputs<'a>),
+        plan: GpuCall,
+        scratch: Scratch,
+        want_entropy: bool,
+        extra_flags: u32,
+    ) -> Call<'a> {
+        let spatial = match plan.layout {
+            Layout::Rows => 0,
+            Layout::ClassDim1 { spatial } => spatial as u32,
+        };
+        let mut base = params::shared(
+            job,
+            batch,
+            out,
+            plan.shape,
+            spatial,
+            plan.dense,
+            want_entropy,
+        );
+        base.flags |= extra_flags;
+        if let Some(fused) = plan.fused {
+            base.invocations_per_row = fused.invocations_per_row;
+        }
+        let mut call = Call {
+            gpu,
+            batch,
+            out,
+            scalar_load: LogitLoad::scalar(batch.dtype),
+            target_load: match batch.targets {
+                DeviceTargets::I32(_) => TargetLoad::I32,
+                DeviceTargets::I64(_) => TargetLoad::I64,
+                DeviceTargets::Dense(_) => TargetLoad::Dense,
+            },
+            targets_buffer: match batch.targets {
+                DeviceTargets::I32(t) | DeviceTargets::I64(t) | DeviceTargets::Dense(t) => t,
+            },
+            scratch,
+            blocks: Blocks::default(),
+            plan,
+            device_upstream: false,
+        };
+        call.blocks = Blocks::new(&call, base);
+        call
+    }
 }
 
 /// A buffer the fixed-order reduction reads or writes.

@@ -14,7 +14,6 @@ use super::Call;
 use crate::options::InputKind;
 use crate::plan::Loss;
 use std::ops::Range;
-use wgpu::util::DeviceExt;
 
 /// The call's shared `Params`: `spatial` is `S` of the (N, C, S) layout (0 for rows), `dense`
 /// whether the targets are dense, `want_entropy` whether the metrics are asked for.
@@ -194,20 +193,7 @@ impl Blocks {
                 ..base
             });
         }
-        let size = std::mem::size_of::<Params>();
-        let stride = (size as u64).next_multiple_of(call.gpu.uniform_alignment);
-        let mut bytes = vec![0u8; stride as usize * params.len()];
-        for (i, p) in params.iter().enumerate() {
-            bytes[i * stride as usize..][..size].copy_from_slice(bytemuck::bytes_of(p));
-        }
-        let uniforms = call
-            .gpu
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("xent params"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let (uniforms, stride) = call.gpu.uniform_blocks(&params);
         Blocks {
             params,
             uniforms: Some(uniforms),
