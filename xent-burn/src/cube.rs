@@ -1,0 +1,346 @@
+//! [`XentBackend`] on burn's CubeCL backend.
+//!
+//! On a wgpu device registered with xent ([`crate::init`], [`crate::register`]) the tensors'
+//! own buffers are bound where they are (burn sub-allocates them at aligned offsets of shared
+//! buffers): burn's pending work is submitted first (`client.flush()`), then xent records into
+//! an encoder of its own on the same device and submits it to the same queue, so burn's later
+//! work is ordered after it. Nothing is read back. Any other CubeCL runtime (CUDA, ROCm, the
+//! CPU runtime) or an unregistered device takes xent's CPU path (`host.rs`): the inputs are read
+//! back, and the outputs uploaded.
+
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::wgpu::{AutoCompiler, CubeBackend, CubeTensor, WgpuResource};
+use burn::tensor::{DType, Shape, Slice};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::server::Handle;
+use cubecl::wgpu::WgpuServer;
+use xent::gpu::{
+    DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream, Gpu,
+    GpuRow, SAVED_ROW_BYTES,
+};
+use xent::{Dtype, Reduction};
+
+use crate::host;
+use crate::ops::{Call, Given, Targets, XentBackend};
+
+/// The storage behind burn's wgpu tensors.
+type Server = WgpuServer<AutoCompiler>;
+
+impl XentBackend for CubeBackend {
+    fn xent_loss(logits: CubeTensor, given: Given<Self>, call: Call) -> (CubeTensor, CubeTensor) {
+        let inputs = Inputs::new(logits, given);
+        match crate::device::gpu_of(&inputs.logits.device) {
+            Some(gpu) => {
+                let (loss, flag, _) = forward(&gpu, &inputs, call, false);
+                (loss, flag)
+            }
+            None => host::loss(inputs, call),
+        }
+    }
+
+    fn xent_loss_saved(
+        logits: CubeTensor,
+        given: Given<Self>,
+        call: Call,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        let inputs = Inputs::new(logits, given);
+        match crate::device::gpu_of(&inputs.logits.device) {
+            Some(gpu) => {
+                let (loss, flag, saved) = forward(&gpu, &inputs, call, true);
+                let (rows, totals) = saved.expect("a saving forward returns its state");
+                (loss, flag, rows, totals)
+            }
+            None => {
+                // The CPU path keeps no state (its backward runs the loss again); the shapes
+                // are the device's.
+                let (loss, flag) = host::loss(inputs.clone(), call);
+                let rows = inputs.f32_tensor(&call.saved_rows_shape());
+                (loss, flag, rows, inputs.f32_tensor(&[4]))
+            }
+        }
+    }
+
+    fn xent_gradient(
+        logits: CubeTensor,
+        given: Given<Self>,
+        saved_rows: CubeTensor,
+        saved_totals: CubeTensor,
+        upstream: CubeTensor,
+        call: Call,
+    ) -> CubeTensor {
+        let inputs = Inputs::new(logits, given);
+        let upstream = aligned(upstream);
+        match crate::device::gpu_of(&inputs.logits.device) {
+            Some(gpu) => backward(&gpu, inputs, &saved_rows, &saved_totals, &upstream, call),
+            None => host::gradient(inputs, upstream, call),
+        }
+    }
+}
+
+/// One call's input tensors, contiguous and at offsets the device can bind.
+#[derive(Clone)]
+pub(crate) struct Inputs {
+    pub logits: CubeTensor,
+    pub index: Option<CubeTensor>,
+    pub dense: Option<CubeTensor>,
+    pub class_weights: Option<CubeTensor>,
+    pub sample_weights: Option<CubeTensor>,
+}
+
+impl Inputs {
+    fn new(logits: CubeTensor, given: Given<CubeBackend>) -> Self {
+        let (index, dense) = match given.targets {
+            Targets::Index(t) => (Some(t), None),
+            Targets::Dense(t) => (None, Some(t)),
+        };
+        Self {
+            logits: aligned(logits),
+            index: index.map(aligned),
+            dense: dense.map(aligned),
+            class_weights: given.class_weights.tensor().map(aligned),
+            sample_weights: given.sample_weights.tensor().map(aligned),
+        }
+    }
+
+    /// A new contiguous f32 tensor on the logits' device.
+    pub fn f32_tensor(&self, shape: &[usize]) -> CubeTensor {
+        empty_device_contiguous_dtype(
+            self.logits.client.clone(),
+            self.logits.device.clone(),
+            Shape::from(shape.to_vec()),
+            DType::F32,
+        )
+    }
+
+    /// A new tensor of `shape` holding `bytes`.
+    pub fn tensor_from(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> CubeTensor {
+        let client = self.logits.client.clone();
+        let handle: Handle = client.create_from_slice(bytes);
+        CubeTensor::new_contiguous(
+            client,
+            self.logits.device.clone(),
+            Shape::from(shape.to_vec()),
+            handle,
+            dtype,
+        )
+    }
+}
+
+/// Storage-buffer offsets must be multiples of the device's alignment: cubecl's allocations
+/// are, but a view (a slice of rows, say) may start anywhere; such a view is copied.
+fn aligned(tensor: CubeTensor) -> CubeTensor {
+    let tensor = into_contiguous(tensor);
+    let alignment = tensor.client.properties().memory.alignment.max(256);
+    if tensor
+        .handle
+        .offset_start
+        .unwrap_or(0)
+        .is_multiple_of(alignment)
+    {
+        tensor
+    } else {
+        tensor.copy()
+    }
+}
+
+/// The wgpu buffer range behind a tensor (which keeps its memory allocated while bound).
+struct Bound {
+    buffer: xent::wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl Bound {
+    fn new(tensor: &CubeTensor) -> Self {
+        let resource = tensor
+            .client
+            .get_resource::<Server>(tensor.handle.clone())
+            .expect("a tensor on a registered wgpu device is backed by a wgpu buffer");
+        let WgpuResource {
+            buffer,
+            offset,
+            size,
+            ..
+        } = resource.resource();
+        Bound {
+            buffer: buffer.clone(),
+            offset: *offset,
+            size: *size,
+        }
+    }
+    fn slice(&self) -> xent::wgpu::BufferSlice<'_> {
+        self.buffer.slice(self.offset..self.offset + self.size)
+    }
+}
+
+fn dtype(tensor: &CubeTensor) -> Dtype {
+    match tensor.dtype {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::Bf16,
+        other => {
+            panic!("xent-burn: logits of dtype {other:?} (the loss functions cast them to f32)")
+        }
+    }
+}
+
+/// The bound inputs of one call.
+struct BoundInputs {
+    logits: Bound,
+    index: Option<(Bound, DType)>,
+    dense: Option<Bound>,
+    class_weights: Option<Bound>,
+    sample_weights: Option<Bound>,
+}
+
+impl BoundInputs {
+    fn new(inputs: &Inputs) -> Self {
+        Self {
+            logits: Bound::new(&inputs.logits),
+            index: inputs.index.as_ref().map(|t| (Bound::new(t), t.dtype)),
+            dense: inputs.dense.as_ref().map(Bound::new),
+            class_weights: inputs.class_weights.as_ref().map(Bound::new),
+            sample_weights: inputs.sample_weights.as_ref().map(Bound::new),
+        }
+    }
+
+    fn batch<'a>(&'a self, logits: &'a Bound, dtype: Dtype, call: Call) -> DeviceBatch<'a> {
+        let targets = match (&self.index, &self.dense) {
+            (Some((b, DType::I64)), _) => DeviceTargets::I64(b.slice()),
+            (Some((b, DType::I32)), _) => DeviceTargets::I32(b.slice()),
+            (Some((_, other)), _) => {
+                panic!("xent-burn: class indices of dtype {other:?} (the loss functions cast them)")
+            }
+            (None, Some(b)) => DeviceTargets::Dense(b.slice()),
+            (None, None) => panic!("xent-burn: a call without targets"),
+        };
+        let mut batch = DeviceBatch::new(logits.slice(), dtype, call.rows, call.classes, targets);
+        batch.layout = call.layout;
+        batch.class_weights = self.class_weights.as_ref().map(Bound::slice);
+        batch.sample_weights = self.sample_weights.as_ref().map(Bound::slice);
+        batch
+    }
+}
+
+/// Records and submits one call: `record` gets an encoder on the xent device after burn's
+/// pending work is submitted.
+fn submit(
+    gpu: &Gpu,
+    client: &cubecl::client::Client,
+    record: impl FnOnce(&mut xent::wgpu::CommandEncoder) -> xent::Result<()>,
+) {
+    client
+        .flush()
+        .expect("burn's pending work is submitted before xent records");
+    let mut encoder = gpu
+        .device()
+        .create_command_encoder(&xent::wgpu::CommandEncoderDescriptor {
+            label: Some("xent-burn"),
+        });
+    if let Err(e) = record(&mut encoder) {
+        panic!("xent-burn: {e}");
+    }
+    gpu.queue().submit([encoder.finish()]);
+}
+
+type Saved = Option<(CubeTensor, CubeTensor)>;
+
+/// The loss (and the saved state) on the device.
+fn forward(gpu: &Gpu, inputs: &Inputs, call: Call, save: bool) -> (CubeTensor, CubeTensor, Saved) {
+    let per_row = call.options.reduction == Reduction::None;
+    let record_words = std::mem::size_of::<GpuRow>() / 4;
+    let loss = inputs.f32_tensor(&[1]);
+    let records = per_row.then(|| inputs.f32_tensor(&[call.rows, record_words]));
+    let flag = inputs.tensor_from(&[0; 4], &[1], DType::U32);
+    let saved = save.then(|| {
+        (
+            inputs.f32_tensor(&[call.rows, SAVED_ROW_BYTES as usize / 4]),
+            inputs.f32_tensor(&[4]),
+        )
+    });
+    {
+        let bound = BoundInputs::new(inputs);
+        let loss_b = Bound::new(&loss);
+        let flag_b = Bound::new(&flag);
+        let records_b = records.as_ref().map(Bound::new);
+        let saved_b = saved.as_ref().map(|(r, t)| (Bound::new(r), Bound::new(t)));
+        submit(gpu, &inputs.logits.client, |encoder| {
+            let batch = bound.batch(&bound.logits, dtype(&inputs.logits), call);
+            let mut outputs = DeviceOutputs::new(loss_b.slice()).target_error(flag_b.slice());
+            outputs.rows = records_b.as_ref().map(Bound::slice);
+            if let Some((rows, totals)) = &saved_b {
+                outputs = outputs.save(DeviceSaved {
+                    rows: rows.slice(),
+                    totals: totals.slice(),
+                });
+            }
+            gpu.record_cross_entropy(encoder, &call.options, &batch, &outputs)
+        });
+    }
+    let loss = match records {
+        // Each record's first word is its row's loss.
+        Some(records) => {
+            let column = CubeBackend::float_slice(
+                records,
+                &[Slice::new(0, None, 1), Slice::new(0, Some(1), 1)],
+            );
+            CubeBackend::float_reshape(into_contiguous(column), Shape::new([call.rows]))
+        }
+        None => loss,
+    };
+    (loss, flag, saved)
+}
+
+/// The gradient on the device from the saved state: f32 logits into a new tensor; half
+/// precision over a copy of the logits, in their dtype.
+fn backward(
+    gpu: &Gpu,
+    inputs: Inputs,
+    saved_rows: &CubeTensor,
+    saved_totals: &CubeTensor,
+    upstream: &CubeTensor,
+    call: Call,
+) -> CubeTensor {
+    let dtype = dtype(&inputs.logits);
+    let gradient = match dtype {
+        Dtype::F32 => inputs.f32_tensor(inputs.logits.meta.shape()),
+        _ => inputs.logits.copy(),
+    };
+    {
+        let bound = BoundInputs::new(&inputs);
+        let gradient_b = Bound::new(&gradient);
+        let rows_b = Bound::new(saved_rows);
+        let totals_b = Bound::new(saved_totals);
+        let upstream_b = Bound::new(upstream);
+        submit(gpu, &inputs.logits.client, |encoder| {
+            let saved = DeviceSaved {
+                rows: rows_b.slice(),
+                totals: totals_b.slice(),
+            };
+            let upstream = match call.options.reduction {
+                Reduction::None => DeviceUpstream::Rows(upstream_b.slice()),
+                _ => DeviceUpstream::Device(upstream_b.slice()),
+            };
+            let (batch, destination) = match dtype {
+                Dtype::F32 => (
+                    bound.batch(&bound.logits, dtype, call),
+                    DeviceGradient::Into(gradient_b.slice()),
+                ),
+                _ => (
+                    bound.batch(&gradient_b, dtype, call),
+                    DeviceGradient::InPlace,
+                ),
+            };
+            gpu.record_cross_entropy_backward(
+                encoder,
+                &call.options,
+                &batch,
+                saved,
+                destination,
+                upstream,
+            )
+        });
+    }
+    gradient
+}

@@ -1,0 +1,135 @@
+//! xent's CPU path for tensors on a CubeCL runtime other than a registered wgpu device: the
+//! inputs are read back, the loss (or gradient) is computed by xent's SIMD CPU kernels, and
+//! the result is uploaded. Correct everywhere, fast nowhere: it exists so that one API works
+//! on every burn runtime.
+
+use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use burn::backend::wgpu::{CubeBackend, CubeTensor};
+use burn::tensor::{read_sync, DType, TensorData};
+use xent::{Backend, Batch, Layout, Logits, Request, Targets};
+
+use crate::cube::Inputs;
+use crate::ops::Call;
+
+/// The inputs on the host, as xent's CPU path takes them.
+struct Host {
+    logits: Vec<f32>,
+    index: Option<Vec<i64>>,
+    dense: Option<Vec<f32>>,
+    class_weights: Option<Vec<f32>>,
+    sample_weights: Option<Vec<f32>>,
+}
+
+fn floats(tensor: CubeTensor) -> Vec<f32> {
+    data(read_sync(CubeBackend::float_into_data(tensor)))
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("f32 data")
+}
+
+fn data(result: Result<TensorData, burn::backend::ExecutionError>) -> TensorData {
+    result.unwrap_or_else(|e| panic!("xent-burn: reading a tensor back failed: {e:?}"))
+}
+
+impl Host {
+    fn read(inputs: Inputs) -> Self {
+        Host {
+            logits: floats(inputs.logits),
+            index: inputs.index.map(|t| {
+                data(read_sync(CubeBackend::int_into_data(t)))
+                    .convert::<i64>()
+                    .try_into_vec()
+                    .expect("i64 data")
+            }),
+            dense: inputs.dense.map(floats),
+            class_weights: inputs.class_weights.map(floats),
+            sample_weights: inputs.sample_weights.map(floats),
+        }
+    }
+
+    fn batch<'a>(&'a self, index: &'a [i64], call: Call) -> Batch<'a> {
+        let logits = match call.layout {
+            Layout::Rows => Logits::new(&self.logits, call.rows, call.classes),
+            Layout::ClassDim1 { spatial } => {
+                Logits::class_dim1(&self.logits, call.rows / spatial, call.classes, spatial)
+            }
+        };
+        let targets = match &self.dense {
+            Some(dense) => Targets::Dense(dense),
+            None => Targets::I64(index),
+        };
+        let mut batch = Batch::new(logits, targets);
+        if let Some(w) = &self.class_weights {
+            batch = batch.class_weights(w);
+        }
+        if let Some(s) = &self.sample_weights {
+            batch = batch.sample_weights(s);
+        }
+        batch
+    }
+
+    /// Runs `compute` on the batch. A class index out of range raises the flag (`u32::MAX −
+    /// row`, the lowest such row) and counts as ignored, as on the device.
+    fn run<T>(
+        &self,
+        call: Call,
+        mut compute: impl FnMut(Batch<'_>) -> xent::Result<T>,
+    ) -> (T, u32) {
+        let mut index = self.index.clone().unwrap_or_default();
+        let mut flag = 0u32;
+        loop {
+            match compute(self.batch(&index, call)) {
+                Ok(output) => return (output, flag),
+                Err(xent::Error::TargetOutOfRange { row, .. }) => {
+                    flag = flag.max(u32::MAX - row as u32);
+                    index[row] = call.options.ignore_index;
+                }
+                Err(e) => panic!("xent-burn: {e}"),
+            }
+        }
+    }
+}
+
+/// The loss and the target-error flag.
+pub(crate) fn loss(inputs: Inputs, call: Call) -> (CubeTensor, CubeTensor) {
+    let device = inputs.clone();
+    let host = Host::read(inputs);
+    let (output, flag) = host.run(call, |batch| {
+        call.options.compute(&Backend::Cpu, batch, Request::new())
+    });
+    let values = match output.loss {
+        Some(loss) => vec![loss],
+        None => output
+            .row_losses
+            .expect("Reduction::None returns row losses"),
+    };
+    (
+        device.tensor_from(bytemuck::cast_slice(&values), &[values.len()], DType::F32),
+        device.tensor_from(&flag.to_le_bytes(), &[1], DType::U32),
+    )
+}
+
+/// d loss / d logits for `upstream`, in the logits' dtype.
+pub(crate) fn gradient(inputs: Inputs, upstream: CubeTensor, call: Call) -> CubeTensor {
+    let device = inputs.clone();
+    let (shape, dtype) = (inputs.logits.meta.shape().clone(), inputs.logits.dtype);
+    let host = Host::read(inputs);
+    let upstream = floats(upstream);
+    let mut gradient = vec![0f32; host.logits.len()];
+    host.run(call, |batch| {
+        let request = Request::new()
+            .gradient_into(&mut gradient)
+            .upstream(&upstream);
+        call.options.compute(&Backend::Cpu, batch, request)
+    });
+    let gradient = device.tensor_from(
+        bytemuck::cast_slice(&gradient),
+        shape.as_slice(),
+        DType::F32,
+    );
+    if dtype == DType::F32 {
+        gradient
+    } else {
+        CubeBackend::float_cast(gradient, dtype.into())
+    }
+}

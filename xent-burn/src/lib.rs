@@ -1,0 +1,74 @@
+//! xent's fused cross-entropy as burn operations: the loss and its gradient run xent's WGSL
+//! kernels on burn's own wgpu device and queue, on the tensors' own buffers, with nothing
+//! copied or read back; under autodiff the backward reads the logits once and writes the
+//! gradient once, from the per-row state the forward saved.
+//!
+//! ```no_run
+//! use burn::tensor::{Int, Tensor};
+//! use xent::CrossEntropy;
+//!
+//! // burn's wgpu device, registered with xent; `.autodiff()` for training.
+//! let device = xent_burn::init()?.autodiff();
+//! let logits = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]], &device)
+//!     .require_grad();
+//! let targets = Tensor::<1, Int>::from_ints([2, 0], &device);
+//! let loss = xent_burn::cross_entropy(logits.clone(), targets, &CrossEntropy::new())?;
+//! let grads = loss.loss.backward();
+//! let dlogits = logits.grad(&grads);
+//! loss.check()?; // reads the target-error flag back: once in a while, not every step
+//! # Ok::<(), xent_burn::Error>(())
+//! ```
+//!
+//! - Devices: [`init`] creates burn's wgpu device and registers it with xent; [`register`]
+//!   takes one a trainer created with `Device::wgpu_options().init_with_setup()`. On any other
+//!   CubeCL runtime (CUDA, ROCm, burn's CPU runtime) the same calls run xent's CPU path: the
+//!   inputs are read back and the results uploaded.
+//! - Ordering: each call submits burn's pending work (`flush`), then records xent's kernels
+//!   into an encoder of its own and submits it on the same queue; burn's later work is ordered
+//!   after it. A caller that records into the shared device itself must flush burn first too.
+//! - The wgpu types are burn's re-export, checked at compile time to be the ones xent takes.
+
+#![warn(missing_docs)]
+
+mod autodiff;
+mod cube;
+mod device;
+mod host;
+mod loss;
+pub mod ops;
+
+pub use device::{init, init_with, is_registered, register};
+pub use loss::{cross_entropy, cross_entropy_soft, cross_entropy_weighted, Loss, Weights};
+pub use ops::{Call, XentBackend};
+pub use xent::{CrossEntropy, Reduction};
+
+/// burn's wgpu must be xent's: a burn built on another wgpu major fails here, at compile
+/// time, rather than with a type error at the first shared buffer.
+const _: fn(burn::tensor::wgpu::wgpu::Buffer) -> xent::wgpu::Buffer = |buffer| buffer;
+
+/// What can go wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// xent refused the call (shapes, options, a target out of range from [`Loss::check`]).
+    #[error(transparent)]
+    Xent(#[from] xent::Error),
+    /// burn could not create the wgpu device.
+    #[error("burn's wgpu device: {0}")]
+    Init(String),
+    /// [`register`] was given a device that is not a wgpu device.
+    #[error("{0} is not a wgpu device")]
+    NotWgpu(String),
+    /// The tensors are on a burn backend xent-burn does not run on (it runs on burn's CubeCL
+    /// backend: wgpu, CUDA, ROCm, CPU).
+    #[error(
+        "{0} is not a CubeCL device: xent-burn runs on burn's wgpu, CUDA, ROCm and CPU runtimes"
+    )]
+    NotCube(String),
+    /// The tensors are on a wgpu device xent does not know the handles of.
+    #[error("the wgpu device {0} is not registered with xent: create it with xent_burn::init, or pass its WgpuSetup to xent_burn::register")]
+    Unregistered(String),
+    /// Reading a tensor back failed.
+    #[error("reading a tensor back: {0}")]
+    Read(String),
+}

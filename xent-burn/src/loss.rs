@@ -1,0 +1,228 @@
+//! The loss functions on burn tensors of any rank, with the class dimension where PyTorch
+//! puts it: logits `[N, C]` with targets `[N]`, or `[N, C, d1, …]` with targets
+//! `[N, d1, …]` (soft targets: the logits' shape).
+
+use burn::tensor::{DType, Int, Tensor};
+use xent::{CrossEntropy, Layout};
+
+use crate::ops::{self, Call, Given, Targets, XentBackend};
+use crate::Error;
+use burn::backend::Dispatch;
+
+/// A loss and the flag of its out-of-range class indices.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// `[1]` for sum and mean; `[rows]` for none (rows: `N·d1·…`, in the targets' order).
+    pub loss: Tensor<1>,
+    /// `[1]` u32 on the logits' device: 0, or `u32::MAX − row` of the lowest row whose class
+    /// index is outside `[0, C)` and isn't `ignore_index` (that row counts as ignored). Read it
+    /// when convenient ([`Loss::check`] does, and blocks); copying it out every K steps
+    /// keeps a trainer from ever waiting on the device.
+    pub target_error: Tensor<1, Int>,
+    targets: Option<Tensor<1, Int>>,
+    classes: usize,
+    ignore_index: i64,
+}
+
+impl Loss {
+    /// Reads the flag (waits for the device): `Err(TargetOutOfRange)` naming the lowest
+    /// row whose class index was out of range, and its value.
+    pub fn check(&self) -> Result<(), Error> {
+        let flag: Vec<u32> = self
+            .target_error
+            .clone()
+            .into_data()
+            .convert::<u32>()
+            .try_into_vec()
+            .map_err(|e| Error::Read(format!("{e:?}")))?;
+        let Some(row) = xent::gpu::target_error_row(flag[0]) else {
+            return Ok(());
+        };
+        let value = match &self.targets {
+            Some(targets) => targets
+                .clone()
+                .slice(row..row + 1)
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .map_err(|e| Error::Read(format!("{e:?}")))?[0],
+            None => 0,
+        };
+        Err(xent::Error::TargetOutOfRange {
+            row,
+            value,
+            classes: self.classes,
+            ignore_index: self.ignore_index,
+        }
+        .into())
+    }
+}
+
+/// Per-class and per-row weights of a softmax loss, as PyTorch's `weight` (`[C]`) and a
+/// per-row sample weight (`[N]`, or the targets' shape; not in PyTorch: SEMANTICS.md
+/// section 2). Finite and non-negative; they are not checked on the device.
+#[derive(Debug, Clone, Default)]
+pub struct Weights {
+    /// `[C]`, f32.
+    pub class: Option<Tensor<1>>,
+    /// One per row (`N·d1·…` values in the targets' order), f32.
+    pub sample: Option<Tensor<1>>,
+}
+
+/// Softmax cross-entropy of `logits` against class indices `targets`, with xent's options
+/// (reduction, `ignore_index`, label smoothing, z-loss, soft-capping, logit scale, focal γ).
+///
+/// - Shapes: logits `[N, C]` and targets `[N]`, or logits `[N, C, d1, …]` and targets
+///   `[N, d1, …]`. Logits f32, f16 or bf16; targets of any integer dtype.
+/// - The loss is `[1]` (sum, mean) or `[N·d1·…]` (none), f32. Its gradient flows to the logits
+///   under autodiff, in their dtype.
+/// - Errors: shapes that don't match, logits of another dtype, a device xent can't run on
+///   ([`Error::NotCube`], [`Error::Unregistered`]), options out of their domain.
+///
+/// Formulas: SEMANTICS.md sections 1–2 (PyTorch's `cross_entropy`, plus z-loss, soft-capping
+/// and focal loss).
+pub fn cross_entropy<const D: usize, const T: usize>(
+    logits: Tensor<D>,
+    targets: Tensor<T, Int>,
+    options: &CrossEntropy,
+) -> Result<Loss, Error> {
+    cross_entropy_weighted(logits, targets, options, &Weights::default())
+}
+
+/// [`cross_entropy`] with class and sample weights.
+pub fn cross_entropy_weighted<const D: usize, const T: usize>(
+    logits: Tensor<D>,
+    targets: Tensor<T, Int>,
+    options: &CrossEntropy,
+    weights: &Weights,
+) -> Result<Loss, Error> {
+    let dims = logits.dims();
+    let target_dims = targets.dims();
+    let expected: Vec<usize> = dims
+        .iter()
+        .enumerate()
+        .filter(|&(axis, _)| axis != 1)
+        .map(|(_, &d)| d)
+        .collect();
+    if D < 2 || target_dims[..] != expected[..] {
+        return Err(xent::Error::Shape {
+            what: "targets",
+            expected: expected.iter().product(),
+            actual: target_dims.iter().product(),
+            shape: format!("logits {dims:?} need targets {expected:?}, got {target_dims:?}"),
+        }
+        .into());
+    }
+    let call = call(&logits, options)?;
+    let rows = call.rows;
+    let targets = targets.reshape([rows]);
+    let targets = match targets.dtype() {
+        DType::I32 | DType::I64 => targets,
+        _ => targets.cast(DType::I64),
+    };
+    let given = given(
+        Targets::Index(targets.clone().into_dispatch()),
+        weights,
+        &call,
+    )?;
+    let (loss, flag) = Dispatch::xent_loss(logits.into_dispatch(), given, call);
+    Ok(Loss {
+        loss: Tensor::from_dispatch(loss),
+        target_error: Tensor::from_dispatch(flag),
+        targets: Some(targets),
+        classes: call.classes,
+        ignore_index: options.ignore_index,
+    })
+}
+
+/// Softmax cross-entropy against soft targets: a distribution over the classes per row, the
+/// logits' shape, f32 (each row non-negative; SEMANTICS.md section 2). The mean divides by
+/// the rows `N·d1·…`; `ignore_index` does not apply.
+pub fn cross_entropy_soft<const D: usize>(
+    logits: Tensor<D>,
+    targets: Tensor<D>,
+    options: &CrossEntropy,
+    weights: &Weights,
+) -> Result<Loss, Error> {
+    if logits.dims() != targets.dims() {
+        return Err(xent::Error::Shape {
+            what: "targets",
+            expected: logits.dims().iter().product(),
+            actual: targets.dims().iter().product(),
+            shape: format!(
+                "soft targets take the logits' shape {:?}, got {:?}",
+                logits.dims(),
+                targets.dims()
+            ),
+        }
+        .into());
+    }
+    let call = call(&logits, options)?;
+    let targets = targets.cast(DType::F32);
+    let given = given(Targets::Dense(targets.into_dispatch()), weights, &call)?;
+    let (loss, flag) = Dispatch::xent_loss(logits.into_dispatch(), given, call);
+    Ok(Loss {
+        loss: Tensor::from_dispatch(loss),
+        target_error: Tensor::from_dispatch(flag),
+        targets: None,
+        classes: call.classes,
+        ignore_index: options.ignore_index,
+    })
+}
+
+/// The call's shape and layout, after checking the options, the dtype and the device.
+fn call<const D: usize>(logits: &Tensor<D>, options: &CrossEntropy) -> Result<Call, Error> {
+    options.validate()?;
+    crate::device::check(&logits.device())?;
+    match logits.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 => {}
+        other => {
+            return Err(xent::Error::Unsupported(format!(
+                "logits of dtype {other:?} (f32, f16 and bf16 are)"
+            ))
+            .into())
+        }
+    }
+    let dims = logits.dims();
+    let classes = dims[1];
+    if classes == 0 {
+        return Err(xent::Error::NoClasses.into());
+    }
+    let spatial: usize = dims[2..].iter().product();
+    let layout = if D == 2 {
+        Layout::Rows
+    } else {
+        Layout::ClassDim1 { spatial }
+    };
+    Ok(Call {
+        options: *options,
+        rows: dims[0] * spatial,
+        classes,
+        layout,
+    })
+}
+
+/// The targets and the checked weights as the operations take them.
+fn given(
+    targets: Targets<Dispatch>,
+    weights: &Weights,
+    call: &Call,
+) -> Result<Given<Dispatch>, Error> {
+    let check = |w: &Option<Tensor<1>>, what: &'static str, len: usize| match w {
+        None => Ok(ops::Weighting::Uniform),
+        Some(w) if w.dims()[0] != len => Err(Error::from(xent::Error::Shape {
+            what,
+            expected: len,
+            actual: w.dims()[0],
+            shape: format!("{} rows × {} classes", call.rows, call.classes),
+        })),
+        Some(w) => Ok(ops::Weighting::By(
+            w.clone().cast(DType::F32).into_dispatch(),
+        )),
+    };
+    Ok(Given {
+        targets,
+        class_weights: check(&weights.class, "class_weights", call.classes)?,
+        sample_weights: check(&weights.sample, "sample_weights", call.rows)?,
+    })
+}

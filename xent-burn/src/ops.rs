@@ -1,0 +1,151 @@
+//! The backend operations: a burn backend extension whose CubeCL implementation runs xent's
+//! kernels on the tensors' own buffers (`cube.rs`), and whose autodiff implementation saves
+//! the forward's per-row state for a backward that reads the logits once (`autodiff.rs`).
+//!
+//! Each operation sees the logits as `rows × classes` in a [`Layout`] (rows, or the class
+//! dimension at 1 with `spatial` positions), and [`Given`] targets and weights.
+
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{backend_extension, Backend, ExtensionType};
+use burn::tensor::{DType, Shape};
+use xent::gpu::SAVED_ROW_BYTES;
+use xent::{CrossEntropy, Layout};
+
+/// What the kernels need besides the tensors: the options and the flattened shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Call {
+    /// The loss's options (reduction, ignore index, smoothing, z-loss, softcap, scale, focal γ).
+    pub options: CrossEntropy,
+    /// Rows (every position of every sample).
+    pub rows: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Where the class dimension is.
+    pub layout: Layout,
+}
+
+impl Call {
+    /// Elements of the loss output: 1 for sum and mean, `rows` for none.
+    pub fn loss_len(&self) -> usize {
+        match self.options.reduction {
+            xent::Reduction::None => self.rows,
+            _ => 1,
+        }
+    }
+
+    /// The shape of the saved per-row state: `[rows, SAVED_ROW_BYTES / 4]`.
+    pub fn saved_rows_shape(&self) -> [usize; 2] {
+        [self.rows, SAVED_ROW_BYTES as usize / 4]
+    }
+}
+
+/// A call's targets.
+#[derive(ExtensionType, Debug, Clone)]
+#[extension_type(fusion)]
+pub enum Targets<B: Backend> {
+    /// One class index per row, `[rows]`, i32 or i64.
+    Index(IntTensor<B>),
+    /// A distribution over the classes per row: the logits' shape and layout, f32.
+    Dense(FloatTensor<B>),
+}
+
+/// Class weights (`[classes]`) or sample weights (`[rows]`), f32.
+#[derive(ExtensionType, Debug, Clone)]
+#[extension_type(fusion)]
+pub enum Weighting<B: Backend> {
+    /// Every weight 1.
+    Uniform,
+    /// These weights.
+    By(FloatTensor<B>),
+}
+
+impl<B: Backend> Weighting<B> {
+    /// The tensor, if any.
+    pub fn tensor(self) -> Option<FloatTensor<B>> {
+        match self {
+            Weighting::Uniform => None,
+            Weighting::By(t) => Some(t),
+        }
+    }
+}
+
+/// What a call reads besides the logits: targets and weights. Constants under autodiff.
+#[derive(ExtensionType, Debug, Clone)]
+#[extension_type(fusion)]
+pub struct Given<B: Backend> {
+    /// The targets.
+    #[extension_type]
+    pub targets: Targets<B>,
+    /// Per-class weights.
+    #[extension_type]
+    pub class_weights: Weighting<B>,
+    /// Per-row sample weights.
+    #[extension_type]
+    pub sample_weights: Weighting<B>,
+}
+
+fn loss_spec(logits: &TensorSpec, call: &Call) -> (TensorSpec, TensorSpec) {
+    let _ = logits;
+    (
+        TensorSpec::new(Shape::new([call.loss_len()]), DType::F32),
+        TensorSpec::new(Shape::new([1]), DType::U32),
+    )
+}
+
+fn saved_spec(
+    logits: &TensorSpec,
+    call: &Call,
+) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
+    let (loss, flag) = loss_spec(logits, call);
+    (
+        loss,
+        flag,
+        TensorSpec::new(Shape::new(call.saved_rows_shape()), DType::F32),
+        TensorSpec::new(Shape::new([4]), DType::F32),
+    )
+}
+
+/// xent's softmax cross-entropy as burn operations. Implemented for burn's CubeCL backend
+/// (xent's GPU kernels on a registered wgpu device, xent's CPU path on any other runtime),
+/// lazily under burn's fusion, and for `Autodiff` over either.
+#[backend_extension(Cube, Fusion, Autodiff)]
+pub trait XentBackend: Backend {
+    /// The loss (`[1]` for sum and mean, `[rows]` for none) and the target-error flag (`[1]`
+    /// u32: 0, or `u32::MAX − row` of the lowest row whose class index is out of range; that
+    /// row counts as ignored).
+    #[fusion(meta = |logits, _given, call| loss_spec(logits, call))]
+    fn xent_loss(
+        logits: FloatTensor<Self>,
+        #[extension_type] given: Given<Self>,
+        call: Call,
+    ) -> (FloatTensor<Self>, IntTensor<Self>);
+
+    /// As [`XentBackend::xent_loss`], also returning the state [`XentBackend::xent_gradient`]
+    /// reads: per-row records (`[rows, SAVED_ROW_BYTES / 4]`, opaque) and the reduced totals
+    /// (`[4]`, opaque).
+    #[allow(clippy::type_complexity)]
+    #[fusion(meta = |logits, _given, call| saved_spec(logits, call))]
+    fn xent_loss_saved(
+        logits: FloatTensor<Self>,
+        #[extension_type] given: Given<Self>,
+        call: Call,
+    ) -> (
+        FloatTensor<Self>,
+        IntTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+
+    /// d loss / d logits in the logits' shape and dtype, from the saved state and the
+    /// upstream gradient (`[1]` for sum and mean, `[rows]` for none).
+    #[fusion(dtype = logits, shape = logits)]
+    fn xent_gradient(
+        logits: FloatTensor<Self>,
+        #[extension_type] given: Given<Self>,
+        saved_rows: FloatTensor<Self>,
+        saved_totals: FloatTensor<Self>,
+        upstream: FloatTensor<Self>,
+        call: Call,
+    ) -> FloatTensor<Self>;
+}

@@ -1,0 +1,373 @@
+//! xent-burn's losses and their autodiff gradients on burn's wgpu device, against xent's f64
+//! reference (the root crate's test cases and tolerance table).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::sync::OnceLock;
+
+use burn::tensor::wgpu::WgpuBackend;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use common::{assert_within, tol, Case, Hardness};
+use xent::{CrossEntropy, Dtype, Reduction};
+use xent_burn::Weights;
+
+/// burn's wgpu device (the backend `WGPU_BACKEND` names), registered with xent, with autodiff.
+fn device() -> Option<Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let options = Device::wgpu_options();
+            let options = match std::env::var("WGPU_BACKEND").as_deref() {
+                Ok("gl") => options.graphics_api(WgpuBackend::Gl),
+                Ok("vulkan") => options.graphics_api(WgpuBackend::Vulkan),
+                _ => options,
+            };
+            match xent_burn::init_with(options) {
+                Ok(device) => {
+                    assert!(xent_burn::is_registered(&device));
+                    Some(device.autodiff())
+                }
+                Err(e) => {
+                    common::gpu_policy::missing_gpu("the xent-burn tests", &e);
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().convert::<f32>().try_into_vec().unwrap()
+}
+
+/// The case's logits as a tensor of `shape` in its dtype, tracked.
+fn logits<const D: usize>(case: &Case, shape: [usize; D], device: &Device) -> Tensor<D> {
+    let data = match case.dtype {
+        Dtype::F32 => TensorData::new(case.logits.clone(), shape),
+        Dtype::F16 => TensorData::new(
+            case.logits
+                .iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect(),
+            shape,
+        ),
+        Dtype::Bf16 => TensorData::new(
+            case.logits
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect(),
+            shape,
+        ),
+    };
+    Tensor::from_data(data, device).require_grad()
+}
+
+/// Runs `case` with index targets through `xent_burn::cross_entropy_weighted`, the loss
+/// times an upstream gradient backward, and checks loss and d logits against the reference.
+fn check<const D: usize, const T: usize>(
+    what: &str,
+    case: &Case,
+    options: &CrossEntropy,
+    shape: [usize; D],
+    target_shape: [usize; T],
+) {
+    let Some(device) = device() else { return };
+    let logits = logits(case, shape, &device);
+    let targets = Tensor::<T, Int>::from_data(
+        TensorData::new(case.index_targets.clone(), target_shape),
+        &device,
+    );
+    let weights = Weights {
+        class: case
+            .class_weights
+            .as_ref()
+            .map(|w| Tensor::from_data(TensorData::new(w.clone(), [w.len()]), &device)),
+        sample: case
+            .sample_weights
+            .as_ref()
+            .map(|w| Tensor::from_data(TensorData::new(w.clone(), [w.len()]), &device)),
+    };
+    let out = xent_burn::cross_entropy_weighted(logits.clone(), targets, options, &weights)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    out.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+    // The upstream gradient: a scalar for sum and mean, one value per row for none.
+    let upstream: Vec<f32> = match options.reduction {
+        Reduction::None => (0..case.rows)
+            .map(|r| 0.5 + (r % 3) as f32 * 0.25)
+            .collect(),
+        _ => vec![0.7],
+    };
+    let reference = case.reference(options, Some(&upstream));
+    let loss = floats(out.loss.clone());
+    match reference.loss {
+        Some(expected) => assert_within(&format!("{what}: loss"), &loss, &[expected], tol::LOSS),
+        None => assert_within(
+            &format!("{what}: row losses"),
+            &loss,
+            &reference.row_losses,
+            tol::LOSS,
+        ),
+    }
+    let weighted = out.loss
+        * Tensor::<1>::from_data(TensorData::new(upstream.clone(), [upstream.len()]), &device);
+    let grads = weighted.sum().backward();
+    let gradient = logits.grad(&grads).expect("the logits' gradient");
+    assert_eq!(gradient.dtype(), logits.dtype(), "{what}: gradient dtype");
+    assert_within(
+        &format!("{what}: d logits"),
+        &floats(gradient),
+        &reference.gradient,
+        tol::gradient(case.dtype),
+    );
+}
+
+/// The options the loss takes, each reduction.
+fn option_grid() -> Vec<(String, CrossEntropy)> {
+    let mut grid = Vec::new();
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        let base = CrossEntropy::new().reduction(reduction);
+        grid.push((format!("{reduction:?}"), base));
+        grid.push((
+            format!("{reduction:?} smoothing 0.1, z-loss 1e-3"),
+            base.label_smoothing(0.1).z_loss(1e-3),
+        ));
+        grid.push((
+            format!("{reduction:?} softcap 5, scale 0.8"),
+            base.softcap(5.0).logit_scale(0.8),
+        ));
+        grid.push((
+            format!("{reduction:?} focal 2, smoothing 0.05"),
+            base.focal_gamma(2.0).label_smoothing(0.05),
+        ));
+    }
+    grid
+}
+
+#[test]
+fn index_targets_rank_2_every_option() {
+    for (name, options) in option_grid() {
+        let case = Case::new(1, 37, 11, Hardness::default()).ignore_every(5, -100);
+        check(&name, &case, &options, [37, 11], [37]);
+        let weighted = Case::new(2, 37, 11, Hardness::default())
+            .ignore_every(4, -100)
+            .weighted(3)
+            .sample_weighted(4);
+        check(
+            &format!("{name}, weighted"),
+            &weighted,
+            &options,
+            [37, 11],
+            [37],
+        );
+    }
+}
+
+#[test]
+fn index_targets_rank_3_class_dim_1() {
+    for (name, options) in option_grid() {
+        let case = Case::new(5, 4 * 6, 9, Hardness::default())
+            .ignore_every(7, -100)
+            .weighted(6)
+            .class_dim1(6);
+        check(
+            &format!("{name}, [4, 9, 6]"),
+            &case,
+            &options,
+            [4, 9, 6],
+            [4, 6],
+        );
+    }
+}
+
+#[test]
+fn half_precision_logits() {
+    for dtype in [Dtype::F16, Dtype::Bf16] {
+        for (name, options) in option_grid() {
+            let case = Case::new(7, 19, 13, Hardness::default())
+                .ignore_every(6, -100)
+                .dtype(dtype);
+            check(
+                &format!("{name}, {dtype:?}"),
+                &case,
+                &options,
+                [19, 13],
+                [19],
+            );
+        }
+    }
+}
+
+#[test]
+fn target_out_of_range_is_flagged_and_ignored() {
+    let Some(device) = device() else { return };
+    let case = Case::new(9, 8, 5, Hardness::default());
+    let mut targets = case.index_targets.clone();
+    targets[3] = 5;
+    targets[6] = -7;
+    let logits = logits(&case, [8, 5], &device);
+    let out = xent_burn::cross_entropy(
+        logits,
+        Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [8]), &device),
+        &CrossEntropy::new(),
+    )
+    .unwrap();
+    match out.check() {
+        Err(xent_burn::Error::Xent(xent::Error::TargetOutOfRange {
+            row,
+            value,
+            classes,
+            ..
+        })) => {
+            assert_eq!((row, value, classes), (3, 5, 5));
+        }
+        other => panic!("expected the flag for row 3, got {other:?}"),
+    }
+    // Both bad rows count as ignored.
+    let mut ignored = case.clone();
+    ignored.index_targets = targets;
+    ignored.index_targets[3] = -100;
+    ignored.index_targets[6] = -100;
+    let expected = ignored.reference(&CrossEntropy::new(), None).loss.unwrap();
+    assert_within("loss", &floats(out.loss), &[expected], tol::LOSS);
+}
+
+/// Tensors that are views into larger ones: rows starting mid-buffer (an offset the device
+/// can't bind: the call copies them), targets sliced out of a longer vector, and logits that are
+/// a transposed (non-contiguous) view. The gradient flows back through the views.
+#[test]
+fn views_at_offsets_and_strides() {
+    let Some(device) = device() else { return };
+    let case = Case::new(11, 29, 7, Hardness::default())
+        .ignore_every(5, -100)
+        .weighted(12);
+    let options = CrossEntropy::new().label_smoothing(0.1);
+    let reference = case.reference(&options, None);
+    let weights = Weights {
+        class: case
+            .class_weights
+            .as_ref()
+            .map(|w| Tensor::from_data(TensorData::new(w.clone(), [w.len()]), &device)),
+        sample: None,
+    };
+    // Rows 3..32 of a [40, 7] tensor, and targets 5..34 of 40.
+    let mut padded = vec![0.5f32; 40 * 7];
+    padded[3 * 7..32 * 7].copy_from_slice(&case.logits);
+    let big = Tensor::<2>::from_data(TensorData::new(padded, [40, 7]), &device).require_grad();
+    let mut targets = vec![1i64; 40];
+    targets[5..34].copy_from_slice(&case.index_targets);
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [40]), &device);
+    let out = xent_burn::cross_entropy_weighted(
+        big.clone().slice([3..32]),
+        targets.slice([5..34]),
+        &options,
+        &weights,
+    )
+    .unwrap();
+    assert_within(
+        "loss of views",
+        &floats(out.loss.clone()),
+        &[reference.loss.unwrap()],
+        tol::LOSS,
+    );
+    let grads = out.loss.backward();
+    let gradient = floats(big.grad(&grads).unwrap());
+    assert_within(
+        "d logits of the view",
+        &gradient[3 * 7..32 * 7],
+        &reference.gradient,
+        tol::GRADIENT,
+    );
+    assert!(gradient[..3 * 7]
+        .iter()
+        .chain(&gradient[32 * 7..])
+        .all(|&g| g == 0.0));
+    // The logits as the transpose of a [7, 29] tensor.
+    let mut transposed = vec![0f32; 29 * 7];
+    for r in 0..29 {
+        for c in 0..7 {
+            transposed[c * 29 + r] = case.logits[r * 7 + c];
+        }
+    }
+    let t = Tensor::<2>::from_data(TensorData::new(transposed, [7, 29]), &device).require_grad();
+    let out = xent_burn::cross_entropy_weighted(
+        t.clone().transpose(),
+        Tensor::<1, Int>::from_data(TensorData::new(case.index_targets.clone(), [29]), &device),
+        &options,
+        &weights,
+    )
+    .unwrap();
+    assert_within(
+        "loss of a transpose",
+        &floats(out.loss.clone()),
+        &[reference.loss.unwrap()],
+        tol::LOSS,
+    );
+    let grads = out.loss.backward();
+    let gradient = floats(t.grad(&grads).unwrap());
+    let mut expected = vec![0f64; 29 * 7];
+    for r in 0..29 {
+        for c in 0..7 {
+            expected[c * 29 + r] = reference.gradient[r * 7 + c];
+        }
+    }
+    assert_within(
+        "d logits of a transpose",
+        &gradient,
+        &expected,
+        tol::GRADIENT,
+    );
+}
+
+#[test]
+fn shape_errors() {
+    let Some(device) = device() else { return };
+    let logits = Tensor::<2>::zeros([4, 3], &device);
+    let err = xent_burn::cross_entropy(
+        logits.clone(),
+        Tensor::<1, Int>::zeros([5], &device),
+        &CrossEntropy::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            xent_burn::Error::Xent(xent::Error::Shape {
+                what: "targets",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let err = xent_burn::cross_entropy(
+        logits.clone(),
+        Tensor::<1, Int>::zeros([4], &device),
+        &CrossEntropy::new().label_smoothing(1.5),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, xent_burn::Error::Xent(xent::Error::BadOption { .. })),
+        "{err}"
+    );
+    let err = xent_burn::cross_entropy_weighted(
+        logits,
+        Tensor::<1, Int>::zeros([4], &device),
+        &CrossEntropy::new(),
+        &Weights {
+            class: Some(Tensor::ones([2], &device)),
+            sample: None,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            xent_burn::Error::Xent(xent::Error::Shape {
+                what: "class_weights",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let _ = DType::F32;
+}
