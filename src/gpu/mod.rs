@@ -254,6 +254,13 @@ impl Gpu {
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
+    /// Bytes of the scratch, upload and staging buffers this `Gpu` holds for reuse (both of its
+    /// pools: host-slice calls' and recorded calls'). They grow to the largest call's needs and
+    /// are kept; a framework's memory report does not see them.
+    pub fn scratch_bytes(&self) -> u64 {
+        let bytes = |pool: &Mutex<Pool>| pool.lock().unwrap_or_else(|e| e.into_inner()).bytes();
+        bytes(&self.pool) + bytes(&self.recorded)
+    }
     /// The shader variant in use.
     pub fn variant(&self) -> ShaderVariant {
         self.variant

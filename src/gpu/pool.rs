@@ -121,6 +121,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Bytes of the buffers held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.buffers.values().map(wgpu::Buffer::size).sum()
+    }
+
     /// A buffer for `role` of at least `size` bytes with `usage`; reused when the last one is
     /// large enough (sizes grow to the next power of two so growth is rare).
     pub(crate) fn get(

@@ -70,6 +70,14 @@ pub(crate) fn check(device: &Device) -> Result<(), Error> {
     }
 }
 
+/// Bytes of scratch xent holds on `device` (0 where it runs no kernels): burn's memory
+/// reports don't include it.
+pub fn scratch_bytes(device: &Device) -> u64 {
+    wgpu_device(device)
+        .and_then(|key| gpu(&key))
+        .map_or(0, |gpu| gpu.scratch_bytes())
+}
+
 /// The wgpu device behind a burn device, with or without autodiff.
 pub(crate) fn wgpu_device(device: &Device) -> Option<WgpuDevice> {
     match device.clone().without_autodiff().as_dispatch() {

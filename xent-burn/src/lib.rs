@@ -35,10 +35,12 @@ mod cube;
 mod device;
 mod host;
 mod loss;
+mod module;
 pub mod ops;
 
-pub use device::{init, init_with, is_registered, register};
+pub use device::{init, init_with, is_registered, register, scratch_bytes};
 pub use loss::{cross_entropy, cross_entropy_soft, cross_entropy_weighted, Loss, Weights};
+pub use module::{CrossEntropyLoss, CrossEntropyLossConfig};
 pub use ops::{Call, XentBackend};
 pub use xent::{CrossEntropy, Reduction};
 

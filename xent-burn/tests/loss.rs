@@ -258,8 +258,8 @@ fn views_at_offsets_and_strides() {
     targets[5..34].copy_from_slice(&case.index_targets);
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [40]), &device);
     let out = xent_burn::cross_entropy_weighted(
-        big.clone().slice([3..32]),
-        targets.slice([5..34]),
+        big.clone().slice(3..32),
+        targets.slice(5..34),
         &options,
         &weights,
     )
