@@ -14,7 +14,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::Autodiff;
 
-use crate::ops::{Call, Given, Targets, Weighting, XentBackend};
+use crate::ops::{BinaryCall, BinaryGiven, Call, Given, Targets, Weighting, XentBackend};
 
 /// burn's autodiff float tensor over `B`'s.
 type Tracked<B, C> = FloatTensor<Autodiff<B, C>>;
@@ -43,6 +43,51 @@ struct Saved<B: XentBackend> {
     rows: FloatTensor<B>,
     totals: FloatTensor<B>,
     call: Call,
+}
+
+/// What binary cross-entropy's backward reads: the logits' checkpoint and the constants (it
+/// recomputes each element's sigmoid: one read of the logits and the targets).
+#[derive(Debug, Clone)]
+struct BinarySaved<B: XentBackend> {
+    logits: NodeId,
+    given: BinaryGiven<B>,
+    call: BinaryCall,
+}
+
+#[derive(Debug)]
+struct BinaryBackward;
+
+impl<B: XentBackend> Backward<B, 1> for BinaryBackward {
+    type State = BinarySaved<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let saved = ops.state;
+        let logits = checkpointer.retrieve_node_output(saved.logits);
+        unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
+            B::xent_binary_gradient(logits, saved.given, upstream, saved.call)
+        });
+    }
+}
+
+/// Binary cross-entropy's inputs without their autodiff wrapping.
+fn binary_constants<B: XentBackend>(
+    given: BinaryGiven<Autodiff<B, impl CheckpointStrategy>>,
+) -> BinaryGiven<B> {
+    let weights = |w: Weighting<Autodiff<B, _>>| match w {
+        Weighting::Uniform => Weighting::Uniform,
+        Weighting::By(t) => Weighting::By(t.into_primitive()),
+    };
+    BinaryGiven {
+        targets: given.targets.into_primitive(),
+        class_weights: weights(given.class_weights),
+        pos_weight: weights(given.pos_weight),
+        sample_weights: weights(given.sample_weights),
+    }
 }
 
 #[derive(Debug)]
@@ -137,6 +182,47 @@ impl<B: XentBackend, C: CheckpointStrategy> XentBackend for Autodiff<B, C> {
             constants(given),
             saved_rows.into_primitive(),
             saved_totals.into_primitive(),
+            upstream.into_primitive(),
+            call,
+        ))
+    }
+
+    fn xent_binary_loss(
+        logits: FloatTensor<Autodiff<B, C>>,
+        given: BinaryGiven<Self>,
+        call: BinaryCall,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        let given = binary_constants(given);
+        match BinaryBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let node = prep.checkpoint(&logits);
+                let loss = B::xent_binary_loss(logits.into_primitive(), given.clone(), call);
+                let saved = BinarySaved {
+                    logits: node,
+                    given,
+                    call,
+                };
+                prep.finish(saved, loss)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::xent_binary_loss(logits.into_primitive(), given, call))
+            }
+        }
+    }
+
+    fn xent_binary_gradient(
+        logits: FloatTensor<Autodiff<B, C>>,
+        given: BinaryGiven<Self>,
+        upstream: FloatTensor<Autodiff<B, C>>,
+        call: BinaryCall,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        Tracked::<B, C>::new(B::xent_binary_gradient(
+            logits.into_primitive(),
+            binary_constants(given),
             upstream.into_primitive(),
             call,
         ))

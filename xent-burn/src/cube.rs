@@ -19,10 +19,10 @@ use xent::gpu::{
     DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream, Gpu,
     GpuRow, SAVED_ROW_BYTES,
 };
-use xent::{Dtype, Reduction};
+use xent::{Dtype, Layout, Reduction};
 
 use crate::host;
-use crate::ops::{Call, Given, Targets, XentBackend};
+use crate::ops::{BinaryCall, BinaryGiven, Call, Given, Targets, XentBackend};
 
 /// The storage behind burn's wgpu tensors.
 type Server = WgpuServer<AutoCompiler>;
@@ -76,6 +76,46 @@ impl XentBackend for CubeBackend {
             None => host::gradient(inputs, upstream, call),
         }
     }
+
+    fn xent_binary_loss(
+        logits: CubeTensor,
+        given: BinaryGiven<Self>,
+        call: BinaryCall,
+    ) -> CubeTensor {
+        let inputs = Inputs::binary(logits, given);
+        match crate::device::gpu_of(&inputs.logits.device) {
+            Some(gpu) => binary(&gpu, &inputs, None, call).0,
+            None => host::binary_loss(inputs, call),
+        }
+    }
+
+    fn xent_binary_gradient(
+        logits: CubeTensor,
+        given: BinaryGiven<Self>,
+        upstream: CubeTensor,
+        call: BinaryCall,
+    ) -> CubeTensor {
+        let inputs = Inputs::binary(logits, given);
+        let upstream = aligned(upstream);
+        match crate::device::gpu_of(&inputs.logits.device) {
+            Some(gpu) => {
+                let gradient = binary(&gpu, &inputs, Some(&upstream), call).1;
+                let gradient = gradient.expect("a binary call with an upstream has a gradient");
+                match call.options.reduction {
+                    Reduction::None => gradient,
+                    // The kernels take a host scalar upstream for sum and mean: they wrote the
+                    // gradient for 1, scaled here by burn's device scalar.
+                    _ => {
+                        let shape = Shape::from(vec![1; gradient.meta.num_dims()]);
+                        let scale = CubeBackend::float_reshape(upstream, shape);
+                        let scale = CubeBackend::float_cast(scale, gradient.dtype.into());
+                        CubeBackend::float_mul(gradient, scale)
+                    }
+                }
+            }
+            None => host::binary_gradient(inputs, upstream, call),
+        }
+    }
 }
 
 /// One call's input tensors, contiguous and at offsets the device can bind.
@@ -85,6 +125,7 @@ pub(crate) struct Inputs {
     pub index: Option<CubeTensor>,
     pub dense: Option<CubeTensor>,
     pub class_weights: Option<CubeTensor>,
+    pub pos_weight: Option<CubeTensor>,
     pub sample_weights: Option<CubeTensor>,
 }
 
@@ -99,6 +140,18 @@ impl Inputs {
             index: index.map(aligned),
             dense: dense.map(aligned),
             class_weights: given.class_weights.tensor().map(aligned),
+            pos_weight: None,
+            sample_weights: given.sample_weights.tensor().map(aligned),
+        }
+    }
+
+    fn binary(logits: CubeTensor, given: BinaryGiven<CubeBackend>) -> Self {
+        Self {
+            logits: aligned(logits),
+            index: None,
+            dense: Some(aligned(given.targets)),
+            class_weights: given.class_weights.tensor().map(aligned),
+            pos_weight: given.pos_weight.tensor().map(aligned),
             sample_weights: given.sample_weights.tensor().map(aligned),
         }
     }
@@ -185,12 +238,41 @@ fn dtype(tensor: &CubeTensor) -> Dtype {
     }
 }
 
+/// A call's logits as xent sees them.
+#[derive(Debug, Clone, Copy)]
+struct Shaped {
+    rows: usize,
+    classes: usize,
+    layout: Layout,
+}
+
+impl From<Call> for Shaped {
+    fn from(call: Call) -> Self {
+        Shaped {
+            rows: call.rows,
+            classes: call.classes,
+            layout: call.layout,
+        }
+    }
+}
+
+impl From<BinaryCall> for Shaped {
+    fn from(call: BinaryCall) -> Self {
+        Shaped {
+            rows: call.rows,
+            classes: call.classes,
+            layout: Layout::Rows,
+        }
+    }
+}
+
 /// The bound inputs of one call.
 struct BoundInputs {
     logits: Bound,
     index: Option<(Bound, DType)>,
     dense: Option<Bound>,
     class_weights: Option<Bound>,
+    pos_weight: Option<Bound>,
     sample_weights: Option<Bound>,
 }
 
@@ -201,11 +283,13 @@ impl BoundInputs {
             index: inputs.index.as_ref().map(|t| (Bound::new(t), t.dtype)),
             dense: inputs.dense.as_ref().map(Bound::new),
             class_weights: inputs.class_weights.as_ref().map(Bound::new),
+            pos_weight: inputs.pos_weight.as_ref().map(Bound::new),
             sample_weights: inputs.sample_weights.as_ref().map(Bound::new),
         }
     }
 
-    fn batch<'a>(&'a self, logits: &'a Bound, dtype: Dtype, call: Call) -> DeviceBatch<'a> {
+    /// The batch over `logits` (the inputs' own, or a copy to write in place).
+    fn batch<'a>(&'a self, logits: &'a Bound, dtype: Dtype, shape: Shaped) -> DeviceBatch<'a> {
         let targets = match (&self.index, &self.dense) {
             (Some((b, DType::I64)), _) => DeviceTargets::I64(b.slice()),
             (Some((b, DType::I32)), _) => DeviceTargets::I32(b.slice()),
@@ -215,9 +299,10 @@ impl BoundInputs {
             (None, Some(b)) => DeviceTargets::Dense(b.slice()),
             (None, None) => panic!("xent-burn: a call without targets"),
         };
-        let mut batch = DeviceBatch::new(logits.slice(), dtype, call.rows, call.classes, targets);
-        batch.layout = call.layout;
+        let mut batch = DeviceBatch::new(logits.slice(), dtype, shape.rows, shape.classes, targets);
+        batch.layout = shape.layout;
         batch.class_weights = self.class_weights.as_ref().map(Bound::slice);
+        batch.pos_weight = self.pos_weight.as_ref().map(Bound::slice);
         batch.sample_weights = self.sample_weights.as_ref().map(Bound::slice);
         batch
     }
@@ -266,7 +351,7 @@ fn forward(gpu: &Gpu, inputs: &Inputs, call: Call, save: bool) -> (CubeTensor, C
         let records_b = records.as_ref().map(Bound::new);
         let saved_b = saved.as_ref().map(|(r, t)| (Bound::new(r), Bound::new(t)));
         submit(gpu, &inputs.logits.client, |encoder| {
-            let batch = bound.batch(&bound.logits, dtype(&inputs.logits), call);
+            let batch = bound.batch(&bound.logits, dtype(&inputs.logits), call.into());
             let mut outputs = DeviceOutputs::new(loss_b.slice()).target_error(flag_b.slice());
             outputs.rows = records_b.as_ref().map(Bound::slice);
             if let Some((rows, totals)) = &saved_b {
@@ -324,11 +409,11 @@ fn backward(
             };
             let (batch, destination) = match dtype {
                 Dtype::F32 => (
-                    bound.batch(&bound.logits, dtype, call),
+                    bound.batch(&bound.logits, dtype, call.into()),
                     DeviceGradient::Into(gradient_b.slice()),
                 ),
                 _ => (
-                    bound.batch(&gradient_b, dtype, call),
+                    bound.batch(&gradient_b, dtype, call.into()),
                     DeviceGradient::InPlace,
                 ),
             };
@@ -343,4 +428,50 @@ fn backward(
         });
     }
     gradient
+}
+
+/// Binary cross-entropy on the device: the loss, and with an `upstream` the gradient (for
+/// none, `upstream` per element; for sum and mean, for an upstream of 1).
+fn binary(
+    gpu: &Gpu,
+    inputs: &Inputs,
+    upstream: Option<&CubeTensor>,
+    call: BinaryCall,
+) -> (CubeTensor, Option<CubeTensor>) {
+    let dtype = dtype(&inputs.logits);
+    let per_element = call.options.reduction == Reduction::None;
+    let loss = inputs.f32_tensor(&[1]);
+    let elements =
+        (per_element && upstream.is_none()).then(|| inputs.f32_tensor(&[call.rows * call.classes]));
+    let gradient = upstream.map(|_| match dtype {
+        Dtype::F32 => inputs.f32_tensor(inputs.logits.meta.shape()),
+        _ => inputs.logits.copy(),
+    });
+    {
+        let bound = BoundInputs::new(inputs);
+        let loss_b = Bound::new(&loss);
+        let elements_b = elements.as_ref().map(Bound::new);
+        let gradient_b = gradient.as_ref().map(Bound::new);
+        let upstream_b = upstream.map(Bound::new);
+        submit(gpu, &inputs.logits.client, |encoder| {
+            let mut outputs = DeviceOutputs::new(loss_b.slice());
+            outputs.rows = elements_b.as_ref().map(Bound::slice);
+            let batch = match (&gradient_b, dtype) {
+                (None, _) => bound.batch(&bound.logits, dtype, call.into()),
+                (Some(g), Dtype::F32) => {
+                    outputs.gradient = DeviceGradient::Into(g.slice());
+                    bound.batch(&bound.logits, dtype, call.into())
+                }
+                (Some(g), _) => {
+                    outputs.gradient = DeviceGradient::InPlace;
+                    bound.batch(g, dtype, call.into())
+                }
+            };
+            if per_element {
+                outputs.upstream = upstream_b.as_ref().map(Bound::slice);
+            }
+            gpu.record_binary_cross_entropy(encoder, &call.options, &batch, &outputs)
+        });
+    }
+    (elements.unwrap_or(loss), gradient)
 }

@@ -17,9 +17,37 @@ use xent::gpu::Gpu;
 
 use crate::Error;
 
-fn gpus() -> &'static Mutex<HashMap<WgpuDevice, Arc<Gpu>>> {
-    static GPUS: OnceLock<Mutex<HashMap<WgpuDevice, Arc<Gpu>>>> = OnceLock::new();
-    GPUS.get_or_init(Default::default)
+/// Where xent runs a registered device's calls.
+#[derive(Clone)]
+enum Runner {
+    /// Its WGSL kernels on the device's own queue.
+    Gpu(Arc<Gpu>),
+    /// Its SIMD CPU path (the inputs read back).
+    Cpu,
+}
+
+fn registry() -> &'static Mutex<HashMap<WgpuDevice, Runner>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<WgpuDevice, Runner>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn insert(device: &Device, runner: Runner) -> Result<(), Error> {
+    let Some(key) = wgpu_device(device) else {
+        return Err(Error::NotWgpu(format!("{device:?}")));
+    };
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, runner);
+    Ok(())
+}
+
+fn runner(device: &WgpuDevice) -> Option<Runner> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(device)
+        .cloned()
 }
 
 /// burn's default wgpu device, created and registered with xent: xent's kernels then run on
@@ -41,27 +69,29 @@ pub fn init_with(options: WgpuOptions) -> Result<Device, Error> {
 /// Registers a burn wgpu device with the handles it was created from, so that xent's kernels
 /// run on it. Registering again replaces the earlier registration.
 pub fn register(device: &Device, setup: &WgpuSetup) -> Result<(), Error> {
-    let Some(key) = wgpu_device(device) else {
-        return Err(Error::NotWgpu(format!("{device:?}")));
-    };
     let gpu = Gpu::from_device(setup.device.clone(), setup.queue.clone())?;
-    gpus()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, Arc::new(gpu));
-    Ok(())
+    insert(device, Runner::Gpu(Arc::new(gpu)))
 }
 
-/// Whether xent's GPU kernels run on `device` (a registered wgpu device).
+/// Registers a burn wgpu device whose losses run on xent's SIMD CPU path instead of its
+/// kernels: each call reads its inputs back and uploads its results. For software adapters
+/// (llvmpipe, WARP, SwiftShader), where the CPU path is the faster, and for comparing the
+/// two. Registering again replaces the earlier registration.
+pub fn register_cpu_path(device: &Device) -> Result<(), Error> {
+    insert(device, Runner::Cpu)
+}
+
+/// Whether xent's GPU kernels run on `device` (a wgpu device registered with [`register`]
+/// or [`init`]).
 pub fn is_registered(device: &Device) -> bool {
     wgpu_device(device).is_some_and(|key| gpu(&key).is_some())
 }
 
-/// Whether xent runs on `device`: a registered wgpu device (its GPU kernels) or another
-/// CubeCL runtime (its CPU path).
+/// Whether xent runs on `device`: a registered wgpu device (its GPU kernels, or its CPU path)
+/// or another CubeCL runtime (its CPU path).
 pub(crate) fn check(device: &Device) -> Result<(), Error> {
     match device.clone().without_autodiff().as_dispatch() {
-        DispatchDevice::Cube(cubecl::Device::Wgpu(key)) if gpu(key).is_none() => {
+        DispatchDevice::Cube(cubecl::Device::Wgpu(key)) if runner(key).is_none() => {
             Err(Error::Unregistered(format!("{device:?}")))
         }
         DispatchDevice::Cube(_) => Ok(()),
@@ -95,9 +125,8 @@ pub(crate) fn gpu_of(device: &cubecl::Device) -> Option<Arc<Gpu>> {
 }
 
 fn gpu(device: &WgpuDevice) -> Option<Arc<Gpu>> {
-    gpus()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(device)
-        .cloned()
+    match runner(device)? {
+        Runner::Gpu(gpu) => Some(gpu),
+        Runner::Cpu => None,
+    }
 }

@@ -8,8 +8,16 @@ use burn::backend::wgpu::{CubeBackend, CubeTensor};
 use burn::tensor::{read_sync, DType, TensorData};
 use xent::{Backend, Batch, Layout, Logits, Request, Targets};
 
+/// Panics with a call's error: the loss functions checked everything a call can refuse.
+fn refused(e: xent::Error) -> ! {
+    panic!("xent-burn: {e}")
+}
+
 use crate::cube::Inputs;
-use crate::ops::Call;
+use crate::ops::{BinaryCall, Call};
+
+/// Rows, classes, layout.
+type Shaped = (usize, usize, Layout);
 
 /// The inputs on the host, as xent's CPU path takes them.
 struct Host {
@@ -17,6 +25,7 @@ struct Host {
     index: Option<Vec<i64>>,
     dense: Option<Vec<f32>>,
     class_weights: Option<Vec<f32>>,
+    pos_weight: Option<Vec<f32>>,
     sample_weights: Option<Vec<f32>>,
 }
 
@@ -43,15 +52,16 @@ impl Host {
             }),
             dense: inputs.dense.map(floats),
             class_weights: inputs.class_weights.map(floats),
+            pos_weight: inputs.pos_weight.map(floats),
             sample_weights: inputs.sample_weights.map(floats),
         }
     }
 
-    fn batch<'a>(&'a self, index: &'a [i64], call: Call) -> Batch<'a> {
-        let logits = match call.layout {
-            Layout::Rows => Logits::new(&self.logits, call.rows, call.classes),
+    fn batch<'a>(&'a self, index: &'a [i64], (rows, classes, layout): Shaped) -> Batch<'a> {
+        let logits = match layout {
+            Layout::Rows => Logits::new(&self.logits, rows, classes),
             Layout::ClassDim1 { spatial } => {
-                Logits::class_dim1(&self.logits, call.rows / spatial, call.classes, spatial)
+                Logits::class_dim1(&self.logits, rows / spatial, classes, spatial)
             }
         };
         let targets = match &self.dense {
@@ -61,6 +71,9 @@ impl Host {
         let mut batch = Batch::new(logits, targets);
         if let Some(w) = &self.class_weights {
             batch = batch.class_weights(w);
+        }
+        if let Some(w) = &self.pos_weight {
+            batch = batch.pos_weight(w);
         }
         if let Some(s) = &self.sample_weights {
             batch = batch.sample_weights(s);
@@ -78,13 +91,13 @@ impl Host {
         let mut index = self.index.clone().unwrap_or_default();
         let mut flag = 0u32;
         loop {
-            match compute(self.batch(&index, call)) {
+            match compute(self.batch(&index, (call.rows, call.classes, call.layout))) {
                 Ok(output) => return (output, flag),
                 Err(xent::Error::TargetOutOfRange { row, .. }) => {
                     flag = flag.max(u32::MAX - row as u32);
                     index[row] = call.options.ignore_index;
                 }
-                Err(e) => panic!("xent-burn: {e}"),
+                Err(e) => refused(e),
             }
         }
     }
@@ -122,11 +135,53 @@ pub(crate) fn gradient(inputs: Inputs, upstream: CubeTensor, call: Call) -> Cube
             .upstream(&upstream);
         call.options.compute(&Backend::Cpu, batch, request)
     });
-    let gradient = device.tensor_from(
-        bytemuck::cast_slice(&gradient),
-        shape.as_slice(),
-        DType::F32,
-    );
+    upload_gradient(&device, &gradient, shape.as_slice(), dtype)
+}
+
+/// Binary cross-entropy's loss on the host.
+pub(crate) fn binary_loss(inputs: Inputs, call: BinaryCall) -> CubeTensor {
+    let device = inputs.clone();
+    let host = Host::read(inputs);
+    let output = call
+        .options
+        .compute(&Backend::Cpu, host.batch(&[], binary(call)), Request::new())
+        .unwrap_or_else(|e| refused(e));
+    let values = match output.loss {
+        Some(loss) => vec![loss],
+        None => output
+            .row_losses
+            .expect("Reduction::None returns element losses"),
+    };
+    device.tensor_from(bytemuck::cast_slice(&values), &[values.len()], DType::F32)
+}
+
+/// Binary cross-entropy's d loss / d logits for `upstream` on the host, in the logits' dtype.
+pub(crate) fn binary_gradient(
+    inputs: Inputs,
+    upstream: CubeTensor,
+    call: BinaryCall,
+) -> CubeTensor {
+    let device = inputs.clone();
+    let (shape, dtype) = (inputs.logits.meta.shape().clone(), inputs.logits.dtype);
+    let host = Host::read(inputs);
+    let upstream = floats(upstream);
+    let mut gradient = vec![0f32; host.logits.len()];
+    let request = Request::new()
+        .gradient_into(&mut gradient)
+        .upstream(&upstream);
+    call.options
+        .compute(&Backend::Cpu, host.batch(&[], binary(call)), request)
+        .unwrap_or_else(|e| refused(e));
+    upload_gradient(&device, &gradient, shape.as_slice(), dtype)
+}
+
+fn binary(call: BinaryCall) -> Shaped {
+    (call.rows, call.classes, Layout::Rows)
+}
+
+/// `gradient` (f32, on the host) as a tensor of `dtype`.
+fn upload_gradient(device: &Inputs, gradient: &[f32], shape: &[usize], dtype: DType) -> CubeTensor {
+    let gradient = device.tensor_from(bytemuck::cast_slice(gradient), shape, DType::F32);
     if dtype == DType::F32 {
         gradient
     } else {

@@ -38,11 +38,14 @@ mod loss;
 mod module;
 pub mod ops;
 
-pub use device::{init, init_with, is_registered, register, scratch_bytes};
-pub use loss::{cross_entropy, cross_entropy_soft, cross_entropy_weighted, Loss, Weights};
+pub use device::{init, init_with, is_registered, register, register_cpu_path, scratch_bytes};
+pub use loss::{
+    binary_cross_entropy_with_logits, cross_entropy, cross_entropy_soft, cross_entropy_weighted,
+    BinaryWeights, Loss, Weights,
+};
 pub use module::{CrossEntropyLoss, CrossEntropyLossConfig};
 pub use ops::{Call, XentBackend};
-pub use xent::{CrossEntropy, Reduction};
+pub use xent::{BinaryCrossEntropy, CrossEntropy, Reduction};
 
 /// burn's wgpu must be xent's: a burn built on another wgpu major fails here, at compile
 /// time, rather than with a type error at the first shared buffer.

@@ -3,9 +3,9 @@
 //! `[N, d1, …]` (soft targets: the logits' shape).
 
 use burn::tensor::{DType, Int, Tensor};
-use xent::{CrossEntropy, Layout};
+use xent::{BinaryCrossEntropy, CrossEntropy, Layout};
 
-use crate::ops::{self, Call, Given, Targets, XentBackend};
+use crate::ops::{self, BinaryCall, BinaryGiven, Call, Given, Targets, XentBackend};
 use crate::Error;
 use burn::backend::Dispatch;
 
@@ -170,19 +170,81 @@ pub fn cross_entropy_soft<const D: usize>(
     })
 }
 
+/// Binary cross-entropy's weights, each f32 and non-negative (not checked on the device):
+/// PyTorch's `weight` and `pos_weight` per class (the last dimension), and a per-row sample
+/// weight scaling every element of its row (not in PyTorch: SEMANTICS.md section 4).
+#[derive(Debug, Clone, Default)]
+pub struct BinaryWeights {
+    /// `[C]`.
+    pub class: Option<Tensor<1>>,
+    /// `[C]`.
+    pub pos_weight: Option<Tensor<1>>,
+    /// One per row: every index but the last (`N·…` values in order).
+    pub sample: Option<Tensor<1>>,
+}
+
+/// Binary cross-entropy with logits (PyTorch's `binary_cross_entropy_with_logits`, with
+/// xent's label smoothing and sigmoid focal loss): every element an independent two-class
+/// problem. The classes are the last dimension (where PyTorch broadcasts `weight` and
+/// `pos_weight`); every other index is a row.
+///
+/// - Shapes: logits and targets alike, any rank ≥ 1; targets in `[0, 1]`, any float dtype.
+///   Logits f32, f16 or bf16.
+/// - The loss is `[1]` (sum; mean over every element) or one per element in the logits' order
+///   (none), f32. Under autodiff its gradient flows to the logits, in their dtype; for sum
+///   and mean the backward writes the gradient for an upstream of 1 and burn scales it.
+/// - Errors: shapes that don't match, logits of another dtype, a device xent can't run on,
+///   options out of their domain.
+///
+/// Formulas: SEMANTICS.md section 4.
+pub fn binary_cross_entropy_with_logits<const D: usize>(
+    logits: Tensor<D>,
+    targets: Tensor<D>,
+    options: &BinaryCrossEntropy,
+    weights: &BinaryWeights,
+) -> Result<Tensor<1>, Error> {
+    let dims = logits.dims();
+    if targets.dims() != dims {
+        return Err(xent::Error::Shape {
+            what: "targets",
+            expected: dims.iter().product(),
+            actual: targets.dims().iter().product(),
+            shape: format!(
+                "targets take the logits' shape {dims:?}, got {:?}",
+                targets.dims()
+            ),
+        }
+        .into());
+    }
+    options.validate()?;
+    check_device_and_dtype(&logits)?;
+    let classes = dims[D - 1];
+    if classes == 0 {
+        return Err(xent::Error::NoClasses.into());
+    }
+    let call = BinaryCall {
+        options: *options,
+        rows: dims[..D - 1].iter().product(),
+        classes,
+    };
+    let shape = format!("{} rows × {} classes", call.rows, call.classes);
+    let given = BinaryGiven {
+        targets: targets.cast(DType::F32).into_dispatch(),
+        class_weights: weighting(&weights.class, "class_weights", classes, &shape)?,
+        pos_weight: weighting(&weights.pos_weight, "pos_weight", classes, &shape)?,
+        sample_weights: weighting(&weights.sample, "sample_weights", call.rows, &shape)?,
+    };
+    Ok(Tensor::from_dispatch(Dispatch::xent_binary_loss(
+        logits.into_dispatch(),
+        given,
+        call,
+    )))
+}
+
 /// The call's shape and layout, after checking the options, the dtype and the device.
 fn call<const D: usize>(logits: &Tensor<D>, options: &CrossEntropy) -> Result<Call, Error> {
     options.validate()?;
-    crate::device::check(&logits.device())?;
-    match logits.dtype() {
-        DType::F32 | DType::F16 | DType::BF16 => {}
-        other => {
-            return Err(xent::Error::Unsupported(format!(
-                "logits of dtype {other:?} (f32, f16 and bf16 are)"
-            ))
-            .into())
-        }
-    }
+    check_device_and_dtype(logits)?;
     let dims = logits.dims();
     let classes = dims[1];
     if classes == 0 {
@@ -202,27 +264,50 @@ fn call<const D: usize>(logits: &Tensor<D>, options: &CrossEntropy) -> Result<Ca
     })
 }
 
+/// Whether xent runs on the logits' device and takes their dtype.
+fn check_device_and_dtype<const D: usize>(logits: &Tensor<D>) -> Result<(), Error> {
+    crate::device::check(&logits.device())?;
+    match logits.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => Err(xent::Error::Unsupported(format!(
+            "logits of dtype {other:?} (f32, f16 and bf16 are)"
+        ))
+        .into()),
+    }
+}
+
+/// An optional weight vector of `len` values, as the operations take it.
+fn weighting(
+    weights: &Option<Tensor<1>>,
+    what: &'static str,
+    len: usize,
+    shape: &str,
+) -> Result<ops::Weighting<Dispatch>, Error> {
+    match weights {
+        None => Ok(ops::Weighting::Uniform),
+        Some(w) if w.dims()[0] != len => Err(xent::Error::Shape {
+            what,
+            expected: len,
+            actual: w.dims()[0],
+            shape: shape.to_string(),
+        }
+        .into()),
+        Some(w) => Ok(ops::Weighting::By(
+            w.clone().cast(DType::F32).into_dispatch(),
+        )),
+    }
+}
+
 /// The targets and the checked weights as the operations take them.
 fn given(
     targets: Targets<Dispatch>,
     weights: &Weights,
     call: &Call,
 ) -> Result<Given<Dispatch>, Error> {
-    let check = |w: &Option<Tensor<1>>, what: &'static str, len: usize| match w {
-        None => Ok(ops::Weighting::Uniform),
-        Some(w) if w.dims()[0] != len => Err(Error::from(xent::Error::Shape {
-            what,
-            expected: len,
-            actual: w.dims()[0],
-            shape: format!("{} rows × {} classes", call.rows, call.classes),
-        })),
-        Some(w) => Ok(ops::Weighting::By(
-            w.clone().cast(DType::F32).into_dispatch(),
-        )),
-    };
+    let shape = format!("{} rows × {} classes", call.rows, call.classes);
     Ok(Given {
         targets,
-        class_weights: check(&weights.class, "class_weights", call.classes)?,
-        sample_weights: check(&weights.sample, "sample_weights", call.rows)?,
+        class_weights: weighting(&weights.class, "class_weights", call.classes, &shape)?,
+        sample_weights: weighting(&weights.sample, "sample_weights", call.rows, &shape)?,
     })
 }

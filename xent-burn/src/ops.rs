@@ -10,7 +10,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, ExtensionType};
 use burn::tensor::{DType, Shape};
 use xent::gpu::SAVED_ROW_BYTES;
-use xent::{CrossEntropy, Layout};
+use xent::{BinaryCrossEntropy, CrossEntropy, Layout};
 
 /// What the kernels need besides the tensors: the options and the flattened shape.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +85,49 @@ pub struct Given<B: Backend> {
     pub sample_weights: Weighting<B>,
 }
 
+/// What a binary cross-entropy call reads besides the logits. Constants under autodiff.
+#[derive(ExtensionType, Debug, Clone)]
+#[extension_type(fusion)]
+pub struct BinaryGiven<B: Backend> {
+    /// Targets in `[0, 1]`: the logits' shape, f32.
+    pub targets: FloatTensor<B>,
+    /// PyTorch's `weight` per class (`[classes]`).
+    #[extension_type]
+    pub class_weights: Weighting<B>,
+    /// PyTorch's `pos_weight` per class (`[classes]`).
+    #[extension_type]
+    pub pos_weight: Weighting<B>,
+    /// Per-row sample weights (`[rows]`), scaling every element of the row.
+    #[extension_type]
+    pub sample_weights: Weighting<B>,
+}
+
+/// A binary cross-entropy call's options and its shape: `rows × classes` elements, the
+/// classes last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BinaryCall {
+    /// The options (reduction, smoothing, focal γ and α).
+    pub options: BinaryCrossEntropy,
+    /// Rows: every index but the last.
+    pub rows: usize,
+    /// Classes: the last dimension.
+    pub classes: usize,
+}
+
+impl BinaryCall {
+    /// Elements of the loss output: 1 for sum and mean, every element for none.
+    pub fn loss_len(&self) -> usize {
+        match self.options.reduction {
+            xent::Reduction::None => self.rows * self.classes,
+            _ => 1,
+        }
+    }
+}
+
+fn binary_spec(call: &BinaryCall) -> TensorSpec {
+    TensorSpec::new(Shape::new([call.loss_len()]), DType::F32)
+}
+
 fn loss_spec(logits: &TensorSpec, call: &Call) -> (TensorSpec, TensorSpec) {
     let _ = logits;
     (
@@ -147,5 +190,24 @@ pub trait XentBackend: Backend {
         saved_totals: FloatTensor<Self>,
         upstream: FloatTensor<Self>,
         call: Call,
+    ) -> FloatTensor<Self>;
+
+    /// Binary cross-entropy with logits: the loss (`[1]` for sum and mean, one per element,
+    /// in the logits' order, for none).
+    #[fusion(meta = |_logits, _given, call| binary_spec(call))]
+    fn xent_binary_loss(
+        logits: FloatTensor<Self>,
+        #[extension_type] given: BinaryGiven<Self>,
+        call: BinaryCall,
+    ) -> FloatTensor<Self>;
+
+    /// d loss / d logits of binary cross-entropy in the logits' shape and dtype, for the
+    /// upstream gradient (`[1]` for sum and mean, one per element for none).
+    #[fusion(dtype = logits, shape = logits)]
+    fn xent_binary_gradient(
+        logits: FloatTensor<Self>,
+        #[extension_type] given: BinaryGiven<Self>,
+        upstream: FloatTensor<Self>,
+        call: BinaryCall,
     ) -> FloatTensor<Self>;
 }

@@ -3,65 +3,13 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::sync::OnceLock;
-
-use burn::tensor::wgpu::WgpuBackend;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{assert_within, tol, Case, Hardness};
+use support::{device, floats, logits};
 use xent::{CrossEntropy, Dtype, Reduction};
 use xent_burn::Weights;
-
-/// burn's wgpu device (the backend `WGPU_BACKEND` names), registered with xent, with autodiff.
-fn device() -> Option<Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| {
-            let options = Device::wgpu_options();
-            let options = match std::env::var("WGPU_BACKEND").as_deref() {
-                Ok("gl") => options.graphics_api(WgpuBackend::Gl),
-                Ok("vulkan") => options.graphics_api(WgpuBackend::Vulkan),
-                _ => options,
-            };
-            match xent_burn::init_with(options) {
-                Ok(device) => {
-                    assert!(xent_burn::is_registered(&device));
-                    Some(device.autodiff())
-                }
-                Err(e) => {
-                    common::gpu_policy::missing_gpu("the xent-burn tests", &e);
-                    None
-                }
-            }
-        })
-        .clone()
-}
-
-fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor.into_data().convert::<f32>().try_into_vec().unwrap()
-}
-
-/// The case's logits as a tensor of `shape` in its dtype, tracked.
-fn logits<const D: usize>(case: &Case, shape: [usize; D], device: &Device) -> Tensor<D> {
-    let data = match case.dtype {
-        Dtype::F32 => TensorData::new(case.logits.clone(), shape),
-        Dtype::F16 => TensorData::new(
-            case.logits
-                .iter()
-                .map(|&v| half::f16::from_f32(v))
-                .collect(),
-            shape,
-        ),
-        Dtype::Bf16 => TensorData::new(
-            case.logits
-                .iter()
-                .map(|&v| half::bf16::from_f32(v))
-                .collect(),
-            shape,
-        ),
-    };
-    Tensor::from_data(data, device).require_grad()
-}
 
 /// Runs `case` with index targets through `xent_burn::cross_entropy_weighted`, the loss
 /// times an upstream gradient backward, and checks loss and d logits against the reference.
@@ -370,4 +318,42 @@ fn shape_errors() {
         "{err}"
     );
     let _ = DType::F32;
+}
+
+/// burn records lazily (and fuses): logits that burn ops computed just before the call must be
+/// written before xent reads them, and burn's work after the call must see xent's results.
+/// Each call flushes burn's pending work before submitting its own, on burn's queue.
+#[test]
+fn ordered_with_burns_pending_work() {
+    let Some(device) = device() else { return };
+    let case = Case::new(13, 16, 9, Hardness::default()).ignore_every(5, -100);
+    let options = CrossEntropy::new().label_smoothing(0.1);
+    let reference = case.reference(&options, None);
+    // a = logits / 2 + 1, so logits = (a − 1) · 2 is pending burn work when xent runs.
+    let half: Vec<f32> = case.logits.iter().map(|v| v / 2.0 + 1.0).collect();
+    let a = Tensor::<2>::from_data(TensorData::new(half, [16, 9]), &device).require_grad();
+    let targets =
+        Tensor::<1, Int>::from_data(TensorData::new(case.index_targets.clone(), [16]), &device);
+    let logits = (a.clone() - 1.0) * 2.0;
+    let first = xent_burn::cross_entropy(logits.clone(), targets.clone(), &options).unwrap();
+    // More burn work between two calls: the same logits, scaled down and back up.
+    let again = (logits * 0.25) * 4.0;
+    let second = xent_burn::cross_entropy(again, targets, &options).unwrap();
+    let total = first.loss * 3.0 + second.loss;
+    let expected = 4.0 * reference.loss.unwrap();
+    assert_within(
+        "3·loss + loss",
+        &floats(total.clone()),
+        &[expected],
+        tol::LOSS,
+    );
+    let grads = total.backward();
+    // d total / d a = 4 · d loss / d logits · 2.
+    let expected: Vec<f64> = reference.gradient.iter().map(|g| 8.0 * g).collect();
+    assert_within(
+        "d a",
+        &floats(a.grad(&grads).unwrap()),
+        &expected,
+        tol::GRADIENT,
+    );
 }

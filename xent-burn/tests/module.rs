@@ -3,38 +3,12 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::sync::OnceLock;
-
-use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{assert_close, assert_within, tol, Case, Hardness};
+use support::{device, floats};
 use xent::{CrossEntropy, Reduction};
-
-fn device() -> Option<Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| {
-            let options = Device::wgpu_options();
-            let options = match std::env::var("WGPU_BACKEND").as_deref() {
-                Ok("gl") => options.graphics_api(WgpuBackend::Gl),
-                Ok("vulkan") => options.graphics_api(WgpuBackend::Vulkan),
-                _ => options,
-            };
-            match xent_burn::init_with(options) {
-                Ok(device) => Some(device.autodiff()),
-                Err(e) => {
-                    common::gpu_policy::missing_gpu("the xent-burn module tests", &e);
-                    None
-                }
-            }
-        })
-        .clone()
-}
-
-fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor.into_data().convert::<f32>().try_into_vec().unwrap()
-}
 
 fn wide(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

@@ -1,0 +1,146 @@
+//! Binary cross-entropy with logits on burn's wgpu device and its autodiff gradient, against
+//! xent's f64 reference.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use burn::tensor::Tensor;
+use common::{assert_within, tol, Case, Hardness};
+use support::{dense_targets, device, floats, logits, vector};
+use xent::{BinaryCrossEntropy, Dtype, Reduction};
+use xent_burn::BinaryWeights;
+
+/// Runs `case` (multi-label) as logits of `shape` (the classes last), the loss times an
+/// upstream gradient backward, and checks loss and d logits against the reference.
+fn check<const D: usize>(what: &str, case: &Case, options: &BinaryCrossEntropy, shape: [usize; D]) {
+    let Some(device) = device() else { return };
+    let logits = logits(case, shape, &device);
+    let weights = BinaryWeights {
+        class: case.class_weights.as_deref().map(|w| vector(w, &device)),
+        pos_weight: case.pos_weight.as_deref().map(|w| vector(w, &device)),
+        sample: case.sample_weights.as_deref().map(|w| vector(w, &device)),
+    };
+    let loss = xent_burn::binary_cross_entropy_with_logits(
+        logits.clone(),
+        dense_targets(case, shape, &device),
+        options,
+        &weights,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let elements = case.rows * case.classes;
+    let upstream: Vec<f32> = match options.reduction {
+        Reduction::None => (0..elements).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect(),
+        _ => vec![0.7],
+    };
+    let reference = case.reference_bce(options, Some(&upstream));
+    let values = floats(loss.clone());
+    match reference.loss {
+        Some(l) => assert_within(&format!("{what}: loss"), &values, &[l], tol::LOSS),
+        None => assert_within(
+            &format!("{what}: element losses"),
+            &values,
+            &reference.row_losses,
+            tol::LOSS,
+        ),
+    }
+    let grads = (loss * vector(&upstream, &device)).sum().backward();
+    let gradient = logits.grad(&grads).expect("the logits' gradient");
+    assert_eq!(gradient.dtype(), logits.dtype(), "{what}: gradient dtype");
+    assert_within(
+        &format!("{what}: d logits"),
+        &floats(gradient),
+        &reference.gradient,
+        tol::gradient(case.dtype),
+    );
+}
+
+fn option_grid() -> Vec<(String, BinaryCrossEntropy)> {
+    let mut grid = Vec::new();
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        let base = BinaryCrossEntropy::new().reduction(reduction);
+        grid.push((format!("{reduction:?}"), base));
+        grid.push((
+            format!("{reduction:?} smoothing 0.1"),
+            base.label_smoothing(0.1),
+        ));
+        grid.push((
+            format!("{reduction:?} focal 2, α 0.25"),
+            base.focal_gamma(2.0).focal_alpha(0.25),
+        ));
+    }
+    grid
+}
+
+#[test]
+fn every_option_rank_2_and_3() {
+    for (name, options) in option_grid() {
+        let case = Case::new(31, 24, 7, Hardness::default()).multi_label(32, false);
+        check(&name, &case, &options, [24, 7]);
+        let weighted = Case::new(33, 24, 7, Hardness::default())
+            .multi_label(34, true)
+            .sample_weighted(35);
+        check(&format!("{name}, weighted"), &weighted, &options, [24, 7]);
+        check(
+            &format!("{name}, [4, 6, 7]"),
+            &weighted,
+            &options,
+            [4, 6, 7],
+        );
+    }
+}
+
+#[test]
+fn half_precision_logits() {
+    for dtype in [Dtype::F16, Dtype::Bf16] {
+        for (name, options) in option_grid() {
+            let case = Case::new(36, 15, 9, Hardness::default())
+                .multi_label(37, true)
+                .dtype(dtype);
+            check(&format!("{name}, {dtype:?}"), &case, &options, [15, 9]);
+        }
+    }
+}
+
+#[test]
+fn shape_errors() {
+    let Some(device) = device() else { return };
+    let logits = Tensor::<2>::zeros([4, 3], &device);
+    let err = xent_burn::binary_cross_entropy_with_logits(
+        logits.clone(),
+        Tensor::<2>::zeros([4, 2], &device),
+        &BinaryCrossEntropy::new(),
+        &BinaryWeights::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            xent_burn::Error::Xent(xent::Error::Shape {
+                what: "targets",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let err = xent_burn::binary_cross_entropy_with_logits(
+        logits,
+        Tensor::<2>::zeros([4, 3], &device),
+        &BinaryCrossEntropy::new(),
+        &BinaryWeights {
+            pos_weight: Some(Tensor::ones([4], &device)),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            xent_burn::Error::Xent(xent::Error::Shape {
+                what: "pos_weight",
+                ..
+            })
+        ),
+        "{err}"
+    );
+}

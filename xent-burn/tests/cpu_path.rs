@@ -1,0 +1,126 @@
+//! xent's CPU path under burn: a wgpu device registered with `register_cpu_path` runs each
+//! call on the host (the path every CubeCL runtime other than a registered wgpu device takes),
+//! checked against the f64 reference like the kernels.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::{assert_within, tol, Case, Hardness};
+use support::{dense_targets, floats, index_targets, logits, vector};
+use xent::{BinaryCrossEntropy, CrossEntropy, Dtype, Reduction};
+
+/// burn's wgpu device with xent's CPU path, in this test binary's own process.
+fn device() -> Option<Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| match support::options().init() {
+            Ok(device) => {
+                xent_burn::register_cpu_path(&device).unwrap();
+                assert!(!xent_burn::is_registered(&device));
+                Some(device.autodiff())
+            }
+            Err(e) => {
+                common::gpu_policy::missing_gpu("the xent-burn CPU-path tests", &e);
+                None
+            }
+        })
+        .clone()
+}
+
+#[test]
+fn softmax_every_reduction_on_the_host() {
+    let Some(device) = device() else { return };
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        for dtype in [Dtype::F32, Dtype::F16] {
+            let case = Case::new(41, 3 * 5, 6, Hardness::default())
+                .ignore_every(4, -100)
+                .weighted(42)
+                .dtype(dtype)
+                .class_dim1(5);
+            let options = CrossEntropy::new()
+                .reduction(reduction)
+                .label_smoothing(0.1)
+                .focal_gamma(1.0);
+            let logits = logits(&case, [3, 6, 5], &device);
+            let weights = xent_burn::Weights {
+                class: case.class_weights.as_deref().map(|w| vector(w, &device)),
+                sample: None,
+            };
+            let out = xent_burn::cross_entropy_weighted(
+                logits.clone(),
+                index_targets(&case, [3, 5], &device),
+                &options,
+                &weights,
+            )
+            .unwrap();
+            out.check().unwrap();
+            let reference = case.reference(&options, None);
+            let loss = floats(out.loss.clone());
+            match reference.loss {
+                Some(l) => assert_within("loss", &loss, &[l], tol::LOSS),
+                None => assert_within("row losses", &loss, &reference.row_losses, tol::LOSS),
+            }
+            let grads = out.loss.sum().backward();
+            assert_within(
+                &format!("{reduction:?} {dtype:?}: d logits"),
+                &floats(logits.grad(&grads).unwrap()),
+                &reference.gradient,
+                tol::gradient(dtype),
+            );
+        }
+    }
+}
+
+#[test]
+fn target_errors_and_binary_on_the_host() {
+    let Some(device) = device() else { return };
+    let case = Case::new(43, 6, 4, Hardness::default());
+    let mut targets = case.index_targets.clone();
+    targets[4] = 9;
+    let out = xent_burn::cross_entropy(
+        logits(&case, [6, 4], &device),
+        Tensor::<1, Int>::from_data(TensorData::new(targets, [6]), &device),
+        &CrossEntropy::new(),
+    )
+    .unwrap();
+    assert!(matches!(
+        out.check(),
+        Err(xent_burn::Error::Xent(xent::Error::TargetOutOfRange {
+            row: 4,
+            value: 9,
+            ..
+        }))
+    ));
+    let case = Case::new(44, 8, 5, Hardness::default()).multi_label(45, true);
+    let options = BinaryCrossEntropy::new().label_smoothing(0.05);
+    let logits = logits(&case, [8, 5], &device);
+    let loss = xent_burn::binary_cross_entropy_with_logits(
+        logits.clone(),
+        dense_targets(&case, [8, 5], &device),
+        &options,
+        &xent_burn::BinaryWeights {
+            class: case.class_weights.as_deref().map(|w| vector(w, &device)),
+            pos_weight: case.pos_weight.as_deref().map(|w| vector(w, &device)),
+            sample: None,
+        },
+    )
+    .unwrap();
+    let reference = case.reference_bce(&options, None);
+    assert_within(
+        "BCE loss",
+        &floats(loss.clone()),
+        &[reference.loss.unwrap()],
+        tol::LOSS,
+    );
+    let grads = loss.backward();
+    assert_within(
+        "BCE d logits",
+        &floats(logits.grad(&grads).unwrap()),
+        &reference.gradient,
+        tol::GRADIENT,
+    );
+}

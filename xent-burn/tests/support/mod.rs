@@ -1,0 +1,88 @@
+//! What the xent-burn tests share: burn's wgpu device registered with xent, and moving
+//! test cases (the root crate's `tests/common`) in and out of tensors.
+
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use burn::tensor::wgpu::WgpuBackend;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use xent::Dtype;
+
+use super::common::{gpu_policy, Case};
+
+/// burn's wgpu device (the graphics API `WGPU_BACKEND` names), registered with xent, with
+/// autodiff; `None` (after the GPU policy's message) when there is no adapter.
+pub fn device() -> Option<Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| match xent_burn::init_with(options()) {
+            Ok(device) => {
+                assert!(xent_burn::is_registered(&device));
+                Some(device.autodiff())
+            }
+            Err(e) => {
+                gpu_policy::missing_gpu("the xent-burn tests", &e);
+                None
+            }
+        })
+        .clone()
+}
+
+/// burn's wgpu options for the graphics API `WGPU_BACKEND` names.
+pub fn options() -> burn::tensor::wgpu::WgpuOptions {
+    let options = Device::wgpu_options();
+    match std::env::var("WGPU_BACKEND").as_deref() {
+        Ok("gl") => options.graphics_api(WgpuBackend::Gl),
+        Ok("vulkan") => options.graphics_api(WgpuBackend::Vulkan),
+        _ => options,
+    }
+}
+
+/// A tensor's values as f32.
+pub fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().convert::<f32>().try_into_vec().unwrap()
+}
+
+/// An f32 vector as a tensor.
+pub fn vector(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+/// The case's logits as a tracked tensor of `shape` in its dtype.
+pub fn logits<const D: usize>(case: &Case, shape: [usize; D], device: &Device) -> Tensor<D> {
+    let data = match case.dtype {
+        Dtype::F32 => TensorData::new(case.logits.clone(), shape),
+        Dtype::F16 => TensorData::new(
+            case.logits
+                .iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect(),
+            shape,
+        ),
+        Dtype::Bf16 => TensorData::new(
+            case.logits
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect(),
+            shape,
+        ),
+    };
+    Tensor::from_data(data, device).require_grad()
+}
+
+/// The case's class indices as a tensor of `shape`.
+pub fn index_targets<const T: usize>(
+    case: &Case,
+    shape: [usize; T],
+    device: &Device,
+) -> Tensor<T, Int> {
+    Tensor::from_data(TensorData::new(case.index_targets.clone(), shape), device)
+}
+
+/// The case's dense targets as a tensor of `shape`.
+pub fn dense_targets<const D: usize>(case: &Case, shape: [usize; D], device: &Device) -> Tensor<D> {
+    let targets = case.dense_targets.clone().expect("dense targets");
+    Tensor::from_data(TensorData::new(targets, shape), device)
+}
