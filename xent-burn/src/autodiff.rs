@@ -14,17 +14,27 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::Autodiff;
 
-use crate::ops::{BinaryCall, BinaryGiven, Call, Given, Targets, Weighting, XentBackend};
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Shape};
+
+use crate::ops::{
+    BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, Targets, Wanted, Weighting,
+    XentBackend,
+};
 
 /// burn's autodiff float tensor over `B`'s.
 type Tracked<B, C> = FloatTensor<Autodiff<B, C>>;
 
-/// The inputs of one call without their autodiff wrapping: constants.
-fn constants<B: XentBackend>(given: Given<Autodiff<B, impl CheckpointStrategy>>) -> Given<B> {
-    let weights = |w: Weighting<Autodiff<B, _>>| match w {
+/// Optional weights without their autodiff wrapping: constants.
+fn weights<B: XentBackend, C: CheckpointStrategy>(w: Weighting<Autodiff<B, C>>) -> Weighting<B> {
+    match w {
         Weighting::Uniform => Weighting::Uniform,
         Weighting::By(t) => Weighting::By(t.into_primitive()),
-    };
+    }
+}
+
+/// The inputs of one call without their autodiff wrapping: constants.
+fn constants<B: XentBackend, C: CheckpointStrategy>(given: Given<Autodiff<B, C>>) -> Given<B> {
     Given {
         targets: match given.targets {
             Targets::Index(t) => Targets::Index(t),
@@ -75,18 +85,104 @@ impl<B: XentBackend> Backward<B, 1> for BinaryBackward {
 }
 
 /// Binary cross-entropy's inputs without their autodiff wrapping.
-fn binary_constants<B: XentBackend>(
-    given: BinaryGiven<Autodiff<B, impl CheckpointStrategy>>,
+fn binary_constants<B: XentBackend, C: CheckpointStrategy>(
+    given: BinaryGiven<Autodiff<B, C>>,
 ) -> BinaryGiven<B> {
-    let weights = |w: Weighting<Autodiff<B, _>>| match w {
-        Weighting::Uniform => Weighting::Uniform,
-        Weighting::By(t) => Weighting::By(t.into_primitive()),
-    };
     BinaryGiven {
         targets: given.targets.into_primitive(),
         class_weights: weights(given.class_weights),
         pos_weight: weights(given.pos_weight),
         sample_weights: weights(given.sample_weights),
+    }
+}
+
+/// What a linear head's backward reads.
+#[derive(Debug, Clone)]
+enum LinearState<B: XentBackend> {
+    /// Sum and mean: the gradients the forward wrote for an upstream of 1 (`Liger`'s way:
+    /// the backward only scales them).
+    Gradients {
+        hidden: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+    },
+    /// None: the inputs, to run the call again with burn's per-row upstream.
+    Inputs {
+        hidden: NodeId,
+        weight: NodeId,
+        bias: NodeId,
+        given: LinearGiven<B>,
+        call: LinearCall,
+    },
+}
+
+/// The linear state and the parameters' dtypes (the gradients are f32: cast back).
+#[derive(Debug, Clone)]
+struct LinearSaved<B: XentBackend> {
+    state: LinearState<B>,
+    dtypes: [DType; 3],
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<B: XentBackend> Backward<B, 3> for LinearBackward {
+    type State = LinearSaved<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let upstream = grads.consume::<B>(&ops.node);
+        let [hidden_node, weight_node, bias_node] = ops.parents;
+        let [hidden_dtype, weight_dtype, bias_dtype] = ops.state.dtypes;
+        let (dh, dw, db) = match ops.state.state {
+            LinearState::Gradients {
+                hidden,
+                weight,
+                bias,
+            } => {
+                // burn's upstream is [1]: broadcast it over each gradient.
+                let scale = |gradient: FloatTensor<B>| {
+                    let rank = gradient.shape().num_dims();
+                    let factor = B::float_reshape(upstream.clone(), Shape::from(vec![1; rank]));
+                    B::float_mul(gradient, factor)
+                };
+                (scale(hidden), scale(weight), scale(bias))
+            }
+            LinearState::Inputs {
+                hidden,
+                weight,
+                bias,
+                given,
+                call,
+            } => {
+                let hidden = checkpointer.retrieve_node_output(hidden);
+                let weight = checkpointer.retrieve_node_output(weight);
+                let bias = checkpointer.retrieve_node_output(bias);
+                let (_, _, dh, dw, db) =
+                    B::xent_linear(hidden, weight, bias, given, upstream, call);
+                (dh, dw, db)
+            }
+        };
+        let cast = |gradient: FloatTensor<B>, dtype: DType| {
+            if gradient.dtype() == dtype {
+                gradient
+            } else {
+                B::float_cast(gradient, dtype.into())
+            }
+        };
+        if let Some(node) = hidden_node {
+            grads.register::<B>(node.id, cast(dh, hidden_dtype));
+        }
+        if let Some(node) = weight_node {
+            grads.register::<B>(node.id, cast(dw, weight_dtype));
+        }
+        if let Some(node) = bias_node {
+            grads.register::<B>(node.id, cast(db, bias_dtype));
+        }
     }
 }
 
@@ -226,5 +322,113 @@ impl<B: XentBackend, C: CheckpointStrategy> XentBackend for Autodiff<B, C> {
             upstream.into_primitive(),
             call,
         ))
+    }
+
+    fn xent_linear(
+        hidden: FloatTensor<Autodiff<B, C>>,
+        weight: FloatTensor<Autodiff<B, C>>,
+        bias: FloatTensor<Autodiff<B, C>>,
+        given: LinearGiven<Self>,
+        upstream: FloatTensor<Autodiff<B, C>>,
+        call: LinearCall,
+    ) -> (
+        FloatTensor<Autodiff<B, C>>,
+        IntTensor<B>,
+        FloatTensor<Autodiff<B, C>>,
+        FloatTensor<Autodiff<B, C>>,
+        FloatTensor<Autodiff<B, C>>,
+    ) {
+        let given = LinearGiven {
+            targets: given.targets,
+            class_weights: weights(given.class_weights),
+            sample_weights: weights(given.sample_weights),
+        };
+        let upstream = upstream.into_primitive();
+        let wanted = Wanted {
+            hidden: hidden.is_tracked(),
+            weight: weight.is_tracked(),
+            bias: call.has_bias && bias.is_tracked(),
+        };
+        let dtypes = [hidden.dtype(), weight.dtype(), bias.dtype()];
+        let prep = LinearBackward
+            .prepare::<C>([hidden.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (loss, flag, dh, dw, db) = match prep {
+            OpsKind::Tracked(mut prep) if call.options.reduction == xent::Reduction::None => {
+                let nodes = [
+                    prep.checkpoint(&hidden),
+                    prep.checkpoint(&weight),
+                    prep.checkpoint(&bias),
+                ];
+                let inner = LinearCall {
+                    gradients: Wanted::default(),
+                    ..call
+                };
+                let (loss, flag, dh, dw, db) = B::xent_linear(
+                    hidden.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    given.clone(),
+                    upstream,
+                    inner,
+                );
+                let state = LinearState::Inputs {
+                    hidden: nodes[0],
+                    weight: nodes[1],
+                    bias: nodes[2],
+                    given,
+                    call: LinearCall {
+                        gradients: wanted,
+                        ..call
+                    },
+                };
+                let loss = prep.finish(LinearSaved { state, dtypes }, loss);
+                (loss, flag, dh, dw, db)
+            }
+            OpsKind::Tracked(prep) => {
+                let inner = LinearCall {
+                    gradients: wanted,
+                    ..call
+                };
+                let (loss, flag, dh, dw, db) = B::xent_linear(
+                    hidden.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    given,
+                    upstream,
+                    inner,
+                );
+                let state = LinearState::Gradients {
+                    hidden: dh.clone(),
+                    weight: dw.clone(),
+                    bias: db.clone(),
+                };
+                let loss = prep.finish(LinearSaved { state, dtypes }, loss);
+                (loss, flag, dh, dw, db)
+            }
+            OpsKind::UnTracked(prep) => {
+                let inner = LinearCall {
+                    gradients: Wanted::default(),
+                    ..call
+                };
+                let (loss, flag, dh, dw, db) = B::xent_linear(
+                    hidden.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    given,
+                    upstream,
+                    inner,
+                );
+                (prep.finish(loss), flag, dh, dw, db)
+            }
+        };
+        (
+            loss,
+            flag,
+            Tracked::<B, C>::new(dh),
+            Tracked::<B, C>::new(dw),
+            Tracked::<B, C>::new(db),
+        )
     }
 }

@@ -16,13 +16,16 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::server::Handle;
 use cubecl::wgpu::WgpuServer;
 use xent::gpu::{
-    DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream, Gpu,
-    GpuRow, SAVED_ROW_BYTES,
+    DeviceBatch, DeviceGradient, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
+    DeviceLinearOutputs, DeviceMatrix, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream,
+    Gpu, GpuRow, SAVED_ROW_BYTES,
 };
 use xent::{Dtype, Layout, Reduction};
 
 use crate::host;
-use crate::ops::{BinaryCall, BinaryGiven, Call, Given, Targets, XentBackend};
+use crate::ops::{
+    BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, Targets, XentBackend,
+};
 
 /// The storage behind burn's wgpu tensors.
 type Server = WgpuServer<AutoCompiler>;
@@ -114,6 +117,29 @@ impl XentBackend for CubeBackend {
                 }
             }
             None => host::binary_gradient(inputs, upstream, call),
+        }
+    }
+
+    fn xent_linear(
+        hidden: CubeTensor,
+        weight: CubeTensor,
+        bias: CubeTensor,
+        given: LinearGiven<Self>,
+        upstream: CubeTensor,
+        call: LinearCall,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        let inputs = LinearInputs {
+            hidden: aligned(hidden),
+            weight: aligned(weight),
+            bias: call.has_bias.then(|| aligned(bias)),
+            targets: aligned(given.targets),
+            class_weights: given.class_weights.tensor().map(aligned),
+            sample_weights: given.sample_weights.tensor().map(aligned),
+        };
+        let upstream = aligned(upstream);
+        match crate::device::gpu_of(&inputs.hidden.device) {
+            Some(gpu) => linear(&gpu, &inputs, &upstream, call),
+            None => host::linear(inputs, upstream, call),
         }
     }
 }
@@ -364,14 +390,7 @@ fn forward(gpu: &Gpu, inputs: &Inputs, call: Call, save: bool) -> (CubeTensor, C
         });
     }
     let loss = match records {
-        // Each record's first word is its row's loss.
-        Some(records) => {
-            let column = CubeBackend::float_slice(
-                records,
-                &[Slice::new(0, None, 1), Slice::new(0, Some(1), 1)],
-            );
-            CubeBackend::float_reshape(into_contiguous(column), Shape::new([call.rows]))
-        }
+        Some(records) => row_losses(records, call.rows),
         None => loss,
     };
     (loss, flag, saved)
@@ -474,4 +493,122 @@ fn binary(
         });
     }
     (elements.unwrap_or(loss), gradient)
+}
+
+/// A linear head's input tensors, contiguous and at offsets the device can bind.
+#[derive(Clone)]
+pub(crate) struct LinearInputs {
+    pub hidden: CubeTensor,
+    pub weight: CubeTensor,
+    pub bias: Option<CubeTensor>,
+    pub targets: CubeTensor,
+    pub class_weights: Option<CubeTensor>,
+    pub sample_weights: Option<CubeTensor>,
+}
+
+impl LinearInputs {
+    /// A new contiguous f32 tensor on the inputs' device: `shape`, or `[1]` where `wanted` is
+    /// false (a placeholder output).
+    pub fn f32_output(&self, wanted: bool, shape: &[usize]) -> CubeTensor {
+        let shape = if wanted { shape.to_vec() } else { vec![1] };
+        empty_device_contiguous_dtype(
+            self.hidden.client.clone(),
+            self.hidden.device.clone(),
+            Shape::from(shape),
+            DType::F32,
+        )
+    }
+
+    /// A new tensor of `shape` holding `bytes`.
+    pub fn tensor_from(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> CubeTensor {
+        let client = self.hidden.client.clone();
+        let handle: Handle = client.create_from_slice(bytes);
+        CubeTensor::new_contiguous(
+            client,
+            self.hidden.device.clone(),
+            Shape::from(shape.to_vec()),
+            handle,
+            dtype,
+        )
+    }
+}
+
+/// The outputs of a linear call: loss, flag, `dh`, `dW`, `db`.
+pub(crate) type LinearOutputs = (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor);
+
+/// A linear head on the device: one recorded call (the forward, the reduction and the asked
+/// gradients, the logits never written).
+fn linear(
+    gpu: &Gpu,
+    inputs: &LinearInputs,
+    upstream: &CubeTensor,
+    call: LinearCall,
+) -> LinearOutputs {
+    let (n, d, v) = (call.rows, call.hidden, call.vocab);
+    let per_row = call.options.reduction == Reduction::None;
+    let wanted = call.gradients;
+    let loss = inputs.f32_output(true, &[1]);
+    let records = per_row.then(|| inputs.f32_output(true, &[n, std::mem::size_of::<GpuRow>() / 4]));
+    let flag = inputs.tensor_from(&[0; 4], &[1], DType::U32);
+    let dh = inputs.f32_output(wanted.hidden, &[n, d]);
+    let dw = inputs.f32_output(wanted.weight, &[v, d]);
+    let db = inputs.f32_output(wanted.bias, &[v]);
+    let dtype = dtype(&inputs.weight);
+    {
+        let hidden = Bound::new(&inputs.hidden);
+        let weight = Bound::new(&inputs.weight);
+        let bias = inputs.bias.as_ref().map(Bound::new);
+        let targets = Bound::new(&inputs.targets);
+        let class_weights = inputs.class_weights.as_ref().map(Bound::new);
+        let sample_weights = inputs.sample_weights.as_ref().map(Bound::new);
+        let upstream_b = Bound::new(upstream);
+        let loss_b = Bound::new(&loss);
+        let records_b = records.as_ref().map(Bound::new);
+        let flag_b = Bound::new(&flag);
+        let (dh_b, dw_b, db_b) = (Bound::new(&dh), Bound::new(&dw), Bound::new(&db));
+        submit(gpu, &inputs.hidden.client, |encoder| {
+            let targets = match inputs.targets.dtype {
+                DType::I64 => DeviceIndexTargets::I64(targets.slice()),
+                DType::I32 => DeviceIndexTargets::I32(targets.slice()),
+                other => panic!(
+                    "xent-burn: class indices of dtype {other:?} (the loss functions cast them)"
+                ),
+            };
+            let mut batch = DeviceLinearBatch::new(
+                DeviceMatrix::new(hidden.slice(), dtype, n, d),
+                DeviceMatrix::new(weight.slice(), dtype, v, d),
+                targets,
+            );
+            batch.bias = bias.as_ref().map(Bound::slice);
+            batch.class_weights = class_weights.as_ref().map(Bound::slice);
+            batch.sample_weights = sample_weights.as_ref().map(Bound::slice);
+            let mut outputs = DeviceLinearOutputs::new(loss_b.slice());
+            outputs.rows = records_b.as_ref().map(Bound::slice);
+            outputs.target_error = Some(flag_b.slice());
+            fn write(wanted: bool, b: &Bound) -> Option<DeviceGradientSlice<'_>> {
+                wanted.then(|| DeviceGradientSlice::Write(b.slice()))
+            }
+            outputs.hidden_gradient = write(wanted.hidden, &dh_b);
+            outputs.weight_gradient = write(wanted.weight, &dw_b);
+            outputs.bias_gradient = write(wanted.bias, &db_b);
+            if per_row && wanted.any() {
+                outputs.upstream = Some(upstream_b.slice());
+            }
+            gpu.record_linear_cross_entropy(encoder, &call.options, &batch, &outputs)
+        });
+    }
+    let loss = match records {
+        Some(records) => row_losses(records, n),
+        None => loss,
+    };
+    (loss, flag, dh, dw, db)
+}
+
+/// The losses of `rows` [`GpuRow`] records (each record's first word).
+fn row_losses(records: CubeTensor, rows: usize) -> CubeTensor {
+    let column = CubeBackend::float_slice(
+        records,
+        &[Slice::new(0, None, 1), Slice::new(0, Some(1), 1)],
+    );
+    CubeBackend::float_reshape(into_contiguous(column), Shape::new([rows]))
 }

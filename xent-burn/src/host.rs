@@ -6,15 +6,16 @@
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::wgpu::{CubeBackend, CubeTensor};
 use burn::tensor::{read_sync, DType, TensorData};
-use xent::{Backend, Batch, Layout, Logits, Request, Targets};
+use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
+use xent::{Backend, Batch, Layout, Logits, Matrix, Reduction, Request, Targets};
 
 /// Panics with a call's error: the loss functions checked everything a call can refuse.
 fn refused(e: xent::Error) -> ! {
     panic!("xent-burn: {e}")
 }
 
-use crate::cube::Inputs;
-use crate::ops::{BinaryCall, Call};
+use crate::cube::{Inputs, LinearInputs, LinearOutputs};
+use crate::ops::{BinaryCall, Call, LinearCall};
 
 /// Rows, classes, layout.
 type Shaped = (usize, usize, Layout);
@@ -40,16 +41,18 @@ fn data(result: Result<TensorData, burn::backend::ExecutionError>) -> TensorData
     result.unwrap_or_else(|e| panic!("xent-burn: reading a tensor back failed: {e:?}"))
 }
 
+fn ints(tensor: CubeTensor) -> Vec<i64> {
+    data(read_sync(CubeBackend::int_into_data(tensor)))
+        .convert::<i64>()
+        .try_into_vec()
+        .expect("i64 data")
+}
+
 impl Host {
     fn read(inputs: Inputs) -> Self {
         Host {
             logits: floats(inputs.logits),
-            index: inputs.index.map(|t| {
-                data(read_sync(CubeBackend::int_into_data(t)))
-                    .convert::<i64>()
-                    .try_into_vec()
-                    .expect("i64 data")
-            }),
+            index: inputs.index.map(ints),
             dense: inputs.dense.map(floats),
             class_weights: inputs.class_weights.map(floats),
             pos_weight: inputs.pos_weight.map(floats),
@@ -187,4 +190,79 @@ fn upload_gradient(device: &Inputs, gradient: &[f32], shape: &[usize], dtype: DT
     } else {
         CubeBackend::float_cast(gradient, dtype.into())
     }
+}
+
+/// A linear head on the host: xent's CPU linear call (the `gemm` crate's products).
+pub(crate) fn linear(
+    inputs: LinearInputs,
+    upstream: CubeTensor,
+    call: LinearCall,
+) -> LinearOutputs {
+    let device = inputs.clone();
+    let (n, d, v) = (call.rows, call.hidden, call.vocab);
+    let hidden = floats(inputs.hidden);
+    let weight = floats(inputs.weight);
+    let bias = inputs.bias.map(floats);
+    let class_weights = inputs.class_weights.map(floats);
+    let sample_weights = inputs.sample_weights.map(floats);
+    let upstream = floats(upstream);
+    let mut targets = ints(inputs.targets);
+    let wanted = call.gradients;
+    let size = |wanted: bool, len: usize| if wanted { len } else { 0 };
+    let mut dh = vec![0f32; size(wanted.hidden, n * d)];
+    let mut dw = vec![0f32; size(wanted.weight, v * d)];
+    let mut db = vec![0f32; size(wanted.bias, v)];
+    let per_row = call.options.reduction == Reduction::None;
+    let mut flag = 0u32;
+    let output = loop {
+        let mut batch = LinearBatch::new(
+            Matrix::new(&hidden, n, d),
+            Matrix::new(&weight, v, d),
+            &targets[..],
+        );
+        batch.bias = bias.as_deref().map(Matrix::vector);
+        batch.class_weights = class_weights.as_deref();
+        batch.sample_weights = sample_weights.as_deref();
+        let mut request = LinearRequest::new();
+        if per_row && wanted.any() {
+            request = request.upstream(&upstream);
+        }
+        if wanted.hidden {
+            request = request.hidden_gradient(GradientBuffer::Write(&mut dh));
+        }
+        if wanted.weight {
+            request = request.weight_gradient(GradientBuffer::Write(&mut dw));
+        }
+        if wanted.bias {
+            request = request.bias_gradient(GradientBuffer::Write(&mut db));
+        }
+        match LinearCrossEntropy::new(call.options).compute(&Backend::Cpu, batch, request) {
+            Ok(output) => break output,
+            Err(xent::Error::TargetOutOfRange { row, .. }) => {
+                flag = flag.max(u32::MAX - row as u32);
+                targets[row] = call.options.ignore_index;
+            }
+            Err(e) => refused(e),
+        }
+    };
+    let loss = match output.loss {
+        Some(loss) => vec![loss],
+        None => output
+            .row_losses
+            .expect("Reduction::None returns row losses"),
+    };
+    let upload = |values: &[f32], shape: &[usize]| {
+        if values.is_empty() {
+            device.tensor_from(&[0; 4], &[1], DType::F32)
+        } else {
+            device.tensor_from(bytemuck::cast_slice(values), shape, DType::F32)
+        }
+    };
+    (
+        upload(&loss, &[loss.len()]),
+        device.tensor_from(&flag.to_le_bytes(), &[1], DType::U32),
+        upload(&dh, &[n, d]),
+        upload(&dw, &[v, d]),
+        upload(&db, &[v]),
+    )
 }

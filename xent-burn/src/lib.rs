@@ -41,9 +41,9 @@ pub mod ops;
 pub use device::{init, init_with, is_registered, register, register_cpu_path, scratch_bytes};
 pub use loss::{
     binary_cross_entropy_with_logits, cross_entropy, cross_entropy_soft, cross_entropy_weighted,
-    BinaryWeights, Loss, Weights,
+    linear_cross_entropy, BinaryWeights, Loss, Weights,
 };
-pub use module::{CrossEntropyLoss, CrossEntropyLossConfig};
+pub use module::{CrossEntropyLoss, CrossEntropyLossConfig, LinearCrossEntropyLoss};
 pub use ops::{Call, XentBackend};
 pub use xent::{BinaryCrossEntropy, CrossEntropy, Reduction};
 

@@ -5,7 +5,10 @@
 use burn::tensor::{DType, Int, Tensor};
 use xent::{BinaryCrossEntropy, CrossEntropy, Layout};
 
-use crate::ops::{self, BinaryCall, BinaryGiven, Call, Given, Targets, XentBackend};
+use crate::ops::{
+    self, BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, Targets, Wanted,
+    XentBackend,
+};
 use crate::Error;
 use burn::backend::Dispatch;
 
@@ -239,6 +242,108 @@ pub fn binary_cross_entropy_with_logits<const D: usize>(
         given,
         call,
     )))
+}
+
+/// The loss of a linear head without its logits: `cross_entropy(h·Wᵀ + b, y)` with xent's
+/// options, the logits computed tile by tile on the device and never written (the issue's
+/// "fused linear + cross-entropy"; SEMANTICS.md section 8).
+///
+/// - Shapes: `hidden` `[…, D]` (every index but the last a row), `weight` `[V, D]` (PyTorch's
+///   `nn.Linear` layout; burn's `Linear` holds its transpose: [`LinearCrossEntropyLoss`]
+///   takes one), `bias` `[V]`, `targets` the hidden states' shape without `D`. `hidden` is
+///   cast to the weight's dtype (f32, f16 or bf16; D even for the half types), the bias to
+///   f32.
+/// - Under autodiff, with sum and mean the call writes `dh`, `dW` and `db` with the loss (for
+///   the inputs that need them) and the backward scales them by burn's upstream; with none
+///   the backward runs the call again with the per-row upstream. Gradients come back in each
+///   input's dtype.
+///
+/// [`LinearCrossEntropyLoss`]: crate::LinearCrossEntropyLoss
+pub fn linear_cross_entropy<const D: usize, const T: usize>(
+    hidden: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    targets: Tensor<T, Int>,
+    options: &CrossEntropy,
+    weights: &Weights,
+) -> Result<Loss, Error> {
+    let dims = hidden.dims();
+    let [vocab, d] = weight.dims();
+    let rows: usize = dims[..D - 1].iter().product();
+    let shape = |what: &'static str, expected: usize, actual: usize| -> Error {
+        xent::Error::Shape {
+            what,
+            expected,
+            actual,
+            shape: format!("hidden {dims:?}, weight [{vocab}, {d}]"),
+        }
+        .into()
+    };
+    if dims[D - 1] != d {
+        return Err(shape("hidden", rows * d, hidden.dims().iter().product()));
+    }
+    if targets.dims()[..] != dims[..D - 1] {
+        return Err(shape("targets", rows, targets.dims().iter().product()));
+    }
+    if let Some(b) = &bias {
+        if b.dims()[0] != vocab {
+            return Err(shape("bias", vocab, b.dims()[0]));
+        }
+    }
+    if vocab == 0 {
+        return Err(xent::Error::NoClasses.into());
+    }
+    options.validate()?;
+    check_device_and_dtype(&weight)?;
+    if weight.dtype() != DType::F32 && d % 2 == 1 {
+        return Err(xent::Error::Unsupported(format!(
+            "a {:?} head with an odd hidden size {d} (half precision needs it even)",
+            weight.dtype()
+        ))
+        .into());
+    }
+    let device = weight.device();
+    let hidden = hidden.cast(weight.dtype()).reshape([rows, d]);
+    let targets = targets.reshape([rows]);
+    let targets = match targets.dtype() {
+        DType::I32 | DType::I64 => targets,
+        _ => targets.cast(DType::I64),
+    };
+    let call = LinearCall {
+        options: *options,
+        rows,
+        hidden: d,
+        vocab,
+        has_bias: bias.is_some(),
+        gradients: Wanted::default(),
+    };
+    let shape = format!("{rows} rows × {vocab} classes");
+    let given = LinearGiven {
+        targets: targets.clone().into_dispatch(),
+        class_weights: weighting(&weights.class, "class_weights", vocab, &shape)?,
+        sample_weights: weighting(&weights.sample, "sample_weights", rows, &shape)?,
+    };
+    // Not read without a bias (nor differentiated: a constant).
+    let bias = match bias {
+        Some(b) => b.cast(DType::F32),
+        None => Tensor::zeros([vocab], &device.clone().without_autodiff()),
+    };
+    let upstream = Tensor::<1>::ones([1], &device.without_autodiff());
+    let (loss, flag, _, _, _) = Dispatch::xent_linear(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        given,
+        upstream.into_dispatch(),
+        call,
+    );
+    Ok(Loss {
+        loss: Tensor::from_dispatch(loss),
+        target_error: Tensor::from_dispatch(flag),
+        targets: Some(targets),
+        classes: vocab,
+        ignore_index: options.ignore_index,
+    })
 }
 
 /// The call's shape and layout, after checking the options, the dtype and the device.

@@ -1,12 +1,13 @@
 //! A drop-in for burn's `nn::loss::CrossEntropyLoss`: the same configuration names
 //! (`pad_tokens`, `weights`, `smoothing`, `logits`), xent's other options beside them, and a
-//! `forward` on logits of any rank.
+//! `forward` on logits of any rank; and the loss of a burn `Linear` head on hidden states.
 
 use burn::module::Module;
+use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use xent::{CrossEntropy, InputKind};
 
-use crate::loss::{cross_entropy_weighted, Loss, Weights};
+use crate::loss::{cross_entropy_weighted, linear_cross_entropy, Loss, Weights};
 use crate::Error;
 
 /// Configuration of [`CrossEntropyLoss`]: burn's `CrossEntropyLossConfig` fields, and
@@ -159,17 +160,108 @@ impl CrossEntropyLoss {
         logits: Tensor<D>,
         targets: Tensor<T, Int>,
     ) -> Result<Loss, Error> {
-        let mut targets = targets;
-        for &pad in self.pad_tokens.iter().flatten() {
-            let pad = i64::try_from(pad).unwrap_or(i64::MAX);
-            targets = targets
-                .clone()
-                .mask_fill(targets.equal_elem(pad), self.options.ignore_index);
-        }
+        let targets = without_pad_tokens(targets, &self.pad_tokens, self.options.ignore_index);
         let weights = Weights {
             class: self.weights.clone(),
             sample: None,
         };
         cross_entropy_weighted(logits, targets, &self.options, &weights)
     }
+}
+
+/// The loss of a burn [`Linear`] head on hidden states without the logits
+/// ([`crate::linear_cross_entropy`]): the head's weight and bias are bound where they are, the
+/// logits computed tile by tile and never written.
+///
+/// burn's `Linear` holds its weight as `[d_input, d_output]`; xent reads `[V, D]` rows. A
+/// head built with `LinearConfig::new(d, v).with_layout(LinearLayout::Col)` stores exactly
+/// that (its transpose is a view); the default row layout is copied once per call.
+#[derive(Module, Debug)]
+pub struct LinearCrossEntropyLoss {
+    /// Target values whose rows are ignored, besides `options.ignore_index`.
+    pub pad_tokens: Option<Vec<usize>>,
+    /// Per-class weights `[V]`.
+    pub weights: Option<Tensor<1>>,
+    /// The options.
+    #[module(skip)]
+    pub options: CrossEntropy,
+}
+
+impl LinearCrossEntropyLoss {
+    /// The loss with `options` (no pad tokens, no class weights).
+    pub fn new(options: CrossEntropy) -> Self {
+        Self {
+            pad_tokens: None,
+            weights: None,
+            options,
+        }
+    }
+
+    /// The same loss with pad tokens.
+    pub fn with_pad_tokens(mut self, pad_tokens: Option<Vec<usize>>) -> Self {
+        self.pad_tokens = pad_tokens;
+        self
+    }
+
+    /// The same loss with class weights `[V]`.
+    pub fn with_weights(mut self, weights: Option<Tensor<1>>) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// The loss of `head` on `hidden` (`[…, D]`) against `targets` (its shape without `D`):
+    /// `[1]` for sum and mean, one per row for none.
+    ///
+    /// # Panics
+    /// As burn's modules do, on shapes that don't match or a device xent can't run on;
+    /// [`try_forward`](Self::try_forward) returns those as errors.
+    pub fn forward<const D: usize, const T: usize>(
+        &self,
+        hidden: Tensor<D>,
+        head: &Linear,
+        targets: Tensor<T, Int>,
+    ) -> Tensor<1> {
+        match self.try_forward(hidden, head, targets) {
+            Ok(loss) => loss.loss,
+            Err(e) => panic!("LinearCrossEntropyLoss: {e}"),
+        }
+    }
+
+    /// [`forward`](Self::forward), returning errors, with the target-error flag.
+    pub fn try_forward<const D: usize, const T: usize>(
+        &self,
+        hidden: Tensor<D>,
+        head: &Linear,
+        targets: Tensor<T, Int>,
+    ) -> Result<Loss, Error> {
+        let targets = without_pad_tokens(targets, &self.pad_tokens, self.options.ignore_index);
+        let weights = Weights {
+            class: self.weights.clone(),
+            sample: None,
+        };
+        linear_cross_entropy(
+            hidden,
+            head.weight.val().transpose(),
+            head.bias.as_ref().map(|b| b.val()),
+            targets,
+            &self.options,
+            &weights,
+        )
+    }
+}
+
+/// `targets` with every pad token replaced by `ignore_index`.
+fn without_pad_tokens<const T: usize>(
+    targets: Tensor<T, Int>,
+    pad_tokens: &Option<Vec<usize>>,
+    ignore_index: i64,
+) -> Tensor<T, Int> {
+    let mut targets = targets;
+    for &pad in pad_tokens.iter().flatten() {
+        let pad = i64::try_from(pad).unwrap_or(i64::MAX);
+        targets = targets
+            .clone()
+            .mask_fill(targets.equal_elem(pad), ignore_index);
+    }
+    targets
 }

@@ -124,6 +124,87 @@ impl BinaryCall {
     }
 }
 
+/// What a linear head's call reads besides `h`, `W` and `b`. Constants under autodiff.
+#[derive(ExtensionType, Debug, Clone)]
+#[extension_type(fusion)]
+pub struct LinearGiven<B: Backend> {
+    /// One class index per row, `[rows]`, i32 or i64.
+    pub targets: IntTensor<B>,
+    /// Per-class weights (`[vocab]`).
+    #[extension_type]
+    pub class_weights: Weighting<B>,
+    /// Per-row sample weights (`[rows]`).
+    #[extension_type]
+    pub sample_weights: Weighting<B>,
+}
+
+/// Which gradients a linear head's call writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wanted {
+    /// `dh` `[rows, hidden]`.
+    pub hidden: bool,
+    /// `dW` `[vocab, hidden]`.
+    pub weight: bool,
+    /// `db` `[vocab]`.
+    pub bias: bool,
+}
+
+impl Wanted {
+    /// Whether any is.
+    pub fn any(&self) -> bool {
+        self.hidden || self.weight || self.bias
+    }
+}
+
+/// A linear head's options and shape: `cross_entropy(h·Wᵀ + b, y)` with `h` `[rows, hidden]`,
+/// `W` `[vocab, hidden]`, `b` `[vocab]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearCall {
+    /// The loss's options.
+    pub options: CrossEntropy,
+    /// Rows `N`.
+    pub rows: usize,
+    /// Hidden size `D`.
+    pub hidden: usize,
+    /// Vocabulary `V`.
+    pub vocab: usize,
+    /// Whether `b` is the head's bias (else it is not read).
+    pub has_bias: bool,
+    /// The gradients to write.
+    pub gradients: Wanted,
+}
+
+impl LinearCall {
+    /// Elements of the loss output: 1 for sum and mean, `rows` for none.
+    pub fn loss_len(&self) -> usize {
+        match self.options.reduction {
+            xent::Reduction::None => self.rows,
+            _ => 1,
+        }
+    }
+}
+
+/// The output specs of a linear call: loss, flag, and `dh`, `dW`, `db` (f32; `[1]` when not
+/// wanted).
+type LinearSpecs = (TensorSpec, TensorSpec, TensorSpec, TensorSpec, TensorSpec);
+
+fn linear_spec(call: &LinearCall) -> LinearSpecs {
+    let f32_spec = |wanted: bool, shape: Vec<usize>| {
+        TensorSpec::new(
+            Shape::from(if wanted { shape } else { vec![1] }),
+            DType::F32,
+        )
+    };
+    let g = call.gradients;
+    (
+        TensorSpec::new(Shape::new([call.loss_len()]), DType::F32),
+        TensorSpec::new(Shape::new([1]), DType::U32),
+        f32_spec(g.hidden, vec![call.rows, call.hidden]),
+        f32_spec(g.weight, vec![call.vocab, call.hidden]),
+        f32_spec(g.bias, vec![call.vocab]),
+    )
+}
+
 fn binary_spec(call: &BinaryCall) -> TensorSpec {
     TensorSpec::new(Shape::new([call.loss_len()]), DType::F32)
 }
@@ -210,4 +291,26 @@ pub trait XentBackend: Backend {
         upstream: FloatTensor<Self>,
         call: BinaryCall,
     ) -> FloatTensor<Self>;
+
+    /// A linear head's loss `cross_entropy(h·Wᵀ + b, y)` without its logits: the loss (`[1]`
+    /// for sum and mean, `[rows]` for none), the target-error flag, and the gradients
+    /// `call.gradients` asks for (f32; `[1]` placeholders for the others). The gradients are for
+    /// an upstream of 1 with sum and mean, and for `upstream` (`[rows]`) with none; `upstream`
+    /// is not read otherwise.
+    #[allow(clippy::type_complexity)]
+    #[fusion(meta = |_hidden, _weight, _bias, _given, _upstream, call| linear_spec(call))]
+    fn xent_linear(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        #[extension_type] given: LinearGiven<Self>,
+        upstream: FloatTensor<Self>,
+        call: LinearCall,
+    ) -> (
+        FloatTensor<Self>,
+        IntTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 }
