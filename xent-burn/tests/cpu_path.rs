@@ -124,3 +124,61 @@ fn target_errors_and_binary_on_the_host() {
         tol::GRADIENT,
     );
 }
+
+#[test]
+fn linear_head_on_the_host() {
+    let Some(device) = device() else { return };
+    let (n, d, v) = (10, 6, 13);
+    let mut rng = common::Rng(46);
+    let h: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+    let w: Vec<f32> = (0..v * d).map(|_| 0.3 * rng.normal()).collect();
+    let mut targets: Vec<i64> = (0..n).map(|_| rng.below(v) as i64).collect();
+    targets[3] = -100;
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let options = CrossEntropy::new()
+            .reduction(reduction)
+            .label_smoothing(0.1);
+        let hidden =
+            Tensor::<2>::from_data(TensorData::new(h.clone(), [n, d]), &device).require_grad();
+        let weight =
+            Tensor::<2>::from_data(TensorData::new(w.clone(), [v, d]), &device).require_grad();
+        let out = xent_burn::linear_cross_entropy(
+            hidden.clone(),
+            weight.clone(),
+            None,
+            Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [n]), &device),
+            &options,
+            &xent_burn::Weights::default(),
+        )
+        .unwrap();
+        let batch = xent::linear::LinearBatch::new(
+            xent::Matrix::new(&h, n, d),
+            xent::Matrix::new(&w, v, d),
+            &targets[..],
+        );
+        let reference = xent::reference::linear_cross_entropy(&options, &batch, None).unwrap();
+        let loss = floats(out.loss.clone());
+        match reference.logits_reference.loss {
+            Some(l) => assert_within("linear loss", &loss, &[l], tol::LOSS),
+            None => assert_within(
+                "linear row losses",
+                &loss,
+                &reference.logits_reference.row_losses,
+                tol::LOSS,
+            ),
+        }
+        let grads = out.loss.sum().backward();
+        assert_within(
+            &format!("{reduction:?}: dh"),
+            &floats(hidden.grad(&grads).unwrap()),
+            &reference.hidden_gradient,
+            tol::GRADIENT,
+        );
+        assert_within(
+            &format!("{reduction:?}: dW"),
+            &floats(weight.grad(&grads).unwrap()),
+            &reference.weight_gradient,
+            tol::GRADIENT,
+        );
+    }
+}
