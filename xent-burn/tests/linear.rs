@@ -210,6 +210,13 @@ fn every_reduction_and_option() {
 
 #[test]
 fn half_precision_head() {
+    let Some(device) = device() else { return };
+    // burn casts the f32 gradients to the parameters' f16 with a kernel of its own, which
+    // needs the adapter's shader-f16 (llvmpipe's GL has none).
+    if !device.supports_dtype(DType::F16) {
+        eprintln!("half_precision_head: this adapter has no f16 for burn's kernels; not run");
+        return;
+    }
     for reduction in [Reduction::Mean, Reduction::None] {
         let head = Head::new(3, 20, 16, 29).f16();
         let options = CrossEntropy::new()
