@@ -1,7 +1,9 @@
 //! [`XentBackend`] under burn's autodiff: the forward saves the per-row state xent's
 //! kernels produce (the row's max and log-sum-exp, its coefficients) and the reduced totals,
 //! and the backward records only the gradient from them: one read of the logits and one
-//! write of the gradient, scaled on the device by the upstream gradient burn hands it.
+//! write of the gradient (half precision: over a copy of the logits), scaled on the device by
+//! the upstream gradient burn hands it. Binary cross-entropy's backward recomputes from the
+//! logits; a linear head's forward writes its gradients with the loss (sum and mean).
 //!
 //! Only the logits are differentiated: soft targets and weights are constants (PyTorch
 //! differentiates soft targets too; nothing here asks for it).
@@ -354,74 +356,56 @@ impl<B: XentBackend, C: CheckpointStrategy> XentBackend for Autodiff<B, C> {
             .prepare::<C>([hidden.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful();
-        let (loss, flag, dh, dw, db) = match prep {
-            OpsKind::Tracked(mut prep) if call.options.reduction == xent::Reduction::None => {
-                let nodes = [
-                    prep.checkpoint(&hidden),
-                    prep.checkpoint(&weight),
-                    prep.checkpoint(&bias),
-                ];
-                let inner = LinearCall {
-                    gradients: Wanted::default(),
-                    ..call
-                };
-                let (loss, flag, dh, dw, db) = B::xent_linear(
-                    hidden.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    given.clone(),
-                    upstream,
-                    inner,
-                );
-                let state = LinearState::Inputs {
-                    hidden: nodes[0],
-                    weight: nodes[1],
-                    bias: nodes[2],
-                    given,
-                    call: LinearCall {
-                        gradients: wanted,
-                        ..call
+        let per_row = call.options.reduction == xent::Reduction::None;
+        let mut prep = prep;
+        // None computes the gradients in the backward, from the inputs; sum and mean write them
+        // with the loss.
+        let nodes = match &mut prep {
+            OpsKind::Tracked(prep) if per_row => Some([
+                prep.checkpoint(&hidden),
+                prep.checkpoint(&weight),
+                prep.checkpoint(&bias),
+            ]),
+            _ => None,
+        };
+        let now = match &prep {
+            OpsKind::Tracked(_) if !per_row => wanted,
+            _ => Wanted::default(),
+        };
+        let inner = LinearCall {
+            gradients: now,
+            ..call
+        };
+        let (loss, flag, dh, dw, db) = B::xent_linear(
+            hidden.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+            given.clone(),
+            upstream,
+            inner,
+        );
+        let loss = match prep {
+            OpsKind::Tracked(prep) => {
+                let state = match nodes {
+                    Some([hidden, weight, bias]) => LinearState::Inputs {
+                        hidden,
+                        weight,
+                        bias,
+                        given,
+                        call: LinearCall {
+                            gradients: wanted,
+                            ..call
+                        },
+                    },
+                    None => LinearState::Gradients {
+                        hidden: dh.clone(),
+                        weight: dw.clone(),
+                        bias: db.clone(),
                     },
                 };
-                let loss = prep.finish(LinearSaved { state, dtypes }, loss);
-                (loss, flag, dh, dw, db)
+                prep.finish(LinearSaved { state, dtypes }, loss)
             }
-            OpsKind::Tracked(prep) => {
-                let inner = LinearCall {
-                    gradients: wanted,
-                    ..call
-                };
-                let (loss, flag, dh, dw, db) = B::xent_linear(
-                    hidden.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    given,
-                    upstream,
-                    inner,
-                );
-                let state = LinearState::Gradients {
-                    hidden: dh.clone(),
-                    weight: dw.clone(),
-                    bias: db.clone(),
-                };
-                let loss = prep.finish(LinearSaved { state, dtypes }, loss);
-                (loss, flag, dh, dw, db)
-            }
-            OpsKind::UnTracked(prep) => {
-                let inner = LinearCall {
-                    gradients: Wanted::default(),
-                    ..call
-                };
-                let (loss, flag, dh, dw, db) = B::xent_linear(
-                    hidden.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    given,
-                    upstream,
-                    inner,
-                );
-                (prep.finish(loss), flag, dh, dw, db)
-            }
+            OpsKind::UnTracked(prep) => prep.finish(loss),
         };
         (
             loss,

@@ -5,8 +5,9 @@
 //! buffers): burn's pending work is submitted first (`client.flush()`), then xent records into
 //! an encoder of its own on the same device and submits it to the same queue, so burn's later
 //! work is ordered after it. Nothing is read back. Any other CubeCL runtime (CUDA, ROCm, the
-//! CPU runtime) or an unregistered device takes xent's CPU path (`host.rs`): the inputs are read
-//! back, and the outputs uploaded.
+//! CPU runtime) or a device registered with `register_cpu_path` takes xent's CPU path
+//! (`host.rs`): the inputs are read back, and the outputs uploaded. (The loss functions refuse
+//! an unregistered wgpu device.)
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::wgpu::{AutoCompiler, CubeBackend, CubeTensor, WgpuResource};
@@ -18,7 +19,7 @@ use cubecl::wgpu::WgpuServer;
 use xent::gpu::{
     DeviceBatch, DeviceGradient, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
     DeviceLinearOutputs, DeviceMatrix, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream,
-    Gpu, GpuRow, SAVED_ROW_BYTES,
+    Gpu, GpuRow,
 };
 use xent::{Dtype, Layout, Reduction};
 
@@ -26,6 +27,9 @@ use crate::host;
 use crate::ops::{
     BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, Targets, XentBackend,
 };
+
+/// f32 words of one per-row record ([`GpuRow`]) of a call with `Reduction::None`.
+const RECORD_WORDS: usize = std::mem::size_of::<GpuRow>() / 4;
 
 /// The storage behind burn's wgpu tensors.
 type Server = WgpuServer<AutoCompiler>;
@@ -58,8 +62,8 @@ impl XentBackend for CubeBackend {
                 // The CPU path keeps no state (its backward runs the loss again); the shapes
                 // are the device's.
                 let (loss, flag) = host::loss(inputs.clone(), call);
-                let rows = inputs.f32_tensor(&call.saved_rows_shape());
-                (loss, flag, rows, inputs.f32_tensor(&[4]))
+                let rows = empty_f32(&inputs.logits, &call.saved_rows_shape());
+                (loss, flag, rows, empty_f32(&inputs.logits, &[4]))
             }
         }
     }
@@ -181,29 +185,28 @@ impl Inputs {
             sample_weights: given.sample_weights.tensor().map(aligned),
         }
     }
+}
 
-    /// A new contiguous f32 tensor on the logits' device.
-    pub fn f32_tensor(&self, shape: &[usize]) -> CubeTensor {
-        empty_device_contiguous_dtype(
-            self.logits.client.clone(),
-            self.logits.device.clone(),
-            Shape::from(shape.to_vec()),
-            DType::F32,
-        )
-    }
+/// A new contiguous f32 tensor of `shape` on `near`'s device.
+pub(crate) fn empty_f32(near: &CubeTensor, shape: &[usize]) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        near.client.clone(),
+        near.device.clone(),
+        Shape::from(shape.to_vec()),
+        DType::F32,
+    )
+}
 
-    /// A new tensor of `shape` holding `bytes`.
-    pub fn tensor_from(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> CubeTensor {
-        let client = self.logits.client.clone();
-        let handle: Handle = client.create_from_slice(bytes);
-        CubeTensor::new_contiguous(
-            client,
-            self.logits.device.clone(),
-            Shape::from(shape.to_vec()),
-            handle,
-            dtype,
-        )
-    }
+/// A new tensor of `shape` holding `bytes`, on `near`'s device.
+pub(crate) fn filled(near: &CubeTensor, bytes: &[u8], shape: &[usize], dtype: DType) -> CubeTensor {
+    let handle: Handle = near.client.create_from_slice(bytes);
+    CubeTensor::new_contiguous(
+        near.client.clone(),
+        near.device.clone(),
+        Shape::from(shape.to_vec()),
+        handle,
+        dtype,
+    )
 }
 
 /// Storage-buffer offsets must be multiples of the device's alignment: cubecl's allocations
@@ -223,7 +226,9 @@ fn aligned(tensor: CubeTensor) -> CubeTensor {
     }
 }
 
-/// The wgpu buffer range behind a tensor (which keeps its memory allocated while bound).
+/// The wgpu buffer range behind a tensor. The tensor itself (held by the caller until the
+/// call's commands are submitted) keeps cubecl from handing its memory to another tensor
+/// before then; later reuse is ordered after xent's commands on the one queue.
 struct Bound {
     buffer: xent::wgpu::Buffer,
     offset: u64,
@@ -242,10 +247,13 @@ impl Bound {
             size,
             ..
         } = resource.resource();
+        // xent binds whole 4-byte words: an f16 tensor of odd length ends mid-word, inside
+        // the allocation's padding.
+        let size = size.next_multiple_of(4).min(buffer.size() - offset);
         Bound {
             buffer: buffer.clone(),
             offset: *offset,
-            size: *size,
+            size,
         }
     }
     fn slice(&self) -> xent::wgpu::BufferSlice<'_> {
@@ -341,6 +349,8 @@ fn submit(
     client: &cubecl::client::Client,
     record: impl FnOnce(&mut xent::wgpu::CommandEncoder) -> xent::Result<()>,
 ) {
+    // `get_resource` ran the pending work of each bound tensor's stream (a tensor made on
+    // another thread included); `flush` submits it before xent's commands.
     client
         .flush()
         .expect("burn's pending work is submitted before xent records");
@@ -360,14 +370,13 @@ type Saved = Option<(CubeTensor, CubeTensor)>;
 /// The loss (and the saved state) on the device.
 fn forward(gpu: &Gpu, inputs: &Inputs, call: Call, save: bool) -> (CubeTensor, CubeTensor, Saved) {
     let per_row = call.options.reduction == Reduction::None;
-    let record_words = std::mem::size_of::<GpuRow>() / 4;
-    let loss = inputs.f32_tensor(&[1]);
-    let records = per_row.then(|| inputs.f32_tensor(&[call.rows, record_words]));
-    let flag = inputs.tensor_from(&[0; 4], &[1], DType::U32);
+    let loss = empty_f32(&inputs.logits, &[1]);
+    let records = per_row.then(|| empty_f32(&inputs.logits, &[call.rows, RECORD_WORDS]));
+    let flag = filled(&inputs.logits, &[0; 4], &[1], DType::U32);
     let saved = save.then(|| {
         (
-            inputs.f32_tensor(&[call.rows, SAVED_ROW_BYTES as usize / 4]),
-            inputs.f32_tensor(&[4]),
+            empty_f32(&inputs.logits, &call.saved_rows_shape()),
+            empty_f32(&inputs.logits, &[4]),
         )
     });
     {
@@ -408,7 +417,7 @@ fn backward(
 ) -> CubeTensor {
     let dtype = dtype(&inputs.logits);
     let gradient = match dtype {
-        Dtype::F32 => inputs.f32_tensor(inputs.logits.meta.shape()),
+        Dtype::F32 => empty_f32(&inputs.logits, inputs.logits.meta.shape()),
         _ => inputs.logits.copy(),
     };
     {
@@ -459,11 +468,11 @@ fn binary(
 ) -> (CubeTensor, Option<CubeTensor>) {
     let dtype = dtype(&inputs.logits);
     let per_element = call.options.reduction == Reduction::None;
-    let loss = inputs.f32_tensor(&[1]);
-    let elements =
-        (per_element && upstream.is_none()).then(|| inputs.f32_tensor(&[call.rows * call.classes]));
+    let loss = empty_f32(&inputs.logits, &[1]);
+    let elements = (per_element && upstream.is_none())
+        .then(|| empty_f32(&inputs.logits, &[call.rows * call.classes]));
     let gradient = upstream.map(|_| match dtype {
-        Dtype::F32 => inputs.f32_tensor(inputs.logits.meta.shape()),
+        Dtype::F32 => empty_f32(&inputs.logits, inputs.logits.meta.shape()),
         _ => inputs.logits.copy(),
     });
     {
@@ -506,33 +515,6 @@ pub(crate) struct LinearInputs {
     pub sample_weights: Option<CubeTensor>,
 }
 
-impl LinearInputs {
-    /// A new contiguous f32 tensor on the inputs' device: `shape`, or `[1]` where `wanted` is
-    /// false (a placeholder output).
-    pub fn f32_output(&self, wanted: bool, shape: &[usize]) -> CubeTensor {
-        let shape = if wanted { shape.to_vec() } else { vec![1] };
-        empty_device_contiguous_dtype(
-            self.hidden.client.clone(),
-            self.hidden.device.clone(),
-            Shape::from(shape),
-            DType::F32,
-        )
-    }
-
-    /// A new tensor of `shape` holding `bytes`.
-    pub fn tensor_from(&self, bytes: &[u8], shape: &[usize], dtype: DType) -> CubeTensor {
-        let client = self.hidden.client.clone();
-        let handle: Handle = client.create_from_slice(bytes);
-        CubeTensor::new_contiguous(
-            client,
-            self.hidden.device.clone(),
-            Shape::from(shape.to_vec()),
-            handle,
-            dtype,
-        )
-    }
-}
-
 /// The outputs of a linear call: loss, flag, `dh`, `dW`, `db`.
 pub(crate) type LinearOutputs = (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor);
 
@@ -547,12 +529,16 @@ fn linear(
     let (n, d, v) = (call.rows, call.hidden, call.vocab);
     let per_row = call.options.reduction == Reduction::None;
     let wanted = call.gradients;
-    let loss = inputs.f32_output(true, &[1]);
-    let records = per_row.then(|| inputs.f32_output(true, &[n, std::mem::size_of::<GpuRow>() / 4]));
-    let flag = inputs.tensor_from(&[0; 4], &[1], DType::U32);
-    let dh = inputs.f32_output(wanted.hidden, &[n, d]);
-    let dw = inputs.f32_output(wanted.weight, &[v, d]);
-    let db = inputs.f32_output(wanted.bias, &[v]);
+    let loss = empty_f32(&inputs.hidden, &[1]);
+    let records = per_row.then(|| empty_f32(&inputs.hidden, &[n, RECORD_WORDS]));
+    let flag = filled(&inputs.hidden, &[0; 4], &[1], DType::U32);
+    // A gradient not asked for gets a one-element placeholder.
+    let gradient = |wanted: bool, shape: &[usize]| {
+        empty_f32(&inputs.hidden, if wanted { shape } else { &[1] })
+    };
+    let dh = gradient(wanted.hidden, &[n, d]);
+    let dw = gradient(wanted.weight, &[v, d]);
+    let db = gradient(wanted.bias, &[v]);
     let dtype = dtype(&inputs.weight);
     {
         let hidden = Bound::new(&inputs.hidden);

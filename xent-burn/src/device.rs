@@ -82,8 +82,8 @@ pub fn register_cpu_path(device: &Device) -> Result<(), Error> {
 }
 
 /// Whether xent's GPU kernels run on `device` (a wgpu device registered with [`register`]
-/// or [`init`]).
-pub fn is_registered(device: &Device) -> bool {
+/// or [`init`]; not one registered with [`register_cpu_path`]).
+pub fn runs_kernels(device: &Device) -> bool {
     wgpu_device(device).is_some_and(|key| gpu(&key).is_some())
 }
 

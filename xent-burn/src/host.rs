@@ -9,12 +9,38 @@ use burn::tensor::{read_sync, DType, TensorData};
 use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
 use xent::{Backend, Batch, Layout, Logits, Matrix, Reduction, Request, Targets};
 
-/// Panics with a call's error: the loss functions checked everything a call can refuse.
+/// Panics with a call's error. The loss functions check shapes and options; values (weights,
+/// soft and BCE targets, probabilities) are checked here only, where the CPU path's own
+/// validation refuses them (the kernels don't check them: SEMANTICS.md section 7).
 fn refused(e: xent::Error) -> ! {
     panic!("xent-burn: {e}")
 }
 
-use crate::cube::{Inputs, LinearInputs, LinearOutputs};
+/// Replaces each class index outside `[0, classes)` that isn't `ignore_index` with
+/// `ignore_index`, as the device's target check does: the flag (`u32::MAX − row` of the
+/// lowest such row, 0 for none).
+fn flag_targets(targets: &mut [i64], classes: usize, ignore_index: i64) -> u32 {
+    let mut flag = 0;
+    for (row, t) in targets.iter_mut().enumerate().rev() {
+        if *t != ignore_index && !(0..classes as i64).contains(t) {
+            flag = u32::MAX - row as u32;
+            *t = ignore_index;
+        }
+    }
+    flag
+}
+
+/// The loss values of an output: the reduced loss, or the per-row (per-element) losses.
+fn loss_values(output: xent::Output) -> Vec<f32> {
+    match output.loss {
+        Some(loss) => vec![loss],
+        None => output
+            .row_losses
+            .expect("Reduction::None returns row losses"),
+    }
+}
+
+use crate::cube::{filled, Inputs, LinearInputs, LinearOutputs};
 use crate::ops::{BinaryCall, Call, LinearCall};
 
 /// Rows, classes, layout.
@@ -84,50 +110,38 @@ impl Host {
         batch
     }
 
-    /// Runs `compute` on the batch. A class index out of range raises the flag (`u32::MAX −
-    /// row`, the lowest such row) and counts as ignored, as on the device.
-    fn run<T>(
-        &self,
-        call: Call,
-        mut compute: impl FnMut(Batch<'_>) -> xent::Result<T>,
-    ) -> (T, u32) {
+    /// Runs `compute` on the batch, class indices out of range counted as ignored.
+    fn run<T>(&self, call: Call, compute: impl FnOnce(Batch<'_>) -> xent::Result<T>) -> (T, u32) {
         let mut index = self.index.clone().unwrap_or_default();
-        let mut flag = 0u32;
-        loop {
-            match compute(self.batch(&index, (call.rows, call.classes, call.layout))) {
-                Ok(output) => return (output, flag),
-                Err(xent::Error::TargetOutOfRange { row, .. }) => {
-                    flag = flag.max(u32::MAX - row as u32);
-                    index[row] = call.options.ignore_index;
-                }
-                Err(e) => refused(e),
-            }
-        }
+        let flag = flag_targets(&mut index, call.classes, call.options.ignore_index);
+        let shape = (call.rows, call.classes, call.layout);
+        let output = compute(self.batch(&index, shape)).unwrap_or_else(|e| refused(e));
+        (output, flag)
     }
 }
 
 /// The loss and the target-error flag.
 pub(crate) fn loss(inputs: Inputs, call: Call) -> (CubeTensor, CubeTensor) {
-    let device = inputs.clone();
+    let near = inputs.logits.clone();
     let host = Host::read(inputs);
     let (output, flag) = host.run(call, |batch| {
         call.options.compute(&Backend::Cpu, batch, Request::new())
     });
-    let values = match output.loss {
-        Some(loss) => vec![loss],
-        None => output
-            .row_losses
-            .expect("Reduction::None returns row losses"),
-    };
+    let values = loss_values(output);
     (
-        device.tensor_from(bytemuck::cast_slice(&values), &[values.len()], DType::F32),
-        device.tensor_from(&flag.to_le_bytes(), &[1], DType::U32),
+        filled(
+            &near,
+            bytemuck::cast_slice(&values),
+            &[values.len()],
+            DType::F32,
+        ),
+        filled(&near, &flag.to_le_bytes(), &[1], DType::U32),
     )
 }
 
 /// d loss / d logits for `upstream`, in the logits' dtype.
 pub(crate) fn gradient(inputs: Inputs, upstream: CubeTensor, call: Call) -> CubeTensor {
-    let device = inputs.clone();
+    let near = inputs.logits.clone();
     let (shape, dtype) = (inputs.logits.meta.shape().clone(), inputs.logits.dtype);
     let host = Host::read(inputs);
     let upstream = floats(upstream);
@@ -138,24 +152,24 @@ pub(crate) fn gradient(inputs: Inputs, upstream: CubeTensor, call: Call) -> Cube
             .upstream(&upstream);
         call.options.compute(&Backend::Cpu, batch, request)
     });
-    upload_gradient(&device, &gradient, shape.as_slice(), dtype)
+    upload_gradient(&near, &gradient, shape.as_slice(), dtype)
 }
 
 /// Binary cross-entropy's loss on the host.
 pub(crate) fn binary_loss(inputs: Inputs, call: BinaryCall) -> CubeTensor {
-    let device = inputs.clone();
+    let near = inputs.logits.clone();
     let host = Host::read(inputs);
     let output = call
         .options
         .compute(&Backend::Cpu, host.batch(&[], binary(call)), Request::new())
         .unwrap_or_else(|e| refused(e));
-    let values = match output.loss {
-        Some(loss) => vec![loss],
-        None => output
-            .row_losses
-            .expect("Reduction::None returns element losses"),
-    };
-    device.tensor_from(bytemuck::cast_slice(&values), &[values.len()], DType::F32)
+    let values = loss_values(output);
+    filled(
+        &near,
+        bytemuck::cast_slice(&values),
+        &[values.len()],
+        DType::F32,
+    )
 }
 
 /// Binary cross-entropy's d loss / d logits for `upstream` on the host, in the logits' dtype.
@@ -164,7 +178,7 @@ pub(crate) fn binary_gradient(
     upstream: CubeTensor,
     call: BinaryCall,
 ) -> CubeTensor {
-    let device = inputs.clone();
+    let near = inputs.logits.clone();
     let (shape, dtype) = (inputs.logits.meta.shape().clone(), inputs.logits.dtype);
     let host = Host::read(inputs);
     let upstream = floats(upstream);
@@ -175,7 +189,7 @@ pub(crate) fn binary_gradient(
     call.options
         .compute(&Backend::Cpu, host.batch(&[], binary(call)), request)
         .unwrap_or_else(|e| refused(e));
-    upload_gradient(&device, &gradient, shape.as_slice(), dtype)
+    upload_gradient(&near, &gradient, shape.as_slice(), dtype)
 }
 
 fn binary(call: BinaryCall) -> Shaped {
@@ -183,8 +197,13 @@ fn binary(call: BinaryCall) -> Shaped {
 }
 
 /// `gradient` (f32, on the host) as a tensor of `dtype`.
-fn upload_gradient(device: &Inputs, gradient: &[f32], shape: &[usize], dtype: DType) -> CubeTensor {
-    let gradient = device.tensor_from(bytemuck::cast_slice(gradient), shape, DType::F32);
+fn upload_gradient(
+    near: &CubeTensor,
+    gradient: &[f32],
+    shape: &[usize],
+    dtype: DType,
+) -> CubeTensor {
+    let gradient = filled(near, bytemuck::cast_slice(gradient), shape, DType::F32);
     if dtype == DType::F32 {
         gradient
     } else {
@@ -198,7 +217,7 @@ pub(crate) fn linear(
     upstream: CubeTensor,
     call: LinearCall,
 ) -> LinearOutputs {
-    let device = inputs.clone();
+    let near = inputs.hidden.clone();
     let (n, d, v) = (call.rows, call.hidden, call.vocab);
     let hidden = floats(inputs.hidden);
     let weight = floats(inputs.weight);
@@ -213,56 +232,50 @@ pub(crate) fn linear(
     let mut dw = vec![0f32; size(wanted.weight, v * d)];
     let mut db = vec![0f32; size(wanted.bias, v)];
     let per_row = call.options.reduction == Reduction::None;
-    let mut flag = 0u32;
-    let output = loop {
-        let mut batch = LinearBatch::new(
-            Matrix::new(&hidden, n, d),
-            Matrix::new(&weight, v, d),
-            &targets[..],
-        );
-        batch.bias = bias.as_deref().map(Matrix::vector);
-        batch.class_weights = class_weights.as_deref();
-        batch.sample_weights = sample_weights.as_deref();
-        let mut request = LinearRequest::new();
-        if per_row && wanted.any() {
-            request = request.upstream(&upstream);
-        }
-        if wanted.hidden {
-            request = request.hidden_gradient(GradientBuffer::Write(&mut dh));
-        }
-        if wanted.weight {
-            request = request.weight_gradient(GradientBuffer::Write(&mut dw));
-        }
-        if wanted.bias {
-            request = request.bias_gradient(GradientBuffer::Write(&mut db));
-        }
-        match LinearCrossEntropy::new(call.options).compute(&Backend::Cpu, batch, request) {
-            Ok(output) => break output,
-            Err(xent::Error::TargetOutOfRange { row, .. }) => {
-                flag = flag.max(u32::MAX - row as u32);
-                targets[row] = call.options.ignore_index;
-            }
-            Err(e) => refused(e),
-        }
-    };
-    let loss = match output.loss {
-        Some(loss) => vec![loss],
-        None => output
-            .row_losses
-            .expect("Reduction::None returns row losses"),
-    };
-    let upload = |values: &[f32], shape: &[usize]| {
-        if values.is_empty() {
-            device.tensor_from(&[0; 4], &[1], DType::F32)
+    let flag = flag_targets(&mut targets, v, call.options.ignore_index);
+    let mut batch = LinearBatch::new(
+        Matrix::new(&hidden, n, d),
+        Matrix::new(&weight, v, d),
+        &targets[..],
+    );
+    batch.bias = bias.as_deref().map(Matrix::vector);
+    batch.class_weights = class_weights.as_deref();
+    batch.sample_weights = sample_weights.as_deref();
+    let mut request = LinearRequest::new();
+    if per_row && wanted.any() {
+        request = request.upstream(&upstream);
+    }
+    if wanted.hidden {
+        request = request.hidden_gradient(GradientBuffer::Write(&mut dh));
+    }
+    if wanted.weight {
+        request = request.weight_gradient(GradientBuffer::Write(&mut dw));
+    }
+    if wanted.bias {
+        request = request.bias_gradient(GradientBuffer::Write(&mut db));
+    }
+    let output = LinearCrossEntropy::new(call.options)
+        .compute(&Backend::Cpu, batch, request)
+        .unwrap_or_else(|e| refused(e));
+    let loss = loss_values(output);
+    // A gradient not asked for is a one-element placeholder, as on the device.
+    let upload = |wanted: bool, values: &[f32], shape: &[usize]| {
+        if wanted {
+            filled(&near, bytemuck::cast_slice(values), shape, DType::F32)
         } else {
-            device.tensor_from(bytemuck::cast_slice(values), shape, DType::F32)
+            filled(&near, &[0; 4], &[1], DType::F32)
         }
     };
     (
-        upload(&loss, &[loss.len()]),
-        device.tensor_from(&flag.to_le_bytes(), &[1], DType::U32),
-        upload(&dh, &[n, d]),
-        upload(&dw, &[v, d]),
-        upload(&db, &[v]),
+        filled(
+            &near,
+            bytemuck::cast_slice(&loss),
+            &[loss.len()],
+            DType::F32,
+        ),
+        filled(&near, &flag.to_le_bytes(), &[1], DType::U32),
+        upload(wanted.hidden, &dh, &[n, d]),
+        upload(wanted.weight, &dw, &[v, d]),
+        upload(wanted.bias, &db, &[v]),
     )
 }

@@ -1,7 +1,9 @@
 //! xent's fused cross-entropy as burn operations: the loss and its gradient run xent's WGSL
-//! kernels on burn's own wgpu device and queue, on the tensors' own buffers, with nothing
-//! copied or read back; under autodiff the backward reads the logits once and writes the
-//! gradient once, from the per-row state the forward saved.
+//! kernels on burn's own wgpu device and queue, on the tensors' own buffers, with nothing read
+//! back (a view the device can't bind as it is, non-contiguous or at an unaligned offset, is
+//! copied first). Under autodiff the backward reads the logits once and writes the gradient
+//! once, from the per-row state the forward saved; f16 and bf16 logits are copied first and
+//! the gradient written over the copy, in their dtype.
 //!
 //! ```no_run
 //! use burn::tensor::{Int, Tensor};
@@ -38,7 +40,7 @@ mod loss;
 mod module;
 pub mod ops;
 
-pub use device::{init, init_with, is_registered, register, register_cpu_path, scratch_bytes};
+pub use device::{init, init_with, register, register_cpu_path, runs_kernels, scratch_bytes};
 pub use loss::{
     binary_cross_entropy_with_logits, cross_entropy, cross_entropy_soft, cross_entropy_weighted,
     linear_cross_entropy, BinaryWeights, Loss, Weights,

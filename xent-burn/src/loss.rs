@@ -62,8 +62,8 @@ impl Loss {
 }
 
 /// Per-class and per-row weights of a softmax loss, as PyTorch's `weight` (`[C]`) and a
-/// per-row sample weight (`[N]`, or the targets' shape; not in PyTorch: SEMANTICS.md
-/// section 2). Finite and non-negative; they are not checked on the device.
+/// per-row sample weight (one per row, `N·d1·…` values in the targets' order; not in
+/// PyTorch: SEMANTICS.md section 2c). Finite and non-negative; they are not checked on the device.
 #[derive(Debug, Clone, Default)]
 pub struct Weights {
     /// `[C]`, f32.
@@ -82,8 +82,14 @@ pub struct Weights {
 /// - Errors: shapes that don't match, logits of another dtype, a device xent can't run on
 ///   ([`Error::NotCube`], [`Error::Unregistered`]), options out of their domain.
 ///
-/// Formulas: SEMANTICS.md sections 1–2 (PyTorch's `cross_entropy`, plus z-loss, soft-capping
-/// and focal loss).
+/// # Panics
+/// Where the device refuses what the checks here can't see: a call past its binding limits
+/// (class weights longer than a binding; with the class dimension at 1, rows too long for
+/// one), or out of memory. Weights are not checked on the device; on the CPU path a negative
+/// or non-finite weight panics (SEMANTICS.md section 7).
+///
+/// Formulas: SEMANTICS.md sections 1, 2 and 2c (PyTorch's `cross_entropy`, plus z-loss,
+/// soft-capping and focal loss).
 pub fn cross_entropy<const D: usize, const T: usize>(
     logits: Tensor<D>,
     targets: Tensor<T, Int>,
@@ -139,7 +145,7 @@ pub fn cross_entropy_weighted<const D: usize, const T: usize>(
 }
 
 /// Softmax cross-entropy against soft targets: a distribution over the classes per row, the
-/// logits' shape, f32 (each row non-negative; SEMANTICS.md section 2). The mean divides by
+/// logits' shape, f32 (each row non-negative; SEMANTICS.md section 3). The mean divides by
 /// the rows `N·d1·…`; `ignore_index` does not apply.
 pub fn cross_entropy_soft<const D: usize>(
     logits: Tensor<D>,
@@ -147,7 +153,7 @@ pub fn cross_entropy_soft<const D: usize>(
     options: &CrossEntropy,
     weights: &Weights,
 ) -> Result<Loss, Error> {
-    if logits.dims() != targets.dims() {
+    if D < 2 || logits.dims() != targets.dims() {
         return Err(xent::Error::Shape {
             what: "targets",
             expected: logits.dims().iter().product(),
@@ -176,6 +182,8 @@ pub fn cross_entropy_soft<const D: usize>(
 /// Binary cross-entropy's weights, each f32 and non-negative (not checked on the device):
 /// PyTorch's `weight` and `pos_weight` per class (the last dimension), and a per-row sample
 /// weight scaling every element of its row (not in PyTorch: SEMANTICS.md section 4).
+/// Targets and weights are not checked on the device; on the CPU path a value out of its
+/// domain panics.
 #[derive(Debug, Clone, Default)]
 pub struct BinaryWeights {
     /// `[C]`.
@@ -195,7 +203,8 @@ pub struct BinaryWeights {
 ///   Logits f32, f16 or bf16.
 /// - The loss is `[1]` (sum; mean over every element) or one per element in the logits' order
 ///   (none), f32. Under autodiff its gradient flows to the logits, in their dtype; for sum
-///   and mean the backward writes the gradient for an upstream of 1 and burn scales it.
+///   and mean the backward writes the gradient for an upstream of 1 and scales it by burn's
+///   (one more pass over the gradient).
 /// - Errors: shapes that don't match, logits of another dtype, a device xent can't run on,
 ///   options out of their domain.
 ///
@@ -245,8 +254,8 @@ pub fn binary_cross_entropy_with_logits<const D: usize>(
 }
 
 /// The loss of a linear head without its logits: `cross_entropy(h·Wᵀ + b, y)` with xent's
-/// options, the logits computed tile by tile on the device and never written (the issue's
-/// "fused linear + cross-entropy"; SEMANTICS.md section 8).
+/// options, the logits computed tile by tile on the device and never written (the formulas of
+/// SEMANTICS.md sections 1, 2 and 2c on `h·Wᵀ + b`). Logits only (not probabilities).
 ///
 /// - Shapes: `hidden` `[…, D]` (every index but the last a row), `weight` `[V, D]` (PyTorch's
 ///   `nn.Linear` layout; burn's `Linear` holds its transpose: [`LinearCrossEntropyLoss`]
@@ -294,6 +303,12 @@ pub fn linear_cross_entropy<const D: usize, const T: usize>(
         return Err(xent::Error::NoClasses.into());
     }
     options.validate()?;
+    if options.input != xent::InputKind::Logits {
+        return Err(xent::Error::Unsupported(
+            "a linear head's outputs are logits (probability inputs are not)".into(),
+        )
+        .into());
+    }
     check_device_and_dtype(&weight)?;
     if weight.dtype() != DType::F32 && d % 2 == 1 {
         return Err(xent::Error::Unsupported(format!(
@@ -356,7 +371,8 @@ fn call<const D: usize>(logits: &Tensor<D>, options: &CrossEntropy) -> Result<Ca
         return Err(xent::Error::NoClasses.into());
     }
     let spatial: usize = dims[2..].iter().product();
-    let layout = if D == 2 {
+    // With no positions there are no rows: any layout reads nothing.
+    let layout = if D == 2 || spatial == 0 {
         Layout::Rows
     } else {
         Layout::ClassDim1 { spatial }

@@ -23,7 +23,8 @@ pub struct CrossEntropyLossConfig {
     /// Label smoothing ε in `[0, 1]`.
     pub smoothing: Option<f32>,
     /// `true` (the default): the input is logits. `false`: probabilities, clamped below at
-    /// burn's `sqrt(f32::MIN_POSITIVE)` before the log.
+    /// `sqrt(f32::MIN_POSITIVE)` before the log (burn's clamp for f32 inputs; burn clamps f16
+    /// inputs at f16's, 7.8e-3).
     pub logits: bool,
     /// xent's options. Its `label_smoothing` and `input` are replaced by `smoothing` and
     /// `logits`.

@@ -209,19 +209,15 @@ fn binary_spec(call: &BinaryCall) -> TensorSpec {
     TensorSpec::new(Shape::new([call.loss_len()]), DType::F32)
 }
 
-fn loss_spec(logits: &TensorSpec, call: &Call) -> (TensorSpec, TensorSpec) {
-    let _ = logits;
+fn loss_spec(call: &Call) -> (TensorSpec, TensorSpec) {
     (
         TensorSpec::new(Shape::new([call.loss_len()]), DType::F32),
         TensorSpec::new(Shape::new([1]), DType::U32),
     )
 }
 
-fn saved_spec(
-    logits: &TensorSpec,
-    call: &Call,
-) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
-    let (loss, flag) = loss_spec(logits, call);
+fn saved_spec(call: &Call) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
+    let (loss, flag) = loss_spec(call);
     (
         loss,
         flag,
@@ -238,7 +234,7 @@ pub trait XentBackend: Backend {
     /// The loss (`[1]` for sum and mean, `[rows]` for none) and the target-error flag (`[1]`
     /// u32: 0, or `u32::MAX − row` of the lowest row whose class index is out of range; that
     /// row counts as ignored).
-    #[fusion(meta = |logits, _given, call| loss_spec(logits, call))]
+    #[fusion(meta = |_logits, _given, call| loss_spec(call))]
     fn xent_loss(
         logits: FloatTensor<Self>,
         #[extension_type] given: Given<Self>,
@@ -249,7 +245,7 @@ pub trait XentBackend: Backend {
     /// reads: per-row records (`[rows, SAVED_ROW_BYTES / 4]`, opaque) and the reduced totals
     /// (`[4]`, opaque).
     #[allow(clippy::type_complexity)]
-    #[fusion(meta = |logits, _given, call| saved_spec(logits, call))]
+    #[fusion(meta = |_logits, _given, call| saved_spec(call))]
     fn xent_loss_saved(
         logits: FloatTensor<Self>,
         #[extension_type] given: Given<Self>,

@@ -353,3 +353,47 @@ fn agrees_with_burns_linear_and_loss() {
         );
     }
 }
+
+/// A head without a bias: the call reads none, and `dh`, `dW` match a zero bias's.
+#[test]
+fn without_bias() {
+    let Some(device) = device() else { return };
+    let mut head = Head::new(6, 14, 10, 19);
+    head.b = vec![0.0; 19];
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let options = CrossEntropy::new().reduction(reduction).z_loss(1e-3);
+        let h = matrix(&head.h, [14, 10], DType::F32, &device).require_grad();
+        let w = matrix(&head.w, [19, 10], DType::F32, &device).require_grad();
+        let targets =
+            Tensor::<1, Int>::from_data(TensorData::new(head.targets.clone(), [14]), &device);
+        let out = xent_burn::linear_cross_entropy(
+            h.clone(),
+            w.clone(),
+            None,
+            targets,
+            &options,
+            &Weights::default(),
+        )
+        .unwrap();
+        let upstream = match reduction {
+            Reduction::None => vec![1.0; 14],
+            _ => vec![1.0],
+        };
+        let reference = head.reference(&options, &upstream);
+        let [dh_tol, dw_tol, _] = head.tolerances(&reference, 0.0);
+        let grads = out.loss.sum().backward();
+        let what = format!("{reduction:?}");
+        assert_each(
+            &format!("{what}: dh"),
+            &floats(h.grad(&grads).unwrap()),
+            &reference.hidden_gradient,
+            &dh_tol,
+        );
+        assert_each(
+            &format!("{what}: dW"),
+            &floats(w.grad(&grads).unwrap()),
+            &reference.weight_gradient,
+            &dw_tol,
+        );
+    }
+}
