@@ -10,7 +10,9 @@
 //! an unregistered wgpu device.)
 
 use burn::backend::ops::FloatTensorOps;
+// wgpu as burn re-exports it (lib.rs checks it is the one xent takes).
 use burn::backend::wgpu::{AutoCompiler, CubeBackend, CubeTensor, WgpuResource};
+use burn::tensor::wgpu::wgpu;
 use burn::tensor::{DType, Shape, Slice};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -230,7 +232,7 @@ fn aligned(tensor: CubeTensor) -> CubeTensor {
 /// call's commands are submitted) keeps cubecl from handing its memory to another tensor
 /// before then; later reuse is ordered after xent's commands on the one queue.
 struct Bound {
-    buffer: xent::wgpu::Buffer,
+    buffer: wgpu::Buffer,
     offset: u64,
     size: u64,
 }
@@ -256,7 +258,7 @@ impl Bound {
             size,
         }
     }
-    fn slice(&self) -> xent::wgpu::BufferSlice<'_> {
+    fn slice(&self) -> wgpu::BufferSlice<'_> {
         self.buffer.slice(self.offset..self.offset + self.size)
     }
 }
@@ -347,7 +349,7 @@ impl BoundInputs {
 fn submit(
     gpu: &Gpu,
     client: &cubecl::client::Client,
-    record: impl FnOnce(&mut xent::wgpu::CommandEncoder) -> xent::Result<()>,
+    record: impl FnOnce(&mut wgpu::CommandEncoder) -> xent::Result<()>,
 ) {
     // `get_resource` ran the pending work of each bound tensor's stream (a tensor made on
     // another thread included); `flush` submits it before xent's commands.
@@ -356,7 +358,7 @@ fn submit(
         .expect("burn's pending work is submitted before xent records");
     let mut encoder = gpu
         .device()
-        .create_command_encoder(&xent::wgpu::CommandEncoderDescriptor {
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("xent-burn"),
         });
     if let Err(e) = record(&mut encoder) {
