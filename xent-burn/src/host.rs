@@ -30,6 +30,16 @@ fn flag_targets(targets: &mut [i64], classes: usize, ignore_index: i64) -> u32 {
     flag
 }
 
+/// `values` as an f32 vector on `near`'s device.
+fn vector(near: &CubeTensor, values: &[f32]) -> CubeTensor {
+    filled(
+        near,
+        bytemuck::cast_slice(values),
+        &[values.len()],
+        DType::F32,
+    )
+}
+
 /// The loss values of an output: the reduced loss, or the per-row (per-element) losses.
 fn loss_values(output: xent::Output) -> Vec<f32> {
     match output.loss {
@@ -127,14 +137,8 @@ pub(crate) fn loss(inputs: Inputs, call: Call) -> (CubeTensor, CubeTensor) {
     let (output, flag) = host.run(call, |batch| {
         call.options.compute(&Backend::Cpu, batch, Request::new())
     });
-    let values = loss_values(output);
     (
-        filled(
-            &near,
-            bytemuck::cast_slice(&values),
-            &[values.len()],
-            DType::F32,
-        ),
+        vector(&near, &loss_values(output)),
         filled(&near, &flag.to_le_bytes(), &[1], DType::U32),
     )
 }
@@ -163,13 +167,7 @@ pub(crate) fn binary_loss(inputs: Inputs, call: BinaryCall) -> CubeTensor {
         .options
         .compute(&Backend::Cpu, host.batch(&[], binary(call)), Request::new())
         .unwrap_or_else(|e| refused(e));
-    let values = loss_values(output);
-    filled(
-        &near,
-        bytemuck::cast_slice(&values),
-        &[values.len()],
-        DType::F32,
-    )
+    vector(&near, &loss_values(output))
 }
 
 /// Binary cross-entropy's d loss / d logits for `upstream` on the host, in the logits' dtype.

@@ -6,8 +6,8 @@ mod common;
 mod support;
 
 use burn::tensor::Tensor;
-use common::{assert_within, tol, Case, Hardness};
-use support::{dense_targets, device, floats, logits, vector};
+use common::{Case, Hardness};
+use support::{check_loss_and_gradient, dense_targets, device, logits, upstream, vector};
 use xent::{BinaryCrossEntropy, Dtype, Reduction};
 use xent_burn::BinaryWeights;
 
@@ -28,31 +28,9 @@ fn check<const D: usize>(what: &str, case: &Case, options: &BinaryCrossEntropy, 
         &weights,
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let elements = case.rows * case.classes;
-    let upstream: Vec<f32> = match options.reduction {
-        Reduction::None => (0..elements).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect(),
-        _ => vec![0.7],
-    };
+    let upstream = upstream(options.reduction, case.rows * case.classes);
     let reference = case.reference_bce(options, Some(&upstream));
-    let values = floats(loss.clone());
-    match reference.loss {
-        Some(l) => assert_within(&format!("{what}: loss"), &values, &[l], tol::LOSS),
-        None => assert_within(
-            &format!("{what}: element losses"),
-            &values,
-            &reference.row_losses,
-            tol::LOSS,
-        ),
-    }
-    let grads = (loss * vector(&upstream, &device)).sum().backward();
-    let gradient = logits.grad(&grads).expect("the logits' gradient");
-    assert_eq!(gradient.dtype(), logits.dtype(), "{what}: gradient dtype");
-    assert_within(
-        &format!("{what}: d logits"),
-        &floats(gradient),
-        &reference.gradient,
-        tol::gradient(case.dtype),
-    );
+    check_loss_and_gradient(what, loss, &logits, &upstream, &reference, case.dtype);
 }
 
 fn option_grid() -> Vec<(String, BinaryCrossEntropy)> {

@@ -7,7 +7,7 @@ mod support;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{assert_within, tol, Case, Hardness};
-use support::{device, floats, logits};
+use support::{check_loss_and_gradient, device, floats, logits, upstream};
 use xent::{CrossEntropy, Dtype, Reduction};
 use xent_burn::Weights;
 
@@ -39,35 +39,9 @@ fn check<const D: usize, const T: usize>(
     let out = xent_burn::cross_entropy_weighted(logits.clone(), targets, options, &weights)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     out.check().unwrap_or_else(|e| panic!("{what}: {e}"));
-    // The upstream gradient: a scalar for sum and mean, one value per row for none.
-    let upstream: Vec<f32> = match options.reduction {
-        Reduction::None => (0..case.rows)
-            .map(|r| 0.5 + (r % 3) as f32 * 0.25)
-            .collect(),
-        _ => vec![0.7],
-    };
+    let upstream = upstream(options.reduction, case.rows);
     let reference = case.reference(options, Some(&upstream));
-    let loss = floats(out.loss.clone());
-    match reference.loss {
-        Some(expected) => assert_within(&format!("{what}: loss"), &loss, &[expected], tol::LOSS),
-        None => assert_within(
-            &format!("{what}: row losses"),
-            &loss,
-            &reference.row_losses,
-            tol::LOSS,
-        ),
-    }
-    let weighted = out.loss
-        * Tensor::<1>::from_data(TensorData::new(upstream.clone(), [upstream.len()]), &device);
-    let grads = weighted.sum().backward();
-    let gradient = logits.grad(&grads).expect("the logits' gradient");
-    assert_eq!(gradient.dtype(), logits.dtype(), "{what}: gradient dtype");
-    assert_within(
-        &format!("{what}: d logits"),
-        &floats(gradient),
-        &reference.gradient,
-        tol::gradient(case.dtype),
-    );
+    check_loss_and_gradient(what, out.loss, &logits, &upstream, &reference, case.dtype);
 }
 
 /// The options the loss takes, each reduction.

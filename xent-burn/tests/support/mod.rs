@@ -10,7 +10,9 @@ use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use xent::Dtype;
 
-use super::common::{gpu_policy, Case};
+use super::common::{assert_within, gpu_policy, tol, Case};
+use xent::reference::Reference;
+use xent::Reduction;
 
 /// burn's wgpu device (the graphics API `WGPU_BACKEND` names), registered with xent, with
 /// autodiff; `None` (after the GPU policy's message) when there is no adapter.
@@ -85,4 +87,45 @@ pub fn index_targets<const T: usize>(
 pub fn dense_targets<const D: usize>(case: &Case, shape: [usize; D], device: &Device) -> Tensor<D> {
     let targets = case.dense_targets.clone().expect("dense targets");
     Tensor::from_data(TensorData::new(targets, shape), device)
+}
+
+/// An upstream gradient for a loss of `len` values under `reduction`: 0.7 for sum and mean;
+/// for none, values that differ from one row (element) to the next.
+pub fn upstream(reduction: Reduction, len: usize) -> Vec<f32> {
+    match reduction {
+        Reduction::None => (0..len).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect(),
+        _ => vec![0.7],
+    }
+}
+
+/// Checks a call's `loss` against `reference` (computed for `upstream`), then the gradient of
+/// `Σ loss · upstream` with respect to `logits`: its values, in the logits' dtype.
+pub fn check_loss_and_gradient<const D: usize>(
+    what: &str,
+    loss: Tensor<1>,
+    logits: &Tensor<D>,
+    upstream: &[f32],
+    reference: &Reference,
+    dtype: Dtype,
+) {
+    let values = floats(loss.clone());
+    match reference.loss {
+        Some(expected) => assert_within(&format!("{what}: loss"), &values, &[expected], tol::LOSS),
+        None => assert_within(
+            &format!("{what}: per-row losses"),
+            &values,
+            &reference.row_losses,
+            tol::LOSS,
+        ),
+    }
+    let device = logits.device();
+    let grads = (loss * vector(upstream, &device)).sum().backward();
+    let gradient = logits.grad(&grads).expect("the logits' gradient");
+    assert_eq!(gradient.dtype(), logits.dtype(), "{what}: gradient dtype");
+    assert_within(
+        &format!("{what}: d logits"),
+        &floats(gradient),
+        &reference.gradient,
+        tol::gradient(dtype),
+    );
 }
