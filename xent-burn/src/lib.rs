@@ -21,10 +21,18 @@
 //! # Ok::<(), xent_burn::Error>(())
 //! ```
 //!
+//! - Losses: softmax cross-entropy with class indices ([`cross_entropy`],
+//!   [`cross_entropy_weighted`]) or soft targets ([`cross_entropy_soft`]) on logits of any
+//!   rank, the class dimension at 1; [`binary_cross_entropy_with_logits`], the classes last;
+//!   a linear head's loss without its logits ([`linear_cross_entropy`]). Modules in burn's
+//!   style: [`CrossEntropyLoss`] (burn's configuration names) and [`LinearCrossEntropyLoss`]
+//!   (on a burn `nn::Linear`).
 //! - Devices: [`init`] creates burn's wgpu device and registers it with xent; [`register`]
 //!   takes one a trainer created with `Device::wgpu_options().init_with_setup()`. On any other
-//!   CubeCL runtime (CUDA, ROCm, burn's CPU runtime) the same calls run xent's CPU path: the
-//!   inputs are read back and the results uploaded.
+//!   CubeCL runtime (CUDA, ROCm, burn's CPU runtime), or a device registered with
+//!   [`register_cpu_path`], the same calls run xent's CPU path: the inputs are read back and
+//!   the results uploaded. burn's other backends (Flex, NdArray, LibTorch) are refused
+//!   ([`Error::NotCube`]).
 //! - Ordering: each call submits burn's pending work (`flush`), then records xent's kernels
 //!   into an encoder of its own and submits it on the same queue; burn's later work is ordered
 //!   after it. A caller that records into the shared device itself must flush burn first too.
