@@ -26,9 +26,8 @@ use xent::gpu::{
 use xent::{Dtype, Layout, Reduction};
 
 use crate::host;
-use crate::ops::{
-    BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, Targets, XentBackend,
-};
+use crate::inputs::{Inputs, LinearInputs, LinearOutputs};
+use crate::ops::{BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, XentBackend};
 
 /// f32 words of one per-row record ([`GpuRow`]) of a call with `Reduction::None`.
 const RECORD_WORDS: usize = std::mem::size_of::<GpuRow>() / 4;
@@ -36,12 +35,17 @@ const RECORD_WORDS: usize = std::mem::size_of::<GpuRow>() / 4;
 /// The storage behind burn's wgpu tensors.
 type Server = WgpuServer<AutoCompiler>;
 
+/// The inputs of a call on `gpu`: contiguous, at offsets the device can bind.
+fn bindable(inputs: Inputs<CubeBackend>) -> Inputs<CubeBackend> {
+    inputs.map(aligned, aligned)
+}
+
 impl XentBackend for CubeBackend {
     fn xent_loss(logits: CubeTensor, given: Given<Self>, call: Call) -> (CubeTensor, CubeTensor) {
         let inputs = Inputs::new(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
             Some(gpu) => {
-                let (loss, flag, _) = forward(&gpu, &inputs, call, false);
+                let (loss, flag, _) = forward(&gpu, &bindable(inputs), call, false);
                 (loss, flag)
             }
             None => host::loss(inputs, call),
@@ -56,17 +60,11 @@ impl XentBackend for CubeBackend {
         let inputs = Inputs::new(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
             Some(gpu) => {
-                let (loss, flag, saved) = forward(&gpu, &inputs, call, true);
+                let (loss, flag, saved) = forward(&gpu, &bindable(inputs), call, true);
                 let (rows, totals) = saved.expect("a saving forward returns its state");
                 (loss, flag, rows, totals)
             }
-            None => {
-                // The CPU path keeps no state (its backward runs the loss again); the shapes
-                // are the device's.
-                let (loss, flag) = host::loss(inputs.clone(), call);
-                let rows = empty_f32(&inputs.logits, &call.saved_rows_shape());
-                (loss, flag, rows, empty_f32(&inputs.logits, &[4]))
-            }
+            None => host::loss_saved(inputs, call),
         }
     }
 
@@ -79,9 +77,15 @@ impl XentBackend for CubeBackend {
         call: Call,
     ) -> CubeTensor {
         let inputs = Inputs::new(logits, given);
-        let upstream = aligned(upstream);
         match crate::device::gpu_of(&inputs.logits.device) {
-            Some(gpu) => backward(&gpu, inputs, &saved_rows, &saved_totals, &upstream, call),
+            Some(gpu) => backward(
+                &gpu,
+                bindable(inputs),
+                &saved_rows,
+                &saved_totals,
+                &aligned(upstream),
+                call,
+            ),
             None => host::gradient(inputs, upstream, call),
         }
     }
@@ -93,7 +97,7 @@ impl XentBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = Inputs::binary(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
-            Some(gpu) => binary(&gpu, &inputs, None, call).0,
+            Some(gpu) => binary(&gpu, &bindable(inputs), None, call).0,
             None => host::binary_loss(inputs, call),
         }
     }
@@ -105,10 +109,10 @@ impl XentBackend for CubeBackend {
         call: BinaryCall,
     ) -> CubeTensor {
         let inputs = Inputs::binary(logits, given);
-        let upstream = aligned(upstream);
         match crate::device::gpu_of(&inputs.logits.device) {
             Some(gpu) => {
-                let gradient = binary(&gpu, &inputs, Some(&upstream), call).1;
+                let upstream = aligned(upstream);
+                let gradient = binary(&gpu, &bindable(inputs), Some(&upstream), call).1;
                 let gradient = gradient.expect("a binary call with an upstream has a gradient");
                 match call.options.reduction {
                     Reduction::None => gradient,
@@ -134,57 +138,15 @@ impl XentBackend for CubeBackend {
         upstream: CubeTensor,
         call: LinearCall,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        let inputs = LinearInputs {
-            hidden: aligned(hidden),
-            weight: aligned(weight),
-            bias: call.has_bias.then(|| aligned(bias)),
-            targets: aligned(given.targets),
-            class_weights: given.class_weights.tensor().map(aligned),
-            sample_weights: given.sample_weights.tensor().map(aligned),
-        };
-        let upstream = aligned(upstream);
+        let inputs = LinearInputs::new(hidden, weight, bias, call.has_bias, given);
         match crate::device::gpu_of(&inputs.hidden.device) {
-            Some(gpu) => linear(&gpu, &inputs, &upstream, call),
+            Some(gpu) => linear(
+                &gpu,
+                &inputs.map(aligned, aligned),
+                &aligned(upstream),
+                call,
+            ),
             None => host::linear(inputs, upstream, call),
-        }
-    }
-}
-
-/// One call's input tensors, contiguous and at offsets the device can bind.
-#[derive(Clone)]
-pub(crate) struct Inputs {
-    pub logits: CubeTensor,
-    pub index: Option<CubeTensor>,
-    pub dense: Option<CubeTensor>,
-    pub class_weights: Option<CubeTensor>,
-    pub pos_weight: Option<CubeTensor>,
-    pub sample_weights: Option<CubeTensor>,
-}
-
-impl Inputs {
-    fn new(logits: CubeTensor, given: Given<CubeBackend>) -> Self {
-        let (index, dense) = match given.targets {
-            Targets::Index(t) => (Some(t), None),
-            Targets::Dense(t) => (None, Some(t)),
-        };
-        Self {
-            logits: aligned(logits),
-            index: index.map(aligned),
-            dense: dense.map(aligned),
-            class_weights: given.class_weights.tensor().map(aligned),
-            pos_weight: None,
-            sample_weights: given.sample_weights.tensor().map(aligned),
-        }
-    }
-
-    fn binary(logits: CubeTensor, given: BinaryGiven<CubeBackend>) -> Self {
-        Self {
-            logits: aligned(logits),
-            index: None,
-            dense: Some(aligned(given.targets)),
-            class_weights: given.class_weights.tensor().map(aligned),
-            pos_weight: given.pos_weight.tensor().map(aligned),
-            sample_weights: given.sample_weights.tensor().map(aligned),
         }
     }
 }
@@ -313,7 +275,7 @@ struct BoundInputs {
 }
 
 impl BoundInputs {
-    fn new(inputs: &Inputs) -> Self {
+    fn new(inputs: &Inputs<CubeBackend>) -> Self {
         Self {
             logits: Bound::new(&inputs.logits),
             index: inputs.index.as_ref().map(|t| (Bound::new(t), t.dtype)),
@@ -370,7 +332,12 @@ fn submit(
 type Saved = Option<(CubeTensor, CubeTensor)>;
 
 /// The loss (and the saved state) on the device.
-fn forward(gpu: &Gpu, inputs: &Inputs, call: Call, save: bool) -> (CubeTensor, CubeTensor, Saved) {
+fn forward(
+    gpu: &Gpu,
+    inputs: &Inputs<CubeBackend>,
+    call: Call,
+    save: bool,
+) -> (CubeTensor, CubeTensor, Saved) {
     let per_row = call.options.reduction == Reduction::None;
     let loss = empty_f32(&inputs.logits, &[1]);
     let records = per_row.then(|| empty_f32(&inputs.logits, &[call.rows, RECORD_WORDS]));
@@ -411,7 +378,7 @@ fn forward(gpu: &Gpu, inputs: &Inputs, call: Call, save: bool) -> (CubeTensor, C
 /// precision over a copy of the logits, in their dtype.
 fn backward(
     gpu: &Gpu,
-    inputs: Inputs,
+    inputs: Inputs<CubeBackend>,
     saved_rows: &CubeTensor,
     saved_totals: &CubeTensor,
     upstream: &CubeTensor,
@@ -464,7 +431,7 @@ fn backward(
 /// none, `upstream` per element; for sum and mean, for an upstream of 1).
 fn binary(
     gpu: &Gpu,
-    inputs: &Inputs,
+    inputs: &Inputs<CubeBackend>,
     upstream: Option<&CubeTensor>,
     call: BinaryCall,
 ) -> (CubeTensor, Option<CubeTensor>) {
@@ -506,28 +473,14 @@ fn binary(
     (elements.unwrap_or(loss), gradient)
 }
 
-/// A linear head's input tensors, contiguous and at offsets the device can bind.
-#[derive(Clone)]
-pub(crate) struct LinearInputs {
-    pub hidden: CubeTensor,
-    pub weight: CubeTensor,
-    pub bias: Option<CubeTensor>,
-    pub targets: CubeTensor,
-    pub class_weights: Option<CubeTensor>,
-    pub sample_weights: Option<CubeTensor>,
-}
-
-/// The outputs of a linear call: loss, flag, `dh`, `dW`, `db`.
-pub(crate) type LinearOutputs = (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor);
-
 /// A linear head on the device: one recorded call (the forward, the reduction and the asked
 /// gradients, the logits never written).
 fn linear(
     gpu: &Gpu,
-    inputs: &LinearInputs,
+    inputs: &LinearInputs<CubeBackend>,
     upstream: &CubeTensor,
     call: LinearCall,
-) -> LinearOutputs {
+) -> LinearOutputs<CubeBackend> {
     let (n, d, v) = (call.rows, call.hidden, call.vocab);
     let per_row = call.options.reduction == Reduction::None;
     let wanted = call.gradients;

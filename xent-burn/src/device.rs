@@ -87,16 +87,18 @@ pub fn runs_kernels(device: &Device) -> bool {
     wgpu_device(device).is_some_and(|key| gpu(&key).is_some())
 }
 
-/// Whether xent runs on `device`: a registered wgpu device (its GPU kernels, or its CPU path)
-/// or another CubeCL runtime (its CPU path).
+/// Whether xent runs on `device`: a registered wgpu device (its GPU kernels, or its CPU path),
+/// another CubeCL runtime, or Flex with the `flex` feature (its CPU path).
 pub(crate) fn check(device: &Device) -> Result<(), Error> {
     match device.clone().without_autodiff().as_dispatch() {
         DispatchDevice::Cube(cubecl::Device::Wgpu(key)) if runner(key).is_none() => {
             Err(Error::Unregistered(format!("{device:?}")))
         }
         DispatchDevice::Cube(_) => Ok(()),
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => Ok(()),
         #[allow(unreachable_patterns)]
-        _ => Err(Error::NotCube(format!("{device:?}"))),
+        _ => Err(Error::UnsupportedBackend(format!("{device:?}"))),
     }
 }
 

@@ -1,13 +1,17 @@
-//! xent's CPU path for tensors on a CubeCL runtime other than a registered wgpu device: the
-//! inputs are read back, the loss (or gradient) is computed by xent's SIMD CPU kernels, and
-//! the result is uploaded. Correct everywhere, fast nowhere: it exists so that one API works
-//! on every burn runtime.
+//! xent's CPU path, on any burn backend: for tensors on a CubeCL runtime other than a
+//! registered wgpu device, and on Flex. The inputs are read back, the loss (or gradient) is
+//! computed by xent's SIMD CPU kernels, and the result is uploaded. Correct everywhere, fast
+//! only where the data is on the host already (Flex): it exists so that one API works on
+//! every burn runtime.
 
-use burn::backend::ops::{FloatTensorOps, IntTensorOps};
-use burn::backend::wgpu::{CubeBackend, CubeTensor};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend as BurnBackend, TensorMetadata};
 use burn::tensor::{read_sync, DType, TensorData};
 use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
 use xent::{Backend, Batch, Layout, Logits, Matrix, Reduction, Request, Targets};
+
+use crate::inputs::{Inputs, LinearInputs, LinearOutputs};
+use crate::ops::{BinaryCall, Call, LinearCall};
 
 /// Panics with a call's error. The loss functions check shapes and options; values (weights,
 /// soft and BCE targets, probabilities) are checked here only, where the CPU path's own
@@ -30,16 +34,6 @@ fn flag_targets(targets: &mut [i64], classes: usize, ignore_index: i64) -> u32 {
     flag
 }
 
-/// `values` as an f32 vector on `near`'s device.
-fn vector(near: &CubeTensor, values: &[f32]) -> CubeTensor {
-    filled(
-        near,
-        bytemuck::cast_slice(values),
-        &[values.len()],
-        DType::F32,
-    )
-}
-
 /// The loss values of an output: the reduced loss, or the per-row (per-element) losses.
 fn loss_values(output: xent::Output) -> Vec<f32> {
     match output.loss {
@@ -49,9 +43,6 @@ fn loss_values(output: xent::Output) -> Vec<f32> {
             .expect("Reduction::None returns row losses"),
     }
 }
-
-use crate::cube::{filled, Inputs, LinearInputs, LinearOutputs};
-use crate::ops::{BinaryCall, Call, LinearCall};
 
 /// Rows, classes, layout.
 type Shaped = (usize, usize, Layout);
@@ -66,33 +57,43 @@ struct Host {
     sample_weights: Option<Vec<f32>>,
 }
 
-fn floats(tensor: CubeTensor) -> Vec<f32> {
-    data(read_sync(CubeBackend::float_into_data(tensor)))
+fn data(result: Result<TensorData, burn::backend::ExecutionError>) -> TensorData {
+    result.unwrap_or_else(|e| panic!("xent-burn: reading a tensor back failed: {e:?}"))
+}
+
+fn floats<B: BurnBackend>(tensor: FloatTensor<B>) -> Vec<f32> {
+    data(read_sync(B::float_into_data(tensor)))
         .convert::<f32>()
         .try_into_vec()
         .expect("f32 data")
 }
 
-fn data(result: Result<TensorData, burn::backend::ExecutionError>) -> TensorData {
-    result.unwrap_or_else(|e| panic!("xent-burn: reading a tensor back failed: {e:?}"))
-}
-
-fn ints(tensor: CubeTensor) -> Vec<i64> {
-    data(read_sync(CubeBackend::int_into_data(tensor)))
+fn ints<B: BurnBackend>(tensor: IntTensor<B>) -> Vec<i64> {
+    data(read_sync(B::int_into_data(tensor)))
         .convert::<i64>()
         .try_into_vec()
         .expect("i64 data")
 }
 
+/// `values` as an f32 tensor of `shape` on `device`.
+fn upload<B: BurnBackend>(values: Vec<f32>, shape: &[usize], device: &B::Device) -> FloatTensor<B> {
+    B::float_from_data(TensorData::new(values, shape.to_vec()), device)
+}
+
+/// The target-error flag as a `[1]` u32 tensor on `device`.
+fn upload_flag<B: BurnBackend>(flag: u32, device: &B::Device) -> IntTensor<B> {
+    B::int_from_data(TensorData::new(vec![flag], [1]), device)
+}
+
 impl Host {
-    fn read(inputs: Inputs) -> Self {
+    fn read<B: BurnBackend>(inputs: Inputs<B>) -> Self {
         Host {
-            logits: floats(inputs.logits),
-            index: inputs.index.map(ints),
-            dense: inputs.dense.map(floats),
-            class_weights: inputs.class_weights.map(floats),
-            pos_weight: inputs.pos_weight.map(floats),
-            sample_weights: inputs.sample_weights.map(floats),
+            logits: floats::<B>(inputs.logits),
+            index: inputs.index.map(ints::<B>),
+            dense: inputs.dense.map(floats::<B>),
+            class_weights: inputs.class_weights.map(floats::<B>),
+            pos_weight: inputs.pos_weight.map(floats::<B>),
+            sample_weights: inputs.sample_weights.map(floats::<B>),
         }
     }
 
@@ -131,24 +132,51 @@ impl Host {
 }
 
 /// The loss and the target-error flag.
-pub(crate) fn loss(inputs: Inputs, call: Call) -> (CubeTensor, CubeTensor) {
-    let near = inputs.logits.clone();
+pub(crate) fn loss<B: BurnBackend>(
+    inputs: Inputs<B>,
+    call: Call,
+) -> (FloatTensor<B>, IntTensor<B>) {
+    let device = inputs.logits.device();
     let host = Host::read(inputs);
     let (output, flag) = host.run(call, |batch| {
         call.options.compute(&Backend::Cpu, batch, Request::new())
     });
+    let loss = loss_values(output);
+    let len = loss.len();
     (
-        vector(&near, &loss_values(output)),
-        filled(&near, &flag.to_le_bytes(), &[1], DType::U32),
+        upload::<B>(loss, &[len], &device),
+        upload_flag::<B>(flag, &device),
+    )
+}
+
+/// [`loss`] with the saved state's tensors, in the device's shapes: the CPU path keeps no
+/// state (its backward runs the loss again).
+#[allow(clippy::type_complexity)]
+pub(crate) fn loss_saved<B: BurnBackend>(
+    inputs: Inputs<B>,
+    call: Call,
+) -> (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let device = inputs.logits.device();
+    let (loss, flag) = loss(inputs, call);
+    let rows = call.saved_rows_shape();
+    (
+        loss,
+        flag,
+        upload::<B>(vec![0.0; rows.iter().product()], &rows, &device),
+        upload::<B>(vec![0.0; 4], &[4], &device),
     )
 }
 
 /// d loss / d logits for `upstream`, in the logits' dtype.
-pub(crate) fn gradient(inputs: Inputs, upstream: CubeTensor, call: Call) -> CubeTensor {
-    let near = inputs.logits.clone();
-    let (shape, dtype) = (inputs.logits.meta.shape().clone(), inputs.logits.dtype);
+pub(crate) fn gradient<B: BurnBackend>(
+    inputs: Inputs<B>,
+    upstream: FloatTensor<B>,
+    call: Call,
+) -> FloatTensor<B> {
+    let device = inputs.logits.device();
+    let (shape, dtype) = (inputs.logits.shape(), inputs.logits.dtype());
     let host = Host::read(inputs);
-    let upstream = floats(upstream);
+    let upstream = floats::<B>(upstream);
     let mut gradient = vec![0f32; host.logits.len()];
     host.run(call, |batch| {
         let request = Request::new()
@@ -156,30 +184,32 @@ pub(crate) fn gradient(inputs: Inputs, upstream: CubeTensor, call: Call) -> Cube
             .upstream(&upstream);
         call.options.compute(&Backend::Cpu, batch, request)
     });
-    upload_gradient(&near, &gradient, shape.as_slice(), dtype)
+    upload_gradient::<B>(gradient, shape.as_slice(), dtype, &device)
 }
 
 /// Binary cross-entropy's loss on the host.
-pub(crate) fn binary_loss(inputs: Inputs, call: BinaryCall) -> CubeTensor {
-    let near = inputs.logits.clone();
+pub(crate) fn binary_loss<B: BurnBackend>(inputs: Inputs<B>, call: BinaryCall) -> FloatTensor<B> {
+    let device = inputs.logits.device();
     let host = Host::read(inputs);
     let output = call
         .options
         .compute(&Backend::Cpu, host.batch(&[], binary(call)), Request::new())
         .unwrap_or_else(|e| refused(e));
-    vector(&near, &loss_values(output))
+    let loss = loss_values(output);
+    let len = loss.len();
+    upload::<B>(loss, &[len], &device)
 }
 
 /// Binary cross-entropy's d loss / d logits for `upstream` on the host, in the logits' dtype.
-pub(crate) fn binary_gradient(
-    inputs: Inputs,
-    upstream: CubeTensor,
+pub(crate) fn binary_gradient<B: BurnBackend>(
+    inputs: Inputs<B>,
+    upstream: FloatTensor<B>,
     call: BinaryCall,
-) -> CubeTensor {
-    let near = inputs.logits.clone();
-    let (shape, dtype) = (inputs.logits.meta.shape().clone(), inputs.logits.dtype);
+) -> FloatTensor<B> {
+    let device = inputs.logits.device();
+    let (shape, dtype) = (inputs.logits.shape(), inputs.logits.dtype());
     let host = Host::read(inputs);
-    let upstream = floats(upstream);
+    let upstream = floats::<B>(upstream);
     let mut gradient = vec![0f32; host.logits.len()];
     let request = Request::new()
         .gradient_into(&mut gradient)
@@ -187,7 +217,7 @@ pub(crate) fn binary_gradient(
     call.options
         .compute(&Backend::Cpu, host.batch(&[], binary(call)), request)
         .unwrap_or_else(|e| refused(e));
-    upload_gradient(&near, &gradient, shape.as_slice(), dtype)
+    upload_gradient::<B>(gradient, shape.as_slice(), dtype, &device)
 }
 
 fn binary(call: BinaryCall) -> Shaped {
@@ -195,35 +225,35 @@ fn binary(call: BinaryCall) -> Shaped {
 }
 
 /// `gradient` (f32, on the host) as a tensor of `dtype`.
-fn upload_gradient(
-    near: &CubeTensor,
-    gradient: &[f32],
+fn upload_gradient<B: BurnBackend>(
+    gradient: Vec<f32>,
     shape: &[usize],
     dtype: DType,
-) -> CubeTensor {
-    let gradient = filled(near, bytemuck::cast_slice(gradient), shape, DType::F32);
+    device: &B::Device,
+) -> FloatTensor<B> {
+    let gradient = upload::<B>(gradient, shape, device);
     if dtype == DType::F32 {
         gradient
     } else {
-        CubeBackend::float_cast(gradient, dtype.into())
+        B::float_cast(gradient, dtype.into())
     }
 }
 
 /// A linear head on the host: xent's CPU linear call (the `gemm` crate's products).
-pub(crate) fn linear(
-    inputs: LinearInputs,
-    upstream: CubeTensor,
+pub(crate) fn linear<B: BurnBackend>(
+    inputs: LinearInputs<B>,
+    upstream: FloatTensor<B>,
     call: LinearCall,
-) -> LinearOutputs {
-    let near = inputs.hidden.clone();
+) -> LinearOutputs<B> {
+    let device = inputs.hidden.device();
     let (n, d, v) = (call.rows, call.hidden, call.vocab);
-    let hidden = floats(inputs.hidden);
-    let weight = floats(inputs.weight);
-    let bias = inputs.bias.map(floats);
-    let class_weights = inputs.class_weights.map(floats);
-    let sample_weights = inputs.sample_weights.map(floats);
-    let upstream = floats(upstream);
-    let mut targets = ints(inputs.targets);
+    let hidden = floats::<B>(inputs.hidden);
+    let weight = floats::<B>(inputs.weight);
+    let bias = inputs.bias.map(floats::<B>);
+    let class_weights = inputs.class_weights.map(floats::<B>);
+    let sample_weights = inputs.sample_weights.map(floats::<B>);
+    let upstream = floats::<B>(upstream);
+    let mut targets = ints::<B>(inputs.targets);
     let wanted = call.gradients;
     let size = |wanted: bool, len: usize| if wanted { len } else { 0 };
     let mut dh = vec![0f32; size(wanted.hidden, n * d)];
@@ -256,24 +286,20 @@ pub(crate) fn linear(
         .compute(&Backend::Cpu, batch, request)
         .unwrap_or_else(|e| refused(e));
     let loss = loss_values(output);
+    let len = loss.len();
     // A gradient not asked for is a one-element placeholder, as on the device.
-    let upload = |wanted: bool, values: &[f32], shape: &[usize]| {
+    let gradient = |wanted: bool, values: Vec<f32>, shape: &[usize]| {
         if wanted {
-            filled(&near, bytemuck::cast_slice(values), shape, DType::F32)
+            upload::<B>(values, shape, &device)
         } else {
-            filled(&near, &[0; 4], &[1], DType::F32)
+            upload::<B>(vec![0.0], &[1], &device)
         }
     };
     (
-        filled(
-            &near,
-            bytemuck::cast_slice(&loss),
-            &[loss.len()],
-            DType::F32,
-        ),
-        filled(&near, &flag.to_le_bytes(), &[1], DType::U32),
-        upload(wanted.hidden, &dh, &[n, d]),
-        upload(wanted.weight, &dw, &[v, d]),
-        upload(wanted.bias, &db, &[v]),
+        upload::<B>(loss, &[len], &device),
+        upload_flag::<B>(flag, &device),
+        gradient(wanted.hidden, dh, &[n, d]),
+        gradient(wanted.weight, dw, &[v, d]),
+        gradient(wanted.bias, db, &[v]),
     )
 }

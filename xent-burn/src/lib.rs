@@ -31,8 +31,9 @@
 //!   takes one a trainer created with `Device::wgpu_options().init_with_setup()`. On any other
 //!   CubeCL runtime (CUDA, ROCm, burn's CPU runtime), or a device registered with
 //!   [`register_cpu_path`], the same calls run xent's CPU path: the inputs are read back and
-//!   the results uploaded. burn's other backends (Flex, NdArray, LibTorch) are refused
-//!   ([`Error::NotCube`]).
+//!   the results uploaded. So do tensors on burn's Flex backend (its pure-Rust CPU backend),
+//!   with this crate's `flex` feature. NdArray and LibTorch (deprecated in burn 0.22) are
+//!   refused ([`Error::UnsupportedBackend`]).
 //! - Ordering: each call submits burn's pending work (`flush`), then records xent's kernels
 //!   into an encoder of its own and submits it on the same queue; burn's later work is ordered
 //!   after it. A caller that records into the shared device itself must flush burn first too.
@@ -43,7 +44,9 @@
 mod autodiff;
 mod cube;
 mod device;
+mod flex;
 mod host;
+mod inputs;
 mod loss;
 mod module;
 pub mod ops;
@@ -75,11 +78,11 @@ pub enum Error {
     #[error("{0} is not a wgpu device")]
     NotWgpu(String),
     /// The tensors are on a burn backend xent-burn does not run on (it runs on burn's CubeCL
-    /// backend: wgpu, CUDA, ROCm, CPU).
+    /// backend: wgpu, CUDA, ROCm, CPU; and on Flex with the `flex` feature).
     #[error(
-        "{0} is not a CubeCL device: xent-burn runs on burn's wgpu, CUDA, ROCm and CPU runtimes"
+        "xent-burn does not run on {0}: it runs on burn's CubeCL runtimes (wgpu, CUDA, ROCm, CPU), and on Flex with its `flex` feature"
     )]
-    NotCube(String),
+    UnsupportedBackend(String),
     /// The tensors are on a wgpu device xent does not know the handles of.
     #[error("the wgpu device {0} is not registered with xent: create it with xent_burn::init, or pass its WgpuSetup to xent_burn::register")]
     Unregistered(String),

@@ -80,7 +80,7 @@ pub struct Weights {
 /// - The loss is `[1]` (sum, mean) or `[N·d1·…]` (none), f32. Its gradient flows to the logits
 ///   under autodiff, in their dtype.
 /// - Errors: shapes that don't match, logits of another dtype, a device xent can't run on
-///   ([`Error::NotCube`], [`Error::Unregistered`]), options out of their domain.
+///   ([`Error::UnsupportedBackend`], [`Error::Unregistered`]), options out of their domain.
 ///
 /// # Panics
 /// Where the device refuses what the checks here can't see: a call past its binding limits

@@ -1,6 +1,6 @@
-//! xent's CPU path under burn: a wgpu device registered with `register_cpu_path` runs each
-//! call on the host (the path every CubeCL runtime other than a registered wgpu device takes),
-//! checked against the f64 reference like the kernels.
+//! xent's CPU path under burn, checked against the f64 reference like the kernels: on a wgpu
+//! device registered with `register_cpu_path` (the path every CubeCL runtime other than a
+//! registered wgpu device takes), and, with the `flex` feature, on burn's Flex backend.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -14,7 +14,7 @@ use support::{dense_targets, floats, index_targets, logits, vector};
 use xent::{BinaryCrossEntropy, CrossEntropy, Dtype, Reduction};
 
 /// burn's wgpu device with xent's CPU path, in this test binary's own process.
-fn device() -> Option<Device> {
+fn cpu_path() -> Option<Device> {
     static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
     DEVICE
         .get_or_init(|| match support::options().init() {
@@ -31,9 +31,32 @@ fn device() -> Option<Device> {
         .clone()
 }
 
-#[test]
-fn softmax_every_reduction_on_the_host() {
-    let Some(device) = device() else { return };
+/// `$name` runs `$body` on the wgpu device's CPU path and, with the `flex` feature, on burn's
+/// Flex backend (which needs no adapter).
+macro_rules! on_the_host {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn cpu_path() {
+                if let Some(device) = super::cpu_path() {
+                    super::$body(&device);
+                }
+            }
+
+            #[cfg(feature = "flex")]
+            #[test]
+            fn flex() {
+                super::$body(&burn::tensor::Device::flex().autodiff());
+            }
+        }
+    };
+}
+
+on_the_host!(softmax_every_reduction, softmax_every_reduction_on);
+on_the_host!(target_errors_and_binary, target_errors_and_binary_on);
+on_the_host!(linear_head, linear_head_on);
+
+fn softmax_every_reduction_on(device: &Device) {
     for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
         for dtype in [Dtype::F32, Dtype::F16] {
             let case = Case::new(41, 3 * 5, 6, Hardness::default())
@@ -45,14 +68,14 @@ fn softmax_every_reduction_on_the_host() {
                 .reduction(reduction)
                 .label_smoothing(0.1)
                 .focal_gamma(1.0);
-            let logits = logits(&case, [3, 6, 5], &device);
+            let logits = logits(&case, [3, 6, 5], device);
             let weights = xent_burn::Weights {
-                class: case.class_weights.as_deref().map(|w| vector(w, &device)),
+                class: case.class_weights.as_deref().map(|w| vector(w, device)),
                 sample: None,
             };
             let out = xent_burn::cross_entropy_weighted(
                 logits.clone(),
-                index_targets(&case, [3, 5], &device),
+                index_targets(&case, [3, 5], device),
                 &options,
                 &weights,
             )
@@ -75,15 +98,13 @@ fn softmax_every_reduction_on_the_host() {
     }
 }
 
-#[test]
-fn target_errors_and_binary_on_the_host() {
-    let Some(device) = device() else { return };
+fn target_errors_and_binary_on(device: &Device) {
     let case = Case::new(43, 6, 4, Hardness::default());
     let mut targets = case.index_targets.clone();
     targets[4] = 9;
     let out = xent_burn::cross_entropy(
-        logits(&case, [6, 4], &device),
-        Tensor::<1, Int>::from_data(TensorData::new(targets, [6]), &device),
+        logits(&case, [6, 4], device),
+        Tensor::<1, Int>::from_data(TensorData::new(targets, [6]), device),
         &CrossEntropy::new(),
     )
     .unwrap();
@@ -97,14 +118,14 @@ fn target_errors_and_binary_on_the_host() {
     ));
     let case = Case::new(44, 8, 5, Hardness::default()).multi_label(45, true);
     let options = BinaryCrossEntropy::new().label_smoothing(0.05);
-    let logits = logits(&case, [8, 5], &device);
+    let logits = logits(&case, [8, 5], device);
     let loss = xent_burn::binary_cross_entropy_with_logits(
         logits.clone(),
-        dense_targets(&case, [8, 5], &device),
+        dense_targets(&case, [8, 5], device),
         &options,
         &xent_burn::BinaryWeights {
-            class: case.class_weights.as_deref().map(|w| vector(w, &device)),
-            pos_weight: case.pos_weight.as_deref().map(|w| vector(w, &device)),
+            class: case.class_weights.as_deref().map(|w| vector(w, device)),
+            pos_weight: case.pos_weight.as_deref().map(|w| vector(w, device)),
             sample: None,
         },
     )
@@ -125,9 +146,7 @@ fn target_errors_and_binary_on_the_host() {
     );
 }
 
-#[test]
-fn linear_head_on_the_host() {
-    let Some(device) = device() else { return };
+fn linear_head_on(device: &Device) {
     let (n, d, v) = (10, 6, 13);
     let mut rng = common::Rng(46);
     let h: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
@@ -139,14 +158,14 @@ fn linear_head_on_the_host() {
             .reduction(reduction)
             .label_smoothing(0.1);
         let hidden =
-            Tensor::<2>::from_data(TensorData::new(h.clone(), [n, d]), &device).require_grad();
+            Tensor::<2>::from_data(TensorData::new(h.clone(), [n, d]), device).require_grad();
         let weight =
-            Tensor::<2>::from_data(TensorData::new(w.clone(), [v, d]), &device).require_grad();
+            Tensor::<2>::from_data(TensorData::new(w.clone(), [v, d]), device).require_grad();
         let out = xent_burn::linear_cross_entropy(
             hidden.clone(),
             weight.clone(),
             None,
-            Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [n]), &device),
+            Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [n]), device),
             &options,
             &xent_burn::Weights::default(),
         )

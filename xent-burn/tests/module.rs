@@ -35,7 +35,19 @@ fn run(
 
 #[test]
 fn agrees_with_burns_cross_entropy() {
-    let Some(device) = device() else { return };
+    if let Some(device) = device() {
+        agrees_with_burns_cross_entropy_on(&device);
+    }
+}
+
+/// On burn's Flex backend, xent's CPU path against burn's loss on the same backend.
+#[cfg(feature = "flex")]
+#[test]
+fn agrees_with_burns_cross_entropy_on_flex() {
+    agrees_with_burns_cross_entropy_on(&Device::flex().autodiff());
+}
+
+fn agrees_with_burns_cross_entropy_on(device: &Device) {
     let case = Case::new(21, 33, 12, Hardness::default());
     let weights: Vec<f32> = (0..12).map(|c| 0.5 + c as f32 * 0.1).collect();
     let mut padded = case.index_targets.clone();
@@ -63,14 +75,14 @@ fn agrees_with_burns_cross_entropy() {
             .with_smoothing(smoothing)
             .with_weights(weights.clone())
             .with_pad_tokens(pad_tokens.clone())
-            .init(&device);
+            .init(device);
         let theirs = burn::nn::loss::CrossEntropyLossConfig::new()
             .with_smoothing(smoothing)
             .with_weights(weights)
             .with_pad_tokens(pad_tokens)
-            .init(&device);
-        let (loss, gradient) = run(|l, t| ours.forward(l, t), &case, targets, &device);
-        let (burn_loss, burn_gradient) = run(|l, t| theirs.forward(l, t), &case, targets, &device);
+            .init(device);
+        let (loss, gradient) = run(|l, t| ours.forward(l, t), &case, targets, device);
+        let (burn_loss, burn_gradient) = run(|l, t| theirs.forward(l, t), &case, targets, device);
         // burn's loss is f32 on the device too: both are compared within the reference's
         // tolerance, doubled.
         assert_close(
