@@ -1,7 +1,8 @@
 //! [`XentBackend`] under burn's autodiff: the forward saves the per-row state xent's
 //! kernels produce (the row's max and log-sum-exp, its coefficients) and the reduced totals,
 //! and the backward records only the gradient from them: one read of the logits and one
-//! write of the gradient (half precision: over a copy of the logits), scaled on the device by
+//! write of the gradient (over the logits' own buffer where nothing else holds it), scaled on
+//! the device by
 //! the upstream gradient burn hands it. Binary cross-entropy's backward recomputes from the
 //! logits; a linear head's forward writes its gradients with the loss (sum and mean).
 //!

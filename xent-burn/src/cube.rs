@@ -374,8 +374,22 @@ fn forward(
     (loss, flag, saved)
 }
 
-/// The gradient on the device from the saved state: f32 logits into a new tensor; half
-/// precision over a copy of the logits, in their dtype.
+/// Where a gradient goes, and whether that is over the logits themselves: so where nothing
+/// else holds their buffer (burn's rule for in-place kernels; a training step's logits,
+/// dropped after the loss), with no allocation and no copy. Otherwise f32 goes into a new
+/// tensor, and half precision over a copy of the logits, in their dtype.
+fn gradient_destination(logits: &CubeTensor) -> (CubeTensor, bool) {
+    if logits.can_mut() {
+        return (logits.clone(), true);
+    }
+    let gradient = match dtype(logits) {
+        Dtype::F32 => empty_f32(logits, logits.meta.shape()),
+        _ => logits.copy(),
+    };
+    (gradient, false)
+}
+
+/// The gradient on the device from the saved state, where [`gradient_destination`] puts it.
 fn backward(
     gpu: &Gpu,
     inputs: Inputs<CubeBackend>,
@@ -385,10 +399,7 @@ fn backward(
     call: Call,
 ) -> CubeTensor {
     let dtype = dtype(&inputs.logits);
-    let gradient = match dtype {
-        Dtype::F32 => empty_f32(&inputs.logits, inputs.logits.meta.shape()),
-        _ => inputs.logits.copy(),
-    };
+    let (gradient, in_place) = gradient_destination(&inputs.logits);
     {
         let bound = BoundInputs::new(&inputs);
         let gradient_b = Bound::new(&gradient);
@@ -404,8 +415,8 @@ fn backward(
                 Reduction::None => DeviceUpstream::Rows(upstream_b.slice()),
                 _ => DeviceUpstream::Device(upstream_b.slice()),
             };
-            let (batch, destination) = match dtype {
-                Dtype::F32 => (
+            let (batch, destination) = match (in_place, dtype) {
+                (false, Dtype::F32) => (
                     bound.batch(&bound.logits, dtype, call.into()),
                     DeviceGradient::Into(gradient_b.slice()),
                 ),
@@ -440,10 +451,9 @@ fn binary(
     let loss = empty_f32(&inputs.logits, &[1]);
     let elements = (per_element && upstream.is_none())
         .then(|| empty_f32(&inputs.logits, &[call.rows * call.classes]));
-    let gradient = upstream.map(|_| match dtype {
-        Dtype::F32 => empty_f32(&inputs.logits, inputs.logits.meta.shape()),
-        _ => inputs.logits.copy(),
-    });
+    let destination = upstream.map(|_| gradient_destination(&inputs.logits));
+    let in_place = destination.as_ref().is_some_and(|&(_, in_place)| in_place);
+    let gradient = destination.map(|(gradient, _)| gradient);
     {
         let bound = BoundInputs::new(inputs);
         let loss_b = Bound::new(&loss);
@@ -455,7 +465,7 @@ fn binary(
             outputs.rows = elements_b.as_ref().map(Bound::slice);
             let batch = match (&gradient_b, dtype) {
                 (None, _) => bound.batch(&bound.logits, dtype, call.into()),
-                (Some(g), Dtype::F32) => {
+                (Some(g), Dtype::F32) if !in_place => {
                     outputs.gradient = DeviceGradient::Into(g.slice());
                     bound.batch(&bound.logits, dtype, call.into())
                 }

@@ -230,7 +230,7 @@ fn saved_spec(call: &Call) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
 /// (xent's GPU kernels on a registered wgpu device, xent's CPU path on any other runtime),
 /// for burn's Flex backend with the `flex` feature (xent's CPU path), lazily under burn's
 /// fusion, and for `Autodiff` over any of them.
-#[backend_extension(Cube, Flex, Fusion, Autodiff)]
+#[backend_extension(Cube, Flex: cfg(feature = "flex"), Fusion, Autodiff)]
 pub trait XentBackend: Backend {
     /// The loss (`[1]` for sum and mean, `[rows]` for none) and the target-error flag (`[1]`
     /// u32: 0, or `u32::MAX − row` of the lowest row whose class index is out of range; that

@@ -6,8 +6,8 @@ mod common;
 mod support;
 
 use burn::tensor::Tensor;
-use common::{Case, Hardness};
-use support::{check_loss_and_gradient, dense_targets, device, logits, upstream, vector};
+use common::{assert_within, tol, Case, Hardness};
+use support::{check_loss_and_gradient, dense_targets, device, floats, logits, upstream, vector};
 use xent::{BinaryCrossEntropy, Dtype, Reduction};
 use xent_burn::BinaryWeights;
 
@@ -76,6 +76,59 @@ fn half_precision_logits() {
                 .multi_label(37, true)
                 .dtype(dtype);
             check(&format!("{name}, {dtype:?}"), &case, &options, [15, 9]);
+        }
+    }
+}
+
+/// Logits that only the loss holds (computed from a leaf and moved into the call) take their
+/// gradient in their own buffer: the values are the same.
+#[test]
+fn gradient_over_logits_only_the_loss_holds() {
+    let Some(device) = device() else { return };
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        for reduction in [Reduction::Sum, Reduction::None] {
+            let what = format!("{reduction:?}, {dtype:?}");
+            let case = Case::new(9, 7, 6, Hardness::default())
+                .multi_label(10, true)
+                .dtype(dtype);
+            // logits = 2·leaf: exact in every dtype, and d loss / d leaf = 2·d loss / d logits.
+            let mut halved = case.clone();
+            halved.logits.iter_mut().for_each(|v| *v /= 2.0);
+            let leaf = logits(&halved, [7, 6], &device);
+            let options = BinaryCrossEntropy::new().reduction(reduction);
+            let loss = xent_burn::binary_cross_entropy_with_logits(
+                leaf.clone() * 2.0,
+                dense_targets(&case, [7, 6], &device),
+                &options,
+                &BinaryWeights {
+                    class: case.class_weights.as_deref().map(|w| vector(w, &device)),
+                    pos_weight: case.pos_weight.as_deref().map(|w| vector(w, &device)),
+                    sample: None,
+                },
+            )
+            .unwrap();
+            let upstream = upstream(reduction, case.rows * case.classes);
+            let reference = case.reference_bce(&options, Some(&upstream));
+            let expected = reference
+                .loss
+                .map_or(reference.row_losses.clone(), |l| vec![l]);
+            assert_within(
+                &format!("{what}: loss"),
+                &floats(loss.clone()),
+                &expected,
+                tol::LOSS,
+            );
+            let grads = (loss * vector(&upstream, &device)).sum().backward();
+            let gradient: Vec<f32> = floats(leaf.grad(&grads).unwrap())
+                .iter()
+                .map(|g| g / 2.0)
+                .collect();
+            assert_within(
+                &format!("{what}: d logits"),
+                &gradient,
+                &reference.gradient,
+                tol::gradient(dtype),
+            );
         }
     }
 }
