@@ -10,7 +10,8 @@
 // focal factor (torchvision) m = 1 − p_t = y'·σ(−x) + (1−y')·σ(x) (γ = 0:
 // m^γ = 1 and no second term), α_t = α·y' + (1−α)·(1−y') when α is on (else 1), s[n] the
 // row's sample weight, and scale the per-element upstream (`none`), the scalar upstream
-// (`sum`) or upstream/(N·C) (`mean`).
+// (`sum`) or upstream/(N·C) (`mean`); the scalar is the host's, or the device's (a backward's
+// `DeviceUpstream::Device`, copied into a block).
 //
 // Launch: flat over the chunk's elements; one invocation owns 4 consecutive elements and
 // writes their loss sum to `row_sums` (one vec4 per invocation) for the fixed-order reduction.
@@ -85,8 +86,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         if (is_nan(x)) { loss = nan(); }
         sum += loss;
         if (has(FLAG_KEEP_LOSSES)) { losses[p.f32_offset + f] = loss; }
-        var scale = p.upstream / p.denominator;
-        if (p.reduction == REDUCTION_SUM) { scale = p.upstream; }
+        // A device upstream sits at word 4 of its block (as in the softmax backward's).
+        var u = p.upstream;
+        if (has(FLAG_DEVICE_UPSTREAM)) { u = upstream[4]; }
+        var scale = u / p.denominator;
+        if (p.reduction == REDUCTION_SUM) { scale = u; }
         if (p.reduction == REDUCTION_NONE) { scale = select(1.0, upstream[p.f32_offset + f], has(FLAG_UPSTREAM)); }
         dx[k] = scale * w * d;
     }

@@ -511,6 +511,105 @@ fn in_place_beside_other_outputs() {
     }
 }
 
+/// BCE's recorded backward (`record_binary_cross_entropy_backward`): the gradient recomputed
+/// from logits and targets, with a host scalar, a device scalar or per-element upstream, into a
+/// slice or in place; every reduction, weights, pos_weight, sample weights, smoothing and
+/// sigmoid focal loss; against the reference. Bad upstreams are typed errors.
+#[test]
+fn binary_backward() {
+    use xent::gpu::DeviceUpstream;
+    use xent::{BinaryCrossEntropy, Reduction};
+    for gpu in paths() {
+        let case = Case::new(23, 29, 13, Hardness::default())
+            .multi_label(24, true)
+            .sample_weighted(25);
+        let (n, c) = (case.rows, case.classes);
+        let grid = [
+            (BinaryCrossEntropy::new(), false),
+            (BinaryCrossEntropy::new(), true),
+            (BinaryCrossEntropy::new().reduction(Reduction::Sum), true),
+            (
+                BinaryCrossEntropy::new()
+                    .reduction(Reduction::None)
+                    .label_smoothing(0.1),
+                false,
+            ),
+            (
+                BinaryCrossEntropy::new()
+                    .focal_gamma(2.0)
+                    .focal_alpha(0.25)
+                    .label_smoothing(0.05),
+                true,
+            ),
+        ];
+        for (options, device_upstream) in grid {
+            let upstream: Vec<f32> = match options.reduction {
+                Reduction::None => (0..n * c).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect(),
+                _ => vec![0.75],
+            };
+            let reference = case.reference_bce(&options, Some(&upstream));
+            let uploaded = DeviceCase::upload(&gpu, &case);
+            let up = buffer(&gpu, bytemuck::cast_slice(&upstream));
+            let grad = buffer(&gpu, &vec![0u8; n * c * 4]);
+            let upstream_arg = match (options.reduction, device_upstream) {
+                (Reduction::None, _) => DeviceUpstream::Rows(up.slice(..)),
+                (_, true) => DeviceUpstream::Device(up.slice(..)),
+                (_, false) => DeviceUpstream::Scalar(upstream[0]),
+            };
+            let label = format!("{options:?}, upstream {upstream_arg:?}");
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            gpu.record_binary_cross_entropy_backward(
+                &mut encoder,
+                &options,
+                &uploaded.batch(),
+                DeviceGradient::Into(grad.slice(..)),
+                upstream_arg,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            // In place over the logits.
+            let in_place = DeviceCase::upload(&gpu, &case);
+            gpu.record_binary_cross_entropy_backward(
+                &mut encoder,
+                &options,
+                &in_place.batch(),
+                DeviceGradient::InPlace,
+                upstream_arg,
+            )
+            .unwrap_or_else(|e| panic!("{label}, in place: {e}"));
+            gpu.queue().submit([encoder.finish()]);
+            for (what, values) in [("into", &grad), ("in place", &in_place.logits)] {
+                assert_within(
+                    &format!("{label}: gradient {what}"),
+                    &read(&gpu, values),
+                    &reference.gradient,
+                    tol::GRADIENT,
+                );
+            }
+            // The wrong kind of upstream for the reduction, and no gradient, are refused.
+            let wrong = match options.reduction {
+                Reduction::None => DeviceUpstream::Scalar(1.0),
+                _ => DeviceUpstream::Rows(up.slice(..)),
+            };
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            for (gradient, upstream) in [
+                (DeviceGradient::Into(grad.slice(..)), wrong),
+                (DeviceGradient::None, upstream_arg),
+            ] {
+                let err = gpu
+                    .record_binary_cross_entropy_backward(
+                        &mut encoder,
+                        &options,
+                        &uploaded.batch(),
+                        gradient,
+                        upstream,
+                    )
+                    .unwrap_err();
+                assert!(matches!(err, Error::Unsupported(_)), "{label}: {err}");
+            }
+        }
+    }
+}
+
 /// The autodiff split: a forward that records the loss and saves its per-row state, then a
 /// backward recorded from that state alone (`record_cross_entropy_backward`), with a host
 /// scalar, a device scalar or per-row upstream, into a slice or in place; every reduction,

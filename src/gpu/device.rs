@@ -180,7 +180,7 @@ pub enum DeviceUpstream<'a> {
     /// `Sum`/`Mean`: one f32 at the slice's start, on the device (an autodiff framework's
     /// incoming gradient; the slice's buffer needs `COPY_SRC`, and so does the saved totals').
     Device(wgpu::BufferSlice<'a>),
-    /// `None`: one f32 per row.
+    /// `None`: one f32 per row (softmax) or per element (BCE).
     Rows(wgpu::BufferSlice<'a>),
 }
 
@@ -310,11 +310,6 @@ impl Gpu {
         gradient: DeviceGradient<'_>,
         upstream: DeviceUpstream<'_>,
     ) -> Result<()> {
-        if matches!(gradient, DeviceGradient::None) {
-            return Err(Error::Unsupported(
-                "a backward needs a gradient destination (Into or InPlace)".into(),
-            ));
-        }
         let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         self.scoped(|| {
             super::schedule::record_backward(
@@ -332,6 +327,28 @@ impl Gpu {
         outputs: &DeviceOutputs,
     ) -> Result<()> {
         self.record_device(encoder, Loss::Binary(*options), batch, outputs, false)
+    }
+
+    /// Records the gradient of binary cross-entropy with logits, recomputed from the logits
+    /// and targets (BCE keeps no per-row state): one read of each and one write of the gradient
+    /// (`gradient`: into a slice, or in place over the logits); no loss is written.
+    /// `upstream` a host scalar, a device scalar (sum, mean) or per-element values (none).
+    /// For autodiff: the backward of a [`Gpu::record_binary_cross_entropy`] forward, run when
+    /// the loss's gradient arrives on the device.
+    pub fn record_binary_cross_entropy_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        options: &BinaryCrossEntropy,
+        batch: &DeviceBatch,
+        gradient: DeviceGradient<'_>,
+        upstream: DeviceUpstream<'_>,
+    ) -> Result<()> {
+        let mut pool = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        self.scoped(|| {
+            super::schedule::record_binary_backward(
+                self, &mut pool, encoder, options, batch, gradient, upstream,
+            )
+        })
     }
 
     /// A recorded call of either loss, on the pool's scratch, flagging bad targets in the

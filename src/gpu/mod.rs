@@ -4,7 +4,9 @@
 //! of scratch buffers reused across calls. Host-slice calls go through
 //! [`Backend::Gpu`](crate::Backend::Gpu); trainers that keep logits on the device record the
 //! same kernels into their own encoder with [`Gpu::record_cross_entropy`] and
-//! [`Gpu::record_binary_cross_entropy`], and a linear head from its hidden states and weight
+//! [`Gpu::record_binary_cross_entropy`] (for autodiff, their backwards
+//! [`Gpu::record_cross_entropy_backward`] and [`Gpu::record_binary_cross_entropy_backward`]),
+//! and a linear head from its hidden states and weight
 //! with [`Gpu::record_linear_cross_entropy`], all on `wgpu::BufferSlice`s.
 //!
 //! A softmax call is three passes (one kernel each, `shaders/`): partials (one read of the logits),

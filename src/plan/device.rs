@@ -203,21 +203,29 @@ pub(crate) fn separate(reads: &[Named<'_>], writes: &[Named<'_>]) -> Result<bool
     Ok(shared)
 }
 
-/// The parts of a recorded backward its forward's check does not see: a device upstream is
-/// one f32 of a `Sum`/`Mean` call, per-row values go with `None`, and the device upstream (and
-/// for the mean the saved totals) are copies' sources: 4-byte aligned, `COPY_SRC`.
-pub(crate) fn check_saved(
+/// The parts of a recorded backward its forward's check does not see: a gradient is asked
+/// for, a device upstream is
+/// one f32 of a `Sum`/`Mean` call, per-row (softmax) or per-element (BCE) values go with
+/// `None`, and the device upstream (and for a softmax mean the saved totals, `saved`) are
+/// copies' sources: 4-byte aligned, `COPY_SRC`.
+pub(crate) fn check_backward(
     batch: &DeviceBatch<'_>,
-    saved: &DeviceSaved<'_>,
+    saved: Option<&DeviceSaved<'_>>,
+    gradient: &DeviceGradient<'_>,
     upstream: &DeviceUpstream<'_>,
     reduction: Reduction,
 ) -> Result<()> {
+    if matches!(gradient, DeviceGradient::None) {
+        return Err(Error::Unsupported(
+            "a backward needs a gradient destination (Into or InPlace)".into(),
+        ));
+    }
     let shape = || format!("rows {} × classes {}", batch.rows, batch.classes);
     let per_row = matches!(upstream, DeviceUpstream::Rows(_));
     if (reduction == Reduction::None) != per_row {
         return Err(Error::Unsupported(format!(
-            "a backward's upstream is per row (DeviceUpstream::Rows) for Reduction::None and a \
-             scalar for sum and mean; got {upstream:?} with {reduction:?}"
+            "a backward's upstream is per row or element (DeviceUpstream::Rows) for \
+             Reduction::None and a scalar for sum and mean; got {upstream:?} with {reduction:?}"
         )));
     }
     if let DeviceUpstream::Device(u) = upstream {
@@ -229,7 +237,7 @@ pub(crate) fn check_saved(
             shape,
         )?;
         let mut sources = vec![("device upstream buffer", u.buffer())];
-        if reduction == Reduction::Mean {
+        if let (Reduction::Mean, Some(saved)) = (reduction, saved) {
             sources.push(("saved totals buffer", saved.totals.buffer()));
         }
         for (what, buffer) in sources {

@@ -97,7 +97,7 @@ impl XentBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = Inputs::binary(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
-            Some(gpu) => binary(&gpu, &bindable(inputs), None, call).0,
+            Some(gpu) => binary_loss(&gpu, &bindable(inputs), call),
             None => host::binary_loss(inputs, call),
         }
     }
@@ -110,22 +110,7 @@ impl XentBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = Inputs::binary(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
-            Some(gpu) => {
-                let upstream = aligned(upstream);
-                let gradient = binary(&gpu, &bindable(inputs), Some(&upstream), call).1;
-                let gradient = gradient.expect("a binary call with an upstream has a gradient");
-                match call.options.reduction {
-                    Reduction::None => gradient,
-                    // The kernels take a host scalar upstream for sum and mean: they wrote the
-                    // gradient for 1, scaled here by burn's device scalar.
-                    _ => {
-                        let shape = Shape::from(vec![1; gradient.meta.num_dims()]);
-                        let scale = CubeBackend::float_reshape(upstream, shape);
-                        let scale = CubeBackend::float_cast(scale, gradient.dtype.into());
-                        CubeBackend::float_mul(gradient, scale)
-                    }
-                }
-            }
+            Some(gpu) => binary_gradient(&gpu, bindable(inputs), &aligned(upstream), call),
             None => host::binary_gradient(inputs, upstream, call),
         }
     }
@@ -306,6 +291,39 @@ impl BoundInputs {
     }
 }
 
+impl BoundInputs {
+    /// The batch a backward reads and where its gradient goes, from
+    /// [`gradient_destination`]: f32 into a new tensor, or in place over the logits or a copy.
+    fn destination<'a>(
+        &'a self,
+        gradient: &'a Bound,
+        in_place: bool,
+        dtype: Dtype,
+        call: impl Into<Shaped>,
+    ) -> (DeviceBatch<'a>, DeviceGradient<'a>) {
+        if dtype == Dtype::F32 && !in_place {
+            (
+                self.batch(&self.logits, dtype, call.into()),
+                DeviceGradient::Into(gradient.slice()),
+            )
+        } else {
+            (
+                self.batch(gradient, dtype, call.into()),
+                DeviceGradient::InPlace,
+            )
+        }
+    }
+}
+
+/// burn's upstream gradient as xent takes it: per row (element) for none, its device scalar
+/// for sum and mean.
+fn device_upstream(upstream: &Bound, reduction: Reduction) -> DeviceUpstream<'_> {
+    match reduction {
+        Reduction::None => DeviceUpstream::Rows(upstream.slice()),
+        _ => DeviceUpstream::Device(upstream.slice()),
+    }
+}
+
 /// Records and submits one call: `record` gets an encoder on the xent device after burn's
 /// pending work is submitted.
 fn submit(
@@ -411,20 +429,8 @@ fn backward(
                 rows: rows_b.slice(),
                 totals: totals_b.slice(),
             };
-            let upstream = match call.options.reduction {
-                Reduction::None => DeviceUpstream::Rows(upstream_b.slice()),
-                _ => DeviceUpstream::Device(upstream_b.slice()),
-            };
-            let (batch, destination) = match (in_place, dtype) {
-                (false, Dtype::F32) => (
-                    bound.batch(&bound.logits, dtype, call.into()),
-                    DeviceGradient::Into(gradient_b.slice()),
-                ),
-                _ => (
-                    bound.batch(&gradient_b, dtype, call.into()),
-                    DeviceGradient::InPlace,
-                ),
-            };
+            let upstream = device_upstream(&upstream_b, call.options.reduction);
+            let (batch, destination) = bound.destination(&gradient_b, in_place, dtype, call);
             gpu.record_cross_entropy_backward(
                 encoder,
                 &call.options,
@@ -438,49 +444,53 @@ fn backward(
     gradient
 }
 
-/// Binary cross-entropy on the device: the loss, and with an `upstream` the gradient (for
-/// none, `upstream` per element; for sum and mean, for an upstream of 1).
-fn binary(
-    gpu: &Gpu,
-    inputs: &Inputs<CubeBackend>,
-    upstream: Option<&CubeTensor>,
-    call: BinaryCall,
-) -> (CubeTensor, Option<CubeTensor>) {
+/// Binary cross-entropy's loss on the device (per element for none).
+fn binary_loss(gpu: &Gpu, inputs: &Inputs<CubeBackend>, call: BinaryCall) -> CubeTensor {
     let dtype = dtype(&inputs.logits);
-    let per_element = call.options.reduction == Reduction::None;
     let loss = empty_f32(&inputs.logits, &[1]);
-    let elements = (per_element && upstream.is_none())
+    let elements = (call.options.reduction == Reduction::None)
         .then(|| empty_f32(&inputs.logits, &[call.rows * call.classes]));
-    let destination = upstream.map(|_| gradient_destination(&inputs.logits));
-    let in_place = destination.as_ref().is_some_and(|&(_, in_place)| in_place);
-    let gradient = destination.map(|(gradient, _)| gradient);
     {
         let bound = BoundInputs::new(inputs);
         let loss_b = Bound::new(&loss);
         let elements_b = elements.as_ref().map(Bound::new);
-        let gradient_b = gradient.as_ref().map(Bound::new);
-        let upstream_b = upstream.map(Bound::new);
         submit(gpu, &inputs.logits.client, |encoder| {
             let mut outputs = DeviceOutputs::new(loss_b.slice());
             outputs.rows = elements_b.as_ref().map(Bound::slice);
-            let batch = match (&gradient_b, dtype) {
-                (None, _) => bound.batch(&bound.logits, dtype, call.into()),
-                (Some(g), Dtype::F32) if !in_place => {
-                    outputs.gradient = DeviceGradient::Into(g.slice());
-                    bound.batch(&bound.logits, dtype, call.into())
-                }
-                (Some(g), _) => {
-                    outputs.gradient = DeviceGradient::InPlace;
-                    bound.batch(g, dtype, call.into())
-                }
-            };
-            if per_element {
-                outputs.upstream = upstream_b.as_ref().map(Bound::slice);
-            }
+            let batch = bound.batch(&bound.logits, dtype, call.into());
             gpu.record_binary_cross_entropy(encoder, &call.options, &batch, &outputs)
         });
     }
-    (elements.unwrap_or(loss), gradient)
+    elements.unwrap_or(loss)
+}
+
+/// Binary cross-entropy's gradient on the device, recomputed from the logits, for burn's
+/// upstream (per element for none, its device scalar for sum and mean), where
+/// [`gradient_destination`] puts it.
+fn binary_gradient(
+    gpu: &Gpu,
+    inputs: Inputs<CubeBackend>,
+    upstream: &CubeTensor,
+    call: BinaryCall,
+) -> CubeTensor {
+    let dtype = dtype(&inputs.logits);
+    let (gradient, in_place) = gradient_destination(&inputs.logits);
+    {
+        let bound = BoundInputs::new(&inputs);
+        let gradient_b = Bound::new(&gradient);
+        let upstream_b = Bound::new(upstream);
+        submit(gpu, &inputs.logits.client, |encoder| {
+            let (batch, destination) = bound.destination(&gradient_b, in_place, dtype, call);
+            gpu.record_binary_cross_entropy_backward(
+                encoder,
+                &call.options,
+                &batch,
+                destination,
+                device_upstream(&upstream_b, call.options.reduction),
+            )
+        });
+    }
+    gradient
 }
 
 /// A linear head on the device: one recorded call (the forward, the reduction and the asked

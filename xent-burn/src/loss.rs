@@ -202,9 +202,9 @@ pub struct BinaryWeights {
 /// - Shapes: logits and targets alike, any rank ≥ 1; targets in `[0, 1]`, any float dtype.
 ///   Logits f32, f16 or bf16.
 /// - The loss is `[1]` (sum; mean over every element) or one per element in the logits' order
-///   (none), f32. Under autodiff its gradient flows to the logits, in their dtype; for sum
-///   and mean the backward writes the gradient for an upstream of 1 and scales it by burn's
-///   (one more pass over the gradient).
+///   (none), f32. Under autodiff its gradient flows to the logits, in their dtype: the
+///   backward recomputes it from the logits and targets in one pass, with burn's upstream read
+///   on the device.
 /// - Errors: shapes that don't match, logits of another dtype, a device xent can't run on,
 ///   options out of their domain.
 ///

@@ -37,9 +37,10 @@ impl Call<'_> {
             gradient: self.gradient(first, count),
             targets: self.f32s(self.targets_buffer, first, count).0,
             row_sums: Window::whole(&s.row_sums),
-            upstream: match self.out.upstream {
-                Some(u) => self.f32s(u, first, count).0,
-                None => Window::whole(&s.dummy_read),
+            upstream: match (self.out.upstream, &self.device_upstream) {
+                (Some(u), _) => self.f32s(u, first, count).0,
+                (None, Some(block)) => Window::whole(block),
+                (None, None) => Window::whole(&s.dummy_read),
             },
             losses: match self.out.rows {
                 Some(r) => self.f32s(r, first, count).0,

@@ -24,6 +24,7 @@ use super::Gpu;
 use crate::error::Result;
 use crate::input::Layout;
 use crate::options::Reduction;
+use crate::plan::device::check_backward;
 use crate::plan::gpu::GpuCall;
 use crate::plan::Loss;
 use params::Blocks;
@@ -45,8 +46,9 @@ struct Call<'a> {
     targets_buffer: wgpu::BufferSlice<'a>,
     scratch: Scratch,
     blocks: Blocks,
-    /// A backward whose scalar upstream is on the device (`DeviceUpstream::Device`).
-    device_upstream: bool,
+    /// A backward whose scalar upstream is on the device (`DeviceUpstream::Device`): the
+    /// pooled block it was copied into, the upstream at word 4 (after the softmax totals).
+    device_upstream: Option<wgpu::Buffer>,
 }
 
 /// Records one call into `encoder`, using the pool's scratch buffers: the decisions of
@@ -74,7 +76,7 @@ pub(super) fn record(
         error_role,
         gpu.max_binding,
     )?;
-    let call = Call::new(gpu, job, (batch, out), plan, scratch, want_entropy, 0);
+    let call = Call::new(gpu, job, (batch, out), plan, scratch, want_entropy, None);
 
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("xent"),
@@ -122,26 +124,12 @@ pub(super) fn record_backward(
     let job = Loss::Softmax(*options);
     // The plan of a three-pass call with this gradient and upstream; its loss goes nowhere.
     let nowhere = pool.get(&gpu.device, Role::Loss, 16, super::encode::storage_usage());
-    let out = DeviceOutputs {
-        loss: nowhere.slice(..),
-        rows: None,
-        gradient,
-        upstream: match upstream {
-            DeviceUpstream::Rows(u) => Some(u),
-            _ => None,
-        },
-        upstream_scalar: match upstream {
-            DeviceUpstream::Scalar(u) => u,
-            _ => 1.0,
-        },
-        target_error: None,
-        saved: Some(saved),
-    };
+    let out = backward_outputs(nowhere.slice(..), gradient, upstream, Some(saved));
     let adapter = crate::plan::gpu::Adapter {
         fused: false,
         ..gpu.adapter_limits()
     };
-    crate::plan::device::check_saved(batch, &saved, &upstream, options.reduction)?;
+    check_backward(batch, Some(&saved), &gradient, &upstream, options.reduction)?;
     let plan = GpuCall::new(job, batch, &out, adapter)?;
     let mut scratch = Scratch::take(
         pool,
@@ -153,29 +141,13 @@ pub(super) fn record_backward(
         RECORDED_CALL_ERROR,
         gpu.max_binding,
     )?;
-    let device_upstream = matches!(upstream, DeviceUpstream::Device(_));
-    if let DeviceUpstream::Device(u) = upstream {
-        let block = pool.get(
-            &gpu.device,
-            Role::UpstreamBlock,
-            32,
-            super::encode::storage_usage(),
-        );
-        // The sum reads only the upstream; the mean the saved totals beside it.
-        if options.reduction == crate::options::Reduction::Mean {
-            let totals = saved.totals;
-            encoder.copy_buffer_to_buffer(totals.buffer(), totals.offset(), &block, 0, 16);
-        }
-        encoder.copy_buffer_to_buffer(u.buffer(), u.offset(), &block, 16, 4);
-        scratch.totals = Region::whole(&block);
+    // The sum reads only the upstream; the mean the saved totals beside it.
+    let totals = (options.reduction == Reduction::Mean).then_some(saved.totals);
+    let block = upstream_block(gpu, pool, encoder, upstream, totals);
+    if let Some(block) = &block {
+        scratch.totals = Region::whole(block);
     }
-    let extra = if device_upstream {
-        super::abi::FLAG_DEVICE_UPSTREAM
-    } else {
-        0
-    };
-    let mut call = Call::new(gpu, job, (batch, &out), plan, scratch, false, extra);
-    call.device_upstream = device_upstream;
+    let call = Call::new(gpu, job, (batch, &out), plan, scratch, false, block);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("xent backward"),
         timestamp_writes: None,
@@ -184,9 +156,103 @@ pub(super) fn record_backward(
     Ok(())
 }
 
+/// Records the gradient of binary cross-entropy with logits, recomputed from the logits and
+/// targets (BCE keeps no per-row state): the element pass alone, the upstream a host scalar,
+/// a device scalar (copied into a pooled block, read under `FLAG_DEVICE_UPSTREAM`) or
+/// per-element values. No loss is written.
+pub(super) fn record_binary_backward(
+    gpu: &Gpu,
+    pool: &mut Pool,
+    encoder: &mut wgpu::CommandEncoder,
+    options: &crate::options::BinaryCrossEntropy,
+    batch: &DeviceBatch,
+    gradient: DeviceGradient,
+    upstream: DeviceUpstream,
+) -> Result<()> {
+    let job = Loss::Binary(*options);
+    check_backward(batch, None, &gradient, &upstream, options.reduction)?;
+    let nowhere = pool.get(&gpu.device, Role::Loss, 16, super::encode::storage_usage());
+    let out = backward_outputs(nowhere.slice(..), gradient, upstream, None);
+    let plan = GpuCall::new(job, batch, &out, gpu.adapter_limits())?;
+    let scratch = Scratch::take(
+        pool,
+        &gpu.device,
+        (plan.rows, plan.classes),
+        plan.shape,
+        (plan.reduce_items, plan.softmax),
+        &out,
+        RECORDED_CALL_ERROR,
+        gpu.max_binding,
+    )?;
+    let block = upstream_block(gpu, pool, encoder, upstream, None);
+    let call = Call::new(gpu, job, (batch, &out), plan, scratch, false, block);
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("xent binary backward"),
+        timestamp_writes: None,
+    });
+    for (i, &chunk) in call.plan.chunks.iter().enumerate() {
+        if chunk.rows > 0 {
+            call.bce_chunk(&mut pass, i, chunk);
+        }
+    }
+    Ok(())
+}
+
+/// The outputs of a backward: its loss goes to `nowhere`, the upstream where the kernels read
+/// it (per row or element in `upstream`, a host scalar in `upstream_scalar`, a device scalar
+/// through [`upstream_block`]).
+fn backward_outputs<'a>(
+    nowhere: wgpu::BufferSlice<'a>,
+    gradient: DeviceGradient<'a>,
+    upstream: DeviceUpstream<'a>,
+    saved: Option<DeviceSaved<'a>>,
+) -> DeviceOutputs<'a> {
+    DeviceOutputs {
+        loss: nowhere,
+        rows: None,
+        gradient,
+        upstream: match upstream {
+            DeviceUpstream::Rows(u) => Some(u),
+            _ => None,
+        },
+        upstream_scalar: match upstream {
+            DeviceUpstream::Scalar(u) => u,
+            _ => 1.0,
+        },
+        target_error: None,
+        saved,
+    }
+}
+
+/// A device scalar upstream copied into a pooled block at word 4, after the softmax mean's
+/// saved `totals` (words 0..4) where given; `None` for other upstreams.
+fn upstream_block(
+    gpu: &Gpu,
+    pool: &mut Pool,
+    encoder: &mut wgpu::CommandEncoder,
+    upstream: DeviceUpstream,
+    totals: Option<wgpu::BufferSlice>,
+) -> Option<wgpu::Buffer> {
+    let DeviceUpstream::Device(u) = upstream else {
+        return None;
+    };
+    let block = pool.get(
+        &gpu.device,
+        Role::UpstreamBlock,
+        32,
+        super::encode::storage_usage(),
+    );
+    if let Some(totals) = totals {
+        encoder.copy_buffer_to_buffer(totals.buffer(), totals.offset(), &block, 0, 16);
+    }
+    encoder.copy_buffer_to_buffer(u.buffer(), u.offset(), &block, 16, 4);
+    Some(block)
+}
+
 impl<'a> Call<'a> {
     /// The call of `plan` on `batch` and `out` with its scratch, and every dispatch's `Params`
-    /// block from the shared fields (`extra_flags` added to them).
+    /// block from the shared fields (with `FLAG_DEVICE_UPSTREAM` where the upstream is in a
+    /// device block).
     fn new(
         gpu: &'a Gpu,
         job: Loss,
@@ -194,7 +260,7 @@ impl<'a> Call<'a> {
         plan: GpuCall,
         scratch: Scratch,
         want_entropy: bool,
-        extra_flags: u32,
+        device_upstream: Option<wgpu::Buffer>,
     ) -> Call<'a> {
         let spatial = match plan.layout {
             Layout::Rows => 0,
@@ -209,7 +275,9 @@ impl<'a> Call<'a> {
             plan.dense,
             want_entropy,
         );
-        base.flags |= extra_flags;
+        if device_upstream.is_some() {
+            base.flags |= super::abi::FLAG_DEVICE_UPSTREAM;
+        }
         if let Some(fused) = plan.fused {
             base.invocations_per_row = fused.invocations_per_row;
         }
@@ -229,7 +297,7 @@ impl<'a> Call<'a> {
             scratch,
             blocks: Blocks::default(),
             plan,
-            device_upstream: false,
+            device_upstream,
         };
         call.blocks = Blocks::new(&call, base);
         call
@@ -322,7 +390,7 @@ impl Call<'_> {
         match (self.plan.reduction, self.out.upstream) {
             (Reduction::None, Some(u)) => Window::slice(u).first(self.plan.rows as u64 * 4),
             // A device upstream's block: (ce, z, D, Σs, upstream), for the sum too.
-            (Reduction::Mean | Reduction::Sum, _) if self.device_upstream => {
+            (Reduction::Mean | Reduction::Sum, _) if self.device_upstream.is_some() => {
                 self.scratch.totals.head(20)
             }
             (Reduction::Mean, _) => self.scratch.totals.head(16),
