@@ -327,6 +327,36 @@ fn paired_ratios(d: &Data, grad: &mut [f32]) {
 /// The GPU group's shapes (rows, classes): small enough for llvmpipe.
 const GPU_SHAPES: [(usize, usize); 2] = [(16_384, 1000), (512, 32_000)];
 
+/// `parts` on the device, each as a buffer and its byte range: a buffer each, or (`shared`)
+/// one buffer holding them all at 256-byte-aligned offsets.
+fn device_buffers(
+    device: &wgpu::Device,
+    parts: [&[u8]; 4],
+    shared: bool,
+) -> [(wgpu::Buffer, std::ops::Range<u64>); 4] {
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let upload = |contents: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage,
+        })
+    };
+    if !shared {
+        return parts.map(|part| (upload(part), 0..part.len() as u64));
+    }
+    let mut packed = Vec::new();
+    let ranges = parts.map(|part| {
+        packed.resize(packed.len().next_multiple_of(256), 0);
+        let start = packed.len() as u64;
+        packed.extend_from_slice(part);
+        start..packed.len() as u64
+    });
+    let buffer = upload(&packed);
+    ranges.map(|range| (buffer.clone(), range))
+}
+
 /// GPU vs CPU vs naive on shapes llvmpipe finishes quickly; GPU work is timed from submit to
 /// the device going idle, with the logits already resident (as in training).
 fn gpu(c: &mut Criterion) {
@@ -346,9 +376,13 @@ fn gpu(c: &mut Criterion) {
     };
     // The default device (fused kernel where rows fit), and the three passes for plain
     // cross-entropy beside it.
+    // Every input and output in one buffer, as a framework's sub-allocated tensors are: the
+    // calls take the variants whose storage bindings are all read_write (issue #14: they must
+    // not cost speed).
     let paths = [
-        ("gpu", fused, variants().len()),
-        ("gpu three-pass", three_pass, 1),
+        ("gpu", fused.clone(), variants().len(), false),
+        ("gpu three-pass", three_pass, 1, false),
+        ("gpu shared buffer", fused, 1, true),
     ];
     for (rows, classes) in GPU_SHAPES {
         let d = data(rows, classes);
@@ -358,48 +392,32 @@ fn gpu(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(2));
         group.throughput(Throughput::Bytes((d.logits.len() * 4 * 3) as u64));
-        for (path, gpu, losses) in &paths {
+        for (path, gpu, losses, shared) in &paths {
             let device = gpu.device();
-            let usage = wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC;
-            let logits = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&d.logits),
-                usage,
-            });
-            let targets = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&d.targets),
-                usage,
-            });
-            let loss_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: 16,
-                usage,
-                mapped_at_creation: false,
-            });
-            let grad_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: (d.logits.len() * 4) as u64,
-                usage,
-                mapped_at_creation: false,
-            });
+            let zeros = vec![0u8; d.logits.len() * 4];
+            let parts: [&[u8]; 4] = [
+                bytemuck::cast_slice(&d.logits),
+                bytemuck::cast_slice(&d.targets),
+                &zeros[..16],
+                &zeros,
+            ];
+            let [logits, targets, loss_buffer, grad_buffer] =
+                device_buffers(device, parts, *shared);
             let batch = DeviceBatch {
-                logits: logits.slice(..),
+                logits: logits.0.slice(logits.1.clone()),
                 dtype: Dtype::F32,
                 rows,
                 classes,
                 layout: Layout::Rows,
-                targets: DeviceTargets::I64(targets.slice(..)),
+                targets: DeviceTargets::I64(targets.0.slice(targets.1.clone())),
                 class_weights: None,
                 pos_weight: None,
                 sample_weights: None,
             };
             let outputs = DeviceOutputs {
-                loss: loss_buffer.slice(..),
+                loss: loss_buffer.0.slice(loss_buffer.1.clone()),
                 rows: None,
-                gradient: DeviceGradient::Into(grad_buffer.slice(..)),
+                gradient: DeviceGradient::Into(grad_buffer.0.slice(grad_buffer.1.clone())),
                 upstream: None,
                 upstream_scalar: 1.0,
                 target_error: None,
@@ -512,7 +530,7 @@ fn ratios(_: &mut Criterion) {
     );
     // GPU wall time (submit to idle) and, with timestamp queries, the device's own time.
     let device = device_fastest().lock().unwrap();
-    let plain_three_pass = [("gpu three-pass", "")];
+    let plain_three_pass = [("gpu three-pass", ""), ("gpu shared buffer", "")];
     let paths = variants()
         .map(|(suffix, _)| ("gpu", suffix))
         .into_iter()
@@ -539,6 +557,17 @@ fn ratios(_: &mut Criterion) {
         println!(
             "gpu three-pass / gpu {shape}: {}",
             ratio(&format!("gpu three-pass {shape}"), &format!("gpu {shape}"))
+        );
+    }
+    // What the read_write variants cost a framework's shared buffers (1.00: nothing).
+    for (rows, classes) in GPU_SHAPES {
+        let shape = format!("{rows}x{classes}");
+        println!(
+            "gpu shared buffer / gpu {shape}: {}",
+            ratio(
+                &format!("gpu shared buffer {shape}"),
+                &format!("gpu {shape}")
+            )
         );
     }
     // What focal loss costs over plain cross-entropy (1.00: nothing).

@@ -15,7 +15,7 @@ mod common;
 
 use common::device::Packed;
 
-use common::Rng;
+use common::{assert_each, Rng};
 use half::{bf16, f16};
 use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
 use xent::reference::{linear_cross_entropy, LinearReference};
@@ -192,41 +192,6 @@ fn try_run(
     }
     let out = loss.compute(backend, head.batch(), request)?;
     Ok((out, g))
-}
-
-/// `|a − r| ≤ tol[i]`, NaN and infinities exact; panics naming the worst element.
-fn assert_each(what: &str, actual: &[f32], expected: &[f64], tol: impl Fn(usize) -> f64) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    let mut worst: Option<(usize, f64)> = None;
-    for (i, (&a, &r)) in actual.iter().zip(expected).enumerate() {
-        let a = a as f64;
-        let excess = if r.is_nan() || a.is_nan() {
-            if r.is_nan() && a.is_nan() {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        } else if r.is_infinite() || a.is_infinite() {
-            if a == r {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        } else {
-            (a - r).abs() / tol(i)
-        };
-        if excess > 1.0 && worst.is_none_or(|(_, e)| excess > e) {
-            worst = Some((i, excess));
-        }
-    }
-    if let Some((i, excess)) = worst {
-        panic!(
-            "{what}: element {i} is {} but the reference says {} ({excess:.2}× the tolerance {:e})",
-            actual[i],
-            expected[i],
-            tol(i)
-        );
-    }
 }
 
 /// Checks a run against the reference (`prefill` added to the gradients in add mode).

@@ -477,6 +477,41 @@ pub fn assert_within(what: &str, actual: &[f32], expected: &[f64], tol: tol::Tol
     assert_close(what, actual, expected, tol.abs, tol.rel);
 }
 
+/// `|a − r| ≤ tol[i]`, NaN and infinities exact; panics naming the worst element.
+pub fn assert_each(what: &str, actual: &[f32], expected: &[f64], tol: impl Fn(usize) -> f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&a, &r)) in actual.iter().zip(expected).enumerate() {
+        let a = a as f64;
+        let excess = if r.is_nan() || a.is_nan() {
+            if r.is_nan() && a.is_nan() {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else if r.is_infinite() || a.is_infinite() {
+            if a == r {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            (a - r).abs() / tol(i)
+        };
+        if excess > 1.0 && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, excess)) = worst {
+        panic!(
+            "{what}: element {i} is {} but the reference says {} ({excess:.2}× the tolerance {:e})",
+            actual[i],
+            expected[i],
+            tol(i)
+        );
+    }
+}
+
 /// `|a − r| ≤ abs + rel·|r|`, with NaN = NaN and ±inf = same inf. Panics naming the worst.
 pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], abs: f64, rel: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");

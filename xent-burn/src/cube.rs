@@ -274,11 +274,7 @@ impl BoundInputs {
     /// The batch over `logits` (the inputs' own, or a copy to write in place).
     fn batch<'a>(&'a self, logits: &'a Bound, dtype: Dtype, shape: Shaped) -> DeviceBatch<'a> {
         let targets = match (&self.index, &self.dense) {
-            (Some((b, DType::I64)), _) => DeviceTargets::I64(b.slice()),
-            (Some((b, DType::I32)), _) => DeviceTargets::I32(b.slice()),
-            (Some((_, other)), _) => {
-                panic!("xent-burn: class indices of dtype {other:?} (the loss functions cast them)")
-            }
+            (Some((b, dtype)), _) => index_targets(b, *dtype).into(),
             (None, Some(b)) => DeviceTargets::Dense(b.slice()),
             (None, None) => panic!("xent-burn: a call without targets"),
         };
@@ -315,6 +311,17 @@ impl BoundInputs {
     }
 }
 
+/// Class indices as xent binds them: i32 or i64 (the loss functions cast other dtypes).
+fn index_targets(bound: &Bound, dtype: DType) -> DeviceIndexTargets<'_> {
+    match dtype {
+        DType::I64 => DeviceIndexTargets::I64(bound.slice()),
+        DType::I32 => DeviceIndexTargets::I32(bound.slice()),
+        other => {
+            panic!("xent-burn: class indices of dtype {other:?} (the loss functions cast them)")
+        }
+    }
+}
+
 /// burn's upstream gradient as xent takes it: per row (element) for none, its device scalar
 /// for sum and mean.
 fn device_upstream(upstream: &Bound, reduction: Reduction) -> DeviceUpstream<'_> {
@@ -331,8 +338,10 @@ fn submit(
     client: &cubecl::client::Client,
     record: impl FnOnce(&mut wgpu::CommandEncoder) -> xent::Result<()>,
 ) {
-    // `get_resource` ran the pending work of each bound tensor's stream (a tensor made on
-    // another thread included); `flush` submits it before xent's commands.
+    // `get_resource` ran and submitted the pending work of each bound tensor's stream and of
+    // this thread's (cubecl 0.11's scheduler submits every stream it executes; a tensor made
+    // on another thread included). `flush` keeps the order explicit rather than resting on
+    // that.
     client
         .flush()
         .expect("burn's pending work is submitted before xent records");
@@ -528,13 +537,7 @@ fn linear(
         let flag_b = Bound::new(&flag);
         let (dh_b, dw_b, db_b) = (Bound::new(&dh), Bound::new(&dw), Bound::new(&db));
         submit(gpu, &inputs.hidden.client, |encoder| {
-            let targets = match inputs.targets.dtype {
-                DType::I64 => DeviceIndexTargets::I64(targets.slice()),
-                DType::I32 => DeviceIndexTargets::I32(targets.slice()),
-                other => panic!(
-                    "xent-burn: class indices of dtype {other:?} (the loss functions cast them)"
-                ),
-            };
+            let targets = index_targets(&targets, inputs.targets.dtype);
             let mut batch = DeviceLinearBatch::new(
                 DeviceMatrix::new(hidden.slice(), dtype, n, d),
                 DeviceMatrix::new(weight.slice(), dtype, v, d),

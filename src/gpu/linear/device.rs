@@ -59,6 +59,15 @@ pub enum DeviceIndexTargets<'a> {
     I64(wgpu::BufferSlice<'a>),
 }
 
+impl<'a> From<DeviceIndexTargets<'a>> for crate::gpu::DeviceTargets<'a> {
+    fn from(targets: DeviceIndexTargets<'a>) -> Self {
+        match targets {
+            DeviceIndexTargets::I32(t) => Self::I32(t),
+            DeviceIndexTargets::I64(t) => Self::I64(t),
+        }
+    }
+}
+
 /// Where a recorded call puts one gradient (f32).
 #[derive(Debug, Clone, Copy)]
 pub enum DeviceGradientSlice<'a> {
