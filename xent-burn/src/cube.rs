@@ -16,7 +16,6 @@ use burn::tensor::wgpu::wgpu;
 use burn::tensor::{DType, Shape, Slice};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
-use cubecl::server::Handle;
 use cubecl::wgpu::WgpuServer;
 use xent::gpu::{
     DeviceBatch, DeviceGradient, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
@@ -138,24 +137,24 @@ impl XentBackend for CubeBackend {
 
 /// A new contiguous f32 tensor of `shape` on `near`'s device.
 pub(crate) fn empty_f32(near: &CubeTensor, shape: &[usize]) -> CubeTensor {
+    empty(near, shape, DType::F32)
+}
+
+/// A new contiguous tensor of `shape` and `dtype` on `near`'s device, its contents undefined.
+fn empty(near: &CubeTensor, shape: &[usize], dtype: DType) -> CubeTensor {
     empty_device_contiguous_dtype(
         near.client.clone(),
         near.device.clone(),
         Shape::from(shape.to_vec()),
-        DType::F32,
+        dtype,
     )
 }
 
-/// A new tensor of `shape` holding `bytes`, on `near`'s device.
-pub(crate) fn filled(near: &CubeTensor, bytes: &[u8], shape: &[usize], dtype: DType) -> CubeTensor {
-    let handle: Handle = near.client.create_from_slice(bytes);
-    CubeTensor::new_contiguous(
-        near.client.clone(),
-        near.device.clone(),
-        Shape::from(shape.to_vec()),
-        handle,
-        dtype,
-    )
+/// A target-error flag: one u32, zeroed by [`Bound::clear`] in xent's own encoder (a tensor
+/// created from host bytes would be a write burn submits before xent's commands, costing a
+/// queue submission per call).
+fn flag(near: &CubeTensor) -> CubeTensor {
+    empty(near, &[1], DType::U32)
 }
 
 /// Storage-buffer offsets must be multiples of the device's alignment: cubecl's allocations
@@ -205,6 +204,11 @@ impl Bound {
             size,
         }
     }
+    /// Zeroes the range (whole words: burn's buffers have `COPY_DST`).
+    fn clear(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.clear_buffer(&self.buffer, self.offset, Some(self.size));
+    }
+
     fn slice(&self) -> wgpu::BufferSlice<'_> {
         self.buffer.slice(self.offset..self.offset + self.size)
     }
@@ -368,7 +372,7 @@ fn forward(
     let per_row = call.options.reduction == Reduction::None;
     let loss = empty_f32(&inputs.logits, &[1]);
     let records = per_row.then(|| empty_f32(&inputs.logits, &[call.rows, RECORD_WORDS]));
-    let flag = filled(&inputs.logits, &[0; 4], &[1], DType::U32);
+    let flag = flag(&inputs.logits);
     let saved = save.then(|| {
         (
             empty_f32(&inputs.logits, &call.saved_rows_shape()),
@@ -383,6 +387,7 @@ fn forward(
         let saved_b = saved.as_ref().map(|(r, t)| (Bound::new(r), Bound::new(t)));
         submit(gpu, &inputs.logits.client, |encoder| {
             let batch = bound.batch(&bound.logits, dtype(&inputs.logits), call.into());
+            flag_b.clear(encoder);
             let mut outputs = DeviceOutputs::new(loss_b.slice()).target_error(flag_b.slice());
             outputs.rows = records_b.as_ref().map(Bound::slice);
             if let Some((rows, totals)) = &saved_b {
@@ -515,7 +520,7 @@ fn linear(
     let wanted = call.gradients;
     let loss = empty_f32(&inputs.hidden, &[1]);
     let records = per_row.then(|| empty_f32(&inputs.hidden, &[n, RECORD_WORDS]));
-    let flag = filled(&inputs.hidden, &[0; 4], &[1], DType::U32);
+    let flag = flag(&inputs.hidden);
     // A gradient not asked for gets a one-element placeholder.
     let gradient = |wanted: bool, shape: &[usize]| {
         empty_f32(&inputs.hidden, if wanted { shape } else { &[1] })
@@ -548,6 +553,7 @@ fn linear(
             batch.sample_weights = sample_weights.as_ref().map(Bound::slice);
             let mut outputs = DeviceLinearOutputs::new(loss_b.slice());
             outputs.rows = records_b.as_ref().map(Bound::slice);
+            flag_b.clear(encoder);
             outputs.target_error = Some(flag_b.slice());
             fn write(wanted: bool, b: &Bound) -> Option<DeviceGradientSlice<'_>> {
                 wanted.then(|| DeviceGradientSlice::Write(b.slice()))
