@@ -35,7 +35,8 @@ const RECORD_WORDS: usize = std::mem::size_of::<GpuRow>() / 4;
 type Server = WgpuServer<AutoCompiler>;
 
 /// The inputs of a call on `gpu`: contiguous, at offsets the device can bind.
-fn bindable(inputs: Inputs<CubeBackend>) -> Inputs<CubeBackend> {
+fn bindable(gpu: &Gpu, inputs: Inputs<CubeBackend>) -> Inputs<CubeBackend> {
+    let aligned = |tensor| aligned(gpu, tensor);
     inputs.map(aligned, aligned)
 }
 
@@ -44,7 +45,7 @@ impl XentBackend for CubeBackend {
         let inputs = Inputs::new(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
             Some(gpu) => {
-                let (loss, flag, _) = forward(&gpu, &bindable(inputs), call, false);
+                let (loss, flag, _) = forward(&gpu, &bindable(&gpu, inputs), call, false);
                 (loss, flag)
             }
             None => host::loss(inputs, call),
@@ -59,7 +60,7 @@ impl XentBackend for CubeBackend {
         let inputs = Inputs::new(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
             Some(gpu) => {
-                let (loss, flag, saved) = forward(&gpu, &bindable(inputs), call, true);
+                let (loss, flag, saved) = forward(&gpu, &bindable(&gpu, inputs), call, true);
                 let (rows, totals) = saved.expect("a saving forward returns its state");
                 (loss, flag, rows, totals)
             }
@@ -79,10 +80,10 @@ impl XentBackend for CubeBackend {
         match crate::device::gpu_of(&inputs.logits.device) {
             Some(gpu) => backward(
                 &gpu,
-                bindable(inputs),
+                bindable(&gpu, inputs),
                 &saved_rows,
                 &saved_totals,
-                &aligned(upstream),
+                &aligned(&gpu, upstream),
                 call,
             ),
             None => host::gradient(inputs, upstream, call),
@@ -96,7 +97,7 @@ impl XentBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = Inputs::binary(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
-            Some(gpu) => binary_loss(&gpu, &bindable(inputs), call),
+            Some(gpu) => binary_loss(&gpu, &bindable(&gpu, inputs), call),
             None => host::binary_loss(inputs, call),
         }
     }
@@ -109,7 +110,9 @@ impl XentBackend for CubeBackend {
     ) -> CubeTensor {
         let inputs = Inputs::binary(logits, given);
         match crate::device::gpu_of(&inputs.logits.device) {
-            Some(gpu) => binary_gradient(&gpu, bindable(inputs), &aligned(upstream), call),
+            Some(gpu) => {
+                binary_gradient(&gpu, bindable(&gpu, inputs), &aligned(&gpu, upstream), call)
+            }
             None => host::binary_gradient(inputs, upstream, call),
         }
     }
@@ -126,8 +129,8 @@ impl XentBackend for CubeBackend {
         match crate::device::gpu_of(&inputs.hidden.device) {
             Some(gpu) => linear(
                 &gpu,
-                &inputs.map(aligned, aligned),
-                &aligned(upstream),
+                &inputs.map(|t| aligned(&gpu, t), |t| aligned(&gpu, t)),
+                &aligned(&gpu, upstream),
                 call,
             ),
             None => host::linear(inputs, upstream, call),
@@ -159,9 +162,10 @@ fn flag(near: &CubeTensor) -> CubeTensor {
 
 /// Storage-buffer offsets must be multiples of the device's alignment: cubecl's allocations
 /// are, but a view (a slice of rows, say) may start anywhere; such a view is copied.
-fn aligned(tensor: CubeTensor) -> CubeTensor {
+fn aligned(gpu: &Gpu, tensor: CubeTensor) -> CubeTensor {
     let tensor = into_contiguous(tensor);
-    let alignment = tensor.client.properties().memory.alignment.max(256);
+    let storage = gpu.device().limits().min_storage_buffer_offset_alignment as u64;
+    let alignment = tensor.client.properties().memory.alignment.max(storage);
     if tensor
         .handle
         .offset_start
