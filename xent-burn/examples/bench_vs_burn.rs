@@ -21,8 +21,10 @@ use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use xent::CrossEntropy;
 
-/// Issue #15's shapes (each ≥ 8 MiB of f32 logits) and a vocabulary-sized one.
-const SHAPES: &str = "1048576x2,1048576x10,262144x100,65536x1000,16x21x512x512,4096x32000";
+/// Issue #15's shapes (each ≥ 8 MiB of f32 logits) and a vocabulary-sized one, those above
+/// 128 MiB scaled down to it: burn allocates a tensor in one buffer, and lavapipe's limit is
+/// 128 MiB (issue #15's 65536x1000, 16x21x512x512 and 4096x32000 fit on most GPUs).
+const SHAPES: &str = "1048576x2,1048576x10,262144x100,32768x1000,8x21x256x256,1024x32000";
 
 fn device() -> Result<Device, String> {
     let options = Device::wgpu_options();
@@ -157,7 +159,9 @@ fn finish(loss: Tensor<1>, tracked: bool, device: &Device) {
         device.sync().expect("the backward runs");
         drop(grads);
     } else {
-        let _ = loss.into_data();
+        // burn reads lazily: the bytes are fetched when they are used.
+        let value = loss.into_data().to_vec::<f32>().expect("the loss reads back");
+        std::hint::black_box(value);
     }
 }
 
