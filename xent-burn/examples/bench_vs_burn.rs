@@ -160,7 +160,10 @@ fn finish(loss: Tensor<1>, tracked: bool, device: &Device) {
         drop(grads);
     } else {
         // burn reads lazily: the bytes are fetched when they are used.
-        let value = loss.into_data().to_vec::<f32>().expect("the loss reads back");
+        let value = loss
+            .into_data()
+            .to_vec::<f32>()
+            .expect("the loss reads back");
         std::hint::black_box(value);
     }
 }
