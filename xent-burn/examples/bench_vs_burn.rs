@@ -162,7 +162,7 @@ fn finish(loss: Tensor<1>, tracked: bool, device: &Device) {
         // burn reads lazily: the bytes are fetched when they are used.
         let value = loss
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .expect("the loss reads back");
         std::hint::black_box(value);
     }
