@@ -6,8 +6,8 @@ mod common;
 mod support;
 
 use burn::tensor::Tensor;
-use common::{assert_within, tol, Case, Hardness};
-use support::{check_loss_and_gradient, dense_targets, device, floats, logits, upstream, vector};
+use common::{Case, Hardness};
+use support::{check_loss_and_gradient, dense_targets, device, logits, upstream, vector};
 use xent::{BinaryCrossEntropy, Dtype, Reduction};
 use xent_burn::BinaryWeights;
 
@@ -91,13 +91,10 @@ fn gradient_over_logits_only_the_loss_holds() {
             let case = Case::new(9, 7, 6, Hardness::default())
                 .multi_label(10, true)
                 .dtype(dtype);
-            // logits = 2·leaf: exact in every dtype, and d loss / d leaf = 2·d loss / d logits.
-            let mut halved = case.clone();
-            halved.logits.iter_mut().for_each(|v| *v /= 2.0);
-            let leaf = logits(&halved, [7, 6], &device);
+            let (leaf, logits) = support::doubled(&case, [7, 6], &device);
             let options = BinaryCrossEntropy::new().reduction(reduction);
             let loss = xent_burn::binary_cross_entropy_with_logits(
-                leaf.clone() * 2.0,
+                logits,
                 dense_targets(&case, [7, 6], &device),
                 &options,
                 &BinaryWeights {
@@ -109,26 +106,7 @@ fn gradient_over_logits_only_the_loss_holds() {
             .unwrap();
             let upstream = upstream(reduction, case.rows * case.classes);
             let reference = case.reference_bce(&options, Some(&upstream));
-            let expected = reference
-                .loss
-                .map_or(reference.row_losses.clone(), |l| vec![l]);
-            assert_within(
-                &format!("{what}: loss"),
-                &floats(loss.clone()),
-                &expected,
-                tol::LOSS,
-            );
-            let grads = (loss * vector(&upstream, &device)).sum().backward();
-            let gradient: Vec<f32> = floats(leaf.grad(&grads).unwrap())
-                .iter()
-                .map(|g| g / 2.0)
-                .collect();
-            assert_within(
-                &format!("{what}: d logits"),
-                &gradient,
-                &reference.gradient,
-                tol::gradient(dtype),
-            );
+            support::check_loss_and_leaf_gradient(&what, loss, &leaf, &upstream, &reference, dtype);
         }
     }
 }

@@ -131,34 +131,16 @@ fn gradient_over_logits_only_the_loss_holds() {
             let case = Case::new(8, 21, 11, Hardness::default())
                 .ignore_every(5, -100)
                 .dtype(dtype);
-            // logits = 2·leaf: exact in every dtype, and d loss / d leaf = 2·d loss / d logits.
-            let mut halved = case.clone();
-            halved.logits.iter_mut().for_each(|v| *v /= 2.0);
-            let leaf = logits(&halved, [21, 11], &device);
+            let (leaf, logits) = support::doubled(&case, [21, 11], &device);
             let targets = support::index_targets(&case, [21], &device);
             let options = CrossEntropy::new()
                 .reduction(reduction)
                 .label_smoothing(0.1);
-            let out = xent_burn::cross_entropy(leaf.clone() * 2.0, targets, &options).unwrap();
+            let out = xent_burn::cross_entropy(logits, targets, &options).unwrap();
             let upstream = upstream(reduction, case.rows);
             let reference = case.reference(&options, Some(&upstream));
-            let values = floats(out.loss.clone());
-            let expected = reference
-                .loss
-                .map_or(reference.row_losses.clone(), |l| vec![l]);
-            assert_within(&format!("{what}: loss"), &values, &expected, tol::LOSS);
-            let grads = (out.loss * support::vector(&upstream, &device))
-                .sum()
-                .backward();
-            let gradient: Vec<f32> = floats(leaf.grad(&grads).unwrap())
-                .iter()
-                .map(|g| g / 2.0)
-                .collect();
-            assert_within(
-                &format!("{what}: d logits"),
-                &gradient,
-                &reference.gradient,
-                tol::gradient(dtype),
+            support::check_loss_and_leaf_gradient(
+                &what, out.loss, &leaf, &upstream, &reference, dtype,
             );
         }
     }

@@ -66,16 +66,7 @@ pub(super) fn record(
     error_role: Role,
 ) -> Result<()> {
     let plan = GpuCall::new(job, batch, out, gpu.adapter_limits())?;
-    let scratch = Scratch::take(
-        pool,
-        &gpu.device,
-        (plan.rows, plan.classes),
-        plan.shape,
-        (plan.reduce_items, plan.softmax),
-        out,
-        error_role,
-        gpu.max_binding,
-    )?;
+    let scratch = scratch(gpu, pool, &plan, out, error_role)?;
     let call = Call::new(gpu, job, (batch, out), plan, scratch, want_entropy, None);
 
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -131,16 +122,7 @@ pub(super) fn record_backward(
     };
     check_backward(batch, Some(&saved), &gradient, &upstream, options.reduction)?;
     let plan = GpuCall::new(job, batch, &out, adapter)?;
-    let mut scratch = Scratch::take(
-        pool,
-        &gpu.device,
-        (plan.rows, plan.classes),
-        plan.shape,
-        (plan.reduce_items, plan.softmax),
-        &out,
-        RECORDED_CALL_ERROR,
-        gpu.max_binding,
-    )?;
+    let mut scratch = scratch(gpu, pool, &plan, &out, RECORDED_CALL_ERROR)?;
     // The sum reads only the upstream; the mean the saved totals beside it.
     let totals = (options.reduction == Reduction::Mean).then_some(saved.totals);
     let block = upstream_block(gpu, pool, encoder, upstream, totals);
@@ -174,16 +156,7 @@ pub(super) fn record_binary_backward(
     let nowhere = pool.get(&gpu.device, Role::Loss, 16, super::encode::storage_usage());
     let out = backward_outputs(nowhere.slice(..), gradient, upstream, None);
     let plan = GpuCall::new(job, batch, &out, gpu.adapter_limits())?;
-    let scratch = Scratch::take(
-        pool,
-        &gpu.device,
-        (plan.rows, plan.classes),
-        plan.shape,
-        (plan.reduce_items, plan.softmax),
-        &out,
-        RECORDED_CALL_ERROR,
-        gpu.max_binding,
-    )?;
+    let scratch = scratch(gpu, pool, &plan, &out, RECORDED_CALL_ERROR)?;
     let block = upstream_block(gpu, pool, encoder, upstream, None);
     let call = Call::new(gpu, job, (batch, &out), plan, scratch, false, block);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -247,6 +220,27 @@ fn upstream_block(
     }
     encoder.copy_buffer_to_buffer(u.buffer(), u.offset(), &block, 16, 4);
     Some(block)
+}
+
+/// The pooled scratch of `plan`'s call, its target-error flag `error_role`'s where `out` has
+/// none.
+fn scratch(
+    gpu: &Gpu,
+    pool: &mut Pool,
+    plan: &GpuCall,
+    out: &DeviceOutputs,
+    error_role: Role,
+) -> Result<Scratch> {
+    Scratch::take(
+        pool,
+        &gpu.device,
+        (plan.rows, plan.classes),
+        plan.shape,
+        (plan.reduce_items, plan.softmax),
+        out,
+        error_role,
+        gpu.max_binding,
+    )
 }
 
 impl<'a> Call<'a> {

@@ -108,6 +108,46 @@ pub fn check_loss_and_gradient<const D: usize>(
     reference: &Reference,
     dtype: Dtype,
 ) {
+    check_through(what, loss, logits, 1.0, upstream, reference, dtype);
+}
+
+/// Logits that only the loss will hold once moved into the call, as a model's output:
+/// `2·leaf` for a tracked leaf holding half the case's logits (exact in every dtype). Returns
+/// the leaf and the logits; check with [`check_loss_and_leaf_gradient`].
+pub fn doubled<const D: usize>(
+    case: &Case,
+    shape: [usize; D],
+    device: &Device,
+) -> (Tensor<D>, Tensor<D>) {
+    let mut halved = case.clone();
+    halved.logits.iter_mut().for_each(|v| *v /= 2.0);
+    let leaf = logits(&halved, shape, device);
+    (leaf.clone(), leaf * 2.0)
+}
+
+/// [`check_loss_and_gradient`] for logits made by [`doubled`]: d loss / d logits is half the
+/// leaf's gradient.
+pub fn check_loss_and_leaf_gradient<const D: usize>(
+    what: &str,
+    loss: Tensor<1>,
+    leaf: &Tensor<D>,
+    upstream: &[f32],
+    reference: &Reference,
+    dtype: Dtype,
+) {
+    check_through(what, loss, leaf, 0.5, upstream, reference, dtype);
+}
+
+/// The loss, then `factor` times the gradient with respect to `tensor` as d loss / d logits.
+fn check_through<const D: usize>(
+    what: &str,
+    loss: Tensor<1>,
+    tensor: &Tensor<D>,
+    factor: f32,
+    upstream: &[f32],
+    reference: &Reference,
+    dtype: Dtype,
+) {
     let values = floats(loss.clone());
     match reference.loss {
         Some(expected) => assert_within(&format!("{what}: loss"), &values, &[expected], tol::LOSS),
@@ -118,13 +158,14 @@ pub fn check_loss_and_gradient<const D: usize>(
             tol::LOSS,
         ),
     }
-    let device = logits.device();
+    let device = tensor.device();
     let grads = (loss * vector(upstream, &device)).sum().backward();
-    let gradient = logits.grad(&grads).expect("the logits' gradient");
-    assert_eq!(gradient.dtype(), logits.dtype(), "{what}: gradient dtype");
+    let gradient = tensor.grad(&grads).expect("the gradient");
+    assert_eq!(gradient.dtype(), tensor.dtype(), "{what}: gradient dtype");
+    let gradient: Vec<f32> = floats(gradient).iter().map(|g| g * factor).collect();
     assert_within(
         &format!("{what}: d logits"),
-        &floats(gradient),
+        &gradient,
         &reference.gradient,
         tol::gradient(dtype),
     );
