@@ -5,7 +5,7 @@
 //! every burn runtime.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Backend as BurnBackend, TensorMetadata};
+use burn::backend::{Backend as BurnBackend, FloatDType, TensorMetadata};
 use burn::tensor::{read_sync, DType, TensorData};
 use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest};
 use xent::{Backend, Batch, Layout, Logits, Matrix, Reduction, Request, Targets};
@@ -149,8 +149,8 @@ pub(crate) fn loss<B: BurnBackend>(
     )
 }
 
-/// [`loss`] with the saved state's tensors, in the device's shapes: the CPU path keeps no
-/// state (its backward runs the loss again).
+/// [`loss`] with the saved state's tensors, in the device's shapes and left unwritten: the
+/// CPU path keeps no state (its backward runs the loss again).
 #[allow(clippy::type_complexity)]
 pub(crate) fn loss_saved<B: BurnBackend>(
     inputs: Inputs<B>,
@@ -158,13 +158,8 @@ pub(crate) fn loss_saved<B: BurnBackend>(
 ) -> (FloatTensor<B>, IntTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let device = inputs.logits.device();
     let (loss, flag) = loss(inputs, call);
-    let rows = call.saved_rows_shape();
-    (
-        loss,
-        flag,
-        upload::<B>(vec![0.0; rows.iter().product()], &rows, &device),
-        upload::<B>(vec![0.0; 4], &[4], &device),
-    )
+    let empty = |shape: &[usize]| B::float_empty(shape.into(), &device, FloatDType::F32);
+    (loss, flag, empty(&call.saved_rows_shape()), empty(&[4]))
 }
 
 /// d loss / d logits for `upstream`, in the logits' dtype.

@@ -2,7 +2,8 @@
 //! kernels on burn's own wgpu device and queue, on the tensors' own buffers, with nothing read
 //! back (a view the device can't bind as it is, non-contiguous or at an unaligned offset, is
 //! copied first). Under autodiff the backward reads the logits once and writes the gradient
-//! once, from the per-row state the forward saved, in the logits' dtype. Where nothing else
+//! once, in the logits' dtype (softmax: from the per-row state the forward saved; BCE:
+//! recomputed). Where nothing else
 //! holds the logits' buffer (burn's rule for its own in-place kernels: a model's output that
 //! the caller dropped after the loss), the gradient is written over it, with no allocation;
 //! otherwise f32 goes into a new tensor and f16 / bf16 over a copy.

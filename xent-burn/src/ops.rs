@@ -259,7 +259,8 @@ pub trait XentBackend: Backend {
     );
 
     /// d loss / d logits in the logits' shape and dtype, from the saved state and the
-    /// upstream gradient (`[1]` for sum and mean, `[rows]` for none).
+    /// upstream gradient (`[1]` for sum and mean, `[rows]` for none). Takes the logits by
+    /// value: where nothing else holds their buffer, the gradient is written over it.
     #[fusion(dtype = logits, shape = logits)]
     fn xent_gradient(
         logits: FloatTensor<Self>,
@@ -280,7 +281,8 @@ pub trait XentBackend: Backend {
     ) -> FloatTensor<Self>;
 
     /// d loss / d logits of binary cross-entropy in the logits' shape and dtype, for the
-    /// upstream gradient (`[1]` for sum and mean, one per element for none).
+    /// upstream gradient (`[1]` for sum and mean, one per element for none). As
+    /// [`XentBackend::xent_gradient`], it may write over the logits' buffer.
     #[fusion(dtype = logits, shape = logits)]
     fn xent_binary_gradient(
         logits: FloatTensor<Self>,

@@ -159,7 +159,14 @@ fn check_through<const D: usize>(
         ),
     }
     let device = tensor.device();
+    let before = floats(tensor.clone());
     let grads = (loss * vector(upstream, &device)).sum().backward();
+    // A tensor the caller still holds is never the gradient's buffer.
+    assert_eq!(
+        floats(tensor.clone()),
+        before,
+        "{what}: the held tensor is unchanged"
+    );
     let gradient = tensor.grad(&grads).expect("the gradient");
     assert_eq!(gradient.dtype(), tensor.dtype(), "{what}: gradient dtype");
     let gradient: Vec<f32> = floats(gradient).iter().map(|g| g * factor).collect();
