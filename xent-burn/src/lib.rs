@@ -40,6 +40,9 @@
 //! - Ordering: each call submits burn's pending work (`flush`), then records xent's kernels
 //!   into an encoder of its own and submits it on the same queue; burn's later work is ordered
 //!   after it. A caller that records into the shared device itself must flush burn first too.
+//!   The in-place gradient trusts burn's ownership count (`can_mut`): work another thread
+//!   queued on its own stream and has not submitted is not seen, so a thread that reads the
+//!   logits and drops its handle should sync before another thread's backward runs.
 //! - The wgpu types are burn's re-export, checked at compile time to be the ones xent takes.
 
 #![warn(missing_docs)]
