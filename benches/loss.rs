@@ -530,11 +530,12 @@ fn ratios(_: &mut Criterion) {
     );
     // GPU wall time (submit to idle) and, with timestamp queries, the device's own time.
     let device = device_fastest().lock().unwrap();
-    let plain_three_pass = [("gpu three-pass", ""), ("gpu shared buffer", "")];
+    // The paths timed with plain cross-entropy only.
+    let plain_only = [("gpu three-pass", ""), ("gpu shared buffer", "")];
     let paths = variants()
         .map(|(suffix, _)| ("gpu", suffix))
         .into_iter()
-        .chain(plain_three_pass);
+        .chain(plain_only);
     for (path, suffix) in paths {
         for (rows, classes) in GPU_SHAPES {
             let name = format!("{path}{suffix} {rows}x{classes}");
