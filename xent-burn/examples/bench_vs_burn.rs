@@ -14,10 +14,11 @@
 //! time). `WGPU_BACKEND=vulkan|gl|metal|dx12` picks the graphics API. Both sides run the same
 //! logits on the same device and queue; the first run of each is a warm-up (pipelines).
 
+mod common;
+use common::device;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use xent::CrossEntropy;
 
@@ -25,18 +26,6 @@ use xent::CrossEntropy;
 /// 128 MiB scaled down to it: burn allocates a tensor in one buffer, and lavapipe's limit is
 /// 128 MiB (issue #15's 65536x1000, 16x21x512x512 and 4096x32000 fit on most GPUs).
 const SHAPES: &str = "1048576x2,1048576x10,262144x100,32768x1000,8x21x256x256,1024x32000";
-
-fn device() -> Result<Device, String> {
-    let options = Device::wgpu_options();
-    let options = match std::env::var("WGPU_BACKEND").as_deref() {
-        Ok("vulkan") => options.graphics_api(WgpuBackend::Vulkan),
-        Ok("gl") => options.graphics_api(WgpuBackend::Gl),
-        Ok("metal") => options.graphics_api(WgpuBackend::Metal),
-        Ok("dx12") => options.graphics_api(WgpuBackend::Dx12),
-        _ => options,
-    };
-    xent_burn::init_with(options).map_err(|e| e.to_string())
-}
 
 /// Median milliseconds of `runs` calls of `f`, after one warm-up call.
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {

@@ -13,6 +13,8 @@
 //! images, 10 classes) the loss is a sliver of each step; the point is that the two losses
 //! train the same model the same way.
 
+mod common;
+use common::device;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +23,6 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 const FEATURES: usize = 64;
@@ -281,18 +282,6 @@ fn plot(path: &Path, runs: &[&Run]) -> Result<(), String> {
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
-}
-
-fn device() -> Result<Device, String> {
-    let options = Device::wgpu_options();
-    let options = match std::env::var("WGPU_BACKEND").as_deref() {
-        Ok("vulkan") => options.graphics_api(WgpuBackend::Vulkan),
-        Ok("gl") => options.graphics_api(WgpuBackend::Gl),
-        Ok("metal") => options.graphics_api(WgpuBackend::Metal),
-        Ok("dx12") => options.graphics_api(WgpuBackend::Dx12),
-        _ => options,
-    };
-    xent_burn::init_with(options).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
