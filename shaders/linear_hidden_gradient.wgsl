@@ -4,7 +4,8 @@
 //
 // Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64, y = tiles of 64 of the
 // hidden size. The tile product (linear_tile.wgsl) with A = G (read along the chunk's columns)
-// and B = Wᵀ of the chunk (read along D; W bound from row col0).
+// and B = Wᵀ of the chunk (read along D; W bound from row col0), or with WEIGHT_T (W stored
+// [D, V], bound whole) read along the chunk's columns.
 // Bytes: G and W read once per tile (4·64 + e·64 per column), dh read and written once per
 // chunk (8 per value).
 
@@ -13,7 +14,7 @@
 @group(0) @binding(25) var<storage, read_write> hidden_gradient: array<f32>;
 
 const A_ALONG_K: bool = true;
-const B_ALONG_K: bool = false;
+const B_ALONG_K: bool = WEIGHT_T;
 // A[r][c] = G[r][c], B[k][c] = W[col0 + c][k].
 fn load_a(r: u32, c: u32) -> f32 {
     if (r >= p.rows || c >= p.span) { return 0.0; }
@@ -21,6 +22,7 @@ fn load_a(r: u32, c: u32) -> f32 {
 }
 fn load_b(k: u32, c: u32) -> f32 {
     if (k >= p.hidden || c >= p.span) { return 0.0; }
+    if (WEIGHT_T) { return load_w(k * p.classes + p.col0 + c); }
     return load_w(c * p.hidden + k);
 }
 

@@ -6,10 +6,12 @@
 //
 // Launch: 16 × 16 invocations per workgroup; grid x = tiles of 64 of the chunk's columns (the
 // rows of dW), y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with
-// A = Gᵀ (read along the chunk's columns) and B = hᵀ (read along D); the workgroups of the first
-// hidden tile also sum db, one invocation per column. FLAG_BIAS_ONLY (db asked, dW not): only
-// the first hidden tile's workgroups run, and they skip the product; FLAG_WEIGHT_ONLY (dW
-// asked, db not): no workgroup sums db.
+// A = Gᵀ (read along the chunk's columns) and B = hᵀ (read along D): dW's tile [c][k]. With
+// WEIGHT_T (W and dW stored [D, V], dW bound whole) the operands swap, A = hᵀ and B = Gᵀ, for
+// the tile [k][c], so that neighbouring invocations write neighbouring classes of a dW row.
+// The workgroups of the first hidden tile also sum db, one invocation per column.
+// FLAG_BIAS_ONLY (db asked, dW not): only the first hidden tile's workgroups run, and they skip
+// the product; FLAG_WEIGHT_ONLY (dW asked, db not): no workgroup sums db.
 // Bytes: G and h read once per tile (4·64 + e·64 per row), dW written once (4 per value).
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -19,14 +21,23 @@
 
 const A_ALONG_K: bool = false;
 const B_ALONG_K: bool = false;
-// A[c][r] = G[r][c] (c local to the chunk), B[k][r] = h[r][k].
-fn load_a(c: u32, r: u32) -> f32 {
+// G[r][c] (c local to the chunk) and h[r][k], 0 outside.
+fn g_at(c: u32, r: u32) -> f32 {
     if (c >= p.span || r >= p.rows) { return 0.0; }
     return gradient[r * p.span + c];
 }
-fn load_b(k: u32, r: u32) -> f32 {
+fn h_at(k: u32, r: u32) -> f32 {
     if (k >= p.hidden || r >= p.rows) { return 0.0; }
     return load_h(r * p.hidden + k);
+}
+// A[c][r] = G[r][c] and B[k][r] = h[r][k], or swapped with WEIGHT_T.
+fn load_a(m: u32, r: u32) -> f32 {
+    if (WEIGHT_T) { return h_at(m, r); }
+    return g_at(m, r);
+}
+fn load_b(n: u32, r: u32) -> f32 {
+    if (WEIGHT_T) { return g_at(n, r); }
+    return h_at(n, r);
 }
 
 fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) { load_slabs_scalar(m0, n0, k0, local); }
@@ -35,18 +46,23 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) { load_slabs_scalar(m0, n0,
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {
     let tx = local % SIDE;
     let ty = local / SIDE;
-    let m0 = group.x * BM;
-    let n0 = group.y * BN;
+    // The tile's first column of the chunk and first k.
+    let c0 = group.x * BM;
+    let k0 = group.y * BN;
     // Uniform: every invocation of the workgroup takes the same branch (the tile's barriers).
     if (!has(FLAG_BIAS_ONLY)) {
+        var m0 = c0;
+        var n0 = k0;
+        if (WEIGHT_T) { m0 = k0; n0 = c0; }
         let acc = tile_product(m0, n0, p.rows, local);
         for (var i = 0u; i < TM; i++) {
-            let c = m0 + ty * TM + i;
-            if (c >= p.span) { continue; }
             for (var j = 0u; j < TN; j++) {
-                let k = n0 + tx * TN + j;
-                if (k >= p.hidden) { continue; }
-                let at = c * p.hidden + k;
+                var c = m0 + ty * TM + i;
+                var k = n0 + tx * TN + j;
+                if (WEIGHT_T) { k = m0 + ty * TM + i; c = n0 + tx * TN + j; }
+                if (c >= p.span || k >= p.hidden) { continue; }
+                var at = c * p.hidden + k;
+                if (WEIGHT_T) { at = k * p.classes + p.col0 + c; }
                 if (has(FLAG_ADD)) {
                     weight_gradient[at] += acc[i][j];
                 } else {
@@ -56,7 +72,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         }
     }
     if (group.y == 0u && local < BM && !has(FLAG_WEIGHT_ONLY)) {
-        let c = m0 + local;
+        let c = c0 + local;
         if (c < p.span) {
             var s = 0.0;
             for (var r = 0u; r < p.rows; r++) { s += gradient[r * p.span + c]; }

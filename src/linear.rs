@@ -79,6 +79,18 @@ pub enum Strategy {
     Chunked,
 }
 
+/// How a head's weight is stored in memory (row-major either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// `W` [V × D], a row per class: PyTorch's `nn.Linear` (`[out_features, in_features]`).
+    #[default]
+    VocabMajor,
+    /// `W` [D × V], a row per hidden unit: burn's `nn::Linear` in its default layout
+    /// (`[d_input, d_output]`), flax's `Dense` kernel. Its gradient `dW` comes in the same
+    /// layout.
+    HiddenMajor,
+}
+
 /// Linear cross-entropy: softmax cross-entropy options plus how to hold the logits.
 ///
 /// ```

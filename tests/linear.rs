@@ -17,7 +17,9 @@ use common::device::Packed;
 
 use common::{assert_each, Rng};
 use half::{bf16, f16};
-use xent::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+use xent::linear::{
+    GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy, WeightLayout,
+};
 use xent::reference::{linear_cross_entropy, LinearReference};
 use xent::{Backend, CrossEntropy, Dtype, Error, Matrix, Output, Reduction};
 
@@ -897,6 +899,19 @@ fn gpu_against_the_reference() {
 }
 
 impl Typed {
+    /// The values of a `rows × cols` matrix stored as its transpose, `cols × rows`.
+    fn transposed(&self, rows: usize, cols: usize) -> Typed {
+        fn flip<T: Copy>(d: &[T], rows: usize, cols: usize) -> Vec<T> {
+            (0..cols * rows)
+                .map(|i| d[(i % rows) * cols + i / rows])
+                .collect()
+        }
+        match self {
+            Typed::F32(d) => Typed::F32(flip(d, rows, cols)),
+            Typed::F16(d) => Typed::F16(flip(d, rows, cols)),
+            Typed::Bf16(d) => Typed::Bf16(flip(d, rows, cols)),
+        }
+    }
     fn bytes(&self) -> &[u8] {
         match self {
             Typed::F32(d) => bytemuck::cast_slice(d),
@@ -917,6 +932,8 @@ struct Want<'u> {
     upstream: Option<&'u [f32]>,
     /// Inputs and outputs in one buffer.
     shared: bool,
+    /// `W` and `dW` stored [D × V] (`WeightLayout::HiddenMajor`).
+    hidden_major: bool,
 }
 
 /// What a recorded call wrote (gradients not asked for are empty).
@@ -947,7 +964,8 @@ fn record_head(
     };
     let mut inputs = Packed::new();
     let h = inputs.push(head.h.bytes());
-    let w = inputs.push(head.w.bytes());
+    let w_t = want.hidden_major.then(|| head.w.transposed(v, d));
+    let w = inputs.push(w_t.as_ref().unwrap_or(&head.w).bytes());
     let bias: Option<Vec<f32>> = head
         .batch()
         .bias
@@ -989,7 +1007,10 @@ fn record_head(
     let output_at = |i: usize| output.slice(outputs.ranges[i].clone());
     let mut batch = DeviceLinearBatch::new(
         DeviceMatrix::new(input_at(h), dtype, n, d),
-        DeviceMatrix::new(input_at(w), dtype, v, d),
+        match want.hidden_major {
+            true => DeviceMatrix::new(input_at(w), dtype, d, v),
+            false => DeviceMatrix::new(input_at(w), dtype, v, d),
+        },
         match want.i32_targets {
             true => DeviceIndexTargets::I32(input_at(y)),
             false => DeviceIndexTargets::I64(input_at(y)),
@@ -998,6 +1019,9 @@ fn record_head(
     batch.bias = b.map(input_at);
     batch.class_weights = cw.map(input_at);
     batch.sample_weights = sw.map(input_at);
+    if want.hidden_major {
+        batch.weight_layout = WeightLayout::HiddenMajor;
+    }
     let gradient = |i: Option<usize>| {
         i.map(|i| match want.prefill {
             Some(_) => DeviceGradientSlice::Add(output_at(i)),
@@ -1031,7 +1055,14 @@ fn record_head(
         records: bytemuck::pod_collect_to_vec(bytemuck::cast_slice::<f32, u8>(&at(Some(rows)))),
         grads: Grads {
             dh: at(dh),
-            dw: at(dw),
+            // Back to [V × D], as the reference gives it.
+            dw: match (want.hidden_major, at(dw)) {
+                (true, dw) if !dw.is_empty() => match Typed::F32(dw).transposed(d, v) {
+                    Typed::F32(dw) => dw,
+                    _ => unreachable!(),
+                },
+                (_, dw) => dw,
+            },
             db: at(db),
         },
         flag: target_error_row(flag),
@@ -1100,6 +1131,7 @@ fn gpu_recorded_on_device_buffers() {
                     upstream: Some(&upstream),
                     // Adding into slices beside the inputs, in one buffer.
                     shared: prefill.is_some(),
+                    hidden_major: false,
                 };
                 let recorded = record_head(&gpu, &head, &options, want)
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -1114,6 +1146,104 @@ fn gpu_recorded_on_device_buffers() {
             }
         }
     }
+}
+
+/// A head weight stored [D × V] (burn's `Linear`, flax's `Dense`), read in place and its
+/// gradient written in that layout: f32 with V a multiple of 4 (16-byte loads along the
+/// vocabulary) and not, f16 and bf16, written and added gradients, small bindings (row chunks
+/// and backward vocabulary chunks over the whole-bound weight); against the
+/// reference, and the same bits as the [V × D] call (the same products in the same order).
+#[test]
+fn gpu_recorded_hidden_major_weight() {
+    let Some(gpu) = common::device::gpu() else {
+        return;
+    };
+    let small = xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+        max_binding_size: Some(128 << 10),
+        ..Default::default()
+    })
+    .expect("a device with small bindings");
+    let cases = [
+        (Dtype::F32, (70, 20, 1100), &*gpu),
+        (Dtype::F32, (70, 19, 1101), &*gpu),
+        (Dtype::F16, (70, 20, 1100), &*gpu),
+        (Dtype::Bf16, (70, 20, 1101), &*gpu),
+        (Dtype::F32, (300, 20, 1100), &small),
+    ];
+    for (dtype, shape, gpu) in cases {
+        let head = Head::new(51, shape, dtype).ignore_every(5).weighted(3);
+        let some = ["plain mean", "none", "focal and smoothing", "everything"];
+        let grid = option_grid()
+            .into_iter()
+            .filter(|(name, _)| some.contains(name));
+        for (name, options) in grid {
+            let upstream: Vec<f32> = match options.reduction {
+                Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
+                _ => vec![0.75],
+            };
+            let reference = head.reference(&options, Some(&upstream));
+            for prefill in [None, Some(0.25f32)] {
+                let label = format!("[D × V] {dtype:?} {shape:?} {name}, add {prefill:?}");
+                let want = Want {
+                    prefill,
+                    gradients: [true; 3],
+                    upstream: Some(&upstream),
+                    shared: prefill.is_some(),
+                    hidden_major: true,
+                    ..Want::default()
+                };
+                let recorded = record_head(gpu, &head, &options, want)
+                    .unwrap_or_else(|e| panic!("{label}: {e}"));
+                check_recorded(&label, &head, &reference, &options, &recorded);
+                check_gradients(
+                    &label,
+                    &head,
+                    &reference,
+                    &recorded.grads,
+                    prefill.unwrap_or(0.0),
+                );
+                let want = Want {
+                    hidden_major: false,
+                    ..want
+                };
+                let rows_major = record_head(gpu, &head, &options, want).unwrap();
+                assert_eq!(
+                    recorded.loss.to_bits(),
+                    rows_major.loss.to_bits(),
+                    "{label}"
+                );
+                for (a, b) in [
+                    (&recorded.grads.dh, &rows_major.grads.dh),
+                    (&recorded.grads.dw, &rows_major.grads.dw),
+                    (&recorded.grads.db, &rows_major.grads.db),
+                ] {
+                    let bits = |g: &[f32]| g.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(a), bits(b), "{label}: the same bits as [V × D]");
+                }
+            }
+        }
+    }
+
+    // A [D × V] weight larger than one binding is refused (a [V × D] one is cut into pieces).
+    let tiny = xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+        max_binding_size: Some(16 << 10),
+        ..Default::default()
+    })
+    .expect("a device with tiny bindings");
+    let head = Head::new(52, (8, 16, 512), Dtype::F32);
+    let want = Want {
+        hidden_major: true,
+        ..Want::default()
+    };
+    match record_head(&tiny, &head, &CrossEntropy::new(), want) {
+        Err(Error::Unsupported(message)) => assert!(message.contains("[16 × 512]"), "{message}"),
+        other => panic!("expected Unsupported, got {:?}", other.map(|r| r.loss)),
+    }
+    let want = Want {
+        hidden_major: false,
+        ..want
+    };
+    record_head(&tiny, &head, &CrossEntropy::new(), want).expect("[V × D] in pieces");
 }
 
 /// Recorded calls at the edges: one gradient at a time (db alone skips dW's product), no

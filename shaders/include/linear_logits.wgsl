@@ -12,22 +12,26 @@ fn load_a(row: u32, k: u32) -> f32 {
 }
 fn load_b(c: u32, k: u32) -> f32 {
     if (c >= b_end || k >= p.hidden) { return 0.0; }
+    if (WEIGHT_T) { return load_w(k * p.classes + c); }
     return load_w((c - p.col0) * p.hidden + k);
 }
 
 // Four consecutive k of a row (k a multiple of 4; D a multiple of 4 with LINEAR_VEC4, so the
-// four are all inside or all past the row).
+// four are all inside or all past the row); with WEIGHT_T, load_b4 gives four consecutive
+// classes c.. of W's row k (V a multiple of 4 too, and so is `b_end`).
 fn load_a4(row: u32, k: u32) -> vec4<f32> {
     if (row >= p.rows || k >= p.hidden) { return vec4(0.0); }
     return load_h4((row * p.hidden + k) / 4u);
 }
 fn load_b4(c: u32, k: u32) -> vec4<f32> {
     if (c >= b_end || k >= p.hidden) { return vec4(0.0); }
+    if (WEIGHT_T) { return load_w4((k * p.classes + c) / 4u); }
     return load_w4(((c - p.col0) * p.hidden + k) / 4u);
 }
 
 // With LINEAR_VEC4 the first half of the workgroup loads A's slab and the second half B's,
-// one 16-byte load each (a slab row of BK = 8 is two of them); else scalars.
+// one 16-byte load each (a slab row of BK = 8 is two of them; with WEIGHT_T, a row of B's
+// slab, BN = 64 classes, is sixteen); else scalars.
 const_assert WG / 2u == BM * BK / 4u;
 fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
     if (!LINEAR_VEC4) {
@@ -40,6 +44,11 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
     if (local < WG / 2u) {
         let v = load_a4(m0 + r, k0 + kq);
         for (var q = 0u; q < 4u; q++) { a_slab[(kq + q) * BM + r] = v[q]; }
+    } else if (WEIGHT_T) {
+        let k = e / (BN / 4u);
+        let c = (e % (BN / 4u)) * 4u;
+        let v = load_b4(n0 + c, k0 + k);
+        for (var q = 0u; q < 4u; q++) { b_slab[k * BN + c + q] = v[q]; }
     } else {
         let v = load_b4(n0 + r, k0 + kq);
         for (var q = 0u; q < 4u; q++) { b_slab[(kq + q) * BN + r] = v[q]; }

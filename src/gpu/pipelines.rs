@@ -184,6 +184,9 @@ pub struct Variant {
     /// writable in a dispatch; several writable bindings of it are allowed), as a framework
     /// that sub-allocates tensors in shared buffers passes them.
     pub writable: bool,
+    /// A linear head's weight (and its gradient) stored `[D, V]`, the whole of it bound
+    /// (`WEIGHT_T` in the linear kernels).
+    pub weight_transposed: bool,
 }
 
 impl Variant {
@@ -196,6 +199,7 @@ impl Variant {
             store: Store::Separate,
             subgroups: false,
             writable: false,
+            weight_transposed: false,
         }
     }
 
@@ -214,6 +218,14 @@ impl Variant {
         Variant { writable, ..self }
     }
 
+    /// The same variant with the head's weight stored `[D, V]`, or `[V, D]`.
+    pub fn with_weight_transposed(self, weight_transposed: bool) -> Variant {
+        Variant {
+            weight_transposed,
+            ..self
+        }
+    }
+
     /// A variant of `kernel` with f32 loads, i32 targets, separate store, no subgroups.
     pub fn plain(kernel: Kernel) -> Variant {
         Variant {
@@ -223,6 +235,7 @@ impl Variant {
             store: Store::Separate,
             subgroups: false,
             writable: false,
+            weight_transposed: false,
         }
     }
 
@@ -271,8 +284,9 @@ impl Variant {
             src += &self.linear_loads();
             // f32 operands bound as vec4 arrays (D a multiple of 4): 16-byte slab loads.
             src += &format!(
-                "const LINEAR_VEC4: bool = {};\n",
-                self.load == LogitLoad::F32x4
+                "const LINEAR_VEC4: bool = {};\nconst WEIGHT_T: bool = {};\n",
+                self.load == LogitLoad::F32x4,
+                self.weight_transposed
             );
             src += include_str!("../../shaders/include/linear_tile.wgsl");
         }
@@ -537,6 +551,7 @@ pub fn all_variants() -> Vec<Variant> {
                     store: Store::Separate,
                     subgroups,
                     writable: false,
+                    weight_transposed: false,
                 });
             }
             out.push(Variant {
@@ -546,6 +561,7 @@ pub fn all_variants() -> Vec<Variant> {
                 store: Store::Separate,
                 subgroups: false,
                 writable: false,
+                weight_transposed: false,
             });
             if load != LogitLoad::F32x4 {
                 out.push(Variant {
@@ -555,6 +571,7 @@ pub fn all_variants() -> Vec<Variant> {
                     store: Store::Separate,
                     subgroups: false,
                     writable: false,
+                    weight_transposed: false,
                 });
             }
             for subgroups in [false, true] {
@@ -579,7 +596,12 @@ pub fn all_variants() -> Vec<Variant> {
                         LogitLoad::Bf16,
                     ];
                     for load in linear {
-                        out.push(Variant::new(Kernel::LinearPartials, load, t));
+                        for transposed in [false, true] {
+                            out.push(
+                                Variant::new(Kernel::LinearPartials, load, t)
+                                    .with_weight_transposed(transposed),
+                            );
+                        }
                         // The backward reads no targets: one variant per load.
                         if t == TargetLoad::I64 {
                             for kernel in [
@@ -589,6 +611,9 @@ pub fn all_variants() -> Vec<Variant> {
                                 Kernel::LinearFocal,
                             ] {
                                 out.push(Variant::new(kernel, load, t));
+                                out.push(
+                                    Variant::new(kernel, load, t).with_weight_transposed(true),
+                                );
                             }
                         }
                     }
@@ -603,6 +628,7 @@ pub fn all_variants() -> Vec<Variant> {
                         store,
                         subgroups: false,
                         writable: false,
+                        weight_transposed: false,
                     });
                 }
             }
@@ -616,6 +642,7 @@ pub fn all_variants() -> Vec<Variant> {
                     store,
                     subgroups: false,
                     writable: false,
+                    weight_transposed: false,
                 });
             }
         }

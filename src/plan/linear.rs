@@ -5,7 +5,9 @@ use super::bad_weight;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs};
 use crate::input::Targets;
-use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+use crate::linear::{
+    GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy, WeightLayout,
+};
 use crate::options::{CrossEntropy, InputKind, Reduction};
 use crate::shard::{Combined, Shard};
 
@@ -272,16 +274,26 @@ pub(crate) fn check_device(
         ));
     }
     let (h, w) = (&batch.hidden, &batch.weight);
-    let (rows, dim, vocab) = (h.rows, h.cols, w.rows);
-    let shape = || format!("hidden [{rows} × {dim}], weight [{vocab} × {}]", w.cols);
+    // The weight's (vocabulary, hidden size) as its layout stores them.
+    let (vocab, w_dim) = match batch.weight_layout {
+        WeightLayout::VocabMajor => (w.rows, w.cols),
+        WeightLayout::HiddenMajor => (w.cols, w.rows),
+    };
+    let (rows, dim) = (h.rows, h.cols);
+    let shape = || {
+        format!(
+            "hidden [{rows} × {dim}], weight [{} × {}] ({:?})",
+            w.rows, w.cols, batch.weight_layout
+        )
+    };
     if vocab == 0 {
         return Err(Error::NoClasses);
     }
-    if w.cols != dim {
+    if w_dim != dim {
         return Err(Error::Shape {
             what: "weight (hidden size)",
             expected: dim,
-            actual: w.cols,
+            actual: w_dim,
             shape: shape(),
         });
     }

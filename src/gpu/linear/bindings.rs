@@ -73,9 +73,12 @@ impl Scratch {
 
 /// Every range a call binds.
 pub(super) struct Bindings {
-    /// `h` [N × D] and `W` [V × D] as the kernels load them (`element` bytes a value).
+    /// `h` [N × D] and `W` [V × D] (or [D × V]) as the kernels load them (`element` bytes a
+    /// value).
     pub(super) hidden: Region,
     pub(super) weight: Region,
+    /// `W` and `dW` are stored [D × V]: every kernel binds the whole of them.
+    pub(super) weight_transposed: bool,
     /// f32 [V].
     pub(super) bias: Option<Region>,
     /// i32 or i64 [N].
@@ -145,8 +148,21 @@ impl Bindings {
         self.hidden.rows(rows, self.shape.1 as u64 * self.element)
     }
     pub(super) fn weight(&self, columns: (usize, usize)) -> Window<'_> {
-        self.weight
-            .rows(columns, self.shape.1 as u64 * self.element)
+        let (_, d, v) = self.shape;
+        match self.weight_transposed {
+            true => self.weight.head((d * v) as u64 * self.element),
+            false => self.weight.rows(columns, d as u64 * self.element),
+        }
+    }
+
+    /// Rows `columns` of `dW` (all of it when stored [D × V]).
+    pub(super) fn weight_gradient(&self, columns: (usize, usize)) -> Option<Window<'_>> {
+        let (_, d, v) = self.shape;
+        let dw = self.weight_gradient.as_ref()?;
+        Some(match self.weight_transposed {
+            true => dw.region.head((d * v) as u64 * 4),
+            false => dw.region.rows(columns, d as u64 * 4),
+        })
     }
 
     /// Rows `rows` of the per-row records, sums and coefficients.

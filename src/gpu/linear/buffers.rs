@@ -115,6 +115,7 @@ pub(super) fn upload(
     Bindings {
         hidden,
         weight,
+        weight_transposed: false,
         bias,
         targets,
         target_load: TargetLoad::I64,

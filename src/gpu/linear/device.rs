@@ -18,11 +18,12 @@ use super::bindings::{Bindings, Destination, Region, Scratch};
 use super::{base_params, call_launches, cut, linear_load, Flags};
 use crate::error::Result;
 use crate::gpu::encode::storage_usage;
-use crate::gpu::pipelines::TargetLoad;
+use crate::gpu::pipelines::{LogitLoad, TargetLoad};
 use crate::gpu::pool::Role;
 use crate::gpu::schedule::RECORDED_CALL_ERROR;
 use crate::gpu::Gpu;
 use crate::input::Dtype;
+use crate::linear::WeightLayout;
 use crate::options::{CrossEntropy, Reduction};
 
 /// A row-major matrix in a device buffer: `rows × cols` values of `dtype`.
@@ -85,8 +86,13 @@ pub enum DeviceGradientSlice<'a> {
 pub struct DeviceLinearBatch<'a> {
     /// Hidden states `h` [N × D]: f32, f16 or bf16, the weight's dtype (D even for f16 and bf16).
     pub hidden: DeviceMatrix<'a>,
-    /// The head's weight `W` [V × D] (`nn.Linear` layout).
+    /// The head's weight: `W` [V × D] (`nn.Linear` layout), or [D × V] with
+    /// [`WeightLayout::HiddenMajor`].
     pub weight: DeviceMatrix<'a>,
+    /// How `weight` (and the weight gradient) is stored. [D × V] is read in place, no copy;
+    /// the whole of it must then fit one storage binding (`Error::Unsupported` otherwise:
+    /// [V × D] is cut into pieces of vocabulary rows).
+    pub weight_layout: WeightLayout,
     /// The head's bias `b` [V], f32.
     pub bias: Option<wgpu::BufferSlice<'a>>,
     /// Targets [N].
@@ -107,6 +113,7 @@ impl<'a> DeviceLinearBatch<'a> {
         DeviceLinearBatch {
             hidden,
             weight,
+            weight_layout: WeightLayout::VocabMajor,
             bias: None,
             targets,
             class_weights: None,
@@ -124,7 +131,7 @@ pub struct DeviceLinearOutputs<'a> {
     pub rows: Option<wgpu::BufferSlice<'a>>,
     /// `dh` [N × D], f32.
     pub hidden_gradient: Option<DeviceGradientSlice<'a>>,
-    /// `dW` [V × D], f32.
+    /// `dW` [V × D] (or [D × V], as the batch's `weight_layout`), f32.
     pub weight_gradient: Option<DeviceGradientSlice<'a>>,
     /// `db` [V], f32 (the gradient of a zero bias when the batch has none).
     pub bias_gradient: Option<DeviceGradientSlice<'a>>,
@@ -197,12 +204,29 @@ impl Gpu {
     ) -> Result<()> {
         let writable =
             crate::plan::linear::check_device(options, batch, outputs, self.storage_alignment)?;
-        let (n, d, v) = (batch.hidden.rows, batch.hidden.cols, batch.weight.rows);
+        let transposed = batch.weight_layout == WeightLayout::HiddenMajor;
+        let (n, d) = (batch.hidden.rows, batch.hidden.cols);
+        let v = match transposed {
+            true => batch.weight.cols,
+            false => batch.weight.rows,
+        };
         let dtype = batch.hidden.dtype;
-        let load = linear_load(dtype, d);
+        let element = dtype.size() as u64;
+        // [D × V] is bound whole, and read as vec4s along the vocabulary only where V allows.
+        let load = match transposed && !v.is_multiple_of(4) {
+            true => LogitLoad::scalar(dtype),
+            false => linear_load(dtype, d),
+        };
+        if transposed && (d * v) as u64 * element > self.max_binding {
+            return Err(crate::Error::Unsupported(format!(
+                "a [D × V] head weight is bound whole; [{d} × {v}] is larger than one storage \
+                 binding of {} bytes (pass it [V × D], which is cut into pieces)",
+                self.max_binding
+            )));
+        }
         let (pieces, backward) = cut(
             (n, d, v),
-            dtype.size() as u64,
+            element,
             outputs.wants_gradient(),
             self.max_binding,
         )?;
@@ -233,6 +257,7 @@ impl Gpu {
             let bindings = Bindings {
                 hidden: Region::slice(batch.hidden.data),
                 weight: Region::slice(batch.weight.data),
+                weight_transposed: transposed,
                 bias: slice(batch.bias),
                 targets: Region::slice(targets),
                 target_load,
@@ -257,7 +282,7 @@ impl Gpu {
                 bias_gradient: outputs.bias_gradient.map(DeviceGradientSlice::destination),
                 scratch,
                 writable,
-                element: dtype.size() as u64,
+                element,
                 shape: (n, d, v),
             };
             let launches = call_launches(&bindings, (&pieces, backward.as_ref()), base);

@@ -322,8 +322,7 @@ pub(super) fn backward_launches<'a>(
                     params: placeholder,
                     gradient: g_window,
                     hidden,
-                    weight_gradient: dw
-                        .map_or(sink, |dw| dw.region.rows((c0, width), d as u64 * 4)),
+                    weight_gradient: b.weight_gradient((c0, width)).unwrap_or(sink),
                     bias_gradient: db.map_or(sink, |db| db.region.rows((c0, width), 4)),
                 };
                 let later = index > 0;

@@ -131,6 +131,14 @@ impl Gpu {
                 kernel => Variant::new(kernel, load, TargetLoad::I64),
             }
             .with_writable(b.writable);
+            let variant = match launch.kernel {
+                Kernel::LinearPartials
+                | Kernel::LinearGradient
+                | Kernel::LinearWeightGradient
+                | Kernel::LinearHiddenGradient
+                | Kernel::LinearFocal => variant.with_weight_transposed(b.weight_transposed),
+                _ => variant,
+            };
             self.launch(&mut pass, &self.pipeline(variant), &entries, launch.groups);
         }
     }
