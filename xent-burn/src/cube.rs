@@ -22,6 +22,7 @@ use xent::gpu::{
     DeviceLinearOutputs, DeviceMatrix, DeviceOutputs, DeviceSaved, DeviceTargets, DeviceUpstream,
     Gpu, GpuRow,
 };
+use xent::linear::WeightLayout;
 use xent::{Dtype, Layout, Reduction};
 
 use crate::host;
@@ -125,16 +126,43 @@ impl XentBackend for CubeBackend {
         upstream: CubeTensor,
         call: LinearCall,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        let inputs = LinearInputs::new(hidden, weight, bias, call.has_bias, given);
-        match crate::device::gpu_of(&inputs.hidden.device) {
-            Some(gpu) => linear(
-                &gpu,
-                &inputs.map(|t| aligned(&gpu, t), |t| aligned(&gpu, t)),
-                &aligned(&gpu, upstream),
-                call,
-            ),
-            None => host::linear(inputs, upstream, call),
+        match crate::device::gpu_of(&hidden.device) {
+            Some(gpu) => {
+                let (weight, layout) = weight_layout(&gpu, weight, &call);
+                let inputs = LinearInputs::new(hidden, weight, bias, call.has_bias, given);
+                linear(
+                    &gpu,
+                    &inputs.map(|t| aligned(&gpu, t), |t| aligned(&gpu, t)),
+                    &aligned(&gpu, upstream),
+                    (call, layout),
+                )
+            }
+            None => {
+                let inputs = LinearInputs::new(hidden, weight, bias, call.has_bias, given);
+                host::linear(inputs, upstream, call)
+            }
         }
+    }
+}
+
+/// How a linear call binds its `[V, D]` weight: as it is, or, where it is the transpose of a
+/// contiguous `[D, V]` tensor (burn's `Linear` in its default layout, seen through
+/// `transpose()`), as that tensor with [`WeightLayout::HiddenMajor`]: read in place, no copy.
+/// xent binds such a weight whole, so one that outgrows a storage binding is made contiguous
+/// `[V, D]` instead (a copy, cut into pieces by xent).
+pub(crate) fn weight_layout(
+    gpu: &Gpu,
+    weight: CubeTensor,
+    call: &LinearCall,
+) -> (CubeTensor, WeightLayout) {
+    let bytes = (call.vocab * call.hidden * weight.dtype.size()) as u64;
+    if weight.is_contiguous() || bytes > gpu.max_binding_size() {
+        return (weight, WeightLayout::VocabMajor);
+    }
+    let stored = CubeBackend::float_swap_dims(weight.clone(), 0, 1);
+    match stored.is_contiguous() {
+        true => (stored, WeightLayout::HiddenMajor),
+        false => (weight, WeightLayout::VocabMajor),
     }
 }
 
@@ -517,9 +545,10 @@ fn linear(
     gpu: &Gpu,
     inputs: &LinearInputs<CubeBackend>,
     upstream: &CubeTensor,
-    call: LinearCall,
+    (call, layout): (LinearCall, WeightLayout),
 ) -> LinearOutputs<CubeBackend> {
     let (n, d, v) = (call.rows, call.hidden, call.vocab);
+    let hidden_major = layout == WeightLayout::HiddenMajor;
     let per_row = call.options.reduction == Reduction::None;
     let wanted = call.gradients;
     let loss = empty_f32(&inputs.hidden, &[1]);
@@ -530,7 +559,9 @@ fn linear(
         empty_f32(&inputs.hidden, if wanted { shape } else { &[1] })
     };
     let dh = gradient(wanted.hidden, &[n, d]);
-    let dw = gradient(wanted.weight, &[v, d]);
+    // dW in W's layout: [D, V] for a hidden-major weight, returned as its [V, D] transpose.
+    let dw_shape = if hidden_major { [d, v] } else { [v, d] };
+    let dw = gradient(wanted.weight, &dw_shape);
     let db = gradient(wanted.bias, &[v]);
     let dtype = dtype(&inputs.weight);
     {
@@ -549,9 +580,13 @@ fn linear(
             let targets = index_targets(&targets, inputs.targets.dtype);
             let mut batch = DeviceLinearBatch::new(
                 DeviceMatrix::new(hidden.slice(), dtype, n, d),
-                DeviceMatrix::new(weight.slice(), dtype, v, d),
+                match hidden_major {
+                    true => DeviceMatrix::new(weight.slice(), dtype, d, v),
+                    false => DeviceMatrix::new(weight.slice(), dtype, v, d),
+                },
                 targets,
             );
+            batch.weight_layout = layout;
             batch.bias = bias.as_ref().map(Bound::slice);
             batch.class_weights = class_weights.as_ref().map(Bound::slice);
             batch.sample_weights = sample_weights.as_ref().map(Bound::slice);
@@ -574,6 +609,10 @@ fn linear(
     let loss = match records {
         Some(records) => row_losses(records, n),
         None => loss,
+    };
+    let dw = match hidden_major && wanted.weight {
+        true => CubeBackend::float_swap_dims(dw, 0, 1),
+        false => dw,
     };
     (loss, flag, dh, dw, db)
 }

@@ -258,8 +258,10 @@ pub fn binary_cross_entropy_with_logits<const D: usize>(
 /// SEMANTICS.md sections 1, 2 and 2c on `h·Wᵀ + b`). Logits only (not probabilities).
 ///
 /// - Shapes: `hidden` `[…, D]` (every index but the last a row), `weight` `[V, D]` (PyTorch's
-///   `nn.Linear` layout; burn's `Linear` holds its transpose: [`LinearCrossEntropyLoss`]
-///   takes one), `bias` `[V]`, `targets` the hidden states' shape without `D`. `hidden` is
+///   `nn.Linear` layout). A `weight` that is the transpose of a contiguous `[D, V]` tensor
+///   (`linear.weight.val().transpose()` of burn's `Linear`: [`LinearCrossEntropyLoss`] passes
+///   that) is read in place on a wgpu device, and its gradient written in the `[D, V]`
+///   layout; any other view is made contiguous first. `bias` `[V]`, `targets` the hidden states' shape without `D`. `hidden` is
 ///   cast to the weight's dtype (f32, f16 or bf16; D even for the half types), the bias to
 ///   f32.
 /// - Under autodiff, with sum and mean the call writes `dh`, `dW` and `db` with the loss (for

@@ -174,9 +174,12 @@ impl CrossEntropyLoss {
 /// ([`crate::linear_cross_entropy`]): the head's weight and bias are bound where they are, the
 /// logits computed tile by tile and never written.
 ///
-/// burn's `Linear` holds its weight as `[d_input, d_output]`; xent reads `[V, D]` rows. A
-/// head built with `LinearConfig::new(d, v).with_layout(LinearLayout::Col)` stores exactly
-/// that (its transpose is a view); the default row layout is copied once per call.
+/// burn's `Linear` shows its weight as `[d_input, d_output]` = `[D, V]`; both of its layouts
+/// are read where they are, no copy. The default (`LinearLayout::Row`) stores `[D, V]`, which
+/// xent reads with its `WeightLayout::HiddenMajor` kernels and whose gradient it writes in
+/// that layout; `LinearLayout::Col` stores `[V, D]`, PyTorch's layout. On a wgpu device a
+/// `[D, V]` weight must fit one storage binding (the device's `max_storage_buffer_binding_size`);
+/// a larger one is copied to `[V, D]` per call.
 #[derive(Module, Debug)]
 pub struct LinearCrossEntropyLoss {
     /// Target values whose rows are ignored, besides `options.ignore_index`.

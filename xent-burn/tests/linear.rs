@@ -102,14 +102,27 @@ fn matrix(values: &[f32], shape: [usize; 2], dtype: DType, device: &Device) -> T
 }
 
 /// `linear_cross_entropy` on `head` (hidden states as `[2, N/2, D]`), the loss times an
-/// upstream backward, against the reference.
-fn check(what: &str, head: &Head, options: &CrossEntropy, dtype: DType) {
+/// upstream backward, against the reference. `hidden_major`: the weight is the transpose of
+/// a `[D, V]` parameter (burn's `Linear`), bound in place as xent's `[D × V]` weight.
+fn check(what: &str, head: &Head, options: &CrossEntropy, dtype: DType, hidden_major: bool) {
     let Some(device) = device() else { return };
     let (n, d, v) = (head.rows, head.hidden, head.vocab);
+    let what = &format!("{what}, [D, V] parameter: {hidden_major}");
     let h = Tensor::<3>::from_data(TensorData::new(head.h.clone(), [2, n / 2, d]), &device)
         .cast(dtype)
         .require_grad();
-    let w = matrix(&head.w, [v, d], dtype, &device).require_grad();
+    let w = match hidden_major {
+        true => {
+            let stored: Vec<f32> = (0..d * v).map(|i| head.w[(i % v) * d + i / v]).collect();
+            matrix(&stored, [d, v], dtype, &device)
+        }
+        false => matrix(&head.w, [v, d], dtype, &device),
+    }
+    .require_grad();
+    let weight = match hidden_major {
+        true => w.clone().transpose(),
+        false => w.clone(),
+    };
     let b = vector(&head.b, &device).require_grad();
     let targets =
         Tensor::<2, Int>::from_data(TensorData::new(head.targets.clone(), [2, n / 2]), &device);
@@ -119,7 +132,7 @@ fn check(what: &str, head: &Head, options: &CrossEntropy, dtype: DType) {
     };
     let out = xent_burn::linear_cross_entropy(
         h.clone(),
-        w.clone(),
+        weight,
         Some(b.clone()),
         targets,
         options,
@@ -149,7 +162,10 @@ fn check(what: &str, head: &Head, options: &CrossEntropy, dtype: DType) {
     let rounding = if dtype == DType::F32 { 0.0 } else { 2e-3 };
     let [dh_tol, dw_tol, db_tol] = head.tolerances(&reference, rounding);
     let dh = h.grad(&grads).expect("dh");
-    let dw = w.grad(&grads).expect("dW");
+    let dw = match hidden_major {
+        true => w.grad(&grads).expect("dW").transpose(),
+        false => w.grad(&grads).expect("dW"),
+    };
     assert_eq!(
         (dh.dtype(), dw.dtype()),
         (dtype, dtype),
@@ -188,12 +204,10 @@ fn every_reduction_and_option() {
             ("focal 2, softcap 8", base.focal_gamma(2.0).softcap(8.0)),
         ] {
             let head = Head::new(1, 24, 16, 37).weighted(2);
-            check(
-                &format!("{reduction:?} {name}"),
-                &head,
-                &options,
-                DType::F32,
-            );
+            for hidden_major in [false, true] {
+                let what = format!("{reduction:?} {name}");
+                check(&what, &head, &options, DType::F32, hidden_major);
+            }
         }
     }
 }
@@ -212,7 +226,10 @@ fn half_precision_head() {
         let options = CrossEntropy::new()
             .reduction(reduction)
             .label_smoothing(0.05);
-        check(&format!("{reduction:?} f16"), &head, &options, DType::F16);
+        for hidden_major in [false, true] {
+            let what = format!("{reduction:?} f16");
+            check(&what, &head, &options, DType::F16, hidden_major);
+        }
     }
 }
 
