@@ -839,3 +839,108 @@ fn backward_from_saved_state() {
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }
+
+/// A half-precision gradient into a buffer of its own (`DeviceGradient::IntoLogitsDtype`), as
+/// a trainer whose f16 / bf16 logits are still held elsewhere takes it: an even class count
+/// (the fused kernel) and an odd one (three passes: the fused kernel's rows would share a
+/// word), the backward from saved state, and BCE's backward; against the reference (within
+/// the dtype's rounding), the same bits as the in-place gradient, the logits untouched.
+#[test]
+fn half_gradient_into_its_own_buffer() {
+    use common::device::read_values;
+    use xent::gpu::{DeviceSaved, DeviceUpstream};
+    use xent::{BinaryCrossEntropy, Dtype};
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for gpu in paths() {
+        for dtype in [Dtype::F16, Dtype::Bf16] {
+            let tol = tol::gradient(dtype);
+            let half_buffer =
+                |count: usize| buffer(&gpu, &vec![0u8; (count * 2).next_multiple_of(4)]);
+            for classes in [64, 37] {
+                let case = Case::new(31, 45, classes, Hardness::default())
+                    .weighted(2)
+                    .ignore_every(6, -100)
+                    .dtype(dtype);
+                let count = case.rows * classes;
+                let options = CrossEntropy::new().label_smoothing(0.1);
+                let reference = case.reference(&options, None);
+                let label = format!("{gpu:?} {dtype:?} C {classes}");
+                let uploaded = DeviceCase::upload(&gpu, &case);
+                let in_place = DeviceCase::upload(&gpu, &case);
+                let (grad, loss) = (half_buffer(count), buffer(&gpu, &[0u8; 4]));
+                let mut encoder = gpu.device().create_command_encoder(&Default::default());
+                let out = DeviceOutputs::new(loss.slice(..))
+                    .gradient(DeviceGradient::IntoLogitsDtype(grad.slice(..)));
+                gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &out)
+                    .unwrap_or_else(|e| panic!("{label}: {e}"));
+                let out = DeviceOutputs::new(loss.slice(..)).gradient(DeviceGradient::InPlace);
+                gpu.record_cross_entropy(&mut encoder, &options, &in_place.batch(), &out)
+                    .unwrap();
+                gpu.queue().submit([encoder.finish()]);
+                let got = read_values(&gpu, &grad, dtype, count);
+                assert_within(&label, &got, &reference.gradient, tol);
+                let over = read_values(&gpu, &in_place.logits, dtype, count);
+                assert_eq!(
+                    bits(&got),
+                    bits(&over),
+                    "{label}: the in-place gradient's bits"
+                );
+                let logits = read_values(&gpu, &uploaded.logits, dtype, count);
+                assert_eq!(
+                    bits(&logits),
+                    bits(&case.logits),
+                    "{label}: logits untouched"
+                );
+
+                // The backward from a saving forward's state.
+                let (rows, totals) = (
+                    buffer(&gpu, &vec![0u8; case.rows * 32]),
+                    buffer(&gpu, &[0u8; 16]),
+                );
+                let saved = DeviceSaved {
+                    rows: rows.slice(..),
+                    totals: totals.slice(..),
+                };
+                let grad = half_buffer(count);
+                let mut encoder = gpu.device().create_command_encoder(&Default::default());
+                let forward = DeviceOutputs::new(loss.slice(..)).save(saved);
+                gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &forward)
+                    .unwrap();
+                gpu.record_cross_entropy_backward(
+                    &mut encoder,
+                    &options,
+                    &uploaded.batch(),
+                    saved,
+                    DeviceGradient::IntoLogitsDtype(grad.slice(..)),
+                    DeviceUpstream::Scalar(1.0),
+                )
+                .unwrap_or_else(|e| panic!("{label}, saved: {e}"));
+                gpu.queue().submit([encoder.finish()]);
+                let got = read_values(&gpu, &grad, dtype, count);
+                assert_within(&format!("{label}, saved"), &got, &reference.gradient, tol);
+            }
+
+            // BCE's backward, an odd element count (the last word half past the end).
+            let case = Case::new(33, 29, 13, Hardness::default())
+                .multi_label(34, true)
+                .dtype(dtype);
+            let count = case.rows * case.classes;
+            let options = BinaryCrossEntropy::new().label_smoothing(0.05);
+            let reference = case.reference_bce(&options, None);
+            let uploaded = DeviceCase::upload(&gpu, &case);
+            let grad = half_buffer(count);
+            let mut encoder = gpu.device().create_command_encoder(&Default::default());
+            gpu.record_binary_cross_entropy_backward(
+                &mut encoder,
+                &options,
+                &uploaded.batch(),
+                DeviceGradient::IntoLogitsDtype(grad.slice(..)),
+                DeviceUpstream::Scalar(1.0),
+            )
+            .unwrap();
+            gpu.queue().submit([encoder.finish()]);
+            let got = read_values(&gpu, &grad, dtype, count);
+            assert_within(&format!("{dtype:?} BCE"), &got, &reference.gradient, tol);
+        }
+    }
+}

@@ -97,6 +97,11 @@ pub enum DeviceGradient<'a> {
     None,
     /// Into this f32 slice (`rows × classes`, the logits' layout; `STORAGE`).
     Into(wgpu::BufferSlice<'a>),
+    /// Into this slice in the logits' own dtype (`rows × classes` in their layout; f16 and
+    /// bf16 as 2-byte values, the slice padded to a whole 4 bytes; for f32 logits the same as
+    /// `Into`): a half-precision trainer's gradient without an f32 buffer or a copy of the
+    /// logits. Values are the f32 gradient rounded to nearest, as `InPlace` writes them.
+    IntoLogitsDtype(wgpu::BufferSlice<'a>),
     /// Over the logits buffer, in its dtype.
     InPlace,
 }

@@ -398,7 +398,7 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::SoftmaxBackward | Kernel::SoftmaxFused | Kernel::Bce
     );
     let in_place = stores && variant.store == Store::InPlace;
-    let no_gradient = stores && variant.store != Store::Separate;
+    let no_gradient = stores && matches!(variant.store, Store::InPlace | Store::None);
     // The fused kernel checks targets itself only loss only (eight storage buffers at most).
     let own_check = variant.kernel != Kernel::SoftmaxFused || variant.store == Store::None;
     table

@@ -162,6 +162,9 @@ pub enum Store {
     Separate,
     /// Over the logits, in their dtype.
     InPlace,
+    /// Into a separate buffer (binding 2) in the logits' f16 or bf16, in their geometry
+    /// (`elem_offset`): the in-place store's words, written to that buffer.
+    SeparateHalf,
     /// Not at all: the fused kernel's loss-only forward (no gradient bound).
     None,
 }
@@ -334,6 +337,7 @@ impl Variant {
             src += include_str!("../../shaders/include/softmax_grad.wgsl");
         }
         if stores {
+            let separate_half;
             src += match (self.store, self.load) {
                 (Store::Separate, _) => include_str!("../../shaders/include/store_separate.wgsl"),
                 (Store::None, _) => include_str!("../../shaders/include/store_none.wgsl"),
@@ -345,6 +349,10 @@ impl Variant {
                 }
                 (Store::InPlace, LogitLoad::Bf16) => {
                     include_str!("../../shaders/include/store_in_place_bf16.wgsl")
+                }
+                (Store::SeparateHalf, load) => {
+                    separate_half = self.separate_half_store(load);
+                    &separate_half
                 }
             };
         }
@@ -420,6 +428,20 @@ impl Variant {
                     .replace("load4", &format!("{load}4"))
             })
             .collect()
+    }
+
+    /// `Store::SeparateHalf`: the in-place store of `load`'s dtype, its words written to the
+    /// gradient's own buffer (binding 2) instead of the logits'.
+    fn separate_half_store(&self, load: LogitLoad) -> String {
+        let in_place = match load {
+            LogitLoad::F16 => include_str!("../../shaders/include/store_in_place_f16.wgsl"),
+            LogitLoad::Bf16 => include_str!("../../shaders/include/store_in_place_bf16.wgsl"),
+            _ => panic!("a separate half-precision store needs f16 or bf16 logits"),
+        };
+        let declaration = "// The gradient's own buffer, f16 / bf16 pairs in u32 words \
+                           (Store::SeparateHalf).\n\
+                           @group(0) @binding(2) var<storage, read_write> grad: array<u32>;\n";
+        declaration.to_string() + &in_place.replace("logits[", "grad[")
     }
 
     /// How this variant reads its targets (binding 3).
@@ -530,6 +552,17 @@ fn build(device: &wgpu::Device, variant: Variant) -> Pipeline {
     }
 }
 
+/// The gradient stores of the element kernels (backward, BCE) over `load`'s logits: out of
+/// place in f32, in place, and for f16 / bf16 out of place in their dtype.
+#[cfg(test)]
+fn stores_of(load: LogitLoad) -> Vec<Store> {
+    let mut stores = vec![Store::Separate, Store::InPlace];
+    if load.is_half() {
+        stores.push(Store::SeparateHalf);
+    }
+    stores
+}
+
 /// Every variant the crate can build (for validation tests).
 #[cfg(test)]
 pub fn all_variants() -> Vec<Variant> {
@@ -575,9 +608,16 @@ pub fn all_variants() -> Vec<Variant> {
                 });
             }
             for subgroups in [false, true] {
-                for store in [Store::Separate, Store::InPlace, Store::None] {
+                for store in [
+                    Store::Separate,
+                    Store::InPlace,
+                    Store::None,
+                    Store::SeparateHalf,
+                ] {
                     // In place over f32 stores scalars: the vec4 view is read-only.
-                    if load != LogitLoad::F32x4 || store != Store::InPlace {
+                    if (load != LogitLoad::F32x4 || store != Store::InPlace)
+                        && (load.is_half() || store != Store::SeparateHalf)
+                    {
                         out.push(
                             Variant::new(Kernel::SoftmaxFused, load, t)
                                 .with_store(store)
@@ -620,7 +660,7 @@ pub fn all_variants() -> Vec<Variant> {
                 }
             }
             if load != LogitLoad::F32x4 {
-                for store in [Store::Separate, Store::InPlace] {
+                for store in stores_of(load) {
                     out.push(Variant {
                         kernel: Kernel::SoftmaxBackward,
                         load,
@@ -634,7 +674,7 @@ pub fn all_variants() -> Vec<Variant> {
             }
         }
         if load != LogitLoad::F32x4 {
-            for store in [Store::Separate, Store::InPlace] {
+            for store in stores_of(load) {
                 out.push(Variant {
                     kernel: Kernel::Bce,
                     load,

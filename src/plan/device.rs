@@ -74,13 +74,14 @@ pub(crate) fn check(
         ),
         ("upstream buffer (bytes)", out.upstream, upstream),
     ];
-    let gradient = match out.gradient {
-        DeviceGradient::Into(g) => Some(g),
-        _ => None,
+    let (gradient, gradient_bytes) = match out.gradient {
+        DeviceGradient::Into(g) => (Some(g), elements * 4),
+        DeviceGradient::IntoLogitsDtype(g) => (Some(g), logits.2),
+        _ => (None, 0),
     };
     let writes = [
         if in_place { logits } else { ("", None, 0) },
-        ("gradient buffer (bytes)", gradient, elements * 4),
+        ("gradient buffer (bytes)", gradient, gradient_bytes),
         ("loss buffer (bytes)", Some(out.loss), 4),
         ("target error buffer (bytes)", out.target_error, 4),
         (row_what, out.rows, per_row),
@@ -217,7 +218,7 @@ pub(crate) fn check_backward(
 ) -> Result<()> {
     if matches!(gradient, DeviceGradient::None) {
         return Err(Error::Unsupported(
-            "a backward needs a gradient destination (Into or InPlace)".into(),
+            "a backward needs a gradient destination (Into, IntoLogitsDtype or InPlace)".into(),
         ));
     }
     let shape = || format!("rows {} × classes {}", batch.rows, batch.classes);

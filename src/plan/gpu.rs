@@ -86,7 +86,12 @@ impl GpuCall {
         let gradient = !matches!(out.gradient, DeviceGradient::None);
         // Dense targets, a separate gradient and BCE's element outputs are f32 windows in the
         // logits' layout: the chunks must fit those too.
-        let f32_windows = dense || matches!(out.gradient, DeviceGradient::Into(_)) || !softmax;
+        let f32_gradient = match out.gradient {
+            DeviceGradient::Into(_) => true,
+            DeviceGradient::IntoLogitsDtype(_) => elem == 4,
+            _ => false,
+        };
+        let f32_windows = dense || f32_gradient || !softmax;
         let bytes_per_element = if f32_windows { 4 } else { elem };
         let Adapter {
             max_binding,
@@ -130,7 +135,13 @@ impl GpuCall {
         if long_rows {
             shape = shape.fitting(classes, bytes_per_element, room);
         }
-        let in_place = matches!(out.gradient, DeviceGradient::InPlace);
+        // Half-precision words written in place or into a separate buffer: a row of odd length
+        // ends mid-word, which the fused kernel's next row would write too.
+        let half_words = elem == 2
+            && matches!(
+                out.gradient,
+                DeviceGradient::InPlace | DeviceGradient::IntoLogitsDtype(_)
+            );
         // One read per logit when the row fits the fused kernel (its header lists the
         // exclusions), with the fused kernel's own invocations per row; loss only, too.
         let fused = fused_shape(classes, layout).filter(|_| {
@@ -139,10 +150,11 @@ impl GpuCall {
                 && out.saved.is_none()
                 && !long_rows
                 && !focal_all
-                && !(in_place && elem == 2 && classes % 2 == 1)
+                && !(half_words && classes % 2 == 1)
         });
         let store = match out.gradient {
             DeviceGradient::InPlace => Store::InPlace,
+            DeviceGradient::IntoLogitsDtype(_) if elem == 2 => Store::SeparateHalf,
             DeviceGradient::None if fused.is_some() => Store::None,
             _ => Store::Separate,
         };

@@ -151,8 +151,8 @@ pub fn read(gpu: &Gpu, buffer: &wgpu::Buffer) -> Vec<f32> {
     values
 }
 
-/// A case's inputs uploaded for the device-resident API (f32 logits, i64 or dense targets,
-/// and whichever weights the case has).
+/// A case's inputs uploaded for the device-resident API (logits in the case's dtype, i64 or
+/// dense targets, and whichever weights the case has).
 pub struct DeviceCase {
     pub logits: wgpu::Buffer,
     pub targets: wgpu::Buffer,
@@ -163,15 +163,41 @@ pub struct DeviceCase {
     classes: usize,
     layout: xent::Layout,
     dense: bool,
+    pub dtype: xent::Dtype,
+}
+
+/// Logits' bytes in their dtype, padded to whole 4-byte words.
+pub fn words(storage: &super::Storage) -> Vec<u8> {
+    let mut bytes: Vec<u8> = match storage {
+        super::Storage::F32(d) => bytemuck::cast_slice(d).to_vec(),
+        super::Storage::F16(d) => bytemuck::cast_slice(d).to_vec(),
+        super::Storage::Bf16(d) => bytemuck::cast_slice(d).to_vec(),
+    };
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes
+}
+
+/// The first `count` values of a buffer holding `dtype` values, as f32.
+pub fn read_values(gpu: &Gpu, buffer: &wgpu::Buffer, dtype: xent::Dtype, count: usize) -> Vec<f32> {
+    let words = read(gpu, buffer);
+    let bytes: &[u8] = bytemuck::cast_slice(&words);
+    match dtype {
+        xent::Dtype::F32 => words[..count].to_vec(),
+        xent::Dtype::F16 => bytes
+            .chunks_exact(2)
+            .take(count)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        xent::Dtype::Bf16 => bytes
+            .chunks_exact(2)
+            .take(count)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
 }
 
 impl DeviceCase {
     pub fn upload(gpu: &Gpu, case: &super::Case) -> DeviceCase {
-        assert_eq!(
-            case.dtype,
-            xent::Dtype::F32,
-            "DeviceCase uploads f32 logits"
-        );
         let floats =
             |v: &Option<Vec<f32>>| v.as_ref().map(|v| buffer(gpu, bytemuck::cast_slice(v)));
         let targets = match &case.dense_targets {
@@ -179,7 +205,8 @@ impl DeviceCase {
             None => buffer(gpu, bytemuck::cast_slice(&case.index_targets)),
         };
         DeviceCase {
-            logits: buffer(gpu, bytemuck::cast_slice(&case.logits)),
+            logits: buffer(gpu, &words(&case.storage())),
+            dtype: case.dtype,
             targets,
             class_weights: floats(&case.class_weights),
             pos_weight: floats(&case.pos_weight),
@@ -204,7 +231,7 @@ impl DeviceCase {
             sample_weights: self.sample_weights.as_ref().map(|b| b.slice(..)),
             ..DeviceBatch::new(
                 self.logits.slice(..),
-                xent::Dtype::F32,
+                self.dtype,
                 self.rows,
                 self.classes,
                 if self.dense {

@@ -307,7 +307,7 @@ impl BoundInputs {
         }
     }
 
-    /// The batch over `logits` (the inputs' own, or a copy to write in place).
+    /// The batch over `logits` (the inputs' own, or the buffer a gradient is written over).
     fn batch<'a>(&'a self, logits: &'a Bound, dtype: Dtype, shape: Shaped) -> DeviceBatch<'a> {
         let targets = match (&self.index, &self.dense) {
             (Some((b, dtype)), _) => index_targets(b, *dtype).into(),
@@ -325,7 +325,7 @@ impl BoundInputs {
 
 impl BoundInputs {
     /// The batch a backward reads and where its gradient goes, from
-    /// [`gradient_destination`]: f32 into a new tensor, or in place over the logits or a copy.
+    /// [`gradient_destination`]: in place over the logits, or into a new tensor in their dtype.
     fn destination<'a>(
         &'a self,
         gradient: &'a Bound,
@@ -333,16 +333,15 @@ impl BoundInputs {
         dtype: Dtype,
         call: impl Into<Shaped>,
     ) -> (DeviceBatch<'a>, DeviceGradient<'a>) {
-        if dtype == Dtype::F32 && !in_place {
-            (
-                self.batch(&self.logits, dtype, call.into()),
-                DeviceGradient::Into(gradient.slice()),
-            )
-        } else {
-            (
+        match in_place {
+            true => (
                 self.batch(gradient, dtype, call.into()),
                 DeviceGradient::InPlace,
-            )
+            ),
+            false => (
+                self.batch(&self.logits, dtype, call.into()),
+                DeviceGradient::IntoLogitsDtype(gradient.slice()),
+            ),
         }
     }
 }
@@ -440,17 +439,13 @@ fn forward(
 
 /// Where a gradient goes, and whether that is over the logits themselves: so where nothing
 /// else holds their buffer (burn's rule for in-place kernels; a training step's logits,
-/// dropped after the loss), with no allocation and no copy. Otherwise f32 goes into a new
-/// tensor, and half precision over a copy of the logits, in their dtype.
+/// dropped after the loss), with no allocation and no copy. Otherwise into a new tensor in
+/// the logits' dtype (xent writes f16 / bf16 there directly), still no copy.
 fn gradient_destination(logits: &CubeTensor) -> (CubeTensor, bool) {
     if logits.can_mut() {
         return (logits.clone(), true);
     }
-    let gradient = match dtype(logits) {
-        Dtype::F32 => empty_f32(logits, logits.meta.shape()),
-        _ => logits.copy(),
-    };
-    (gradient, false)
+    (empty(logits, logits.meta.shape(), logits.dtype), false)
 }
 
 /// The gradient on the device from the saved state, where [`gradient_destination`] puts it.

@@ -6,7 +6,7 @@
 //! recomputed). Where nothing else
 //! holds the logits' buffer (burn's rule for its own in-place kernels: a model's output that
 //! the caller dropped after the loss), the gradient is written over it, with no allocation;
-//! otherwise f32 goes into a new tensor and f16 / bf16 over a copy.
+//! otherwise into a new tensor of the logits' dtype (no copy of the logits).
 //!
 //! ```no_run
 //! use burn::tensor::{Int, Tensor};

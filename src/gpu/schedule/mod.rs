@@ -397,7 +397,17 @@ impl Call<'_> {
     /// without a gradient.
     fn gradient(&self, first: u64, count: u64) -> Option<Window<'_>> {
         match (self.out.gradient, self.plan.store) {
-            (DeviceGradient::Into(g), _) => Some(self.f32s(g, first, count).0),
+            (DeviceGradient::IntoLogitsDtype(g), Store::SeparateHalf) => {
+                // The logits' geometry: both slices start storage-aligned, so the kernels'
+                // `elem_offset` indexes this window too.
+                let align = self.gpu.storage_alignment;
+                let (window, offset) = window(Window::slice(g), first, count, 2, align, 4);
+                debug_assert_eq!(offset, self.logits(first, count).1);
+                Some(window)
+            }
+            (DeviceGradient::Into(g) | DeviceGradient::IntoLogitsDtype(g), _) => {
+                Some(self.f32s(g, first, count).0)
+            }
             (_, Store::InPlace | Store::None) => None,
             _ => Some(Window::whole(&self.scratch.dummy_write)),
         }
