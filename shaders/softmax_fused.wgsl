@@ -33,7 +33,9 @@
 //
 // Loss only (no gradient asked, `store_none.wgsl`): the forward, the row's finish and the
 // check of its index target, one read of each logit and no write, in place of the targets,
-// partials and rows passes.
+// partials and rows passes. Under autodiff (`Store::Save`) the same, and each row's RowCoef
+// written to `coefficients` (binding 8, in `scale_source`'s place: a gradient's input) for the
+// backward pass, which then reads the logits once more and writes the gradient once.
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
 // logit's width (in place) or nothing (loss only); dense targets: reads 4 twice. Per row: reads the target, its
@@ -106,6 +108,8 @@ fn main(
         let r = finish_row(st, row);
         row_out[global_row] = r.out;
         row_sums[global_row] = r.sums;
+        // Under autodiff (`Store::Save`) the row's coefficients are kept for the backward.
+        SAVE_COEF
         shared_partials[local] = pack_coef(r.coef);
     }
     // The loss-only variant (`store_none.wgsl`) checks the row's index target here (no targets

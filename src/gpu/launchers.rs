@@ -269,12 +269,15 @@ launcher! {
         rows: ROWS, Write, ROW_BYTES;
         /// Per-row sums for the reduction.
         row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
-        /// Per-row upstream values, the mean's totals, or a device upstream's block.
-        scale_source: SCALE_SOURCE, Read, 4;
+        /// Per-row upstream values, the mean's totals, or a device upstream's block (`None`
+        /// when saving).
+        scale_source: SCALE_SOURCE, Read, 4, optional;
         /// Per-row sample weights.
         sample_weights: SAMPLE_WEIGHTS, Read, 4;
         /// The out-of-range-target flag (loss only: no targets pass checks them first).
         target_error: TARGET_ERROR, Write, 4, optional;
+        /// One `RowCoef` per row, saved for a later backward (`Store::Save` only).
+        coefficients: COEFFICIENTS, Write, COEF_BYTES, optional;
     }
 }
 
@@ -398,13 +401,19 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::SoftmaxBackward | Kernel::SoftmaxFused | Kernel::Bce
     );
     let in_place = stores && variant.store == Store::InPlace;
-    let no_gradient = stores && matches!(variant.store, Store::InPlace | Store::None);
+    let no_gradient = stores && (variant.store == Store::InPlace || variant.store.loss_only());
+    let fused = variant.kernel == Kernel::SoftmaxFused;
     // The fused kernel checks targets itself only loss only (eight storage buffers at most).
-    let own_check = variant.kernel != Kernel::SoftmaxFused || variant.store == Store::None;
+    let own_check = !fused || variant.store.loss_only();
+    // Saving, it writes the coefficients in place of the gradient's scales.
+    let saves = fused && variant.store == Store::Save;
     table
         .iter()
         .filter(|&&(binding, _, _)| !(no_gradient && binding == GRADIENT))
         .filter(|&&(binding, _, _)| own_check || binding != TARGET_ERROR)
+        .filter(|&&(binding, _, _)| {
+            !fused || binding != if saves { SCALE_SOURCE } else { COEFFICIENTS }
+        })
         .map(|&(binding, slot, min)| match binding {
             LOGITS if in_place => (binding, Slot::Write, min),
             LOGITS | HIDDEN | HEAD_WEIGHT if variant.load == LogitLoad::F32x4 => {

@@ -167,6 +167,10 @@ pub enum Store {
     SeparateHalf,
     /// Not at all: the fused kernel's loss-only forward (no gradient bound).
     None,
+    /// Not at all, and each row's `RowCoef` saved for a later backward: the fused kernel's
+    /// loss-only forward under autodiff (the coefficients bound in `scale_source`'s place,
+    /// which only a gradient reads).
+    Save,
 }
 
 /// One compiled kernel variant.
@@ -190,6 +194,13 @@ pub struct Variant {
     /// A linear head's weight (and its gradient) stored `[D, V]`, the whole of it bound
     /// (`WEIGHT_T` in the linear kernels).
     pub weight_transposed: bool,
+}
+
+impl Store {
+    /// The fused kernel's loss-only forward: no gradient, the kernel checks its targets.
+    pub fn loss_only(self) -> bool {
+        matches!(self, Store::None | Store::Save)
+    }
 }
 
 impl Variant {
@@ -323,7 +334,7 @@ impl Variant {
             src += include_str!("../../shaders/include/softmax_forward.wgsl");
         }
         if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxTargets)
-            || (k == Kernel::SoftmaxFused && self.store == Store::None)
+            || (k == Kernel::SoftmaxFused && self.store.loss_only())
         {
             src += include_str!("../../shaders/include/target_check.wgsl");
         }
@@ -340,7 +351,9 @@ impl Variant {
             let separate_half;
             src += match (self.store, self.load) {
                 (Store::Separate, _) => include_str!("../../shaders/include/store_separate.wgsl"),
-                (Store::None, _) => include_str!("../../shaders/include/store_none.wgsl"),
+                (Store::None | Store::Save, _) => {
+                    include_str!("../../shaders/include/store_none.wgsl")
+                }
                 (Store::InPlace, LogitLoad::F32 | LogitLoad::F32x4) => {
                     include_str!("../../shaders/include/store_in_place_f32.wgsl")
                 }
@@ -362,12 +375,29 @@ impl Variant {
             let loss_only = "if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }\n    return;";
             body = body.replace(
                 "LOSS_ONLY",
-                if self.store == Store::None {
+                if self.store.loss_only() {
                     loss_only
                 } else {
                     ""
                 },
             );
+            // The saving variant writes the row's coefficients where `scale_source` was bound
+            // (eight storage buffers at most); the gradient code after the return still names
+            // `scale_source`, so it becomes a private stand-in there.
+            let scale_source =
+                "@group(0) @binding(10) var<storage, read> scale_source: array<f32>;";
+            let (declaration, save) = match self.store {
+                Store::Save => (
+                    "var<private> scale_source: array<f32, 5>;\n\
+                     @group(0) @binding(8) var<storage, read_write> coefficients: array<RowCoef>;",
+                    "coefficients[global_row] = r.coef;",
+                ),
+                _ => (scale_source, ""),
+            };
+            assert!(body.contains(scale_source) && body.contains("SAVE_COEF"));
+            body = body
+                .replace(scale_source, declaration)
+                .replace("SAVE_COEF", save);
         }
         if matches!(k, Kernel::SoftmaxPartials | Kernel::SoftmaxFused) {
             if self.subgroups {
@@ -613,6 +643,7 @@ pub fn all_variants() -> Vec<Variant> {
                     Store::InPlace,
                     Store::None,
                     Store::SeparateHalf,
+                    Store::Save,
                 ] {
                     // In place over f32 stores scalars: the vec4 view is read-only.
                     if (load != LogitLoad::F32x4 || store != Store::InPlace)

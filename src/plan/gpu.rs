@@ -147,7 +147,8 @@ impl GpuCall {
         let fused = fused_shape(classes, layout).filter(|_| {
             softmax
                 && adapter.fused
-                && out.saved.is_none()
+                // A saving forward fuses loss only (the backward is a later call).
+                && (out.saved.is_none() || !gradient)
                 && !long_rows
                 && !focal_all
                 && !(half_words && classes % 2 == 1)
@@ -155,6 +156,7 @@ impl GpuCall {
         let store = match out.gradient {
             DeviceGradient::InPlace => Store::InPlace,
             DeviceGradient::IntoLogitsDtype(_) if elem == 2 => Store::SeparateHalf,
+            DeviceGradient::None if fused.is_some() && out.saved.is_some() => Store::Save,
             DeviceGradient::None if fused.is_some() => Store::None,
             _ => Store::Separate,
         };
@@ -190,7 +192,7 @@ impl GpuCall {
                 (rows as u64 * classes as u64).div_ceil(4)
             },
             // Loss only, the fused kernel checks index targets itself.
-            targets_first: fused.is_some() && (reduce_first || (!dense && store != Store::None)),
+            targets_first: fused.is_some() && (reduce_first || (!dense && !store.loss_only())),
             reduce_first,
             backward: softmax && fused.is_none() && gradient,
             writable,

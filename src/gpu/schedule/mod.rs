@@ -408,7 +408,7 @@ impl Call<'_> {
             (DeviceGradient::Into(g) | DeviceGradient::IntoLogitsDtype(g), _) => {
                 Some(self.f32s(g, first, count).0)
             }
-            (_, Store::InPlace | Store::None) => None,
+            (_, Store::InPlace | Store::None | Store::Save) => None,
             _ => Some(Window::whole(&self.scratch.dummy_write)),
         }
     }

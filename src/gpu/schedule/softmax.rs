@@ -60,9 +60,11 @@ impl Call<'_> {
             class_weights: self.class_weights(),
             rows: s.row_out.head(self.plan.rows as u64 * ROW_BYTES),
             row_sums: Window::whole(&s.row_sums),
-            scale_source: self.scale_source(),
+            scale_source: (self.plan.store != Store::Save).then(|| self.scale_source()),
             sample_weights: self.sample_weights(),
-            target_error: (self.plan.store == Store::None).then(|| s.error.head(4)),
+            target_error: self.plan.store.loss_only().then(|| s.error.head(4)),
+            coefficients: (self.plan.store == Store::Save)
+                .then(|| s.coefs.head(self.plan.rows as u64 * COEF_BYTES)),
         };
         self.gpu.launch(
             pass,
