@@ -17,8 +17,13 @@
 // `element_gradient` (include `softmax_grad.wgsl`), shared with the fused kernel.
 //
 // Launch: flat over the chunk's elements; one invocation owns 4 consecutive elements (whole
-// words for f16/bf16, so in-place stores never share a word between invocations); a 2D grid
-// when there are more than 65 535 workgroups.
+// words for f16/bf16, so in-place stores never share a word between invocations), read with
+// one 16-byte load (f32 bound as vec4) or two words (f16/bf16) where they are 4-aligned; a 2D
+// grid when there are more than 65 535 workgroups. Contiguous rows: the first element's
+// (row, class) is found by one division, the rest step along the row, and the row's
+// coefficients and scales are read once per row the invocation touches, not per element
+// (the per-element work stays far under a real GPU's bandwidth; the (N, C, d…) layout's
+// neighbours are in different rows and locate each).
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) plus 4 per dense target, writes 4 (out of
 // place, f32) or the logit's own width (in place). With the forward, 2 reads + 1 write.
 
@@ -39,12 +44,8 @@ fn locate(f: u32) -> vec2<u32> {
     return vec2(n * p.spatial + rest - c * p.spatial, c);
 }
 
-fn gradient(f: u32) -> f32 {
-    let at = locate(f);
-    let row = p.row0 + at.x;
-    let k = coefs[row];
-    let t = select(0.0, dense_target(p.f32_offset + f), has(FLAG_DENSE));
-    return element_gradient(k, row_scales(k, row), at.y, load_x(p.elem_offset + f), t);
+fn dense_at(f: u32) -> f32 {
+    return select(0.0, dense_target(p.f32_offset + f), has(FLAG_DENSE));
 }
 
 @compute @workgroup_size(WG)
@@ -52,7 +53,37 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     let first = 4u * (id.x + id.y * groups.x * WG);
     if (first >= p.elems) { return; }
     let n = min(4u, p.elems - first);
+    let at = p.elem_offset + first;
+    var xs = vec4(0.0);
+    if (n == 4u && (at & 3u) == 0u) {
+        xs = load4(at >> 2u);
+    } else {
+        for (var k = 0u; k < n; k++) { xs[k] = load_x(at + k); }
+    }
     var dx = vec4(0.0);
-    for (var k = 0u; k < n; k++) { dx[k] = gradient(first + k); }
+    if (p.spatial == 0u) {
+        let start = locate(first);
+        var row = p.row0 + start.x;
+        var c = start.y;
+        var coef = coefs[row];
+        var ab = row_scales(coef, row);
+        for (var k = 0u; k < n; k++) {
+            if (c == p.classes) {
+                c = 0u;
+                row += 1u;
+                coef = coefs[row];
+                ab = row_scales(coef, row);
+            }
+            dx[k] = element_gradient(coef, ab, c, xs[k], dense_at(first + k));
+            c += 1u;
+        }
+    } else {
+        for (var k = 0u; k < n; k++) {
+            let at = locate(first + k);
+            let row = p.row0 + at.x;
+            let coef = coefs[row];
+            dx[k] = element_gradient(coef, row_scales(coef, row), at.y, xs[k], dense_at(first + k));
+        }
+    }
     store_dx(first, dx, n);
 }

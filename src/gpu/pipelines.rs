@@ -690,7 +690,10 @@ pub fn all_variants() -> Vec<Variant> {
                     }
                 }
             }
-            if load != LogitLoad::F32x4 {
+            if load == LogitLoad::F32x4 {
+                // Out of place only: the vec4 view is read-only.
+                out.push(Variant::new(Kernel::SoftmaxBackward, load, t));
+            } else {
                 for store in stores_of(load) {
                     out.push(Variant {
                         kernel: Kernel::SoftmaxBackward,

@@ -178,10 +178,12 @@ impl Call<'_> {
     /// The gradient, from the saved row coefficients and the reduced totals: over the
     /// chunks, or over runs of elements of long rows.
     pub(super) fn backward(&self, pass: &mut wgpu::ComputePass) {
-        let variant = Variant::new(Kernel::SoftmaxBackward, self.scalar_load, self.target_load)
-            .with_writable(self.plan.writable)
-            .with_store(self.plan.store);
-        let pipeline = self.gpu.pipeline(variant);
+        let pipeline = |load| {
+            let variant = Variant::new(Kernel::SoftmaxBackward, load, self.target_load)
+                .with_writable(self.plan.writable)
+                .with_store(self.plan.store);
+            self.gpu.pipeline(variant)
+        };
         // (block, first element, elements).
         let spans: Vec<(usize, u64, u64)> = if self.plan.long_rows {
             (self.blocks.runs..)
@@ -199,9 +201,20 @@ impl Call<'_> {
                 .collect()
         };
         for (i, first, count) in spans {
+            let logits = self.logits(first, count).0;
+            // Elements in 16-byte groups: the flat kernel needs no aligned rows.
+            let vec4 = self.batch.dtype == Dtype::F32
+                && self.plan.store == Store::Separate
+                && logits.size.is_multiple_of(16)
+                && self.blocks.params[i].elem_offset.is_multiple_of(4);
+            let pipeline = pipeline(if vec4 {
+                LogitLoad::F32x4
+            } else {
+                self.scalar_load
+            });
             let backward = Backward {
                 params: self.blocks.window(i),
-                logits: self.logits(first, count).0,
+                logits,
                 gradient: self.gradient(first, count),
                 targets: self.chunk_targets(first, count),
                 class_weights: self.class_weights(),
