@@ -671,16 +671,14 @@ fn backward_from_saved_state() {
             };
             let label = format!("{options:?}, upstream {upstream_arg:?}");
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            let forward = DeviceOutputs::new(loss.slice(..)).save(saved);
-            gpu.record_cross_entropy(&mut encoder, &options, &batch, &forward)
-                .unwrap();
-            gpu.record_cross_entropy_backward(
+            let gradient = DeviceGradient::Into(grad.slice(..));
+            record_saved_pair(
+                &gpu,
                 &mut encoder,
                 &options,
                 &batch,
-                saved,
-                DeviceGradient::Into(grad.slice(..)),
-                upstream_arg,
+                (loss.slice(..), saved),
+                (gradient, upstream_arg),
             )
             .unwrap_or_else(|e| panic!("{label}: {e}"));
             gpu.queue().submit([encoder.finish()]);
@@ -761,16 +759,16 @@ fn backward_from_saved_state() {
             totals: at(totals),
         };
         let mut encoder = gpu.device().create_command_encoder(&Default::default());
-        let forward = DeviceOutputs::new(at(loss)).save(saved);
-        gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &forward)
-            .unwrap();
-        gpu.record_cross_entropy_backward(
+        record_saved_pair(
+            &gpu,
             &mut encoder,
             &options,
             &uploaded.batch(),
-            saved,
-            DeviceGradient::Into(at(grad)),
-            DeviceUpstream::Device(at(up)),
+            (at(loss), saved),
+            (
+                DeviceGradient::Into(at(grad)),
+                DeviceUpstream::Device(at(up)),
+            ),
         )
         .unwrap();
         gpu.queue().submit([encoder.finish()]);
@@ -903,16 +901,16 @@ fn half_gradient_into_its_own_buffer() {
                 };
                 let grad = half_buffer(count);
                 let mut encoder = gpu.device().create_command_encoder(&Default::default());
-                let forward = DeviceOutputs::new(loss.slice(..)).save(saved);
-                gpu.record_cross_entropy(&mut encoder, &options, &uploaded.batch(), &forward)
-                    .unwrap();
-                gpu.record_cross_entropy_backward(
+                record_saved_pair(
+                    &gpu,
                     &mut encoder,
                     &options,
                     &uploaded.batch(),
-                    saved,
-                    DeviceGradient::IntoLogitsDtype(grad.slice(..)),
-                    DeviceUpstream::Scalar(1.0),
+                    (loss.slice(..), saved),
+                    (
+                        DeviceGradient::IntoLogitsDtype(grad.slice(..)),
+                        DeviceUpstream::Scalar(1.0),
+                    ),
                 )
                 .unwrap_or_else(|e| panic!("{label}, saved: {e}"));
                 gpu.queue().submit([encoder.finish()]);
@@ -943,4 +941,19 @@ fn half_gradient_into_its_own_buffer() {
             assert_within(&format!("{dtype:?} BCE"), &got, &reference.gradient, tol);
         }
     }
+}
+
+/// Records a forward that saves its state (its loss into `loss`), then the backward from that
+/// state.
+fn record_saved_pair(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    options: &CrossEntropy,
+    batch: &DeviceBatch,
+    (loss, saved): (wgpu::BufferSlice, xent::gpu::DeviceSaved),
+    (gradient, upstream): (DeviceGradient, xent::gpu::DeviceUpstream),
+) -> xent::Result<()> {
+    let forward = DeviceOutputs::new(loss).save(saved);
+    gpu.record_cross_entropy(encoder, options, batch, &forward)?;
+    gpu.record_cross_entropy_backward(encoder, options, batch, saved, gradient, upstream)
 }

@@ -763,10 +763,7 @@ fn gpu_against_the_reference() {
             .weighted(4);
         for (name, options) in option_grid() {
             let loss = LinearCrossEntropy::new(options);
-            let upstream: Vec<f32> = match options.reduction {
-                Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
-                _ => vec![0.75],
-            };
+            let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
             for (every, add) in [(false, None), (true, Some(0.25))] {
                 let out = try_run(&backend, &head, &loss, (Some(&upstream), add, every));
@@ -1095,6 +1092,29 @@ fn check_recorded(
     assert_eq!(r.flag, None, "{label}: no target flagged");
 }
 
+/// The upstream the recorded tests pass: per row for `none`, a scalar otherwise.
+fn recorded_upstream(head: &Head, options: &CrossEntropy) -> Vec<f32> {
+    match options.reduction {
+        Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
+        _ => vec![0.75],
+    }
+}
+
+/// A recorded call's forward and its gradients (added to `prefill`, or written) against the
+/// reference.
+fn check_recorded_call(
+    label: &str,
+    head: &Head,
+    reference: &LinearReference,
+    options: &CrossEntropy,
+    recorded: &Recorded,
+    prefill: Option<f32>,
+) {
+    check_recorded(label, head, reference, options, recorded);
+    let prefill = prefill.unwrap_or(0.0);
+    check_gradients(label, head, reference, &recorded.grads, prefill);
+}
+
 /// The recorded call (`Gpu::record_linear_cross_entropy`) on device buffers: inputs at
 /// offsets inside one buffer, outputs at offsets inside another, i32 and i64 targets, written
 /// and added gradients, every option, all three dtypes; against the reference.
@@ -1117,10 +1137,7 @@ fn gpu_recorded_on_device_buffers() {
             _ => option_grid().into_iter().step_by(4).collect(),
         };
         for (name, options) in grid {
-            let upstream: Vec<f32> = match options.reduction {
-                Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
-                _ => vec![0.75],
-            };
+            let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
             for prefill in [None, Some(0.25f32)] {
                 let label = format!("recorded {dtype:?} D {hidden} {name}, add {prefill:?}");
@@ -1135,14 +1152,7 @@ fn gpu_recorded_on_device_buffers() {
                 };
                 let recorded = record_head(&gpu, &head, &options, want)
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
-                check_recorded(&label, &head, &reference, &options, &recorded);
-                check_gradients(
-                    &label,
-                    &head,
-                    &reference,
-                    &recorded.grads,
-                    prefill.unwrap_or(0.0),
-                );
+                check_recorded_call(&label, &head, &reference, &options, &recorded, prefill);
             }
         }
     }
@@ -1177,10 +1187,7 @@ fn gpu_recorded_hidden_major_weight() {
             .into_iter()
             .filter(|(name, _)| some.contains(name));
         for (name, options) in grid {
-            let upstream: Vec<f32> = match options.reduction {
-                Reduction::None => (0..head.rows).map(|r| 0.5 + r as f32 * 0.1).collect(),
-                _ => vec![0.75],
-            };
+            let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
             for prefill in [None, Some(0.25f32)] {
                 let label = format!("[D × V] {dtype:?} {shape:?} {name}, add {prefill:?}");
@@ -1194,14 +1201,7 @@ fn gpu_recorded_hidden_major_weight() {
                 };
                 let recorded = record_head(gpu, &head, &options, want)
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
-                check_recorded(&label, &head, &reference, &options, &recorded);
-                check_gradients(
-                    &label,
-                    &head,
-                    &reference,
-                    &recorded.grads,
-                    prefill.unwrap_or(0.0),
-                );
+                check_recorded_call(&label, &head, &reference, &options, &recorded, prefill);
                 let want = Want {
                     hidden_major: false,
                     ..want
