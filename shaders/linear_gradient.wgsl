@@ -5,7 +5,8 @@
 // the reduction's scales).
 //
 // Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64, y = column tiles of 64
-// of the chunk (columns col0 .. col0 + span of the vocabulary; W bound from row col0).
+// of the chunk (columns col0 .. col0 + span of the vocabulary; W bound from row col0, or
+// whole with WEIGHT_T).
 // Bytes: h and W read once per tile (e·D·(64 + 64) per 64 × 64 values), G written once (4 per
 // value); the coefficients 32 bytes per row per tile.
 

@@ -15,7 +15,7 @@
 
 const A_ALONG_K: bool = true;
 const B_ALONG_K: bool = WEIGHT_T;
-// A[r][c] = G[r][c], B[k][c] = W[col0 + c][k].
+// A[r][c] = G[r][c], B[k][c] = W[col0 + c][k] (with WEIGHT_T stored at W[k][col0 + c]).
 fn load_a(r: u32, c: u32) -> f32 {
     if (r >= p.rows || c >= p.span) { return 0.0; }
     return gradient[r * p.span + c];

@@ -21,7 +21,8 @@
 //
 // Inputs larger than a binding come in pieces: the host binds a chunk of rows (h, targets,
 // partials and target logits from the chunk's first row, so rows index the windows from 0)
-// and a piece of whole splits of W (its rows from class `col0`, the piece's first column).
+// and a piece of whole splits of W (its rows from class `col0`, the piece's first column); a
+// W stored [D × V] (WEIGHT_T) is bound whole, every piece, and indexed by global class.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;

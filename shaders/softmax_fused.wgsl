@@ -16,8 +16,8 @@
 // variant has no pre-pass and flags them itself.
 // Not fused (the host's choice, `launch::fused_shape` and `run.rs`): the (N, C, d…) layout,
 // rows longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
-// need the final lse of every class: the focal pass), in-place f16/bf16 with odd C (two rows
-// would share a word), and rows longer than a binding.
+// need the final lse of every class: the focal pass), f16/bf16 gradients (in place or
+// `SeparateHalf`) with odd C (two rows would share a word), and rows longer than a binding.
 //
 // Launch (`launch::fused_shape`): WG / invocations_per_row row segments per workgroup; a segment of invocations_per_row
 // invocations owns a row, invocations_per_row as small as holds it (C ≤ 4·FUSED_GROUPS·invocations_per_row, up to 16 logits
@@ -39,7 +39,7 @@
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
 // logit's width (in place) or nothing (loss only); dense targets: reads 4 twice. Per row: reads the target, its
-// logit, w[y] and s[n]; writes 32 (row record) + 16 (sums).
+// logit, w[y] and s[n]; writes 32 (row record) + 16 (sums), + 32 (RowCoef) with `Store::Save`.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;

@@ -941,6 +941,46 @@ fn half_gradient_into_its_own_buffer() {
             assert_within(&format!("{dtype:?} BCE"), &got, &reference.gradient, tol);
         }
     }
+
+    // Small bindings (the rows in chunks, each gradient window in the logits' geometry), the
+    // gradient a slice at an offset inside a shared buffer, and f32 logits (the f32 store).
+    for gpu in common::device::small_bindings(4 << 10) {
+        for dtype in [Dtype::F16, Dtype::Bf16, Dtype::F32] {
+            let case = Case::new(35, 61, 30, Hardness::default())
+                .ignore_every(7, -100)
+                .dtype(dtype);
+            let count = case.rows * case.classes;
+            let options = CrossEntropy::new().z_loss(1e-3);
+            let reference = case.reference(&options, None);
+            let uploaded = DeviceCase::upload(&gpu, &case);
+            let mut pack = Packed::new();
+            let (loss, grad) = (
+                pack.push(&[0u8; 4]),
+                pack.push(&vec![0u8; (count * dtype.size()).next_multiple_of(4)]),
+            );
+            let shared = pack.upload(&gpu);
+            let at = |k: usize| shared.slice(pack.ranges[k].clone());
+            let out =
+                DeviceOutputs::new(at(loss)).gradient(DeviceGradient::IntoLogitsDtype(at(grad)));
+            let label = format!("{gpu:?} {dtype:?}, 4 KiB bindings");
+            record_and_submit(&gpu, &options, &uploaded.batch(), &out);
+            let all = read(&gpu, &shared);
+            let bytes: &[u8] = bytemuck::cast_slice(&all);
+            let part = &bytes[pack.ranges[grad].start as usize..];
+            let got: Vec<f32> = match dtype {
+                Dtype::F32 => bytemuck::pod_collect_to_vec(&part[..count * 4]),
+                _ => part
+                    .chunks_exact(2)
+                    .take(count)
+                    .map(|b| match dtype {
+                        Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                        _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    })
+                    .collect(),
+            };
+            assert_within(&label, &got, &reference.gradient, tol::gradient(dtype));
+        }
+    }
 }
 
 /// Records a forward that saves its state (its loss into `loss`), then the backward from that

@@ -1160,8 +1160,9 @@ fn gpu_recorded_on_device_buffers() {
 
 /// A head weight stored [D × V] (burn's `Linear`, flax's `Dense`), read in place and its
 /// gradient written in that layout: f32 with V a multiple of 4 (16-byte loads along the
-/// vocabulary) and not, f16 and bf16, written and added gradients, small bindings (row chunks
-/// and backward vocabulary chunks over the whole-bound weight); against the
+/// vocabulary) and not (V or D not a multiple of 4), f16 and bf16, written and added
+/// gradients, small bindings (row chunks, backward vocabulary chunks and row groups over the
+/// whole-bound weight); against the
 /// reference, and the same bits as the [V × D] call (the same products in the same order).
 #[test]
 fn gpu_recorded_hidden_major_weight() {
@@ -1175,10 +1176,11 @@ fn gpu_recorded_hidden_major_weight() {
     .expect("a device with small bindings");
     let cases = [
         (Dtype::F32, (70, 20, 1100), &*gpu),
+        (Dtype::F32, (70, 20, 1101), &*gpu),
         (Dtype::F32, (70, 19, 1101), &*gpu),
         (Dtype::F16, (70, 20, 1100), &*gpu),
         (Dtype::Bf16, (70, 20, 1101), &*gpu),
-        (Dtype::F32, (300, 20, 1100), &small),
+        (Dtype::F32, (600, 20, 1100), &small),
     ];
     for (dtype, shape, gpu) in cases {
         let head = Head::new(51, shape, dtype).ignore_every(5).weighted(3);
@@ -1244,6 +1246,22 @@ fn gpu_recorded_hidden_major_weight() {
         ..want
     };
     record_head(&tiny, &head, &CrossEntropy::new(), want).expect("[V × D] in pieces");
+    // An f16 weight that fits a binding whose f32 gradient does not.
+    let head = Head::new(53, (8, 16, 400), Dtype::F16);
+    let want = Want {
+        hidden_major: true,
+        gradients: [false, true, false],
+        ..Want::default()
+    };
+    match record_head(&tiny, &head, &CrossEntropy::new(), want) {
+        Err(Error::Unsupported(message)) => assert!(message.contains("gradient"), "{message}"),
+        other => panic!("expected Unsupported, got {:?}", other.map(|r| r.loss)),
+    }
+    let loss_only = Want {
+        gradients: [false; 3],
+        ..want
+    };
+    record_head(&tiny, &head, &CrossEntropy::new(), loss_only).expect("the f16 weight alone");
 }
 
 /// Recorded calls at the edges: one gradient at a time (db alone skips dW's product), no

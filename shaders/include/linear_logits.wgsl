@@ -1,10 +1,11 @@
 // The tile product's operands for a linear head's logits x = h·Wᵀ (linear_partials.wgsl and
-// linear_gradient.wgsl compute the same sums in the same order): A = h of the bound rows,
-// B = W's rows from class `col0`, both read along k; `b_end` is the first class past the
-// kernel's columns, set by the kernel before its products.
+// linear_gradient.wgsl compute the same sums in the same order): A = h of the bound rows, read
+// along k; B = W's rows from class `col0`, read along k, or with WEIGHT_T (W stored [D × V],
+// bound whole, indexed by global class) W's columns, read along the classes; `b_end` is the
+// first class past the kernel's columns, set by the kernel before its products.
 
 const A_ALONG_K: bool = true;
-const B_ALONG_K: bool = true;
+const B_ALONG_K: bool = !WEIGHT_T;
 var<private> b_end: u32;
 fn load_a(row: u32, k: u32) -> f32 {
     if (row >= p.rows || k >= p.hidden) { return 0.0; }

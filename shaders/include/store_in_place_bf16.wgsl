@@ -1,5 +1,6 @@
 // Gradient written in place over bf16 logits, rounded to nearest even. `i` is a multiple of 4,
 // so an invocation owns whole words; a word half past the end is kept.
+// `Store::SeparateHalf` reuses this store with `logits[` renamed to its own buffer's `grad[`.
 fn to_bf16(v: f32) -> u32 {
     let u = bitcast<u32>(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) { return 0x7fc0u; }

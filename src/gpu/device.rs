@@ -156,9 +156,10 @@ pub struct DeviceOutputs<'a> {
     /// Softmax: where the call saves its per-row state for a later
     /// [`Gpu::record_cross_entropy_backward`] (its gradient, if any, can't be in place). Loss
     /// only, rows that fit the fused kernel take it: one read of the logits, each row's state
-    /// written beside its loss; with a gradient the call takes the three-pass path. A backward planned with f32 gradient windows may
-    /// cut rows finer than the forward did: a forward that only just fits a binding can
-    /// save state whose backward is refused (long rows with focal loss and smoothing).
+    /// written beside its loss; with a gradient the call takes the three-pass path. A
+    /// backward planned with f32 gradient windows may cut rows finer than the forward did: a
+    /// forward that only just fits a binding can save state whose backward is refused (long
+    /// rows with focal loss and smoothing).
     pub saved: Option<DeviceSaved<'a>>,
 }
 

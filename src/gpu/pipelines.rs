@@ -56,7 +56,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// The linear head's kernels: the tile product and the loads of h and W.
-    fn is_linear(self) -> bool {
+    pub(crate) fn is_linear(self) -> bool {
         matches!(
             self,
             Kernel::LinearPartials
@@ -471,7 +471,12 @@ impl Variant {
         let declaration = "// The gradient's own buffer, f16 / bf16 pairs in u32 words \
                            (Store::SeparateHalf).\n\
                            @group(0) @binding(2) var<storage, read_write> grad: array<u32>;\n";
-        declaration.to_string() + &in_place.replace("logits[", "grad[")
+        let store = in_place.replace("logits[", "grad[");
+        assert!(
+            !store.contains("logits["),
+            "the store writes only the gradient"
+        );
+        declaration.to_string() + &store
     }
 
     /// How this variant reads its targets (binding 3).

@@ -155,7 +155,12 @@ pub(crate) fn weight_layout(
     weight: CubeTensor,
     call: &LinearCall,
 ) -> (CubeTensor, WeightLayout) {
-    let bytes = (call.vocab * call.hidden * weight.dtype.size()) as u64;
+    // The f32 gradient, where asked, is bound whole too.
+    let element = match call.gradients.weight {
+        true => weight.dtype.size().max(4),
+        false => weight.dtype.size(),
+    };
+    let bytes = (call.vocab * call.hidden * element) as u64;
     if weight.is_contiguous() || bytes > gpu.max_binding_size() {
         return (weight, WeightLayout::VocabMajor);
     }

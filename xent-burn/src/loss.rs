@@ -261,9 +261,9 @@ pub fn binary_cross_entropy_with_logits<const D: usize>(
 ///   `nn.Linear` layout). A `weight` that is the transpose of a contiguous `[D, V]` tensor
 ///   (`linear.weight.val().transpose()` of burn's `Linear`: [`LinearCrossEntropyLoss`] passes
 ///   that) is read in place on a wgpu device, and its gradient written in the `[D, V]`
-///   layout; any other view is made contiguous first. `bias` `[V]`, `targets` the hidden states' shape without `D`. `hidden` is
-///   cast to the weight's dtype (f32, f16 or bf16; D even for the half types), the bias to
-///   f32.
+///   layout; any other view is made contiguous first. `bias` `[V]`, `targets` the hidden
+///   states' shape without `D`. `hidden` is cast to the weight's dtype (f32, f16 or bf16; D
+///   even for the half types), the bias to f32.
 /// - Under autodiff, with sum and mean the call writes `dh`, `dW` and `db` with the loss (for
 ///   the inputs that need them) and the backward scales them by burn's upstream; with none
 ///   the backward runs the call again with the per-row upstream. Gradients come back in each

@@ -178,8 +178,8 @@ impl CrossEntropyLoss {
 /// are read where they are, no copy. The default (`LinearLayout::Row`) stores `[D, V]`, which
 /// xent reads with its `WeightLayout::HiddenMajor` kernels and whose gradient it writes in
 /// that layout; `LinearLayout::Col` stores `[V, D]`, PyTorch's layout. On a wgpu device a
-/// `[D, V]` weight must fit one storage binding (the device's `max_storage_buffer_binding_size`);
-/// a larger one is copied to `[V, D]` per call.
+/// `[D, V]` weight (and its f32 gradient) must fit one storage binding (the device's
+/// `max_storage_buffer_binding_size`); a larger one is copied to `[V, D]` per call.
 #[derive(Module, Debug)]
 pub struct LinearCrossEntropyLoss {
     /// Target values whose rows are ignored, besides `options.ignore_index`.

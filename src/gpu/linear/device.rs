@@ -217,10 +217,16 @@ impl Gpu {
             true => LogitLoad::scalar(dtype),
             false => linear_load(dtype, d),
         };
-        if transposed && (d * v) as u64 * element > self.max_binding {
+        // ... and so is its f32 gradient.
+        let whole = match outputs.weight_gradient {
+            Some(_) => element.max(4),
+            None => element,
+        };
+        if transposed && (d * v) as u64 * whole > self.max_binding {
             return Err(crate::Error::Unsupported(format!(
-                "a [D × V] head weight is bound whole; [{d} × {v}] is larger than one storage \
-                 binding of {} bytes (pass it [V × D], which is cut into pieces)",
+                "a [D × V] head weight (and its f32 gradient) is bound whole; [{d} × {v}] of \
+                 {whole}-byte values is larger than one storage binding of {} bytes (pass it \
+                 [V × D], which is cut into pieces)",
                 self.max_binding
             )));
         }

@@ -13,8 +13,9 @@
 //! they share one (and D is even), else as f32; its loss is summed from the rows' sums on the
 //! host in f64 with the plan's denominators (its backward, like a recorded call's, scales by
 //! the device's reduced totals). Inputs larger than one storage binding are cut into chunks
-//! of rows and pieces of `W` ([`Pieces`]); the rows' sums are reduced from one binding, so a
-//! call takes at most `max_binding / 16` rows (8 Mi at 128 MiB).
+//! of rows and pieces of `W` ([`Pieces`]; a recorded call's `W` stored [D × V] is bound whole
+//! in every piece, or refused); the rows' sums are reduced from one binding, so a call takes
+//! at most `max_binding / 16` rows (8 Mi at 128 MiB).
 //!
 //! Backward (when a gradient is asked for), vocabulary chunk by chunk in order ([`Backward`]):
 //! `linear_gradient.wgsl` recomputes the chunk's logits and writes `G`,
@@ -131,13 +132,9 @@ impl Gpu {
                 kernel => Variant::new(kernel, load, TargetLoad::I64),
             }
             .with_writable(b.writable);
-            let variant = match launch.kernel {
-                Kernel::LinearPartials
-                | Kernel::LinearGradient
-                | Kernel::LinearWeightGradient
-                | Kernel::LinearHiddenGradient
-                | Kernel::LinearFocal => variant.with_weight_transposed(b.weight_transposed),
-                _ => variant,
+            let variant = match launch.kernel.is_linear() {
+                true => variant.with_weight_transposed(b.weight_transposed),
+                false => variant,
             };
             self.launch(&mut pass, &self.pipeline(variant), &entries, launch.groups);
         }
