@@ -25,6 +25,7 @@ use xent::gpu::{
 use xent::linear::WeightLayout;
 use xent::{Dtype, Layout, Reduction};
 
+use crate::counts;
 use crate::host;
 use crate::inputs::{Inputs, LinearInputs, LinearOutputs};
 use crate::ops::{BinaryCall, BinaryGiven, Call, Given, LinearCall, LinearGiven, XentBackend};
@@ -166,7 +167,10 @@ pub(crate) fn weight_layout(
     }
     let stored = CubeBackend::float_swap_dims(weight.clone(), 0, 1);
     match stored.is_contiguous() {
-        true => (stored, WeightLayout::HiddenMajor),
+        true => {
+            counts::hidden_major_weight();
+            (stored, WeightLayout::HiddenMajor)
+        }
         false => (weight, WeightLayout::VocabMajor),
     }
 }
@@ -196,6 +200,9 @@ fn flag(near: &CubeTensor) -> CubeTensor {
 /// Storage-buffer offsets must be multiples of the device's alignment: cubecl's allocations
 /// are, but a view (a slice of rows, say) may start anywhere; such a view is copied.
 fn aligned(gpu: &Gpu, tensor: CubeTensor) -> CubeTensor {
+    if !tensor.is_contiguous() {
+        counts::copied_input();
+    }
     let tensor = into_contiguous(tensor);
     let storage = gpu.device().limits().min_storage_buffer_offset_alignment as u64;
     let alignment = tensor.client.properties().memory.alignment.max(storage);
@@ -207,6 +214,7 @@ fn aligned(gpu: &Gpu, tensor: CubeTensor) -> CubeTensor {
     {
         tensor
     } else {
+        counts::copied_input();
         tensor.copy()
     }
 }
@@ -448,6 +456,7 @@ fn forward(
 /// the logits' dtype (xent writes f16 / bf16 there directly), still no copy.
 fn gradient_destination(logits: &CubeTensor) -> (CubeTensor, bool) {
     if logits.can_mut() {
+        counts::in_place_gradient();
         return (logits.clone(), true);
     }
     (empty(logits, logits.meta.shape(), logits.dtype), false)

@@ -7,6 +7,7 @@
 //! holds the logits' buffer (burn's rule for its own in-place kernels: a model's output that
 //! the caller dropped after the loss), the gradient is written over it, with no allocation;
 //! otherwise into a new tensor of the logits' dtype (no copy of the logits).
+//! [`binding_counts`] tells how calls bound their tensors (in place, as stored, or copied).
 //!
 //! ```no_run
 //! use burn::tensor::{Int, Tensor};
@@ -48,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod autodiff;
+mod counts;
 mod cube;
 mod device;
 mod flex;
@@ -57,6 +59,7 @@ mod loss;
 mod module;
 pub mod ops;
 
+pub use counts::{binding_counts, reset_binding_counts, BindingCounts};
 pub use device::{init, init_with, register, register_cpu_path, runs_kernels, scratch_bytes};
 pub use loss::{
     binary_cross_entropy_with_logits, cross_entropy, cross_entropy_soft, cross_entropy_weighted,
