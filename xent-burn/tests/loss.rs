@@ -180,9 +180,10 @@ fn target_out_of_range_is_flagged_and_ignored() {
     assert_within("loss", &floats(out.loss), &[expected], tol::LOSS);
 }
 
-/// Tensors that are views into larger ones: rows starting mid-buffer (an offset the device
-/// can't bind: the call copies them), targets sliced out of a longer vector, and logits that are
-/// a transposed (non-contiguous) view. The gradient flows back through the views.
+/// Tensors that are views into larger ones: rows starting mid-buffer (an offset no device
+/// binds: burn's fusion hands over such a slice as a new tensor, and a view that still reached
+/// the call would be copied), targets sliced out of a longer vector, and logits that are a
+/// transposed (non-contiguous) view. The gradient flows back through the views.
 #[test]
 fn views_at_offsets_and_strides() {
     let Some(device) = device() else { return };
