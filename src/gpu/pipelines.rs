@@ -612,35 +612,11 @@ pub fn all_variants() -> Vec<Variant> {
     for load in loads {
         for t in targets {
             for subgroups in [false, true] {
-                out.push(Variant {
-                    kernel: Kernel::SoftmaxPartials,
-                    load,
-                    targets: t,
-                    store: Store::Separate,
-                    subgroups,
-                    writable: false,
-                    weight_transposed: false,
-                });
+                out.push(Variant::new(Kernel::SoftmaxPartials, load, t).with_subgroups(subgroups));
             }
-            out.push(Variant {
-                kernel: Kernel::SoftmaxRows,
-                load,
-                targets: t,
-                store: Store::Separate,
-                subgroups: false,
-                writable: false,
-                weight_transposed: false,
-            });
+            out.push(Variant::new(Kernel::SoftmaxRows, load, t));
             if load != LogitLoad::F32x4 {
-                out.push(Variant {
-                    kernel: Kernel::SoftmaxFocal,
-                    load,
-                    targets: t,
-                    store: Store::Separate,
-                    subgroups: false,
-                    writable: false,
-                    weight_transposed: false,
-                });
+                out.push(Variant::new(Kernel::SoftmaxFocal, load, t));
             }
             for subgroups in [false, true] {
                 for store in [
@@ -700,29 +676,13 @@ pub fn all_variants() -> Vec<Variant> {
                 out.push(Variant::new(Kernel::SoftmaxBackward, load, t));
             } else {
                 for store in stores_of(load) {
-                    out.push(Variant {
-                        kernel: Kernel::SoftmaxBackward,
-                        load,
-                        targets: t,
-                        store,
-                        subgroups: false,
-                        writable: false,
-                        weight_transposed: false,
-                    });
+                    out.push(Variant::new(Kernel::SoftmaxBackward, load, t).with_store(store));
                 }
             }
         }
         if load != LogitLoad::F32x4 {
             for store in stores_of(load) {
-                out.push(Variant {
-                    kernel: Kernel::Bce,
-                    load,
-                    targets: TargetLoad::Dense,
-                    store,
-                    subgroups: false,
-                    writable: false,
-                    weight_transposed: false,
-                });
+                out.push(Variant::new(Kernel::Bce, load, TargetLoad::Dense).with_store(store));
             }
         }
     }
