@@ -875,15 +875,15 @@ fn half_gradient_into_its_own_buffer() {
                 gpu.record_cross_entropy(&mut encoder, &options, &in_place.batch(), &out)
                     .unwrap();
                 gpu.queue().submit([encoder.finish()]);
-                let got = read_values(&gpu, &grad, dtype, count);
+                let got = read_values(&gpu, &grad, 0, dtype, count);
                 assert_within(&label, &got, &reference.gradient, tol);
-                let over = read_values(&gpu, &in_place.logits, dtype, count);
+                let over = read_values(&gpu, &in_place.logits, 0, dtype, count);
                 assert_eq!(
                     bits(&got),
                     bits(&over),
                     "{label}: the in-place gradient's bits"
                 );
-                let logits = read_values(&gpu, &uploaded.logits, dtype, count);
+                let logits = read_values(&gpu, &uploaded.logits, 0, dtype, count);
                 assert_eq!(
                     bits(&logits),
                     bits(&case.logits),
@@ -914,7 +914,7 @@ fn half_gradient_into_its_own_buffer() {
                 )
                 .unwrap_or_else(|e| panic!("{label}, saved: {e}"));
                 gpu.queue().submit([encoder.finish()]);
-                let got = read_values(&gpu, &grad, dtype, count);
+                let got = read_values(&gpu, &grad, 0, dtype, count);
                 assert_within(&format!("{label}, saved"), &got, &reference.gradient, tol);
             }
 
@@ -937,7 +937,7 @@ fn half_gradient_into_its_own_buffer() {
             )
             .unwrap();
             gpu.queue().submit([encoder.finish()]);
-            let got = read_values(&gpu, &grad, dtype, count);
+            let got = read_values(&gpu, &grad, 0, dtype, count);
             assert_within(&format!("{dtype:?} BCE"), &got, &reference.gradient, tol);
         }
     }
@@ -964,20 +964,8 @@ fn half_gradient_into_its_own_buffer() {
                 DeviceOutputs::new(at(loss)).gradient(DeviceGradient::IntoLogitsDtype(at(grad)));
             let label = format!("{gpu:?} {dtype:?}, 4 KiB bindings");
             record_and_submit(&gpu, &options, &uploaded.batch(), &out);
-            let all = read(&gpu, &shared);
-            let bytes: &[u8] = bytemuck::cast_slice(&all);
-            let part = &bytes[pack.ranges[grad].start as usize..];
-            let got: Vec<f32> = match dtype {
-                Dtype::F32 => bytemuck::pod_collect_to_vec(&part[..count * 4]),
-                _ => part
-                    .chunks_exact(2)
-                    .take(count)
-                    .map(|b| match dtype {
-                        Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                        _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-                    })
-                    .collect(),
-            };
+            let start = pack.ranges[grad].start as usize;
+            let got = read_values(&gpu, &shared, start, dtype, count);
             assert_within(&label, &got, &reference.gradient, tol::gradient(dtype));
         }
     }

@@ -5,9 +5,7 @@ use super::bad_weight;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs};
 use crate::input::Targets;
-use crate::linear::{
-    GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy, WeightLayout,
-};
+use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
 use crate::options::{CrossEntropy, InputKind, Reduction};
 use crate::shard::{Combined, Shard};
 
@@ -274,11 +272,7 @@ pub(crate) fn check_device(
         ));
     }
     let (h, w) = (&batch.hidden, &batch.weight);
-    // The weight's (vocabulary, hidden size) as its layout stores them.
-    let (vocab, w_dim) = match batch.weight_layout {
-        WeightLayout::VocabMajor => (w.rows, w.cols),
-        WeightLayout::HiddenMajor => (w.cols, w.rows),
-    };
+    let (vocab, w_dim) = batch.weight_shape();
     let (rows, dim) = (h.rows, h.cols);
     let shape = || {
         format!(

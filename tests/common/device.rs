@@ -166,34 +166,17 @@ pub struct DeviceCase {
     pub dtype: xent::Dtype,
 }
 
-/// Logits' bytes in their dtype, padded to whole 4-byte words.
-pub fn words(storage: &super::Storage) -> Vec<u8> {
-    let mut bytes: Vec<u8> = match storage {
-        super::Storage::F32(d) => bytemuck::cast_slice(d).to_vec(),
-        super::Storage::F16(d) => bytemuck::cast_slice(d).to_vec(),
-        super::Storage::Bf16(d) => bytemuck::cast_slice(d).to_vec(),
-    };
-    bytes.resize(bytes.len().next_multiple_of(4), 0);
-    bytes
-}
-
-/// The first `count` values of a buffer holding `dtype` values, as f32.
-pub fn read_values(gpu: &Gpu, buffer: &wgpu::Buffer, dtype: xent::Dtype, count: usize) -> Vec<f32> {
+/// The `count` values of `dtype` from byte `start` of a buffer, as f32.
+pub fn read_values(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    start: usize,
+    dtype: xent::Dtype,
+    count: usize,
+) -> Vec<f32> {
     let words = read(gpu, buffer);
     let bytes: &[u8] = bytemuck::cast_slice(&words);
-    match dtype {
-        xent::Dtype::F32 => words[..count].to_vec(),
-        xent::Dtype::F16 => bytes
-            .chunks_exact(2)
-            .take(count)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        xent::Dtype::Bf16 => bytes
-            .chunks_exact(2)
-            .take(count)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    }
+    super::Storage::from_bytes(dtype, &bytes[start..], count).to_f32()
 }
 
 impl DeviceCase {
@@ -205,7 +188,7 @@ impl DeviceCase {
             None => buffer(gpu, bytemuck::cast_slice(&case.index_targets)),
         };
         DeviceCase {
-            logits: buffer(gpu, &words(&case.storage())),
+            logits: buffer(gpu, &case.storage().words()),
             dtype: case.dtype,
             targets,
             class_weights: floats(&case.class_weights),

@@ -356,6 +356,34 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// The first `count` values of `dtype` in little-endian `bytes`.
+    pub fn from_bytes(dtype: Dtype, bytes: &[u8], count: usize) -> Storage {
+        let size = dtype.size();
+        let values = bytes[..count * size].chunks_exact(size);
+        match dtype {
+            Dtype::F32 => Storage::F32(
+                values
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => Storage::F16(values.map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
+            Dtype::Bf16 => {
+                Storage::Bf16(values.map(|b| bf16::from_le_bytes([b[0], b[1]])).collect())
+            }
+        }
+    }
+
+    /// The values' bytes, padded to whole 4-byte words (as a storage buffer takes them).
+    pub fn words(&self) -> Vec<u8> {
+        let mut bytes: Vec<u8> = match self {
+            Storage::F32(d) => bytemuck::cast_slice(d).to_vec(),
+            Storage::F16(d) => bytemuck::cast_slice(d).to_vec(),
+            Storage::Bf16(d) => bytemuck::cast_slice(d).to_vec(),
+        };
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        bytes
+    }
+
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
             Storage::F32(d) => d.clone(),

@@ -151,11 +151,7 @@ impl XentBackend for CubeBackend {
 /// `transpose()`), as that tensor with [`WeightLayout::HiddenMajor`]: read in place, no copy.
 /// xent binds such a weight whole, so one that outgrows a storage binding is made contiguous
 /// `[V, D]` instead (a copy, cut into pieces by xent).
-pub(crate) fn weight_layout(
-    gpu: &Gpu,
-    weight: CubeTensor,
-    call: &LinearCall,
-) -> (CubeTensor, WeightLayout) {
+fn weight_layout(gpu: &Gpu, weight: CubeTensor, call: &LinearCall) -> (CubeTensor, WeightLayout) {
     // The f32 gradient, where asked, is bound whole too.
     let element = match call.gradients.weight {
         true => weight.dtype.size().max(4),

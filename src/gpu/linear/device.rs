@@ -104,6 +104,15 @@ pub struct DeviceLinearBatch<'a> {
 }
 
 impl<'a> DeviceLinearBatch<'a> {
+    /// The weight's (vocabulary, hidden size), read through its layout.
+    pub(crate) fn weight_shape(&self) -> (usize, usize) {
+        let w = &self.weight;
+        match self.weight_layout {
+            WeightLayout::VocabMajor => (w.rows, w.cols),
+            WeightLayout::HiddenMajor => (w.cols, w.rows),
+        }
+    }
+
     /// Hidden states, weight and targets; no bias or weights (set the fields for those).
     pub fn new(
         hidden: DeviceMatrix<'a>,
@@ -205,11 +214,7 @@ impl Gpu {
         let writable =
             crate::plan::linear::check_device(options, batch, outputs, self.storage_alignment)?;
         let transposed = batch.weight_layout == WeightLayout::HiddenMajor;
-        let (n, d) = (batch.hidden.rows, batch.hidden.cols);
-        let v = match transposed {
-            true => batch.weight.cols,
-            false => batch.weight.rows,
-        };
+        let (n, d, v) = (batch.hidden.rows, batch.hidden.cols, batch.weight_shape().0);
         let dtype = batch.hidden.dtype;
         let element = dtype.size() as u64;
         // [D × V] is bound whole, and read as vec4s along the vocabulary only where V allows.
