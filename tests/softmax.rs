@@ -410,6 +410,33 @@ fn short_rows_against_reference() {
             );
         }
     }
+    // Plain calls (no metrics, class weights, smoothing or transform) take their own tile
+    // code: every way C meets the 8-row transposition (2, under 8, multiples of 8, past them).
+    let plain = CrossEntropy::new();
+    let plain_grid = [
+        ("plain", plain),
+        ("sum", plain.reduction(Reduction::Sum)),
+        ("none", plain.reduction(Reduction::None)),
+        ("z-loss", plain.z_loss(1e-3)),
+        ("ignore 1", plain.ignore_index(1)),
+    ];
+    for classes in [1usize, 2, 3, 5, 7, 8, 10, 16, 17, 33, 64] {
+        for (label, options) in plain_grid {
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                let case = Case::new(classes as u64 * 19, 77, classes, Hardness::ALL)
+                    .sample_weighted(3)
+                    .ignore_every(5, options.ignore_index)
+                    .dtype(dtype)
+                    .without_metrics();
+                check_every_backend(
+                    &format!("short plain {classes} {label} {dtype:?}"),
+                    &case,
+                    &options,
+                    None,
+                );
+            }
+        }
+    }
     // Per-row upstream values with no reduction.
     let case = Case::new(3, 45, 7, Hardness::ALL).sample_weighted(1);
     let per_row: Vec<f32> = (0..45).map(|r| 0.25 + (r % 9) as f32 * 0.5).collect();

@@ -4,6 +4,7 @@
 use super::super::row::Transform;
 use super::super::Call;
 use super::MAX_LANES;
+use crate::input::Targets;
 use rten_simd::ops::BitOps;
 use rten_simd::Isa;
 
@@ -56,13 +57,23 @@ pub(super) struct Consts<'a> {
     /// `W = Σ w`.
     pub weight_sum: f32,
     pub w: Option<&'a [f32]>,
+    /// Index targets, `z = x`, no smoothing, no class weights and no metrics: the case most
+    /// calls are, whose class loops are only the max, the exps and the target's pick.
+    pub plain: bool,
 }
 
 impl<'a> Consts<'a> {
     pub(super) fn new(call: &Call<'a>, classes: usize) -> Consts<'a> {
         let options = call.plan.softmax();
+        let transform = Transform::of(&options);
         Consts {
-            transform: Transform::of(&options),
+            plain: transform.scale == 1.0
+                && transform.softcap.is_none()
+                && options.label_smoothing == 0.0
+                && call.w.is_none()
+                && !call.want_metrics
+                && !matches!(call.targets, Targets::Dense(_)),
+            transform,
             eps: options.label_smoothing,
             uniform: options.label_smoothing / classes as f32,
             lambda: options.z_loss,

@@ -37,10 +37,12 @@ use crate::plan::Loss;
 use lanes::{Consts, Lanes, TileTargets};
 use rten_simd::ops::{BitOps, FloatOps, MaskOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
-use tiles::{lane_targets, load_group, store_tile};
+use tiles::{lane_targets, load_group, store_tile, Vector};
 
 mod lanes;
 mod tiles;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 /// Rows of at most this many classes take the short-row path.
 pub(super) const SHORT_CLASSES: usize = 64;
@@ -107,6 +109,7 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
     #[inline(always)]
     fn eval<I: Isa>(mut self, isa: I) {
         let lanes = isa.f32().len();
+        let vector = Vector::of::<I>();
         let (classes, rows) = (self.shape.classes, self.shape.rows);
         let ignore = self.call.plan.softmax().ignore_index;
         let k = Consts::new(self.call, classes);
@@ -131,7 +134,14 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
         let mut group_y = [0f32; GROUP * MAX_LANES];
         for g0 in (0..rows).step_by(GROUP * lanes) {
             let gn = (GROUP * lanes).min(rows - g0);
-            load_group(self.src.get(), layout, classes, (g0, gn), lanes, &mut group);
+            load_group(
+                self.src.get(),
+                layout,
+                classes,
+                (g0, gn),
+                (lanes, vector),
+                &mut group,
+            );
             let r0 = self.first_row + g0;
             match self.call.targets {
                 Targets::I32(t) => lane_targets(&t[r0..r0 + gn], ignore, &mut group_y),
@@ -140,7 +150,14 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
                     // Dense targets follow the logits' layout, from the block's first row
                     // (a block holds whole samples); every row is valid, its `y` C: no class.
                     let block = &t[self.first_row * classes..];
-                    load_group(block, layout, classes, (g0, gn), lanes, &mut group_t);
+                    load_group(
+                        block,
+                        layout,
+                        classes,
+                        (g0, gn),
+                        (lanes, vector),
+                        &mut group_t,
+                    );
                     group_y[..gn].fill(classes as f32);
                 }
             }
@@ -156,7 +173,21 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
                     y: &group_y[tile * lanes..(tile + 1) * lanes],
                     dense: tiles_t.next(),
                 };
-                self.tile(isa, &k, (z, &mut e), targets, (i0, n), &mut per, &mut sums);
+                let (z, e, n) = ((z, &mut e[..]), targets, (i0, n));
+                match (k.plain, self.shape.wants_grad) {
+                    (true, false) => {
+                        self.tile::<I, true, false>(isa, &k, z, e, n, &mut per, &mut sums)
+                    }
+                    (true, true) => {
+                        self.tile::<I, true, true>(isa, &k, z, e, n, &mut per, &mut sums)
+                    }
+                    (false, false) => {
+                        self.tile::<I, false, false>(isa, &k, z, e, n, &mut per, &mut sums)
+                    }
+                    (false, true) => {
+                        self.tile::<I, false, true>(isa, &k, z, e, n, &mut per, &mut sums)
+                    }
+                }
             }
         }
         self.out.ce += sums.0.iter().sum::<f64>();
@@ -167,9 +198,13 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
 impl<T: Element> ShortRows<'_, '_, T> {
     /// One tile: rows `i0 .. i0 + n` of the block (the module docs), `z` its transposed
     /// logits, `tile_y` its lanes' targets; adds each row's loss terms to `sums` (per lane).
+    ///
+    /// `PLAIN` ([`Consts::plain`]) and `GRAD` (the gradient is asked) are constants so that
+    /// each combination's class loops carry only their own work: a runtime flag's branch
+    /// and the values it keeps alive cost the short loops more than the work they guard.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn tile<I: Isa>(
+    fn tile<I: Isa, const PLAIN: bool, const GRAD: bool>(
         &mut self,
         isa: I,
         k: &Consts<'_>,
@@ -181,8 +216,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
     ) {
         let ops = isa.f32();
         let lanes = ops.len();
-        let (classes, layout, wants_grad) =
-            (self.shape.classes, self.shape.layout, self.shape.wants_grad);
+        let (classes, layout) = (self.shape.classes, self.shape.layout);
         let call = self.call;
         let Consts {
             transform,
@@ -192,7 +226,10 @@ impl<T: Element> ShortRows<'_, '_, T> {
             weight_sum,
             ..
         } = *k;
-        let want_metrics = call.want_metrics;
+        // What a plain call has not, as constants.
+        let (eps, uniform) = if PLAIN { (0.0, 0.0) } else { (eps, uniform) };
+        let class_weights = if PLAIN { None } else { k.w };
+        let want_metrics = !PLAIN && call.want_metrics;
         let (zero, one) = (ops.zero(), ops.one());
         let (neg_inf, pos_inf, nan) = (
             ops.splat(f32::NEG_INFINITY),
@@ -202,21 +239,24 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let lowest = ops.splat(f32::MIN);
         let none = ops.splat(classes as f32);
 
-        // Pass 1: z and the max.
+        // Pass 1: z and the max (plain: z is x).
         let mut m = neg_inf;
-        for c in 0..classes {
-            let zc = transform.apply(isa, ops.load(&z[c * lanes..]));
-            ops.store(zc, &mut z[c * lanes..]);
-            m = ops.max(m, zc);
+        for zc in z.chunks_exact_mut(lanes) {
+            let x = ops.load(zc);
+            let zv = if PLAIN { x } else { transform.apply(isa, x) };
+            if !PLAIN {
+                ops.store(zv, zc);
+            }
+            m = ops.max(m, zv);
         }
 
         // Per-lane targets, weights and scales.
-        let (tile_y, dense) = (targets.y, targets.dense);
+        let (tile_y, dense) = (targets.y, if PLAIN { None } else { targets.dense });
         let r0 = self.first_row + i0;
         let y = ops.load(tile_y);
         let valid = ops.ge(y, zero);
         // `w[y]` of index targets (dense targets have no `y`: unread).
-        let w_y = match (k.w, dense) {
+        let w_y = match (class_weights, dense) {
             (Some(w), None) => {
                 for (w_y, &y) in per.w_y.iter_mut().zip(tile_y) {
                     *w_y = if y >= 0.0 { w[y as usize] } else { 0.0 };
@@ -233,16 +273,16 @@ impl<T: Element> ShortRows<'_, '_, T> {
         // targets Σ w·t, Σ w·t·d, Σ t·e and the targets' first max.
         let (mut s, mut d_y, mut wz, mut ez, mut arg) = (zero, zero, zero, zero, none);
         let (mut wt, mut wtz, mut te, mut t_max, mut t_arg) = (zero, zero, zero, neg_inf, none);
-        for c in 0..classes {
-            let zc = ops.load(&z[c * lanes..]);
+        let mut class = zero;
+        for (c, zc) in z.chunks_exact(lanes).enumerate() {
+            let zc = ops.load(zc);
             let d = ops.sub(zc, m);
             let ec = ShiftedExp.eval(isa, d);
             s = ops.add(s, ec);
-            if wants_grad {
+            if GRAD {
                 ops.store(ec, &mut e[c * lanes..]);
             }
-            let class = ops.splat(c as f32);
-            let w = ops.splat(k.w.map_or(1.0, |w| w[c]));
+            let w = ops.splat(class_weights.map_or(1.0, |w| w[c]));
             // `linear_term`: a zero coefficient leaves its term out, also where d = −inf.
             match dense {
                 None => d_y = ops.select(d, d_y, ops.eq(y, class)),
@@ -265,6 +305,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 ez = ops.mul_add(ec, ops.max(d, lowest), ez);
                 arg = ops.min(arg, ops.select(class, none, ops.eq(zc, m)));
             }
+            class = ops.add(class, one);
         }
 
         // The finish (SEMANTICS.md sections 2, 5, 6). A row is finite when its max is and its
@@ -331,9 +372,10 @@ impl<T: Element> ShortRows<'_, '_, T> {
             ops.select(loss, zero, valid),
         );
 
-        // Per-lane f64 sums (independent chains; fixed by the block, not the threads).
+        // Per-lane f64 sums (independent chains; fixed by the block, not the threads). Every
+        // lane is added (padding lanes hold 0): a loop bounded by `n` becomes masked stores.
         let (ce, z_loss) = (ce.to_array(), z_loss.to_array());
-        for j in 0..n {
+        for j in 0..lanes {
             sums.0[j] += ce.as_ref()[j] as f64;
             sums.1[j] += z_loss.as_ref()[j] as f64;
         }
@@ -380,7 +422,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 m.valid.push(valid);
             }
         }
-        if !wants_grad {
+        if !GRAD {
             return;
         }
 
@@ -399,14 +441,20 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let a_keep = ops.mul(a, keep);
         let fill = ops.select(nan, zero, valid);
         let keep = isa.m32().and(valid, finite);
-        for c in 0..classes {
-            let zc = ops.load(&z[c * lanes..]);
-            let ec = ops.load(&e[c * lanes..]);
-            let w = ops.splat(k.w.map_or(1.0, |w| w[c]));
-            let mut dz = ops.mul_sub_from(a_uniform, w, ops.mul(k_over_s, ec));
+        let mut class = zero;
+        for (c, (zc, ec)) in z
+            .chunks_exact(lanes)
+            .zip(e.chunks_exact_mut(lanes))
+            .enumerate()
+        {
+            let w = ops.splat(class_weights.map_or(1.0, |w| w[c]));
+            let mut dz = ops.mul(k_over_s, ops.load(ec));
+            if !PLAIN {
+                dz = ops.mul_sub_from(a_uniform, w, dz);
+            }
             match dense {
                 None => {
-                    let at_target = ops.eq(y, ops.splat(c as f32));
+                    let at_target = ops.eq(y, class);
                     dz = ops.select(ops.sub(dz, target), dz, at_target);
                 }
                 Some(t) => {
@@ -414,15 +462,20 @@ impl<T: Element> ShortRows<'_, '_, T> {
                     dz = ops.mul_sub_from(ops.mul(a_keep, w), tc, dz);
                 }
             }
-            let dx = ops.mul(dz, transform.slope(isa, zc));
-            ops.store(ops.select(dx, fill, keep), &mut e[c * lanes..]);
+            let dx = if PLAIN {
+                dz
+            } else {
+                ops.mul(dz, transform.slope(isa, ops.load(zc)))
+            };
+            ops.store(ops.select(dx, fill, keep), ec);
+            class = ops.add(class, one);
         }
         store_tile(
             e,
             layout,
             classes,
             (i0, n),
-            lanes,
+            (lanes, Vector::of::<I>()),
             (self.src, self.grad.as_deref_mut(), self.in_place),
         );
     }

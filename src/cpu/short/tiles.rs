@@ -4,6 +4,36 @@
 
 use super::super::Data;
 use crate::input::{Element, Layout};
+use crate::Dtype;
+
+/// The vector transposition of eight f32 rows, where the CPU has one (x86-64 with AVX2).
+#[cfg(target_arch = "x86_64")]
+pub(super) use super::transpose::Avx2 as Vector;
+
+/// No vector transposition off x86-64 (never constructed).
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy)]
+pub(super) enum Vector {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Vector {
+    pub(super) fn of<I: rten_simd::Isa>() -> Option<Vector> {
+        None
+    }
+    fn load_rows(self, _: &[f32], _: usize, _: &mut [f32], _: usize) {
+        match self {}
+    }
+    fn store_rows(self, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
+        match self {}
+    }
+}
+
+/// The rows of a full tile, eight at a time, through the vector transposition: `Some` when
+/// there is one and `T` is f32 (else the caller's scalar walk).
+#[inline(always)]
+fn vector_rows<T: Element>(vector: Option<Vector>, n: usize, lanes: usize) -> Option<Vector> {
+    vector.filter(|_| n == lanes && lanes.is_multiple_of(8) && T::DTYPE == Dtype::F32)
+}
 
 /// Each lane's target as f32 (exact: `C ≤ SHORT_CLASSES`), −1 where it is `ignore`.
 #[inline(always)]
@@ -21,7 +51,7 @@ pub(super) fn load_group<T: Element>(
     layout: Layout,
     classes: usize,
     (g0, gn): (usize, usize),
-    lanes: usize,
+    (lanes, vector): (usize, Option<Vector>),
     group: &mut [f32],
 ) {
     for (t, tile) in group.chunks_exact_mut(classes * lanes).enumerate() {
@@ -34,7 +64,7 @@ pub(super) fn load_group<T: Element>(
             layout,
             classes,
             (i0, lanes.min(g0 + gn - i0)),
-            lanes,
+            (lanes, vector),
             tile,
         );
     }
@@ -48,13 +78,21 @@ fn load_tile<T: Element>(
     layout: Layout,
     classes: usize,
     (i0, n): (usize, usize),
-    lanes: usize,
+    (lanes, vector): (usize, Option<Vector>),
     tile: &mut [f32],
 ) {
     if n < lanes {
         tile.fill(0.0);
     }
     match layout {
+        Layout::Rows if vector_rows::<T>(vector, n, lanes).is_some() => {
+            let vector = vector_rows::<T>(vector, n, lanes).unwrap();
+            let block: &[f32] = bytemuck::cast_slice(block);
+            for lane0 in (0..lanes).step_by(8) {
+                let rows = &block[(i0 + lane0) * classes..];
+                vector.load_rows(rows, classes, &mut tile[lane0..], lanes);
+            }
+        }
         Layout::Rows => {
             // Class by class, a strided walk of the tile's rows (in L1).
             let rows = &block[i0 * classes..(i0 + n) * classes];
@@ -94,15 +132,41 @@ pub(super) fn store_tile<T: Element>(
     layout: Layout,
     classes: usize,
     (i0, n): (usize, usize),
-    lanes: usize,
+    (lanes, vector): (usize, Option<Vector>),
     (src, grad, in_place): (&mut Data<'_, T>, Option<&mut [f32]>, bool),
 ) {
+    let rows = matches!(layout, Layout::Rows);
     match (grad, src) {
-        (Some(g), _) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
-        (None, Data::Exclusive(d)) if in_place => {
-            scatter_tile(tile, layout, classes, (i0, n), lanes, d, T::from_f32)
+        (Some(g), _) if rows && vector_rows::<f32>(vector, n, lanes).is_some() => {
+            store_rows(tile, classes, (i0, lanes), vector.unwrap(), g)
         }
+        (Some(g), _) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
+        (None, Data::Exclusive(d)) if in_place => match vector_rows::<T>(vector, n, lanes) {
+            Some(vector) if rows => store_rows(
+                tile,
+                classes,
+                (i0, lanes),
+                vector,
+                bytemuck::cast_slice_mut(d),
+            ),
+            _ => scatter_tile(tile, layout, classes, (i0, n), lanes, d, T::from_f32),
+        },
         _ => {}
+    }
+}
+
+/// A full tile into rows `i0 .. i0 + lanes` of a row-major f32 block, eight rows at a time.
+#[inline(always)]
+fn store_rows(
+    tile: &[f32],
+    classes: usize,
+    (i0, lanes): (usize, usize),
+    vector: Vector,
+    block: &mut [f32],
+) {
+    for lane0 in (0..lanes).step_by(8) {
+        let rows = &mut block[(i0 + lane0) * classes..];
+        vector.store_rows(&tile[lane0..], lanes, classes, rows);
     }
 }
 

@@ -1,0 +1,238 @@
+//! The transposition of eight f32 rows into eight lanes and back with AVX2: the x86-64 fast
+//! path of `tiles.rs` for row-major f32 logits and f32 gradients.
+//!
+//! A scalar transposition stores one value at a time at a stride of a tile's lanes: one store
+//! per logit, and the tile's vector loads then wait on those stores. Here eight rows are read
+//! as eight vectors of eight classes and turned into eight vectors of eight rows by the
+//! classic unpack / shuffle / 128-bit permute network (24 shuffles per 64 values), so every
+//! load and store is a vector. Classes go eight at a time; when `C` is not a multiple of 8
+//! the last block starts at `C − 8` and overlaps the one before it (the overlap is written
+//! twice with the same values). Rows of fewer than 8 classes are read 8 values at a time,
+//! each load running into the next row, and the last rows through a mask to their `C` values,
+//! so nothing past the tile's last row is read or written. Two classes (binary
+//! heads) take a shorter path: the 16 values are two vectors, split by one shuffle each.
+
+use std::arch::x86_64::*;
+
+/// Proof that the CPU has AVX2 (made from an ISA whose vectors are at least 32 bytes: the
+/// AVX2 and AVX-512 levels, which exist only on a CPU that supports them).
+#[derive(Clone, Copy)]
+pub(super) struct Avx2(());
+
+impl Avx2 {
+    /// `Some` for the AVX2 and AVX-512 ISAs (decided at compile time for each ISA).
+    #[inline(always)]
+    pub(super) fn of<I: rten_simd::Isa>() -> Option<Avx2> {
+        (std::mem::size_of::<I::F32>() >= 32).then_some(Avx2(()))
+    }
+
+    /// Rows `0..8` of `rows` (row-major, `classes` values each; the slice may run on past the
+    /// eighth row) into lanes `0..8` of `tile`: class `c` at `c·stride`.
+    ///
+    /// # Panics
+    /// If `rows` holds fewer than 8 rows, `classes` is 0, or `tile` is shorter than
+    /// `(classes − 1)·stride + 8`.
+    #[inline(always)]
+    pub(super) fn load_rows(self, rows: &[f32], classes: usize, tile: &mut [f32], stride: usize) {
+        assert!(classes > 0 && rows.len() >= 8 * classes);
+        assert!(tile.len() >= (classes - 1) * stride + 8);
+        // SAFETY: `self` proves AVX2; the bounds are asserted above and each access is
+        // argued in `load_rows_avx2`.
+        unsafe { load_rows_avx2(rows, classes, tile, stride) }
+    }
+
+    /// The inverse of [`load_rows`](Self::load_rows): lanes `0..8` of `tile` into rows `0..8`
+    /// of `rows`, writing exactly those `8·classes` values.
+    ///
+    /// # Panics
+    /// As `load_rows`.
+    #[inline(always)]
+    pub(super) fn store_rows(self, tile: &[f32], stride: usize, classes: usize, rows: &mut [f32]) {
+        assert!(classes > 0 && rows.len() >= 8 * classes);
+        assert!(tile.len() >= (classes - 1) * stride + 8);
+        // SAFETY: as in `load_rows`.
+        unsafe { store_rows_avx2(tile, stride, classes, rows) }
+    }
+}
+
+/// The 8 × 8 transposition: `out[c]` lane `j` is `r[j]` lane `c`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+/// Lanes `0..n` set (`n ≤ 8`), as a mask for `maskload` / `maskstore`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn first_lanes(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Whether row `j`'s 8 values from `j·C` lie inside the 8 rows (else it is read or written
+/// through a mask): all rows but the last few when C < 8.
+fn fits(j: usize, classes: usize) -> bool {
+    j * classes + 8 <= 8 * classes
+}
+
+/// The starts of the 8-class blocks of a row of `classes ≥ 8`: 0, 8, …, and `classes − 8`
+/// last when `classes` is not a multiple of 8.
+fn class_blocks(classes: usize) -> impl Iterator<Item = usize> {
+    (0..classes.div_ceil(8)).map(move |b| (8 * b).min(classes - 8))
+}
+
+/// # Safety
+/// AVX2 present, `rows.len() ≥ 8·classes`, `classes ≥ 1`, `tile.len() ≥ (classes−1)·stride + 8`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_rows_avx2(rows: &[f32], classes: usize, tile: &mut [f32], stride: usize) {
+    let (src, dst) = (rows.as_ptr(), tile.as_mut_ptr());
+    // SAFETY (every access below): reads stay inside rows `0..8` (`j·C + q + 8 ≤ 8·C` for
+    // C ≥ 8; for C < 8 a row reads 8 values where they `fit`, else its C through a mask);
+    // writes go to `c·stride .. c·stride + 8` with `c < C`.
+    unsafe {
+        if classes == 2 {
+            // [x0 y0 x1 y1 | x2 y2 x3 y3] and [x4 y4 x5 y5 | x6 y6 x7 y7].
+            let (a, b) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
+            let order =
+                |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+            _mm256_storeu_ps(dst, order(_mm256_shuffle_ps::<0x88>(a, b)));
+            _mm256_storeu_ps(dst.add(stride), order(_mm256_shuffle_ps::<0xDD>(a, b)));
+        } else if classes < 8 {
+            let row = |j: usize| {
+                if fits(j, classes) {
+                    _mm256_loadu_ps(src.add(j * classes))
+                } else {
+                    _mm256_maskload_ps(src.add(j * classes), first_lanes(classes))
+                }
+            };
+            let out = transpose8(std::array::from_fn(row));
+            for (c, v) in out.into_iter().take(classes).enumerate() {
+                _mm256_storeu_ps(dst.add(c * stride), v);
+            }
+        } else {
+            for q in class_blocks(classes) {
+                let out = transpose8(std::array::from_fn(|j| {
+                    _mm256_loadu_ps(src.add(j * classes + q))
+                }));
+                for (c, v) in out.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((q + c) * stride), v);
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`load_rows_avx2`], with `rows` written.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_rows_avx2(tile: &[f32], stride: usize, classes: usize, rows: &mut [f32]) {
+    let (src, dst) = (tile.as_ptr(), rows.as_mut_ptr());
+    // SAFETY (every access below): reads of `c·stride .. c·stride + 8` with `c < C`; writes
+    // inside rows `0..8` as the reads of `load_rows_avx2`. For C < 8 a row's full store runs
+    // into the next row, which the next store then overwrites; the rows where 8 values do not
+    // `fit` are stored through a mask.
+    unsafe {
+        if classes == 2 {
+            let (x, y) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(stride)));
+            // [x0 y0 x1 y1 | x4 y4 x5 y5] and [x2 y2 x3 y3 | x6 y6 x7 y7].
+            let (lo, hi) = (_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
+            _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(lo, hi));
+            _mm256_storeu_ps(dst.add(8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+        } else if classes < 8 {
+            let out = transpose8(std::array::from_fn(|c| {
+                if c < classes {
+                    _mm256_loadu_ps(src.add(c * stride))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            }));
+            for (j, v) in out.into_iter().enumerate() {
+                if fits(j, classes) {
+                    _mm256_storeu_ps(dst.add(j * classes), v);
+                } else {
+                    _mm256_maskstore_ps(dst.add(j * classes), first_lanes(classes), v);
+                }
+            }
+        } else {
+            for q in class_blocks(classes) {
+                let out = transpose8(std::array::from_fn(|c| {
+                    _mm256_loadu_ps(src.add((q + c) * stride))
+                }));
+                for (j, v) in out.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(j * classes + q), v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every C of the short path, both tile widths, against the scalar definition; the rows
+    /// are the slice's last (nothing after them to read into or write over).
+    #[test]
+    fn transposes_like_the_definition() {
+        if !is_x86_feature_detected!("avx2") {
+            eprintln!("NOTE: no AVX2 on this CPU: the AVX2 transposition was not tested");
+            return;
+        }
+        let avx2 = Avx2(());
+        for classes in 1..=super::super::SHORT_CLASSES {
+            for (stride, lane0) in [(8, 0), (16, 0), (16, 8)] {
+                let rows: Vec<f32> = (0..8 * classes).map(|v| v as f32 + 0.5).collect();
+                let mut tile = vec![f32::NAN; classes * stride];
+                avx2.load_rows(&rows, classes, &mut tile[lane0..], stride);
+                for j in 0..8 {
+                    for c in 0..classes {
+                        assert_eq!(tile[c * stride + lane0 + j], rows[j * classes + c]);
+                    }
+                }
+                // Back, into a buffer with guards either side of the rows.
+                let mut out = vec![-1.0f32; 8 * classes + 16];
+                avx2.store_rows(
+                    &tile[lane0..],
+                    stride,
+                    classes,
+                    &mut out[8..8 + 8 * classes],
+                );
+                assert_eq!(&out[8..8 + 8 * classes], &rows[..], "C = {classes}");
+                assert!(out[..8]
+                    .iter()
+                    .chain(&out[8 + 8 * classes..])
+                    .all(|&v| v == -1.0));
+            }
+        }
+    }
+}
