@@ -227,6 +227,7 @@ impl Call<'_> {
         let classes = self.plan.classes;
         let unit = self.plan.layout.rows_per_block() * classes;
         let block = unit * (BLOCK_ELEMENTS / unit).max(1);
+        let short = self.takes_short_path(grad.is_some() || in_place);
         let sources: Vec<Data<T>> = match data {
             Data::Shared(d) => d.chunks(block).map(Data::Shared).collect(),
             Data::Exclusive(d) => d.chunks_mut(block).map(Data::Exclusive).collect(),
@@ -236,7 +237,6 @@ impl Call<'_> {
             None => sources.iter().map(|_| None).collect(),
         };
         let block_rows = block / classes;
-        let short = self.takes_short_path();
         sources
             .into_par_iter()
             .zip(grads)
