@@ -439,6 +439,18 @@ fn short_rows_against_reference() {
             }
         }
     }
+    // Longer plain rows without metrics: the row path's chunk loop, its odd vectors and
+    // partial last vector (1000 = 62.5 vectors of 16, 4097 = a chunk of 1024 and more).
+    for classes in [1000usize, 4097] {
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            let case = Case::new(classes as u64, 9, classes, Hardness::ALL)
+                .sample_weighted(3)
+                .ignore_every(5, -100)
+                .dtype(dtype)
+                .without_metrics();
+            check_every_backend(&format!("plain {classes} {dtype:?}"), &case, &plain, None);
+        }
+    }
     // Per-row upstream values with no reduction.
     let case = Case::new(3, 45, 7, Hardness::ALL).sample_weighted(1);
     let per_row: Vec<f32> = (0..45).map(|r| 0.25 + (r % 9) as f32 * 0.5).collect();

@@ -137,6 +137,24 @@ impl SimdOp for Forward<'_> {
     }
 }
 
+/// The max of `z(x)` over a chunk (NaN lanes dropped, as [`horizontal_max`]).
+#[inline(always)]
+fn max_of<I: Isa>(isa: I, xc: &[f32], z: impl Fn(I::F32) -> I::F32) -> f32 {
+    let ops = isa.f32();
+    let neg_inf = ops.splat(f32::NEG_INFINITY);
+    let mut v_max = neg_inf;
+    let vectors = xc.chunks_exact(ops.len());
+    let tail = vectors.remainder();
+    for v in vectors {
+        v_max = ops.max(v_max, z(ops.load(v)));
+    }
+    if !tail.is_empty() {
+        let (x, live) = ops.load_pad(tail);
+        v_max = ops.max(v_max, ops.select(z(x), neg_inf, live));
+    }
+    horizontal_max(v_max)
+}
+
 impl RowStats {
     /// Moves the running sums to a new, higher max.
     fn rescale(&mut self, max: f32) {
@@ -171,7 +189,7 @@ impl Forward<'_> {
         );
         // Class weights only enter the forward's sums through Σ w·z and Σ w·t.
         let plain = tc.is_none() && !self.want_wz && self.transform.softcap.is_none();
-        if plain && xc.len().is_multiple_of(2 * lanes) {
+        if plain {
             // Constant arguments give each combination its own tight loop.
             let s = self.transform.scale;
             let entropy = self.want_metrics;
@@ -257,20 +275,12 @@ impl Forward<'_> {
     /// The max of the chunk's `z` (NaN dropped).
     #[inline(always)]
     fn chunk_max<I: Isa>(&self, isa: I, xc: &[f32]) -> f32 {
-        let ops = isa.f32();
-        let neg_inf = ops.splat(f32::NEG_INFINITY);
-        let mut v_max = neg_inf;
-        let vectors = xc.chunks_exact(ops.len());
-        let tail = vectors.remainder();
-        for v in vectors {
-            v_max = ops.max(v_max, self.transform.apply(isa, ops.load(v)));
+        // Two loops, so that the common `z = x` carries no test of the transform.
+        if self.transform.is_identity() {
+            max_of(isa, xc, |x| x)
+        } else {
+            max_of(isa, xc, |x| self.transform.apply(isa, x))
         }
-        if !tail.is_empty() {
-            let (x, live) = ops.load_pad(tail);
-            let z = self.transform.apply(isa, x);
-            v_max = ops.max(v_max, ops.select(z, neg_inf, live));
-        }
-        horizontal_max(v_max)
     }
 
     /// The first position in the chunk whose `z` equals `max` (found by the same vector

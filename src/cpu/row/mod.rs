@@ -51,6 +51,11 @@ impl Transform {
         }
     }
 
+    /// Whether `z = x` (scale 1, no cap).
+    pub(crate) fn is_identity(self) -> bool {
+        self.scale == 1.0 && self.softcap.is_none()
+    }
+
     #[inline(always)]
     pub(crate) fn apply<I: Isa>(self, isa: I, x: I::F32) -> I::F32 {
         let ops = isa.f32();

@@ -1,7 +1,7 @@
 //! One chunk's sums: the plain pass of the common case (exps at one shift, their sum and the
 //! max) and the linear sums that weights and dense targets bring along.
 
-use super::{horizontal_max, CHUNK};
+use super::{horizontal_max, load_live, store, CHUNK};
 use crate::cpu::exp::ShiftedExp;
 use crate::math::online::OnlineSoftmax;
 use rten_simd::ops::{BitOps, NumOps};
@@ -105,9 +105,9 @@ impl SimdOp for ChunkLoop<'_> {
 }
 
 /// The common forward case (no dense targets, smoothing or softcap; class weights don't enter
-/// the sums then) over a chunk whose length is a multiple of two vectors: pairs of vectors,
-/// two accumulators each. `scale` is `None` for 1; `keep` receives the exps; `entropy` adds
-/// `Σ e·(z − shift)`.
+/// the sums then) over a chunk of any length: pairs of vectors, two accumulators each, then
+/// what is left a vector at a time (the last one partial, its padding lanes −inf: exps of 0).
+/// `scale` is `None` for 1; `keep` receives the exps; `entropy` adds `Σ e·(z − shift)`.
 #[inline(always)]
 pub(super) fn plain_pass<I: Isa>(
     isa: I,
@@ -124,7 +124,9 @@ pub(super) fn plain_pass<I: Isa>(
     let scaled = |z: I::F32| scale.map_or(z, |s| ops.mul(z, ops.splat(s)));
     let (mut max0, mut max1, mut sum0, mut sum1) = (neg_inf, neg_inf, ops.zero(), ops.zero());
     let (mut ez0, mut ez1) = (ops.zero(), ops.zero());
-    for (i, pair) in xc.chunks_exact(2 * lanes).enumerate() {
+    let pairs = xc.chunks_exact(2 * lanes);
+    let tail = pairs.remainder();
+    for (i, pair) in pairs.enumerate() {
         // The same lines one chunk ahead: the exps keep the core too busy for the hardware
         // prefetcher alone to keep DRAM streaming (7–10 % on 4096 × 32 000 here). A hint:
         // past the row's end it touches nothing.
@@ -149,6 +151,22 @@ pub(super) fn plain_pass<I: Isa>(
             let out = &mut keep[i * 2 * lanes..(i + 1) * 2 * lanes];
             ops.store(e0, out);
             ops.store(e1, &mut out[lanes..]);
+        }
+    }
+    let done = xc.len() - tail.len();
+    for (i, part) in tail.chunks(lanes).enumerate() {
+        let (x, live) = load_live(isa, part);
+        let z = scaled(x);
+        let z = live.map_or(z, |live| ops.select(z, neg_inf, live));
+        max0 = ops.max(max0, z);
+        let d = ops.sub(z, shift_v);
+        let e = ShiftedExp::apply(isa, d);
+        sum0 = ops.add(sum0, e);
+        if entropy {
+            ez0 = ops.mul_add(e, ops.max(d, lowest), ez0);
+        }
+        if let Some(keep) = keep.as_deref_mut() {
+            store(isa, e, &mut keep[done + i * lanes..]);
         }
     }
     ChunkSums {
