@@ -23,6 +23,11 @@
 //! leaves the tile. Probability inputs and focal loss take the row path
 //! ([`Call::takes_short_path`]).
 //!
+//! On x86-64 the transposition of row-major rows is a vector shuffle network, eight rows at
+//! a time (`transpose.rs`); elsewhere, and for partial tiles, a scalar walk. A plain call
+//! (index targets, `z = x`, no smoothing, class weights or metrics) compiles its own tile code
+//! with only the max, the exps and the target's pick in the class loops.
+//!
 //! Bytes: one read of the logits (and one write of the gradient), as the row path; the
 //! transposition runs in L1.
 

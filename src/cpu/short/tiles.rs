@@ -5,6 +5,8 @@
 use super::super::Data;
 use crate::input::{Element, Layout};
 use crate::Dtype;
+use bytemuck::cast_slice as cast;
+use half::{bf16, f16};
 
 /// The vector transposition of eight f32 rows, where the CPU has one (x86-64 with AVX2).
 #[cfg(target_arch = "x86_64")]
@@ -20,7 +22,7 @@ impl Vector {
     pub(super) fn of<I: rten_simd::Isa>() -> Option<Vector> {
         None
     }
-    fn load_rows(self, _: &[f32], _: usize, _: &mut [f32], _: usize) {
+    fn load_rows<T>(self, _: &[T], _: usize, _: &mut [f32], _: usize) {
         match self {}
     }
     fn store_rows(self, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
@@ -29,10 +31,10 @@ impl Vector {
 }
 
 /// The rows of a full tile, eight at a time, through the vector transposition: `Some` when
-/// there is one and `T` is f32 (else the caller's scalar walk).
+/// there is one (else the caller's scalar walk).
 #[inline(always)]
-fn vector_rows<T: Element>(vector: Option<Vector>, n: usize, lanes: usize) -> Option<Vector> {
-    vector.filter(|_| n == lanes && lanes.is_multiple_of(8) && T::DTYPE == Dtype::F32)
+fn vector_rows(vector: Option<Vector>, n: usize, lanes: usize) -> Option<Vector> {
+    vector.filter(|_| n == lanes && lanes.is_multiple_of(8))
 }
 
 /// Each lane's target as f32 (exact: `C ≤ SHORT_CLASSES`), −1 where it is `ignore`.
@@ -85,12 +87,17 @@ fn load_tile<T: Element>(
         tile.fill(0.0);
     }
     match layout {
-        Layout::Rows if vector_rows::<T>(vector, n, lanes).is_some() => {
-            let vector = vector_rows::<T>(vector, n, lanes).unwrap();
-            let block: &[f32] = bytemuck::cast_slice(block);
+        Layout::Rows if vector_rows(vector, n, lanes).is_some() => {
+            let vector = vector_rows(vector, n, lanes).unwrap();
             for lane0 in (0..lanes).step_by(8) {
                 let rows = &block[(i0 + lane0) * classes..];
-                vector.load_rows(rows, classes, &mut tile[lane0..], lanes);
+                let tile = &mut tile[lane0..];
+                // `T` as itself (a cast to the type it is).
+                match T::DTYPE {
+                    Dtype::F32 => vector.load_rows::<f32>(cast(rows), classes, tile, lanes),
+                    Dtype::F16 => vector.load_rows::<f16>(cast(rows), classes, tile, lanes),
+                    Dtype::Bf16 => vector.load_rows::<bf16>(cast(rows), classes, tile, lanes),
+                }
             }
         }
         Layout::Rows => {
@@ -137,12 +144,13 @@ pub(super) fn store_tile<T: Element>(
 ) {
     let rows = matches!(layout, Layout::Rows);
     match (grad, src) {
-        (Some(g), _) if rows && vector_rows::<f32>(vector, n, lanes).is_some() => {
+        (Some(g), _) if rows && vector_rows(vector, n, lanes).is_some() => {
             store_rows(tile, classes, (i0, lanes), vector.unwrap(), g)
         }
         (Some(g), _) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
-        (None, Data::Exclusive(d)) if in_place => match vector_rows::<T>(vector, n, lanes) {
-            Some(vector) if rows => store_rows(
+        (None, Data::Exclusive(d)) if in_place => match vector_rows(vector, n, lanes) {
+            // Half types are rounded one value at a time (as `T::from_f32` rounds).
+            Some(vector) if rows && T::DTYPE == Dtype::F32 => store_rows(
                 tile,
                 classes,
                 (i0, lanes),

@@ -1,5 +1,6 @@
-//! The transposition of eight f32 rows into eight lanes and back with AVX2: the x86-64 fast
-//! path of `tiles.rs` for row-major f32 logits and f32 gradients.
+//! The transposition of eight rows into eight lanes and back with AVX2: the x86-64 fast path
+//! of `tiles.rs` for row-major logits (f32, f16, bf16, widened as they are read) and f32
+//! gradients.
 //!
 //! A scalar transposition stores one value at a time at a stride of a tile's lanes: one store
 //! per logit, and the tile's vector loads then wait on those stores. Here eight rows are read
@@ -8,14 +9,16 @@
 //! load and store is a vector. Classes go eight at a time; when `C` is not a multiple of 8
 //! the last block starts at `C − 8` and overlaps the one before it (the overlap is written
 //! twice with the same values). Rows of fewer than 8 classes are read 8 values at a time,
-//! each load running into the next row, and the last rows through a mask to their `C` values,
-//! so nothing past the tile's last row is read or written. Two classes (binary
-//! heads) take a shorter path: the 16 values are two vectors, split by one shuffle each.
+//! each load running into the next row; the last rows read the 8 values that end where the
+//! row ends and move its `C` to the front with a lane permutation (stores go through a mask),
+//! so nothing past the tile's last row is read or written. One and two classes (binary heads)
+//! take shorter paths: their 8 or 16 values are one or two vectors.
 
+use half::{bf16, f16};
 use std::arch::x86_64::*;
 
-/// Proof that the CPU has AVX2 (made from an ISA whose vectors are at least 32 bytes: the
-/// AVX2 and AVX-512 levels, which exist only on a CPU that supports them).
+/// Proof that the CPU has AVX2 and F16C (made from an ISA whose vectors are at least 32
+/// bytes: rten-simd's AVX2 and AVX-512 levels, which exist only on a CPU that has both).
 #[derive(Clone, Copy)]
 pub(super) struct Avx2(());
 
@@ -27,13 +30,19 @@ impl Avx2 {
     }
 
     /// Rows `0..8` of `rows` (row-major, `classes` values each; the slice may run on past the
-    /// eighth row) into lanes `0..8` of `tile`: class `c` at `c·stride`.
+    /// eighth row) into lanes `0..8` of `tile`, widened to f32: class `c` at `c·stride`.
     ///
     /// # Panics
     /// If `rows` holds fewer than 8 rows, `classes` is 0, or `tile` is shorter than
     /// `(classes − 1)·stride + 8`.
     #[inline(always)]
-    pub(super) fn load_rows(self, rows: &[f32], classes: usize, tile: &mut [f32], stride: usize) {
+    pub(super) fn load_rows<T: Widen>(
+        self,
+        rows: &[T],
+        classes: usize,
+        tile: &mut [f32],
+        stride: usize,
+    ) {
         assert!(classes > 0 && rows.len() >= 8 * classes);
         assert!(tile.len() >= (classes - 1) * stride + 8);
         // SAFETY: `self` proves AVX2; the bounds are asserted above and each access is
@@ -57,7 +66,7 @@ impl Avx2 {
 
 /// The 8 × 8 transposition: `out[c]` lane `j` is `r[j]` lane `c`.
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -87,9 +96,48 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
-/// Lanes `0..n` set (`n ≤ 8`), as a mask for `maskload` / `maskstore`.
+/// Element types read eight at a time into eight f32 lanes.
+pub(super) trait Widen: Copy {
+    /// The 8 values from `p`, widened (exactly).
+    ///
+    /// # Safety
+    /// AVX2 and F16C present; `p .. p + 8` readable.
+    unsafe fn widen8(p: *const Self) -> __m256;
+}
+
+impl Widen for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn widen8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Widen for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn widen8(p: *const bf16) -> __m256 {
+        // SAFETY: the caller's. bf16 is the upper half of an f32's bits.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+impl Widen for f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn widen8(p: *const f16) -> __m256 {
+        // SAFETY: the caller's.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// Lanes `0..n` set (`n ≤ 8`), as a mask for `maskstore`.
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 fn first_lanes(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(
         _mm256_set1_epi32(n as i32),
@@ -110,28 +158,38 @@ fn class_blocks(classes: usize) -> impl Iterator<Item = usize> {
 }
 
 /// # Safety
-/// AVX2 present, `rows.len() ≥ 8·classes`, `classes ≥ 1`, `tile.len() ≥ (classes−1)·stride + 8`.
+/// AVX2 and F16C present, `rows.len() ≥ 8·classes`, `classes ≥ 1`,
+/// `tile.len() ≥ (classes−1)·stride + 8`.
 #[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load_rows_avx2(rows: &[f32], classes: usize, tile: &mut [f32], stride: usize) {
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn load_rows_avx2<T: Widen>(rows: &[T], classes: usize, tile: &mut [f32], stride: usize) {
     let (src, dst) = (rows.as_ptr(), tile.as_mut_ptr());
-    // SAFETY (every access below): reads stay inside rows `0..8` (`j·C + q + 8 ≤ 8·C` for
-    // C ≥ 8; for C < 8 a row reads 8 values where they `fit`, else its C through a mask);
-    // writes go to `c·stride .. c·stride + 8` with `c < C`.
+    // SAFETY (every access below): reads stay inside rows `0..8`: `j·C + q + 8 ≤ 8·C` for
+    // C ≥ 8; for C < 8 a row reads 8 values from its start where they `fit`, else the 8
+    // ending at its end, `(j+1)·C − 8 ≥ 0` (C ≥ 3 and j ≥ 6 there); C = 1 and 2 read exactly
+    // their 8 and 16 values. Writes go to `c·stride .. c·stride + 8` with `c < C`.
     unsafe {
-        if classes == 2 {
+        if classes == 1 {
+            _mm256_storeu_ps(dst, T::widen8(src));
+        } else if classes == 2 {
             // [x0 y0 x1 y1 | x2 y2 x3 y3] and [x4 y4 x5 y5 | x6 y6 x7 y7].
-            let (a, b) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
+            let (a, b) = (T::widen8(src), T::widen8(src.add(8)));
             let order =
                 |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
             _mm256_storeu_ps(dst, order(_mm256_shuffle_ps::<0x88>(a, b)));
             _mm256_storeu_ps(dst.add(stride), order(_mm256_shuffle_ps::<0xDD>(a, b)));
         } else if classes < 8 {
+            // Lane i ← lane 8 − C + i: a row read from its end, moved to the front.
+            let front = _mm256_add_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(8 - classes as i32),
+            );
             let row = |j: usize| {
                 if fits(j, classes) {
-                    _mm256_loadu_ps(src.add(j * classes))
+                    T::widen8(src.add(j * classes))
                 } else {
-                    _mm256_maskload_ps(src.add(j * classes), first_lanes(classes))
+                    let end = T::widen8(src.add((j + 1) * classes - 8));
+                    _mm256_permutevar8x32_ps(end, front)
                 }
             };
             let out = transpose8(std::array::from_fn(row));
@@ -140,9 +198,7 @@ unsafe fn load_rows_avx2(rows: &[f32], classes: usize, tile: &mut [f32], stride:
             }
         } else {
             for q in class_blocks(classes) {
-                let out = transpose8(std::array::from_fn(|j| {
-                    _mm256_loadu_ps(src.add(j * classes + q))
-                }));
+                let out = transpose8(std::array::from_fn(|j| T::widen8(src.add(j * classes + q))));
                 for (c, v) in out.into_iter().enumerate() {
                     _mm256_storeu_ps(dst.add((q + c) * stride), v);
                 }
@@ -154,7 +210,7 @@ unsafe fn load_rows_avx2(rows: &[f32], classes: usize, tile: &mut [f32], stride:
 /// # Safety
 /// As [`load_rows_avx2`], with `rows` written.
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn store_rows_avx2(tile: &[f32], stride: usize, classes: usize, rows: &mut [f32]) {
     let (src, dst) = (tile.as_ptr(), rows.as_mut_ptr());
     // SAFETY (every access below): reads of `c·stride .. c·stride + 8` with `c < C`; writes
@@ -217,6 +273,22 @@ mod tests {
                 for j in 0..8 {
                     for c in 0..classes {
                         assert_eq!(tile[c * stride + lane0 + j], rows[j * classes + c]);
+                    }
+                }
+                // Half types, widened on the way (values exact in both: integers below 256).
+                let value = |v: usize| ((v * 37) % 251) as f32 - 120.0;
+                let halves: Vec<f16> = (0..8 * classes).map(|v| f16::from_f32(value(v))).collect();
+                let brains: Vec<bf16> =
+                    (0..8 * classes).map(|v| bf16::from_f32(value(v))).collect();
+                let mut tile_h = vec![f32::NAN; classes * stride];
+                let mut tile_b = vec![f32::NAN; classes * stride];
+                avx2.load_rows(&halves, classes, &mut tile_h[lane0..], stride);
+                avx2.load_rows(&brains, classes, &mut tile_b[lane0..], stride);
+                for j in 0..8 {
+                    for c in 0..classes {
+                        let want = value(j * classes + c);
+                        assert_eq!(tile_h[c * stride + lane0 + j], want, "f16 C = {classes}");
+                        assert_eq!(tile_b[c * stride + lane0 + j], want, "bf16 C = {classes}");
                     }
                 }
                 // Back, into a buffer with guards either side of the rows.
