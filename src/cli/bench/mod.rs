@@ -117,7 +117,8 @@ logits once and the targets; forward-backward adds the f32 gradient written once
 median time, and for a probe its bytes over its fastest run; % bw: that GB/s over the probe of
 the same device and buffer size, the read probe for forward and the copy probe for
 forward-backward. 100 % means as fast as streaming those bytes; above 100 % the data sat in a
-cache the probe did not hit the same way.";
+cache the probe did not hit the same way; vs naive: how many times faster than naive-cpu on
+the same shape, dtype and mode (its median over this one's).";
 
 /// Arguments of `xent bench`.
 #[derive(Debug, Clone, clap::Args)]

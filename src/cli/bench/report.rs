@@ -3,12 +3,32 @@
 use super::{Record, Shape};
 use std::fmt::Write as _;
 
+/// How many times faster than the naive implementation a record ran (the naive median over
+/// its median, same shape, dtype and mode); `None` for the probes, the naive runs themselves,
+/// and where the naive one was not run.
+pub fn speedup_over_naive(r: &Record, records: &[Record]) -> Option<f64> {
+    if r.mode == "probe" || r.implementation == NAIVE {
+        return None;
+    }
+    records
+        .iter()
+        .find(|n| {
+            n.implementation == NAIVE
+                && (n.rows, n.classes, n.spatial) == (r.rows, r.classes, r.spatial)
+                && (&n.dtype, &n.mode) == (&r.dtype, &r.mode)
+        })
+        .map(|n| n.median_ms / r.median_ms)
+}
+
+/// The naive implementation's name in the records.
+const NAIVE: &str = "naive-cpu";
+
 /// The table on stdout: one line per measurement, probes first for each shape.
 pub fn table(records: &[Record]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10} {:>10} {:>8} {:>6} {:>10}",
+        "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10} {:>10} {:>8} {:>6} {:>8} {:>10}",
         "shape",
         "dtype",
         "mode",
@@ -18,6 +38,7 @@ pub fn table(records: &[Record]) -> String {
         "min ms",
         "GB/s",
         "% bw",
+        "vs naive",
         "trip ms"
     );
     for r in records {
@@ -33,9 +54,10 @@ pub fn table(records: &[Record]) -> String {
         let fraction = r
             .bandwidth_fraction
             .map_or("-".into(), |f| format!("{:.0}%", f * 100.0));
+        let speedup = speedup_over_naive(r, records).map_or("-".into(), |x| format!("{x:.1}x"));
         let _ = writeln!(
             out,
-            "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10.3} {:>10.3} {:>8.2} {:>6} {:>10}",
+            "{:<14} {:<5} {:<16} {:<17} {:<10} {:>10.3} {:>10.3} {:>8.2} {:>6} {:>8} {:>10}",
             Shape {
                 rows: r.rows,
                 classes: r.classes,
@@ -50,6 +72,7 @@ pub fn table(records: &[Record]) -> String {
             r.min_ms,
             r.gbps,
             fraction,
+            speedup,
             r.round_trip_ms.map_or("-".into(), |t| format!("{t:.3}"))
         );
     }
@@ -249,4 +272,52 @@ pub fn plot(path: &str, records: &[Record], shapes: &[Shape]) -> Result<(), Stri
             .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(implementation: &str, dtype: &str, mode: &str, median_ms: f64) -> Record {
+        Record {
+            implementation: implementation.into(),
+            device: "cpu".into(),
+            rows: 8,
+            classes: 10,
+            spatial: 0,
+            dtype: dtype.into(),
+            mode: mode.into(),
+            median_ms,
+            min_ms: median_ms,
+            gbps: 1.0,
+            bytes: 320,
+            bandwidth_fraction: None,
+            loss: None,
+            iters: 1,
+            round_trip_ms: None,
+            clock: None,
+        }
+    }
+
+    #[test]
+    fn speedup_over_the_naive_run_of_the_same_shape_dtype_and_mode() {
+        let records = [
+            record("read-bandwidth", "f32", "probe", 0.5),
+            record("xent-cpu", "f32", "forward", 2.0),
+            record("naive-cpu", "f32", "forward", 9.0),
+            record("xent-cpu", "f32", "forward-backward", 4.0),
+            record("naive-cpu", "f32", "forward-backward", 10.0),
+            record("xent-cpu", "bf16", "forward", 3.0),
+        ];
+        let speedup = |i: usize| speedup_over_naive(&records[i], &records);
+        assert_eq!(speedup(0), None);
+        assert_eq!(speedup(1), Some(4.5));
+        assert_eq!(speedup(2), None);
+        assert_eq!(speedup(3), Some(2.5));
+        // No naive bf16 run.
+        assert_eq!(speedup(5), None);
+        let text = table(&records);
+        assert!(text.lines().next().unwrap().contains("vs naive"));
+        assert!(text.lines().nth(2).unwrap().contains("4.5x"));
+    }
 }
