@@ -3,7 +3,7 @@
 //! from 1 to 50 257 classes, rows around the fused kernel's fit bound, few long rows (split
 //! across workgroups on the GPU), the (N, C, d…) layout, soft targets, probability inputs and
 //! upstream gradients, in every gradient mode, against the f64 reference; and two runs giving
-//! the same bits. Short rows (`C ≤ 64` on the CPU: rows across SIMD lanes) get their own
+//! the same bits. Short rows (`C ≤ 512` on the CPU, 200 with a gradient: rows across SIMD lanes) get their own
 //! grid, with rows that fill several tiles and a partial one.
 
 mod common;
@@ -424,7 +424,7 @@ fn short_rows_against_reference() {
     ];
     for classes in [1usize, 2, 3, 5, 7, 8, 10, 16, 17, 33, 64, 199, 512] {
         for (label, options) in plain_grid {
-            for dtype in [Dtype::F32, Dtype::Bf16] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
                 let case = Case::new(classes as u64 * 19, 77, classes, Hardness::ALL)
                     .sample_weighted(3)
                     .ignore_every(5, options.ignore_index)
@@ -449,6 +449,39 @@ fn short_rows_against_reference() {
                 .dtype(dtype)
                 .without_metrics();
             check_every_backend(&format!("plain {classes} {dtype:?}"), &case, &plain, None);
+        }
+    }
+    // Confident rows whose max comes first and whose other classes each fall under half an
+    // ulp of 1: a plain f32 sum of the exps drops them all (at C = 512 the loss's 3e-5, and
+    // the target's whole gradient); the sum must keep them. With and without metrics (the two
+    // tile codes), the loss alone and with a gradient. (512 with a gradient takes the row
+    // path, whose per-lane sums still drop a lane's share: issue #15's notes.)
+    for (classes, modes) in [
+        (
+            64usize,
+            &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace][..],
+        ),
+        (
+            200,
+            &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace][..],
+        ),
+        (512, &[GradMode::None][..]),
+    ] {
+        let mut case = Case::new(5, 16, classes, Hardness::default());
+        for (r, row) in case.logits.chunks_mut(classes).enumerate() {
+            row.fill(-16.7);
+            row[0] = 0.0;
+            case.index_targets[r] = if r % 2 == 0 { 0 } else { 1 };
+        }
+        for metrics in [true, false] {
+            let case = if metrics {
+                case.clone()
+            } else {
+                case.clone().without_metrics()
+            };
+            let options = CrossEntropy::new().reduction(Reduction::Sum);
+            let label = format!("confident {classes} metrics {metrics}");
+            check_every_backend_in(&label, &case, &options, None, modes);
         }
     }
     // Per-row upstream values with no reduction.

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 
 /// How many times faster than the naive implementation a record ran (the naive median over
 /// its median, same shape, dtype and mode); `None` for the probes, the naive runs themselves,
-/// and where the naive one was not run.
+/// focal runs (the naive one is plain cross-entropy), and where the naive one was not run.
 pub fn speedup_over_naive(r: &Record, records: &[Record]) -> Option<f64> {
-    if r.mode == "probe" || r.implementation == NAIVE {
+    if r.mode == "probe" || r.implementation == NAIVE || r.implementation.contains("focal") {
         return None;
     }
     records
@@ -308,14 +308,16 @@ mod tests {
             record("xent-cpu", "f32", "forward-backward", 4.0),
             record("naive-cpu", "f32", "forward-backward", 10.0),
             record("xent-cpu", "bf16", "forward", 3.0),
+            record("xent-cpu-focal", "f32", "forward", 30.0),
         ];
         let speedup = |i: usize| speedup_over_naive(&records[i], &records);
         assert_eq!(speedup(0), None);
         assert_eq!(speedup(1), Some(4.5));
         assert_eq!(speedup(2), None);
         assert_eq!(speedup(3), Some(2.5));
-        // No naive bf16 run.
+        // No naive bf16 run; focal is another loss.
         assert_eq!(speedup(5), None);
+        assert_eq!(speedup(6), None);
         let text = table(&records);
         assert!(text.lines().next().unwrap().contains("vs naive"));
         assert!(text.lines().nth(2).unwrap().contains("4.5x"));

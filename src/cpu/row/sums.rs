@@ -83,7 +83,7 @@ impl ChunkSums {
 /// beside the read of the same number of values.
 #[cfg(feature = "cli")]
 pub struct ChunkLoop<'a> {
-    /// A multiple of 32 values (two vectors at every level).
+    /// The values (any length; a multiple of two vectors times the pairs alone).
     pub chunk: &'a [f32],
     /// Passes over `chunk`.
     pub reps: usize,

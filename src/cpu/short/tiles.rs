@@ -19,7 +19,7 @@ pub(super) enum Vector {}
 
 #[cfg(not(target_arch = "x86_64"))]
 impl Vector {
-    pub(super) fn of<I: rten_simd::Isa>() -> Option<Vector> {
+    pub(super) fn of<I: rten_simd::Isa>(_: I) -> Option<Vector> {
         None
     }
     fn load_rows<T>(self, _: &[T], _: usize, _: &mut [f32], _: usize) {

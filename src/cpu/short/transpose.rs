@@ -17,15 +17,18 @@
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
-/// Proof that the CPU has AVX2 and F16C (made from an ISA whose vectors are at least 32
-/// bytes: rten-simd's AVX2 and AVX-512 levels, which exist only on a CPU that has both).
+/// Proof that the CPU has AVX2 and F16C, made from an ISA value whose vectors are at least
+/// 32 bytes: rten-simd 0.27's AVX2 level (its `new` checks AVX2, FMA and F16C) or its AVX-512
+/// level (AVX-512 F/VL/BW/DQ and F16C checked; AVX2 implied, as on every CPU with AVX-512).
+/// Its other levels have 16-byte vectors.
 #[derive(Clone, Copy)]
 pub(super) struct Avx2(());
 
 impl Avx2 {
-    /// `Some` for the AVX2 and AVX-512 ISAs (decided at compile time for each ISA).
+    /// `Some` for the AVX2 and AVX-512 ISAs (decided at compile time for each ISA; the value
+    /// exists only on a CPU that has its instructions).
     #[inline(always)]
-    pub(super) fn of<I: rten_simd::Isa>() -> Option<Avx2> {
+    pub(super) fn of<I: rten_simd::Isa>(_: I) -> Option<Avx2> {
         (std::mem::size_of::<I::F32>() >= 32).then_some(Avx2(()))
     }
 
@@ -218,7 +221,9 @@ unsafe fn store_rows_avx2(tile: &[f32], stride: usize, classes: usize, rows: &mu
     // into the next row, which the next store then overwrites; the rows where 8 values do not
     // `fit` are stored through a mask.
     unsafe {
-        if classes == 2 {
+        if classes == 1 {
+            _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+        } else if classes == 2 {
             let (x, y) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(stride)));
             // [x0 y0 x1 y1 | x4 y4 x5 y5] and [x2 y2 x3 y3 | x6 y6 x7 y7].
             let (lo, hi) = (_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
@@ -260,11 +265,11 @@ mod tests {
     /// are the slice's last (nothing after them to read into or write over).
     #[test]
     fn transposes_like_the_definition() {
-        if !is_x86_feature_detected!("avx2") {
-            eprintln!("NOTE: no AVX2 on this CPU: the AVX2 transposition was not tested");
+        let Some(isa) = rten_simd::isa::Avx2Isa::new() else {
+            eprintln!("NOTE: no AVX2 + F16C on this CPU: the AVX2 transposition was not tested");
             return;
-        }
-        let avx2 = Avx2(());
+        };
+        let avx2 = Avx2::of(isa).unwrap();
         for classes in 1..=super::super::SHORT_CLASSES {
             for (stride, lane0) in [(8, 0), (16, 0), (16, 8)] {
                 let rows: Vec<f32> = (0..8 * classes).map(|v| v as f32 + 0.5).collect();
