@@ -1,7 +1,7 @@
 //! The forward row kernel: one read of the row in chunks, the running max and the sums that
 //! ride along (the module docs of `row` have the whole scheme).
 
-use super::sums::{plain_pass, ChunkSums, LinearSums};
+use super::sums::{plain_pass, ChunkSums, LinearSums, PAIRS_PER_PART};
 use super::{horizontal_max, linear_term, load, load_live, store, Transform, CHUNK};
 use crate::cpu::exp::ShiftedExp;
 use crate::math::online::OnlineSoftmax;
@@ -204,7 +204,7 @@ impl Forward<'_> {
                 (Some(k), false, true) => plain_pass(isa, xc, shift, Some(s), Some(k), true),
             };
         }
-        let (mut v_max, mut v_sum, mut v_ez) = (neg_inf, zero, zero);
+        let (mut v_max, mut v_sum, mut v_part, mut v_ez) = (neg_inf, zero, zero, zero);
         let mut linear = LinearSums::new(zero);
         for off in (0..xc.len()).step_by(lanes) {
             // `z_live` (−inf in padding lanes) feeds the max and the exps; the exp-free sums
@@ -220,7 +220,11 @@ impl Forward<'_> {
             v_max = ops.max(v_max, z_live);
             let d = ops.sub(z_live, shift_v);
             let e = ShiftedExp::apply(isa, d);
-            v_sum = ops.add(v_sum, e);
+            // In parts, as `plain_pass` sums (a confident row's small terms kept).
+            v_part = ops.add(v_part, e);
+            if (off / lanes + 1) % (2 * PAIRS_PER_PART) == 0 {
+                (v_sum, v_part) = (ops.add(v_sum, v_part), zero);
+            }
             if let Some(keep) = keep.as_deref_mut() {
                 store(isa, e, &mut keep[off..]);
             }
@@ -232,7 +236,7 @@ impl Forward<'_> {
         }
         ChunkSums {
             max: horizontal_max(v_max),
-            sum_exp: ops.sum(v_sum) as f64,
+            sum_exp: ops.sum(ops.add(v_sum, v_part)) as f64,
             sum_ez: ops.sum(v_ez) as f64,
             ..linear.totals(isa)
         }
@@ -353,12 +357,15 @@ impl Forward<'_> {
         } else {
             0.0
         });
-        let (mut v_sum, mut v_ez) = (zero, zero);
+        let (mut v_sum, mut v_part, mut v_ez) = (zero, zero, zero);
         let mut linear = LinearSums::new(zero);
         for off in (0..n).step_by(lanes) {
             let d = ops.sub(ops.load(&z_buf[off..]), m);
             let e = ShiftedExp::apply(isa, d);
-            v_sum = ops.add(v_sum, e);
+            v_part = ops.add(v_part, e);
+            if (off / lanes + 1) % (2 * PAIRS_PER_PART) == 0 {
+                (v_sum, v_part) = (ops.add(v_sum, v_part), zero);
+            }
             ops.store(e, &mut z_buf[off..]);
             if self.want_metrics {
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
@@ -369,7 +376,7 @@ impl Forward<'_> {
         }
         let chunk = ChunkSums {
             max: st.sums.max,
-            sum_exp: ops.sum(v_sum) as f64,
+            sum_exp: ops.sum(ops.add(v_sum, v_part)) as f64,
             sum_ez: ops.sum(v_ez) as f64,
             ..linear.totals(isa)
         };

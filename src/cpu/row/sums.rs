@@ -104,6 +104,10 @@ impl SimdOp for ChunkLoop<'_> {
     }
 }
 
+/// Pairs of vectors whose exps are summed apart before they join a lane's sum (`plain_pass`;
+/// the general passes of `forward.rs` take twice as many single vectors).
+pub(super) const PAIRS_PER_PART: usize = 8;
+
 /// The common forward case (no dense targets, smoothing or softcap; class weights don't enter
 /// the sums then) over a chunk of any length: pairs of vectors, two accumulators each, then
 /// what is left a vector at a time (the last one partial, its padding lanes −inf: exps of 0).
@@ -122,38 +126,50 @@ pub(super) fn plain_pass<I: Isa>(
     let (neg_inf, lowest) = (ops.splat(f32::NEG_INFINITY), ops.splat(f32::MIN));
     let shift_v = ops.splat(shift);
     let scaled = |z: I::F32| scale.map_or(z, |s| ops.mul(z, ops.splat(s)));
-    let (mut max0, mut max1, mut sum0, mut sum1) = (neg_inf, neg_inf, ops.zero(), ops.zero());
+    let (mut max0, mut max1) = (neg_inf, neg_inf);
+    // The exps go into `part`, added to `sum` every PAIRS_PER_PART pairs: a confident row's
+    // sum reaches 1 at its max, where a later exp under half an ulp of 1 would vanish if added
+    // alone (a lane's share of the small terms: the loss's, and all of `1 − p[y]`); a part of
+    // them loses at most half an ulp. (Fast2Sum, exact, costs the pass 17 %; the short path,
+    // one sum over all of a row's classes, takes it.)
+    let (mut sum0, mut sum1) = (ops.zero(), ops.zero());
     let (mut ez0, mut ez1) = (ops.zero(), ops.zero());
-    let pairs = xc.chunks_exact(2 * lanes);
-    let tail = pairs.remainder();
-    for (i, pair) in pairs.enumerate() {
-        // The same lines one chunk ahead: the exps keep the core too busy for the hardware
-        // prefetcher alone to keep DRAM streaming (7–10 % on 4096 × 32 000 here). A hint:
-        // past the row's end it touches nothing.
-        let ahead = pair.as_ptr().wrapping_add(CHUNK);
-        ops.prefetch(ahead);
-        ops.prefetch(ahead.wrapping_add(pair.len() / 2));
-        let z0 = scaled(ops.load(pair));
-        let z1 = scaled(ops.load(&pair[lanes..]));
-        max0 = ops.max(max0, z0);
-        max1 = ops.max(max1, z1);
-        let (d0, d1) = (ops.sub(z0, shift_v), ops.sub(z1, shift_v));
-        let e0 = ShiftedExp::apply(isa, d0);
-        let e1 = ShiftedExp::apply(isa, d1);
-        sum0 = ops.add(sum0, e0);
-        sum1 = ops.add(sum1, e1);
-        if entropy {
-            // max() keeps 0·(−inf) out of the sum for masked classes.
-            ez0 = ops.mul_add(e0, ops.max(d0, lowest), ez0);
-            ez1 = ops.mul_add(e1, ops.max(d1, lowest), ez1);
-        }
-        if let Some(keep) = keep.as_deref_mut() {
-            let out = &mut keep[i * 2 * lanes..(i + 1) * 2 * lanes];
-            ops.store(e0, out);
-            ops.store(e1, &mut out[lanes..]);
-        }
-    }
+    let tail = xc.chunks_exact(2 * lanes).remainder();
     let done = xc.len() - tail.len();
+    let mut i = 0;
+    for part in xc[..done].chunks(2 * lanes * PAIRS_PER_PART) {
+        let (mut part0, mut part1) = (ops.zero(), ops.zero());
+        for pair in part.chunks_exact(2 * lanes) {
+            // The same lines one chunk ahead: the exps keep the core too busy for the
+            // hardware prefetcher alone to keep DRAM streaming (7–10 % on 4096 × 32 000
+            // here). A hint: past the row's end it touches nothing.
+            let ahead = pair.as_ptr().wrapping_add(CHUNK);
+            ops.prefetch(ahead);
+            ops.prefetch(ahead.wrapping_add(pair.len() / 2));
+            let z0 = scaled(ops.load(pair));
+            let z1 = scaled(ops.load(&pair[lanes..]));
+            max0 = ops.max(max0, z0);
+            max1 = ops.max(max1, z1);
+            let (d0, d1) = (ops.sub(z0, shift_v), ops.sub(z1, shift_v));
+            let e0 = ShiftedExp::apply(isa, d0);
+            let e1 = ShiftedExp::apply(isa, d1);
+            part0 = ops.add(part0, e0);
+            part1 = ops.add(part1, e1);
+            if entropy {
+                // max() keeps 0·(−inf) out of the sum for masked classes.
+                ez0 = ops.mul_add(e0, ops.max(d0, lowest), ez0);
+                ez1 = ops.mul_add(e1, ops.max(d1, lowest), ez1);
+            }
+            if let Some(keep) = keep.as_deref_mut() {
+                let out = &mut keep[i * 2 * lanes..(i + 1) * 2 * lanes];
+                ops.store(e0, out);
+                ops.store(e1, &mut out[lanes..]);
+            }
+            i += 1;
+        }
+        (sum0, sum1) = (ops.add(sum0, part0), ops.add(sum1, part1));
+    }
+    let mut part0 = ops.zero();
     for (i, part) in tail.chunks(lanes).enumerate() {
         let (x, live) = load_live(isa, part);
         let z = scaled(x);
@@ -161,7 +177,7 @@ pub(super) fn plain_pass<I: Isa>(
         max0 = ops.max(max0, z);
         let d = ops.sub(z, shift_v);
         let e = ShiftedExp::apply(isa, d);
-        sum0 = ops.add(sum0, e);
+        part0 = ops.add(part0, e);
         if entropy {
             ez0 = ops.mul_add(e, ops.max(d, lowest), ez0);
         }
@@ -171,7 +187,7 @@ pub(super) fn plain_pass<I: Isa>(
     }
     ChunkSums {
         max: horizontal_max(ops.max(max0, max1)),
-        sum_exp: ops.sum(ops.add(sum0, sum1)) as f64,
+        sum_exp: ops.sum(ops.add(ops.add(sum0, part0), sum1)) as f64,
         sum_ez: ops.sum(ops.add(ez0, ez1)) as f64,
         ..ChunkSums::default()
     }

@@ -218,6 +218,18 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
     }
 }
 
+/// `sum + e` with its rounding error added to `err` (Fast2Sum); S adds `err` at the end. A
+/// confident row's S reaches 1 at its max, and every later exp under half an ulp of 1 would
+/// vanish (all of `1 − p[y]`); the row path sums in parts of a few vectors instead, but here
+/// one lane's sum runs over every class. Exact while `sum ≥ e`, as once the max's 1 is in;
+/// before that off by an ulp of the sum at most.
+#[inline(always)]
+fn add_exp<I: Isa>(isa: I, (sum, err): (I::F32, I::F32), e: I::F32) -> (I::F32, I::F32) {
+    let ops = isa.f32();
+    let new = ops.add(sum, e);
+    (new, ops.add(err, ops.sub(e, ops.sub(new, sum))))
+}
+
 impl<T: Element> ShortRows<'_, '_, T> {
     /// One tile: rows `i0 .. i0 + n` of the block (the module docs), `z` its transposed
     /// logits, `tile_y` its lanes' targets; adds each row's loss terms to `sums` (per lane).
@@ -301,13 +313,9 @@ impl<T: Element> ShortRows<'_, '_, T> {
             let zc = ops.load(zc);
             let d = ops.sub(zc, m);
             let ec = ShiftedExp.eval(isa, d);
-            // S with its rounding errors kept apart (Fast2Sum): a confident row's S reaches
-            // 1 at its max, and every later term under half an ulp of 1 would vanish from a
-            // plain f32 sum (511 terms of 6e-8 at C = 512: 3e-5 of the loss, and all of
-            // 1 − p[y]). Exact while S ≥ e; before the sum reaches 1 off by an ulp of S at most.
-            let sum = ops.add(s, ec);
-            s_err = ops.add(s_err, ops.sub(ec, ops.sub(sum, s)));
-            s = sum;
+            // With its rounding errors apart: at C = 512, 511 terms of 6e-8 after the max's 1
+            // would otherwise vanish (3e-5 of the loss, and all of 1 − p[y]).
+            (s, s_err) = add_exp(isa, (s, s_err), ec);
             if GRAD {
                 ops.store(ec, &mut e[c * lanes..]);
             }
