@@ -137,6 +137,43 @@ impl SimdOp for Forward<'_> {
     }
 }
 
+/// A vector sum of exps taken in parts of `2·PAIRS_PER_PART` vectors, as `plain_pass` sums
+/// (its docs say why: a confident row's small terms kept).
+struct PartSum<V> {
+    sum: V,
+    part: V,
+    count: usize,
+}
+
+impl<V: Copy> PartSum<V> {
+    #[inline(always)]
+    fn new<I: Isa<F32 = V>>(isa: I) -> Self {
+        let zero = isa.f32().zero();
+        PartSum {
+            sum: zero,
+            part: zero,
+            count: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn add<I: Isa<F32 = V>>(&mut self, isa: I, e: V) {
+        let ops = isa.f32();
+        self.part = ops.add(self.part, e);
+        self.count += 1;
+        if self.count == 2 * PAIRS_PER_PART {
+            (self.sum, self.part, self.count) = (ops.add(self.sum, self.part), ops.zero(), 0);
+        }
+    }
+
+    /// Every lane's sum, added up (f32, as the chunk's other sums).
+    #[inline(always)]
+    fn total<I: Isa<F32 = V>>(&self, isa: I) -> f64 {
+        let ops = isa.f32();
+        ops.sum(ops.add(self.sum, self.part)) as f64
+    }
+}
+
 /// The max of `z(x)` over a chunk (NaN lanes dropped, as [`horizontal_max`]).
 #[inline(always)]
 fn max_of<I: Isa>(isa: I, xc: &[f32], z: impl Fn(I::F32) -> I::F32) -> f32 {
@@ -204,7 +241,7 @@ impl Forward<'_> {
                 (Some(k), false, true) => plain_pass(isa, xc, shift, Some(s), Some(k), true),
             };
         }
-        let (mut v_max, mut v_sum, mut v_part, mut v_ez) = (neg_inf, zero, zero, zero);
+        let (mut v_max, mut v_sum, mut v_ez) = (neg_inf, PartSum::new(isa), zero);
         let mut linear = LinearSums::new(zero);
         for off in (0..xc.len()).step_by(lanes) {
             // `z_live` (−inf in padding lanes) feeds the max and the exps; the exp-free sums
@@ -220,11 +257,7 @@ impl Forward<'_> {
             v_max = ops.max(v_max, z_live);
             let d = ops.sub(z_live, shift_v);
             let e = ShiftedExp::apply(isa, d);
-            // In parts, as `plain_pass` sums (a confident row's small terms kept).
-            v_part = ops.add(v_part, e);
-            if (off / lanes + 1) % (2 * PAIRS_PER_PART) == 0 {
-                (v_sum, v_part) = (ops.add(v_sum, v_part), zero);
-            }
+            v_sum.add(isa, e);
             if let Some(keep) = keep.as_deref_mut() {
                 store(isa, e, &mut keep[off..]);
             }
@@ -236,7 +269,7 @@ impl Forward<'_> {
         }
         ChunkSums {
             max: horizontal_max(v_max),
-            sum_exp: ops.sum(ops.add(v_sum, v_part)) as f64,
+            sum_exp: v_sum.total(isa),
             sum_ez: ops.sum(v_ez) as f64,
             ..linear.totals(isa)
         }
@@ -357,15 +390,12 @@ impl Forward<'_> {
         } else {
             0.0
         });
-        let (mut v_sum, mut v_part, mut v_ez) = (zero, zero, zero);
+        let (mut v_sum, mut v_ez) = (PartSum::new(isa), zero);
         let mut linear = LinearSums::new(zero);
         for off in (0..n).step_by(lanes) {
             let d = ops.sub(ops.load(&z_buf[off..]), m);
             let e = ShiftedExp::apply(isa, d);
-            v_part = ops.add(v_part, e);
-            if (off / lanes + 1) % (2 * PAIRS_PER_PART) == 0 {
-                (v_sum, v_part) = (ops.add(v_sum, v_part), zero);
-            }
+            v_sum.add(isa, e);
             ops.store(e, &mut z_buf[off..]);
             if self.want_metrics {
                 v_ez = ops.mul_add(e, ops.max(d, lowest), v_ez);
@@ -376,7 +406,7 @@ impl Forward<'_> {
         }
         let chunk = ChunkSums {
             max: st.sums.max,
-            sum_exp: ops.sum(ops.add(v_sum, v_part)) as f64,
+            sum_exp: v_sum.total(isa),
             sum_ez: ops.sum(v_ez) as f64,
             ..linear.totals(isa)
         };

@@ -83,7 +83,7 @@ impl ChunkSums {
 /// beside the read of the same number of values.
 #[cfg(feature = "cli")]
 pub struct ChunkLoop<'a> {
-    /// The values (any length; a multiple of two vectors times the pairs alone).
+    /// The values (any length).
     pub chunk: &'a [f32],
     /// Passes over `chunk`.
     pub reps: usize,

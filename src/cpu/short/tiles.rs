@@ -30,11 +30,11 @@ impl Vector {
     }
 }
 
-/// The rows of a full tile, eight at a time, through the vector transposition: `Some` when
-/// there is one (else the caller's scalar walk).
+/// The transposition for a full tile of row-major rows, eight at a time: `Some` when there is
+/// one (else the caller's scalar walk).
 #[inline(always)]
-fn vector_rows(vector: Option<Vector>, n: usize, lanes: usize) -> Option<Vector> {
-    vector.filter(|_| n == lanes && lanes.is_multiple_of(8))
+fn vector_rows(vector: Option<Vector>, layout: Layout, n: usize, lanes: usize) -> Option<Vector> {
+    vector.filter(|_| layout == Layout::Rows && n == lanes && lanes.is_multiple_of(8))
 }
 
 /// Each lane's target as f32 (exact: `C ≤ SHORT_CLASSES`), −1 where it is `ignore`.
@@ -86,9 +86,8 @@ fn load_tile<T: Element>(
     if n < lanes {
         tile.fill(0.0);
     }
-    match layout {
-        Layout::Rows if vector_rows(vector, n, lanes).is_some() => {
-            let vector = vector_rows(vector, n, lanes).unwrap();
+    match (layout, vector_rows(vector, layout, n, lanes)) {
+        (_, Some(vector)) => {
             for lane0 in (0..lanes).step_by(8) {
                 let rows = &block[(i0 + lane0) * classes..];
                 let tile = &mut tile[lane0..];
@@ -100,7 +99,7 @@ fn load_tile<T: Element>(
                 }
             }
         }
-        Layout::Rows => {
+        (Layout::Rows, None) => {
             // Class by class, a strided walk of the tile's rows (in L1).
             let rows = &block[i0 * classes..(i0 + n) * classes];
             assert!(n <= lanes && tile.len() >= classes * lanes);
@@ -113,7 +112,7 @@ fn load_tile<T: Element>(
                 }
             }
         }
-        Layout::ClassDim1 { spatial } if i0 / spatial == (i0 + n - 1) / spatial => {
+        (Layout::ClassDim1 { spatial }, None) if i0 / spatial == (i0 + n - 1) / spatial => {
             // One sample: each class's lanes are contiguous.
             let base = layout.offset(i0, 0, classes);
             for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
@@ -121,7 +120,7 @@ fn load_tile<T: Element>(
                 T::widen(run, &mut lane[..n]);
             }
         }
-        Layout::ClassDim1 { .. } => {
+        (Layout::ClassDim1 { .. }, None) => {
             for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
                 for (j, v) in lane[..n].iter_mut().enumerate() {
                     *v = block[layout.offset(i0 + j, c, classes)].to_f32();
@@ -142,15 +141,12 @@ pub(super) fn store_tile<T: Element>(
     (lanes, vector): (usize, Option<Vector>),
     (src, grad, in_place): (&mut Data<'_, T>, Option<&mut [f32]>, bool),
 ) {
-    let rows = matches!(layout, Layout::Rows);
-    match (grad, src) {
-        (Some(g), _) if rows && vector_rows(vector, n, lanes).is_some() => {
-            store_rows(tile, classes, (i0, lanes), vector.unwrap(), g)
-        }
-        (Some(g), _) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
-        (None, Data::Exclusive(d)) if in_place => match vector_rows(vector, n, lanes) {
+    match (grad, src, vector_rows(vector, layout, n, lanes)) {
+        (Some(g), _, Some(vector)) => store_rows(tile, classes, (i0, lanes), vector, g),
+        (Some(g), _, None) => scatter_tile(tile, layout, classes, (i0, n), lanes, g, |v| v),
+        (None, Data::Exclusive(d), vector) if in_place => match vector {
             // Half types are rounded one value at a time (as `T::from_f32` rounds).
-            Some(vector) if rows && T::DTYPE == Dtype::F32 => store_rows(
+            Some(vector) if T::DTYPE == Dtype::F32 => store_rows(
                 tile,
                 classes,
                 (i0, lanes),
