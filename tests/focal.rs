@@ -675,7 +675,8 @@ fn row_upstream(options: &CrossEntropy, rows: usize) -> Option<Vec<f32>> {
 }
 
 /// The softmax cases of one option set: index targets in three dtypes (hard data, class and
-/// sample weights, ignored rows), the (N, C, d) layout, soft targets.
+/// sample weights, ignored rows), and in rows too long for the CPU's short-row path, the
+/// (N, C, d) layout, soft targets.
 fn softmax_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
     let mut out = vec![];
     for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
@@ -688,6 +689,14 @@ fn softmax_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
                 .dtype(dtype),
         ));
     }
+    // Past the CPU's short-row path (`SHORT_CLASSES`): its row kernels.
+    out.push((
+        "index f32, 600 classes".into(),
+        Case::new(seed + 4, 11, 600, Hardness::ALL)
+            .weighted(seed)
+            .sample_weighted(seed)
+            .ignore_every(4, options.ignore_index),
+    ));
     out.push((
         "(N, C, d) f16".into(),
         Case::new(

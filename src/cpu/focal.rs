@@ -28,7 +28,7 @@ use rten_vecmath::Exp;
 
 /// `(p, f, g)` of one vector of `l` (see the module docs); `gamma ≥ 1` whole.
 #[inline(always)]
-fn factors<I: Isa>(isa: I, l: I::F32, gamma: u32) -> (I::F32, I::F32, I::F32) {
+pub(super) fn factors<I: Isa>(isa: I, l: I::F32, gamma: u32) -> (I::F32, I::F32, I::F32) {
     let ops = isa.f32();
     let one = ops.one();
     let p = Exp::apply(isa, l);

@@ -1,18 +1,24 @@
 //! What a tile's lanes take from the call: the options every tile shares ([`Consts`]),
 //! the gradient's scales per lane ([`scales`]), a tile's targets, and the per-lane scratch.
 
+use super::super::focal::{factors, whole_gamma};
 use super::super::row::Transform;
 use super::super::Call;
 use super::MAX_LANES;
 use crate::input::Targets;
+use crate::math::focal::Focal;
+use crate::plan::needs_focal_pass;
 use rten_simd::ops::BitOps;
-use rten_simd::Isa;
+use rten_simd::{Isa, Simd};
 
 /// Per-lane values of one tile, as arrays (lanes past the tile's rows are padding).
 #[derive(Default)]
 pub(super) struct Lanes {
     /// `w[y]` (0 when ignored).
     pub w_y: [f32; MAX_LANES],
+    /// Focal factors `f`, `g` of a fractional `γ`, lane by lane.
+    pub f: [f32; MAX_LANES],
+    pub g: [f32; MAX_LANES],
     /// The gradient's scales ([`scales`]).
     pub a: [f32; MAX_LANES],
     pub b: [f32; MAX_LANES],
@@ -57,9 +63,41 @@ pub(super) struct Consts<'a> {
     /// `W = Σ w`.
     pub weight_sum: f32,
     pub w: Option<&'a [f32]>,
-    /// Index targets, `z = x`, no smoothing, no class weights and no metrics: the case most
-    /// calls are, whose class loops are only the max, the exps and the target's pick.
+    /// Focal loss (SEMANTICS.md section 2c).
+    pub focal: Option<TileFocal>,
+    /// Index targets, `z = x`, no smoothing, no class weights and no metrics (focal loss at
+    /// most on the target, which only the finish sees): the case most calls are, whose class
+    /// loops are only the max, the exps and the target's pick.
     pub plain: bool,
+}
+
+/// Focal loss in a tile: its factors, and whether every class needs them (smoothing or
+/// dense targets) or the target's alone.
+#[derive(Clone, Copy)]
+pub(super) struct TileFocal {
+    pub focal: Focal,
+    pub per_class: bool,
+}
+
+/// `(f, g)` of each lane's `l = logp` (SEMANTICS.md section 2c): as vectors for a whole `γ`
+/// (`cpu/focal.rs`), lane by lane for a fractional one (a power per value, as the row path
+/// takes them).
+#[inline(always)]
+pub(super) fn focal_factors<I: Isa>(
+    isa: I,
+    focal: Focal,
+    l: I::F32,
+    per: &mut Lanes,
+) -> (I::F32, I::F32) {
+    let ops = isa.f32();
+    if let Some(gamma) = whole_gamma(focal.gamma()) {
+        let (_, f, g) = factors(isa, l, gamma);
+        return (f, g);
+    }
+    for (j, &l) in l.to_array().as_ref().iter().enumerate() {
+        (per.f[j], per.g[j]) = focal.factors(l);
+    }
+    (ops.load(&per.f), ops.load(&per.g))
 }
 
 impl<'a> Consts<'a> {
@@ -79,6 +117,10 @@ impl<'a> Consts<'a> {
             lambda: options.z_loss,
             weight_sum: call.plan.class_weight_sum as f32,
             w: call.w,
+            focal: options.is_focal().then(|| TileFocal {
+                focal: Focal::new(options.focal_gamma),
+                per_class: needs_focal_pass(&options, matches!(call.targets, Targets::Dense(_))),
+            }),
         }
     }
 }

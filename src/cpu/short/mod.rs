@@ -20,8 +20,16 @@
 //! Dense (soft) targets are transposed beside the logits and bring `Σ w·t`, `Σ w·t·d` and
 //! `Σ t·e` along in pass 2. A row with a NaN, a +inf or only −inf logits follows section 6 in
 //! its lane (NaN loss and gradient, its LSE and argmax as the row path gives them), so no row
-//! leaves the tile. Probability inputs and focal loss take the row path
-//! ([`Call::takes_short_path`]).
+//! leaves the tile.
+//!
+//! Focal loss (section 2c) with index targets and no smoothing needs only the target's
+//! factors `f[y]`, `g[y]` from `logp[y]`, in the finish: the loss is `−w[y]·f[y]·logp[y]` and
+//! the gradient plain cross-entropy's with `w[y]·g[y]` for `w[y]`. With smoothing or dense
+//! targets every class's factors need `ln S`: a third pass over the tile (in L1) sums
+//! `Σ a·f·l` and `K = Σ a·g` (`a[c] = w[c]·t'[c]`) and keeps each `a·g` for the gradient
+//! `K·p − a·g` (`focal_pass`). A whole `γ` takes the factors as vectors, a fractional one
+//! lane by lane (a power per value, as the row path does). Probability inputs take the row
+//! path ([`Call::takes_short_path`]).
 //!
 //! On x86-64 the transposition of row-major rows is a vector shuffle network, eight rows at
 //! a time (`transpose.rs`); elsewhere, and for partial tiles, a scalar walk. A plain call
@@ -37,6 +45,7 @@ use super::row::{linear_term, load};
 use super::{simd, BlockOut, Call, Data};
 use crate::cpu::exp::ShiftedExp;
 use crate::input::{Element, Targets};
+use crate::math::focal::Focal;
 use crate::options::InputKind;
 use crate::plan::Loss;
 use lanes::{Consts, Lanes, TileTargets};
@@ -72,8 +81,8 @@ const GROUP_VALUES: usize = 4096;
 
 impl Call<'_> {
     /// Whether this call's softmax rows take the short-row path: logits (not
-    /// probabilities), no focal loss, and at most [`SHORT_CLASSES`] classes
-    /// ([`SHORT_CLASSES_WITH_GRADIENT`] when `wants_grad`). The one place the choice is made.
+    /// probabilities) and at most [`SHORT_CLASSES`] classes ([`SHORT_CLASSES_WITH_GRADIENT`] when `wants_grad`). The one
+    /// place the choice is made.
     pub(super) fn takes_short_path(&self, wants_grad: bool) -> bool {
         let Loss::Softmax(options) = self.plan.loss else {
             return false;
@@ -83,9 +92,7 @@ impl Call<'_> {
         } else {
             SHORT_CLASSES
         };
-        self.plan.classes <= most
-            && matches!(options.input, InputKind::Logits)
-            && !options.is_focal()
+        self.plan.classes <= most && matches!(options.input, InputKind::Logits)
     }
 
     /// One block of short rows (the module docs), starting at row `first_row`.
@@ -144,6 +151,9 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
                 0
             }
         ];
+        // Focal loss over every class: each class's `a·g`, for the gradient.
+        let focal_grads = matches!(k.focal, Some(f) if f.per_class) && self.shape.wants_grad;
+        let mut ag = vec![0f32; if focal_grads { classes * lanes } else { 0 }];
         let mut per = Lanes::default();
         let mut sums = ([0f64; MAX_LANES], [0f64; MAX_LANES]);
         // Tiles are transposed a group at a time, ahead of their compute: a vector load of
@@ -196,7 +206,7 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
                     y: &group_y[tile * lanes..(tile + 1) * lanes],
                     dense: tiles_t.next(),
                 };
-                let (z, e, n) = ((z, &mut e[..]), targets, (i0, n));
+                let (z, e, n) = ((z, &mut e[..], &mut ag[..]), targets, (i0, n));
                 match (k.plain, self.shape.wants_grad) {
                     (true, false) => {
                         self.tile::<I, true, false>(isa, &k, z, e, n, &mut per, &mut sums)
@@ -243,7 +253,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
         &mut self,
         isa: I,
         k: &Consts<'_>,
-        (z, e): (&mut [f32], &mut [f32]),
+        (z, e, ag): (&mut [f32], &mut [f32], &mut [f32]),
         targets: TileTargets<'_>,
         (i0, n): (usize, usize),
         per: &mut Lanes,
@@ -366,21 +376,38 @@ impl<T: Element> ShortRows<'_, '_, T> {
         // coefficients leaving their terms out (sections 2, 3):
         // index targets: −(1−ε)·w[y]·logp[y] + (ε/C)·(W·ln S − Σ w·d), p: (1−ε)·w[y] + (ε/C)·W;
         // dense: Σ w·t'·ln S − Σ w·t'·d with t' = (1−ε)·t + ε/C, p: Σ w·t'.
+        // Focal loss (the module docs): on every class (never in a plain call), or on the
+        // target, whose gradient coefficient `(1−ε)·w[y]` becomes `w[y]·g[y]`.
         let keep = ops.splat(1.0 - eps);
         let kept = |v| if eps < 1.0 { ops.mul(keep, v) } else { zero };
-        let (mut ce, p_coefficient) = match dense {
-            None => {
+        let focal_classes = k.focal.filter(|f| !PLAIN && f.per_class);
+        let mut w_target = ops.mul(keep, w_y);
+        let (mut ce, p_coefficient) = match (dense, k.focal) {
+            (_, Some(f)) if f.per_class && !PLAIN => {
+                let m_lse = (m, log_sum);
+                let y = (y, dense);
+                let (fl, k_sum) = focal_pass::<I, GRAD>(isa, k, f.focal, z, m_lse, y, ag, per);
+                (ops.neg(fl), k_sum)
+            }
+            (None, Some(f)) => {
+                let (f_y, g_y) = lanes::focal_factors(isa, f.focal, logp_y, per);
+                w_target = ops.mul(w_y, g_y);
+                let target = linear_term(isa, w_y, ops.mul(f_y, logp_y));
+                (ops.neg(target), w_target)
+            }
+            (None, None) => {
                 let target = linear_term(isa, w_y, logp_y);
                 let p = ops.mul_add(keep, w_y, ops.splat(uniform * weight_sum));
                 (ops.neg(kept(target)), p)
             }
-            Some(_) => {
+            // (Dense targets with focal loss have it on every class, above.)
+            (Some(_), _) => {
                 let wt = ops.add(kept(wt), ops.splat(uniform * weight_sum));
                 (ops.sub(ops.mul(wt, log_sum), kept(wtz)), wt)
             }
         };
         // (Dense: `ce` holds Σ w·t'·ln S − (1−ε)·Σ w·t·d; the ε/C part of Σ w·t'·d is below.)
-        if uniform > 0.0 {
+        if uniform > 0.0 && focal_classes.is_none() {
             let smooth = match dense {
                 None => ops.sub(ops.mul(ops.splat(weight_sum), log_sum), wz),
                 Some(_) => ops.neg(wz),
@@ -474,7 +501,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
             ops.mul(ops.mul(b, ops.splat(2.0 * lambda)), lse),
         );
         let k_over_s = ops.div(k_p, s);
-        let target = ops.mul(a, ops.mul(ops.splat(1.0 - eps), w_y));
+        let target = ops.mul(a, w_target);
         let a_uniform = ops.mul(a, ops.splat(uniform));
         let a_keep = ops.mul(a, keep);
         let fill = ops.select(nan, zero, valid);
@@ -486,19 +513,21 @@ impl<T: Element> ShortRows<'_, '_, T> {
             .enumerate()
         {
             let w = ops.splat(class_weights.map_or(1.0, |w| w[c]));
-            // Also in a plain call, where ε = 0: an infinite upstream `a` makes the term NaN,
-            // as on every other path.
-            let mut dz = ops.mul_sub_from(a_uniform, w, ops.mul(k_over_s, ops.load(ec)));
-            match dense {
-                None => {
-                    let at_target = ops.eq(y, class);
-                    dz = ops.select(ops.sub(dz, target), dz, at_target);
+            let p_term = ops.mul(k_over_s, ops.load(ec));
+            let dz = if focal_classes.is_some() {
+                ops.mul_sub_from(a, ops.load(&ag[c * lanes..]), p_term)
+            } else {
+                // Also in a plain call, where ε = 0: an infinite upstream `a` makes the term
+                // NaN, as on every other path.
+                let dz = ops.mul_sub_from(a_uniform, w, p_term);
+                match dense {
+                    None => ops.select(ops.sub(dz, target), dz, ops.eq(y, class)),
+                    Some(t) => {
+                        let tc = ops.load(&t[c * lanes..]);
+                        ops.mul_sub_from(ops.mul(a_keep, w), tc, dz)
+                    }
                 }
-                Some(t) => {
-                    let tc = ops.load(&t[c * lanes..]);
-                    dz = ops.mul_sub_from(ops.mul(a_keep, w), tc, dz);
-                }
-            }
+            };
             let dx = if PLAIN {
                 dz
             } else {
@@ -516,4 +545,46 @@ impl<T: Element> ShortRows<'_, '_, T> {
             (self.src, self.grad.as_deref_mut(), self.in_place),
         );
     }
+}
+
+/// Focal loss over every class of a tile (smoothing or dense targets; the module docs), once
+/// each lane's `m` and `ln S` are known: `(Σ a·f·l, K = Σ a·g)` with `a[c] = w[c]·t'[c]`,
+/// and with `GRAD` each class's `a·g` in `ag` (the layout of the tile) for the gradient.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn focal_pass<I: Isa, const GRAD: bool>(
+    isa: I,
+    k: &Consts<'_>,
+    focal: Focal,
+    z: &[f32],
+    (m, log_sum): (I::F32, I::F32),
+    (y, dense): (I::F32, Option<&[f32]>),
+    ag: &mut [f32],
+    per: &mut Lanes,
+) -> (I::F32, I::F32) {
+    let ops = isa.f32();
+    let lanes = ops.len();
+    let (zero, one) = (ops.zero(), ops.one());
+    let (keep, uniform) = (ops.splat(1.0 - k.eps), ops.splat(k.uniform));
+    let target = ops.add(keep, uniform);
+    let (mut fl, mut k_sum, mut class) = (zero, zero, zero);
+    for (c, zc) in z.chunks_exact(lanes).enumerate() {
+        // `(z − m) − ln S`: the split form of section 1.
+        let l = ops.sub(ops.sub(ops.load(zc), m), log_sum);
+        let (f, g) = lanes::focal_factors(isa, focal, l, per);
+        let t = match dense {
+            Some(t) => ops.mul_add(keep, ops.load(&t[c * lanes..]), uniform),
+            None => ops.select(target, uniform, ops.eq(y, class)),
+        };
+        let a = ops.mul(ops.splat(k.w.map_or(1.0, |w| w[c])), t);
+        // A zero a[c] leaves the class out (a masked class has l = −inf).
+        fl = ops.add(fl, linear_term(isa, a, ops.mul(f, l)));
+        let a_g = ops.mul(a, g);
+        k_sum = ops.add(k_sum, a_g);
+        if GRAD {
+            ops.store(a_g, &mut ag[c * lanes..]);
+        }
+        class = ops.add(class, one);
+    }
+    (fl, k_sum)
 }
