@@ -540,6 +540,39 @@ impl<'a> Matrix<'a> {
             Storage::Bf16Mut(d) => widen(&d[span], buf),
         }
     }
+    /// Columns `range` as the rows of a `range.len() × rows` f32 matrix (the transposition of
+    /// those columns), into `buf`: a `[D × V]` head weight read a block of classes at a time.
+    pub(crate) fn columns_f32<'b>(
+        &self,
+        range: std::ops::Range<usize>,
+        buf: &'b mut Vec<f32>,
+    ) -> &'b [f32] {
+        fn gather<T: Element>(
+            src: &[T],
+            (rows, cols): (usize, usize),
+            range: std::ops::Range<usize>,
+            buf: &mut [f32],
+        ) {
+            // Row by row of the source (contiguous reads); each write goes to its own line
+            // of `buf`, the same `range.len()` lines for every row.
+            for (l, row) in src.chunks_exact(cols).take(rows).enumerate() {
+                for (j, v) in row[range.clone()].iter().enumerate() {
+                    buf[j * rows + l] = v.to_f32();
+                }
+            }
+        }
+        let shape = (self.rows, self.cols);
+        buf.resize(range.len() * self.rows, 0.0);
+        match &self.storage {
+            Storage::F32(d) => gather(d, shape, range, buf),
+            Storage::F32Mut(d) => gather(d, shape, range, buf),
+            Storage::F16(d) => gather(d, shape, range, buf),
+            Storage::F16Mut(d) => gather(d, shape, range, buf),
+            Storage::Bf16(d) => gather(d, shape, range, buf),
+            Storage::Bf16Mut(d) => gather(d, shape, range, buf),
+        }
+        buf
+    }
     /// The same storage seen as `rows × cols` logits (shares their length and element access).
     fn as_logits(&self) -> Logits<'_> {
         let storage = match &self.storage {

@@ -2,7 +2,8 @@
 //! from the hidden states, without holding the `N × V` logits.
 //!
 //! Shapes: hidden states `h` [N × D] (`rows × hidden`), the head's weight `W` [V × D]
-//! (`vocab × hidden`, PyTorch's `nn.Linear` layout), an optional bias `b` [V]; f32, f16 or bf16,
+//! (`vocab × hidden`, PyTorch's `nn.Linear` layout; or stored [D × V],
+//! [`WeightLayout::HiddenMajor`]), an optional bias `b` [V]; f32, f16 or bf16,
 //! accumulated in f32. The logits `x = h·Wᵀ + b` then follow SEMANTICS.md sections 1, 2 and 2c
 //! exactly as [`CrossEntropy::compute`] takes them: the transform (scale, softcap) applies to
 //! `x`, and every option of those sections carries over (ignore_index, class weights, label
@@ -135,7 +136,7 @@ impl LinearCrossEntropy {
 
     /// Computes the loss of `batch` and whatever `request` asks for on `backend`.
     ///
-    /// Errors: shapes that disagree (`h` [N × D], `W` [V × D], `b` [V], targets [N], class
+    /// Errors: shapes that disagree (`h` [N × D], `W` [V × D] (or [D × V] in its layout), `b` [V], targets [N], class
     /// weights [V], sample weights [N], upstream [N] or [1], gradients [N × D], [V × D], [V]),
     /// `V = 0`, a target out of range on a valid row, soft targets or probability inputs
     /// ([`Error::Unsupported`]), bad options or weights (as [`CrossEntropy::compute`]), and on
@@ -260,20 +261,30 @@ impl LinearCrossEntropy {
 /// Everything a linear cross-entropy call reads.
 ///
 /// ```
-/// use xent::linear::LinearBatch;
+/// use xent::linear::{LinearBatch, WeightLayout};
 /// use xent::Matrix;
 /// let (h, w, b) = ([0.5f32; 8], [0.25f32; 6], [0.0f32; 3]);
 /// let y = [0i32, 1, 2, -100];
 /// let batch = LinearBatch::new(Matrix::new(&h, 4, 2), Matrix::new(&w, 3, 2), &y[..])
 ///     .bias(&b);
-/// assert_eq!(batch.weight.rows(), 3);
+/// assert_eq!(batch.weight_shape(), (3, 2));
+/// // The same head stored [D × V] (burn's `Linear`, flax's `Dense`).
+/// let batch = LinearBatch::new(Matrix::new(&h, 4, 2), Matrix::new(&w, 2, 3), &y[..])
+///     .weight_layout(WeightLayout::HiddenMajor);
+/// assert_eq!(batch.weight_shape(), (3, 2));
 /// ```
 #[derive(Debug)]
 pub struct LinearBatch<'a> {
     /// Hidden states `h` [N × D].
     pub hidden: Matrix<'a>,
-    /// The head's weight `W` [V × D].
+    /// The head's weight: `W` [V × D] (`nn.Linear` layout), or [D × V] with
+    /// [`WeightLayout::HiddenMajor`].
     pub weight: Matrix<'a>,
+    /// How `weight`, and the weight gradient `dW`, are stored (default
+    /// [`WeightLayout::VocabMajor`]). [D × V] is read where it is on the CPU, a block of
+    /// columns at a time; a host call on the GPU transposes it on the way up (and `dW` on the
+    /// way back).
+    pub weight_layout: WeightLayout,
     /// The head's bias `b` [V] (a 1 × V matrix).
     pub bias: Option<Matrix<'a>>,
     /// Class-index targets, one per row.
@@ -290,10 +301,24 @@ impl<'a> LinearBatch<'a> {
         LinearBatch {
             hidden,
             weight,
+            weight_layout: WeightLayout::VocabMajor,
             bias: None,
             targets: targets.into(),
             class_weights: None,
             sample_weights: None,
+        }
+    }
+    /// Sets how the weight (and `dW`) is stored.
+    pub fn weight_layout(mut self, layout: WeightLayout) -> Self {
+        self.weight_layout = layout;
+        self
+    }
+    /// The weight's (vocabulary, hidden size), read through its layout.
+    pub fn weight_shape(&self) -> (usize, usize) {
+        let w = &self.weight;
+        match self.weight_layout {
+            WeightLayout::VocabMajor => (w.rows(), w.cols()),
+            WeightLayout::HiddenMajor => (w.cols(), w.rows()),
         }
     }
     /// Sets the bias (length V, any element type).

@@ -1243,6 +1243,31 @@ fn eval_hidden_states_of_a_linear_head() {
     } else {
         assert!(on_gpu.stderr.contains("GPU"), "{}", on_gpu.stderr);
     }
+    // The same head stored (D, V), as burn's Linear and flax's Dense keep it.
+    let w_t: Vec<f32> = (0..d * v).map(|i| w[(i % v) * d + i / v]).collect();
+    let weight_t = dir.npy("w_t.npy", &[d, v], &w_t);
+    let mut t_args = head_args.to_vec();
+    t_args[3] = &weight_t;
+    let layout = ["--weight-layout", "hidden-major"];
+    let json = eval_json(&[&t_args[..], &layout[..]].concat());
+    close(num(&json, "loss"), r.loss.unwrap(), "(D, V) loss");
+    assert_eq!(json["classes"], v);
+    check_metrics(&json, &r);
+    // ... and read as (V, D) it is the wrong shape, named.
+    let run = xent(&[&["eval"], &head_args[..4], &["--targets", &targets]].concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = xent(&[&["eval"], &t_args[..4], &["--targets", &targets]].concat());
+    assert_file_error(&run, "w_t.npy", "need (V, 12)");
+    let run = xent(
+        &[
+            &["eval"],
+            &head_args[..4],
+            &["--targets", &targets],
+            &layout[..],
+        ]
+        .concat(),
+    );
+    assert_file_error(&run, "w.npy", "need (12, V)");
 
     // What --hidden cannot do is a usage error; a bad file names itself.
     let refused = xent(&[

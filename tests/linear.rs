@@ -174,6 +174,17 @@ fn try_run(
     backend: &Backend,
     head: &Head,
     loss: &LinearCrossEntropy,
+    asked: (Option<&[f32]>, Option<f32>, bool),
+) -> xent::Result<(Output, Grads)> {
+    run_batch(backend, head, head.batch(), loss, asked)
+}
+
+/// [`try_run`] on `batch`, a view of `head` (`dW` as long as `W`, in `batch`'s layout).
+fn run_batch(
+    backend: &Backend,
+    head: &Head,
+    batch: LinearBatch<'_>,
+    loss: &LinearCrossEntropy,
     (upstream, add, every_output): (Option<&[f32]>, Option<f32>, bool),
 ) -> xent::Result<(Output, Grads)> {
     let mut g = Grads::filled(head, add.unwrap_or(f32::NAN));
@@ -192,7 +203,7 @@ fn try_run(
     if let Some(u) = upstream {
         request = request.upstream(u);
     }
-    let out = loss.compute(backend, head.batch(), request)?;
+    let out = loss.compute(backend, batch, request)?;
     Ok((out, g))
 }
 
@@ -372,6 +383,85 @@ fn small_budgets_split_rows_and_columns() {
             check(&label, &head, &reference, &out, &g, 0.0);
         }
     }
+}
+
+/// A weight stored [D × V] (`WeightLayout::HiddenMajor`) in host slices: `dW` comes back
+/// [D × V] too. Every dtype, both CPU strategies (a budget of 75 KiB: several groups of rows
+/// in the chunked one, several backward chunks of classes in the fused one), written and
+/// added gradients, and the GPU's host call (small bindings too:
+/// `W` in pieces); against the reference on the [V × D] head.
+#[test]
+fn hidden_major_weight_in_host_slices() {
+    let mut backends = vec![("cpu".to_string(), Backend::Cpu)];
+    if let Some(gpu) = common::device::gpu() {
+        backends.push(("gpu".into(), Backend::Gpu(gpu)));
+        let small = xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+            max_binding_size: Some(32 << 10),
+            ..Default::default()
+        })
+        .expect("a device with small bindings");
+        backends.push((
+            "gpu, 32 KiB bindings".into(),
+            Backend::Gpu(std::sync::Arc::new(small)),
+        ));
+    }
+    let some = ["plain mean", "none", "focal and smoothing", "everything"];
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        let head = Head::new(61, (37, 20, 1100), dtype)
+            .ignore_every(5)
+            .weighted(6);
+        let (d, v) = (head.hidden, head.vocab);
+        let w_t = head.w.transposed(v, d);
+        let grid = option_grid()
+            .into_iter()
+            .filter(|(name, _)| some.contains(name));
+        for (name, options) in grid {
+            let upstream = recorded_upstream(&head, &options);
+            let reference = head.reference(&options, Some(&upstream));
+            for (backend_name, backend) in &backends {
+                let cpu = matches!(backend, Backend::Cpu);
+                let strategies: &[Strategy] = if cpu { &STRATEGIES } else { &[Strategy::Auto] };
+                for &strategy in strategies {
+                    for add in [None, Some(0.5f32)] {
+                        let label = format!(
+                            "[D × V] {dtype:?} {name}, {backend_name} {strategy:?}, add {add:?}"
+                        );
+                        let loss = LinearCrossEntropy::new(options)
+                            .strategy(strategy)
+                            .scratch_bytes(64 * 300 * 4);
+                        let batch = LinearBatch {
+                            weight: w_t.matrix(d, v),
+                            ..head.batch()
+                        }
+                        .weight_layout(WeightLayout::HiddenMajor);
+                        let asked = (Some(&upstream[..]), add, true);
+                        let (out, mut g) = run_batch(backend, &head, batch, &loss, asked)
+                            .unwrap_or_else(|e| panic!("{label}: {e}"));
+                        g.dw = (0..v * d).map(|i| g.dw[(i % d) * v + i / d]).collect();
+                        check(&label, &head, &reference, &out, &g, add.unwrap_or(0.0));
+                    }
+                }
+            }
+        }
+    }
+    // Its shape is read through the layout: a [V × D] matrix passed as [D × V] is an error.
+    let head = Head::new(62, (4, 6, 10), Dtype::F32);
+    let batch = head.batch().weight_layout(WeightLayout::HiddenMajor);
+    let err = LinearCrossEntropy::new(CrossEntropy::new())
+        .compute(&Backend::Cpu, batch, LinearRequest::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Shape {
+                what: "weight (hidden size)",
+                expected: 6,
+                actual: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -5,7 +5,9 @@ use super::bad_weight;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs};
 use crate::input::Targets;
-use crate::linear::{GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy};
+use crate::linear::{
+    GradientBuffer, LinearBatch, LinearCrossEntropy, LinearRequest, Strategy, WeightLayout,
+};
 use crate::options::{CrossEntropy, InputKind, Reduction};
 use crate::shard::{Combined, Shard};
 
@@ -34,6 +36,8 @@ pub(crate) struct LinearPlan {
     pub rows: usize,
     pub hidden: usize,
     pub vocab: usize,
+    /// How `W` and `dW` are stored.
+    pub weight_layout: WeightLayout,
     /// The rows that get products, ascending: the valid ones, or all when LSE or metrics are
     /// asked for.
     pub computed: Vec<usize>,
@@ -100,10 +104,13 @@ fn check_call(
     let (hidden, weight) = (&batch.hidden, &batch.weight);
     hidden.check("hidden")?;
     weight.check("weight")?;
-    let (rows, dim, vocab) = (hidden.rows(), hidden.cols(), weight.rows());
+    let (rows, dim) = (hidden.rows(), hidden.cols());
+    let (vocab, weight_dim) = batch.weight_shape();
     let shape = format!(
-        "hidden [{rows} × {dim}], weight [{vocab} × {}]",
-        weight.cols()
+        "hidden [{rows} × {dim}], weight [{} × {}] ({:?})",
+        weight.rows(),
+        weight.cols(),
+        batch.weight_layout
     );
     let len = |what: &'static str, actual: usize, expected: usize| {
         if actual == expected {
@@ -127,7 +134,7 @@ fn check_call(
         classes: vocab,
     });
     len("weight (shard rows)", vocab, shard.width)?;
-    len("weight (hidden size)", weight.cols(), dim)?;
+    len("weight (hidden size)", weight_dim, dim)?;
     if let Some(b) = &batch.bias {
         b.check("bias")?;
         len("bias", b.len(), vocab)?;
@@ -219,6 +226,7 @@ fn check_call(
         rows,
         hidden: dim,
         vocab,
+        weight_layout: batch.weight_layout,
         computed,
         denominators: (weight_sum, count),
         strategy,

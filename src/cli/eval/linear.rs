@@ -1,15 +1,15 @@
 //! `xent eval --hidden h --weight W [--bias b]`: a language-model head scored from its hidden
 //! states, `cross_entropy(h·Wᵀ + b, y)`, by [`crate::linear`] on the chosen device: the
 //! `N × V` logits are never held. Shapes: `h` (N, D), or (d1, …, D) with one row per leading index; `W`
-//! (V, D); `b` (V,); index targets of h's leading shape; `--weights` (V,); `--sample-weights`
+//! (V, D), or (D, V) with `--weight-layout hidden-major`; `b` (V,); index targets of h's leading shape; `--weights` (V,); `--sample-weights`
 //! of the targets' shape.
 
 use super::report::Report;
 use super::shapes::{check_index_targets, per_class, sample_weights, Geometry};
-use super::{EvalArgs, Evaluation, InputArg, Loss, LossKind};
+use super::{EvalArgs, Evaluation, InputArg, Loss, LossKind, WeightLayoutArg};
 use crate::cli::files::{read_tensor, write_npy_f32, Data, Tensor};
 use crate::cli::CliError;
-use crate::linear::{LinearBatch, LinearCrossEntropy, LinearRequest};
+use crate::linear::{LinearBatch, LinearCrossEntropy, LinearRequest, WeightLayout};
 use crate::{Error, Matrix, Targets};
 use std::time::Instant;
 
@@ -39,14 +39,22 @@ pub(super) fn run(args: &EvalArgs) -> Result<(), CliError> {
     let Some((&dim, leading)) = hidden.shape.split_last() else {
         return Err(hidden.error("hidden states have shape (), a scalar; expected (N, D)"));
     };
-    if weight.shape.len() != 2 || weight.shape[1] != dim {
+    let (layout, dim_axis, expected) = match args.weight_layout {
+        WeightLayoutArg::VocabMajor => (WeightLayout::VocabMajor, 1, format!("(V, {dim})")),
+        WeightLayoutArg::HiddenMajor => (
+            WeightLayout::HiddenMajor,
+            0,
+            format!("({dim}, V) (--weight-layout hidden-major)"),
+        ),
+    };
+    if weight.shape.len() != 2 || weight.shape[dim_axis] != dim {
         return Err(weight.error(format!(
-            "the weight has shape {} but hidden states {} need (V, {dim})",
+            "the weight has shape {} but hidden states {} need {expected}",
             weight.shape_string(),
             hidden.shape_string()
         )));
     }
-    let vocab = weight.shape[0];
+    let vocab = weight.shape[1 - dim_axis];
     let bias = args
         .bias
         .as_deref()
@@ -90,11 +98,13 @@ pub(super) fn run(args: &EvalArgs) -> Result<(), CliError> {
         Data::I64(b) => Targets::I64(b.as_slice()),
         _ => unreachable!("check_index_targets"),
     };
+    let (w_rows, w_cols) = (weight.shape[0], weight.shape[1]);
     let mut batch = LinearBatch::new(
         matrix(&hidden, g.rows, dim),
-        matrix(&weight, vocab, dim),
+        matrix(&weight, w_rows, w_cols),
         target_view,
-    );
+    )
+    .weight_layout(layout);
     batch.bias = bias.as_ref().map(|b| matrix(b, 1, vocab));
     batch.class_weights = class_weights.as_deref();
     batch.sample_weights = samples.as_deref();

@@ -74,6 +74,16 @@ pub enum InputArg {
     Probabilities,
 }
 
+/// `--weight-layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WeightLayoutArg {
+    /// W is (V, D): PyTorch's nn.Linear.
+    #[default]
+    VocabMajor,
+    /// W is (D, V): burn's Linear, flax's Dense kernel.
+    HiddenMajor,
+}
+
 /// Arguments of `xent eval`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["targets", "soft_targets"])))]
@@ -88,9 +98,13 @@ pub struct EvalArgs {
     /// logits (`xent::linear`). Needs --weight; targets have h's leading shape.
     #[arg(long, value_name = "FILE", requires = "weight")]
     pub hidden: Option<String>,
-    /// The head's weight W, (V, D) (PyTorch's nn.Linear layout), for --hidden.
+    /// The head's weight W, (V, D) (PyTorch's nn.Linear layout; (D, V) with
+    /// --weight-layout hidden-major), for --hidden.
     #[arg(long, value_name = "FILE", requires = "hidden")]
     pub weight: Option<String>,
+    /// How --weight is stored: (V, D) or (D, V), read where it is either way.
+    #[arg(long, value_enum, default_value_t, requires = "weight")]
+    pub weight_layout: WeightLayoutArg,
     /// The head's bias b, (V,), for --hidden.
     #[arg(long, value_name = "FILE", requires = "hidden")]
     pub bias: Option<String>,

@@ -157,6 +157,32 @@ pub(crate) fn weight_gradient(
     );
 }
 
+/// The weight's gradient stored [k × vocab] (`WeightLayout::HiddenMajor`): columns
+/// `0..g.cols` of `dw` (row stride `vocab`) (+)= `(gᵀ·h)ᵀ = hᵀ·g`, for `g` [rows × cols]
+/// and `h` [rows × k].
+pub(crate) fn weight_gradient_hidden_major(
+    threads: Threads,
+    mode: Mode,
+    (dw, vocab): (&mut [f32], usize),
+    (g, g_shape): (&[f32], Shape),
+    h: &[f32],
+    k: usize,
+) {
+    let out = Shape {
+        rows: k,
+        cols: g_shape.cols,
+        stride: vocab,
+    };
+    product(
+        threads,
+        mode,
+        (dw, out),
+        (h, (1, k)),
+        (g, (g_shape.stride, 1)),
+        g_shape.rows,
+    );
+}
+
 /// The hidden states' gradient: `dh [rows × k] (+)= g · w` for `g` [rows × cols] (row stride
 /// `g_stride`) and `w` [cols × k].
 pub(crate) fn hidden_gradient(

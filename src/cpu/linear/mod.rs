@@ -13,7 +13,7 @@ use super::shard::{row_backward, row_fill, row_focal, row_partial, weight_sum};
 use super::simd::SimdLevel;
 use crate::error::Result;
 use crate::input::{Matrix, Targets};
-use crate::linear::{GradientBuffer, LinearBatch, LinearRequest, Strategy};
+use crate::linear::{GradientBuffer, LinearBatch, LinearRequest, Strategy, WeightLayout};
 use crate::math::reduce::loss;
 use crate::options::Reduction;
 use crate::output::{Metrics, Output};
@@ -91,22 +91,28 @@ pub(crate) fn shard_backward(
     grads.finish(plan);
 }
 
-/// The head's weight and bias, a block of vocabulary rows at a time.
+/// The head's weight and bias, a block of classes at a time.
 struct Head<'a> {
     weight: &'a Matrix<'a>,
+    layout: WeightLayout,
     /// The bias widened once (V values).
     bias: Option<Vec<f32>>,
 }
 
 impl Head<'_> {
-    /// Rows `columns` of `W` as f32 (borrowed or widened into `buf`) and their bias.
+    /// Classes `columns` of `W` as f32 rows [width × D] (borrowed, or widened or transposed
+    /// into `buf`) and their bias.
     fn block<'b>(
         &'b self,
         columns: std::ops::Range<usize>,
         buf: &'b mut Vec<f32>,
     ) -> (&'b [f32], Option<&'b [f32]>) {
         let bias = self.bias.as_deref().map(|b| &b[columns.clone()]);
-        (self.weight.rows_f32(columns, buf), bias)
+        let w = match self.layout {
+            WeightLayout::VocabMajor => self.weight.rows_f32(columns, buf),
+            WeightLayout::HiddenMajor => self.weight.columns_f32(columns, buf),
+        };
+        (w, bias)
     }
 }
 
@@ -162,6 +168,7 @@ impl<'a> Call<'a> {
             hidden,
             head: Head {
                 weight: &batch.weight,
+                layout: batch.weight_layout,
                 bias,
             },
             targets: rows
@@ -577,8 +584,16 @@ impl<'r, 'g> Gradients<'r, 'g> {
                 Mode::Add
             };
             let h = call.hidden(r0..r0 + rows);
-            let dw = &mut dw.data()[start * d..(start + width) * d];
-            gemm::weight_gradient(Threads::Pool, mode, dw, (g, shape), h, d);
+            match call.head.layout {
+                WeightLayout::VocabMajor => {
+                    let dw = &mut dw.data()[start * d..(start + width) * d];
+                    gemm::weight_gradient(Threads::Pool, mode, dw, (g, shape), h, d);
+                }
+                WeightLayout::HiddenMajor => {
+                    let dw = (&mut dw.data()[start..], call.plan.vocab);
+                    gemm::weight_gradient_hidden_major(Threads::Pool, mode, dw, (g, shape), h, d);
+                }
+            }
         }
         if !self.db_sums.is_empty() {
             self.db_sums[start..start + width]

@@ -11,7 +11,7 @@ use crate::gpu::pipelines::{LogitLoad, TargetLoad};
 use crate::gpu::pool::{Pool, Role};
 use crate::gpu::Gpu;
 use crate::input::Matrix;
-use crate::linear::{LinearBatch, LinearRequest};
+use crate::linear::{LinearBatch, LinearRequest, WeightLayout};
 use crate::math::reduce::loss;
 use crate::options::Reduction;
 use crate::output::Output;
@@ -41,7 +41,10 @@ pub(super) fn upload(
         for &r in rows {
             h.extend_from_slice(batch.hidden.rows_f32(r..r + 1, &mut buf));
         }
-        let w = f32_words(&batch.weight, v);
+        let w = match batch.weight_layout {
+            WeightLayout::VocabMajor => f32_words(&batch.weight, v),
+            WeightLayout::HiddenMajor => batch.weight.columns_f32(0..v, &mut buf).to_vec(),
+        };
         (
             bytemuck::cast_slice(&h).to_vec(),
             bytemuck::cast_slice(&w).to_vec(),
@@ -53,7 +56,12 @@ pub(super) fn upload(
             .flat_map(|&r| &bytes[r * row..(r + 1) * row])
             .copied()
             .collect();
-        (h, batch.weight.bytes().to_vec())
+        let w = batch.weight.bytes();
+        let w = match batch.weight_layout {
+            WeightLayout::VocabMajor => w.to_vec(),
+            WeightLayout::HiddenMajor => transposed(w, (d, v), element),
+        };
+        (h, w)
     };
     // Targets as the call's own columns (a shard's), −1 for an ignored row or a target in
     // another shard: the host call's kernels take −1 as the ignore index (`IGNORED`).
@@ -175,6 +183,13 @@ pub(super) fn read_back(
     let dh = floats(b.hidden_gradient.is_some());
     let dw = floats(b.weight_gradient.is_some());
     let db = floats(b.bias_gradient.is_some());
+    let dw = match plan.weight_layout {
+        WeightLayout::VocabMajor => dw,
+        WeightLayout::HiddenMajor => {
+            let dw = transposed(bytemuck::cast_slice(&dw), (v as usize, d as usize), 4);
+            bytemuck::pod_collect_to_vec(&dw)
+        }
+    };
     deliver(plan, request, (&dh, &dw, &db));
     Ok((records, sums))
 }
@@ -213,6 +228,18 @@ fn deliver(
             }
         }
     }
+}
+
+/// The transposition of a row-major `rows × cols` matrix of `size`-byte values.
+fn transposed(bytes: &[u8], (rows, cols): (usize, usize), size: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for (r, row) in bytes.chunks_exact(cols * size).take(rows).enumerate() {
+        for (c, value) in row.chunks_exact(size).enumerate() {
+            let at = (c * rows + r) * size;
+            out[at..at + size].copy_from_slice(value);
+        }
+    }
+    out
 }
 
 /// All of `m` (`rows` rows) as f32 words: borrowed-and-copied for f32, widened otherwise.
