@@ -39,7 +39,8 @@
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
 // logit's width (in place) or nothing (loss only); dense targets: reads 4 twice. Per row: reads the target, its
-// logit, w[y] and s[n]; writes 32 (row record) + 16 (sums), + 32 (RowCoef) with `Store::Save`.
+// logit, w[y] and s[n]; writes 16 (sums), + 32 (row record) where the caller reads it
+// (FLAG_KEEP_LOSSES), + 32 (RowCoef) with `Store::Save`.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -106,7 +107,8 @@ fn main(
     let global_row = p.row0 + row;
     if (live && lane == 0u) {
         let r = finish_row(st, row);
-        row_out[global_row] = r.out;
+        // The record only where the caller reads it: 32 bytes a row, 4× a 2-class row's read.
+        if (has(FLAG_KEEP_LOSSES)) { row_out[global_row] = r.out; }
         row_sums[global_row] = r.sums;
         // Under autodiff (`Store::Save`) the row's coefficients are kept for the backward.
         SAVE_COEF

@@ -170,7 +170,9 @@ pub(crate) const FLAG_ENTROPY: u32 = 8;
 pub(crate) const FLAG_UPSTREAM: u32 = 16;
 /// BCE `pos_weight` bound.
 pub(crate) const FLAG_POS_WEIGHT: u32 = 32;
-/// BCE: keep the per-element losses.
+/// The caller reads the per-element losses (BCE) or the rows' records (softmax's fused
+/// kernel; the rows pass always writes them, for the linear head's host call): without it
+/// they are not stored.
 pub(crate) const FLAG_KEEP_LOSSES: u32 = 64;
 /// BCE: write the gradient.
 pub(crate) const FLAG_GRADIENT: u32 = 128;

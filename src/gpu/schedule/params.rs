@@ -50,6 +50,9 @@ pub(super) fn shared(
     if batch.sample_weights.is_some() {
         flags |= FLAG_SAMPLE_WEIGHTS;
     }
+    if out.rows.is_some() {
+        flags |= FLAG_KEEP_LOSSES;
+    }
     let reduction = match job {
         Loss::Softmax(o) => {
             base.scale = o.logit_scale;
@@ -81,9 +84,6 @@ pub(super) fn shared(
         Loss::Binary(o) => {
             if batch.pos_weight.is_some() {
                 flags |= FLAG_POS_WEIGHT;
-            }
-            if out.rows.is_some() {
-                flags |= FLAG_KEEP_LOSSES;
             }
             if !matches!(out.gradient, DeviceGradient::None) {
                 flags |= FLAG_GRADIENT;
