@@ -540,6 +540,7 @@ impl<'a> Matrix<'a> {
             Storage::Bf16Mut(d) => widen(&d[span], buf),
         }
     }
+
     /// Columns `range` as the rows of a `range.len() × rows` f32 matrix (the transposition of
     /// those columns), into `buf`: a `[D × V]` head weight read a block of classes at a time.
     pub(crate) fn columns_f32<'b>(
@@ -563,6 +564,9 @@ impl<'a> Matrix<'a> {
         }
         let shape = (self.rows, self.cols);
         buf.resize(range.len() * self.rows, 0.0);
+        if buf.is_empty() {
+            return buf;
+        }
         match &self.storage {
             Storage::F32(d) => gather(d, shape, range, buf),
             Storage::F32Mut(d) => gather(d, shape, range, buf),

@@ -159,7 +159,9 @@ impl LinearCrossEntropy {
 /// a shard of the logits ([`crate::shard`]), so `CrossEntropy::combine` and its focal round
 /// carry over. On each shard `k` (columns `[start, start + width)` of `V`): `batch.weight` is
 /// `W[start..start + width]` [width × D], `batch.bias` and `batch.class_weights` its slices,
-/// the targets global, no sample weights (they go to `combine_weighted`). On the GPU the
+/// the targets global, no sample weights (they go to `combine_weighted`). With
+/// [`WeightLayout::HiddenMajor`] a shard's weight is its columns of `W` [D × V] as a contiguous
+/// `[D × width]` matrix (copied out of the whole), and its `dW` comes back `[D × width]`. On the GPU the
 /// shard runs the whole head's kernels over its rows of `W` (`src/gpu/linear/shard.rs`).
 ///
 /// ```

@@ -635,6 +635,14 @@ fn focal_grid() -> Vec<CrossEntropy> {
                 .reduction(Reduction::Sum),
         ]);
     }
+    // A fractional γ past 1 and a whole one past the SIMD kernels' 16: the factors lane by
+    // lane (short rows) or in scalar code (rows).
+    let f = CrossEntropy::new().focal_gamma(1.5);
+    out.extend([
+        f,
+        f.label_smoothing(0.1),
+        CrossEntropy::new().focal_gamma(17.0),
+    ]);
     out
 }
 
@@ -689,13 +697,31 @@ fn softmax_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
                 .dtype(dtype),
         ));
     }
-    // Past the CPU's short-row path (`SHORT_CLASSES`): its row kernels.
+    // Past the CPU's short-row path (`SHORT_CLASSES`): its row kernels, index targets (bf16)
+    // and soft.
     out.push((
-        "index f32, 600 classes".into(),
+        "index bf16, 600 classes".into(),
         Case::new(seed + 4, 11, 600, Hardness::ALL)
             .weighted(seed)
             .sample_weighted(seed)
-            .ignore_every(4, options.ignore_index),
+            .ignore_every(4, options.ignore_index)
+            .dtype(Dtype::Bf16),
+    ));
+    out.push((
+        "soft, 600 classes".into(),
+        Case::new(
+            seed + 5,
+            7,
+            600,
+            Hardness {
+                outliers: true,
+                masked: false,
+                non_finite: true,
+            },
+        )
+        .soft(seed + 5)
+        .weighted(seed + 5)
+        .sample_weighted(seed + 5),
     ));
     out.push((
         "(N, C, d) f16".into(),

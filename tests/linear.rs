@@ -705,6 +705,7 @@ fn bad_inputs_are_typed_errors() {
 /// Vocabulary-parallel heads: K shards of `W`'s rows, partials combined (with the focal round
 /// when the options need it), each shard's backward; the combined loss, rows and LSE, `dh`
 /// summed over shards and `dW`, `db` concatenated, against the reference on the whole head.
+/// Each shard also stored [D × width] (`WeightLayout::HiddenMajor`, its `dW` likewise).
 #[test]
 fn vocab_parallel_shards_of_the_weight() {
     use xent::shard::{FocalPartial, RowPartial, Shard};
@@ -738,13 +739,37 @@ fn vocab_parallel_shards_of_the_weight() {
         };
         let reference = head.reference(&options, Some(&upstream));
         let loss = LinearCrossEntropy::new(options);
-        for k in [1usize, 2, 3, 8] {
-            let label = format!("{name}, {k} shards on {backend:?}");
+        for (k, hidden_major) in [1usize, 2, 3, 8]
+            .into_iter()
+            .flat_map(|k| [(k, false), (k, true)])
+            .filter(|&(k, major)| !major || k == 1 || k == 3)
+        {
+            let label = format!("{name}, {k} shards on {backend:?}, [D × width] {hidden_major}");
             let shards = Shard::split(v, k);
+            let columns: Vec<Vec<f32>> = shards
+                .iter()
+                .map(|s| {
+                    let (c0, width) = (s.start, s.width);
+                    (0..d * width)
+                        .map(|i| w[(c0 + i % width) * d + i / width])
+                        .collect()
+                })
+                .collect();
             let batch = |s: Shard| {
                 let range = s.start..s.start + s.width;
-                let rows = Matrix::new(&w[s.start * d..(s.start + s.width) * d], s.width, d);
-                LinearBatch::new(Matrix::new(h, n, d), rows, &head.targets[..])
+                let i = shards.iter().position(|x| *x == s).unwrap();
+                let (weight, layout) = match hidden_major {
+                    true => (
+                        Matrix::new(&columns[i], d, s.width),
+                        WeightLayout::HiddenMajor,
+                    ),
+                    false => (
+                        Matrix::new(&w[s.start * d..(s.start + s.width) * d], s.width, d),
+                        WeightLayout::VocabMajor,
+                    ),
+                };
+                LinearBatch::new(Matrix::new(h, n, d), weight, &head.targets[..])
+                    .weight_layout(layout)
                     .bias(&b[range.clone()])
                     .class_weights(&cw[range])
             };
@@ -769,14 +794,21 @@ fn vocab_parallel_shards_of_the_weight() {
             }
             let mut g = Grads::filled(&head, 0.0);
             for &s in &shards {
+                let mut dw = vec![0f32; s.width * d];
                 let request = LinearRequest::new()
                     .hidden_gradient(GradientBuffer::Add(&mut g.dh))
-                    .weight_gradient(GradientBuffer::Write(
-                        &mut g.dw[s.start * d..(s.start + s.width) * d],
-                    ))
+                    .weight_gradient(GradientBuffer::Write(&mut dw))
                     .bias_gradient(GradientBuffer::Write(&mut g.db[s.start..s.start + s.width]));
                 loss.shard_backward(backend, s, batch(s), &combined, request)
                     .unwrap();
+                // The shard's rows of dW, from [D × width] where it came so.
+                let rows = &mut g.dw[s.start * d..(s.start + s.width) * d];
+                for (i, r) in rows.iter_mut().enumerate() {
+                    *r = match hidden_major {
+                        true => dw[(i % d) * s.width + i / d],
+                        false => dw[i],
+                    };
+                }
             }
             check(&label, &head, &reference, &combined.output, &g, 0.0);
         }

@@ -17,6 +17,7 @@
 //! in scalar code. [`FocalRow`] picks these kernels for a whole `γ` and a scalar loop for a
 //! fractional one; the unsharded rows (`cpu/mod.rs`) and the vocab-parallel shards
 //! (`cpu/shard.rs`, over a shard's columns with the global log-sum-exp) both go through it.
+//! The short-row tiles (`short/`) take [`factors`] for their lanes.
 
 use super::row::{load, load_live, RowIo, Transform, CHUNK};
 use super::simd::{dispatch, SimdLevel};

@@ -133,7 +133,7 @@ fn check_call(
         width: vocab,
         classes: vocab,
     });
-    len("weight (shard rows)", vocab, shard.width)?;
+    len("weight (classes)", vocab, shard.width)?;
     len("weight (hidden size)", weight_dim, dim)?;
     if let Some(b) = &batch.bias {
         b.check("bias")?;

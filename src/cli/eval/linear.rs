@@ -1,8 +1,8 @@
 //! `xent eval --hidden h --weight W [--bias b]`: a language-model head scored from its hidden
 //! states, `cross_entropy(h·Wᵀ + b, y)`, by [`crate::linear`] on the chosen device: the
-//! `N × V` logits are never held. Shapes: `h` (N, D), or (d1, …, D) with one row per leading index; `W`
-//! (V, D), or (D, V) with `--weight-layout hidden-major`; `b` (V,); index targets of h's leading shape; `--weights` (V,); `--sample-weights`
-//! of the targets' shape.
+//! `N × V` logits are never held. Shapes: `h` (N, D), or (d1, …, D) with one row per leading
+//! index; `W` (V, D), or (D, V) with `--weight-layout hidden-major`; `b` (V,); index targets
+//! of h's leading shape; `--weights` (V,); `--sample-weights` of the targets' shape.
 
 use super::report::Report;
 use super::shapes::{check_index_targets, per_class, sample_weights, Geometry};

@@ -16,7 +16,7 @@ use rten_simd::{Isa, Simd};
 pub(super) struct Lanes {
     /// `w[y]` (0 when ignored).
     pub w_y: [f32; MAX_LANES],
-    /// Focal factors `f`, `g` of a fractional `γ`, lane by lane.
+    /// Focal factors `f`, `g` lane by lane (a `γ` that is not whole, or past 16).
     pub f: [f32; MAX_LANES],
     pub g: [f32; MAX_LANES],
     /// The gradient's scales ([`scales`]).
@@ -80,7 +80,7 @@ pub(super) struct TileFocal {
 }
 
 /// `(f, g)` of each lane's `l = logp` (SEMANTICS.md section 2c): as vectors for a whole `γ`
-/// (`cpu/focal.rs`), lane by lane for a fractional one (a power per value, as the row path
+/// from 1 to 16 (`cpu/focal.rs`), lane by lane otherwise (a power per value, as the row path
 /// takes them).
 #[inline(always)]
 pub(super) fn focal_factors<I: Isa>(

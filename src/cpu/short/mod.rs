@@ -27,7 +27,7 @@
 //! the gradient plain cross-entropy's with `w[y]·g[y]` for `w[y]`. With smoothing or dense
 //! targets every class's factors need `ln S`: a third pass over the tile (in L1) sums
 //! `Σ a·f·l` and `K = Σ a·g` (`a[c] = w[c]·t'[c]`) and keeps each `a·g` for the gradient
-//! `K·p − a·g` (`focal_pass`). A whole `γ` takes the factors as vectors, a fractional one
+//! `K·p − a·g` (`focal_pass`). A whole `γ` up to 16 takes the factors as vectors, any other
 //! lane by lane (a power per value, as the row path does). Probability inputs take the row
 //! path ([`Call::takes_short_path`]).
 //!
@@ -81,7 +81,8 @@ const GROUP_VALUES: usize = 4096;
 
 impl Call<'_> {
     /// Whether this call's softmax rows take the short-row path: logits (not
-    /// probabilities) and at most [`SHORT_CLASSES`] classes ([`SHORT_CLASSES_WITH_GRADIENT`] when `wants_grad`). The one
+    /// probabilities) and at most [`SHORT_CLASSES`] classes
+    /// ([`SHORT_CLASSES_WITH_GRADIENT`] when `wants_grad`). The one
     /// place the choice is made.
     pub(super) fn takes_short_path(&self, wants_grad: bool) -> bool {
         let Loss::Softmax(options) = self.plan.loss else {
@@ -390,6 +391,8 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 (ops.neg(fl), k_sum)
             }
             (None, Some(f)) => {
+                // (A plain call has no smoothing: its focal loss is on the target alone.)
+                debug_assert!(!f.per_class);
                 let (f_y, g_y) = lanes::focal_factors(isa, f.focal, logp_y, per);
                 w_target = ops.mul(w_y, g_y);
                 let target = linear_term(isa, w_y, ops.mul(f_y, logp_y));

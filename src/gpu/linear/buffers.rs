@@ -233,6 +233,9 @@ fn deliver(
 /// The transposition of a row-major `rows × cols` matrix of `size`-byte values.
 fn transposed(bytes: &[u8], (rows, cols): (usize, usize), size: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
     for (r, row) in bytes.chunks_exact(cols * size).take(rows).enumerate() {
         for (c, value) in row.chunks_exact(size).enumerate() {
             let at = (c * rows + r) * size;
