@@ -66,7 +66,8 @@ fn chunked_dispatch_on(small: &Arc<Gpu>) {
             small,
             &case,
             &CrossEntropy::new().label_smoothing(0.05),
-            &[GradMode::OutOfPlace, GradMode::InPlace],
+            // Loss only: the fused kernel's loss-only variant, chunk by chunk.
+            &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace],
         );
     }
     let spatial = Case::new(11, 40 * 12, 9, Hardness::default()).class_dim1(12);
