@@ -781,6 +781,8 @@ fn probability_focal_grid() -> Vec<CrossEntropy> {
             f.ignore_index(3).reduction(Reduction::Sum),
         ]);
     }
+    // And without focal loss (the CPU's path with one `ln` a row and no per-class gradient).
+    out.extend([base, base.label_smoothing(0.1)]);
     out
 }
 
@@ -800,6 +802,14 @@ fn probability_cases(options: &CrossEntropy, seed: u64) -> Vec<(String, Case)> {
                 .weighted(seed)
                 .sample_weighted(seed)
                 .ignore_every(4, options.ignore_index),
+        ),
+        (
+            "probabilities index, no metrics".into(),
+            Case::new(seed + 2, 19, 40, hard)
+                .probabilities()
+                .weighted(seed + 2)
+                .ignore_every(3, options.ignore_index)
+                .without_metrics(),
         ),
         (
             "probabilities soft".into(),

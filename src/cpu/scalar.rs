@@ -138,6 +138,8 @@ pub struct ProbOptions {
     pub smoothing: f32,
     /// Focal `γ` (0: off).
     pub gamma: f32,
+    /// Argmax, entropy and confidence are asked for.
+    pub metrics: bool,
 }
 
 impl ProbOptions {
@@ -172,7 +174,11 @@ pub fn probability_row(
     let f_ln_p = |c: usize| options.focal(q[c]).0 * options.ln_p(q[c]);
     let ce = match target {
         ProbTarget::Index(y) => {
-            let smooth = (0..q.len()).map(|c| term(w(c), f_ln_p(c))).sum::<f64>();
+            // Without smoothing its coefficient is 0, which leaves the sum out: one `ln` a row.
+            let smooth = match eps > 0.0 {
+                true => (0..q.len()).map(|c| term(w(c), f_ln_p(c))).sum::<f64>(),
+                false => 0.0,
+            };
             -term(1.0 - eps, term(w(y), f_ln_p(y))) - term(eps / classes, smooth)
         }
         ProbTarget::Dense(t) => -(0..q.len())
@@ -184,6 +190,14 @@ pub fn probability_row(
             })
             .sum::<f64>(),
     };
+    if !options.metrics {
+        return ProbRow {
+            ce,
+            argmax: 0,
+            entropy: 0.0,
+            confidence: 0.0,
+        };
+    }
     let argmax = first_max(q);
     let entropy = -(0..q.len())
         .map(|c| {
@@ -213,6 +227,19 @@ pub fn probability_backward(
     let classes = q.len() as f32;
     let eps = options.smoothing;
     let w = |c: usize| w.map_or(1.0, |w| w[c]);
+    match target {
+        ProbTarget::Index(y) if eps == 0.0 && options.gamma == 0.0 => {
+            // Only the target's own term (t' = 1 there, g = 1): the loop below's value at y.
+            dq.fill(0.0);
+            dq[y] = if q[y] < options.floor {
+                0.0
+            } else {
+                -a * w(y) / q[y]
+            };
+            return;
+        }
+        _ => {}
+    }
     for c in 0..q.len() {
         let t = match target {
             ProbTarget::Index(y) => {

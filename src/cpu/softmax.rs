@@ -36,7 +36,8 @@ impl Call<'_> {
                 (None, Some(y)) if valid => ProbTarget::Index(y as usize),
                 _ => ProbTarget::Index(0),
             };
-            let r = scalar::probability_row(x, target, prob_options(&opts, floor), self.w);
+            let options = prob_options(&opts, floor, self.want_metrics);
+            let r = scalar::probability_row(x, target, options, self.w);
             let (target_prob, correct) = match target {
                 ProbTarget::Dense(t) => (
                     t.iter()
@@ -191,7 +192,7 @@ impl Call<'_> {
                 Some(t) => ProbTarget::Dense(t),
                 None => ProbTarget::Index(index.unwrap_or(0)),
             };
-            let options = prob_options(&opts, floor);
+            let options = prob_options(&opts, floor, false);
             match io {
                 RowIo::InPlace(d) => {
                     let q = d.to_vec();
@@ -361,10 +362,11 @@ impl Call<'_> {
 }
 
 /// The scalar probability-input path's options (SEMANTICS.md section 2b) for clamp `floor`.
-fn prob_options(options: &crate::CrossEntropy, floor: f32) -> scalar::ProbOptions {
+fn prob_options(options: &crate::CrossEntropy, floor: f32, metrics: bool) -> scalar::ProbOptions {
     scalar::ProbOptions {
         floor,
         smoothing: options.label_smoothing,
         gamma: options.focal_gamma,
+        metrics,
     }
 }
