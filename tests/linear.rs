@@ -321,6 +321,15 @@ fn option_grid() -> Vec<(&'static str, CrossEntropy)> {
     ]
 }
 
+/// A few of [`option_grid`]: the plain mean, per-row upstream, focal loss with smoothing,
+/// everything at once.
+fn some_options() -> impl Iterator<Item = (&'static str, CrossEntropy)> {
+    let some = ["plain mean", "none", "focal and smoothing", "everything"];
+    option_grid()
+        .into_iter()
+        .filter(move |(name, _)| some.contains(name))
+}
+
 const STRATEGIES: [Strategy; 2] = [Strategy::Fused, Strategy::Chunked];
 
 #[test]
@@ -405,17 +414,13 @@ fn hidden_major_weight_in_host_slices() {
             Backend::Gpu(std::sync::Arc::new(small)),
         ));
     }
-    let some = ["plain mean", "none", "focal and smoothing", "everything"];
     for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
         let head = Head::new(61, (37, 20, 1100), dtype)
             .ignore_every(5)
             .weighted(6);
         let (d, v) = (head.hidden, head.vocab);
         let w_t = head.w.transposed(v, d);
-        let grid = option_grid()
-            .into_iter()
-            .filter(|(name, _)| some.contains(name));
-        for (name, options) in grid {
+        for (name, options) in some_options() {
             let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
             for (backend_name, backend) in &backends {
@@ -1306,11 +1311,7 @@ fn gpu_recorded_hidden_major_weight() {
     ];
     for (dtype, shape, gpu) in cases {
         let head = Head::new(51, shape, dtype).ignore_every(5).weighted(3);
-        let some = ["plain mean", "none", "focal and smoothing", "everything"];
-        let grid = option_grid()
-            .into_iter()
-            .filter(|(name, _)| some.contains(name));
-        for (name, options) in grid {
+        for (name, options) in some_options() {
             let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
             for prefill in [None, Some(0.25f32)] {
