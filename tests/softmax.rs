@@ -398,14 +398,21 @@ fn short_rows_against_reference() {
             &options,
             None,
         );
-        for spatial in [13usize, 32] {
+        // 32 positions a sample: whole tiles inside one sample, widened by vectors on x86-64.
+        let layouts = [
+            (13usize, Dtype::F16),
+            (32, Dtype::F32),
+            (32, Dtype::F16),
+            (32, Dtype::Bf16),
+        ];
+        for (spatial, dtype) in layouts {
             let case = Case::new(spatial as u64, 5 * spatial, 21, Hardness::ALL)
                 .weighted(4)
                 .ignore_every(5, options.ignore_index)
-                .dtype(Dtype::F16)
+                .dtype(dtype)
                 .class_dim1(spatial);
             check_every_backend(
-                &format!("short (N, 21, {spatial}) {label}"),
+                &format!("short (N, 21, {spatial}) {dtype:?} {label}"),
                 &case,
                 &options,
                 None,

@@ -25,6 +25,9 @@ impl Vector {
     fn load_rows<T>(self, _: &[T], _: usize, _: &mut [f32], _: usize) {
         match self {}
     }
+    fn widen<T>(self, _: &[T], _: &mut [f32]) {
+        match self {}
+    }
     fn store_rows(self, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
         match self {}
     }
@@ -115,9 +118,13 @@ fn load_tile<T: Element>(
         (Layout::ClassDim1 { spatial }, None) if i0 / spatial == (i0 + n - 1) / spatial => {
             // One sample: each class's lanes are contiguous.
             let base = layout.offset(i0, 0, classes);
+            let vector = vector.filter(|_| n.is_multiple_of(8));
             for (c, lane) in tile.chunks_exact_mut(lanes).enumerate() {
                 let run = &block[base + c * spatial..base + c * spatial + n];
-                T::widen(run, &mut lane[..n]);
+                match vector {
+                    Some(vector) => widen(vector, run, &mut lane[..n]),
+                    None => T::widen(run, &mut lane[..n]),
+                }
             }
         }
         (Layout::ClassDim1 { .. }, None) => {
@@ -127,6 +134,17 @@ fn load_tile<T: Element>(
                 }
             }
         }
+    }
+}
+
+/// `src` widened into `dst` by the vector widening (lengths a multiple of 8).
+#[inline(always)]
+fn widen<T: Element>(vector: Vector, src: &[T], dst: &mut [f32]) {
+    // `T` as itself (a cast to the type it is).
+    match T::DTYPE {
+        Dtype::F32 => vector.widen::<f32>(cast(src), dst),
+        Dtype::F16 => vector.widen::<f16>(cast(src), dst),
+        Dtype::Bf16 => vector.widen::<bf16>(cast(src), dst),
     }
 }
 

@@ -53,6 +53,19 @@ impl Avx2 {
         unsafe { load_rows_avx2(rows, classes, tile, stride) }
     }
 
+    /// `src` widened into `dst` eight values at a time: a class's run of lanes in the
+    /// (N, C, d…) layout (`half`'s slice conversion is a scalar loop for bf16 there, and half
+    /// the short path's time).
+    ///
+    /// # Panics
+    /// If the lengths differ or are not a multiple of 8.
+    #[inline(always)]
+    pub(super) fn widen<T: Widen>(self, src: &[T], dst: &mut [f32]) {
+        assert!(src.len() == dst.len() && src.len().is_multiple_of(8));
+        // SAFETY: `self` proves AVX2 and F16C; every read and write is inside the slices.
+        unsafe { widen_avx2(src, dst) }
+    }
+
     /// The inverse of [`load_rows`](Self::load_rows): lanes `0..8` of `tile` into rows `0..8`
     /// of `rows`, writing exactly those `8·classes` values.
     ///
@@ -135,6 +148,17 @@ impl Widen for f16 {
     unsafe fn widen8(p: *const f16) -> __m256 {
         // SAFETY: the caller's.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// # Safety
+/// AVX2 and F16C present, `src.len() == dst.len()`, a multiple of 8.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn widen_avx2<T: Widen>(src: &[T], dst: &mut [f32]) {
+    for i in (0..src.len()).step_by(8) {
+        // SAFETY: i + 8 ≤ len for both slices.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(i), T::widen8(src.as_ptr().add(i))) };
     }
 }
 
