@@ -92,6 +92,16 @@ pub enum WeightLayout {
     HiddenMajor,
 }
 
+impl WeightLayout {
+    /// `(vocabulary, hidden size)` of a weight stored `rows × cols` in this layout.
+    pub(crate) fn shape(self, rows: usize, cols: usize) -> (usize, usize) {
+        match self {
+            WeightLayout::VocabMajor => (rows, cols),
+            WeightLayout::HiddenMajor => (cols, rows),
+        }
+    }
+}
+
 /// Linear cross-entropy: softmax cross-entropy options plus how to hold the logits.
 ///
 /// ```
@@ -317,11 +327,8 @@ impl<'a> LinearBatch<'a> {
     }
     /// The weight's (vocabulary, hidden size), read through its layout.
     pub fn weight_shape(&self) -> (usize, usize) {
-        let w = &self.weight;
-        match self.weight_layout {
-            WeightLayout::VocabMajor => (w.rows(), w.cols()),
-            WeightLayout::HiddenMajor => (w.cols(), w.rows()),
-        }
+        self.weight_layout
+            .shape(self.weight.rows(), self.weight.cols())
     }
     /// Sets the bias (length V, any element type).
     pub fn bias<T: Element>(mut self, bias: &'a [T]) -> Self {

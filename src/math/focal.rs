@@ -16,11 +16,6 @@ impl Focal {
         Focal { gamma, whole }
     }
 
-    /// `γ`.
-    pub(crate) fn gamma(self) -> f32 {
-        self.gamma
-    }
-
     /// `(f, g)` of a class with log-probability `l` (see [`focal_factors`]).
     #[inline]
     pub(crate) fn factors(self, l: f32) -> (f32, f32) {

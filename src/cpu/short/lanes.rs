@@ -76,6 +76,8 @@ pub(super) struct Consts<'a> {
 #[derive(Clone, Copy)]
 pub(super) struct TileFocal {
     pub focal: Focal,
+    /// `γ` when the vector factors take it (whole, 1 to 16), decided once per call.
+    pub whole: Option<u32>,
     pub per_class: bool,
 }
 
@@ -85,17 +87,17 @@ pub(super) struct TileFocal {
 #[inline(always)]
 pub(super) fn focal_factors<I: Isa>(
     isa: I,
-    focal: Focal,
+    focal: TileFocal,
     l: I::F32,
     per: &mut Lanes,
 ) -> (I::F32, I::F32) {
     let ops = isa.f32();
-    if let Some(gamma) = whole_gamma(focal.gamma()) {
+    if let Some(gamma) = focal.whole {
         let (_, f, g) = factors(isa, l, gamma);
         return (f, g);
     }
     for (j, &l) in l.to_array().as_ref().iter().enumerate() {
-        (per.f[j], per.g[j]) = focal.factors(l);
+        (per.f[j], per.g[j]) = focal.focal.factors(l);
     }
     (ops.load(&per.f), ops.load(&per.g))
 }
@@ -119,6 +121,7 @@ impl<'a> Consts<'a> {
             w: call.w,
             focal: options.is_focal().then(|| TileFocal {
                 focal: Focal::new(options.focal_gamma),
+                whole: whole_gamma(options.focal_gamma),
                 per_class: needs_focal_pass(&options, matches!(call.targets, Targets::Dense(_))),
             }),
         }

@@ -45,10 +45,9 @@ use super::row::{linear_term, load};
 use super::{simd, BlockOut, Call, Data};
 use crate::cpu::exp::ShiftedExp;
 use crate::input::{Element, Targets};
-use crate::math::focal::Focal;
 use crate::options::InputKind;
 use crate::plan::Loss;
-use lanes::{Consts, Lanes, TileTargets};
+use lanes::{Consts, Lanes, TileFocal, TileTargets};
 use rten_simd::ops::{BitOps, FloatOps, MaskOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 use tiles::{lane_targets, load_group, store_tile, Vector};
@@ -383,28 +382,28 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let kept = |v| if eps < 1.0 { ops.mul(keep, v) } else { zero };
         let focal_classes = k.focal.filter(|f| !PLAIN && f.per_class);
         let mut w_target = ops.mul(keep, w_y);
-        let (mut ce, p_coefficient) = match (dense, k.focal) {
-            (_, Some(f)) if f.per_class && !PLAIN => {
+        let (mut ce, p_coefficient) = match (dense, k.focal, focal_classes) {
+            (_, _, Some(f)) => {
                 let m_lse = (m, log_sum);
                 let y = (y, dense);
-                let (fl, k_sum) = focal_pass::<I, GRAD>(isa, k, f.focal, z, m_lse, y, ag, per);
+                let (fl, k_sum) = focal_pass::<I, GRAD>(isa, k, f, z, m_lse, y, ag, per);
                 (ops.neg(fl), k_sum)
             }
-            (None, Some(f)) => {
+            (None, Some(f), None) => {
                 // (A plain call has no smoothing: its focal loss is on the target alone.)
                 debug_assert!(!f.per_class);
-                let (f_y, g_y) = lanes::focal_factors(isa, f.focal, logp_y, per);
+                let (f_y, g_y) = lanes::focal_factors(isa, f, logp_y, per);
                 w_target = ops.mul(w_y, g_y);
                 let target = linear_term(isa, w_y, ops.mul(f_y, logp_y));
                 (ops.neg(target), w_target)
             }
-            (None, None) => {
+            (None, None, None) => {
                 let target = linear_term(isa, w_y, logp_y);
                 let p = ops.mul_add(keep, w_y, ops.splat(uniform * weight_sum));
                 (ops.neg(kept(target)), p)
             }
             // (Dense targets with focal loss have it on every class, above.)
-            (Some(_), _) => {
+            (Some(_), _, None) => {
                 let wt = ops.add(kept(wt), ops.splat(uniform * weight_sum));
                 (ops.sub(ops.mul(wt, log_sum), kept(wtz)), wt)
             }
@@ -558,7 +557,7 @@ impl<T: Element> ShortRows<'_, '_, T> {
 fn focal_pass<I: Isa, const GRAD: bool>(
     isa: I,
     k: &Consts<'_>,
-    focal: Focal,
+    focal: TileFocal,
     z: &[f32],
     (m, log_sum): (I::F32, I::F32),
     (y, dense): (I::F32, Option<&[f32]>),

@@ -106,11 +106,7 @@ pub struct DeviceLinearBatch<'a> {
 impl<'a> DeviceLinearBatch<'a> {
     /// The weight's (vocabulary, hidden size), read through its layout.
     pub(crate) fn weight_shape(&self) -> (usize, usize) {
-        let w = &self.weight;
-        match self.weight_layout {
-            WeightLayout::VocabMajor => (w.rows, w.cols),
-            WeightLayout::HiddenMajor => (w.cols, w.rows),
-        }
+        self.weight_layout.shape(self.weight.rows, self.weight.cols)
     }
 
     /// Hidden states, weight and targets; no bias or weights (set the fields for those).
