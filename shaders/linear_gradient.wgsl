@@ -4,6 +4,9 @@
 // pass wrote: G[r][c] = element_gradient (softmax_grad.wgsl: SEMANTICS.md sections 1-2c with
 // the reduction's scales).
 //
+// The chunked strategy (STORED_LOGITS) finds the chunk's x already in `gradient`, written by
+// the forward, and turns them into G in place: no product, 8 bytes per value.
+//
 // Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64, y = column tiles of 64
 // of the chunk (columns col0 .. col0 + span of the vocabulary; W bound from row col0, or
 // whole with WEIGHT_T).
@@ -28,7 +31,9 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let n0 = p.col0 + group.y * BN;
     let c1 = min(p.col0 + p.span, p.classes);
     b_end = c1;
-    let acc = tile_product(r0, n0, p.hidden, local);
+    let stored = has(FLAG_STORED_LOGITS);
+    var acc: array<vec4<f32>, 4>;
+    if (!stored) { acc = tile_product(r0, n0, p.hidden, local); }
     for (var i = 0u; i < TM; i++) {
         let row = r0 + ty * TM + i;
         if (row >= p.rows) { continue; }
@@ -37,9 +42,14 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         for (var j = 0u; j < TN; j++) {
             let c = n0 + tx * TN + j;
             if (c >= c1) { continue; }
+            let at = row * p.span + c - p.col0;
             var x = acc[i][j];
-            if (has(FLAG_BIAS)) { x += head_bias[c]; }
-            gradient[row * p.span + c - p.col0] = element_gradient(k, ab, c, x, 0.0);
+            if (stored) {
+                x = gradient[at];
+            } else if (has(FLAG_BIAS)) {
+                x += head_bias[c];
+            }
+            gradient[at] = element_gradient(k, ab, c, x, 0.0);
         }
     }
 }

@@ -19,12 +19,18 @@
 // Bytes: h is read once per (row tile, split) and W once per row tile: e·D·(BM·S + V)
 // per row tile (e = 4 for f32, 2 for f16 / bf16) for 2·BM·V·D FLOPs; 48 bytes written per (row, split), nothing per logit.
 //
+// The chunked strategy (STORED_LOGITS) also keeps every x of its rows for the backward, in
+// `logits`, chunk-major: the chunk of `block_columns` columns holding c, then row, then column
+// (each chunk's rows × width a contiguous block, as `linear_gradient.wgsl` binds it); 4 more
+// bytes written per logit.
+//
 // Inputs larger than a binding come in pieces: the host binds a chunk of rows (h, targets,
 // partials and target logits from the chunk's first row, so rows index the windows from 0)
 // and a piece of whole splits of W (its rows from class `col0`, the piece's first column); a
 // W stored [D × V] (WEIGHT_T) is bound whole, every piece, and indexed by global class.
 
 @group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<Partial>;
 @group(0) @binding(19) var<storage, read_write> target_logits: array<f32>;
@@ -33,6 +39,13 @@
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
 
 var<workgroup> merged: array<Partial, WG>;
+
+// Where the chunked strategy keeps x of (row, c): chunk k = c / w holds rows × its width.
+fn stored_index(row: u32, c: u32) -> u32 {
+    let w = p.block_columns;
+    let k0 = c / w * w;
+    return k0 * p.rows + row * min(w, p.classes - k0) + c - k0;
+}
 
 // The tile product's operands: include `linear_logits.wgsl` (b_end: the split's end).
 
@@ -73,6 +86,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
                 if (has(FLAG_BIAS)) { x += head_bias[c]; }
                 element(&s, row, c, x);
                 if (y[i] >= 0 && u32(y[i]) == c) { target_logits[p.row0 + row] = x; }
+                if (has(FLAG_STORED_LOGITS)) { logits[stored_index(row, c)] = x; }
             }
             st[i] = s;
         }

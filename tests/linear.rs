@@ -331,6 +331,8 @@ fn some_options() -> impl Iterator<Item = (&'static str, CrossEntropy)> {
 }
 
 const STRATEGIES: [Strategy; 2] = [Strategy::Fused, Strategy::Chunked];
+/// The fused strategy, the default budget (`Want::strategy`).
+const FUSED: (Strategy, usize) = (Strategy::Fused, 0);
 
 #[test]
 fn every_option_both_strategies_against_the_reference() {
@@ -873,6 +875,20 @@ fn loss_of(options: CrossEntropy) -> LinearCrossEntropy {
     LinearCrossEntropy::new(options)
 }
 
+/// `options` as a linear head with `strategy` and a budget of `rows` rows of `head`'s logits
+/// (0: the default budget).
+fn head_loss(
+    head: &Head,
+    options: &CrossEntropy,
+    (strategy, rows): (Strategy, usize),
+) -> LinearCrossEntropy {
+    let loss = LinearCrossEntropy::new(*options).strategy(strategy);
+    match rows {
+        0 => loss,
+        rows => loss.scratch_bytes(rows * head.vocab * 4),
+    }
+}
+
 /// The GPU's forward and backward (loss, per-row losses, LSE, metrics, dh, dW, db; written and
 /// added) against the reference for every option, in every dtype, in pieces and chunks.
 #[test]
@@ -889,12 +905,20 @@ fn gpu_against_the_reference() {
             .ignore_every(5)
             .weighted(4);
         for (name, options) in option_grid() {
-            let loss = LinearCrossEntropy::new(options);
             let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
-            for (every, add) in [(false, None), (true, Some(0.25))] {
+            // The chunked strategy in groups of 64 rows (the ignored rows left out), then the
+            // fused one on every row.
+            for (every, add, strategy) in [
+                (false, None, (Strategy::Chunked, 64)),
+                (true, Some(0.25), FUSED),
+            ] {
+                let loss = head_loss(&head, &options, strategy);
                 let out = try_run(&backend, &head, &loss, (Some(&upstream), add, every));
-                let label = format!("gpu {dtype:?} D {hidden} {name}, lse and metrics {every}");
+                let label = format!(
+                    "gpu {dtype:?} D {hidden} {name}, lse and metrics {every}, {:?}",
+                    strategy.0
+                );
                 match out {
                     Err(e) => panic!("{label}: {e}"),
                     Ok((out, g)) => {
@@ -985,6 +1009,62 @@ fn gpu_against_the_reference() {
         assert_eq!(out, again);
         assert_eq!(g, g_again);
     }
+    // The chunked strategy past 4096 columns: groups of 64 rows (budget) and, in each, the
+    // stored logits' vocabulary chunks of 4096 and 904 columns; the same bits run to run, and
+    // an explicit `Chunked` that 64 rows of logits cannot fit is refused (`Auto` falls back).
+    let head = Head::new(26, (150, 20, 5000), Dtype::F32)
+        .ignore_every(4)
+        .weighted(9);
+    for options in [
+        CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3),
+        CrossEntropy::new()
+            .reduction(Reduction::Sum)
+            .focal_gamma(2.0),
+    ] {
+        let reference = head.reference(&options, None);
+        let loss = head_loss(&head, &options, (Strategy::Chunked, 64));
+        let (out, g) = try_run(&backend, &head, &loss, (None, Some(0.5), false))
+            .expect("the GPU's chunked strategy");
+        check(
+            "gpu, chunked in 2 vocabulary chunks",
+            &head,
+            &reference,
+            &out,
+            &g,
+            0.5,
+        );
+        let (again, g_again) = try_run(&backend, &head, &loss, (None, Some(0.5), false)).unwrap();
+        assert_eq!(out, again);
+        assert_eq!(g, g_again);
+    }
+    let options = CrossEntropy::new();
+    let narrow = Backend::Gpu(std::sync::Arc::new(
+        xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+            max_binding_size: Some(256 << 10),
+            ..Default::default()
+        })
+        .expect("a device with small bindings"),
+    ));
+    for (strategy, fits) in [(Strategy::Chunked, false), (Strategy::Auto, true)] {
+        let loss = head_loss(&head, &options, (strategy, 0));
+        let result = try_run(&narrow, &head, &loss, (None, None, false));
+        match (result, fits) {
+            (Err(Error::Unsupported(m)), false) => assert!(m.contains("Fused"), "{m}"),
+            (Ok((out, g)), true) => {
+                let reference = head.reference(&options, None);
+                check(
+                    "gpu, Auto on 256 KiB bindings",
+                    &head,
+                    &reference,
+                    &out,
+                    &g,
+                    0.0,
+                );
+            }
+            (other, _) => panic!("{strategy:?}: {:?}", other.map(|o| o.0.loss)),
+        }
+    }
+
     // Every row ignored after calls that filled the pooled buffers: zero gradients, not the
     // previous call's bytes.
     let ignored = Head::new(25, (6, 5, 40), Dtype::F32).ignore_every(1);
@@ -1058,6 +1138,8 @@ struct Want<'u> {
     shared: bool,
     /// `W` and `dW` stored [D × V] (`WeightLayout::HiddenMajor`).
     hidden_major: bool,
+    /// The strategy, and a scratch budget of this many rows of logits (`Auto`, 64 MiB: 0).
+    strategy: (Strategy, usize),
 }
 
 /// What a recorded call wrote (gradients not asked for are empty).
@@ -1164,7 +1246,8 @@ fn record_head(
         _ => {}
     }
     let mut encoder = gpu.device().create_command_encoder(&Default::default());
-    gpu.record_linear_cross_entropy(&mut encoder, options, &batch, &out)?;
+    let head_loss = head_loss(head, options, want.strategy);
+    gpu.record_linear_cross_entropy(&mut encoder, &head_loss, &batch, &out)?;
     gpu.queue().submit([encoder.finish()]);
     let all = common::device::read(gpu, output);
     let at = |i: Option<usize>| -> Vec<f32> {
@@ -1266,8 +1349,12 @@ fn gpu_recorded_on_device_buffers() {
         for (name, options) in grid {
             let upstream = recorded_upstream(&head, &options);
             let reference = head.reference(&options, Some(&upstream));
-            for prefill in [None, Some(0.25f32)] {
-                let label = format!("recorded {dtype:?} D {hidden} {name}, add {prefill:?}");
+            // Written by the fused strategy, added by the chunked one in groups of 64 rows.
+            for (prefill, strategy) in [(None, FUSED), (Some(0.25f32), (Strategy::Chunked, 64))] {
+                let label = format!(
+                    "recorded {dtype:?} D {hidden} {name}, add {prefill:?}, {:?}",
+                    strategy.0
+                );
                 let want = Want {
                     i32_targets,
                     prefill,
@@ -1276,6 +1363,7 @@ fn gpu_recorded_on_device_buffers() {
                     // Adding into slices beside the inputs, in one buffer.
                     shared: prefill.is_some(),
                     hidden_major: false,
+                    strategy,
                 };
                 let recorded = record_head(&gpu, &head, &options, want)
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -1506,7 +1594,8 @@ fn gpu_recorded_edges_and_errors() {
     let try_record =
         |batch: &DeviceLinearBatch, outputs: &DeviceLinearOutputs, options: &CrossEntropy| {
             let mut encoder = gpu.device().create_command_encoder(&Default::default());
-            gpu.record_linear_cross_entropy(&mut encoder, options, batch, outputs)
+            let loss = LinearCrossEntropy::new(*options);
+            gpu.record_linear_cross_entropy(&mut encoder, &loss, batch, outputs)
         };
     let plain = CrossEntropy::new();
     try_record(&good, &outputs, &plain).expect("the good call");

@@ -34,6 +34,7 @@ use xent::gpu::{
     target_error_row, DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch,
     DeviceLinearOutputs, DeviceMatrix, Gpu, GpuRow,
 };
+use xent::linear::LinearCrossEntropy;
 use xent::{CrossEntropy, Dtype};
 
 /// Invocations per workgroup of every kernel in `examples/shaders/` (prepended to each source
@@ -726,7 +727,7 @@ impl Trainer {
         outputs.target_error = Some(self.label_error.slice(..));
         self.xent.record_linear_cross_entropy(
             &mut encoder,
-            &CrossEntropy::new(),
+            &LinearCrossEntropy::new(CrossEntropy::new()),
             &self.head_batch(&self.acts[self.layers - 1], &self.batch_labels, self.batch),
             &outputs,
         )?;
@@ -764,7 +765,7 @@ impl Trainer {
         outputs.target_error = Some(self.label_error.slice(..));
         self.xent.record_linear_cross_entropy(
             &mut encoder,
-            &CrossEntropy::new(),
+            &LinearCrossEntropy::new(CrossEntropy::new()),
             &self.head_batch(
                 &self.held_acts[self.layers - 1],
                 &self.held_labels,

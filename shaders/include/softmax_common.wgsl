@@ -36,6 +36,7 @@ struct Params {
                         // longer than a binding), or of the backward's first element; else 0
     split0: u32,        // partials: the first split of this dispatch
     hidden: u32,        // D of a linear head (linear_partials.wgsl); else 0
+    block_columns: u32, // a linear head's stored logits: columns per chunk (FLAG_STORED_LOGITS)
 }
 
 // The FLAG_* bits of `flags`, the REDUCTION_* codes of `reduction` and the FILL_* codes of

@@ -68,6 +68,9 @@ pub(crate) struct Params {
     pub split0: u32,
     /// A linear head's hidden size `D` (`linear_partials.wgsl`); 0 elsewhere.
     pub hidden: u32,
+    /// A linear head's chunked strategy (`FLAG_STORED_LOGITS`): the columns of each chunk of
+    /// the stored logits (the backward's chunk width); 0 elsewhere.
+    pub block_columns: u32,
 }
 
 /// The online-softmax state of one (row, split) (`Partial` in `softmax_common.wgsl`).
@@ -137,7 +140,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 19] = [
+pub(crate) const FLAGS: [(&str, u32); 20] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -157,6 +160,7 @@ pub(crate) const FLAGS: [(&str, u32); 19] = [
     ("FLAG_ADD_BIAS", FLAG_ADD_BIAS),
     ("FLAG_WEIGHT_ONLY", FLAG_WEIGHT_ONLY),
     ("FLAG_DEVICE_UPSTREAM", FLAG_DEVICE_UPSTREAM),
+    ("FLAG_STORED_LOGITS", FLAG_STORED_LOGITS),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -199,6 +203,10 @@ pub(crate) const FLAG_ADD_BIAS: u32 = 65536;
 pub(crate) const FLAG_WEIGHT_ONLY: u32 = 131072;
 /// The scalar upstream of sum and mean is on the device: `scale_source[4]`, after the totals.
 pub(crate) const FLAG_DEVICE_UPSTREAM: u32 = 262144;
+/// A linear head's chunked strategy: `linear_partials.wgsl` also stores each logit `x` of its
+/// rows, chunk-major (`block_columns`), and `linear_gradient.wgsl` reads them back in place of
+/// the tile product.
+pub(crate) const FLAG_STORED_LOGITS: u32 = 524288;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,6 +103,8 @@ launcher! {
         partials: PARTIALS, Write, PARTIAL_BYTES;
         /// Each row's raw target logit.
         target_logits: TARGET_LOGITS, Write, 4;
+        /// The chunked strategy's stored logits, chunk-major (the sink otherwise).
+        logits: GRADIENT, Write, 4;
         /// The chunk's hidden states, f32 [rows × D].
         hidden: HIDDEN, Read, 4;
         /// The head's weight, f32 [V × D].

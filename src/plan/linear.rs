@@ -45,6 +45,9 @@ pub(crate) struct LinearPlan {
     pub denominators: (f64, f64),
     /// `Fused` or `Chunked`, never `Auto`.
     pub strategy: Strategy,
+    /// Whether `strategy` was chosen by `Auto` (the GPU falls back to `Fused` where it cannot
+    /// hold 64 rows of logits in a binding; an explicit `Chunked` is refused there).
+    pub auto: bool,
     /// Chunked: rows of logits held at once. Fused: rows of one gradient block.
     pub group_rows: usize,
     /// Fused: vocabulary columns of one backward chunk.
@@ -203,14 +206,9 @@ fn check_call(
     let computed: Vec<usize> = (0..rows).filter(|&r| every_row || valid(r)).collect();
     let gradient = request.wants_gradient();
     let budget = loss.scratch_bytes.max(1);
-    let chunked_rows = (budget / vocab.saturating_mul(4)).clamp(1, computed.len().max(1));
-    let strategy = match loss.strategy {
-        _ if sharded => Strategy::Fused,
-        Strategy::Auto if gradient && chunked_rows >= CHUNKED_MIN_ROWS.min(computed.len()) => {
-            Strategy::Chunked
-        }
-        Strategy::Auto => Strategy::Fused,
-        s => s,
+    let (strategy, chunked_rows) = match sharded {
+        true => (Strategy::Fused, 1),
+        false => strategy(loss, computed.len(), vocab, gradient),
     };
     // Fused backward: the widest chunk (a multiple of 64 columns) whose gradient block over
     // every computed row fits; below the narrowest, rows are split too.
@@ -230,10 +228,31 @@ fn check_call(
         computed,
         denominators: (weight_sum, count),
         strategy,
+        auto: loss.strategy == Strategy::Auto,
         group_rows,
         chunk_columns: chunk_columns.min(vocab).max(1),
         gradient,
     })
+}
+
+/// The strategy of a call of `rows` rows that get products and a vocabulary of `vocab` (never
+/// `Auto`), and the rows of logits the scratch budget holds (at least 1, at most `rows`).
+pub(crate) fn strategy(
+    loss: &LinearCrossEntropy,
+    rows: usize,
+    vocab: usize,
+    gradient: bool,
+) -> (Strategy, usize) {
+    let budget = loss.scratch_bytes.max(1);
+    let chunked_rows = (budget / vocab.saturating_mul(4).max(1)).clamp(1, rows.max(1));
+    let strategy = match loss.strategy {
+        Strategy::Auto if gradient && chunked_rows >= CHUNKED_MIN_ROWS.min(rows) => {
+            Strategy::Chunked
+        }
+        Strategy::Auto => Strategy::Fused,
+        s => s,
+    };
+    (strategy, chunked_rows)
 }
 
 /// What a shard's focal round (`focal: true`) or backward needs of the combined rows: one per

@@ -608,7 +608,8 @@ fn linear(
             if per_row && wanted.any() {
                 outputs.upstream = Some(upstream_b.slice());
             }
-            gpu.record_linear_cross_entropy(encoder, &call.options, &batch, &outputs)
+            let loss = xent::linear::LinearCrossEntropy::new(call.options);
+            gpu.record_linear_cross_entropy(encoder, &loss, &batch, &outputs)
         });
     }
     let loss = match records {

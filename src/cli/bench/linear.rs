@@ -376,27 +376,48 @@ impl Run<'_> {
                 scratch,
                 out.loss,
             );
-            measured += 2;
+            let chunked = head(Strategy::Chunked);
+            let (t, scratch, out) = timed(iters, || {
+                let request = LinearRequest::new()
+                    .hidden_gradient(GradientBuffer::Write(&mut dh))
+                    .weight_gradient(GradientBuffer::Write(&mut dw))
+                    .bias_gradient(GradientBuffer::Write(&mut db));
+                chunked
+                    .compute(&gpu.backend, batch(), request)
+                    .expect("a valid call")
+            });
+            let work = 3.0 * flops;
+            push(
+                "xent-gpu-chunked",
+                "forward-backward",
+                work,
+                t,
+                scratch,
+                out.loss,
+            );
+            measured += 3;
             // Device-resident: the inputs uploaded once, each run one recorded call.
             if let Backend::Gpu(device) = &gpu.backend {
                 let head = (&data.h[..], &data.w[..], &data.b[..], &data.y[..]);
-                for backward in [false, true] {
+                for (name, backward, loss) in [
+                    ("xent-gpu-resident", false, &fused),
+                    ("xent-gpu-resident", true, &fused),
+                    ("xent-gpu-resident-chunked", true, &chunked),
+                ] {
                     let (mode, work) = match backward {
                         false => ("forward", flops),
                         true => ("forward-backward", 3.0 * flops),
                     };
-                    match resident::time_linear(device, &ce, head, (n, d, v), backward, iters) {
+                    match resident::time_linear(device, loss, head, (n, d, v), backward, iters) {
                         Ok((t, clock)) => {
-                            push("xent-gpu-resident", mode, work, t, None, None);
+                            push(name, mode, work, t, None, None);
                             measured += 1;
                             let note = format!("xent-gpu-resident: timed by {}", clock.name());
                             if !notes.contains(&note) {
                                 notes.push(note);
                             }
                         }
-                        Err(e) => notes.push(format!(
-                            "xent-gpu-resident {n}×{d}×{v} {mode}: skipped ({e})"
-                        )),
+                        Err(e) => notes.push(format!("{name} {n}×{d}×{v} {mode}: skipped ({e})")),
                     }
                 }
             }
@@ -474,7 +495,7 @@ pub fn table(records: &[LinearRecord]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:<5} {:<16} {:<17} {:>10} {:>10} {:>8} {:>7} {:>11} {:>10}",
+        "{:<18} {:<5} {:<16} {:<25} {:>10} {:>10} {:>8} {:>7} {:>11} {:>10}",
         "shape",
         "dtype",
         "mode",
@@ -494,7 +515,7 @@ pub fn table(records: &[LinearRecord]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<18} {:<5} {:<16} {:<17} {:>10.1} {:>10.1} {:>8.1} {:>6.0}% {:>11} {:>10.1}",
+            "{:<18} {:<5} {:<16} {:<25} {:>10.1} {:>10.1} {:>8.1} {:>6.0}% {:>11} {:>10.1}",
             shape.to_string(),
             r.dtype,
             r.mode,

@@ -13,6 +13,7 @@ use crate::gpu::{
     DeviceLinearOutputs, DeviceMatrix, DeviceOutputs, DeviceTargets, Gpu, Stopwatch,
 };
 use crate::input::Element;
+use crate::linear::LinearCrossEntropy;
 use crate::CrossEntropy;
 use wgpu::util::DeviceExt;
 
@@ -86,12 +87,12 @@ pub(super) fn time<T: Element>(
 /// A linear head's inputs: `h` [N × D], `W` [V × D], `b` [V], targets [N].
 pub(super) type Head<'a, T> = (&'a [T], &'a [T], &'a [T], &'a [i64]);
 
-/// Times `options` as a linear head (`record_linear_cross_entropy`) of `(n, d, v)` on
+/// Times `head_loss` as a linear head (`record_linear_cross_entropy`) of `(n, d, v)` on
 /// device buffers uploaded once, with `dh`, `dW` and `db` written when `backward`; as
 /// [`time`] does for logits. f16 and bf16 `h` and `W` are read as such (D even).
 pub(super) fn time_linear<T: Element>(
     gpu: &Gpu,
-    options: &CrossEntropy,
+    head_loss: &LinearCrossEntropy,
     (h, w, b, y): Head<'_, T>,
     (n, d, v): (usize, usize, usize),
     backward: bool,
@@ -153,7 +154,7 @@ pub(super) fn time_linear<T: Element>(
     let mut times = Vec::with_capacity(iters + 1);
     for _ in 0..iters.max(1) + 1 {
         let t = stopwatch
-            .time(|encoder| gpu.record_linear_cross_entropy(encoder, options, &batch, &outputs))
+            .time(|encoder| gpu.record_linear_cross_entropy(encoder, head_loss, &batch, &outputs))
             .map_err(|e| e.to_string())?;
         times.push(t);
     }

@@ -56,6 +56,7 @@ fn rust_structs() -> Vec<(&'static str, Layout)> {
                 col0,
                 split0,
                 hidden,
+                block_columns,
             }),
         ),
         (

@@ -30,7 +30,8 @@ pub(super) struct Scratch {
     pub(super) totals: Region,
     /// Focal loss with smoothing: the focal sums of each (row, split).
     pub(super) focal_partials: Option<Region>,
-    /// `G` of one (vocabulary chunk, group of rows).
+    /// `G` of one (vocabulary chunk, group of rows); the chunked strategy's stored logits of a
+    /// group of rows.
     pub(super) block: Option<Region>,
 }
 
@@ -61,12 +62,7 @@ impl Scratch {
             ),
             totals: get(Role::Totals, ROW_SUM_BYTES),
             focal_partials: focal.then(|| get(Role::LinearFocalSums, n * splits * FOCAL_SUM_BYTES)),
-            block: backward.map(|back| {
-                get(
-                    Role::LinearBlockGradient,
-                    back.group_rows as u64 * back.width as u64 * 4,
-                )
-            }),
+            block: backward.map(|back| get(Role::LinearBlockGradient, back.block_bytes)),
         }
     }
 }

@@ -56,11 +56,13 @@ impl Pieces {
         })
     }
 
-    /// `element`: bytes per value of h and W as bound.
+    /// `element`: bytes per value of h and W as bound; `most_rows`: at most this many rows a
+    /// chunk (the chunked strategy's groups; a multiple of 64, or all).
     pub(super) fn new(
         (n, d, v): (usize, usize, usize),
         element: u64,
         max_binding: u64,
+        most_rows: Option<usize>,
     ) -> Result<Pieces> {
         let too_large = |what: &str| {
             Error::Unsupported(format!(
@@ -109,7 +111,7 @@ impl Pieces {
                  {max_binding} bytes; split the batch"
             )));
         }
-        let chunk_rows = fit(per_row);
+        let chunk_rows = fit(per_row).min(most_rows.unwrap_or(usize::MAX));
         if chunk_rows == 0 {
             return Err(too_large("rows of hidden states or partials"));
         }
@@ -130,10 +132,13 @@ impl Pieces {
 /// `dW`'s rows, at most 4096 columns, in multiples of 64) and, inside each, groups of rows (as
 /// many as a binding holds of `h`, `dh` and 64 columns of `G`, in multiples of 64).
 pub(super) struct Backward {
+    /// The chunked strategy: each group's logits stored by the forward (`FLAG_STORED_LOGITS`),
+    /// chunk-major in a `group_rows × V` block, its groups the forward's row chunks.
+    pub(super) stored: bool,
     /// Columns of the widest chunk.
     pub(super) width: usize,
-    /// Rows of the largest group.
-    pub(super) group_rows: usize,
+    /// Bytes of the block of `G` (or of the stored logits) the pool holds.
+    pub(super) block_bytes: u64,
     /// (first column, columns) of each chunk, in vocabulary order.
     pub(super) chunks: Vec<(usize, usize)>,
     /// (first row, rows) of each group, in row order.
@@ -141,10 +146,12 @@ pub(super) struct Backward {
 }
 
 impl Backward {
+    /// `stored`: the chunked strategy's rows per group (from [`chunked_rows`]).
     pub(super) fn new(
         (n, d, v): (usize, usize, usize),
         element: u64,
         max_binding: u64,
+        stored: Option<usize>,
     ) -> Result<Backward> {
         let refuse = |what: &str| {
             Error::Unsupported(format!(
@@ -154,9 +161,11 @@ impl Backward {
         };
         let fit = |per: u64| (max_binding / per.max(1)) as usize / TILE_ROWS * TILE_ROWS;
         let per_row = (d as u64 * 4).max(d as u64 * element).max(COEF_BYTES);
-        let group_rows = fit(per_row)
-            .min(fit(TILE_ROWS as u64 * 4))
-            .min(n.next_multiple_of(TILE_ROWS).max(TILE_ROWS));
+        let group_rows = stored.unwrap_or_else(|| {
+            fit(per_row)
+                .min(fit(TILE_ROWS as u64 * 4))
+                .min(n.next_multiple_of(TILE_ROWS).max(TILE_ROWS))
+        });
         if group_rows == 0 {
             return Err(refuse("64 rows of the hidden states and of G"));
         }
@@ -168,8 +177,9 @@ impl Backward {
             return Err(refuse("64 columns of G and of W"));
         }
         Ok(Backward {
+            stored: stored.is_some(),
             width,
-            group_rows,
+            block_bytes: group_rows as u64 * if stored.is_some() { v } else { width } as u64 * 4,
             chunks: (0..v)
                 .step_by(width)
                 .map(|c| (c, width.min(v - c)))
@@ -180,4 +190,40 @@ impl Backward {
                 .collect(),
         })
     }
+}
+
+/// The chunked strategy's rows per group on this device: `budget_rows` (the plan's rows of
+/// logits within the scratch budget) down to whole tiles of 64 (at least one) unless they
+/// cover all `n`, and no more than one binding holds of the group's logits, `h`, `dh`, the
+/// partials and the row records. Where 64 rows of them outgrow a binding: `None` when `Auto`
+/// chose the strategy (the fused one runs), else refused.
+pub(super) fn chunked_rows(
+    (n, d, v): (usize, usize, usize),
+    element: u64,
+    max_binding: u64,
+    (budget_rows, auto): (usize, bool),
+) -> Result<Option<usize>> {
+    let wanted = match budget_rows >= n {
+        true => n,
+        false => (budget_rows / TILE_ROWS).max(1) * TILE_ROWS,
+    };
+    // 64 columns of G per row too, for the backward's chunks.
+    let per_row = (v.max(TILE_ROWS) as u64 * 4)
+        .max(d as u64 * element.max(4))
+        .max(COEF_BYTES)
+        .max(ROW_BYTES);
+    let fits = (max_binding / per_row) as usize / TILE_ROWS * TILE_ROWS;
+    if fits == 0 && wanted > (max_binding / per_row) as usize {
+        if auto {
+            return Ok(None);
+        }
+        return Err(Error::Unsupported(format!(
+            "the GPU's chunked linear head holds 64 rows of {v} f32 logits (and of h, dh) in one \
+             storage binding of {max_binding} bytes; use Strategy::Fused for this vocabulary"
+        )));
+    }
+    Ok(Some(match wanted <= fits || fits == 0 {
+        true => wanted,
+        false => fits,
+    }))
 }

@@ -23,8 +23,8 @@ use crate::gpu::pool::Role;
 use crate::gpu::schedule::RECORDED_CALL_ERROR;
 use crate::gpu::Gpu;
 use crate::input::Dtype;
-use crate::linear::WeightLayout;
-use crate::options::{CrossEntropy, Reduction};
+use crate::linear::{LinearCrossEntropy, Strategy, WeightLayout};
+use crate::options::Reduction;
 
 /// A row-major matrix in a device buffer: `rows × cols` values of `dtype`.
 #[derive(Debug, Clone, Copy)]
@@ -203,10 +203,11 @@ impl Gpu {
     pub fn record_linear_cross_entropy(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        options: &CrossEntropy,
+        loss: &LinearCrossEntropy,
         batch: &DeviceLinearBatch<'_>,
         outputs: &DeviceLinearOutputs<'_>,
     ) -> Result<()> {
+        let options = &loss.loss;
         let writable =
             crate::plan::linear::check_device(options, batch, outputs, self.storage_alignment)?;
         let transposed = batch.weight_layout == WeightLayout::HiddenMajor;
@@ -231,12 +232,12 @@ impl Gpu {
                 self.max_binding
             )));
         }
-        let (pieces, backward) = cut(
-            (n, d, v),
-            element,
-            outputs.wants_gradient(),
-            self.max_binding,
-        )?;
+        let gradient = outputs.wants_gradient();
+        let chunked = match crate::plan::linear::strategy(loss, n, v, gradient) {
+            (Strategy::Chunked, rows) => Some((rows, loss.strategy == Strategy::Auto)),
+            _ => None,
+        };
+        let (pieces, backward) = cut((n, d, v), element, gradient, self.max_binding, chunked)?;
         let flags = Flags {
             class_weights: batch.class_weights.is_some(),
             sample_weights: batch.sample_weights.is_some(),

@@ -8,7 +8,8 @@ use super::TILE_ROWS;
 use crate::gpu::abi::binding::PARAMS;
 use crate::gpu::abi::{
     Params, ReductionCode, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
-    FLAG_UPSTREAM, FLAG_WEIGHT_ONLY, FOCAL_SUM_BYTES, PARTIAL_BYTES, ROW_SUM_BYTES,
+    FLAG_STORED_LOGITS, FLAG_UPSTREAM, FLAG_WEIGHT_ONLY, FOCAL_SUM_BYTES, PARTIAL_BYTES,
+    ROW_SUM_BYTES,
 };
 use crate::gpu::encode::{grid, Window};
 use crate::gpu::launchers::{
@@ -46,25 +47,30 @@ impl<'a> Launch<'a> {
 
 /// A recorded call's target check: every row's index target, out-of-range ones flagged (they
 /// count as ignored in every pass after it). One dispatch over all rows, so the flag names the
-/// global row.
-pub(super) fn target_check(b: &Bindings, base: Params) -> Option<Launch<'_>> {
-    let error = b.target_error.as_ref()?;
+/// global row. With `denominators` (a host call's chunked mean, which needs them before its
+/// first gradient) it runs without a check too; either way a mean's rows get their terms of
+/// the denominators, `s·(0, 0, w[y], 1)`.
+pub(super) fn target_check(b: &Bindings, base: Params, denominators: bool) -> Option<Launch<'_>> {
     let n = b.shape.0;
-    if n == 0 {
+    if n == 0 || (b.target_error.is_none() && !denominators) {
         return None;
     }
+    let (error, check_flag) = match &b.target_error {
+        Some(error) => (error.head(4), FLAG_CHECK_TARGETS),
+        None => (b.scratch.sink.head(16), 0),
+    };
     let all = (0, n);
     let check = Targets {
         params: b.stand_in(),
         targets: b.targets(all),
         class_weights: b.per_class(&b.class_weights),
         row_sums: b.row_sums(all),
-        target_error: error.head(4),
+        target_error: error,
         sample_weights: b.per_row(&b.sample_weights, all),
     };
     let params = Params {
         rows: n as u32,
-        flags: base.flags | FLAG_CHECK_TARGETS,
+        flags: base.flags | check_flag,
         ..base
     };
     let (x, y) = grid(n as u64);
@@ -84,51 +90,64 @@ pub(super) fn forward_launches<'a>(
     pieces: &Pieces,
     base: Params,
 ) -> Vec<Launch<'a>> {
+    let chunks = pieces.row_chunks.iter();
+    chunks
+        .flat_map(|&chunk| chunk_forward(b, pieces, chunk, base, None))
+        .collect()
+}
+
+/// The forward of one row chunk; `stored`: the chunked strategy's block for its logits and
+/// the columns of each of its chunks.
+fn chunk_forward<'a>(
+    b: &'a Bindings,
+    pieces: &Pieces,
+    chunk: (usize, usize),
+    base: Params,
+    stored: Option<(Window<'a>, usize)>,
+) -> Vec<Launch<'a>> {
     let splits = pieces.splits as u64;
     let placeholder = b.stand_in();
     let s = &b.scratch;
     let mut launches = Vec::new();
-    for &chunk in &pieces.row_chunks {
-        let rows = chunk.1;
-        launches.extend(partials_launches(b, pieces, chunk, base));
-        let finish = Rows {
+    let rows = chunk.1;
+    launches.extend(partials_launches(b, pieces, chunk, base, stored));
+    let finish = Rows {
+        params: placeholder,
+        targets: b.targets(chunk),
+        class_weights: b.per_class(&b.class_weights),
+        partials: s.partials.rows(chunk, splits * PARTIAL_BYTES),
+        rows: b.records(chunk),
+        row_sums: b.row_sums(chunk),
+        coefficients: b.coefficients(chunk),
+        sample_weights: b.per_row(&b.sample_weights, chunk),
+        target_logits: s.target_logits.rows(chunk, 4),
+    };
+    let params = Params {
+        rows: rows as u32,
+        ..base
+    };
+    let (x, y) = grid(rows as u64);
+    launches.push(Launch::new(
+        Kernel::SoftmaxRows,
+        params,
+        finish.entries(),
+        (x, y, 1),
+    ));
+    if let Some(focal) = &s.focal_partials {
+        launches.extend(focal_launches(b, pieces, chunk, base));
+        let finish = LinearFocalRows {
             params: placeholder,
-            targets: b.targets(chunk),
-            class_weights: b.per_class(&b.class_weights),
-            partials: s.partials.rows(chunk, splits * PARTIAL_BYTES),
             rows: b.records(chunk),
             row_sums: b.row_sums(chunk),
             coefficients: b.coefficients(chunk),
-            sample_weights: b.per_row(&b.sample_weights, chunk),
-            target_logits: s.target_logits.rows(chunk, 4),
+            focal_partials: focal.rows(chunk, splits * FOCAL_SUM_BYTES),
         };
-        let params = Params {
-            rows: rows as u32,
-            ..base
-        };
-        let (x, y) = grid(rows as u64);
         launches.push(Launch::new(
-            Kernel::SoftmaxRows,
+            Kernel::LinearFocalRows,
             params,
             finish.entries(),
             (x, y, 1),
         ));
-        if let Some(focal) = &s.focal_partials {
-            launches.extend(focal_launches(b, pieces, chunk, base));
-            let finish = LinearFocalRows {
-                params: placeholder,
-                rows: b.records(chunk),
-                row_sums: b.row_sums(chunk),
-                coefficients: b.coefficients(chunk),
-                focal_partials: focal.rows(chunk, splits * FOCAL_SUM_BYTES),
-            };
-            launches.push(Launch::new(
-                Kernel::LinearFocalRows,
-                params,
-                finish.entries(),
-                (x, y, 1),
-            ));
-        }
     }
     launches
 }
@@ -152,21 +171,34 @@ pub(super) fn shard_launches<'a>(
     let chunks = pieces.row_chunks.iter();
     chunks
         .flat_map(|&chunk| match pass {
-            ShardPass::Partials => partials_launches(b, pieces, chunk, base),
+            ShardPass::Partials => partials_launches(b, pieces, chunk, base, None),
             ShardPass::Focal => focal_launches(b, pieces, chunk, base),
         })
         .collect()
 }
 
-/// `linear_partials` over each piece of `W` for the rows of `chunk`.
+/// `linear_partials` over each piece of `W` for the rows of `chunk` (`stored`: as in
+/// `chunk_forward`).
 fn partials_launches<'a>(
     b: &'a Bindings,
     pieces: &Pieces,
     chunk: (usize, usize),
     base: Params,
+    stored: Option<(Window<'a>, usize)>,
 ) -> Vec<Launch<'a>> {
     let s = &b.scratch;
     let splits = pieces.splits as u64;
+    let (logits, base) = match stored {
+        Some((block, columns)) => (
+            block,
+            Params {
+                flags: base.flags | FLAG_STORED_LOGITS,
+                block_columns: columns as u32,
+                ..base
+            },
+        ),
+        None => (b.scratch.sink.head(16), base),
+    };
     pieces
         .pieces(b.shape.2)
         .map(|piece| {
@@ -176,6 +208,7 @@ fn partials_launches<'a>(
                 class_weights: b.per_class(&b.class_weights),
                 partials: s.partials.rows(chunk, splits * PARTIAL_BYTES),
                 target_logits: s.target_logits.rows(chunk, 4),
+                logits,
                 hidden: b.hidden(chunk),
                 head_weight: b.weight(piece.columns),
                 head_bias: b.per_class(&b.bias),
@@ -264,7 +297,72 @@ pub(super) fn backward_launches<'a>(
     let Some(g) = &b.scratch.block else {
         return Vec::new();
     };
-    let (n, d, _) = b.shape;
+    // Without rows, dW and db are still written (zeros) by one empty group.
+    let groups: &[(usize, usize)] = match b.shape.0 {
+        0 => &[(0, 0)],
+        _ => &back.groups,
+    };
+    let mut launches = Vec::new();
+    for chunk in back.chunks.iter().enumerate() {
+        for group in groups.iter().enumerate() {
+            let window = match group.1 .1 {
+                0 => b.stand_in(),
+                rows => g.head(rows as u64 * chunk.1 .1 as u64 * 4),
+            };
+            launches.extend(block_launches(b, base, chunk, group, window, false));
+        }
+    }
+    launches
+}
+
+/// The chunked strategy's launches, group of rows by group: its forward storing the group's
+/// logits, then its backward vocabulary chunk by chunk from them (`G` in place, `dW` and `db`
+/// added over groups, `dh` added over chunks). A mean's denominators come first (the target
+/// check's terms reduced), since the first gradient comes before the last row's loss; the
+/// call's reduction follows.
+pub(super) fn chunked_launches<'a>(
+    b: &'a Bindings,
+    pieces: &Pieces,
+    back: &Backward,
+    base: Params,
+) -> Vec<Launch<'a>> {
+    let Some(block) = &b.scratch.block else {
+        return Vec::new();
+    };
+    let v = b.shape.2;
+    let mut launches = Vec::new();
+    let mean = base.reduction == ReductionCode::Mean as u32;
+    launches.extend(target_check(b, base, mean));
+    if mean {
+        launches.extend(reduce_launches(b, base));
+    }
+    for group in back.groups.iter().enumerate() {
+        let rows = group.1 .1;
+        let logits = block.head(rows as u64 * v as u64 * 4);
+        let stored = Some((logits, back.width));
+        launches.extend(chunk_forward(b, pieces, *group.1, base, stored));
+        for chunk in back.chunks.iter().enumerate() {
+            let (c0, width) = *chunk.1;
+            let window = block.rows((c0 * rows, width * rows), 4);
+            launches.extend(block_launches(b, base, chunk, group, window, true));
+        }
+    }
+    launches.extend(reduce_launches(b, base));
+    launches
+}
+
+/// One (vocabulary chunk, group of rows) of the backward: `G` into `g_window` (recomputed, or
+/// from the logits stored there), the chunk's `dW` and `db` (added after the first group), the
+/// group's `dh` (added after the first chunk).
+fn block_launches<'a>(
+    b: &'a Bindings,
+    base: Params,
+    (chunk, &(c0, width)): (usize, &(usize, usize)),
+    (index, &group): (usize, &(usize, usize)),
+    g_window: Window<'a>,
+    stored: bool,
+) -> Vec<Launch<'a>> {
+    let d = b.shape.1;
     let placeholder = b.stand_in();
     let scale_source = |group: (usize, usize)| match base.reduction {
         r if r == ReductionCode::Mean as u32 => b.scratch.totals.head(ROW_SUM_BYTES),
@@ -275,96 +373,90 @@ pub(super) fn backward_launches<'a>(
     };
     let sink = b.scratch.sink.head(16);
     let hidden_tiles = (d.div_ceil(TILE_ROWS) as u32).max(1);
-    // Without rows, dW and db are still written (zeros) by one empty group.
-    let groups: &[(usize, usize)] = if n == 0 { &[(0, 0)] } else { &back.groups };
+    let column_tiles = width.div_ceil(TILE_ROWS) as u32;
+    let rows = group.1;
+    let row_tiles = rows.div_ceil(TILE_ROWS) as u32;
+    let hidden = match rows {
+        0 => placeholder,
+        _ => b.hidden(group),
+    };
+    let params = Params {
+        rows: rows as u32,
+        col0: c0 as u32,
+        span: width as u32,
+        ..base
+    };
     let mut launches = Vec::new();
-    for (chunk, &(c0, width)) in back.chunks.iter().enumerate() {
-        let column_tiles = width.div_ceil(TILE_ROWS) as u32;
-        for (index, &group) in groups.iter().enumerate() {
-            let rows = group.1;
-            let row_tiles = rows.div_ceil(TILE_ROWS) as u32;
-            let g_window = match rows {
-                0 => placeholder,
-                _ => g.head(rows as u64 * width as u64 * 4),
-            };
-            let hidden = match rows {
-                0 => placeholder,
-                _ => b.hidden(group),
-            };
-            let params = Params {
-                rows: rows as u32,
-                col0: c0 as u32,
-                span: width as u32,
-                ..base
-            };
-            if rows > 0 {
-                let recompute = LinearGradient {
-                    params: placeholder,
-                    gradient: g_window,
-                    class_weights: b.per_class(&b.class_weights),
-                    coefficients: b.coefficients(group),
-                    scale_source: scale_source(group),
-                    hidden,
-                    head_weight: b.weight((c0, width)),
-                    head_bias: b.per_class(&b.bias),
-                };
-                launches.push(Launch::new(
-                    Kernel::LinearGradient,
-                    params,
-                    recompute.entries(),
-                    (row_tiles, column_tiles, 1),
-                ));
-            }
-            if b.weight_gradient.is_some() || b.bias_gradient.is_some() {
-                let dw = b.weight_gradient.as_ref();
-                let db = b.bias_gradient.as_ref();
-                let weight = LinearWeightGradient {
-                    params: placeholder,
-                    gradient: g_window,
-                    hidden,
-                    weight_gradient: b.weight_gradient((c0, width)).unwrap_or(sink),
-                    bias_gradient: db.map_or(sink, |db| db.region.rows((c0, width), 4)),
-                };
-                let later = index > 0;
-                let mut flags = params.flags;
-                for (on, flag) in [
-                    (dw.is_none(), FLAG_BIAS_ONLY),
-                    (db.is_none(), FLAG_WEIGHT_ONLY),
-                    (dw.is_some_and(|g| g.adds) || later, FLAG_ADD),
-                    (db.is_some_and(|g| g.adds) || later, FLAG_ADD_BIAS),
-                ] {
-                    if on {
-                        flags |= flag;
-                    }
-                }
-                let params_dw = Params { flags, ..params };
-                let y = if dw.is_none() { 1 } else { hidden_tiles };
-                launches.push(Launch::new(
-                    Kernel::LinearWeightGradient,
-                    params_dw,
-                    weight.entries(),
-                    (column_tiles, y, 1),
-                ));
-            }
-            if let (Some(dh), true) = (&b.hidden_gradient, rows > 0) {
-                let hidden = LinearHiddenGradient {
-                    params: placeholder,
-                    gradient: g_window,
-                    head_weight: b.weight((c0, width)),
-                    hidden_gradient: dh.region.rows(group, d as u64 * 4),
-                };
-                let params_dh = Params {
-                    flags: params.flags | if dh.adds || chunk > 0 { FLAG_ADD } else { 0 },
-                    ..params
-                };
-                launches.push(Launch::new(
-                    Kernel::LinearHiddenGradient,
-                    params_dh,
-                    hidden.entries(),
-                    (row_tiles, hidden_tiles, 1),
-                ));
+    if rows > 0 {
+        let recompute = LinearGradient {
+            params: placeholder,
+            gradient: g_window,
+            class_weights: b.per_class(&b.class_weights),
+            coefficients: b.coefficients(group),
+            scale_source: scale_source(group),
+            hidden,
+            head_weight: b.weight((c0, width)),
+            head_bias: b.per_class(&b.bias),
+        };
+        let params_g = Params {
+            flags: params.flags | if stored { FLAG_STORED_LOGITS } else { 0 },
+            ..params
+        };
+        launches.push(Launch::new(
+            Kernel::LinearGradient,
+            params_g,
+            recompute.entries(),
+            (row_tiles, column_tiles, 1),
+        ));
+    }
+    if b.weight_gradient.is_some() || b.bias_gradient.is_some() {
+        let dw = b.weight_gradient.as_ref();
+        let db = b.bias_gradient.as_ref();
+        let weight = LinearWeightGradient {
+            params: placeholder,
+            gradient: g_window,
+            hidden,
+            weight_gradient: b.weight_gradient((c0, width)).unwrap_or(sink),
+            bias_gradient: db.map_or(sink, |db| db.region.rows((c0, width), 4)),
+        };
+        let later = index > 0;
+        let mut flags = params.flags;
+        for (on, flag) in [
+            (dw.is_none(), FLAG_BIAS_ONLY),
+            (db.is_none(), FLAG_WEIGHT_ONLY),
+            (dw.is_some_and(|g| g.adds) || later, FLAG_ADD),
+            (db.is_some_and(|g| g.adds) || later, FLAG_ADD_BIAS),
+        ] {
+            if on {
+                flags |= flag;
             }
         }
+        let params_dw = Params { flags, ..params };
+        let y = if dw.is_none() { 1 } else { hidden_tiles };
+        launches.push(Launch::new(
+            Kernel::LinearWeightGradient,
+            params_dw,
+            weight.entries(),
+            (column_tiles, y, 1),
+        ));
+    }
+    if let (Some(dh), true) = (&b.hidden_gradient, rows > 0) {
+        let hidden = LinearHiddenGradient {
+            params: placeholder,
+            gradient: g_window,
+            head_weight: b.weight((c0, width)),
+            hidden_gradient: dh.region.rows(group, d as u64 * 4),
+        };
+        let params_dh = Params {
+            flags: params.flags | if dh.adds || chunk > 0 { FLAG_ADD } else { 0 },
+            ..params
+        };
+        launches.push(Launch::new(
+            Kernel::LinearHiddenGradient,
+            params_dh,
+            hidden.entries(),
+            (row_tiles, hidden_tiles, 1),
+        ));
     }
     launches
 }

@@ -48,8 +48,10 @@ pub use self::device::{
 };
 
 use self::bindings::Bindings;
-use self::cut::{Backward, Pieces};
-use self::launches::{backward_launches, forward_launches, reduce_launches, target_check, Launch};
+use self::cut::{chunked_rows, Backward, Pieces};
+use self::launches::{
+    backward_launches, chunked_launches, forward_launches, reduce_launches, target_check, Launch,
+};
 use super::abi::binding::PARAMS;
 use super::abi::{
     Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_FOCAL_ALL, FLAG_SAMPLE_WEIGHTS,
@@ -60,7 +62,7 @@ use super::pipelines::{Kernel, LogitLoad, TargetLoad, Variant};
 use super::Gpu;
 use crate::error::Result;
 use crate::input::Dtype;
-use crate::linear::{LinearBatch, LinearRequest};
+use crate::linear::{LinearBatch, LinearRequest, Strategy};
 use crate::options::{CrossEntropy, Reduction};
 use crate::output::Output;
 use crate::plan::linear::LinearPlan;
@@ -170,7 +172,8 @@ impl HostCall {
             _ => linear_load(Dtype::F32, d),
         };
         let element = if load.is_half() { 2 } else { 4 };
-        let (pieces, backward) = cut((n, d, v), element, plan.gradient, gpu.max_binding)?;
+        let chunked = (plan.strategy == Strategy::Chunked).then_some((plan.group_rows, plan.auto));
+        let (pieces, backward) = cut((n, d, v), element, plan.gradient, gpu.max_binding, chunked)?;
         let flags = Flags {
             class_weights: batch.class_weights.is_some(),
             sample_weights: batch.sample_weights.is_some(),
@@ -214,7 +217,10 @@ fn call_launches<'a>(
     (pieces, backward): (&Pieces, Option<&Backward>),
     base: Params,
 ) -> Vec<Launch<'a>> {
-    let mut launches: Vec<_> = target_check(b, base).into_iter().collect();
+    if let Some(back) = backward.filter(|back| back.stored) {
+        return chunked_launches(b, pieces, back, base);
+    }
+    let mut launches: Vec<_> = target_check(b, base, false).into_iter().collect();
     launches.extend(forward_launches(b, pieces, base));
     launches.extend(reduce_launches(b, base));
     if let Some(back) = backward {
@@ -225,15 +231,25 @@ fn call_launches<'a>(
 
 /// How a call of `(n, d, v)` with `element` bytes per value of `h` and `W` is cut to the
 /// bindings: the forward's pieces and, for a gradient, the backward's chunks.
+/// `chunked`: the chunked strategy's rows of logits within the budget and whether `Auto` chose
+/// it (it needs a gradient and rows; else, or where `Auto` cannot hold it, the fused cut).
 fn cut(
     shape: (usize, usize, usize),
     element: u64,
     gradient: bool,
     max_binding: u64,
+    chunked: Option<(usize, bool)>,
 ) -> Result<(Pieces, Option<Backward>)> {
-    let pieces = Pieces::new(shape, element, max_binding)?;
+    let chunked = chunked.filter(|_| gradient && shape.0 > 0);
+    let group = match chunked {
+        Some(rows) => chunked_rows(shape, element, max_binding, rows)?,
+        None => None,
+    };
+    let pieces = Pieces::new(shape, element, max_binding, group)?;
+    // The stored groups are the forward's row chunks.
+    let stored = group.map(|_| pieces.row_chunks[0].1);
     let backward = match gradient {
-        true => Some(Backward::new(shape, element, max_binding)?),
+        true => Some(Backward::new(shape, element, max_binding, stored)?),
         false => None,
     };
     Ok((pieces, backward))
