@@ -446,7 +446,7 @@ impl<'a> Batch<'a> {
 
 /// A borrowed row-major matrix, read only: `rows × cols` values of one dtype. The linear
 /// cross-entropy's hidden states `h` [N × D], the head's weight `W` [V × D] (PyTorch
-/// `nn.Linear` layout) and its bias `b` [V] (a 1 × V matrix).
+/// `nn.Linear` layout) and its bias `b` \[V\] (a 1 × V matrix).
 ///
 /// ```
 /// use xent::Matrix;

@@ -3,7 +3,7 @@
 //!
 //! Shapes: hidden states `h` [N × D] (`rows × hidden`), the head's weight `W` [V × D]
 //! (`vocab × hidden`, PyTorch's `nn.Linear` layout; or stored [D × V],
-//! [`WeightLayout::HiddenMajor`]), an optional bias `b` [V]; f32, f16 or bf16,
+//! [`WeightLayout::HiddenMajor`]), an optional bias `b` \[V\]; f32, f16 or bf16,
 //! accumulated in f32. The logits `x = h·Wᵀ + b` then follow SEMANTICS.md sections 1, 2 and 2c
 //! exactly as [`CrossEntropy::compute`] takes them: the transform (scale, softcap) applies to
 //! `x`, and every option of those sections carries over (ignore_index, class weights, label
@@ -11,13 +11,13 @@
 //! metrics, LSE). Soft targets and probability inputs need `N × V` inputs and are refused.
 //!
 //! Gradients, from `G = dloss/dx` [N × V] (SEMANTICS.md section 2, chain rule of section 1):
-//! `dh = G·W` [N × D], `dW = Gᵀ·h` [V × D], `db = Σ_n G[n]` [V], each written over or added
+//! `dh = G·W` [N × D], `dW = Gᵀ·h` [V × D], `db = Σ_n G[n]` \[V\], each written over or added
 //! into a caller's f32 buffer ([`GradientBuffer`]); trainers add `dW` over micro-batches.
 //!
 //! Two strategies, the same numbers (Apple's Cut Cross-Entropy, arXiv 2411.09009; QuACK's
 //! `chunked_linear_cross_entropy`):
 //! - [`Strategy::Fused`]: tiles of rows × vocabulary columns; each tile's logits are folded into
-//!   the per-row online-softmax state ([`RowPartial`](crate::shard::RowPartial), the
+//!   the per-row online-softmax state ([`RowPartial`], the
 //!   vocabulary-parallel partial) and dropped. The backward goes vocabulary chunk by chunk in
 //!   order, recomputing the chunk's logits: `dW[chunk] = Gᵀ·h`, `dh += G·W[chunk]`. Scratch: a
 //!   tile per thread, then one `rows × chunk` gradient block. Four GEMM-equivalents with a
@@ -33,10 +33,12 @@
 //! Results do not depend on the thread count, bit for bit.
 //!
 //! On the CPU the products are the `gemm` crate's; the row math is the SIMD kernels of the
-//! softmax path. On the GPU the same fused strategy runs in WGSL (`src/gpu/linear/`):
-//! `h·Wᵀ + b` in 64 × 64 workgroup tiles folded into the per-row partials, the softmax rows
-//! pass, and for gradients the logits recomputed chunk by chunk with `dW`, `db` and `dh` from
-//! the same tile product; it always recomputes (the strategy and budget are the CPU's).
+//! softmax path. On the GPU both strategies run in WGSL (`src/gpu/linear/`): `h·Wᵀ + b` in
+//! 64 × 64 workgroup tiles folded into the per-row partials, the softmax rows pass, and for
+//! gradients `G` chunk by chunk (the logits recomputed by the same tile product, or, chunked,
+//! stored by the forward in groups of whole tiles of 64 rows) with `dW`, `db` and `dh` from
+//! it. Where 64 rows of logits outgrow a storage binding, `Auto` runs the fused strategy and
+//! an explicit `Chunked` is refused ([`Error::Unsupported`](crate::Error::Unsupported)).
 //! Trainers whose `h` and `W` live in device buffers record the same dispatches into their
 //! own encoder with [`Gpu::record_linear_cross_entropy`](crate::gpu::Gpu::record_linear_cross_entropy).
 //!
@@ -146,10 +148,10 @@ impl LinearCrossEntropy {
 
     /// Computes the loss of `batch` and whatever `request` asks for on `backend`.
     ///
-    /// Errors: shapes that disagree (`h` [N × D], `W` [V × D] (or [D × V] in its layout), `b` [V], targets [N], class
-    /// weights [V], sample weights [N], upstream [N] or [1], gradients [N × D], [V × D], [V]),
+    /// Errors: shapes that disagree (`h` [N × D], `W` [V × D] (or [D × V] in its layout), `b` \[V\], targets \[N\], class
+    /// weights \[V\], sample weights \[N\], upstream \[N\] or \[1\], gradients [N × D], [V × D], \[V\]),
     /// `V = 0`, a target out of range on a valid row, soft targets or probability inputs
-    /// ([`Error::Unsupported`]), bad options or weights (as [`CrossEntropy::compute`]), and on
+    /// ([`Error::Unsupported`](crate::Error::Unsupported)), bad options or weights (as [`CrossEntropy::compute`]), and on
     /// the GPU what it does not run yet (module docs), or a device error.
     pub fn compute(
         &self,
@@ -247,7 +249,7 @@ impl LinearCrossEntropy {
     }
 
     /// Step 3 on one shard: the gradients `request` asks for from the combined rows: the
-    /// shard's rows of `dW` [width × D] and `db` [width], and its part of `dh` [N × D] (the
+    /// shard's rows of `dW` [width × D] and `db` \[width\], and its part of `dh` [N × D] (the
     /// sum over shards is `dh`: add them, or all-reduce). The request takes no upstream or
     /// per-row outputs (`combine` has them).
     pub fn shard_backward(
@@ -297,7 +299,7 @@ pub struct LinearBatch<'a> {
     /// columns at a time; a host call on the GPU transposes it on the way up (and `dW` on the
     /// way back).
     pub weight_layout: WeightLayout,
-    /// The head's bias `b` [V] (a 1 × V matrix).
+    /// The head's bias `b` \[V\] (a 1 × V matrix).
     pub bias: Option<Matrix<'a>>,
     /// Class-index targets, one per row.
     pub targets: Targets<'a>,
@@ -399,7 +401,7 @@ pub struct LinearRequest<'g> {
     pub hidden_gradient: Option<GradientBuffer<'g>>,
     /// `dW` [V × D].
     pub weight_gradient: Option<GradientBuffer<'g>>,
-    /// `db` [V] (the gradient of a bias, also when the batch has none).
+    /// `db` \[V\] (the gradient of a bias, also when the batch has none).
     pub bias_gradient: Option<GradientBuffer<'g>>,
 }
 

@@ -18,7 +18,7 @@ pub struct LinearReference {
     pub hidden_gradient: Vec<f64>,
     /// `dW = Gᵀ·h` [V × D].
     pub weight_gradient: Vec<f64>,
-    /// `db = Σ_n G[n]` [V].
+    /// `db = Σ_n G[n]` \[V\].
     pub bias_gradient: Vec<f64>,
 }
 

@@ -90,7 +90,7 @@ impl RowPartial {
 
     /// This partial with its sums moved to a max `to` ≥ its own (the all-reduce step between
     /// MAX and SUM, module docs), by the host's one online-softmax move
-    /// ([`OnlineSoftmax::moved_to`], in f64): the exp-sums scaled by `exp(max − to)`, the
+    /// (`OnlineSoftmax::moved_to`, in f64): the exp-sums scaled by `exp(max − to)`, the
     /// centred sums re-centred.
     pub fn moved_to(&self, to: f32) -> RowPartial {
         self.with_state(self.state().moved_to(to))

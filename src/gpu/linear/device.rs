@@ -93,13 +93,13 @@ pub struct DeviceLinearBatch<'a> {
     /// the whole of it must then fit one storage binding (`Error::Unsupported` otherwise:
     /// [V × D] is cut into pieces of vocabulary rows).
     pub weight_layout: WeightLayout,
-    /// The head's bias `b` [V], f32.
+    /// The head's bias `b` \[V\], f32.
     pub bias: Option<wgpu::BufferSlice<'a>>,
-    /// Targets [N].
+    /// Targets \[N\].
     pub targets: DeviceIndexTargets<'a>,
-    /// Per-class weights [V], f32.
+    /// Per-class weights \[V\], f32.
     pub class_weights: Option<wgpu::BufferSlice<'a>>,
-    /// Per-row sample weights [N], f32 (not checked on the device: finite, non-negative).
+    /// Per-row sample weights \[N\], f32 (not checked on the device: finite, non-negative).
     pub sample_weights: Option<wgpu::BufferSlice<'a>>,
 }
 
@@ -138,9 +138,9 @@ pub struct DeviceLinearOutputs<'a> {
     pub hidden_gradient: Option<DeviceGradientSlice<'a>>,
     /// `dW` [V × D] (or [D × V], as the batch's `weight_layout`), f32.
     pub weight_gradient: Option<DeviceGradientSlice<'a>>,
-    /// `db` [V], f32 (the gradient of a zero bias when the batch has none).
+    /// `db` \[V\], f32 (the gradient of a zero bias when the batch has none).
     pub bias_gradient: Option<DeviceGradientSlice<'a>>,
-    /// `Reduction::None`: the per-row upstream gradient [N], f32.
+    /// `Reduction::None`: the per-row upstream gradient \[N\], f32.
     pub upstream: Option<wgpu::BufferSlice<'a>>,
     /// `Sum`/`Mean`: the scalar upstream gradient (1 for a plain loss).
     pub upstream_scalar: f32,
@@ -193,12 +193,16 @@ impl Gpu {
     /// [`xent::linear`](crate::linear) for the math and options, [`DeviceLinearBatch`] for the
     /// buffers): the target check, the forward (tiles of `h·Wᵀ + b` folded into per-row
     /// partials, the rows pass), the fixed-order reduction into `outputs.loss`, and for
-    /// gradients the backward vocabulary chunk by chunk. Two runs give the same bits.
+    /// gradients the backward vocabulary chunk by chunk. `loss` carries the options, the
+    /// strategy and the scratch budget as [`LinearCrossEntropy::compute`] takes them (the
+    /// chunked strategy's stored logits come from this `Gpu`'s recorded-call scratch; rows are
+    /// all `N`, ignored ones included). Two runs give the same bits.
     ///
     /// Errors (before anything is recorded): a buffer smaller than its shape, a misaligned
     /// offset, shapes that disagree, `h` and `W` of different dtypes or f16/bf16 with an odd
     /// hidden size, probability inputs, bad options, a per-row upstream with a reduction
-    /// other than `None`, and a call larger than the device's bindings
+    /// other than `None`, and a call larger than the device's bindings, or an explicit
+    /// `Strategy::Chunked` whose 64 rows of logits are
     /// ([`Error::Unsupported`](crate::Error::Unsupported)); a device error.
     pub fn record_linear_cross_entropy(
         &self,
