@@ -24,6 +24,7 @@ use xent::reference::{linear_cross_entropy, LinearReference};
 use xent::{Backend, CrossEntropy, Dtype, Error, Matrix, Output, Reduction};
 
 /// Values in one dtype, kept alive for a batch's views.
+#[derive(Clone)]
 enum Typed {
     F32(Vec<f32>),
     F16(Vec<f16>),
@@ -1473,6 +1474,78 @@ fn gpu_recorded_hidden_major_weight() {
         ..want
     };
     record_head(&tiny, &head, &CrossEntropy::new(), loss_only).expect("the f16 weight alone");
+}
+
+/// The plain product (`Gpu::record_linear_product`, the bench's ceiling) against the
+/// reference's f64 logits: f32 read as scalars (D = 19) and as vec4s, bf16 and f16, with and
+/// without a bias, `W` in both layouts; a slice too small or misaligned is refused.
+#[test]
+fn gpu_plain_product_against_the_reference() {
+    use xent::gpu::{DeviceIndexTargets, DeviceLinearBatch, DeviceMatrix};
+    let Some(gpu) = common::device::gpu() else {
+        return;
+    };
+    let cases = [
+        (Dtype::F32, 19, true, false),
+        (Dtype::F32, 20, false, false),
+        (Dtype::Bf16, 20, true, false),
+        (Dtype::F16, 20, true, true),
+        (Dtype::F32, 19, true, true),
+    ];
+    for (dtype, hidden, bias, hidden_major) in cases {
+        let mut head = Head::new(61, (70, hidden, 1100), dtype);
+        if !bias {
+            head = head.no_bias();
+        }
+        let (n, d, v) = (head.rows, head.hidden, head.vocab);
+        let reference = head.reference(&CrossEntropy::new(), None);
+        let scales = head.scales();
+        let w = match hidden_major {
+            true => head.w.transposed(v, d),
+            false => head.w.clone(),
+        };
+        let (h_buffer, w_buffer) = (
+            common::device::buffer(&gpu, head.h.bytes()),
+            common::device::buffer(&gpu, w.bytes()),
+        );
+        let b: Option<Vec<f32>> = head
+            .batch()
+            .bias
+            .map(|b| (0..v).map(|c| b.get(0, c)).collect());
+        let b_buffer = b.map(|b| common::device::buffer(&gpu, bytemuck::cast_slice(&b)));
+        let logits = common::device::buffer(&gpu, &vec![0u8; n * v * 4]);
+        let (rows, cols) = if hidden_major { (d, v) } else { (v, d) };
+        let mut batch = DeviceLinearBatch::new(
+            DeviceMatrix::new(h_buffer.slice(..), dtype, n, d),
+            DeviceMatrix::new(w_buffer.slice(..), dtype, rows, cols),
+            DeviceIndexTargets::I64(h_buffer.slice(..)),
+        );
+        batch.bias = b_buffer.as_ref().map(|b| b.slice(..));
+        if hidden_major {
+            batch.weight_layout = WeightLayout::HiddenMajor;
+        }
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        gpu.record_linear_product(&mut encoder, &batch, logits.slice(..))
+            .expect("the plain product");
+        gpu.queue().submit([encoder.finish()]);
+        let x = common::device::read(&gpu, &logits);
+        let label = format!("product {dtype:?} D {d}, bias {bias}, [D × V] {hidden_major}");
+        assert_each(&label, &x, &reference.logits, |i| {
+            4e-6 * scales[i / v] + 1e-7
+        });
+
+        let mut encoder = gpu.device().create_command_encoder(&Default::default());
+        let short = logits.slice(..(n * v * 4 - 4) as u64);
+        let err = gpu
+            .record_linear_product(&mut encoder, &batch, short)
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported(_)), "{label}: {err}");
+        let misaligned = logits.slice(4..);
+        let err = gpu
+            .record_linear_product(&mut encoder, &batch, misaligned)
+            .unwrap_err();
+        assert!(err.to_string().contains("alignment"), "{label}: {err}");
+    }
 }
 
 /// Recorded calls at the edges: one gradient at a time (db alone skips dW's product), no

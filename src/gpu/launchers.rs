@@ -136,6 +136,20 @@ launcher! {
 }
 
 launcher! {
+    /// A linear head's plain product `h·Wᵀ + b` (`linear_product.wgsl`).
+    LinearProduct {
+        /// The logits, f32 [rows × span].
+        logits: GRADIENT, Write, 4;
+        /// The hidden states.
+        hidden: HIDDEN, Read, 4;
+        /// The columns' rows of the head's weight.
+        head_weight: HEAD_WEIGHT, Read, 4;
+        /// The head's bias (a stand-in without one).
+        head_bias: HEAD_BIAS, Read, 4;
+    }
+}
+
+launcher! {
     /// A vocabulary chunk's rows of `dW` and its `db` (`linear_weight_gradient.wgsl`).
     LinearWeightGradient {
         /// `G` of the chunk.
@@ -392,6 +406,7 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::CountRows => CountRows::LAYOUT,
         Kernel::LinearPartials => LinearPartials::LAYOUT,
         Kernel::LinearGradient => LinearGradient::LAYOUT,
+        Kernel::LinearProduct => LinearProduct::LAYOUT,
         Kernel::LinearWeightGradient => LinearWeightGradient::LAYOUT,
         Kernel::LinearHiddenGradient => LinearHiddenGradient::LAYOUT,
         Kernel::LinearFocal => LinearFocal::LAYOUT,

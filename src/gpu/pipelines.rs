@@ -40,6 +40,8 @@ pub enum Kernel {
     LinearPartials,
     /// A linear head's `G = dloss/dx` of one vocabulary chunk, its logits recomputed.
     LinearGradient,
+    /// A linear head's plain product `h·Wᵀ + b` (the bench's ceiling).
+    LinearProduct,
     /// A vocabulary chunk's rows of `dW = Gᵀ·h` and its `db`.
     LinearWeightGradient,
     /// `dh += G·W` of one vocabulary chunk.
@@ -61,6 +63,7 @@ impl Kernel {
             self,
             Kernel::LinearPartials
                 | Kernel::LinearGradient
+                | Kernel::LinearProduct
                 | Kernel::LinearWeightGradient
                 | Kernel::LinearHiddenGradient
                 | Kernel::LinearFocal
@@ -81,6 +84,7 @@ impl Kernel {
                 | Kernel::Reduce
                 | Kernel::LinearPartials
                 | Kernel::LinearGradient
+                | Kernel::LinearProduct
                 | Kernel::LinearWeightGradient
                 | Kernel::LinearHiddenGradient
                 | Kernel::LinearFocal
@@ -101,6 +105,7 @@ impl Kernel {
             Kernel::CountRows => include_str!("../../shaders/count_rows.wgsl"),
             Kernel::LinearPartials => include_str!("../../shaders/linear_partials.wgsl"),
             Kernel::LinearGradient => include_str!("../../shaders/linear_gradient.wgsl"),
+            Kernel::LinearProduct => include_str!("../../shaders/linear_product.wgsl"),
             Kernel::LinearWeightGradient => {
                 include_str!("../../shaders/linear_weight_gradient.wgsl")
             }
@@ -306,7 +311,10 @@ impl Variant {
         }
         if matches!(
             k,
-            Kernel::LinearPartials | Kernel::LinearGradient | Kernel::LinearFocal
+            Kernel::LinearPartials
+                | Kernel::LinearGradient
+                | Kernel::LinearProduct
+                | Kernel::LinearFocal
         ) {
             src += include_str!("../../shaders/include/linear_logits.wgsl");
         }
@@ -658,6 +666,7 @@ pub fn all_variants() -> Vec<Variant> {
                         if t == TargetLoad::I64 {
                             for kernel in [
                                 Kernel::LinearGradient,
+                                Kernel::LinearProduct,
                                 Kernel::LinearWeightGradient,
                                 Kernel::LinearHiddenGradient,
                                 Kernel::LinearFocal,

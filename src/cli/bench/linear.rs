@@ -14,7 +14,8 @@
 //! heap the call held at once beyond its inputs and outputs, measured by the `xent` binary's
 //! counting allocator (`cli::alloc`), beside the `N × V × 4` bytes of f32 logits.
 
-use super::{resident, BenchArgs, BenchDtype, CliError};
+use super::resident::{self, LinearWork};
+use super::{BenchArgs, BenchDtype, CliError};
 use crate::cli::alloc::Peak;
 use crate::cli::device;
 use crate::cli::probe::Timing;
@@ -291,8 +292,8 @@ impl Run<'_> {
         let (h32, w32, b32) = (widen(&data.h), widen(&data.w), widen(&data.b));
         let flops = 2.0 * n as f64 * v as f64 * d as f64;
         let mut push = |implementation: &str, mode: &str, work: f64, t: Timing, scratch, loss| {
-            let device = match (implementation, self.gpu) {
-                ("xent-gpu" | "xent-gpu-resident", Some(gpu)) => gpu.label.clone(),
+            let device = match self.gpu {
+                Some(gpu) if is_gpu(implementation) => gpu.label.clone(),
                 _ => device::cpu_label(),
             };
             records.push(LinearRecord {
@@ -396,19 +397,56 @@ impl Run<'_> {
                 out.loss,
             );
             measured += 3;
-            // Device-resident: the inputs uploaded once, each run one recorded call.
+            // Device-resident: the inputs uploaded once, each run one recorded call; the
+            // plain product (the GPU's ceiling) and the materialized baseline beside them.
             if let Backend::Gpu(device) = &gpu.backend {
+                // Every row's logits held at once: the chunked strategy in one group.
+                let all = head(Strategy::Chunked).scratch_bytes(n * v * 4);
                 let head = (&data.h[..], &data.w[..], &data.b[..], &data.y[..]);
-                for (name, backward, loss) in [
-                    ("xent-gpu-resident", false, &fused),
-                    ("xent-gpu-resident", true, &fused),
-                    ("xent-gpu-resident-chunked", true, &chunked),
-                ] {
-                    let (mode, work) = match backward {
-                        false => ("forward", flops),
-                        true => ("forward-backward", 3.0 * flops),
-                    };
-                    match resident::time_linear(device, loss, head, (n, d, v), backward, iters) {
+                let fits =
+                    (n * v * 4) as u64 <= device.device().limits().max_storage_buffer_binding_size;
+                let mut runs = vec![
+                    ("gpu-product", "product", flops, LinearWork::Product),
+                    (
+                        "xent-gpu-resident",
+                        "forward",
+                        flops,
+                        LinearWork::Call(&fused, false),
+                    ),
+                    (
+                        "xent-gpu-resident",
+                        "forward-backward",
+                        3.0 * flops,
+                        LinearWork::Call(&fused, true),
+                    ),
+                    (
+                        "xent-gpu-resident-chunked",
+                        "forward-backward",
+                        3.0 * flops,
+                        LinearWork::Call(&chunked, true),
+                    ),
+                    (
+                        "gpu-materialized",
+                        "forward",
+                        flops,
+                        LinearWork::ProductLoss,
+                    ),
+                ];
+                if fits {
+                    runs.push((
+                        "gpu-materialized",
+                        "forward-backward",
+                        3.0 * flops,
+                        LinearWork::Call(&all, true),
+                    ));
+                } else {
+                    notes.push(format!(
+                        "gpu-materialized {n}×{d}×{v} forward-backward: skipped (the logits \
+                         outgrow one storage binding)"
+                    ));
+                }
+                for (name, mode, work, what) in runs {
+                    match resident::time_linear(device, what, head, (n, d, v), iters) {
                         Ok((t, clock)) => {
                             push(name, mode, work, t, None, None);
                             measured += 1;
@@ -478,16 +516,25 @@ impl Run<'_> {
             };
             push("materialized", mode, work, t, scratch, loss);
         }
-        let gemm = records
-            .iter()
-            .rev()
-            .find(|r| r.mode == "product")
-            .map_or(f64::NAN, |r| r.gflops);
+        // Each device's rows against its own product.
         let first = records.len() - measured;
+        let product = |gpu: bool| {
+            records[first..]
+                .iter()
+                .find(|r| r.mode == "product" && is_gpu(&r.implementation) == gpu)
+                .map_or(f64::NAN, |r| r.gflops)
+        };
+        let (cpu, gpu) = (product(false), product(true));
         for r in &mut records[first..] {
-            r.gemm_fraction = r.gflops / gemm;
+            let own = if is_gpu(&r.implementation) { gpu } else { cpu };
+            r.gemm_fraction = r.gflops / own;
         }
     }
+}
+
+/// Whether a record's implementation runs on the GPU.
+fn is_gpu(implementation: &str) -> bool {
+    implementation.starts_with("xent-gpu") || implementation.starts_with("gpu-")
 }
 
 /// The table on stdout.

@@ -87,17 +87,29 @@ pub(super) fn time<T: Element>(
 /// A linear head's inputs: `h` [N × D], `W` [V × D], `b` [V], targets [N].
 pub(super) type Head<'a, T> = (&'a [T], &'a [T], &'a [T], &'a [i64]);
 
-/// Times `head_loss` as a linear head (`record_linear_cross_entropy`) of `(n, d, v)` on
-/// device buffers uploaded once, with `dh`, `dW` and `db` written when `backward`; as
-/// [`time`] does for logits. f16 and bf16 `h` and `W` are read as such (D even).
+/// What one timed run of a linear head records.
+#[derive(Clone, Copy)]
+pub(super) enum LinearWork<'l> {
+    /// One `record_linear_cross_entropy` of this loss, with `dh`, `dW` and `db` written when
+    /// `true`.
+    Call(&'l LinearCrossEntropy, bool),
+    /// `record_linear_product` alone, into an `N × V` buffer: the ceiling.
+    Product,
+    /// The product, then `record_cross_entropy` (loss only) on its logits: the materialized
+    /// forward.
+    ProductLoss,
+}
+
+/// Times `work` on a linear head of `(n, d, v)` on device buffers uploaded once; as [`time`]
+/// does for logits. f16 and bf16 `h` and `W` are read as such (D even).
 pub(super) fn time_linear<T: Element>(
     gpu: &Gpu,
-    head_loss: &LinearCrossEntropy,
+    work: LinearWork<'_>,
     (h, w, b, y): Head<'_, T>,
     (n, d, v): (usize, usize, usize),
-    backward: bool,
     iters: usize,
 ) -> Result<(Timing, Clock), String> {
+    let backward = matches!(work, LinearWork::Call(_, true));
     let device = gpu.device();
     let storage = wgpu::BufferUsages::STORAGE;
     let upload = |label: &str, contents: &[u8]| {
@@ -108,15 +120,20 @@ pub(super) fn time_linear<T: Element>(
         })
     };
     let bias: Vec<f32> = b.iter().map(|x| x.to_f32()).collect();
+    let logits_bytes = match work {
+        LinearWork::Call(..) => 0,
+        _ => n * v * 4,
+    };
     let too_large = [
         std::mem::size_of_val(h),
         std::mem::size_of_val(w),
         v * d * 4,
+        logits_bytes,
     ]
     .into_iter()
     .any(|bytes| bytes as u64 > device.limits().max_buffer_size);
     if too_large {
-        return Err("h, W or dW over the device's max_buffer_size".into());
+        return Err("h, W, dW or the logits over the device's max_buffer_size".into());
     }
     let h = upload("xent bench h", bytemuck::cast_slice(h));
     let w = upload("xent bench W", bytemuck::cast_slice(w));
@@ -150,12 +167,30 @@ pub(super) fn time_linear<T: Element>(
         outputs.weight_gradient = Some(DeviceGradientSlice::Write(dw.slice(..)));
         outputs.bias_gradient = Some(DeviceGradientSlice::Write(db.slice(..)));
     }
+    let logits = output("xent bench logits", logits_bytes);
+    let logits_batch = DeviceBatch::new(
+        logits.slice(..),
+        crate::Dtype::F32,
+        n,
+        v,
+        DeviceTargets::I64(y.slice(..)),
+    );
+    let loss_only = DeviceOutputs::new(loss.slice(..));
+    let record = |encoder: &mut wgpu::CommandEncoder| match work {
+        LinearWork::Call(head_loss, _) => {
+            gpu.record_linear_cross_entropy(encoder, head_loss, &batch, &outputs)
+        }
+        LinearWork::Product => gpu.record_linear_product(encoder, &batch, logits.slice(..)),
+        LinearWork::ProductLoss => {
+            gpu.record_linear_product(encoder, &batch, logits.slice(..))?;
+            let options = CrossEntropy::new();
+            gpu.record_cross_entropy(encoder, &options, &logits_batch, &loss_only)
+        }
+    };
     let stopwatch = Stopwatch::new(gpu);
     let mut times = Vec::with_capacity(iters + 1);
     for _ in 0..iters.max(1) + 1 {
-        let t = stopwatch
-            .time(|encoder| gpu.record_linear_cross_entropy(encoder, head_loss, &batch, &outputs))
-            .map_err(|e| e.to_string())?;
+        let t = stopwatch.time(record).map_err(|e| e.to_string())?;
         times.push(t);
     }
     Ok((Timing::from_seconds(times.split_off(1)), stopwatch.clock()))

@@ -46,6 +46,7 @@ mod buffers;
 mod cut;
 mod device;
 mod launches;
+mod product;
 mod shard;
 
 pub use self::device::{
