@@ -32,8 +32,10 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let c1 = min(p.col0 + p.span, p.classes);
     b_end = c1;
     let stored = has(FLAG_STORED_LOGITS);
+    // A tile of ignored rows only: G is 0 there, no product (nor stored logits) needed.
+    let live = !has(FLAG_SKIP_IGNORED) || tile_is_live(row_counts(r0 + local), local);
     var acc: array<vec4<f32>, 4>;
-    if (!stored) { acc = tile_product(r0, n0, p.hidden, local); }
+    if (!stored && live) { acc = tile_product(r0, n0, p.hidden, local); }
     for (var i = 0u; i < TM; i++) {
         let row = r0 + ty * TM + i;
         if (row >= p.rows) { continue; }
@@ -43,6 +45,10 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
             let c = n0 + tx * TN + j;
             if (c >= c1) { continue; }
             let at = row * p.span + c - p.col0;
+            if (!live) {
+                gradient[at] = 0.0;
+                continue;
+            }
             var x = acc[i][j];
             if (stored) {
                 x = gradient[at];

@@ -11,6 +11,7 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> gradient: array<f32>;
+@group(0) @binding(8) var<storage, read> coefs: array<RowCoef>;
 @group(0) @binding(25) var<storage, read_write> hidden_gradient: array<f32>;
 
 const A_ALONG_K: bool = true;
@@ -34,7 +35,10 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let ty = local / SIDE;
     let r0 = group.x * BM;
     let n0 = group.y * BN;
-    let acc = tile_product(r0, n0, p.span, local);
+    // A tile of ignored rows only (FLAG_SKIP_IGNORED): their dh is 0, no product.
+    let live = !has(FLAG_SKIP_IGNORED) || tile_is_live(row_counts(r0 + local), local);
+    var acc: array<vec4<f32>, 4>;
+    if (live) { acc = tile_product(r0, n0, p.span, local); }
     for (var i = 0u; i < TM; i++) {
         let r = r0 + ty * TM + i;
         if (r >= p.rows) { continue; }

@@ -72,6 +72,21 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     }
 
     b_end = c1;
+    // A tile of ignored rows only: empty partials (the rows pass leaves such rows out).
+    if (has(FLAG_SKIP_IGNORED)) {
+        var mine = false;
+        let row = r0 + local;
+        if (local < BM && row < p.rows) {
+            let t = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
+            mine = t.y == 0 && t.x >= 0 && u32(t.x) < p.classes;
+        }
+        if (!tile_is_live(mine, local)) {
+            if (local < BM && row < p.rows) {
+                partials[(p.row0 + row) * p.splits + split] = empty_partial();
+            }
+            return;
+        }
+    }
     for (var n0 = c0; n0 < c1; n0 += BN) {
         let acc = tile_product(r0, n0, d, local);
         // Epilogue: each value into its row's partial, in column order.

@@ -16,6 +16,7 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> gradient: array<f32>;
+@group(0) @binding(8) var<storage, read> coefs: array<RowCoef>;
 @group(0) @binding(23) var<storage, read_write> weight_gradient: array<f32>;
 @group(0) @binding(24) var<storage, read_write> bias_gradient: array<f32>;
 
@@ -54,7 +55,17 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         var m0 = c0;
         var n0 = k0;
         if (WEIGHT_T) { m0 = k0; n0 = c0; }
-        let acc = tile_product(m0, n0, p.rows, local);
+        var acc: array<vec4<f32>, 4>;
+        if (has(FLAG_SKIP_IGNORED)) {
+            // Rows in blocks of 64, a block of ignored rows left out (its G is 0).
+            for (var r0 = 0u; r0 < p.rows; r0 += BM) {
+                if (tile_is_live(row_counts(r0 + local), local)) {
+                    acc = tile_accumulate(acc, m0, n0, r0, min(r0 + BM, p.rows), local);
+                }
+            }
+        } else {
+            acc = tile_product(m0, n0, p.rows, local);
+        }
         for (var i = 0u; i < TM; i++) {
             for (var j = 0u; j < TN; j++) {
                 var c = m0 + ty * TM + i;

@@ -1141,6 +1141,8 @@ struct Want<'u> {
     hidden_major: bool,
     /// The strategy, and a scratch budget of this many rows of logits (`Auto`, 64 MiB: 0).
     strategy: (Strategy, usize),
+    /// No per-row records (tiles of ignored rows then skip their products).
+    no_rows: bool,
 }
 
 /// What a recorded call wrote (gradients not asked for are empty).
@@ -1236,7 +1238,7 @@ fn record_head(
         })
     };
     let mut out = DeviceLinearOutputs::new(output_at(loss));
-    out.rows = Some(output_at(rows));
+    out.rows = (!want.no_rows).then(|| output_at(rows));
     out.hidden_gradient = gradient(dh);
     out.weight_gradient = gradient(dw);
     out.bias_gradient = gradient(db);
@@ -1260,7 +1262,10 @@ fn record_head(
     let flag = common::device::read(gpu, &flag)[0].to_bits();
     Ok(Recorded {
         loss: at(Some(loss))[0],
-        records: bytemuck::pod_collect_to_vec(bytemuck::cast_slice::<f32, u8>(&at(Some(rows)))),
+        records: match want.no_rows {
+            true => Vec::new(),
+            false => bytemuck::pod_collect_to_vec(bytemuck::cast_slice::<f32, u8>(&at(Some(rows)))),
+        },
         grads: Grads {
             dh: at(dh),
             // Back to [V × D], as the reference gives it.
@@ -1365,6 +1370,7 @@ fn gpu_recorded_on_device_buffers() {
                     shared: prefill.is_some(),
                     hidden_major: false,
                     strategy,
+                    no_rows: false,
                 };
                 let recorded = record_head(&gpu, &head, &options, want)
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -1545,6 +1551,92 @@ fn gpu_plain_product_against_the_reference() {
             .record_linear_product(&mut encoder, &batch, misaligned)
             .unwrap_err();
         assert!(err.to_string().contains("alignment"), "{label}: {err}");
+    }
+}
+
+/// A recorded call without per-row records skips the products of tiles of 64 rows that are all
+/// ignored (here rows 0 .. 64 and 128 .. 150, one of them out of range and flagged): against
+/// the reference, and the same bits as the call that asks for the records (every product
+/// taken), in both strategies, written and added, the weight in both layouts.
+#[test]
+fn gpu_recorded_skips_tiles_of_ignored_rows() {
+    let Some(gpu) = common::device::gpu() else {
+        return;
+    };
+    let mut head = Head::new(71, (150, 20, 1100), Dtype::F32)
+        .ignore_every(5)
+        .weighted(10);
+    for r in (0..64).chain(128..150) {
+        head.targets[r] = -100;
+    }
+    head.targets[140] = 1100 + 7;
+    let mut reference_head = Head::new(71, (150, 20, 1100), Dtype::F32)
+        .ignore_every(5)
+        .weighted(10);
+    reference_head.targets.clone_from(&head.targets);
+    reference_head.targets[140] = -100;
+    for (name, options) in some_options() {
+        let upstream = recorded_upstream(&head, &options);
+        let reference = reference_head.reference(&options, Some(&upstream));
+        for (prefill, strategy, hidden_major) in [
+            (None, FUSED, false),
+            (Some(0.25f32), (Strategy::Chunked, 64), false),
+            (None, (Strategy::Chunked, 0), true),
+        ] {
+            let label = format!(
+                "skipping {name}, add {prefill:?}, {:?}, [D × V] {hidden_major}",
+                strategy.0
+            );
+            let want = Want {
+                prefill,
+                gradients: [true; 3],
+                upstream: Some(&upstream),
+                strategy,
+                hidden_major,
+                no_rows: true,
+                ..Want::default()
+            };
+            let skipped =
+                record_head(&gpu, &head, &options, want).unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(
+                skipped.flag,
+                Some(140),
+                "{label}: the out-of-range row flagged"
+            );
+            if let Some(expected) = reference.logits_reference.loss {
+                let tol = 1e-5 * expected.abs().max(1.0);
+                assert!(
+                    (skipped.loss as f64 - expected).abs() <= tol,
+                    "{label}: loss {} vs {expected}",
+                    skipped.loss
+                );
+            }
+            check_gradients(
+                &label,
+                &head,
+                &reference,
+                &skipped.grads,
+                prefill.unwrap_or(0.0),
+            );
+            let every = Want {
+                no_rows: false,
+                ..want
+            };
+            let computed = record_head(&gpu, &head, &options, every).unwrap();
+            let bits = |g: &[f32]| g.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                skipped.loss.to_bits(),
+                computed.loss.to_bits(),
+                "{label}: loss"
+            );
+            for (a, b) in [
+                (&skipped.grads.dh, &computed.grads.dh),
+                (&skipped.grads.dw, &computed.grads.dw),
+                (&skipped.grads.db, &computed.grads.db),
+            ] {
+                assert_eq!(bits(a), bits(b), "{label}: the same bits as every product");
+            }
+        }
     }
 }
 

@@ -140,7 +140,7 @@ pub(crate) const ROW_SUM_BYTES: u64 = 16;
 pub(crate) const ROW_BYTES: u64 = std::mem::size_of::<super::GpuRow>() as u64;
 
 /// `Params::flags` bits, and the WGSL constant each becomes.
-pub(crate) const FLAGS: [(&str, u32); 20] = [
+pub(crate) const FLAGS: [(&str, u32); 21] = [
     ("FLAG_WEIGHTS", FLAG_WEIGHTS),
     ("FLAG_DENSE", FLAG_DENSE),
     ("FLAG_WANT_WZ", FLAG_WANT_WZ),
@@ -161,6 +161,7 @@ pub(crate) const FLAGS: [(&str, u32); 20] = [
     ("FLAG_WEIGHT_ONLY", FLAG_WEIGHT_ONLY),
     ("FLAG_DEVICE_UPSTREAM", FLAG_DEVICE_UPSTREAM),
     ("FLAG_STORED_LOGITS", FLAG_STORED_LOGITS),
+    ("FLAG_SKIP_IGNORED", FLAG_SKIP_IGNORED),
 ];
 /// Class weights bound.
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
@@ -207,6 +208,9 @@ pub(crate) const FLAG_DEVICE_UPSTREAM: u32 = 262144;
 /// rows, chunk-major (`block_columns`), and `linear_gradient.wgsl` reads them back in place of
 /// the tile product.
 pub(crate) const FLAG_STORED_LOGITS: u32 = 524288;
+/// A linear head's recorded call without per-row records: tiles of 64 rows that are all
+/// ignored skip their products (`linear_live.wgsl`).
+pub(crate) const FLAG_SKIP_IGNORED: u32 = 1048576;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

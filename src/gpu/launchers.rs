@@ -154,6 +154,8 @@ launcher! {
     LinearWeightGradient {
         /// `G` of the chunk.
         gradient: GRADIENT, Read, 4;
+        /// The rows' coefficients (which rows count, `FLAG_SKIP_IGNORED`).
+        coefficients: COEFFICIENTS, Read, COEF_BYTES;
         /// The hidden states.
         hidden: HIDDEN, Read, 4;
         /// The chunk's rows of `dW`.
@@ -168,6 +170,8 @@ launcher! {
     LinearHiddenGradient {
         /// `G` of the chunk.
         gradient: GRADIENT, Read, 4;
+        /// The rows' coefficients (which rows count, `FLAG_SKIP_IGNORED`).
+        coefficients: COEFFICIENTS, Read, COEF_BYTES;
         /// The chunk's rows of the head's weight.
         head_weight: HEAD_WEIGHT, Read, 4;
         /// `dh` of the computed rows.

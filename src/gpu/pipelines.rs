@@ -318,6 +318,21 @@ impl Variant {
         ) {
             src += include_str!("../../shaders/include/linear_logits.wgsl");
         }
+        if matches!(
+            k,
+            Kernel::LinearPartials
+                | Kernel::LinearGradient
+                | Kernel::LinearWeightGradient
+                | Kernel::LinearHiddenGradient
+        ) {
+            src += include_str!("../../shaders/include/linear_live.wgsl");
+        }
+        if matches!(
+            k,
+            Kernel::LinearGradient | Kernel::LinearWeightGradient | Kernel::LinearHiddenGradient
+        ) {
+            src += include_str!("../../shaders/include/linear_row_counts.wgsl");
+        }
         if matches!(k, Kernel::SoftmaxFocal | Kernel::LinearFocalRows) {
             src += include_str!("../../shaders/include/focal_finish.wgsl");
         }

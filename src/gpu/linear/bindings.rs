@@ -49,7 +49,8 @@ impl Scratch {
         let (n, splits) = (n as u64, pieces.splits as u64);
         let per_pass = 4 * WORKGROUP_SIZE as u64;
         Scratch {
-            stand_in: get(Role::UnusedInput, 16),
+            // Large enough to stand in for one RowCoef.
+            stand_in: get(Role::UnusedInput, COEF_BYTES),
             sink: get(Role::UnusedOutput, 16),
             partials: get(Role::Partials, n * splits * PARTIAL_BYTES),
             target_logits: get(Role::TargetLogits, n * 4),

@@ -11,8 +11,12 @@
 //! call, a target out of range raising a flag (every pass after the check treats its row as
 //! ignored), nothing read back.
 //!
-//! Not compacted: every row gets products, ignored ones too (their loss and gradient are 0),
-//! since which rows are ignored is known only on the device.
+//! Which rows are ignored is known only on the device, so rows are not compacted as a host
+//! call's are; without per-row records (`outputs.rows` unset) a tile of 64 rows that are all
+//! ignored (or flagged out of range) skips its products, forward and backward
+//! (`FLAG_SKIP_IGNORED`, `shaders/include/linear_live.wgsl`): contiguous spans of ignored rows,
+//! as a prompt's or padding's, then cost next to nothing. With records every row gets products
+//! (its LSE and metrics are asked for).
 
 use super::bindings::{Bindings, Destination, Region, Scratch};
 use super::{base_params, call_launches, cut, linear_load, Flags};
@@ -248,6 +252,8 @@ impl Gpu {
             bias: batch.bias.is_some(),
             metrics: outputs.rows.is_some(),
             per_row_upstream: outputs.upstream.is_some(),
+            // Without per-row records no ignored row's products are wanted.
+            skip_ignored: outputs.rows.is_none(),
         };
         let upstream = match options.reduction {
             Reduction::None => 1.0,

@@ -7,7 +7,7 @@ use super::cut::{Backward, Pieces};
 use super::TILE_ROWS;
 use crate::gpu::abi::binding::PARAMS;
 use crate::gpu::abi::{
-    Params, ReductionCode, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
+    Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
     FLAG_STORED_LOGITS, FLAG_UPSTREAM, FLAG_WEIGHT_ONLY, FOCAL_SUM_BYTES, PARTIAL_BYTES,
     ROW_SUM_BYTES,
 };
@@ -376,9 +376,9 @@ fn block_launches<'a>(
     let column_tiles = width.div_ceil(TILE_ROWS) as u32;
     let rows = group.1;
     let row_tiles = rows.div_ceil(TILE_ROWS) as u32;
-    let hidden = match rows {
-        0 => placeholder,
-        _ => b.hidden(group),
+    let (hidden, coefficients) = match rows {
+        0 => (placeholder, b.scratch.stand_in.head(COEF_BYTES)),
+        _ => (b.hidden(group), b.coefficients(group)),
     };
     let params = Params {
         rows: rows as u32,
@@ -415,6 +415,7 @@ fn block_launches<'a>(
         let weight = LinearWeightGradient {
             params: placeholder,
             gradient: g_window,
+            coefficients,
             hidden,
             weight_gradient: b.weight_gradient((c0, width)).unwrap_or(sink),
             bias_gradient: db.map_or(sink, |db| db.region.rows((c0, width), 4)),
@@ -444,6 +445,7 @@ fn block_launches<'a>(
         let hidden = LinearHiddenGradient {
             params: placeholder,
             gradient: g_window,
+            coefficients,
             head_weight: b.weight((c0, width)),
             hidden_gradient: dh.region.rows(group, d as u64 * 4),
         };

@@ -61,7 +61,7 @@ use self::launches::{
 use super::abi::binding::PARAMS;
 use super::abi::{
     Params, ReductionCode, FLAG_BIAS, FLAG_ENTROPY, FLAG_FOCAL_ALL, FLAG_SAMPLE_WEIGHTS,
-    FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS,
+    FLAG_SKIP_IGNORED, FLAG_TARGET_LOGIT, FLAG_UPSTREAM, FLAG_WANT_WZ, FLAG_WEIGHTS,
 };
 use super::encode::Window;
 use super::pipelines::{Kernel, LogitLoad, TargetLoad, Variant};
@@ -187,6 +187,8 @@ impl HostCall {
             metrics,
             per_row_upstream: plan.options.reduction == Reduction::None
                 && request.upstream.is_some(),
+            // Ignored rows are left out before the upload.
+            skip_ignored: false,
         };
         let upstream = match (plan.options.reduction, request.upstream) {
             (Reduction::Sum | Reduction::Mean, Some(u)) => u[0],
@@ -270,6 +272,8 @@ pub(super) struct Flags {
     pub(super) metrics: bool,
     /// `Reduction::None` with a per-row upstream.
     pub(super) per_row_upstream: bool,
+    /// Tiles of ignored rows skip their products (a recorded call without per-row records).
+    pub(super) skip_ignored: bool,
 }
 
 /// The fields every dispatch of a call shares: shape, options, flags, the reduction, the
@@ -296,6 +300,7 @@ fn base_params(
             FLAG_FOCAL_ALL,
         ),
         (with.per_row_upstream, FLAG_UPSTREAM),
+        (with.skip_ignored, FLAG_SKIP_IGNORED),
     ] {
         if on {
             flags |= flag;
