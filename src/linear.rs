@@ -121,8 +121,9 @@ pub struct LinearCrossEntropy {
     /// How the logits are held (default `Auto`).
     pub strategy: Strategy,
     /// Budget in bytes for the logits a call holds at once (default 64 MiB). `Chunked` holds
-    /// `rows × V × 4` bytes for as many rows as fit (at least one), `Fused` a gradient block of
-    /// `rows × chunk × 4` bytes (a chunk at least 64 columns, rows split to fit).
+    /// `rows × V × 4` bytes for as many rows as fit (at least one; on the GPU whole tiles of
+    /// 64 rows, at least one tile, or all rows), `Fused` a gradient block of `rows × chunk × 4`
+    /// bytes (a chunk at least 64 columns, rows split to fit).
     pub scratch_bytes: usize,
 }
 

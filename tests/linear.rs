@@ -1552,6 +1552,35 @@ fn gpu_plain_product_against_the_reference() {
             .unwrap_err();
         assert!(err.to_string().contains("alignment"), "{label}: {err}");
     }
+
+    // The logits beside h in one buffer (the writable variant), and over it (refused).
+    let head = Head::new(62, (70, 20, 300), Dtype::F32).no_bias();
+    let (n, d, v) = (head.rows, head.hidden, head.vocab);
+    let reference = head.reference(&CrossEntropy::new(), None);
+    let scales = head.scales();
+    let at = (n * d * 4).next_multiple_of(256);
+    let mut bytes = head.h.bytes().to_vec();
+    bytes.resize(at + n * v * 4, 0);
+    let shared = common::device::buffer(&gpu, &bytes);
+    let w_buffer = common::device::buffer(&gpu, head.w.bytes());
+    let batch = DeviceLinearBatch::new(
+        DeviceMatrix::new(shared.slice(..(n * d * 4) as u64), Dtype::F32, n, d),
+        DeviceMatrix::new(w_buffer.slice(..), Dtype::F32, v, d),
+        DeviceIndexTargets::I64(w_buffer.slice(..)),
+    );
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_linear_product(&mut encoder, &batch, shared.slice(at as u64..))
+        .expect("logits beside h");
+    gpu.queue().submit([encoder.finish()]);
+    let x = common::device::read(&gpu, &shared)[at / 4..].to_vec();
+    assert_each("product beside h", &x, &reference.logits, |i| {
+        4e-6 * scales[i / v] + 1e-7
+    });
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    let err = gpu
+        .record_linear_product(&mut encoder, &batch, shared.slice(..))
+        .unwrap_err();
+    assert!(err.to_string().contains("overlaps"), "{err}");
 }
 
 /// A recorded call without per-row records skips the products of tiles of 64 rows that are all

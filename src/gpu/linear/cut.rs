@@ -76,8 +76,9 @@ impl Pieces {
         if piece_columns == 0 {
             return Err(too_large("rows of the weight"));
         }
-        // About WORKGROUPS workgroups in all: wide splits for many rows, narrow for few.
-        let row_tiles = n.div_ceil(TILE_ROWS).max(1);
+        // About WORKGROUPS workgroups a dispatch: wide splits for many rows, narrow for few
+        // (a chunked call's dispatches take one group of rows each).
+        let row_tiles = n.min(most_rows.unwrap_or(n)).div_ceil(TILE_ROWS).max(1);
         let wanted = WORKGROUPS
             .div_ceil(row_tiles)
             .clamp(1, v.div_ceil(TILE_ROWS).max(1));
@@ -205,7 +206,7 @@ pub(super) fn chunked_rows(
 ) -> Result<Option<usize>> {
     let wanted = match budget_rows >= n {
         true => n,
-        false => (budget_rows / TILE_ROWS).max(1) * TILE_ROWS,
+        false => ((budget_rows / TILE_ROWS).max(1) * TILE_ROWS).min(n),
     };
     // 64 columns of G per row too, for the backward's chunks.
     let per_row = (v.max(TILE_ROWS) as u64 * 4)

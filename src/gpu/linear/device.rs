@@ -80,7 +80,8 @@ pub enum DeviceGradientSlice<'a> {
     Write(wgpu::BufferSlice<'a>),
     /// Added to (accumulation over micro-batches). The call adds as it goes: `dh` once per
     /// vocabulary chunk (at least ⌈V / 4096⌉ of them: a chunk's width depends on N, D and the
-    /// binding size), `dW` and `db` once per group of rows that fits a binding, each add a
+    /// binding size), `dW` and `db` once per group of rows (one that fits a binding, or with
+    /// the chunked strategy one within the scratch budget: every 64 rows or more), each add a
     /// rounding at the buffer's magnitude.
     Add(wgpu::BufferSlice<'a>),
 }
@@ -205,8 +206,8 @@ impl Gpu {
     /// Errors (before anything is recorded): a buffer smaller than its shape, a misaligned
     /// offset, shapes that disagree, `h` and `W` of different dtypes or f16/bf16 with an odd
     /// hidden size, probability inputs, bad options, a per-row upstream with a reduction
-    /// other than `None`, and a call larger than the device's bindings, or an explicit
-    /// `Strategy::Chunked` whose 64 rows of logits are
+    /// other than `None`, a call larger than the device's bindings, and an explicit
+    /// `Strategy::Chunked` whose 64 rows of logits outgrow a binding
     /// ([`Error::Unsupported`](crate::Error::Unsupported)); a device error.
     pub fn record_linear_cross_entropy(
         &self,

@@ -26,11 +26,13 @@
 //!
 //! Inside each chunk the rows go in groups that fit a binding; `dW` and `db` add over the
 //! groups in row order. The chunked strategy ([`Strategy::Chunked`]) turns the loops around:
-//! group of rows by group (whole tiles of 64 within the scratch budget, `cut::chunked_rows`),
+//! group of rows by group (whole tiles of 64 within the scratch budget, at least one tile,
+//! `cut::chunked_rows`),
 //! `linear_partials.wgsl` also stores the group's logits chunk-major (`FLAG_STORED_LOGITS`), the
 //! rows pass finishes its rows, and its backward chunk by chunk takes `G` from the stored
 //! logits in place (no second product); a mean's denominators come first, from the target
-//! pass and the reduction, since the first gradient precedes the last row's loss. Focal loss with label smoothing takes two more passes after the rows
+//! pass and the reduction, since the first gradient precedes the last row's loss. Focal loss
+//! with smoothing still recomputes the product in its focal pass (four products, as fused). Focal loss with label smoothing takes two more passes after the rows
 //! pass (every class's focal factor needs the final log-sum-exp): `linear_focal.wgsl`
 //! recomputes the logits and sums each (row, split)'s focal terms, `linear_focal_rows.wgsl`
 //! adds them per row and finishes its loss and coefficient.

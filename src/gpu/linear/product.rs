@@ -17,12 +17,14 @@ impl Gpu {
     /// unused) into `logits`, f32 [N × V] row-major, in one dispatch: the product the linear
     /// cross-entropy kernels fold instead of storing (the same sums in the same order), for a
     /// baseline or for callers that need the logits. `W` in either
-    /// [`WeightLayout`]; `logits` in a buffer apart from the inputs.
+    /// [`WeightLayout`]; `logits` in bytes of their own (beside the inputs in one buffer, or
+    /// not).
     ///
     /// Errors ([`Error::Unsupported`]): a slice smaller than its shape or at an offset that is
     /// not a multiple of the device's storage alignment, `h`, `W` or the logits larger than one
-    /// storage binding, `h` and `W` of different dtypes or hidden sizes (or an odd one in f16 /
-    /// bf16); a device error.
+    /// storage binding or than the grid's tiles, `h` and `W` of different dtypes or hidden
+    /// sizes (or an odd one in f16 / bf16, or an empty one), logits overlapping an input;
+    /// [`Error::Overflow`] for sizes past `u64`; a device error.
     pub fn record_linear_product(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -32,43 +34,67 @@ impl Gpu {
         let (h, w) = (&batch.hidden, &batch.weight);
         let (n, d, v) = (h.rows, h.cols, batch.weight_shape().0);
         let element = h.dtype.size() as u64;
+        let shape = || format!("hidden [{n} × {d}], weight [{} × {}]", w.rows, w.cols);
+        if h.dtype != w.dtype || batch.weight_shape().1 != d || d == 0 || v == 0 {
+            return Err(Error::Unsupported(format!(
+                "the plain product takes h and W of one dtype and hidden size, neither empty; \
+                 got {:?} and {:?}, {}",
+                h.dtype,
+                w.dtype,
+                shape()
+            )));
+        }
+        if element == 2 && d % 2 == 1 {
+            return Err(Error::Unsupported(format!(
+                "f16 / bf16 h and W need an even hidden size (whole 32-bit words); got {d}"
+            )));
+        }
+        let bytes = |count: Option<usize>, each: u64| {
+            count
+                .and_then(|c| (c as u64).checked_mul(each))
+                .ok_or_else(|| Error::Overflow { shape: shape() })
+        };
         let needs = [
-            ("hidden", h.data.size(), (n * d) as u64 * element),
-            ("weight", w.data.size(), (v * d) as u64 * element),
-            ("logits", logits.size(), (n * v) as u64 * 4),
+            ("hidden", h.data, bytes(n.checked_mul(d), element)?),
+            ("weight", w.data, bytes(v.checked_mul(d), element)?),
+            ("logits", logits, bytes(n.checked_mul(v), 4)?),
         ];
-        let offsets = [h.data.offset(), w.data.offset(), logits.offset()];
-        let offsets = offsets.into_iter().chain(batch.bias.map(|b| b.offset()));
-        if let Some(offset) = offsets
-            .into_iter()
-            .find(|o| o % self.storage_alignment != 0)
-        {
-            return Err(Error::Unsupported(format!(
-                "a slice at offset {offset}, not a multiple of the storage alignment {}",
-                self.storage_alignment
-            )));
-        }
-        if batch.bias.is_some_and(|b| b.size() < v as u64 * 4) {
-            return Err(Error::Unsupported(format!(
-                "a bias slice shorter than {v} f32"
-            )));
-        }
-        for (what, size, bytes) in needs {
-            if size < bytes || bytes > self.max_binding {
+        let bias = batch.bias.map(|b| ("bias", b, v as u64 * 4));
+        for (what, slice, size) in needs.into_iter().chain(bias) {
+            if slice.offset() % self.storage_alignment != 0 {
                 return Err(Error::Unsupported(format!(
-                    "the plain product binds the whole {what}: {bytes} bytes in a slice of \
-                     {size} and one binding of {}",
+                    "the {what} slice at offset {}, not a multiple of the storage alignment {}",
+                    slice.offset(),
+                    self.storage_alignment
+                )));
+            }
+            if slice.size() < size || size > self.max_binding {
+                return Err(Error::Unsupported(format!(
+                    "the plain product binds the whole {what}: {size} bytes in a slice of {} \
+                     and one binding of {}",
+                    slice.size(),
                     self.max_binding
                 )));
             }
         }
-        if h.dtype != w.dtype || batch.weight_shape().1 != d || (element == 2 && d % 2 == 1) {
+        let most = self.device.limits().max_compute_workgroups_per_dimension as usize;
+        let groups = (n.div_ceil(TILE_ROWS), v.div_ceil(TILE_ROWS));
+        if groups.0 > most || groups.1 > most {
             return Err(Error::Unsupported(format!(
-                "the plain product takes h and W of one dtype and hidden size (even for \
-                 f16 / bf16); got {:?} [{n} × {d}] and {:?} [{} × {}]",
-                h.dtype, w.dtype, w.rows, w.cols
+                "the plain product takes at most {most} tiles of 64 rows and of 64 classes; \
+                 {}",
+                shape()
             )));
         }
+        // The logits' bytes their own; beside the inputs in one buffer, the writable variant.
+        let reads: Vec<_> = needs[..2]
+            .iter()
+            .copied()
+            .chain(bias)
+            .map(|(what, slice, size)| (what, Some(slice), size))
+            .collect();
+        let (what, slice, size) = needs[2];
+        let writable = crate::plan::device::separate(&reads, &[(what, Some(slice), size)])?;
         let transposed = batch.weight_layout == WeightLayout::HiddenMajor;
         let load = match transposed && !v.is_multiple_of(4) {
             true => LogitLoad::scalar(h.dtype),
@@ -103,12 +129,9 @@ impl Gpu {
                 .map_or(stand_in.head(16), |b| b.head(v as u64 * 4)),
         };
         let variant = Variant::new(Kernel::LinearProduct, load, TargetLoad::I64)
-            .with_weight_transposed(transposed);
-        let groups = (
-            n.div_ceil(TILE_ROWS) as u32,
-            v.div_ceil(TILE_ROWS) as u32,
-            1,
-        );
+            .with_weight_transposed(transposed)
+            .with_writable(writable);
+        let groups = (groups.0 as u32, groups.1 as u32, 1);
         self.scoped(|| {
             self.dispatch(encoder, &self.pipeline(variant), &product.entries(), groups);
             Ok(())
