@@ -1,5 +1,6 @@
 //! Every shader variant parses and validates with naga and translates to SPIR-V, MSL, HLSL and
-//! GLSL, so a shader that would break on Metal or DX12 fails here, on any machine.
+//! GLSL, so a shader that would break on Metal or DX12 fails here, on any machine; and holds no
+//! more workgroup memory than every WebGPU device offers.
 
 use super::pipelines::all_variants;
 use naga::back;
@@ -57,5 +58,30 @@ fn every_variant_validates_and_translates() {
         )
         .and_then(|mut w| w.write())
         .unwrap_or_else(|e| panic!("{variant:?} GLSL: {e}"));
+    }
+}
+
+/// wgpu's default `max_compute_workgroup_storage_size`, the WebGPU minimum: a device opened
+/// with default limits (a trainer's, `Gpu::with_device`) may offer no more.
+const WORKGROUP_BYTES: u32 = 16384;
+
+#[test]
+fn every_variant_fits_the_minimum_workgroup_memory() {
+    for variant in all_variants() {
+        let source = variant.source();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{variant:?}: {}", e.emit_to_string(&source)));
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).expect("a layout");
+        let bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, g)| layouter[g.ty].size)
+            .sum();
+        assert!(
+            bytes <= WORKGROUP_BYTES,
+            "{variant:?}: {bytes} bytes of workgroup memory"
+        );
     }
 }
