@@ -7,11 +7,16 @@
 // (t' = (1−ε)·[c = y] + ε/C) and (f, g) = focal_factors(l). Rows that are ignored or already
 // NaN give 0.
 //
+// The chunked strategy (STORED_LOGITS) reads the group's logits its forward stored (bias
+// included) instead of recomputing them; a tile of ignored rows only (SKIP_IGNORED) writes
+// zero sums and takes no product.
+//
 // Launch: as linear_partials.wgsl (16 × 16 invocations own 64 rows × one split, 64-column
 // tiles); the 16 invocations of a row add their sums by a fixed tree.
 // Bytes: h and W as the forward; 8 written per (row, split).
 
 @group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(8) var<storage, read> coefs: array<RowCoef>;
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
@@ -29,9 +34,16 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let c1 = min(c0 + p.span, p.classes);
     b_end = c1;
 
+    if (has(FLAG_SKIP_IGNORED) && !tile_is_live(row_counts(r0 + local), local)) {
+        let row = r0 + local;
+        if (local < BM && row < p.rows) { focal_partials[row * p.splits + split] = vec2(0.0); }
+        return;
+    }
+    let stored = has(FLAG_STORED_LOGITS);
     var acc: array<vec2<f32>, TM>;
     for (var n0 = c0; n0 < c1; n0 += BN) {
-        let x = tile_product(r0, n0, p.hidden, local);
+        var x: array<vec4<f32>, 4>;
+        if (!stored) { x = tile_product(r0, n0, p.hidden, local); }
         for (var i = 0u; i < TM; i++) {
             let row = r0 + ty * TM + i;
             if (row >= p.rows) { continue; }
@@ -41,7 +53,11 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
                 let c = n0 + tx * TN + j;
                 if (c >= c1) { continue; }
                 var v = x[i][j];
-                if (has(FLAG_BIAS)) { v += head_bias[c]; }
+                if (stored) {
+                    v = logits[stored_index(row, c)];
+                } else if (has(FLAG_BIAS)) {
+                    v += head_bias[c];
+                }
                 let l = coef_log_p(k, z_of(v));
                 var t = p.uniform;
                 if (i32(c) == k.y) { t += 1.0 - p.smoothing; }

@@ -40,13 +40,6 @@
 
 var<workgroup> merged: array<Partial, WG>;
 
-// Where the chunked strategy keeps x of (row, c): chunk k = c / w holds rows × its width.
-fn stored_index(row: u32, c: u32) -> u32 {
-    let w = p.block_columns;
-    let k0 = c / w * w;
-    return k0 * p.rows + row * min(w, p.classes - k0) + c - k0;
-}
-
 // The tile product's operands: include `linear_logits.wgsl` (b_end: the split's end).
 
 @compute @workgroup_size(WG)

@@ -1020,7 +1020,8 @@ fn gpu_against_the_reference() {
         CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3),
         CrossEntropy::new()
             .reduction(Reduction::Sum)
-            .focal_gamma(2.0),
+            .focal_gamma(2.0)
+            .label_smoothing(0.05),
     ] {
         let reference = head.reference(&options, None);
         let loss = head_loss(&head, &options, (Strategy::Chunked, 64));

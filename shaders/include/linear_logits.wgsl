@@ -55,3 +55,11 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
         for (var q = 0u; q < 4u; q++) { b_slab[(kq + q) * BN + r] = v[q]; }
     }
 }
+
+// Where the chunked strategy keeps x of (row, c) (STORED_LOGITS, `linear_partials.wgsl`): the
+// chunk k = c / w of w = block_columns columns holds the bound rows × its width, row-major.
+fn stored_index(row: u32, c: u32) -> u32 {
+    let w = p.block_columns;
+    let k0 = c / w * w;
+    return k0 * p.rows + row * min(w, p.classes - k0) + c - k0;
+}

@@ -183,6 +183,8 @@ launcher! {
     /// Focal loss with smoothing on a linear head: each (row, split)'s focal sums from the
     /// recomputed logits (`linear_focal.wgsl`).
     LinearFocal {
+        /// The chunked strategy's stored logits (the sink otherwise).
+        logits: GRADIENT, Read, 4;
         /// Class weights (a stand-in when unweighted).
         class_weights: CLASS_WEIGHTS, Read, 4;
         /// Row coefficients from the rows pass.

@@ -324,12 +324,16 @@ impl Variant {
                 | Kernel::LinearGradient
                 | Kernel::LinearWeightGradient
                 | Kernel::LinearHiddenGradient
+                | Kernel::LinearFocal
         ) {
             src += include_str!("../../shaders/include/linear_live.wgsl");
         }
         if matches!(
             k,
-            Kernel::LinearGradient | Kernel::LinearWeightGradient | Kernel::LinearHiddenGradient
+            Kernel::LinearGradient
+                | Kernel::LinearWeightGradient
+                | Kernel::LinearHiddenGradient
+                | Kernel::LinearFocal
         ) {
             src += include_str!("../../shaders/include/linear_row_counts.wgsl");
         }

@@ -13,9 +13,8 @@
 //!
 //! Which rows are ignored is known only on the device, so rows are not compacted as a host
 //! call's are; without per-row records (`outputs.rows` unset) a tile of 64 rows that are all
-//! ignored (or flagged out of range) skips its products, forward and backward (the focal
-//! passes of focal loss with smoothing excepted; `FLAG_SKIP_IGNORED`,
-//! `shaders/include/linear_live.wgsl`): contiguous spans of ignored rows, as a prompt's or
+//! ignored (or flagged out of range) skips its products, forward, focal pass and backward
+//! (`FLAG_SKIP_IGNORED`, `shaders/include/linear_live.wgsl`): contiguous spans of ignored rows, as a prompt's or
 //! padding's, then cost next to nothing. The bits are those of taking every product, except
 //! that a non-finite `h` in such a tile no longer reaches `dW` through its zero gradient (as
 //! SEMANTICS.md section 6 leaves a zero coefficient's term out, and a host call leaves the

@@ -134,7 +134,7 @@ fn chunk_forward<'a>(
         (x, y, 1),
     ));
     if let Some(focal) = &s.focal_partials {
-        launches.extend(focal_launches(b, pieces, chunk, base));
+        launches.extend(focal_launches(b, pieces, chunk, base, stored));
         let finish = LinearFocalRows {
             params: placeholder,
             rows: b.records(chunk),
@@ -150,6 +150,26 @@ fn chunk_forward<'a>(
         ));
     }
     launches
+}
+
+/// The window and `Params` of a kernel that writes or reads the chunked strategy's `stored`
+/// logits (the sink and `base` without them).
+fn stored_logits<'a>(
+    b: &'a Bindings,
+    base: Params,
+    stored: Option<(Window<'a>, usize)>,
+) -> (Window<'a>, Params) {
+    match stored {
+        Some((block, columns)) => (
+            block,
+            Params {
+                flags: base.flags | FLAG_STORED_LOGITS,
+                block_columns: columns as u32,
+                ..base
+            },
+        ),
+        None => (b.scratch.sink.head(16), base),
+    }
 }
 
 /// What a vocabulary shard's call dispatches over every row chunk and piece of `W`.
@@ -172,7 +192,7 @@ pub(super) fn shard_launches<'a>(
     chunks
         .flat_map(|&chunk| match pass {
             ShardPass::Partials => partials_launches(b, pieces, chunk, base, None),
-            ShardPass::Focal => focal_launches(b, pieces, chunk, base),
+            ShardPass::Focal => focal_launches(b, pieces, chunk, base, None),
         })
         .collect()
 }
@@ -188,17 +208,7 @@ fn partials_launches<'a>(
 ) -> Vec<Launch<'a>> {
     let s = &b.scratch;
     let splits = pieces.splits as u64;
-    let (logits, base) = match stored {
-        Some((block, columns)) => (
-            block,
-            Params {
-                flags: base.flags | FLAG_STORED_LOGITS,
-                block_columns: columns as u32,
-                ..base
-            },
-        ),
-        None => (b.scratch.sink.head(16), base),
-    };
+    let (logits, base) = stored_logits(b, base, stored);
     pieces
         .pieces(b.shape.2)
         .map(|piece| {
@@ -219,22 +229,26 @@ fn partials_launches<'a>(
         .collect()
 }
 
-/// `linear_focal` over each piece of `W` for the rows of `chunk` (focal loss with smoothing).
+/// `linear_focal` over each piece of `W` for the rows of `chunk` (focal loss with smoothing;
+/// `stored`: as in `chunk_forward`, the logits read, not recomputed).
 fn focal_launches<'a>(
     b: &'a Bindings,
     pieces: &Pieces,
     chunk: (usize, usize),
     base: Params,
+    stored: Option<(Window<'a>, usize)>,
 ) -> Vec<Launch<'a>> {
     let Some(focal) = &b.scratch.focal_partials else {
         return Vec::new();
     };
     let splits = pieces.splits as u64;
+    let (logits, base) = stored_logits(b, base, stored);
     pieces
         .pieces(b.shape.2)
         .map(|piece| {
             let sums = LinearFocal {
                 params: b.stand_in(),
+                logits,
                 class_weights: b.per_class(&b.class_weights),
                 coefficients: b.coefficients(chunk),
                 hidden: b.hidden(chunk),

@@ -32,7 +32,7 @@
 //! rows pass finishes its rows, and its backward chunk by chunk takes `G` from the stored
 //! logits in place (no second product); a mean's denominators come first, from the target
 //! pass and the reduction, since the first gradient precedes the last row's loss. Focal loss
-//! with smoothing still recomputes the product in its focal pass (four products, as fused). Focal loss with label smoothing takes two more passes after the rows
+//! with smoothing reads the stored logits in its focal pass too. Focal loss with label smoothing takes two more passes after the rows
 //! pass (every class's focal factor needs the final log-sum-exp): `linear_focal.wgsl`
 //! recomputes the logits and sums each (row, split)'s focal terms, `linear_focal_rows.wgsl`
 //! adds them per row and finishes its loss and coefficient.
