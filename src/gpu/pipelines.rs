@@ -318,24 +318,13 @@ impl Variant {
         ) {
             src += include_str!("../../shaders/include/linear_logits.wgsl");
         }
-        if matches!(
-            k,
-            Kernel::LinearPartials
-                | Kernel::LinearGradient
-                | Kernel::LinearWeightGradient
-                | Kernel::LinearHiddenGradient
-                | Kernel::LinearFocal
-        ) {
+        // Every linear kernel but the plain product skips tiles of ignored rows; all but the
+        // partials (which read the targets) know them from the rows' coefficients.
+        if k.is_linear() && k != Kernel::LinearProduct {
             src += include_str!("../../shaders/include/linear_live.wgsl");
-        }
-        if matches!(
-            k,
-            Kernel::LinearGradient
-                | Kernel::LinearWeightGradient
-                | Kernel::LinearHiddenGradient
-                | Kernel::LinearFocal
-        ) {
-            src += include_str!("../../shaders/include/linear_row_counts.wgsl");
+            if k != Kernel::LinearPartials {
+                src += include_str!("../../shaders/include/linear_row_counts.wgsl");
+            }
         }
         if matches!(k, Kernel::SoftmaxFocal | Kernel::LinearFocalRows) {
             src += include_str!("../../shaders/include/focal_finish.wgsl");

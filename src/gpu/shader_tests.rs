@@ -2,16 +2,22 @@
 //! GLSL, so a shader that would break on Metal or DX12 fails here, on any machine; and holds no
 //! more workgroup memory than every WebGPU device offers.
 
-use super::pipelines::all_variants;
+use super::pipelines::{all_variants, Variant};
 use naga::back;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+/// A variant's assembled source, parsed by naga.
+fn parse(variant: &Variant) -> (String, naga::Module) {
+    let source = variant.source();
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("{variant:?}: {}", e.emit_to_string(&source)));
+    (source, module)
+}
 
 #[test]
 fn every_variant_validates_and_translates() {
     for variant in all_variants() {
-        let source = variant.source();
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{variant:?}: {}", e.emit_to_string(&source)));
+        let (source, module) = parse(&variant);
         let info = Validator::new(ValidationFlags::all(), Capabilities::all())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{variant:?}: {}", e.emit_to_string(&source)));
@@ -68,9 +74,7 @@ const WORKGROUP_BYTES: u32 = 16384;
 #[test]
 fn every_variant_fits_the_minimum_workgroup_memory() {
     for variant in all_variants() {
-        let source = variant.source();
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{variant:?}: {}", e.emit_to_string(&source)));
+        let (_, module) = parse(&variant);
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(module.to_ctx()).expect("a layout");
         let bytes: u32 = module
