@@ -83,18 +83,21 @@ fn main(
     var st = empty_partial();
     for (var j = 0u; j < FUSED_GROUPS; j++) {
         let c0 = 4u * (lane + j * p.invocations_per_row);
-        if (live && c0 < p.classes) {
+        if (c0 >= p.classes) { break; }
+        if (live) {
             var x = vec4(0.0);
             if (aligned && c0 + 4u <= p.classes) {
                 x = load4((base + c0) >> 2u);
             } else {
                 for (var k = 0u; k < 4u; k++) {
-                    if (c0 + k < p.classes) { x[k] = load_x(base + c0 + k); }
+                    if (c0 + k >= p.classes) { break; }
+                    x[k] = load_x(base + c0 + k);
                 }
             }
             xs[j] = x;
             for (var k = 0u; k < 4u; k++) {
-                if (c0 + k < p.classes) { element(&st, row, c0 + k, x[k]); }
+                if (c0 + k >= p.classes) { break; }
+                element(&st, row, c0 + k, x[k]);
             }
         }
     }
@@ -128,14 +131,14 @@ fn main(
     let ab = row_scales(coef, global_row);
     for (var j = 0u; j < FUSED_GROUPS; j++) {
         let c0 = 4u * (lane + j * p.invocations_per_row);
-        if (c0 < p.classes) {
-            let n = min(4u, p.classes - c0);
-            var dx = vec4(0.0);
-            for (var k = 0u; k < n; k++) {
-                let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
-                dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
-            }
-            store_dx(row * p.classes + c0, dx, n);
+        if (c0 >= p.classes) { break; }
+        let n = min(4u, p.classes - c0);
+        var dx = vec4(0.0);
+        for (var k = 0u; k < 4u; k++) {
+            if (k >= n) { break; }
+            let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
+            dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
         }
+        store_dx(row * p.classes + c0, dx, n);
     }
 }
