@@ -29,7 +29,14 @@
 // the tree); lane 0 finishes the row (stores its record and sums) and shares its RowCoef
 // through workgroup memory; after one barrier (none with one invocation per row) every lane
 // writes its groups' gradient.
-// Grid: x (and z past 65 535) = rows / (WG / invocations_per_row) workgroups.
+// Rows per invocation (`launch::fused_rows_per_invocation`): with one invocation per row and
+// at least 64 workgroups' worth of rows, each invocation owns k = 4 rows, row
+// (tile·k + i)·WG + local of its workgroup's tile of k·WG rows (neighbours still read
+// neighbouring rows), and adds their sums in i order into one reduction slot, as the targets
+// pass does; the host cuts chunks into whole tiles. A 2-class f32 row then costs 8 bytes of
+// sums (4 written, 4 reduced) instead of 32 next to its 8 bytes of logits. Otherwise k = 1
+// and the slot is the row.
+// Grid: x (and z past 65 535) = rows / (k·WG / invocations_per_row) workgroups.
 //
 // Loss only (no gradient asked, `store_none.wgsl`): the forward, the row's finish and the
 // check of its index target, one read of each logit and no write, in place of the targets,
@@ -39,8 +46,8 @@
 //
 // Bytes per logit: reads 4 (f32) or 2 (f16/bf16) once, writes 4 (out of place, f32) or the
 // logit's width (in place) or nothing (loss only); dense targets: reads 4 twice. Per row: reads the target, its
-// logit, w[y] and s[n]; writes 16 (sums), + 32 (row record) where the caller reads it
-// (FLAG_KEEP_LOSSES), + 32 (RowCoef) with `Store::Save`.
+// logit, w[y] and s[n]; writes 16 / k (sums, read back once by the reduction), + 32 (row
+// record) where the caller reads it (FLAG_KEEP_LOSSES), + 32 (RowCoef) with `Store::Save`.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -65,20 +72,15 @@ fn unpack_coef(a: Partial) -> RowCoef {
     return RowCoef(a.m, a.s, a.wz, bitcast<i32>(a.arg), a.nan_arg, a.wt, a.wtz, a.ez);
 }
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(local_invocation_index) local: u32,
-    @builtin(workgroup_id) group: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    SUBGROUP_BUILTINS
-) {
-    let lane = local % p.invocations_per_row;
-    let row = segment_row(local, group, groups);
+// Row `row` of the chunk, owned by invocation `local` (`lane` of its segment): its sums.
+fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
+    var sums = vec4(0.0);
     let live = row < p.rows;
     let base = elem_index(row, 0u);
     let aligned = (base & 3u) == 0u;
 
-    // One read: the values into registers and the row's Partial.
+    // One read: the values into registers and the row's Partial. The loops stop at the
+    // row's last class (uniform with one invocation per row).
     var xs: array<vec4<f32>, FUSED_GROUPS>;
     var st = empty_partial();
     for (var j = 0u; j < FUSED_GROUPS; j++) {
@@ -104,41 +106,73 @@ fn main(
 
     REDUCE_SEGMENT
 
-    // Lane 0 holds the merged Partial: it finishes the row and leaves the coefficients in its
-    // slot (no lane reads that slot after the merge). After the barrier every lane has them,
-    // and `finish_row` has read the target's logit before any lane overwrites it in place.
+    // Lane 0 holds the merged Partial: it finishes the row and leaves the coefficients in
+    // its slot (no lane reads that slot after the merge). After the barrier every lane has
+    // them, and `finish_row` has read the target's logit before any lane overwrites it in
+    // place.
     let global_row = p.row0 + row;
     if (live && lane == 0u) {
         let r = finish_row(st, row);
         // The record only where the caller reads it: 32 bytes a row, 4× a 2-class row's read.
         if (has(FLAG_KEEP_LOSSES)) { row_out[global_row] = r.out; }
-        row_sums[global_row] = r.sums;
+        sums = r.sums;
         // Under autodiff (`Store::Save`) the row's coefficients are kept for the backward.
         SAVE_COEF
         shared_partials[local] = pack_coef(r.coef);
     }
-    // The loss-only variant (`store_none.wgsl`) checks the row's index target here (no targets
-    // pass ran before it; `finish_row` already treated a bad one as ignored) and returns;
-    // `Variant::source` fills the placeholder below, empty in the other variants.
+    // The loss-only variant (`store_none.wgsl`) checks the row's index target here (no
+    // targets pass ran before it; `finish_row` already treated a bad one as ignored) and
+    // goes to the next row; `Variant::source` fills the placeholder below, empty in the
+    // other variants.
     LOSS_ONLY
     // One invocation per row (C ≤ 16): it finished its own row and reads its own slot, so
-    // short rows need no barrier (p is uniform, so is the branch).
+    // short rows need no barrier (p is uniform, so is the branch). Several rows per
+    // invocation come only with one invocation per row, so no lane of the next row's
+    // merge overwrites a slot another lane still reads.
     if (p.invocations_per_row > 1u) { workgroupBarrier(); }
-    if (!live) { return; }
-    let coef = unpack_coef(shared_partials[local - lane]);
+    if (live) {
+        let coef = unpack_coef(shared_partials[local - lane]);
 
-    // One write: the gradient from the registers.
-    let ab = row_scales(coef, global_row);
-    for (var j = 0u; j < FUSED_GROUPS; j++) {
-        let c0 = 4u * (lane + j * p.invocations_per_row);
-        if (c0 >= p.classes) { break; }
-        let n = min(4u, p.classes - c0);
-        var dx = vec4(0.0);
-        for (var k = 0u; k < 4u; k++) {
-            if (k >= n) { break; }
-            let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
-            dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
+        // One write: the gradient from the registers.
+        let ab = row_scales(coef, global_row);
+        for (var j = 0u; j < FUSED_GROUPS; j++) {
+            let c0 = 4u * (lane + j * p.invocations_per_row);
+            if (c0 >= p.classes) { break; }
+            let n = min(4u, p.classes - c0);
+            var dx = vec4(0.0);
+            for (var k = 0u; k < 4u; k++) {
+                if (k >= n) { break; }
+                let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
+                dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
+            }
+            store_dx(row * p.classes + c0, dx, n);
         }
-        store_dx(row * p.classes + c0, dx, n);
+    }
+    return sums;
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(local_invocation_index) local: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    SUBGROUP_BUILTINS
+) {
+    let lane = local % p.invocations_per_row;
+    let segments = WG / p.invocations_per_row;
+    let segment = local / p.invocations_per_row;
+    let tile = group.x + group.z * groups.x;
+    let per_invocation = rows_per_invocation();
+    let first = tile * per_invocation * segments + segment;
+    // Four rows (`launch::SHORT_ROWS_PER_INVOCATION`) written out, not looped: a loop around
+    // the row ran 1.4× slower on llvmpipe, the calls are the same code for a GPU's compiler.
+    var sums = fused_row(first, local, lane, SUBGROUP_SIZE);
+    if (per_invocation == 4u) {
+        sums += fused_row(first + segments, local, lane, SUBGROUP_SIZE);
+        sums += fused_row(first + 2u * segments, local, lane, SUBGROUP_SIZE);
+        sums += fused_row(first + 3u * segments, local, lane, SUBGROUP_SIZE);
+    }
+    if (lane == 0u && first < p.rows) {
+        row_sums[p.row0 / per_invocation + tile * segments + segment] = sums;
     }
 }

@@ -9,8 +9,12 @@
 // are the same bits as the loss's. A valid index target outside [0, C) is flagged in `error`
 // as in the partials pass and counts as ignored (the fused kernel never reads through it).
 //
-// Launch: one invocation per row, WG rows per workgroup (a 2D grid past 65 535 workgroups).
-// Bytes per row: reads the target, w[y] and s[n], writes 16 (mean only). Nothing per logit.
+// Launch: WG invocations per workgroup, one per row or, with k = rows_per_invocation, k rows
+// each in the fused kernel's tiles (row (tile·k + i)·WG + local, for i < k), whose sums go
+// into the same reduction slot in the same order as the fused kernel's: the totals are the
+// same bits as the loss's. A 2D grid past 65 535 workgroups.
+// Bytes per row: reads the target, w[y] and s[n]; writes 16 per slot (mean only). Nothing per
+// logit.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
@@ -18,22 +22,35 @@
 @group(0) @binding(9) var<storage, read_write> error: array<atomic<u32>>;
 @group(0) @binding(17) var<storage, read> sample_weights: array<f32>;
 
-@compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let row = id.x + id.y * groups.x * WG;
-    if (row >= p.rows) { return; }
-    let global_row = p.row0 + row;
-    if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }
-    if (p.reduction != REDUCTION_MEAN) { return; }
+// s[n]·(0, 0, w[y], 1) of a valid row, 0 for an ignored one.
+fn denominators(global_row: u32) -> vec4<f32> {
     let sw = select(1.0, sample_weights[global_row], has(FLAG_SAMPLE_WEIGHTS));
     var w = 1.0;
     if (!has(FLAG_DENSE)) {
         let y = load_target(global_row, p.ignore_lo, p.ignore_hi);
-        if (y.y != 0 || y.x < 0 || u32(y.x) >= p.classes) {
-            row_sums[global_row] = vec4(0.0);
-            return;
-        }
+        if (y.y != 0 || y.x < 0 || u32(y.x) >= p.classes) { return vec4(0.0); }
         w = select(1.0, weights[u32(y.x)], has(FLAG_WEIGHTS));
     }
-    row_sums[global_row] = sw * vec4(0.0, 0.0, w, 1.0);
+    return sw * vec4(0.0, 0.0, w, 1.0);
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(local_invocation_index) local: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let tile = group.x + group.y * groups.x;
+    let per_invocation = rows_per_invocation();
+    let first = tile * per_invocation * WG + local;
+    if (first >= p.rows) { return; }
+    var sums = vec4(0.0);
+    for (var i = 0u; i < per_invocation; i++) {
+        let row = (tile * per_invocation + i) * WG + local;
+        if (row >= p.rows) { break; }
+        let global_row = p.row0 + row;
+        if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }
+        if (p.reduction == REDUCTION_MEAN) { sums += denominators(global_row); }
+    }
+    if (p.reduction == REDUCTION_MEAN) { row_sums[tile * WG + local] = sums; }
 }

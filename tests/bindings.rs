@@ -88,6 +88,44 @@ fn chunked_dispatch_on(small: &Arc<Gpu>) {
     );
 }
 
+/// Short rows in numbers that make the fused kernel's invocations own four rows each, their
+/// sums added into one reduction slot (`launch::fused_rows_per_invocation`): one binding, and
+/// 4 MiB bindings that cut 16-class f32 rows (and f32 gradients) into two chunks of whole tiles
+/// (the per-row scratch, 48 bytes a row, must fit one); index targets with ignored rows, class
+/// and sample weights, loss only and the mean's gradient (whose targets pass fills the same
+/// slots in the same order), f32, f16 and bf16, odd and whole-vec4 rows.
+#[test]
+fn short_rows_several_per_invocation() {
+    let one_binding = common::device::gpu().into_iter().map(|g| (g, [3, 16, 2]));
+    let chunked = small_bindings(4 << 20)
+        .into_iter()
+        .take(1)
+        .map(|g| (g, [16; 3]));
+    for (gpu, classes) in one_binding.chain(chunked) {
+        for (classes, dtype) in classes
+            .into_iter()
+            .zip([Dtype::F32, Dtype::F16, Dtype::Bf16])
+        {
+            // 69 999 rows: 68 whole tiles of 1024 and a last one of 367 rows.
+            let case = Case::new(31, 69_999, classes, Hardness::default())
+                .weighted(4)
+                .sample_weighted(5)
+                .ignore_every(7, -100)
+                .dtype(dtype);
+            let mean = CrossEntropy::new().label_smoothing(0.05).z_loss(1e-3);
+            for options in [mean, mean.reduction(Reduction::Sum)] {
+                check(
+                    &format!("short rows, 4 per invocation, C = {classes} {dtype:?}"),
+                    &gpu,
+                    &case,
+                    &options,
+                    &[GradMode::None, GradMode::OutOfPlace],
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn rows_longer_than_a_binding_are_bound_in_pieces() {
     // 4 KiB bindings: each row below is bound a piece of whole splits at a time (partials) and

@@ -71,6 +71,9 @@ pub(crate) struct Params {
     /// A linear head's chunked strategy (`FLAG_STORED_LOGITS`): the columns of each chunk of
     /// the stored logits (the backward's chunk width); 0 elsewhere.
     pub block_columns: u32,
+    /// The fused kernel and its targets pass with one invocation per row: rows each
+    /// invocation owns (its row sums added into one reduction slot); 0 or 1 elsewhere.
+    pub rows_per_invocation: u32,
 }
 
 /// The online-softmax state of one (row, split) (`Partial` in `softmax_common.wgsl`).

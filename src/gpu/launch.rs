@@ -70,7 +70,52 @@ pub fn fused_shape(classes: usize, layout: Layout) -> Option<LaunchShape> {
     })
 }
 
+/// Rows each invocation of the fused kernel (and its targets pass) owns when one invocation
+/// holds a row (C ≤ 16): their sums go into one reduction slot, so the row sums written and
+/// read back per row fall from 32 bytes (16 written, 16 reduced) to 8, against a 2-class
+/// f32 row's 8 bytes of logits; 4 rather than more keeps a large GPU's invocations busy
+/// (1 048 576 rows fill 1024 workgroups).
+pub const SHORT_ROWS_PER_INVOCATION: u32 = 4;
+// `softmax_fused.wgsl` calls its row four times (and `softmax_targets.wgsl` loops).
+const _: () = assert!(SHORT_ROWS_PER_INVOCATION == 4);
+/// Tiles of rows (a workgroup's, `WG·k` rows) a call needs before invocations own several
+/// rows: fewer rows launch too few workgroups to give up any.
+const MIN_SHORT_TILES: usize = 64;
+
+/// Rows per invocation of the fused kernel of `shape` for `rows` rows: several with one
+/// invocation per row and enough rows, else 1.
+pub fn fused_rows_per_invocation(shape: LaunchShape, rows: usize) -> u32 {
+    let tile = (WORKGROUP_SIZE * SHORT_ROWS_PER_INVOCATION) as usize;
+    if shape.invocations_per_row == 1 && rows >= MIN_SHORT_TILES * tile {
+        SHORT_ROWS_PER_INVOCATION
+    } else {
+        1
+    }
+}
+
+/// The reduction slots of `rows` rows whose invocations (`WG / invocations_per_row` row
+/// segments per workgroup) own `rows_per_invocation` rows each: a workgroup's tile of
+/// `segments·k` rows fills `segments` slots, the last tile one per segment that has a row.
+/// `rows` itself with one row per invocation.
+pub fn sum_slots(rows: usize, invocations_per_row: u32, rows_per_invocation: u32) -> u64 {
+    let segments = (WORKGROUP_SIZE / invocations_per_row) as u64;
+    let tile = segments * rows_per_invocation as u64;
+    let rows = rows as u64;
+    rows / tile * segments + (rows % tile).min(segments)
+}
+
 impl LaunchShape {
+    /// The grid of the fused kernel over `rows` rows with `rows_per_invocation` rows per
+    /// invocation: x (and z past 65 535) covers the workgroups' tiles.
+    pub fn fused_grid(&self, rows: usize, rows_per_invocation: u32) -> (u32, u32, u32) {
+        let segments = (WORKGROUP_SIZE / self.invocations_per_row) as u64;
+        let tiles = (rows as u64)
+            .div_ceil(segments * rows_per_invocation as u64)
+            .max(1);
+        let x = tiles.min(65_535);
+        (x as u32, 1, tiles.div_ceil(x) as u32)
+    }
+
     /// The grid of the partials kernel (and of the focal pass with `splits` = 1) for `rows`:
     /// x (and z past 65 535) covers the row segments, y the splits.
     pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {
@@ -159,7 +204,9 @@ pub struct Chunk {
 /// Cuts `rows` into chunks whose logits (and f32 companions) fit a binding of `max_binding`
 /// bytes, less the alignment slack of a window. Chunks hold a multiple of 4 rows (so every
 /// chunk starts on a 4-element boundary, whole words for f16/bf16) and whole samples of the
-/// (N, C, d…) layout. `None` when a single unit is larger than a binding.
+/// (N, C, d…) layout; contiguous rows in multiples of `row_multiple` (a power of two ≥ 4: the
+/// fused kernel's tiles where invocations own several rows). `None` when a single unit is
+/// larger than a binding.
 pub fn chunks(
     rows: usize,
     classes: usize,
@@ -167,10 +214,11 @@ pub fn chunks(
     bytes_per_element: u64,
     max_binding: u64,
     alignment: u64,
+    row_multiple: usize,
 ) -> Option<Vec<Chunk>> {
     // lcm(spatial, 4): whole samples, and a multiple of 4 rows.
     let unit = match layout {
-        Layout::Rows => 4,
+        Layout::Rows => row_multiple.max(4),
         Layout::ClassDim1 { spatial } => spatial / gcd(spatial, 4) * 4,
     };
     let unit_bytes = unit as u64 * classes as u64 * bytes_per_element;
@@ -202,5 +250,49 @@ fn gcd(a: usize, b: usize) -> usize {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sum_slots` against the slots that hold a row, counted from the fused kernel's row
+    /// mapping: row (tile·k + i)·segments + segment in slot tile·segments + segment.
+    #[test]
+    fn sum_slots_counts_the_slots_that_hold_a_row() {
+        for (invocations_per_row, k) in [(1, 1), (1, 4), (8, 1), (256, 1)] {
+            let segments = (WORKGROUP_SIZE / invocations_per_row) as usize;
+            for rows in [0, 1, 255, 256, 257, 1023, 1024, 1025, 3000, 69_999] {
+                let mut held = std::collections::BTreeSet::new();
+                for row in 0..rows {
+                    let (tile, segment) = (row / (segments * k), row % segments);
+                    held.insert(tile * segments + segment);
+                }
+                let slots = sum_slots(rows, invocations_per_row, k as u32);
+                assert_eq!(
+                    slots,
+                    held.len() as u64,
+                    "{rows} rows, {invocations_per_row}, {k}"
+                );
+                // The slots are 0 .. slots, each written once.
+                assert_eq!(held.last().map_or(0, |&s| s as u64 + 1), slots);
+            }
+        }
+    }
+
+    /// Several rows per invocation only with one invocation per row and enough rows, and the
+    /// chunks of such a call are whole tiles.
+    #[test]
+    fn several_rows_per_invocation_need_whole_tiles() {
+        let short = fused_shape(10, Layout::Rows).unwrap();
+        let long = fused_shape(100, Layout::Rows).unwrap();
+        let many = MIN_SHORT_TILES * (WORKGROUP_SIZE * SHORT_ROWS_PER_INVOCATION) as usize;
+        assert_eq!(fused_rows_per_invocation(short, many), 4);
+        assert_eq!(fused_rows_per_invocation(short, many - 1), 1);
+        assert_eq!(fused_rows_per_invocation(long, many), 1);
+        let tile = 1024;
+        let cut = chunks(100_000, 10, Layout::Rows, 4, 1 << 20, 256, tile).unwrap();
+        assert!(cut.len() > 1 && cut.iter().all(|c| c.row0 % tile == 0));
     }
 }

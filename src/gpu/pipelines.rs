@@ -387,8 +387,9 @@ impl Variant {
         }
         let mut body = k.source().to_string();
         if k == Kernel::SoftmaxFused {
-            // The loss-only variant stops after the row's finish (a top-level return: uniform).
-            let loss_only = "if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }\n    return;";
+            // The loss-only variant goes to its next row after the row's finish (a `continue`
+            // at the top of the row loop's body: uniform).
+            let loss_only = "if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }\n        return sums;";
             body = body.replace(
                 "LOSS_ONLY",
                 if self.store.loss_only() {
@@ -426,12 +427,14 @@ impl Variant {
                     .replace(
                         "REDUCE_SEGMENT",
                         "st = reduce_segment(st, local, lane, subgroup_size);",
-                    );
+                    )
+                    .replace("SUBGROUP_SIZE", "subgroup_size");
             } else {
                 src += include_str!("../../shaders/include/segment_tree.wgsl");
                 body = body
                     .replace("SUBGROUP_BUILTINS", "")
-                    .replace("REDUCE_SEGMENT", "st = reduce_segment(st, local, lane);");
+                    .replace("REDUCE_SEGMENT", "st = reduce_segment(st, local, lane);")
+                    .replace("SUBGROUP_SIZE", "0u");
             }
         }
         let source = src + &body;

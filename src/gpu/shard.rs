@@ -88,6 +88,7 @@ impl Gpu {
             bytes_per_element,
             self.max_binding,
             self.storage_alignment,
+            4,
         )
         .ok_or_else(|| {
             Error::Unsupported(format!(

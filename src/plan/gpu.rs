@@ -7,10 +7,11 @@
 use super::Loss;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{
-    binding_room, chunks, flat_pieces, fused_shape, launch_shape, row_pieces, Chunk, LaunchShape,
-    Piece,
+    binding_room, chunks, flat_pieces, fused_rows_per_invocation, fused_shape, launch_shape,
+    row_pieces, sum_slots, Chunk, LaunchShape, Piece,
 };
 use crate::gpu::pipelines::Store;
+use crate::gpu::pipelines::WORKGROUP_SIZE;
 use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
 use crate::input::Layout;
 use crate::options::Reduction;
@@ -44,6 +45,9 @@ pub(crate) struct GpuCall {
     pub shape: LaunchShape,
     /// The fused kernel's shape, when the call takes it.
     pub fused: Option<LaunchShape>,
+    /// Rows each invocation of the fused kernel and its targets pass owns, their sums in one
+    /// reduction slot (`launch::fused_rows_per_invocation`); 1 elsewhere.
+    pub rows_per_invocation: u32,
     /// Runs of whole rows that fit a binding.
     pub chunks: Vec<Chunk>,
     /// Rows longer than a binding (even 4 of them).
@@ -55,7 +59,8 @@ pub(crate) struct GpuCall {
     /// Focal loss with smoothing or soft targets: the focal pass runs after rows.
     pub focal_all: bool,
     pub reduction: Reduction,
-    /// Inputs of the reduction's first pass: rows (softmax) or groups of 4 elements (BCE).
+    /// Inputs of the reduction's first pass: rows (softmax; slots of several rows, see
+    /// `rows_per_invocation`) or groups of 4 elements (BCE).
     pub reduce_items: u64,
     /// The fused kernel waits for a targets pass: with a gradient, index targets checked (loss
     /// only, the fused kernel checks them itself), and with the mean `D` and `Σ s` reduced
@@ -98,14 +103,18 @@ impl GpuCall {
             storage_alignment,
             ..
         } = adapter;
-        let chunked = chunks(
-            rows,
-            classes,
-            layout,
-            bytes_per_element,
-            max_binding,
-            storage_alignment,
-        );
+        let cut = |row_multiple| {
+            chunks(
+                rows,
+                classes,
+                layout,
+                bytes_per_element,
+                max_binding,
+                storage_alignment,
+                row_multiple,
+            )
+        };
+        let mut chunked = cut(4);
         // Rows too long for a binding (even 4 of them): softmax over contiguous rows binds each
         // row a piece of whole splits at a time, and the backward a run of elements at a time.
         let long_rows = chunked.is_none();
@@ -153,6 +162,16 @@ impl GpuCall {
                 && !focal_all
                 && !(half_words && classes % 2 == 1)
         });
+        // Invocations that own several rows share a reduction slot between chunks unless the
+        // chunks are whole tiles of them; where a binding holds no tile, one row each.
+        let mut rows_per_invocation = fused.map_or(1, |f| fused_rows_per_invocation(f, rows));
+        if rows_per_invocation > 1 {
+            let tile = (WORKGROUP_SIZE * rows_per_invocation) as usize;
+            match cut(tile) {
+                Some(c) if c.iter().all(|c| c.row0 % tile == 0) => chunked = Some(c),
+                _ => rows_per_invocation = 1,
+            }
+        }
         let store = match out.gradient {
             DeviceGradient::InPlace => Store::InPlace,
             DeviceGradient::IntoLogitsDtype(_) if elem == 2 => Store::SeparateHalf,
@@ -180,6 +199,7 @@ impl GpuCall {
             store,
             shape,
             fused,
+            rows_per_invocation,
             chunks: chunked.unwrap_or_else(|| vec![Chunk { row0: 0, rows }]),
             long_rows,
             pieces,
@@ -187,7 +207,8 @@ impl GpuCall {
             focal_all,
             reduction,
             reduce_items: if softmax {
-                rows as u64
+                let invocations_per_row = fused.map_or(1, |f| f.invocations_per_row);
+                sum_slots(rows, invocations_per_row, rows_per_invocation)
             } else {
                 (rows as u64 * classes as u64).div_ceil(4)
             },

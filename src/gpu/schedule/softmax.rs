@@ -23,7 +23,9 @@ impl Call<'_> {
             target_error: s.error.head(4),
             sample_weights: self.sample_weights(),
         };
-        let (x, y) = grid(self.plan.rows as u64);
+        // The fused kernel's tiles: WG invocations of k rows each per workgroup.
+        let per_invocation = self.plan.rows_per_invocation as u64;
+        let (x, y) = grid((self.plan.rows as u64).div_ceil(per_invocation));
         self.gpu.launch(
             pass,
             &self.gpu.pipeline(variant),
@@ -70,7 +72,7 @@ impl Call<'_> {
             pass,
             &self.gpu.pipeline(variant),
             &fused.entries(),
-            shape.grid(chunk.rows, 1),
+            shape.fused_grid(chunk.rows, self.plan.rows_per_invocation),
         );
     }
 
