@@ -26,7 +26,7 @@
 // vec4 loads where the row is 4-element aligned) and own whole words of f16/bf16 in-place
 // stores. The raw values stay in a private array of FUSED_GROUPS vec4s.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
-// the tree); lane 0 finishes the row (stores its record and sums) and shares its RowCoef
+// the tree); lane 0 finishes the row (stores its record, keeps its sums) and shares its RowCoef
 // through workgroup memory; after one barrier (none with one invocation per row) every lane
 // writes its groups' gradient.
 // Rows per invocation (`launch::fused_rows_per_invocation`): with one invocation per row and

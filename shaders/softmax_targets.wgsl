@@ -44,13 +44,20 @@ fn main(
     let per_invocation = rows_per_invocation();
     let first = tile * per_invocation * WG + local;
     if (first >= p.rows) { return; }
-    var sums = vec4(0.0);
-    for (var i = 0u; i < per_invocation; i++) {
-        let row = (tile * per_invocation + i) * WG + local;
-        if (row >= p.rows) { break; }
-        let global_row = p.row0 + row;
-        if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }
-        if (p.reduction == REDUCTION_MEAN) { sums += denominators(global_row); }
+    let mean = p.reduction == REDUCTION_MEAN;
+    // The fused kernel's sum, term for term: from the first row's value (a −0 stays −0),
+    // then + 0 for a row past the end.
+    if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(p.row0 + first); }
+    var sums = select(vec4(0.0), denominators(p.row0 + first), mean);
+    for (var i = 1u; i < per_invocation; i++) {
+        let row = first + i * WG;
+        var d = vec4(0.0);
+        if (row < p.rows) {
+            if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(p.row0 + row); }
+            if (mean) { d = denominators(p.row0 + row); }
+        }
+        sums += d;
     }
-    if (p.reduction == REDUCTION_MEAN) { row_sums[tile * WG + local] = sums; }
+    // The fused kernel's slot (`row0` is a multiple of the tile where k > 1).
+    if (mean) { row_sums[p.row0 / per_invocation + tile * WG + local] = sums; }
 }

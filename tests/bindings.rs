@@ -119,9 +119,21 @@ fn short_rows_several_per_invocation() {
                     &gpu,
                     &case,
                     &options,
-                    &[GradMode::None, GradMode::OutOfPlace],
+                    &[GradMode::None, GradMode::OutOfPlace, GradMode::InPlace],
                 );
             }
+            // Dense targets: the mean's targets pass without index targets.
+            let soft = Case::new(32, 69_999, classes, Hardness::default())
+                .soft(6)
+                .sample_weighted(7)
+                .dtype(dtype);
+            check(
+                &format!("short soft rows, 4 per invocation, C = {classes} {dtype:?}"),
+                &gpu,
+                &soft,
+                &mean,
+                &[GradMode::None, GradMode::OutOfPlace],
+            );
         }
     }
 }

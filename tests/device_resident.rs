@@ -65,6 +65,43 @@ fn device_resident_calls_and_bad_targets_on_the_device() {
     }
 }
 
+/// Bad targets on the device where the fused kernel's invocations own four rows each (69 999
+/// short rows): the lowest bad row is flagged whichever of its invocation's rows it is, by the
+/// targets pass (gradient) and by the loss-only kernel, and the good rows' loss and gradient
+/// are the reference's.
+#[test]
+fn bad_targets_on_the_device_at_four_rows_per_invocation() {
+    let Some(gpu) = gpu() else { return };
+    let case = Case::new(16, 69_999, 3, Hardness::default()).ignore_every(5, -100);
+    let options = CrossEntropy::new().label_smoothing(0.1);
+    let reference = case.reference(&options, None);
+    let uploaded = DeviceCase::upload(&gpu, &case);
+    let loss = buffer(&gpu, &[0u8; 16]);
+    let grad = buffer(&gpu, &vec![0u8; case.logits.len() * 4]);
+    let outputs = DeviceOutputs {
+        gradient: DeviceGradient::Into(grad.slice(..)),
+        ..DeviceOutputs::new(loss.slice(..))
+    };
+    let loss_only = DeviceOutputs::new(loss.slice(..));
+    // Row 5 · 1024 + 3 · 256 + 7: the fourth row of its invocation in tile 5; a later one too.
+    let mut bad = case.index_targets.clone();
+    let first_bad = 5 * 1024 + 3 * 256 + 7;
+    bad[first_bad] = 3;
+    bad[60_001] = -7;
+    let bad = buffer(&gpu, bytemuck::cast_slice(&bad));
+    let bad_batch = DeviceBatch {
+        targets: DeviceTargets::I64(bad.slice(..)),
+        ..uploaded.batch()
+    };
+    for out in [&outputs, &loss_only] {
+        record_and_submit(&gpu, &options, &bad_batch, out);
+        assert_eq!(gpu.take_target_error().unwrap(), Some(first_bad));
+        record_and_submit(&gpu, &options, &uploaded.batch(), out);
+        assert_eq!(gpu.take_target_error().unwrap(), None);
+    }
+    check_loss_and_gradient(&gpu, "four rows per invocation", &loss, &grad, &reference);
+}
+
 fn device_resident_calls_on(gpu: Arc<Gpu>) {
     let case = Case::new(15, 50, 129, Hardness::default())
         .weighted(2)

@@ -289,7 +289,7 @@ launcher! {
         class_weights: CLASS_WEIGHTS, Read, 4;
         /// One `GpuRow` per row.
         rows: ROWS, Write, ROW_BYTES;
-        /// Per-row sums for the reduction.
+        /// Sums per reduction slot (a slot per row, or per 4 rows with one invocation per row).
         row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// Per-row upstream values, the mean's totals, or a device upstream's block (`None`
         /// when saving).
@@ -304,14 +304,14 @@ launcher! {
 }
 
 launcher! {
-    /// Before the fused kernel: index targets checked, the mean's denominators per row
+    /// Before the fused kernel: index targets checked, the mean's denominators per reduction slot
     /// (`softmax_targets.wgsl`).
     Targets {
         /// Index targets, whole.
         targets: TARGETS, Read, 4;
         /// Class weights.
         class_weights: CLASS_WEIGHTS, Read, 4;
-        /// Per-row sums (the denominators).
+        /// Sums per reduction slot (the denominators; a slot per row, or per 4 rows).
         row_sums: ROW_SUMS, Write, ROW_SUM_BYTES;
         /// The out-of-range-target flag.
         target_error: TARGET_ERROR, Write, 4;

@@ -26,7 +26,7 @@ pub enum Kernel {
     SoftmaxBackward,
     /// Forward and backward in one read, for rows that fit in registers.
     SoftmaxFused,
-    /// Before the fused kernel: index targets checked, the mean's denominators per row.
+    /// Before the fused kernel: index targets checked, the mean's denominators per reduction slot.
     SoftmaxTargets,
     /// Binary cross-entropy: the per-class weights gathered into one buffer.
     BceClasses,
@@ -387,8 +387,8 @@ impl Variant {
         }
         let mut body = k.source().to_string();
         if k == Kernel::SoftmaxFused {
-            // The loss-only variant goes to its next row after the row's finish (a `continue`
-            // at the top of the row loop's body: uniform).
+            // The loss-only variant returns the row's sums from `fused_row` after its finish (a
+            // return at the top level of the function: uniform).
             let loss_only = "if (live && lane == 0u && has(FLAG_CHECK_TARGETS)) { flag_bad_target(global_row); }\n        return sums;";
             body = body.replace(
                 "LOSS_ONLY",

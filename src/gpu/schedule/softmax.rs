@@ -10,7 +10,7 @@ use crate::gpu::abi::{COEF_BYTES, ROW_BYTES};
 use crate::input::{Dtype, Layout};
 
 impl Call<'_> {
-    /// Before the fused kernel: index targets checked, the mean's denominators per row.
+    /// Before the fused kernel: index targets checked, the mean's denominators per reduction slot.
     pub(super) fn targets_pass(&self, pass: &mut wgpu::ComputePass) {
         let variant = Variant::new(Kernel::SoftmaxTargets, LogitLoad::F32, self.target_load)
             .with_writable(self.plan.writable);
