@@ -34,6 +34,9 @@ fn denominators(global_row: u32) -> vec4<f32> {
     return sw * vec4(0.0, 0.0, w, 1.0);
 }
 
+// Rows per invocation (0, where a launch leaves `Params::rows_per_invocation` unset, is 1).
+fn rows_per_invocation() -> u32 { return max(p.rows_per_invocation, 1u); }
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(local_invocation_index) local: u32,

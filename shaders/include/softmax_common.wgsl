@@ -37,8 +37,8 @@ struct Params {
     split0: u32,        // partials: the first split of this dispatch
     hidden: u32,        // D of a linear head (linear_partials.wgsl); else 0
     block_columns: u32, // a linear head's stored logits: columns per chunk (FLAG_STORED_LOGITS)
-    rows_per_invocation: u32, // fused and targets passes, one invocation per row: rows per
-                        // invocation, their sums in one reduction slot (0 or 1: one row)
+    rows_per_invocation: u32, // targets pass: rows per invocation, their sums in one slot, as
+                        // the fused kernel's variant owns them (0 or 1: one row)
 }
 
 // The FLAG_* bits of `flags`, the REDUCTION_* codes of `reduction` and the FILL_* codes of
@@ -51,10 +51,6 @@ fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 const NONE: u32 = 0xffffffffu;
 
 fn has(flag: u32) -> bool { return (p.flags & flag) != 0u; }
-
-// Rows per invocation of the fused kernel and its targets pass (0, where a launch leaves
-// `Params::rows_per_invocation` unset, is 1).
-fn rows_per_invocation() -> u32 { return max(p.rows_per_invocation, 1u); }
 
 // The row of an invocation's segment: WG / invocations_per_row segments of invocations_per_row invocations per workgroup,
 // workgroups numbered over (x, z) as the host's grid lays them out (z past 65 535). The

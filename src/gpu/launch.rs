@@ -76,7 +76,7 @@ pub fn fused_shape(classes: usize, layout: Layout) -> Option<LaunchShape> {
 /// f32 row's 8 bytes of logits; 4 rather than more keeps a large GPU's invocations busy
 /// (1 048 576 rows fill 1024 workgroups).
 pub const SHORT_ROWS_PER_INVOCATION: u32 = 4;
-// `softmax_fused.wgsl` calls its row four times (and `softmax_targets.wgsl` loops).
+// `softmax_fused.wgsl`'s short-tile variant calls its row four times (`softmax_targets.wgsl` loops).
 const _: () = assert!(SHORT_ROWS_PER_INVOCATION == 4);
 /// Tiles of rows (a workgroup's, `WG·k` rows) a call needs before invocations own several
 /// rows: fewer rows launch too few workgroups to give up any.

@@ -2,6 +2,7 @@
 //! the bind-group layout of its launcher), and the pipeline cache. The workgroup size lives
 //! here and only here.
 
+use super::launch::SHORT_ROWS_PER_INVOCATION;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -199,6 +200,11 @@ pub struct Variant {
     /// A linear head's weight (and its gradient) stored `[D, V]`, the whole of it bound
     /// (`WEIGHT_T` in the linear kernels).
     pub weight_transposed: bool,
+    /// The fused kernel with one invocation per row owning four rows
+    /// (`launch::SHORT_ROWS_PER_INVOCATION`, its `ROWS_PER_INVOCATION`); else one row. A
+    /// variant, not a `Params` value: four inlined copies of the row where one is used made
+    /// llvmpipe's multi-invocation rows 2× slower.
+    pub short_tiles: bool,
 }
 
 impl Store {
@@ -219,6 +225,7 @@ impl Variant {
             subgroups: false,
             writable: false,
             weight_transposed: false,
+            short_tiles: false,
         }
     }
 
@@ -230,6 +237,14 @@ impl Variant {
     /// The same variant with subgroup operations on or off.
     pub fn with_subgroups(self, subgroups: bool) -> Variant {
         Variant { subgroups, ..self }
+    }
+
+    /// The same (fused) variant with four rows per invocation, or one.
+    pub fn with_short_tiles(self, short_tiles: bool) -> Variant {
+        Variant {
+            short_tiles,
+            ..self
+        }
     }
 
     /// The same variant with every storage binding writable, or not.
@@ -255,6 +270,7 @@ impl Variant {
             subgroups: false,
             writable: false,
             weight_transposed: false,
+            short_tiles: false,
         }
     }
 
@@ -273,8 +289,13 @@ impl Variant {
             );
         if k == Kernel::SoftmaxFused {
             src += &format!(
-                "const FUSED_GROUPS: u32 = {}u;\n",
-                FUSED_VALUES_PER_INVOCATION / 4
+                "const FUSED_GROUPS: u32 = {}u;\nconst ROWS_PER_INVOCATION: u32 = {}u;\n",
+                FUSED_VALUES_PER_INVOCATION / 4,
+                if self.short_tiles {
+                    SHORT_ROWS_PER_INVOCATION
+                } else {
+                    1
+                },
             );
         }
         if softmax_like {
@@ -649,11 +670,13 @@ pub fn all_variants() -> Vec<Variant> {
                     if (load != LogitLoad::F32x4 || store != Store::InPlace)
                         && (load.is_half() || store != Store::SeparateHalf)
                     {
-                        out.push(
-                            Variant::new(Kernel::SoftmaxFused, load, t)
-                                .with_store(store)
-                                .with_subgroups(subgroups),
-                        );
+                        let fused = Variant::new(Kernel::SoftmaxFused, load, t)
+                            .with_store(store)
+                            .with_subgroups(subgroups);
+                        out.push(fused);
+                        if matches!(store, Store::Separate | Store::None) {
+                            out.push(fused.with_short_tiles(true));
+                        }
                     }
                 }
             }

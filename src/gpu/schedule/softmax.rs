@@ -52,7 +52,8 @@ impl Call<'_> {
         let variant = Variant::new(Kernel::SoftmaxFused, load, self.target_load)
             .with_writable(self.plan.writable)
             .with_store(self.plan.store)
-            .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup);
+            .with_subgroups(self.gpu.variant == ShaderVariant::Subgroup)
+            .with_short_tiles(self.plan.rows_per_invocation > 1);
         let s = &self.scratch;
         let fused = Fused {
             params: self.blocks.window(i),
