@@ -162,19 +162,19 @@ fn main(
     let segments = WG / p.invocations_per_row;
     let segment = local / p.invocations_per_row;
     let tile = group.x + group.z * groups.x;
-    // The variant's rows per invocation (`Variant::short_tiles`), the targets pass's
-    // `p.rows_per_invocation`.
-    let per_invocation = ROWS_PER_INVOCATION;
-    let first = tile * per_invocation * segments + segment;
+    // The variant's rows per invocation (`Variant::short_tiles`), as in the targets pass.
+    let first = tile * ROWS_PER_INVOCATION * segments + segment;
     // Four rows (`launch::SHORT_ROWS_PER_INVOCATION`) written out, not looped: a loop around
     // the row ran 1.4× slower on llvmpipe, the calls are the same code for a GPU's compiler.
-    var sums = fused_row(first, local, lane, SUBGROUP_SIZE);
+    // Added from 0 row by row, as the targets pass adds its sums.
+    var sums = vec4(0.0);
+    sums += fused_row(first, local, lane, SUBGROUP_SIZE);
     if (ROWS_PER_INVOCATION == 4u) {
         sums += fused_row(first + segments, local, lane, SUBGROUP_SIZE);
         sums += fused_row(first + 2u * segments, local, lane, SUBGROUP_SIZE);
         sums += fused_row(first + 3u * segments, local, lane, SUBGROUP_SIZE);
     }
     if (lane == 0u && first < p.rows) {
-        row_sums[p.row0 / per_invocation + tile * segments + segment] = sums;
+        row_sums[p.row0 / ROWS_PER_INVOCATION + tile * segments + segment] = sums;
     }
 }

@@ -9,10 +9,11 @@
 // are the same bits as the loss's. A valid index target outside [0, C) is flagged in `error`
 // as in the partials pass and counts as ignored (the fused kernel never reads through it).
 //
-// Launch: WG invocations per workgroup, one per row or, with k = rows_per_invocation, k rows
-// each in the fused kernel's tiles (row (tile·k + i)·WG + local, for i < k), whose sums go
-// into the same reduction slot in the same order as the fused kernel's: the totals are the
-// same bits as the loss's. A 2D grid past 65 535 workgroups.
+// Launch: WG invocations per workgroup, one per row or, with k = ROWS_PER_INVOCATION (the
+// variant's, `Variant::short_tiles`), k rows each in the fused kernel's tiles (row
+// (tile·k + i)·WG + local, for i < k), whose sums go into the same reduction slot in the same
+// order as the fused kernel's: the totals are the same bits as the loss's. A 2D grid past
+// 65 535 workgroups.
 // Bytes per row: reads the target, w[y] and s[n]; writes 16 per slot (mean only). Nothing per
 // logit.
 
@@ -34,9 +35,6 @@ fn denominators(global_row: u32) -> vec4<f32> {
     return sw * vec4(0.0, 0.0, w, 1.0);
 }
 
-// Rows per invocation (0, where a launch leaves `Params::rows_per_invocation` unset, is 1).
-fn rows_per_invocation() -> u32 { return max(p.rows_per_invocation, 1u); }
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(local_invocation_index) local: u32,
@@ -44,23 +42,21 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let tile = group.x + group.y * groups.x;
-    let per_invocation = rows_per_invocation();
-    let first = tile * per_invocation * WG + local;
+    let first = tile * ROWS_PER_INVOCATION * WG + local;
     if (first >= p.rows) { return; }
-    let mean = p.reduction == REDUCTION_MEAN;
-    // The fused kernel's sum, term for term: from the first row's value (a −0 stays −0),
-    // then + 0 for a row past the end.
-    if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(p.row0 + first); }
-    var sums = select(vec4(0.0), denominators(p.row0 + first), mean);
-    for (var i = 1u; i < per_invocation; i++) {
+    // The fused kernel's sum, term for term: from 0, row by row, + 0 for a row past the end.
+    var sums = vec4(0.0);
+    for (var i = 0u; i < ROWS_PER_INVOCATION; i++) {
         let row = first + i * WG;
         var d = vec4(0.0);
         if (row < p.rows) {
             if (has(FLAG_CHECK_TARGETS)) { flag_bad_target(p.row0 + row); }
-            if (mean) { d = denominators(p.row0 + row); }
+            if (p.reduction == REDUCTION_MEAN) { d = denominators(p.row0 + row); }
         }
         sums += d;
     }
-    // The fused kernel's slot (`row0` is a multiple of the tile where k > 1).
-    if (mean) { row_sums[p.row0 / per_invocation + tile * WG + local] = sums; }
+    // The fused kernel's slot (`row0` is a multiple of the tile with several rows each).
+    if (p.reduction == REDUCTION_MEAN) {
+        row_sums[p.row0 / ROWS_PER_INVOCATION + tile * WG + local] = sums;
+    }
 }

@@ -37,8 +37,6 @@ struct Params {
     split0: u32,        // partials: the first split of this dispatch
     hidden: u32,        // D of a linear head (linear_partials.wgsl); else 0
     block_columns: u32, // a linear head's stored logits: columns per chunk (FLAG_STORED_LOGITS)
-    rows_per_invocation: u32, // targets pass: rows per invocation, their sums in one slot, as
-                        // the fused kernel's variant owns them (0 or 1: one row)
 }
 
 // The FLAG_* bits of `flags`, the REDUCTION_* codes of `reduction` and the FILL_* codes of

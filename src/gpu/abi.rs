@@ -71,10 +71,6 @@ pub(crate) struct Params {
     /// A linear head's chunked strategy (`FLAG_STORED_LOGITS`): the columns of each chunk of
     /// the stored logits (the backward's chunk width); 0 elsewhere.
     pub block_columns: u32,
-    /// The fused kernel's targets pass: rows each invocation owns (their sums added into one
-    /// reduction slot), as the fused kernel's variant owns them (`Variant::short_tiles`); 0
-    /// or 1 elsewhere.
-    pub rows_per_invocation: u32,
 }
 
 /// The online-softmax state of one (row, split) (`Partial` in `softmax_common.wgsl`).

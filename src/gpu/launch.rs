@@ -76,8 +76,10 @@ pub fn fused_shape(classes: usize, layout: Layout) -> Option<LaunchShape> {
 /// f32 row's 8 bytes of logits; 4 rather than more keeps a large GPU's invocations busy
 /// (1 048 576 rows fill 1024 workgroups).
 pub const SHORT_ROWS_PER_INVOCATION: u32 = 4;
-// `softmax_fused.wgsl`'s short-tile variant calls its row four times (`softmax_targets.wgsl` loops).
+// `softmax_fused.wgsl`'s short-tile variant calls its row four times.
 const _: () = assert!(SHORT_ROWS_PER_INVOCATION == 4);
+/// Rows of a workgroup's tile when invocations own several: the unit chunks are cut in.
+pub const SHORT_TILE_ROWS: usize = (WORKGROUP_SIZE * SHORT_ROWS_PER_INVOCATION) as usize;
 /// Tiles of rows (a workgroup's, `WG·k` rows) a call needs before invocations own several
 /// rows: fewer rows launch too few workgroups to give up any.
 const MIN_SHORT_TILES: usize = 64;
@@ -85,8 +87,7 @@ const MIN_SHORT_TILES: usize = 64;
 /// Rows per invocation of the fused kernel of `shape` for `rows` rows: several with one
 /// invocation per row and enough rows, else 1.
 pub fn fused_rows_per_invocation(shape: LaunchShape, rows: usize) -> u32 {
-    let tile = (WORKGROUP_SIZE * SHORT_ROWS_PER_INVOCATION) as usize;
-    if shape.invocations_per_row == 1 && rows >= MIN_SHORT_TILES * tile {
+    if shape.invocations_per_row == 1 && rows >= MIN_SHORT_TILES * SHORT_TILE_ROWS {
         SHORT_ROWS_PER_INVOCATION
     } else {
         1
@@ -105,17 +106,6 @@ pub fn sum_slots(rows: usize, invocations_per_row: u32, rows_per_invocation: u32
 }
 
 impl LaunchShape {
-    /// The grid of the fused kernel over `rows` rows with `rows_per_invocation` rows per
-    /// invocation: x (and z past 65 535) covers the workgroups' tiles.
-    pub fn fused_grid(&self, rows: usize, rows_per_invocation: u32) -> (u32, u32, u32) {
-        let segments = (WORKGROUP_SIZE / self.invocations_per_row) as u64;
-        let tiles = (rows as u64)
-            .div_ceil(segments * rows_per_invocation as u64)
-            .max(1);
-        let x = tiles.min(65_535);
-        (x as u32, 1, tiles.div_ceil(x) as u32)
-    }
-
     /// The grid of the partials kernel (and of the focal pass with `splits` = 1) for `rows`:
     /// x (and z past 65 535) covers the row segments, y the splits.
     pub fn grid(&self, rows: usize, splits: u32) -> (u32, u32, u32) {
@@ -287,12 +277,11 @@ mod tests {
     fn several_rows_per_invocation_need_whole_tiles() {
         let short = fused_shape(10, Layout::Rows).unwrap();
         let long = fused_shape(100, Layout::Rows).unwrap();
-        let many = MIN_SHORT_TILES * (WORKGROUP_SIZE * SHORT_ROWS_PER_INVOCATION) as usize;
+        let many = MIN_SHORT_TILES * SHORT_TILE_ROWS;
         assert_eq!(fused_rows_per_invocation(short, many), 4);
         assert_eq!(fused_rows_per_invocation(short, many - 1), 1);
         assert_eq!(fused_rows_per_invocation(long, many), 1);
-        let tile = 1024;
-        let cut = chunks(100_000, 10, Layout::Rows, 4, 1 << 20, 256, tile).unwrap();
-        assert!(cut.len() > 1 && cut.iter().all(|c| c.row0 % tile == 0));
+        let cut = chunks(100_000, 10, Layout::Rows, 4, 1 << 20, 256, SHORT_TILE_ROWS).unwrap();
+        assert!(cut.len() > 1 && cut.iter().all(|c| c.row0 % 1024 == 0));
     }
 }

@@ -200,10 +200,10 @@ pub struct Variant {
     /// A linear head's weight (and its gradient) stored `[D, V]`, the whole of it bound
     /// (`WEIGHT_T` in the linear kernels).
     pub weight_transposed: bool,
-    /// The fused kernel with one invocation per row owning four rows
-    /// (`launch::SHORT_ROWS_PER_INVOCATION`, its `ROWS_PER_INVOCATION`); else one row. A
-    /// variant, not a `Params` value: four inlined copies of the row where one is used made
-    /// llvmpipe's multi-invocation rows 2× slower.
+    /// The fused kernel and its targets pass with one invocation per row owning four rows
+    /// (`launch::SHORT_ROWS_PER_INVOCATION`, their `ROWS_PER_INVOCATION`); else one row. A
+    /// variant, not a `Params` value: four inlined copies of the fused row where one is used
+    /// made llvmpipe's multi-invocation rows 2× slower.
     pub short_tiles: bool,
 }
 
@@ -239,7 +239,7 @@ impl Variant {
         Variant { subgroups, ..self }
     }
 
-    /// The same (fused) variant with four rows per invocation, or one.
+    /// The same (fused or targets) variant with four rows per invocation, or one.
     pub fn with_short_tiles(self, short_tiles: bool) -> Variant {
         Variant {
             short_tiles,
@@ -289,14 +289,17 @@ impl Variant {
             );
         if k == Kernel::SoftmaxFused {
             src += &format!(
-                "const FUSED_GROUPS: u32 = {}u;\nconst ROWS_PER_INVOCATION: u32 = {}u;\n",
-                FUSED_VALUES_PER_INVOCATION / 4,
-                if self.short_tiles {
-                    SHORT_ROWS_PER_INVOCATION
-                } else {
-                    1
-                },
+                "const FUSED_GROUPS: u32 = {}u;\n",
+                FUSED_VALUES_PER_INVOCATION / 4
             );
+        }
+        if matches!(k, Kernel::SoftmaxFused | Kernel::SoftmaxTargets) {
+            let rows = if self.short_tiles {
+                SHORT_ROWS_PER_INVOCATION
+            } else {
+                1
+            };
+            src += &format!("const ROWS_PER_INVOCATION: u32 = {rows}u;\n");
         }
         if softmax_like {
             let access = if self.store == Store::InPlace && stores {
@@ -681,7 +684,9 @@ pub fn all_variants() -> Vec<Variant> {
                 }
             }
             if load == LogitLoad::F32 {
-                out.push(Variant::new(Kernel::SoftmaxTargets, load, t));
+                let targets = Variant::new(Kernel::SoftmaxTargets, load, t);
+                out.push(targets);
+                out.push(targets.with_short_tiles(true));
                 if t != TargetLoad::Dense {
                     let linear = [
                         LogitLoad::F32,

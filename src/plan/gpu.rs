@@ -8,10 +8,9 @@ use super::Loss;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{
     binding_room, chunks, flat_pieces, fused_rows_per_invocation, fused_shape, launch_shape,
-    row_pieces, sum_slots, Chunk, LaunchShape, Piece,
+    row_pieces, sum_slots, Chunk, LaunchShape, Piece, SHORT_TILE_ROWS,
 };
 use crate::gpu::pipelines::Store;
-use crate::gpu::pipelines::WORKGROUP_SIZE;
 use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
 use crate::input::Layout;
 use crate::options::Reduction;
@@ -166,9 +165,8 @@ impl GpuCall {
         // chunks are whole tiles of them; where a binding holds no tile, one row each.
         let mut rows_per_invocation = fused.map_or(1, |f| fused_rows_per_invocation(f, rows));
         if rows_per_invocation > 1 {
-            let tile = (WORKGROUP_SIZE * rows_per_invocation) as usize;
-            match cut(tile) {
-                Some(c) if c.iter().all(|c| c.row0 % tile == 0) => chunked = Some(c),
+            match cut(SHORT_TILE_ROWS) {
+                Some(c) if c.iter().all(|c| c.row0 % SHORT_TILE_ROWS == 0) => chunked = Some(c),
                 _ => rows_per_invocation = 1,
             }
         }

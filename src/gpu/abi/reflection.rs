@@ -57,7 +57,6 @@ fn rust_structs() -> Vec<(&'static str, Layout)> {
                 split0,
                 hidden,
                 block_columns,
-                rows_per_invocation,
             }),
         ),
         (

@@ -275,7 +275,6 @@ impl<'a> Call<'a> {
         if let Some(fused) = plan.fused {
             base.invocations_per_row = fused.invocations_per_row;
         }
-        base.rows_per_invocation = plan.rows_per_invocation;
         let mut call = Call {
             gpu,
             batch,

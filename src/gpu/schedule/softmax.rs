@@ -13,7 +13,8 @@ impl Call<'_> {
     /// Before the fused kernel: index targets checked, the mean's denominators per reduction slot.
     pub(super) fn targets_pass(&self, pass: &mut wgpu::ComputePass) {
         let variant = Variant::new(Kernel::SoftmaxTargets, LogitLoad::F32, self.target_load)
-            .with_writable(self.plan.writable);
+            .with_writable(self.plan.writable)
+            .with_short_tiles(self.plan.rows_per_invocation > 1);
         let s = &self.scratch;
         let targets = Targets {
             params: self.blocks.window(self.blocks.targets),
@@ -73,7 +74,10 @@ impl Call<'_> {
             pass,
             &self.gpu.pipeline(variant),
             &fused.entries(),
-            shape.fused_grid(chunk.rows, self.plan.rows_per_invocation),
+            shape.grid(
+                chunk.rows.div_ceil(self.plan.rows_per_invocation as usize),
+                1,
+            ),
         );
     }
 
