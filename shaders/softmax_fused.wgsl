@@ -14,10 +14,11 @@
 // bound at `scale_source`. Index targets were checked by that pre-pass too (a bad one is
 // flagged there and the row is treated as ignored here, as `finish_row` does); the loss-only
 // variant has no pre-pass and flags them itself.
-// Not fused (the host's choice, `launch::fused_shape` and `run.rs`): the (N, C, d…) layout,
-// rows longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
+// Not fused (the host's choice, `launch::fused_shape` and `plan::gpu`): rows longer than
+// 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
 // need the final lse of every class: the focal pass), f16/bf16 gradients (in place or
-// `SeparateHalf`) with odd C (two rows would share a word), and rows longer than a binding.
+// `SeparateHalf`) with odd C or in the (N, C, d…) layout (two rows would share a word), and
+// rows longer than a binding.
 //
 // Launch (`launch::fused_shape`): WG / invocations_per_row row segments per workgroup; a segment of invocations_per_row
 // invocations owns a row, invocations_per_row as small as holds it (C ≤ 4·FUSED_GROUPS·invocations_per_row, up to 16 logits
@@ -29,6 +30,11 @@
 // the tree); lane 0 finishes the row (stores its record, keeps its sums) and shares its RowCoef
 // through workgroup memory; after one barrier (none with one invocation per row) every lane
 // writes its groups' gradient.
+// The (N, C, d…) layout (any C): one invocation per row, a position of a sample, so
+// neighbours read neighbouring positions of each class plane (coalesced); the first
+// 4·FUSED_GROUPS classes stay in registers, the rest are streamed and read once more for the
+// gradient (from cache: a workgroup's rows span C runs of WG positions). Against the
+// three-pass path it saves each row's 48-byte partial, written and read back, and a pass.
 // Rows per invocation (`launch::fused_rows_per_invocation`): with one invocation per row and
 // at least 64 workgroups' worth of rows, each invocation owns k = 4 rows, row
 // (tile·k + i)·WG + local of its workgroup's tile of k·WG rows (neighbours still read
@@ -76,8 +82,11 @@ fn unpack_coef(a: Partial) -> RowCoef {
 fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     var sums = vec4(0.0);
     let live = row < p.rows;
+    // Class c of the row is at base + c·step: contiguous rows, or the (N, C, d…) layout's
+    // planes (one invocation per row there, so neighbours read neighbouring positions).
     let base = elem_index(row, 0u);
-    let aligned = (base & 3u) == 0u;
+    let step = select(1u, p.spatial, p.spatial != 0u);
+    let aligned = p.spatial == 0u && (base & 3u) == 0u;
 
     // One read: the values into registers and the row's Partial. The loops stop at the
     // row's last class (uniform with one invocation per row).
@@ -93,7 +102,7 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
             } else {
                 for (var k = 0u; k < 4u; k++) {
                     if (c0 + k >= p.classes) { break; }
-                    x[k] = load_x(base + c0 + k);
+                    x[k] = load_x(base + (c0 + k) * step);
                 }
             }
             xs[j] = x;
@@ -101,6 +110,13 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
                 if (c0 + k >= p.classes) { break; }
                 element(&st, row, c0 + k, x[k]);
             }
+        }
+    }
+    // An (N, C, d…) row longer than the registers: the rest streamed (read again for the
+    // gradient, from cache: the workgroup's rows are neighbouring positions of C planes).
+    if (p.spatial != 0u && live) {
+        for (var c = 4u * FUSED_GROUPS; c < p.classes; c++) {
+            element(&st, row, c, load_x(base + c * step));
         }
     }
 
@@ -133,8 +149,11 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     if (live) {
         let coef = unpack_coef(shared_partials[local - lane]);
 
-        // One write: the gradient from the registers.
+        // One write: the gradient from the registers. `store_dx` takes the element's index
+        // in the chunk; the (N, C, d…) layout stores one element at a time (f32 only: the
+        // host keeps half-precision words, which neighbouring rows share, off this path).
         let ab = row_scales(coef, global_row);
+        let at = base - p.elem_offset;
         for (var j = 0u; j < FUSED_GROUPS; j++) {
             let c0 = 4u * (lane + j * p.invocations_per_row);
             if (c0 >= p.classes) { break; }
@@ -145,7 +164,18 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
                 let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
                 dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
             }
-            store_dx(row * p.classes + c0, dx, n);
+            if (p.spatial == 0u) {
+                store_dx(at + c0, dx, n);
+            } else {
+                for (var k = 0u; k < n; k++) { store_dx(at + (c0 + k) * step, vec4(dx[k]), 1u); }
+            }
+        }
+        if (p.spatial != 0u) {
+            for (var c = 4u * FUSED_GROUPS; c < p.classes; c++) {
+                let t = select(0.0, dense_target(target_index(row, c)), has(FLAG_DENSE));
+                let dx = element_gradient(coef, ab, c, load_x(base + c * step), t);
+                store_dx(at + c * step, vec4(dx), 1u);
+            }
         }
     }
     return sums;

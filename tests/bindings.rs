@@ -135,6 +135,28 @@ fn short_rows_several_per_invocation() {
                 &[GradMode::None, GradMode::OutOfPlace],
             );
         }
+        // The (N, C, d…) layout: samples of 32 768 positions (32 tiles; on 4 MiB bindings a
+        // chunk each), 21 classes (16 in registers, 5 streamed) and 3, f32 and bf16 (loss
+        // only: a bf16 gradient takes the three-pass path, whose partials a 4 MiB binding
+        // does not hold for these rows).
+        let all = [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace];
+        for (classes, dtype, modes) in [(21, Dtype::F32, &all[..]), (3, Dtype::Bf16, &all[..1])] {
+            let case = Case::new(34, 3 * 32_768, classes, Hardness::ALL)
+                .weighted(4)
+                .ignore_every(7, -100)
+                .dtype(dtype)
+                .class_dim1(32_768);
+            let mean = CrossEntropy::new().label_smoothing(0.05).z_loss(1e-3);
+            for options in [mean, mean.reduction(Reduction::None)] {
+                check(
+                    &format!("(3, {classes}, 32768), 4 rows per invocation, {dtype:?}"),
+                    &gpu,
+                    &case,
+                    &options,
+                    modes,
+                );
+            }
+        }
     }
 }
 

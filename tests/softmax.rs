@@ -248,7 +248,11 @@ fn rows_around_the_fused_fit_bound() {
         );
     }
     assert_eq!(fused_shape(4097, Layout::Rows), None);
-    assert_eq!(fused_shape(7, Layout::ClassDim1 { spatial: 3 }), None);
+    // The (N, C, d…) layout: one invocation per row whatever C (past 16 classes, streamed).
+    for classes in [7, 21, 5000] {
+        let shape = fused_shape(classes, Layout::ClassDim1 { spatial: 3 });
+        assert_eq!(shape.map(|s| s.invocations_per_row), Some(1));
+    }
     let grid = [
         CrossEntropy::new(),
         CrossEntropy::new()

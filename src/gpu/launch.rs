@@ -57,10 +57,15 @@ pub fn launch_shape(rows: usize, classes: usize, layout: Layout) -> LaunchShape 
 /// The shape of the fused kernel for `rows × classes`, or `None` when a row doesn't fit its
 /// registers: contiguous rows of at most `FUSED_VALUES_PER_INVOCATION` · WG classes (4096),
 /// with as few invocations per row as hold the row, so each has up to 16 logits to amortize
-/// finishing the row over (one invocation per row for C ≤ 16).
+/// finishing the row over (one invocation per row for C ≤ 16). The (N, C, d…) layout takes
+/// one invocation per row whatever C, as its three-pass shape does (neighbours on
+/// neighbouring positions); past 16 classes the kernel streams the rest of the row.
 pub fn fused_shape(classes: usize, layout: Layout) -> Option<LaunchShape> {
     let per_invocation = FUSED_VALUES_PER_INVOCATION as usize;
-    if layout != Layout::Rows || classes > per_invocation * WORKGROUP_SIZE as usize {
+    if layout != Layout::Rows {
+        return Some(launch_shape(0, classes, layout));
+    }
+    if classes > per_invocation * WORKGROUP_SIZE as usize {
         return None;
     }
     Some(LaunchShape {
@@ -194,9 +199,9 @@ pub struct Chunk {
 /// Cuts `rows` into chunks whose logits (and f32 companions) fit a binding of `max_binding`
 /// bytes, less the alignment slack of a window. Chunks hold a multiple of 4 rows (so every
 /// chunk starts on a 4-element boundary, whole words for f16/bf16) and whole samples of the
-/// (N, C, d…) layout; contiguous rows in multiples of `row_multiple` (a power of two ≥ 4: the
-/// fused kernel's tiles where invocations own several rows). `None` when a single unit is
-/// larger than a binding.
+/// (N, C, d…) layout, in multiples of `row_multiple` (a power of two ≥ 4: the fused kernel's
+/// tiles where invocations own several rows). `None` when a single unit is larger than a
+/// binding.
 pub fn chunks(
     rows: usize,
     classes: usize,
@@ -206,10 +211,11 @@ pub fn chunks(
     alignment: u64,
     row_multiple: usize,
 ) -> Option<Vec<Chunk>> {
-    // lcm(spatial, 4): whole samples, and a multiple of 4 rows.
+    // lcm(spatial, row_multiple): whole samples, and whole tiles of rows.
+    let multiple = row_multiple.max(4);
     let unit = match layout {
-        Layout::Rows => row_multiple.max(4),
-        Layout::ClassDim1 { spatial } => spatial / gcd(spatial, 4) * 4,
+        Layout::Rows => multiple,
+        Layout::ClassDim1 { spatial } => spatial / gcd(spatial, multiple) * multiple,
     };
     let unit_bytes = unit as u64 * classes as u64 * bytes_per_element;
     let room = binding_room(max_binding, alignment);

@@ -11,9 +11,10 @@
 //!
 //! A softmax call is three passes (one kernel each, `shaders/`): partials (one read of the logits),
 //! rows (loss, LSE, metrics per row), a fixed-order reduction, and for a gradient a backward
-//! pass (one more read, one write). With a gradient, rows that fit in registers (up to 4096
-//! classes, [`fused_shape`]) take one fused kernel instead: one read and one write per
-//! logit, after a tiny per-row pass over the targets that gives the mean its denominator. Focal loss with smoothing or soft targets adds a focal pass
+//! pass (one more read, one write). Rows that fit in registers (up to 4096 classes, and the
+//! (N, C, d…) layout's rows whatever C, the classes past 16 streamed; [`fused_shape`]) take
+//! one fused kernel instead, with or without a gradient: one read and one write per logit,
+//! after a tiny per-row pass over the targets that gives the mean its denominator. Focal loss with smoothing or soft targets adds a focal pass
 //! after rows (one more read: every class's `(1 − p)^γ` needs the row's final LSE); without
 //! smoothing the rows pass needs only `p[y]`. BCE is one element pass (after a tiny per-class
 //! gather). Inputs larger than a storage binding are processed in

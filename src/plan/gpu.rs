@@ -144,7 +144,8 @@ impl GpuCall {
             shape = shape.fitting(classes, bytes_per_element, room);
         }
         // Half-precision words written in place or into a separate buffer: a row of odd length
-        // ends mid-word, which the fused kernel's next row would write too.
+        // ends mid-word, which the fused kernel's next row would write too, as do neighbouring
+        // rows of the (N, C, d…) layout.
         let half_words = elem == 2
             && matches!(
                 out.gradient,
@@ -159,7 +160,7 @@ impl GpuCall {
                 && (out.saved.is_none() || !gradient)
                 && !long_rows
                 && !focal_all
-                && !(half_words && classes % 2 == 1)
+                && !(half_words && (classes % 2 == 1 || layout != Layout::Rows))
         });
         // Invocations that own several rows share a reduction slot between chunks unless the
         // chunks are whole tiles of them; where a binding holds no tile, one row each.

@@ -66,7 +66,7 @@ pub(super) fn record(
     error_role: Role,
 ) -> Result<()> {
     let plan = GpuCall::new(job, batch, out, gpu.adapter_limits())?;
-    let scratch = scratch(gpu, pool, &plan, out, error_role)?;
+    let scratch = scratch(gpu, pool, &plan, out, error_role, true)?;
     let call = Call::new(gpu, job, (batch, out), plan, scratch, want_entropy, None);
 
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -122,7 +122,7 @@ pub(super) fn record_backward(
     };
     check_backward(batch, Some(&saved), &gradient, &upstream, options.reduction)?;
     let plan = GpuCall::new(job, batch, &out, adapter)?;
-    let mut scratch = scratch(gpu, pool, &plan, &out, RECORDED_CALL_ERROR)?;
+    let mut scratch = scratch(gpu, pool, &plan, &out, RECORDED_CALL_ERROR, false)?;
     // The sum reads only the upstream; the mean the saved totals beside it.
     let totals = (options.reduction == Reduction::Mean).then_some(saved.totals);
     let block = upstream_block(gpu, pool, encoder, upstream, totals);
@@ -156,7 +156,7 @@ pub(super) fn record_binary_backward(
     let nowhere = pool.get(&gpu.device, Role::Loss, 16, super::encode::storage_usage());
     let out = backward_outputs(nowhere.slice(..), gradient, upstream, None);
     let plan = GpuCall::new(job, batch, &out, gpu.adapter_limits())?;
-    let scratch = scratch(gpu, pool, &plan, &out, RECORDED_CALL_ERROR)?;
+    let scratch = scratch(gpu, pool, &plan, &out, RECORDED_CALL_ERROR, false)?;
     let block = upstream_block(gpu, pool, encoder, upstream, None);
     let call = Call::new(gpu, job, (batch, &out), plan, scratch, false, block);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -224,18 +224,22 @@ fn upstream_block(
 
 /// The pooled scratch of `plan`'s call, its target-error flag `error_role`'s where `out` has
 /// none.
+/// The scratch of `plan`'s call; `forward`: whether its forward runs (a backward alone binds
+/// no partials).
 fn scratch(
     gpu: &Gpu,
     pool: &mut Pool,
     plan: &GpuCall,
     out: &DeviceOutputs,
     error_role: Role,
+    forward: bool,
 ) -> Result<Scratch> {
+    let three_pass = forward && plan.softmax && plan.fused.is_none();
     Scratch::take(
         pool,
         &gpu.device,
         (plan.rows, plan.classes),
-        plan.shape,
+        three_pass.then_some(plan.shape),
         (plan.reduce_items, plan.softmax),
         out,
         error_role,

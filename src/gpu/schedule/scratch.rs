@@ -12,9 +12,10 @@ use crate::error::{Error, Result};
 
 /// The scratch of one call.
 pub(super) struct Scratch {
-    /// One `Partial` per (row, split).
+    /// One `Partial` per (row, split) on the three-pass path (else a stand-in).
     pub partials: wgpu::Buffer,
-    /// One `RowCoef` per row: the pool's, or the caller's saved rows.
+    /// One `RowCoef` per row: the caller's saved rows, or the pool's on the three-pass path
+    /// (else a stand-in).
     pub coefs: Region,
     /// Per-row (BCE: per-vec4) sums, the reduction's input.
     pub row_sums: wgpu::Buffer,
@@ -25,7 +26,7 @@ pub(super) struct Scratch {
     /// The reduced totals (ce, z, D, Σs): the pool's, or the caller's saved totals. A
     /// backward with a device upstream reads (ce, z, D, Σs, upstream) from a pooled block.
     pub totals: Region,
-    /// Each row's raw target logit (partials → rows).
+    /// Each row's raw target logit (partials → rows; else a stand-in).
     pub target_logits: wgpu::Buffer,
     /// The out-of-range-target flag: the caller's, or the pool's under `error_role`.
     pub error: Region,
@@ -40,14 +41,16 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    /// Takes the scratch of a call of `rows × classes` cut by `shape`, whose reduction has
-    /// `reduce_items` inputs; fails when a per-row buffer exceeds `max_binding`.
+    /// Takes the scratch of a call of `rows × classes` whose reduction has `reduce_items`
+    /// inputs; `three_pass`: the shape of its partials and rows passes, when they run (the
+    /// fused kernel and a backward alone bind no partials, target logits or, unless saved,
+    /// coefficients). Fails when a per-row buffer exceeds `max_binding`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn take(
         pool: &mut Pool,
         device: &wgpu::Device,
         (rows, classes): (usize, usize),
-        shape: LaunchShape,
+        three_pass: Option<LaunchShape>,
         (reduce_items, is_softmax): (u64, bool),
         out: &DeviceOutputs,
         error_role: Role,
@@ -63,24 +66,20 @@ impl Scratch {
                 Ok(())
             }
         };
-        per_row_limit(
-            "per-row partials",
-            rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
-        )?;
+        // Rows the three-pass path's per-row scratch holds (the pool's stand-in is 16 bytes).
+        let three_pass_rows = three_pass.map_or(0, |_| rows as u64);
+        let splits = three_pass.map_or(1, |shape| shape.splits as u64);
+        let partial_bytes = three_pass_rows * splits * PARTIAL_BYTES;
+        per_row_limit("per-row partials", partial_bytes)?;
         per_row_limit("per-row sums", reduce_items * ROW_SUM_BYTES)?;
         per_row_limit("sample weights", rows as u64 * 4)?;
-        let partials = pool.get(
-            device,
-            Role::Partials,
-            rows as u64 * shape.splits as u64 * PARTIAL_BYTES,
-            storage_usage(),
-        );
+        let partials = pool.get(device, Role::Partials, partial_bytes, storage_usage());
         let coefs = match out.saved {
             Some(saved) => Region::slice(saved.rows),
             None => Region::whole(&pool.get(
                 device,
                 Role::Coefficients,
-                rows as u64 * COEF_BYTES,
+                three_pass_rows * COEF_BYTES,
                 storage_usage(),
             )),
         };
@@ -106,7 +105,12 @@ impl Scratch {
             Some(saved) => Region::slice(saved.totals),
             None => Region::whole(&pool.get(device, Role::Totals, 16, storage_usage())),
         };
-        let target_logits = pool.get(device, Role::TargetLogits, rows as u64 * 4, storage_usage());
+        let target_logits = pool.get(
+            device,
+            Role::TargetLogits,
+            three_pass_rows * 4,
+            storage_usage(),
+        );
         let error = match out.target_error {
             Some(flag) => Region::slice(flag),
             None => Region::whole(&pool.get(device, error_role, 16, storage_usage())),
