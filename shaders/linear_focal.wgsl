@@ -8,8 +8,8 @@
 // NaN give 0.
 //
 // The chunked strategy (STORED_LOGITS) reads the group's logits its forward stored (bias
-// included) instead of recomputing them; a tile of ignored rows only (SKIP_IGNORED) writes
-// zero sums and takes no product.
+// included) instead of recomputing them; a tile of rows that count for nothing (SKIP_IGNORED,
+// `linear_order.wgsl`) writes zero sums and takes no product.
 //
 // Launch: as linear_partials.wgsl (16 × 16 invocations own 64 rows × one split, 64-column
 // tiles); the 16 invocations of a row add their sums by a fixed tree.
@@ -34,9 +34,12 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let c1 = min(c0 + p.span, p.classes);
     b_end = c1;
 
-    if (has(FLAG_SKIP_IGNORED) && !tile_is_live(row_counts(r0 + local), local)) {
-        let row = r0 + local;
-        if (local < BM && row < p.rows) { focal_partials[row * p.splits + split] = vec2(0.0); }
+    // A tile of rows that count for nothing (`bound_row` order): zero sums, no product.
+    if (r0 >= rows_that_count(local)) {
+        let v = r0 + local;
+        if (local < BM && v < p.rows) {
+            focal_partials[bound_row(v) * p.splits + split] = vec2(0.0);
+        }
         return;
     }
     let stored = has(FLAG_STORED_LOGITS);
@@ -45,8 +48,9 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         var x: array<vec4<f32>, 4>;
         if (!stored) { x = tile_product(r0, n0, p.hidden, local); }
         for (var i = 0u; i < TM; i++) {
-            let row = r0 + ty * TM + i;
-            if (row >= p.rows) { continue; }
+            let v = r0 + ty * TM + i;
+            if (v >= p.rows) { continue; }
+            let row = bound_row(v);
             let k = coefs[row];
             if (k.fill != FILL_COMPUTE) { continue; }
             for (var j = 0u; j < TN; j++) {
@@ -76,8 +80,8 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
             if (tx < stride) { sums[local] = sums[local] + sums[local + stride]; }
             workgroupBarrier();
         }
-        let row = r0 + ty * TM + i;
-        if (tx == 0u && row < p.rows) { focal_partials[row * p.splits + split] = sums[local]; }
+        let v = r0 + ty * TM + i;
+        if (tx == 0u && v < p.rows) { focal_partials[bound_row(v) * p.splits + split] = sums[local]; }
         workgroupBarrier();
     }
 }

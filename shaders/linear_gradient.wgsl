@@ -7,7 +7,8 @@
 // The chunked strategy (STORED_LOGITS) finds the chunk's x already in `gradient`, written by
 // the forward, and turns them into G in place: no product, 8 bytes per value.
 //
-// Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64, y = column tiles of 64
+// Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64 (in `bound_row`
+// order), y = column tiles of 64
 // of the chunk (columns col0 .. col0 + span of the vocabulary; W bound from row col0, or
 // whole with WEIGHT_T).
 // Bytes: h and W read once per tile (e·D·(64 + 64) per 64 × 64 values), G written once (4 per
@@ -32,13 +33,15 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let c1 = min(p.col0 + p.span, p.classes);
     b_end = c1;
     let stored = has(FLAG_STORED_LOGITS);
-    // A tile of ignored rows only: G is 0 there, no product (nor stored logits) needed.
-    let live = !has(FLAG_SKIP_IGNORED) || tile_is_live(row_counts(r0 + local), local);
+    // A tile of rows that count for nothing (`bound_row` order): G is 0 there, no product
+    // (nor stored logits) needed.
+    let live = r0 < rows_that_count(local);
     var acc: array<vec4<f32>, 4>;
     if (!stored && live) { acc = tile_product(r0, n0, p.hidden, local); }
     for (var i = 0u; i < TM; i++) {
-        let row = r0 + ty * TM + i;
-        if (row >= p.rows) { continue; }
+        let v = r0 + ty * TM + i;
+        if (v >= p.rows) { continue; }
+        let row = bound_row(v);
         let k = coefs[row];
         let ab = row_scales(k, row);
         for (var j = 0u; j < TN; j++) {

@@ -2,8 +2,8 @@
 // over the chunk's columns, the chunks added in vocabulary order (the first writes, FLAG_ADD
 // after it), so two runs give the same bits.
 //
-// Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64, y = tiles of 64 of the
-// hidden size. The tile product (linear_tile.wgsl) with A = G (read along the chunk's columns)
+// Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64 (in `bound_row` order),
+// y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with A = G (read along the chunk's columns)
 // and B = Wᵀ of the chunk (read along D; W bound from row col0), or with WEIGHT_T (W stored
 // [D, V], bound whole) read along the chunk's columns.
 // Bytes: G and W read once per tile (4·64 + e·64 per column), dh read and written once per
@@ -11,15 +11,15 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> gradient: array<f32>;
-@group(0) @binding(8) var<storage, read> coefs: array<RowCoef>;
 @group(0) @binding(25) var<storage, read_write> hidden_gradient: array<f32>;
 
 const A_ALONG_K: bool = true;
 const B_ALONG_K: bool = WEIGHT_T;
-// A[r][c] = G[r][c], B[k][c] = W[col0 + c][k] (with WEIGHT_T stored at W[k][col0 + c]).
-fn load_a(r: u32, c: u32) -> f32 {
-    if (r >= p.rows || c >= p.span) { return 0.0; }
-    return gradient[r * p.span + c];
+// A[v][c] = G[bound_row(v)][c], B[k][c] = W[col0 + c][k] (with WEIGHT_T stored at
+// W[k][col0 + c]).
+fn load_a(v: u32, c: u32) -> f32 {
+    if (v >= p.rows || c >= p.span) { return 0.0; }
+    return gradient[bound_row(v) * p.span + c];
 }
 fn load_b(k: u32, c: u32) -> f32 {
     if (k >= p.hidden || c >= p.span) { return 0.0; }
@@ -35,13 +35,14 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
     let ty = local / SIDE;
     let r0 = group.x * BM;
     let n0 = group.y * BN;
-    // A tile of ignored rows only (FLAG_SKIP_IGNORED): their dh is 0, no product.
-    let live = !has(FLAG_SKIP_IGNORED) || tile_is_live(row_counts(r0 + local), local);
+    // A tile of rows that count for nothing (`bound_row` order): their dh is 0, no product.
+    let live = r0 < rows_that_count(local);
     var acc: array<vec4<f32>, 4>;
     if (live) { acc = tile_product(r0, n0, p.span, local); }
     for (var i = 0u; i < TM; i++) {
-        let r = r0 + ty * TM + i;
-        if (r >= p.rows) { continue; }
+        let v = r0 + ty * TM + i;
+        if (v >= p.rows) { continue; }
+        let r = bound_row(v);
         for (var j = 0u; j < TN; j++) {
             let k = n0 + tx * TN + j;
             if (k >= p.hidden) { continue; }

@@ -7,7 +7,9 @@
 // max, rescaled sum, argmax, Σ w·(z − m), entropy sum). The invocation holding the target's
 // column saves that same x for the rows pass (TARGET_LOGIT), so z[y] is the number the LSE saw.
 //
-// Launch: workgroups of 16 × 16 invocations (WG = 256); grid x = row tiles of BM = 64 rows,
+// Launch: workgroups of 16 × 16 invocations (WG = 256); grid x = row tiles of BM = 64 rows
+// (in `bound_row` order: with SKIP_IGNORED the rows that count first, and a tile past them
+// takes no product),
 // y = vocabulary splits of `span` columns (a multiple of BN). A workgroup owns its BM rows ×
 // its split: it walks the split in tiles of BN = 64 columns; for each tile the BM × BK slab of
 // h and the BN × BK slab of W go through workgroup memory and each invocation accumulates a
@@ -24,8 +26,10 @@
 // (each chunk's rows × width a contiguous block, as `linear_gradient.wgsl` binds it); 4 more
 // bytes written per logit.
 //
-// Inputs larger than a binding come in pieces: the host binds a chunk of rows (h, targets,
-// partials and target logits from the chunk's first row, so rows index the windows from 0)
+// The rows' targets come with the chunk's row order (`linear_compact.wgsl` runs first).
+//
+// Inputs larger than a binding come in pieces: the host binds a chunk of rows (h, partials and
+// target logits from the chunk's first row, so rows index the windows from 0)
 // and a piece of whole splits of W (its rows from class `col0`, the piece's first column); a
 // W stored [D × V] (WEIGHT_T) is bound whole, every piece, and indexed by global class.
 
@@ -39,6 +43,9 @@
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
 
 var<workgroup> merged: array<Partial, WG>;
+
+// Index targets only, from the row order (`bound_target`): `element` sees no dense ones.
+fn dense_target(i: u32) -> f32 { return 0.0; }
 
 // The tile product's operands: include `linear_logits.wgsl` (b_end: the split's end).
 
@@ -54,37 +61,35 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
 
     var st: array<Partial, TM>;
     for (var i = 0u; i < TM; i++) { st[i] = empty_partial(); }
+    // The invocation's rows of the window (`bound_row`) and their targets (−1: the row does
+    // not count), from the row order the compaction pass wrote.
+    var rows: array<u32, TM>;
     var y: array<i32, TM>;
     for (var i = 0u; i < TM; i++) {
-        let row = r0 + ty * TM + i;
+        let v = r0 + ty * TM + i;
         y[i] = -1;
-        if (row < p.rows) {
-            let t = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
-            if (t.y == 0) { y[i] = t.x; }
+        rows[i] = p.rows;
+        if (v < p.rows) {
+            rows[i] = bound_row(v);
+            y[i] = bound_target(v);
         }
     }
 
     b_end = c1;
-    // A tile of ignored rows only: empty partials (the rows pass leaves such rows out).
-    if (has(FLAG_SKIP_IGNORED)) {
-        var mine = false;
-        let row = r0 + local;
-        if (local < BM && row < p.rows) {
-            let t = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
-            mine = t.y == 0 && t.x >= 0 && u32(t.x) < p.classes;
+    // A tile of rows that count for nothing: empty partials (the rows pass leaves such rows
+    // out), no product.
+    if (r0 >= rows_that_count(local)) {
+        let v = r0 + local;
+        if (local < BM && v < p.rows) {
+            partials[(p.row0 + bound_row(v)) * p.splits + split] = empty_partial();
         }
-        if (!tile_is_live(mine, local)) {
-            if (local < BM && row < p.rows) {
-                partials[(p.row0 + row) * p.splits + split] = empty_partial();
-            }
-            return;
-        }
+        return;
     }
     for (var n0 = c0; n0 < c1; n0 += BN) {
         let acc = tile_product(r0, n0, d, local);
         // Epilogue: each value into its row's partial, in column order.
         for (var i = 0u; i < TM; i++) {
-            let row = r0 + ty * TM + i;
+            let row = rows[i];
             if (row >= p.rows) { continue; }
             var s = st[i];
             for (var j = 0u; j < TN; j++) {
@@ -108,7 +113,7 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
             if (tx < stride) { merged[local] = merge(merged[local], merged[local + stride]); }
             workgroupBarrier();
         }
-        let row = r0 + ty * TM + i;
+        let row = rows[i];
         if (tx == 0u && row < p.rows) {
             partials[(p.row0 + row) * p.splits + split] = merged[local];
         }

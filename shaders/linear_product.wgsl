@@ -15,7 +15,9 @@
 @group(0) @binding(2) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(22) var<storage, read> head_bias: array<f32>;
 
-// The tile product's operands: include `linear_logits.wgsl` (b_end: the columns' end).
+// The tile product's operands: include `linear_logits.wgsl` (b_end: the columns' end), its
+// rows in row order.
+fn bound_row(v: u32) -> u32 { return v; }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {

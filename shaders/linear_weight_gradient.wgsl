@@ -1,6 +1,7 @@
 // Linear cross-entropy backward, step 2 of 3 per vocabulary chunk: the chunk's rows of the
 // head's gradients, dW[c][k] = Σ_r G[r][c]·h[r][k] and db[c] = Σ_r G[r][c], summed over the
-// rows in order (no atomics: each value has one owner); a chunk of rows after the first adds
+// rows in order (no atomics: each value has one owner; with SKIP_IGNORED dW over the rows
+// that count only, `linear_order.wgsl`, G being 0 on the others); a chunk of rows after the first adds
 // (FLAG_ADD to dW, FLAG_ADD_BIAS to db), in row order, as does a caller's buffer that
 // accumulates.
 //
@@ -16,20 +17,21 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> gradient: array<f32>;
-@group(0) @binding(8) var<storage, read> coefs: array<RowCoef>;
 @group(0) @binding(23) var<storage, read_write> weight_gradient: array<f32>;
 @group(0) @binding(24) var<storage, read_write> bias_gradient: array<f32>;
 
 const A_ALONG_K: bool = false;
 const B_ALONG_K: bool = false;
-// G[r][c] (c local to the chunk) and h[r][k], 0 outside.
-fn g_at(c: u32, r: u32) -> f32 {
-    if (c >= p.span || r >= p.rows) { return 0.0; }
-    return gradient[r * p.span + c];
+// The rows the product sums over: those that count, in `bound_row` order.
+var<private> summed_rows: u32;
+// G[r][c] (c local to the chunk) and h[r][k] of r = bound_row(v), 0 outside.
+fn g_at(c: u32, v: u32) -> f32 {
+    if (c >= p.span || v >= summed_rows) { return 0.0; }
+    return gradient[bound_row(v) * p.span + c];
 }
-fn h_at(k: u32, r: u32) -> f32 {
-    if (k >= p.hidden || r >= p.rows) { return 0.0; }
-    return load_h(r * p.hidden + k);
+fn h_at(k: u32, v: u32) -> f32 {
+    if (k >= p.hidden || v >= summed_rows) { return 0.0; }
+    return load_h(bound_row(v) * p.hidden + k);
 }
 // A[c][r] = G[r][c] and B[k][r] = h[r][k], or swapped with WEIGHT_T.
 fn load_a(m: u32, r: u32) -> f32 {
@@ -55,17 +57,9 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         var m0 = c0;
         var n0 = k0;
         if (WEIGHT_T) { m0 = k0; n0 = c0; }
-        var acc: array<vec4<f32>, 4>;
-        if (has(FLAG_SKIP_IGNORED)) {
-            // Rows in blocks of 64, a block of ignored rows left out (its G is 0).
-            for (var r0 = 0u; r0 < p.rows; r0 += BM) {
-                if (tile_is_live(row_counts(r0 + local), local)) {
-                    acc = tile_accumulate(acc, m0, n0, r0, min(r0 + BM, p.rows), local);
-                }
-            }
-        } else {
-            acc = tile_product(m0, n0, p.rows, local);
-        }
+        // Rows that count for nothing have G = 0: summed over the others only, in row order.
+        summed_rows = rows_that_count(local);
+        let acc = tile_product(m0, n0, summed_rows, local);
         for (var i = 0u; i < TM; i++) {
             for (var j = 0u; j < TN; j++) {
                 var c = m0 + ty * TM + i;

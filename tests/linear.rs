@@ -1585,16 +1585,29 @@ fn gpu_plain_product_against_the_reference() {
     assert!(err.to_string().contains("overlaps"), "{err}");
 }
 
-/// A recorded call without per-row records skips the products of tiles of 64 rows that are all
-/// ignored (here rows 0 .. 64 and 128 .. 150, one of them out of range and flagged): against
+/// A recorded call without per-row records compacts its rows on the device, the rows that
+/// count first, and takes no product for ignored ones (here every fifth row, and spans: rows
+/// 0 .. 64 and 128 .. 150 of the first 150, one of them out of range and flagged): against
 /// the reference, and the same bits as the call that asks for the records (every product
-/// taken), in both strategies, written and added, the weight in both layouts.
+/// taken), in both strategies, written and added, the weight in both layouts; on 512 KiB
+/// bindings too (600 rows: two forward chunks, each window compacted).
 #[test]
-fn gpu_recorded_skips_tiles_of_ignored_rows() {
+fn gpu_recorded_compacts_ignored_rows() {
     let Some(gpu) = common::device::gpu() else {
         return;
     };
-    let mut head = Head::new(71, (150, 20, 1100), Dtype::F32)
+    let small = xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
+        max_binding_size: Some(512 << 10),
+        ..Default::default()
+    })
+    .expect("a device with small bindings");
+    for (gpu, rows) in [(&*gpu, 150), (&small, 600)] {
+        compacts_ignored_rows(gpu, rows);
+    }
+}
+
+fn compacts_ignored_rows(gpu: &xent::gpu::Gpu, rows: usize) {
+    let mut head = Head::new(71, (rows, 20, 1100), Dtype::F32)
         .ignore_every(5)
         .weighted(10);
     for r in (0..64).chain(128..150) {
@@ -1613,7 +1626,7 @@ fn gpu_recorded_skips_tiles_of_ignored_rows() {
             (None, (Strategy::Chunked, 0), true),
         ] {
             let label = format!(
-                "skipping {name}, add {prefill:?}, {:?}, [D × V] {hidden_major}",
+                "compacted {rows} rows, {name}, add {prefill:?}, {:?}, [D × V] {hidden_major}",
                 strategy.0
             );
             let want = Want {
@@ -1626,7 +1639,7 @@ fn gpu_recorded_skips_tiles_of_ignored_rows() {
                 ..Want::default()
             };
             let skipped =
-                record_head(&gpu, &head, &options, want).unwrap_or_else(|e| panic!("{label}: {e}"));
+                record_head(gpu, &head, &options, want).unwrap_or_else(|e| panic!("{label}: {e}"));
             assert_eq!(
                 skipped.flag,
                 Some(140),
@@ -1651,7 +1664,7 @@ fn gpu_recorded_skips_tiles_of_ignored_rows() {
                 no_rows: false,
                 ..want
             };
-            let computed = record_head(&gpu, &head, &options, every).unwrap();
+            let computed = record_head(gpu, &head, &options, every).unwrap();
             let bits = |g: &[f32]| g.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 skipped.loss.to_bits(),

@@ -1,15 +1,15 @@
 // The tile product's operands for a linear head's logits x = h·Wᵀ (linear_partials.wgsl and
-// linear_gradient.wgsl compute the same sums in the same order): A = h of the bound rows, read
-// along k; B = W's rows from class `col0`, read along k, or with WEIGHT_T (W stored [D × V],
+// linear_gradient.wgsl compute the same sums in the same order): A = h of the bound rows in
+// the kernel's order (`bound_row`), read along k; B = W's rows from class `col0`, read along k, or with WEIGHT_T (W stored [D × V],
 // bound whole, indexed by global class) W's columns, read along the classes; `b_end` is the
 // first class past the kernel's columns, set by the kernel before its products.
 
 const A_ALONG_K: bool = true;
 const B_ALONG_K: bool = !WEIGHT_T;
 var<private> b_end: u32;
-fn load_a(row: u32, k: u32) -> f32 {
-    if (row >= p.rows || k >= p.hidden) { return 0.0; }
-    return load_h(row * p.hidden + k);
+fn load_a(v: u32, k: u32) -> f32 {
+    if (v >= p.rows || k >= p.hidden) { return 0.0; }
+    return load_h(bound_row(v) * p.hidden + k);
 }
 fn load_b(c: u32, k: u32) -> f32 {
     if (c >= b_end || k >= p.hidden) { return 0.0; }
@@ -20,9 +20,9 @@ fn load_b(c: u32, k: u32) -> f32 {
 // Four consecutive k of a row (k a multiple of 4; D a multiple of 4 with LINEAR_VEC4, so the
 // four are all inside or all past the row); with WEIGHT_T, load_b4 gives four consecutive
 // classes c.. of W's row k (V a multiple of 4 too, and so is `b_end`).
-fn load_a4(row: u32, k: u32) -> vec4<f32> {
-    if (row >= p.rows || k >= p.hidden) { return vec4(0.0); }
-    return load_h4((row * p.hidden + k) / 4u);
+fn load_a4(v: u32, k: u32) -> vec4<f32> {
+    if (v >= p.rows || k >= p.hidden) { return vec4(0.0); }
+    return load_h4((bound_row(v) * p.hidden + k) / 4u);
 }
 fn load_b4(c: u32, k: u32) -> vec4<f32> {
     if (c >= b_end || k >= p.hidden) { return vec4(0.0); }

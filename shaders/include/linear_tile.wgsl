@@ -26,24 +26,10 @@ var<workgroup> a_slab: array<f32, BK * BM>;
 var<workgroup> b_slab: array<f32, BK * BN>;
 
 fn tile_product(m0: u32, n0: u32, depth: u32, local: u32) -> array<vec4<f32>, 4> {
-    var acc: array<vec4<f32>, 4>;
-    return tile_accumulate(acc, m0, n0, 0u, depth, local);
-}
-
-// `acc` plus the sums over k_begin .. k_end (k_begin a multiple of BK), in the same slab order:
-// blocks taken one after another give tile_product's bits.
-fn tile_accumulate(
-    start: array<vec4<f32>, 4>,
-    m0: u32,
-    n0: u32,
-    k_begin: u32,
-    k_end: u32,
-    local: u32,
-) -> array<vec4<f32>, 4> {
     let tx = local % SIDE;
     let ty = local / SIDE;
-    var acc = start;
-    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < depth; k0 += BK) {
         load_slabs(m0, n0, k0, local);
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {

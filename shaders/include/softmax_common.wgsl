@@ -37,6 +37,7 @@ struct Params {
     split0: u32,        // partials: the first split of this dispatch
     hidden: u32,        // D of a linear head (linear_partials.wgsl); else 0
     block_columns: u32, // a linear head's stored logits: columns per chunk (FLAG_STORED_LOGITS)
+    order_base: u32,    // a linear head's compacted rows: the window's count in the row order
 }
 
 // The FLAG_* bits of `flags`, the REDUCTION_* codes of `reduction` and the FILL_* codes of

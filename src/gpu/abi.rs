@@ -71,6 +71,10 @@ pub(crate) struct Params {
     /// A linear head's chunked strategy (`FLAG_STORED_LOGITS`): the columns of each chunk of
     /// the stored logits (the backward's chunk width); 0 elsewhere.
     pub block_columns: u32,
+    /// A linear head's compacted rows (`FLAG_SKIP_IGNORED`): the word of the row order where
+    /// the window's count of rows that count sits, its order after it
+    /// (`linear_compact.wgsl`); 0 elsewhere.
+    pub order_base: u32,
 }
 
 /// The online-softmax state of one (row, split) (`Partial` in `softmax_common.wgsl`).
@@ -208,8 +212,9 @@ pub(crate) const FLAG_DEVICE_UPSTREAM: u32 = 262144;
 /// rows, chunk-major (`block_columns`), and `linear_gradient.wgsl` reads them back in place of
 /// the tile product.
 pub(crate) const FLAG_STORED_LOGITS: u32 = 524288;
-/// A linear head's recorded call without per-row records: tiles of 64 rows that are all
-/// ignored skip their products (`linear_live.wgsl`).
+/// A linear head's recorded call without per-row records: its tile kernels take each window's
+/// rows that count first (`linear_compact.wgsl`, `linear_order.wgsl`), and a tile past them
+/// takes no product.
 pub(crate) const FLAG_SKIP_IGNORED: u32 = 1048576;
 
 /// `Params::reduction`: how the kernels scale a row's gradient.
@@ -330,6 +335,9 @@ pub(crate) mod binding {
     pub const HIDDEN_GRADIENT: u32 = 25;
     /// A linear head's focal sums per (row, split), `vec2<f32>`.
     pub const FOCAL_PARTIALS: u32 = 26;
+    /// A linear head's row order (`linear_compact.wgsl`), u32: per window, its count of rows
+    /// that count, then its rows.
+    pub const ROW_ORDER: u32 = 27;
 }
 
 #[cfg(test)]

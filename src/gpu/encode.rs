@@ -124,6 +124,15 @@ impl Region {
         &self.buffer
     }
 
+    /// All of it.
+    pub(super) fn all(&self) -> Window<'_> {
+        Window {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: self.size,
+        }
+    }
+
     /// The first `bytes` (rounded up to 4, at least 4, at most the region).
     pub(super) fn head(&self, bytes: u64) -> Window<'_> {
         Window {

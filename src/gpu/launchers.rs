@@ -95,8 +95,6 @@ launcher! {
     /// A linear head's logits folded into the partials of each (row, split)
     /// (`linear_partials.wgsl`).
     LinearPartials {
-        /// Index targets, whole.
-        targets: TARGETS, Read, 4;
         /// Class weights (a stand-in when unweighted).
         class_weights: CLASS_WEIGHTS, Read, 4;
         /// One `Partial` per (row, split).
@@ -111,6 +109,19 @@ launcher! {
         head_weight: HEAD_WEIGHT, Read, 4;
         /// The head's bias, f32 [V] (a stand-in without one).
         head_bias: HEAD_BIAS, Read, 4;
+        /// The row order and the rows' targets (`linear_compact.wgsl`).
+        row_order: ROW_ORDER, Read, 4;
+    }
+}
+
+launcher! {
+    /// A linear head's window of rows in the order its tile kernels take them, the rows that
+    /// count first (`linear_compact.wgsl`).
+    LinearCompact {
+        /// Index targets of the window.
+        targets: TARGETS, Read, 4;
+        /// The row order: the window's count, then its rows and their targets.
+        row_order: ROW_ORDER, Write, 4;
     }
 }
 
@@ -132,6 +143,8 @@ launcher! {
         head_weight: HEAD_WEIGHT, Read, 4;
         /// The head's bias (a stand-in without one).
         head_bias: HEAD_BIAS, Read, 4;
+        /// The row order (`FLAG_SKIP_IGNORED`; else unread).
+        row_order: ROW_ORDER, Read, 4;
     }
 }
 
@@ -154,14 +167,14 @@ launcher! {
     LinearWeightGradient {
         /// `G` of the chunk.
         gradient: GRADIENT, Read, 4;
-        /// The rows' coefficients (which rows count, `FLAG_SKIP_IGNORED`).
-        coefficients: COEFFICIENTS, Read, COEF_BYTES;
         /// The hidden states.
         hidden: HIDDEN, Read, 4;
         /// The chunk's rows of `dW`.
         weight_gradient: WEIGHT_GRADIENT, Write, 4;
         /// The chunk's `db`.
         bias_gradient: BIAS_GRADIENT, Write, 4;
+        /// The row order (`FLAG_SKIP_IGNORED`; else unread).
+        row_order: ROW_ORDER, Read, 4;
     }
 }
 
@@ -170,12 +183,12 @@ launcher! {
     LinearHiddenGradient {
         /// `G` of the chunk.
         gradient: GRADIENT, Read, 4;
-        /// The rows' coefficients (which rows count, `FLAG_SKIP_IGNORED`).
-        coefficients: COEFFICIENTS, Read, COEF_BYTES;
         /// The chunk's rows of the head's weight.
         head_weight: HEAD_WEIGHT, Read, 4;
         /// `dh` of the computed rows.
         hidden_gradient: HIDDEN_GRADIENT, Write, 4;
+        /// The row order (`FLAG_SKIP_IGNORED`; else unread).
+        row_order: ROW_ORDER, Read, 4;
     }
 }
 
@@ -197,6 +210,8 @@ launcher! {
         head_bias: HEAD_BIAS, Read, 4;
         /// One `vec2<f32>` per (row, split).
         focal_partials: FOCAL_PARTIALS, Write, FOCAL_SUM_BYTES;
+        /// The row order (`FLAG_SKIP_IGNORED`; else unread).
+        row_order: ROW_ORDER, Read, 4;
     }
 }
 
@@ -417,6 +432,7 @@ pub(crate) fn layout(variant: &Variant) -> Vec<Binding> {
         Kernel::LinearHiddenGradient => LinearHiddenGradient::LAYOUT,
         Kernel::LinearFocal => LinearFocal::LAYOUT,
         Kernel::LinearFocalRows => LinearFocalRows::LAYOUT,
+        Kernel::LinearCompact => LinearCompact::LAYOUT,
         Kernel::ProbeRead | Kernel::ProbeCopy => Probe::LAYOUT,
     };
     let stores = matches!(

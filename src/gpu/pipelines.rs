@@ -51,6 +51,9 @@ pub enum Kernel {
     LinearFocal,
     /// Focal loss with smoothing on a linear head: each row's sums added, its loss finished.
     LinearFocalRows,
+    /// A linear head's window of rows in the order its tile kernels take them, the rows that
+    /// count first.
+    LinearCompact,
     /// Bandwidth probe: read.
     ProbeRead,
     /// Bandwidth probe: copy.
@@ -89,6 +92,7 @@ impl Kernel {
                 | Kernel::LinearWeightGradient
                 | Kernel::LinearHiddenGradient
                 | Kernel::LinearFocal
+                | Kernel::LinearCompact
         )
     }
 
@@ -115,6 +119,7 @@ impl Kernel {
             }
             Kernel::LinearFocal => include_str!("../../shaders/linear_focal.wgsl"),
             Kernel::LinearFocalRows => include_str!("../../shaders/linear_focal_rows.wgsl"),
+            Kernel::LinearCompact => include_str!("../../shaders/linear_compact.wgsl"),
             Kernel::ProbeRead => include_str!("../../shaders/probe_read.wgsl"),
             Kernel::ProbeCopy => include_str!("../../shaders/probe_copy.wgsl"),
         }
@@ -319,7 +324,7 @@ impl Variant {
             }
             src += self.target_include();
         }
-        if matches!(k, Kernel::SoftmaxTargets | Kernel::LinearPartials) {
+        if matches!(k, Kernel::SoftmaxTargets | Kernel::LinearCompact) {
             // Targets only: no logits bound.
             src += self.target_include();
         }
@@ -342,13 +347,9 @@ impl Variant {
         ) {
             src += include_str!("../../shaders/include/linear_logits.wgsl");
         }
-        // Every linear kernel but the plain product skips tiles of ignored rows; all but the
-        // partials (which read the targets) know them from the rows' coefficients.
+        // Every linear kernel but the plain product takes its rows in the compacted order.
         if k.is_linear() && k != Kernel::LinearProduct {
-            src += include_str!("../../shaders/include/linear_live.wgsl");
-            if k != Kernel::LinearPartials {
-                src += include_str!("../../shaders/include/linear_row_counts.wgsl");
-            }
+            src += include_str!("../../shaders/include/linear_order.wgsl");
         }
         if matches!(k, Kernel::SoftmaxFocal | Kernel::LinearFocalRows) {
             src += include_str!("../../shaders/include/focal_finish.wgsl");
@@ -361,6 +362,7 @@ impl Variant {
                     | Kernel::SoftmaxTargets
                     | Kernel::CountRows
                     | Kernel::LinearFocalRows
+                    | Kernel::LinearCompact
             )
             || k.is_linear()
         {
@@ -688,6 +690,7 @@ pub fn all_variants() -> Vec<Variant> {
                 out.push(targets);
                 out.push(targets.with_short_tiles(true));
                 if t != TargetLoad::Dense {
+                    out.push(Variant::new(Kernel::LinearCompact, load, t));
                     let linear = [
                         LogitLoad::F32,
                         LogitLoad::F32x4,
@@ -695,15 +698,11 @@ pub fn all_variants() -> Vec<Variant> {
                         LogitLoad::Bf16,
                     ];
                     for load in linear {
-                        for transposed in [false, true] {
-                            out.push(
-                                Variant::new(Kernel::LinearPartials, load, t)
-                                    .with_weight_transposed(transposed),
-                            );
-                        }
-                        // The backward reads no targets: one variant per load.
+                        // No tile kernel reads targets (the forward's come with the row
+                        // order): one variant per load.
                         if t == TargetLoad::I64 {
                             for kernel in [
+                                Kernel::LinearPartials,
                                 Kernel::LinearGradient,
                                 Kernel::LinearProduct,
                                 Kernel::LinearWeightGradient,

@@ -63,6 +63,8 @@ pub(crate) enum Role {
     LinearFocalSums,
     /// Its `G` of one (chunk, group of rows).
     LinearBlockGradient,
+    /// Its row order (ignored rows compacted).
+    LinearRowOrder,
     /// Its `dh`.
     LinearHiddenGradient,
     /// Its `dW`.
@@ -106,6 +108,7 @@ impl Role {
             Role::LinearBias => "xent linear b",
             Role::LinearFocalSums => "xent linear focal sums",
             Role::LinearBlockGradient => "xent linear G",
+            Role::LinearRowOrder => "xent linear row order",
             Role::LinearHiddenGradient => "xent linear dh",
             Role::LinearWeightGradient => "xent linear dW",
             Role::LinearBiasGradient => "xent linear db",

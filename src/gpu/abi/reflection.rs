@@ -57,6 +57,7 @@ fn rust_structs() -> Vec<(&'static str, Layout)> {
                 split0,
                 hidden,
                 block_columns,
+                order_base,
             }),
         ),
         (

@@ -33,6 +33,9 @@ pub(super) struct Scratch {
     /// `G` of one (vocabulary chunk, group of rows); the chunked strategy's stored logits of a
     /// group of rows.
     pub(super) block: Option<Region>,
+    /// The row order of each window of rows (`linear_compact.wgsl`): a count, then a row and
+    /// its target per row, u32, the windows one after another.
+    pub(super) row_order: Region,
 }
 
 impl Scratch {
@@ -47,6 +50,9 @@ impl Scratch {
         let mut get =
             |role, bytes: u64| Region::whole(&pool.get(device, role, bytes, storage_usage()));
         let (n, splits) = (n as u64, pieces.splits as u64);
+        // The forward's chunks, then (or, chunked, also) the backward's groups.
+        let groups = backward.map_or(0, |back| back.groups.len());
+        let windows = pieces.row_chunks.len().max(groups) as u64;
         let per_pass = 4 * WORKGROUP_SIZE as u64;
         Scratch {
             // Large enough to stand in for one RowCoef.
@@ -64,6 +70,7 @@ impl Scratch {
             totals: get(Role::Totals, ROW_SUM_BYTES),
             focal_partials: focal.then(|| get(Role::LinearFocalSums, n * splits * FOCAL_SUM_BYTES)),
             block: backward.map(|back| get(Role::LinearBlockGradient, back.block_bytes)),
+            row_order: get(Role::LinearRowOrder, (2 * n + windows) * 4),
         }
     }
 }
@@ -171,5 +178,10 @@ impl Bindings {
     }
     pub(super) fn coefficients(&self, rows: (usize, usize)) -> Window<'_> {
         self.scratch.coefficients.rows(rows, COEF_BYTES)
+    }
+
+    /// The row order, whole: kernels find their window's by `Params::order_base`.
+    pub(super) fn row_order(&self) -> Window<'_> {
+        self.scratch.row_order.all()
     }
 }

@@ -11,14 +11,18 @@
 //! call, a target out of range raising a flag (every pass after the check treats its row as
 //! ignored), nothing read back.
 //!
-//! Which rows are ignored is known only on the device, so rows are not compacted as a host
-//! call's are; without per-row records (`outputs.rows` unset) a tile of 64 rows that are all
-//! ignored (or flagged out of range) skips its products, forward, focal pass and backward
-//! (`FLAG_SKIP_IGNORED`, `shaders/include/linear_live.wgsl`): contiguous spans of ignored rows, as a prompt's or
-//! padding's, then cost next to nothing. The bits are those of taking every product, except
-//! that a non-finite `h` in such a tile no longer reaches `dW` through its zero gradient (as
-//! SEMANTICS.md section 6 leaves a zero coefficient's term out, and a host call leaves the
-//! row out). With records every row gets products (its LSE and metrics are asked for).
+//! Which rows are ignored is known only on the device, so without per-row records
+//! (`outputs.rows` unset) the rows are compacted there (`FLAG_SKIP_IGNORED`): one small pass per
+//! window of rows (`shaders/linear_compact.wgsl`) orders them, the rows that count first, and
+//! every tile kernel (forward, focal pass, backward) takes its rows in that order
+//! (`shaders/include/linear_order.wgsl`), a tile past the rows that count taking no product.
+//! Ignored rows then cost no GEMM work wherever they sit (scattered, as a masked-LM batch's,
+//! or in spans, as a prompt's or padding's), as in a host call, which leaves them out before
+//! the upload. Each row's products are the same sums in the same order whichever tile takes
+//! it, and `dW` sums the rows that count in row order, so the bits are those of taking every
+//! product, except that a non-finite `h` of an ignored row no longer reaches `dW` through its
+//! zero gradient (as SEMANTICS.md section 6 leaves a zero coefficient's term out). With
+//! records every row gets products (its LSE and metrics are asked for).
 
 use super::bindings::{Bindings, Destination, Region, Scratch};
 use super::{base_params, call_launches, cut, linear_load, Flags};

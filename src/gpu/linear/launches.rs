@@ -7,14 +7,14 @@ use super::cut::{Backward, Pieces};
 use super::TILE_ROWS;
 use crate::gpu::abi::binding::PARAMS;
 use crate::gpu::abi::{
-    Params, ReductionCode, COEF_BYTES, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
-    FLAG_STORED_LOGITS, FLAG_UPSTREAM, FLAG_WEIGHT_ONLY, FOCAL_SUM_BYTES, PARTIAL_BYTES,
-    ROW_SUM_BYTES,
+    Params, ReductionCode, FLAG_ADD, FLAG_ADD_BIAS, FLAG_BIAS_ONLY, FLAG_CHECK_TARGETS,
+    FLAG_SKIP_IGNORED, FLAG_STORED_LOGITS, FLAG_UPSTREAM, FLAG_WEIGHT_ONLY, FOCAL_SUM_BYTES,
+    PARTIAL_BYTES, ROW_SUM_BYTES,
 };
 use crate::gpu::encode::{grid, Window};
 use crate::gpu::launchers::{
-    LinearFocal, LinearFocalRows, LinearGradient, LinearHiddenGradient, LinearPartials,
-    LinearWeightGradient, Reduce, Rows, Targets,
+    LinearCompact, LinearFocal, LinearFocalRows, LinearGradient, LinearHiddenGradient,
+    LinearPartials, LinearWeightGradient, Reduce, Rows, Targets,
 };
 use crate::gpu::pipelines::{Kernel, WORKGROUP_SIZE};
 use crate::gpu::schedule::{reduce_passes, Stage};
@@ -82,22 +82,56 @@ pub(super) fn target_check(b: &Bindings, base: Params, denominators: bool) -> Op
     ))
 }
 
-/// The forward's launches: per row chunk, `linear_partials` per piece of `W`, then the rows
-/// pass (and the focal passes). Every per-row window starts at the chunk's first row (`row0`
-/// stays 0).
+/// `base` for the `index`-th window of rows (a forward chunk or a backward group, `rows`): where
+/// its row order starts (`Params::order_base`: its count at word `2 · first row + index`, then
+/// a pair of words per row, so the windows tile the row order).
+fn in_window(base: Params, index: usize, rows: (usize, usize)) -> Params {
+    Params {
+        order_base: (2 * rows.0 + index) as u32,
+        ..base
+    }
+}
+
+/// The row order of a window of rows (`base` from [`in_window`]) and its rows' targets, for
+/// every tile kernel over the window after it: the rows that count first with
+/// `FLAG_SKIP_IGNORED`, else row order (the forward reads its targets there all the same).
+fn compact(b: &Bindings, base: Params, rows: (usize, usize)) -> Option<Launch<'_>> {
+    if rows.1 == 0 {
+        return None;
+    }
+    let order = LinearCompact {
+        params: b.stand_in(),
+        targets: b.targets(rows),
+        row_order: b.row_order(),
+    };
+    let params = Params {
+        rows: rows.1 as u32,
+        ..base
+    };
+    Some(Launch::new(
+        Kernel::LinearCompact,
+        params,
+        order.entries(),
+        (1, 1, 1),
+    ))
+}
+
+/// The forward's launches: per row chunk, its row order (`compact`), `linear_partials` per
+/// piece of `W`, then the rows pass (and the focal passes). Every per-row window starts at the
+/// chunk's first row (`row0` stays 0).
 pub(super) fn forward_launches<'a>(
     b: &'a Bindings,
     pieces: &Pieces,
     base: Params,
 ) -> Vec<Launch<'a>> {
-    let chunks = pieces.row_chunks.iter();
+    let chunks = pieces.row_chunks.iter().enumerate();
     chunks
-        .flat_map(|&chunk| chunk_forward(b, pieces, chunk, base, None))
+        .flat_map(|(i, &chunk)| chunk_forward(b, pieces, chunk, in_window(base, i, chunk), None))
         .collect()
 }
 
-/// The forward of one row chunk; `stored`: the chunked strategy's block for its logits and
-/// the columns of each of its chunks.
+/// The forward of one row chunk (`base` from [`in_window`]); `stored`: the chunked strategy's
+/// block for its logits and the columns of each of its chunks.
 fn chunk_forward<'a>(
     b: &'a Bindings,
     pieces: &Pieces,
@@ -110,6 +144,7 @@ fn chunk_forward<'a>(
     let s = &b.scratch;
     let mut launches = Vec::new();
     let rows = chunk.1;
+    launches.extend(compact(b, base, chunk));
     launches.extend(partials_launches(b, pieces, chunk, base, stored));
     let finish = Rows {
         params: placeholder,
@@ -181,18 +216,27 @@ pub(super) enum ShardPass {
     Focal,
 }
 
-/// A vocabulary shard's dispatches of `pass`, chunk by chunk.
+/// A vocabulary shard's dispatches of `pass`, chunk by chunk (every row in row order: a shard
+/// keeps its ignored rows' partials).
 pub(super) fn shard_launches<'a>(
     b: &'a Bindings,
     pieces: &Pieces,
     base: Params,
     pass: ShardPass,
 ) -> Vec<Launch<'a>> {
-    let chunks = pieces.row_chunks.iter();
+    debug_assert_eq!(base.flags & FLAG_SKIP_IGNORED, 0);
+    let chunks = pieces.row_chunks.iter().enumerate();
     chunks
-        .flat_map(|&chunk| match pass {
-            ShardPass::Partials => partials_launches(b, pieces, chunk, base, None),
-            ShardPass::Focal => focal_launches(b, pieces, chunk, base, None),
+        .flat_map(|(i, &chunk)| {
+            let base = in_window(base, i, chunk);
+            match pass {
+                ShardPass::Partials => {
+                    let order = compact(b, base, chunk);
+                    let partials = partials_launches(b, pieces, chunk, base, None);
+                    order.into_iter().chain(partials).collect()
+                }
+                ShardPass::Focal => focal_launches(b, pieces, chunk, base, None),
+            }
         })
         .collect()
 }
@@ -214,7 +258,6 @@ fn partials_launches<'a>(
         .map(|piece| {
             let forward = LinearPartials {
                 params: b.stand_in(),
-                targets: b.targets(chunk),
                 class_weights: b.per_class(&b.class_weights),
                 partials: s.partials.rows(chunk, splits * PARTIAL_BYTES),
                 target_logits: s.target_logits.rows(chunk, 4),
@@ -222,6 +265,7 @@ fn partials_launches<'a>(
                 hidden: b.hidden(chunk),
                 head_weight: b.weight(piece.columns),
                 head_bias: b.per_class(&b.bias),
+                row_order: b.row_order(),
             };
             let (params, groups) = piece.launch(base, chunk.1);
             Launch::new(Kernel::LinearPartials, params, forward.entries(), groups)
@@ -255,6 +299,7 @@ fn focal_launches<'a>(
                 head_weight: b.weight(piece.columns),
                 head_bias: b.per_class(&b.bias),
                 focal_partials: focal.rows(chunk, splits * FOCAL_SUM_BYTES),
+                row_order: b.row_order(),
             };
             let (params, groups) = piece.launch(base, chunk.1);
             Launch::new(Kernel::LinearFocal, params, sums.entries(), groups)
@@ -300,9 +345,10 @@ pub(super) fn reduce_launches(b: &Bindings, base: Params) -> Vec<Launch<'_>> {
         .collect()
 }
 
-/// The backward's launches: per vocabulary chunk in order, per group of rows in order, `G`,
-/// then the chunk's `dW` and `db` (added over groups), then `dh` (added over chunks); a
-/// gradient not asked for is not computed. A destination that adds takes every launch's sum.
+/// The backward's launches: each group's row order (`compact`; the forward's chunks are done
+/// with theirs), then per vocabulary chunk in order, per group of rows in order, `G`, then
+/// the chunk's `dW` and `db` (added over groups), then `dh` (added over chunks); a gradient
+/// not asked for is not computed. A destination that adds takes every launch's sum.
 pub(super) fn backward_launches<'a>(
     b: &'a Bindings,
     back: &Backward,
@@ -316,13 +362,19 @@ pub(super) fn backward_launches<'a>(
         0 => &[(0, 0)],
         _ => &back.groups,
     };
-    let mut launches = Vec::new();
+    let mut launches: Vec<Launch<'a>> = Vec::new();
+    if base.flags & FLAG_SKIP_IGNORED != 0 {
+        let orders = groups.iter().enumerate();
+        launches
+            .extend(orders.filter_map(|(j, &group)| compact(b, in_window(base, j, group), group)));
+    }
     for chunk in back.chunks.iter().enumerate() {
         for group in groups.iter().enumerate() {
             let window = match group.1 .1 {
                 0 => b.stand_in(),
                 rows => g.head(rows as u64 * chunk.1 .1 as u64 * 4),
             };
+            let base = in_window(base, group.0, *group.1);
             launches.extend(block_launches(b, base, chunk, group, window, false));
         }
     }
@@ -354,6 +406,7 @@ pub(super) fn chunked_launches<'a>(
         let rows = group.1 .1;
         let logits = block.head(rows as u64 * v as u64 * 4);
         let stored = Some((logits, back.width));
+        let base = in_window(base, group.0, *group.1);
         launches.extend(chunk_forward(b, pieces, *group.1, base, stored));
         for chunk in back.chunks.iter().enumerate() {
             let (c0, width) = *chunk.1;
@@ -390,9 +443,9 @@ fn block_launches<'a>(
     let column_tiles = width.div_ceil(TILE_ROWS) as u32;
     let rows = group.1;
     let row_tiles = rows.div_ceil(TILE_ROWS) as u32;
-    let (hidden, coefficients) = match rows {
-        0 => (placeholder, b.scratch.stand_in.head(COEF_BYTES)),
-        _ => (b.hidden(group), b.coefficients(group)),
+    let hidden = match rows {
+        0 => placeholder,
+        _ => b.hidden(group),
     };
     let params = Params {
         rows: rows as u32,
@@ -411,6 +464,7 @@ fn block_launches<'a>(
             hidden,
             head_weight: b.weight((c0, width)),
             head_bias: b.per_class(&b.bias),
+            row_order: b.row_order(),
         };
         let params_g = Params {
             flags: params.flags | if stored { FLAG_STORED_LOGITS } else { 0 },
@@ -429,10 +483,10 @@ fn block_launches<'a>(
         let weight = LinearWeightGradient {
             params: placeholder,
             gradient: g_window,
-            coefficients,
             hidden,
             weight_gradient: b.weight_gradient((c0, width)).unwrap_or(sink),
             bias_gradient: db.map_or(sink, |db| db.region.rows((c0, width), 4)),
+            row_order: b.row_order(),
         };
         let later = index > 0;
         let mut flags = params.flags;
@@ -459,9 +513,9 @@ fn block_launches<'a>(
         let hidden = LinearHiddenGradient {
             params: placeholder,
             gradient: g_window,
-            coefficients,
             head_weight: b.weight((c0, width)),
             hidden_gradient: dh.region.rows(group, d as u64 * 4),
+            row_order: b.row_order(),
         };
         let params_dh = Params {
             flags: params.flags | if dh.adds || chunk > 0 { FLAG_ADD } else { 0 },

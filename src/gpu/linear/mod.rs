@@ -133,12 +133,10 @@ impl Gpu {
             // Only the passes that read targets take their type; the rest have one variant.
             let variant = match launch.kernel {
                 Kernel::Reduce => Variant::plain(Kernel::Reduce),
-                Kernel::SoftmaxTargets => {
+                Kernel::SoftmaxTargets | Kernel::LinearCompact => {
                     Variant::new(launch.kernel, LogitLoad::F32, b.target_load)
                 }
-                Kernel::LinearPartials | Kernel::SoftmaxRows => {
-                    Variant::new(launch.kernel, load, b.target_load)
-                }
+                Kernel::SoftmaxRows => Variant::new(launch.kernel, load, b.target_load),
                 kernel => Variant::new(kernel, load, TargetLoad::I64),
             }
             .with_writable(b.writable);
