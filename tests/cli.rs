@@ -1371,6 +1371,51 @@ fn bench_linear_head_table_and_json() {
     assert!(run.stdout.contains("% gemm"), "{}", run.stdout);
 }
 
+#[test]
+fn bench_linear_head_with_ignored_rows() {
+    let dir = Dir::new();
+    let json = dir.arg("ignored.json");
+    let run = xent(&[
+        "bench",
+        "--linear",
+        "--head",
+        "64x16x300",
+        "--iters",
+        "1",
+        "--device",
+        "cpu",
+        "--ignored",
+        "0.5",
+        "--json",
+        &json,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("50 % of the rows ignored"),
+        "{}",
+        run.stdout
+    );
+    let records: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let records = records.as_array().unwrap();
+    assert!(records.iter().all(|r| r["ignored"] == 0.5), "{records:?}");
+    // Every implementation's mean over the rows that count: the same loss.
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 5);
+    for l in &losses {
+        assert!(
+            l.is_finite() && (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
+            "{losses:?}"
+        );
+    }
+    let refused = xent(&["bench", "--linear", "--ignored", "1.5", "--device", "cpu"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not a fraction"),
+        "{}",
+        refused.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // bench and devices
 

@@ -139,6 +139,8 @@ pub struct LinearRecord {
     pub loss: Option<f32>,
     /// Timed runs.
     pub iters: usize,
+    /// The fraction of rows ignored (`--ignored`).
+    pub ignored: f64,
 }
 
 /// Runs `xent bench --linear`.
@@ -151,6 +153,13 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         LINEAR_SHAPES.to_vec()
     };
     let mut notes = Vec::new();
+    if let Some(f) = args.ignored.filter(|&f| f > 0.0) {
+        notes.push(format!(
+            "{:.0} % of the rows ignored, scattered: xent leaves them out of its products, gemm \
+             and the materialized baseline do not; GFLOP/s credit every row",
+            f * 100.0
+        ));
+    }
     let gpu = match args.device {
         super::BenchDevice::Cpu => None,
         super::BenchDevice::Gpu => Some(device::gpu().map_err(CliError::runtime)?),
@@ -179,6 +188,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
                 iters: args.iters,
                 scratch_bytes: args.scratch_mb.map(|mb| (mb * 1e6) as usize),
                 gpu: gpu.as_ref(),
+                ignored: args.ignored.unwrap_or(0.0),
             };
             match dtype {
                 BenchDtype::F32 => run.measure::<f32>(&mut records, &mut notes),
@@ -223,7 +233,8 @@ pub fn product(x: &mut [f32], h: &[f32], w: &[f32], shape: HeadShape) {
 }
 
 /// Generated inputs: `h` roughly normal, `W` scaled by `1/√D` (logits of a few units), a
-/// bias, targets uniform over the vocabulary.
+/// bias, targets uniform over the vocabulary, `ignored` of them (a fraction, at pseudo-random
+/// rows) -100.
 struct Inputs<T> {
     h: Vec<T>,
     w: Vec<T>,
@@ -231,7 +242,7 @@ struct Inputs<T> {
     y: Vec<i64>,
 }
 
-fn inputs<T: Element>(shape: HeadShape) -> Inputs<T> {
+fn inputs<T: Element>(shape: HeadShape, ignored: f64) -> Inputs<T> {
     let mut next = super::shapes::splitmix(0x5EED);
     let mut normal = move || {
         let u = next();
@@ -248,7 +259,14 @@ fn inputs<T: Element>(shape: HeadShape) -> Inputs<T> {
     let w = values(shape.vocab * shape.hidden, scale);
     let b = values(shape.vocab, 0.5);
     let y = (0..shape.rows)
-        .map(|_| (normal().1 % shape.vocab as u64) as i64)
+        .map(|_| {
+            let u = normal().1;
+            // The top 11 bits draw the ignored rows.
+            match ((u >> 53) as f64) < ignored * 2048.0 {
+                true => -100,
+                false => (u % shape.vocab as u64) as i64,
+            }
+        })
         .collect();
     Inputs { h, w, b, y }
 }
@@ -270,6 +288,8 @@ struct Run<'g> {
     scratch_bytes: Option<usize>,
     /// The GPU, when there is one and it is asked for.
     gpu: Option<&'g device::Device>,
+    /// The fraction of rows ignored.
+    ignored: f64,
 }
 
 impl Run<'_> {
@@ -285,7 +305,7 @@ impl Run<'_> {
             hidden: d,
             vocab: v,
         } = shape;
-        let data = inputs::<T>(shape);
+        let data = inputs::<T>(shape, self.ignored);
         // f32 copies for the product and the baseline's GEMMs (a framework's matmul takes its
         // own dtype; widening here keeps the baseline to one GEMM crate).
         let widen = |x: &[T]| x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
@@ -312,6 +332,7 @@ impl Run<'_> {
                 logits_bytes: n * v * 4,
                 loss,
                 iters,
+                ignored: self.ignored,
             });
         };
 

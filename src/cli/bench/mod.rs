@@ -179,6 +179,21 @@ pub struct BenchArgs {
     /// [default: 64 MiB].
     #[arg(long, value_name = "MB", requires = "linear")]
     pub scratch_mb: Option<f64>,
+    /// For --linear: this fraction of the rows ignored (target -100), scattered through the
+    /// batch as a masked-LM batch's are (about 0.85 there); xent leaves them out of its
+    /// products, the plain product and the materialized baseline take every row, and every
+    /// implementation is credited with every row's FLOPs [default: 0].
+    #[arg(long, value_name = "FRACTION", requires = "linear", value_parser = fraction)]
+    pub ignored: Option<f64>,
+}
+
+/// A fraction in [0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(f) => Err(format!("{f} is not a fraction in [0, 1]")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 /// One measurement (or one bandwidth probe), as `--json` writes it.
