@@ -431,9 +431,8 @@ impl Run<'_> {
                 let all = head(Strategy::Chunked).scratch_bytes(n * v * 4);
                 let head = (&data.h[..], &data.w[..], &data.b[..], &data.y[..]);
                 // One group: every row's logits, h and dh in one binding.
-                let per_row = (v.max(64) * 4).max(d * 4) as u64;
-                let fits =
-                    n as u64 * per_row <= device.device().limits().max_storage_buffer_binding_size;
+                let element = std::mem::size_of::<T>() as u64;
+                let fits = device.chunked_holds_every_row((n, d, v), element, n);
                 let mut runs = vec![
                     ("gpu-product", "product", flops, LinearWork::Product),
                     (

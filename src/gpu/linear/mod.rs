@@ -237,6 +237,27 @@ fn call_launches<'a>(
     launches
 }
 
+impl Gpu {
+    /// Whether a recorded chunked call of `shape` (`h` and `W` of `element` bytes a value, a
+    /// budget of `budget_rows` rows of logits) holds every row's logits in one group, as the
+    /// bench's materialized baseline needs: the cut the call itself takes.
+    pub(crate) fn chunked_holds_every_row(
+        &self,
+        shape: (usize, usize, usize),
+        element: u64,
+        budget_rows: usize,
+    ) -> bool {
+        let cut = cut(
+            shape,
+            element,
+            true,
+            self.max_binding,
+            Some((budget_rows, false)),
+        );
+        matches!(cut, Ok((_, Some(back))) if back.stored && back.groups.len() == 1)
+    }
+}
+
 /// How a call of `(n, d, v)` with `element` bytes per value of `h` and `W` is cut to the
 /// bindings: the forward's pieces and, for a gradient, the backward's chunks.
 /// `chunked`: the chunked strategy's rows of logits within the budget and whether `Auto` chose
