@@ -1314,11 +1314,12 @@ fn eval_hidden_states_of_a_linear_head() {
     );
 }
 
-#[test]
-fn bench_linear_head_table_and_json() {
+/// `xent bench --linear` on a tiny head on the CPU, with `extra` arguments: its stdout and
+/// JSON records, after checking that every implementation computed the same finite loss.
+fn bench_linear_records(extra: &[&str]) -> (String, Vec<Value>) {
     let dir = Dir::new();
     let json = dir.arg("linear.json");
-    let run = xent(&[
+    let mut args = vec![
         "bench",
         "--linear",
         "--head",
@@ -1327,12 +1328,27 @@ fn bench_linear_head_table_and_json() {
         "1",
         "--device",
         "cpu",
-        "--json",
-        &json,
-    ]);
+    ];
+    args.extend(extra);
+    args.extend(["--json", &json]);
+    let run = xent(&args);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let records: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let records = records.as_array().unwrap();
+    let records: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 5);
+    for l in &losses {
+        assert!(
+            l.is_finite() && (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
+            "{losses:?}"
+        );
+    }
+    (run.stdout, records)
+}
+
+#[test]
+fn bench_linear_head_table_and_json() {
+    let (stdout, records) = bench_linear_records(&[]);
     let kinds: Vec<(String, String)> = records
         .iter()
         .map(|r| {
@@ -1355,58 +1371,21 @@ fn bench_linear_head_table_and_json() {
             "{implementation} {mode} in {kinds:?}"
         );
     }
-    // The counting allocator of the binary measured something, and the losses agree.
-    for r in records {
+    // The counting allocator of the binary measured something.
+    for r in &records {
         assert!(r["scratch_bytes"].as_u64().is_some(), "{r}");
         assert_eq!(r["logits_bytes"], 64 * 300 * 4);
+        assert_eq!(r["ignored"], 0.0);
     }
-    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
-    assert_eq!(losses.len(), 5);
-    for l in &losses {
-        assert!(
-            (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
-            "{losses:?}"
-        );
-    }
-    assert!(run.stdout.contains("% gemm"), "{}", run.stdout);
+    assert!(stdout.contains("% gemm"), "{stdout}");
 }
 
 #[test]
 fn bench_linear_head_with_ignored_rows() {
-    let dir = Dir::new();
-    let json = dir.arg("ignored.json");
-    let run = xent(&[
-        "bench",
-        "--linear",
-        "--head",
-        "64x16x300",
-        "--iters",
-        "1",
-        "--device",
-        "cpu",
-        "--ignored",
-        "0.5",
-        "--json",
-        &json,
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout.contains("50 % of the rows ignored"),
-        "{}",
-        run.stdout
-    );
-    let records: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let records = records.as_array().unwrap();
-    assert!(records.iter().all(|r| r["ignored"] == 0.5), "{records:?}");
     // Every implementation's mean over the rows that count: the same loss.
-    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
-    assert_eq!(losses.len(), 5);
-    for l in &losses {
-        assert!(
-            l.is_finite() && (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
-            "{losses:?}"
-        );
-    }
+    let (stdout, records) = bench_linear_records(&["--ignored", "0.5"]);
+    assert!(stdout.contains("50 % of the rows ignored"), "{stdout}");
+    assert!(records.iter().all(|r| r["ignored"] == 0.5), "{records:?}");
     let refused = xent(&["bench", "--linear", "--ignored", "1.5", "--device", "cpu"]);
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(
