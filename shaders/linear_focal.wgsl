@@ -56,13 +56,13 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
             for (var j = 0u; j < TN; j++) {
                 let c = n0 + tx * TN + j;
                 if (c >= c1) { continue; }
-                var v = x[i][j];
+                var xv = x[i][j];
                 if (stored) {
-                    v = logits[stored_index(row, c)];
+                    xv = logits[stored_index(row, c)];
                 } else if (has(FLAG_BIAS)) {
-                    v += head_bias[c];
+                    xv += head_bias[c];
                 }
-                let l = coef_log_p(k, z_of(v));
+                let l = coef_log_p(k, z_of(xv));
                 var t = p.uniform;
                 if (i32(c) == k.y) { t += 1.0 - p.smoothing; }
                 let a = select(1.0, weights[c], has(FLAG_WEIGHTS)) * t;

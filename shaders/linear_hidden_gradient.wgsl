@@ -3,9 +3,9 @@
 // after it), so two runs give the same bits.
 //
 // Launch: 16 × 16 invocations per workgroup; grid x = row tiles of 64 (in `bound_row` order),
-// y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with A = G (read along the chunk's columns)
-// and B = Wᵀ of the chunk (read along D; W bound from row col0), or with WEIGHT_T (W stored
-// [D, V], bound whole) read along the chunk's columns.
+// y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with A = G (read
+// along the chunk's columns) and B = Wᵀ of the chunk (read along D; W bound from row col0),
+// or with WEIGHT_T (W stored [D, V], bound whole) read along the chunk's columns.
 // Bytes: G and W read once per tile (4·64 + e·64 per column), dh read and written once per
 // chunk (8 per value).
 

@@ -58,8 +58,10 @@ fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) grou
         var n0 = k0;
         if (WEIGHT_T) { m0 = k0; n0 = c0; }
         // Rows that count for nothing have G = 0: summed over the others only, in row order.
-        summed_rows = rows_that_count(local);
-        let acc = tile_product(m0, n0, summed_rows, local);
+        // The depth from the uniform value (a private variable is not, for the barriers).
+        let summed = rows_that_count(local);
+        summed_rows = summed;
+        let acc = tile_product(m0, n0, summed, local);
         for (var i = 0u; i < TM; i++) {
             for (var j = 0u; j < TN; j++) {
                 var c = m0 + ty * TM + i;

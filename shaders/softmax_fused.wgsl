@@ -14,8 +14,8 @@
 // bound at `scale_source`. Index targets were checked by that pre-pass too (a bad one is
 // flagged there and the row is treated as ignored here, as `finish_row` does); the loss-only
 // variant has no pre-pass and flags them itself.
-// Not fused (the host's choice, `launch::fused_shape` and `plan::gpu`): rows longer than
-// 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
+// Not fused (the host's choice, `launch::fused_shape` and `plan::gpu`): contiguous rows
+// longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
 // need the final lse of every class: the focal pass), f16/bf16 gradients (in place or
 // `SeparateHalf`) with odd C or in the (N, C, d…) layout (two rows would share a word), and
 // rows longer than a binding.

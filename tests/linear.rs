@@ -1720,16 +1720,20 @@ fn gpu_recorded_edges_and_errors() {
         check_gradients(&label, &head, &reference_masked(&reference, i), &full, 0.0);
     }
 
-    // No rows: dW and db are written as zeros, the loss is the empty mean's NaN.
+    // No rows: dW and db are written as zeros, the loss is the empty mean's NaN; without
+    // records too (compacting, with no row order written).
     let empty = Head::new(42, (0, 8, 50), Dtype::F32);
-    let want = Want {
-        gradients: [true; 3],
-        ..Want::default()
-    };
-    let r = record_head(&gpu, &empty, &CrossEntropy::new(), want).unwrap();
-    assert!(r.loss.is_nan(), "the mean of no rows");
-    assert_eq!(r.grads.dw, vec![0.0; 50 * 8]);
-    assert_eq!(r.grads.db, vec![0.0; 50]);
+    for no_rows in [false, true] {
+        let want = Want {
+            gradients: [true; 3],
+            no_rows,
+            ..Want::default()
+        };
+        let r = record_head(&gpu, &empty, &CrossEntropy::new(), want).unwrap();
+        assert!(r.loss.is_nan(), "the mean of no rows");
+        assert_eq!(r.grads.dw, vec![0.0; 50 * 8]);
+        assert_eq!(r.grads.db, vec![0.0; 50]);
+    }
 
     // 64 KiB bindings: the forward in row chunks and pieces of W, the backward in chunks.
     let small = xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {

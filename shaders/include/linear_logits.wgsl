@@ -1,8 +1,9 @@
 // The tile product's operands for a linear head's logits x = h·Wᵀ (linear_partials.wgsl and
 // linear_gradient.wgsl compute the same sums in the same order): A = h of the bound rows in
-// the kernel's order (`bound_row`), read along k; B = W's rows from class `col0`, read along k, or with WEIGHT_T (W stored [D × V],
-// bound whole, indexed by global class) W's columns, read along the classes; `b_end` is the
-// first class past the kernel's columns, set by the kernel before its products.
+// the kernel's order (`bound_row`), read along k; B = W's rows from class `col0`, read along
+// k, or with WEIGHT_T (W stored [D × V], bound whole, indexed by global class) W's columns,
+// read along the classes; `b_end` is the first class past the kernel's columns, set by the
+// kernel before its products.
 
 const A_ALONG_K: bool = true;
 const B_ALONG_K: bool = !WEIGHT_T;

@@ -18,7 +18,8 @@ fn bound_target(v: u32) -> i32 { return bitcast<i32>(row_order[p.order_base + 2u
 // 16 KiB of workgroup memory, the WebGPU minimum), as two 16-bit halves that f32 holds
 // exactly; so a kernel calls this before its first product.
 fn rows_that_count(local: u32) -> u32 {
-    if (!has(FLAG_SKIP_IGNORED)) { return p.rows; }
+    // A group without rows has no order written (the backward's empty group writes dW, db).
+    if (!has(FLAG_SKIP_IGNORED) || p.rows == 0u) { return p.rows; }
     if (local == 0u) {
         let n = row_order[p.order_base];
         a_slab[0] = f32(n >> 16u);
@@ -26,5 +27,5 @@ fn rows_that_count(local: u32) -> u32 {
     }
     let high = u32(workgroupUniformLoad(&a_slab[0]));
     let low = u32(workgroupUniformLoad(&a_slab[1]));
-    return (high << 16u) | low;
+    return min((high << 16u) | low, p.rows);
 }

@@ -71,9 +71,10 @@ pub(crate) struct Params {
     /// A linear head's chunked strategy (`FLAG_STORED_LOGITS`): the columns of each chunk of
     /// the stored logits (the backward's chunk width); 0 elsewhere.
     pub block_columns: u32,
-    /// A linear head's compacted rows (`FLAG_SKIP_IGNORED`): the word of the row order where
-    /// the window's count of rows that count sits, its order after it
-    /// (`linear_compact.wgsl`); 0 elsewhere.
+    /// A linear head's window of rows: the word of the row order (`linear_compact.wgsl`)
+    /// where the window's count of rows that count sits, its rows and their targets after it
+    /// (read by every forward; by the other tile kernels under `FLAG_SKIP_IGNORED`); 0
+    /// elsewhere.
     pub order_base: u32,
 }
 

@@ -50,7 +50,8 @@ impl Scratch {
         let mut get =
             |role, bytes: u64| Region::whole(&pool.get(device, role, bytes, storage_usage()));
         let (n, splits) = (n as u64, pieces.splits as u64);
-        // The forward's chunks, then (or, chunked, also) the backward's groups.
+        // Windows of the forward's chunks or of the backward's groups (which overwrite the
+        // forward's orders after the forward): room for the larger count.
         let groups = backward.map_or(0, |back| back.groups.len());
         let windows = pieces.row_chunks.len().max(groups) as u64;
         let per_pass = 4 * WORKGROUP_SIZE as u64;

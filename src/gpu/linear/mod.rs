@@ -293,7 +293,8 @@ pub(super) struct Flags {
     pub(super) metrics: bool,
     /// `Reduction::None` with a per-row upstream.
     pub(super) per_row_upstream: bool,
-    /// Tiles of ignored rows skip their products (a recorded call without per-row records).
+    /// Ignored rows compacted on the device and given no products (a recorded call without
+    /// per-row records).
     pub(super) skip_ignored: bool,
 }
 
