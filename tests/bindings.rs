@@ -91,7 +91,7 @@ fn chunked_dispatch_on(small: &Arc<Gpu>) {
 /// Short rows in numbers that make the fused kernel's invocations own four rows each, their
 /// sums added into one reduction slot (`launch::fused_rows_per_invocation`): one binding, and
 /// 4 MiB bindings that cut 16-class f32 rows (and f32 gradients) into two chunks of whole tiles
-/// (the per-row scratch, 48 bytes a row, must fit one); index targets with ignored rows, class
+/// (the per-row records, 32 bytes a row, must fit one; more rows are refused); index targets with ignored rows, class
 /// and sample weights, loss only and the mean's gradient (whose targets pass fills the same
 /// slots in the same order), f32, f16 and bf16, odd and whole-vec4 rows.
 #[test]
@@ -157,6 +157,17 @@ fn short_rows_several_per_invocation() {
                 );
             }
         }
+    }
+    // More rows than a binding holds of per-row records (32 bytes a row; the three-pass
+    // path's partials, 48): refused, not bound.
+    for gpu in small_bindings(4 << 20) {
+        let case = Case::new(35, 140_000, 2, Hardness::default());
+        let e = run_softmax_result(&gpu, &case, &CrossEntropy::new());
+        assert!(
+            matches!(&e, Err(Error::Unsupported(m)) if m.contains("per-row records")
+                || m.contains("per-row partials")),
+            "{e:?}"
+        );
     }
 }
 

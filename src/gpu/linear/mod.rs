@@ -237,6 +237,7 @@ fn call_launches<'a>(
     launches
 }
 
+#[cfg(feature = "cli")]
 impl Gpu {
     /// Whether a recorded chunked call of `shape` (`h` and `W` of `element` bytes a value, a
     /// budget of `budget_rows` rows of logits) holds every row's logits in one group, as the

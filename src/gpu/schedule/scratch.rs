@@ -72,6 +72,10 @@ impl Scratch {
         let partial_bytes = three_pass_rows * splits * PARTIAL_BYTES;
         per_row_limit("per-row partials", partial_bytes)?;
         per_row_limit("per-row sums", reduce_items * ROW_SUM_BYTES)?;
+        // Bound whole by every softmax call (the fused kernel's saved coefficients too).
+        if is_softmax {
+            per_row_limit("per-row records", rows as u64 * ROW_BYTES)?;
+        }
         per_row_limit("sample weights", rows as u64 * 4)?;
         let partials = pool.get(device, Role::Partials, partial_bytes, storage_usage());
         let coefs = match out.saved {
