@@ -12,9 +12,11 @@
 // pair (row of the window from 0, its target or −1 for a row that does not count): the L
 // that count ascending, then the others descending.
 //
-// Launch: one workgroup per window, WG rows a round: an inclusive scan of the rows' flags in
-// workgroup memory (Hillis–Steele, log2 WG steps), so each row knows its place; integer
-// counts, so the order is the same on every device.
+// Launch: compacting, one workgroup per window, WG rows a round: an inclusive scan of the
+// rows' flags in workgroup memory (Hillis–Steele, log2 WG steps), so each row knows its
+// place; integer counts, so the order is the same on every device. Without FLAG_SKIP_IGNORED
+// every place is its row: one invocation per row over the grid (x, and y past 65 535), no
+// scan.
 // Bytes: reads each row's target (4 or 8), writes 8 per row.
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,21 +24,35 @@
 
 var<workgroup> scan: array<u32, WG>;
 
+// The target of `row` of the window where it counts (valid and in [0, C)), else −1.
+fn counted_target(row: u32) -> i32 {
+    let t = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
+    return select(-1, t.x, t.y == 0 && t.x >= 0 && u32(t.x) < p.classes);
+}
+
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) local: u32) {
+fn main(
+    @builtin(local_invocation_index) local: u32,
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    if (!has(FLAG_SKIP_IGNORED)) {
+        let row = (group.x + group.y * groups.x) * WG + local;
+        if (row < p.rows) {
+            row_order[p.order_base + 1u + 2u * row] = row;
+            row_order[p.order_base + 2u + 2u * row] = bitcast<u32>(counted_target(row));
+        }
+        if (row == 0u) { row_order[p.order_base] = p.rows; }
+        return;
+    }
     // Rows that count, and rows that don't, in the rounds before this one.
     var counted = 0u;
     var others = 0u;
     for (var base = 0u; base < p.rows; base += WG) {
         let row = base + local;
-        var valid = false;
         var y = -1;
-        if (row < p.rows) {
-            let t = load_target(p.row0 + row, p.ignore_lo, p.ignore_hi);
-            valid = t.y == 0 && t.x >= 0 && u32(t.x) < p.classes;
-            y = select(-1, t.x, valid);
-        }
-        let counts = valid || (row < p.rows && !has(FLAG_SKIP_IGNORED));
+        if (row < p.rows) { y = counted_target(row); }
+        let counts = y >= 0;
         let flag = select(0u, 1u, counts);
         scan[local] = flag;
         workgroupBarrier();

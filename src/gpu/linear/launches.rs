@@ -108,11 +108,16 @@ fn compact(b: &Bindings, base: Params, rows: (usize, usize)) -> Option<Launch<'_
         rows: rows.1 as u32,
         ..base
     };
+    // Compacting scans the window in one workgroup; otherwise a row per invocation.
+    let groups = match base.flags & FLAG_SKIP_IGNORED {
+        0 => grid(rows.1 as u64),
+        _ => (1, 1),
+    };
     Some(Launch::new(
         Kernel::LinearCompact,
         params,
         order.entries(),
-        (1, 1, 1),
+        (groups.0, groups.1, 1),
     ))
 }
 

@@ -223,9 +223,7 @@ fn upstream_block(
 }
 
 /// The pooled scratch of `plan`'s call, its target-error flag `error_role`'s where `out` has
-/// none.
-/// The scratch of `plan`'s call; `forward`: whether its forward runs (a backward alone binds
-/// no partials).
+/// none; `forward`: whether its forward runs (a backward alone binds no partials).
 fn scratch(
     gpu: &Gpu,
     pool: &mut Pool,
