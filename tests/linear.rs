@@ -977,7 +977,8 @@ fn gpu_against_the_reference() {
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 
     // The backward in vocabulary chunks: 64 KiB bindings hold G of 192 columns of 70 rows, so
-    // 1100 classes take 6 chunks (dh added chunk after chunk); f16 h and W read as such.
+    // 1100 classes take 6 chunks (dh added chunk after chunk); f16 h and W read as such, four
+    // values at a time (D = 20), bf16 a value at a time (D = 22: not a multiple of 4).
     let chunked = std::sync::Arc::new(
         xent::gpu::Gpu::with_options(xent::gpu::GpuOptions {
             max_binding_size: Some(64 << 10),
@@ -985,8 +986,8 @@ fn gpu_against_the_reference() {
         })
         .expect("a device with small bindings"),
     );
-    for dtype in [Dtype::F32, Dtype::F16] {
-        let head = Head::new(23, (70, 20, 1100), dtype)
+    for (dtype, hidden) in [(Dtype::F32, 20), (Dtype::F16, 20), (Dtype::Bf16, 22)] {
+        let head = Head::new(23, (70, hidden, 1100), dtype)
             .ignore_every(6)
             .weighted(6);
         let options = CrossEntropy::new()
@@ -999,7 +1000,7 @@ fn gpu_against_the_reference() {
         let (out, g) = try_run(&backend, &head, &loss, (None, None, false))
             .expect("the GPU's backward in chunks");
         check(
-            &format!("gpu {dtype:?}, backward in 6 chunks"),
+            &format!("gpu {dtype:?} D {hidden}, backward in 6 chunks"),
             &head,
             &reference,
             &out,

@@ -45,15 +45,15 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
     let kq = (e % (BK / 4u)) * 4u;
     if (local < WG / 2u) {
         let v = load_a4(m0 + r, k0 + kq);
-        for (var q = 0u; q < 4u; q++) { a_slab[(kq + q) * BM + r] = v[q]; }
+        for (var q = 0u; q < 4u; q++) { put_a(kq + q, r, v[q]); }
     } else if (WEIGHT_T) {
         let k = e / (BN / 4u);
         let c = (e % (BN / 4u)) * 4u;
-        let v = load_b4(n0 + c, k0 + k);
-        for (var q = 0u; q < 4u; q++) { b_slab[k * BN + c + q] = v[q]; }
+        // Four classes of one k: a whole vec4 of the slab.
+        b_slab[k * (BN / 4u) + c / 4u] = load_b4(n0 + c, k0 + k);
     } else {
         let v = load_b4(n0 + r, k0 + kq);
-        for (var q = 0u; q < 4u; q++) { b_slab[(kq + q) * BN + r] = v[q]; }
+        for (var q = 0u; q < 4u; q++) { put_b(kq + q, r, v[q]); }
     }
 }
 

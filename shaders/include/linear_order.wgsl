@@ -22,10 +22,8 @@ fn rows_that_count(local: u32) -> u32 {
     if (!has(FLAG_SKIP_IGNORED) || p.rows == 0u) { return p.rows; }
     if (local == 0u) {
         let n = row_order[p.order_base];
-        a_slab[0] = f32(n >> 16u);
-        a_slab[1] = f32(n & 0xffffu);
+        a_slab[0] = vec4(f32(n >> 16u), f32(n & 0xffffu), 0.0, 0.0);
     }
-    let high = u32(workgroupUniformLoad(&a_slab[0]));
-    let low = u32(workgroupUniformLoad(&a_slab[1]));
-    return min((high << 16u) | low, p.rows);
+    let halves = workgroupUniformLoad(&a_slab[0]);
+    return min((u32(halves.x) << 16u) | u32(halves.y), p.rows);
 }

@@ -137,12 +137,42 @@ pub enum LogitLoad {
     F16,
     /// bf16 pairs in u32 words.
     Bf16,
+    /// f16 pairs read four values (two words) at a time: a linear head's operands whose rows
+    /// are a multiple of 4 values (`LINEAR_VEC4`).
+    F16x4,
+    /// bf16 pairs read four values (two words) at a time, as `F16x4`.
+    Bf16x4,
 }
 
 impl LogitLoad {
     /// Two-byte values (f16 or bf16).
     pub fn is_half(self) -> bool {
-        matches!(self, LogitLoad::F16 | LogitLoad::Bf16)
+        matches!(
+            self,
+            LogitLoad::F16 | LogitLoad::Bf16 | LogitLoad::F16x4 | LogitLoad::Bf16x4
+        )
+    }
+
+    /// Four values at a time (`LINEAR_VEC4` in the linear kernels).
+    pub fn is_four_wide(self) -> bool {
+        matches!(
+            self,
+            LogitLoad::F32x4 | LogitLoad::F16x4 | LogitLoad::Bf16x4
+        )
+    }
+
+    /// The WGSL that binds and widens values of this load (`logits`, `load_x`, `load4`).
+    fn include(self) -> &'static str {
+        match self {
+            LogitLoad::F32 => include_str!("../../shaders/include/logits_f32.wgsl"),
+            LogitLoad::F32x4 => include_str!("../../shaders/include/logits_f32x4.wgsl"),
+            LogitLoad::F16 | LogitLoad::F16x4 => {
+                include_str!("../../shaders/include/logits_f16.wgsl")
+            }
+            LogitLoad::Bf16 | LogitLoad::Bf16x4 => {
+                include_str!("../../shaders/include/logits_bf16.wgsl")
+            }
+        }
     }
 
     /// The scalar load of `dtype`.
@@ -312,12 +342,7 @@ impl Variant {
             } else {
                 "read"
             };
-            let logits = match self.load {
-                LogitLoad::F32 => include_str!("../../shaders/include/logits_f32.wgsl"),
-                LogitLoad::F32x4 => include_str!("../../shaders/include/logits_f32x4.wgsl"),
-                LogitLoad::F16 => include_str!("../../shaders/include/logits_f16.wgsl"),
-                LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
-            };
+            let logits = self.load.include();
             // The rows pass reads its target logits from the partials pass, not the logits.
             if k != Kernel::SoftmaxRows {
                 src += &logits.replace("ACCESS", access);
@@ -330,10 +355,11 @@ impl Variant {
         }
         if k.is_linear() {
             src += &self.linear_loads();
-            // f32 operands bound as vec4 arrays (D a multiple of 4): 16-byte slab loads.
+            // Operands read four values at a time (D a multiple of 4): f32 as 16-byte vec4s,
+            // f16 / bf16 as two words.
             src += &format!(
                 "const LINEAR_VEC4: bool = {};\nconst WEIGHT_T: bool = {};\n",
-                self.load == LogitLoad::F32x4,
+                self.load.is_four_wide(),
                 self.weight_transposed
             );
             src += include_str!("../../shaders/include/linear_tile.wgsl");
@@ -399,10 +425,10 @@ impl Variant {
                 (Store::InPlace, LogitLoad::F32 | LogitLoad::F32x4) => {
                     include_str!("../../shaders/include/store_in_place_f32.wgsl")
                 }
-                (Store::InPlace, LogitLoad::F16) => {
+                (Store::InPlace, LogitLoad::F16 | LogitLoad::F16x4) => {
                     include_str!("../../shaders/include/store_in_place_f16.wgsl")
                 }
-                (Store::InPlace, LogitLoad::Bf16) => {
+                (Store::InPlace, LogitLoad::Bf16 | LogitLoad::Bf16x4) => {
                     include_str!("../../shaders/include/store_in_place_bf16.wgsl")
                 }
                 (Store::SeparateHalf, load) => {
@@ -476,13 +502,9 @@ impl Variant {
     /// (binding 20) and `load_w` from the head's weight (binding 21), made from the logits
     /// include of the same dtype.
     fn linear_loads(&self) -> String {
-        let logits = match self.load {
-            LogitLoad::F32 => include_str!("../../shaders/include/logits_f32.wgsl"),
-            LogitLoad::F32x4 => include_str!("../../shaders/include/logits_f32x4.wgsl"),
-            LogitLoad::F16 => include_str!("../../shaders/include/logits_f16.wgsl"),
-            LogitLoad::Bf16 => include_str!("../../shaders/include/logits_bf16.wgsl"),
-        };
-        let body: String = logits
+        let body: String = self
+            .load
+            .include()
             .lines()
             .filter(|l| !l.starts_with("const VEC4") && !l.starts_with("//"))
             .map(|l| format!("{l}\n"))
@@ -509,8 +531,12 @@ impl Variant {
     /// gradient's own buffer (binding 2) instead of the logits'.
     fn separate_half_store(&self, load: LogitLoad) -> String {
         let in_place = match load {
-            LogitLoad::F16 => include_str!("../../shaders/include/store_in_place_f16.wgsl"),
-            LogitLoad::Bf16 => include_str!("../../shaders/include/store_in_place_bf16.wgsl"),
+            LogitLoad::F16 | LogitLoad::F16x4 => {
+                include_str!("../../shaders/include/store_in_place_f16.wgsl")
+            }
+            LogitLoad::Bf16 | LogitLoad::Bf16x4 => {
+                include_str!("../../shaders/include/store_in_place_bf16.wgsl")
+            }
             _ => panic!("a separate half-precision store needs f16 or bf16 logits"),
         };
         let declaration = "// The gradient's own buffer, f16 / bf16 pairs in u32 words \
@@ -696,6 +722,8 @@ pub fn all_variants() -> Vec<Variant> {
                         LogitLoad::F32x4,
                         LogitLoad::F16,
                         LogitLoad::Bf16,
+                        LogitLoad::F16x4,
+                        LogitLoad::Bf16x4,
                     ];
                     for load in linear {
                         // No tile kernel reads targets (the forward's come with the row

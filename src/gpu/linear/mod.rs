@@ -173,7 +173,7 @@ impl HostCall {
         let dtype = batch.hidden.dtype();
         let load = match dtype {
             Dtype::F16 | Dtype::Bf16 if batch.weight.dtype() == dtype && d % 2 == 0 => {
-                LogitLoad::scalar(dtype)
+                linear_load(dtype, d)
             }
             _ => linear_load(Dtype::F32, d),
         };
@@ -209,12 +209,15 @@ impl HostCall {
     }
 }
 
-/// How the kernels load `h` and `W` of `dtype` and hidden size `d`: f32 as vec4s where D is a
-/// multiple of 4 (16-byte slab loads; every row window then starts 16-byte aligned).
+/// How the kernels load `h` and `W` of `dtype` and hidden size `d`: four values at a time
+/// where D is a multiple of 4 (f32 as 16-byte vec4s, f16 / bf16 as two words; every row window
+/// then starts at a multiple of four values).
 pub(super) fn linear_load(dtype: Dtype, d: usize) -> LogitLoad {
-    match LogitLoad::scalar(dtype) {
-        LogitLoad::F32 if d.is_multiple_of(4) => LogitLoad::F32x4,
-        load => load,
+    match (LogitLoad::scalar(dtype), d.is_multiple_of(4)) {
+        (LogitLoad::F32, true) => LogitLoad::F32x4,
+        (LogitLoad::F16, true) => LogitLoad::F16x4,
+        (LogitLoad::Bf16, true) => LogitLoad::Bf16x4,
+        (load, _) => load,
     }
 }
 
