@@ -1317,6 +1317,27 @@ fn eval_hidden_states_of_a_linear_head() {
 /// `xent bench --linear` on a tiny head on the CPU, with `extra` arguments: its stdout and
 /// JSON records, after checking that every implementation computed the same finite loss.
 fn bench_linear_records(extra: &[&str]) -> (String, Vec<Value>) {
+    let (run, records) = bench_linear_run("cpu", extra);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    same_finite_losses(&records, 5);
+    (run.stdout, records)
+}
+
+/// Every record's loss (the runs that report one: `count` of them) the same finite number.
+fn same_finite_losses(records: &[Value], count: usize) {
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), count, "{records:?}");
+    for l in &losses {
+        assert!(
+            l.is_finite() && (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
+            "{losses:?}"
+        );
+    }
+}
+
+/// `xent bench --linear --device DEVICE` on a tiny head: the run and its JSON records (none
+/// where it failed).
+fn bench_linear_run(device: &str, extra: &[&str]) -> (Run, Vec<Value>) {
     let dir = Dir::new();
     let json = dir.arg("linear.json");
     let mut args = vec![
@@ -1327,23 +1348,17 @@ fn bench_linear_records(extra: &[&str]) -> (String, Vec<Value>) {
         "--iters",
         "1",
         "--device",
-        "cpu",
+        device,
+        "--no-plot",
     ];
     args.extend(extra);
     args.extend(["--json", &json]);
     let run = xent(&args);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let records: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let losses: Vec<f64> = records.iter().filter_map(|r| r["loss"].as_f64()).collect();
-    assert_eq!(losses.len(), 5);
-    for l in &losses {
-        assert!(
-            l.is_finite() && (l - losses[0]).abs() <= 1e-4 * losses[0].abs(),
-            "{losses:?}"
-        );
-    }
-    (run.stdout, records)
+    let records = match run.code {
+        0 => serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap(),
+        _ => Vec::new(),
+    };
+    (run, records)
 }
 
 #[test]
@@ -1378,6 +1393,46 @@ fn bench_linear_head_table_and_json() {
         assert_eq!(r["ignored"], 0.0);
     }
     assert!(stdout.contains("% gemm"), "{stdout}");
+}
+
+/// `--device gpu`: the GPU's rows only (the CPU's take minutes at LLM sizes), each against
+/// the GPU's own product.
+#[test]
+fn bench_linear_head_on_the_gpu_leaves_the_cpu_out() {
+    let (run, records) = bench_linear_run("gpu", &[]);
+    if run.code != 0 {
+        // No adapter: one line of ours says so (the GPU tests fail loudly elsewhere).
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("xent: "), "{}", run.stderr);
+        return;
+    }
+    // The host-slice calls' losses: fused forward and forward + backward, chunked.
+    same_finite_losses(&records, 3);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["impl"].as_str().unwrap())
+        .collect();
+    for implementation in [
+        "gpu-product",
+        "xent-gpu",
+        "xent-gpu-resident",
+        "gpu-materialized",
+    ] {
+        assert!(
+            kinds.contains(&implementation),
+            "{implementation} in {kinds:?}"
+        );
+    }
+    for r in &records {
+        let name = r["impl"].as_str().unwrap();
+        assert!(
+            name.starts_with("xent-gpu") || name.starts_with("gpu-"),
+            "{r}"
+        );
+        assert!(!r["device"].as_str().unwrap().starts_with("cpu"), "{r}");
+    }
+    let product = records.iter().find(|r| r["impl"] == "gpu-product").unwrap();
+    assert_eq!(product["gemm_fraction"], 1.0, "{product}");
 }
 
 #[test]

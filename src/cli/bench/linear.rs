@@ -188,6 +188,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
                 iters: args.iters,
                 scratch_bytes: args.scratch_mb.map(|mb| (mb * 1e6) as usize),
                 gpu: gpu.as_ref(),
+                cpu: args.device != super::BenchDevice::Gpu,
                 ignored: args.ignored.unwrap_or(0.0),
             };
             match dtype {
@@ -288,6 +289,9 @@ struct Run<'g> {
     scratch_bytes: Option<usize>,
     /// The GPU, when there is one and it is asked for.
     gpu: Option<&'g device::Device>,
+    /// Whether the CPU's rows are asked for (`--device cpu` or `all`): at LLM sizes they take
+    /// minutes that a GPU run has no use for.
+    cpu: bool,
     /// The fraction of rows ignored.
     ignored: f64,
 }
@@ -306,11 +310,8 @@ impl Run<'_> {
             vocab: v,
         } = shape;
         let data = inputs::<T>(shape, self.ignored);
-        // f32 copies for the product and the baseline's GEMMs (a framework's matmul takes its
-        // own dtype; widening here keeps the baseline to one GEMM crate).
-        let widen = |x: &[T]| x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
-        let (h32, w32, b32) = (widen(&data.h), widen(&data.w), widen(&data.b));
         let flops = 2.0 * n as f64 * v as f64 * d as f64;
+        let first = records.len();
         let mut push = |implementation: &str, mode: &str, work: f64, t: Timing, scratch, loss| {
             let device = match self.gpu {
                 Some(gpu) if is_gpu(implementation) => gpu.label.clone(),
@@ -336,20 +337,29 @@ impl Run<'_> {
             });
         };
 
-        // The plain product into a buffer allocated once (its scratch is the GEMM crate's own).
-        let mut logits = vec![0f32; n * v];
-        let (t, scratch, ()) = timed(iters, || {
-            gemm::logits(
-                Threads::Pool,
-                (&mut logits, Shape::dense(n, v)),
-                &h32,
-                &w32,
-                None,
-                d,
-            )
-        });
-        push("gemm", "product", flops, t, scratch, None);
-        drop(logits);
+        // f32 copies for the CPU's product and the baseline's GEMMs (a framework's matmul takes
+        // its own dtype; widening here keeps the baseline to one GEMM crate).
+        let widen = |x: &[T]| match self.cpu {
+            true => x.iter().map(|e| e.to_f32()).collect::<Vec<f32>>(),
+            false => Vec::new(),
+        };
+        let (h32, w32, b32) = (widen(&data.h), widen(&data.w), widen(&data.b));
+        if self.cpu {
+            // The plain product into a buffer allocated once (its scratch is the GEMM crate's
+            // own).
+            let mut logits = vec![0f32; n * v];
+            let (t, scratch, ()) = timed(iters, || {
+                gemm::logits(
+                    Threads::Pool,
+                    (&mut logits, Shape::dense(n, v)),
+                    &h32,
+                    &w32,
+                    None,
+                    d,
+                )
+            });
+            push("gemm", "product", flops, t, scratch, None);
+        }
 
         let batch = || {
             LinearBatch::new(
@@ -365,14 +375,15 @@ impl Run<'_> {
             self.scratch_bytes.map_or(loss, |b| loss.scratch_bytes(b))
         };
         let fused = head(Strategy::Fused);
-        let (t, scratch, out) = timed(iters, || {
-            fused
-                .compute(&Backend::Cpu, batch(), LinearRequest::new())
-                .expect("a valid call")
-        });
-        push("xent-cpu-fused", "forward", flops, t, scratch, out.loss);
+        if self.cpu {
+            let (t, scratch, out) = timed(iters, || {
+                fused
+                    .compute(&Backend::Cpu, batch(), LinearRequest::new())
+                    .expect("a valid call")
+            });
+            push("xent-cpu-fused", "forward", flops, t, scratch, out.loss);
+        }
 
-        let mut measured = 6;
         if let Some(gpu) = self.gpu {
             let (t, scratch, out) = timed(iters, || {
                 fused
@@ -398,7 +409,6 @@ impl Run<'_> {
                 scratch,
                 out.loss,
             );
-            measured += 2;
             let chunked = head(Strategy::Chunked);
             let (t, scratch, out) = timed(iters, || {
                 let request = LinearRequest::new()
@@ -418,7 +428,6 @@ impl Run<'_> {
                         scratch,
                         out.loss,
                     );
-                    measured += 1;
                 }
                 Err(e) => notes.push(format!(
                     "xent-gpu-chunked {n}×{d}×{v} forward-backward: skipped ({e})"
@@ -477,7 +486,6 @@ impl Run<'_> {
                     match resident::time_linear(device, what, head, (n, d, v), iters) {
                         Ok((t, clock)) => {
                             push(name, mode, work, t, None, None);
-                            measured += 1;
                             let note = format!("xent-gpu-resident: timed by {}", clock.name());
                             if !notes.contains(&note) {
                                 notes.push(note);
@@ -489,63 +497,78 @@ impl Run<'_> {
             }
         }
 
-        let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
-        for (name, strategy) in [
-            ("xent-cpu-fused", Strategy::Fused),
-            ("xent-cpu-chunked", Strategy::Chunked),
-        ] {
-            let loss = head(strategy);
-            let (t, scratch, out) = timed(iters, || {
-                let request = LinearRequest::new()
-                    .hidden_gradient(GradientBuffer::Write(&mut dh))
-                    .weight_gradient(GradientBuffer::Write(&mut dw))
-                    .bias_gradient(GradientBuffer::Write(&mut db));
-                loss.compute(&Backend::Cpu, batch(), request)
-                    .expect("a valid call")
-            });
-            push(name, "forward-backward", 3.0 * flops, t, scratch, out.loss);
-        }
+        if self.cpu {
+            let (mut dh, mut dw, mut db) = (vec![0f32; n * d], vec![0f32; v * d], vec![0f32; v]);
+            for (name, strategy) in [
+                ("xent-cpu-fused", Strategy::Fused),
+                ("xent-cpu-chunked", Strategy::Chunked),
+            ] {
+                let loss = head(strategy);
+                let (t, scratch, out) = timed(iters, || {
+                    let request = LinearRequest::new()
+                        .hidden_gradient(GradientBuffer::Write(&mut dh))
+                        .weight_gradient(GradientBuffer::Write(&mut dw))
+                        .bias_gradient(GradientBuffer::Write(&mut db));
+                    loss.compute(&Backend::Cpu, batch(), request)
+                        .expect("a valid call")
+                });
+                push(name, "forward-backward", 3.0 * flops, t, scratch, out.loss);
+            }
 
-        // The materialized baseline: logits allocated inside the call, as a framework does.
-        for backward in [false, true] {
-            let (t, scratch, loss) = timed(iters, || {
-                let mut x = vec![0f32; n * v];
-                let out = Shape::dense(n, v);
-                gemm::logits(Threads::Pool, (&mut x, out), &h32, &w32, Some(&b32), d);
-                let request = if backward {
-                    Request::new().gradient_in_place()
-                } else {
-                    Request::new()
-                };
-                let loss = ce
-                    .compute(
-                        &Backend::Cpu,
-                        Batch::new(Logits::new_mut(&mut x, n, v), &data.y[..]),
-                        request,
-                    )
-                    .expect("a valid call")
-                    .loss;
-                if backward {
-                    let g = (&x[..], out);
-                    gemm::hidden_gradient(Threads::Pool, gemm::Mode::Write, &mut dh, g, &w32, d);
-                    gemm::weight_gradient(Threads::Pool, gemm::Mode::Write, &mut dw, g, &h32, d);
-                    db.fill(0.0);
-                    for row in x.chunks(v) {
-                        for (s, g) in db.iter_mut().zip(row) {
-                            *s += g;
+            // The materialized baseline: logits allocated inside the call, as a framework does.
+            for backward in [false, true] {
+                let (t, scratch, loss) = timed(iters, || {
+                    let mut x = vec![0f32; n * v];
+                    let out = Shape::dense(n, v);
+                    gemm::logits(Threads::Pool, (&mut x, out), &h32, &w32, Some(&b32), d);
+                    let request = if backward {
+                        Request::new().gradient_in_place()
+                    } else {
+                        Request::new()
+                    };
+                    let loss = ce
+                        .compute(
+                            &Backend::Cpu,
+                            Batch::new(Logits::new_mut(&mut x, n, v), &data.y[..]),
+                            request,
+                        )
+                        .expect("a valid call")
+                        .loss;
+                    if backward {
+                        let g = (&x[..], out);
+                        gemm::hidden_gradient(
+                            Threads::Pool,
+                            gemm::Mode::Write,
+                            &mut dh,
+                            g,
+                            &w32,
+                            d,
+                        );
+                        gemm::weight_gradient(
+                            Threads::Pool,
+                            gemm::Mode::Write,
+                            &mut dw,
+                            g,
+                            &h32,
+                            d,
+                        );
+                        db.fill(0.0);
+                        for row in x.chunks(v) {
+                            for (s, g) in db.iter_mut().zip(row) {
+                                *s += g;
+                            }
                         }
                     }
-                }
-                loss
-            });
-            let (mode, work) = match backward {
-                false => ("forward", flops),
-                true => ("forward-backward", 3.0 * flops),
-            };
-            push("materialized", mode, work, t, scratch, loss);
+                    loss
+                });
+                let (mode, work) = match backward {
+                    false => ("forward", flops),
+                    true => ("forward-backward", 3.0 * flops),
+                };
+                push("materialized", mode, work, t, scratch, loss);
+            }
         }
         // Each device's rows against its own product.
-        let first = records.len() - measured;
         let product = |gpu: bool| {
             records[first..]
                 .iter()

@@ -165,9 +165,10 @@ pub struct BenchArgs {
     /// Don't draw the plot.
     #[arg(long)]
     pub no_plot: bool,
-    /// Time the linear head instead (`xent::linear`, CPU): the plain GEMM, the fused
-    /// forward, forward-backward of both strategies and the materialized baseline, in GFLOP/s
-    /// and as a fraction of the GEMM, with the peak scratch each held.
+    /// Time the linear head instead (`xent::linear`): the plain GEMM, the fused forward,
+    /// forward-backward of both strategies and the materialized baseline, in GFLOP/s and as a
+    /// fraction of the GEMM, with the peak scratch each held; on the CPU, the GPU
+    /// (`--device gpu`: its rows alone) or both (`all`).
     #[arg(long, conflicts_with_all = ["shapes", "short", "focal_gamma", "mode"])]
     pub linear: bool,
     /// A linear head's NxDxV (rows x hidden x vocab) for --linear; repeat for several
