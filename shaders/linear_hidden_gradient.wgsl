@@ -6,6 +6,7 @@
 // y = tiles of 64 of the hidden size. The tile product (linear_tile.wgsl) with A = G (read
 // along the chunk's columns) and B = Wᵀ of the chunk (read along D; W bound from row col0),
 // or with WEIGHT_T (W stored [D, V], bound whole) read along the chunk's columns.
+// Loads: W [V, D] four values a load where D is a multiple of 4, G a value at a time.
 // Bytes: G and W read once per tile (4·64 + e·64 per column), dh read and written once per
 // chunk (8 per value).
 
@@ -27,7 +28,22 @@ fn load_b(k: u32, c: u32) -> f32 {
     return load_w(c * p.hidden + k);
 }
 
-fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) { load_slabs_scalar(m0, n0, k0, local); }
+// W four hidden values a load where the variant reads it so (LINEAR_VEC4: D a multiple of 4)
+// and it is stored [V, D]: B[k..k+4][c] = W[col0 + c][k..k+4] is a whole vec4 of its slab; G
+// a value at a time.
+fn w4_at(k: u32, c: u32) -> vec4<f32> {
+    if (k >= p.hidden || c >= p.span) { return vec4(0.0); }
+    return load_w4((c * p.hidden + k) / 4u);
+}
+fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
+    if (!LINEAR_VEC4 || WEIGHT_T) {
+        load_slabs_scalar(m0, n0, k0, local);
+        return;
+    }
+    load_a_scalar(m0, k0, local);
+    let at = across4(local);
+    if (local < BK * BN / 4u) { b_slab[at.x * (BN / 4u) + at.y / 4u] = w4_at(n0 + at.y, k0 + at.x); }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {

@@ -13,7 +13,9 @@
 // The workgroups of the first hidden tile also sum db, one invocation per column.
 // FLAG_BIAS_ONLY (db asked, dW not): only the first hidden tile's workgroups run, and they skip
 // the product; FLAG_WEIGHT_ONLY (dW asked, db not): no workgroup sums db.
-// Bytes: G and h read once per tile (4·64 + e·64 per row), dW written once (4 per value).
+// Bytes: G and h read once per tile (4·64 + e·64 per row), dW written once (4 per value); h
+// four values a load where D is a multiple of 4, G a value at a time (its rows are the chunk's
+// width, any number).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> gradient: array<f32>;
@@ -43,7 +45,26 @@ fn load_b(n: u32, r: u32) -> f32 {
     return h_at(n, r);
 }
 
-fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) { load_slabs_scalar(m0, n0, k0, local); }
+// h four hidden values a load where the variant reads it so (LINEAR_VEC4: D a multiple of 4):
+// B[k..k+4][r] (A with WEIGHT_T) is a whole vec4 of its slab; G a value at a time.
+fn h4_at(k: u32, v: u32) -> vec4<f32> {
+    if (k >= p.hidden || v >= summed_rows) { return vec4(0.0); }
+    return load_h4((bound_row(v) * p.hidden + k) / 4u);
+}
+fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
+    if (!LINEAR_VEC4) {
+        load_slabs_scalar(m0, n0, k0, local);
+        return;
+    }
+    let at = across4(local);
+    if (WEIGHT_T) {
+        load_b_scalar(n0, k0, local);
+        if (local < BK * BM / 4u) { a_slab[at.x * (BM / 4u) + at.y / 4u] = h4_at(m0 + at.y, k0 + at.x); }
+    } else {
+        load_a_scalar(m0, k0, local);
+        if (local < BK * BN / 4u) { b_slab[at.x * (BN / 4u) + at.y / 4u] = h4_at(n0 + at.y, k0 + at.x); }
+    }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) local: u32, @builtin(workgroup_id) group: vec3<u32>) {

@@ -49,14 +49,28 @@ fn tile_product(m0: u32, n0: u32, depth: u32, local: u32) -> array<vec4<f32>, 4>
 
 // The slabs of depth k0 .. k0 + BK, one scalar of A and one of B per invocation and round.
 fn load_slabs_scalar(m0: u32, n0: u32, k0: u32, local: u32) {
+    load_a_scalar(m0, k0, local);
+    load_b_scalar(n0, k0, local);
+}
+fn load_a_scalar(m0: u32, k0: u32, local: u32) {
     for (var e = local; e < BK * BM; e += WG) {
         var m = e / BK;
         var k = e % BK;
         if (!A_ALONG_K) { m = e % BM; k = e / BM; }
         put_a(k, m, load_a(m0 + m, k0 + k));
-        var n = e / BK;
-        var kb = e % BK;
-        if (!B_ALONG_K) { n = e % BN; kb = e / BN; }
-        put_b(kb, n, load_b(n0 + n, k0 + kb));
     }
 }
+fn load_b_scalar(n0: u32, k0: u32, local: u32) {
+    for (var e = local; e < BK * BN; e += WG) {
+        var n = e / BK;
+        var k = e % BK;
+        if (!B_ALONG_K) { n = e % BN; k = e / BN; }
+        put_b(k, n, load_b(n0 + n, k0 + k));
+    }
+}
+
+// A slab's place for four values across m (n) of one k, in the first BK·BM/4 invocations:
+// (k, first m); they then fill a whole vec4 of the slab, `a_slab[k·BM/4 + m/4]`, from one load
+// of four consecutive values, neighbouring invocations on neighbouring 16 bytes.
+const_assert BK * BM / 4u <= WG;
+fn across4(local: u32) -> vec2<u32> { return vec2(local / (BM / 4u), (local % (BM / 4u)) * 4u); }
