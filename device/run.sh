@@ -11,6 +11,8 @@
 # where torch is missing), to check the script before spending device time.
 set -u
 phase=${1:-all}
+# The whole run's budget: a device call runs at most 600 s and the session has about 900.
+deadline=$((SECONDS + ${XENT_DEVICE_BUDGET:-420}))
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 D=.device
 dry=${XENT_DEVICE_DRY:-}
@@ -23,11 +25,15 @@ if [ -z "$dry" ]; then
 fi
 export XENT_REQUIRE_GPU=1 WGPU_BACKEND=${WGPU_BACKEND:-vulkan} RUST_BACKTRACE=1
 
-# step NAME SECONDS COMMAND...: the command's output into $OUT/NAME.txt, its tail here.
+# step NAME SECONDS COMMAND...: the command's output into $OUT/NAME.txt, its tail here; its
+# limit no later than the run's deadline, and skipped with less than 10 s left.
 step() {
   local name=$1 limit=$2; shift 2
+  local left=$((deadline - SECONDS))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then echo "== $name: skipped (the run's budget is spent)"; return; fi
   echo "== $name ($(date +%T), limit ${limit}s)"
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  timeout -k 5 "$limit" "$@" > "$OUT/$name.txt" 2>&1
   echo "   exit $?"
   tail -n 25 "$OUT/$name.txt"
 }
@@ -48,31 +54,32 @@ fi
 
 step adapter 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; $D/xent devices"
 
+# Most wanted first in each phase: what comes back when the budget runs out is what ran.
 if [ "$phase" = linear ] || [ "$phase" = all ]; then
-  step tests-linear 150 "$D"/tests/linear --test-threads 4
   # Issue 13: the tile GEMM (gpu-product) as a fraction of the GPU's f32 peak and of cuBLAS,
   # the fused and chunked strategies against the materialized baseline.
-  step linear 240 "$D"/xent bench --linear --device gpu "${heads[@]}" --dtype f32 --dtype bf16 \
+  step linear 150 "$D"/xent bench --linear --device gpu "${heads[@]}" --dtype f32 --dtype bf16 \
     --iters 3 --json "$OUT/linear.json" --no-plot
-  step linear-ignored 90 "$D"/xent bench --linear --device gpu "${heads[@]}" --ignored 0.85 \
+  step torch-linear 90 "${torch[@]}" linear "${heads[@]}" "${big_head[@]}"
+  step tests-linear 90 "$D"/tests/linear --test-threads 4
+  step linear-ignored 60 "$D"/xent bench --linear --device gpu "${heads[@]}" --ignored 0.85 \
     --dtype bf16 --iters 3 --json "$OUT/linear-ignored.json" --no-plot
-  step torch-linear 120 "${torch[@]}" linear "${heads[@]}" "${big_head[@]}"
-  step linear-llama 150 "$D"/xent bench --linear --device gpu "${big_head[@]}" --dtype bf16 \
+  step linear-llama 120 "$D"/xent bench --linear --device gpu "${big_head[@]}" --dtype bf16 \
     --iters 2 --json "$OUT/linear-llama.json" --no-plot
 fi
 
 if [ "$phase" = short ] || [ "$phase" = all ]; then
   # Issue 15: short rows and the (N, C, d…) layout, beside torch and burn-wgpu.
-  step short 150 "$D"/xent bench --device gpu "${short[@]}" --dtype f32 --dtype bf16 \
+  step short 120 "$D"/xent bench --device gpu "${short[@]}" --dtype f32 --dtype bf16 \
     --iters "$iters" --json "$OUT/short.json" --no-plot
-  step torch-short 90 "${torch[@]}" short "${short[@]}"
-  step burn 150 "$D"/bench_vs_burn --runs "$iters" --shapes "$burn_shapes"
-  step long 120 "$D"/xent bench --device gpu "${long[@]}" --dtype f32 --dtype bf16 \
+  step torch-short 60 "${torch[@]}" short "${short[@]}"
+  step burn 90 "$D"/bench_vs_burn --runs "$iters" --shapes "$burn_shapes"
+  step long 60 "$D"/xent bench --device gpu "${long[@]}" --dtype f32 --dtype bf16 \
     --iters "$iters" --json "$OUT/long.json" --no-plot
   step torch-long 60 "${torch[@]}" long "${long[@]}"
   for t in "$D"/tests/*; do
     case "$t" in */linear) continue ;; esac
-    step "tests-$(basename "$t")" 45 "$t" --test-threads 4
+    step "tests-$(basename "$t")" 30 "$t" --test-threads 4
   done
 fi
 echo "== done ($(date +%T))"

@@ -40,9 +40,13 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
         load_slabs_scalar(m0, n0, k0, local);
         return;
     }
-    load_a_scalar(m0, k0, local);
-    let at = across4(local);
-    if (local < BK * BN / 4u) { b_slab[at.x * (BN / 4u) + at.y / 4u] = w4_at(n0 + at.y, k0 + at.x); }
+    let u = slot(local);
+    let at = across4(u);
+    if (local < WG / 2u) {
+        fill_a_scalar(m0, k0, u);
+    } else {
+        b_slab[at.x * (BN / 4u) + at.y / 4u] = w4_at(n0 + at.y, k0 + at.x);
+    }
 }
 
 @compute @workgroup_size(WG)

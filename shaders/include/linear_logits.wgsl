@@ -31,29 +31,37 @@ fn load_b4(c: u32, k: u32) -> vec4<f32> {
     return load_w4(((c - p.col0) * p.hidden + k) / 4u);
 }
 
-// With LINEAR_VEC4 the first half of the workgroup loads A's slab and the second half B's,
-// one 16-byte load each (a slab row of BK = 8 is two of them; with WEIGHT_T, a row of B's
-// slab, BN = 64 classes, is sixteen); else scalars.
-const_assert WG / 2u == BM * BK / 4u;
+// With LINEAR_VEC4, four values a load (16 bytes of f32, 8 of f16 / bf16): the first half of
+// the workgroup fills A's slab, the second B's. Along k, a slot of the first BM·BK/16 takes a
+// block of four rows × four k (four loads) and stores it transposed, four whole vec4s of
+// four m for one k; with WEIGHT_T, B's slot takes four classes of one k, a vec4 already.
+// Else a value at a time.
 fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
+    let u = slot(local);
     if (!LINEAR_VEC4) {
         load_slabs_scalar(m0, n0, k0, local);
-        return;
-    }
-    let e = local % (WG / 2u);
-    let r = e / (BK / 4u);
-    let kq = (e % (BK / 4u)) * 4u;
-    if (local < WG / 2u) {
-        let v = load_a4(m0 + r, k0 + kq);
-        for (var q = 0u; q < 4u; q++) { put_a(kq + q, r, v[q]); }
-    } else if (WEIGHT_T) {
-        let k = e / (BN / 4u);
-        let c = (e % (BN / 4u)) * 4u;
-        // Four classes of one k: a whole vec4 of the slab.
-        b_slab[k * (BN / 4u) + c / 4u] = load_b4(n0 + c, k0 + k);
-    } else {
-        let v = load_b4(n0 + r, k0 + kq);
-        for (var q = 0u; q < 4u; q++) { put_b(kq + q, r, v[q]); }
+    } else if (local >= WG / 2u && WEIGHT_T) {
+        let at = across4(u);
+        b_slab[at.x * (BN / 4u) + at.y / 4u] = load_b4(n0 + at.y, k0 + at.x);
+    } else if (u < BM * BK / 16u) {
+        let kq = (u % (BK / 4u)) * 4u;
+        let r = (u / (BK / 4u)) * 4u;
+        var rows: array<vec4<f32>, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            if (local < WG / 2u) {
+                rows[i] = load_a4(m0 + r + i, k0 + kq);
+            } else {
+                rows[i] = load_b4(n0 + r + i, k0 + kq);
+            }
+        }
+        for (var q = 0u; q < 4u; q++) {
+            let column = vec4(rows[0][q], rows[1][q], rows[2][q], rows[3][q]);
+            if (local < WG / 2u) {
+                a_slab[(kq + q) * (BM / 4u) + r / 4u] = column;
+            } else {
+                b_slab[(kq + q) * (BN / 4u) + r / 4u] = column;
+            }
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 // The kernel defines `load_a(m, k)` and `load_b(n, k)` (0 outside its operands), the
 // constants A_ALONG_K / B_ALONG_K: whether consecutive k are consecutive words of the operand,
 // so that neighbouring invocations load neighbouring words (along k, or else along m / n),
-// and `load_slabs(m0, n0, k0, local)`: `load_slabs_scalar` here, or (both operands along k,
-// LINEAR_VEC4) four values a load: 16 bytes of f32, 8 of f16 / bf16 (`linear_logits.wgsl`).
+// and `load_slabs(m0, n0, k0, local)`: `load_slabs_scalar` here, or with LINEAR_VEC4 four
+// values a load (16 bytes of f32, 8 of f16 / bf16) where an operand allows it: along k in
+// `linear_logits.wgsl`, across k (`across4`) in the dW and dh kernels.
 
 // The tile's side comes from the host (`abi::LINEAR_TILE`), which cuts rows and columns by it.
 const BM: u32 = LINEAR_TILE;
@@ -23,12 +24,16 @@ const_assert BM / TM == SIDE;
 
 // The slabs, k-major, four consecutive m (n) to a vec4: (k, m) is a_slab[k·BM/4 + m/4][m % 4].
 // The inner loop then reads an invocation's 4 values of A and 4 of B for one k with two 16-byte
-// loads from workgroup memory: 2 loads for 16 FMAs, where scalars took 8.
+// loads from workgroup memory: 2 loads for 16 FMAs, where scalars took 8. Each invocation
+// writes whole vec4s of a slab: writing one component of a vector may access the whole vector
+// (WGSL; MSL and HLSL compilers do), so invocations filling one vec4's components would race.
 const_assert TM == 4u && TN == 4u;
 var<workgroup> a_slab: array<vec4<f32>, BK * BM / 4u>;
 var<workgroup> b_slab: array<vec4<f32>, BK * BN / 4u>;
-fn put_a(k: u32, m: u32, x: f32) { a_slab[k * (BM / 4u) + m / 4u][m % 4u] = x; }
-fn put_b(k: u32, n: u32, x: f32) { b_slab[k * (BN / 4u) + n / 4u][n % 4u] = x; }
+// The loads are split in halves: the first WG / 2 invocations fill A's slab, the others B's,
+// one vec4 of it each (`slot`: the invocation's place in its half).
+const_assert WG / 2u == BK * BM / 4u && BM == BN;
+fn slot(local: u32) -> u32 { return local % (WG / 2u); }
 
 fn tile_product(m0: u32, n0: u32, depth: u32, local: u32) -> array<vec4<f32>, 4> {
     let tx = local % SIDE;
@@ -47,30 +52,35 @@ fn tile_product(m0: u32, n0: u32, depth: u32, local: u32) -> array<vec4<f32>, 4>
     return acc;
 }
 
-// The slabs of depth k0 .. k0 + BK, one scalar of A and one of B per invocation and round.
+// The slabs of depth k0 .. k0 + BK a value at a time: each invocation the four m (n) of one k.
 fn load_slabs_scalar(m0: u32, n0: u32, k0: u32, local: u32) {
-    load_a_scalar(m0, k0, local);
-    load_b_scalar(n0, k0, local);
-}
-fn load_a_scalar(m0: u32, k0: u32, local: u32) {
-    for (var e = local; e < BK * BM; e += WG) {
-        var m = e / BK;
-        var k = e % BK;
-        if (!A_ALONG_K) { m = e % BM; k = e / BM; }
-        put_a(k, m, load_a(m0 + m, k0 + k));
+    if (local < WG / 2u) {
+        fill_a_scalar(m0, k0, slot(local));
+    } else {
+        fill_b_scalar(n0, k0, slot(local));
     }
 }
-fn load_b_scalar(n0: u32, k0: u32, local: u32) {
-    for (var e = local; e < BK * BN; e += WG) {
-        var n = e / BK;
-        var k = e % BK;
-        if (!B_ALONG_K) { n = e % BN; k = e / BN; }
-        put_b(k, n, load_b(n0 + n, k0 + k));
-    }
+// The (k, first m) of slot u's vec4: along k neighbouring slots take neighbouring k (of the
+// same four rows), else neighbouring fours of m.
+fn scalar_place(u: u32, along_k: bool) -> vec2<u32> {
+    if (along_k) { return vec2(u % BK, (u / BK) * 4u); }
+    return across4(u);
+}
+fn fill_a_scalar(m0: u32, k0: u32, u: u32) {
+    let at = scalar_place(u, A_ALONG_K);
+    let m = m0 + at.y;
+    let k = k0 + at.x;
+    a_slab[at.x * (BM / 4u) + at.y / 4u] =
+        vec4(load_a(m, k), load_a(m + 1u, k), load_a(m + 2u, k), load_a(m + 3u, k));
+}
+fn fill_b_scalar(n0: u32, k0: u32, u: u32) {
+    let at = scalar_place(u, B_ALONG_K);
+    let n = n0 + at.y;
+    let k = k0 + at.x;
+    b_slab[at.x * (BN / 4u) + at.y / 4u] =
+        vec4(load_b(n, k), load_b(n + 1u, k), load_b(n + 2u, k), load_b(n + 3u, k));
 }
 
-// A slab's place for four values across m (n) of one k, in the first BK·BM/4 invocations:
-// (k, first m); they then fill a whole vec4 of the slab, `a_slab[k·BM/4 + m/4]`, from one load
-// of four consecutive values, neighbouring invocations on neighbouring 16 bytes.
-const_assert BK * BM / 4u <= WG;
-fn across4(local: u32) -> vec2<u32> { return vec2(local / (BM / 4u), (local % (BM / 4u)) * 4u); }
+// Slot u's (k, first m) for four values across m (n) of one k read in one load (an operand
+// stored along m): `a_slab[k·BM/4 + m/4]` whole, neighbouring slots on neighbouring bytes.
+fn across4(u: u32) -> vec2<u32> { return vec2(u / (BM / 4u), (u % (BM / 4u)) * 4u); }
