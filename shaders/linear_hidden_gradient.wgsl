@@ -45,7 +45,7 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
     if (local < WG / 2u) {
         fill_a_scalar(m0, k0, u);
     } else {
-        b_slab[at.x * (BN / 4u) + at.y / 4u] = w4_at(n0 + at.y, k0 + at.x);
+        put_b4(at, w4_at(n0 + at.y, k0 + at.x));
     }
 }
 

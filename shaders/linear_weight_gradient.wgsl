@@ -59,13 +59,13 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
     let u = slot(local);
     let at = across4(u);
     if (WEIGHT_T && local < WG / 2u) {
-        a_slab[at.x * (BM / 4u) + at.y / 4u] = h4_at(m0 + at.y, k0 + at.x);
+        put_a4(at, h4_at(m0 + at.y, k0 + at.x));
     } else if (WEIGHT_T) {
         fill_b_scalar(n0, k0, u);
     } else if (local < WG / 2u) {
         fill_a_scalar(m0, k0, u);
     } else {
-        b_slab[at.x * (BN / 4u) + at.y / 4u] = h4_at(n0 + at.y, k0 + at.x);
+        put_b4(at, h4_at(n0 + at.y, k0 + at.x));
     }
 }
 

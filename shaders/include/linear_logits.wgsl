@@ -42,7 +42,7 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
         load_slabs_scalar(m0, n0, k0, local);
     } else if (local >= WG / 2u && WEIGHT_T) {
         let at = across4(u);
-        b_slab[at.x * (BN / 4u) + at.y / 4u] = load_b4(n0 + at.y, k0 + at.x);
+        put_b4(at, load_b4(n0 + at.y, k0 + at.x));
     } else if (u < BM * BK / 16u) {
         let kq = (u % (BK / 4u)) * 4u;
         let r = (u / (BK / 4u)) * 4u;
@@ -56,11 +56,7 @@ fn load_slabs(m0: u32, n0: u32, k0: u32, local: u32) {
         }
         for (var q = 0u; q < 4u; q++) {
             let column = vec4(rows[0][q], rows[1][q], rows[2][q], rows[3][q]);
-            if (local < WG / 2u) {
-                a_slab[(kq + q) * (BM / 4u) + r / 4u] = column;
-            } else {
-                b_slab[(kq + q) * (BN / 4u) + r / 4u] = column;
-            }
+            if (local < WG / 2u) { put_a4(vec2(kq + q, r), column); } else { put_b4(vec2(kq + q, r), column); }
         }
     }
 }

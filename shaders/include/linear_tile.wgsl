@@ -34,6 +34,9 @@ var<workgroup> b_slab: array<vec4<f32>, BK * BN / 4u>;
 // one vec4 of it each (`slot`: the invocation's place in its half).
 const_assert WG / 2u == BK * BM / 4u && BM == BN;
 fn slot(local: u32) -> u32 { return local % (WG / 2u); }
+// A whole vec4 of a slab: the four m (n) from `at.y` of depth `at.x`.
+fn put_a4(at: vec2<u32>, v: vec4<f32>) { a_slab[at.x * (BM / 4u) + at.y / 4u] = v; }
+fn put_b4(at: vec2<u32>, v: vec4<f32>) { b_slab[at.x * (BN / 4u) + at.y / 4u] = v; }
 
 fn tile_product(m0: u32, n0: u32, depth: u32, local: u32) -> array<vec4<f32>, 4> {
     let tx = local % SIDE;
@@ -70,15 +73,13 @@ fn fill_a_scalar(m0: u32, k0: u32, u: u32) {
     let at = scalar_place(u, A_ALONG_K);
     let m = m0 + at.y;
     let k = k0 + at.x;
-    a_slab[at.x * (BM / 4u) + at.y / 4u] =
-        vec4(load_a(m, k), load_a(m + 1u, k), load_a(m + 2u, k), load_a(m + 3u, k));
+    put_a4(at, vec4(load_a(m, k), load_a(m + 1u, k), load_a(m + 2u, k), load_a(m + 3u, k)));
 }
 fn fill_b_scalar(n0: u32, k0: u32, u: u32) {
     let at = scalar_place(u, B_ALONG_K);
     let n = n0 + at.y;
     let k = k0 + at.x;
-    b_slab[at.x * (BN / 4u) + at.y / 4u] =
-        vec4(load_b(n, k), load_b(n + 1u, k), load_b(n + 2u, k), load_b(n + 3u, k));
+    put_b4(at, vec4(load_b(n, k), load_b(n + 1u, k), load_b(n + 2u, k), load_b(n + 3u, k)));
 }
 
 // Slot u's (k, first m) for four values across m (n) of one k read in one load (an operand
