@@ -17,8 +17,9 @@
 // Not fused (the host's choice, `launch::fused_shape` and `plan::gpu`): contiguous rows
 // longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
 // need the final lse of every class: the focal pass), f16/bf16 gradients (in place or
-// `SeparateHalf`) with odd C or in the (N, C, d…) layout (two rows would share a word), and
-// rows longer than a binding.
+// `SeparateHalf`) of contiguous rows with odd C or of the (N, C, d…) layout with an odd
+// number of positions (two rows would share a word with no pair to own it), and rows
+// longer than a binding.
 //
 // Launch (`launch::fused_shape`): WG / invocations_per_row row segments per workgroup; a segment of invocations_per_row
 // invocations owns a row, invocations_per_row as small as holds it (C ≤ 4·FUSED_GROUPS·invocations_per_row, up to 16 logits
@@ -35,6 +36,8 @@
 // 4·FUSED_GROUPS classes stay in registers, the rest are streamed and read once more for the
 // gradient (from cache: a workgroup's rows span C runs of WG positions). Against the
 // three-pass path it saves each row's 48-byte partial, written and read back, and a pass.
+// Its f16/bf16 gradients are stored a word (two positions) at a time by the pair of
+// invocations that owns them (`store_pair`), after two more barriers.
 // Rows per invocation (`launch::fused_rows_per_invocation`): with one invocation per row and
 // at least 64 workgroups' worth of rows, each invocation owns k = 4 rows, row
 // (tile·k + i)·WG + local of its workgroup's tile of k·WG rows (neighbours still read
@@ -76,6 +79,18 @@ fn pack_coef(k: RowCoef) -> Partial {
 }
 fn unpack_coef(a: Partial) -> RowCoef {
     return RowCoef(a.m, a.s, a.wz, bitcast<i32>(a.arg), a.nan_arg, a.wt, a.wtz, a.ez);
+}
+
+// Class c's word of the (N, C, d…) position pair holding `row` (half-precision gradients,
+// `fused_row`): this row's gradient from its logit `x`, the other row's from its own.
+fn store_pair(row: u32, c: u32, x: f32, k: RowCoef, ab: vec2<f32>, other_k: RowCoef, other_ab: vec2<f32>) {
+    let other = row ^ 1u;
+    let t = select(0.0, dense_target(target_index(row, c)), has(FLAG_DENSE));
+    let t_other = select(0.0, dense_target(target_index(other, c)), has(FLAG_DENSE));
+    let dx = element_gradient(k, ab, c, x, t);
+    let dx_other = element_gradient(other_k, other_ab, c, load_x(elem_index(other, c)), t_other);
+    let pair = select(vec2(dx, dx_other), vec2(dx_other, dx), (row & 1u) == 1u);
+    store_dx(elem_index(row & ~1u, c) - p.elem_offset, vec4(pair, 0.0, 0.0), 2u);
 }
 
 // Row `row` of the chunk, owned by invocation `local` (`lane` of its segment): its sums.
@@ -145,13 +160,36 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     // short rows need no barrier (p is uniform, so is the branch). Several rows per
     // invocation come only with one invocation per row, so no lane of the next row's
     // merge overwrites a slot another lane still reads.
-    if (p.invocations_per_row > 1u) { workgroupBarrier(); }
-    if (live) {
-        let coef = unpack_coef(shared_partials[local - lane]);
-
+    // Half-precision gradients of the (N, C, d…) layout: positions 2i and 2i + 1 (an even
+    // number of them a sample, the host's condition) share each class's word. The pair's
+    // invocations split the words, the even position taking the even classes and the odd one
+    // the odd, each computing both positions' gradients: the other's RowCoef from its slot,
+    // its logit from cache. A second barrier keeps the next row's finish off the slots until
+    // both have read them.
+    let paired = STORES_HALF_WORDS && p.spatial != 0u;
+    if (p.invocations_per_row > 1u || paired) { workgroupBarrier(); }
+    let coef = unpack_coef(shared_partials[local - lane]);
+    let pair_coef = unpack_coef(shared_partials[local ^ 1u]);
+    if (paired) { workgroupBarrier(); }
+    if (live && paired) {
+        let ab = row_scales(coef, global_row);
+        let ab_other = row_scales(pair_coef, p.row0 + (row ^ 1u));
+        let odd = row & 1u;
+        // Classes in registers, two of each group of four; then the streamed ones.
+        for (var j = 0u; j < FUSED_GROUPS; j++) {
+            let c = 4u * j + odd;
+            if (c >= p.classes) { break; }
+            let x = xs[j];
+            store_pair(row, c, select(x.x, x.y, odd == 1u), coef, ab, pair_coef, ab_other);
+            if (c + 2u >= p.classes) { break; }
+            store_pair(row, c + 2u, select(x.z, x.w, odd == 1u), coef, ab, pair_coef, ab_other);
+        }
+        for (var c = 4u * FUSED_GROUPS + odd; c < p.classes; c += 2u) {
+            store_pair(row, c, load_x(base + c * step), coef, ab, pair_coef, ab_other);
+        }
+    } else if (live) {
         // One write: the gradient from the registers. `store_dx` takes the element's index
-        // in the chunk; the (N, C, d…) layout stores one element at a time (f32 only: the
-        // host keeps half-precision words, which neighbouring rows share, off this path).
+        // in the chunk; the (N, C, d…) layout stores one element at a time here (f32).
         let ab = row_scales(coef, global_row);
         let at = base - p.elem_offset;
         for (var j = 0u; j < FUSED_GROUPS; j++) {

@@ -878,8 +878,10 @@ fn backward_from_saved_state() {
 /// A half-precision gradient into a buffer of its own (`DeviceGradient::IntoLogitsDtype`), as
 /// a trainer whose f16 / bf16 logits are still held elsewhere takes it: an even class count
 /// (the fused kernel) and an odd one (three passes: the fused kernel's rows would share a
-/// word), the backward from saved state, and BCE's backward; against the reference (within
-/// the dtype's rounding), the same bits as the in-place gradient, the logits untouched.
+/// word); the (N, C, d…) layout with an even number of positions (the fused kernel, a pair of
+/// positions a word) and an odd one (three passes); the backward from saved state, and BCE's
+/// backward; against the reference (within the dtype's rounding), the same bits as the
+/// in-place gradient, the logits untouched.
 #[test]
 fn half_gradient_into_its_own_buffer() {
     use common::device::read_values;
@@ -891,15 +893,19 @@ fn half_gradient_into_its_own_buffer() {
             let tol = tol::gradient(dtype);
             let half_buffer =
                 |count: usize| buffer(&gpu, &vec![0u8; (count * 2).next_multiple_of(4)]);
-            for classes in [64, 37] {
-                let case = Case::new(31, 45, classes, Hardness::default())
+            for (classes, spatial) in [(64, None), (37, None), (21, Some(10)), (21, Some(9))] {
+                let rows = spatial.map_or(45, |s| 4 * s);
+                let mut case = Case::new(31, rows, classes, Hardness::default())
                     .weighted(2)
                     .ignore_every(6, -100)
                     .dtype(dtype);
+                if let Some(s) = spatial {
+                    case = case.class_dim1(s);
+                }
                 let count = case.rows * classes;
                 let options = CrossEntropy::new().label_smoothing(0.1);
                 let reference = case.reference(&options, None);
-                let label = format!("{gpu:?} {dtype:?} C {classes}");
+                let label = format!("{gpu:?} {dtype:?} C {classes} spatial {spatial:?}");
                 let uploaded = DeviceCase::upload(&gpu, &case);
                 let in_place = DeviceCase::upload(&gpu, &case);
                 let (grad, loss) = (half_buffer(count), buffer(&gpu, &[0u8; 4]));

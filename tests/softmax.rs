@@ -62,10 +62,20 @@ fn class_dim1_layout_against_reference() {
                 None,
             );
         }
-        let soft = Case::new(12, 2 * 6, 5, Hardness::default())
-            .soft(1)
-            .class_dim1(6);
-        check_every_backend(&format!("{label} (N, C, d) soft"), &soft, &options, None);
+        // Soft targets; in f16 an even number of positions, whose in-place gradient a pair of
+        // invocations stores a word at a time on the GPU.
+        for dtype in [Dtype::F32, Dtype::F16] {
+            let soft = Case::new(12, 2 * 6, 5, Hardness::default())
+                .soft(1)
+                .dtype(dtype)
+                .class_dim1(6);
+            check_every_backend(
+                &format!("{label} (N, C, d) soft {dtype:?}"),
+                &soft,
+                &options,
+                None,
+            );
+        }
     }
 }
 
@@ -149,6 +159,18 @@ fn upstream_gradients_against_reference() {
         &case,
         &CrossEntropy::new().z_loss(1e-2),
         Some(&[2.5]),
+    );
+    // (N, C, d…) in bf16, an even number of positions: on the GPU each invocation also
+    // writes its neighbour's gradient, with that row's upstream.
+    let spatial = Case::new(5, 3 * 8, 7, Hardness::default())
+        .dtype(Dtype::Bf16)
+        .class_dim1(8);
+    let per_row: Vec<f32> = (0..24).map(|r| 0.5 + r as f32 * 0.25).collect();
+    check_every_backend(
+        "none with upstream, (N, C, d) bf16",
+        &spatial,
+        &CrossEntropy::new().reduction(Reduction::None),
+        Some(&per_row),
     );
 }
 

@@ -6,6 +6,8 @@ fn to_bf16(v: f32) -> u32 {
     if ((u & 0x7fffffffu) > 0x7f800000u) { return 0x7fc0u; }
     return (u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u;
 }
+// Whether a 32-bit word holds two elements' gradients (the fused kernel pairs positions).
+const STORES_HALF_WORDS: bool = true;
 fn store_dx(i: u32, dx: vec4<f32>, n: u32) {
     let w = (p.elem_offset + i) >> 1u;
     if (n >= 2u) {

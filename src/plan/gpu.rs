@@ -144,8 +144,10 @@ impl GpuCall {
             shape = shape.fitting(classes, bytes_per_element, room);
         }
         // Half-precision words written in place or into a separate buffer: a row of odd length
-        // ends mid-word, which the fused kernel's next row would write too, as do neighbouring
-        // rows of the (N, C, d…) layout.
+        // ends mid-word, which the fused kernel's next row would write too. Neighbouring rows
+        // of the (N, C, d…) layout share every word; with an even number of positions a pair
+        // of invocations owns its words (`softmax_fused.wgsl`, `store_pair`), with an odd one
+        // a pair would straddle two samples.
         let half_words = elem == 2
             && matches!(
                 out.gradient,
@@ -160,7 +162,11 @@ impl GpuCall {
                 && (out.saved.is_none() || !gradient)
                 && !long_rows
                 && !focal_all
-                && !(half_words && (classes % 2 == 1 || layout != Layout::Rows))
+                && !(half_words
+                    && match layout {
+                        Layout::Rows => classes % 2 == 1,
+                        Layout::ClassDim1 { spatial } => spatial % 2 == 1,
+                    })
         });
         // Invocations that own several rows share a reduction slot between chunks unless the
         // chunks are whole tiles of them; where a binding holds no tile, one row each.
