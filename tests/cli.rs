@@ -1406,6 +1406,12 @@ fn bench_linear_head_on_the_gpu_leaves_the_cpu_out() {
         assert!(run.stderr.contains("xent: "), "{}", run.stderr);
         return;
     }
+    // The header names the GPU alone.
+    let header = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("xent bench --linear: gpu: ") && !header.contains("cpu ("),
+        "{header}"
+    );
     // The host-slice calls' losses: fused forward and forward + backward, chunked.
     same_finite_losses(&records, 3);
     let kinds: Vec<&str> = records

@@ -161,6 +161,17 @@ impl LogitLoad {
         )
     }
 
+    /// This load as the softmax kernels take it: the four-wide half loads are the linear
+    /// kernels' own (their source is the scalar one's), so a softmax pass of a linear call
+    /// shares the softmax call's pipeline instead of compiling the same source again.
+    pub fn for_softmax(self) -> LogitLoad {
+        match self {
+            LogitLoad::F16x4 => LogitLoad::F16,
+            LogitLoad::Bf16x4 => LogitLoad::Bf16,
+            load => load,
+        }
+    }
+
     /// The WGSL that binds and widens values of this load (`logits`, `load_x`, `load4`).
     fn include(self) -> &'static str {
         match self {

@@ -198,9 +198,17 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             }
         }
     }
+    // The devices that ran, as the softmax bench's header names them.
+    let mut devices = Vec::new();
+    if args.device != super::BenchDevice::Gpu {
+        devices.push(device::cpu_label());
+    }
+    if let Some(g) = &gpu {
+        devices.push(g.label.clone());
+    }
     println!(
         "xent bench --linear: {}; median of {} runs after one warm-up",
-        device::cpu_label(),
+        devices.join(", "),
         args.iters
     );
     print!("{}", table(&records));

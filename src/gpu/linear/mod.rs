@@ -136,7 +136,9 @@ impl Gpu {
                 Kernel::SoftmaxTargets | Kernel::LinearCompact => {
                     Variant::new(launch.kernel, LogitLoad::F32, b.target_load)
                 }
-                Kernel::SoftmaxRows => Variant::new(launch.kernel, load, b.target_load),
+                Kernel::SoftmaxRows => {
+                    Variant::new(launch.kernel, load.for_softmax(), b.target_load)
+                }
                 kernel => Variant::new(kernel, load, TargetLoad::I64),
             }
             .with_writable(b.writable);
