@@ -29,15 +29,16 @@
 // stores. The raw values stay in a private array of FUSED_GROUPS vec4s.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
 // the tree); lane 0 finishes the row (stores its record, keeps its sums) and shares its RowCoef
-// through workgroup memory; after one barrier (none with one invocation per row) every lane
-// writes its groups' gradient.
+// through workgroup memory; after one barrier (none with one invocation per row, except the
+// position pairs below) every lane writes its groups' gradient.
 // The (N, C, d…) layout (any C): one invocation per row, a position of a sample, so
 // neighbours read neighbouring positions of each class plane (coalesced); the first
 // 4·FUSED_GROUPS classes stay in registers, the rest are streamed and read once more for the
 // gradient (from cache: a workgroup's rows span C runs of WG positions). Against the
 // three-pass path it saves each row's 48-byte partial, written and read back, and a pass.
 // Its f16/bf16 gradients are stored a word (two positions) at a time by the pair of
-// invocations that owns them (`store_pair`), after two more barriers.
+// invocations that owns them (`store_pair`), after a barrier (two with several rows per
+// invocation) where the f32 path has none.
 // Rows per invocation (`launch::fused_rows_per_invocation`): with one invocation per row and
 // at least 64 workgroups' worth of rows, each invocation owns k = 4 rows, row
 // (tile·k + i)·WG + local of its workgroup's tile of k·WG rows (neighbours still read
@@ -161,17 +162,22 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     // invocation come only with one invocation per row, so no lane of the next row's
     // merge overwrites a slot another lane still reads.
     // Half-precision gradients of the (N, C, d…) layout: positions 2i and 2i + 1 (an even
-    // number of them a sample, the host's condition) share each class's word. The pair's
-    // invocations split the words, the even position taking the even classes and the odd one
-    // the odd, each computing both positions' gradients: the other's RowCoef from its slot,
-    // its logit from cache. A second barrier keeps the next row's finish off the slots until
-    // both have read them.
+    // number of them a sample, the host's condition, so a pair is one sample's and both or
+    // neither live) share each class's word. The pair's invocations split the words, the even
+    // position taking the even classes and the odd one the odd, each computing both
+    // positions' gradients: the other's RowCoef from its slot after a barrier, its logit from
+    // cache (a word is read after the barrier only by the invocation that writes it). With
+    // several rows per invocation a second barrier keeps the next row's finish off the slots
+    // until both have read them.
     let paired = STORES_HALF_WORDS && p.spatial != 0u;
     if (p.invocations_per_row > 1u || paired) { workgroupBarrier(); }
-    let coef = unpack_coef(shared_partials[local - lane]);
-    let pair_coef = unpack_coef(shared_partials[local ^ 1u]);
-    if (paired) { workgroupBarrier(); }
+    var pair_coef: RowCoef;
+    if (paired) {
+        pair_coef = unpack_coef(shared_partials[local ^ 1u]);
+        if (ROWS_PER_INVOCATION > 1u) { workgroupBarrier(); }
+    }
     if (live && paired) {
+        let coef = unpack_coef(shared_partials[local]);
         let ab = row_scales(coef, global_row);
         let ab_other = row_scales(pair_coef, p.row0 + (row ^ 1u));
         let odd = row & 1u;
@@ -188,6 +194,7 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
             store_pair(row, c, load_x(base + c * step), coef, ab, pair_coef, ab_other);
         }
     } else if (live) {
+        let coef = unpack_coef(shared_partials[local - lane]);
         // One write: the gradient from the registers. `store_dx` takes the element's index
         // in the chunk; the (N, C, d…) layout stores one element at a time here (f32).
         let ab = row_scales(coef, global_row);

@@ -78,6 +78,24 @@ fn chunked_dispatch_on(small: &Arc<Gpu>) {
         &CrossEntropy::new(),
         &[GradMode::OutOfPlace],
     );
+    // f16 in place, 62 positions a sample (even: pairs of invocations own the words), in
+    // chunks past the first (their rows offset, and their windows: 5084 bytes a sample is
+    // no multiple of the storage alignment), with each row's upstream.
+    let half = Case::new(13, 16 * 62, 41, Hardness::default())
+        .ignore_every(5, -100)
+        .dtype(Dtype::F16)
+        .class_dim1(62);
+    let none = CrossEntropy::new().reduction(Reduction::None);
+    let per_row: Vec<f32> = (0..half.rows).map(|r| 0.5 + r as f32 * 1e-3).collect();
+    let reference = half.reference(&none, Some(&per_row));
+    let run = run_softmax(&half, &none, Some(&per_row), GradMode::InPlace, on(small));
+    check_softmax(
+        &format!("chunked (N, 41, 62) f16 in place, upstream [{small:?}]"),
+        &half,
+        &none,
+        &run,
+        &reference,
+    );
     let soft = Case::new(12, 150, 130, Hardness::default()).soft(3);
     check(
         "chunked soft",

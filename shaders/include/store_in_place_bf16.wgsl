@@ -1,13 +1,14 @@
-// Gradient written in place over bf16 logits, rounded to nearest even. `i` is a multiple of 4,
-// so an invocation owns whole words; a word half past the end is kept.
+// Gradient written in place over bf16 logits, rounded to nearest even. `i` is even (a multiple
+// of 4 for the element kernels, a position pair's word in the fused kernel), so the store
+// writes whole words; a word half past the end is kept.
 // `Store::SeparateHalf` reuses this store with `logits[` renamed to its own buffer's `grad[`.
+// Whether a 32-bit word holds two elements' gradients (the fused kernel pairs positions).
+const STORES_HALF_WORDS: bool = true;
 fn to_bf16(v: f32) -> u32 {
     let u = bitcast<u32>(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) { return 0x7fc0u; }
     return (u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u;
 }
-// Whether a 32-bit word holds two elements' gradients (the fused kernel pairs positions).
-const STORES_HALF_WORDS: bool = true;
 fn store_dx(i: u32, dx: vec4<f32>, n: u32) {
     let w = (p.elem_offset + i) >> 1u;
     if (n >= 2u) {

@@ -1,5 +1,6 @@
-// Gradient written in place over f16 logits. `i` is a multiple of 4 (chunks start on 4-element
-// boundaries), so an invocation owns whole words; a word half past the end is kept.
+// Gradient written in place over f16 logits. `i` is even (a multiple of 4 for the element
+// kernels, chunks starting on 4-element boundaries; a position pair's word in the fused kernel),
+// so the store writes whole words; a word half past the end is kept.
 // `Store::SeparateHalf` reuses this store with `logits[` renamed to its own buffer's `grad[`.
 // Whether a 32-bit word holds two elements' gradients (the fused kernel pairs positions).
 const STORES_HALF_WORDS: bool = true;

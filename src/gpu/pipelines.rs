@@ -161,11 +161,10 @@ impl LogitLoad {
         )
     }
 
-    /// This load as the softmax kernels take it: the four-wide half loads are the linear
-    /// kernels' own (their source is the scalar one's), so a softmax pass of a linear call
-    /// shares the softmax call's pipeline instead of compiling the same source again.
-    pub fn for_softmax(self) -> LogitLoad {
+    /// The load of the same dtype that reads a value at a time.
+    pub fn as_scalar(self) -> LogitLoad {
         match self {
+            LogitLoad::F32x4 => LogitLoad::F32,
             LogitLoad::F16x4 => LogitLoad::F16,
             LogitLoad::Bf16x4 => LogitLoad::Bf16,
             load => load,

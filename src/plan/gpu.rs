@@ -147,7 +147,7 @@ impl GpuCall {
         // ends mid-word, which the fused kernel's next row would write too. Neighbouring rows
         // of the (N, C, d…) layout share every word; with an even number of positions a pair
         // of invocations owns its words (`softmax_fused.wgsl`, `store_pair`), with an odd one
-        // a pair would straddle two samples.
+        // the words' pairs change from one class plane to the next.
         let half_words = elem == 2
             && matches!(
                 out.gradient,

@@ -207,9 +207,10 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         devices.push(g.label.clone());
     }
     println!(
-        "xent bench --linear: {}; median of {} runs after one warm-up",
+        "xent bench --linear: {}; median of {} run{} after one warm-up",
         devices.join(", "),
-        args.iters
+        args.iters,
+        if args.iters == 1 { "" } else { "s" }
     );
     print!("{}", table(&records));
     for note in &notes {

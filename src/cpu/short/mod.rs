@@ -319,7 +319,28 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let (mut s, mut d_y, mut wz, mut ez, mut arg) = (zero, zero, zero, zero, none);
         let (mut wt, mut wtz, mut te, mut t_max, mut t_arg) = (zero, zero, zero, neg_inf, none);
         let (mut class, mut s_err) = (zero, zero);
+        // Two classes (a plain call): one of `d₀`, `d₁` is the max's 0 in a finite row, so
+        // `d₀ + d₁` is the other, the one exp a row needs; S = 1 + that exp, whose Fast2Sum is
+        // exact (1 ≥ e). A NaN or infinite row makes the sum NaN, as the loop would.
+        let pair = PLAIN && classes == 2;
+        if pair {
+            let (d0, d1) = (
+                ops.sub(ops.load(&z[..lanes]), m),
+                ops.sub(ops.load(&z[lanes..]), m),
+            );
+            let e_other = ShiftedExp.eval(isa, ops.add(d0, d1));
+            (s, s_err) = add_exp(isa, (one, zero), e_other);
+            if GRAD {
+                ops.store(ops.select(one, e_other, ops.eq(d0, zero)), e);
+                ops.store(ops.select(one, e_other, ops.eq(d1, zero)), &mut e[lanes..]);
+            }
+            let zero_or_d1 = ops.select(d1, zero, ops.eq(y, one));
+            d_y = ops.select(d0, zero_or_d1, ops.eq(y, zero));
+        }
         for (c, zc) in z.chunks_exact(lanes).enumerate() {
+            if pair {
+                break;
+            }
             let zc = ops.load(zc);
             let d = ops.sub(zc, m);
             let ec = ShiftedExp.eval(isa, d);
@@ -444,7 +465,11 @@ impl<T: Element> ShortRows<'_, '_, T> {
         let (ce, z_loss) = (ce.to_array(), z_loss.to_array());
         for j in 0..lanes {
             sums.0[j] += ce.as_ref()[j] as f64;
-            sums.1[j] += z_loss.as_ref()[j] as f64;
+        }
+        if lambda > 0.0 {
+            for j in 0..lanes {
+                sums.1[j] += z_loss.as_ref()[j] as f64;
+            }
         }
         if call.want_rows {
             self.out

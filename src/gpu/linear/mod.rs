@@ -136,9 +136,9 @@ impl Gpu {
                 Kernel::SoftmaxTargets | Kernel::LinearCompact => {
                     Variant::new(launch.kernel, LogitLoad::F32, b.target_load)
                 }
-                Kernel::SoftmaxRows => {
-                    Variant::new(launch.kernel, load.for_softmax(), b.target_load)
-                }
+                // It binds no logits, and a softmax call builds it with the scalar load:
+                // the same pipeline, not the same source compiled under another variant.
+                Kernel::SoftmaxRows => Variant::new(launch.kernel, load.as_scalar(), b.target_load),
                 kernel => Variant::new(kernel, load, TargetLoad::I64),
             }
             .with_writable(b.writable);
