@@ -169,6 +169,7 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     // cache (a word is read after the barrier only by the invocation that writes it). With
     // several rows per invocation a second barrier keeps the next row's finish off the slots
     // until both have read them.
+    // (`STORES_HALF_WORDS`: the variant's store, from `Variant::source`.)
     let paired = STORES_HALF_WORDS && p.spatial != 0u;
     if (p.invocations_per_row > 1u || paired) { workgroupBarrier(); }
     var pair_coef: RowCoef;

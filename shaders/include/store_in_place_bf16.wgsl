@@ -2,8 +2,6 @@
 // of 4 for the element kernels, a position pair's word in the fused kernel), so the store
 // writes whole words; a word half past the end is kept.
 // `Store::SeparateHalf` reuses this store with `logits[` renamed to its own buffer's `grad[`.
-// Whether a 32-bit word holds two elements' gradients (the fused kernel pairs positions).
-const STORES_HALF_WORDS: bool = true;
 fn to_bf16(v: f32) -> u32 {
     let u = bitcast<u32>(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) { return 0x7fc0u; }

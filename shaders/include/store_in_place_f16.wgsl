@@ -2,8 +2,6 @@
 // kernels, chunks starting on 4-element boundaries; a position pair's word in the fused kernel),
 // so the store writes whole words; a word half past the end is kept.
 // `Store::SeparateHalf` reuses this store with `logits[` renamed to its own buffer's `grad[`.
-// Whether a 32-bit word holds two elements' gradients (the fused kernel pairs positions).
-const STORES_HALF_WORDS: bool = true;
 fn store_dx(i: u32, dx: vec4<f32>, n: u32) {
     let w = (p.elem_offset + i) >> 1u;
     if (n >= 2u) {

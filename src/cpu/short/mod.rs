@@ -337,10 +337,8 @@ impl<T: Element> ShortRows<'_, '_, T> {
             let zero_or_d1 = ops.select(d1, zero, ops.eq(y, one));
             d_y = ops.select(d0, zero_or_d1, ops.eq(y, zero));
         }
-        for (c, zc) in z.chunks_exact(lanes).enumerate() {
-            if pair {
-                break;
-            }
+        let looped = if pair { 0 } else { classes };
+        for (c, zc) in z[..looped * lanes].chunks_exact(lanes).enumerate() {
             let zc = ops.load(zc);
             let d = ops.sub(zc, m);
             let ec = ShiftedExp.eval(isa, d);
