@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use xent::cpu::SimdLevel;
-use xent::{Backend, Batch, CrossEntropy, Dtype, Reduction, Request};
+use xent::{Backend, Batch, CrossEntropy, Dtype, InputKind, Reduction, Request};
 
 fn cpu(level: SimdLevel) -> impl Fn(&CrossEntropy, Batch, Request) -> xent::Result<xent::Output> {
     move |o, b, r| o.compute(&Backend::CpuWith(level), b, r)
@@ -63,6 +63,84 @@ fn same_bits_across_thread_counts() {
             );
             assert_eq!(format!("{:?}", run.output), format!("{:?}", runs[0].output));
             assert_eq!(run.gradient, runs[0].gradient);
+        }
+    }
+}
+
+/// Probability inputs on the SIMD rows, every level: rows of two f32 sums' flushes and a
+/// tail shorter than a vector (601 classes) and of one short vector (5), values below, at and
+/// above the clamp `eps`, exact 0s and 1s (a one-hot row); index and soft targets, class
+/// weights, smoothing, per-row losses, with and without the metrics (without them and
+/// smoothing, index rows are not read past the target). A subnormal `eps` (the `ln` that
+/// takes subnormals) is checked forward only: its gradients `−a·w/q` pass f32's range.
+#[test]
+fn probability_rows_against_reference() {
+    let all_modes = [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace];
+    for (floor, modes) in [(1e-40f32, &all_modes[..1]), (1e-30, &all_modes[..])] {
+        let base = CrossEntropy::new().input(InputKind::Probabilities { eps: floor });
+        let grid = [
+            ("plain", base),
+            ("smoothing", base.label_smoothing(0.3)),
+            ("none", base.reduction(Reduction::None).ignore_index(1)),
+            (
+                "sum smoothing 1",
+                base.reduction(Reduction::Sum).label_smoothing(1.0),
+            ),
+        ];
+        for classes in [601usize, 5] {
+            let rows = 7;
+            let mut case = Case::new(31, rows, classes, Hardness::default()).probabilities();
+            for r in 0..rows {
+                let row = &mut case.logits[r * classes..(r + 1) * classes];
+                row[(r * 37) % classes] = 0.0;
+                row[(r + 1) % classes] = floor / 100.0; // clamped: no gradient
+                row[(r + 2) % classes] = floor * 10.0;
+                row[(r + 3) % classes] = floor;
+            }
+            // One row one-hot: q = 1 at the target (ln 1 = 0), exact 0s elsewhere.
+            case.logits[..classes].fill(0.0);
+            case.logits[3] = 1.0;
+            case.index_targets[0] = 3;
+            // A clamped value is a row's target.
+            case.index_targets[2] = 3;
+            // A tied max: the first class is the argmax, also where both share a lane.
+            let (first, second) = if classes > 18 { (2, 18) } else { (1, 4) };
+            let row = &mut case.logits[classes..2 * classes];
+            row.fill(1e-4);
+            (row[first], row[second]) = (0.3, 0.3);
+            let cases = [
+                ("index", case.clone()),
+                (
+                    "index weighted",
+                    case.clone().weighted(5).ignore_every(3, 1),
+                ),
+                ("index no metrics", case.clone().without_metrics()),
+                ("soft weighted", case.clone().soft(6).weighted(7)),
+                ("soft no metrics", case.clone().soft(8).without_metrics()),
+            ];
+            for (what, case) in &cases {
+                for (label, options) in grid {
+                    let reference = case.reference(&options, None);
+                    for level in SimdLevel::supported() {
+                        for &mode in modes {
+                            let run = run_softmax(case, &options, None, mode, cpu(level));
+                            check_softmax(
+                                &format!(
+                                    "{what} {label} eps {floor:e} C={classes} [{level}, {mode:?}]"
+                                ),
+                                case,
+                                &options,
+                                &run,
+                                &reference,
+                            );
+                            // The checker lets equal values swap; torch.argmax takes the first.
+                            if let Some(m) = &run.output.metrics {
+                                assert_eq!(m.argmax[1], first as u32, "{what} {label} [{level}]");
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -232,3 +232,77 @@ fn errors_name_what_is_wrong() {
         ));
     }
 }
+
+/// The value checks scan parts of 65 536 values in parallel: the error names the first bad
+/// value in memory order, though a later part holds one too; half-precision probabilities
+/// are checked in their bits (−0 and 1 pass; the next half past 1, the least negative
+/// subnormal, NaN and inf are refused); in the (N, C, d…) layout the value's row and class.
+#[test]
+fn value_checks_name_the_first_bad_value() {
+    let (rows, classes) = (40_000usize, 5usize);
+    let ok = |n: usize| -> Vec<f32> { (0..n).map(|i| (i % 7) as f32 / 8.0).collect() };
+    let targets = vec![0i64; rows];
+    let probabilities = CrossEntropy::new().input(InputKind::PROBABILITIES);
+    let go = |options: CrossEntropy, batch: Batch| {
+        options
+            .compute(&Backend::Cpu, batch, Request::new())
+            .unwrap_err()
+    };
+    let at = |row: usize, class: usize| {
+        move |e: Error| match e {
+            Error::BadValue {
+                row: r, class: c, ..
+            } => assert_eq!((r, c), (row, class), "{e}"),
+            e => panic!("{e}"),
+        }
+    };
+    // f32 probabilities and soft targets: bad values in the second and third parts.
+    let mut probs = ok(rows * classes);
+    probs[150_001] = -0.0; // passes
+    probs[150_002] = 1.5;
+    probs[70_003] = f32::NAN;
+    at(14_000, 3)(go(
+        probabilities,
+        Batch::new(Logits::new(&probs, rows, classes), &targets[..]),
+    ));
+    let x = vec![0f32; rows * classes];
+    let mut soft = ok(rows * classes);
+    soft[199_999] = f32::INFINITY;
+    soft[131_074] = -1e-30;
+    at(26_214, 4)(go(
+        CrossEntropy::new(),
+        Batch::new(Logits::new(&x, rows, classes), &soft[..]),
+    ));
+
+    for bad in [1.0 + 1.0 / 1024.0f32, -1e-7, f32::NAN, f32::INFINITY] {
+        let f16s: Vec<half::f16> = ok(rows * classes)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        let mut f16s = f16s;
+        f16s[1] = half::f16::from_f32(-0.0);
+        f16s[2] = half::f16::ONE;
+        f16s[100_007] = half::f16::from_f32(bad);
+        // (N, C, d): 8 samples of 5 classes and 5 000 positions; value i is sample
+        // i / 25 000, class (i % 25 000) / 5 000, position i % 5 000.
+        let layout = Logits::class_dim1(&f16s, 8, classes, 5_000);
+        at(4 * 5_000 + 7, 0)(go(probabilities, Batch::new(layout, &targets[..])));
+        let bf16s: Vec<half::bf16> = ok(rows * classes)
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect();
+        let mut bf16s = bf16s;
+        bf16s[0] = half::bf16::from_f32(-0.0);
+        bf16s[3] = half::bf16::ONE;
+        // The next bf16 past 1 (f16's rounds to 1 in bf16).
+        bf16s[99_999] = half::bf16::from_bits(if bad > 1.0 {
+            0x3F81
+        } else {
+            half::bf16::from_f32(bad).to_bits()
+        });
+        at(19_999, 4)(go(
+            probabilities,
+            Batch::new(Logits::new(&bf16s, rows, classes), &targets[..]),
+        ));
+    }
+}

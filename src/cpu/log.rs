@@ -1,18 +1,39 @@
 //! `ln` for a softmax row's `S = Σ exp(z − m)`, which holds `exp(0) = 1` and at most a few
 //! thousand terms: `1 ≤ S < 2^64`, so no zero, negative, subnormal or infinite argument needs
-//! handling (a caller masks the lanes of rows that are not finite).
+//! handling (a caller masks the lanes of rows that are not finite); and for a clamped
+//! probability `p ∈ [eps, 1]`, whose `eps` may be subnormal ([`LnProbability`]).
 //!
 //! Cephes' `logf` method: `S = 2^e·f` with `f ∈ [√½, √2)`, `t = f − 1`,
 //! `ln f = t − t²/2 + t³·P(t)` (degree-8 `P`), `ln S = ln f + e·ln 2` with `ln 2` split in two
-//! so that `e·ln 2` adds no rounding. Within 1 ulp of `ln` on `[1, 2^64)` (2 on the portable
-//! level, which has no fused multiply-add).
+//! so that `e·ln 2` adds no rounding. Within 1 ulp of `ln` on the normal floats (2 on the
+//! portable level, which has no fused multiply-add).
 
 use rten_simd::ops::{BitOps, IntOps, NumOps, ToFloat};
 use rten_simd::{Isa, Simd, SimdUnaryOp};
 
-/// `ln(x)` for `1 ≤ x < 2^64`.
+/// `ln(x)` for a normal positive `x` (a row's sum: `1 ≤ x < 2^64`).
 #[derive(Default)]
 pub struct LnSum;
+
+/// `ln(x)` for `0 < x ≤ 1`, subnormal `x` included: those are scaled by `2^24` first (exact),
+/// and `24·ln 2` taken off after.
+#[derive(Default)]
+pub struct LnProbability;
+
+impl SimdUnaryOp<f32> for LnProbability {
+    #[inline(always)]
+    fn eval<I: Isa>(&self, isa: I, x: I::F32) -> I::F32 {
+        let ops = isa.f32();
+        let tiny = ops.lt(x, ops.splat(f32::MIN_POSITIVE));
+        let scaled = ops.select(ops.mul(x, ops.splat(16_777_216.0)), x, tiny);
+        let y = LnSum.eval(isa, scaled);
+        ops.select(
+            ops.sub(y, ops.splat(24.0 * std::f32::consts::LN_2)),
+            y,
+            tiny,
+        )
+    }
+}
 
 impl SimdUnaryOp<f32> for LnSum {
     #[inline(always)]
@@ -69,10 +90,10 @@ mod tests {
     use crate::cpu::simd::{self, SimdLevel};
     use rten_simd::{Isa, SimdOp, SimdUnaryOp};
 
-    /// `ln` of each value, on `level`.
-    struct LnAll<'a>(&'a [f32]);
+    /// `op` of each value, on `level`.
+    struct LnAll<'a, Op>(&'a [f32], Op);
 
-    impl SimdOp for LnAll<'_> {
+    impl<Op: SimdUnaryOp<f32>> SimdOp for LnAll<'_, Op> {
         type Output = Vec<f32>;
         fn eval<I: Isa>(self, isa: I) -> Vec<f32> {
             use rten_simd::ops::BitOps;
@@ -81,7 +102,7 @@ mod tests {
             let mut out = Vec::new();
             for v in self.0.chunks(ops.len()) {
                 let (x, _) = ops.load_pad(v);
-                let y = LnSum.eval(isa, x);
+                let y = self.1.eval(isa, x);
                 out.extend_from_slice(&y.to_array().as_ref()[..v.len()]);
             }
             out
@@ -104,7 +125,7 @@ mod tests {
             x *= 1.000_173;
         }
         for level in SimdLevel::supported() {
-            let got = simd::dispatch(level, LnAll(&xs));
+            let got = simd::dispatch(level, LnAll(&xs, LnSum));
             let allowed = if level == SimdLevel::Portable {
                 2.0
             } else {
@@ -119,6 +140,49 @@ mod tests {
                 assert!(
                     ulps(y, expected) <= allowed,
                     "{level}: ln {x} = {y}, expected {expected} ({} ulps)",
+                    ulps(y, expected)
+                );
+            }
+        }
+    }
+
+    /// Probabilities: every octave from the least subnormal to 1, with its neighbours of 1,
+    /// within 1 ulp (2 portable) of the f64 `ln`; subnormals within 2 (the `24·ln 2` taken
+    /// off rounds once more).
+    #[test]
+    fn probabilities_down_to_the_least_subnormal() {
+        let mut xs = vec![1.0f32, f32::from_bits(1.0f32.to_bits() - 1), 0.5, 1e-7];
+        xs.extend([
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::from_bits(0x0040_0001),
+        ]);
+        let mut x = 1.0f32;
+        while x > 0.0 {
+            xs.push(x);
+            // Among the subnormals the product rounds back to x: step a bit down then.
+            let next = x * 0.999_7;
+            x = if next < x {
+                next
+            } else {
+                f32::from_bits(x.to_bits() - 1)
+            };
+        }
+        for level in SimdLevel::supported() {
+            let got = simd::dispatch(level, LnAll(&xs, super::LnProbability));
+            for (&x, &y) in xs.iter().zip(&got) {
+                let expected = (x as f64).ln();
+                if expected == 0.0 {
+                    assert_eq!(y, 0.0, "{level}: ln 1");
+                    continue;
+                }
+                let allowed = match (level == SimdLevel::Portable, x < f32::MIN_POSITIVE) {
+                    (false, false) => 1.0,
+                    _ => 2.0,
+                };
+                assert!(
+                    ulps(y, expected) <= allowed,
+                    "{level}: ln {x:e} = {y}, expected {expected} ({} ulps)",
                     ulps(y, expected)
                 );
             }

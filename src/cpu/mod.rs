@@ -18,6 +18,7 @@ mod exp;
 mod focal;
 pub(crate) mod linear;
 mod log;
+mod probability;
 pub(crate) mod row;
 pub(crate) mod scalar;
 mod shard;

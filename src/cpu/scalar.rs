@@ -1,6 +1,7 @@
-//! Row kernels without a SIMD body: probability inputs (SEMANTICS.md section 2b, which needs a
-//! logarithm per value) and binary cross-entropy (section 4). Both are element-wise, read each
-//! value once, and accumulate in f64.
+//! Row kernels without a SIMD body: probability inputs with focal loss (SEMANTICS.md sections
+//! 2b and 2c, a power per value; without focal loss they take `probability`'s SIMD rows) and
+//! binary cross-entropy (section 4). Both are element-wise, read each value once, and
+//! accumulate in f64.
 
 use crate::math::focal::focal_factors;
 use crate::math::row::{first_max, term};
@@ -227,23 +228,6 @@ pub fn probability_backward(
     let classes = q.len() as f32;
     let eps = options.smoothing;
     let w = |c: usize| w.map_or(1.0, |w| w[c]);
-    match target {
-        ProbTarget::Index(y) if eps == 0.0 && options.gamma == 0.0 => {
-            // The loop below with t' = [c = y] and g = 1, bit for bit: at y `−a·w/q`, elsewhere
-            // `−a·w·0/q`, which is ±0 (`q` is positive and finite), or NaN when `a` is not
-            // finite.
-            let zero = -a * 0.0;
-            for (c, (d, &q)) in dq.iter_mut().zip(q).enumerate() {
-                *d = match (q < options.floor, c == y) {
-                    (true, _) => 0.0,
-                    (false, true) => -a * w(y) / q,
-                    (false, false) => zero * w(c),
-                };
-            }
-            return;
-        }
-        _ => {}
-    }
     for c in 0..q.len() {
         let t = match target {
             ProbTarget::Index(y) => {
@@ -268,45 +252,4 @@ pub enum ProbTarget<'a> {
     Index(usize),
     /// Dense targets.
     Dense(&'a [f32]),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The backward's shortcut for index targets without smoothing or focal loss gives the
-    /// general formula's bits, `−a·w[c]·t'[c]·g/q[c]` with `t' = [c = y]` and `g = 1`: signed
-    /// zeros off the target, NaN there when `a` is not finite, 0 where `q` was clamped.
-    #[test]
-    fn index_backward_shortcut_keeps_the_formula_bits() {
-        let q = [0.5f32, 1e-9, 0.25, 1.0];
-        let w = [2.0f32, 1.0, 0.0, 0.5];
-        let options = ProbOptions {
-            floor: 1e-7,
-            smoothing: 0.0,
-            gamma: 0.0,
-            metrics: false,
-        };
-        for a in [0.75f32, -1.5, 0.0, f32::INFINITY, f32::NAN] {
-            for (y, w) in [(0usize, Some(&w[..])), (2, Some(&w[..])), (3, None)] {
-                let mut dq = [7f32; 4];
-                probability_backward(&q, ProbTarget::Index(y), options, w, a, &mut dq);
-                for c in 0..4 {
-                    let t = if c == y { 1.0f32 } else { 0.0 };
-                    let w_c = w.map_or(1.0, |w| w[c]);
-                    let expected = if q[c] < options.floor {
-                        0.0
-                    } else {
-                        -a * w_c * t * 1.0 / q[c]
-                    };
-                    // (A NaN's sign and payload are not part of the contract.)
-                    let same = match expected.is_nan() {
-                        true => dq[c].is_nan(),
-                        false => dq[c].to_bits() == expected.to_bits(),
-                    };
-                    assert!(same, "a {a}, y {y}, class {c}: {} vs {expected}", dq[c]);
-                }
-            }
-        }
-    }
 }

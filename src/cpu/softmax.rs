@@ -2,6 +2,7 @@
 //! the scalar path of probability inputs) and its finish in f64, its backward, and the focal
 //! passes of focal loss.
 
+use super::probability::{ProbBackward, ProbForward};
 use super::row::{Backward, Exps, ExpsIo, Forward, Rescale, RowIo, Transform};
 use super::scalar::{self, ProbTarget};
 use super::{focal, simd, Call, RowOutcome};
@@ -37,15 +38,28 @@ impl Call<'_> {
                 _ => ProbTarget::Index(0),
             };
             let options = prob_options(&opts, floor, self.want_metrics);
-            let r = scalar::probability_row(x, target, options, self.w);
+            // Focal loss takes the f64 path (a power per value); everything else the SIMD one.
+            let (r, dense_metrics) = if opts.is_focal() {
+                (scalar::probability_row(x, target, options, self.w), None)
+            } else {
+                let out = ProbForward {
+                    q: x,
+                    target,
+                    w: self.w,
+                    options,
+                }
+                .run(self.level);
+                (out.row, out.dense_metrics)
+            };
             let (target_prob, correct) = match target {
-                ProbTarget::Dense(t) => (
-                    t.iter()
-                        .zip(x)
-                        .map(|(&t, &q)| t as f64 * (q as f64).clamp(floor as f64, 1.0))
-                        .sum::<f64>(),
-                    first_max(t) == r.argmax,
-                ),
+                ProbTarget::Dense(t) => {
+                    let (target_prob, target_max) = dense_metrics.unwrap_or_else(|| {
+                        let p = |q: f32| (q as f64).clamp(floor as f64, 1.0);
+                        let tp = t.iter().zip(x).map(|(&t, &q)| t as f64 * p(q)).sum();
+                        (tp, first_max(t))
+                    });
+                    (target_prob, target_max == r.argmax)
+                }
                 ProbTarget::Index(y) if valid => {
                     ((x[y] as f64).clamp(floor as f64, 1.0), r.argmax == y as u32)
                 }
@@ -193,14 +207,23 @@ impl Call<'_> {
                 None => ProbTarget::Index(index.unwrap_or(0)),
             };
             let options = prob_options(&opts, floor, false);
+            let w = self.w;
             match io {
+                _ if !opts.is_focal() => simd::dispatch(
+                    self.level,
+                    ProbBackward {
+                        io,
+                        target,
+                        w,
+                        options,
+                        a,
+                    },
+                ),
                 RowIo::InPlace(d) => {
                     let q = d.to_vec();
-                    scalar::probability_backward(&q, target, options, self.w, a, d)
+                    scalar::probability_backward(&q, target, options, w, a, d)
                 }
-                RowIo::Separate(q, d) => {
-                    scalar::probability_backward(q, target, options, self.w, a, d)
-                }
+                RowIo::Separate(q, d) => scalar::probability_backward(q, target, options, w, a, d),
             }
             return;
         }

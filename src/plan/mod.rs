@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::input::{Batch, Layout, Logits, Storage, Targets};
 use crate::options::{BinaryCrossEntropy, CrossEntropy, InputKind, Reduction};
 use crate::output::{Gradient, Request};
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Which loss the plan is for.
@@ -374,10 +375,10 @@ fn check_dense(
     t: &[f32],
     logits: &Logits,
     what: &'static str,
-    ok: impl Fn(f32) -> bool,
+    ok: impl Fn(f32) -> bool + Sync,
     why: &'static str,
 ) -> Result<()> {
-    match t.iter().position(|&v| !(v.is_finite() && ok(v))) {
+    match first_bad(t, |v| v.is_finite() & ok(v)) {
         None => Ok(()),
         Some(i) => {
             let (row, class) = locate(i, logits);
@@ -392,15 +393,33 @@ fn check_dense(
     }
 }
 
+/// The first index (in memory order) whose value fails `ok`. Parts of a fixed size are tested
+/// in parallel, each whole with no branch a value (which vectorizes), and only the first part
+/// that fails is searched.
+fn first_bad<T: Copy + Send + Sync>(values: &[T], ok: impl Fn(T) -> bool + Sync) -> Option<usize> {
+    const PART: usize = 1 << 16;
+    let part = values
+        .par_chunks(PART)
+        .position_first(|part| !part.iter().fold(true, |all, &v| all & ok(v)))?;
+    let start = part * PART;
+    values[start..]
+        .iter()
+        .position(|&v| !ok(v))
+        .map(|i| start + i)
+}
+
 fn check_probabilities(logits: &Logits) -> Result<()> {
-    let bad = |v: f32| !(0.0..=1.0).contains(&v);
+    let f32_ok = |v: f32| (0.0..=1.0).contains(&v);
+    // A half in [0, 1] is +0 up to 1.0 in its bits, or −0: an integer compare, no widening.
+    let f16_ok = |v: f16| (v.to_bits() <= f16::ONE.to_bits()) | (v.to_bits() == 0x8000);
+    let bf16_ok = |v: bf16| (v.to_bits() <= bf16::ONE.to_bits()) | (v.to_bits() == 0x8000);
     let found = match &logits.storage {
-        Storage::F32(d) => d.iter().position(|&v| bad(v)),
-        Storage::F32Mut(d) => d.iter().position(|&v| bad(v)),
-        Storage::F16(d) => d.iter().position(|v| bad(v.to_f32())),
-        Storage::F16Mut(d) => d.iter().position(|v| bad(v.to_f32())),
-        Storage::Bf16(d) => d.iter().position(|v| bad(v.to_f32())),
-        Storage::Bf16Mut(d) => d.iter().position(|v| bad(v.to_f32())),
+        Storage::F32(d) => first_bad(d, f32_ok),
+        Storage::F32Mut(d) => first_bad(d, f32_ok),
+        Storage::F16(d) => first_bad(d, f16_ok),
+        Storage::F16Mut(d) => first_bad(d, f16_ok),
+        Storage::Bf16(d) => first_bad(d, bf16_ok),
+        Storage::Bf16Mut(d) => first_bad(d, bf16_ok),
     };
     match found {
         None => Ok(()),
