@@ -11,13 +11,13 @@ use super::log::{LnProbability, LnSum};
 use super::row::{store, RowIo};
 use super::scalar::{ProbOptions, ProbRow, ProbTarget};
 use super::simd::{self, SimdLevel};
-use crate::math::row::term;
+use crate::math::row::{first_max, term};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 
 /// Values summed in f32 lanes before they are added into f64: `FLUSH / lanes` same-signed
-/// terms a lane (64 on the four-wide portable level), so each f32 sum stays within
-/// `64·2⁻²⁴ ≈ 4e-6` of its value, and the row's sum as close.
+/// terms a lane (64 on the four-wide portable level), so each f32 sum stays within a relative
+/// `64·2⁻²⁴ ≈ 4e-6` of its value (the terms share a sign), and the row's sum as close.
 const FLUSH: usize = 256;
 
 /// Forward of one probability row `q`: the cross-entropy part and the metrics asked for.
@@ -81,18 +81,27 @@ impl ProbForward<'_> {
             }
             ProbTarget::Dense(_) => -pass.weighted,
         };
-        let argmax = pass.q_argmax;
+        // The pass carries classes in f32 lanes, exact below 2^24: past that, a scalar scan.
+        let exact = q.len() <= 1 << 24;
+        let argmax = if exact || !metrics {
+            pass.q_argmax
+        } else {
+            first_max(q)
+        };
         let row = ProbRow {
             ce,
             argmax,
             entropy: -pass.p_ln_p,
             confidence: if metrics { p(q[argmax as usize]) } else { 0.0 },
         };
-        let dense = matches!(self.target, ProbTarget::Dense(_));
-        ProbForwardOut {
-            row,
-            dense_metrics: (dense && metrics).then_some((pass.target_prob, pass.t_argmax)),
-        }
+        let dense_metrics = match self.target {
+            ProbTarget::Dense(t) if metrics => {
+                let t_argmax = if exact { pass.t_argmax } else { first_max(t) };
+                Some((pass.target_prob, t_argmax))
+            }
+            _ => None,
+        };
+        ProbForwardOut { row, dense_metrics }
     }
 }
 
@@ -127,7 +136,7 @@ impl SimdOp for RowPass<'_, '_> {
         let mut pass = Pass::default();
         // The first max of q and, with dense targets, of t: per lane the best value and the
         // class that has it (a later class replaces it only when strictly greater; classes
-        // are f32, exact below 2^24).
+        // are f32, exact below 2^24; `finish` scans past that).
         let lowest = ops.splat(f32::NEG_INFINITY);
         let (mut q_best, mut q_arg) = (lowest, ops.zero());
         let (mut t_best, mut t_arg) = (lowest, ops.zero());

@@ -1,6 +1,6 @@
-//! The per-row driver of softmax cross-entropy: a row's forward through the SIMD kernel (or
-//! the scalar path of probability inputs) and its finish in f64, its backward, and the focal
-//! passes of focal loss.
+//! The per-row driver of softmax cross-entropy: a row's forward through the SIMD kernel (of
+//! logits, or of probability inputs in `probability`; with focal loss those take `scalar`'s
+//! f64 path) and its finish in f64, its backward, and the focal passes of focal loss.
 
 use super::probability::{ProbBackward, ProbForward};
 use super::row::{Backward, Exps, ExpsIo, Forward, Rescale, RowIo, Transform};
@@ -53,11 +53,18 @@ impl Call<'_> {
             };
             let (target_prob, correct) = match target {
                 ProbTarget::Dense(t) => {
-                    let (target_prob, target_max) = dense_metrics.unwrap_or_else(|| {
+                    // The SIMD rows give these with the metrics; only the f64 path reads the
+                    // row again for them, and only when they are asked.
+                    let scan = || {
                         let p = |q: f32| (q as f64).clamp(floor as f64, 1.0);
                         let tp = t.iter().zip(x).map(|(&t, &q)| t as f64 * p(q)).sum();
                         (tp, first_max(t))
-                    });
+                    };
+                    let (target_prob, target_max) = match (dense_metrics, self.want_metrics) {
+                        (Some(m), _) => m,
+                        (None, true) => scan(),
+                        (None, false) => (0.0, u32::MAX),
+                    };
                     (target_prob, target_max == r.argmax)
                 }
                 ProbTarget::Index(y) if valid => {
@@ -384,7 +391,7 @@ impl Call<'_> {
     }
 }
 
-/// The scalar probability-input path's options (SEMANTICS.md section 2b) for clamp `floor`.
+/// A probability-input row's options (SEMANTICS.md section 2b) for clamp `floor`.
 fn prob_options(options: &crate::CrossEntropy, floor: f32, metrics: bool) -> scalar::ProbOptions {
     scalar::ProbOptions {
         floor,
