@@ -275,11 +275,10 @@ fn value_checks_name_the_first_bad_value() {
     ));
 
     for bad in [1.0 + 1.0 / 1024.0f32, -1e-7, f32::NAN, f32::INFINITY] {
-        let f16s: Vec<half::f16> = ok(rows * classes)
+        let mut f16s: Vec<half::f16> = ok(rows * classes)
             .into_iter()
             .map(half::f16::from_f32)
             .collect();
-        let mut f16s = f16s;
         f16s[1] = half::f16::from_f32(-0.0);
         f16s[2] = half::f16::ONE;
         f16s[100_007] = half::f16::from_f32(bad);
@@ -287,11 +286,10 @@ fn value_checks_name_the_first_bad_value() {
         // i / 25 000, class (i % 25 000) / 5 000, position i % 5 000.
         let layout = Logits::class_dim1(&f16s, 8, classes, 5_000);
         at(4 * 5_000 + 7, 0)(go(probabilities, Batch::new(layout, &targets[..])));
-        let bf16s: Vec<half::bf16> = ok(rows * classes)
+        let mut bf16s: Vec<half::bf16> = ok(rows * classes)
             .into_iter()
             .map(half::bf16::from_f32)
             .collect();
-        let mut bf16s = bf16s;
         bf16s[0] = half::bf16::from_f32(-0.0);
         bf16s[3] = half::bf16::ONE;
         // The next bf16 past 1 (f16's rounds to 1 in bf16).

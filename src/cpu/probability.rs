@@ -8,7 +8,7 @@
 //! `q` and one write of `dq` (the same buffer in place), the target's class fixed after.
 
 use super::log::{LnProbability, LnSum};
-use super::row::{store, RowIo};
+use super::row::{load_or, store, RowIo};
 use super::scalar::{ProbOptions, ProbRow, ProbTarget};
 use super::simd::{self, SimdLevel};
 use crate::math::row::{first_max, term};
@@ -191,20 +191,6 @@ impl SimdOp for RowPass<'_, '_> {
 const LANE_INDEX: [f32; 16] = [
     0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
 ];
-
-/// The vector at the start of `xs`, lanes past its end `fill`: a copy through the stack, which
-/// a row's short tail takes faster than a masked load.
-#[inline(always)]
-fn load_or<I: Isa>(isa: I, xs: &[f32], fill: f32) -> I::F32 {
-    let ops = isa.f32();
-    if xs.len() >= ops.len() {
-        ops.load(xs)
-    } else {
-        let mut padded = [fill; 16];
-        padded[..xs.len()].copy_from_slice(xs);
-        ops.load(&padded[..ops.len()])
-    }
-}
 
 /// The lanes' sum, in f64.
 #[inline(always)]

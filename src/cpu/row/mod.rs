@@ -151,6 +151,20 @@ pub(crate) fn load<I: Isa>(isa: I, xs: &[f32]) -> I::F32 {
     }
 }
 
+/// The vector at the start of `xs`, lanes past its end `fill`: a copy through the stack, which
+/// a row's short tail takes faster than a masked load.
+#[inline(always)]
+pub(crate) fn load_or<I: Isa>(isa: I, xs: &[f32], fill: f32) -> I::F32 {
+    let ops = isa.f32();
+    if xs.len() >= ops.len() {
+        ops.load(xs)
+    } else {
+        let mut padded = [fill; 16];
+        padded[..xs.len()].copy_from_slice(xs);
+        ops.load(&padded[..ops.len()])
+    }
+}
+
 /// As [`load`], with the mask of the lanes `xs` fills: `None` when it fills them all.
 #[inline(always)]
 pub(crate) fn load_live<I: Isa>(isa: I, xs: &[f32]) -> (I::F32, Option<<I::F32 as Simd>::Mask>) {
