@@ -67,6 +67,53 @@ fn same_bits_across_thread_counts() {
     }
 }
 
+/// Per-row losses, LSE and metrics of calls of several parallel blocks, each block writing
+/// its rows of the output's columns: short rows (across lanes, and a last partial tile),
+/// rows of the row path, probabilities, and the (N, C, d…) layout, against the reference.
+#[test]
+fn per_row_outputs_across_blocks() {
+    let options = CrossEntropy::new()
+        .reduction(Reduction::None)
+        .label_smoothing(0.1);
+    let probabilities = options.input(InputKind::Probabilities { eps: 1e-7 });
+    let cases = [
+        (
+            "short",
+            Case::new(41, 20_003, 7, Hardness::default()),
+            options,
+        ),
+        (
+            "row path",
+            Case::new(42, 101, 1500, Hardness::default()),
+            options,
+        ),
+        (
+            "probabilities",
+            Case::new(43, 9_001, 21, Hardness::default()).probabilities(),
+            probabilities,
+        ),
+        (
+            "(N, C, d)",
+            Case::new(44, 5 * 4099, 5, Hardness::default()).class_dim1(4099),
+            options,
+        ),
+    ];
+    for (label, case, options) in cases {
+        let case = case.ignore_every(7, -100);
+        let reference = case.reference(&options, None);
+        for mode in [GradMode::None, GradMode::OutOfPlace] {
+            let run = run_softmax(&case, &options, None, mode, cpu(SimdLevel::detected()));
+            check_softmax(
+                &format!("{label} {mode:?}"),
+                &case,
+                &options,
+                &run,
+                &reference,
+            );
+        }
+    }
+}
+
 /// Probability inputs on the SIMD rows, every level: rows of two f32 sums' flushes and a
 /// tail shorter than a vector (601 classes) and of one short vector (5), values below, at and
 /// above the clamp `eps`, exact 0s and 1s (a one-hot row); index and soft targets, class

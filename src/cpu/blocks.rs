@@ -2,7 +2,7 @@
 //! layout), its forward, and its backward into the gradient or over the logits.
 
 use super::row::{self, Exps, RowIo};
-use super::{BlockOut, Call, Data};
+use super::{BlockOut, Call, Columns, Data};
 use crate::input::{Dtype, Element, Layout, Targets};
 use crate::math::row::sample_term;
 
@@ -14,6 +14,7 @@ impl Call<'_> {
         mut src: Data<'_, T>,
         mut grad: Option<&mut [f32]>,
         in_place: bool,
+        mut columns: Columns<'_>,
     ) -> BlockOut {
         let BlockShape {
             classes,
@@ -79,7 +80,9 @@ impl Call<'_> {
                     (result.ce + result.z_loss) as f32
                 };
             }
-            out.push(self, &result);
+            out.ce += result.ce;
+            out.z_loss += result.z_loss;
+            columns.put(i, &result);
             if !wants_grad {
                 continue;
             }

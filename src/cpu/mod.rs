@@ -1,9 +1,9 @@
 //! The SIMD CPU backend.
 //!
 //! Rows are cut into blocks of about `BLOCK_ELEMENTS` values (whole samples for the
-//! `(N, C, d…)` layout), blocks run in parallel on rayon's pool, and every per-row result
-//! comes back in row order; the batch loss is summed block by block in that order, in f64, so
-//! the bits do not depend on the number of threads. Each row is read once by the fused forward
+//! `(N, C, d…)` layout), blocks run in parallel on rayon's pool, each writing its rows of the
+//! output's per-row columns in place ([`Columns`]); the batch loss is summed block by block in
+//! row order, in f64, so the bits do not depend on the number of threads. Each row is read once by the fused forward
 //! (`row::Forward`) and, for a gradient, once more from cache by `row::Backward`. Focal
 //! loss with smoothing or soft targets reads the row once more in between (`focal`): every
 //! class's `(1 − p)^γ` needs the row's final log-sum-exp.
@@ -72,7 +72,7 @@ pub(crate) fn run(
         Gradient::Into(g) => Some(g),
         _ => None,
     };
-    let blocks = match logits.storage {
+    let (blocks, columns) = match logits.storage {
         Storage::F32(d) => ctx.drive(Data::Shared(d), grad, false),
         Storage::F16(d) => ctx.drive(Data::Shared(d), grad, false),
         Storage::Bf16(d) => ctx.drive(Data::Shared(d), grad, false),
@@ -80,7 +80,7 @@ pub(crate) fn run(
         Storage::F16Mut(d) => ctx.drive(Data::Exclusive(d), grad, in_place),
         Storage::Bf16Mut(d) => ctx.drive(Data::Exclusive(d), grad, in_place),
     };
-    Ok(ctx.assemble(blocks))
+    Ok(ctx.assemble(blocks, columns))
 }
 
 /// What one row gives.
@@ -106,41 +106,106 @@ struct RowOutcome {
     focal_target: f32,
 }
 
-/// What one block gives: its rows' loss sums, the per-row outputs asked for, and BCE's
-/// per-element losses (row-major).
+/// What one block gives: its rows' loss sums, and BCE's per-element losses (row-major).
 #[derive(Debug, Default)]
 struct BlockOut {
     /// `Σ ce` over the block's rows in row order, sample weights applied.
     ce: f64,
     /// `Σ z-loss` likewise.
     z_loss: f64,
-    /// Per row, when asked: losses, LSE, metrics.
-    losses: Vec<f32>,
-    lse: Vec<f32>,
-    metrics: Metrics,
     elements: Vec<f32>,
 }
 
-impl BlockOut {
-    /// Adds one row's outcome (its per-row outputs where `call` asks for them).
-    fn push(&mut self, call: &Call<'_>, r: &RowOutcome) {
-        self.ce += r.ce;
-        self.z_loss += r.z_loss;
-        if call.want_rows {
-            self.losses.push(r.loss);
+/// One block's rows of the per-row outputs asked for (losses, LSE, metrics): slices of the
+/// output's own columns, empty where not asked for. Blocks write their rows in place, so a
+/// call with metrics allocates each column once, for every row, and copies nothing after.
+#[derive(Debug, Default)]
+struct Columns<'a> {
+    losses: &'a mut [f32],
+    lse: &'a mut [f32],
+    argmax: &'a mut [u32],
+    correct: &'a mut [bool],
+    target_prob: &'a mut [f32],
+    entropy: &'a mut [f32],
+    confidence: &'a mut [f32],
+    valid: &'a mut [bool],
+}
+
+impl Columns<'_> {
+    /// Writes the block's row `i` where it is asked for.
+    fn put(&mut self, i: usize, r: &RowOutcome) {
+        if let Some(v) = self.losses.get_mut(i) {
+            *v = r.loss;
         }
-        if call.want_lse {
-            self.lse.push(r.lse);
+        if let Some(v) = self.lse.get_mut(i) {
+            *v = r.lse;
         }
-        if call.want_metrics {
-            let m = &mut self.metrics;
-            m.argmax.push(r.argmax);
-            m.correct.push(r.correct);
-            m.target_prob.push(r.target_prob);
-            m.entropy.push(r.entropy);
-            m.confidence.push(r.confidence);
-            m.valid.push(r.valid);
+        if let Some(v) = self.argmax.get_mut(i) {
+            *v = r.argmax;
+            self.correct[i] = r.correct;
+            self.target_prob[i] = r.target_prob;
+            self.entropy[i] = r.entropy;
+            self.confidence[i] = r.confidence;
+            self.valid[i] = r.valid;
         }
+    }
+}
+
+/// The output's per-row columns, one per output asked for (empty otherwise), for `rows` rows.
+struct RowColumns {
+    losses: Vec<f32>,
+    lse: Vec<f32>,
+    metrics: Metrics,
+}
+
+impl RowColumns {
+    fn new(call: &Call<'_>, rows: usize) -> Self {
+        let len = |asked: bool| if asked { rows } else { 0 };
+        let m = len(call.want_metrics);
+        // (BCE's per-row losses are per element: `BlockOut::elements`.)
+        let softmax = matches!(call.plan.loss, Loss::Softmax(_));
+        RowColumns {
+            losses: vec![0.0; len(call.want_rows && softmax)],
+            lse: vec![0.0; len(call.want_lse)],
+            metrics: Metrics {
+                argmax: vec![0; m],
+                correct: vec![false; m],
+                target_prob: vec![0.0; m],
+                entropy: vec![0.0; m],
+                confidence: vec![0.0; m],
+                valid: vec![false; m],
+            },
+        }
+    }
+
+    /// The columns cut into blocks of `block_rows` rows: `blocks` of them.
+    fn split(&mut self, block_rows: usize, blocks: usize) -> Vec<Columns<'_>> {
+        // An empty column (not asked for) gives every block an empty slice.
+        fn cut<T>(column: &mut [T], block_rows: usize) -> impl Iterator<Item = &mut [T]> {
+            column
+                .chunks_mut(block_rows)
+                .chain(std::iter::repeat_with(|| &mut [][..]))
+        }
+        let m = &mut self.metrics;
+        let mut losses = cut(&mut self.losses, block_rows);
+        let mut lse = cut(&mut self.lse, block_rows);
+        let mut argmax = cut(&mut m.argmax, block_rows);
+        let mut correct = cut(&mut m.correct, block_rows);
+        let mut target_prob = cut(&mut m.target_prob, block_rows);
+        let mut entropy = cut(&mut m.entropy, block_rows);
+        let mut confidence = cut(&mut m.confidence, block_rows);
+        let mut valid = cut(&mut m.valid, block_rows);
+        let mut next = || Columns {
+            losses: losses.next().unwrap_or_default(),
+            lse: lse.next().unwrap_or_default(),
+            argmax: argmax.next().unwrap_or_default(),
+            correct: correct.next().unwrap_or_default(),
+            target_prob: target_prob.next().unwrap_or_default(),
+            entropy: entropy.next().unwrap_or_default(),
+            confidence: confidence.next().unwrap_or_default(),
+            valid: valid.next().unwrap_or_default(),
+        };
+        (0..blocks).map(|_| next()).collect()
     }
 }
 
@@ -174,8 +239,8 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Gathers the blocks' rows into the output; sums the loss in block order, in f64.
-    fn assemble(&self, blocks: Vec<BlockOut>) -> Output {
+    /// The output from the blocks and the columns they wrote; sums the loss in block order, in f64.
+    fn assemble(&self, blocks: Vec<BlockOut>, columns: RowColumns) -> Output {
         let (ce, z_loss) = blocks
             .iter()
             .fold((0f64, 0f64), |(ce, z), b| (ce + b.ce, z + b.z_loss));
@@ -200,21 +265,9 @@ impl Call<'_> {
             }
             return out;
         }
-        // Each block's columns, moved (empty where not asked for).
-        let (mut losses, mut lse, mut m) = (Vec::new(), Vec::new(), Metrics::default());
-        for b in blocks {
-            losses.extend(b.losses);
-            lse.extend(b.lse);
-            m.argmax.extend(b.metrics.argmax);
-            m.correct.extend(b.metrics.correct);
-            m.target_prob.extend(b.metrics.target_prob);
-            m.entropy.extend(b.metrics.entropy);
-            m.confidence.extend(b.metrics.confidence);
-            m.valid.extend(b.metrics.valid);
-        }
-        out.row_losses = self.want_rows.then_some(losses);
-        out.lse = self.want_lse.then_some(lse);
-        out.metrics = self.want_metrics.then_some(m);
+        out.row_losses = self.want_rows.then_some(columns.losses);
+        out.lse = self.want_lse.then_some(columns.lse);
+        out.metrics = self.want_metrics.then_some(columns.metrics);
         out
     }
 
@@ -224,7 +277,7 @@ impl Call<'_> {
         data: Data<'_, T>,
         grad: Option<&mut [f32]>,
         in_place: bool,
-    ) -> Vec<BlockOut> {
+    ) -> (Vec<BlockOut>, RowColumns) {
         let classes = self.plan.classes;
         let unit = self.plan.layout.rows_per_block() * classes;
         let block = unit * (BLOCK_ELEMENTS / unit).max(1);
@@ -238,17 +291,22 @@ impl Call<'_> {
             None => sources.iter().map(|_| None).collect(),
         };
         let block_rows = block / classes;
-        sources
+        let mut columns = RowColumns::new(self, self.plan.rows);
+        let outs = columns.split(block_rows, sources.len());
+        let blocks = sources
             .into_par_iter()
             .zip(grads)
+            .zip(outs)
             .enumerate()
-            .map(|(b, (src, grad))| match self.plan.loss {
-                Loss::Binary(options) => {
-                    self.bce_block(options, b * block_rows, src, grad, in_place)
+            .map(|(b, ((src, grad), out))| {
+                let first = b * block_rows;
+                match self.plan.loss {
+                    Loss::Binary(options) => self.bce_block(options, first, src, grad, in_place),
+                    Loss::Softmax(_) if short => self.short_block(first, src, grad, in_place, out),
+                    Loss::Softmax(_) => self.softmax_block(first, src, grad, in_place, out),
                 }
-                Loss::Softmax(_) if short => self.short_block(b * block_rows, src, grad, in_place),
-                Loss::Softmax(_) => self.softmax_block(b * block_rows, src, grad, in_place),
             })
-            .collect()
+            .collect();
+        (blocks, columns)
     }
 }

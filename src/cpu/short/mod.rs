@@ -42,7 +42,7 @@
 use super::blocks::BlockShape;
 use super::log::LnSum;
 use super::row::{linear_term, load};
-use super::{simd, BlockOut, Call, Data};
+use super::{simd, BlockOut, Call, Columns, Data};
 use crate::cpu::exp::ShiftedExp;
 use crate::input::{Element, Targets};
 use crate::options::InputKind;
@@ -102,6 +102,7 @@ impl Call<'_> {
         mut src: Data<'_, T>,
         grad: Option<&mut [f32]>,
         in_place: bool,
+        columns: Columns<'_>,
     ) -> BlockOut {
         let shape = self.block_shape(src.get(), grad.is_some(), in_place);
         let mut out = BlockOut::default();
@@ -115,6 +116,7 @@ impl Call<'_> {
                 grad,
                 in_place,
                 out: &mut out,
+                columns,
             },
         );
         out
@@ -122,7 +124,7 @@ impl Call<'_> {
 }
 
 /// The SIMD body of [`Call::short_block`].
-struct ShortRows<'c, 'd, T> {
+struct ShortRows<'c, 'd, 'o, T> {
     call: &'c Call<'c>,
     shape: BlockShape,
     first_row: usize,
@@ -130,9 +132,10 @@ struct ShortRows<'c, 'd, T> {
     grad: Option<&'c mut [f32]>,
     in_place: bool,
     out: &'c mut BlockOut,
+    columns: Columns<'o>,
 }
 
-impl<T: Element> SimdOp for ShortRows<'_, '_, T> {
+impl<T: Element> SimdOp for ShortRows<'_, '_, '_, T> {
     type Output = ();
 
     #[inline(always)]
@@ -240,7 +243,7 @@ fn add_exp<I: Isa>(isa: I, (sum, err): (I::F32, I::F32), e: I::F32) -> (I::F32, 
     (new, ops.add(err, ops.sub(e, ops.sub(new, sum))))
 }
 
-impl<T: Element> ShortRows<'_, '_, T> {
+impl<T: Element> ShortRows<'_, '_, '_, T> {
     /// One tile: rows `i0 .. i0 + n` of the block (the module docs), `z` its transposed
     /// logits, `tile_y` its lanes' targets; adds each row's loss terms to `sums` (per lane).
     ///
@@ -469,15 +472,13 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 sums.1[j] += z_loss.as_ref()[j] as f64;
             }
         }
+        let rows = i0..i0 + n;
+        let columns = &mut self.columns;
         if call.want_rows {
-            self.out
-                .losses
-                .extend_from_slice(&loss.to_array().as_ref()[..n]);
+            columns.losses[rows.clone()].copy_from_slice(&loss.to_array().as_ref()[..n]);
         }
         if call.want_lse {
-            self.out
-                .lse
-                .extend_from_slice(&lse.to_array().as_ref()[..n]);
+            columns.lse[rows.clone()].copy_from_slice(&lse.to_array().as_ref()[..n]);
         }
         if want_metrics {
             let argmax = ops.select(nan_arg, arg, has_nan).to_array();
@@ -500,16 +501,16 @@ impl<T: Element> ShortRows<'_, '_, T> {
                 Some(_) => t_arg,
             }
             .to_array();
-            let m = &mut self.out.metrics;
+            let c = columns;
+            c.target_prob[rows.clone()].copy_from_slice(&target_prob.as_ref()[..n]);
+            c.entropy[rows.clone()].copy_from_slice(&entropy.as_ref()[..n]);
+            c.confidence[rows.clone()].copy_from_slice(&confidence.as_ref()[..n]);
+            let (argmax, y) = (argmax.as_ref(), y.as_ref());
             for (j, &valid) in tile_y[..n].iter().enumerate() {
-                let (argmax, y) = (argmax.as_ref()[j], y.as_ref()[j]);
                 let valid = valid >= 0.0;
-                m.argmax.push(argmax as u32);
-                m.correct.push(valid && argmax == y);
-                m.target_prob.push(target_prob.as_ref()[j]);
-                m.entropy.push(entropy.as_ref()[j]);
-                m.confidence.push(confidence.as_ref()[j]);
-                m.valid.push(valid);
+                c.argmax[i0 + j] = argmax[j] as u32;
+                c.correct[i0 + j] = valid && argmax[j] == y[j];
+                c.valid[i0 + j] = valid;
             }
         }
         if !GRAD {
