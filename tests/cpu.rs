@@ -114,8 +114,67 @@ fn per_row_outputs_across_blocks() {
     }
 }
 
+/// Short probability rows (rows across lanes) in every dtype and layout, every level: f16
+/// and bf16 widened on the way in, the (N, C, d…) layout's class planes, sample weights and
+/// per-row upstream values, ignored rows, class weights, smoothing, with and without metrics.
+#[test]
+fn short_probability_tiles_against_reference() {
+    let base = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-4 });
+    let grid = [
+        ("plain", base),
+        (
+            "smoothing",
+            base.label_smoothing(0.2).reduction(Reduction::Sum),
+        ),
+        ("none", base.reduction(Reduction::None).ignore_index(2)),
+    ];
+    let all_modes = [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace];
+    for classes in [2usize, 9, 33] {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            let rows_major = Case::new(classes as u64, 3 * 13, classes, Hardness::default())
+                .probabilities()
+                .sample_weighted(4);
+            let cases = [
+                ("rows", rows_major.clone()),
+                ("(N, C, 13)", rows_major.clone().class_dim1(13)),
+                (
+                    "weighted metrics-free",
+                    rows_major.weighted(6).without_metrics(),
+                ),
+            ];
+            for (what, case) in cases {
+                for (label, options) in grid {
+                    let case = case
+                        .clone()
+                        .ignore_every(5, options.ignore_index)
+                        .dtype(dtype);
+                    let upstream: Option<Vec<f32>> = (options.reduction == Reduction::None)
+                        .then(|| (0..case.rows).map(|r| 0.5 + (r % 3) as f32).collect());
+                    let reference = case.reference(&options, upstream.as_deref());
+                    for level in SimdLevel::supported() {
+                        for mode in all_modes {
+                            let run =
+                                run_softmax(&case, &options, upstream.as_deref(), mode, cpu(level));
+                            check_softmax(
+                                &format!(
+                                    "{what} {label} C={classes} {dtype:?} [{level}, {mode:?}]"
+                                ),
+                                &case,
+                                &options,
+                                &run,
+                                &reference,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Probability inputs on the SIMD rows, every level: rows of two f32 sums' flushes and a
-/// tail shorter than a vector (601 classes) and of one short vector (5), values below, at and
+/// tail shorter than a vector (601 classes), and short rows across lanes (64, 17 and 5
+/// classes; 37 rows: whole tiles and a partial one), values below, at and
 /// above the clamp `eps`, exact 0s and 1s (a one-hot row); index and soft targets, class
 /// weights, smoothing, per-row losses, with and without the metrics (without them and
 /// smoothing, index rows are not read past the target). A subnormal `eps` (the `ln` that
@@ -134,8 +193,8 @@ fn probability_rows_against_reference() {
                 base.reduction(Reduction::Sum).label_smoothing(1.0),
             ),
         ];
-        for classes in [601usize, 5] {
-            let rows = 7;
+        for classes in [601usize, 64, 17, 5] {
+            let rows = 37;
             let mut case = Case::new(31, rows, classes, Hardness::default()).probabilities();
             for r in 0..rows {
                 let row = &mut case.logits[r * classes..(r + 1) * classes];
@@ -155,6 +214,11 @@ fn probability_rows_against_reference() {
             let row = &mut case.logits[classes..2 * classes];
             row.fill(1e-4);
             (row[first], row[second]) = (0.3, 0.3);
+            // Its targets tied too: `correct` compares the first maxima.
+            let mut soft = case.clone().soft(6).weighted(7);
+            let t = &mut soft.dense_targets.as_mut().unwrap()[classes..2 * classes];
+            t.fill(0.0);
+            (t[first], t[second]) = (0.5, 0.5);
             let cases = [
                 ("index", case.clone()),
                 (
@@ -162,7 +226,7 @@ fn probability_rows_against_reference() {
                     case.clone().weighted(5).ignore_every(3, 1),
                 ),
                 ("index no metrics", case.clone().without_metrics()),
-                ("soft weighted", case.clone().soft(6).weighted(7)),
+                ("soft weighted", soft),
                 ("soft no metrics", case.clone().soft(8).without_metrics()),
             ];
             for (what, case) in &cases {
