@@ -69,7 +69,8 @@ fn same_bits_across_thread_counts() {
 
 /// Per-row losses, LSE and metrics of calls of several parallel blocks, each block writing
 /// its rows of the output's columns: short rows (across lanes, and a last partial tile),
-/// rows of the row path, probabilities, and the (N, C, d…) layout, against the reference.
+/// rows of the row path, probabilities on both, soft targets, f16 in place, the (N, C, d…)
+/// layout, without the metrics (their columns empty), against the reference.
 #[test]
 fn per_row_outputs_across_blocks() {
     let options = CrossEntropy::new()
@@ -97,11 +98,35 @@ fn per_row_outputs_across_blocks() {
             Case::new(44, 5 * 4099, 5, Hardness::default()).class_dim1(4099),
             options,
         ),
+        (
+            "soft short",
+            Case::new(45, 20_003, 7, Hardness::default()).soft(3),
+            options,
+        ),
+        (
+            "probabilities, row path",
+            Case::new(46, 1_000, 100, Hardness::default()).probabilities(),
+            probabilities,
+        ),
+        (
+            "soft probabilities",
+            Case::new(47, 9_001, 21, Hardness::default())
+                .probabilities()
+                .soft(4),
+            probabilities,
+        ),
+        (
+            "f16 without metrics",
+            Case::new(48, 20_003, 7, Hardness::default())
+                .dtype(Dtype::F16)
+                .without_metrics(),
+            options,
+        ),
     ];
     for (label, case, options) in cases {
         let case = case.ignore_every(7, -100);
         let reference = case.reference(&options, None);
-        for mode in [GradMode::None, GradMode::OutOfPlace] {
+        for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
             let run = run_softmax(&case, &options, None, mode, cpu(SimdLevel::detected()));
             check_softmax(
                 &format!("{label} {mode:?}"),
@@ -116,7 +141,8 @@ fn per_row_outputs_across_blocks() {
 
 /// Short probability rows (rows across lanes) in every dtype and layout, every level: f16
 /// and bf16 widened on the way in, the (N, C, d…) layout's class planes, sample weights and
-/// per-row upstream values, ignored rows, class weights, smoothing, with and without metrics.
+/// per-row upstream values, ignored rows, class weights, smoothing, soft targets, with and
+/// without metrics.
 #[test]
 fn short_probability_tiles_against_reference() {
     let base = CrossEntropy::new().input(InputKind::Probabilities { eps: 1e-4 });
@@ -137,6 +163,8 @@ fn short_probability_tiles_against_reference() {
             let cases = [
                 ("rows", rows_major.clone()),
                 ("(N, C, 13)", rows_major.clone().class_dim1(13)),
+                ("soft", rows_major.clone().soft(5)),
+                ("soft (N, C, 13)", rows_major.clone().soft(5).class_dim1(13)),
                 (
                     "weighted metrics-free",
                     rows_major.weighted(6).without_metrics(),

@@ -134,14 +134,14 @@ struct Columns<'a> {
 impl Columns<'_> {
     /// Writes the block's row `i` where it is asked for.
     fn put(&mut self, i: usize, r: &RowOutcome) {
-        if let Some(v) = self.losses.get_mut(i) {
-            *v = r.loss;
+        if !self.losses.is_empty() {
+            self.losses[i] = r.loss;
         }
-        if let Some(v) = self.lse.get_mut(i) {
-            *v = r.lse;
+        if !self.lse.is_empty() {
+            self.lse[i] = r.lse;
         }
-        if let Some(v) = self.argmax.get_mut(i) {
-            *v = r.argmax;
+        if !self.argmax.is_empty() {
+            self.argmax[i] = r.argmax;
             self.correct[i] = r.correct;
             self.target_prob[i] = r.target_prob;
             self.entropy[i] = r.entropy;
@@ -160,12 +160,13 @@ struct RowColumns {
 
 impl RowColumns {
     fn new(call: &Call<'_>, rows: usize) -> Self {
-        let len = |asked: bool| if asked { rows } else { 0 };
-        let m = len(call.want_metrics);
-        // (BCE's per-row losses are per element: `BlockOut::elements`.)
+        // (BCE has no LSE or metrics, and its per-row losses are per element:
+        // `BlockOut::elements`.)
         let softmax = matches!(call.plan.loss, Loss::Softmax(_));
+        let len = |asked: bool| if asked && softmax { rows } else { 0 };
+        let m = len(call.want_metrics);
         RowColumns {
-            losses: vec![0.0; len(call.want_rows && softmax)],
+            losses: vec![0.0; len(call.want_rows)],
             lse: vec![0.0; len(call.want_lse)],
             metrics: Metrics {
                 argmax: vec![0; m],
@@ -180,12 +181,18 @@ impl RowColumns {
 
     /// The columns cut into blocks of `block_rows` rows: `blocks` of them.
     fn split(&mut self, block_rows: usize, blocks: usize) -> Vec<Columns<'_>> {
-        // An empty column (not asked for) gives every block an empty slice.
-        fn cut<T>(column: &mut [T], block_rows: usize) -> impl Iterator<Item = &mut [T]> {
+        // An empty column (not asked for) gives every block an empty slice; any other, one
+        // chunk a block.
+        fn cut<T>(
+            column: &mut [T],
+            (rows, blocks): (usize, usize),
+        ) -> impl Iterator<Item = &mut [T]> {
+            debug_assert!(column.is_empty() || column.len().div_ceil(rows) == blocks);
             column
-                .chunks_mut(block_rows)
+                .chunks_mut(rows)
                 .chain(std::iter::repeat_with(|| &mut [][..]))
         }
+        let block_rows = (block_rows, blocks);
         let m = &mut self.metrics;
         let mut losses = cut(&mut self.losses, block_rows);
         let mut lse = cut(&mut self.lse, block_rows);

@@ -2,13 +2,13 @@
 //! the gradient's scales per lane ([`scales`]), a tile's targets, and the per-lane scratch.
 
 use super::super::focal::{factors, whole_gamma};
-use super::super::row::Transform;
+use super::super::row::{load, Transform};
 use super::super::Call;
 use super::MAX_LANES;
 use crate::input::Targets;
 use crate::math::focal::Focal;
 use crate::plan::needs_focal_pass;
-use rten_simd::ops::BitOps;
+use rten_simd::ops::{BitOps, NumOps};
 use rten_simd::{Isa, Simd};
 
 /// Per-lane values of one tile, as arrays (lanes past the tile's rows are padding).
@@ -43,6 +43,35 @@ pub(super) fn scales<I: Isa>(
         };
     }
     (ops.load(&per.a), ops.load(&per.b))
+}
+
+/// Each lane's `w[y]` (index targets with class weights; else 1, and 0 where ignored) and its
+/// sample weight (1 without them), for rows `r0 .. r0 + n` whose targets are `tile_y`.
+#[inline(always)]
+pub(super) fn row_weights<I: Isa>(
+    isa: I,
+    call: &Call<'_>,
+    (class_weights, dense): (Option<&[f32]>, Option<&[f32]>),
+    (tile_y, valid): (&[f32], I::M32),
+    (r0, n): (usize, usize),
+    per: &mut Lanes,
+) -> (I::F32, I::F32) {
+    let ops = isa.f32();
+    let one = ops.one();
+    // Dense targets have no `y`: unread.
+    let w_y = match (class_weights, dense) {
+        (Some(w), None) => {
+            for (w_y, &y) in per.w_y.iter_mut().zip(tile_y) {
+                *w_y = if y >= 0.0 { w[y as usize] } else { 0.0 };
+            }
+            ops.load(&per.w_y)
+        }
+        _ => ops.select(one, ops.zero(), valid),
+    };
+    let sample = call
+        .sample_weights
+        .map_or(one, |s| load(isa, &s[r0..r0 + n]));
+    (w_y, sample)
 }
 
 /// A tile's targets: each lane's index target as f32 (−1 ignored or padding; C, no class, for

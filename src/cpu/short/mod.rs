@@ -44,7 +44,7 @@
 
 use super::blocks::BlockShape;
 use super::log::LnSum;
-use super::row::{linear_term, load};
+use super::row::linear_term;
 use super::{simd, BlockOut, Call, Columns, Data};
 use crate::cpu::exp::ShiftedExp;
 use crate::input::{Element, Targets};
@@ -226,29 +226,11 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, '_, T> {
                     dense: tiles_t.next(),
                 };
                 if let Some(floor) = floor {
-                    let (q, e) = (&*z, &mut e[..]);
+                    let tile = (floor, (&*z, &mut e[..]), targets, (i0, n));
                     let (per, sums) = (&mut per, &mut sums.0);
                     match self.shape.wants_grad {
-                        false => self.probability_tile::<I, false>(
-                            isa,
-                            &k,
-                            floor,
-                            (q, e),
-                            targets,
-                            (i0, n),
-                            per,
-                            sums,
-                        ),
-                        true => self.probability_tile::<I, true>(
-                            isa,
-                            &k,
-                            floor,
-                            (q, e),
-                            targets,
-                            (i0, n),
-                            per,
-                            sums,
-                        ),
+                        false => self.probability_tile::<I, false>(isa, &k, tile, per, sums),
+                        true => self.probability_tile::<I, true>(isa, &k, tile, per, sums),
                     }
                     continue;
                 }
@@ -346,19 +328,14 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
         let r0 = self.first_row + i0;
         let y = ops.load(tile_y);
         let valid = ops.ge(y, zero);
-        // `w[y]` of index targets (dense targets have no `y`: unread).
-        let w_y = match (class_weights, dense) {
-            (Some(w), None) => {
-                for (w_y, &y) in per.w_y.iter_mut().zip(tile_y) {
-                    *w_y = if y >= 0.0 { w[y as usize] } else { 0.0 };
-                }
-                ops.load(&per.w_y)
-            }
-            _ => ops.select(one, zero, valid),
-        };
-        let sample = call
-            .sample_weights
-            .map_or(one, |s| load(isa, &s[r0..r0 + n]));
+        let (w_y, sample) = lanes::row_weights(
+            isa,
+            call,
+            (class_weights, dense),
+            (tile_y, valid),
+            (r0, n),
+            per,
+        );
 
         // Pass 2: exps at the max, their sum, d[y], Σ w·d, Σ e·d, the first max; with dense
         // targets Σ w·t, Σ w·t·d, Σ t·e and the targets' first max.

@@ -6,7 +6,7 @@
 //!   lane's target; where a sum needs every class (smoothing, dense targets, metrics) a
 //!   vector `ln p` per class, `Σ w·ln p` or `Σ w·t'·ln p`, `Σ p·ln p` (entropy), `Σ t·p`
 //!   and the first maxima of `q` and `t`, each sum with its rounding error kept apart
-//!   (a lane sums up to 512 terms in f32; the row path adds its f32 sums into f64 instead);
+//!   (a lane sums up to 64 terms in f32; the row path adds its f32 sums into f64 instead);
 //! - the finish: `−(1−ε)·w[y]·ln p[y] − (ε/C)·Σ w·ln p` (dense: `−Σ w·t'·ln p`), one `ln` a
 //!   lane for the target;
 //! - the gradient, per class: `−a·w[c]·t'[c]/q[c]`, 0 where `q < eps` was clamped.
@@ -21,7 +21,6 @@ use super::lanes::{self, Consts, Lanes, TileTargets};
 use super::tiles::{store_tile, Vector};
 use super::{ShortRows, MAX_LANES};
 use crate::cpu::log::{LnProbability, LnSum};
-use crate::cpu::row::load;
 use crate::input::Element;
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdUnaryOp};
@@ -37,20 +36,25 @@ fn two_sum<I: Isa>(isa: I, (sum, err): (I::F32, I::F32), v: I::F32) -> (I::F32, 
     (new, ops.add(err, lost))
 }
 
+/// A tile of probabilities: the clamp's `eps`, the transposed values and the tile's gradient
+/// scratch, its targets, and its rows `(i0, n)` of the block.
+type ProbabilityTile<'t> = (
+    f32,
+    (&'t [f32], &'t mut [f32]),
+    TileTargets<'t>,
+    (usize, usize),
+);
+
 impl<T: Element> ShortRows<'_, '_, '_, T> {
     /// One tile of probability rows `i0 .. i0 + n` of the block (the module docs), `q` its
     /// transposed values; adds each row's loss to `sums` (per lane). `floor` is the clamp's
     /// `eps`; `GRAD`: the gradient is asked.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(super) fn probability_tile<I: Isa, const GRAD: bool>(
         &mut self,
         isa: I,
         k: &Consts<'_>,
-        floor: f32,
-        (q, e): (&[f32], &mut [f32]),
-        targets: TileTargets<'_>,
-        (i0, n): (usize, usize),
+        (floor, (q, e), targets, (i0, n)): ProbabilityTile<'_>,
         per: &mut Lanes,
         sums: &mut [f64; MAX_LANES],
     ) {
@@ -70,18 +74,8 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
         let r0 = self.first_row + i0;
         let y = ops.load(tile_y);
         let valid = ops.ge(y, zero);
-        let w_y = match (k.w, dense) {
-            (Some(w), None) => {
-                for (w_y, &y) in per.w_y.iter_mut().zip(tile_y) {
-                    *w_y = if y >= 0.0 { w[y as usize] } else { 0.0 };
-                }
-                ops.load(&per.w_y)
-            }
-            _ => ops.select(one, zero, valid),
-        };
-        let sample = call
-            .sample_weights
-            .map_or(one, |s| load(isa, &s[r0..r0 + n]));
+        let (w_y, sample) =
+            lanes::row_weights(isa, call, (k.w, dense), (tile_y, valid), (r0, n), per);
 
         // The pass. Dense: t' = (1 − ε)·t + ε/C.
         let every_class = k.eps > 0.0 || dense.is_some() || metrics;
