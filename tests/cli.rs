@@ -1651,6 +1651,22 @@ fn devices_lists_the_simd_level() {
     assert!(!run.stdout.contains("gpu: gpu"), "{}", run.stdout);
 }
 
+/// Standard output closed before the command writes (`xent devices | head -0`): the output is
+/// dropped quietly, exit code 0, no panic (Rust ignores SIGPIPE: a plain `println!` panics).
+#[test]
+fn closed_standard_output_is_not_an_error() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_xent"))
+        .arg("devices")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Focal loss, sample weights, BCE smoothing
 

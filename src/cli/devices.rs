@@ -115,28 +115,28 @@ pub fn adapters() -> Vec<AdapterSummary> {
 /// Runs `xent devices`.
 pub fn run() -> Result<(), CliError> {
     let supported: Vec<&str> = SimdLevel::supported().iter().map(|l| l.name()).collect();
-    println!(
+    outln!(
         "cpu: {} SIMD level {} (supported: {}; XENT_SIMD overrides), {} rayon threads",
         std::env::consts::ARCH,
         SimdLevel::detected(),
         supported.join(", "),
         rayon::current_num_threads()
-    );
+    )?;
     let adapters = adapters();
     if adapters.is_empty() {
-        println!("gpu adapters: none found by wgpu");
+        outln!("gpu adapters: none found by wgpu")?;
     } else {
-        println!("gpu adapters (wgpu):");
+        outln!("gpu adapters (wgpu):")?;
         for (i, a) in adapters.iter().enumerate() {
-            print!("  [{i}] {}", a.describe());
+            out!("  [{i}] {}", a.describe())?;
         }
     }
     match device::gpu() {
-        Ok(d) => println!(
+        Ok(d) => outln!(
             "--device gpu picks: {}",
             d.label.strip_prefix("gpu: ").unwrap_or(&d.label)
-        ),
-        Err(why) => println!("--device gpu: unavailable ({why})"),
+        )?,
+        Err(why) => outln!("--device gpu: unavailable ({why})")?,
     }
     let auto = DeviceChoice::Auto.resolve()?;
     let why = if auto.is_gpu() {
@@ -144,7 +144,7 @@ pub fn run() -> Result<(), CliError> {
     } else {
         " (no hardware GPU; a software adapter is slower than the SIMD CPU path)"
     };
-    println!("--device auto picks: {}{why}", auto.label);
+    outln!("--device auto picks: {}{why}", auto.label)?;
     Ok(())
 }
 

@@ -7,7 +7,18 @@
 //!
 //! Errors print one line, `xent: <file>: <problem>`, to stderr. Exit codes: 0 success, 2 a bad
 //! input file or argument, 1 anything else (a device that can't be used, an output file that
-//! can't be written).
+//! can't be written). Standard output closed early (`xent bench | head`) ends the output
+//! quietly ([`emit`]).
+
+/// `print!` for the commands' output, through [`emit`]: `Result<(), CliError>`.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::emit(format_args!($($t)*)) };
+}
+
+/// `println!` likewise.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::cli::emit(format_args!("{}\n", format_args!($($t)*))) };
+}
 
 pub mod alloc;
 pub mod bench;
@@ -173,6 +184,19 @@ pub fn main() -> ExitCode {
         let _ = std::fs::remove_dir(dir);
     }
     code
+}
+
+/// Writes to standard output. A closed pipe (`xent bench | head`: the reader has what it
+/// wanted) is not an error and the rest is dropped; Rust ignores SIGPIPE, so `print!` would
+/// panic there. Any other failure to write is (exit code 1).
+pub fn emit(text: fmt::Arguments<'_>) -> Result<(), CliError> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_fmt(text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::runtime(format!(
+            "writing to standard output: {e}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A number for JSON output: finite values as numbers, NaN and infinities as the strings

@@ -2,7 +2,7 @@
 //!
 //! Rows are cut into blocks of about `BLOCK_ELEMENTS` values (whole samples for the
 //! `(N, C, d…)` layout), blocks run in parallel on rayon's pool, each writing its rows of the
-//! output's per-row columns in place ([`Columns`]); the batch loss is summed block by block in
+//! output's per-row columns in place (`Columns`); the batch loss is summed block by block in
 //! row order, in f64, so the bits do not depend on the number of threads. Each row is read once by the fused forward
 //! (`row::Forward`) and, for a gradient, once more from cache by `row::Backward`. Focal
 //! loss with smoothing or soft targets reads the row once more in between (`focal`): every

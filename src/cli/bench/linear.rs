@@ -206,15 +206,15 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     if let Some(g) = &gpu {
         devices.push(g.label.clone());
     }
-    println!(
+    outln!(
         "xent bench --linear: {}; median of {} run{} after one warm-up",
         devices.join(", "),
         args.iters,
         if args.iters == 1 { "" } else { "s" }
-    );
-    print!("{}", table(&records));
+    )?;
+    out!("{}", table(&records))?;
     for note in &notes {
-        println!("note: {note}");
+        outln!("note: {note}")?;
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&records).expect("records serialize");

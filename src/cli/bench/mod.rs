@@ -334,9 +334,9 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         args.iters,
         if args.iters == 1 { "" } else { "s" }
     );
-    print!("{header}{}", table(&records));
+    out!("{header}{}", table(&records))?;
     for note in &notes {
-        println!("note: {note}");
+        outln!("note: {note}")?;
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&records).expect("records serialize");
@@ -345,7 +345,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     if !args.no_plot {
         let path = &args.plot;
         plot(path, &records, &shapes).map_err(|e| CliError::output(path, e))?;
-        println!("plot: {path}");
+        outln!("plot: {path}")?;
     }
     Ok(())
 }

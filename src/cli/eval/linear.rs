@@ -149,9 +149,9 @@ pub(super) fn run(args: &EvalArgs) -> Result<(), CliError> {
     }
     let report = Report::new(args, &g, &eval, &device.label, load_seconds);
     if args.json {
-        println!("{}", report.json());
+        outln!("{}", report.json())?;
     } else {
-        print!("{}", report.text());
+        out!("{}", report.text())?;
     }
     Ok(())
 }

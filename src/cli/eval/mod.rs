@@ -363,9 +363,9 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
     }
     let report = Report::new(args, &g, &eval, &device.label, load_seconds);
     if args.json {
-        println!("{}", report.json());
+        outln!("{}", report.json())?;
     } else {
-        print!("{}", report.text());
+        out!("{}", report.text())?;
     }
     Ok(())
 }
