@@ -20,6 +20,29 @@ pub struct LnSum;
 #[derive(Default)]
 pub struct LnProbability;
 
+/// `ln p` of probabilities clamped to `[floor, 1]`: [`LnSum`] where `floor` is a normal float,
+/// [`LnProbability`] (which takes subnormals) below.
+#[derive(Clone, Copy)]
+pub struct LnClamped {
+    normal: bool,
+}
+
+impl LnClamped {
+    pub fn new(floor: f32) -> Self {
+        LnClamped {
+            normal: floor >= f32::MIN_POSITIVE,
+        }
+    }
+
+    #[inline(always)]
+    pub fn eval<I: Isa>(self, isa: I, p: I::F32) -> I::F32 {
+        match self.normal {
+            true => LnSum.eval(isa, p),
+            false => LnProbability.eval(isa, p),
+        }
+    }
+}
+
 impl SimdUnaryOp<f32> for LnProbability {
     #[inline(always)]
     fn eval<I: Isa>(&self, isa: I, x: I::F32) -> I::F32 {

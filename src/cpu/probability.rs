@@ -7,13 +7,13 @@
 //! value, the sums in f32 lanes added into f64 every [`FLUSH`] values. Backward: one read of
 //! `q` and one write of `dq` (the same buffer in place), the target's class fixed after.
 
-use super::log::{LnProbability, LnSum};
+use super::log::LnClamped;
 use super::row::{load_or, store, RowIo};
 use super::scalar::{ProbOptions, ProbRow, ProbTarget};
 use super::simd::{self, SimdLevel};
 use crate::math::row::{first_max, term};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
-use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
+use rten_simd::{Isa, Simd, SimdOp};
 
 /// Values summed in f32 lanes before they are added into f64: `FLUSH / lanes` same-signed
 /// terms a lane (64 on the four-wide portable level), so each f32 sum stays within a relative
@@ -126,12 +126,7 @@ impl SimdOp for RowPass<'_, '_> {
             ProbTarget::Dense(t) => Some(t),
             ProbTarget::Index(_) => None,
         };
-        // A floor below the normal floats needs the `ln` that takes subnormals.
-        let normal = floor >= f32::MIN_POSITIVE;
-        let ln = |p| match normal {
-            true => LnSum.eval(isa, p),
-            false => LnProbability.eval(isa, p),
-        };
+        let ln = |p| LnClamped::new(floor).eval(isa, p);
 
         let mut pass = Pass::default();
         // The first max of q and, with dense targets, of t: per lane the best value and the
@@ -201,7 +196,7 @@ fn lane_sum<S: Simd<Elem = f32>>(v: S) -> f64 {
 /// Each lane's best value and its class after `v` of `class`: a later class replaces the
 /// best only when strictly greater, so each lane keeps its first max.
 #[inline(always)]
-fn first_max_step<I: Isa>(
+pub(super) fn first_max_step<I: Isa>(
     isa: I,
     (best, arg): (I::F32, I::F32),
     v: I::F32,

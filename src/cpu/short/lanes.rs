@@ -3,7 +3,7 @@
 
 use super::super::focal::{factors, whole_gamma};
 use super::super::row::{load, Transform};
-use super::super::Call;
+use super::super::{Call, Columns};
 use super::MAX_LANES;
 use crate::input::Targets;
 use crate::math::focal::Focal;
@@ -72,6 +72,61 @@ pub(super) fn row_weights<I: Isa>(
         .sample_weights
         .map_or(one, |s| load(isa, &s[r0..r0 + n]));
     (w_y, sample)
+}
+
+/// A tile's per-row outputs, one lane a row; `None` where the call does not ask for them.
+pub(super) struct TileRows<V> {
+    pub loss: V,
+    pub lse: Option<V>,
+    pub metrics: Option<TileMetrics<V>>,
+}
+
+/// A tile's metrics: `correct` where `argmax` is `target_class` (index targets: `y`; dense:
+/// the targets' first max).
+pub(super) struct TileMetrics<V> {
+    pub argmax: V,
+    pub target_class: V,
+    pub target_prob: V,
+    pub entropy: V,
+    pub confidence: V,
+}
+
+impl<V: Simd<Elem = f32>> TileRows<V> {
+    /// Writes lanes `0 .. n` into rows `i0 ..` of the block's `columns` (per-row losses where
+    /// `want_rows`); `tile_y` (the lanes' targets, −1 ignored) gives `valid`.
+    #[inline(always)]
+    pub(super) fn write(
+        self,
+        columns: &mut Columns<'_>,
+        want_rows: bool,
+        (i0, n): (usize, usize),
+        tile_y: &[f32],
+    ) {
+        let rows = i0..i0 + n;
+        let put = |column: &mut [f32], v: V| {
+            column[rows.clone()].copy_from_slice(&v.to_array().as_ref()[..n])
+        };
+        if want_rows {
+            put(columns.losses, self.loss);
+        }
+        if let Some(lse) = self.lse {
+            put(columns.lse, lse);
+        }
+        let Some(m) = self.metrics else {
+            return;
+        };
+        put(columns.target_prob, m.target_prob);
+        put(columns.entropy, m.entropy);
+        put(columns.confidence, m.confidence);
+        let (argmax, y) = (m.argmax.to_array(), m.target_class.to_array());
+        let (argmax, y) = (argmax.as_ref(), y.as_ref());
+        for (j, &valid) in tile_y[..n].iter().enumerate() {
+            let valid = valid >= 0.0;
+            columns.argmax[i0 + j] = argmax[j] as u32;
+            columns.correct[i0 + j] = valid && argmax[j] == y[j];
+            columns.valid[i0 + j] = valid;
+        }
+    }
 }
 
 /// A tile's targets: each lane's index target as f32 (−1 ignored or padding; C, no class, for

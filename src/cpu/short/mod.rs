@@ -50,7 +50,7 @@ use crate::cpu::exp::ShiftedExp;
 use crate::input::{Element, Targets};
 use crate::options::InputKind;
 use crate::plan::Loss;
-use lanes::{Consts, Lanes, TileFocal, TileTargets};
+use lanes::{Consts, Lanes, TileFocal, TileMetrics, TileRows, TileTargets};
 use rten_simd::ops::{BitOps, FloatOps, MaskOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
 use tiles::{lane_targets, load_group, store_tile, Vector};
@@ -492,16 +492,7 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
                 sums.1[j] += z_loss.as_ref()[j] as f64;
             }
         }
-        let rows = i0..i0 + n;
-        let columns = &mut self.columns;
-        if call.want_rows {
-            columns.losses[rows.clone()].copy_from_slice(&loss.to_array().as_ref()[..n]);
-        }
-        if call.want_lse {
-            columns.lse[rows.clone()].copy_from_slice(&lse.to_array().as_ref()[..n]);
-        }
-        if want_metrics {
-            let argmax = ops.select(nan_arg, arg, has_nan).to_array();
+        let metrics = want_metrics.then(|| {
             let target_prob = match dense {
                 None => ShiftedExp.eval(isa, logp_y),
                 Some(_) => ops.div(te, s),
@@ -509,30 +500,21 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
             let target_prob = ops.select(target_prob, nan, finite);
             let target_prob = ops.select(target_prob, zero, valid);
             let entropy = ops.select(ops.sub(log_sum, ops.div(ez, s)), nan, finite);
-            let confidence = ops.select(ops.div(one, s), nan, finite);
-            let (target_prob, entropy, confidence) = (
-                target_prob.to_array(),
-                entropy.to_array(),
-                confidence.to_array(),
-            );
-            // Index targets: y; dense: the targets' first max.
-            let y = match dense {
-                None => y,
-                Some(_) => t_arg,
+            TileMetrics {
+                argmax: ops.select(nan_arg, arg, has_nan),
+                target_class: if dense.is_some() { t_arg } else { y },
+                target_prob,
+                entropy,
+                confidence: ops.select(ops.div(one, s), nan, finite),
             }
-            .to_array();
-            let c = columns;
-            c.target_prob[rows.clone()].copy_from_slice(&target_prob.as_ref()[..n]);
-            c.entropy[rows.clone()].copy_from_slice(&entropy.as_ref()[..n]);
-            c.confidence[rows.clone()].copy_from_slice(&confidence.as_ref()[..n]);
-            let (argmax, y) = (argmax.as_ref(), y.as_ref());
-            for (j, &valid) in tile_y[..n].iter().enumerate() {
-                let valid = valid >= 0.0;
-                c.argmax[i0 + j] = argmax[j] as u32;
-                c.correct[i0 + j] = valid && argmax[j] == y[j];
-                c.valid[i0 + j] = valid;
-            }
+        });
+        let lse_asked = call.want_lse.then_some(lse);
+        TileRows {
+            loss,
+            lse: lse_asked,
+            metrics,
         }
+        .write(&mut self.columns, call.want_rows, (i0, n), tile_y);
         if !GRAD {
             return;
         }

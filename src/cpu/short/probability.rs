@@ -17,13 +17,14 @@
 //!
 //! [`Call::takes_short_path`]: super::super::Call::takes_short_path
 
-use super::lanes::{self, Consts, Lanes, TileTargets};
+use super::lanes::{self, Consts, Lanes, TileMetrics, TileRows, TileTargets};
 use super::tiles::{store_tile, Vector};
 use super::{ShortRows, MAX_LANES};
-use crate::cpu::log::{LnProbability, LnSum};
+use crate::cpu::log::LnClamped;
+use crate::cpu::probability::first_max_step;
 use crate::input::Element;
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
-use rten_simd::{Isa, Simd, SimdUnaryOp};
+use rten_simd::{Isa, Simd};
 
 /// `sum + v` with the rounding error added to `err` (TwoSum: exact whatever the magnitudes).
 #[inline(always)]
@@ -62,12 +63,7 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
         let lanes = ops.len();
         let call = self.call;
         let (zero, one) = (ops.zero(), ops.one());
-        // A floor below the normal floats needs the `ln` that takes subnormals.
-        let normal = floor >= f32::MIN_POSITIVE;
-        let ln = |p| match normal {
-            true => LnSum.eval(isa, p),
-            false => LnProbability.eval(isa, p),
-        };
+        let ln = |p| LnClamped::new(floor).eval(isa, p);
         let floor_v = ops.splat(floor);
         let metrics = call.want_metrics;
         let (tile_y, dense) = (targets.y, targets.dense);
@@ -103,15 +99,13 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
                         weighted = two_sum(isa, weighted, ops.mul(coefficient, lp));
                         if metrics {
                             tp = two_sum(isa, tp, ops.mul(tc, p));
-                            t_arg = ops.select(class, t_arg, ops.gt(tc, t_best));
-                            t_best = ops.max(t_best, tc);
+                            (t_best, t_arg) = first_max_step(isa, (t_best, t_arg), tc, class);
                         }
                     }
                 }
                 if metrics {
                     p_ln_p = two_sum(isa, p_ln_p, ops.mul(p, lp));
-                    q_arg = ops.select(class, q_arg, ops.gt(qc, q_best));
-                    q_best = ops.max(q_best, qc);
+                    (q_best, q_arg) = first_max_step(isa, (q_best, q_arg), qc, class);
                 }
             }
             class = ops.add(class, one);
@@ -127,49 +121,27 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
             Some(_) => ops.neg(weighted),
         };
         let ce = ops.select(ops.mul(ce, sample), zero, valid);
-        let ce_lanes = ce.to_array();
-        for (sum, &ce) in sums.iter_mut().zip(ce_lanes.as_ref()) {
+        for (sum, &ce) in sums.iter_mut().zip(ce.to_array().as_ref()) {
             *sum += ce as f64;
         }
-        let rows = i0..i0 + n;
-        let columns = &mut self.columns;
-        if call.want_rows {
-            columns.losses[rows.clone()].copy_from_slice(&ce_lanes.as_ref()[..n]);
-        }
-        if call.want_lse {
-            // No log-sum-exp: the row path gives 0 too.
-            columns.lse[rows.clone()].fill(0.0);
-        }
-        if metrics {
-            let c = columns;
-            let target_prob = match dense {
+        // No log-sum-exp: the LSE column keeps the 0 it was allocated with, as the row path
+        // gives.
+        let metrics = metrics.then(|| TileMetrics {
+            argmax: q_arg,
+            target_class: if dense.is_some() { t_arg } else { y },
+            target_prob: match dense {
                 None => ops.select(ops.max(q_y, floor_v), zero, valid),
                 Some(_) => ops.add(tp.0, tp.1),
-            };
-            let entropy = ops.neg(ops.add(p_ln_p.0, p_ln_p.1));
-            let confidence = ops.max(q_best, floor_v);
-            let (target_prob, entropy, confidence) = (
-                target_prob.to_array(),
-                entropy.to_array(),
-                confidence.to_array(),
-            );
-            c.target_prob[rows.clone()].copy_from_slice(&target_prob.as_ref()[..n]);
-            c.entropy[rows.clone()].copy_from_slice(&entropy.as_ref()[..n]);
-            c.confidence[rows.clone()].copy_from_slice(&confidence.as_ref()[..n]);
-            // Index targets: y; dense: the targets' first max.
-            let y = match dense {
-                None => y,
-                Some(_) => t_arg,
-            }
-            .to_array();
-            let (argmax, y) = (q_arg.to_array(), y.as_ref());
-            for (j, &valid) in tile_y[..n].iter().enumerate() {
-                let valid = valid >= 0.0;
-                c.argmax[i0 + j] = argmax.as_ref()[j] as u32;
-                c.correct[i0 + j] = valid && argmax.as_ref()[j] == y[j];
-                c.valid[i0 + j] = valid;
-            }
+            },
+            entropy: ops.neg(ops.add(p_ln_p.0, p_ln_p.1)),
+            confidence: ops.max(q_best, floor_v),
+        });
+        TileRows {
+            loss: ce,
+            lse: None,
+            metrics,
         }
+        .write(&mut self.columns, call.want_rows, (i0, n), tile_y);
         if !GRAD {
             return;
         }
