@@ -17,9 +17,9 @@
 // Not fused (the host's choice, `launch::fused_shape` and `plan::gpu`): contiguous rows
 // longer than 4·FUSED_GROUPS·WG, focal loss with smoothing or soft targets (its factors
 // need the final lse of every class: the focal pass), f16/bf16 gradients (in place or
-// `SeparateHalf`) of contiguous rows with odd C or of the (N, C, d…) layout with an odd
-// number of positions (two rows would share a word with no pair to own it), and rows
-// longer than a binding.
+// `SeparateHalf`) of contiguous rows with odd C and a workgroup per row, or of the (N, C, d…)
+// layout with an odd number of positions (two rows would share a word with no pair in one
+// workgroup to own it), and rows longer than a binding.
 //
 // Launch (`launch::fused_shape`): WG / invocations_per_row row segments per workgroup; a segment of invocations_per_row
 // invocations owns a row, invocations_per_row as small as holds it (C ≤ 4·FUSED_GROUPS·invocations_per_row, up to 16 logits
@@ -169,15 +169,24 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     // cache (a word is read after the barrier only by the invocation that writes it). With
     // several rows per invocation a second barrier keeps the next row's finish off the slots
     // until both have read them.
+    // Half-precision gradients of contiguous rows of odd C: row 2i ends in the low half of the
+    // word whose high half is row 2i + 1's first element (chunks start at an even row and
+    // bindings on a word). Row 2i's segment writes that word, its own last gradient and the
+    // next row's first from that row's RowCoef (its slot, after the barrier) and its logit,
+    // read by this writer alone; row 2i + 1's segment writes from its second element on,
+    // each lane the words (c0 + 1, c0 + 2) and (c0 + 3, c0 + 4) of its group, the latter's
+    // high half the next group's first element. The host keeps a pair in one workgroup (an
+    // even number of segments, `plan::gpu`).
     // (`STORES_HALF_WORDS`: the variant's store, from `Variant::source`.)
-    let paired = STORES_HALF_WORDS && p.spatial != 0u;
+    let paired = STORES_HALF_WORDS && (p.spatial != 0u || (p.classes & 1u) == 1u);
     if (p.invocations_per_row > 1u || paired) { workgroupBarrier(); }
     var pair_coef: RowCoef;
     if (paired) {
-        pair_coef = unpack_coef(shared_partials[local ^ 1u]);
+        // The other segment of the pair: lane 0 of segment ^ 1 (the position ^ 1 in (N, C, d…)).
+        pair_coef = unpack_coef(shared_partials[(local - lane) ^ p.invocations_per_row]);
         if (ROWS_PER_INVOCATION > 1u) { workgroupBarrier(); }
     }
-    if (live && paired) {
+    if (live && paired && p.spatial != 0u) {
         let coef = unpack_coef(shared_partials[local]);
         let ab = row_scales(coef, global_row);
         let ab_other = row_scales(pair_coef, p.row0 + (row ^ 1u));
@@ -210,8 +219,31 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
                 let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
                 dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
             }
-            if (p.spatial == 0u) {
+            if (p.spatial == 0u && !paired) {
                 store_dx(at + c0, dx, n);
+            } else if (p.spatial == 0u && (base & 1u) == 1u) {
+                // Mid-word row: whole words from the group's second element (C − c0 − 1 is
+                // even, so 0, 2 or 4 values); the 4th is the next group's first.
+                let m = min(4u, p.classes - c0 - 1u);
+                var shifted = vec4(dx.y, dx.z, dx.w, 0.0);
+                if (m == 4u) {
+                    let t = select(0.0, dense_target(target_index(row, c0 + 4u)), has(FLAG_DENSE));
+                    shifted.w = element_gradient(coef, ab, c0 + 4u, load_x(base + c0 + 4u), t);
+                }
+                store_dx(at + c0 + 1u, shifted, m);
+            } else if (p.spatial == 0u) {
+                // A word-aligned row: its last group (n odd) also writes the next row's first
+                // gradient where that row is live, else the word's low half alone.
+                var m = n;
+                if (c0 + n == p.classes && row + 1u < p.rows) {
+                    let t = select(0.0, dense_target(target_index(row + 1u, 0u)), has(FLAG_DENSE));
+                    let ab_next = row_scales(pair_coef, global_row + 1u);
+                    let next = element_gradient(pair_coef, ab_next, 0u, load_x(base + p.classes), t);
+                    // n is 1 or 3 (C and c0's parities); a constant index keeps dx in registers.
+                    if (n == 1u) { dx.y = next; } else { dx.w = next; }
+                    m = n + 1u;
+                }
+                store_dx(at + c0, dx, m);
             } else {
                 for (var k = 0u; k < n; k++) { store_dx(at + (c0 + k) * step, vec4(dx[k]), 1u); }
             }

@@ -877,8 +877,8 @@ fn backward_from_saved_state() {
 
 /// A half-precision gradient into a buffer of its own (`DeviceGradient::IntoLogitsDtype`), as
 /// a trainer whose f16 / bf16 logits are still held elsewhere takes it: an even class count
-/// (the fused kernel) and an odd one (three passes: the fused kernel's rows would share a
-/// word); the (N, C, d…) layout with an even number of positions (the fused kernel, a pair of
+/// and an odd one (the fused kernel both: rows 2i and 2i + 1 share a word there); the
+/// (N, C, d…) layout with an even number of positions (the fused kernel, a pair of
 /// positions a word) and an odd one (three passes); the backward from saved state, and BCE's
 /// backward; against the reference (within the dtype's rounding), the same bits as the
 /// in-place gradient, the logits untouched.

@@ -315,6 +315,55 @@ fn rows_around_the_fused_fit_bound() {
     }
 }
 
+/// f16/bf16 gradients of rows of odd C on the fused kernel: rows 2i and 2i + 1 share a
+/// word, which row 2i's invocations write (`fused_owns_half_words`). One invocation per row,
+/// four rows each (past 65 536 rows); segments of several invocations (33, 301 classes);
+/// an odd number of rows (the last row's word alone); index targets with smoothing, class
+/// and sample weights and `mean` (scales from the pre-pass), soft targets, `none` with each
+/// row's upstream; in place, against the reference.
+#[test]
+fn odd_classes_half_gradients_fused() {
+    use xent::gpu::fused_owns_half_words;
+    // The four-row tiles in f16 only (each run covers 600 000 values, slow on llvmpipe's GL).
+    let shapes = [(9usize, 65_536 + 1_027), (3, 1_027), (33, 301), (301, 45)];
+    for (classes, rows) in shapes {
+        let shape = fused_shape(classes, Layout::Rows).unwrap();
+        assert!(
+            fused_owns_half_words(shape, classes, Layout::Rows),
+            "{classes}"
+        );
+        let dtypes = if rows > 65_536 {
+            &[Dtype::F16][..]
+        } else {
+            &[Dtype::F16, Dtype::Bf16]
+        };
+        for &dtype in dtypes {
+            let case = Case::new(classes as u64, rows, classes, Hardness::ALL)
+                .weighted(classes as u64)
+                .sample_weighted(5)
+                .ignore_every(7, -100)
+                .dtype(dtype);
+            let label = format!("{rows} x {classes} {dtype:?}");
+            let smoothing = CrossEntropy::new().label_smoothing(0.1).z_loss(1e-3);
+            check_every_backend_in(&label, &case, &smoothing, None, &[GradMode::InPlace]);
+            let none = CrossEntropy::new().reduction(Reduction::None);
+            let upstream: Vec<f32> = (0..rows).map(|r| 0.5 + (r % 11) as f32 * 0.25).collect();
+            check_every_backend_in(&label, &case, &none, Some(&upstream), &[GradMode::InPlace]);
+            let soft = Case::new(7, rows, classes, Hardness::default())
+                .soft(3)
+                .dtype(dtype);
+            let sum = CrossEntropy::new().reduction(Reduction::Sum);
+            check_every_backend_in(
+                &format!("soft {label}"),
+                &soft,
+                &sum,
+                None,
+                &[GradMode::InPlace],
+            );
+        }
+    }
+}
+
 #[test]
 fn few_long_rows() {
     // On the GPU, 8 rows of 256 000 classes are split across workgroups.

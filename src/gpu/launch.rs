@@ -75,6 +75,19 @@ pub fn fused_shape(classes: usize, layout: Layout) -> Option<LaunchShape> {
     })
 }
 
+/// Whether the fused kernel of `shape` owns every word of an f16/bf16 gradient (in place, or
+/// a separate buffer of the logits' dtype), two values a 4-byte word: contiguous rows of even
+/// C own their words; of odd C, rows 2i and 2i + 1 share one, written by row 2i's segment,
+/// which needs both rows in one workgroup (a row segment smaller than the workgroup). In the
+/// (N, C, d…) layout positions 2i and 2i + 1 share each class's word, so a sample needs an
+/// even number of positions. `softmax_fused.wgsl` has the stores.
+pub fn fused_owns_half_words(shape: LaunchShape, classes: usize, layout: Layout) -> bool {
+    match layout {
+        Layout::Rows => classes.is_multiple_of(2) || shape.invocations_per_row < WORKGROUP_SIZE,
+        Layout::ClassDim1 { spatial } => spatial.is_multiple_of(2),
+    }
+}
+
 /// Rows each invocation of the fused kernel (and its targets pass) owns when one invocation
 /// holds a row (C ≤ 16): their sums go into one reduction slot, so the row sums written and
 /// read back per row fall from 32 bytes (16 written, 16 reduced) to 8, against a 2-class
@@ -275,6 +288,28 @@ mod tests {
                 assert_eq!(held.last().map_or(0, |&s| s as u64 + 1), slots);
             }
         }
+    }
+
+    /// Half-precision words: odd C fuses while a workgroup holds several rows (C ≤ 2048),
+    /// odd positions never.
+    #[test]
+    fn half_words_of_odd_rows_need_a_pair_in_a_workgroup() {
+        let rows = |classes| {
+            fused_owns_half_words(
+                fused_shape(classes, Layout::Rows).unwrap(),
+                classes,
+                Layout::Rows,
+            )
+        };
+        for classes in [1, 2, 3, 9, 17, 1001, 2047, 2048, 3000, 4096] {
+            assert!(rows(classes), "{classes}");
+        }
+        assert!(!rows(2049) && !rows(4095));
+        let planes = |spatial| {
+            let layout = Layout::ClassDim1 { spatial };
+            fused_owns_half_words(fused_shape(21, layout).unwrap(), 21, layout)
+        };
+        assert!(planes(512 * 512) && !planes(49));
     }
 
     /// Several rows per invocation only with one invocation per row and enough rows, and the

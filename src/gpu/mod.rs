@@ -41,7 +41,7 @@ pub use device::{
     target_error_row, DeviceBatch, DeviceGradient, DeviceOutputs, DeviceSaved, DeviceTargets,
     DeviceUpstream, GpuRow, SAVED_ROW_BYTES,
 };
-pub use launch::{fused_shape, launch_shape, LaunchShape};
+pub use launch::{fused_owns_half_words, fused_shape, launch_shape, LaunchShape};
 pub use linear::{
     DeviceGradientSlice, DeviceIndexTargets, DeviceLinearBatch, DeviceLinearOutputs, DeviceMatrix,
 };

@@ -7,8 +7,8 @@
 use super::Loss;
 use crate::error::{Error, Result};
 use crate::gpu::launch::{
-    binding_room, chunks, flat_pieces, fused_rows_per_invocation, fused_shape, launch_shape,
-    row_pieces, sum_slots, Chunk, LaunchShape, Piece, SHORT_TILE_ROWS,
+    binding_room, chunks, flat_pieces, fused_owns_half_words, fused_rows_per_invocation,
+    fused_shape, launch_shape, row_pieces, sum_slots, Chunk, LaunchShape, Piece, SHORT_TILE_ROWS,
 };
 use crate::gpu::pipelines::Store;
 use crate::gpu::{DeviceBatch, DeviceGradient, DeviceOutputs, DeviceTargets};
@@ -143,11 +143,8 @@ impl GpuCall {
         if long_rows {
             shape = shape.fitting(classes, bytes_per_element, room);
         }
-        // Half-precision words written in place or into a separate buffer: a row of odd length
-        // ends mid-word, which the fused kernel's next row would write too. Neighbouring rows
-        // of the (N, C, d…) layout share every word; with an even number of positions a pair
-        // of invocations owns its words (`softmax_fused.wgsl`, `store_pair`), with an odd one
-        // the words' pairs change from one class plane to the next.
+        // Half-precision words written in place or into a separate buffer: where two rows share
+        // a word, the fused kernel needs both in one workgroup (`fused_owns_half_words`).
         let half_words = elem == 2
             && matches!(
                 out.gradient,
@@ -155,18 +152,14 @@ impl GpuCall {
             );
         // One read per logit when the row fits the fused kernel (its header lists the
         // exclusions), with the fused kernel's own invocations per row; loss only, too.
-        let fused = fused_shape(classes, layout).filter(|_| {
+        let fused = fused_shape(classes, layout).filter(|&f| {
             softmax
                 && adapter.fused
                 // A saving forward fuses loss only (the backward is a later call).
                 && (out.saved.is_none() || !gradient)
                 && !long_rows
                 && !focal_all
-                && !(half_words
-                    && match layout {
-                        Layout::Rows => classes % 2 == 1,
-                        Layout::ClassDim1 { spatial } => spatial % 2 == 1,
-                    })
+                && (!half_words || fused_owns_half_words(f, classes, layout))
         });
         // Invocations that own several rows share a reduction slot between chunks unless the
         // chunks are whole tiles of them; where a binding holds no tile, one row each.
