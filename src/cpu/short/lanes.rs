@@ -149,9 +149,9 @@ pub(super) struct Consts<'a> {
     pub w: Option<&'a [f32]>,
     /// Focal loss (SEMANTICS.md section 2c).
     pub focal: Option<TileFocal>,
-    /// Index targets, `z = x`, no smoothing, no class weights and no metrics (focal loss at
-    /// most on the target, which only the finish sees): the case most calls are, whose class
-    /// loops are only the max, the exps and the target's pick.
+    /// Index targets, `z = x`, no smoothing and no class weights (focal loss at most on the
+    /// target, which only the finish sees): the case most calls are, whose class loops are
+    /// only the max, the exps and the target's pick (and the metrics' sums where asked).
     pub plain: bool,
 }
 
@@ -195,7 +195,6 @@ impl<'a> Consts<'a> {
                 && transform.softcap.is_none()
                 && options.label_smoothing == 0.0
                 && call.w.is_none()
-                && !call.want_metrics
                 && !matches!(call.targets, Targets::Dense(_)),
             transform,
             eps: options.label_smoothing,

@@ -36,8 +36,9 @@
 //!
 //! On x86-64 the transposition of row-major rows is a vector shuffle network, eight rows at
 //! a time (`transpose.rs`); elsewhere, and for partial tiles, a scalar walk. A plain call
-//! (index targets, `z = x`, no smoothing, class weights or metrics) compiles its own tile code
-//! with only the max, the exps and the target's pick in the class loops.
+//! (index targets, `z = x`, no smoothing or class weights) compiles its own tile code with
+//! only the max, the exps and the target's pick in the class loops; metrics are a constant
+//! of the tile code too, so asking for them adds their sums and nothing else.
 //!
 //! Bytes: one read of the logits (and one write of the gradient), as the row path; the
 //! transposition runs in L1.
@@ -235,19 +236,21 @@ impl<T: Element> SimdOp for ShortRows<'_, '_, '_, T> {
                     continue;
                 }
                 let (z, e, n) = ((z, &mut e[..], &mut ag[..]), targets, (i0, n));
-                match (k.plain, self.shape.wants_grad) {
-                    (true, false) => {
-                        self.tile::<I, true, false>(isa, &k, z, e, n, &mut per, &mut sums)
-                    }
-                    (true, true) => {
-                        self.tile::<I, true, true>(isa, &k, z, e, n, &mut per, &mut sums)
-                    }
-                    (false, false) => {
-                        self.tile::<I, false, false>(isa, &k, z, e, n, &mut per, &mut sums)
-                    }
-                    (false, true) => {
-                        self.tile::<I, false, true>(isa, &k, z, e, n, &mut per, &mut sums)
-                    }
+                let (per, sums) = (&mut per, &mut sums);
+                macro_rules! tile {
+                    ($plain:literal, $grad:literal, $metrics:literal) => {
+                        self.tile::<I, $plain, $grad, $metrics>(isa, &k, z, e, n, per, sums)
+                    };
+                }
+                match (k.plain, self.shape.wants_grad, self.call.want_metrics) {
+                    (true, false, false) => tile!(true, false, false),
+                    (true, false, true) => tile!(true, false, true),
+                    (true, true, false) => tile!(true, true, false),
+                    (true, true, true) => tile!(true, true, true),
+                    (false, false, false) => tile!(false, false, false),
+                    (false, false, true) => tile!(false, false, true),
+                    (false, true, false) => tile!(false, true, false),
+                    (false, true, true) => tile!(false, true, true),
                 }
             }
         }
@@ -272,12 +275,13 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
     /// One tile: rows `i0 .. i0 + n` of the block (the module docs), `z` its transposed
     /// logits, `tile_y` its lanes' targets; adds each row's loss terms to `sums` (per lane).
     ///
-    /// `PLAIN` ([`Consts::plain`]) and `GRAD` (the gradient is asked) are constants so that
-    /// each combination's class loops carry only their own work: a runtime flag's branch
-    /// and the values it keeps alive cost the short loops more than the work they guard.
+    /// `PLAIN` ([`Consts::plain`]), `GRAD` (the gradient is asked) and `METRICS` are
+    /// constants so that each combination's class loops carry only their own work: a runtime
+    /// flag's branch and the values it keeps alive cost the short loops more than the work
+    /// they guard (with metrics outside `PLAIN`, the max spilled to the stack in pass 1).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn tile<I: Isa, const PLAIN: bool, const GRAD: bool>(
+    fn tile<I: Isa, const PLAIN: bool, const GRAD: bool, const METRICS: bool>(
         &mut self,
         isa: I,
         k: &Consts<'_>,
@@ -302,7 +306,7 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
         // What a plain call has not, as constants.
         let (eps, uniform) = if PLAIN { (0.0, 0.0) } else { (eps, uniform) };
         let class_weights = if PLAIN { None } else { k.w };
-        let want_metrics = !PLAIN && call.want_metrics;
+        let want_metrics = METRICS;
         let (zero, one) = (ops.zero(), ops.one());
         let (neg_inf, pos_inf, nan) = (
             ops.splat(f32::NEG_INFINITY),
@@ -345,7 +349,7 @@ impl<T: Element> ShortRows<'_, '_, '_, T> {
         // Two classes (a plain call): one of `d₀`, `d₁` is the max's 0 in a finite row, so
         // `d₀ + d₁` is the other, the one exp a row needs; S = 1 + that exp, whose Fast2Sum is
         // exact (1 ≥ e). A NaN or infinite row makes the sum NaN, as the loop would.
-        let pair = PLAIN && classes == 2;
+        let pair = PLAIN && !METRICS && classes == 2;
         if pair {
             let (d0, d1) = (
                 ops.sub(ops.load(&z[..lanes]), m),
