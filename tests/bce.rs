@@ -37,3 +37,21 @@ fn bce_against_reference() {
         }
     }
 }
+
+/// Per-element losses (`Reduction::None`) of calls over several CPU blocks of 65 536
+/// elements, each block writing its rows into the output's column in place: rows, and the
+/// (N, C, d…) layout (a block of whole samples, the last one partial), each element's
+/// upstream.
+#[test]
+fn bce_element_losses_across_blocks() {
+    for path in backends(64 << 10) {
+        for spatial in [None, Some(50)] {
+            let mut case = Case::new(19, 3_500, 41, Hardness::default()).multi_label(6, true);
+            if let Some(s) = spatial {
+                case = case.class_dim1(s);
+            }
+            let options = BinaryCrossEntropy::new().reduction(Reduction::None);
+            check_bce(&format!("bce blocks {spatial:?}"), &path, &case, &options);
+        }
+    }
+}

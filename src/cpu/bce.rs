@@ -1,14 +1,14 @@
 //! One block of BCE rows: every element's loss and gradient (`scalar::binary_row`), the
-//! per-element losses kept in row-major order.
+//! per-element losses written into the output's column in the logits' layout.
 
-use super::blocks::{gather, BlockShape};
-use super::{scalar, BlockOut, Call, Data};
+use super::blocks::{gather, scatter, BlockShape};
+use super::{scalar, BlockOut, Call, Columns, Data};
 use crate::input::{Element, Layout, Targets};
 use crate::options::BinaryCrossEntropy;
 
 impl Call<'_> {
-    /// One BCE block: each row's elements, and their gradient into the gradient or over the
-    /// logits.
+    /// One BCE block: each row's elements (their losses into `columns.elements` where asked
+    /// for), and their gradient into the gradient or over the logits.
     pub(super) fn bce_block<T: Element>(
         &self,
         options: BinaryCrossEntropy,
@@ -16,6 +16,7 @@ impl Call<'_> {
         mut src: Data<'_, T>,
         mut grad: Option<&mut [f32]>,
         in_place: bool,
+        columns: Columns<'_>,
     ) -> BlockOut {
         let BlockShape {
             classes,
@@ -30,10 +31,8 @@ impl Call<'_> {
         let mut x_buf = vec![0f32; classes];
         let mut t_buf = vec![0f32; if layout == Layout::Rows { 0 } else { classes }];
         let mut g_buf = vec![0f32; classes];
-        let mut out = BlockOut {
-            elements: vec![0f32; rows * classes],
-            ..BlockOut::default()
-        };
+        let mut losses = vec![0f32; classes];
+        let mut out = BlockOut::default();
         for i in 0..rows {
             let row = first_row + i;
             let span = i * classes..(i + 1) * classes;
@@ -47,7 +46,6 @@ impl Call<'_> {
                 &x_buf
             };
             let sample_weight = self.sample_weights.map_or(1.0, |s| s[row]);
-            let losses = &mut out.elements[span.clone()];
             let g = wants_grad.then_some(&mut g_buf[..]);
             let ce = scalar::binary_row(
                 x,
@@ -60,7 +58,7 @@ impl Call<'_> {
                     alpha: options.focal_alpha,
                     sample_weight,
                 },
-                losses,
+                &mut losses,
                 g,
                 |c| {
                     self.plan
@@ -69,6 +67,9 @@ impl Call<'_> {
                 },
             );
             out.ce += ce;
+            if !columns.elements.is_empty() {
+                scatter(&losses, layout, i, columns.elements);
+            }
             if wants_grad {
                 x_buf.copy_from_slice(&g_buf);
                 self.write_back(&mut src, grad.as_deref_mut(), in_place, i, &x_buf);

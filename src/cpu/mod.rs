@@ -31,7 +31,7 @@ pub(crate) use shard::{shard_backward, shard_focal, shard_partials};
 pub use simd::SimdLevel;
 
 use crate::error::Result;
-use crate::input::{Batch, Element, Layout, Storage, Targets};
+use crate::input::{Batch, Element, Storage, Targets};
 use crate::output::{Gradient, Metrics, Output, Request};
 use crate::plan::{Loss, Plan};
 use rayon::prelude::*;
@@ -106,21 +106,23 @@ struct RowOutcome {
     focal_target: f32,
 }
 
-/// What one block gives: its rows' loss sums, and BCE's per-element losses (row-major).
+/// What one block gives: its rows' loss sums.
 #[derive(Debug, Default)]
 struct BlockOut {
     /// `Σ ce` over the block's rows in row order, sample weights applied.
     ce: f64,
     /// `Σ z-loss` likewise.
     z_loss: f64,
-    elements: Vec<f32>,
 }
 
-/// One block's rows of the per-row outputs asked for (losses, LSE, metrics): slices of the
-/// output's own columns, empty where not asked for. Blocks write their rows in place, so a
-/// call with metrics allocates each column once, for every row, and copies nothing after.
+/// One block's rows of the per-row outputs asked for (losses, LSE, metrics; BCE's
+/// per-element losses): slices of the output's own columns, empty where not asked for.
+/// Blocks write their rows in place, so a call with metrics allocates each column once, for
+/// every row, and copies nothing after.
 #[derive(Debug, Default)]
 struct Columns<'a> {
+    /// BCE's per-element losses of the block's rows, in the logits' layout.
+    elements: &'a mut [f32],
     losses: &'a mut [f32],
     lse: &'a mut [f32],
     argmax: &'a mut [u32],
@@ -153,6 +155,8 @@ impl Columns<'_> {
 
 /// The output's per-row columns, one per output asked for (empty otherwise), for `rows` rows.
 struct RowColumns {
+    /// BCE's per-element losses (`rows · classes`, the logits' layout).
+    elements: Vec<f32>,
     losses: Vec<f32>,
     lse: Vec<f32>,
     metrics: Metrics,
@@ -160,12 +164,17 @@ struct RowColumns {
 
 impl RowColumns {
     fn new(call: &Call<'_>, rows: usize) -> Self {
-        // (BCE has no LSE or metrics, and its per-row losses are per element:
-        // `BlockOut::elements`.)
+        // (BCE has no LSE or metrics, and its per-row losses are per element.)
         let softmax = matches!(call.plan.loss, Loss::Softmax(_));
         let len = |asked: bool| if asked && softmax { rows } else { 0 };
         let m = len(call.want_metrics);
+        let elements = if call.want_rows && !softmax {
+            rows * call.plan.classes
+        } else {
+            0
+        };
         RowColumns {
+            elements: vec![0.0; elements],
             losses: vec![0.0; len(call.want_rows)],
             lse: vec![0.0; len(call.want_lse)],
             metrics: Metrics {
@@ -179,8 +188,9 @@ impl RowColumns {
         }
     }
 
-    /// The columns cut into blocks of `block_rows` rows: `blocks` of them.
-    fn split(&mut self, block_rows: usize, blocks: usize) -> Vec<Columns<'_>> {
+    /// The columns cut into blocks of `block_rows` rows (of `classes` elements): `blocks` of
+    /// them.
+    fn split(&mut self, (block_rows, classes): (usize, usize), blocks: usize) -> Vec<Columns<'_>> {
         // An empty column (not asked for) gives every block an empty slice; any other, one
         // chunk a block.
         fn cut<T>(
@@ -192,6 +202,8 @@ impl RowColumns {
                 .chunks_mut(rows)
                 .chain(std::iter::repeat_with(|| &mut [][..]))
         }
+        // A block holds whole samples of the (N, C, d…) layout, so its elements are one run.
+        let mut elements = cut(&mut self.elements, (block_rows * classes, blocks));
         let block_rows = (block_rows, blocks);
         let m = &mut self.metrics;
         let mut losses = cut(&mut self.losses, block_rows);
@@ -203,6 +215,7 @@ impl RowColumns {
         let mut confidence = cut(&mut m.confidence, block_rows);
         let mut valid = cut(&mut m.valid, block_rows);
         let mut next = || Columns {
+            elements: elements.next().unwrap_or_default(),
             losses: losses.next().unwrap_or_default(),
             lse: lse.next().unwrap_or_default(),
             argmax: argmax.next().unwrap_or_default(),
@@ -256,20 +269,7 @@ impl Call<'_> {
             ..Output::default()
         };
         if let Loss::Binary(_) = self.plan.loss {
-            if self.want_rows {
-                let row_major: Vec<f32> = blocks.into_iter().flat_map(|b| b.elements).collect();
-                out.row_losses = Some(match self.plan.layout {
-                    Layout::Rows => row_major,
-                    layout => {
-                        let classes = self.plan.classes;
-                        let mut v = vec![0f32; row_major.len()];
-                        for (i, &loss) in row_major.iter().enumerate() {
-                            v[layout.offset(i / classes, i % classes, classes)] = loss;
-                        }
-                        v
-                    }
-                });
-            }
+            out.row_losses = self.want_rows.then_some(columns.elements);
             return out;
         }
         out.row_losses = self.want_rows.then_some(columns.losses);
@@ -299,7 +299,7 @@ impl Call<'_> {
         };
         let block_rows = block / classes;
         let mut columns = RowColumns::new(self, self.plan.rows);
-        let outs = columns.split(block_rows, sources.len());
+        let outs = columns.split((block_rows, classes), sources.len());
         let blocks = sources
             .into_par_iter()
             .zip(grads)
@@ -308,7 +308,9 @@ impl Call<'_> {
             .map(|(b, ((src, grad), out))| {
                 let first = b * block_rows;
                 match self.plan.loss {
-                    Loss::Binary(options) => self.bce_block(options, first, src, grad, in_place),
+                    Loss::Binary(options) => {
+                        self.bce_block(options, first, src, grad, in_place, out)
+                    }
                     Loss::Softmax(_) if short => self.short_block(first, src, grad, in_place, out),
                     Loss::Softmax(_) => self.softmax_block(first, src, grad, in_place, out),
                 }
