@@ -26,11 +26,12 @@
 // per invocation). Invocation `lane` owns the 4-element groups g = lane + j·invocations_per_row
 // (j < FUSED_GROUPS) of the row, so neighbours read neighbouring 16-byte runs (coalesced;
 // vec4 loads where the row is 4-element aligned) and own whole words of f16/bf16 in-place
-// stores. The raw values stay in a private array of FUSED_GROUPS vec4s.
+// stores (odd C: shifted by one in a row that starts mid-word, below). The raw values stay in
+// a private array of FUSED_GROUPS vec4s.
 // The segment's Partials merge by a tree in workgroup memory (or subgroup butterflies, then
 // the tree); lane 0 finishes the row (stores its record, keeps its sums) and shares its RowCoef
 // through workgroup memory; after one barrier (none with one invocation per row, except the
-// position pairs below) every lane writes its groups' gradient.
+// pairs of rows that share f16/bf16 words, below) every lane writes its groups' gradient.
 // The (N, C, d…) layout (any C): one invocation per row, a position of a sample, so
 // neighbours read neighbouring positions of each class plane (coalesced); the first
 // 4·FUSED_GROUPS classes stay in registers, the rest are streamed and read once more for the
@@ -158,7 +159,8 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     // other variants.
     LOSS_ONLY
     // One invocation per row (C ≤ 16): it finished its own row and reads its own slot, so
-    // short rows need no barrier (p is uniform, so is the branch). Several rows per
+    // short rows need no barrier (p is uniform, so is the branch) unless a pair of rows
+    // shares f16/bf16 words (below). Several rows per
     // invocation come only with one invocation per row, so no lane of the next row's
     // merge overwrites a slot another lane still reads.
     // Half-precision gradients of the (N, C, d…) layout: positions 2i and 2i + 1 (an even
@@ -176,7 +178,7 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
     // read by this writer alone; row 2i + 1's segment writes from its second element on,
     // each lane the words (c0 + 1, c0 + 2) and (c0 + 3, c0 + 4) of its group, the latter's
     // high half the next group's first element. The host keeps a pair in one workgroup (an
-    // even number of segments, `plan::gpu`).
+    // even number of segments: `launch::fused_owns_half_words`, invocations_per_row < WG).
     // (`STORES_HALF_WORDS`: the variant's store, from `Variant::source`.)
     let paired = STORES_HALF_WORDS && (p.spatial != 0u || (p.classes & 1u) == 1u);
     if (p.invocations_per_row > 1u || paired) { workgroupBarrier(); }

@@ -317,7 +317,7 @@ fn rows_around_the_fused_fit_bound() {
 
 /// f16/bf16 gradients of rows of odd C on the fused kernel: rows 2i and 2i + 1 share a
 /// word, which row 2i's invocations write (`fused_owns_half_words`). One invocation per row,
-/// four rows each (past 65 536 rows); segments of several invocations (33, 301 classes);
+/// four rows each (past 65 536 rows); segments of several invocations (25 to 1025 classes);
 /// an odd number of rows (the last row's word alone); index targets with smoothing, class
 /// and sample weights and `mean` (scales from the pre-pass), soft targets, `none` with each
 /// row's upstream; in place, against the reference.
@@ -325,7 +325,15 @@ fn rows_around_the_fused_fit_bound() {
 fn odd_classes_half_gradients_fused() {
     use xent::gpu::fused_owns_half_words;
     // The four-row tiles in f16 only (each run covers 600 000 values, slow on llvmpipe's GL).
-    let shapes = [(9usize, 65_536 + 1_027), (3, 1_027), (33, 301), (301, 45)];
+    // Invocations a row: 1, 1, 2, 4, 32 and 128 (two row segments a workgroup).
+    let shapes = [
+        (9usize, 65_536 + 1_027),
+        (3, 1_027),
+        (25, 203),
+        (33, 301),
+        (301, 45),
+        (1025, 21),
+    ];
     for (classes, rows) in shapes {
         let shape = fused_shape(classes, Layout::Rows).unwrap();
         assert!(

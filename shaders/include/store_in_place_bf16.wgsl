@@ -1,6 +1,7 @@
 // Gradient written in place over bf16 logits, rounded to nearest even. `i` is even (a multiple
-// of 4 for the element kernels, a position pair's word in the fused kernel), so the store
-// writes whole words; a word half past the end is kept.
+// of 4 for the element kernels; in the fused kernel a position pair's word, or an odd-C row's
+// words, shifted by one where the row starts mid-word), so the store writes whole words; n = 1
+// or 3 keeps the last word's high half (past the end, or the last row's).
 // `Store::SeparateHalf` reuses this store with `logits[` renamed to its own buffer's `grad[`.
 fn to_bf16(v: f32) -> u32 {
     let u = bitcast<u32>(v);

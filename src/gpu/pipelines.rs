@@ -337,7 +337,8 @@ impl Variant {
                 "const FUSED_GROUPS: u32 = {}u;\n",
                 FUSED_VALUES_PER_INVOCATION / 4
             );
-            // Gradients stored as f16 / bf16 pairs in u32 words: (N, C, d…) positions pair up.
+            // Gradients stored as f16 / bf16 pairs in u32 words: (N, C, d…) positions pair up,
+            // and contiguous rows of odd C.
             let half_words =
                 self.load.is_half() && matches!(self.store, Store::InPlace | Store::SeparateHalf);
             src += &format!("const STORES_HALF_WORDS: bool = {half_words};\n");
