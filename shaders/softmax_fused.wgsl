@@ -216,7 +216,9 @@ fn fused_row(row: u32, local: u32, lane: u32, subgroup_size: u32) -> vec4<f32> {
             if (c0 >= p.classes) { break; }
             let n = min(4u, p.classes - c0);
             var dx = vec4(0.0);
-            for (var k = 0u; k < 4u; k++) {
+            // A mid-word row's group leaves its first value to the word's writer (below).
+            let skip = select(0u, 1u, paired && p.spatial == 0u && (base & 1u) == 1u);
+            for (var k = skip; k < 4u; k++) {
                 if (k >= n) { break; }
                 let t = select(0.0, dense_target(target_index(row, c0 + k)), has(FLAG_DENSE));
                 dx[k] = element_gradient(coef, ab, c0 + k, xs[j][k], t);
