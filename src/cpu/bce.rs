@@ -1,14 +1,39 @@
-//! One block of BCE rows: every element's loss and gradient (`scalar::binary_row`), the
-//! per-element losses written into the output's column in the logits' layout.
+//! One block of BCE elements, cut into pieces of contiguous elements, each one
+//! [`BinaryRun`]: the loss is element-wise, so a piece is read where it lies in either layout
+//! (no gather), its per-element losses written straight into the output's column and its
+//! gradient into the gradient (or over the logits).
+//!
+//! What changes along a piece is its coefficients. Rows of at most [`PIECE`] classes go
+//! several to a piece, the class weights tiled to the piece's length once a block (and the
+//! sample weights spread over their rows' elements a piece at a time); longer rows are cut
+//! within the row. In the (N, C, d…) layout a class plane of at least [`PLANE_RUN`] positions
+//! is a run of one class (its weights one value, the sample weights a slice); shorter planes
+//! take whole samples as rows of `C·d` elements.
 
-use super::blocks::{gather, scatter, BlockShape};
-use super::{scalar, BlockOut, Call, Columns, Data};
-use crate::input::{Element, Layout, Targets};
-use crate::options::BinaryCrossEntropy;
+use super::binary::{BinaryOptions, BinaryRun, Coef, RunIo};
+use super::row::RowIo;
+use super::{BlockOut, Call, Columns, Data};
+use crate::input::{Dtype, Element, Targets};
+use crate::options::{BinaryCrossEntropy, Reduction};
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Elements a piece holds at most, where rows allow (its scratch stays in L1).
+const PIECE: usize = 2048;
+
+/// Positions a class plane needs to run a class at a time.
+const PLANE_RUN: usize = 64;
+
+/// What a piece's elements are multiplied by: sample weights, class weights, `pos_weight`.
+struct Coefs<'a> {
+    sample: Coef<'a>,
+    weight: Coef<'a>,
+    pos_weight: Coef<'a>,
+}
 
 impl Call<'_> {
-    /// One BCE block: each row's elements (their losses into `columns.elements` where asked
-    /// for), and their gradient into the gradient or over the logits.
+    /// One BCE block: each piece's losses (into `columns.elements` where asked for) and
+    /// gradient; returns their sum.
     pub(super) fn bce_block<T: Element>(
         &self,
         options: BinaryCrossEntropy,
@@ -18,63 +43,185 @@ impl Call<'_> {
         in_place: bool,
         columns: Columns<'_>,
     ) -> BlockOut {
-        let BlockShape {
-            classes,
-            layout,
-            rows,
-            direct,
-            wants_grad,
-        } = self.block_shape(src.get(), grad.is_some(), in_place);
         let Targets::Dense(targets) = self.targets else {
             unreachable!("plan::binary takes dense targets only")
         };
-        let mut x_buf = vec![0f32; classes];
-        let mut t_buf = vec![0f32; if layout == Layout::Rows { 0 } else { classes }];
-        let mut g_buf = vec![0f32; classes];
-        let mut losses = vec![0f32; classes];
-        let mut out = BlockOut::default();
-        for i in 0..rows {
-            let row = first_row + i;
-            let span = i * classes..(i + 1) * classes;
-            if !direct {
-                gather(src.get(), layout, i, &mut x_buf);
+        let classes = self.plan.classes;
+        let spatial = self.plan.layout.rows_per_block();
+        let len = src.get().len();
+        let base = first_row * classes;
+        let targets = &targets[base..base + len];
+        let upstream = match self.plan.reduction {
+            Reduction::None => self.upstream.map(|u| &u[base..base + len]),
+            _ => None,
+        };
+        // With no per-element upstream, the reduction's one scale.
+        let scale = self.plan.row_scales(None, 0, 1.0).0;
+        let options = BinaryOptions {
+            smoothing: options.label_smoothing,
+            gamma: options.focal_gamma,
+            alpha: options.focal_alpha,
+        };
+        let mut x_buf = vec![0f32; if T::DTYPE == Dtype::F32 { 0 } else { PIECE }];
+        let elements = columns.elements;
+        let mut piece = |range: Range<usize>, coefs: Coefs<'_>| -> f64 {
+            let n = range.len();
+            if x_buf.len() < n && T::DTYPE != Dtype::F32 {
+                x_buf.resize(n, 0.0);
             }
-            let t = self.dense_row(targets, first_row, i, &mut t_buf);
-            let x: &[f32] = if direct {
-                bytemuck::cast_slice(&src.get()[span.clone()])
-            } else {
-                &x_buf
+            let mut run = |io| {
+                BinaryRun {
+                    io,
+                    t: &targets[range.clone()],
+                    sample_weight: coefs.sample,
+                    weight: coefs.weight,
+                    pos_weight: coefs.pos_weight,
+                    scale: upstream.map_or(Coef::All(scale), |u| Coef::Each(&u[range.clone()])),
+                    losses: (!elements.is_empty()).then(|| &mut elements[range.clone()]),
+                    options,
+                }
+                .run(self.level)
             };
-            let sample_weight = self.sample_weights.map_or(1.0, |s| s[row]);
-            let g = wants_grad.then_some(&mut g_buf[..]);
-            let ce = scalar::binary_row(
-                x,
-                t,
-                self.w,
-                self.pos_weight,
-                scalar::BinaryOptions {
-                    smoothing: options.label_smoothing,
-                    gamma: options.focal_gamma,
-                    alpha: options.focal_alpha,
-                    sample_weight,
-                },
-                &mut losses,
-                g,
-                |c| {
-                    self.plan
-                        .row_scales(self.upstream, layout.offset(row, c, classes), 1.0)
-                        .0
-                },
-            );
-            out.ce += ce;
-            if !columns.elements.is_empty() {
-                scatter(&losses, layout, i, columns.elements);
+            let f32_input = T::DTYPE == Dtype::F32;
+            if in_place && grad.is_none() {
+                let Data::Exclusive(d) = &mut src else {
+                    unreachable!("in-place gradients come with writable logits")
+                };
+                if f32_input {
+                    let x: &mut [f32] = bytemuck::cast_slice_mut(&mut d[range.clone()]);
+                    return run(RunIo::Backward(RowIo::InPlace(x)));
+                }
+                let x = &mut x_buf[..n];
+                T::widen(&d[range.clone()], x);
+                let sum = run(RunIo::Backward(RowIo::InPlace(x)));
+                T::narrow(x, &mut d[range.clone()]);
+                return sum;
             }
-            if wants_grad {
-                x_buf.copy_from_slice(&g_buf);
-                self.write_back(&mut src, grad.as_deref_mut(), in_place, i, &x_buf);
+            let x: &[f32] = if f32_input {
+                bytemuck::cast_slice(&src.get()[range.clone()])
+            } else {
+                T::widen(&src.get()[range.clone()], &mut x_buf[..n]);
+                &x_buf[..n]
+            };
+            match grad.as_deref_mut() {
+                Some(g) => {
+                    let g = &mut g[range.clone()];
+                    run(RunIo::Backward(RowIo::Separate(x, g)))
+                }
+                None => run(RunIo::Forward(x)),
             }
+        };
+
+        let w = |c: usize| self.w.map_or(1.0, |w| w[c]);
+        let pw = |c: usize| self.pos_weight.map_or(1.0, |w| w[c]);
+        let mut sum = 0f64;
+        if spatial >= PLANE_RUN {
+            // (N, C, d…): a run of one class plane at a time.
+            let samples = len / (classes * spatial);
+            for n in 0..samples {
+                for c in 0..classes {
+                    for j0 in (0..spatial).step_by(PIECE) {
+                        let j1 = spatial.min(j0 + PIECE);
+                        let at = n * classes * spatial + c * spatial;
+                        let positions = first_row + n * spatial;
+                        let sample = self
+                            .sample_weights
+                            .map(|s| &s[positions + j0..positions + j1]);
+                        let coefs = Coefs {
+                            sample: per_element(sample),
+                            weight: Coef::All(w(c)),
+                            pos_weight: Coef::All(pw(c)),
+                        };
+                        sum += piece(at + j0..at + j1, coefs);
+                    }
+                }
+            }
+            return BlockOut {
+                ce: sum,
+                z_loss: 0.0,
+            };
         }
-        out
+        // Rows of `period` elements (a row, or a sample of short planes).
+        let period = classes * spatial;
+        if spatial == 1 && period > PIECE {
+            // Long rows: pieces within a row, its sample weight one value.
+            for i in 0..len / period {
+                for c0 in (0..period).step_by(PIECE) {
+                    let c1 = period.min(c0 + PIECE);
+                    let coefs = Coefs {
+                        sample: Coef::All(self.sample_weights.map_or(1.0, |s| s[first_row + i])),
+                        weight: self.w.map_or(Coef::All(1.0), |w| Coef::Each(&w[c0..c1])),
+                        pos_weight: self
+                            .pos_weight
+                            .map_or(Coef::All(1.0), |w| Coef::Each(&w[c0..c1])),
+                    };
+                    sum += piece(i * period + c0..i * period + c1, coefs);
+                }
+            }
+            return BlockOut {
+                ce: sum,
+                z_loss: 0.0,
+            };
+        }
+        // Whole rows to a piece: the coefficients of `per_piece` rows, tiled.
+        let per_piece = (PIECE / period).max(1);
+        let tiled = |v| tiled(v, (spatial, period), per_piece);
+        let (weight, pos_weight) = (tiled(self.w), tiled(self.pos_weight));
+        let mut samples = vec![
+            0f32;
+            if self.sample_weights.is_some() {
+                per_piece * period
+            } else {
+                0
+            }
+        ];
+        let rows = len / period;
+        for i0 in (0..rows).step_by(per_piece) {
+            let i1 = rows.min(i0 + per_piece);
+            let n = (i1 - i0) * period;
+            if let Some(s) = self.sample_weights {
+                // Row i's sample weights over its elements (for each class, its positions').
+                for (i, out) in (i0..i1).zip(samples.chunks_exact_mut(period)) {
+                    let row = &s[first_row + i * spatial..first_row + (i + 1) * spatial];
+                    for class in out.chunks_exact_mut(spatial) {
+                        class.copy_from_slice(row);
+                    }
+                }
+            }
+            let coefs = Coefs {
+                sample: match self.sample_weights {
+                    Some(_) => Coef::Each(&samples[..n]),
+                    None => Coef::All(1.0),
+                },
+                weight: per_element(weight.as_deref().map(|v| &v[..n])),
+                pos_weight: per_element(pos_weight.as_deref().map(|v| &v[..n])),
+            };
+            sum += piece(i0 * period..i0 * period + n, coefs);
+        }
+        BlockOut {
+            ce: sum,
+            z_loss: 0.0,
+        }
     }
+}
+
+/// One coefficient per element: a slice of them, or 1 for all.
+fn per_element(v: Option<&[f32]>) -> Coef<'_> {
+    v.map_or(Coef::All(1.0), Coef::Each)
+}
+
+/// Per-class values `v` spread over `rows` rows of `period = C·d` elements (each class's
+/// value over its `d` positions), or `v` itself where that is already so.
+fn tiled(
+    v: Option<&[f32]>,
+    (spatial, period): (usize, usize),
+    rows: usize,
+) -> Option<Cow<'_, [f32]>> {
+    let v = v?;
+    Some(match (spatial, rows) {
+        (1, 1) => Cow::Borrowed(v),
+        _ => (0..rows * period)
+            .map(|e| v[(e % period) / spatial])
+            .collect(),
+    })
 }

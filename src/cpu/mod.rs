@@ -13,6 +13,7 @@
 //! back from it.
 
 mod bce;
+mod binary;
 mod blocks;
 mod exp;
 mod focal;
