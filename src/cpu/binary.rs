@@ -102,7 +102,7 @@ enum Power {
 
 /// Vectors a step computes side by side: each stage of the math (`exp`, the division, `ln`)
 /// over all of them before the next, so the core overlaps their long dependency chains.
-const STEP: usize = 2;
+const STEP: usize = 4;
 
 impl SimdOp for BinaryRun<'_> {
     type Output = f64;
