@@ -79,10 +79,15 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
                 focal = pow(m, gamma);
                 d_focal = gamma * pow(m, gamma - 1.0) * (1.0 - 2.0 * y) * sp * sq;
             }
-            loss = term(w, ce * focal);
+            // An infinite ce has m > 0 (|x| = inf leaves m = y' or 1 − y'): its product is inf,
+            // also where m^γ underflowed to 0 in f32.
+            var product = ce * focal;
+            if (ce > 3.40282347e38) { product = ce; }
+            loss = term(w, product);
             d = d * focal + term(d_focal, ce);
         }
-        // A zero coefficient never hides a NaN logit (SEMANTICS.md section 6).
+        // A zero coefficient never hides a NaN logit, in the loss or the gradient (SEMANTICS.md
+        // section 6).
         if (is_nan(x)) { loss = nan(); }
         sum += loss;
         if (has(FLAG_KEEP_LOSSES)) { losses[p.f32_offset + f] = loss; }
@@ -93,6 +98,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         if (p.reduction == REDUCTION_SUM) { scale = u; }
         if (p.reduction == REDUCTION_NONE) { scale = select(1.0, upstream[p.f32_offset + f], has(FLAG_UPSTREAM)); }
         dx[k] = scale * w * d;
+        if (is_nan(x)) { dx[k] = nan(); }
     }
     row_sums[p.row0 + group_index] = vec4(sum, 0.0, f32(n), f32(n));
     if (has(FLAG_GRADIENT)) { store_dx(first, dx, n); }

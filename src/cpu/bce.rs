@@ -18,7 +18,8 @@ use crate::options::{BinaryCrossEntropy, Reduction};
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Elements a piece holds at most, where rows allow (its scratch stays in L1).
+/// Elements a piece holds, as far as whole rows allow: rows longer than this are cut within
+/// the row; a sample of short (N, C, d…) planes is one piece, however long.
 const PIECE: usize = 2048;
 
 /// Positions a class plane needs to run a class at a time.
@@ -62,11 +63,12 @@ impl Call<'_> {
             gamma: options.focal_gamma,
             alpha: options.focal_alpha,
         };
-        let mut x_buf = vec![0f32; if T::DTYPE == Dtype::F32 { 0 } else { PIECE }];
+        let f32_input = T::DTYPE == Dtype::F32;
+        let mut x_buf = vec![0f32; if f32_input { 0 } else { PIECE }];
         let elements = columns.elements;
         let mut piece = |range: Range<usize>, coefs: Coefs<'_>| -> f64 {
             let n = range.len();
-            if x_buf.len() < n && T::DTYPE != Dtype::F32 {
+            if x_buf.len() < n && !f32_input {
                 x_buf.resize(n, 0.0);
             }
             let mut run = |io| {
@@ -82,7 +84,6 @@ impl Call<'_> {
                 }
                 .run(self.level)
             };
-            let f32_input = T::DTYPE == Dtype::F32;
             if in_place && grad.is_none() {
                 let Data::Exclusive(d) = &mut src else {
                     unreachable!("in-place gradients come with writable logits")
@@ -114,16 +115,17 @@ impl Call<'_> {
 
         let w = |c: usize| self.w.map_or(1.0, |w| w[c]);
         let pw = |c: usize| self.pos_weight.map_or(1.0, |w| w[c]);
+        // Rows of `period` elements (a row, or a sample of the (N, C, d…) layout).
+        let period = classes * spatial;
         let mut sum = 0f64;
         if spatial >= PLANE_RUN {
-            // (N, C, d…): a run of one class plane at a time.
-            let samples = len / (classes * spatial);
-            for n in 0..samples {
+            // A class plane at a time, its weights one value.
+            for n in 0..len / period {
+                let positions = first_row + n * spatial;
                 for c in 0..classes {
+                    let at = n * period + c * spatial;
                     for j0 in (0..spatial).step_by(PIECE) {
                         let j1 = spatial.min(j0 + PIECE);
-                        let at = n * classes * spatial + c * spatial;
-                        let positions = first_row + n * spatial;
                         let sample = self
                             .sample_weights
                             .map(|s| &s[positions + j0..positions + j1]);
@@ -136,67 +138,49 @@ impl Call<'_> {
                     }
                 }
             }
-            return BlockOut {
-                ce: sum,
-                z_loss: 0.0,
-            };
-        }
-        // Rows of `period` elements (a row, or a sample of short planes).
-        let period = classes * spatial;
-        if spatial == 1 && period > PIECE {
+        } else if spatial == 1 && period > PIECE {
             // Long rows: pieces within a row, its sample weight one value.
             for i in 0..len / period {
                 for c0 in (0..period).step_by(PIECE) {
                     let c1 = period.min(c0 + PIECE);
                     let coefs = Coefs {
                         sample: Coef::All(self.sample_weights.map_or(1.0, |s| s[first_row + i])),
-                        weight: self.w.map_or(Coef::All(1.0), |w| Coef::Each(&w[c0..c1])),
-                        pos_weight: self
-                            .pos_weight
-                            .map_or(Coef::All(1.0), |w| Coef::Each(&w[c0..c1])),
+                        weight: per_element(self.w.map(|w| &w[c0..c1])),
+                        pos_weight: per_element(self.pos_weight.map(|w| &w[c0..c1])),
                     };
                     sum += piece(i * period + c0..i * period + c1, coefs);
                 }
             }
-            return BlockOut {
-                ce: sum,
-                z_loss: 0.0,
-            };
-        }
-        // Whole rows to a piece: the coefficients of `per_piece` rows, tiled.
-        let per_piece = (PIECE / period).max(1);
-        let tiled = |v| tiled(v, (spatial, period), per_piece);
-        let (weight, pos_weight) = (tiled(self.w), tiled(self.pos_weight));
-        let mut samples = vec![
-            0f32;
-            if self.sample_weights.is_some() {
-                per_piece * period
-            } else {
-                0
-            }
-        ];
-        let rows = len / period;
-        for i0 in (0..rows).step_by(per_piece) {
-            let i1 = rows.min(i0 + per_piece);
-            let n = (i1 - i0) * period;
-            if let Some(s) = self.sample_weights {
-                // Row i's sample weights over its elements (for each class, its positions').
-                for (i, out) in (i0..i1).zip(samples.chunks_exact_mut(period)) {
-                    let row = &s[first_row + i * spatial..first_row + (i + 1) * spatial];
-                    for class in out.chunks_exact_mut(spatial) {
-                        class.copy_from_slice(row);
+        } else {
+            // Whole rows to a piece: the coefficients of `per_piece` rows, tiled.
+            let per_piece = (PIECE / period).max(1);
+            let tiled = |v| tiled(v, (spatial, period), per_piece);
+            let (weight, pos_weight) = (tiled(self.w), tiled(self.pos_weight));
+            let spread = self.sample_weights.map_or(0, |_| per_piece * period);
+            let mut samples = vec![0f32; spread];
+            let rows = len / period;
+            for i0 in (0..rows).step_by(per_piece) {
+                let i1 = rows.min(i0 + per_piece);
+                let n = (i1 - i0) * period;
+                if let Some(s) = self.sample_weights {
+                    // Row i's sample weights over its elements (each class over its positions).
+                    for (i, out) in (i0..i1).zip(samples.chunks_exact_mut(period)) {
+                        let row = &s[first_row + i * spatial..first_row + (i + 1) * spatial];
+                        match row {
+                            [one] => out.fill(*one),
+                            _ => out
+                                .chunks_exact_mut(spatial)
+                                .for_each(|class| class.copy_from_slice(row)),
+                        }
                     }
                 }
+                let coefs = Coefs {
+                    sample: per_element(self.sample_weights.map(|_| &samples[..n])),
+                    weight: per_element(weight.as_deref().map(|v| &v[..n])),
+                    pos_weight: per_element(pos_weight.as_deref().map(|v| &v[..n])),
+                };
+                sum += piece(i0 * period..i0 * period + n, coefs);
             }
-            let coefs = Coefs {
-                sample: match self.sample_weights {
-                    Some(_) => Coef::Each(&samples[..n]),
-                    None => Coef::All(1.0),
-                },
-                weight: per_element(weight.as_deref().map(|v| &v[..n])),
-                pos_weight: per_element(pos_weight.as_deref().map(|v| &v[..n])),
-            };
-            sum += piece(i0 * period..i0 * period + n, coefs);
         }
         BlockOut {
             ce: sum,

@@ -12,13 +12,15 @@
 //! loss         = k·ce·m^γ,   k = s·w·α_t,   α_t = α·y' + (1−α)·(1−y')   (1 without α)
 //! dx           = scale·k·(dce·m^γ + ce·γ·m^(γ−1)·(1−2y')·σ(x)·σ(−x))
 //! ```
-//! One `exp`, one `ln` and one division an element; a whole `γ` takes products, any other
-//! `exp(γ'·ln m)`. A zero coefficient leaves its term out (`y' = 1` meeting `softplus(+inf)`),
-//! the focal derivative is 0 where `m = 0`, and a NaN logit gives a NaN loss and gradient
-//! (SEMANTICS.md section 6). `±inf` logits give `e = 0`: `softplus` is `inf` or 0 and `σ` is
-//! 1 or 0, exactly. Within a few ulps of f32 `softplus` and `σ` (the `exp` and `ln` are within
-//! 1, 1.5 and 2 on the portable level); the losses are summed in f32 lanes flushed into f64
-//! every [`FLUSH`] values.
+//! One `exp`, one `ln` and one division an element. A whole focal `γ` adds products; any other
+//! `γ` takes `m^γ = exp(γ·ln m)` (within about `γ·|ln m|` ulps, 1.6e-6 relative at `m = 1e-30`,
+//! `γ = 0.5`) and a second division. A zero coefficient leaves its term out (`y' = 1` meeting
+//! `softplus(+inf)`), the focal derivative is 0 where `m = 0`, and a NaN logit gives a NaN
+//! loss and gradient (SEMANTICS.md section 6). `±inf` logits give `e = 0`: `softplus` is
+//! `inf` or 0 and `σ` is 1 or 0, exactly. Losses and gradients are within 4·2⁻²⁴ relative of
+//! their f64 values (the `exp` within 1 ulp, 1.5 on the portable level; the `ln` within 1, 2
+//! there); the losses are summed in f32 lanes flushed into f64 every [`FLUSH`] values (a sum
+//! of losses near `f32::MAX` can overflow there where f64 would not).
 
 use super::exp::ShiftedExp;
 use super::log::{LnProbability, LnSum};
@@ -111,17 +113,22 @@ impl SimdOp for BinaryRun<'_> {
     fn eval<I: Isa>(mut self, isa: I) -> f64 {
         let lanes = isa.f32().len();
         let n = self.t.len();
+        let power = match self.options.gamma {
+            0.0 => Power::Off,
+            g if g.fract() == 0.0 && g <= 16.0 => Power::Whole(g as u32),
+            _ => Power::Fraction,
+        };
         let mut total = 0f64;
         for start in (0..n).step_by(FLUSH) {
             let end = n.min(start + FLUSH);
             let mut sum = isa.f32().zero();
             let mut off = start;
             while off + STEP * lanes <= end {
-                sum = self.step::<I, STEP>(isa, off, sum);
+                sum = self.step::<I, STEP>(isa, (off, power), sum);
                 off += STEP * lanes;
             }
             while off < end {
-                sum = self.step::<I, 1>(isa, off, sum);
+                sum = self.step::<I, 1>(isa, (off, power), sum);
                 off += lanes;
             }
             total += lane_sum(sum);
@@ -134,7 +141,12 @@ impl BinaryRun<'_> {
     /// `U` vectors of elements from `off` (the last may run past the run: its lanes there
     /// are left out): their losses and gradient stored, the losses added to `sum`.
     #[inline(always)]
-    fn step<I: Isa, const U: usize>(&mut self, isa: I, off: usize, sum: I::F32) -> I::F32 {
+    fn step<I: Isa, const U: usize>(
+        &mut self,
+        isa: I,
+        (off, power): (usize, Power),
+        sum: I::F32,
+    ) -> I::F32 {
         let ops = isa.f32();
         let lanes = ops.len();
         let BinaryOptions {
@@ -142,18 +154,14 @@ impl BinaryRun<'_> {
             gamma,
             alpha,
         } = self.options;
-        let power = match gamma {
-            0.0 => Power::Off,
-            g if g.fract() == 0.0 && g <= 16.0 => Power::Whole(g as u32),
-            _ => Power::Fraction,
-        };
         let (zero, one) = (ops.zero(), ops.one());
         let nan = ops.splat(f32::NAN);
         // `term(a, b)`: `a·b`, or 0 where `a = 0` (SEMANTICS.md section 6).
         let term = |a, b| ops.select(zero, ops.mul(a, b), ops.eq(a, zero));
         let at = |v: usize| off + v * lanes;
-        // One vector for each `v < U`, in a plain loop (closures would not inherit the ISA's
-        // target features, nor be inlined into it).
+        // One vector for each `v < U`, in a plain loop: a closure this size, passed to
+        // `array::from_fn`, was not inlined (nor given the ISA's target features); small ones
+        // like `term` are.
         macro_rules! each {
             (|$v:ident| $body:expr) => {{
                 let mut out = [zero; U];
@@ -212,30 +220,50 @@ impl BinaryRun<'_> {
             Power::Off => (ce, dce),
             Power::Whole(_) | Power::Fraction => {
                 let m = each!(|v| ops.mul_add(y[v], q[v], ops.mul(omy[v], p[v])));
-                // m^(γ−1), then m^γ.
-                let below = match power {
-                    Power::Whole(g) => each!(|v| {
-                        let mut pow = one;
-                        for _ in 1..g {
-                            pow = ops.mul(pow, m[v]);
-                        }
-                        pow
-                    }),
-                    _ => each!(|v| {
-                        let l = LnProbability.eval(isa, ops.select(one, m[v], ops.eq(m[v], zero)));
-                        Exp::apply(isa, ops.mul(ops.splat(gamma - 1.0), l))
-                    }),
+                // m^γ, and m^(γ−1)·σ(x)·σ(−x) (its derivative's factor beside γ·(1 − 2y')):
+                // a whole γ by products; any other from exp(γ·ln m) and σ(x)·σ(−x)/m ≤ 1,
+                // never m^(γ−1) alone, which overflows for γ < 1 and a subnormal m.
+                let (focal, slope) = match power {
+                    Power::Whole(g) => {
+                        let below = each!(|v| {
+                            let mut pow = one;
+                            for _ in 1..g {
+                                pow = ops.mul(pow, m[v]);
+                            }
+                            pow
+                        });
+                        (
+                            each!(|v| ops.mul(below[v], m[v])),
+                            each!(|v| ops.mul(below[v], ops.mul(p[v], q[v]))),
+                        )
+                    }
+                    _ => {
+                        let focal = each!(|v| {
+                            let l =
+                                LnProbability.eval(isa, ops.select(one, m[v], ops.eq(m[v], zero)));
+                            Exp::apply(isa, ops.mul(ops.splat(gamma), l))
+                        });
+                        let slope =
+                            each!(|v| ops.mul(focal[v], ops.div(ops.mul(p[v], q[v]), m[v])));
+                        (focal, slope)
+                    }
                 };
-                let focal =
-                    each!(|v| ops.select(zero, ops.mul(below[v], m[v]), ops.eq(m[v], zero)));
+                // Where m = 0, m^γ = 0 and the derivative's term is taken as 0.
+                let focal = each!(|v| ops.select(zero, focal[v], ops.eq(m[v], zero)));
                 let d = each!(|v| {
-                    let pq = ops.mul(p[v], q[v]);
-                    let slope = ops.mul_sub_from(ops.splat(2.0), y[v], one);
-                    let d_focal = ops.mul(ops.mul(ops.splat(gamma), below[v]), ops.mul(slope, pq));
+                    let sign = ops.mul_sub_from(ops.splat(2.0), y[v], one);
+                    let d_focal = ops.mul(ops.mul(ops.splat(gamma), sign), slope[v]);
                     let d_focal = ops.select(zero, d_focal, ops.eq(m[v], zero));
                     ops.mul_add(dce[v], focal[v], term(d_focal, ce[v]))
                 });
-                (each!(|v| ops.mul(ce[v], focal[v])), d)
+                // An infinite `ce` has m > 0 (|x| = inf leaves m = y' or 1 − y'): its product
+                // is inf, also where m^γ underflowed to 0 in f32.
+                let infinite = ops.splat(f32::INFINITY);
+                let value = each!(|v| {
+                    let product = ops.mul(ce[v], focal[v]);
+                    ops.select(infinite, product, ops.eq(ce[v], infinite))
+                });
+                (value, d)
             }
         };
         let mut sum = sum;

@@ -10,7 +10,8 @@
 //!
 //! Contiguous f32 rows are read in place. f16/bf16 rows and strided `(N, C, d…)` rows are first
 //! widened (or gathered) into one row-sized f32 buffer per block, and their gradients written
-//! back from it.
+//! back from it. BCE is element-wise: its blocks are cut into pieces of contiguous elements in
+//! either layout (`bce.rs`), read in place (f16/bf16 widened a piece at a time).
 
 mod bce;
 mod binary;

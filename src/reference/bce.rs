@@ -73,7 +73,9 @@ pub fn binary_cross_entropy(
             } else {
                 term(k, ce * focal)
             };
-            let grad = if gamma > 0.0 {
+            let grad = if x.is_nan() {
+                f64::NAN
+            } else if gamma > 0.0 {
                 term(k, d_ce * focal + term(d_focal, ce))
             } else {
                 k * d_ce
