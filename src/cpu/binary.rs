@@ -94,7 +94,7 @@ impl BinaryRun<'_> {
     }
 }
 
-/// `m^γ` and `m^(γ−1)` as the kernel takes them.
+/// How the kernel takes `m^γ`: not at all (`γ = 0`), by products, or by `exp(γ·ln m)`.
 #[derive(Clone, Copy)]
 enum Power {
     Off,
