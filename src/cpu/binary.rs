@@ -19,21 +19,16 @@
 //! loss and gradient (SEMANTICS.md section 6). `±inf` logits give `e = 0`: `softplus` is
 //! `inf` or 0 and `σ` is 1 or 0, exactly. Losses and gradients are within 4·2⁻²⁴ relative of
 //! their f64 values (the `exp` within 1 ulp, 1.5 on the portable level; the `ln` within 1, 2
-//! there); the losses are summed in f32 lanes flushed into f64 every [`FLUSH`] values (a sum
+//! there); the losses are summed in f32 lanes flushed into f64 every `row::FLUSH` values (a sum
 //! of losses near `f32::MAX` can overflow there where f64 would not).
 
 use super::exp::ShiftedExp;
 use super::log::{LnProbability, LnSum};
-use super::row::{load_or, store, RowIo};
+use super::row::{lane_sum, linear_term, load_or, store, RowIo, FLUSH};
 use super::simd::{dispatch, SimdLevel};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
-use rten_simd::{Isa, Simd, SimdOp, SimdUnaryOp};
+use rten_simd::{Isa, SimdOp, SimdUnaryOp};
 use rten_vecmath::Exp;
-
-/// Losses summed in f32 lanes before they are added into f64: `FLUSH / lanes` non-negative
-/// terms a lane (64 on the portable level), so each lane's sum is within a relative
-/// `64·2⁻²⁴ ≈ 4e-6` of its value.
-const FLUSH: usize = 256;
 
 /// BCE options that act per element: Keras's label smoothing and torchvision's focal factor.
 #[derive(Debug, Clone, Copy)]
@@ -156,8 +151,8 @@ impl BinaryRun<'_> {
         } = self.options;
         let (zero, one) = (ops.zero(), ops.one());
         let nan = ops.splat(f32::NAN);
-        // `term(a, b)`: `a·b`, or 0 where `a = 0` (SEMANTICS.md section 6).
-        let term = |a, b| ops.select(zero, ops.mul(a, b), ops.eq(a, zero));
+        // `a·b`, or 0 where `a = 0` (SEMANTICS.md section 6).
+        let term = |a, b| linear_term(isa, a, b);
         let at = |v: usize| off + v * lanes;
         // One vector for each `v < U`, in a plain loop: a closure this size, passed to
         // `array::from_fn`, was not inlined (nor given the ISA's target features); small ones
@@ -285,10 +280,4 @@ impl BinaryRun<'_> {
         }
         sum
     }
-}
-
-/// The lanes' sum, in f64.
-#[inline(always)]
-fn lane_sum<S: Simd<Elem = f32>>(v: S) -> f64 {
-    v.to_array().as_ref().iter().map(|&v| v as f64).sum()
 }

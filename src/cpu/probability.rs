@@ -4,21 +4,16 @@
 //!
 //! Forward: with index targets and neither smoothing nor metrics the row is not read at all
 //! (the loss is the target's `−w[y]·ln p[y]`); otherwise one read of the row, a vector `ln` a
-//! value, the sums in f32 lanes added into f64 every [`FLUSH`] values. Backward: one read of
+//! value, the sums in f32 lanes added into f64 every `row::FLUSH` values. Backward: one read of
 //! `q` and one write of `dq` (the same buffer in place), the target's class fixed after.
 
 use super::log::LnClamped;
-use super::row::{load_or, store, RowIo};
+use super::row::{lane_sum, load_or, store, RowIo, FLUSH};
 use super::scalar::{ProbOptions, ProbRow, ProbTarget};
 use super::simd::{self, SimdLevel};
 use crate::math::row::{first_max, term};
 use rten_simd::ops::{BitOps, FloatOps, NumOps};
 use rten_simd::{Isa, Simd, SimdOp};
-
-/// Values summed in f32 lanes before they are added into f64: `FLUSH / lanes` same-signed
-/// terms a lane (64 on the four-wide portable level), so each f32 sum stays within a relative
-/// `64·2⁻²⁴ ≈ 4e-6` of its value (the terms share a sign), and the row's sum as close.
-const FLUSH: usize = 256;
 
 /// Forward of one probability row `q`: the cross-entropy part and the metrics asked for.
 pub struct ProbForward<'a> {
@@ -186,12 +181,6 @@ impl SimdOp for RowPass<'_, '_> {
 const LANE_INDEX: [f32; 16] = [
     0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
 ];
-
-/// The lanes' sum, in f64.
-#[inline(always)]
-fn lane_sum<S: Simd<Elem = f32>>(v: S) -> f64 {
-    v.to_array().as_ref().iter().map(|&v| v as f64).sum()
-}
 
 /// Each lane's best value and its class after `v` of `class`: a later class replaces the
 /// best only when strictly greater, so each lane keeps its first max.

@@ -748,24 +748,25 @@ pub fn option_grid() -> Vec<(&'static str, CrossEntropy)> {
     ]
 }
 
-/// BCE on `path` with the gradient into a buffer and in place (a per-element upstream for
-/// `Reduction::None`), against the f64 reference; a small-binding GPU device may refuse a
-/// case with a typed error.
+/// BCE on `path` in every gradient mode (the loss alone, the gradient into a buffer, in place;
+/// a per-element upstream for `Reduction::None`), against the f64 reference; a small-binding
+/// GPU device may refuse a case with a typed error.
 pub fn check_bce(label: &str, path: &backends::Path, case: &Case, options: &BinaryCrossEntropy) {
     let elements = case.rows * case.classes;
     let upstream: Option<Vec<f32>> = (options.reduction == Reduction::None)
         .then(|| (0..elements).map(|i| (i % 7) as f32 * 0.25).collect());
     let reference = case.reference_bce(options, upstream.as_deref());
-    for in_place in [false, true] {
-        let label = format!("{label} [{}] in_place={in_place}", path.name);
+    for mode in [GradMode::None, GradMode::OutOfPlace, GradMode::InPlace] {
+        let in_place = mode == GradMode::InPlace;
+        let label = format!("{label} [{}] {mode:?}", path.name);
         let mut storage = case.storage();
         let t32 = case.targets_i32();
         let mut grad = vec![0f32; elements];
         let mut request = Request::new().row_losses();
-        request = if in_place {
-            request.gradient_in_place()
-        } else {
-            request.gradient_into(&mut grad)
+        request = match mode {
+            GradMode::None => request,
+            GradMode::OutOfPlace => request.gradient_into(&mut grad),
+            GradMode::InPlace => request.gradient_in_place(),
         };
         request.upstream = upstream.as_deref();
         let batch = case.batch(&mut storage, &t32, in_place);
@@ -783,6 +784,9 @@ pub fn check_bce(label: &str, path: &backends::Path, case: &Case, options: &Bina
             out.row_losses.as_ref().unwrap(),
             &reference.row_losses,
         );
+        if mode == GradMode::None {
+            continue;
+        }
         let gradient = if in_place {
             tol::gradient(case.dtype)
         } else {

@@ -139,6 +139,17 @@ pub(super) fn store<I: Isa>(isa: I, v: I::F32, dst: &mut [f32]) {
     }
 }
 
+/// Values summed in f32 lanes before they are added into f64: `FLUSH / lanes` same-signed
+/// terms a lane (64 on the four-wide portable level), so each f32 sum stays within a relative
+/// `64·2⁻²⁴ ≈ 4e-6` of its value (the terms share a sign), and the whole sum as close.
+pub(super) const FLUSH: usize = 256;
+
+/// The lanes' sum, in f64.
+#[inline(always)]
+pub(super) fn lane_sum<S: Simd<Elem = f32>>(v: S) -> f64 {
+    v.to_array().as_ref().iter().map(|&v| v as f64).sum()
+}
+
 /// The vector at the start of `xs` (zeros past its end). rten-simd's `load_pad` builds its
 /// lane mask a bit at a time, so whole vectors take the plain load.
 #[inline(always)]
